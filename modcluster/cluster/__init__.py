@@ -1,0 +1,1 @@
+"""The cluster model: registry, routing snapshots, persistence (pure state)."""

@@ -1,0 +1,61 @@
+"""
+The watchdog: once a second, let the registry recompute load statistics and
+purge removed nodes, and health-probe the nodes it reports idle
+(balancing.md §3.1, §6.3).
+"""
+
+from __future__ import annotations
+
+from twisted.application.service import Service
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+__all__ = ["Maintenance"]
+
+
+class Maintenance(Service):
+    log = Logger()
+
+    def __init__(self, registry, prober, clock, interval: float = 1.0) -> None:
+        self._registry = registry
+        self._prober = prober
+        self._clock = clock
+        self._interval = interval
+        self._probing: set[str] = set()
+        self._loop = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop = LoopingCall(self.tick)
+        self._loop.clock = self._clock
+        self._loop.start(self._interval, now=False).addErrback(
+            lambda f: self.log.failure("maintenance loop stopped", f))
+
+    def stopService(self):
+        super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+
+    def tick(self) -> None:
+        try:
+            idle = self._registry.tick()
+        except Exception:
+            self.log.failure("registry maintenance failed")
+            return
+        for entry in idle:
+            if entry.route in self._probing:
+                continue
+            self._probing.add(entry.route)
+            d = self._prober.probe(entry)
+            d.addCallback(self._probed, entry)
+            d.addErrback(lambda f, e=entry: self.log.failure(
+                "idle probe of {route} failed", f, route=e.route))
+            d.addBoth(lambda _, r=entry.route: self._probing.discard(r))
+
+    def _probed(self, ok, entry) -> None:
+        if ok is None:
+            return
+        node = self._registry.node(entry.route)
+        if node is None or node.id != entry.id:
+            return  # replaced or purged while the probe ran
+        self._registry.probe_result(entry.route, bool(ok))

@@ -1,0 +1,246 @@
+"""
+Values of the cluster model.
+
+Two kinds of object live here:
+
+ - frozen settings (L{BalancerSettings}, L{NodeSettings}) that only change when a
+   node sends CONFIG again, and the immutable L{RoutingTable} snapshot built from
+   them;
+ - small mutable runtime records (L{NodeRuntime}, L{ContextRuntime}) that hold the
+   numbers which change per request or per STATUS message (load factor, error
+   flag, elected/read/transferred counters, requests in flight).  A snapshot
+   refers to them, so a STATUS that only changes a load factor, or a request that
+   bumps a counter, does not rebuild the routing table.  They are written by the
+   registry (load, error state) and by the data plane (counters) on the reactor
+   thread only.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Optional
+
+from attrs import field, frozen
+
+__all__ = [
+    "BalancerSettings",
+    "ContextEntry",
+    "ContextRuntime",
+    "ContextState",
+    "NodeEntry",
+    "NodeRuntime",
+    "NodeSettings",
+    "RoutingTable",
+    "FLUSH_MODES",
+]
+
+
+class ContextState(enum.IntEnum):
+    """State of a context; the numbers are the ones DUMP and the XML INFO print."""
+
+    ENABLED = 1
+    DISABLED = 2
+    STOPPED = 3
+
+
+FLUSH_MODES = ("Off", "On", "Auto")
+
+
+@frozen
+class BalancerSettings:
+    """Per-balancer settings; the last CONFIG naming a balancer sets them."""
+
+    name: str
+    sticky_session: bool = True
+    sticky_cookie: str = "JSESSIONID"
+    sticky_path: str = "jsessionid"
+    sticky_remove: bool = False
+    sticky_force: bool = True
+    wait_worker: float = 0.0
+    max_attempts: int = 1
+
+
+@frozen
+class NodeSettings:
+    """What a node said about itself in CONFIG."""
+
+    route: str
+    balancer: str = "mycluster"
+    domain: str = ""
+    host: str = "localhost"
+    port: int = 8009
+    type: str = "ajp"
+    reversed: bool = False
+    flushpackets: str = "Off"
+    flushwait_ms: int = 10
+    ping: float = 10.0
+    smax: int = -1
+    ttl: float = 60.0
+    timeout: float = 0.0
+
+    def hard_key(self) -> tuple:
+        """
+        The fields that identify the backend worker: a CONFIG that changes any of
+        them re-registers the node (see docs/mcmp.md).
+        """
+        return (self.balancer, self.host.lower(), self.port, self.type, self.reversed,
+                self.smax, self.ttl)
+
+    def worker_key(self) -> tuple:
+        """Two nodes with the same worker key would be the same backend."""
+        return (self.balancer, self.host.lower(), self.port, self.type, self.reversed)
+
+    @property
+    def worker_name(self) -> str:
+        host = self.host.lower()
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        return f"{self.type}://{host}:{self.port}"
+
+
+class NodeRuntime:
+    """
+    The changing numbers of one node, shared by the registry, the routing table
+    snapshots and the data plane.  Field names follow mod_proxy's worker fields.
+    """
+
+    __slots__ = (
+        "lbfactor", "in_error", "error_since", "error_reason", "removed", "unverified",
+        "elected", "oldelected", "lbstatus", "read", "oldread", "transferred", "busy",
+        "num_failure_idle", "updatetimelb", "requests", "failures", "last_status",
+    )
+
+    def __init__(self, now: float = 0.0) -> None:
+        self.lbfactor = -1
+        self.in_error = False
+        self.error_since = 0.0
+        self.error_reason = ""
+        self.removed = False
+        self.unverified = False
+        self.elected = 0
+        self.oldelected = 0
+        self.lbstatus = 0
+        self.read = 0
+        self.oldread = 0
+        self.transferred = 0
+        self.busy = 0
+        self.num_failure_idle = 0
+        self.updatetimelb = now
+        self.requests = 0
+        self.failures = 0
+        self.last_status = 0.0
+
+    @property
+    def hot_standby(self) -> bool:
+        return self.lbfactor == 0
+
+    def usable(self, now: float, retry: float) -> bool:
+        """Not removed and not in error (or in error for longer than C{retry})."""
+        if self.removed:
+            return False
+        if self.in_error:
+            return retry > 0 and now - self.error_since >= retry
+        return True
+
+
+class ContextRuntime:
+    """Changing numbers of one context record."""
+
+    __slots__ = ("in_flight", "requests")
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.requests = 0
+
+
+@frozen
+class NodeEntry:
+    """A node as the routing table sees it."""
+
+    id: int
+    settings: NodeSettings
+    rt: NodeRuntime = field(eq=False)
+
+    @property
+    def route(self) -> str:
+        return self.settings.route
+
+    @property
+    def domain(self) -> str:
+        return self.settings.domain
+
+    @property
+    def balancer(self) -> str:
+        return self.settings.balancer
+
+
+@frozen
+class ContextEntry:
+    """One (context path, virtual host, node) record."""
+
+    id: int
+    path: str
+    state: ContextState
+    node: NodeEntry
+    vhost_id: int
+    aliases: frozenset[str]
+    rt: ContextRuntime = field(eq=False)
+
+
+def _prefixes(path: str):
+    """
+    The context paths that could match C{path}, longest first: the path itself,
+    then every prefix that ends just before a C{/}, then C{/}.
+    """
+    yield path
+    i = path.rfind("/")
+    while i > 0:
+        yield path[:i]
+        i = path.rfind("/", 0, i)
+    if path != "/":
+        yield "/"
+
+
+@frozen
+class RoutingTable:
+    """
+    An immutable view of the registry for request routing.  Rebuilt by the
+    registry whenever nodes, aliases or contexts change.
+
+    @ivar nodes: routable nodes (not removed), in registration (worker) order.
+    @ivar by_route: JVMRoute → node.
+    @ivar balancers: balancer name → settings.
+    @ivar contexts: context path → records with that path (all states), node order.
+    @ivar by_alias: alias → context path → records (for UseAlias).
+    @ivar removed_domains: JVMRoute of a removed node → (balancer, domain), so that
+        sessions of a vanished node can fail over inside its domain.
+    """
+
+    generation: int
+    nodes: tuple[NodeEntry, ...]
+    by_route: dict[str, NodeEntry]
+    balancers: dict[str, BalancerSettings]
+    contexts: dict[str, tuple[ContextEntry, ...]]
+    by_alias: dict[str, dict[str, tuple[ContextEntry, ...]]]
+    removed_domains: dict[str, tuple[str, str]] = field(factory=dict)
+
+    @classmethod
+    def empty(cls) -> "RoutingTable":
+        return cls(0, (), {}, {}, {}, {})
+
+    def longest_match(self, path: str, host: Optional[str] = None
+                      ) -> tuple[ContextEntry, ...]:
+        """
+        All context records (every state) with the longest context path matching
+        C{path} on a C{/} boundary; with C{host} (UseAlias on) only records whose
+        virtual host has that alias.  Empty when nothing matches.  Cost is linear in
+        the depth of C{path}, independent of the number of contexts.
+        """
+        index = self.contexts if host is None else self.by_alias.get(host)
+        if not index:
+            return ()
+        for prefix in _prefixes(path):
+            found = index.get(prefix)
+            if found:
+                return found
+        return ()
