@@ -217,8 +217,14 @@ class Registry:
         by_route = {}
         contexts: dict[str, list[ContextEntry]] = {}
         by_alias: dict[str, dict[str, list[ContextEntry]]] = {}
+        removed_domains = {r: (b, d) for r, (b, d, _) in self._removed_domains.items()}
         for node in self.nodes():
             if node.rt.removed:
+                # Until it is purged, a removed node's sessions still fail over
+                # inside its domain (mod_cluster finds it in the node table).
+                if node.settings.domain:
+                    removed_domains[node.route] = (node.settings.balancer,
+                                                   node.settings.domain)
                 continue
             entry = NodeEntry(node.id, node.settings, node.rt)
             nodes.append(entry)
@@ -238,7 +244,7 @@ class Registry:
             balancers=dict(self.balancers),
             contexts={k: tuple(v) for k, v in contexts.items()},
             by_alias={a: {k: tuple(v) for k, v in m.items()} for a, m in by_alias.items()},
-            removed_domains={r: (b, d) for r, (b, d, _) in self._removed_domains.items()},
+            removed_domains=removed_domains,
         )
 
     # -- CONFIG ------------------------------------------------------------

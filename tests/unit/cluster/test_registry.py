@@ -121,7 +121,7 @@ def test_remove_wildcard_marks_removed_then_purges_after_wait():
     n = reg.node("node1")
     assert n.rt.removed and n.vhosts == {}
     assert reg.table.nodes == ()
-    assert "node1" in reg.table.removed_domains or reg.node("node1") is not None
+    assert reg.table.removed_domains == {"node1": ("mycluster", "dc1")}
     with pytest.raises(ClusterError):
         reg.app("ENABLE-APP", "node1", ["localhost"], ["/app"])
     assert reg.apply_status("node1", 50, True) is False  # NOTOK while removed

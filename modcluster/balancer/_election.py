@@ -1,0 +1,403 @@
+"""
+Request routing and node election (balancing.md §2–§5, §8): a pure function of
+a L{RoutingTable} snapshot, the request facts (host, path, cookie), the time and
+the node counters.  The only side effect is C{node.rt.elected += 1} on the node
+returned.
+
+Cost per request (docs/balancing.md, "Performance"): the context lookup is
+O(path depth) whatever the number of contexts; the election is one pass over the
+records of the longest matching context, i.e. linear in the number of nodes that
+serve it; a sticky hit also scans those records to find the node's own one.  No
+sorting except for DeterministicFailover after a failed route.
+"""
+
+from __future__ import annotations
+
+from typing import AbstractSet, Optional
+
+from attrs import frozen
+
+from modcluster.balancer._request import match_path, session_id
+from modcluster.cluster.model import (
+    BalancerSettings,
+    ContextEntry,
+    ContextState,
+    NodeEntry,
+    RoutingTable,
+)
+
+__all__ = ["RoutingPolicy", "Decision", "Refusal", "choose"]
+
+_ENABLED = ContextState.ENABLED
+_DISABLED = ContextState.DISABLED
+_STOPPED = ContextState.STOPPED
+_NOTHING: frozenset[int] = frozenset()
+
+
+@frozen
+class RoutingPolicy:
+    """
+    Proxy-wide routing settings (httpd directives of mod_proxy_cluster).
+
+    @ivar use_alias: UseAlias: a context is only used when the request's host name
+        is one of its virtual host's aliases.
+    @ivar deterministic_failover: DeterministicFailover (§3.4).
+    @ivar worker_retry: seconds a node in error stays out before a sticky request
+        may retry it (mod_proxy C{retry}).
+    @ivar no_context_status: ResponseStatusCodeOnNoContext.
+    @ivar retry_after: Retry-After seconds suggested with a 503 (0: none).  The
+        default is one node STATUS period, within which a recovered node is back.
+    """
+
+    use_alias: bool = False
+    deterministic_failover: bool = False
+    worker_retry: float = 60.0
+    no_context_status: int = 404
+    retry_after: int = 10
+
+
+class Decision:
+    """
+    Where one request goes.  Built once per request (hot path: a plain slots
+    class, no validation).
+
+    @ivar node: the chosen node.
+    @ivar context: the context record chosen on that node (count C{in_flight} /
+        C{requests} on C{context.rt}).
+    @ivar balancer: that node's balancer settings (C{max_attempts},
+        C{wait_worker}, sticky names).
+    @ivar session_id: the sticky session id found for this balancer (cookie
+        first, then path parameter), or C{None}.
+    @ivar session_route: the text after the first C{.} of C{session_id} (C{None}
+        without a non-empty one); AJP sends it as C{jvm_route}.
+    @ivar sticky: the node was chosen because of the session route.
+    @ivar route_changed: a route was present but the request goes elsewhere
+        (httpd C{BALANCER_ROUTE_CHANGED}); never set when StickySession=No.
+    @ivar strip: C{None}, C{"cookie"} or C{"path"}: StickySessionRemove says the
+        session id must be removed from the cookie or the path before forwarding
+        (use L{strip_session}).
+    @ivar cookie_name: the balancer's sticky cookie name.
+    @ivar path_name: the balancer's sticky path-parameter name.
+    @ivar domain: the Domain of the session route's node (also of a removed
+        node remembered in C{table.removed_domains}); C{""} if none.
+    @ivar retrying: the node is in error and this sticky request is its retry
+        after C{worker_retry} (mod_proxy C{retry}): the caller clears the error
+        when the request succeeds and sets it again when it fails.
+    """
+
+    __slots__ = ("node", "context", "balancer", "session_id", "session_route", "sticky",
+                 "route_changed", "strip", "cookie_name", "path_name", "domain", "retrying")
+
+    def __init__(self, node: NodeEntry, context: ContextEntry, balancer: BalancerSettings,
+                 session_id: Optional[str], session_route: Optional[str], sticky: bool,
+                 route_changed: bool, strip: Optional[str], domain: str = "",
+                 retrying: bool = False) -> None:
+        self.node = node
+        self.context = context
+        self.balancer = balancer
+        self.session_id = session_id
+        self.session_route = session_route
+        self.sticky = sticky
+        self.route_changed = route_changed
+        self.strip = strip
+        self.cookie_name = balancer.sticky_cookie
+        self.path_name = balancer.sticky_path
+        self.domain = domain
+        self.retrying = retrying
+
+    def __repr__(self) -> str:
+        return (f"<Decision node={self.node.route!r} context={self.context.path!r} "
+                f"balancer={self.balancer.name!r} session_route={self.session_route!r} "
+                f"sticky={self.sticky} route_changed={self.route_changed} "
+                f"strip={self.strip!r} retrying={self.retrying}>")
+
+
+@frozen
+class Refusal:
+    """
+    The request cannot be routed.
+
+    @ivar status: C{no_context_status} (404 by default) when no context matches;
+        503 when no node can take it (or a forced sticky route is down).
+    @ivar reason: short text for logs and the error page.
+    @ivar wait_worker: the balancer's WaitWorker for a 503 that comes from the
+        election: the caller may call L{choose} again for that long
+        (balancing.md §3.5).  0 for a forced sticky route without domain (httpd
+        answers that one at once).
+    @ivar retry_after: suggested Retry-After seconds for a 503 (0: none).
+    """
+
+    status: int
+    reason: str
+    wait_worker: float = 0.0
+    retry_after: int = 0
+
+
+def _restricted(records: tuple[ContextEntry, ...], index, name: str
+                ) -> tuple[ContextEntry, ...]:
+    """
+    The records at the longest context path that the balancer C{name} has among
+    the prefixes of the request path (§2.2 with the balancer filter), given the
+    unrestricted longest match C{records}.  Usually C{records} itself.
+    """
+    for rec in records:
+        if rec.node.balancer == name:
+            return records
+    # Walk the shorter prefixes of the same request path (the same sequence as
+    # RoutingTable.longest_match: cut at each '/', then '/').
+    prefix = records[0].path
+    while prefix != "/":
+        i = prefix.rfind("/")
+        prefix = prefix[:i] if i > 0 else "/"
+        found = index.get(prefix)
+        if found:
+            for rec in found:
+                if rec.node.balancer == name:
+                    return found
+    return ()
+
+
+def _id_hash(sid: str) -> Optional[int]:
+    """
+    Sum of the bytes of the session id part before the first C{.} (leading dots
+    skipped, as C{apr_strtok} does); C{None} when that part is empty.
+    """
+    part = sid.lstrip(".")
+    dot = part.find(".")
+    if dot >= 0:
+        part = part[:dot]
+    if not part:
+        return None
+    try:
+        return sum(part.encode("utf-8", "surrogateescape"))
+    except UnicodeEncodeError:
+        return sum(map(ord, part))
+
+
+def _route_key(rec: ContextEntry) -> bytes:
+    # strcmp order of the JVMRoutes (UTF-8 byte order == code point order).
+    return rec.node.route.encode("utf-8", "surrogatepass")
+
+
+def _elect_deterministic(recs, name, has_session, exclude, dom, forced, h):
+    """
+    The election of DeterministicFailover (§3.4): per pass, the candidates
+    sorted by JVMRoute and the one at C{h mod n}.  Returns (record, domain_ok).
+    """
+    in_domain: dict[int, ContextEntry] = {}
+    active: dict[int, ContextEntry] = {}
+    standby: dict[int, ContextEntry] = {}
+    for rec in recs:
+        n = rec.node
+        if n.balancer != name:
+            continue
+        st = rec.state
+        if st is not _ENABLED and (st is _STOPPED or not has_session):
+            continue
+        rt = n.rt
+        f = rt.lbfactor
+        if f < 0 or rt.in_error or rt.removed or (exclude and n.id in exclude):
+            continue
+        if f == 0:
+            standby.setdefault(n.id, rec)
+            continue
+        if dom and n.domain == dom:
+            in_domain.setdefault(n.id, rec)
+        active.setdefault(n.id, rec)
+    passes = [(in_domain, True)] if dom else []
+    if not forced:
+        passes += [(active, False), (standby, False)]
+    for candidates, domain_ok in passes:
+        if candidates:
+            ordered = sorted(candidates.values(), key=_route_key)
+            return ordered[h % len(ordered)], domain_ok
+    return None, False
+
+
+def _no_context(policy: RoutingPolicy, reason: str) -> Refusal:
+    return Refusal(policy.no_context_status, reason)
+
+
+def choose(table: RoutingTable, host: Optional[str], path: str, cookie: Optional[str],
+           now: float, policy: RoutingPolicy,
+           exclude: AbstractSet[int] = _NOTHING) -> "Decision | Refusal":
+    """
+    Route one request (balancing.md §2.2–§5, §8).
+
+    @param table: the current routing snapshot.
+    @param host: the request's host name as L{parse_host} returns it (only used
+        with C{policy.use_alias}).
+    @param path: the raw request-target path, without the query string (it may
+        carry C{;jsessionid=…} parameters and percent-escapes).  Decode the
+        request line as UTF-8 with C{surrogateescape} (or ASCII).
+    @param cookie: the C{Cookie} header values joined with C{"; "}, or C{None}.
+    @param now: the current time (C{clock.seconds()}), for the error retry.
+    @param exclude: ids of nodes already tried for this request (failover).
+    @return: a L{Decision} (and the node's C{elected} counter was incremented),
+        or a L{Refusal}.
+    """
+    # -- §2.1 the path used for matching, §2.2 the longest matching context ------
+    mpath = path
+    if ";" in path or "%" in path or "/." in path or "//" in path:
+        mpath = match_path(path)
+    if policy.use_alias:
+        if host is None:
+            return _no_context(policy, "no Host header (UseAlias)")
+        index = table.by_alias.get(host)
+        records = table.longest_match(mpath, host) if index else ()
+    else:
+        index = table.contexts
+        records = table.longest_match(mpath)
+    if not records:
+        return _no_context(policy, "no context matches the request")
+
+    balancers = table.balancers
+    maybe_session = bool(cookie) or ";" in path
+    # The session id for the sticky names (c_name, p_name); recomputed only when
+    # a balancer uses other names than the previous one.
+    c_name = p_name = None
+    sid = src = None
+
+    # -- §2.3 step 1: the balancer named by a session route ----------------------
+    b: Optional[BalancerSettings] = None
+    recs = records
+    route_node: Optional[NodeEntry] = None
+    known_route = False
+    domain = ""
+    if maybe_session:
+        for bs in balancers.values():
+            if not bs.sticky_session:
+                continue  # StickySession=No: no session routing at all (§4.5)
+            if bs.sticky_cookie != c_name or bs.sticky_path != p_name:
+                c_name, p_name = bs.sticky_cookie, bs.sticky_path
+                sid, src = session_id(cookie, path, c_name, p_name)
+            if sid is None:
+                continue
+            dot = sid.find(".")
+            if dot < 0 or dot == len(sid) - 1:
+                continue
+            name = bs.name
+            cand = _restricted(records, index, name)
+            for rec in cand:  # a session is present: ENABLED or DISABLED will do
+                if rec.node.balancer == name and rec.state is not _STOPPED:
+                    break
+            else:
+                continue
+            route = sid[dot + 1:]
+            node = table.by_route.get(route)
+            if node is not None and node.balancer == name:
+                dom = node.domain
+            else:
+                remembered = table.removed_domains.get(route)
+                if remembered is None or remembered[0] != name:
+                    continue
+                node, dom = None, remembered[1]
+            b, recs, route_node, known_route, domain = bs, cand, node, True, dom
+            break
+
+    # -- §2.3 step 2: the balancer of the first usable record ---------------------
+    if b is None:
+        for rec in records:
+            st = rec.state
+            if st is _STOPPED:
+                continue
+            bs = balancers.get(rec.node.balancer)
+            if bs is None:
+                continue
+            if st is _DISABLED:
+                if not maybe_session:
+                    continue
+                if bs.sticky_cookie != c_name or bs.sticky_path != p_name:
+                    c_name, p_name = bs.sticky_cookie, bs.sticky_path
+                    sid, src = session_id(cookie, path, c_name, p_name)
+                if sid is None:
+                    continue
+            b = bs
+            break
+        else:
+            return _no_context(policy, "no enabled context matches the request")
+        if not maybe_session:
+            sid = src = None
+        elif b.sticky_cookie != c_name or b.sticky_path != p_name:
+            sid, src = session_id(cookie, path, b.sticky_cookie, b.sticky_path)
+
+    has_session = sid is not None
+    route_text = None
+    if has_session:
+        dot = sid.find(".")
+        if 0 <= dot < len(sid) - 1:
+            route_text = sid[dot + 1:]
+    sticky_on = b.sticky_session
+
+    # -- §4.3 honour the route -------------------------------------------------------
+    if route_node is not None:
+        rt = route_node.rt
+        nid = route_node.id
+        if (not exclude or nid not in exclude) and rt.usable(now, policy.worker_retry):
+            for rec in recs:
+                if rec.node.id == nid and rec.state is not _STOPPED:
+                    rt.elected += 1
+                    return Decision(route_node, rec, b, sid, route_text, True, False, None,
+                                    domain, rt.in_error)
+    forced = False
+    if known_route and b.sticky_force:
+        if not domain:
+            return Refusal(503, f"session route {route_text} unavailable "
+                           "(StickySessionForce, no domain)", 0.0, policy.retry_after)
+        forced = True
+
+    # -- §3 election: domain pass, all, hot standby ------------------------------
+    name = b.name
+    dom = domain if known_route else ""
+    h = None
+    if (policy.deterministic_failover and sticky_on and has_session and "." in sid):
+        h = _id_hash(sid)
+    if h is not None:
+        winner, domain_ok = _elect_deterministic(recs, name, has_session, exclude, dom,
+                                                 forced, h)
+    else:
+        # The hot loop: linear in the records of the matched context.  Plain
+        # attribute reads only (NodeEntry.balancer/.domain are properties).
+        best = dbest = standby = None
+        best_score = dscore = 0
+        for rec in recs:
+            st = rec.state
+            if st is not _ENABLED and (st is _STOPPED or not has_session):
+                continue
+            n = rec.node
+            rt = n.rt
+            f = rt.lbfactor
+            if f < 0 or rt.in_error or rt.removed:
+                continue
+            settings = n.settings
+            if settings.balancer != name or (exclude and n.id in exclude):
+                continue
+            if f == 0:
+                if standby is None:
+                    standby = rec
+                continue
+            score = ((rt.elected - rt.oldelected) * 1000) // f + rt.lbstatus
+            if best is None or best_score > score:
+                best, best_score = rec, score
+            if dom and settings.domain == dom and (dbest is None or dscore > score):
+                dbest, dscore = rec, score
+        domain_ok = dbest is not None
+        if domain_ok:
+            winner = dbest
+        elif forced:
+            winner = None
+        else:
+            winner = best if best is not None else standby
+
+    if winner is None:
+        if forced:
+            reason = f"no usable node in domain {domain} for session route {route_text}"
+        else:
+            reason = f"no usable node in balancer {name}"
+        return Refusal(503, reason, b.wait_worker, policy.retry_after)
+
+    node = winner.node
+    node.rt.elected += 1
+    strip = src if (known_route and b.sticky_remove and not domain_ok) else None
+    return Decision(node, winner, b, sid, route_text, False,
+                    sticky_on and route_text is not None, strip, domain)
