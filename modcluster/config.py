@@ -1,0 +1,480 @@
+"""
+The configuration file: one TOML document read into frozen attrs classes.
+
+Every section is an attrs class whose fields carry their documentation and the
+httpd directive they replace in ``metadata``; ``docs/configuration.md`` is
+checked against these classes by the tests, so the two cannot drift apart.
+
+Loading is strict: an unknown key, a value of the wrong type or a value that a
+validator refuses raises L{ConfigError} naming the file, the dotted key and the
+reason.  Nothing here touches the network or the reactor.
+"""
+
+from __future__ import annotations
+
+import tomllib
+import types
+import typing
+from typing import Any, Optional
+
+import attrs
+from attrs import field, frozen
+
+__all__ = [
+    "AdvertiseConfig",
+    "Config",
+    "ConfigError",
+    "ConsoleConfig",
+    "ManagerConfig",
+    "ManagerTLSConfig",
+    "NodeTLSConfig",
+    "ProxyConfig",
+    "load_config",
+    "parse_config",
+]
+
+
+class ConfigError(Exception):
+    """
+    The configuration is invalid.  C{str()} gives C{file: key: reason}.
+    """
+
+    def __init__(self, source: str, key: str, reason: str) -> None:
+        self.source = source
+        self.key = key
+        self.reason = reason
+        super().__init__(f"{source}: {key or '(top level)'}: {reason}")
+
+
+def _doc(text: str, directive: str = "") -> dict[str, str]:
+    return {"doc": text, "directive": directive}
+
+
+# --- validators ------------------------------------------------------------
+
+
+def _positive(inst: object, att: attrs.Attribute, value: Any) -> None:
+    if value is not None and value <= 0:
+        raise ValueError("must be greater than 0", att)
+
+
+def _non_negative(inst: object, att: attrs.Attribute, value: Any) -> None:
+    if value is not None and value < 0:
+        raise ValueError("must not be negative", att)
+
+
+def _at_least(minimum: float):
+    def check(inst: object, att: attrs.Attribute, value: Any) -> None:
+        if value is not None and value < minimum:
+            raise ValueError(f"must be at least {minimum}", att)
+
+    return check
+
+
+def _one_of(*choices: str):
+    def check(inst: object, att: attrs.Attribute, value: Any) -> None:
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(map(repr, choices))}", att)
+
+    return check
+
+
+def _endpoint_list(inst: object, att: attrs.Attribute, value: tuple) -> None:
+    for item in value:
+        if not item.strip():
+            raise ValueError("an endpoint description cannot be empty", att)
+        kind = item.split(":", 1)[0]
+        if kind not in ("tcp", "tcp6", "ssl", "unix", "systemd"):
+            raise ValueError(
+                f"{item!r}: not a server endpoint description "
+                "(expected e.g. 'tcp:6666:interface=127.0.0.1')", att
+            )
+
+
+def _url_path(inst: object, att: attrs.Attribute, value: str) -> None:
+    if not value.startswith("/") or value != value.strip() or "?" in value:
+        raise ValueError("must be a URL path starting with '/'", att)
+
+
+# --- sections --------------------------------------------------------------
+
+
+@frozen
+class ManagerTLSConfig:
+    """Mutual TLS on the management (MCMP) listener."""
+
+    enabled: bool = field(default=False, metadata=_doc(
+        "Serve the management listener over TLS.  Every `manager.listen` endpoint is "
+        "wrapped in TLS.", "SSLEngine on (in the MCMP VirtualHost)"))
+    certificate: Optional[str] = field(default=None, metadata=_doc(
+        "PEM file with the balancer's certificate (and chain).", "SSLCertificateFile"))
+    private_key: Optional[str] = field(default=None, metadata=_doc(
+        "PEM file with the certificate's private key.", "SSLCertificateKeyFile"))
+    ca: Optional[str] = field(default=None, metadata=_doc(
+        "PEM file with the CA certificate(s) that sign node client certificates.",
+        "SSLCACertificateFile"))
+    require_client_certificate: bool = field(default=True, metadata=_doc(
+        "Refuse clients without a certificate signed by `ca`.",
+        "SSLVerifyClient require"))
+    minimum_version: str = field(default="1.2", validator=_one_of("1.2", "1.3"), metadata=_doc(
+        "Lowest TLS version accepted.", "SSLProtocol"))
+    ciphers: Optional[str] = field(default=None, metadata=_doc(
+        "OpenSSL cipher string for TLS 1.2 (TLS 1.3 suites are OpenSSL's).",
+        "SSLCipherSuite"))
+    handshake_timeout: float = field(default=10.0, validator=_positive, metadata=_doc(
+        "Seconds a client may take to complete the TLS handshake.", ""))
+    identities: dict[str, tuple[str, ...]] = field(factory=dict, metadata=_doc(
+        "Optional identity pinning: certificate identity (SAN DNS name, SAN URI or "
+        "subject CN) → JVMRoutes it may register or change.  Empty: any verified "
+        "certificate may act for any node.", ""))
+
+    def __attrs_post_init__(self) -> None:
+        if self.enabled:
+            missing = [n for n in ("certificate", "private_key") if getattr(self, n) is None]
+            if missing:
+                raise ValueError(f"TLS is enabled but {', '.join(missing)} is not set")
+            if self.require_client_certificate and self.ca is None:
+                raise ValueError("require_client_certificate needs `ca`")
+
+
+@frozen
+class ManagerConfig:
+    """The management side: MCMP receiver, cluster tables, persistence."""
+
+    listen: tuple[str, ...] = field(
+        default=("tcp:6666:interface=127.0.0.1",), validator=_endpoint_list, metadata=_doc(
+            "Twisted endpoint descriptions the MCMP/management listener binds.  "
+            "Loopback by default: open it to the nodes' network deliberately.",
+            "EnableMCMPReceive (in a VirtualHost with Listen)"))
+    balancer_name: str = field(default="mycluster", metadata=_doc(
+        "Balancer used when a CONFIG carries no `Balancer`.  Lower-cased.",
+        "ManagerBalancerName"))
+    max_nodes: int = field(default=5000, validator=_positive, metadata=_doc(
+        "Quota on registered nodes (no fixed table: memory grows with use).  A CONFIG "
+        "beyond it is refused with a MEM error.", "Maxnode"))
+    max_hosts: int = field(default=20000, validator=_positive, metadata=_doc(
+        "Quota on host aliases (and balancers).", "Maxhost"))
+    max_contexts: int = field(default=50000, validator=_positive, metadata=_doc(
+        "Quota on context records.", "Maxcontext"))
+    max_session_ids: int = field(default=0, validator=_non_negative, metadata=_doc(
+        "Session ids tracked for display (0 = off; costs work per request).",
+        "Maxsessionid"))
+    max_message_size: int = field(default=65536, validator=_at_least(1024), metadata=_doc(
+        "Largest MCMP request body accepted, in bytes; larger messages are refused with "
+        "a SYNTAX error (httpd silently truncates them).", "MaxMCMPMessSize"))
+    wait_before_remove: float = field(default=10.0, validator=_at_least(10), metadata=_doc(
+        "Seconds a node removed by `REMOVE-APP /*` (or by failed health checks) stays "
+        "listed before it is purged.", "WaitBeforeRemove"))
+    lbstatus_recalc_time: float = field(default=5.0, validator=_positive, metadata=_doc(
+        "Seconds between load-statistics recomputations and idle-node probes.",
+        "LBstatusRecalTime"))
+    idle_failures_before_remove: int = field(default=60, validator=_positive, metadata=_doc(
+        "Consecutive failed idle probes after which a node is removed (hard-coded 60 "
+        "in httpd).", ""))
+    worker_retry: float = field(default=60.0, validator=_non_negative, metadata=_doc(
+        "Seconds after which a node in error may be tried again by a sticky request "
+        "(mod_proxy `retry`).", ""))
+    request_timeout: float = field(default=60.0, validator=_positive, metadata=_doc(
+        "Seconds an idle or stalled management connection is kept open.", "Timeout"))
+    persist: bool = field(default=False, metadata=_doc(
+        "Save nodes, balancers, aliases and contexts to `state_file` and restore them at "
+        "start-up (restored nodes stay unverified until their next STATUS or PING).",
+        "PersistSlots"))
+    state_file: str = field(default="txmodcluster-state.json", metadata=_doc(
+        "Where the state is saved when `persist` is on (written atomically).",
+        "MemManagerFile"))
+    release: str = field(default="mod_cluster/1.3.22.Final", metadata=_doc(
+        "Release string VERSION and the console report.  The default keeps tools that "
+        "match httpd's `mod_cluster/x.y.z.Final` working.", ""))
+    tls: ManagerTLSConfig = field(factory=ManagerTLSConfig, metadata=_doc(
+        "Mutual TLS on the management listener (section `[manager.tls]`).", ""))
+
+
+@frozen
+class ConsoleConfig:
+    """The manager web console, JSON API and metrics (served on the management listener)."""
+
+    enabled: bool = field(default=True, metadata=_doc(
+        "Serve the console.", "SetHandler mod_cluster-manager"))
+    path: str = field(default="/mod_cluster-manager", validator=_url_path, metadata=_doc(
+        "URL path of the console.", "<Location /mod_cluster-manager>"))
+    listen: tuple[str, ...] = field(default=(), validator=_endpoint_list, metadata=_doc(
+        "Extra endpoints serving only the console, API and metrics.", ""))
+    check_nonce: bool = field(default=True, metadata=_doc(
+        "Require the per-start random nonce on query-string commands.", "CheckNonce"))
+    allow_cmd: bool = field(default=True, metadata=_doc(
+        "Allow enable/disable/stop commands from the console.", "AllowCmd"))
+    allow_display: bool = field(default=False, metadata=_doc(
+        "Show the extra configuration block.", "AllowDisplay"))
+    reduce_display: bool = field(default=False, metadata=_doc(
+        "Compact layout.", "ReduceDisplay"))
+    api_path: str = field(default="/api/v1", validator=_url_path, metadata=_doc(
+        "URL path prefix of the read-only JSON API (empty to disable is not allowed; "
+        "set `api` to false).", ""))
+    api: bool = field(default=True, metadata=_doc("Serve the JSON API.", ""))
+    metrics_path: str = field(default="/metrics", validator=_url_path, metadata=_doc(
+        "URL path of the Prometheus metrics.", ""))
+    metrics: bool = field(default=True, metadata=_doc("Serve Prometheus metrics.", ""))
+    event_log_size: int = field(default=1000, validator=_positive, metadata=_doc(
+        "Number of recent cluster events kept for the API.", ""))
+
+
+@frozen
+class NodeTLSConfig:
+    """TLS towards `https`/`wss` nodes."""
+
+    ca: Optional[str] = field(default=None, metadata=_doc(
+        "PEM CA file used to verify node certificates (default: the system trust store).",
+        "SSLProxyCACertificateFile"))
+    client_certificate: Optional[str] = field(default=None, metadata=_doc(
+        "PEM certificate the proxy presents to nodes.", "SSLProxyMachineCertificateFile"))
+    client_private_key: Optional[str] = field(default=None, metadata=_doc(
+        "PEM private key of `client_certificate`.", "SSLProxyMachineCertificateFile"))
+    verify: bool = field(default=True, metadata=_doc(
+        "Verify the node certificate and host name (service_identity).",
+        "SSLProxyVerify require / SSLProxyCheckPeerName"))
+
+
+@frozen
+class ProxyConfig:
+    """The data plane: client listeners and how requests reach nodes."""
+
+    listen: tuple[str, ...] = field(
+        default=("tcp:8000:interface=127.0.0.1",), validator=_endpoint_list, metadata=_doc(
+            "Endpoint descriptions for client traffic; an `ssl:` endpoint serves HTTPS.",
+            "Listen"))
+    use_alias: bool = field(default=False, metadata=_doc(
+        "Route a request only to contexts whose virtual host has the request's host name "
+        "as an alias.", "UseAlias"))
+    response_status_on_no_context: int = field(default=404, metadata=_doc(
+        "Status returned when no registered context matches the request.",
+        "ResponseStatusCodeOnNoContext"))
+    preserve_host: bool = field(default=True, metadata=_doc(
+        "Send the client's Host header to HTTP nodes (Tomcat picks its virtual host "
+        "from it).", "ProxyPreserveHost"))
+    add_forwarded_headers: bool = field(default=True, metadata=_doc(
+        "Append X-Forwarded-For and set X-Forwarded-Host/-Proto/-Server for HTTP nodes.",
+        "ProxyAddHeaders"))
+    enable_options: bool = field(default=True, metadata=_doc(
+        "Probe HTTP nodes with `OPTIONS *` (health checks and STATUS probes).",
+        "EnableOptions"))
+    deterministic_failover: bool = field(default=False, metadata=_doc(
+        "Pick the failover node of a session by hashing its id.", "DeterministicFailover"))
+    enable_ws_tunnel: bool = field(default=False, metadata=_doc(
+        "Tunnel WebSocket upgrades to http/https nodes (registered as ws/wss).",
+        "EnableWsTunnel"))
+    ws_upgrade_header: str = field(default="websocket", metadata=_doc(
+        "Upgrade token(s) tunnelled; `*` accepts any.", "WSUpgradeHeader"))
+    ajp_secret: Optional[str] = field(default=None, metadata=_doc(
+        "Secret sent to AJP nodes (Tomcat's `secret`).", "AJPSecret"))
+    ajp_packet_size: int = field(default=8192, metadata=_doc(
+        "AJP packet size; must equal Tomcat's `packetSize` (8192..65536).",
+        "ProxyIOBufferSize"))
+    ajp_cping: str = field(default="idle", validator=_one_of("always", "idle", "never"),
+                           metadata=_doc(
+        "When to CPING a pooled AJP connection before reusing it: `always` (as "
+        "mod_proxy_cluster does), `idle` (only after `ajp_cping_idle` seconds unused), "
+        "`never`.", ""))
+    ajp_cping_idle: float = field(default=5.0, validator=_non_negative, metadata=_doc(
+        "Idle seconds after which a pooled AJP connection is CPINGed before reuse.", ""))
+    timeout: float = field(default=60.0, validator=_positive, metadata=_doc(
+        "Backend read timeout when the node's CONFIG `Timeout` is 0.", "ProxyTimeout"))
+    client_timeout: float = field(default=60.0, validator=_positive, metadata=_doc(
+        "Seconds an idle client keep-alive connection, or a client sending a request "
+        "head, may stall.", "KeepAliveTimeout / RequestReadTimeout"))
+    max_request_body: int = field(default=0, validator=_non_negative, metadata=_doc(
+        "Largest request body accepted, in bytes (0 = unlimited, streamed).",
+        "LimitRequestBody"))
+    max_header_size: int = field(default=65536, validator=_at_least(1024), metadata=_doc(
+        "Largest request or response head accepted, in bytes.",
+        "LimitRequestFieldSize / ResponseFieldSize"))
+    max_idle_per_node: int = field(default=64, validator=_non_negative, metadata=_doc(
+        "Idle keep-alive connections kept per node when the node's `smax` is -1.", ""))
+    server_name: str = field(default="txmodcluster", metadata=_doc(
+        "Value of X-Forwarded-Server.", "ServerName"))
+    tls: NodeTLSConfig = field(factory=NodeTLSConfig, metadata=_doc(
+        "TLS towards https/wss nodes (section `[proxy.tls]`).", ""))
+
+    def __attrs_post_init__(self) -> None:
+        if not 8192 <= self.ajp_packet_size <= 65536:
+            raise ValueError("ajp_packet_size must be between 8192 and 65536")
+        if not 100 <= self.response_status_on_no_context <= 599:
+            raise ValueError("response_status_on_no_context must be an HTTP status")
+
+
+@frozen
+class AdvertiseConfig:
+    """UDP multicast advertisement of the management address."""
+
+    enabled: bool = field(default=False, metadata=_doc(
+        "Multicast the MCMP address so nodes find the balancer.", "ServerAdvertise On"))
+    group: str = field(default="224.0.1.105:23364", metadata=_doc(
+        "Multicast group and port.", "AdvertiseGroup"))
+    bind_address: str = field(default="0.0.0.0:23364", metadata=_doc(
+        "Local address and port of the sending socket.", "AdvertiseBindAddress"))
+    interface: str = field(default="127.0.0.1", metadata=_doc(
+        "Address of the interface multicast leaves from.  Loopback by default: set it "
+        "to the address on the nodes' network.", "AdvertiseBindAddress (interface part)"))
+    ttl: int = field(default=0, validator=_non_negative, metadata=_doc(
+        "Multicast TTL (hops): 0 keeps datagrams on this host; httpd uses 10.", ""))
+    frequency: str = field(default="10", metadata=_doc(
+        "Seconds between datagrams; `5.500` means 5.5 s (httpd syntax).",
+        "AdvertiseFrequency"))
+    security_key: Optional[str] = field(default=None, metadata=_doc(
+        "Shared key for the MD5 digest nodes verify.", "AdvertiseSecurityKey"))
+    manager_url: Optional[str] = field(default=None, metadata=_doc(
+        "X-Manager-Url value (default `/<server uuid>`).", "AdvertiseManagerUrl"))
+    address: Optional[str] = field(default=None, metadata=_doc(
+        "Advertised `[scheme://]host:port`; default: the first management listener.",
+        "ServerAdvertise On <url>"))
+
+
+@frozen
+class Config:
+    """The whole file."""
+
+    manager: ManagerConfig = field(factory=ManagerConfig, metadata=_doc(
+        "Section `[manager]`.", ""))
+    console: ConsoleConfig = field(factory=ConsoleConfig, metadata=_doc(
+        "Section `[console]`.", ""))
+    proxy: ProxyConfig = field(factory=ProxyConfig, metadata=_doc(
+        "Section `[proxy]`.", ""))
+    advertise: AdvertiseConfig = field(factory=AdvertiseConfig, metadata=_doc(
+        "Section `[advertise]`.", ""))
+
+
+# --- loading ---------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, source: str, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        non_none = [a for a in args if a is not type(None)]
+        if value is None:
+            return None
+        return _convert(value, non_none[0], source, key)
+    if attrs.has(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(source, key, f"expected a table (section), got {value!r}")
+        return _build(tp, value, source, key)
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            raise ConfigError(source, key, f"expected a list, got {value!r}")
+        return tuple(_convert(v, args[0], source, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(source, key, f"expected a table, got {value!r}")
+        return {
+            _convert(k, args[0], source, key): _convert(v, args[1], source, f"{key}.{k}")
+            for k, v in value.items()
+        }
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(source, key, f"expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(source, key, f"expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(source, key, f"expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and key.endswith("frequency"):
+            return str(value)
+        if not isinstance(value, str):
+            raise ConfigError(source, key, f"expected a string, got {value!r}")
+        return value
+    raise ConfigError(source, key, f"unsupported type {_type_name(tp)}")  # pragma: no cover
+
+
+def _build(cls: type, table: dict[str, Any], source: str, prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in attrs.fields(cls)}
+    kwargs = {}
+    for name, value in table.items():
+        key = f"{prefix}.{name}" if prefix else name
+        if name not in fields:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(source, key, f"unknown key (known keys here: {known})")
+        kwargs[name] = _convert(value, hints[name], source, key)
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as e:
+        # Find which key the validator complained about, when attrs tells us.
+        bad = ""
+        if len(e.args) >= 2 and isinstance(e.args[1], attrs.Attribute):
+            bad = e.args[1].name
+        msg = str(e.args[0]) if e.args else str(e)
+        key = f"{prefix}.{bad}" if prefix and bad else (bad or prefix)
+        raise ConfigError(source, key, msg) from None
+
+
+def parse_config(text: str, source: str = "<config>") -> Config:
+    """
+    Parse TOML text into a L{Config}.
+
+    @raise ConfigError: on any problem, naming C{source} and the key.
+    """
+    try:
+        table = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(source, "", f"not valid TOML: {e}") from None
+    config = _build(Config, table, source, "")
+    _cross_checks(config, source)
+    return config
+
+
+def load_config(path: str) -> Config:
+    """Read and parse the TOML file at C{path}."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise ConfigError(path, "", f"cannot read: {e.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(path, "", "not UTF-8 text") from None
+    return parse_config(text, path)
+
+
+def _cross_checks(config: Config, source: str) -> None:
+    from modcluster.advertise import parse_frequency, parse_group  # pure helpers
+
+    adv = config.advertise
+    try:
+        parse_frequency(adv.frequency)
+    except ValueError as e:
+        raise ConfigError(source, "advertise.frequency", str(e)) from None
+    try:
+        parse_group(adv.group)
+    except ValueError as e:
+        raise ConfigError(source, "advertise.group", str(e)) from None
+    if config.console.listen and not config.console.enabled:
+        raise ConfigError(source, "console.listen", "console.enabled is false")
+    if not config.manager.listen:
+        raise ConfigError(source, "manager.listen", "at least one listener is needed")
+
+
+def iter_fields(cls: type = Config, prefix: str = ""):
+    """
+    Yield C{(dotted key, attrs field, default)} for every leaf setting, for the
+    documentation check and C{--print-defaults}.
+    """
+    for f in attrs.fields(cls):
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        hints = typing.get_type_hints(cls)
+        if attrs.has(hints[f.name]):
+            yield from iter_fields(hints[f.name], key)
+        else:
+            default = f.default.factory() if isinstance(f.default, attrs.Factory) else f.default
+            yield key, f, default
