@@ -1,0 +1,274 @@
+"""
+The read-only JSON API: the registry's balancers, nodes, virtual hosts,
+contexts and recent cluster events, for scripts and dashboards.
+
+Field names are stable and documented in docs/api.md; new fields may be added,
+existing ones are not renamed or removed within C{/api/v1}.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Optional
+from urllib.parse import quote
+
+from twisted.web import http
+from twisted.web.resource import Resource
+
+from modcluster import _version
+from modcluster.console.views import NodeView, node_view, node_views
+
+__all__ = ["APIResource", "balancer_json", "node_json"]
+
+ENDPOINTS = ("balancers", "nodes", "vhosts", "contexts", "events")
+DEFAULT_EVENT_LIMIT = 100
+
+
+class _APIError(Exception):
+    def __init__(self, code: int, error: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.error = error
+        self.message = message
+
+
+def node_json(view: NodeView) -> dict[str, Any]:
+    """The JSON object of one node (docs/api.md, "Node")."""
+    return {
+        "id": view.id,
+        "route": view.route,
+        "balancer": view.balancer,
+        "domain": view.domain,
+        "type": view.type,
+        "host": view.host,
+        "port": view.port,
+        "address": view.address,
+        "reversed": view.reversed,
+        "state": view.state.value,
+        "error_reason": view.reason or None,
+        "load": view.load,
+        "elected": view.elected,
+        "read": view.read,
+        "transferred": view.transferred,
+        "busy": view.busy,
+        "in_flight": view.in_flight,
+        "requests": view.requests,
+        "failures": view.failures,
+        "flushpackets": view.flushpackets,
+        "flushwait_ms": view.flushwait_ms,
+        "ping": view.ping,
+        "smax": view.smax,
+        "ttl": view.ttl,
+        "timeout": view.timeout,
+        "registered_at": view.registered_at,
+        "removed_at": view.removed_at,
+        "error_since": view.error_since,
+        "last_status": view.last_status,
+        "vhosts": [
+            {
+                "id": v.id,
+                "aliases": list(v.aliases),
+                "contexts": [_context_json(c) for c in v.contexts],
+            }
+            for v in view.vhosts
+        ],
+    }
+
+
+def _context_json(c) -> dict[str, Any]:
+    return {"id": c.id, "path": c.path, "status": c.status, "in_flight": c.in_flight,
+            "requests": c.requests}
+
+
+def balancer_json(settings, routes: list[str]) -> dict[str, Any]:
+    """The JSON object of one balancer (docs/api.md, "Balancer")."""
+    return {
+        "name": settings.name,
+        "sticky_session": settings.sticky_session,
+        "sticky_cookie": settings.sticky_cookie,
+        "sticky_path": settings.sticky_path,
+        "sticky_remove": settings.sticky_remove,
+        "sticky_force": settings.sticky_force,
+        "wait_worker": settings.wait_worker,
+        "max_attempts": settings.max_attempts,
+        "nodes": routes,
+    }
+
+
+def _json_safe(value: Any) -> Any:
+    """Event fields are plain values; anything else is shown as text."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    return str(value)
+
+
+class APIResource(Resource):
+    """
+    The JSON API, mounted at C{console.api_path} (e.g. C{/api/v1}).
+
+    @param registry: the L{modcluster.cluster.registry.Registry}.
+    @param release: the release string (as VERSION reports it).
+    """
+
+    isLeaf = True
+
+    def __init__(self, registry, release: str) -> None:
+        super().__init__()
+        self._registry = registry
+        self._release = release
+
+    # -- HTTP ---------------------------------------------------------------
+
+    def render(self, request):
+        try:
+            if request.method not in (b"GET", b"HEAD"):
+                request.setHeader(b"allow", b"GET, HEAD")
+                raise _APIError(http.NOT_ALLOWED, "method_not_allowed",
+                                "the API is read-only: use GET or HEAD")
+            body = self._dispatch(request)
+            code = http.OK
+        except _APIError as e:
+            code = e.code
+            body = {"error": e.error, "message": e.message}
+        request.setResponseCode(code)
+        data = (json.dumps(body, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        request.setHeader(b"cache-control", b"no-store")
+        request.setHeader(b"content-security-policy",
+                          b"default-src 'none'; frame-ancestors 'none'")
+        request.setHeader(b"content-length", str(len(data)).encode())
+        return data
+
+    def _dispatch(self, request) -> Any:
+        segments = [s for s in request.postpath]
+        if segments and segments[-1] == b"":
+            segments = segments[:-1]  # a trailing slash is the same resource
+        try:
+            parts = [s.decode("utf-8") for s in segments]
+        except UnicodeDecodeError:
+            raise _APIError(http.NOT_FOUND, "not_found", "no such resource") from None
+        base = "/" + "/".join(quote(s.decode("utf-8", "replace"), safe="")
+                              for s in request.prepath if s)
+        if not parts:
+            return self._root(base)
+        head, rest = parts[0], parts[1:]
+        if head == "nodes" and len(rest) == 1:
+            return self._node(rest[0])
+        if rest or head not in ENDPOINTS:
+            raise _APIError(http.NOT_FOUND, "not_found",
+                            f"no such resource: {'/'.join(parts)}; see {base or '/'}")
+        if head == "events":
+            return self._events(request)
+        return getattr(self, "_" + head)()
+
+    # -- endpoints ------------------------------------------------------------
+
+    def _root(self, base: str) -> dict[str, Any]:
+        base = base.rstrip("/")
+        return {
+            "release": self._release,
+            "version": _version.__version__,
+            "counts": dict(self._registry.counts),
+            "endpoints": {name: f"{base}/{name}" for name in ENDPOINTS}
+            | {"node": f"{base}/nodes/{{route}}"},
+        }
+
+    def _balancers(self) -> dict[str, Any]:
+        members: dict[str, list[str]] = {}
+        for node in self._registry.nodes():
+            members.setdefault(node.settings.balancer, []).append(node.settings.route)
+        balancers = self._registry.balancers
+        return {"balancers": [balancer_json(balancers[name], members.get(name, []))
+                              for name in sorted(balancers)]}
+
+    def _nodes(self) -> dict[str, Any]:
+        return {"nodes": [node_json(v) for v in node_views(self._registry)]}
+
+    def _node(self, route: str) -> dict[str, Any]:
+        node = self._registry.node(route)
+        if node is None:
+            raise _APIError(http.NOT_FOUND, "not_found", f"no node with JVMRoute {route!r}")
+        return {"node": node_json(node_view(self._registry, node))}
+
+    def _vhosts(self) -> dict[str, Any]:
+        vhosts = []
+        for view in node_views(self._registry):
+            for v in view.vhosts:
+                vhosts.append({"node": view.route, "id": v.id, "aliases": list(v.aliases),
+                               "contexts": [c.path for c in v.contexts]})
+        return {"vhosts": vhosts}
+
+    def _contexts(self) -> dict[str, Any]:
+        contexts = []
+        for view in node_views(self._registry):
+            for v in view.vhosts:
+                for c in v.contexts:
+                    contexts.append({"node": view.route, "vhost": v.id,
+                                     "aliases": list(v.aliases)} | _context_json(c))
+        return {"contexts": contexts}
+
+    def _events(self, request) -> dict[str, Any]:
+        args = request.args or {}
+        since = _float_arg(args, b"since")
+        limit = _int_arg(args, b"limit", DEFAULT_EVENT_LIMIT)
+        events = list(self._registry.events)
+        if since is not None:
+            # Paging forward: the oldest `limit` events after `since`, extended to
+            # every event sharing the last one's time, so that the next page
+            # (since = that time) loses nothing.
+            after = [e for e in events if e.get("time", 0) > since]
+            selected = after[:limit]
+            if selected:
+                last = selected[-1].get("time", 0)
+                selected += [e for e in after[limit:] if e.get("time", 0) == last]
+        else:
+            selected = events[-limit:]
+        out = [_json_safe(e) for e in selected]
+        next_since = selected[-1].get("time") if selected else since
+        return {"events": out, "count": len(out), "next_since": next_since}
+
+
+def _arg(args: dict, name: bytes) -> Optional[str]:
+    values = args.get(name)
+    if not values:
+        return None
+    try:
+        return values[-1].decode("ascii").strip()
+    except UnicodeDecodeError:
+        raise _APIError(http.BAD_REQUEST, "bad_request",
+                        f"{name.decode()} must be a number") from None
+
+
+def _float_arg(args: dict, name: bytes) -> Optional[float]:
+    raw = _arg(args, name)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise _APIError(http.BAD_REQUEST, "bad_request", f"{name.decode()} must be a number")
+    return value
+
+
+def _int_arg(args: dict, name: bytes, default: int) -> int:
+    raw = _arg(args, name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise _APIError(http.BAD_REQUEST, "bad_request",
+                        f"{name.decode()} must be a positive integer")
+    return value

@@ -1,0 +1,232 @@
+"""
+Prometheus metrics.
+
+The cluster numbers are read from the registry at scrape time by a custom
+collector (L{ClusterCollector}), so request handling pays nothing for them.  The
+only counter updated as things happen is the MCMP message counter, through
+L{MCMPStats.record}, which the MCMP handler calls once per message.
+
+Everything lives in a L{CollectorRegistry} of its own per application instance
+(never prometheus_client's global default registry), so tests and several
+instances in one process do not collide.  The resource does not use
+C{prometheus_client.twisted}, which imports the global reactor.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from twisted.web.resource import Resource
+
+from modcluster import _version
+from modcluster.console.views import NodeState, node_state
+
+__all__ = ["ClusterCollector", "MCMPStats", "Metrics", "MetricsResource"]
+
+#: Methods counted by name; anything else is counted as "other" (bounded labels).
+MCMP_METHODS = frozenset({
+    "CONFIG", "ENABLE-APP", "DISABLE-APP", "STOP-APP", "REMOVE-APP", "STATUS", "PING",
+    "INFO", "DUMP", "VERSION",
+})
+#: Outcomes counted by name; anything else is counted as "other".
+MCMP_OUTCOMES = frozenset({"ok", "SYNTAX", "MEM", "GENERAL"})
+
+_CONTEXT_STATES = ("ENABLED", "DISABLED", "STOPPED")
+
+
+class MCMPStats:
+    """
+    Counts MCMP messages by method and outcome
+    (C{modcluster_mcmp_messages_total{method,outcome}}).
+
+    @param collector_registry: where the counter is registered.
+    """
+
+    def __init__(self, collector_registry: CollectorRegistry) -> None:
+        self._counter = Counter(
+            "modcluster_mcmp_messages",
+            "MCMP messages received, by method and outcome (ok or the MCMP error type).",
+            ["method", "outcome"],
+            registry=collector_registry,
+        )
+
+    def record(self, method: str, outcome: str) -> None:
+        """Count one message.  Unknown methods/outcomes are counted as C{other}."""
+        method = method.upper() if isinstance(method, str) else "other"
+        if method not in MCMP_METHODS:
+            method = "other"
+        if outcome not in MCMP_OUTCOMES:
+            outcome = "other"
+        self._counter.labels(method=method, outcome=outcome).inc()
+
+
+class ClusterCollector(Collector):
+    """
+    Reads the cluster registry at scrape time.
+
+    @param registry: the L{modcluster.cluster.registry.Registry}.
+    @param release: the release string (exported in C{modcluster_build_info}).
+    """
+
+    def __init__(self, registry, release: str) -> None:
+        self._registry = registry
+        self._release = release
+
+    def describe(self) -> Iterable[Metric]:
+        # Nothing to check for duplicates at registration; collect() is cheap anyway.
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        reg = self._registry
+        build = InfoMetricFamily("modcluster_build", "Release and version of this balancer.")
+        build.add_metric([], {"release": self._release, "version": _version.__version__})
+        yield build
+
+        counts = reg.counts
+        for key, doc in (("nodes", "Registered nodes (including nodes being removed)."),
+                         ("balancers", "Balancers."),
+                         ("aliases", "Virtual host aliases."),
+                         ("contexts", "Context records.")):
+            yield GaugeMetricFamily(f"modcluster_{key}", doc, value=counts.get(key, 0))
+
+        node_l = ["route"]
+        info = InfoMetricFamily("modcluster_node", "Static facts about a node.", labels=node_l)
+        load = GaugeMetricFamily("modcluster_node_load",
+                                 "Load factor from the last STATUS (-1: none or in error; "
+                                 "0: hot standby).", labels=node_l)
+        flags = {
+            "in_error": GaugeMetricFamily("modcluster_node_in_error",
+                                          "1 when the node is in error.", labels=node_l),
+            "hot_standby": GaugeMetricFamily("modcluster_node_hot_standby",
+                                             "1 when the node reported Load=0.",
+                                             labels=node_l),
+            "removed": GaugeMetricFamily("modcluster_node_removed",
+                                         "1 while a removed node waits to be purged.",
+                                         labels=node_l),
+            "unverified": GaugeMetricFamily(
+                "modcluster_node_unverified",
+                "1 for a node restored from saved state and not heard from since.",
+                labels=node_l),
+        }
+        elected = CounterMetricFamily("modcluster_node_elected",
+                                      "Times the node was chosen by the balancer.",
+                                      labels=node_l)
+        requests = CounterMetricFamily("modcluster_node_requests",
+                                       "Requests forwarded to the node.", labels=node_l)
+        failures = CounterMetricFamily("modcluster_node_failures",
+                                       "Forwarding failures on the node.", labels=node_l)
+        busy = GaugeMetricFamily("modcluster_node_busy",
+                                 "Requests in flight on the node.", labels=node_l)
+        read = CounterMetricFamily("modcluster_node_read_bytes",
+                                   "Bytes read from the node.", labels=node_l)
+        sent = CounterMetricFamily("modcluster_node_transferred_bytes",
+                                   "Bytes sent to the node.", labels=node_l)
+        ctx_l = ["route", "vhost", "context"]
+        ctx_status = GaugeMetricFamily(
+            "modcluster_context_status",
+            "1 for the current status of a context (ENABLED, DISABLED or STOPPED), else 0.",
+            labels=ctx_l + ["status"])
+        ctx_in_flight = GaugeMetricFamily("modcluster_context_in_flight",
+                                          "Requests in flight on the context.", labels=ctx_l)
+        ctx_requests = CounterMetricFamily("modcluster_context_requests",
+                                           "Requests routed to the context.", labels=ctx_l)
+        by_state = {s: 0 for s in NodeState}
+
+        for node in reg.nodes():
+            s, rt = node.settings, node.rt
+            route = [s.route]
+            state, _ = node_state(node)
+            by_state[state] += 1
+            info.add_metric(route, {"balancer": s.balancer, "domain": s.domain,
+                                    "type": s.type, "host": s.host, "port": str(s.port)})
+            load.add_metric(route, rt.lbfactor)
+            flags["in_error"].add_metric(route, 1 if rt.in_error else 0)
+            flags["hot_standby"].add_metric(route, 1 if rt.lbfactor == 0 else 0)
+            flags["removed"].add_metric(route, 1 if rt.removed else 0)
+            flags["unverified"].add_metric(route, 1 if rt.unverified else 0)
+            elected.add_metric(route, rt.elected)
+            requests.add_metric(route, rt.requests)
+            failures.add_metric(route, rt.failures)
+            busy.add_metric(route, rt.busy)
+            read.add_metric(route, rt.read)
+            sent.add_metric(route, rt.transferred)
+            for vhost, ctx in reg.contexts_of(node):
+                labels = [s.route, str(vhost.id), ctx.path]
+                for name in _CONTEXT_STATES:
+                    ctx_status.add_metric(labels + [name], 1 if ctx.state.name == name else 0)
+                ctx_in_flight.add_metric(labels, ctx.rt.in_flight)
+                ctx_requests.add_metric(labels, ctx.rt.requests)
+
+        states = GaugeMetricFamily("modcluster_nodes_by_state",
+                                   "Nodes per display state (as the console shows them).",
+                                   labels=["state"])
+        for state, n in by_state.items():
+            states.add_metric([state.value], n)
+        yield states
+        yield info
+        yield load
+        yield from flags.values()
+        yield from (elected, requests, failures, busy, read, sent)
+        yield from (ctx_status, ctx_in_flight, ctx_requests)
+
+
+class MetricsResource(Resource):
+    """
+    Serves a collector registry in the Prometheus text format (or OpenMetrics
+    when the scraper asks for it in C{Accept}).
+    """
+
+    isLeaf = True
+
+    def __init__(self, collector_registry: CollectorRegistry) -> None:
+        super().__init__()
+        self._registry = collector_registry
+
+    def render_GET(self, request):
+        accept = (request.getHeader(b"accept") or b"").decode("latin-1")
+        encoder, content_type = choose_encoder(accept)
+        body = encoder(self._registry)
+        request.setHeader(b"content-type", content_type.encode("ascii"))
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        request.setHeader(b"cache-control", b"no-store")
+        request.setHeader(b"content-length", str(len(body)).encode())
+        return body
+
+
+class Metrics:
+    """
+    The metrics of one application instance.
+
+    @param registry: the cluster registry.
+    @param release: the release string.
+    @param process: also export the process/platform/GC collectors.
+
+    @ivar collector_registry: the instance's own L{CollectorRegistry}.
+    @ivar stats: the L{MCMPStats} to hand to the MCMP handler (C{stats=}).
+    @ivar resource: the L{MetricsResource} to mount at C{console.metrics_path}.
+    """
+
+    def __init__(self, registry, release: str, *, process: bool = True) -> None:
+        self.collector_registry = CollectorRegistry()
+        self.collector_registry.register(ClusterCollector(registry, release))
+        self.stats = MCMPStats(self.collector_registry)
+        if process:
+            ProcessCollector(registry=self.collector_registry)
+            PlatformCollector(registry=self.collector_registry)
+            GCCollector(registry=self.collector_registry)
+        self.resource = MetricsResource(self.collector_registry)
