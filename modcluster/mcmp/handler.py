@@ -1,0 +1,294 @@
+"""
+The MCMP controller: decodes a request with L{modcluster.mcmp.wire}, applies it
+to the registry (probing nodes where mod_proxy_cluster does), and produces the
+reply.  Transport-free, so the twisted.web resource stays thin and the whole
+protocol can be tested without sockets.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+from attrs import frozen
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+
+from modcluster.cluster.errors import ClusterError
+from modcluster.cluster.model import (
+    BalancerSettings,
+    NodeEntry,
+    NodeRuntime,
+    NodeSettings,
+)
+from modcluster.mcmp import wire
+
+__all__ = ["MCMPHandler", "Reply"]
+
+TEXT = (b"Content-Type", b"text/plain")
+XML = (b"Content-Type", b"text/xml")
+#: Methods that act on one node's registration (identity pinning applies).
+_NODE_METHODS = {"CONFIG", "ENABLE-APP", "DISABLE-APP", "STOP-APP", "REMOVE-APP", "STATUS"}
+
+
+@frozen
+class Reply:
+    status: int
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+    body: bytes = b""
+    #: close the connection after the reply (httpd does after an error)
+    close: bool = False
+
+
+class _NullStats:
+    def record(self, method: str, outcome: str) -> None:
+        pass
+
+
+class MCMPHandler:
+    """
+    @param registry: the L{modcluster.cluster.registry.Registry}.
+    @param prober: an L{modcluster.interfaces.INodeProber}.
+    @param clock: provides C{seconds()}.
+    @param identity_policy: optional; C{allowed(identities, route) -> bool} and
+        C{describe(identities) -> str} (mutual TLS identity pinning).
+    @param stats: optional; C{record(method, outcome)} per message (metrics).
+    """
+
+    log = Logger()
+
+    def __init__(self, registry, prober, clock, *, default_balancer: str = "mycluster",
+                 max_message_size: int = 65536, release: str = "mod_cluster/1.3.22.Final",
+                 ws_tunnel: bool = False, identity_policy=None, stats=None,
+                 field_limits: Optional["wire.FieldLimits"] = None) -> None:
+        self._registry = registry
+        self._prober = prober
+        self._clock = clock
+        self._default_balancer = default_balancer.lower()
+        self.max_message_size = max_message_size
+        self._release = release
+        self._ws_tunnel = ws_tunnel
+        self._policy = identity_policy
+        self._stats = stats or _NullStats()
+        self._limits = field_limits or wire.FieldLimits()
+        # Stable for the life of the process, fits the 32-bit int 1.3.x prints.
+        self.server_id = int(clock.seconds()) & 0x7FFFFFFF
+
+    # -- entry point -----------------------------------------------------------
+
+    def handle(self, method: str, uri: bytes, body: bytes, accept: Optional[bytes] = None,
+               identities: Optional[frozenset] = None, peer: str = "?"
+               ) -> Union[Reply, Deferred]:
+        """
+        Handle one MCMP request.  Returns a L{Reply}, or a Deferred firing with one
+        (STATUS and PING wait for a node probe).  Never raises.
+        """
+        method = method.upper()
+        try:
+            result = self._dispatch(method, uri, body, accept, identities)
+        except (wire.MCMPError, ClusterError) as e:
+            return self._error(method, e, peer)
+        except Exception:
+            self.log.failure("MCMP {method} from {peer} failed", method=method, peer=peer)
+            return self._error(method, wire.MCMPError(
+                "GENERAL", "GENERAL: internal error, see the balancer log"), peer)
+        if isinstance(result, Deferred):
+            def failed(f):
+                self.log.failure("MCMP {method} from {peer} failed", f, method=method,
+                                 peer=peer)
+                return self._error(method, wire.MCMPError(
+                    "GENERAL", "GENERAL: internal error, see the balancer log"), peer)
+
+            return result.addCallbacks(self._ok(method), failed)
+        return self._ok(method)(result)
+
+    def _ok(self, method: str):
+        def record(reply: Reply) -> Reply:
+            self._stats.record(method, "ok")
+            return reply
+
+        return record
+
+    def _error(self, method: str, err, peer: str) -> Reply:
+        self._stats.record(method, err.type)
+        self.log.warn("MCMP {method} from {peer} refused: {mess}", method=method, peer=peer,
+                      mess=err.mess, mcmp_error=err.type)
+        headers = tuple((k.encode("latin-1") if isinstance(k, str) else k,
+                         v.encode("latin-1", "replace") if isinstance(v, str) else v)
+                        for k, v in wire.error_headers(err))
+        return Reply(500, headers + (TEXT,), b"", close=True)
+
+    def _dispatch(self, method, uri, body, accept, identities):
+        if method not in wire.METHODS:
+            raise wire.command_not_supported()
+        xml = wire.wants_xml(accept)
+        # INFO, DUMP and VERSION take no parameters: their bodies are ignored.
+        if method == "INFO":
+            return Reply(200, (XML if xml else TEXT,), self.info(xml))
+        if method == "DUMP":
+            return Reply(200, (XML if xml else TEXT,), self.dump(xml))
+        if method == "VERSION":
+            return Reply(200, (XML if xml else TEXT,), wire.format_version(self._release, xml))
+        params = wire.parse_body(body, self.max_message_size)
+        wildcard = wire.is_wildcard(uri)
+        if method == "CONFIG":
+            return self._config(params, identities)
+        if method in ("ENABLE-APP", "DISABLE-APP", "STOP-APP", "REMOVE-APP"):
+            return self._app(method, params, wildcard, identities)
+        if method == "STATUS":
+            return self._status(params, identities)
+        return self._ping(params)
+
+    def _check_identity(self, identities, route: str) -> None:
+        if self._policy is None or identities is None:
+            return
+        if not self._policy.allowed(identities, route):
+            # SYNTAX: the node must not keep retrying with a certificate that
+            # will never be allowed; an operator has to look.
+            raise wire.MCMPError("SYNTAX", "SYNTAX: " + self._policy.refusal(identities, route))
+
+    # -- commands ----------------------------------------------------------------
+
+    def _config(self, params, identities) -> Reply:
+        req = wire.decode_config(params, self._default_balancer, self._limits)
+        self._check_identity(identities, req.jvm_route)
+        for warning in req.warnings:
+            self.log.info("CONFIG for {route}: {warning}", route=req.jvm_route, warning=warning)
+        node_type = req.type
+        if self._ws_tunnel and node_type in ("http", "https"):
+            node_type = "ws" if node_type == "http" else "wss"
+        balancer = BalancerSettings(
+            name=req.balancer,
+            sticky_session=req.sticky_session,
+            sticky_cookie=req.sticky_session_cookie,
+            sticky_path=req.sticky_session_path,
+            sticky_remove=req.sticky_session_remove,
+            sticky_force=req.sticky_session_force,
+            wait_worker=float(req.wait_worker),
+            max_attempts=req.max_attempts,
+        )
+        settings = NodeSettings(
+            route=req.jvm_route,
+            balancer=req.balancer,
+            domain=req.domain,
+            host=req.host,
+            port=int(req.port),
+            type=node_type,
+            reversed=req.reversed,
+            flushpackets=req.flushpackets,
+            flushwait_ms=req.flushwait_ms,
+            ping=req.ping_s,
+            smax=req.smax,
+            ttl=req.ttl_s,
+            timeout=req.timeout_s,
+        )
+        self._registry.config(balancer, settings, req.groups)
+        return Reply(200, (TEXT,))
+
+    def _app(self, method, params, wildcard, identities) -> Reply:
+        req = wire.decode_app(params, wildcard, self._limits)
+        self._check_identity(identities, req.jvm_route)
+        result = self._registry.app(method, req.jvm_route, req.aliases, req.contexts,
+                                    wildcard)
+        if result.requests is None:
+            return Reply(200, (TEXT,))
+        body = wire.format_stop_app_rsp(result.route, result.alias,
+                                        ",".join(result.contexts), result.requests)
+        return Reply(200, (TEXT,), body)
+
+    def _status(self, params, identities):
+        req = wire.decode_status(params, self._limits)
+        self._check_identity(identities, req.jvm_route)
+        node = self._registry.status_node(req.jvm_route)
+        route = req.jvm_route
+
+        def reply(ok: bool) -> Reply:
+            return Reply(200, (TEXT,), wire.format_status_rsp(route, ok, self.server_id))
+
+        if node.rt.removed:
+            return reply(False)
+        if req.load == -1:
+            return reply(self._registry.apply_status(route, -1, None))
+        entry = NodeEntry(node.id, node.settings, node.rt)
+        d = self._probe(entry)
+        d.addCallback(lambda ok: reply(self._registry.apply_status(route, req.load, ok)))
+        return d
+
+    def _ping(self, params):
+        req = wire.decode_ping(params, self._limits)
+        if req.jvm_route is not None:
+            node = self._registry.status_node(req.jvm_route)
+            route = req.jvm_route
+            if node.rt.removed:
+                return Reply(200, (TEXT,), wire.format_ping_rsp(route, False, self.server_id))
+            d = self._probe(NodeEntry(node.id, node.settings, node.rt))
+
+            def done(ok):
+                state = self._registry.apply_status(route, -2, ok)
+                return Reply(200, (TEXT,), wire.format_ping_rsp(route, state, self.server_id))
+
+            return d.addCallback(done)
+        if req.scheme is None:
+            return Reply(200, (TEXT,), wire.format_ping_rsp(None, True, self.server_id))
+        port = int(req.port)
+        # Only addresses of registered nodes are probed (as 2.x-HEAD, which pings
+        # through an existing worker): the MCMP port must not let any client make
+        # the balancer connect anywhere.
+        known = {(n.settings.host.lower(), n.settings.port) for n in self._registry.nodes()}
+        if (req.host.lower(), port) not in known:
+            return Reply(200, (TEXT,), wire.format_ping_rsp(None, False, self.server_id))
+        adhoc = NodeEntry(0, NodeSettings(route="", host=req.host, port=port,
+                                          type=req.scheme), NodeRuntime())
+        d = self._probe(adhoc)
+        d.addCallback(lambda ok: Reply(200, (TEXT,), wire.format_ping_rsp(
+            None, ok is not False, self.server_id)))
+        return d
+
+    def _probe(self, entry: NodeEntry) -> Deferred:
+        try:
+            d = self._prober.probe(entry)
+        except Exception:
+            self.log.failure("probe of {route} raised", route=entry.route)
+            return succeed(False)
+
+        def broken(f):
+            self.log.failure("probe of {route} failed", f, route=entry.route)
+            return False
+
+        return d.addErrback(broken)
+
+    # -- INFO / DUMP -------------------------------------------------------------
+
+    def _records(self):
+        nodes, vhosts, contexts = [], [], []
+        for node in self._registry.nodes():
+            s, rt = node.settings, node.rt
+            nodes.append(wire.InfoNode(
+                id=node.id, name=s.route, balancer=s.balancer, domain=s.domain,
+                host=s.host, port=str(s.port), type=s.type, flushpackets=s.flushpackets,
+                flushwait_ms=s.flushwait_ms, ping_s=int(s.ping), smax=s.smax,
+                ttl_s=int(s.ttl), timeout_s=int(s.timeout), elected=rt.elected,
+                read=rt.read, transferred=rt.transferred, connected=rt.busy,
+                load=rt.lbfactor))
+            for vhost in sorted(node.vhosts.values(), key=lambda v: v.id):
+                for alias, alias_id in vhost.aliases.items():
+                    vhosts.append(wire.InfoVhost(node_id=node.id, vhost_id=vhost.id,
+                                                 alias_id=alias_id, alias=alias))
+                for ctx in sorted(vhost.contexts.values(), key=lambda c: c.id):
+                    contexts.append(wire.InfoContext(
+                        node_id=node.id, vhost_id=vhost.id, context_id=ctx.id,
+                        path=ctx.path, status=ctx.state.name))
+        return nodes, vhosts, contexts
+
+    def info(self, xml: bool = False) -> bytes:
+        return wire.format_info(*self._records(), xml=xml)
+
+    def dump(self, xml: bool = False) -> bytes:
+        nodes, vhosts, contexts = self._records()
+        balancers = [
+            wire.DumpBalancer(id=i, name=b.name, sticky=b.sticky_session,
+                              cookie=b.sticky_cookie, path=b.sticky_path,
+                              remove=b.sticky_remove, force=b.sticky_force,
+                              timeout_s=int(b.wait_worker), max_attempts=b.max_attempts)
+            for i, b in enumerate(self._registry.balancers.values(), start=1)
+        ]
+        return wire.format_dump(balancers, nodes, vhosts, contexts, xml=xml)

@@ -1,0 +1,201 @@
+"""
+The management listener: a twisted.web Site whose root sends MCMP methods
+(whatever the path) to the L{MCMPHandler} and everything else (GET/HEAD/POST) to
+the ordinary resource tree (console, JSON API, metrics).
+"""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import http, server
+from twisted.web.pages import notFound
+from twisted.web.resource import Resource
+
+from modcluster import _version
+from modcluster.mcmp import wire
+
+__all__ = ["ManagementRoot", "ManagementSite", "MCMPRequest"]
+
+SERVER = f"txmodcluster/{_version.__version__}".encode()
+_STANDARD = {b"GET", b"HEAD", b"POST"}
+
+
+def _peer(request) -> str:
+    addr = request.getClientAddress()
+    host = getattr(addr, "host", None)
+    return f"{host}:{getattr(addr, 'port', '')}" if host else str(addr)
+
+
+class MCMPRequest(server.Request):
+    """
+    A request that refuses bodies above the site's limit before buffering them,
+    and answers an MCMP error at once when a node sends too much.
+    """
+
+    _received = 0
+    _refused = False
+
+    def gotLength(self, length):
+        limit = self.channel.site.max_message_size
+        if length is not None and length > limit and self._is_mcmp():
+            self._refuse(f"message of {length} bytes exceeds the {limit} bytes limit")
+            length = 0
+        super().gotLength(length)
+
+    def handleContentChunk(self, data):
+        if self._refused:
+            return
+        self._received += len(data)
+        limit = self.channel.site.max_message_size
+        if self._received > limit and (self._is_mcmp() or self._received > 1 << 20):
+            self._refuse(f"message exceeds the {limit} bytes limit")
+            return
+        super().handleContentChunk(data)
+
+    def _is_mcmp(self) -> bool:
+        # The method is only set on the request once the body has been read;
+        # until then the channel holds it.
+        method = getattr(self.channel, "_command", None) or self.method
+        return method is not None and wire.is_mcmp_method(method)
+
+    def _refuse(self, why: str) -> None:
+        self._refused = True
+        Logger().warn("MCMP {method} from {peer} refused: {why}",
+                      method=self.method, peer=_peer(self), why=why)
+        mess = f"SYNTAX: {why}".encode()
+        transport = self.channel.transport
+        transport.write(
+            b"HTTP/1.1 500 Internal Server Error\r\nServer: " + SERVER +
+            b"\r\nVersion: 0.2.1\r\nType: SYNTAX\r\nMess: " + mess +
+            b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        transport.loseConnection()
+
+    def requestReceived(self, command, path, version):
+        if self._refused:
+            return
+        super().requestReceived(command, path, version)
+
+    def _handleStar(self):
+        # twisted.web answers every "* " request-URI like "OPTIONS *"; MCMP uses
+        # "*" as the node-wide form of the APP commands.
+        if not wire.is_mcmp_method(self.method):
+            return super()._handleStar()
+        try:
+            self.render(self.site.getResourceFor(self))
+        except BaseException:
+            self.processingFailed(Failure())
+
+    def setHeader(self, name, value):
+        # One product name on every management response, not TwistedWeb's.
+        if name.lower() == b"server" if isinstance(name, bytes) else name.lower() == "server":
+            value = SERVER
+        super().setHeader(name, value)
+
+
+class ManagementSite(server.Site):
+    """
+    @ivar max_message_size: largest MCMP body accepted.
+    """
+
+    requestFactory = MCMPRequest
+
+    def __init__(self, resource, max_message_size: int = 65536, timeout: float = 60.0,
+                 **kw) -> None:
+        super().__init__(resource, timeout=timeout, **kw)
+        self.max_message_size = max_message_size
+        self.displayTracebacks = False
+
+
+class MCMPResource(Resource):
+    """Renders one MCMP request through the handler."""
+
+    isLeaf = True
+    log = Logger()
+
+    def __init__(self, handler, identities=None) -> None:
+        super().__init__()
+        self._handler = handler
+        self._identities = identities or (lambda request: None)
+
+    def render(self, request):
+        method = request.method.decode("ascii", "replace")
+        body = request.content.read() if request.content is not None else b""
+        accept = request.getHeader(b"accept")
+        try:
+            identities = self._identities(request)
+        except Exception:
+            self.log.failure("cannot read the client certificate identity")
+            identities = frozenset()
+        result = self._handler.handle(method, request.uri, body, accept, identities,
+                                      peer=_peer(request))
+        if not isinstance(result, Deferred):
+            return self._write(request, result)
+        finished = []
+        request.notifyFinish().addErrback(lambda _: finished.append(True))
+
+        def send(reply):
+            if not finished:
+                request.write(self._write(request, reply))
+                request.finish()
+
+        result.addCallback(send).addErrback(
+            lambda f: self.log.failure("writing the MCMP reply failed", f))
+        return server.NOT_DONE_YET
+
+    @staticmethod
+    def _write(request, reply) -> bytes:
+        request.setResponseCode(reply.status)
+        request.responseHeaders.setRawHeaders(b"server", [SERVER])
+        for name, value in reply.headers:
+            request.responseHeaders.setRawHeaders(name, [value])
+        request.setHeader(b"content-length", str(len(reply.body)).encode())
+        if reply.close:
+            request.setHeader(b"connection", b"close")
+        return reply.body
+
+
+class ManagementRoot(Resource):
+    """
+    Root of the management listener: MCMP methods on any path go to the MCMP
+    resource; GET/HEAD/POST walk the children (console, API, metrics); anything
+    else is 501.
+    """
+
+    def __init__(self, mcmp: Resource | None, index: bytes = b"/mod_cluster-manager") -> None:
+        super().__init__()
+        self._mcmp = mcmp
+        self._index = index
+
+    def getChildWithDefault(self, path, request):
+        if request.method not in _STANDARD:
+            if self._mcmp is not None and wire.is_mcmp_method(request.method):
+                return self._mcmp
+            return _NotImplemented()
+        return super().getChildWithDefault(path, request)
+
+    def getChild(self, path, request):
+        if path == b"":
+            return self
+        return notFound()
+
+    def render(self, request):
+        if self._mcmp is not None and wire.is_mcmp_method(request.method):
+            return self._mcmp.render(request)
+        if request.method not in _STANDARD:
+            return _NotImplemented().render(request)
+        request.redirect(self._index)
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return b"see " + self._index + b"\n"
+
+
+class _NotImplemented(Resource):
+    isLeaf = True
+
+    def render(self, request):
+        request.setResponseCode(http.NOT_IMPLEMENTED)
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        request.setHeader(b"allow", b"GET, HEAD, POST, " + b", ".join(
+            m.encode() for m in sorted(wire.METHODS)))
+        return b"method not implemented\n"
