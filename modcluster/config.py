@@ -448,9 +448,21 @@ def load_config(path: str) -> Config:
 
 
 def _cross_checks(config: Config, source: str) -> None:
-    from modcluster.advertise import parse_frequency, parse_group  # pure helpers
+    from modcluster.advertise import (  # pure helpers
+        parse_advertised_url,
+        parse_bind_address,
+        parse_frequency,
+        parse_group,
+    )
 
     adv = config.advertise
+    for key, parse, value in (("advertise.bind_address", parse_bind_address, adv.bind_address),
+                              ("advertise.address", parse_advertised_url, adv.address)):
+        if value is not None:
+            try:
+                parse(value)
+            except ValueError as e:
+                raise ConfigError(source, key, str(e)) from None
     try:
         parse_frequency(adv.frequency)
     except ValueError as e:

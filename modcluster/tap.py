@@ -1,0 +1,240 @@
+"""
+twistd plugin glue: C{twistd -n modcluster [--config FILE] [--check] [--demo]}.
+
+This is the only module that assembles the application: it reads the
+configuration and wires the registry, the management listener (MCMP, console,
+API, metrics), the proxy listeners, advertise, health checks and persistence
+into one L{MultiService}.  Everything below receives the reactor from here.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from twisted.application import strports
+from twisted.application.service import MultiService
+from twisted.logger import Logger
+from twisted.python import usage
+
+from modcluster.config import Config, ConfigError, load_config
+
+log = Logger()
+
+
+class Options(usage.Options):
+    synopsis = "[--config FILE] [--check] [--demo]"
+    longdesc = (
+        "Run the txmodcluster mod_cluster balancer.  Without --config it runs on the "
+        "built-in defaults: management (MCMP, console, API, metrics) on "
+        "127.0.0.1:6666 and the proxy on 127.0.0.1:8000."
+    )
+    optParameters = [
+        ["config", "c", None, "TOML configuration file (see docs/configuration.md)."],
+    ]
+    optFlags = [
+        ["check", None, "Validate the configuration file and exit."],
+        ["demo", None, "Also start two demo backends on loopback that register "
+                       "themselves with this balancer over MCMP."],
+    ]
+
+    def postOptions(self) -> None:
+        path = self["config"]
+        try:
+            self.config = load_config(path) if path else Config()
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+        if self["check"]:
+            sys.stdout.write(f"{path or '(built-in defaults)'}: configuration OK\n")
+            sys.stdout.flush()
+            raise SystemExit(0)
+
+
+def makeService(options: Options) -> MultiService:
+    from twisted.internet import reactor
+
+    return build(options.config, reactor, demo=bool(options["demo"]))
+
+
+def endpoint_address(description: str) -> tuple[str, int]:
+    """
+    The (host, port) a server endpoint description listens on, for the advertised
+    address: C{tcp:6666:interface=10.0.0.1} → C{("10.0.0.1", 6666)}.  Host is
+    C{0.0.0.0} / C{::} when no interface is given.
+    """
+    parts, current, escaped = [], "", False
+    for ch in description:
+        if escaped:
+            current += ch
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch == ":":
+            parts.append(current)
+            current = ""
+        else:
+            current += ch
+    parts.append(current)
+    kind, args = parts[0], parts[1:]
+    kw = dict(a.split("=", 1) for a in args if "=" in a)
+    positional = [a for a in args if "=" not in a]
+    port = int(kw.get("port", positional[0] if positional else 0))
+    default = "::" if kind == "tcp6" else "0.0.0.0"
+    return kw.get("interface", default), port
+
+
+def build(config: Config, reactor, demo: bool = False) -> MultiService:
+    """
+    Assemble the whole balancer for C{config} on C{reactor}.  The returned
+    service has attributes C{registry}, C{handler} and C{metrics} for tests and
+    tools.
+    """
+    from twisted.application.internet import StreamServerEndpointService
+
+    from modcluster.api import APIResource
+    from modcluster.cluster.maintenance import Maintenance
+    from modcluster.cluster.persistence import StateStore
+    from modcluster.cluster.registry import Limits, Registry
+    from modcluster.console.resources import ConsoleResource, mount
+    from modcluster.health import NodeProber
+    from modcluster.mcmp.handler import MCMPHandler
+    from modcluster.mcmp.resource import ManagementRoot, ManagementSite, MCMPResource
+    from modcluster.metrics import Metrics
+
+    top = MultiService()
+    m = config.manager
+    registry = Registry(
+        reactor,
+        Limits(max_nodes=m.max_nodes, max_hosts=m.max_hosts, max_contexts=m.max_contexts,
+               wait_before_remove=m.wait_before_remove,
+               lbstatus_recalc_time=m.lbstatus_recalc_time,
+               idle_failures_before_remove=m.idle_failures_before_remove,
+               worker_retry=m.worker_retry),
+        default_balancer=m.balancer_name,
+        event_log_size=config.console.event_log_size,
+    )
+    top.registry = registry
+    if m.persist:
+        store = StateStore(registry, m.state_file, reactor)
+        store.restore()
+        store.setServiceParent(top)
+
+    node_tls = _node_tls(config)
+    prober = NodeProber(reactor, config.proxy, node_tls)
+    Maintenance(registry, prober, reactor).setServiceParent(top)
+
+    metrics = Metrics(registry, m.release)
+    top.metrics = metrics
+    policy = None
+    identities = None
+    if m.tls.enabled:
+        from modcluster.tls import IdentityPolicy, peer_identities
+
+        if m.tls.identities:
+            policy = IdentityPolicy({k: list(v) for k, v in m.tls.identities.items()})
+        identities = lambda request: peer_identities(request.channel.transport)  # noqa: E731
+    handler = MCMPHandler(
+        registry, prober, reactor,
+        default_balancer=m.balancer_name,
+        max_message_size=m.max_message_size,
+        release=m.release,
+        ws_tunnel=config.proxy.enable_ws_tunnel,
+        identity_policy=policy,
+        stats=metrics.stats,
+    )
+    top.handler = handler
+
+    c = config.console
+    console = None
+    if c.enabled:
+        console = ConsoleResource(
+            registry, c, m.release, clock=reactor, mcmp=handler,
+            display=[("Management listeners", ", ".join(m.listen)),
+                     ("Proxy listeners", ", ".join(config.proxy.listen)),
+                     ("Advertise", _advertise_summary(config))])
+
+    def management_root(with_mcmp: bool) -> ManagementRoot:
+        root = ManagementRoot(MCMPResource(handler, identities) if with_mcmp else None,
+                              index=c.path.encode())
+        if console is not None:
+            mount(root, c.path, console)
+        if c.api:
+            mount(root, c.api_path, APIResource(registry, m.release))
+        if c.metrics:
+            mount(root, c.metrics_path, metrics.resource)
+        return root
+
+    site = ManagementSite(management_root(True), max_message_size=m.max_message_size,
+                          timeout=m.request_timeout)
+    for description in m.listen:
+        _listen(reactor, description, site, m.tls).setServiceParent(top)
+    if c.listen:
+        console_site = ManagementSite(management_root(False), timeout=m.request_timeout)
+        for description in c.listen:
+            strports.service(description, console_site, reactor=reactor).setServiceParent(top)
+
+    if config.advertise.enabled:
+        _advertiser(config, reactor).setServiceParent(top)
+    return top
+
+
+def _listen(reactor, description: str, site, tls_config):
+    from twisted.application.internet import StreamServerEndpointService
+
+    if not tls_config.enabled:
+        return strports.service(description, site, reactor=reactor)
+    from modcluster.tls import server_context_factory, tls_server_endpoint
+
+    factory = server_context_factory(
+        tls_config.certificate, tls_config.private_key, tls_config.ca,
+        require_client_cert=tls_config.require_client_certificate,
+        min_version=tls_config.minimum_version, ciphers=tls_config.ciphers)
+    endpoint = tls_server_endpoint(reactor, description, factory,
+                                   tls_config.handshake_timeout)
+    return StreamServerEndpointService(endpoint, site)
+
+
+def _node_tls(config: Config):
+    """C{callable(node) -> IOpenSSLClientConnectionCreator} for https/wss nodes."""
+    from modcluster.tls import client_context_factory
+
+    t = config.proxy.tls
+    cache: dict = {}
+
+    def creator(node):
+        host = node.settings.host
+        if host not in cache:
+            cache[host] = client_context_factory(
+                host, t.ca, t.client_certificate, t.client_private_key, verify=t.verify)
+        return cache[host]
+
+    return creator
+
+
+def _advertise_summary(config: Config) -> str:
+    a = config.advertise
+    if not a.enabled:
+        return "off"
+    return f"group {a.group} via {a.interface}, ttl {a.ttl}, every {a.frequency} s"
+
+
+def _advertiser(config: Config, reactor):
+    from modcluster.advertise import Advertiser, parse_advertised_url, parse_frequency
+
+    a = config.advertise
+    tls = config.manager.tls.enabled
+    if a.address:
+        scheme, host, port = parse_advertised_url(a.address)
+        protocol = scheme if "://" in a.address else ("https" if tls else "http")
+    else:
+        host, port = endpoint_address(config.manager.listen[0])
+        protocol = "https" if tls else "http"
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return Advertiser(
+        reactor, f"{host}:{port}",
+        group=a.group, bind_address=a.bind_address, interface=a.interface, ttl=a.ttl,
+        frequency=parse_frequency(a.frequency), security_key=a.security_key,
+        manager_url=a.manager_url, manager_protocol=protocol)
+
+
+__all__ = ["Options", "makeService", "build", "endpoint_address"]
