@@ -522,6 +522,12 @@ class Registry:
         if node is not None and not node.rt.removed:
             self._set_error(node, reason)
 
+    def clear_error(self, route: str, why: str) -> None:
+        """A node in error answered a request (mod_proxy's retry succeeded)."""
+        node = self._nodes.get(route)
+        if node is not None and not node.rt.removed:
+            self._clear_error(node, why)
+
     def _set_error(self, node: _Node, reason: str) -> None:
         rt = node.rt
         rt.error_since = self._clock.seconds()
