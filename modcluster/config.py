@@ -174,6 +174,9 @@ class ManagerConfig:
     worker_retry: float = field(default=60.0, validator=_non_negative, metadata=_doc(
         "Seconds after which a node in error may be tried again by a sticky request "
         "(mod_proxy `retry`).", ""))
+    status_probe_reuse: float = field(default=1.0, validator=_non_negative, metadata=_doc(
+        "A node that answered a probe less than this many seconds ago is not probed "
+        "again for a STATUS (0: probe at every STATUS, as httpd does).", ""))
     request_timeout: float = field(default=60.0, validator=_positive, metadata=_doc(
         "Seconds an idle or stalled management connection is kept open.", "Timeout"))
     persist: bool = field(default=False, metadata=_doc(

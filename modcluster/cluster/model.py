@@ -108,6 +108,7 @@ class NodeRuntime:
         "lbfactor", "in_error", "error_since", "error_reason", "removed", "unverified",
         "elected", "oldelected", "lbstatus", "read", "oldread", "transferred", "busy",
         "num_failure_idle", "updatetimelb", "requests", "failures", "last_status",
+        "last_alive",
     )
 
     def __init__(self, now: float = 0.0) -> None:
@@ -129,6 +130,8 @@ class NodeRuntime:
         self.requests = 0
         self.failures = 0
         self.last_status = 0.0
+        #: last time the node answered a probe
+        self.last_alive = float("-inf")
 
     @property
     def hot_standby(self) -> bool:

@@ -551,6 +551,7 @@ class Registry:
             return
         if ok:
             node.rt.num_failure_idle = 0
+            node.rt.last_alive = self._clock.seconds()
             return
         node.rt.num_failure_idle += 1
         self._set_error(node, "idle health probe failed")

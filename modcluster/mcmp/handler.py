@@ -52,6 +52,8 @@ class MCMPHandler:
     @param identity_policy: optional; C{allowed(identities, route) -> bool} and
         C{describe(identities) -> str} (mutual TLS identity pinning).
     @param stats: optional; C{record(method, outcome)} per message (metrics).
+    @param probe_reuse: a node that answered a probe less than this many seconds
+        ago is not probed again for a STATUS (0: probe every time, as httpd).
     """
 
     log = Logger()
@@ -59,7 +61,8 @@ class MCMPHandler:
     def __init__(self, registry, prober, clock, *, default_balancer: str = "mycluster",
                  max_message_size: int = 65536, release: str = "mod_cluster/1.3.22.Final",
                  ws_tunnel: bool = False, identity_policy=None, stats=None,
-                 field_limits: Optional["wire.FieldLimits"] = None) -> None:
+                 field_limits: Optional["wire.FieldLimits"] = None,
+                 probe_reuse: float = 1.0) -> None:
         self._registry = registry
         self._prober = prober
         self._clock = clock
@@ -70,6 +73,9 @@ class MCMPHandler:
         self._policy = identity_policy
         self._stats = stats or _NullStats()
         self._limits = field_limits or wire.FieldLimits()
+        #: seconds a successful probe of a node stands in for the next one
+        self.probe_reuse = probe_reuse
+        self._probing: dict[tuple, list[Deferred]] = {}
         # Stable for the life of the process, fits the 32-bit int 1.3.x prints.
         self.server_id = int(clock.seconds()) & 0x7FFFFFFF
 
@@ -208,10 +214,16 @@ class MCMPHandler:
             return reply(False)
         if req.load == -1:
             return reply(self._registry.apply_status(route, -1, None))
-        entry = NodeEntry(node.id, node.settings, node.rt)
-        d = self._probe(entry)
+        if self._recently_alive(node.rt):
+            # Probed (or answered) a moment ago: no new connection for this report.
+            return reply(self._registry.apply_status(route, req.load, True))
+        d = self._probe(NodeEntry(node.id, node.settings, node.rt))
         d.addCallback(lambda ok: reply(self._registry.apply_status(route, req.load, ok)))
         return d
+
+    def _recently_alive(self, rt) -> bool:
+        return (self.probe_reuse > 0 and not rt.in_error
+                and self._clock.seconds() - rt.last_alive < self.probe_reuse)
 
     def _ping(self, params):
         req = wire.decode_ping(params, self._limits)
@@ -244,17 +256,36 @@ class MCMPHandler:
         return d
 
     def _probe(self, entry: NodeEntry) -> Deferred:
+        """
+        Probe a node; concurrent probes of the same node (several STATUS/PING in
+        flight) share one connection attempt.
+        """
+        key = (entry.id, entry.settings.host, entry.settings.port, entry.settings.type)
+        waiters = self._probing.get(key)
+        if waiters is not None:
+            d = Deferred()
+            waiters.append(d)
+            return d
+        waiters = self._probing[key] = []
         try:
             d = self._prober.probe(entry)
         except Exception:
             self.log.failure("probe of {route} raised", route=entry.route)
-            return succeed(False)
+            d = succeed(False)
 
         def broken(f):
             self.log.failure("probe of {route} failed", f, route=entry.route)
             return False
 
-        return d.addErrback(broken)
+        def done(ok):
+            del self._probing[key]
+            if ok:
+                entry.rt.last_alive = self._clock.seconds()
+            for w in waiters:
+                w.callback(ok)
+            return ok
+
+        return d.addErrback(broken).addCallback(done)
 
     # -- INFO / DUMP -------------------------------------------------------------
 

@@ -391,3 +391,36 @@ def test_server_header_names_the_product():
     r = server.request("VERSION")
     assert r.headers[b"server"].startswith(b"txmodcluster/")
     assert r.body.startswith(b"release: mod_cluster/1.3.22.Final, protocol: 0.2.1")
+
+
+def test_status_reuses_a_fresh_probe_and_coalesces_concurrent_ones():
+    server = Server()
+    register(server)
+    server.request("STATUS", b"JVMRoute=node1&Load=50")
+    assert len(server.prober.probed) == 1
+    server.request("STATUS", b"JVMRoute=node1&Load=60")  # within probe_reuse (1 s)
+    assert len(server.prober.probed) == 1
+    assert server.registry.node("node1").rt.lbfactor == 60
+    server.clock.advance(1.5)
+    server.prober.hold = True
+    first = server.handler.handle("STATUS", b"/", b"JVMRoute=node1&Load=70")
+    second = server.handler.handle("STATUS", b"/", b"JVMRoute=node1&Load=80")
+    assert len(server.prober.probed) == 2  # one new probe for both
+    results = []
+    first.addCallback(results.append)
+    second.addCallback(results.append)
+    server.prober.hold.callback(True)
+    assert [b"State=OK" in r.body for r in results] == [True, True]
+
+
+def test_probe_reuse_zero_probes_every_status_and_errors_always_reprobe():
+    server = Server()
+    server.handler.probe_reuse = 0
+    register(server)
+    server.request("STATUS", b"JVMRoute=node1&Load=50")
+    server.request("STATUS", b"JVMRoute=node1&Load=50")
+    assert len(server.prober.probed) == 2
+    server.handler.probe_reuse = 10
+    server.registry.set_error("node1", "test")
+    server.request("STATUS", b"JVMRoute=node1&Load=50")
+    assert len(server.prober.probed) == 3
