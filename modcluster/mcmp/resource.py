@@ -107,6 +107,14 @@ class ManagementSite(server.Site):
         self.max_message_size = max_message_size
         self.displayTracebacks = False
 
+    def log(self, request):
+        # Successful MCMP messages (a STATUS per node every few seconds) are not
+        # access-logged: the registry logs every change they cause, and refusals
+        # are logged by the handler.  Everything else is.
+        if request.code == 200 and wire.is_mcmp_method(request.method):
+            return
+        super().log(request)
+
 
 class MCMPResource(Resource):
     """Renders one MCMP request through the handler."""

@@ -1,0 +1,1681 @@
+#!/usr/bin/env python3
+"""
+txmodcluster benchmarks (not part of the test suite).  See docs/performance.md.
+
+    bench/install                                   # once, as root
+    /work/main/.venv/bin/python bench/run.py [--quick] [--only NAME[,NAME]] [--duration S]
+
+Everything runs on 127.0.0.1 with free ports chosen here, from private
+configuration files in a temporary directory (removed at the end unless --keep):
+
+* two nginx instances (the static backends: a 100-byte file, a 64 KiB file and a
+  sparse 1 GiB file);
+* one httpd 2.4 (event MPM, mod_proxy_balancer + mod_proxy_http to the two nginx,
+  and mod_proxy_ajp balancers to a Tomcat for the ``ajp`` benchmark);
+* txmodcluster (``twistd -n modcluster --config <generated toml>``), with the two
+  nginx registered over MCMP exactly as the Java listener registers a node
+  (INFO, CONFIG, ENABLE-APP, STATUS Load=100);
+* for ``ajp``: a Tomcat 10 from tests/support/tomcat.py.
+
+Benchmarks (``--only``): ``http`` (direct / httpd / txmodcluster; 100 B and 64 KiB;
+keep-alive and Connection: close), ``ajp``, ``mcmp-status``, ``register-1000``,
+``stream-1g``.  A target that cannot run (e.g. txmodcluster before its proxy works)
+is reported as "unavailable: <reason>" and the run goes on.
+
+Results: a table on stdout and a JSON file under bench/results/ (gitignored) with
+the machine description.  Every process started here lives in its own process
+group and is killed on exit, error or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import ctypes
+import http.client
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from urllib.parse import quote_plus
+
+REPO = Path(__file__).resolve().parent.parent
+VENV = REPO / ".venv"
+PYTHON = VENV / "bin" / "python"
+TWISTD = VENV / "bin" / "twistd"
+RESULTS_DIR = REPO / "bench" / "results"
+LOOPBACK = "127.0.0.1"
+
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+HTTPD = shutil.which("apache2") or "/usr/sbin/apache2"
+WRK = shutil.which("wrk") or "/usr/bin/wrk"
+HTTPD_MODULES = Path("/usr/lib/apache2/modules")
+
+SIZES = {"100B": ("small.txt", 100), "64KiB": ("large.bin", 65536)}
+BIG_FILE, BIG_SIZE = "big.bin", 1 << 30
+BENCHES = ("http", "ajp", "mcmp-status", "register-1000", "stream-1g")
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+class Unavailable(Exception):
+    """A target or benchmark cannot run; the message says why."""
+
+
+def log(msg: str) -> None:
+    sys.stderr.write(f"[{time.strftime('%H:%M:%S')}] {msg}\n")
+    sys.stderr.flush()
+
+
+# ---------------------------------------------------------------------------------
+# Processes: own process group, die with us, killed on exit whatever happens
+# ---------------------------------------------------------------------------------
+
+try:
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # pragma: no cover
+    _prctl = None
+
+
+def _die_with_parent() -> None:  # preexec_fn (child, before exec)
+    if _prctl is not None:
+        _prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
+_PROCS: list[subprocess.Popen] = []
+
+
+def spawn(cmd: list[str], log_path: Path, *, cwd: Path | None = None,
+          env: dict | None = None) -> subprocess.Popen:
+    """Start cmd in its own process group, stdout+stderr to log_path."""
+    with open(log_path, "ab") as out:
+        proc = subprocess.Popen(
+            [str(c) for c in cmd], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=_die_with_parent)
+    _PROCS.append(proc)
+    return proc
+
+
+def stop(proc: subprocess.Popen | None, timeout: float = 5.0) -> None:
+    """SIGTERM the process group, SIGKILL it if it lingers; reap."""
+    if proc is None:
+        return
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # leftovers of the group, if any
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:  # pragma: no cover
+        pass
+    if proc in _PROCS:
+        _PROCS.remove(proc)
+
+
+def stop_all() -> None:
+    for proc in list(reversed(_PROCS)):
+        stop(proc, timeout=3.0)
+
+
+atexit.register(stop_all)
+
+
+def _on_signal(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+def free_ports(count: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind((LOOPBACK, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def port_accepts(port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((LOOPBACK, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def wait_port(port: int, proc: subprocess.Popen, timeout: float, what: str,
+              log_path: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while not port_accepts(port):
+        if proc.poll() is not None:
+            raise Unavailable(f"{what} exited with status {proc.returncode}: "
+                              f"{log_reason(log_path)}")
+        if time.monotonic() > deadline:
+            raise Unavailable(f"{what} did not listen on {port} within {timeout:.0f} s: "
+                              f"{log_reason(log_path)}")
+        time.sleep(0.05)
+
+
+def log_reason(path: Path) -> str:
+    """The most telling line of a log: the last exception line, else the last line."""
+    try:
+        lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines()
+                 if ln.strip()]
+    except OSError:
+        return "(no log)"
+    for ln in reversed(lines):
+        if re.search(r"(Error|Exception|error|emerg|failed)\b", ln) and \
+                not ln.startswith("File "):
+            return ln[-300:]
+    return lines[-1][-300:] if lines else "(empty log)"
+
+
+# ---------------------------------------------------------------------------------
+# /proc: CPU seconds and RSS of a process tree
+# ---------------------------------------------------------------------------------
+
+def _stat(pid: int):
+    """(ppid, starttime, cpu ticks incl. reaped children) or None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    fields = data[data.rindex(b")") + 2:].split()
+    # fields[0] = state (field 3); utime=14, stime=15, cutime=16, cstime=17, start=22
+    ppid = int(fields[1])
+    ticks = int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
+    return ppid, int(fields[19]), ticks
+
+
+def tree_pids(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            st = _stat(int(name))
+            if st is not None:
+                children.setdefault(st[0], []).append(int(name))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, ()))
+    return out
+
+
+def cpu_snapshot(roots: list[int]) -> dict[int, tuple[int, int]]:
+    snap = {}
+    for root in roots:
+        for pid in tree_pids(root):
+            st = _stat(pid)
+            if st is not None:
+                snap[pid] = (st[1], st[2])
+    return snap
+
+
+def cpu_seconds(before: dict, after: dict) -> float:
+    ticks = 0
+    for pid, (start, t) in after.items():
+        old = before.get(pid)
+        ticks += t - old[1] if old is not None and old[0] == start else t
+    return ticks / CLK_TCK
+
+
+def rss_kib(roots: list[int]) -> tuple[int, int]:
+    """(sum of VmRSS, sum of Pss) in KiB over the trees of roots."""
+    rss = pss = 0
+    for root in roots:
+        for pid in tree_pids(root):
+            try:
+                with open(f"/proc/{pid}/status") as f:
+                    for line in f:
+                        if line.startswith("VmRSS:"):
+                            rss += int(line.split()[1])
+                            break
+                with open(f"/proc/{pid}/smaps_rollup") as f:
+                    for line in f:
+                        if line.startswith("Pss:"):
+                            pss += int(line.split()[1])
+                            break
+            except (OSError, ValueError):
+                pass
+    return rss, pss
+
+
+class RssSampler(threading.Thread):
+    """Samples the RSS of process trees every `interval` seconds until stopped."""
+
+    def __init__(self, roots: list[int], interval: float = 0.25) -> None:
+        super().__init__(daemon=True)
+        self.roots, self.interval = roots, interval
+        self.samples: list[tuple[float, int, int]] = []
+        self._halt = threading.Event()
+        self._t0 = time.monotonic()
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            if self.roots:
+                rss, pss = rss_kib(self.roots)
+                self.samples.append((time.monotonic() - self._t0, rss, pss))
+            self._halt.wait(self.interval)
+
+    def finish(self) -> dict:
+        self._halt.set()
+        self.join()
+        if not self.samples:
+            return {}
+        return {"rss_peak_kib": max(s[1] for s in self.samples),
+                "pss_peak_kib": max(s[2] for s in self.samples),
+                "rss_last_kib": self.samples[-1][1]}
+
+
+# ---------------------------------------------------------------------------------
+# wrk
+# ---------------------------------------------------------------------------------
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
+
+
+def parse_wrk(out: str) -> dict:
+    res: dict = {}
+    m = re.search(r"(\d+) requests in ([\d.]+)(\w+),", out)
+    if m:
+        res["requests"] = int(m.group(1))
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if m:
+        res["rps"] = float(m.group(1))
+    for pct, value, unit in re.findall(r"^\s+(50|75|90|99)%\s+([\d.]+)(us|ms|s|m)\s*$",
+                                       out, re.M):
+        res[f"p{pct}_ms"] = float(value) * _UNITS[unit]
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    res["socket_errors"] = sum(int(x) for x in m.groups()) if m else 0
+    res["socket_error_detail"] = m.group(0) if m else ""
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    res["non2xx"] = int(m.group(1)) if m else 0
+    return res
+
+
+def run_wrk(url: str, duration: float, connections: int, keepalive: bool = True,
+            script: Path | None = None, tmp: Path | None = None) -> dict:
+    cmd = [WRK, "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency"]
+    if not keepalive:
+        cmd += ["-H", "Connection: close"]
+    if script is not None:
+        cmd += ["-s", str(script)]
+    cmd.append(url)
+    log_path = (tmp or Path(tempfile.gettempdir())) / "wrk.out"
+    log_path.write_bytes(b"")
+    proc = spawn(cmd, log_path)
+    try:
+        proc.wait(duration + 60)
+    except subprocess.TimeoutExpired:
+        stop(proc)
+        raise Unavailable(f"wrk did not finish: {' '.join(cmd)}")
+    stop(proc)
+    out = log_path.read_text(errors="replace")
+    res = parse_wrk(out)
+    if "rps" not in res or "requests" not in res:
+        raise Unavailable(f"wrk failed ({proc.returncode}): {out.strip()[-300:]}")
+    res["errors"] = res["socket_errors"] + res["non2xx"]
+    return res
+
+
+def http_get(port: int, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def check_target(port: int, path: str, size: int) -> None:
+    """Raise Unavailable unless GET path answers 200 with size bytes."""
+    try:
+        status, body = http_get(port, path)
+    except OSError as e:
+        raise Unavailable(f"GET {path} on :{port} failed: {e!r}") from None
+    except http.client.HTTPException as e:
+        raise Unavailable(f"GET {path} on :{port}: bad response {e!r}") from None
+    if status != 200 or len(body) != size:
+        raise Unavailable(f"GET {path} on :{port} answered {status} with {len(body)} "
+                          f"bytes (expected 200, {size}): {body[:120]!r}")
+
+
+# ---------------------------------------------------------------------------------
+# The backends and the proxies
+# ---------------------------------------------------------------------------------
+
+def make_docroot(tmp: Path) -> Path:
+    www = tmp / "www"
+    www.mkdir()
+    (www / "small.txt").write_bytes((b"0123456789" * 10)[:99] + b"\n")
+    (www / "large.bin").write_bytes(bytes(range(256)) * 256)
+    with open(www / BIG_FILE, "wb") as f:  # sparse: costs no disk
+        f.truncate(BIG_SIZE)
+    for p in (tmp, www):
+        p.chmod(0o755)  # nginx workers run as nobody when we are root
+    for p in www.iterdir():
+        p.chmod(0o644)
+    return www
+
+
+class Nginx:
+    def __init__(self, tmp: Path, name: str, www: Path) -> None:
+        self.name, self.www = name, www
+        self.dir = tmp / name
+        self.dir.mkdir()
+        self.dir.chmod(0o755)
+        self.port = free_ports(1)[0]
+        self.proc: subprocess.Popen | None = None
+
+    def conf(self) -> str:
+        d = self.dir
+        user = "user nobody nogroup;\n" if os.geteuid() == 0 else ""
+        return f"""# generated by bench/run.py
+{user}daemon off;
+master_process on;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 8192; multi_accept on; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    tcp_nodelay on;
+    keepalive_timeout 120s;
+    keepalive_requests 10000000;
+    open_file_cache max=64 inactive=600s;
+    client_body_temp_path {d}/client_body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    types {{ text/plain txt; application/octet-stream bin; }}
+    default_type application/octet-stream;
+    server {{
+        listen {LOOPBACK}:{self.port} backlog=4096;
+        server_name localhost;
+        root {self.www};
+        location / {{ }}
+    }}
+}}
+"""
+
+    def start(self) -> None:
+        conf = self.dir / "nginx.conf"
+        conf.write_text(self.conf())
+        log_path = self.dir / "console.log"
+        self.proc = spawn([NGINX, "-p", f"{self.dir}/", "-c", conf, "-e",
+                           self.dir / "error.log"], log_path)
+        wait_port(self.port, self.proc, 15, f"nginx {self.name}", self.dir / "error.log")
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+
+class Httpd:
+    def __init__(self, tmp: Path, backends: list[Nginx], ajp_port: int | None) -> None:
+        self.dir = tmp / "httpd"
+        (self.dir / "run").mkdir(parents=True)
+        self.port = free_ports(1)[0]
+        self.backends, self.ajp_port = backends, ajp_port
+        self.proc: subprocess.Popen | None = None
+
+    def conf(self) -> str:
+        d = self.dir
+        # authn_core/authz_core: without them httpd answers 500 ("couldn't check user")
+        mods = ["mpm_event", "authn_core", "authz_core", "proxy", "proxy_http", "proxy_balancer", "slotmem_shm",
+                "lbmethod_byrequests", "proxy_ajp"]
+        load = "\n".join(f"LoadModule {m}_module {HTTPD_MODULES}/mod_{m}.so" for m in mods)
+        user = "User www-data\nGroup www-data\n" if os.geteuid() == 0 else ""
+        members = "\n".join(f'    BalancerMember "http://{LOOPBACK}:{b.port}"'
+                            for b in self.backends)
+        ajp = ""
+        if self.ajp_port:
+            ajp = f"""<Proxy "balancer://ajp">
+    BalancerMember "ajp://{LOOPBACK}:{self.ajp_port}"
+</Proxy>
+<Proxy "balancer://ajpping">
+    BalancerMember "ajp://{LOOPBACK}:{self.ajp_port}" ping=10
+</Proxy>
+ProxyPass "/ajp-ping/" "balancer://ajpping/"
+ProxyPass "/ajp/" "balancer://ajp/"
+"""
+        return f"""# generated by bench/run.py (private instance: nothing from /etc/apache2)
+ServerRoot "{d}"
+ServerName {LOOPBACK}
+PidFile "{d}/httpd.pid"
+DefaultRuntimeDir "{d}/run"
+ErrorLog "{d}/error.log"
+LogLevel info
+{load}
+{user}Listen {LOOPBACK}:{self.port}
+# event MPM: a fixed 2 processes x 64 threads, all started before the first request.
+# No process churn during a run, and each process alone has a thread for every one
+# of the 50 connections (a process whose workers are all busy closes kept-alive
+# connections, which wrk counts as read errors).
+StartServers 2
+ServerLimit 2
+ThreadLimit 64
+ThreadsPerChild 64
+MinSpareThreads 16
+MaxSpareThreads 128
+MaxRequestWorkers 128
+MaxConnectionsPerChild 0
+ListenBacklog 4096
+KeepAlive On
+MaxKeepAliveRequests 0
+KeepAliveTimeout 15
+Timeout 60
+# no access log (mod_log_config is compiled in but no CustomLog): same as nginx
+ProxyPreserveHost On
+ProxyTimeout 60
+<Proxy "balancer://bench">
+{members}
+    ProxySet lbmethod=byrequests
+</Proxy>
+{ajp}ProxyPass "/" "balancer://bench/"
+"""
+
+    def start(self) -> None:
+        conf = self.dir / "httpd.conf"
+        conf.write_text(self.conf())
+        log_path = self.dir / "console.log"
+        self.proc = spawn([HTTPD, "-d", self.dir, "-f", conf, "-DFOREGROUND"], log_path,
+                          env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                               "LANG": "C"})
+        try:
+            wait_port(self.port, self.proc, 15, "httpd", log_path)
+        except Unavailable as e:
+            raise Unavailable(f"{e}; error.log: {log_reason(self.dir / 'error.log')}")
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(v)
+
+
+class Txmc:
+    """txmodcluster under twistd with a generated TOML configuration."""
+
+    def __init__(self, tmp: Path, name: str = "txmc", *, proxy: dict | None = None,
+                 manager: dict | None = None) -> None:
+        self.name = name
+        self.dir = tmp / name
+        self.dir.mkdir()
+        self.mport, self.pport = free_ports(2)
+        self.proxy_opts, self.manager_opts = dict(proxy or {}), dict(manager or {})
+        self.proc: subprocess.Popen | None = None
+        #: None when the proxy listener works, else why not.
+        self.proxy_unavailable: str | None = "not started"
+        self.log_path = self.dir / "twistd.log"
+
+    def conf(self) -> str:
+        manager = {"listen": [f"tcp:{self.mport}:interface={LOOPBACK}"],
+                   "state_file": str(self.dir / "state.json"), **self.manager_opts}
+        proxy = {"listen": [f"tcp:{self.pport}:interface={LOOPBACK}"], **self.proxy_opts}
+        out = ["# generated by bench/run.py"]
+        for section, values in (("manager", manager), ("proxy", proxy)):
+            out.append(f"[{section}]")
+            out += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
+        return "\n".join(out) + "\n"
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Raise Unavailable if the management listener does not come up."""
+        if not TWISTD.exists():
+            raise Unavailable(f"{TWISTD} missing (project venv)")
+        conf = self.dir / "txmodcluster.toml"
+        conf.write_text(self.conf())
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"]
+                                         if env.get("PYTHONPATH") else "")
+        self.proc = spawn([TWISTD, "-n", "--pidfile=", "modcluster", "--config", conf],
+                          self.log_path, cwd=self.dir, env=env)
+        wait_port(self.mport, self.proc, timeout, "txmodcluster (management)", self.log_path)
+        deadline = time.monotonic() + 3.0
+        while not port_accepts(self.pport):
+            if self.proc.poll() is not None:
+                self.proxy_unavailable = f"twistd exited: {log_reason(self.log_path)}"
+                return
+            if time.monotonic() > deadline:
+                self.proxy_unavailable = (
+                    f"proxy listener {LOOPBACK}:{self.pport} not listening "
+                    "(modcluster/tap.py does not start the proxy yet?)")
+                return
+            time.sleep(0.05)
+        self.proxy_unavailable = None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def died(self) -> str | None:
+        if self.proc is not None and self.proc.poll() is not None:
+            return f"twistd exited ({self.proc.returncode}): {log_reason(self.log_path)}"
+        return None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+
+# ---------------------------------------------------------------------------------
+# MCMP client: the bytes the Java ModClusterListener sends (mcmp.md §1.2)
+# ---------------------------------------------------------------------------------
+
+def mcmp_body(params) -> str:
+    return "&".join(f"{quote_plus(str(k))}={quote_plus(str(v))}" for k, v in params)
+
+
+class McmpClient:
+    """One keep-alive connection, one request at a time, like DefaultMCMPHandler."""
+
+    def __init__(self, port: int, timeout: float = 20.0) -> None:
+        self.port, self.timeout = port, timeout
+        self.sock: socket.socket | None = None
+        self.buf = b""
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+        self.sock, self.buf = None, b""
+
+    def _connect(self) -> None:
+        self.sock = socket.create_connection((LOOPBACK, self.port), timeout=self.timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = b""
+
+    def request(self, method: str, params=(), wildcard: bool = False) -> tuple[int, dict, bytes]:
+        body = mcmp_body(params).encode()
+        head = f"{method} {'/*' if wildcard else '/'} HTTP/1.1\r\nHost: {LOOPBACK}:{self.port}\r\n"
+        if body:
+            head += f"Content-Length: {len(body)}\r\n"
+        head += "User-Agent: ClusterListener/1.0\r\nConnection: Keep-Alive\r\n\r\n"
+        data = head.encode() + body
+        reused = self.sock is not None
+        try:
+            if self.sock is None:
+                self._connect()
+            self.sock.sendall(data)
+            return self._response()
+        except (OSError, ConnectionError):
+            self.close()
+            if not reused:
+                raise
+            self._connect()  # the Java client retries once on a fresh connection
+            self.sock.sendall(data)
+            return self._response()
+
+    def _read_more(self) -> None:
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("management connection closed")
+        self.buf += chunk
+
+    def _response(self) -> tuple[int, dict, bytes]:
+        while b"\r\n\r\n" not in self.buf:
+            self._read_more()
+        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        lines = head.decode("latin-1").split("\r\n")
+        version, status = lines[0].split(" ", 2)[:2]
+        headers = {}
+        for line in lines[1:]:
+            k, _, v = line.partition(":")
+            headers[k.strip().lower()] = v.strip()
+        if "content-length" in headers:
+            n = int(headers["content-length"])
+            while len(self.buf) < n:
+                self._read_more()
+            body, self.buf = self.buf[:n], self.buf[n:]
+        elif headers.get("transfer-encoding", "").lower() == "chunked":
+            body = b""
+            while True:
+                while b"\r\n" not in self.buf:
+                    self._read_more()
+                size_line, self.buf = self.buf.split(b"\r\n", 1)
+                n = int(size_line.split(b";")[0], 16)
+                while len(self.buf) < n + 2:
+                    self._read_more()
+                body += self.buf[:n]
+                self.buf = self.buf[n + 2:]
+                if n == 0:
+                    break
+        else:
+            body = b""
+        conn = headers.get("connection", "").lower()
+        if conn == "close" or (version == "HTTP/1.0" and conn != "keep-alive"):
+            self.close()
+        return int(status), headers, body
+
+    def ok(self, method: str, params=(), wildcard: bool = False) -> bytes:
+        status, headers, body = self.request(method, params, wildcard)
+        if status != 200:
+            raise Unavailable(f"MCMP {method} {mcmp_body(params)} -> {status} "
+                              f"{headers.get('mess', '')} {body[:200]!r}")
+        return body
+
+
+def register_node(client: McmpClient, route: str, host: str, port: int, type_: str,
+                  contexts=("/",), load: int | None = 100, info: bool = True) -> bytes:
+    """INFO, CONFIG, one ENABLE-APP per context, STATUS: a Java node's registration."""
+    if info:
+        client.ok("INFO")
+    client.ok("CONFIG", [("JVMRoute", route), ("Host", host), ("Port", port),
+                         ("StickySessionForce", "No"), ("Type", type_)])
+    for ctx in contexts:
+        client.ok("ENABLE-APP", [("JVMRoute", route), ("Alias", "localhost"),
+                                 ("Context", ctx)])
+    if load is None:
+        return b""
+    return client.ok("STATUS", [("JVMRoute", route), ("Load", load)])
+
+
+def info_counts(client: McmpClient) -> dict:
+    body = client.ok("INFO").decode("utf-8", "replace")
+    return {"nodes": len(re.findall(r"^Node: \[", body, re.M)),
+            "contexts": len(re.findall(r"^Context: \[", body, re.M))}
+
+
+# ---------------------------------------------------------------------------------
+# Measurement of one target
+# ---------------------------------------------------------------------------------
+
+class Target:
+    def __init__(self, name: str, port: int | None, prefix: str = "",
+                 proxy_pid=None, backend_pids=(), unavailable: str | None = None,
+                 health=None) -> None:
+        self.name, self.port, self.prefix = name, port, prefix
+        self.proxy_pid = proxy_pid              # callable -> pid or None
+        self.backend_pids = backend_pids        # callable -> list of pids
+        self.unavailable = unavailable
+        self.health = health                    # callable -> reason or None
+
+    def url(self, path: str) -> str:
+        return f"http://{LOOPBACK}:{self.port}{self.prefix}/{path}"
+
+
+def measure(target: Target, path: str, duration: float, connections: int,
+            keepalive: bool, tmp: Path) -> dict:
+    proxy = [target.proxy_pid()] if target.proxy_pid else []
+    backends = list(target.backend_pids()) if target.backend_pids else []
+    sampler = RssSampler(proxy)
+    cpu0, bcpu0 = cpu_snapshot(proxy), cpu_snapshot(backends)
+    sampler.start()
+    try:
+        res = run_wrk(target.url(path), duration, connections, keepalive, tmp=tmp)
+    finally:
+        mem = sampler.finish()
+    cpu1, bcpu1 = cpu_snapshot(proxy), cpu_snapshot(backends)
+    res.update(mem)
+    n = max(1, res["requests"])
+    if proxy:
+        res["proxy_cpu_s"] = cpu_seconds(cpu0, cpu1)
+        res["proxy_cpu_s_per_1k"] = res["proxy_cpu_s"] * 1000 / n
+    if backends:
+        res["backend_cpu_s"] = cpu_seconds(bcpu0, bcpu1)
+        res["backend_cpu_s_per_1k"] = res["backend_cpu_s"] * 1000 / n
+    return res
+
+
+def aggregate(runs: list[dict]) -> dict:
+    if not runs:
+        return {}
+    agg = {"rounds": len(runs), "rps": statistics.mean(r["rps"] for r in runs),
+           "requests": sum(r["requests"] for r in runs),
+           "errors": sum(r["errors"] for r in runs)}
+    for k in ("p50_ms", "p75_ms", "p90_ms", "p99_ms"):
+        vals = [r[k] for r in runs if k in r]
+        if vals:
+            agg[k] = statistics.median(vals)
+    if all("proxy_cpu_s" in r for r in runs):
+        agg["proxy_cpu_s_per_1k"] = sum(r["proxy_cpu_s"] for r in runs) * 1000 / max(
+            1, agg["requests"])
+    if all("backend_cpu_s" in r for r in runs):
+        agg["backend_cpu_s_per_1k"] = sum(r["backend_cpu_s"] for r in runs) * 1000 / max(
+            1, agg["requests"])
+    peaks = [r["rss_peak_kib"] for r in runs if "rss_peak_kib" in r]
+    if peaks:
+        agg["rss_peak_mib"] = max(peaks) / 1024
+    if len(runs) > 1:
+        agg["rps_rounds"] = [round(r["rps"], 1) for r in runs]
+    return agg
+
+
+def run_matrix(title: str, targets: list[Target], scenarios: list[tuple[str, str, int, bool]],
+               args, tmp: Path, direct: str, baseline: str) -> dict:
+    """scenarios: (label, path, size, keepalive).  Alternates targets per round."""
+    results: dict = {}
+    for t in targets:
+        if t.unavailable is None and t.port is not None:
+            for label, path, size, _ in scenarios:
+                try:
+                    check_target(t.port, t.prefix + "/" + path, size)
+                except Unavailable as e:
+                    t.unavailable = str(e)
+                    break
+        if t.unavailable:
+            log(f"{title}: {t.name} unavailable: {t.unavailable}")
+    live = [t for t in targets if not t.unavailable]
+    for t in live:  # warm-up (JIT, pools, page cache); not recorded
+        try:
+            run_wrk(t.url(scenarios[0][1]), args.warmup, args.connections, tmp=tmp)
+        except Unavailable as e:
+            t.unavailable = f"warm-up failed: {e}"
+    for label, path, size, keepalive in scenarios:
+        runs: dict[str, list[dict]] = {t.name: [] for t in targets}
+        for rnd in range(args.rounds):
+            order = [t for t in targets if not t.unavailable]
+            k = rnd % max(1, len(order))
+            for t in order[k:] + order[:k]:
+                if t.unavailable:
+                    continue
+                log(f"{title} {label} round {rnd + 1}/{args.rounds}: {t.name}")
+                try:
+                    res = measure(t, path, args.duration, args.connections, keepalive, tmp)
+                except Unavailable as e:
+                    t.unavailable = str(e)
+                    continue
+                why = t.health() if t.health else None
+                if why:
+                    t.unavailable = why
+                    continue
+                runs[t.name].append(res)
+        results[label] = {}
+        for t in targets:
+            if runs[t.name]:
+                results[label][t.name] = {"aggregate": aggregate(runs[t.name]),
+                                          "runs": runs[t.name]}
+            else:
+                results[label][t.name] = {"unavailable": t.unavailable or "no run"}
+        add_ratios(results[label], direct, baseline)
+    return results
+
+
+def add_ratios(table: dict, direct: str, baseline: str) -> None:
+    d = table.get(direct, {}).get("aggregate")
+    b = table.get(baseline, {}).get("aggregate")
+    for name, row in table.items():
+        agg = row.get("aggregate")
+        if not agg:
+            continue
+        if d and d.get("rps"):
+            agg["x_direct"] = agg["rps"] / d["rps"]
+        if b and b.get("rps") and name != direct:
+            agg["x_httpd"] = agg["rps"] / b["rps"]
+            if b.get("p99_ms") and "p99_ms" in agg:
+                agg["p99_x_httpd"] = agg["p99_ms"] / b["p99_ms"]
+            if b.get("proxy_cpu_s_per_1k") and "proxy_cpu_s_per_1k" in agg:
+                agg["cpu_x_httpd"] = agg["proxy_cpu_s_per_1k"] / b["proxy_cpu_s_per_1k"]
+
+
+def fmt(v, spec: str, dash: str = "-") -> str:
+    return dash if v is None else format(v, spec)
+
+
+def errors_cell(agg: dict) -> str:
+    """The error count, with "!" when more than 1 % of the requests failed."""
+    bad = agg["errors"] > 0.01 * max(1, agg["requests"])
+    return f"{agg['errors']}{'!' if bad else ''}"
+
+
+def print_matrix(title: str, results: dict, args) -> None:
+    print(f"\n== {title} (wrk -t1 -c{args.connections}, {args.duration:g} s x "
+          f"{args.rounds} round(s), alternating) ==")
+    hdr = (f"{'scenario':<16} {'target':<26} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} "
+           f"{'CPU s/1k':>8} {'RSS MB':>7} {'x direct':>8} {'x httpd':>7} "
+           f"{'p99 x h':>7} {'CPU x h':>7} {'errors':>6}")
+    print(hdr)
+    print("-" * len(hdr))
+    for label, table in results.items():
+        for name, row in table.items():
+            agg = row.get("aggregate")
+            if not agg:
+                print(f"{label:<16} {name:<26} unavailable: {row.get('unavailable')}")
+                continue
+            print(f"{label:<16} {name:<26} {agg['rps']:>9.0f} {fmt(agg.get('p50_ms'), '.2f'):>7} "
+                  f"{fmt(agg.get('p99_ms'), '.2f'):>7} "
+                  f"{fmt(agg.get('proxy_cpu_s_per_1k'), '.3f'):>8} "
+                  f"{fmt(agg.get('rss_peak_mib'), '.1f'):>7} "
+                  f"{fmt(agg.get('x_direct'), '.2f'):>8} {fmt(agg.get('x_httpd'), '.2f'):>7} "
+                  f"{fmt(agg.get('p99_x_httpd'), '.2f'):>7} "
+                  f"{fmt(agg.get('cpu_x_httpd'), '.2f'):>7} {errors_cell(agg):>6}")
+
+
+# ---------------------------------------------------------------------------------
+# The environment shared by the benchmarks
+# ---------------------------------------------------------------------------------
+
+class Env:
+    def __init__(self, tmp: Path, args) -> None:
+        self.tmp, self.args = tmp, args
+        self.www = make_docroot(tmp)
+        self.nginx = [Nginx(tmp, "nginx1", self.www), Nginx(tmp, "nginx2", self.www)]
+        self.tomcat_ports = free_ports(2) if "ajp" in args.only else None
+        self.httpd = Httpd(tmp, self.nginx, self.tomcat_ports[1] if self.tomcat_ports else None)
+        self.txmc: Txmc | None = None
+        self.txmc_unavailable: str | None = None
+
+    def start(self) -> None:
+        for n in self.nginx:
+            n.start()
+        log("nginx: " + ", ".join(f"{n.name} :{n.port}" for n in self.nginx))
+        for n in self.nginx:
+            for name, size in SIZES.values():
+                check_target(n.port, "/" + name, size)
+        self.httpd.start()
+        log(f"httpd :{self.httpd.port}")
+        for name, size in SIZES.values():
+            check_target(self.httpd.port, "/" + name, size)
+        self.txmc = Txmc(self.tmp)
+        try:
+            self.txmc.start()
+            client = McmpClient(self.txmc.mport)
+            for i, n in enumerate(self.nginx, 1):
+                register_node(client, f"nginx{i}", LOOPBACK, n.port, "http")
+            client.close()
+            log(f"txmodcluster: manager :{self.txmc.mport} proxy :{self.txmc.pport}; "
+                f"nginx1/nginx2 registered over MCMP")
+        except (Unavailable, OSError) as e:
+            self.txmc_unavailable = str(e) if isinstance(e, Unavailable) else \
+                f"MCMP registration failed: {e!r} ({self.txmc.died() or 'twistd alive'})"
+            log(f"txmodcluster unavailable: {self.txmc_unavailable}")
+
+    def txmc_proxy_reason(self) -> str | None:
+        if self.txmc_unavailable:
+            return self.txmc_unavailable
+        return self.txmc.died() or self.txmc.proxy_unavailable
+
+    def nginx_pids(self) -> list[int]:
+        return [n.pid for n in self.nginx]
+
+    def targets(self) -> list[Target]:
+        tx = self.txmc
+        return [
+            Target("direct (nginx1)", self.nginx[0].port, proxy_pid=None,
+                   backend_pids=lambda: [self.nginx[0].pid]),
+            Target("httpd mod_proxy_balancer", self.httpd.port,
+                   proxy_pid=lambda: self.httpd.pid, backend_pids=self.nginx_pids),
+            Target("txmodcluster", tx.pport if tx else None,
+                   proxy_pid=lambda: tx.pid, backend_pids=self.nginx_pids,
+                   unavailable=self.txmc_proxy_reason(),
+                   health=lambda: tx.died()),
+        ]
+
+
+# ---------------------------------------------------------------------------------
+# Benchmarks
+# ---------------------------------------------------------------------------------
+
+def scenarios() -> list[tuple[str, str, int, bool]]:
+    out = []
+    for keepalive in (True, False):
+        for label, (name, size) in SIZES.items():
+            out.append((f"{label} {'keep-alive' if keepalive else 'close'}", name, size,
+                        keepalive))
+    return out
+
+
+def bench_http(env: Env) -> dict:
+    res = run_matrix("http", env.targets(), scenarios(), env.args, env.tmp,
+                     "direct (nginx1)", "httpd mod_proxy_balancer")
+    print_matrix("HTTP nodes: two nginx behind each proxy", res, env.args)
+    return res
+
+
+def bench_ajp(env: Env) -> dict:
+    sys.path.insert(0, str(REPO))
+    try:
+        from tests.support.tomcat import TomcatInstance, tomcat_installed
+    except ImportError as e:
+        return {"unavailable": f"tests/support/tomcat.py: {e}"}
+    if not tomcat_installed():
+        return {"unavailable": "tomcat10 not installed (run bench/install)"}
+    http_port, ajp_port = env.tomcat_ports
+    tomcat = TomcatInstance(env.tmp / "tomcat", jvm_route="tomcat1", http_port=http_port,
+                            ajp_port=ajp_port, heap_mb=256, quick_start=False)
+    tomcat.build()
+    app = tomcat.base_dir / "webapps" / "echo"  # static files beside the echo JSPs
+    for name, _ in SIZES.values():
+        shutil.copyfile(env.www / name, app / name)
+    log(f"starting Tomcat (http :{http_port}, ajp :{ajp_port})")
+    try:
+        tomcat.start(timeout=90)
+    except Exception as e:  # noqa: BLE001 - TomcatError, OSError
+        return {"unavailable": f"Tomcat did not start: {str(e)[:500]}"}
+    registered = False
+    try:
+        tx = env.txmc
+        reason = env.txmc_proxy_reason()
+        if reason is None:
+            try:
+                client = McmpClient(tx.mport)
+                register_node(client, "tomcat1", LOOPBACK, ajp_port, "ajp",
+                              contexts=("/echo",))
+                registered = True
+                client.close()
+            except (Unavailable, OSError) as e:
+                reason = f"registering the AJP node failed: {e}"
+        targets = [
+            Target("direct (tomcat http)", http_port, "/echo",
+                   backend_pids=lambda: [tomcat.pid]),
+            Target("httpd mod_proxy_ajp", env.httpd.port, "/ajp/echo",
+                   proxy_pid=lambda: env.httpd.pid, backend_pids=lambda: [tomcat.pid]),
+            Target("httpd mod_proxy_ajp ping=10", env.httpd.port, "/ajp-ping/echo",
+                   proxy_pid=lambda: env.httpd.pid, backend_pids=lambda: [tomcat.pid]),
+            Target("txmodcluster ajp", tx.pport if tx else None, "/echo",
+                   proxy_pid=lambda: tx.pid, backend_pids=lambda: [tomcat.pid],
+                   unavailable=reason, health=lambda: tx.died()),
+        ]
+        args = argparse.Namespace(**vars(env.args))
+        args.warmup = max(args.warmup, 3 if args.quick else 8)  # JIT
+        res = run_matrix("ajp", targets, scenarios(), args, env.tmp,
+                         "direct (tomcat http)", "httpd mod_proxy_ajp")
+        print_matrix("AJP node: one Tomcat 10 behind each proxy", res, env.args)
+        return res
+    finally:
+        if registered and env.txmc.alive():  # leave the main instance as it was
+            try:
+                McmpClient(env.txmc.mport).ok("REMOVE-APP", [("JVMRoute", "tomcat1")],
+                                              wildcard=True)
+            except (Unavailable, OSError) as e:
+                log(f"REMOVE-APP tomcat1 failed: {e}")
+        tomcat.stop()
+
+
+def _status_script(tmp: Path, routes: list[str], port: int, load: int) -> Path:
+    script = tmp / f"status-{len(routes)}.lua"
+    lua_routes = ", ".join(json.dumps(r) for r in routes)
+    script.write_text(f"""-- generated by bench/run.py: MCMP STATUS as the Java listener sends it.
+-- wrk checks the first request() result with its HTTP parser, which only knows the
+-- standard methods; that first call (never sent) therefore returns a GET.
+local routes = {{{lua_routes}}}
+local n = 0
+request = function()
+  n = n + 1
+  if n == 1 then
+    return wrk.format("GET", "/")
+  end
+  local route = routes[(n % #routes) + 1]
+  return wrk.format("STATUS", "/", {{["Host"] = "{LOOPBACK}:{port}",
+    ["User-Agent"] = "ClusterListener/1.0", ["Connection"] = "Keep-Alive"}},
+    "JVMRoute=" .. route .. "&Load={load}")
+end
+""")
+    return script
+
+
+def _status_run(tx: Txmc, routes: list[str], args, tmp: Path, load: int = 100) -> dict:
+    script = _status_script(tmp, routes, tx.mport, load)
+    cpu0 = cpu_snapshot([tx.pid])
+    res = run_wrk(f"http://{LOOPBACK}:{tx.mport}/", args.duration, args.mcmp_connections,
+                  script=script, tmp=tmp)
+    cpu1 = cpu_snapshot([tx.pid])
+    res["proxy_cpu_s"] = cpu_seconds(cpu0, cpu1)
+    res["cpu_us_per_msg"] = res["proxy_cpu_s"] * 1e6 / max(1, res["requests"])
+    state = McmpClient(tx.mport).ok("STATUS", [("JVMRoute", routes[0]), ("Load", load)])
+    res["last_reply"] = state.decode("utf-8", "replace").strip()
+    if tx.died():
+        raise Unavailable(tx.died())
+    return res
+
+
+def bench_mcmp_status(env: Env) -> dict:
+    out: dict = {}
+    tx = env.txmc
+    if env.txmc_unavailable or tx is None:
+        out["probe"] = {"unavailable": env.txmc_unavailable or "txmodcluster not started"}
+    else:
+        try:
+            out["probe"] = _status_run(tx, ["nginx1", "nginx2"], env.args, env.tmp)
+            out["probe"]["what"] = ("STATUS Load=100 for the 2 nginx nodes: each STATUS "
+                                    "probes the node (OPTIONS *) before answering")
+        except (Unavailable, OSError) as e:
+            out["probe"] = {"unavailable": str(e)}
+    # No probe: EnableOptions off, 50 registered nodes.
+    tx2 = Txmc(env.tmp, "txmc-status", proxy={"enable_options": False})
+    try:
+        tx2.start()
+        client = McmpClient(tx2.mport)
+        routes = [f"n{i}" for i in range(50)]
+        for i, r in enumerate(routes):
+            register_node(client, r, f"127.2.0.{i + 1}", 9, "http", contexts=("/s",),
+                          info=False)
+        client.close()
+        out["no-probe"] = _status_run(tx2, routes, env.args, env.tmp, load=50)
+        out["no-probe"]["what"] = ("STATUS Load=50 round-robin over 50 nodes, "
+                                   "enable_options=false (no probe): the handler alone")
+    except (Unavailable, OSError) as e:
+        out["no-probe"] = {"unavailable": str(e)}
+    finally:
+        stop(tx2.proc)
+    print(f"\n== MCMP STATUS (wrk -t1 -c{env.args.mcmp_connections} keep-alive, "
+          f"{env.args.duration:g} s) ==")
+    for name, r in out.items():
+        if "unavailable" in r:
+            print(f"{name:<10} unavailable: {r['unavailable']}")
+        else:
+            print(f"{name:<10} {r['rps']:>9.0f} msgs/s  p50 {r.get('p50_ms', 0):.2f} ms  "
+                  f"p99 {r.get('p99_ms', 0):.2f} ms  CPU {r['cpu_us_per_msg']:.0f} us/msg  "
+                  f"errors {r['errors']}  ({r['what']}; last reply {r['last_reply']!r})")
+    return out
+
+
+def _register_many(port: int, nodes: list[tuple[str, str, list[str]]], threads: int,
+                   load: int) -> tuple[float, int, list[str]]:
+    """Register nodes (route, host, contexts) over `threads` connections.
+    Returns (seconds, messages, errors)."""
+    errors: list[str] = []
+    counts = [0] * threads
+
+    def worker(k: int) -> None:
+        client = McmpClient(port)
+        try:
+            for route, host, contexts in nodes[k::threads]:
+                try:
+                    register_node(client, route, host, 9, "http", contexts=contexts,
+                                  load=load, info=False)
+                    counts[k] += 2 + len(contexts)
+                except (Unavailable, OSError) as e:
+                    errors.append(f"{route}: {e}")
+                    client.close()
+        finally:
+            client.close()
+
+    pool = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(threads)]
+    t0 = time.perf_counter()
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    return time.perf_counter() - t0, sum(counts), errors
+
+
+def _remove_many(port: int, routes: list[str], threads: int) -> list[str]:
+    errors: list[str] = []
+
+    def worker(k: int) -> None:
+        client = McmpClient(port)
+        try:
+            for route in routes[k::threads]:
+                try:
+                    client.ok("REMOVE-APP", [("JVMRoute", route)], wildcard=True)
+                except (Unavailable, OSError) as e:
+                    errors.append(f"{route}: {e}")
+                    client.close()
+        finally:
+            client.close()
+
+    pool = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    return errors
+
+
+def fake_nodes(count: int, per_node: int = 10) -> list[tuple[str, str, list[str]]]:
+    """count fake nodes on distinct loopback addresses (port 9: nothing listens), each
+    with per_node contexts /appK: 1000 distinct contexts, each on per_node nodes.
+    None of them matches the benchmark paths, so requests still go to the nginx
+    nodes' "/" while routing works on a table of ~10 000 context records."""
+    out = []
+    for i in range(count):
+        host = f"127.1.{i // 250}.{i % 250 + 1}"
+        ctxs = [f"/app{(i * per_node + j) % 1000}" for j in range(per_node)]
+        out.append((f"fake{i:04d}", host, ctxs))
+    return out
+
+
+def routing_inprocess(quick: bool) -> dict:
+    """Cost of one routing decision (modcluster.balancer.choose) at 2 nodes and at
+    1 000 nodes x 10 contexts, in this process, on Registry snapshots."""
+    sys.path.insert(0, str(REPO))
+    try:
+        from twisted.internet.task import Clock
+
+        from modcluster.balancer import RoutingPolicy, choose
+        from modcluster.cluster.model import BalancerSettings, NodeSettings
+        from modcluster.cluster.registry import Registry
+    except Exception as e:  # noqa: BLE001 - report whatever is missing
+        return {"unavailable": f"import failed: {e!r}"}
+
+    def build(fakes: int, fake_root: bool, fake_load: int):
+        reg = Registry(Clock())
+        bal = BalancerSettings(name="mycluster", sticky_force=False)
+        for i in (1, 2):
+            reg.config(bal, NodeSettings(route=f"nginx{i}", host=LOOPBACK, port=10000 + i,
+                                         type="http"))
+            reg.app("ENABLE-APP", f"nginx{i}", ["localhost"], ["/"])
+            reg.apply_status(f"nginx{i}", 100, True)
+        for route, host, ctxs in fake_nodes(fakes):
+            if fake_root:
+                ctxs = ["/"] + ctxs[1:]
+            reg.config(bal, NodeSettings(route=route, host=host, port=9, type="http"))
+            for c in ctxs:
+                reg.app("ENABLE-APP", route, ["localhost"], [c])
+            reg.apply_status(route, fake_load, True if fake_load >= 0 else None)
+        return reg
+
+    cases = {}
+    try:
+        regs = {
+            "2 nodes": build(0, False, 50),
+            "1000 nodes x 10 contexts (other contexts)": build(998, False, 50),
+            "1000 nodes, all also serving / (998 in error)": build(998, True, -1),
+        }
+        policy = RoutingPolicy()
+        batch_s = 0.05 if quick else 0.15
+        work = []
+        for name, reg in regs.items():
+            table = reg.table
+            for label, cookie in (("no session", None),
+                                  ("sticky", "JSESSIONID=0123456789ABCDEF.nginx2")):
+                d = choose(table, "localhost", "/small.txt", cookie, 0.0, policy)
+                if not hasattr(d, "node"):
+                    raise Unavailable(f"{name}: choose() refused: {d!r}")
+                key = f"{name} / {label}"
+                cases[key] = {"us_per_request": None, "routed_to": d.node.settings.route}
+                t0 = time.perf_counter()
+                for _ in range(200):
+                    choose(table, "localhost", "/small.txt", cookie, 0.0, policy)
+                per_call = (time.perf_counter() - t0) / 200
+                # each timed batch lasts about batch_s seconds
+                work.append((key, table, cookie, max(200, int(batch_s / per_call))))
+        for _ in range(5 if quick else 9):  # alternate the cases, keep each one's best
+            for key, table, cookie, n in work:
+                t0 = time.perf_counter()
+                for _ in range(n):
+                    choose(table, "localhost", "/small.txt", cookie, 0.0, policy)
+                dt = (time.perf_counter() - t0) / n * 1e6
+                best = cases[key]["us_per_request"]
+                cases[key]["us_per_request"] = dt if best is None else min(best, dt)
+    except Exception as e:  # noqa: BLE001
+        return {"unavailable": f"{type(e).__name__}: {e}", **cases}
+    for label in ("no session", "sticky"):
+        base = cases[f"2 nodes / {label}"]["us_per_request"]
+        for name in regs:
+            cases[f"{name} / {label}"]["x_2_nodes"] = (
+                cases[f"{name} / {label}"]["us_per_request"] / base)
+    return cases
+
+
+def bench_register(env: Env) -> dict:
+    args, out = env.args, {}
+    out["in-process routing"] = routing_inprocess(args.quick)
+    tx = Txmc(env.tmp, "txmc-1000", proxy={"enable_options": False})
+    try:
+        tx.start()
+        client = McmpClient(tx.mport)
+        for i, n in enumerate(env.nginx, 1):
+            register_node(client, f"nginx{i}", LOOPBACK, n.port, "http")
+        target = Target("txmodcluster", tx.pport, proxy_pid=lambda: tx.pid,
+                        backend_pids=env.nginx_pids, health=tx.died)
+        path = SIZES["100B"][0]
+        proxy_reason = tx.proxy_unavailable
+        if proxy_reason is None:
+            try:
+                check_target(tx.pport, "/" + path, SIZES["100B"][1])
+                run_wrk(target.url(path), args.warmup, args.connections, tmp=env.tmp)
+            except Unavailable as e:
+                proxy_reason = str(e)
+        small_runs: list[dict] = []
+        big_runs: list[dict] = []
+
+        def through_proxy(runs: list, label: str) -> None:
+            if proxy_reason is None:
+                log(f"register-1000: wrk through the proxy, {label}")
+                runs.append(measure(target, path, args.duration, args.connections, True,
+                                    env.tmp))
+
+        # Alternate: 2 nodes, 1000 nodes, 2 nodes, ... (fresh fake routes each round;
+        # removed nodes leave the routing table at once and are purged later).
+        registrations = []
+        for rnd in range(args.rounds):
+            through_proxy(small_runs, f"2 nodes, round {rnd + 1}")
+            fakes = [(f"r{rnd}-{route}", host, ctxs) for route, host, ctxs in fake_nodes(998)]
+            log(f"register-1000: registering 998 nodes x 10 contexts over MCMP "
+                f"(round {rnd + 1})")
+            cpu0 = cpu_snapshot([tx.pid])
+            seconds, messages, errors = _register_many(tx.mport, fakes, args.mcmp_connections,
+                                                       load=50)
+            cpu = cpu_seconds(cpu0, cpu_snapshot([tx.pid]))
+            registrations.append({
+                "nodes": len(fakes), "contexts_per_node": 10,
+                "connections": args.mcmp_connections, "messages": messages,
+                "seconds": seconds, "msgs_per_s": messages / seconds, "proxy_cpu_s": cpu,
+                "errors": len(errors), "first_errors": errors[:3],
+                "info_after": info_counts(client),
+                "rss_mib_after": rss_kib([tx.pid])[0] / 1024,
+            })
+            if rnd == 0:
+                idle0 = cpu_snapshot([tx.pid])
+                time.sleep(min(args.duration, 5.0))  # background work at this size
+                registrations[0]["idle_cpu_percent"] = (
+                    cpu_seconds(idle0, cpu_snapshot([tx.pid])) * 100
+                    / min(args.duration, 5.0))
+            through_proxy(big_runs, f"1000 nodes, round {rnd + 1}")
+            errs = _remove_many(tx.mport, [r for r, _, _ in fakes], args.mcmp_connections)
+            registrations[-1]["removal_errors"] = len(errs)
+        through_proxy(small_runs, "2 nodes, last")
+        out["registration"] = {
+            **registrations[0],
+            "what": "per node CONFIG + 10 x ENABLE-APP + STATUS Load=50 (as the Java "
+                    "listener sends them), on parallel keep-alive connections; the first "
+                    "round (empty table before)",
+            "all_rounds_seconds": [round(r["seconds"], 2) for r in registrations],
+        }
+        if proxy_reason is not None:
+            out["through proxy"] = {"unavailable": proxy_reason}
+        else:
+            small, big = aggregate(small_runs), aggregate(big_runs)
+            base_cpu = small.get("proxy_cpu_s_per_1k")
+            out["through proxy"] = {
+                "2 nodes": small, "1000 nodes": big,
+                "cpu_per_request_x_2_nodes": (big["proxy_cpu_s_per_1k"] / base_cpu
+                                              if base_cpu else None),
+                "rps_x_2_nodes": big["rps"] / small["rps"] if small.get("rps") else None,
+                "runs": {"2 nodes": small_runs, "1000 nodes": big_runs},
+            }
+        client.close()
+        if tx.died():
+            out["error"] = tx.died()
+    except (Unavailable, OSError) as e:
+        out["error"] = str(e)
+    finally:
+        stop(tx.proc)
+    print_register(out)
+    return out
+
+
+def print_register(out: dict) -> None:
+    print("\n== register-1000: 1 000 nodes x 10 contexts ==")
+    reg = out.get("registration")
+    if reg:
+        print(f"registration: {reg['nodes']} nodes, {reg['messages']} MCMP messages in "
+              f"{reg['seconds']:.2f} s ({reg['msgs_per_s']:.0f} msgs/s, "
+              f"{reg['connections']} connections), balancer CPU {reg['proxy_cpu_s']:.2f} s, "
+              f"errors {reg['errors']}, INFO after: {reg['info_after']}, "
+              f"RSS {reg['rss_mib_after']:.1f} MB, idle CPU afterwards "
+              f"{fmt(reg.get('idle_cpu_percent'), '.1f')} %")
+    if "error" in out:
+        print(f"error: {out['error']}")
+    tp = out.get("through proxy", {})
+    if "unavailable" in tp:
+        print(f"routing cost through the proxy: unavailable: {tp['unavailable']}")
+    elif tp:
+        for label in ("2 nodes", "1000 nodes"):
+            a = tp[label]
+            print(f"  wrk 100 B keep-alive, {label:<10} ({a['rounds']} runs) {a['rps']:>8.0f} req/s  "
+                  f"CPU {a['proxy_cpu_s_per_1k']:.3f} s/1k req  p99 {a['p99_ms']:.2f} ms")
+        print(f"  CPU per request at 1000 nodes = {fmt(tp['cpu_per_request_x_2_nodes'], '.3f')}"
+              f" x 2 nodes; req/s = {fmt(tp['rps_x_2_nodes'], '.3f')} x")
+    ip = out.get("in-process routing", {})
+    if "unavailable" in ip:
+        print(f"in-process routing: unavailable: {ip['unavailable']}")
+    for name, r in ip.items():
+        if isinstance(r, dict):
+            print(f"  choose() {name:<62} {r['us_per_request']:6.2f} us  "
+                  f"x2-nodes {r.get('x_2_nodes', 0):.2f}  -> {r['routed_to']}")
+
+
+class SlowReader:
+    """GET a URL and read it at `rate` bytes/s with a small receive buffer."""
+
+    def __init__(self, port: int, path: str, rate: float) -> None:
+        self.port, self.path, self.rate = port, path, rate
+        self.received = 0
+        self.status_line = b""
+        self.error: str | None = None
+        self._halt = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        try:
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            s.settimeout(30)
+            s.connect((LOOPBACK, self.port))
+            s.sendall(f"GET {self.path} HTTP/1.1\r\nHost: {LOOPBACK}:{self.port}\r\n"
+                      f"Connection: close\r\n\r\n".encode())
+            t0 = time.monotonic()
+            first = True
+            while not self._halt.is_set():
+                data = s.recv(16384)
+                if not data:
+                    break
+                if first:
+                    self.status_line = data.split(b"\r\n", 1)[0]
+                    first = False
+                self.received += len(data)
+                ahead = self.received / self.rate - (time.monotonic() - t0)
+                if ahead > 0:
+                    self._halt.wait(ahead)
+            s.close()
+        except OSError as e:
+            self.error = repr(e)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.thread.join(10)
+
+
+def bench_stream(env: Env) -> dict:
+    args, out = env.args, {}
+    targets = [("httpd mod_proxy_balancer", env.httpd.port, lambda: env.httpd.pid, None)]
+    reason = env.txmc_proxy_reason()
+    targets.append(("txmodcluster", env.txmc.pport if env.txmc else None,
+                    lambda: env.txmc.pid, reason))
+    for name, port, pidf, unavailable in targets:
+        if unavailable:
+            out[name] = {"unavailable": unavailable}
+            continue
+        log(f"stream-1g: {name}, client at {args.stream_rate / 1e6:g} MB/s for "
+            f"{args.stream_seconds:g} s")
+        pid = pidf()
+        rss0 = rss_kib([pid])[0]
+        reader = SlowReader(port, "/" + BIG_FILE, args.stream_rate)
+        samples = []
+        t0 = time.monotonic()
+        reader.thread.start()
+        aborted = None
+        while time.monotonic() - t0 < args.stream_seconds and reader.thread.is_alive():
+            time.sleep(0.5)
+            rss = rss_kib([pid])[0]
+            samples.append((round(time.monotonic() - t0, 1), rss // 1024))
+            if rss > 2 * 1024 * 1024:
+                aborted = "RSS above 2 GiB: stopped early"
+                break
+        reader.stop()
+        rss_mib = [s[1] for s in samples] or [rss0 // 1024]
+        out[name] = {
+            "rss_before_mib": rss0 / 1024, "rss_peak_mib": max(rss_mib),
+            "rss_end_mib": rss_mib[-1], "growth_mib": max(rss_mib) - rss0 / 1024,
+            "received_mb": reader.received / 1e6,
+            "seconds": time.monotonic() - t0,
+            "status": reader.status_line.decode("latin-1"),
+            "client_error": reader.error, "aborted": aborted,
+            "samples_mib": samples[:: max(1, len(samples) // 30)],
+        }
+        if name == "txmodcluster" and env.txmc.died():
+            out[name]["error"] = env.txmc.died()
+    print(f"\n== stream-1g: 1 GiB response, client reading at {args.stream_rate / 1e6:g} MB/s "
+          f"for {args.stream_seconds:g} s ==")
+    for name, r in out.items():
+        if "unavailable" in r:
+            print(f"{name:<26} unavailable: {r['unavailable']}")
+        else:
+            print(f"{name:<26} RSS before {r['rss_before_mib']:.1f} MB, peak "
+                  f"{r['rss_peak_mib']:.1f} MB, end {r['rss_end_mib']:.1f} MB "
+                  f"(growth {r['growth_mib']:.1f} MB); client got {r['received_mb']:.1f} MB "
+                  f"[{r['status']}]" + (f" {r['aborted']}" if r['aborted'] else "")
+                  + (f" client error {r['client_error']}" if r['client_error'] else ""))
+    return out
+
+
+# ---------------------------------------------------------------------------------
+# Machine description and targets
+# ---------------------------------------------------------------------------------
+
+def _cmd_out(cmd: list[str]) -> str:
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=20)
+        return (p.stdout + p.stderr).strip()
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"({e})"
+
+
+def machine() -> dict:
+    cpu = ""
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem = ""
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal"):
+                mem = f"{int(line.split()[1]) // 1024} MiB"
+    osname = ""
+    try:
+        for line in Path("/etc/os-release").read_text().splitlines():
+            if line.startswith("PRETTY_NAME="):
+                osname = line.split("=", 1)[1].strip('"')
+    except OSError:
+        pass
+    pyver = _cmd_out([str(PYTHON), "-c",
+                      "import sys, twisted; v = sys.version.split()[0]; "
+                      "import importlib.metadata as m; "
+                      "print(v, twisted.__version__, m.version('httptools'))"]).split()
+    commit = _cmd_out(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
+    dirty = _cmd_out(["git", "-C", str(REPO), "status", "--porcelain"])
+    tomcat = _cmd_out(["java", "-cp", "/usr/share/tomcat10/lib/catalina.jar",
+                       "org.apache.catalina.util.ServerInfo"])
+    m = re.search(r"Server number:\s*(\S+)", tomcat)
+    return {
+        "cpu": cpu, "nproc": os.cpu_count(), "usable_cpus": len(os.sched_getaffinity(0)),
+        "memory": mem, "kernel": platform.release(), "os": osname,
+        "nginx": _cmd_out([NGINX, "-v"]).replace("nginx version: ", ""),
+        "httpd": _cmd_out([HTTPD, "-v"]).splitlines()[0].replace("Server version: ", ""),
+        "wrk": _cmd_out([WRK, "-v"]).splitlines()[0].split(" [")[0],
+        "tomcat": m.group(1) if m else "",
+        "java": _cmd_out(["java", "-version"]).splitlines()[0] if shutil.which("java") else "",
+        "python": pyver[0] if pyver else "", "twisted": pyver[1] if len(pyver) > 1 else "",
+        "httptools": pyver[2] if len(pyver) > 2 else "",
+        "txmodcluster_commit": commit + (" (+uncommitted changes)" if dirty else ""),
+        "loadavg_at_start": loadavg(),
+    }
+
+
+def loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return ""
+
+
+def _agg(results: dict, bench: str, scenario: str, target: str) -> dict | None:
+    return results.get(bench, {}).get(scenario, {}).get(target, {}).get("aggregate")
+
+
+def check_targets(results: dict) -> list[tuple[str, str, str]]:
+    """(goal, measured, verdict) for each target of the issue."""
+    rows = []
+
+    def ratio(goal, bench, scenario, tx, base, key, limit, higher=True):
+        a, b = _agg(results, bench, scenario, tx), _agg(results, bench, scenario, base)
+        if a is None or b is None or key not in a or key not in b or not b[key]:
+            rows.append((goal, "-", "not measured"))
+            return
+        r = a[key] / b[key]
+        ok = r >= limit if higher else r <= limit
+        if a.get("errors", 0) > 0.01 * max(1, a.get("requests", 0)):
+            rows.append((goal, f"{r:.2f}", "INVALID (more than 1 % errors)"))
+            return
+        rows.append((goal, f"{r:.2f}", "PASS" if ok else "FAIL"))
+
+    ratio("HTTP 100 B keep-alive req/s >= 1.5 x httpd", "http", "100B keep-alive",
+          "txmodcluster", "httpd mod_proxy_balancer", "rps", 1.5)
+    ratio("HTTP 64 KiB keep-alive req/s >= 1.5 x httpd", "http", "64KiB keep-alive",
+          "txmodcluster", "httpd mod_proxy_balancer", "rps", 1.5)
+    ratio("AJP 100 B keep-alive req/s >= 1.0 x httpd (no ping)", "ajp", "100B keep-alive",
+          "txmodcluster ajp", "httpd mod_proxy_ajp", "rps", 1.0)
+    ratio("HTTP 100 B p99 <= 0.5 x httpd", "http", "100B keep-alive", "txmodcluster",
+          "httpd mod_proxy_balancer", "p99_ms", 0.5, higher=False)
+    ratio("HTTP 100 B CPU per request <= 0.7 x httpd", "http", "100B keep-alive",
+          "txmodcluster", "httpd mod_proxy_balancer", "proxy_cpu_s_per_1k", 0.7,
+          higher=False)
+    st = results.get("mcmp-status", {}).get("probe", {})
+    rows.append(("MCMP STATUS >= 5000 msgs/s (with probe)",
+                 f"{st['rps']:.0f}" if "rps" in st else "-",
+                 ("PASS" if st["rps"] >= 5000 else "FAIL") if "rps" in st else "not measured"))
+    st = results.get("mcmp-status", {}).get("no-probe", {})
+    rows.append(("MCMP STATUS >= 5000 msgs/s (handler alone, no probe)",
+                 f"{st['rps']:.0f}" if "rps" in st else "-",
+                 ("PASS" if st["rps"] >= 5000 else "FAIL") if "rps" in st else "not measured"))
+    tp = results.get("register-1000", {}).get("through proxy", {})
+    v = tp.get("cpu_per_request_x_2_nodes")
+    rows.append(("routing CPU/request at 1000x10 within 10 % of 2 nodes",
+                 f"{v:.3f}" if v else "-",
+                 ("PASS" if v <= 1.10 else "FAIL") if v else "not measured"))
+    ip = results.get("register-1000", {}).get("in-process routing", {})
+    v = ip.get("1000 nodes x 10 contexts (other contexts) / no session", {}).get("x_2_nodes")
+    rows.append(("routing (in-process choose()) at 1000x10 within 10 % of 2 nodes",
+                 f"{v:.3f}" if v else "-",
+                 ("PASS" if v <= 1.10 else "FAIL") if v else "not measured"))
+    s = results.get("stream-1g", {}).get("txmodcluster", {})
+    if "rss_peak_mib" in s:
+        ok = s["rss_peak_mib"] < 100 and s["growth_mib"] < 20 and not s.get("aborted")
+        rows.append(("RSS < 100 MB and flat while streaming 1 GiB at 1 MB/s",
+                     f"peak {s['rss_peak_mib']:.0f} MB, growth {s['growth_mib']:.0f} MB",
+                     "PASS" if ok else "FAIL"))
+    else:
+        rows.append(("RSS < 100 MB and flat while streaming 1 GiB at 1 MB/s", "-",
+                     "not measured"))
+    return rows
+
+
+# ---------------------------------------------------------------------------------
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true",
+                   help="short runs (about two minutes in all)")
+    p.add_argument("--only", action="append", default=[],
+                   help=f"run only these benchmarks (comma list, repeatable): {', '.join(BENCHES)}")
+    p.add_argument("--duration", type=float, help="seconds per wrk run (default 6, quick 2)")
+    p.add_argument("--rounds", type=int, help="alternating rounds per scenario "
+                                              "(default 2, quick 1)")
+    p.add_argument("--connections", type=int, default=50, help="wrk connections (50)")
+    p.add_argument("--mcmp-connections", type=int, default=8,
+                   help="parallel MCMP connections for mcmp-status / register-1000 (8)")
+    p.add_argument("--stream-seconds", type=float,
+                   help="how long the slow client of stream-1g reads (default 30, quick 10)")
+    p.add_argument("--stream-rate", type=float, default=1e6,
+                   help="slow client's bytes per second (1e6)")
+    p.add_argument("--output", type=Path, help="JSON result file "
+                                               "(default bench/results/bench-<time>.json)")
+    p.add_argument("--keep", action="store_true",
+                   help="keep the temporary directory (configurations and logs)")
+    args = p.parse_args(argv)
+    only = [x.strip() for item in args.only for x in item.split(",") if x.strip()]
+    for name in only:
+        if name not in BENCHES:
+            p.error(f"unknown benchmark {name!r}; choose from {', '.join(BENCHES)}")
+    args.only = only or list(BENCHES)
+    args.duration = args.duration or (2.0 if args.quick else 6.0)
+    args.rounds = args.rounds or (1 if args.quick else 2)
+    args.warmup = 1.0 if args.quick else 2.0
+    args.stream_seconds = args.stream_seconds or (10.0 if args.quick else 30.0)
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    for tool in (NGINX, HTTPD, WRK):
+        if not os.access(tool, os.X_OK):
+            sys.stderr.write(f"{tool} missing: run bench/install (as root)\n")
+            return 2
+    # Ctrl-C raises KeyboardInterrupt even when started with SIGINT ignored (e.g. `&`).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGHUP, _on_signal)
+    started = time.time()
+    tmp = Path(tempfile.mkdtemp(prefix="txmc-bench-"))
+    results: dict = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                     "args": {k: (str(v) if isinstance(v, Path) else v)
+                              for k, v in vars(args).items()}}
+    try:
+        results["machine"] = machine()
+        mach = results["machine"]
+        print(f"machine: {mach['nproc']} x {mach['cpu']}, {mach['memory']}, "
+              f"kernel {mach['kernel']}, {mach['os']}")
+        print(f"versions: nginx {mach['nginx']}, httpd {mach['httpd']}, {mach['wrk']}, "
+              f"Python {mach['python']}, Twisted {mach['twisted']}, httptools "
+              f"{mach['httptools']}, Tomcat {mach['tomcat']}; txmodcluster "
+              f"{mach['txmodcluster_commit']}")
+        parts = mach["loadavg_at_start"].split()
+        one_minute = float(parts[0]) if parts else 0.0
+        if one_minute > 1.0:
+            print(f"WARNING: load average {mach['loadavg_at_start']} before the run: other "
+                  "processes are using the CPU; absolute numbers will be noisy (compare "
+                  "the ratios, measured in alternation)")
+        env = Env(tmp, args)
+        env.start()
+        results["txmodcluster_status"] = env.txmc_proxy_reason() or "ok"
+        runners = {"http": bench_http, "ajp": bench_ajp, "mcmp-status": bench_mcmp_status,
+                   "register-1000": bench_register, "stream-1g": bench_stream}
+        for name in BENCHES:
+            if name in args.only:
+                t0 = time.monotonic()
+                try:
+                    results[name] = runners[name](env)
+                except Unavailable as e:
+                    results[name] = {"unavailable": str(e)}
+                    print(f"\n== {name}: unavailable: {e}")
+                except Exception as e:  # noqa: BLE001 - a broken bench must not stop the rest
+                    import traceback
+                    results[name] = {"error": f"{type(e).__name__}: {e}",
+                                     "traceback": traceback.format_exc()}
+                    print(f"\n== {name}: FAILED: {type(e).__name__}: {e}")
+                    traceback.print_exc()
+                log(f"{name} took {time.monotonic() - t0:.0f} s")
+        print("\n== targets (txmodcluster, same run) ==")
+        results["targets"] = []
+        for goal, value, verdict in check_targets(results):
+            results["targets"].append({"goal": goal, "measured": value, "verdict": verdict})
+            print(f"{goal:<66} {value:>26}  {verdict}")
+    finally:
+        results["seconds"] = round(time.time() - started, 1)
+        results["loadavg_at_end"] = loadavg()
+        stop_all()
+        out = args.output or RESULTS_DIR / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2, default=str) + "\n")
+        print(f"\nresults: {out}  ({results['seconds']:.0f} s)")
+        if args.keep:
+            print(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
