@@ -1,0 +1,93 @@
+"""
+The one place where the data plane leans on Twisted internals: writing to a
+plain TCP transport whose buffer is empty goes straight to the socket.
+
+Why: C{FileDescriptor.write} always appends to a buffer and registers for
+"writable"; the bytes leave one reactor iteration later (an C{epoll_ctl}, a
+poll wake-up and a C{doWrite} per message).  For a proxy that writes one
+small message per read that is most of the per-request cost
+(docs/data-plane.md, "Performance").  When nothing is buffered, sending at once
+is exactly what C{doWrite} would do next; whatever the kernel does not take is
+handed to C{transport.write}, so ordering, buffering, producer pausing and
+error handling stay Twisted's.
+
+Only exact C{twisted.internet.tcp.Server}/C{Client} instances with the
+attributes this relies on get the fast path; anything else (TLS, test
+transports, another reactor) uses C{transport.write}.  The attributes are
+checked once per connection; tests/unit/proxy/test_proxy_transport.py pins the
+behaviour against the installed Twisted.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from twisted.internet import tcp
+
+__all__ = ["direct_writer", "is_plain_tcp", "set_nodelay"]
+
+_FAST_TYPES = (tcp.Server, tcp.Client)
+_NEEDED = ("socket", "dataBuffer", "_tempDataLen", "connected", "disconnecting",
+           "_writeDisconnected")
+
+
+def direct_writer(transport) -> Callable[[bytes], None]:
+    """
+    A C{write(data)} function for C{transport}: straight to the socket when
+    the transport's buffer is empty, else C{transport.write}.
+    """
+    write = transport.write
+    if type(transport) not in _FAST_TYPES or getattr(transport, "TLS", False):
+        return write
+    for name in _NEEDED:
+        if not hasattr(transport, name):  # pragma: no cover - other Twisted versions
+            return write
+    t = transport
+    send = transport.socket.send
+
+    def direct(data: bytes) -> None:
+        if (t._tempDataLen or t.dataBuffer or not t.connected or t.disconnecting
+                or t._writeDisconnected):
+            write(data)
+            return
+        try:
+            sent = send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            # Let Twisted find the error on its own write path (connectionLost).
+            write(data)
+            return
+        if sent < len(data):
+            write(data[sent:])
+
+    return direct
+
+
+def is_plain_tcp(transport) -> bool:
+    """
+    A TCP transport without TLS.  (A TLS wrapper forwards unknown attributes to
+    the TCP transport below it, so C{hasattr(t, "loseWriteConnection")} is true
+    for it too, and half-closing the raw socket under TLS would cut the
+    record stream.)
+    """
+    return type(transport) in _FAST_TYPES and not getattr(transport, "TLS", False)
+
+
+def set_nodelay(transport) -> None:
+    """
+    Disable Nagle on C{transport} (also through a TLS wrapper).  Without it a
+    head and a body sent in two segments wait for a delayed ACK (~40 ms).
+    """
+    t = transport
+    for _ in range(3):
+        setter = getattr(t, "setTcpNoDelay", None)
+        if setter is not None:
+            try:
+                setter(True)
+            except (OSError, AttributeError):
+                pass
+            return
+        t = getattr(t, "transport", None)
+        if t is None:
+            return

@@ -1,0 +1,127 @@
+"""
+Optional: an epoll event loop without Twisted's per-event logging context.
+
+C{EPollReactor.doPoll} wraps every I/O event in C{log.callWithLogger}, which
+copies the legacy logging context dictionary and pushes it on a context stack
+so that old-style C{twisted.python.log.msg} calls made while handling the event
+carry the transport's C{logPrefix()} as their C{system}.  For a proxy that
+handles two small events per request this wrapper is a measurable share of the
+CPU time (docs/data-plane.md, "Performance").
+
+L{install} replaces C{doPoll}/C{doIteration} on one reactor B{instance} with
+the same loop minus that wrapper.  For the most frequent event, "readable" on
+a plain TCP connection, it also does what C{tcp.Connection.doRead} and
+C{_dataReceived} do inline (C{recv}, then C{protocol.dataReceived}, or
+disconnect with C{CONNECTION_DONE}/C{CONNECTION_LOST}; an exception from
+C{dataReceived} is logged and disconnects, as C{_doReadOrWrite} does).  Every
+other event goes through the reactor's own C{_doReadOrWrite}.  An exception
+from anything is logged per event instead of ending the batch.  What changes:
+legacy (C{twisted.python.log}) messages emitted while handling I/O get the
+default system C{"-"} instead of the transport's prefix.  New-style
+C{twisted.logger} events, which this project uses, are not affected.
+
+It is applied only to an C{EPollReactor} whose C{doPoll} is the one this code
+was written against (checked by identity against the class attribute), so a
+different reactor or a patched reactor is left alone.
+"""
+
+from __future__ import annotations
+
+import errno
+import select
+
+from twisted.internet import tcp
+from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
+from twisted.logger import Logger
+
+__all__ = ["install"]
+
+log = Logger()
+
+_EPOLLIN = getattr(select, "EPOLLIN", 1)
+_TCP = (tcp.Server, tcp.Client)
+
+
+def _plain_tcp_read_supported() -> bool:
+    """
+    The inlined read path copies C{tcp.Connection.doRead}/C{_dataReceived};
+    use it only if those are the methods it was written against.
+    """
+    for cls in _TCP:
+        if cls.doRead is not tcp.Connection.doRead:
+            return False
+        if cls._dataReceived is not tcp.Connection._dataReceived:
+            return False
+    return True
+
+
+def install(reactor) -> bool:
+    """
+    Use the lean event loop on C{reactor} if it is an unmodified
+    C{EPollReactor}.  Returns whether it was installed.
+    """
+    try:
+        from twisted.internet.epollreactor import EPollReactor
+    except ImportError:  # pragma: no cover - not Linux
+        return False
+    if not isinstance(reactor, EPollReactor):
+        return False
+    if getattr(reactor, "_modcluster_fastloop", False):
+        return True
+    if type(reactor).doPoll is not EPollReactor.doPoll:
+        return False
+    poller = reactor._poller
+    selectables = reactor._selectables
+    drdw = reactor._doReadOrWrite
+    disconnect = reactor._disconnectSelectable
+    plain_read = _plain_tcp_read_supported()
+
+    def doPoll(timeout):
+        if timeout is None:
+            timeout = -1
+        try:
+            events = poller.poll(timeout, len(selectables))
+        except OSError as err:
+            if err.errno == errno.EINTR:
+                return
+            raise
+        for fd, event in events:
+            selectable = selectables.get(fd)
+            if selectable is None:
+                continue
+            if (plain_read and event == _EPOLLIN and selectable.__class__ in _TCP
+                    and not selectable._aborting):
+                # tcp.Connection.doRead + _dataReceived, one frame instead of four
+                try:
+                    data = selectable.socket.recv(selectable.bufferSize)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    data = None
+                    why = CONNECTION_LOST
+                else:
+                    why = CONNECTION_DONE
+                if data:
+                    try:
+                        selectable.protocol.dataReceived(data)
+                        continue
+                    except BaseException as e:
+                        log.failure("unhandled error in {protocol!r}.dataReceived",
+                                    protocol=selectable.protocol)
+                        why = e
+                try:
+                    disconnect(selectable, why, True)
+                except BaseException:
+                    log.failure("unhandled error while closing {selectable!r}",
+                                selectable=selectable)
+                continue
+            try:
+                drdw(selectable, fd, event)
+            except BaseException:
+                log.failure("unhandled error while handling {selectable!r}",
+                            selectable=selectable)
+
+    reactor.doPoll = doPoll
+    reactor.doIteration = doPoll
+    reactor._modcluster_fastloop = True
+    return True

@@ -1,0 +1,1138 @@
+"""
+The client side of the data plane: one L{ClientProtocol} per client
+connection, created by L{ProxyFactory}.
+
+A client connection parses requests with httptools, serves them one at a time
+(pipelined requests wait, parsed, in order), routes each with
+L{modcluster.balancer.choose}, hands it as an L{IExchange} to the forwarder of
+the node's scheme, relays the response with the client's framing, and fails
+over, retries or answers an error as docs/data-plane.md describes.
+
+Hot-path rules followed here: no Deferred, closure or log event per request;
+one allocation per request (L{_Exchange}); one write per batch of response
+events (the head waits for the body bytes of the same read); timeouts are
+enforced by one sweep per second over all connections, not by timers.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from email.utils import formatdate
+from typing import Callable, Optional
+
+from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
+from twisted.internet.interfaces import IPushProducer, ISSLTransport
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from modcluster.balancer import Decision, RoutingPolicy, choose, parse_host, strip_session
+from modcluster.proxy._transport import direct_writer, is_plain_tcp, set_nodelay
+from modcluster.proxy.headers import (
+    REQ_CONNECTION,
+    REQ_CONTENT_LENGTH,
+    REQ_COOKIE,
+    REQ_EXPECT,
+    REQ_FORWARDED,
+    REQ_HOST,
+    REQ_TRANSFER_ENCODING,
+    REQ_UPGRADE,
+    REQUEST_HEADER_EXACT,
+    REQUEST_HEADER_KIND,
+    connection_tokens,
+    drop_listed,
+    error_response,
+    header_block,
+    informational_head,
+    upgrade_matcher,
+)
+from modcluster.proxy.http import HttpForwarder
+from modcluster.proxy.interfaces import (
+    _IDEMPOTENT,
+    CONNECT,
+    RESET,
+    TIMEOUT,
+    ClientInfo,
+    ForwardError,
+    IExchange,
+)
+
+__all__ = ["ClientProtocol", "ProxyFactory", "SWEEP_INTERVAL"]
+
+log = Logger(namespace="modcluster.proxy")
+
+#: Seconds between timeout sweeps (client idle/stall, node read timeouts, pool TTL).
+SWEEP_INTERVAL = 1.0
+#: Request body bytes held per request before the client is paused (while the
+#: node connection is not ready, or for a queued pipelined request).
+BODY_BUFFER = 256 * 1024
+#: Pipelined requests parsed ahead of the one being served; more closes the
+#: connection once the queue is served.
+MAX_PIPELINE = 128
+#: Seconds a connection closed after an unread request body keeps draining the
+#: client (lingering close, so the error response is not destroyed by a RST).
+LINGER = 2.0
+
+# Why the client transport is paused (bit set).
+_P_PIPELINE = 1  # requests queued behind the current one
+_P_BUFFER = 2  # too much request body held
+_P_UPSTREAM = 4  # the node connection's write buffer is full
+_P_UPGRADE = 8  # waiting for the node's answer to an Upgrade
+_P_EXCHANGE = _P_BUFFER | _P_UPSTREAM | _P_UPGRADE  # reasons that end with the exchange
+
+_HEAD = b"HEAD"
+_CONNECT = b"CONNECT"
+_CONTINUE = b"100-continue"
+_CHUNKED_END = b"0\r\n\r\n"
+_DIRECT_SCHEMES = ("http", "https", "ws", "wss")
+
+
+class _TooManyPipelined(Exception):
+    pass
+
+
+@implementer(IExchange)
+class _Exchange:
+    """
+    One client request (and its attempts).  Implements L{IExchange}; see
+    L{modcluster.proxy.interfaces} for the attributes the forwarder reads.
+    """
+
+    __slots__ = (
+        # request facts (IExchange)
+        "method", "target", "version", "headers", "host", "body_length",
+        "expect_continue", "upgrade", "idempotent", "client", "decision", "node",
+        "x_forwarded",
+        # front state
+        "proto", "keep_alive", "path", "query", "cookies", "error", "headers0", "connection",
+        "upgrade_token", "skipped_body", "tunnel_candidate", "head_size",
+        "upstream", "attempts", "exclude", "stale_retry", "wait_until", "wait_call",
+        "body", "body_held", "body_done", "body_received", "body_sent", "end_sent",
+        "flowing", "counted", "resp_started", "resp_chunked", "resp_close", "done",
+        "tunnel", "no_body",
+    )
+
+    def __init__(self, proto: "ClientProtocol") -> None:
+        self.proto = proto
+        self.client = proto.client
+        self.method = b""
+        self.target = b""
+        self.version = "1.1"
+        self.headers: list = []
+        self.host: Optional[bytes] = None
+        self.body_length: Optional[int] = None
+        self.expect_continue = False
+        self.upgrade: Optional[bytes] = None
+        self.idempotent = True
+        self.decision = None
+        self.node = None
+        self.x_forwarded = False
+        self.keep_alive = True
+        self.path = ""
+        self.query = b""
+        self.cookies: Optional[list] = None
+        self.error: Optional[tuple] = None
+        self.headers0: Optional[list] = None
+        self.connection: Optional[list] = None
+        self.upgrade_token: Optional[bytes] = None
+        self.skipped_body = False
+        self.tunnel_candidate = False
+        self.head_size = 0
+        self.upstream = None
+        self.attempts = 0
+        self.exclude: frozenset = frozenset()
+        self.stale_retry = False
+        self.wait_until = 0.0
+        self.wait_call = None
+        self.body: Optional[list] = None
+        self.body_held = 0
+        self.body_done = False
+        self.body_received = 0
+        self.body_sent = 0
+        self.end_sent = False
+        self.flowing = False
+        self.counted = False
+        self.resp_started = False
+        self.resp_chunked = False
+        self.resp_close = False
+        self.done = False
+        self.tunnel = False
+        self.no_body = False
+
+    # -- routing ------------------------------------------------------------
+
+    def route(self) -> None:
+        """Elect a node (again, on failover) and start an attempt."""
+        self.wait_call = None
+        if self.done:
+            return
+        f = self.proto.factory
+        policy = f.policy
+        host = parse_host(self.host) if policy.use_alias and self.host is not None else None
+        cookie = None
+        if self.cookies is not None:
+            cookie = b"; ".join(self.cookies).decode("utf-8", "surrogateescape")
+        now = f.now  # coarse (sweep) clock: only used for the worker retry interval
+        d = choose(f.table(), host, self.path, cookie, now, policy, self.exclude)
+        if d.__class__ is Decision:
+            self._attempt(d, cookie, False)
+            return
+        if d.status == 503 and d.wait_worker > 0:
+            now = f.reactor.seconds()
+            if not self.wait_until:
+                self.wait_until = now + d.wait_worker
+            left = self.wait_until - now
+            if left > 0:
+                step = min(max(d.wait_worker / 100.0, 0.05), left)
+                self.wait_call = f.reactor.callLater(step, self._reroute)
+                return
+        self.proto._respondError(self, d.status, d.reason, d.retry_after)
+
+    def _reroute(self) -> None:
+        """L{route} from a callback (failover, WaitWorker): a bug must not hang the client."""
+        try:
+            self.route()
+        except Exception:
+            self.proto._routingBug(self)
+
+    def _attempt(self, d, cookie: Optional[str], fresh: bool) -> None:
+        f = self.proto.factory
+        node = d.node
+        self.decision = d
+        self.node = node
+        if d.strip is not None:
+            self._strip(d, cookie)
+        elif self.headers0 is not None:
+            self.headers = self.headers0
+            self.target = self._target()
+        forwarder = f.forwarders.get(node.settings.type)
+        if forwarder is None:
+            self.proto._respondError(
+                self, 502, f"no forwarder for node {node.route} of type {node.settings.type}")
+            return
+        if self.tunnel_candidate:
+            self.upgrade = self.upgrade_token if node.settings.type in _DIRECT_SCHEMES else None
+        rt = node.rt
+        rt.busy += 1
+        rt.requests += 1
+        crt = d.context.rt
+        crt.in_flight += 1
+        crt.requests += 1
+        self.counted = True
+        self.flowing = False
+        self.end_sent = False  # a new attempt gets the end of the body again
+        self.upstream = None
+        up = forwarder.forward(self, fresh)
+        if self.done:  # pragma: no cover - forwarders do not fail synchronously
+            return
+        self.upstream = up
+        if self.proto._blocked:
+            up.pauseResponse()
+        if self.flowing:  # resumeRequestBody() came during forward()
+            self._deliver()
+
+    def _target(self) -> bytes:
+        path = self.path.encode("utf-8", "surrogateescape")
+        return path + b"?" + self.query if self.query else path
+
+    def _strip(self, d, cookie: Optional[str]) -> None:
+        """StickySessionRemove: drop the session id from the path or Cookie."""
+        if self.headers0 is None:
+            self.headers0 = self.headers
+        path, new_cookie = strip_session(self.path, cookie, d)
+        if path != self.path:
+            target = path.encode("utf-8", "surrogateescape")
+            self.target = target + b"?" + self.query if self.query else target
+        else:
+            self.target = self._target()
+        headers = self.headers0
+        if new_cookie != cookie:
+            out = []
+            placed = False
+            for name, value in headers:
+                if name.lower() == b"cookie":
+                    if not placed and new_cookie is not None:
+                        out.append((name, new_cookie.encode("utf-8", "surrogateescape")))
+                    placed = True
+                    continue
+                out.append((name, value))
+            headers = out
+        self.headers = headers
+
+    def _release(self) -> None:
+        """Give back the counters of the current attempt (exactly once)."""
+        if self.counted:
+            self.counted = False
+            d = self.decision
+            d.node.rt.busy -= 1
+            d.context.rt.in_flight -= 1
+
+    # -- request body towards the forwarder ---------------------------------
+
+    def resumeRequestBody(self) -> None:
+        if self.done:
+            return
+        self.flowing = True
+        if self.upstream is not None:
+            self._deliver()
+
+    def _deliver(self) -> None:
+        proto = self.proto
+        body = self.body
+        if body:
+            up = self.upstream
+            while body and self.flowing and not self.done:
+                chunk = body.pop(0)
+                self.body_held -= len(chunk)
+                self.body_sent += len(chunk)
+                up.requestBody(chunk)
+            if self.body_held < BODY_BUFFER:
+                proto._resumeReading(_P_BUFFER)
+        if self.flowing and not self.done:
+            if self.body_done and not self.end_sent and not body:
+                self.end_sent = True
+                self.upstream.requestBodyEnd()
+            proto._resumeReading(_P_UPSTREAM)
+
+    def pauseRequestBody(self) -> None:
+        if self.done:
+            return
+        self.flowing = False
+        if not self.body_done or self.tunnel:
+            self.proto._pauseReading(_P_UPSTREAM)
+
+    def _bodyData(self, data: bytes) -> None:
+        if self.flowing and self.upstream is not None:
+            self.body_sent += len(data)
+            self.upstream.requestBody(data)
+            return
+        if self.body is None:
+            self.body = [data]
+        else:
+            self.body.append(data)
+        self.body_held += len(data)
+        if self.body_held >= BODY_BUFFER:
+            self.proto._pauseReading(_P_BUFFER)
+
+    def _bodyEnd(self) -> None:
+        self.body_done = True
+        if self.end_sent:
+            return
+        if self.flowing and not self.body and not self.end_sent and self.upstream is not None:
+            self.end_sent = True
+            self.upstream.requestBodyEnd()
+
+    def replayable(self) -> bool:
+        if self.body_sent:
+            return False
+        if self.idempotent:
+            return True
+        return self.body_length is not None and self.body_length != 0 and not self.end_sent
+
+    # -- response from the forwarder -----------------------------------------
+
+    def responseInformational(self, status: int, reason: bytes, headers) -> None:
+        if self.done or self.resp_started:
+            return
+        if headers.__class__ is not bytes:
+            headers = header_block(headers)
+        if self.version != "1.0":
+            self.proto._out.append(informational_head(status, reason, headers))
+
+    def responseHead(self, status: int, reason: bytes, headers, length: int) -> None:
+        if self.done or self.resp_started:
+            return
+        self.resp_started = True
+        if headers.__class__ is not bytes:
+            headers = header_block(headers)
+        proto = self.proto
+        d = self.decision
+        node = d.node
+        if d.retrying or node.rt.in_error:
+            proto.factory.on_node_success(node.route)
+        parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason), headers]
+        if status == 101:
+            self.tunnel = True
+            self.resp_close = True
+            parts.append(b"\r\n")
+            proto._out.append(b"".join(parts))
+            proto._startTunnel(self)
+            return
+        close = not self.keep_alive or not self.body_done or self.tunnel_candidate
+        if self.method == _HEAD or status == 204 or status == 304:
+            self.no_body = True
+        elif length < 0:
+            if self.version == "1.0":
+                close = True
+            else:
+                self.resp_chunked = True
+                parts.append(b"Transfer-Encoding: chunked\r\n")
+        self.resp_close = close
+        if close:
+            if self.version != "1.0":
+                parts.append(b"Connection: close\r\n")
+        elif self.version == "1.0":
+            parts.append(b"Connection: keep-alive\r\n")
+        parts.append(b"\r\n")
+        proto._out.append(b"".join(parts))
+
+    def responseBody(self, data: bytes) -> None:
+        if self.done or not data:
+            return
+        if self.resp_chunked:
+            self.proto._out += (b"%x\r\n" % len(data), data, b"\r\n")
+        elif not self.no_body:
+            self.proto._out.append(data)
+
+    def flush(self) -> None:
+        if not self.done:
+            self.proto._flush()
+
+    def responseEnd(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.upstream = None
+        self._release()
+        if self.resp_chunked:
+            self.proto._out.append(_CHUNKED_END)
+        self.proto._exchangeDone(self, self.resp_close)
+
+    def responseFailed(self, error: ForwardError) -> None:
+        if self.done:
+            return
+        self.upstream = None
+        self.flowing = False
+        self._release()
+        proto = self.proto
+        f = proto.factory
+        node = self.node
+        route = node.route
+        kind = error.kind
+        if self.resp_started:
+            log.warn("response from node {route} for {method} {target} cut off: {message}",
+                     route=route, method=self.method, target=self.target,
+                     message=error.message)
+            self.done = True
+            proto._abortClient()
+            return
+        safe = not error.request_sent or self.replayable()
+        if kind == TIMEOUT:
+            proto._respondError(self, 504, f"node {route}: {error.message}")
+            return
+        if kind == RESET and error.reused:
+            if safe and not self.stale_retry:
+                # Keep-alive race: the pooled connection was closed by the node.
+                self.stale_retry = True
+                cookie = None
+                if self.cookies is not None:
+                    cookie = b"; ".join(self.cookies).decode("utf-8", "surrogateescape")
+                try:
+                    self._attempt(self.decision, cookie, True)
+                except Exception:
+                    proto._routingBug(self)
+                return
+            if not safe:
+                proto._respondError(self, 502, f"node {route}: {error.message}")
+                return
+        f.on_node_failure(route, error.message)
+        if safe and self.attempts < self.decision.balancer.max_attempts:
+            self.attempts += 1
+            self.exclude = self.exclude | {node.id}
+            self.stale_retry = False
+            log.info("failing over {method} {target} from node {route}: {message}",
+                     method=self.method, target=self.target, route=route,
+                     message=error.message)
+            self._reroute()
+            return
+        if kind == CONNECT:
+            proto._respondError(self, 503, f"node {route}: {error.message}",
+                                f.policy.retry_after)
+        else:
+            proto._respondError(self, 502, f"node {route}: {error.message}")
+
+    # -- client side ends ----------------------------------------------------
+
+    def abort(self) -> None:
+        """The client connection is gone or the front gives up on it."""
+        if self.done:
+            return
+        self.done = True
+        if self.wait_call is not None and self.wait_call.active():
+            self.wait_call.cancel()
+        self.wait_call = None
+        up = self.upstream
+        self.upstream = None
+        self._release()
+        if up is not None:
+            up.abort()
+
+
+@implementer(IPushProducer)
+class ClientProtocol(Protocol):
+    """
+    One client connection.  It is its transport's push producer, so a client
+    that does not read pauses the node connection feeding it.
+    """
+
+    def __init__(self, factory: "ProxyFactory") -> None:
+        self.factory = factory
+        self._parser = HttpRequestParser(self)
+        self._reading: Optional[_Exchange] = None
+        self._current: Optional[_Exchange] = None
+        self._queue: deque = deque()
+        self._out: list = []
+        self._pause = 0
+        self._closing = False
+        self._ignore = False
+        self._seen = factory.now
+        self._head_bytes = 0
+        self._blocked = False
+        self._blocked_since = 0.0
+        self._linger_until = 0.0
+        self._tunnel: Optional[_Exchange] = None
+        self._upgrading: Optional[_Exchange] = None
+        self._in_next = False
+        self._write = None
+        self.client: Optional[ClientInfo] = None
+
+    # -- connection ------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        t = self.transport
+        set_nodelay(t)
+        self._write = direct_writer(t)
+        peer = t.getPeer()
+        local = t.getHost()
+        secure = ISSLTransport.providedBy(t)
+        self.client = ClientInfo(
+            getattr(peer, "host", "") or "", getattr(peer, "port", 0) or 0,
+            getattr(local, "host", "") or "", getattr(local, "port", 0) or 0,
+            secure, t)
+        t.registerProducer(self, True)
+        self.factory._clients.add(self)
+
+    def connectionLost(self, reason=None) -> None:
+        self.connected = 0
+        self.factory._clients.discard(self)
+        self._closing = True
+        self._out = []
+        ex = self._current
+        self._current = None
+        if ex is not None:
+            ex.abort()
+        for queued in self._queue:
+            queued.done = True
+        self._queue.clear()
+        self._reading = None
+
+    # -- IPushProducer (the client's write buffer) -------------------------------
+
+    def pauseProducing(self) -> None:
+        self._blocked = True
+        self._blocked_since = self.factory.now
+        ex = self._current
+        if ex is not None and ex.upstream is not None:
+            ex.upstream.pauseResponse()
+
+    def resumeProducing(self) -> None:
+        self._blocked = False
+        ex = self._current
+        if ex is not None and ex.upstream is not None:
+            ex.upstream.resumeResponse()
+
+    def stopProducing(self) -> None:
+        pass
+
+    # -- reading ---------------------------------------------------------------
+
+    def _pauseReading(self, why: int) -> None:
+        if not self._pause and self.connected:
+            self.transport.pauseProducing()
+        self._pause |= why
+
+    def _resumeReading(self, why: int) -> None:
+        if self._pause & why:
+            self._pause &= ~why
+            if not self._pause and self.connected and not self._closing:
+                self.transport.resumeProducing()
+
+    def dataReceived(self, data: bytes) -> None:
+        self._seen = self.factory.now
+        tunnel = self._tunnel
+        if tunnel is not None:
+            if not tunnel.done:
+                tunnel._bodyData(data)
+            return
+        if self._ignore:
+            return
+        reading = self._reading
+        if reading is None or reading.head_size >= 0:
+            self._head_bytes += len(data)
+        try:
+            self._parser.feed_data(data)
+        except HttpParserUpgrade as e:
+            self._upgraded(data[e.args[0]:])
+        except HttpParserError as e:
+            self._parseFailed(e)
+        reading = self._reading
+        if (reading is not None and reading.head_size >= 0
+                and self._head_bytes > self.factory.config.max_header_size and not self._ignore):
+            self._requestError(431, "request head too large")
+
+    def _feed(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except HttpParserUpgrade as e:
+            self._upgraded(data[e.args[0]:])
+        except HttpParserError as e:
+            self._parseFailed(e)
+
+    def _parseFailed(self, e: HttpParserError) -> None:
+        if self._ignore:
+            return
+        cause = e.__context__ if e.__context__ is not None else e
+        if isinstance(cause, _TooManyPipelined):
+            self._ignore = True
+            return
+        if isinstance(cause, _RequestRefused):
+            return
+        if not isinstance(cause, HttpParserError):
+            log.failure("bug while parsing a request", Failure(cause))
+            self._requestError(500, "internal error")
+            return
+        self._requestError(400, f"malformed request: {e}")
+
+    def on_message_begin(self) -> None:
+        if len(self._queue) >= MAX_PIPELINE:
+            raise _TooManyPipelined()
+        ex = _Exchange(self)
+        self._reading = ex
+
+    def on_url(self, url: bytes) -> None:
+        ex = self._reading
+        ex.target += url
+        ex.head_size += len(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        ex = self._reading
+        if ex.head_size < 0:
+            return  # a trailer of a chunked body: not forwarded
+        ex.head_size += len(name) + len(value) + 4
+        kind = REQUEST_HEADER_EXACT.get(name)
+        if kind is None:
+            kind = REQUEST_HEADER_KIND.get(name.lower(), 0)
+        if not kind:
+            ex.headers.append((name, value))
+        elif kind == REQ_HOST:
+            if ex.host is not None:
+                ex.error = (400, "more than one Host header")
+            ex.host = value
+        elif kind == REQ_COOKIE:
+            ex.headers.append((name, value))
+            if ex.cookies is None:
+                ex.cookies = [value]
+            else:
+                ex.cookies.append(value)
+        elif kind == REQ_CONTENT_LENGTH:
+            try:
+                ex.body_length = int(value)
+            except ValueError:
+                ex.error = (400, "bad Content-Length")
+        elif kind == REQ_CONNECTION:
+            if ex.connection is None:
+                ex.connection = [value]
+            else:
+                ex.connection.append(value)
+        elif kind == REQ_FORWARDED:
+            ex.headers.append((name, value))
+            ex.x_forwarded = True
+        elif kind == REQ_EXPECT:
+            if value.strip().lower() == _CONTINUE:
+                ex.expect_continue = True
+            else:
+                ex.error = (417, "unsupported Expect")
+        elif kind == REQ_UPGRADE:
+            ex.upgrade_token = value
+        elif kind == REQ_TRANSFER_ENCODING:
+            # llhttp refuses a request whose last coding is not chunked
+            ex.body_length = -1
+            if value.strip().lower() != b"chunked":
+                ex.error = (501, "transfer codings other than chunked are not supported")
+        # other REQ_DROP names: removed
+
+    def on_headers_complete(self) -> None:
+        ex = self._reading
+        p = self._parser
+        f = self.factory
+        cfg = f.config
+        ex.keep_alive = p.should_keep_alive()
+        ex.version = p.get_http_version()
+        method = ex.method = p.get_method()
+        upgrade = p.should_upgrade()
+        size = ex.head_size
+        ex.head_size = -1
+        self._head_bytes = 0
+        if ex.connection is not None:
+            ex.headers = drop_listed(ex.headers, connection_tokens(ex.connection))
+        ex.idempotent = method in _IDEMPOTENT
+        if not ex.body_length:
+            ex.expect_continue = False
+            if not upgrade:
+                ex.body_done = True  # nothing more to read for this request
+        elif ex.version == "1.0":
+            ex.expect_continue = False
+        if upgrade:
+            self._upgrading = ex
+        if ex.error is None:
+            ex.error = self._checkHead(ex, size, upgrade, cfg)
+        if upgrade and ex.body_length:
+            ex.skipped_body = True  # llhttp does not read the body of an Upgrade request
+        if (upgrade and ex.error is None and ex.upgrade_token is not None and f.tunnel
+                and not ex.body_length and f.upgrade_match(ex.upgrade_token) is not None):
+            ex.tunnel_candidate = True
+            ex.upgrade_token = f.upgrade_match(ex.upgrade_token)
+        if self._current is None and not self._queue:
+            self._current = ex
+            if ex.error is None:
+                try:
+                    ex.route()
+                except Exception:
+                    self._routingBug(ex)
+            else:
+                self._start(ex)
+        else:
+            self._queue.append(ex)
+            self._pauseReading(_P_PIPELINE)
+
+    def _checkHead(self, ex: _Exchange, size: int, upgrade: bool, cfg) -> Optional[tuple]:
+        limit = cfg.max_header_size
+        if len(ex.target) > limit:
+            return (414, "request target too long")
+        if size > limit:
+            return (431, "request head too large")
+        if ex.method == _CONNECT:
+            return (405, "CONNECT is not supported")
+        if ex.version == "1.1" and ex.host is None:
+            return (400, "HTTP/1.1 request without Host")
+        target = ex.target
+        if target[:1] != b"/":
+            if target == b"*":
+                pass
+            else:
+                i = target.find(b"://")
+                if i <= 0:
+                    return (400, "bad request target")
+                rest = target[i + 3:]
+                j = rest.find(b"/")
+                authority, target = (rest, b"/") if j < 0 else (rest[:j], rest[j:])
+                if not authority:
+                    return (400, "bad request target")
+                ex.host = authority
+                ex.target = target
+        q = target.find(b"?")
+        if q >= 0:
+            ex.query = target[q + 1:]
+            target = target[:q]
+        ex.path = target.decode("utf-8", "surrogateescape")
+        if ex.body_length is not None and ex.body_length > 0 and cfg.max_request_body \
+                and ex.body_length > cfg.max_request_body:
+            return (413, "request body larger than max_request_body")
+        return None
+
+    def on_body(self, data: bytes) -> None:
+        ex = self._reading
+        ex.body_received += len(data)
+        limit = self.factory.config.max_request_body
+        if limit and ex.body_received > limit:
+            self._requestError(413, "request body larger than max_request_body")
+            raise _RequestRefused()
+        if ex is self._current and not ex.done:
+            ex._bodyData(data)
+        elif not ex.done:
+            if ex.body is None:
+                ex.body = [data]
+            else:
+                ex.body.append(data)
+            ex.body_held += len(data)
+
+    def on_message_complete(self) -> None:
+        ex = self._reading
+        self._reading = None
+        if ex.skipped_body or ex.tunnel_candidate:
+            return  # the body (or the tunnel) is read after the Upgrade exception
+        if ex is self._current and not ex.done:
+            ex._bodyEnd()
+        else:
+            ex.body_done = True
+        if not ex.keep_alive:
+            self._ignore = True  # nothing after a "close" request is read
+
+    def _upgraded(self, rest: bytes) -> None:
+        """httptools stopped at the end of an Upgrade (or CONNECT) request head."""
+        ex = self._upgrading
+        self._upgrading = None
+        if ex is None or ex.error is not None or ex.done:
+            self._ignore = True
+            return
+        if ex.tunnel_candidate:
+            # Hold what follows (early tunnel bytes) until the node answers 101.
+            self._parser = None
+            self._ignore = True
+            if rest:
+                if ex is self._current:
+                    ex._bodyData(rest)
+                else:
+                    ex.body = [rest]
+            self._pauseReading(_P_UPGRADE)
+            return
+        # Not tunnelled: the Upgrade header is dropped and the request is plain
+        # HTTP.  llhttp skipped its body, so a fresh parser reads on.
+        self._parser = HttpRequestParser(self)
+        if ex.skipped_body:
+            ex.skipped_body = False
+            wrapper = _BodyAfterUpgrade(self, ex)
+            self._parser = parser = HttpRequestParser(wrapper)
+            wrapper.parser = parser
+            self._reading = ex
+            ex.head_size = -1
+            framing = (b"Transfer-Encoding: chunked" if ex.body_length == -1
+                       else b"Content-Length: %d" % ex.body_length)
+            parser.feed_data(b"POST / HTTP/1.1\r\n" + framing + b"\r\n\r\n")
+        if rest:
+            self._feed(rest)
+
+    def _requestError(self, status: int, message: str) -> None:
+        """
+        The request being parsed is refused (malformed, too large, too slow):
+        answer it in turn, then close; nothing more is read.
+        """
+        self._ignore = True
+        ex = self._reading
+        self._reading = None
+        if ex is not None and ex.head_size < 0:
+            # in the body of a request already being served or queued
+            if ex is self._current:
+                if ex.resp_started:
+                    self._abortClient()
+                else:
+                    self._respondError(ex, status, message)
+            elif not ex.done:
+                ex.error = (status, message)
+            return
+        ex = _Exchange(self)
+        ex.error = (status, message)
+        ex.keep_alive = False
+        if self._current is None and not self._queue:
+            self._current = ex
+            self._start(ex)
+        else:
+            self._queue.append(ex)
+
+    # -- serving -----------------------------------------------------------------
+
+    def _start(self, ex: _Exchange) -> None:
+        if ex.error is not None:
+            self._respondError(ex, *ex.error)
+            return
+        if ex.body_held >= BODY_BUFFER:
+            self._pauseReading(_P_BUFFER)
+        try:
+            ex.route()
+        except Exception:
+            self._routingBug(ex)
+
+    def _routingBug(self, ex: _Exchange) -> None:
+        log.failure("bug while routing {method} {target}", method=ex.method, target=ex.target)
+        if ex.resp_started:
+            self._abortClient()
+        else:
+            self._respondError(ex, 500, "internal error")
+
+    def _exchangeDone(self, ex: _Exchange, close: bool) -> None:
+        if ex is not self._current:
+            return
+        self._current = None
+        if self._pause & _P_EXCHANGE:
+            self._resumeReading(_P_EXCHANGE)
+        out = self._out
+        if out and self.connected:
+            self._write(out[0] if len(out) == 1 else b"".join(out))
+            self._out = []
+        if close or not ex.body_done:
+            self._close(linger=not ex.body_done and not ex.tunnel)
+        elif self._queue or self._ignore:
+            self._next()
+        elif self._pause & _P_PIPELINE:
+            self._resumeReading(_P_PIPELINE)
+
+    def _next(self) -> None:
+        if self._in_next:
+            return
+        self._in_next = True
+        try:
+            while self._current is None and self._queue and self.connected:
+                ex = self._queue.popleft()
+                self._current = ex
+                self._start(ex)
+        finally:
+            self._in_next = False
+        if self._current is None and self._ignore and not self._tunnel:
+            self._flush()
+            self._close(linger=False)
+            return
+        if not self._queue:
+            self._resumeReading(_P_PIPELINE)
+
+    def _startTunnel(self, ex: _Exchange) -> None:
+        self._tunnel = ex
+        self._flush()
+        self._resumeReading(_P_UPGRADE)
+
+    def _respondError(self, ex: _Exchange, status: int, message: str,
+                      retry_after: int = 0) -> None:
+        """
+        Answer C{ex} (the exchange being served) with the proxy's own error
+        response, with one log line.
+        """
+        if ex is not self._current:
+            return
+        ex.done = True
+        up = ex.upstream
+        ex.upstream = None
+        ex._release()
+        if up is not None:
+            up.abort()
+        if ex.resp_started:
+            self._abortClient()
+            return
+        f = self.factory
+        client = self.client
+        if status >= 500:
+            log.warn("{status} for {method} {target} from {client}: {message}", status=status,
+                     method=ex.method, target=ex.target,
+                     client=client.remote_addr if client else "?", message=message)
+        else:
+            log.info("{status} for {method} {target} from {client}: {message}", status=status,
+                     method=ex.method, target=ex.target,
+                     client=client.remote_addr if client else "?", message=message)
+        close = (not ex.keep_alive or not ex.body_done or ex.error is not None
+                 or ex.tunnel_candidate)
+        self._out.append(error_response(status, message, close=close, date=f.date,
+                                        retry_after=retry_after,
+                                        head_only=ex.method == _HEAD))
+        self._current = None
+        self._resumeReading(_P_UPSTREAM | _P_BUFFER | _P_UPGRADE)
+        self._flush()
+        if close:
+            self._close(linger=not ex.body_done)
+        else:
+            self._next()
+
+    # -- writing and closing -------------------------------------------------------
+
+    def _flush(self) -> None:
+        out = self._out
+        if out and self.connected:
+            self._write(out[0] if len(out) == 1 else b"".join(out))
+            self._out = []
+
+    def _close(self, linger: bool) -> None:
+        self._closing = True
+        self._ignore = True
+        if not self.connected:
+            return
+        if linger and is_plain_tcp(self.transport):
+            # Read and drop what the client still sends for a while, so our
+            # answer reaches it before the socket is closed.
+            self._linger_until = self.factory.now + LINGER
+            self._pause = 0
+            self.transport.resumeProducing()
+            self.transport.loseWriteConnection()
+        else:
+            self.transport.loseConnection()
+
+    def _abortClient(self) -> None:
+        self._closing = True
+        self._ignore = True
+        self._out = []
+        ex = self._current
+        if ex is not None:
+            ex.abort()
+            self._current = None
+        if self.connected:
+            self.transport.abortConnection()
+
+    # -- timeouts (called by the factory's sweep) ---------------------------------
+
+    def checkTimeout(self, now: float, limit: float) -> None:
+        if self._linger_until:
+            if now >= self._linger_until:
+                self.transport.abortConnection()
+            return
+        limit += SWEEP_INTERVAL  # coarse clock: never early
+        if self._blocked:
+            if now - self._blocked_since > limit:
+                log.info("client {client} stopped reading; closing",
+                         client=self.client.remote_addr)
+                self._abortClient()
+            return
+        if now - self._seen <= limit or self._tunnel is not None:
+            return
+        ex = self._current
+        if ex is None:
+            if self._reading is not None and self._reading.head_size >= 0:
+                self._requestError(408, "request head not received in time")
+            else:
+                self._closing = True
+                self.transport.loseConnection()
+            return
+        if self._pause & (_P_UPSTREAM | _P_BUFFER | _P_UPGRADE):
+            return  # we are the ones not reading
+        if not ex.body_done and not ex.skipped_body:
+            if ex.resp_started:
+                self._abortClient()
+            else:
+                self._respondError(ex, 408, "request body not received in time")
+
+
+class _RequestRefused(Exception):
+    """Raised from a parser callback to stop parsing a refused request."""
+
+
+class _BodyAfterUpgrade:
+    """
+    Parser callbacks for the body of an Upgrade request that is not tunnelled:
+    a fresh parser is given a made-up head with the request's framing, then the
+    bytes llhttp did not read; from the next request on everything goes to the
+    client protocol as usual.
+    """
+
+    def __init__(self, proto: ClientProtocol, ex: _Exchange) -> None:
+        self.proto = proto
+        self.ex = ex
+        self.parser = None
+        self.made_up = True
+
+    def on_message_begin(self) -> None:
+        if not self.made_up:
+            self.proto.on_message_begin()
+
+    def on_url(self, url: bytes) -> None:
+        if not self.made_up:
+            self.proto.on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self.made_up:
+            self.proto.on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        if self.made_up:
+            self.made_up = False
+            self.proto._reading = self.ex
+        else:
+            self.proto._parser = self.parser
+            self.proto.on_headers_complete()
+
+    def on_body(self, data: bytes) -> None:
+        self.proto.on_body(data)
+
+    def on_message_complete(self) -> None:
+        self.proto.on_message_complete()
+
+
+class ProxyFactory(Factory):
+    """
+    Builds L{ClientProtocol}s for every client listener and owns what they
+    share: the routing policy, the forwarders (and so the node pools), the
+    coarse clock, and the timeout sweep.
+
+    @param reactor: provides C{IReactorTCP}, C{IReactorTime}.
+    @param config: the C{[proxy]} settings.
+    @param table: returns the current L{RoutingTable} (called per request).
+    @param on_node_failure: C{(route, reason)}: a forwarding failure that puts
+        the node in error (connect failure, reset, garbage).
+    @param on_node_success: C{(route)}: a node in error (or tried after its
+        retry interval) answered.
+    @param forwarders: node C{Type} → L{IForwarder}, added to (and overriding)
+        the built-in HTTP forwarder for C{http}, C{https}, C{ws}, C{wss}.
+    @param node_tls: node → C{IOpenSSLClientConnectionCreator} for https/wss
+        nodes (default: C{optionsForClientTLS(host)} with the system trust).
+    @param policy: the routing policy; default built from C{config} (with
+        C{worker_retry} 60 s).
+    """
+
+    noisy = False
+
+    def __init__(self, reactor, config, table: Callable,
+                 on_node_failure: Callable[[str, str], None],
+                 on_node_success: Callable[[str], None], forwarders: Optional[dict] = None,
+                 node_tls: Optional[Callable] = None,
+                 policy: Optional[RoutingPolicy] = None) -> None:
+        self.reactor = reactor
+        self.config = config
+        self.table = table
+        self.on_node_failure = on_node_failure
+        self.on_node_success = on_node_success
+        self.policy = policy or RoutingPolicy(
+            use_alias=config.use_alias,
+            deterministic_failover=config.deterministic_failover,
+            no_context_status=config.response_status_on_no_context)
+        self.http = HttpForwarder(reactor, config, node_tls)
+        self.forwarders = {scheme: self.http for scheme in _DIRECT_SCHEMES}
+        if forwarders:
+            self.forwarders.update(forwarders)
+        self.tunnel = config.enable_ws_tunnel
+        self.upgrade_match = upgrade_matcher(config.ws_upgrade_header)
+        self._clients: set[ClientProtocol] = set()
+        self._generation = -1
+        self.now = reactor.seconds()
+        self.date = formatdate(self.now, usegmt=True).encode("ascii")
+        self._sweeper = LoopingCall(self.sweep)
+        self._sweeper.clock = reactor
+
+    def buildProtocol(self, addr) -> ClientProtocol:
+        p = ClientProtocol(self)
+        return p
+
+    def startFactory(self) -> None:
+        if not self._sweeper.running:
+            self._sweeper.start(SWEEP_INTERVAL, now=False)
+
+    def stopFactory(self) -> None:
+        if self._sweeper.running:
+            self._sweeper.stop()
+        for fw in self._uniqueForwarders():
+            fw.close()
+
+    def _uniqueForwarders(self) -> list:
+        seen = []
+        for fw in self.forwarders.values():
+            if all(fw is not other for other in seen):
+                seen.append(fw)
+        return seen
+
+    def sweep(self) -> None:
+        """Once a second: coarse clock, Date, timeouts, pool upkeep."""
+        now = self.reactor.seconds()
+        self.now = now
+        self.date = formatdate(now, usegmt=True).encode("ascii")
+        limit = self.config.client_timeout
+        for client in list(self._clients):
+            try:
+                client.checkTimeout(now, limit)
+            except Exception:
+                log.failure("client timeout check failed")
+        table = self.table()
+        forwarders = self._uniqueForwarders()
+        if table.generation != self._generation:
+            self._generation = table.generation
+            for fw in forwarders:
+                fw.retain(table.nodes)
+        for fw in forwarders:
+            try:
+                fw.tick(now)
+            except Exception:
+                log.failure("forwarder upkeep failed")

@@ -1,0 +1,284 @@
+"""
+Pure HTTP/1.1 helpers of the data plane: which headers are hop-by-hop, the
+proxy's own small error responses, status lines.  No I/O, no clock.
+"""
+
+from __future__ import annotations
+
+import re
+from http import HTTPStatus
+from typing import Iterable, Optional
+
+__all__ = [
+    "REQ_HOST",
+    "REQ_COOKIE",
+    "REQ_CONNECTION",
+    "REQ_DROP",
+    "REQ_UPGRADE",
+    "REQ_CONTENT_LENGTH",
+    "REQ_EXPECT",
+    "REQ_FORWARDED",
+    "REQ_TRANSFER_ENCODING",
+    "REQUEST_HEADER_KIND",
+    "RESP_CONNECTION",
+    "RESP_DROP",
+    "RESP_TRANSFER_ENCODING",
+    "RESP_UPGRADE",
+    "RESP_CONTENT_LENGTH",
+    "RESPONSE_HEADER_KIND",
+    "REQUEST_HEADER_EXACT",
+    "RESPONSE_HEADER_EXACT",
+    "connection_tokens",
+    "drop_listed",
+    "error_response",
+    "header_block",
+    "informational_head",
+    "response_block",
+    "reason_phrase",
+    "upgrade_matcher",
+]
+
+# -- request headers (client -> node) -----------------------------------------
+# Lower-cased name -> what the front does with it.  Names not in the map are
+# end-to-end and forwarded as they are.
+REQ_HOST = 1  # kept aside as IExchange.host (the forwarder decides)
+REQ_COOKIE = 2  # forwarded; also read for the sticky session
+REQ_CONNECTION = 3  # hop-by-hop; its tokens are read
+REQ_DROP = 4  # hop-by-hop or framing: removed
+REQ_UPGRADE = 5  # hop-by-hop; kept aside for a tunnel
+REQ_CONTENT_LENGTH = 6  # framing: the forwarder re-adds it from body_length
+REQ_EXPECT = 7  # removed; IExchange.expect_continue
+REQ_FORWARDED = 8  # forwarded; the forwarder appends to X-Forwarded-*
+REQ_TRANSFER_ENCODING = 9  # framing: IExchange.body_length -1 (chunked)
+
+REQUEST_HEADER_KIND: dict[bytes, int] = {
+    b"host": REQ_HOST,
+    b"cookie": REQ_COOKIE,
+    b"connection": REQ_CONNECTION,
+    b"keep-alive": REQ_DROP,
+    b"proxy-connection": REQ_DROP,
+    b"te": REQ_DROP,
+    b"trailer": REQ_DROP,
+    b"transfer-encoding": REQ_TRANSFER_ENCODING,
+    b"upgrade": REQ_UPGRADE,
+    b"content-length": REQ_CONTENT_LENGTH,
+    b"expect": REQ_EXPECT,
+    b"x-forwarded-for": REQ_FORWARDED,
+    b"x-forwarded-host": REQ_FORWARDED,
+    b"x-forwarded-server": REQ_FORWARDED,
+    b"x-forwarded-proto": REQ_FORWARDED,
+}
+
+# -- response headers (node -> client) ----------------------------------------
+RESP_CONNECTION = 1
+RESP_DROP = 2
+RESP_TRANSFER_ENCODING = 3
+RESP_UPGRADE = 4
+RESP_CONTENT_LENGTH = 5
+
+RESPONSE_HEADER_KIND: dict[bytes, int] = {
+    b"connection": RESP_CONNECTION,
+    b"keep-alive": RESP_DROP,
+    b"proxy-connection": RESP_DROP,
+    b"te": RESP_DROP,
+    b"trailer": RESP_DROP,
+    b"transfer-encoding": RESP_TRANSFER_ENCODING,
+    b"upgrade": RESP_UPGRADE,
+    b"content-length": RESP_CONTENT_LENGTH,
+}
+
+# Exact-case lookups first: the usual spellings of the usual headers map to their
+# kind (0 = forwarded as is) without a lower() per header.
+_COMMON_END_TO_END = (
+    b"Accept", b"Accept-Charset", b"Accept-Encoding", b"Accept-Language", b"Accept-Ranges",
+    b"Age", b"Allow", b"Authorization", b"Cache-Control", b"Content-Disposition",
+    b"Content-Encoding", b"Content-Language", b"Content-Location", b"Content-Range",
+    b"Content-Type", b"Date", b"ETag", b"Etag", b"Expires", b"If-Match", b"If-Modified-Since",
+    b"If-None-Match", b"If-Range", b"If-Unmodified-Since", b"Last-Modified", b"Location",
+    b"Origin", b"Pragma", b"Range", b"Referer", b"Retry-After", b"Server", b"Set-Cookie",
+    b"User-Agent", b"Vary", b"Via", b"WWW-Authenticate", b"X-Requested-With",
+    b"Sec-Fetch-Dest", b"Sec-Fetch-Mode", b"Sec-Fetch-Site", b"Upgrade-Insecure-Requests",
+    b"DNT", b"Priority",
+    b"accept", b"accept-encoding", b"accept-language", b"user-agent", b"content-type",
+    b"date", b"server", b"etag", b"last-modified", b"cache-control", b"set-cookie",
+    b"referer", b"origin", b"vary",
+)
+
+
+def _exact(kinds: dict[bytes, int]) -> dict[bytes, int]:
+    out = {name: 0 for name in _COMMON_END_TO_END if name.lower() not in kinds}
+    for lname, kind in kinds.items():
+        out[lname] = kind
+        out[b"-".join(part.capitalize() for part in lname.split(b"-"))] = kind
+        out[lname.upper()] = kind
+    return out
+
+
+#: Exact-case map for requests (C{kind} 0: forwarded); fall back to
+#: C{REQUEST_HEADER_KIND.get(name.lower())} for other spellings.
+REQUEST_HEADER_EXACT = _exact(REQUEST_HEADER_KIND)
+REQUEST_HEADER_EXACT[b"TE"] = REQ_DROP
+#: Exact-case map for responses, same use.
+RESPONSE_HEADER_EXACT = _exact(RESPONSE_HEADER_KIND)
+RESPONSE_HEADER_EXACT[b"TE"] = RESP_DROP
+
+#: Common lower-cased Connection values that name no header.
+_PLAIN_CONNECTION_VALUES = frozenset((b"keep-alive", b"close", b"upgrade", b"keep-alive ",
+                                      b"close "))
+
+#: Connection tokens that are options, not header names.
+_CONNECTION_OPTIONS = frozenset((b"close", b"keep-alive", b"upgrade"))
+
+
+def connection_tokens(values: Iterable[bytes]) -> frozenset[bytes]:
+    """The lower-cased tokens of one or more C{Connection} header values."""
+    out = set()
+    for value in values:
+        for token in value.split(b","):
+            token = token.strip(b" \t").lower()
+            if token:
+                out.add(token)
+    return frozenset(out)
+
+
+def drop_listed(headers: list, tokens: frozenset[bytes]) -> list:
+    """
+    C{headers} without the ones whose names C{Connection} listed (other than
+    the C{close}/C{keep-alive}/C{upgrade} options).  Returns C{headers} itself
+    when nothing is listed.
+    """
+    names = tokens - _CONNECTION_OPTIONS
+    if not names:
+        return headers
+    return [h for h in headers if h[0].lower() not in names]
+
+
+# One C-level scan finds every header the proxy must look at in a response head
+# (lower-cased, each preceded by the line feed of the previous line).
+_SPECIAL = re.compile(rb"\n(connection|keep-alive|proxy-connection|te|trailer|"
+                      rb"transfer-encoding|upgrade|content-length):[ \t]*([^\r]*)")
+
+
+def response_block(block: bytes) -> tuple[bytes, Optional[bytes], Optional[bytes],
+                                          Optional[bytes]]:
+    """
+    Split a response header block into what is relayed and what the proxy
+    needs, without a Python call per header.
+
+    @param block: the header lines of a response head exactly as received,
+        each C{name:value CRLF}, as llhttp accepted them (strict mode: CRLF line
+        ends, token names, no whitespace before the colon, no line folding).
+    @return: (the block without hop-by-hop lines — Connection and the names it
+        lists, Keep-Alive, Proxy-Connection, TE, Trailer, Transfer-Encoding,
+        Upgrade —, the first Content-Length value or C{None}, the
+        Transfer-Encoding value(s) lower-cased or C{None}, the Upgrade value or
+        C{None}).
+    """
+    low = b"\n" + block.lower()  # low[i + 1] is block[i]
+    found = _SPECIAL.findall(low)
+    if not found:
+        return block, None, None, None
+    cl = te = upg = None
+    hop = None
+    for name, value in found:
+        if name == b"content-length":
+            if cl is None:
+                cl = value.rstrip(b" \t")
+            continue
+        if hop is None:
+            hop = {name}
+        else:
+            hop.add(name)
+        if name == b"connection":
+            if value in _PLAIN_CONNECTION_VALUES:
+                continue
+            for token in value.split(b","):
+                token = token.strip(b" \t")
+                if token and token not in _CONNECTION_OPTIONS:
+                    hop.add(token)
+        elif name == b"transfer-encoding":
+            value = value.rstrip(b" \t")
+            te = value if te is None else te + b", " + value
+    if hop is None:
+        return block, cl, None, None
+    cuts = []
+    for name in hop:
+        pattern = b"\n" + name + b":"
+        start = 0
+        while True:
+            i = low.find(pattern, start)
+            if i < 0:
+                break
+            j = block.find(b"\r\n", i) + 2
+            if name == b"upgrade":
+                upg = block[i + 8:j - 2].strip(b" \t")
+            cuts.append((i, j))
+            start = i + 1
+    cuts.sort()
+    out = []
+    prev = 0
+    for i, j in cuts:
+        out.append(block[prev:i])
+        prev = j
+    out.append(block[prev:])
+    return b"".join(out), cl, te, upg
+
+
+def header_block(pairs) -> bytes:
+    """C{(name, value)} pairs as a header block (C{name: value CRLF} each)."""
+    return b"".join([b"%s: %s\r\n" % (name, value) for name, value in pairs])
+
+
+def upgrade_matcher(setting: str):
+    """
+    A predicate for C{Upgrade} header values from C{ws_upgrade_header}
+    (balancing.md §10): C{*} accepts any token, otherwise a comma-separated list
+    compared case-insensitively.  The predicate returns the token to forward
+    (the client's first token) or C{None}.
+    """
+    wanted = frozenset(t.strip().lower().encode("ascii", "replace")
+                       for t in setting.split(",") if t.strip())
+    any_token = b"*" in wanted
+
+    def match(value: bytes) -> Optional[bytes]:
+        for token in value.split(b","):
+            token = token.strip(b" \t")
+            if not token:
+                continue
+            if any_token or token.lower() in wanted:
+                return token
+        return None
+
+    return match
+
+
+def reason_phrase(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode("ascii")
+    except ValueError:
+        return b"Unknown"
+
+
+def informational_head(status: int, reason: bytes, headers: bytes) -> bytes:
+    return b"HTTP/1.1 %d %s\r\n%s\r\n" % (status, reason, headers)
+
+
+def error_response(status: int, message: str, *, close: bool, date: bytes,
+                   retry_after: int = 0, head_only: bool = False) -> bytes:
+    """
+    The proxy's own response: a one-line C{text/plain} body, C{Content-Length},
+    C{Date}, C{Connection: close} when the connection ends after it,
+    C{Retry-After} on 503 when C{retry_after} > 0.
+    """
+    reason = reason_phrase(status)
+    body = b"%d %s: %s\n" % (status, reason, message.encode("utf-8", "replace"))
+    parts = [b"HTTP/1.1 %d %s\r\nDate: %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
+             b"Content-Length: %d\r\n" % (status, reason, date, len(body))]
+    if status == 503 and retry_after > 0:
+        parts.append(b"Retry-After: %d\r\n" % retry_after)
+    if close:
+        parts.append(b"Connection: close\r\n")
+    parts.append(b"\r\n")
+    if not head_only:
+        parts.append(body)
+    return b"".join(parts)

@@ -1,0 +1,808 @@
+"""
+The HTTP/HTTPS (and WS/WSS) forwarder: per-node pools of keep-alive
+connections, each a L{NodeProtocol} that writes requests and parses responses
+with httptools, and L{probe_http}, the C{OPTIONS *} health probe.
+
+A L{NodeProtocol} is both the connection and the L{IUpstream} handle of the
+exchange it carries, so a pooled request allocates nothing but its head bytes.
+Timeouts (read timeout, idle TTL) are enforced by L{HttpForwarder.tick}, which
+the front's sweep calls once a second; no timer is created per request.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
+from OpenSSL.SSL import Error as SSLError
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    wrapClientTLS,
+)
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import ClientFactory, Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from modcluster.proxy._transport import direct_writer, set_nodelay
+from modcluster.proxy.headers import reason_phrase, response_block
+from modcluster.proxy.interfaces import (
+    CONNECT,
+    PROTOCOL,
+    RESET,
+    TIMEOUT,
+    ForwardError,
+    IForwarder,
+    IUpstream,
+)
+
+__all__ = ["HttpForwarder", "NodePool", "NodeProtocol", "probe_http", "PROBE_USER_AGENT"]
+
+log = Logger(namespace="modcluster.proxy")
+
+PROBE_USER_AGENT = b"txmodcluster (internal mod_cluster connection)"
+_TLS_TYPES = ("https", "wss")
+_HEAD = b"HEAD"
+_CHUNK_END = b"0\r\n\r\n"
+_FORWARDED = b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nX-Forwarded-Server: %s\r\n"
+_PLAIN_CONNECTION = frozenset((b"keep-alive", b"Keep-Alive", b"close", b"Close",
+                               b"keep-alive, close", b"upgrade", b"Upgrade"))
+
+
+class _Bad(Exception):
+    """A response that cannot be relayed (raised inside parser callbacks)."""
+
+
+def node_endpoint(reactor, host: str, port: int, timeout: float, tls=None):
+    """
+    A client endpoint for a node address: IPv4/IPv6 literals directly, names
+    through C{HostnameEndpoint}; wrapped in TLS when C{tls} (an
+    C{IOpenSSLClientConnectionCreator}) is given.
+    """
+    h = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if isIPAddress(h):
+        ep = TCP4ClientEndpoint(reactor, h, port, timeout=timeout)
+    elif isIPv6Address(h):
+        ep = TCP6ClientEndpoint(reactor, h, port, timeout=timeout)
+    else:
+        ep = HostnameEndpoint(reactor, h, port, timeout=timeout)
+    if tls is not None:
+        ep = wrapClientTLS(tls, ep)
+    return ep
+
+
+def _default_tls(node):
+    from twisted.internet.ssl import optionsForClientTLS
+
+    host = node.settings.host
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return optionsForClientTLS(host)
+
+
+class _Direct(ClientFactory):
+    """C{connectTCP} factory for one prepared L{NodeProtocol}."""
+
+    noisy = False
+
+    def __init__(self, proto: "NodeProtocol") -> None:
+        self.proto = proto
+
+    def buildProtocol(self, addr) -> Protocol:
+        return self.proto
+
+    def clientConnectionFailed(self, connector, reason) -> None:
+        self.proto._connectFailed(reason)
+
+
+class _OneShot(Factory):
+    """Hands a prepared protocol to the endpoint."""
+
+    noisy = False
+
+    def __init__(self, proto: Protocol) -> None:
+        self.proto = proto
+
+    def buildProtocol(self, addr) -> Protocol:
+        return self.proto
+
+
+@implementer(IUpstream, IPushProducer)
+class NodeProtocol(Protocol):
+    """
+    One connection to a node.  Idle in its pool, or carrying one exchange.
+    Push producer of its transport: when the node's receive side is full the
+    client's request body is paused.
+    """
+
+    def __init__(self, pool: "NodePool") -> None:
+        self.pool = pool
+        self.fw = pool.fw
+        self.rt = pool.rt
+        self.ex = None
+        self.parser = HttpResponseParser(self)
+        self.up = False
+        self.closed = False
+        self.reused = False
+        self.sync = False
+        self.seen = 0.0
+        self.idle_since = 0.0
+        self.paused = False
+        self.write = None
+        # per exchange
+        self.sent = False
+        self.body_done = False
+        self.chunked = False
+        self.got = False
+        self.final = False
+        self.complete = False
+        self.tunnel = False
+        self.upgrading = False
+        self.keep_alive = False
+        self.close_delimited = False
+        self.broken = False
+        self.dirty = False
+        self.informational = False
+        # the response head(s) as received, until the final one is parsed
+        self.hbuf = b""
+        self.hpos = 0
+
+    # -- the pool's side -------------------------------------------------------
+
+    def start(self, ex) -> None:
+        """Carry C{ex}: send its head now if connected, else on connection."""
+        self.ex = ex
+        self.seen = self.fw.now
+        self.sent = self.body_done = self.got = self.final = self.complete = False
+        self.tunnel = self.upgrading = self.close_delimited = False
+        self.hbuf = b""
+        self.hpos = 0
+        self.chunked = ex.body_length == -1
+        if self.dirty:
+            self.parser = HttpResponseParser(self)
+            self.dirty = False
+        if self.up:
+            self._sendHead()
+
+    def connect(self) -> None:
+        pool = self.pool
+        self.sync = True
+        try:
+            if pool.direct is not None:
+                # IP literal, no TLS: the reactor's own connector, no endpoint
+                # wrapper protocol between the transport and us.
+                host, port = pool.direct
+                self.fw.reactor.connectTCP(host, port, _Direct(self),
+                                           timeout=pool.connect_timeout)
+            else:
+                pool.endpoint.connect(_OneShot(self)).addErrback(self._connectFailed)
+        except Exception:  # a bad address can fail synchronously
+            self._connectFailed(Failure())
+        self.sync = False
+
+    def _connectFailed(self, failure) -> None:
+        if self.sync:
+            self.fw.reactor.callLater(0, self._connectFailed, failure)
+            return
+        self.closed = True
+        self.pool.lost(self)
+        ex = self.ex
+        self.ex = None
+        if ex is not None:
+            ex.responseFailed(ForwardError(
+                CONNECT, f"cannot connect to {self.pool.worker}: "
+                         f"{failure.getErrorMessage() or failure.type.__name__}"))
+
+    # -- connection events -------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.up = True
+        t = self.transport
+        set_nodelay(t)
+        self.write = direct_writer(t)
+        t.registerProducer(self, True)
+        if self.ex is not None:
+            self._sendHead()
+        else:
+            self.reused = True
+            self.pool.release(self)  # the client left while we were connecting
+
+    def connectionLost(self, reason=None) -> None:
+        self.up = False
+        self.closed = True
+        self.pool.lost(self)
+        ex = self.ex
+        self.ex = None
+        if ex is None:
+            return
+        if self.tunnel or (self.final and self.close_delimited):
+            ex.responseEnd()  # a tunnel or a close-delimited body ends here
+            return
+        if not self.got and reason is not None and reason.check(SSLError):
+            ex.responseFailed(ForwardError(
+                CONNECT, f"TLS handshake with {self.pool.worker} failed: "
+                         f"{reason.getErrorMessage()}"))
+            return
+        what = "during the response" if self.got else "before any response"
+        ex.responseFailed(ForwardError(
+            RESET, f"connection to {self.pool.worker} closed {what}",
+            request_sent=self.sent, reused=self.reused and not self.got))
+
+    def dataReceived(self, data: bytes) -> None:
+        self.seen = self.fw.now
+        self.rt.read += len(data)
+        ex = self.ex
+        if ex is None:
+            self._close()  # unsolicited bytes on an idle connection
+            return
+        self.got = True
+        if self.tunnel:
+            ex.responseBody(data)
+            ex.flush()
+            return
+        if not self.final:
+            hbuf = self.hbuf = self.hbuf + data if self.hbuf else data
+            if len(hbuf) - self.hpos > self.fw.max_head and hbuf.find(b"\r\n\r\n",
+                                                                      self.hpos) < 0:
+                self._fail(PROTOCOL, "response head too large")
+                return
+        try:
+            self.parser.feed_data(data)
+        except HttpParserUpgrade as e:
+            if self.ex is not ex:
+                return
+            self.tunnel = True
+            rest = data[e.args[0]:]
+            if rest:
+                ex.responseBody(rest)
+        except HttpParserError as e:
+            if self.ex is not ex:
+                return
+            if self.complete:
+                self.broken = True  # garbage after a complete response
+            else:
+                cause = e.__context__
+                if isinstance(cause, _Bad):
+                    msg = str(cause)
+                else:
+                    msg = f"bad response: {e}"
+                    if cause is not None and not isinstance(cause, HttpParserError):
+                        log.failure("bug while relaying a response from {worker}",
+                                    Failure(cause), worker=self.pool.worker)
+                self._fail(PROTOCOL, msg)
+                return
+        if self.ex is not ex:
+            return
+        if self.complete:
+            self._finish()
+        else:
+            ex.flush()
+
+    # -- parser callbacks ----------------------------------------------------------
+
+    def on_headers_complete(self) -> None:
+        ex = self.ex
+        if ex is None or self.complete:
+            self.broken = True
+            return
+        p = self.parser
+        status = p.get_status_code()
+        self.keep_alive = p.should_keep_alive()
+        # llhttp (strict) accepted this head: CRLF line ends, no folding.  Take it
+        # as bytes rather than one callback per header.
+        buf = self.hbuf
+        pos = self.hpos
+        end = buf.find(b"\r\n\r\n", pos)
+        line_end = buf.find(b"\r\n", pos)
+        if end < 0 or line_end < 0:
+            raise _Bad("response head not found in what was received")
+        if end - pos > self.fw.max_head:
+            raise _Bad("response head too large")
+        self.hpos = end + 4
+        sp = buf.find(b" ", pos + 9, line_end)
+        reason = buf[sp + 1:line_end] if sp > 0 else b""
+        if not reason:
+            reason = reason_phrase(status)
+        headers, cl, te, upg = response_block(buf[line_end + 2:end + 2])
+        if status < 200:
+            if status == 101:
+                if ex.upgrade is None or upg is None:
+                    raise _Bad("101 Switching Protocols without an Upgrade asked for")
+                self.final = self.upgrading = True
+                self.keep_alive = False
+                self.hbuf = b""
+                ex.responseHead(101, reason,
+                                headers + b"Upgrade: %s\r\nConnection: Upgrade\r\n" % upg, 0)
+                return
+            self.informational = True
+            ex.responseInformational(status, reason, headers)
+            return
+        if te is not None and te.strip().lower() != b"chunked":
+            raise _Bad("transfer codings other than chunked are not supported")
+        self.final = True
+        self.hbuf = b""
+        if ex.method == _HEAD:
+            length = 0
+            self.dirty = True  # the parser would wait for a body that never comes
+            self.complete = True
+        elif status == 204 or status == 304:
+            length = 0
+        elif te is not None:
+            length = -1
+        elif cl is not None:
+            length = int(cl)
+        else:
+            length = -1
+            self.close_delimited = True
+        ex.responseHead(status, reason, headers, length)
+
+    def on_body(self, data: bytes) -> None:
+        ex = self.ex
+        if ex is None or self.complete or not self.final:
+            self.broken = True
+            return
+        ex.responseBody(data)
+
+    def on_message_complete(self) -> None:
+        if self.informational:
+            self.informational = False
+            return
+        if self.upgrading or self.complete:
+            return
+        if self.ex is None or not self.final:
+            self.broken = True
+            return
+        self.complete = True
+
+    # -- ending an exchange -----------------------------------------------------------
+
+    def _finish(self) -> None:
+        ex = self.ex
+        self.ex = None
+        self.complete = False
+        self.final = False
+        self.reused = True
+        if self.paused:
+            self.paused = False
+            self.transport.resumeProducing()
+        if self.keep_alive and self.body_done and not self.broken and not self.pool.closed:
+            self.pool.release(self)
+        else:
+            self._close()
+        ex.responseEnd()
+
+    def _close(self) -> None:
+        self.broken = True
+        if not self.closed and self.transport is not None:
+            self.closed = True
+            self.pool.lost(self)
+            self.transport.loseConnection()
+
+    def _fail(self, kind: str, message: str) -> None:
+        ex = self.ex
+        self.ex = None
+        self.broken = True
+        if self.transport is not None:
+            self.closed = True
+            self.pool.lost(self)
+            self.transport.abortConnection()
+        if ex is not None:
+            ex.responseFailed(ForwardError(kind, f"{self.pool.worker}: {message}",
+                                           request_sent=self.sent,
+                                           reused=self.reused and not self.got))
+
+    def timedOut(self) -> None:
+        """No byte from (or to) the node for the read timeout."""
+        ex = self.ex
+        if ex is None:
+            return
+        if self.tunnel:
+            self.ex = None
+            self.broken = True
+            self.transport.abortConnection()
+            ex.responseEnd()
+            return
+        self._fail(TIMEOUT, f"no data for {self.pool.read_timeout:g} s")
+
+    # -- IUpstream -------------------------------------------------------------------
+
+    def _sendHead(self) -> None:
+        ex = self.ex
+        fw = self.fw
+        host = ex.host if fw.preserve_host and ex.host is not None else self.pool.host_header
+        parts = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (ex.method, ex.target, host)]
+        if fw.add_forwarded:
+            if ex.x_forwarded:
+                parts += _merged_forwarded(ex, fw.server_name)
+            else:
+                for name, value in ex.headers:
+                    parts += (name, b": ", value, b"\r\n")
+                client = ex.client
+                parts.append(_FORWARDED % (client.remote_addr.encode("ascii"),
+                                           b"https" if client.secure else b"http",
+                                           fw.server_name))
+                if ex.host is not None:
+                    parts += (b"X-Forwarded-Host: ", ex.host, b"\r\n")
+        else:
+            for name, value in ex.headers:
+                parts += (name, b": ", value, b"\r\n")
+        if ex.upgrade is not None:
+            parts += (b"Connection: Upgrade\r\nUpgrade: ", ex.upgrade, b"\r\n")
+        bl = ex.body_length
+        if bl is not None:
+            if bl >= 0:
+                parts.append(b"Content-Length: %d\r\n" % bl)
+            else:
+                parts.append(b"Transfer-Encoding: chunked\r\n")
+            if ex.expect_continue:
+                parts.append(b"Expect: 100-continue\r\n")
+        parts.append(b"\r\n")
+        data = b"".join(parts)
+        self.rt.transferred += len(data)
+        self.sent = True
+        self.write(data)
+        ex.resumeRequestBody()
+
+    def requestBody(self, data: bytes) -> None:
+        if self.ex is None or not data:
+            return
+        self.seen = self.fw.now
+        self.rt.transferred += len(data)
+        if self.chunked:
+            self.write(b"%x\r\n%s\r\n" % (len(data), data))
+        else:
+            self.write(data)
+
+    def requestBodyEnd(self) -> None:
+        if self.ex is None:
+            return
+        self.body_done = True
+        if self.chunked:
+            self.write(_CHUNK_END)
+
+    def pauseResponse(self) -> None:
+        if not self.paused:
+            self.paused = True
+            if self.up:
+                self.transport.pauseProducing()
+
+    def resumeResponse(self) -> None:
+        if self.paused:
+            self.paused = False
+            if self.up:
+                self.transport.resumeProducing()
+
+    def abort(self) -> None:
+        ex = self.ex
+        self.ex = None
+        if ex is None:
+            return
+        if not self.up:
+            return  # still connecting: the connection joins the pool when it is made
+        self.broken = True
+        if not self.closed:
+            self.closed = True
+            self.pool.lost(self)
+            self.transport.abortConnection()
+
+    # -- IPushProducer (the node connection's write buffer) ------------------------
+
+    def pauseProducing(self) -> None:
+        ex = self.ex
+        if ex is not None:
+            ex.pauseRequestBody()
+
+    def resumeProducing(self) -> None:
+        ex = self.ex
+        if ex is not None and self.sent:
+            ex.resumeRequestBody()
+
+    def stopProducing(self) -> None:
+        pass
+
+
+def _merged_forwarded(ex, server_name: bytes) -> list:
+    """
+    Header lines when the client already sent X-Forwarded-*: the client's
+    address, host and our name are appended to the last header of each kind
+    (list syntax), X-Forwarded-Proto is replaced by ours.
+    """
+    ip = ex.client.remote_addr.encode("ascii")
+    ours = {b"x-forwarded-for": ip, b"x-forwarded-server": server_name}
+    if ex.host is not None:
+        ours[b"x-forwarded-host"] = ex.host
+    last: dict[bytes, int] = {}
+    headers = ex.headers
+    for i, (name, _) in enumerate(headers):
+        lname = name.lower()
+        if lname in ours:
+            last[lname] = i
+    parts: list = []
+    for i, (name, value) in enumerate(headers):
+        lname = name.lower()
+        if lname == b"x-forwarded-proto":
+            continue
+        if lname in ours and last[lname] == i:
+            value = value + b", " + ours[lname]
+        parts += (name, b": ", value, b"\r\n")
+    for lname, canon in ((b"x-forwarded-for", b"X-Forwarded-For"),
+                         (b"x-forwarded-host", b"X-Forwarded-Host"),
+                         (b"x-forwarded-server", b"X-Forwarded-Server")):
+        if lname in ours and lname not in last:
+            parts += (canon, b": ", ours[lname], b"\r\n")
+    parts += (b"X-Forwarded-Proto: ", b"https" if ex.client.secure else b"http", b"\r\n")
+    return parts
+
+
+class NodePool:
+    """
+    The connections to one node (one registration of it: a re-registered node
+    gets a new pool).  Idle connections are reused most-recent first; the
+    C{max_idle} most recent are kept, older idle ones are closed after C{ttl}
+    seconds (mod_proxy C{smax}/C{ttl}).
+    """
+
+    def __init__(self, fw: "HttpForwarder", node) -> None:
+        s = node.settings
+        cfg = fw.config
+        self.fw = fw
+        self.node_id = node.id
+        self.settings = s
+        self.rt = node.rt
+        self.worker = s.worker_name
+        self.idle: list[NodeProtocol] = []
+        self.conns: set[NodeProtocol] = set()
+        self.closed = False
+        self.max_idle = s.smax if s.smax >= 0 else cfg.max_idle_per_node
+        self.ttl = s.ttl
+        self.read_timeout = s.timeout if s.timeout > 0 else cfg.timeout
+        self.connect_timeout = s.ping if s.ping > 0 else 10.0
+        tls = None
+        secure = s.type in _TLS_TYPES
+        if secure:
+            tls = (fw.node_tls or _default_tls)(node)
+        host = s.host
+        bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        shown = f"[{bare}]" if ":" in bare else bare
+        default_port = 443 if secure else 80
+        self.host_header = (shown if s.port == default_port else f"{shown}:{s.port}").encode(
+            "idna" if not bare.isascii() else "ascii")
+        self.endpoint = node_endpoint(fw.reactor, host, s.port, self.connect_timeout, tls)
+        self.direct = ((bare, s.port) if tls is None and (isIPAddress(bare) or isIPv6Address(bare))
+                       else None)
+
+    def acquire(self, ex, fresh: bool) -> NodeProtocol:
+        idle = self.idle
+        if not fresh:
+            while idle:
+                p = idle.pop()
+                if p.up and not p.closed:
+                    p.start(ex)
+                    return p
+        p = NodeProtocol(self)
+        self.conns.add(p)
+        p.start(ex)
+        p.connect()
+        return p
+
+    def release(self, p: NodeProtocol) -> None:
+        if self.closed or p.closed:
+            p._close()
+            return
+        p.idle_since = self.fw.now
+        self.idle.append(p)
+
+    def lost(self, p: NodeProtocol) -> None:
+        self.conns.discard(p)
+        try:
+            self.idle.remove(p)
+        except ValueError:
+            pass
+
+    def tick(self, now: float, slack: float) -> None:
+        limit = self.read_timeout + slack
+        for p in list(self.conns):
+            if p.ex is not None and p.up and not p.paused and now - p.seen > limit:
+                log.warn("node {route}: no data for {timeout:g} s", route=self.settings.route,
+                         timeout=self.read_timeout)
+                p.timedOut()
+        idle = self.idle
+        excess = len(idle) - self.max_idle
+        if excess > 0 and self.ttl > 0:
+            n = 0
+            while n < excess and now - idle[n].idle_since > self.ttl:
+                n += 1
+            if n:
+                old = idle[:n]
+                del idle[:n]
+                for p in old:
+                    p._close()
+
+    def retire(self) -> None:
+        """Close idle connections now; busy ones close when their exchange ends."""
+        self.closed = True
+        idle = self.idle
+        self.idle = []
+        for p in idle:
+            p._close()
+
+    def close(self) -> None:
+        self.retire()
+        for p in list(self.conns):
+            p.abort()
+            p._close()
+
+
+@implementer(IForwarder)
+class HttpForwarder:
+    """
+    L{IForwarder} for C{http}, C{https}, C{ws} and C{wss} nodes.
+
+    @param node_tls: node → C{IOpenSSLClientConnectionCreator} for https/wss
+        nodes; default C{optionsForClientTLS(host)} (system trust store).
+    """
+
+    def __init__(self, reactor, config, node_tls: Optional[Callable] = None) -> None:
+        self.reactor = reactor
+        self.config = config
+        self.node_tls = node_tls
+        self.preserve_host = config.preserve_host
+        self.add_forwarded = config.add_forwarded_headers
+        self.server_name = config.server_name.encode("utf-8")
+        self.max_head = config.max_header_size
+        self.now = reactor.seconds()
+        self.slack = 1.0
+        self._pools: dict[int, NodePool] = {}
+        self._draining: list[NodePool] = []
+
+    def pool(self, node) -> NodePool:
+        """The pool of C{node}'s current registration (created on demand)."""
+        pool = self._pools.get(node.id)
+        if (pool is None or pool.rt is not node.rt
+                or (pool.settings is not node.settings and pool.settings != node.settings)):
+            if pool is not None:
+                self._retire(pool)
+            pool = self._pools[node.id] = NodePool(self, node)
+        elif pool.settings is not node.settings:
+            pool.settings = node.settings
+        return pool
+
+    def forward(self, exchange, fresh: bool = False):
+        node = exchange.node
+        pool = self._pools.get(node.id)
+        if pool is None or pool.rt is not node.rt or pool.settings is not node.settings:
+            try:
+                pool = self.pool(node)
+            except Exception as e:
+                log.failure("cannot set up connections to node {route}", route=node.route)
+                return _Unreachable(self.reactor, exchange, f"{type(e).__name__}: {e}")
+        return pool.acquire(exchange, fresh)
+
+    def _retire(self, pool: NodePool) -> None:
+        pool.retire()
+        if pool.conns:
+            self._draining.append(pool)
+
+    def retain(self, nodes) -> None:
+        live = {n.id: n for n in nodes}
+        for nid, pool in list(self._pools.items()):
+            n = live.get(nid)
+            if (n is None or n.rt is not pool.rt
+                    or (n.settings is not pool.settings and n.settings != pool.settings)):
+                del self._pools[nid]
+                self._retire(pool)
+
+    def tick(self, now: float) -> None:
+        self.now = now
+        for pool in list(self._pools.values()):
+            pool.tick(now, self.slack)
+        if self._draining:
+            for pool in self._draining:
+                pool.tick(now, self.slack)
+            self._draining = [p for p in self._draining if p.conns]
+
+    def close(self) -> None:
+        for pool in list(self._pools.values()) + self._draining:
+            pool.close()
+        self._pools.clear()
+        self._draining = []
+
+
+@implementer(IUpstream)
+class _Unreachable:
+    """The upstream of a node whose pool cannot even be built (bad TLS files)."""
+
+    def __init__(self, reactor, ex, message: str) -> None:
+        self.ex = ex
+        reactor.callLater(0, self._fail, message)
+
+    def _fail(self, message: str) -> None:
+        ex = self.ex
+        self.ex = None
+        if ex is not None:
+            ex.responseFailed(ForwardError(CONNECT, message))
+
+    def requestBody(self, data: bytes) -> None:
+        pass
+
+    def requestBodyEnd(self) -> None:
+        pass
+
+    def pauseResponse(self) -> None:
+        pass
+
+    def resumeResponse(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        self.ex = None
+
+
+class _Probe(Protocol):
+    def __init__(self, done: Callable[[bool], None]) -> None:
+        self.done = done
+        self.buf = b""
+
+    def connectionMade(self) -> None:
+        self.transport.write(b"OPTIONS * HTTP/1.0\r\nUser-Agent: " + PROBE_USER_AGENT
+                             + b"\r\n\r\n")
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buf += data
+        if b"\n" in self.buf or len(self.buf) >= 1024:
+            line = self.buf.split(b"\n", 1)[0]
+            self.done(line.startswith(b"HTTP/"))
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason=None) -> None:
+        self.done(False)
+
+
+def probe_http(reactor, node, timeout: float, tls=None) -> Deferred:
+    """
+    Probe an HTTP/HTTPS node as mod_proxy_cluster does (balancing.md §6.1): on
+    a fresh connection send C{OPTIONS * HTTP/1.0} with the internal
+    User-Agent, succeed on any status line received within C{timeout}.
+
+    @param node: a L{NodeEntry} (host, port and type are used).
+    @param tls: an C{IOpenSSLClientConnectionCreator} for https/wss nodes.
+    @return: Deferred firing C{True} or C{False}; it never fails.
+    """
+    result: Deferred = Deferred()
+    state = {"timer": None, "connect": None, "proto": None}
+
+    def done(ok: bool) -> None:
+        if result.called:
+            return
+        timer = state["timer"]
+        if timer is not None and timer.active():
+            timer.cancel()
+        result.callback(ok)
+
+    def expire() -> None:
+        proto = state["proto"]
+        if proto is not None and proto.transport is not None:
+            proto.transport.abortConnection()
+        connecting = state["connect"]
+        if connecting is not None and not connecting.called:
+            connecting.cancel()
+        done(False)
+
+    s = node.settings
+    if timeout <= 0:
+        timeout = 10.0
+    proto = state["proto"] = _Probe(done)
+    try:
+        ep = node_endpoint(reactor, s.host, s.port, timeout, tls)
+        d = state["connect"] = ep.connect(_OneShot(proto))
+    except Exception:
+        done(False)
+        return result
+    state["timer"] = reactor.callLater(timeout, expire)
+    d.addErrback(lambda f: done(False))
+    return result

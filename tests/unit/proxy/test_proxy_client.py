@@ -1,0 +1,326 @@
+"""
+The client side: pipelining, refused requests (400/405/413/414/431), client
+timeouts, client aborts and the exactness of the in-flight counters.
+"""
+
+import pytest
+from proxy_testlib import OK_100, Harness, parse_requests, parse_responses
+
+
+def one_node(**config) -> Harness:
+    h = Harness(**config)
+    h.node("n1", 8081)
+    return h
+
+
+def test_pipelined_requests_answered_in_order():
+    """Two requests in one read: the second is forwarded only after the first is answered."""
+    h = one_node()
+    c = h.client()
+    c.send(b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\n")
+    n = h.accept()
+    assert [r.url for r in parse_requests(n.received())] == [b"/1"]
+    assert c.transport.producerState == "paused"  # not reading further meanwhile
+    n.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n1")
+    assert [r.url for r in parse_requests(n.received())] == [b"/2"]
+    n.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n2")
+    assert [r.body for r in parse_responses(c.received())] == [b"1", b"2"]
+    assert c.transport.producerState == "producing"
+    assert h.counters_idle()
+
+
+def test_pipelined_request_with_body_held_until_its_turn():
+    h = one_node()
+    c = h.client()
+    c.send(b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\n"
+           b"POST /2 HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc"
+           b"GET /3 HTTP/1.1\r\nHost: a\r\n\r\n")
+    n = h.accept()
+    assert [r.url for r in parse_requests(n.received())] == [b"/1"]
+    n.respond(OK_100)
+    [post] = parse_requests(n.received())
+    assert (post.url, post.body) == (b"/2", b"abc")
+    n.respond(OK_100)
+    assert parse_requests(n.received())[0].url == b"/3"
+    n.respond(OK_100)
+    assert len(parse_responses(c.received())) == 3
+
+
+def test_pipelined_error_answered_after_earlier_requests():
+    h = one_node()
+    c = h.client()
+    c.send(b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\nBAD REQUEST LINE\r\n\r\n")
+    n = h.accept()
+    assert c.received() == b""
+    n.respond(OK_100)
+    raw = c.received()
+    assert [r.status for r in parse_responses(raw)] == [200, 400]
+    assert c.closed
+
+
+@pytest.mark.parametrize("data,status", [
+    (b"GARBAGE\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHo st: a\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\n\r\n", 400),  # no Host
+    (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+    (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+    (b"CONNECT a:443 HTTP/1.1\r\nHost: a\r\n\r\n", 405),
+    (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501),
+])
+def test_malformed_requests_refused_and_closed(data, status):
+    h = one_node()
+    c = h.client()
+    c.send(data)
+    [resp] = parse_responses(c.received())
+    assert resp.status == status
+    assert resp.header(b"Connection") == b"close"
+    assert int(resp.header(b"Content-Length")) == len(resp.body)
+    assert c.closed
+    assert not h.pending()
+
+
+def test_head_too_large():
+    h = one_node(max_header_size=1024)
+    c = h.client()
+    c.send(b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: " + b"x" * 2000 + b"\r\n\r\n")
+    assert parse_responses(c.received())[0].status == 431
+    assert c.closed
+
+
+def test_head_too_large_arriving_slowly():
+    """A head that never ends is refused once it passes the cap (memory bounded)."""
+    h = one_node(max_header_size=1024)
+    c = h.client()
+    c.send(b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: ")
+    for _ in range(3):
+        c.send(b"x" * 500)
+    assert parse_responses(c.received())[0].status == 431
+    assert c.closed
+
+
+def test_target_too_long():
+    h = one_node(max_header_size=1024)
+    c = h.client()
+    c.send(b"GET /" + b"a" * 1500 + b" HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert parse_responses(c.received())[0].status in (414, 431)
+    assert c.closed
+
+
+def test_body_too_large_by_content_length():
+    h = one_node(max_request_body=10)
+    c = h.client()
+    c.send(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\n")
+    assert parse_responses(c.received())[0].status == 413
+    assert not h.pending()
+    assert c.closed
+
+
+def test_body_too_large_chunked_aborts_upstream():
+    """A chunked body passing the cap mid-stream: 413, node exchange cancelled, counters back."""
+    h = one_node(max_request_body=10)
+    c = h.client()
+    c.send(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n8\r\n01234567\r\n")
+    n = h.accept()
+    n.received()
+    assert h.in_flight() == 1
+    c.send(b"8\r\n89abcdef\r\n")
+    assert parse_responses(c.received())[0].status == 413
+    assert n.aborted
+    assert h.counters_idle()
+
+
+def test_client_abort_mid_response_cancels_node_exchange():
+    h = one_node()
+    c = h.client()
+    c.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    n = h.accept()
+    n.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc")
+    assert h.in_flight() == 1
+    assert h.nodeEntry("n1").rt.busy == 1
+    c.lose()
+    assert n.aborted
+    assert h.counters_idle()
+    n.close()  # the node connection's end arrives later: nothing breaks
+    assert h.counters_idle()
+    assert h.failures == []
+
+
+def test_client_abort_before_response():
+    h = one_node()
+    c = h.client()
+    c.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    n = h.accept()
+    c.lose()
+    assert n.aborted
+    assert h.counters_idle()
+
+
+def test_client_abort_while_connecting_keeps_new_connection_pooled():
+    h = one_node()
+    c = h.client()
+    c.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    c.lose()
+    assert h.counters_idle()
+    n = h.accept()  # the connection completes after the client left
+    assert n.received() == b""
+    c2 = h.client()
+    c2.send(b"GET /again HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert not h.pending()
+    assert parse_requests(n.received())[0].url == b"/again"
+
+
+def test_client_abort_mid_request_body():
+    h = one_node()
+    c = h.client()
+    c.send(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nabc")
+    n = h.accept()
+    n.received()
+    c.lose()
+    assert n.aborted
+    assert h.counters_idle()
+
+
+def test_idle_keep_alive_client_closed_after_timeout():
+    h = one_node(client_timeout=5)
+    c = h.client()
+    c.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    h.accept().respond(OK_100)
+    c.received()
+    h.advance(4)
+    assert not c.closed
+    h.advance(4)
+    assert c.closed
+    assert c.received() == b""  # idle close: no response
+
+
+def test_stalled_head_gets_408():
+    h = one_node(client_timeout=5)
+    c = h.client()
+    c.send(b"GET / HTTP/1.1\r\nHost: a\r\n")
+    h.advance(8)
+    assert parse_responses(c.received())[0].status == 408
+    assert c.closed
+
+
+def test_stalled_request_body_gets_408_and_cancels():
+    h = one_node(client_timeout=5)
+    c = h.client()
+    c.send(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc")
+    n = h.accept()
+    n.received()
+    h.advance(8)
+    assert parse_responses(c.received())[0].status == 408
+    assert n.aborted
+    assert h.counters_idle()
+
+
+def test_waiting_for_node_is_not_a_client_timeout():
+    h = one_node(client_timeout=5, timeout=30)
+    c = h.client()
+    c.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    n = h.accept()
+    h.advance(20)
+    assert not c.closed
+    n.respond(OK_100)
+    assert parse_responses(c.received())[0].status == 200
+
+
+def test_client_not_reading_response_pauses_node_and_times_out():
+    h = one_node(client_timeout=5)
+    c = h.client()
+    c.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    n = h.accept()
+    n.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n" + b"x" * 1000)
+    c.proto.pauseProducing()  # what the transport does when its buffer is full
+    assert n.transport.producerState == "paused"
+    c.proto.resumeProducing()
+    assert n.transport.producerState == "producing"
+    c.proto.pauseProducing()
+    h.advance(10)
+    assert c.transport.disconnected
+    assert n.aborted
+    assert h.counters_idle()
+
+
+def test_slow_node_pauses_client_body():
+    """The node connection's write buffer is full: the client is not read."""
+    h = one_node()
+    c = h.client()
+    c.send(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nabc")
+    n = h.accept()
+    n.proto.pauseProducing()  # the node transport says: stop writing
+    assert c.transport.producerState == "paused"
+    c.send(b"defgh")  # what was already read is still passed on
+    n.proto.resumeProducing()
+    assert c.transport.producerState == "producing"
+    assert parse_requests(n.received())[0].body == b"abcdefgh"
+
+
+def test_body_buffered_while_connecting_then_paused():
+    """Until the node connection exists the body is held, up to a bound."""
+    from modcluster.proxy.front import BODY_BUFFER
+
+    h = one_node()
+    c = h.client()
+    c.send(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % (BODY_BUFFER * 2))
+    c.send(b"x" * (BODY_BUFFER + 10))
+    assert c.transport.producerState == "paused"
+    n = h.accept()
+    assert c.transport.producerState == "producing"
+    assert len(parse_requests(n.received())[0].body) == BODY_BUFFER + 10
+
+
+def test_routing_bug_gives_500_and_frees_counters(monkeypatch):
+    import modcluster.proxy.front as front
+
+    def broken(*args):
+        raise ZeroDivisionError("bug")
+
+    h = one_node()
+    monkeypatch.setattr(front, "choose", broken)
+    c = h.client()
+    c.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert parse_responses(c.received())[0].status == 500
+    assert h.counters_idle()
+    assert not h.pending()
+
+
+def test_error_after_forward_started_frees_counters(monkeypatch):
+    """A bug while handing the exchange over (after counting) still releases."""
+    h = one_node()
+    monkeypatch.setattr(h.factory.http, "forward", lambda ex, fresh: 1 / 0)
+    c = h.client()
+    c.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert parse_responses(c.received())[0].status == 500
+    assert h.counters_idle()
+
+
+def test_too_many_pipelined_requests_close_after_serving_the_queue():
+    from modcluster.proxy.front import MAX_PIPELINE
+
+    h = one_node()
+    c = h.client()
+    c.send(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n" * (MAX_PIPELINE + 5))
+    n = h.accept()
+    served = 0
+    while True:
+        reqs = parse_requests(n.received())
+        if not reqs:
+            break
+        served += len(reqs)
+        n.respond(OK_100)
+    assert served == MAX_PIPELINE + 1  # the one being served + the queue
+    assert len(parse_responses(c.received())) == served
+    assert c.closed
+    assert h.counters_idle()
+
+
+def test_forwarded_host_and_server_appended_to_client_values():
+    h = one_node(server_name="p2")
+    c = h.client()
+    c.send(b"GET / HTTP/1.1\r\nHost: b\r\nX-Forwarded-Host: a\r\n"
+           b"X-Forwarded-Server: p1\r\n\r\n")
+    [req] = parse_requests(h.accept().received())
+    assert req.all(b"X-Forwarded-Host") == [b"a, b"]
+    assert req.all(b"X-Forwarded-Server") == [b"p1, p2"]
+    assert req.all(b"X-Forwarded-For") == [b"127.0.0.9"]

@@ -1,0 +1,430 @@
+"""
+Routing outcomes and failover (balancing.md §3.5, §4.4, §6.5, §7).
+"""
+
+from proxy_testlib import OK_100, Harness, parse_requests, parse_responses
+from twisted.internet.error import ConnectionLost, TimeoutError
+
+from modcluster.cluster.model import BalancerSettings
+
+GET = b"GET /app/x HTTP/1.1\r\nHost: a\r\n\r\n"
+
+
+def two_nodes(balancer=None, **config) -> Harness:
+    h = Harness(**config)
+    b = balancer or BalancerSettings("mycluster")
+    h.node("n1", 8081, contexts=("/app",), balancer=b)
+    h.node("n2", 8082, contexts=("/app",), balancer=b)
+    return h
+
+
+def test_connect_refused_fails_over_and_marks_node():
+    h = two_nodes()
+    c = h.client()
+    c.send(GET)
+    [(host, port, *_)] = h.pending()
+    other = 8082 if port == 8081 else 8081
+    h.refuse(port)
+    assert [r for r, _ in h.failures] == ["n1" if port == 8081 else "n2"]
+    assert h.nodeEntry("n1" if port == 8081 else "n2").rt.in_error
+    n = h.accept(other)
+    assert parse_requests(n.received())[0].url == b"/app/x"
+    n.respond(OK_100)
+    assert parse_responses(c.received())[0].status == 200
+    assert h.counters_idle()
+
+
+def test_connect_timeout_fails_over():
+    h = two_nodes()
+    c = h.client()
+    c.send(GET)
+    [(_, port, *_)] = h.pending()
+    h.refuse(port, TimeoutError)
+    assert len(h.failures) == 1
+    h.accept().respond(OK_100)
+    assert parse_responses(c.received())[0].status == 200
+
+
+def test_all_attempts_fail_503_with_retry_after():
+    h = two_nodes()
+    c = h.client()
+    c.send(GET)
+    h.refuse()
+    h.refuse()
+    [resp] = parse_responses(c.received())
+    assert resp.status == 503
+    assert resp.header(b"Retry-After") == b"10"
+    assert sorted(r for r, _ in h.failures) == ["n1", "n2"]
+    assert h.counters_idle()
+    assert not c.closed  # the request was complete: the connection stays usable
+
+
+def test_max_attempts_zero_means_no_retry():
+    h = two_nodes(BalancerSettings("mycluster", max_attempts=0))
+    c = h.client()
+    c.send(GET)
+    h.refuse()
+    assert parse_responses(c.received())[0].status == 503
+    assert not h.pending()
+
+
+def test_idempotent_reset_before_response_fails_over():
+    h = two_nodes()
+    c = h.client()
+    c.send(GET)
+    n = h.accept()
+    n.received()
+    n.close(ConnectionLost)
+    assert len(h.failures) == 1
+    m = h.accept()
+    assert parse_requests(m.received())[0].url == b"/app/x"
+    m.respond(OK_100)
+    assert parse_responses(c.received())[0].status == 200
+    assert h.counters_idle()
+
+
+def test_failed_over_connection_stays_reusable():
+    """The attempt after a failover is complete (end of request sent): its
+    connection goes back to the pool."""
+    h = two_nodes()
+    c = h.client()
+    c.send(GET)
+    n = h.accept()
+    n.close(ConnectionLost)  # the head had been sent: a reset before any response
+    m = h.accept()
+    m.respond(OK_100)
+    assert not m.closed
+    c.send(b"GET /app/x HTTP/1.1\r\nHost: a\r\nCookie: JSESSIONID=x.%s\r\n\r\n"
+           % (b"n1" if m.port == 8081 else b"n2"))
+    assert not h.pending()
+    assert parse_requests(m.received())[-1].url == b"/app/x"
+
+
+def test_chunked_post_failed_over_gets_its_terminating_chunk():
+    h = two_nodes()
+    c = h.client()
+    c.send(b"POST /app/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+           b"3\r\nabc\r\n0\r\n\r\n")
+    h.refuse()  # nothing sent: the body (held until connected) goes to the other node
+    m = h.accept()
+    raw = m.received()
+    assert raw.endswith(b"3\r\nabc\r\n0\r\n\r\n")
+    assert parse_requests(raw)[0].complete
+
+
+def test_body_sent_then_reset_is_not_replayed():
+    h = two_nodes()
+    c = h.client()
+    c.send(b"POST /app/x HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\n\r\nabc")
+    n = h.accept()
+    assert parse_requests(n.received())[0].body == b"abc"
+    n.close(ConnectionLost)
+    [resp] = parse_responses(c.received())
+    assert resp.status == 502
+    assert not h.pending()  # never replayed elsewhere
+    assert len(h.failures) == 1
+    assert c.closed  # the rest of the body will never be read
+    assert h.counters_idle()
+
+
+def test_empty_post_reset_after_head_is_not_replayed():
+    """A non-idempotent request complete without a body may have been processed."""
+    h = two_nodes()
+    c = h.client()
+    c.send(b"POST /app/x HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n")
+    n = h.accept()
+    n.received()
+    n.close(ConnectionLost)
+    assert parse_responses(c.received())[0].status == 502
+    assert not h.pending()
+
+
+def test_post_whose_body_was_not_sent_yet_fails_over():
+    """Waiting for 100 Continue: nothing of the body went out, so it can go elsewhere."""
+    h = two_nodes()
+    c = h.client()
+    c.send(b"POST /app/x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n")
+    n = h.accept()
+    n.received()
+    n.close(ConnectionLost)
+    m = h.accept()
+    m.received()
+    m.respond(b"HTTP/1.1 100 Continue\r\n\r\n")
+    assert c.received() == b"HTTP/1.1 100 Continue\r\n\r\n"
+    c.send(b"abc")
+    assert m.received() == b"abc"
+    m.respond(OK_100)
+    assert parse_responses(c.received())[0].status == 200
+
+
+def test_response_started_then_reset_aborts_client():
+    h = two_nodes()
+    c = h.client()
+    c.send(GET)
+    n = h.accept()
+    n.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+    n.close(ConnectionLost)
+    raw = c.received()
+    assert raw.endswith(b"abc")
+    assert c.transport.disconnected
+    assert not h.pending()
+    assert h.failures == []
+    assert h.counters_idle()
+
+
+def test_read_timeout_gives_504_without_marking():
+    h = two_nodes(timeout=10)
+    c = h.client()
+    c.send(GET)
+    n = h.accept()
+    h.advance(9)
+    assert c.received() == b""
+    h.advance(4)
+    assert parse_responses(c.received())[0].status == 504
+    assert n.aborted
+    assert h.failures == []
+    assert not h.pending()
+    assert h.counters_idle()
+
+
+def test_node_timeout_setting_overrides_proxy_timeout():
+    h = Harness(timeout=100)
+    h.node("n1", 8081, timeout=3.0)
+    c = h.client()
+    c.send(GET)
+    h.accept()
+    h.advance(6)
+    assert parse_responses(c.received())[0].status == 504
+
+
+def one_node(**config) -> Harness:
+    h = Harness(**config)
+    h.node("n1", 8081, contexts=("/app",))
+    return h
+
+
+def test_stale_pooled_connection_retried_fresh_on_same_node():
+    h = one_node()
+    c = h.client()
+    c.send(GET)
+    n = h.accept()
+    n.respond(OK_100)
+    c.received()
+    port = n.port
+    c.send(GET)
+    assert not h.pending()
+    n.close()  # the node had closed the idle connection: keep-alive race
+    assert h.failures == []
+    m = h.accept(port)  # a fresh connection to the same node
+    assert parse_requests(m.received())[0].url == b"/app/x"
+    m.respond(OK_100)
+    assert parse_responses(c.received())[0].status == 200
+    assert h.counters_idle()
+
+
+def test_stale_pooled_connection_not_replayable_gives_502():
+    h = one_node()
+    c = h.client()
+    c.send(GET)
+    n = h.accept()
+    n.respond(OK_100)
+    c.received()
+    c.send(b"POST /app/x HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n")
+    n.close()
+    assert parse_responses(c.received())[0].status == 502
+    assert h.failures == []
+    assert not h.pending()
+
+
+def test_garbage_from_node_marks_it_and_fails_over():
+    h = two_nodes()
+    c = h.client()
+    c.send(GET)
+    n = h.accept()
+    n.respond(b"SPDY/9 nonsense\r\n\r\n")
+    assert n.aborted
+    assert len(h.failures) == 1
+    m = h.accept()
+    assert m.port != n.port
+    m.respond(OK_100)
+    assert parse_responses(c.received())[0].status == 200
+    assert h.counters_idle()
+
+
+def test_garbage_after_body_sent_is_502():
+    h = one_node()
+    c = h.client()
+    c.send(b"POST /app/x HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\nz")
+    n = h.accept()
+    n.respond(b"HTTP/1.1 2000 What\r\n\r\n")
+    assert parse_responses(c.received())[0].status == 502
+    assert [r for r, _ in h.failures] == ["n1"]
+    assert h.counters_idle()
+
+
+def test_last_node_failing_gives_503():
+    h = one_node()
+    c = h.client()
+    c.send(GET)
+    h.accept().close(ConnectionLost)
+    assert parse_responses(c.received())[0].status == 503
+    assert h.counters_idle()
+
+
+def test_no_context_gives_configured_status():
+    h = Harness(response_status_on_no_context=410)
+    h.node("n1", 8081, contexts=("/app",))
+    c = h.client()
+    c.send(b"GET /other HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert parse_responses(c.received())[0].status == 410
+    assert not c.closed
+    assert not h.pending()
+
+
+def test_no_usable_node_503():
+    h = Harness()
+    h.node("n1", 8081, contexts=("/app",), load=-1)
+    c = h.client()
+    c.send(GET)
+    resp = parse_responses(c.received())[0]
+    assert resp.status == 503
+    assert resp.header(b"Retry-After") is not None
+
+
+def test_wait_worker_retries_election_until_a_node_comes_back():
+    b = BalancerSettings("mycluster", wait_worker=3.0)
+    h = Harness()
+    h.node("n1", 8081, contexts=("/app",), balancer=b, load=-1)
+    c = h.client()
+    c.send(GET)
+    h.advance(1)
+    assert c.received() == b""
+    assert not h.pending()
+    h.registry.apply_status("n1", 100, True)
+    h.advance(0.2, step=0.05)
+    n = h.accept()
+    n.respond(OK_100)
+    assert parse_responses(c.received())[0].status == 200
+
+
+def test_wait_worker_gives_up_with_503():
+    b = BalancerSettings("mycluster", wait_worker=2.0)
+    h = Harness()
+    h.node("n1", 8081, contexts=("/app",), balancer=b, load=-1)
+    c = h.client()
+    c.send(GET)
+    h.advance(1.5, step=0.05)
+    assert c.received() == b""
+    h.advance(1, step=0.05)
+    assert parse_responses(c.received())[0].status == 503
+
+
+def test_client_leaving_during_wait_worker_cancels_retry():
+    b = BalancerSettings("mycluster", wait_worker=5.0)
+    h = Harness()
+    h.node("n1", 8081, contexts=("/app",), balancer=b, load=-1)
+    c = h.client()
+    c.send(GET)
+    h.advance(0.5, step=0.05)
+    c.lose()
+    h.registry.apply_status("n1", 100, True)
+    h.advance(1, step=0.05)
+    assert not h.pending()
+    assert h.counters_idle()
+
+
+def test_sticky_route_followed():
+    h = two_nodes()
+    c = h.client()
+    c.send(b"GET /app/x HTTP/1.1\r\nHost: a\r\nCookie: JSESSIONID=abc.n2\r\n\r\n")
+    n = h.accept(8082)
+    n.respond(OK_100)
+    for _ in range(3):
+        c.send(b"GET /app/x HTTP/1.1\r\nHost: a\r\nCookie: JSESSIONID=abc.n2\r\n\r\n")
+        assert not h.pending()
+        assert parse_requests(n.received())[0].url == b"/app/x"
+        n.respond(OK_100)
+    assert h.nodeEntry("n2").rt.requests == 4
+    assert h.nodeEntry("n1").rt.requests == 0
+
+
+def test_sticky_session_remove_strips_cookie_on_failover():
+    b = BalancerSettings("mycluster", sticky_remove=True, sticky_force=False)
+    h = two_nodes(b)
+    h.registry.set_error("n1", "test")
+    c = h.client()
+    c.send(b"GET /app/x HTTP/1.1\r\nHost: a\r\nCookie: other=1; JSESSIONID=abc.n1\r\n\r\n")
+    n = h.accept(8082)
+    [req] = parse_requests(n.received())
+    assert req.all(b"Cookie") == [b"other=1"]
+
+
+def test_sticky_session_remove_strips_path_parameter():
+    b = BalancerSettings("mycluster", sticky_remove=True, sticky_force=False)
+    h = two_nodes(b)
+    h.registry.set_error("n1", "test")
+    c = h.client()
+    c.send(b"GET /app/x;jsessionid=abc.n1?q=1 HTTP/1.1\r\nHost: a\r\n\r\n")
+    [req] = parse_requests(h.accept(8082).received())
+    assert req.url == b"/app/x?q=1"
+
+
+def test_node_in_error_answering_is_reported_as_recovered():
+    """A sticky request retries a node in error after worker_retry; success is reported."""
+    h = two_nodes()
+    h.registry.set_error("n1", "test")
+    h.advance(61)
+    c = h.client()
+    c.send(b"GET /app/x HTTP/1.1\r\nHost: a\r\nCookie: JSESSIONID=abc.n1\r\n\r\n")
+    n = h.accept(8081)
+    n.respond(OK_100)
+    assert h.successes == ["n1"]
+
+
+def test_unknown_node_type_gives_502():
+    h = Harness()
+    h.node("n1", 8009, contexts=("/app",), type="ajp")
+    c = h.client()
+    c.send(GET)
+    assert parse_responses(c.received())[0].status == 502
+    assert h.counters_idle()
+
+
+def test_counters_exact_across_failover():
+    h = two_nodes()
+    c = h.client()
+    c.send(GET)
+    assert h.in_flight("/app") == 1
+    h.refuse()
+    assert h.in_flight("/app") == 1
+    assert sum(n.rt.busy for n in h.registry.table.nodes) == 1
+    n = h.accept()
+    n.respond(OK_100)
+    assert h.counters_idle()
+    assert sum(n.rt.requests for n in h.registry.table.nodes) == 2
+
+
+def test_endless_response_head_is_a_protocol_error():
+    h = Harness(max_header_size=1024)
+    h.node("n1", 8081, contexts=("/app",))
+    c = h.client()
+    c.send(b"POST /app/x HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\nz")
+    n = h.accept()
+    n.respond(b"HTTP/1.1 200 OK\r\nX-Big: ")
+    for _ in range(3):
+        n.respond(b"y" * 600)
+    assert n.aborted
+    assert parse_responses(c.received())[0].status == 502
+    assert [r for r, _ in h.failures] == ["n1"]
+    assert h.counters_idle()
+
+
+def test_unsupported_response_transfer_coding():
+    h = Harness()
+    h.node("n1", 8081, contexts=("/app",))
+    c = h.client()
+    c.send(b"POST /app/x HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\nz")
+    n = h.accept()
+    n.respond(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n")
+    assert parse_responses(c.received())[0].status == 502
+    assert h.counters_idle()

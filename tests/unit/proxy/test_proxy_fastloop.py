@@ -1,0 +1,74 @@
+"""
+The lean epoll loop (modcluster.proxy.fastloop) on a private EPollReactor
+instance (never installed as the global reactor, never run): events are
+dispatched as Twisted would, errors are logged without stopping the batch.
+"""
+
+import socket
+
+import pytest
+from twisted.internet import tcp
+from twisted.internet.protocol import Protocol
+from twisted.internet.testing import MemoryReactor
+from twisted.logger import capturedLogs
+
+epollreactor = pytest.importorskip("twisted.internet.epollreactor")
+
+from modcluster.proxy import fastloop  # noqa: E402
+
+
+class _Recorder(Protocol):
+    def __init__(self, fail_on_lost=False):
+        self.data = b""
+        self.lost = False
+        self.fail_on_lost = fail_on_lost
+
+    def dataReceived(self, data):
+        self.data += data
+
+    def connectionLost(self, reason=None):
+        self.lost = True
+        if self.fail_on_lost:
+            raise RuntimeError("boom in connectionLost")
+
+
+def _connection(reactor, proto):
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    t = tcp.Server(a, proto, ("127.0.0.1", 1), None, 0, reactor)
+    proto.makeConnection(t)
+    return t, b
+
+
+def test_install_only_on_epoll():
+    assert fastloop.install(MemoryReactor()) is False
+
+
+def test_events_dispatched_and_errors_logged():
+    reactor = epollreactor.EPollReactor()
+    try:
+        assert fastloop.install(reactor) is True
+        assert fastloop.install(reactor) is True  # idempotent
+        good = _Recorder()
+        bad = _Recorder(fail_on_lost=True)
+        tg, peer_good = _connection(reactor, good)
+        tb, peer_bad = _connection(reactor, bad)
+        peer_good.send(b"hello")
+        peer_bad.close()  # EOF: connectionLost raises
+        with capturedLogs() as events:
+            for _ in range(5):
+                reactor.doIteration(0)
+                if good.data and bad.lost:
+                    break
+        assert good.data == b"hello"
+        assert bad.lost
+        failures = [e["log_failure"] for e in events if "log_failure" in e]
+        assert [f.getErrorMessage() for f in failures] == ["boom in connectionLost"]
+        peer_good.send(b" again")
+        reactor.doIteration(0)
+        assert good.data == b"hello again"
+        tg.loseConnection()
+        peer_good.close()
+    finally:
+        reactor.removeAll()
+        reactor._poller.close()
