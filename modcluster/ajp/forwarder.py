@@ -1,0 +1,833 @@
+"""
+The AJP13 forwarder: L{AJPForwarder} implements
+L{modcluster.proxy.interfaces.IForwarder} for nodes of type C{ajp}, with one
+L{AJPPool} of keep-alive L{AJPConnection}s per node.
+
+The front (L{modcluster.proxy.front}) owns routing, stickiness, failover,
+counters and error pages for every node type; this module only moves one
+exchange to one AJP connector and back:
+
+ - FORWARD_REQUEST built from the L{IExchange} (ajp13.md §3.1, balancing.md
+   §9.3) and encoded with the pool's shared L{ForwardRequestEncoder} before a
+   connection is chosen (a request head that does not fit the packet size
+   gets a local 400, as mod_proxy_ajp answers);
+ - CPING before reuse according to C{proxy.ajp_cping} (C{always} /
+   C{idle} / C{never});
+ - request body streamed through L{AJPClientProtocol}'s GET_BODY_CHUNK flow
+   control, response streamed back with the client's backpressure;
+ - failures mapped to L{ForwardError} kinds the way the HTTP forwarder maps
+   them, so the front treats both node types alike.
+
+An L{AJPConnection} is both the L{IUpstream} of the exchange it carries and
+the L{IAJPResponseReceiver} of its protocol, so a request on a pooled
+connection allocates its FORWARD_REQUEST bytes, the protocol's body channel
+and the relayed header list, and no Deferred.  Read timeouts and idle TTLs are
+enforced from L{AJPForwarder.tick} (the front's once-a-second sweep); the only
+timer per request is the CPING timeout, and only when a CPING is sent.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Optional
+
+from twisted.internet.defer import fail
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from modcluster.ajp.packets import (
+    AJPEncodeError,
+    AJPProtocolError,
+    ForwardRequestEncoder,
+    RequestTooLarge,
+)
+from modcluster.ajp.protocol import (
+    AJPClientProtocol,
+    AJPReadTimeout,
+    CPingFailed,
+    IAJPResponseReceiver,
+)
+from modcluster.proxy._transport import direct_writer, is_plain_tcp
+from modcluster.proxy.headers import (
+    RESP_CONNECTION,
+    RESP_CONTENT_LENGTH,
+    RESPONSE_HEADER_KIND,
+    connection_tokens,
+    drop_listed,
+    reason_phrase,
+)
+from modcluster.proxy.http import _OneShot, node_endpoint
+from modcluster.proxy.interfaces import (
+    CONNECT,
+    PROTOCOL,
+    RESET,
+    TIMEOUT,
+    ForwardError,
+    IForwarder,
+    IUpstream,
+)
+
+__all__ = ["AJPForwarder", "AJPPool", "AJPConnection", "CPING_MODES"]
+
+log = Logger(namespace="modcluster.ajp")
+
+#: Values of C{proxy.ajp_cping}.
+CPING_MODES = ("always", "idle", "never")
+
+_HEAD = b"HEAD"
+_NEVER = float("-inf")
+_DEFAULT_PING = 10.0
+_CONTINUE = b"Continue"
+
+
+class _DirectTransport:
+    """
+    The node transport as L{AJPClientProtocol} sees it: C{write} goes straight
+    to the socket when nothing is buffered (L{direct_writer}, as the HTTP
+    forwarder writes); everything else is the transport's own.
+    """
+
+    __slots__ = ("_transport", "write")
+
+    def __init__(self, transport) -> None:
+        self._transport = transport
+        self.write = direct_writer(transport)
+
+    def __getattr__(self, name: str):
+        return getattr(self._transport, name)
+
+
+class _NodeProtocol(AJPClientProtocol):
+    """
+    L{AJPClientProtocol} that tells its L{AJPConnection} when the TCP
+    connection is up, counts the bytes read from the node and writes through
+    L{direct_writer}.
+    """
+
+    link: "AJPConnection"
+
+    def connectionMade(self) -> None:
+        t = self.transport
+        if is_plain_tcp(t):
+            self.transport = _DirectTransport(t)
+        AJPClientProtocol.connectionMade(self)
+        self.link._connected()
+
+    def dataReceived(self, data: bytes) -> None:
+        link = self.link
+        link.rt.read += len(data)
+        link.got = True
+        AJPClientProtocol.dataReceived(self, data)
+
+
+@implementer(IUpstream, IAJPResponseReceiver, IPushProducer)
+class AJPConnection:
+    """
+    One connection to an AJP connector: idle in its pool, or carrying one
+    exchange.  Also the push producer of the exchange's request body (the
+    protocol pauses it while a packet's worth waits for GET_BODY_CHUNK).
+    """
+
+    def __init__(self, pool: "AJPPool") -> None:
+        self.pool = pool
+        self.fw = pool.fw
+        self.rt = pool.rt
+        proto = self.proto = _NodeProtocol(pool.fw.reactor, pool.packet_size, None,
+                                           pool.encoder)
+        proto.link = self
+        proto.onConnectionLost = self._lost
+        self.ex = None
+        self.up = False
+        self.closed = False
+        self.reused = False
+        self.sync = False
+        self.paused = False  # the front asked us to stop reading (client blocked)
+        self.held = False  # ... and the protocol is paused for it
+        self.last_ok = _NEVER
+        self.idle_since = 0.0
+        self.body = None
+        # per exchange
+        self.packet: Optional[bytes] = None
+        self.ping: Optional[float] = None
+        self.early = False
+        self.sent = False
+        self.got = False
+        self.head = False
+        self.no_body = False
+        self.remaining = -1
+        self.body_done = False
+
+    def __repr__(self) -> str:
+        return f"<AJPConnection {self.pool.worker} {self.proto!r}>"
+
+    # -- the pool's side ---------------------------------------------------------
+
+    def start(self, ex, packet: bytes, ping: Optional[float]) -> None:
+        """Carry C{ex}: send C{packet} now if connected, else on connection."""
+        self.ex = ex
+        self.packet = packet
+        self.ping = ping
+        self.sent = self.got = self.head = self.no_body = self.early = False
+        self.paused = False
+        self.remaining = -1
+        self.body = None
+        bl = ex.body_length
+        self.body_done = bl is None or bl == 0
+        if self.up:
+            self._send()
+
+    def connect(self) -> None:
+        self.sync = True
+        try:
+            d = self.pool.endpoint.connect(_OneShot(self.proto))
+        except Exception as e:  # a bad address can fail synchronously
+            d = fail(e)
+        d.addErrback(self._connectFailed)
+        self.sync = False
+
+    def _connectFailed(self, failure) -> None:
+        if self.sync:
+            self.fw.reactor.callLater(0, self._connectFailed, failure)
+            return
+        self.closed = True
+        self.pool.lost(self)
+        ex = self.ex
+        self.ex = None
+        if ex is not None:
+            ex.responseFailed(ForwardError(
+                CONNECT, f"cannot connect to {self.pool.worker}: "
+                         f"{failure.getErrorMessage() or failure.type.__name__}"))
+
+    def _connected(self) -> None:
+        self.up = True
+        if self.ex is not None:
+            self._send()
+        else:
+            self.pool.release(self)  # the client left while we were connecting
+
+    def _send(self) -> None:
+        ex = self.ex
+        packet = self.packet
+        self.packet = None
+        bl = ex.body_length
+        length = 0 if bl is None else (bl if bl >= 0 else None)
+        self.rt.transferred += len(packet)
+        body = self.proto.sendRequest(packet, self, length, b"", self.ping)
+        if self.ex is not ex:
+            return
+        self.body = body
+        if length != 0:
+            body.registerProducer(self, True)
+        if self.early:
+            self.early = False
+            self._written()
+
+    def _lost(self, proto, reason) -> None:
+        self.up = False
+        self.closed = True
+        self.pool.lost(self)
+        ex = self.ex
+        if ex is not None:  # pragma: no cover - the protocol reports first
+            self.ex = None
+            ex.responseFailed(ForwardError(
+                RESET, f"connection to {self.pool.worker} lost", request_sent=self.sent))
+
+    def _close(self) -> None:
+        """Close an idle or finished connection."""
+        if not self.closed:
+            self.closed = True
+            self.pool.lost(self)
+            t = self.proto.transport
+            if t is not None:
+                t.loseConnection()
+
+    def _drop(self) -> None:
+        """Drop the connection now (the exchange on it is abandoned)."""
+        self.closed = True
+        self.pool.lost(self)
+        self.proto.abort()
+
+    # -- IAJPResponseReceiver ------------------------------------------------------
+
+    def requestWritten(self) -> None:
+        if self.body is None:
+            self.early = True  # inside sendRequest: finish in _send
+            return
+        self._written()
+
+    def _written(self) -> None:
+        ex = self.ex
+        if ex is None:
+            return
+        self.sent = True
+        if self.paused and not self.held:
+            # Not before: the CPONG must be read whatever the client does.
+            self.held = True
+            self.proto.pauseProducing()
+        if ex.expect_continue:
+            # The first body packet is due at once (known length) or on the
+            # container's request: the client may send now.
+            if self.fw.in_forward:
+                self.fw.reactor.callLater(0, self._continue, ex)
+            else:
+                self._continue(ex)
+                if self.ex is not ex:
+                    return
+        ex.resumeRequestBody()
+
+    def _continue(self, ex) -> None:
+        if self.ex is ex and not self.head:
+            ex.responseInformational(100, _CONTINUE, [])
+            ex.flush()
+
+    def headReceived(self, status: int, reason: bytes, headers: tuple) -> None:
+        ex = self.ex
+        if ex is None:
+            return
+        if status < 200:
+            self._bad(f"status {status} over AJP")
+            return
+        out = []
+        cl = None
+        conn = None
+        kinds = RESPONSE_HEADER_KIND
+        for header in headers:
+            kind = kinds.get(header[0].lower())
+            if kind is None:
+                out.append(header)
+            elif kind == RESP_CONTENT_LENGTH:
+                value = header[1].strip()
+                if cl is None:
+                    cl = value
+                    out.append(header)
+                elif value != cl:
+                    self._bad("conflicting Content-Length headers")
+                    return
+            elif kind == RESP_CONNECTION:
+                if conn is None:
+                    conn = [header[1]]
+                else:
+                    conn.append(header[1])
+            # other hop-by-hop names (Transfer-Encoding, Keep-Alive, ...) dropped
+        if conn is not None:
+            out = drop_listed(out, connection_tokens(conn))
+        if ex.method == _HEAD or status == 204 or status == 304:
+            self.no_body = True
+            length = 0
+        elif cl is not None:
+            if not cl.isdigit():
+                self._bad(f"bad Content-Length {cl!r}")
+                return
+            length = self.remaining = int(cl)
+        else:
+            length = -1
+        if not reason or reason == b"%d" % status:
+            reason = reason_phrase(status)  # Tomcat sends the code as its message
+        self.head = True
+        ex.responseHead(status, reason, out, length)
+
+    def bodyReceived(self, data: bytes) -> None:
+        ex = self.ex
+        if ex is None:
+            return
+        if not data:
+            ex.flush()  # the container's explicit flush (ajpFlush)
+            return
+        if self.no_body:
+            return
+        r = self.remaining
+        if r >= 0:
+            r -= len(data)
+            if r < 0:
+                self._bad("response body longer than its Content-Length")
+                return
+            self.remaining = r
+        ex.responseBody(data)
+        if self.pool.flush_each:
+            ex.flush()
+
+    def readComplete(self) -> None:
+        ex = self.ex
+        if ex is not None:
+            ex.flush()
+
+    def responseEnded(self, reusable: bool) -> None:
+        ex = self.ex
+        self.ex = None
+        self.body = None
+        self.reused = True
+        self._unhold()
+        short = self.remaining > 0
+        if reusable and not short and not self.pool.closed:
+            self.last_ok = self.fw.reactor.seconds()
+            self.pool.release(self)
+        else:
+            self._close()
+        if ex is None:
+            return
+        if short:
+            log.warn("AJP node {route}: response ended {left} bytes short of its "
+                     "Content-Length", route=self.pool.route, left=self.remaining)
+            ex.responseFailed(ForwardError(
+                PROTOCOL, f"{self.pool.worker}: response body shorter than its Content-Length",
+                request_sent=True))
+            return
+        ex.responseEnd()
+
+    def responseFailed(self, reason, responseStarted: bool, requestSent: bool) -> None:
+        ex = self.ex
+        self.ex = None
+        self.body = None
+        self.closed = True
+        self.pool.lost(self)
+        if ex is None:
+            return
+        err = reason.value
+        worker = self.pool.worker
+        reused = self.reused and not self.got
+        if isinstance(err, CPingFailed):
+            if self.reused:
+                # A pooled connection that does not answer CPING: the front
+                # retries once on a fresh connection (CPINGed too) before the
+                # node is put in error (mod_proxy_ajp, balancing.md §6.2).
+                error = ForwardError(RESET, f"{worker}: CPING on a pooled connection failed: "
+                                            f"{err}", reused=True)
+            else:
+                error = ForwardError(CONNECT, f"{worker}: CPING failed: {err}")
+        elif isinstance(err, AJPReadTimeout):
+            error = ForwardError(TIMEOUT, f"{worker}: {err}", request_sent=requestSent)
+        elif isinstance(err, AJPProtocolError):
+            error = ForwardError(PROTOCOL, f"{worker}: {err}", request_sent=requestSent,
+                                 reused=False)
+        else:
+            what = "during the response" if responseStarted else "before any response"
+            error = ForwardError(RESET, f"connection to {worker} closed {what}",
+                                 request_sent=requestSent, reused=reused)
+        ex.responseFailed(error)
+
+    def _bad(self, message: str) -> None:
+        """Bad response from the node: drop the connection, fail the exchange."""
+        ex = self.ex
+        self.ex = None
+        self.body = None
+        log.warn("AJP node {route} ({worker}): {message}; connection dropped",
+                 route=self.pool.route, worker=self.pool.worker, message=message)
+        self._drop()
+        if ex is not None:
+            ex.responseFailed(ForwardError(PROTOCOL, f"{self.pool.worker}: {message}",
+                                           request_sent=True))
+
+    # -- IUpstream ------------------------------------------------------------------
+
+    def requestBody(self, data: bytes) -> None:
+        body = self.body
+        if body is None or not data:
+            return
+        self.rt.transferred += len(data)
+        body.write(data)
+
+    def requestBodyEnd(self) -> None:
+        body = self.body
+        if body is not None:
+            self.body_done = True
+            body.finish()
+
+    def pauseResponse(self) -> None:
+        self.paused = True
+        if self.sent and not self.held and self.ex is not None:
+            self.held = True
+            self.proto.pauseProducing()
+
+    def resumeResponse(self) -> None:
+        self.paused = False
+        if self.held:
+            self.held = False
+            self.proto.resumeProducing()
+
+    def _unhold(self) -> None:
+        self.paused = False
+        if self.held:
+            self.held = False
+            self.proto.resumeProducing()
+
+    def abort(self) -> None:
+        ex = self.ex
+        self.ex = None
+        if ex is None:
+            return
+        self.body = None
+        self.packet = None
+        if not self.up:
+            return  # still connecting: the connection joins the pool when it is made
+        if self.head and self.body_done and (self.no_body or self.remaining == 0):
+            # Everything was relayed; only END_RESPONSE is still on its way (the
+            # client may close as soon as it has the body): let it arrive and
+            # put the connection back in the pool (or time out in tick).
+            self._unhold()
+            return
+        self._drop()
+
+    # -- IPushProducer (request body, driven by the protocol) -----------------------
+
+    def pauseProducing(self) -> None:
+        ex = self.ex
+        if ex is not None:
+            ex.pauseRequestBody()
+
+    def resumeProducing(self) -> None:
+        ex = self.ex
+        body = self.body
+        if ex is not None and self.sent and body is not None and body.active:
+            ex.resumeRequestBody()
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class AJPPool:
+    """
+    The connections to one AJP node (one registration of it: a re-registered
+    node gets a new pool).  Same semantics as the HTTP forwarder's
+    L{modcluster.proxy.http.NodePool}: idle connections are reused most
+    recent first; the C{max_idle} most recent (node C{smax}, or
+    C{proxy.max_idle_per_node} when it is -1) are kept, older idle ones are
+    closed after the node's C{ttl}.
+    """
+
+    def __init__(self, fw: "AJPForwarder", node) -> None:
+        s = node.settings
+        cfg = fw.config
+        self.fw = fw
+        self.node_id = node.id
+        self.settings = s
+        self.rt = node.rt
+        self.route = s.route
+        self.worker = s.worker_name
+        self.idle: list[AJPConnection] = []
+        self.conns: set[AJPConnection] = set()
+        self.closed = False
+        self.max_idle = s.smax if s.smax >= 0 else cfg.max_idle_per_node
+        self.ttl = s.ttl
+        self.read_timeout = s.timeout if s.timeout > 0 else cfg.timeout
+        self.ping_timeout = s.ping if s.ping > 0 else _DEFAULT_PING
+        self.connect_timeout = self.ping_timeout
+        self.flush_each = s.flushpackets == "On"
+        self.packet_size = fw.packet_size
+        self.encoder = ForwardRequestEncoder(fw.packet_size)
+        self.endpoint = node_endpoint(fw.reactor, s.host, s.port, self.connect_timeout)
+
+    def acquire(self, ex, packet: bytes, fresh: bool) -> AJPConnection:
+        fw = self.fw
+        mode = fw.cping
+        idle = self.idle
+        if not fresh:
+            while idle:
+                c = idle.pop()
+                if c.up and not c.closed and c.proto.reusable:
+                    if mode == "never":
+                        ping = None
+                    elif mode == "always" or (
+                            fw.reactor.seconds() - c.last_ok > fw.cping_idle):
+                        ping = self.ping_timeout
+                    else:
+                        ping = None
+                    c.start(ex, packet, ping)
+                    return c
+                c._close()
+        c = AJPConnection(self)
+        self.conns.add(c)
+        # A new connection has never answered: CPING it unless told never to.
+        c.start(ex, packet, None if mode == "never" else self.ping_timeout)
+        c.connect()
+        return c
+
+    def release(self, c: AJPConnection) -> None:
+        if self.closed or c.closed:
+            c._close()
+            return
+        c.idle_since = self.fw.now
+        c.reused = True
+        self.idle.append(c)
+
+    def lost(self, c: AJPConnection) -> None:
+        self.conns.discard(c)
+        try:
+            self.idle.remove(c)
+        except ValueError:
+            pass
+
+    def tick(self, now: float, slack: float) -> None:
+        limit = self.read_timeout + slack
+        for c in list(self.conns):
+            if c.up and c.proto.busy:
+                c.proto.checkReadTimeout(now, limit)
+        idle = self.idle
+        excess = len(idle) - self.max_idle
+        if excess > 0 and self.ttl > 0:
+            n = 0
+            while n < excess and now - idle[n].idle_since > self.ttl:
+                n += 1
+            if n:
+                old = idle[:n]
+                del idle[:n]
+                for c in old:
+                    c._close()
+
+    def retire(self) -> None:
+        """Close idle connections now; busy ones close when their exchange ends."""
+        self.closed = True
+        idle = self.idle
+        self.idle = []
+        for c in idle:
+            c._close()
+
+    def close(self) -> None:
+        self.retire()
+        for c in list(self.conns):
+            c.abort()
+            c._close()
+
+
+_tls_cache: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _tls_facts(transport) -> tuple:
+    """
+    (ssl_cipher, ssl_key_size, ssl_cert PEM, protocol name) of a TLS client
+    transport, as mod_proxy_ajp sends them; cached per connection.
+    """
+    try:
+        return _tls_cache[transport]
+    except (KeyError, TypeError):
+        pass
+    cipher = bits = cert = version = None
+    try:
+        conn = transport.getHandle()
+        name = conn.get_cipher_name()
+        cipher = name.encode("ascii") if name else None
+        bits = conn.get_cipher_bits()
+        v = conn.get_protocol_version_name()
+        version = v.encode("ascii") if v and v != "Unknown" else None
+        peer = conn.get_peer_certificate(as_cryptography=True)
+        if peer is not None:
+            from cryptography.hazmat.primitives.serialization import Encoding
+
+            cert = peer.public_bytes(Encoding.PEM)
+    except Exception:
+        log.failure("cannot read TLS facts of a client connection")
+    facts = (cipher, bits if isinstance(bits, int) and 0 <= bits <= 0xFFFF else None, cert,
+             version)
+    if cipher is not None:  # handshake done: the facts will not change
+        try:
+            _tls_cache[transport] = facts
+        except TypeError:  # pragma: no cover - not weak-referenceable
+            pass
+    return facts
+
+
+def _server_name(host: Optional[bytes], client) -> bytes:
+    """The host part of the client's Host header (httpd C{ap_get_server_name})."""
+    if host:
+        if host[:1] == b"[":
+            end = host.find(b"]")
+            if end > 0:
+                return host[1:end]
+        i = host.rfind(b":")
+        return host[:i] if i >= 0 else host
+    return client.local_addr.encode("ascii", "replace")
+
+
+@implementer(IForwarder)
+class AJPForwarder:
+    """
+    L{IForwarder} for C{ajp} nodes.
+
+    @param reactor: provides C{IReactorTCP} and C{IReactorTime}.
+    @param config: the L{modcluster.config.ProxyConfig}: C{ajp_secret},
+        C{ajp_packet_size}, C{ajp_cping}, C{ajp_cping_idle}, C{timeout},
+        C{max_idle_per_node}.
+    """
+
+    def __init__(self, reactor, config) -> None:
+        if config.ajp_cping not in CPING_MODES:
+            raise ValueError(f"ajp_cping must be one of {CPING_MODES}")
+        self.reactor = reactor
+        self.config = config
+        self.packet_size = config.ajp_packet_size
+        self.secret: Optional[bytes] = (config.ajp_secret.encode("utf-8")
+                                        if config.ajp_secret is not None else None)
+        self.cping = config.ajp_cping
+        self.cping_idle = config.ajp_cping_idle
+        self.now = reactor.seconds()
+        self.slack = 1.0
+        self.in_forward = False
+        self._pools: dict[int, AJPPool] = {}
+        self._draining: list[AJPPool] = []
+
+    def pool(self, node) -> AJPPool:
+        """The pool of C{node}'s current registration (created on demand)."""
+        pool = self._pools.get(node.id)
+        if (pool is None or pool.rt is not node.rt
+                or (pool.settings is not node.settings and pool.settings != node.settings)):
+            if pool is not None:
+                self._retire(pool)
+            pool = self._pools[node.id] = AJPPool(self, node)
+        elif pool.settings is not node.settings:
+            pool.settings = node.settings
+        return pool
+
+    def encode(self, ex, pool: AJPPool) -> bytes:
+        """
+        The FORWARD_REQUEST packet for C{ex} (ajp13.md §3.1, balancing.md
+        §9.3).
+
+        @raise RequestTooLarge: it does not fit the packet size.
+        """
+        target = ex.target
+        q = target.find(b"?")
+        if q >= 0:
+            uri = target[:q]
+            query = target[q + 1:]
+        else:
+            uri = target
+            query = None
+        client = ex.client
+        host = ex.host
+        headers = [(b"Host", host)] if host is not None else []
+        headers += ex.headers
+        bl = ex.body_length
+        if bl is not None:
+            headers.append((b"Content-Length", b"%d" % bl) if bl >= 0
+                           else (b"Transfer-Encoding", b"chunked"))
+        remote = client.remote_addr.encode("ascii", "replace")
+        attributes = [(b"AJP_REMOTE_PORT", b"%d" % client.remote_port),
+                      (b"AJP_LOCAL_ADDR", client.local_addr.encode("ascii", "replace"))]
+        cipher = key_size = cert = None
+        if client.secure:
+            cipher, key_size, cert, version = _tls_facts(client.transport)
+            if version is not None:
+                attributes.insert(0, (b"AJP_SSL_PROTOCOL", version))
+        route = ex.decision.session_route
+        user = getattr(ex, "remote_user", None)
+        if isinstance(user, str):
+            user = user.encode("utf-8")
+        return pool.encoder.encode_fields(
+            ex.method,
+            b"HTTP/1.1" if ex.version == "1.1" else b"HTTP/1.0",
+            uri,
+            remote,
+            remote,
+            _server_name(host, client),
+            client.local_port,
+            client.secure,
+            headers,
+            self.secret,
+            user,
+            None,
+            query,
+            route.encode("utf-8", "surrogateescape") if route else None,
+            cert,
+            cipher,
+            None,
+            key_size,
+            attributes,
+        )
+
+    def forward(self, exchange, fresh: bool = False):
+        self.in_forward = True
+        try:
+            try:
+                pool = self.pool(exchange.node)
+            except Exception as e:
+                log.failure("cannot set up connections to AJP node {route}",
+                            route=exchange.node.route)
+                return _Local(self.reactor, exchange,
+                              ForwardError(CONNECT, f"{type(e).__name__}: {e}"))
+            try:
+                packet = self.encode(exchange, pool)
+            except RequestTooLarge as e:
+                log.info("AJP request head for {method} {target} too large: {error}",
+                         method=exchange.method, target=exchange.target, error=str(e))
+                return _Local(self.reactor, exchange, status=400,
+                              message="request head too large for the AJP packet size")
+            except AJPEncodeError as e:
+                log.info("cannot encode {method} {target} for AJP: {error}",
+                         method=exchange.method, target=exchange.target, error=str(e))
+                return _Local(self.reactor, exchange, status=400, message=str(e))
+            return pool.acquire(exchange, packet, fresh)
+        finally:
+            self.in_forward = False
+
+    def _retire(self, pool: AJPPool) -> None:
+        pool.retire()
+        if pool.conns:
+            self._draining.append(pool)
+
+    def retain(self, nodes) -> None:
+        live = {n.id: n for n in nodes}
+        for nid, pool in list(self._pools.items()):
+            n = live.get(nid)
+            if (n is None or n.rt is not pool.rt
+                    or (n.settings is not pool.settings and n.settings != pool.settings)):
+                del self._pools[nid]
+                self._retire(pool)
+
+    def tick(self, now: float) -> None:
+        self.now = now
+        for pool in list(self._pools.values()):
+            pool.tick(now, self.slack)
+        if self._draining:
+            for pool in self._draining:
+                pool.tick(now, self.slack)
+            self._draining = [p for p in self._draining if p.conns]
+
+    def close(self) -> None:
+        for pool in list(self._pools.values()) + self._draining:
+            pool.close()
+        self._pools.clear()
+        self._draining = []
+
+
+@implementer(IUpstream)
+class _Local:
+    """
+    An attempt answered without a node connection: a failure (the pool cannot
+    be built) or the proxy's own response (a request head too large for AJP,
+    mod_proxy_ajp's 400).  Reported from the next reactor turn.
+    """
+
+    def __init__(self, reactor, ex, error: Optional[ForwardError] = None,
+                 status: int = 0, message: str = "") -> None:
+        self.ex = ex
+        reactor.callLater(0, self._fire, error, status, message)
+
+    def _fire(self, error, status, message) -> None:
+        ex = self.ex
+        self.ex = None
+        if ex is None:
+            return
+        if error is not None:
+            ex.responseFailed(error)
+            return
+        reason = reason_phrase(status)
+        body = b"%d %s: %s\n" % (status, reason, message.encode("utf-8", "replace"))
+        ex.responseHead(status, reason, [(b"Content-Type", b"text/plain; charset=utf-8"),
+                                         (b"Content-Length", b"%d" % len(body))], len(body))
+        ex.responseBody(body)
+        ex.responseEnd()
+
+    def requestBody(self, data: bytes) -> None:
+        pass
+
+    def requestBodyEnd(self) -> None:
+        pass
+
+    def pauseResponse(self) -> None:
+        pass
+
+    def resumeResponse(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        self.ex = None
