@@ -140,6 +140,7 @@ def build(config: Config, reactor, demo: bool = False) -> MultiService:
         ws_tunnel=config.proxy.enable_ws_tunnel,
         identity_policy=policy,
         stats=metrics.stats,
+        probe_reuse=m.status_probe_reuse,
     )
     top.handler = handler
 
@@ -172,9 +173,42 @@ def build(config: Config, reactor, demo: bool = False) -> MultiService:
         for description in c.listen:
             strports.service(description, console_site, reactor=reactor).setServiceParent(top)
 
+    _proxy(config, reactor, registry, node_tls).setServiceParent(top)
     if config.advertise.enabled:
         _advertiser(config, reactor).setServiceParent(top)
+    if demo:
+        from modcluster.demo import DemoNodes
+
+        if m.tls.enabled:
+            raise usage.UsageError("--demo needs a plain (non-TLS) management listener")
+        DemoNodes(reactor, endpoint_address(m.listen[0])).setServiceParent(top)
     return top
+
+
+def _proxy(config: Config, reactor, registry, node_tls) -> MultiService:
+    """The client listeners, sharing one factory (routing policy, node pools)."""
+    from modcluster.ajp.forwarder import AJPForwarder
+    from modcluster.balancer import RoutingPolicy
+    from modcluster.proxy.front import ProxyFactory
+
+    p = config.proxy
+    factory = ProxyFactory(
+        reactor, p,
+        table=lambda: registry.table,
+        on_node_failure=registry.set_error,
+        on_node_success=lambda route: registry.clear_error(route, "answered a request"),
+        forwarders={"ajp": AJPForwarder(reactor, p)},
+        node_tls=node_tls,
+        policy=RoutingPolicy(
+            use_alias=p.use_alias, deterministic_failover=p.deterministic_failover,
+            worker_retry=config.manager.worker_retry,
+            no_context_status=p.response_status_on_no_context),
+    )
+    services = MultiService()
+    services.factory = factory
+    for description in p.listen:
+        strports.service(description, factory, reactor=reactor).setServiceParent(services)
+    return services
 
 
 def _listen(reactor, description: str, site, tls_config):
