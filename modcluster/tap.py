@@ -204,6 +204,14 @@ def _proxy(config: Config, reactor, registry, node_tls) -> MultiService:
             worker_retry=config.manager.worker_retry,
             no_context_status=p.response_status_on_no_context),
     )
+    if p.fast_event_loop:
+        from modcluster.proxy import fastloop
+
+        if fastloop.install(reactor):
+            log.info("proxy: lean epoll event loop installed (proxy.fast_event_loop)")
+        else:
+            log.info("proxy: reactor {reactor} kept as it is (fast_event_loop needs an "
+                     "unmodified epoll reactor)", reactor=type(reactor).__name__)
     services = MultiService()
     services.factory = factory
     for description in p.listen:
