@@ -52,6 +52,7 @@ from modcluster.proxy.http import HttpForwarder
 from modcluster.proxy.interfaces import (
     _IDEMPOTENT,
     CONNECT,
+    PROTOCOL,
     RESET,
     TIMEOUT,
     ClientInfo,
@@ -416,6 +417,11 @@ class _Exchange:
                      route=route, method=self.method, target=self.target,
                      message=error.message)
             self.done = True
+            if kind == PROTOCOL:
+                # A broken response (e.g. a bad AJP packet) is mod_proxy's 500: the
+                # worker is put in error (balancing.md §6.5).  A reset or a timeout
+                # after the head was relayed is not.
+                f.on_node_failure(route, error.message)
             proto._abortClient()
             return
         safe = not error.request_sent or self.replayable()

@@ -914,6 +914,8 @@ def test_protocol_error_mid_response_aborts_client():
     assert c.aborted
     assert not h.pending(8010)
     assert h.counters_idle()
+    # a broken packet mid-response puts the node in error (balancing.md §6.5)
+    assert [f[0] for f in h.failures] == ["n1"]
 
 
 def test_reset_before_response_fails_over():
