@@ -517,10 +517,12 @@ class Registry:
         return True
 
     def set_error(self, route: str, reason: str) -> None:
-        """Put a node in error (forwarding or probe failure)."""
+        """Put a node in error after a forwarding failure (counted in C{failures})."""
         node = self._nodes.get(route)
-        if node is not None and not node.rt.removed:
-            self._set_error(node, reason)
+        if node is not None:
+            node.rt.failures += 1
+            if not node.rt.removed:
+                self._set_error(node, reason)
 
     def clear_error(self, route: str, why: str) -> None:
         """A node in error answered a request (mod_proxy's retry succeeded)."""

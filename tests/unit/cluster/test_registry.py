@@ -305,3 +305,14 @@ def test_restore_rejects_unknown_format():
     clock, reg = make()
     with pytest.raises(ValueError):
         reg.restore({"format": 99})
+
+
+def test_forwarding_failures_are_counted_and_cleared_by_a_success():
+    clock, reg = make()
+    register(reg, load=10)
+    reg.set_error("node1", "connect refused")
+    reg.set_error("node1", "connect refused")
+    rt = reg.node("node1").rt
+    assert rt.failures == 2 and rt.in_error and rt.error_reason == "connect refused"
+    reg.clear_error("node1", "answered a request")
+    assert not rt.in_error and rt.failures == 2

@@ -424,3 +424,21 @@ def test_probe_reuse_zero_probes_every_status_and_errors_always_reprobe():
     server.registry.set_error("node1", "test")
     server.request("STATUS", b"JVMRoute=node1&Load=50")
     assert len(server.prober.probed) == 3
+
+
+def test_stalled_management_client_is_timed_out():
+    from twisted.internet.testing import MemoryReactorClock
+
+    clock = MemoryReactorClock()
+    registry = Registry(clock)
+    handler = MCMPHandler(registry, Prober(), clock)
+    site = ManagementSite(ManagementRoot(MCMPResource(handler)), timeout=30, reactor=clock)
+    channel = site.buildProtocol(None)
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    channel.dataReceived(b"CONFIG / HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\nJVMRoute=")
+    clock.advance(29)
+    assert not transport.disconnecting
+    clock.advance(2)
+    assert transport.disconnecting or transport.disconnected
+    assert registry.node("node1") is None
