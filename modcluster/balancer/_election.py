@@ -19,6 +19,8 @@ from attrs import frozen
 
 from modcluster.balancer._request import match_path, session_id
 from modcluster.cluster.model import (
+    MEMO_MAX,
+    MEMO_PATH_MAX,
     BalancerSettings,
     ContextEntry,
     ContextState,
@@ -218,6 +220,62 @@ def _no_context(policy: RoutingPolicy, reason: str) -> Refusal:
     return Refusal(policy.no_context_status, reason)
 
 
+_COOKIE_NAMES = ("sticky cookie names",)  # a memo key no path can equal
+
+
+def _no_cookie_session(table: RoutingTable, cookie: str) -> bool:
+    """
+    True when C{cookie} cannot hold a session id for any balancer of the table
+    (none of their sticky cookie names occurs in it), so the request is routed
+    as one without a cookie.
+    """
+    memo = table.memo
+    names = memo.get(_COOKIE_NAMES)
+    if names is None:
+        names = tuple({bs.sticky_cookie for bs in table.balancers.values() if bs.sticky_cookie})
+        if len(memo) >= MEMO_MAX:
+            memo.clear()
+        memo[_COOKIE_NAMES] = names
+    for name in names:
+        if name in cookie:
+            return False
+    return True
+
+
+def _plain_route(table: RoutingTable, mpath: str) -> tuple:
+    """
+    What L{choose} needs for a request to C{mpath} that carries no session
+    (no sticky cookie name in the cookie, no C{;} in the path) and no UseAlias; only the snapshot decides
+    it, so it is memoised on the table.  Returns (balancer settings, candidates,
+    reason): the balancer of the first ENABLED record (§2.3 step 2) and, in
+    record order, C{(record, node id, node runtime)} for the ENABLED records of
+    that balancer; or (C{None}, (), reason for the 404).
+    """
+    records = table.longest_match(mpath)
+    if not records:
+        found = (None, (), "no context matches the request")
+    else:
+        balancers = table.balancers
+        b = None
+        for rec in records:
+            if rec.state is _ENABLED:
+                b = balancers.get(rec.node.balancer)
+                if b is not None:
+                    break
+        if b is None:
+            found = (None, (), "no enabled context matches the request")
+        else:
+            name = b.name
+            found = (b, tuple((rec, rec.node.id, rec.node.rt) for rec in records
+                              if rec.state is _ENABLED and rec.node.balancer == name), "")
+    if len(mpath) <= MEMO_PATH_MAX:
+        memo = table.memo
+        if len(memo) >= MEMO_MAX:
+            memo.clear()
+        memo[mpath] = found
+    return found
+
+
 def choose(table: RoutingTable, host: Optional[str], path: str, cookie: Optional[str],
            now: float, policy: RoutingPolicy,
            exclude: AbstractSet[int] = _NOTHING) -> "Decision | Refusal":
@@ -236,6 +294,42 @@ def choose(table: RoutingTable, host: Optional[str], path: str, cookie: Optional
     @return: a L{Decision} (and the node's C{elected} counter was incremented),
         or a L{Refusal}.
     """
+    # -- fast path: no session information, no UseAlias (the common request) ----
+    # The same decisions as below with has_session False (so no route, no
+    # domain, no DeterministicFailover hash), on facts memoised per snapshot.
+    if (not policy.use_alias and ";" not in path
+            and (not cookie or _no_cookie_session(table, cookie))):
+        mpath = path
+        if "%" in path or "/." in path or "//" in path:
+            mpath = match_path(path)
+        plain = table.memo.get(mpath)
+        if plain is None:
+            plain = _plain_route(table, mpath)
+        b, cands, reason = plain
+        if b is None:
+            return _no_context(policy, reason)
+        best = standby = None
+        best_score = 0
+        for rec, nid, rt in cands:
+            f = rt.lbfactor
+            if f < 0 or rt.in_error or rt.removed or (exclude and nid in exclude):
+                continue
+            if f == 0:
+                if standby is None:
+                    standby = rec
+                continue
+            score = ((rt.elected - rt.oldelected) * 1000) // f + rt.lbstatus
+            if best is None or best_score > score:
+                best, best_score = rec, score
+        if best is None:
+            if standby is None:
+                return Refusal(503, f"no usable node in balancer {b.name}", b.wait_worker,
+                               policy.retry_after)
+            best = standby
+        node = best.node
+        node.rt.elected += 1
+        return Decision(node, best, b, None, None, False, False, None)
+
     # -- §2.1 the path used for matching, §2.2 the longest matching context ------
     mpath = path
     if ";" in path or "%" in path or "/." in path or "//" in path:
@@ -357,7 +451,7 @@ def choose(table: RoutingTable, host: Optional[str], path: str, cookie: Optional
                                                  forced, h)
     else:
         # The hot loop: linear in the records of the matched context.  Plain
-        # attribute reads only (NodeEntry.balancer/.domain are properties).
+        # attribute reads only.
         best = dbest = standby = None
         best_score = dscore = 0
         for rec in recs:
@@ -369,8 +463,7 @@ def choose(table: RoutingTable, host: Optional[str], path: str, cookie: Optional
             f = rt.lbfactor
             if f < 0 or rt.in_error or rt.removed:
                 continue
-            settings = n.settings
-            if settings.balancer != name or (exclude and n.id in exclude):
+            if n.balancer != name or (exclude and n.id in exclude):
                 continue
             if f == 0:
                 if standby is None:
@@ -379,7 +472,7 @@ def choose(table: RoutingTable, host: Optional[str], path: str, cookie: Optional
             score = ((rt.elected - rt.oldelected) * 1000) // f + rt.lbstatus
             if best is None or best_score > score:
                 best, best_score = rec, score
-            if dom and settings.domain == dom and (dbest is None or dscore > score):
+            if dom and n.domain == dom and (dbest is None or dscore > score):
                 dbest, dscore = rec, score
         domain_ok = dbest is not None
         if domain_ok:

@@ -32,6 +32,8 @@ __all__ = [
     "NodeSettings",
     "RoutingTable",
     "FLUSH_MODES",
+    "MEMO_MAX",
+    "MEMO_PATH_MAX",
 ]
 
 
@@ -163,18 +165,17 @@ class NodeEntry:
     id: int
     settings: NodeSettings
     rt: NodeRuntime = field(eq=False)
+    # Copies of settings.route/.domain/.balancer as plain slots: the data plane
+    # reads them for every request (a property costs a Python call each time).
+    route: str = field(init=False, eq=False, repr=False)
+    domain: str = field(init=False, eq=False, repr=False)
+    balancer: str = field(init=False, eq=False, repr=False)
 
-    @property
-    def route(self) -> str:
-        return self.settings.route
-
-    @property
-    def domain(self) -> str:
-        return self.settings.domain
-
-    @property
-    def balancer(self) -> str:
-        return self.settings.balancer
+    def __attrs_post_init__(self) -> None:
+        s = self.settings
+        object.__setattr__(self, "route", s.route)
+        object.__setattr__(self, "domain", s.domain)
+        object.__setattr__(self, "balancer", s.balancer)
 
 
 @frozen
@@ -190,18 +191,12 @@ class ContextEntry:
     rt: ContextRuntime = field(eq=False)
 
 
-def _prefixes(path: str):
-    """
-    The context paths that could match C{path}, longest first: the path itself,
-    then every prefix that ends just before a C{/}, then C{/}.
-    """
-    yield path
-    i = path.rfind("/")
-    while i > 0:
-        yield path[:i]
-        i = path.rfind("/", 0, i)
-    if path != "/":
-        yield "/"
+#: Entries kept in a table's memo dicts before they are emptied (request paths
+#: are client input, so the caches must stay bounded).
+MEMO_MAX = 4096
+#: Longer paths are not memoised (bounds the memory a client can make them hold:
+#: at most MEMO_MAX x MEMO_PATH_MAX characters of keys per snapshot).
+MEMO_PATH_MAX = 512
 
 
 @frozen
@@ -226,6 +221,12 @@ class RoutingTable:
     contexts: dict[str, tuple[ContextEntry, ...]]
     by_alias: dict[str, dict[str, tuple[ContextEntry, ...]]]
     removed_domains: dict[str, tuple[str, str]] = field(factory=dict)
+    #: longest_match() results of this snapshot, by path (or (host, path)).
+    _matches: dict = field(init=False, factory=dict, eq=False, repr=False)
+    #: Scratch space for facts the data plane derives from this snapshot alone
+    #: (it is immutable, so they never go stale); at most L{MEMO_MAX} entries,
+    #: keys of at most L{MEMO_PATH_MAX} characters.
+    memo: dict = field(init=False, factory=dict, eq=False, repr=False)
 
     @classmethod
     def empty(cls) -> "RoutingTable":
@@ -239,11 +240,28 @@ class RoutingTable:
         virtual host has that alias.  Empty when nothing matches.  Cost is linear in
         the depth of C{path}, independent of the number of contexts.
         """
+        key = path if host is None else (host, path)
+        matches = self._matches
+        found = matches.get(key)
+        if found is not None:
+            return found
         index = self.contexts if host is None else self.by_alias.get(host)
-        if not index:
-            return ()
-        for prefix in _prefixes(path):
-            found = index.get(prefix)
-            if found:
-                return found
-        return ()
+        found = ()
+        if index:
+            # The path itself, then every prefix ending just before a '/', then '/'.
+            found = index.get(path)
+            if not found:
+                i = path.rfind("/")
+                while i > 0:
+                    found = index.get(path[:i])
+                    if found:
+                        break
+                    i = path.rfind("/", 0, i)
+                else:
+                    found = index.get("/") if path != "/" else None
+            found = found or ()
+        if len(path) <= MEMO_PATH_MAX:
+            if len(matches) >= MEMO_MAX:
+                matches.clear()
+            matches[key] = found
+        return found

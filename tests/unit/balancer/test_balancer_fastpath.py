@@ -1,0 +1,102 @@
+"""
+choose() answers a request without session information (no sticky cookie name
+in the Cookie header, no ';' in the path, UseAlias off) from facts memoised on
+the routing snapshot.  These tests check that this gives exactly what the
+general code gives: the same request with a cookie that names every sticky
+cookie with an empty value (which carries no session) goes the general way.
+"""
+
+import attrs
+from hypothesis import given
+from hypothesis import strategies as st
+
+from modcluster.balancer import Decision, RoutingPolicy, choose
+from modcluster.cluster.model import MEMO_MAX, MEMO_PATH_MAX
+
+from balancer_testlib import Cluster
+from test_balancer_properties import build, cluster_st
+
+FIELDS = ("node", "context", "balancer", "session_id", "session_route", "sticky",
+          "route_changed", "strip", "cookie_name", "path_name", "domain", "retrying")
+
+paths_st = st.sampled_from(["/", "/app", "/app/", "/app/x", "/app/x/y", "/apple", "/b/c",
+                            "/zzz", "/app%2Fx", "/x/../app", "//app//x", "/b"])
+
+
+def _outcome(d):
+    if d.__class__ is Decision:
+        return tuple(getattr(d, f) for f in FIELDS)
+    return d
+
+
+def _empty_cookie(table):
+    return "; ".join(f"{b.sticky_cookie}=" for b in table.balancers.values()
+                     if b.sticky_cookie) or None
+
+
+@given(cluster_st(), st.lists(st.tuples(paths_st, st.frozensets(st.integers(1, 6),
+                                                                  max_size=2)),
+                              min_size=1, max_size=8),
+       st.booleans())
+def test_fast_path_decides_as_the_general_path(cluster, requests, level):
+    balancers, nodes, policy = cluster
+    policy = attrs.evolve(policy, use_alias=False)
+    c = build(balancers, nodes, policy)
+    if level:  # equal counters: ties between nodes of the same load
+        for node in c.reg.table.nodes:
+            node.rt.elected = 0
+    table = c.reg.table
+    general_cookie = _empty_cookie(table)
+    if general_cookie is None:
+        return
+    now = c.clock.seconds()
+    for path, exclude in requests:
+        for fast_cookie in (None, "theme=dark"):
+            fast = choose(table, None, path, fast_cookie, now, policy, exclude)
+            if fast.__class__ is Decision:
+                fast.node.rt.elected -= 1  # undo, so both see the same counters
+            general = choose(table, None, path, general_cookie, now, policy, exclude)
+            assert _outcome(fast) == _outcome(general)
+            if general.__class__ is Decision:
+                # Both spread the load: counting the election moves the next one.
+                assert general.sticky is False and general.session_id is None
+
+
+def test_memo_is_per_snapshot_and_bounded():
+    c = Cluster()
+    c.node("n1", 100, contexts=("/app",))
+    t1 = c.reg.table
+    policy = RoutingPolicy()
+    assert choose(t1, None, "/app/x", None, 0.0, policy).node.route == "n1"
+    # A new snapshot (a new node) does not reuse the old one's facts.
+    c.node("n2", 100, contexts=("/other",))
+    t2 = c.reg.table
+    assert t2 is not t1 and not t2.memo
+    d = choose(t2, None, "/other/x", None, 0.0, policy)
+    assert d.node.route == "n2"
+    # The old snapshot still answers as it did.
+    assert choose(t1, None, "/other/x", None, 0.0, policy).status == 404
+    for i in range(MEMO_MAX + 10):
+        choose(t2, None, f"/app/{i}", None, 0.0, policy)
+        assert len(t2.memo) <= MEMO_MAX
+    assert choose(t2, None, "/app/x", None, 0.0, policy).node.route == "n1"
+    # Long paths are routed but not kept.
+    t2.memo.clear()
+    long_path = "/app/" + "x" * MEMO_PATH_MAX
+    assert choose(t2, None, long_path, None, 0.0, policy).node.route == "n1"
+    assert long_path not in t2.memo
+
+
+def test_cookie_without_sticky_name_routes_like_no_cookie():
+    c = Cluster()
+    c.node("n1", 100, contexts=("/app",))
+    c.reg.app("DISABLE-APP", "n1", ["localhost"], ["/app"])
+    c.node("n2", 100, contexts=("/app",))
+    c.reg.app("DISABLE-APP", "n2", ["localhost"], ["/app"])
+    table = c.reg.table
+    policy = RoutingPolicy()
+    # Only DISABLED contexts: a request without a session is refused ...
+    assert choose(table, None, "/app/x", "theme=dark", 0.0, policy).status == 404
+    # ... one with a session may still go there (§2.3).
+    d = choose(table, None, "/app/x", "JSESSIONID=abc.n2", 0.0, policy)
+    assert d.node.route == "n2" and d.sticky
