@@ -48,7 +48,7 @@ from modcluster.ajp.protocol import (
     CPingFailed,
     IAJPResponseReceiver,
 )
-from modcluster.proxy._transport import direct_writer, is_plain_tcp
+from modcluster.proxy._transport import direct_writer
 from modcluster.proxy.headers import (
     RESP_CONNECTION,
     RESP_CONTENT_LENGTH,
@@ -81,23 +81,6 @@ _DEFAULT_PING = 10.0
 _CONTINUE = b"Continue"
 
 
-class _DirectTransport:
-    """
-    The node transport as L{AJPClientProtocol} sees it: C{write} goes straight
-    to the socket when nothing is buffered (L{direct_writer}, as the HTTP
-    forwarder writes); everything else is the transport's own.
-    """
-
-    __slots__ = ("_transport", "write")
-
-    def __init__(self, transport) -> None:
-        self._transport = transport
-        self.write = direct_writer(transport)
-
-    def __getattr__(self, name: str):
-        return getattr(self._transport, name)
-
-
 class _NodeProtocol(AJPClientProtocol):
     """
     L{AJPClientProtocol} that tells its L{AJPConnection} when the TCP
@@ -108,9 +91,6 @@ class _NodeProtocol(AJPClientProtocol):
     link: "AJPConnection"
 
     def connectionMade(self) -> None:
-        t = self.transport
-        if is_plain_tcp(t):
-            self.transport = _DirectTransport(t)
         AJPClientProtocol.connectionMade(self)
         self.link._connected()
 
@@ -134,7 +114,7 @@ class AJPConnection:
         self.fw = pool.fw
         self.rt = pool.rt
         proto = self.proto = _NodeProtocol(pool.fw.reactor, pool.packet_size, None,
-                                           pool.encoder)
+                                           pool.encoder, direct_writer)
         proto.link = self
         proto.onConnectionLost = self._lost
         self.ex = None

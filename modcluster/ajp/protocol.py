@@ -247,6 +247,7 @@ class AJPClientProtocol(Protocol):
         maxPacketSize: int = DEFAULT_PACKET_SIZE,
         readTimeout: Optional[float] = None,
         encoder: Optional[ForwardRequestEncoder] = None,
+        writer: Optional[Callable[[object], Callable[[bytes], None]]] = None,
     ) -> None:
         """
         @param clock: provider of C{callLater} and C{seconds} (the reactor,
@@ -257,6 +258,11 @@ class AJPClientProtocol(Protocol):
             L{AJPReadTimeout}; C{None} disables it.
         @param encoder: shared L{ForwardRequestEncoder} (its header-name
             cache); one is created if omitted.
+        @param writer: C{writer(transport)} returns the C{write(data)}
+            function used for everything sent to the container (for instance
+            L{modcluster.proxy._transport.direct_writer}); called once the
+            connection is made.  C{None}: C{transport.write}, looked up at
+            each write.
         """
         self._clock = clock
         self.maxPacketSize = check_packet_size(maxPacketSize)
@@ -289,6 +295,7 @@ class AJPClientProtocol(Protocol):
         self._pingDeferred: Optional[Deferred] = None
         self._pingTimer = None
         self.requestsSent = 0
+        self._writer = writer
 
     # -- state ---------------------------------------------------------------------
 
@@ -320,7 +327,14 @@ class AJPClientProtocol(Protocol):
 
     # -- Protocol --------------------------------------------------------------------
 
+    def _write(self, data: bytes) -> None:
+        # Without a writer: the transport's write, looked up at each call.
+        self.transport.write(data)
+
     def connectionMade(self) -> None:
+        writer = self._writer
+        if writer is not None:
+            self._write = writer(self.transport)
         setNoDelay = getattr(self.transport, "setTcpNoDelay", None)
         if setNoDelay is not None:
             try:
@@ -491,7 +505,7 @@ class AJPClientProtocol(Protocol):
             self._state = _PREPING
             self._forward = request
             self._pingTimer = self._clock.callLater(pingTimeout, self._prePingTimeout)
-            self.transport.write(CPING_PACKET)
+            self._write(CPING_PACKET)
         else:
             self._sendForward(request)
         return channel
@@ -511,7 +525,7 @@ class AJPClientProtocol(Protocol):
         self._state = _CPING
         d = self._pingDeferred = Deferred(self._cancelPing)
         self._pingTimer = self._clock.callLater(timeout, self._cpingTimeout)
-        self.transport.write(CPING_PACKET)
+        self._write(CPING_PACKET)
         return d
 
     def abort(self) -> None:
@@ -539,15 +553,15 @@ class AJPClientProtocol(Protocol):
             self._unsolicited = False
             self._bodySent = True
             chunk = self._take(self._chunkLimit)
-            self.transport.write(packet + body_chunk_header(len(chunk)) + chunk)
+            self._write(packet + body_chunk_header(len(chunk)) + chunk)
             self._checkProducer()
         else:
-            self.transport.write(packet)
+            self._write(packet)
             if self._unsolicited and self._bodyEnded:
                 # known length but the body ended empty: close the slot
                 self._unsolicited = False
                 self._emptySent = True
-                self.transport.write(EMPTY_BODY_PACKET)
+                self._write(EMPTY_BODY_PACKET)
         if self._readTimeout is not None and self._timer is None:
             # One timer per connection, not per request: it is left running
             # when an exchange ends and re-armed lazily from _lastRead.
@@ -576,12 +590,12 @@ class AJPClientProtocol(Protocol):
                 if len(data) <= self._owedLimit:
                     self._owed = 0
                     self._bodySent = True
-                    self.transport.write(body_chunk_header(len(data)) + data)
+                    self._write(body_chunk_header(len(data)) + data)
                     return True
             elif self._unsolicited and len(data) <= self._chunkLimit:
                 self._unsolicited = False
                 self._bodySent = True
-                self.transport.write(body_chunk_header(len(data)) + data)
+                self._write(body_chunk_header(len(data)) + data)
                 return True
         self._pending += data
         self._flushBody()
@@ -598,7 +612,7 @@ class AJPClientProtocol(Protocol):
                 # rather than leave the container waiting for the first packet.
                 self._unsolicited = False
                 self._emptySent = True
-                self.transport.write(EMPTY_BODY_PACKET)
+                self._write(EMPTY_BODY_PACKET)
             else:
                 self._flushBody()
         return True
@@ -616,16 +630,16 @@ class AJPClientProtocol(Protocol):
                 self._owed = 0
                 self._bodySent = True
                 chunk = self._take(self._owedLimit)
-                self.transport.write(body_chunk_header(len(chunk)) + chunk)
+                self._write(body_chunk_header(len(chunk)) + chunk)
             elif self._bodyEnded:
                 self._owed = 0
                 self._emptySent = True
-                self.transport.write(EMPTY_BODY_PACKET)
+                self._write(EMPTY_BODY_PACKET)
         elif self._unsolicited and self._pending:
             self._unsolicited = False
             self._bodySent = True
             chunk = self._take(self._chunkLimit)
-            self.transport.write(body_chunk_header(len(chunk)) + chunk)
+            self._write(body_chunk_header(len(chunk)) + chunk)
         self._checkProducer()
 
     def _checkProducer(self) -> None:
