@@ -140,6 +140,13 @@ class MCMPResource(Resource):
                                       peer=_peer(request))
         if not isinstance(result, Deferred):
             return self._write(request, result)
+        # A reply that is already there (a probe answered synchronously, e.g.
+        # with EnableOptions off) is written at once, without the
+        # NOT_DONE_YET/notifyFinish machinery.
+        early = []
+        result.addBoth(lambda r: early.append(r) or r)
+        if early and not isinstance(early[0], Failure):
+            return self._write(request, early[0])
         finished = []
         request.notifyFinish().addErrback(lambda _: finished.append(True))
 
