@@ -1,5 +1,6 @@
 """
-Reader for the captured exchanges in C{/work/shared/fixtures/*.txt}.
+Reader for the captured exchanges in C{tests/fixtures/*.txt} (copies of the
+project's shared fixtures: exact bytes captured from real peers).
 
 File layout (see each file's header)::
 
@@ -32,8 +33,9 @@ __all__ = [
     "parse_response",
 ]
 
-#: Where the shared fixture files live (override with TXMC_FIXTURES).
-FIXTURES = Path(os.environ.get("TXMC_FIXTURES", "/work/shared/fixtures"))
+#: Where the fixture files live (override with TXMC_FIXTURES).
+FIXTURES = Path(os.environ.get("TXMC_FIXTURES",
+                               Path(__file__).resolve().parents[1] / "fixtures"))
 
 
 @frozen

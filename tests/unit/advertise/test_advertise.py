@@ -42,7 +42,7 @@ from modcluster.advertise import (
     verify_datagram,
 )
 
-FIXTURE = Path("/work/shared/fixtures/tomcat10-mcmp-advertise-trace.txt")
+FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "tomcat10-mcmp-advertise-trace.txt"
 
 # Reference advertise.md section 2 / 3.1.
 REF_DATE = "Tue, 21 Jul 2026 10:05:00 GMT"
