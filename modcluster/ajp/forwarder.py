@@ -57,7 +57,7 @@ from modcluster.proxy.headers import (
     drop_listed,
     reason_phrase,
 )
-from modcluster.proxy.http import _OneShot, node_endpoint
+from modcluster.proxy.http import PooledForwarder, _OneShot, node_endpoint
 from modcluster.proxy.interfaces import (
     CONNECT,
     PROTOCOL,
@@ -619,7 +619,7 @@ def _server_name(host: Optional[bytes], client) -> bytes:
 
 
 @implementer(IForwarder)
-class AJPForwarder:
+class AJPForwarder(PooledForwarder):
     """
     L{IForwarder} for C{ajp} nodes.
 
@@ -628,6 +628,8 @@ class AJPForwarder:
         C{ajp_packet_size}, C{ajp_cping}, C{ajp_cping_idle}, C{timeout},
         C{max_idle_per_node}.
     """
+
+    pool_class = AJPPool
 
     def __init__(self, reactor, config) -> None:
         if config.ajp_cping not in CPING_MODES:
@@ -639,23 +641,8 @@ class AJPForwarder:
                                         if config.ajp_secret is not None else None)
         self.cping = config.ajp_cping
         self.cping_idle = config.ajp_cping_idle
-        self.now = reactor.seconds()
-        self.slack = 1.0
         self.in_forward = False
-        self._pools: dict[int, AJPPool] = {}
-        self._draining: list[AJPPool] = []
-
-    def pool(self, node) -> AJPPool:
-        """The pool of C{node}'s current registration (created on demand)."""
-        pool = self._pools.get(node.id)
-        if (pool is None or pool.rt is not node.rt
-                or (pool.settings is not node.settings and pool.settings != node.settings)):
-            if pool is not None:
-                self._retire(pool)
-            pool = self._pools[node.id] = AJPPool(self, node)
-        elif pool.settings is not node.settings:
-            pool.settings = node.settings
-        return pool
+        super().__init__(reactor)
 
     def encode(self, ex, pool: AJPPool) -> bytes:
         """
@@ -738,35 +725,6 @@ class AJPForwarder:
             return pool.acquire(exchange, packet, fresh)
         finally:
             self.in_forward = False
-
-    def _retire(self, pool: AJPPool) -> None:
-        pool.retire()
-        if pool.conns:
-            self._draining.append(pool)
-
-    def retain(self, nodes) -> None:
-        live = {n.id: n for n in nodes}
-        for nid, pool in list(self._pools.items()):
-            n = live.get(nid)
-            if (n is None or n.rt is not pool.rt
-                    or (n.settings is not pool.settings and n.settings != pool.settings)):
-                del self._pools[nid]
-                self._retire(pool)
-
-    def tick(self, now: float) -> None:
-        self.now = now
-        for pool in list(self._pools.values()):
-            pool.tick(now, self.slack)
-        if self._draining:
-            for pool in self._draining:
-                pool.tick(now, self.slack)
-            self._draining = [p for p in self._draining if p.conns]
-
-    def close(self) -> None:
-        for pool in list(self._pools.values()) + self._draining:
-            pool.close()
-        self._pools.clear()
-        self._draining = []
 
 
 @implementer(IUpstream)

@@ -639,51 +639,35 @@ class NodePool:
 
 
 @implementer(IForwarder)
-class HttpForwarder:
+class PooledForwarder:
     """
-    L{IForwarder} for C{http}, C{https}, C{ws} and C{wss} nodes.
-
-    @param node_tls: node → C{IOpenSSLClientConnectionCreator} for https/wss
-        nodes; default C{optionsForClientTLS(host)} (system trust store).
+    What every forwarder does with its per-node pools: one pool per node
+    registration (a re-registered node gets a fresh pool), pools of nodes that
+    left the table drain their busy connections, a coarse tick for timeouts.
+    Subclasses set C{pool_class} (built as C{pool_class(self, node)}).
     """
 
-    def __init__(self, reactor, config, node_tls: Optional[Callable] = None) -> None:
-        self.reactor = reactor
-        self.config = config
-        self.node_tls = node_tls
-        self.preserve_host = config.preserve_host
-        self.add_forwarded = config.add_forwarded_headers
-        self.server_name = config.server_name.encode("utf-8")
-        self.max_head = config.max_header_size
+    pool_class: type
+
+    def __init__(self, reactor) -> None:
         self.now = reactor.seconds()
         self.slack = 1.0
-        self._pools: dict[int, NodePool] = {}
-        self._draining: list[NodePool] = []
+        self._pools: dict = {}
+        self._draining: list = []
 
-    def pool(self, node) -> NodePool:
+    def pool(self, node):
         """The pool of C{node}'s current registration (created on demand)."""
         pool = self._pools.get(node.id)
         if (pool is None or pool.rt is not node.rt
                 or (pool.settings is not node.settings and pool.settings != node.settings)):
             if pool is not None:
                 self._retire(pool)
-            pool = self._pools[node.id] = NodePool(self, node)
+            pool = self._pools[node.id] = self.pool_class(self, node)
         elif pool.settings is not node.settings:
             pool.settings = node.settings
         return pool
 
-    def forward(self, exchange, fresh: bool = False):
-        node = exchange.node
-        pool = self._pools.get(node.id)
-        if pool is None or pool.rt is not node.rt or pool.settings is not node.settings:
-            try:
-                pool = self.pool(node)
-            except Exception as e:
-                log.failure("cannot set up connections to node {route}", route=node.route)
-                return _Unreachable(self.reactor, exchange, f"{type(e).__name__}: {e}")
-        return pool.acquire(exchange, fresh)
-
-    def _retire(self, pool: NodePool) -> None:
+    def _retire(self, pool) -> None:
         pool.retire()
         if pool.conns:
             self._draining.append(pool)
@@ -711,6 +695,38 @@ class HttpForwarder:
             pool.close()
         self._pools.clear()
         self._draining = []
+
+
+class HttpForwarder(PooledForwarder):
+    """
+    L{IForwarder} for C{http}, C{https}, C{ws} and C{wss} nodes.
+
+    @param node_tls: node → C{IOpenSSLClientConnectionCreator} for https/wss
+        nodes; default C{optionsForClientTLS(host)} (system trust store).
+    """
+
+    pool_class = NodePool
+
+    def __init__(self, reactor, config, node_tls: Optional[Callable] = None) -> None:
+        self.reactor = reactor
+        self.config = config
+        self.node_tls = node_tls
+        self.preserve_host = config.preserve_host
+        self.add_forwarded = config.add_forwarded_headers
+        self.server_name = config.server_name.encode("utf-8")
+        self.max_head = config.max_header_size
+        super().__init__(reactor)
+
+    def forward(self, exchange, fresh: bool = False):
+        node = exchange.node
+        pool = self._pools.get(node.id)
+        if pool is None or pool.rt is not node.rt or pool.settings is not node.settings:
+            try:
+                pool = self.pool(node)
+            except Exception as e:
+                log.failure("cannot set up connections to node {route}", route=node.route)
+                return _Unreachable(self.reactor, exchange, f"{type(e).__name__}: {e}")
+        return pool.acquire(exchange, fresh)
 
 
 @implementer(IUpstream)
