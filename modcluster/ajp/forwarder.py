@@ -57,7 +57,7 @@ from modcluster.proxy.headers import (
     drop_listed,
     reason_phrase,
 )
-from modcluster.proxy.http import PooledForwarder, _OneShot, node_endpoint
+from modcluster.proxy.http import PoolBase, PooledForwarder, _OneShot, node_endpoint
 from modcluster.proxy.interfaces import (
     CONNECT,
     PROTOCOL,
@@ -465,7 +465,7 @@ class AJPConnection:
         pass
 
 
-class AJPPool:
+class AJPPool(PoolBase):
     """
     The connections to one AJP node (one registration of it: a re-registered
     node gets a new pool).  Same semantics as the HTTP forwarder's
@@ -476,20 +476,9 @@ class AJPPool:
     """
 
     def __init__(self, fw: "AJPForwarder", node) -> None:
+        super().__init__(fw, node)
         s = node.settings
-        cfg = fw.config
-        self.fw = fw
-        self.node_id = node.id
-        self.settings = s
-        self.rt = node.rt
         self.route = s.route
-        self.worker = s.worker_name
-        self.idle: list[AJPConnection] = []
-        self.conns: set[AJPConnection] = set()
-        self.closed = False
-        self.max_idle = s.smax if s.smax >= 0 else cfg.max_idle_per_node
-        self.ttl = s.ttl
-        self.read_timeout = s.timeout if s.timeout > 0 else cfg.timeout
         self.ping_timeout = s.ping if s.ping > 0 else _DEFAULT_PING
         self.connect_timeout = self.ping_timeout
         self.flush_each = s.flushpackets == "On"
@@ -530,43 +519,12 @@ class AJPPool:
         c.reused = True
         self.idle.append(c)
 
-    def lost(self, c: AJPConnection) -> None:
-        self.conns.discard(c)
-        try:
-            self.idle.remove(c)
-        except ValueError:
-            pass
-
     def tick(self, now: float, slack: float) -> None:
         limit = self.read_timeout + slack
         for c in list(self.conns):
             if c.up and c.proto.busy:
                 c.proto.checkReadTimeout(now, limit)
-        idle = self.idle
-        excess = len(idle) - self.max_idle
-        if excess > 0 and self.ttl > 0:
-            n = 0
-            while n < excess and now - idle[n].idle_since > self.ttl:
-                n += 1
-            if n:
-                old = idle[:n]
-                del idle[:n]
-                for c in old:
-                    c._close()
-
-    def retire(self) -> None:
-        """Close idle connections now; busy ones close when their exchange ends."""
-        self.closed = True
-        idle = self.idle
-        self.idle = []
-        for c in idle:
-            c._close()
-
-    def close(self) -> None:
-        self.retire()
-        for c in list(self.conns):
-            c.abort()
-            c._close()
+        self.trim_idle(now)
 
 
 _tls_cache: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()

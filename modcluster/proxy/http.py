@@ -539,7 +539,65 @@ def _merged_forwarded(ex, server_name: bytes) -> list:
     return parts
 
 
-class NodePool:
+class PoolBase:
+    """
+    The bookkeeping every per-node pool shares: which connections exist, which
+    are idle (most recent last), the smax/ttl trimming of idle ones, retiring
+    and closing.  Connections provide C{idle_since}, C{_close()} and C{abort()}.
+    """
+
+    def __init__(self, fw, node) -> None:
+        s = node.settings
+        cfg = fw.config
+        self.fw = fw
+        self.node_id = node.id
+        self.settings = s
+        self.rt = node.rt
+        self.worker = s.worker_name
+        self.idle: list = []
+        self.conns: set = set()
+        self.closed = False
+        self.max_idle = s.smax if s.smax >= 0 else cfg.max_idle_per_node
+        self.ttl = s.ttl
+        self.read_timeout = s.timeout if s.timeout > 0 else cfg.timeout
+
+    def lost(self, conn) -> None:
+        self.conns.discard(conn)
+        try:
+            self.idle.remove(conn)
+        except ValueError:
+            pass
+
+    def trim_idle(self, now: float) -> None:
+        """Close idle connections beyond C{max_idle} unused for longer than C{ttl}."""
+        idle = self.idle
+        excess = len(idle) - self.max_idle
+        if excess > 0 and self.ttl > 0:
+            n = 0
+            while n < excess and now - idle[n].idle_since > self.ttl:
+                n += 1
+            if n:
+                old = idle[:n]
+                del idle[:n]
+                for conn in old:
+                    conn._close()
+
+    def retire(self) -> None:
+        """Close idle connections now; busy ones close when their exchange ends."""
+        self.closed = True
+        idle = self.idle
+        self.idle = []
+        for conn in idle:
+            conn._close()
+
+    def close(self) -> None:
+        self.retire()
+        for conn in list(self.conns):
+            conn.abort()
+            conn._close()
+
+
+class NodePool(PoolBase):
     """
     The connections to one node (one registration of it: a re-registered node
     gets a new pool).  Idle connections are reused most-recent first; the
@@ -548,19 +606,8 @@ class NodePool:
     """
 
     def __init__(self, fw: "HttpForwarder", node) -> None:
+        super().__init__(fw, node)
         s = node.settings
-        cfg = fw.config
-        self.fw = fw
-        self.node_id = node.id
-        self.settings = s
-        self.rt = node.rt
-        self.worker = s.worker_name
-        self.idle: list[NodeProtocol] = []
-        self.conns: set[NodeProtocol] = set()
-        self.closed = False
-        self.max_idle = s.smax if s.smax >= 0 else cfg.max_idle_per_node
-        self.ttl = s.ttl
-        self.read_timeout = s.timeout if s.timeout > 0 else cfg.timeout
         self.connect_timeout = s.ping if s.ping > 0 else 10.0
         tls = None
         secure = s.type in _TLS_TYPES
@@ -597,13 +644,6 @@ class NodePool:
         p.idle_since = self.fw.now
         self.idle.append(p)
 
-    def lost(self, p: NodeProtocol) -> None:
-        self.conns.discard(p)
-        try:
-            self.idle.remove(p)
-        except ValueError:
-            pass
-
     def tick(self, now: float, slack: float) -> None:
         limit = self.read_timeout + slack
         for p in list(self.conns):
@@ -611,31 +651,7 @@ class NodePool:
                 log.warn("node {route}: no data for {timeout:g} s", route=self.settings.route,
                          timeout=self.read_timeout)
                 p.timedOut()
-        idle = self.idle
-        excess = len(idle) - self.max_idle
-        if excess > 0 and self.ttl > 0:
-            n = 0
-            while n < excess and now - idle[n].idle_since > self.ttl:
-                n += 1
-            if n:
-                old = idle[:n]
-                del idle[:n]
-                for p in old:
-                    p._close()
-
-    def retire(self) -> None:
-        """Close idle connections now; busy ones close when their exchange ends."""
-        self.closed = True
-        idle = self.idle
-        self.idle = []
-        for p in idle:
-            p._close()
-
-    def close(self) -> None:
-        self.retire()
-        for p in list(self.conns):
-            p.abort()
-            p._close()
+        self.trim_idle(now)
 
 
 @implementer(IForwarder)
