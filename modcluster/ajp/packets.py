@@ -546,42 +546,22 @@ class ForwardRequestEncoder:
                 append(pack_H(len(value)))
                 append(value)
                 append(_NUL)
-            if secret is not None:
-                append(b"\x0c" + pack_H(len(secret)))
-                append(secret)
-                append(_NUL)
-            if code == STORED_METHOD:
-                append(b"\x0d" + pack_H(len(method)))
-                append(method)
-                append(_NUL)
-            if remote_user is not None:
-                append(b"\x03" + pack_H(len(remote_user)))
-                append(remote_user)
-                append(_NUL)
-            if auth_type is not None:
-                append(b"\x04" + pack_H(len(auth_type)))
-                append(auth_type)
-                append(_NUL)
-            if query_string is not None:
-                append(b"\x05" + pack_H(len(query_string)))
-                append(query_string)
-                append(_NUL)
-            if jvm_route is not None:
-                append(b"\x06" + pack_H(len(jvm_route)))
-                append(jvm_route)
-                append(_NUL)
-            if ssl_cert is not None:
-                append(b"\x07" + pack_H(len(ssl_cert)))
-                append(ssl_cert)
-                append(_NUL)
-            if ssl_cipher is not None:
-                append(b"\x08" + pack_H(len(ssl_cipher)))
-                append(ssl_cipher)
-                append(_NUL)
-            if ssl_session is not None:
-                append(b"\x09" + pack_H(len(ssl_session)))
-                append(ssl_session)
-                append(_NUL)
+            # Optional string attributes, in mod_proxy_ajp's order (secret first).
+            for prefix, value in (
+                (b"\x0c", secret),
+                (b"\x0d", method if code == STORED_METHOD else None),
+                (b"\x03", remote_user),
+                (b"\x04", auth_type),
+                (b"\x05", query_string),
+                (b"\x06", jvm_route),
+                (b"\x07", ssl_cert),
+                (b"\x08", ssl_cipher),
+                (b"\x09", ssl_session),
+            ):
+                if value is not None:
+                    append(prefix + pack_H(len(value)))
+                    append(value)
+                    append(_NUL)
             if ssl_key_size is not None:
                 if not 0 <= ssl_key_size <= 0xFFFF:
                     raise AJPEncodeError(f"ssl_key_size {ssl_key_size!r} out of range")
