@@ -57,7 +57,13 @@ from modcluster.proxy.headers import (
     drop_listed,
     reason_phrase,
 )
-from modcluster.proxy.http import PoolBase, PooledForwarder, _OneShot, node_endpoint
+from modcluster.proxy.http import (
+    PoolBase,
+    PooledForwarder,
+    _OneShot,
+    connect_failed,
+    node_endpoint,
+)
 from modcluster.proxy.interfaces import (
     CONNECT,
     PROTOCOL,
@@ -167,17 +173,7 @@ class AJPConnection:
         self.sync = False
 
     def _connectFailed(self, failure) -> None:
-        if self.sync:
-            self.fw.reactor.callLater(0, self._connectFailed, failure)
-            return
-        self.closed = True
-        self.pool.lost(self)
-        ex = self.ex
-        self.ex = None
-        if ex is not None:
-            ex.responseFailed(ForwardError(
-                CONNECT, f"cannot connect to {self.pool.worker}: "
-                         f"{failure.getErrorMessage() or failure.type.__name__}"))
+        connect_failed(self, failure)
 
     def _connected(self) -> None:
         self.up = True

@@ -100,6 +100,26 @@ class _Direct(ClientFactory):
         self.proto._connectFailed(reason)
 
 
+def connect_failed(conn, failure) -> None:
+    """
+    A node connection (HTTP or AJP) could not be established: forget it and
+    report a CONNECT failure to its exchange.  When the endpoint failed
+    synchronously (C{conn.sync}), report from the next reactor turn so the
+    front never sees a failure from inside its own C{forward} call.
+    """
+    if conn.sync:
+        conn.fw.reactor.callLater(0, connect_failed, conn, failure)
+        return
+    conn.closed = True
+    conn.pool.lost(conn)
+    ex = conn.ex
+    conn.ex = None
+    if ex is not None:
+        ex.responseFailed(ForwardError(
+            CONNECT, f"cannot connect to {conn.pool.worker}: "
+                     f"{failure.getErrorMessage() or failure.type.__name__}"))
+
+
 class _OneShot(Factory):
     """Hands a prepared protocol to the endpoint."""
 
@@ -186,17 +206,7 @@ class NodeProtocol(Protocol):
         self.sync = False
 
     def _connectFailed(self, failure) -> None:
-        if self.sync:
-            self.fw.reactor.callLater(0, self._connectFailed, failure)
-            return
-        self.closed = True
-        self.pool.lost(self)
-        ex = self.ex
-        self.ex = None
-        if ex is not None:
-            ex.responseFailed(ForwardError(
-                CONNECT, f"cannot connect to {self.pool.worker}: "
-                         f"{failure.getErrorMessage() or failure.type.__name__}"))
+        connect_failed(self, failure)
 
     # -- connection events -------------------------------------------------------
 
