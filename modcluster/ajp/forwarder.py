@@ -61,6 +61,7 @@ from modcluster.proxy.http import (
     PoolBase,
     PooledForwarder,
     _OneShot,
+    LocalUpstream,
     connect_failed,
     node_endpoint,
 )
@@ -663,63 +664,21 @@ class AJPForwarder(PooledForwarder):
             except Exception as e:
                 log.failure("cannot set up connections to AJP node {route}",
                             route=exchange.node.route)
-                return _Local(self.reactor, exchange,
+                return LocalUpstream(self.reactor, exchange,
                               ForwardError(CONNECT, f"{type(e).__name__}: {e}"))
             try:
                 packet = self.encode(exchange, pool)
             except RequestTooLarge as e:
                 log.info("AJP request head for {method} {target} too large: {error}",
                          method=exchange.method, target=exchange.target, error=str(e))
-                return _Local(self.reactor, exchange, status=400,
+                return LocalUpstream(self.reactor, exchange, status=400,
                               message="request head too large for the AJP packet size")
             except AJPEncodeError as e:
                 log.info("cannot encode {method} {target} for AJP: {error}",
                          method=exchange.method, target=exchange.target, error=str(e))
-                return _Local(self.reactor, exchange, status=400, message=str(e))
+                return LocalUpstream(self.reactor, exchange, status=400, message=str(e))
             return pool.acquire(exchange, packet, fresh)
         finally:
             self.in_forward = False
 
 
-@implementer(IUpstream)
-class _Local:
-    """
-    An attempt answered without a node connection: a failure (the pool cannot
-    be built) or the proxy's own response (a request head too large for AJP,
-    mod_proxy_ajp's 400).  Reported from the next reactor turn.
-    """
-
-    def __init__(self, reactor, ex, error: Optional[ForwardError] = None,
-                 status: int = 0, message: str = "") -> None:
-        self.ex = ex
-        reactor.callLater(0, self._fire, error, status, message)
-
-    def _fire(self, error, status, message) -> None:
-        ex = self.ex
-        self.ex = None
-        if ex is None:
-            return
-        if error is not None:
-            ex.responseFailed(error)
-            return
-        reason = reason_phrase(status)
-        body = b"%d %s: %s\n" % (status, reason, message.encode("utf-8", "replace"))
-        ex.responseHead(status, reason, [(b"Content-Type", b"text/plain; charset=utf-8"),
-                                         (b"Content-Length", b"%d" % len(body))], len(body))
-        ex.responseBody(body)
-        ex.responseEnd()
-
-    def requestBody(self, data: bytes) -> None:
-        pass
-
-    def requestBodyEnd(self) -> None:
-        pass
-
-    def pauseResponse(self) -> None:
-        pass
-
-    def resumeResponse(self) -> None:
-        pass
-
-    def abort(self) -> None:
-        self.ex = None

@@ -751,23 +751,39 @@ class HttpForwarder(PooledForwarder):
                 pool = self.pool(node)
             except Exception as e:
                 log.failure("cannot set up connections to node {route}", route=node.route)
-                return _Unreachable(self.reactor, exchange, f"{type(e).__name__}: {e}")
+                return LocalUpstream(self.reactor, exchange,
+                                     error=ForwardError(CONNECT, f"{type(e).__name__}: {e}"))
         return pool.acquire(exchange, fresh)
 
 
 @implementer(IUpstream)
-class _Unreachable:
-    """The upstream of a node whose pool cannot even be built (bad TLS files)."""
+class LocalUpstream:
+    """
+    An attempt answered without a node connection, for any forwarder: a
+    failure (the pool cannot be built, e.g. bad TLS files) or the proxy's own
+    response (e.g. a request head too large for AJP, mod_proxy_ajp's 400).
+    Reported from the next reactor turn.
+    """
 
-    def __init__(self, reactor, ex, message: str) -> None:
+    def __init__(self, reactor, ex, error: Optional[ForwardError] = None,
+                 status: int = 0, message: str = "") -> None:
         self.ex = ex
-        reactor.callLater(0, self._fail, message)
+        reactor.callLater(0, self._fire, error, status, message)
 
-    def _fail(self, message: str) -> None:
+    def _fire(self, error, status, message) -> None:
         ex = self.ex
         self.ex = None
-        if ex is not None:
-            ex.responseFailed(ForwardError(CONNECT, message))
+        if ex is None:
+            return
+        if error is not None:
+            ex.responseFailed(error)
+            return
+        reason = reason_phrase(status)
+        body = b"%d %s: %s\n" % (status, reason, message.encode("utf-8", "replace"))
+        ex.responseHead(status, reason, [(b"Content-Type", b"text/plain; charset=utf-8"),
+                                         (b"Content-Length", b"%d" % len(body))], len(body))
+        ex.responseBody(body)
+        ex.responseEnd()
 
     def requestBody(self, data: bytes) -> None:
         pass
