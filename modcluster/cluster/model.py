@@ -18,6 +18,8 @@ Two kinds of object live here:
 from __future__ import annotations
 
 import enum
+
+import attrs
 from typing import Optional
 
 from attrs import field, frozen
@@ -35,6 +37,22 @@ __all__ = [
     "MEMO_MAX",
     "MEMO_PATH_MAX",
 ]
+
+
+def _check_types(value) -> None:
+    """
+    Refuse settings whose fields have the wrong type (e.g. from a damaged state
+    file): C{TypeError} naming the field.
+    """
+    for f in attrs.fields(type(value)):
+        v = getattr(value, f.name)
+        want = f.type
+        ok = (type(v) is bool if want == "bool"
+              else isinstance(v, str) if want == "str"
+              else isinstance(v, int) and not isinstance(v, bool) if want == "int"
+              else isinstance(v, (int, float)) and not isinstance(v, bool))
+        if not ok:
+            raise TypeError(f"{type(value).__name__}.{f.name}: expected {want}, got {v!r}")
 
 
 class ContextState(enum.IntEnum):
@@ -61,6 +79,9 @@ class BalancerSettings:
     wait_worker: float = 0.0
     max_attempts: int = 1
 
+    def __attrs_post_init__(self) -> None:
+        _check_types(self)
+
 
 @frozen
 class NodeSettings:
@@ -79,6 +100,11 @@ class NodeSettings:
     smax: int = -1
     ttl: float = 60.0
     timeout: float = 0.0
+
+    def __attrs_post_init__(self) -> None:
+        _check_types(self)
+        if not 0 < self.port < 65536:
+            raise ValueError(f"NodeSettings.port: {self.port} is not a TCP port")
 
     def hard_key(self) -> tuple:
         """

@@ -667,6 +667,24 @@ class Registry:
             raise ValueError("restore() needs an empty registry")
         if state.get("format") != 1:
             raise ValueError(f"unknown state format {state.get('format')!r}")
+        try:
+            return self._restore(state)
+        except Exception:
+            self._empty()  # all or nothing: never keep half a saved state
+            raise
+
+    def _empty(self) -> None:
+        self.balancers = {}
+        self._nodes = {}
+        self._node_ids = _Ids()
+        self._alias_ids = _Ids()
+        self._context_ids = _Ids()
+        self._alias_count = 0
+        self._context_count = 0
+        self._removed_domains = {}
+        self._table = None
+
+    def _restore(self, state: dict) -> int:
         now = self._clock.seconds()
         for b in state["balancers"]:
             settings = BalancerSettings(**b)

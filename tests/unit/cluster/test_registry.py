@@ -316,3 +316,37 @@ def test_forwarding_failures_are_counted_and_cleared_by_a_success():
     assert rt.failures == 2 and rt.in_error and rt.error_reason == "connect refused"
     reg.clear_error("node1", "answered a request")
     assert not rt.in_error and rt.failures == 2
+
+
+@pytest.mark.parametrize("change", [
+    lambda n: n["settings"].update(port="8009"),
+    lambda n: n["settings"].update(port=0),
+    lambda n: n["settings"].update(reversed="no"),
+    lambda n: n["settings"].update(ping=None),
+    lambda n: n["settings"].update(bogus=1),
+])
+def test_restore_refuses_damaged_settings(change):
+    clock, reg = make()
+    register(reg, load=40)
+    register(reg, "node2", 9009)
+    state2 = json.loads(json.dumps(reg.to_state()))
+    change(state2["nodes"][1])  # the second node is damaged: nothing is kept
+    clock2, reg2 = make()
+    with pytest.raises((TypeError, ValueError)):
+        reg2.restore(state2)
+    assert reg2.nodes() == [] and reg2.balancers == {} and reg2.counts["contexts"] == 0
+    assert reg2.table.nodes == ()
+
+
+def test_state_store_quarantines_a_damaged_file(tmp_path):
+    from modcluster.cluster.persistence import StateStore, write_state
+
+    clock, reg = make()
+    register(reg, load=40)
+    state = reg.to_state()
+    state["nodes"][0]["settings"]["port"] = "8009"
+    path = tmp_path / "state.json"
+    write_state(str(path), state)
+    clock2, reg2 = make()
+    StateStore(reg2, str(path), clock2).restore()
+    assert reg2.nodes() == [] and (tmp_path / "state.json.bad").exists()
