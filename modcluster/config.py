@@ -71,12 +71,24 @@ def _at_least(minimum: float):
     return check
 
 
+def _at_most(maximum: float):
+    def check(inst: object, att: attrs.Attribute, value: Any) -> None:
+        if value is not None and value > maximum:
+            raise ValueError(f"must be at most {maximum}", att)
+
+    return check
+
+
 def _one_of(*choices: str):
     def check(inst: object, att: attrs.Attribute, value: Any) -> None:
         if value not in choices:
             raise ValueError(f"must be one of {', '.join(map(repr, choices))}", att)
 
     return check
+
+
+#: Listener kinds the worker processes can share (see modcluster/proxy/workers.py).
+WORKER_LISTENER_KINDS = ("tcp", "tcp6", "ssl")
 
 
 def _endpoint_list(inst: object, att: attrs.Attribute, value: tuple) -> None:
@@ -246,6 +258,13 @@ class ProxyConfig:
         default=("tcp:8000:interface=127.0.0.1",), validator=_endpoint_list, metadata=_doc(
             "Endpoint descriptions for client traffic; an `ssl:` endpoint serves HTTPS.",
             "Listen"))
+    workers: int = field(default=1, validator=[_at_least(1), _at_most(64)], metadata=_doc(
+        "Data-plane processes.  1 serves clients in the main process.  With N > 1 the "
+        "main process keeps MCMP, the registry, health checks and the console, and N "
+        "worker processes accept client connections on `listen` (one `SO_REUSEPORT` "
+        "socket each) and forward them, fed routing snapshots by the main process.  "
+        "Set it to the number of cores the proxy may use.  Only `tcp`, `tcp6` and "
+        "`ssl` listeners then (see docs/data-plane.md, \"Worker processes\").", ""))
     use_alias: bool = field(default=False, metadata=_doc(
         "Route a request only to contexts whose virtual host has the request's host name "
         "as an alias.", "UseAlias"))
@@ -483,6 +502,13 @@ def _cross_checks(config: Config, source: str) -> None:
         raise ConfigError(source, "console.listen", "console.enabled is false")
     if not config.manager.listen:
         raise ConfigError(source, "manager.listen", "at least one listener is needed")
+    if config.proxy.workers > 1:
+        for item in config.proxy.listen:
+            if item.split(":", 1)[0] not in WORKER_LISTENER_KINDS:
+                raise ConfigError(
+                    source, "proxy.listen",
+                    f"{item!r}: with proxy.workers > 1 only "
+                    f"{', '.join(WORKER_LISTENER_KINDS)} listeners can be shared")
 
 
 def iter_fields(cls: type = Config, prefix: str = ""):

@@ -185,18 +185,40 @@ def build(config: Config, reactor, demo: bool = False) -> MultiService:
     return top
 
 
-def _proxy(config: Config, reactor, registry, node_tls) -> MultiService:
-    """The client listeners, sharing one factory (routing policy, node pools)."""
+def _proxy(config: Config, reactor, registry, node_tls):
+    """
+    The data plane: the client listeners on one in-process factory, or, with
+    C{proxy.workers} > 1, the worker processes that serve them.
+    """
+    p = config.proxy
+    if p.workers > 1:
+        from modcluster.proxy.workers import WorkerPool
+
+        return WorkerPool(reactor, config, registry)
+    factory = _proxy_factory(
+        config, reactor, table=lambda: registry.table,
+        on_node_failure=registry.set_error,
+        on_node_success=lambda route: registry.clear_error(route, "answered a request"),
+        node_tls=node_tls)
+    services = MultiService()
+    services.factory = factory
+    for description in p.listen:
+        strports.service(description, factory, reactor=reactor).setServiceParent(services)
+    return services
+
+
+def _proxy_factory(config: Config, reactor, table, on_node_failure, on_node_success,
+                   node_tls):
+    """The client-side factory with its HTTP and AJP forwarders and routing policy."""
     from modcluster.ajp.forwarder import AJPForwarder
     from modcluster.balancer import RoutingPolicy
     from modcluster.proxy.front import ProxyFactory
 
     p = config.proxy
     factory = ProxyFactory(
-        reactor, p,
-        table=lambda: registry.table,
-        on_node_failure=registry.set_error,
-        on_node_success=lambda route: registry.clear_error(route, "answered a request"),
+        reactor, p, table=table,
+        on_node_failure=on_node_failure,
+        on_node_success=on_node_success,
         forwarders={"ajp": AJPForwarder(reactor, p)},
         node_tls=node_tls,
         policy=RoutingPolicy(
@@ -212,11 +234,32 @@ def _proxy(config: Config, reactor, registry, node_tls) -> MultiService:
         else:
             log.info("proxy: reactor {reactor} kept as it is (fast_event_loop needs an "
                      "unmodified epoll reactor)", reactor=type(reactor).__name__)
-    services = MultiService()
-    services.factory = factory
-    for description in p.listen:
-        strports.service(description, factory, reactor=reactor).setServiceParent(services)
-    return services
+    return factory
+
+
+def build_worker(config: Config, reactor, listeners, send):
+    """
+    Assemble a data-plane worker process (see modcluster/proxy/workers.py): the
+    proxy factory routing on a L{Mirror} of the control process's registry,
+    serving the inherited sockets C{listeners} = C{[(fd, family, description)]};
+    C{send(message)} reaches the control process.
+    """
+    from modcluster.cluster.mirror import Mirror
+    from modcluster.proxy.workers import WorkerService
+
+    mirror = Mirror(reactor.seconds(), config.manager.lbstatus_recalc_time)
+
+    def failed(route: str, reason: str) -> None:
+        mirror.node_failed(route, reactor.seconds())
+        send(["fail", route, reason])
+
+    def answered(route: str) -> None:
+        mirror.node_answered(route)
+        send(["ok", route])
+
+    factory = _proxy_factory(config, reactor, lambda: mirror.table, failed, answered,
+                             _node_tls(config))
+    return WorkerService(reactor, mirror, factory, listeners, send)
 
 
 def _listen(reactor, description: str, site, tls_config):
@@ -279,4 +322,4 @@ def _advertiser(config: Config, reactor):
         manager_url=a.manager_url, manager_protocol=protocol)
 
 
-__all__ = ["Options", "makeService", "build", "endpoint_address"]
+__all__ = ["Options", "makeService", "build", "build_worker", "endpoint_address"]

@@ -18,6 +18,7 @@ Two kinds of object live here:
 from __future__ import annotations
 
 import enum
+import itertools
 
 import attrs
 from typing import Optional
@@ -36,7 +37,13 @@ __all__ = [
     "FLUSH_MODES",
     "MEMO_MAX",
     "MEMO_PATH_MAX",
+    "recalc_lbstatus",
 ]
+
+#: Process-wide serial numbers of runtime records: a node or context that is
+#: registered again gets a new record and a new serial, so the counters of the
+#: data-plane workers (modcluster/cluster/mirror.py) never land on a successor.
+_serials = itertools.count(1)
 
 
 def _check_types(value) -> None:
@@ -136,10 +143,11 @@ class NodeRuntime:
         "lbfactor", "in_error", "error_since", "error_reason", "removed", "unverified",
         "elected", "oldelected", "lbstatus", "read", "oldread", "transferred", "busy",
         "num_failure_idle", "updatetimelb", "requests", "failures", "last_status",
-        "last_alive",
+        "last_alive", "serial", "__weakref__",
     )
 
-    def __init__(self, now: float = 0.0) -> None:
+    def __init__(self, now: float = 0.0, serial: Optional[int] = None) -> None:
+        self.serial = next(_serials) if serial is None else serial
         self.lbfactor = -1
         self.in_error = False
         self.error_since = 0.0
@@ -174,12 +182,33 @@ class NodeRuntime:
         return True
 
 
+def recalc_lbstatus(rt: NodeRuntime, now: float, interval: float) -> Optional[bool]:
+    """
+    mod_proxy_cluster's periodic load statistics of one node: once per
+    C{interval} seconds, C{lbstatus} becomes the elections of the last interval
+    scaled by the load factor, and C{oldelected}/C{oldread} move on.  Returns
+    C{None} when the interval has not elapsed, else whether the node was idle
+    (nothing read from it during the interval).
+    """
+    if now - rt.updatetimelb < interval:
+        return None
+    oldelected_prev = rt.oldelected
+    rt.oldelected = rt.elected
+    oldread_prev = rt.oldread
+    rt.oldread = rt.read
+    rt.updatetimelb = now
+    if rt.lbfactor > 0:
+        rt.lbstatus = ((rt.elected - oldelected_prev) * 1000) // rt.lbfactor
+    return rt.read == oldread_prev
+
+
 class ContextRuntime:
     """Changing numbers of one context record."""
 
-    __slots__ = ("in_flight", "requests")
+    __slots__ = ("in_flight", "requests", "serial", "__weakref__")
 
-    def __init__(self) -> None:
+    def __init__(self, serial: Optional[int] = None) -> None:
+        self.serial = next(_serials) if serial is None else serial
         self.in_flight = 0
         self.requests = 0
 

@@ -29,6 +29,7 @@ from modcluster.cluster.model import (
     NodeRuntime,
     NodeSettings,
     RoutingTable,
+    recalc_lbstatus,
 )
 
 __all__ = ["AppResult", "Limits", "Registry", "APP_COMMANDS"]
@@ -160,6 +161,7 @@ class Registry:
         self.events: deque[dict] = deque(maxlen=event_log_size)
         self._observers: list[Callable[[dict], None]] = []
         self._structure_observers: list[Callable[[], None]] = []
+        self._node_observers: list[Callable[[NodeRuntime], None]] = []
 
     # -- events ------------------------------------------------------------
 
@@ -170,6 +172,21 @@ class Registry:
     def on_structure_change(self, callback: Callable[[], None]) -> None:
         """Call C{callback()} whenever nodes, aliases or contexts change (persistence)."""
         self._structure_observers.append(callback)
+
+    def on_node_change(self, callback: Callable[[NodeRuntime], None]) -> None:
+        """
+        Call C{callback(rt)} whenever what the election reads of one node changes
+        without a structure change: its load factor or error state (the data-plane
+        workers get these as small updates instead of a new snapshot).
+        """
+        self._node_observers.append(callback)
+
+    def _node_changed(self, node: _Node) -> None:
+        for callback in self._node_observers:
+            try:
+                callback(node.rt)
+            except Exception:
+                self.log.failure("node observer failed")
 
     def _event(self, kind: str, fmt: str, **fields) -> None:
         event = {"time": self._clock.seconds(), "event": kind, **fields}
@@ -512,7 +529,8 @@ class Registry:
         if rt.lbfactor != load:
             self._event("node.load", "node {route} load {old} -> {load}",
                         route=route, load=load, old=rt.lbfactor)
-        rt.lbfactor = load
+            rt.lbfactor = load
+            self._node_changed(node)
         self._clear_error(node, "STATUS with Load={load}".format(load=load))
         return True
 
@@ -538,6 +556,7 @@ class Registry:
             rt.error_reason = reason
             self._event("node.error", "node {route} in error: {reason}",
                         route=node.route, reason=reason)
+        self._node_changed(node)
 
     def _clear_error(self, node: _Node, why: str) -> None:
         if node.rt.in_error:
@@ -545,6 +564,7 @@ class Registry:
             node.rt.error_reason = ""
             self._event("node.recovered", "node {route} recovered ({why})",
                         route=node.route, why=why)
+            self._node_changed(node)
 
     def probe_result(self, route: str, ok: bool) -> None:
         """Result of an idle-node health probe (balancing.md §6.3)."""
@@ -574,21 +594,13 @@ class Registry:
         self._purge(now)
         idle = []
         table = self.table
+        interval = self.limits.lbstatus_recalc_time
         for entry in table.nodes:
-            rt = entry.rt
-            if now - rt.updatetimelb < self.limits.lbstatus_recalc_time:
-                continue
-            oldelected_prev = rt.oldelected
-            rt.oldelected = rt.elected
-            oldread_prev = rt.oldread
-            rt.oldread = rt.read
-            rt.updatetimelb = now
-            if rt.lbfactor > 0:
-                rt.lbstatus = ((rt.elected - oldelected_prev) * 1000) // rt.lbfactor
-            if rt.read == oldread_prev:
+            was_idle = recalc_lbstatus(entry.rt, now, interval)
+            if was_idle:
                 idle.append(entry)
-            else:
-                rt.num_failure_idle = 0
+            elif was_idle is not None:
+                entry.rt.num_failure_idle = 0
         return idle
 
     def _purge(self, now: float, force: bool = False) -> None:

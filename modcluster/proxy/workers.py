@@ -1,0 +1,598 @@
+"""
+Data-plane worker processes (C{proxy.workers} > 1).
+
+One Python process forwards on one core.  With C{proxy.workers = N} the main
+(control) process keeps MCMP, the registry, health checks, persistence, the
+console, API and metrics, and starts N worker processes that accept the client
+connections and forward them:
+
+ - the control process binds, for every C{proxy.listen} endpoint, one listening
+   socket per worker with C{SO_REUSEPORT} on the same address (the kernel
+   spreads new connections over them), and hands each worker its sockets as
+   inherited file descriptors (L{bind_shared}); a worker that dies is started
+   again on the same sockets, so connections waiting in its accept queue are
+   served by its successor;
+ - it feeds every worker routing snapshots and node updates over the worker's
+   stdin (L{modcluster.cluster.mirror}), and reads the worker's counter reports,
+   node failures and log events from the worker's file descriptor 3;
+ - workers exit when their stdin closes, so they never outlive the control
+   process.
+
+Messages are length-prefixed frames: pickles from the control process to the
+workers it started (it trusts them with its own configuration), JSON from the
+workers back (the control process never unpickles what a worker sends).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import socket
+import struct
+import sys
+from typing import Callable, Optional
+
+import attrs
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import ProcessDone
+from twisted.internet.protocol import ProcessProtocol, Protocol
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger, LogLevel, formatEvent
+from twisted.protocols.tls import TLSMemoryBIOFactory
+
+from modcluster.cluster.mirror import CounterSink, Mirror, encode_node_updates, encode_snapshot
+
+__all__ = [
+    "ControlChannel",
+    "FrameDecoder",
+    "SharedListener",
+    "WorkerPool",
+    "WorkerService",
+    "bind_shared",
+    "frame",
+]
+
+log = Logger(namespace="modcluster.workers")
+worker_log = Logger(namespace="modcluster.worker")
+
+_LENGTH = struct.Struct("!I")
+#: Largest frame a worker accepts (snapshots of very large clusters).
+MAX_TO_WORKER = 1 << 30
+#: Largest frame the control process accepts from a worker.
+MAX_FROM_WORKER = 16 << 20
+#: After a snapshot of N records (nodes + contexts), the next one waits
+#: N x SNAPSHOT_PACING seconds (at most SNAPSHOT_MAX_WAIT), so a burst of
+#: registrations in a large cluster costs a bounded share of CPU while a small
+#: cluster's changes reach the workers at once.
+SNAPSHOT_PACING = 20e-6
+SNAPSHOT_MAX_WAIT = 0.5
+#: Seconds between a worker's counter reports (when something changed).
+REPORT_INTERVAL = 0.1
+#: Seconds a stopping worker gets before it is killed.
+STOP_TIMEOUT = 10.0
+#: Restart delays after a worker died: first, maximum.
+RESTART_DELAY = (0.5, 30.0)
+#: A worker that ran this long before dying restarts after the first delay again.
+STABLE_RUN = 10.0
+#: File descriptor of the worker -> control channel in the worker; the listening
+#: sockets follow it.
+CHANNEL_FD = 3
+
+
+def frame(payload: bytes) -> bytes:
+    return _LENGTH.pack(len(payload)) + payload
+
+
+class FrameDecoder:
+    """Splits a byte stream into length-prefixed frames."""
+
+    def __init__(self, max_length: int) -> None:
+        self.max_length = max_length
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """The complete frames C{data} finishes. @raise ValueError: a frame is too long."""
+        buf = self._buffer
+        buf += data
+        frames = []
+        offset = 0
+        while len(buf) - offset >= 4:
+            (length,) = _LENGTH.unpack_from(buf, offset)
+            if length > self.max_length:
+                raise ValueError(f"frame of {length} bytes (limit {self.max_length})")
+            end = offset + 4 + length
+            if end > len(buf):
+                break
+            frames.append(bytes(buf[offset + 4:end]))
+            offset = end
+        if offset:
+            del buf[:offset]
+        return frames
+
+
+# -- listening sockets ----------------------------------------------------------
+
+
+@attrs.frozen
+class SharedListener:
+    """One C{proxy.listen} endpoint bound once per worker."""
+
+    description: str
+    kind: str
+    family: int
+    host: str
+    port: int
+    sockets: tuple
+
+
+class _AddressRecorder:
+    """
+    Stands in for the reactor when a server endpoint description is parsed, to
+    learn the address, port and backlog it would listen on.
+    """
+
+    def __init__(self) -> None:
+        self.args: Optional[tuple] = None
+
+    def listenTCP(self, port, factory, backlog=50, interface=""):
+        self.args = ("tcp", port, backlog, interface)
+
+    def listenSSL(self, port, factory, contextFactory, backlog=50, interface=""):
+        self.args = ("ssl", port, backlog, interface)
+
+
+def bind_shared(description: str, count: int, reactor=None) -> SharedListener:
+    """
+    Bind C{count} listening sockets with C{SO_REUSEPORT} on the address of the
+    server endpoint C{description} (C{tcp:}, C{tcp6:} or C{ssl:}; port 0 picks
+    one free port for all of them).  For C{ssl:} the certificate is loaded here
+    too, so a bad one fails the start of the control process.
+    """
+    from modcluster.config import WORKER_LISTENER_KINDS
+
+    if description.split(":", 1)[0] not in WORKER_LISTENER_KINDS:
+        raise ValueError(f"{description!r}: cannot be shared by worker processes")
+    recorder = _AddressRecorder()
+    serverFromString(recorder, description).listen(None).addErrback(lambda _: None)
+    if recorder.args is None:
+        raise ValueError(f"{description!r}: cannot be shared by worker processes")
+    kind, port, backlog, interface = recorder.args
+    family = socket.AF_INET6 if ":" in interface else socket.AF_INET
+    host = interface or "0.0.0.0"
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket(family, socket.SOCK_STREAM)
+            sockets.append(s)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            s.bind((host, port))
+            port = s.getsockname()[1]
+            s.listen(backlog)
+            s.setblocking(False)
+    except OSError:
+        for s in sockets:
+            s.close()
+        raise
+    return SharedListener(description, kind, family, host, port, tuple(sockets))
+
+
+class _Adopter:
+    """
+    Stands in for the reactor when a worker "listens" on an endpoint
+    description: it adopts the inherited socket instead (wrapped in TLS for
+    C{ssl:}, as C{listenSSL} would).
+    """
+
+    def __init__(self, reactor, fd: int, family: int) -> None:
+        self._reactor = reactor
+        self._fd = fd
+        self._family = family
+
+    def listenTCP(self, port, factory, backlog=50, interface=""):
+        return self._reactor.adoptStreamPort(self._fd, self._family, factory)
+
+    def listenSSL(self, port, factory, contextFactory, backlog=50, interface=""):
+        return self._reactor.adoptStreamPort(
+            self._fd, self._family, TLSMemoryBIOFactory(contextFactory, False, factory))
+
+
+# -- control process --------------------------------------------------------------
+
+
+class _Worker(ProcessProtocol):
+    """The control process's end of one worker process."""
+
+    def __init__(self, pool: "WorkerPool", index: int) -> None:
+        self.pool = pool
+        self.index = index
+        self.pid: Optional[int] = None
+        self.started = pool.reactor.seconds()
+        self.ready = False
+        #: generation of the last snapshot the worker loaded
+        self.generation = 0
+        self.ended: defer.Deferred = defer.Deferred()
+        #: the frame that starts the worker (config, index, sockets)
+        self.init = b""
+        self._decoder = FrameDecoder(MAX_FROM_WORKER)
+        self._stray = {1: b"", 2: b""}
+
+    def connectionMade(self) -> None:
+        self.pid = self.transport.pid
+        self.pool._worker_started(self)
+
+    def send(self, payload: bytes) -> None:
+        if self.transport is not None:
+            self.transport.writeToChild(0, payload)
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        if childFD != CHANNEL_FD:
+            self._stray_output(childFD, data)
+            return
+        try:
+            frames = self._decoder.feed(data)
+        except ValueError as e:
+            log.error("worker {worker}: broken channel ({why}); killing it",
+                      worker=self.index, why=str(e))
+            self._kill()
+            return
+        for payload in frames:
+            try:
+                message = json.loads(payload)
+                self.pool._message(self, message)
+            except Exception:
+                log.failure("worker {worker}: bad message {head!r}", worker=self.index,
+                            head=payload[:80])
+
+    def _stray_output(self, fd: int, data: bytes) -> None:
+        buf = self._stray.get(fd, b"") + data
+        *lines, rest = buf.split(b"\n")
+        self._stray[fd] = rest[-4096:]
+        for line in lines:
+            worker_log.warn("worker {worker} (pid {pid}) wrote: {line}", worker=self.index,
+                            pid=self.pid, line=line.decode("utf-8", "replace"))
+
+    def _kill(self) -> None:
+        try:
+            self.transport.signalProcess("KILL")
+        except Exception:
+            pass
+
+    def processEnded(self, reason) -> None:
+        for fd, rest in self._stray.items():
+            if rest:
+                self._stray_output(fd, b"\n")
+        self.transport = None
+        self.pool._worker_ended(self, reason)
+        self.ended.callback(None)
+
+
+class WorkerPool(Service):
+    """
+    Starts and supervises the worker processes and keeps them fed.
+
+    @param reactor: provides C{IReactorProcess} and C{IReactorTime}.
+    @param config: the whole L{modcluster.config.Config} (sent to the workers).
+    @param registry: the L{Registry} whose snapshots the workers route on.
+    @param argv: command line of a worker (default: this Python, C{-m
+        modcluster.worker}).
+    """
+
+    def __init__(self, reactor, config, registry, argv: Optional[list[str]] = None,
+                 env: Optional[dict] = None) -> None:
+        self.reactor = reactor
+        self.config = config
+        self.registry = registry
+        self.count = config.proxy.workers
+        self.argv = argv or [sys.executable, "-m", "modcluster.worker"]
+        self.env = env if env is not None else _worker_env()
+        self.sink = CounterSink()
+        self.listeners: list[SharedListener] = []
+        self.workers: dict[int, _Worker] = {}
+        self.restarts = 0
+        self._delays: dict[int, float] = {}
+        self._restart_calls: dict[int, object] = {}
+        self._stopping = False
+        self._snapshot_call = None
+        self._next_snapshot = 0.0
+        self._updates: dict[int, object] = {}
+        self._update_call = None
+        registry.on_structure_change(self._structure_changed)
+        registry.on_node_change(self._node_changed)
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def startService(self) -> None:
+        self._stopping = False
+        if not self.listeners:
+            self.listeners = [bind_shared(d, self.count) for d in self.config.proxy.listen]
+        for listener in self.listeners:
+            log.info("proxy: {description} bound on {host}:{port} for {count} workers",
+                     description=listener.description, host=listener.host,
+                     port=listener.port, count=self.count)
+        super().startService()
+        for index in range(self.count):
+            self._spawn(index)
+
+    def stopService(self) -> defer.Deferred:
+        super().stopService()
+        self._stopping = True
+        for call in (self._snapshot_call, self._update_call,
+                     *self._restart_calls.values()):
+            if call is not None and call.active():
+                call.cancel()
+        self._restart_calls.clear()
+        waits = []
+        for worker in list(self.workers.values()):
+            waits.append(worker.ended)
+            try:
+                worker.send(frame(pickle.dumps(("stop",))))
+                worker.transport.closeStdin()
+            except Exception:
+                worker._kill()
+        killer = self.reactor.callLater(STOP_TIMEOUT, self._kill_all)
+        done = defer.gatherResults(waits)
+
+        def finished(_):
+            if killer.active():
+                killer.cancel()
+            for listener in self.listeners:
+                for s in listener.sockets:
+                    s.close()
+            self.listeners = []
+
+        return done.addBoth(finished)
+
+    def _kill_all(self) -> None:
+        for worker in list(self.workers.values()):
+            log.warn("worker {worker} (pid {pid}) did not stop in {timeout} s; killing it",
+                     worker=worker.index, pid=worker.pid, timeout=STOP_TIMEOUT)
+            worker._kill()
+
+    def _spawn(self, index: int) -> None:
+        self._restart_calls.pop(index, None)
+        child_fds = {0: "w", 1: "r", 2: "r", CHANNEL_FD: "r"}
+        listeners = []
+        fd = CHANNEL_FD + 1
+        for listener in self.listeners:
+            child_fds[fd] = listener.sockets[index].fileno()
+            listeners.append((fd, listener.family, listener.description))
+            fd += 1
+        worker = _Worker(self, index)
+        self.workers[index] = worker
+        worker.init = frame(pickle.dumps(("init", self.config, index, listeners)))
+        try:
+            self.reactor.spawnProcess(worker, self.argv[0], self.argv, env=self.env,
+                                      childFDs=child_fds)
+        except Exception:
+            log.failure("worker {worker}: cannot start", worker=index)
+            del self.workers[index]
+            self._schedule_restart(index, 0.0)
+
+    def _worker_started(self, worker: _Worker) -> None:
+        worker.send(worker.init)
+        worker.send(self._snapshot_payload())
+
+    def _worker_ended(self, worker: _Worker, reason) -> None:
+        if self.workers.get(worker.index) is worker:
+            del self.workers[worker.index]
+        self.sink.forget(worker.index)
+        if self._stopping:
+            log.info("worker {worker} (pid {pid}) stopped", worker=worker.index, pid=worker.pid)
+            return
+        ran = self.reactor.seconds() - worker.started
+        status = ("exited normally" if reason.check(ProcessDone)
+                  else str(reason.value))
+        self.restarts += 1
+        self._schedule_restart(worker.index, ran)
+        log.error("worker {worker} (pid {pid}) ended after {ran:.1f} s: {status}; "
+                  "restarting it in {delay} s", worker=worker.index, pid=worker.pid,
+                  ran=ran, status=status, delay=self._delays[worker.index])
+
+    def _schedule_restart(self, index: int, ran: float) -> None:
+        first, most = RESTART_DELAY
+        previous = self._delays.get(index)
+        delay = first if previous is None or ran >= STABLE_RUN else min(previous * 2, most)
+        self._delays[index] = delay
+        self._restart_calls[index] = self.reactor.callLater(delay, self._spawn, index)
+
+    # -- feeding -----------------------------------------------------------------
+
+    def _snapshot_payload(self) -> bytes:
+        table = self.registry.table
+        self.sink.track(table)
+        snapshot = encode_snapshot(table)
+        records = len(snapshot[2]) + len(snapshot[3])
+        self._next_snapshot = self.reactor.seconds() + min(SNAPSHOT_MAX_WAIT,
+                                                           records * SNAPSHOT_PACING)
+        return frame(pickle.dumps(("snapshot", snapshot), protocol=pickle.HIGHEST_PROTOCOL))
+
+    def _structure_changed(self) -> None:
+        if self._snapshot_call is not None or not self.running:
+            return
+        delay = max(0.0, self._next_snapshot - self.reactor.seconds())
+        self._snapshot_call = self.reactor.callLater(delay, self._send_snapshot)
+
+    def _send_snapshot(self) -> None:
+        self._snapshot_call = None
+        payload = self._snapshot_payload()
+        for worker in self.workers.values():
+            worker.send(payload)
+
+    def _node_changed(self, rt) -> None:
+        if not self.running:
+            return
+        self._updates[rt.serial] = rt
+        if self._update_call is None:
+            self._update_call = self.reactor.callLater(0, self._send_updates)
+
+    def _send_updates(self) -> None:
+        self._update_call = None
+        updates, self._updates = self._updates, {}
+        payload = frame(pickle.dumps(("update", encode_node_updates(updates.values()))))
+        for worker in self.workers.values():
+            worker.send(payload)
+
+    # -- from the workers --------------------------------------------------------------
+
+    def _message(self, worker: _Worker, message: list) -> None:
+        kind = message[0]
+        if kind == "report":
+            self.sink.apply(worker.index, (message[1], message[2]))
+        elif kind == "fail":
+            self.registry.set_error(str(message[1]), str(message[2]))
+        elif kind == "ok":
+            self.registry.clear_error(str(message[1]), "answered a request")
+        elif kind == "log":
+            _, level, namespace, text = message
+            worker_log.emit(LogLevel.levelWithName(level), "worker {worker}: {text}",
+                            worker=worker.index, pid=worker.pid, text=text,
+                            worker_namespace=namespace)
+        elif kind == "loaded":
+            worker.generation = int(message[1])
+        elif kind == "ready":
+            worker.ready = True
+            log.info("worker {worker} (pid {pid}) serving", worker=worker.index,
+                     pid=worker.pid)
+        else:
+            raise ValueError(f"unknown message {kind!r}")
+
+    def in_sync(self) -> bool:
+        """Every worker runs on the registry's current routing snapshot."""
+        generation = self.registry.table.generation
+        return len(self.workers) == self.count and all(
+            w.ready and w.generation == generation for w in self.workers.values())
+
+    def status(self) -> list[dict]:
+        """
+        The running workers: index, pid, start time, ready, generation of the
+        routing snapshot they have, requests forwarded.
+        """
+        return [{"index": w.index, "pid": w.pid, "started": w.started, "ready": w.ready,
+                 "generation": w.generation, "requests": self.sink.requests(w.index)}
+                for _, w in sorted(self.workers.items())]
+
+
+def _worker_env() -> dict:
+    """This process's environment, with the directory holding C{modcluster} first
+    on C{PYTHONPATH} (so a worker imports the same code)."""
+    import modcluster
+
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(modcluster.__file__)))
+    paths = [root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != root]
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    return env
+
+
+# -- worker process ---------------------------------------------------------------
+
+
+class ControlChannel(Protocol):
+    """
+    The worker's end of the channel (over C{StandardIO(stdin=0,
+    stdout=CHANNEL_FD)}): pickled messages in, JSON messages out.
+
+    @param deliver: called with each message from the control process.
+    @param lost: called once when the control process goes away.
+    """
+
+    def __init__(self, deliver: Callable[[tuple], None], lost: Callable[[], None]) -> None:
+        self.deliver = deliver
+        self.lost = lost
+        self._decoder = FrameDecoder(MAX_TO_WORKER)
+
+    def dataReceived(self, data: bytes) -> None:
+        for payload in self._decoder.feed(data):
+            self.deliver(pickle.loads(payload))
+
+    def send(self, message: list) -> None:
+        if self.transport is not None:
+            self.transport.write(frame(json.dumps(message).encode()))
+
+    def connectionLost(self, reason) -> None:
+        self.transport = None
+        self.lost()
+
+
+class WorkerService(Service):
+    """
+    What runs in a worker process: the client listeners on the inherited
+    sockets, the routing L{Mirror}, the counter reports and the local lbstatus
+    tick.
+
+    @param factory: the L{modcluster.proxy.front.ProxyFactory}, routing on
+        C{mirror.table}.
+    @param listeners: C{(fd, family, description)} of the inherited sockets.
+    @param send: sends a message to the control process.
+    """
+
+    def __init__(self, reactor, mirror: Mirror, factory, listeners, send) -> None:
+        self.reactor = reactor
+        self.mirror = mirror
+        self.factory = factory
+        self.listeners = listeners
+        self.send = send
+        self.ports: list = []
+        self._report = LoopingCall(self.report)
+        self._report.clock = reactor
+        self._tick = LoopingCall(lambda: mirror.tick(reactor.seconds()))
+        self._tick.clock = reactor
+
+    def deliver(self, message: tuple) -> None:
+        kind = message[0]
+        if kind == "snapshot":
+            self.mirror.load(message[1])
+            self.send(["loaded", message[1][0]])
+        elif kind == "update":
+            self.mirror.update(message[1])
+        elif kind == "stop":
+            self.reactor.stop()
+        else:
+            log.error("unknown message {kind!r} from the control process", kind=kind)
+
+    def startService(self) -> None:
+        super().startService()
+        for fd, family, description in self.listeners:
+            self.ports.append(serverFromString(_Adopter(self.reactor, fd, family), description)
+                              .listen(self.factory))
+            os.close(fd)  # adoptStreamPort took its own copy
+        self._report.start(REPORT_INTERVAL, now=False)
+        self._tick.start(1.0, now=False)
+        self.send(["ready"])
+
+    def stopService(self):
+        super().stopService()
+        for loop in (self._report, self._tick):
+            if loop.running:
+                loop.stop()
+        self.report()
+        waits = []
+        for d in self.ports:
+            waits.append(d.addCallback(lambda port: port.stopListening()))
+        return defer.gatherResults(waits)
+
+    def report(self) -> None:
+        r = self.mirror.report()
+        if r is not None:
+            self.send(["report", r[0], r[1]])
+
+
+def log_forwarder(send: Callable[[list], None]) -> Callable[[dict], None]:
+    """A twisted.logger observer that sends every event to the control process."""
+
+    def observe(event: dict) -> None:
+        text = formatEvent(event)
+        failure = event.get("log_failure")
+        if failure is not None:
+            text = f"{text}\n{failure.getTraceback()}"
+        level = event.get("log_level", LogLevel.info)
+        try:
+            send(["log", level.name, event.get("log_namespace", ""), text])
+        except Exception:
+            pass
+
+    return observe

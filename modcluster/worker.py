@@ -1,0 +1,66 @@
+"""
+Entry point of a data-plane worker process: C{python -m modcluster.worker}.
+
+Started by L{modcluster.proxy.workers.WorkerPool} with the channel on stdin
+(from the control process) and file descriptor 3 (to it), and the listening
+sockets after that.  Not meant to be run by hand.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+
+def main() -> int:
+    from twisted.internet import reactor
+    from twisted.internet.stdio import StandardIO
+    from twisted.logger import Logger, globalLogBeginner
+
+    from modcluster.proxy.workers import CHANNEL_FD, ControlChannel, log_forwarder
+
+    state: dict = {}
+
+    def deliver(message: tuple) -> None:
+        service = state.get("service")
+        if service is not None:
+            service.deliver(message)
+        elif message[0] == "init":
+            from modcluster.tap import build_worker
+
+            _, config, index, listeners = message
+            service = build_worker(config, reactor, listeners, channel.send)
+            state["service"] = service
+            service.startService()
+            reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+        elif message[0] == "stop":
+            reactor.stop()
+
+    def lost() -> None:
+        if reactor.running:
+            reactor.stop()
+
+    def guarded(message: tuple) -> None:
+        try:
+            deliver(message)
+        except Exception:
+            log.failure("worker: cannot handle {kind!r} from the control process",
+                        kind=message[0] if isinstance(message, tuple) and message else None)
+
+    log = Logger(namespace="modcluster.worker")
+    channel = ControlChannel(guarded, lost)
+    globalLogBeginner.beginLoggingTo([log_forwarder(channel.send)],
+                                     redirectStandardIO=False)
+    StandardIO(channel, stdin=0, stdout=CHANNEL_FD, reactor=reactor)
+    # Ctrl-C reaches the whole process group: the control process decides when
+    # workers stop (it sends "stop", or its end closes our stdin).  SIGTERM
+    # stops this worker cleanly.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM,
+                  lambda *_: reactor.callFromThread(reactor.stop))
+    reactor.run(installSignalHandlers=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

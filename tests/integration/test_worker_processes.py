@@ -1,0 +1,202 @@
+"""
+The data plane in worker processes (proxy.workers = 2), as deployed: the whole
+balancer built by tap.build on the real reactor, real worker processes
+(python -m modcluster.worker) sharing the proxy port, nodes registered over
+MCMP on the management listener, requests over loopback.
+"""
+
+import os
+import signal
+
+import pytest_twisted
+from twisted.internet import defer, reactor, task
+from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, readBody
+from twisted.web.http_headers import Headers
+
+from modcluster.config import parse_config
+from modcluster.tap import build
+from tests.integration.test_proxy_http import NodeServer
+from tests.support.tomcat import free_loopback_ports
+
+
+def sleep(seconds):
+    return task.deferLater(reactor, seconds, lambda: None)
+
+
+async def until(predicate, timeout=10.0, what="condition"):
+    for _ in range(int(timeout / 0.05)):
+        if predicate():
+            return
+        await sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+class Cluster:
+    def __init__(self, workers=2, **proxy):
+        self.mport, self.pport = free_loopback_ports(2)
+        extra = "".join(f"{k} = {v}\n" for k, v in proxy.items())
+        self.config = parse_config(f"""
+[manager]
+listen = ["tcp:{self.mport}:interface=127.0.0.1"]
+persist = false
+[proxy]
+listen = ["tcp:{self.pport}:interface=127.0.0.1"]
+workers = {workers}
+enable_options = false
+{extra}""")
+        self.service = build(self.config, reactor)
+        self.registry = self.service.registry
+        self.pool = next(s for s in self.service if hasattr(s, "workers"))
+        self.nodes = []
+        self.http = HTTPConnectionPool(reactor, persistent=True)
+        self.agent = Agent(reactor, pool=self.http)
+        self.fresh = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
+
+    async def mcmp(self, method, body):
+        d = self.agent.request(
+            method.encode(), f"http://127.0.0.1:{self.mport}/".encode(),
+            Headers({"content-type": ["application/x-www-form-urlencoded"]}),
+            FileBodyProducer(__import__("io").BytesIO(body.encode())))
+        response = await d.addTimeout(10, reactor)
+        text = await readBody(response)
+        assert response.code == 200, (method, body, response.code, text)
+        return text.decode()
+
+    async def node(self, route, context="/app", port=None):
+        if port is None:
+            server = NodeServer(route)
+            server.port = reactor.listenTCP(0, server, interface="127.0.0.1")
+            self.nodes.append(server)
+            port = server.port.getHost().port
+        await self.mcmp("CONFIG", f"JVMRoute={route}&Host=127.0.0.1&Port={port}&Type=http"
+                                  "&StickySessionForce=No")
+        await self.mcmp("ENABLE-APP", f"JVMRoute={route}&Alias=localhost&Context={context}")
+        await self.mcmp("STATUS", f"JVMRoute={route}&Load=100")
+        await until(self.pool.in_sync, what="workers in sync")
+        return self.nodes[-1] if self.nodes and self.nodes[-1].route == route else None
+
+    async def get(self, path, fresh=True):
+        agent = self.fresh if fresh else self.agent
+        d = agent.request(b"GET", f"http://127.0.0.1:{self.pport}{path}".encode())
+        response = await d.addTimeout(20, reactor)
+        return response.code, await readBody(response)
+
+    async def start(self):
+        self.service.startService()
+        await until(self.pool.in_sync, 20, "workers ready")
+
+    async def stop(self):
+        await self.http.closeCachedConnections()
+        await self.service.stopService()
+        for server in self.nodes:
+            await server.port.stopListening()
+
+
+def cluster_test(**kwargs):
+    def wrap(fn):
+        @pytest_twisted.ensureDeferred
+        async def run():
+            c = Cluster(**kwargs)
+            await c.start()
+            try:
+                d = defer.ensureDeferred(fn(c))
+                d.addTimeout(60, reactor)
+                await d
+            finally:
+                await c.stop()
+
+        run.__name__ = fn.__name__
+        run.__doc__ = fn.__doc__
+        return run
+
+    return wrap
+
+
+@cluster_test()
+async def test_workers_share_the_port_route_and_report_counters(c):
+    """Connections spread over both workers; their counters add up in the registry."""
+    a = await c.node("nA")
+    b = await c.node("nB")
+    for i in range(40):
+        code, body = await c.get(f"/app/echo?i={i}")
+        assert code == 200 and body.split(b"\n")[0] in (b"nA", b"nB")
+    assert a.requests + b.requests == 40 and a.requests and b.requests
+    nodes = [c.registry.node(r).rt for r in ("nA", "nB")]
+    await until(lambda: sum(rt.requests for rt in nodes) == 40, what="counters")
+    assert sum(rt.elected for rt in nodes) == 40
+    assert all(rt.read > 0 and rt.transferred > 0 and rt.busy == 0 for rt in nodes)
+    per_worker = [w["requests"] for w in c.pool.status()]
+    assert sum(per_worker) == 40 and all(per_worker), per_worker  # the kernel spread them
+    # INFO (what the console and nodes read) shows the sums
+    info = await c.mcmp("INFO", "")
+    assert "Elected: " in info
+
+
+@cluster_test()
+async def test_stop_app_counts_requests_in_flight_in_every_worker(c):
+    await c.node("nA")
+    slow = [defer.ensureDeferred(c.get("/app/slow?ms=1500")) for _ in range(4)]
+    ctx = c.registry.find_context("nA", "localhost", "/app")
+    await until(lambda: ctx.rt.in_flight == 4, what="4 requests in flight")
+    text = await c.mcmp("STOP-APP", "JVMRoute=nA&Alias=localhost&Context=/app")
+    assert "Requests=4" in text
+    results = await defer.gatherResults(slow)
+    assert [code for code, _ in results] == [200] * 4
+    await until(lambda: ctx.rt.in_flight == 0, what="drained")
+    text = await c.mcmp("STOP-APP", "JVMRoute=nA&Alias=localhost&Context=/app")
+    assert "Requests=0" in text
+    assert c.registry.node("nA").rt.busy == 0
+
+
+@cluster_test()
+async def test_node_failure_in_a_worker_puts_the_node_in_error(c):
+    (dead,) = free_loopback_ports(1)  # nothing listens there
+    await c.node("nDead", context="/dead", port=dead)
+    await c.node("nA")
+    code, _ = await c.get("/dead/x")
+    assert code == 503
+    rt = c.registry.node("nDead").rt
+    await until(lambda: rt.in_error, what="node in error")
+    assert rt.failures >= 1 and rt.error_reason
+    assert (await c.get("/app/echo"))[0] == 200
+
+
+@cluster_test()
+async def test_a_killed_worker_is_replaced_and_nothing_is_lost(c):
+    await c.node("nA")
+    old = c.pool.workers[0].pid
+    slow = defer.ensureDeferred(c.get("/app/slow?ms=3000", fresh=True))
+    await until(lambda: c.registry.node("nA").rt.busy >= 1, what="busy")
+    for w in list(c.pool.workers.values()):
+        os.kill(w.pid, signal.SIGKILL)
+    await until(lambda: all(w.pid not in (None, old) for w in c.pool.workers.values())
+                and len(c.pool.workers) == 2 and all(w["ready"] for w in c.pool.status()),
+                20, "workers restarted")
+    assert c.pool.restarts == 2
+    # the killed worker's request in flight is taken back, not left counted
+    await until(lambda: c.registry.node("nA").rt.busy == 0, what="busy back to 0")
+    try:
+        await slow
+    except Exception:
+        pass  # that client's connection died with its worker
+    for i in range(10):
+        assert (await c.get(f"/app/echo?i={i}"))[0] == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_stopping_the_balancer_stops_its_workers():
+    c = Cluster()
+    await c.start()
+    pids = [w.pid for w in c.pool.workers.values()]
+    assert all(alive(p) for p in pids)
+    await c.stop()
+    assert not any(alive(p) for p in pids)
+    assert c.pool.listeners == []

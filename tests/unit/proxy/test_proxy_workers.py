@@ -1,0 +1,355 @@
+"""
+The worker-process plumbing of modcluster/proxy/workers.py, in memory: framing,
+shared sockets, the worker's service, and the control process's pool driven by
+a fake process reactor.
+"""
+
+import json
+import os
+import pickle
+import socket
+
+import pytest
+import trustme
+from twisted.internet import defer
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import LogLevel, capturedLogs
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
+
+from modcluster.cluster.mirror import Mirror, encode_snapshot
+from modcluster.cluster.model import BalancerSettings, NodeSettings
+from modcluster.cluster.registry import Registry
+from modcluster.config import ConfigError, parse_config
+from modcluster.proxy import workers
+from modcluster.proxy.workers import (
+    FrameDecoder,
+    WorkerPool,
+    WorkerService,
+    bind_shared,
+    frame,
+)
+
+
+def test_frames_split_and_join():
+    d = FrameDecoder(100)
+    stream = frame(b"one") + frame(b"") + frame(b"three")
+    got = []
+    for i in range(len(stream)):
+        got += d.feed(stream[i:i + 1])
+    assert got == [b"one", b"", b"three"]
+    assert d.feed(frame(b"a") + frame(b"b")[:3]) == [b"a"]
+    with pytest.raises(ValueError):
+        FrameDecoder(10).feed(frame(b"x" * 11))
+
+
+def test_bind_shared_gives_each_worker_a_socket_on_one_port():
+    listener = bind_shared("tcp:0:interface=127.0.0.1", 3)
+    try:
+        ports = {s.getsockname() for s in listener.sockets}
+        assert len(listener.sockets) == 3 and len(ports) == 1
+        assert (listener.kind, listener.family, listener.host) == ("tcp", socket.AF_INET,
+                                                                  "127.0.0.1")
+        assert listener.port == ports.pop()[1] != 0
+        # the kernel spreads connections over the sockets; every one accepts
+        clients = [socket.create_connection(("127.0.0.1", listener.port)) for _ in range(30)]
+        accepted = 0
+        for s in listener.sockets:
+            s.setblocking(True)
+            s.settimeout(0)
+            while True:
+                try:
+                    conn, _ = s.accept()
+                except (BlockingIOError, socket.timeout):
+                    break
+                conn.close()
+                accepted += 1
+        assert accepted == 30
+        for c in clients:
+            c.close()
+    finally:
+        for s in listener.sockets:
+            s.close()
+
+
+def test_bind_shared_ipv6_and_refusals():
+    listener = bind_shared("tcp6:0:interface=\\:\\:1", 1)
+    assert listener.family == socket.AF_INET6 and listener.host == "::1"
+    listener.sockets[0].close()
+    with pytest.raises(ValueError):
+        bind_shared("unix:/tmp/nope.sock", 2)
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    try:
+        with pytest.raises(OSError):  # taken by a socket without SO_REUSEPORT
+            bind_shared(f"tcp:{busy.getsockname()[1]}:interface=127.0.0.1", 2)
+    finally:
+        busy.close()
+
+
+@pytest.fixture
+def tls_files(tmp_path):
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost")
+    path = tmp_path / "server.pem"
+    cert.private_key_and_cert_chain_pem.write_to_path(str(path))
+    return path
+
+
+def test_worker_service_adopts_its_sockets(tls_files):
+    plain = bind_shared("tcp:0:interface=127.0.0.1", 1)
+    tls = bind_shared(f"ssl:0:interface=127.0.0.1:privateKey={tls_files}", 1)
+    assert tls.kind == "ssl"
+    reactor = MemoryReactorClock()
+    sent = []
+    factory = object()
+    fds = [os.dup(plain.sockets[0].fileno()), os.dup(tls.sockets[0].fileno())]
+    service = WorkerService(reactor, Mirror(), factory,
+                            [(fds[0], socket.AF_INET, plain.description),
+                             (fds[1], socket.AF_INET, tls.description)], sent.append)
+    service.startService()
+    try:
+        (fd1, fam1, f1), (fd2, fam2, f2) = reactor.adoptedPorts
+        assert (fd1, fam1, f1) == (fds[0], socket.AF_INET, factory)
+        assert fd2 == fds[1] and isinstance(f2, TLSMemoryBIOFactory)
+        assert f2.wrappedFactory is factory
+        assert sent == [["ready"]]
+        for fd in fds:  # handed over to the reactor, closed here
+            with pytest.raises(OSError):
+                os.fstat(fd)
+    finally:
+        for s in plain.sockets + tls.sockets:
+            s.close()
+
+
+def registry_with_node(reactor):
+    reg = Registry(reactor)
+    reg.config(BalancerSettings("mycluster"),
+               NodeSettings(route="n1", host="127.0.0.1", port=9001, type="http"))
+    reg.app("ENABLE-APP", "n1", ["localhost"], ["/app"])
+    reg.apply_status("n1", 50, True)
+    return reg
+
+
+def test_worker_service_messages_and_reports():
+    reactor = MemoryReactorClock()
+    reg = registry_with_node(reactor)
+    sent = []
+    mirror = Mirror()
+    service = WorkerService(reactor, mirror, object(), [], sent.append)
+    service.startService()
+    service.deliver(("snapshot", encode_snapshot(reg.table)))
+    assert mirror.table.by_route["n1"].rt.lbfactor == 50
+    assert sent[-1] == ["loaded", reg.table.generation]
+    serial = reg.node("n1").rt.serial
+    service.deliver(("update", ((serial, 70, True, 5.0),)))
+    assert mirror.table.by_route["n1"].rt.lbfactor == 70
+    with capturedLogs() as events:
+        service.deliver(("bogus",))
+    assert "unknown message" in events[0]["log_format"]
+
+    reactor.advance(workers.REPORT_INTERVAL)
+    assert sent[-1][0] == "loaded"  # nothing counted yet: no report
+    mirror.table.by_route["n1"].rt.busy = 1
+    reactor.advance(workers.REPORT_INTERVAL)
+    assert sent[-1][0] == "report" and sent[-1][1] == {serial: (0, 0, 0, 0, 1)}
+    reactor.running = True
+    service.deliver(("stop",))
+    assert reactor.hasStopped
+
+
+class FakeProcess:
+    def __init__(self, proto, pid, args, child_fds):
+        self.proto = proto
+        self.pid = pid
+        self.args = args
+        self.child_fds = child_fds
+        self.written = []
+        self.stdin_closed = False
+        self.signals = []
+
+    def writeToChild(self, fd, data):
+        assert fd == 0
+        self.written.append(data)
+
+    def closeStdin(self):
+        self.stdin_closed = True
+
+    def signalProcess(self, sig):
+        self.signals.append(sig)
+
+    def messages(self):
+        d = FrameDecoder(1 << 30)
+        return [pickle.loads(p) for p in d.feed(b"".join(self.written))]
+
+    def say(self, *message):
+        self.proto.childDataReceived(workers.CHANNEL_FD, frame(json.dumps(list(message)).encode()))
+
+    def end(self, reason=None):
+        self.proto.processEnded(Failure(reason or ProcessDone(0)))
+
+
+class ProcessReactor(MemoryReactorClock):
+    def __init__(self):
+        super().__init__()
+        self.processes = []
+
+    def spawnProcess(self, proto, executable, args=(), env=None, path=None, uid=None,
+                     gid=None, usePTY=False, childFDs=None):
+        p = FakeProcess(proto, 1000 + len(self.processes), args, childFDs)
+        self.processes.append(p)
+        proto.makeConnection(p)
+        return p
+
+
+def make_pool(count=2):
+    config = parse_config(f"""
+[proxy]
+listen = ["tcp:0:interface=127.0.0.1"]
+workers = {count}
+""")
+    reactor = ProcessReactor()
+    reactor.advance(1000)
+    reg = registry_with_node(reactor)
+    pool = WorkerPool(reactor, config, reg, argv=["python", "-m", "modcluster.worker"],
+                      env={})
+    return reactor, reg, pool
+
+
+@pytest.fixture
+def pool():
+    reactor, reg, pool = make_pool()
+    pool.startService()
+    yield reactor, reg, pool
+    if pool.running:
+        d = pool.stopService()
+        for p in reactor.processes:
+            if p.proto.transport is not None:
+                p.end()
+        assert d.called
+
+
+def test_pool_starts_workers_with_their_sockets_and_state(pool):
+    reactor, reg, pool = pool
+    assert len(reactor.processes) == 2
+    listener = pool.listeners[0]
+    for index, p in enumerate(reactor.processes):
+        assert p.args == ["python", "-m", "modcluster.worker"]
+        assert p.child_fds[0] == "w" and p.child_fds[workers.CHANNEL_FD] == "r"
+        fd = workers.CHANNEL_FD + 1
+        assert p.child_fds[fd] == listener.sockets[index].fileno()
+        init, snapshot = p.messages()
+        assert init[0] == "init" and init[2] == index
+        assert init[1].proxy.workers == 2
+        assert init[3] == [(fd, socket.AF_INET, "tcp:0:interface=127.0.0.1")]
+        assert snapshot == ("snapshot", encode_snapshot(reg.table))
+        assert not pool.in_sync()
+        p.say("ready")
+        p.say("loaded", reg.table.generation)
+    assert [w["ready"] for w in pool.status()] == [True, True]
+    assert pool.in_sync()
+
+
+def test_pool_sends_snapshots_coalesced_and_updates_next_turn(pool):
+    reactor, reg, pool = pool
+    p = reactor.processes[0]
+    reactor.advance(1)
+    reg.app("ENABLE-APP", "n1", ["localhost"], ["/b"])
+    reg.app("ENABLE-APP", "n1", ["localhost"], ["/c"])
+    reactor.advance(0)
+    assert [m[0] for m in p.messages()] == ["init", "snapshot", "snapshot"]
+    reg.app("ENABLE-APP", "n1", ["localhost"], ["/d"])
+    reactor.advance(0)
+    assert len(p.messages()) == 3  # paced: 4 records were just sent
+    reactor.advance(4 * workers.SNAPSHOT_PACING)
+    last = p.messages()[-1]
+    assert last[0] == "snapshot" and "/d" in {c[2] for c in last[1][3]}
+
+    reg.apply_status("n1", 80, True)
+    reg.set_error("n1", "refused")
+    assert len(p.messages()) == 4
+    reactor.advance(0)
+    kind, updates = p.messages()[-1]
+    assert kind == "update"
+    assert updates == ((reg.node("n1").rt.serial, 80, True, reactor.seconds()),)
+
+
+def test_pool_applies_worker_messages(pool):
+    reactor, reg, pool = pool
+    w0, w1 = reactor.processes
+    serial = reg.node("n1").rt.serial
+    w0.say("report", {str(serial): [2, 20, 10, 2, 1]}, {})
+    w1.say("report", {str(serial): [3, 30, 15, 3, 0]}, {})
+    rt = reg.node("n1").rt
+    assert (rt.elected, rt.read, rt.transferred, rt.requests, rt.busy) == (5, 50, 25, 5, 1)
+    w0.say("fail", "n1", "connection refused")
+    assert rt.in_error and rt.failures == 1 and rt.error_reason == "connection refused"
+    w1.say("ok", "n1")
+    assert not rt.in_error
+    with capturedLogs() as events:
+        w0.say("log", "warn", "modcluster.proxy", "node n1 hung")
+        w0.say("nonsense")
+        w0.proto.childDataReceived(workers.CHANNEL_FD, frame(b"{not json"))
+        w0.proto.childDataReceived(1, b"Fatal Python error: oops\npartial")
+    texts = [(e["log_level"], e.get("text") or e.get("line") or e["log_format"])
+             for e in events]
+    assert (LogLevel.warn, "node n1 hung") in texts
+    assert (LogLevel.warn, "Fatal Python error: oops") in texts
+    assert sum(1 for e in events if e["log_level"] is LogLevel.critical) == 2  # bad messages
+    # worker 0 dies with its request in flight: the level is taken back
+    w0.end(ProcessTerminated(signal=9))
+    assert rt.busy == 0 and rt.elected == 5
+
+
+def test_pool_restarts_dead_workers_with_backoff(pool):
+    reactor, reg, pool = pool
+    with capturedLogs() as events:
+        reactor.processes[1].end(ProcessTerminated(exitCode=1))
+    (event,) = [e for e in events if e["log_level"] is LogLevel.error]
+    assert event["worker"] == 1 and event["delay"] == 0.5 and "exit code 1" in event["status"]
+    assert pool.restarts == 1 and 1 not in pool.workers
+    reactor.advance(0.5)
+    assert len(reactor.processes) == 3
+    third = reactor.processes[2]
+    assert third.messages()[0][2] == 1  # same index, same sockets
+    assert third.child_fds[workers.CHANNEL_FD + 1] == pool.listeners[0].sockets[1].fileno()
+    third.end(ProcessTerminated(exitCode=1))  # died at once again: longer delay
+    reactor.advance(0.5)
+    assert len(reactor.processes) == 3
+    reactor.advance(0.5)
+    assert len(reactor.processes) == 4
+    reactor.advance(workers.STABLE_RUN)
+    reactor.processes[3].end(ProcessTerminated(exitCode=1))  # ran long: first delay again
+    reactor.advance(0.5)
+    assert len(reactor.processes) == 5
+
+
+def test_pool_stop_asks_workers_then_kills_stragglers():
+    reactor, reg, pool = make_pool()
+    pool.startService()
+    sockets = pool.listeners[0].sockets
+    d = pool.stopService()
+    w0, w1 = reactor.processes
+    for p in (w0, w1):
+        assert p.messages()[-1] == ("stop",) and p.stdin_closed
+    w0.end()
+    assert not d.called
+    reactor.advance(workers.STOP_TIMEOUT)
+    assert w1.signals == ["KILL"]
+    w1.end(ProcessTerminated(signal=9))
+    assert d.called
+    assert all(s.fileno() == -1 for s in sockets)
+    assert len(reactor.processes) == 2  # no restart while stopping
+
+
+def test_config_allows_only_shareable_listeners_with_workers():
+    with pytest.raises(ConfigError) as e:
+        parse_config('[proxy]\nworkers = 2\nlisten = ["unix:/tmp/x.sock"]\n')
+    assert e.value.key == "proxy.listen"
+    with pytest.raises(ConfigError):
+        parse_config("[proxy]\nworkers = 0\n")
+    with pytest.raises(ConfigError):
+        parse_config("[proxy]\nworkers = 65\n")
+    assert parse_config('[proxy]\nlisten = ["unix:/tmp/x.sock"]\n').proxy.workers == 1
