@@ -890,6 +890,9 @@ class Env:
         self.httpd = Httpd(tmp, self.nginx, self.tomcat_ports[1] if self.tomcat_ports else None)
         self.txmc: Txmc | None = None
         self.txmc_unavailable: str | None = None
+        #: the same with proxy.workers = args.workers (None when --workers 1)
+        self.txmcw: Txmc | None = None
+        self.txmcw_unavailable: str | None = None
 
     def start(self) -> None:
         for n in self.nginx:
@@ -915,11 +918,34 @@ class Env:
             self.txmc_unavailable = str(e) if isinstance(e, Unavailable) else \
                 f"MCMP registration failed: {e!r} ({self.txmc.died() or 'twistd alive'})"
             log(f"txmodcluster unavailable: {self.txmc_unavailable}")
+        if self.args.workers > 1 and {"http", "ajp"} & set(self.args.only):
+            self.txmcw = Txmc(self.tmp, "txmc-workers", proxy={"workers": self.args.workers})
+            try:
+                self.txmcw.start()
+                client = McmpClient(self.txmcw.mport)
+                for i, n in enumerate(self.nginx, 1):
+                    register_node(client, f"nginx{i}", LOOPBACK, n.port, "http")
+                client.close()
+                log(f"txmodcluster workers={self.args.workers}: manager "
+                    f":{self.txmcw.mport} proxy :{self.txmcw.pport}; nginx registered")
+            except (Unavailable, OSError) as e:
+                self.txmcw_unavailable = str(e) if isinstance(e, Unavailable) else \
+                    f"MCMP registration failed: {e!r} ({self.txmcw.died() or 'twistd alive'})"
+                log(f"txmodcluster workers unavailable: {self.txmcw_unavailable}")
 
     def txmc_proxy_reason(self) -> str | None:
         if self.txmc_unavailable:
             return self.txmc_unavailable
         return self.txmc.died() or self.txmc.proxy_unavailable
+
+    def txmcw_proxy_reason(self) -> str | None:
+        if self.txmcw_unavailable:
+            return self.txmcw_unavailable
+        return self.txmcw.died() or self.txmcw.proxy_unavailable
+
+    @property
+    def workers_name(self) -> str:
+        return f"txmodcluster workers={self.args.workers}"
 
     def nginx_pids(self) -> list[int]:
         return [n.pid for n in self.nginx]
@@ -935,7 +961,15 @@ class Env:
                    proxy_pid=lambda: tx.pid, backend_pids=self.nginx_pids,
                    unavailable=self.txmc_proxy_reason(),
                    health=lambda: tx.died()),
-        ]
+        ] + self._workers_target(self.nginx_pids, "")
+
+    def _workers_target(self, backend_pids, prefix: str) -> list:
+        txw = self.txmcw
+        if txw is None:
+            return []
+        return [Target(self.workers_name, txw.pport, prefix,
+                       proxy_pid=lambda: txw.pid, backend_pids=backend_pids,
+                       unavailable=self.txmcw_proxy_reason(), health=lambda: txw.died())]
 
 
 # ---------------------------------------------------------------------------------
@@ -991,6 +1025,14 @@ def bench_ajp(env: Env) -> dict:
                 client.close()
             except (Unavailable, OSError) as e:
                 reason = f"registering the AJP node failed: {e}"
+        if env.txmcw is not None and env.txmcw_proxy_reason() is None:
+            try:
+                client = McmpClient(env.txmcw.mport)
+                register_node(client, "tomcat1", LOOPBACK, ajp_port, "ajp",
+                              contexts=("/echo",))
+                client.close()
+            except (Unavailable, OSError) as e:
+                env.txmcw_unavailable = f"registering the AJP node failed: {e}"
         targets = [
             Target("direct (tomcat http)", http_port, "/echo",
                    backend_pids=lambda: [tomcat.pid]),
@@ -1001,6 +1043,11 @@ def bench_ajp(env: Env) -> dict:
             Target("txmodcluster ajp", tx.pport if tx else None, "/echo",
                    proxy_pid=lambda: tx.pid, backend_pids=lambda: [tomcat.pid],
                    unavailable=reason, health=lambda: tx.died()),
+        ] + [
+            Target(t.name.replace("txmodcluster", "txmodcluster ajp"), t.port, "/echo",
+                   proxy_pid=t.proxy_pid, backend_pids=lambda: [tomcat.pid],
+                   unavailable=t.unavailable, health=t.health)
+            for t in env._workers_target(None, "/echo")
         ]
         args = argparse.Namespace(**vars(env.args))
         args.warmup = max(args.warmup, 3 if args.quick else 8)  # JIT
@@ -1530,17 +1577,27 @@ def check_targets(results: dict) -> list[tuple[str, str, str]]:
             return
         rows.append((goal, f"{r:.2f}", "PASS" if ok else "FAIL"))
 
-    ratio("HTTP 100 B keep-alive req/s >= 1.5 x httpd", "http", "100B keep-alive",
-          "txmodcluster", "httpd mod_proxy_balancer", "rps", 1.5)
-    ratio("HTTP 64 KiB keep-alive req/s >= 1.5 x httpd", "http", "64KiB keep-alive",
-          "txmodcluster", "httpd mod_proxy_balancer", "rps", 1.5)
-    ratio("AJP 100 B keep-alive req/s >= 1.0 x httpd (no ping)", "ajp", "100B keep-alive",
-          "txmodcluster ajp", "httpd mod_proxy_ajp", "rps", 1.0)
-    ratio("HTTP 100 B p99 <= 0.5 x httpd", "http", "100B keep-alive", "txmodcluster",
-          "httpd mod_proxy_balancer", "p99_ms", 0.5, higher=False)
-    ratio("HTTP 100 B CPU per request <= 0.7 x httpd", "http", "100B keep-alive",
-          "txmodcluster", "httpd mod_proxy_balancer", "proxy_cpu_s_per_1k", 0.7,
-          higher=False)
+    variants = [("", "txmodcluster")]
+    names = sorted({name for bench in ("http", "ajp")
+                    for scenario in results.get(bench, {}).values()
+                    if isinstance(scenario, dict) for name in scenario})
+    for name in names:
+        if name.startswith("txmodcluster workers="):
+            variants = [(" [1 process]", "txmodcluster"),
+                        (" [" + name.split(" ", 1)[1] + "]", name)]
+            break
+    for tag, tx in variants:
+        ajp = tx.replace("txmodcluster", "txmodcluster ajp")
+        ratio("HTTP 100 B keep-alive req/s >= 1.5 x httpd" + tag, "http", "100B keep-alive",
+              tx, "httpd mod_proxy_balancer", "rps", 1.5)
+        ratio("HTTP 64 KiB keep-alive req/s >= 1.5 x httpd" + tag, "http", "64KiB keep-alive",
+              tx, "httpd mod_proxy_balancer", "rps", 1.5)
+        ratio("AJP 100 B keep-alive req/s >= 1.0 x httpd (no ping)" + tag, "ajp",
+              "100B keep-alive", ajp, "httpd mod_proxy_ajp", "rps", 1.0)
+        ratio("HTTP 100 B p99 <= 0.5 x httpd" + tag, "http", "100B keep-alive", tx,
+              "httpd mod_proxy_balancer", "p99_ms", 0.5, higher=False)
+        ratio("HTTP 100 B CPU per request <= 0.7 x httpd" + tag, "http", "100B keep-alive",
+              tx, "httpd mod_proxy_balancer", "proxy_cpu_s_per_1k", 0.7, higher=False)
     st = results.get("mcmp-status", {}).get("probe", {})
     rows.append(("MCMP STATUS >= 5000 msgs/s (with probe)",
                  f"{st['rps']:.0f}" if "rps" in st else "-",
@@ -1584,6 +1641,9 @@ def parse_args(argv=None):
     p.add_argument("--rounds", type=int, help="alternating rounds per scenario "
                                               "(default 2, quick 1)")
     p.add_argument("--connections", type=int, default=50, help="wrk connections (50)")
+    p.add_argument("--workers", type=int, default=2,
+                   help="also measure txmodcluster with proxy.workers = N (default 2; "
+                        "1 = single process only)")
     p.add_argument("--mcmp-connections", type=int, default=8,
                    help="parallel MCMP connections for mcmp-status / register-1000 (8)")
     p.add_argument("--stream-seconds", type=float,

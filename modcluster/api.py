@@ -21,7 +21,7 @@ from modcluster.console.views import NodeView, node_view, node_views
 
 __all__ = ["APIResource", "balancer_json", "node_json"]
 
-ENDPOINTS = ("balancers", "nodes", "vhosts", "contexts", "events")
+ENDPOINTS = ("balancers", "nodes", "vhosts", "contexts", "events", "workers")
 DEFAULT_EVENT_LIMIT = 100
 
 
@@ -115,14 +115,17 @@ class APIResource(Resource):
 
     @param registry: the L{modcluster.cluster.registry.Registry}.
     @param release: the release string (as VERSION reports it).
+    @param workers: the L{modcluster.proxy.workers.WorkerPool} when the data
+        plane runs in worker processes, else C{None}.
     """
 
     isLeaf = True
 
-    def __init__(self, registry, release: str) -> None:
+    def __init__(self, registry, release: str, workers=None) -> None:
         super().__init__()
         self._registry = registry
         self._release = release
+        self._pool = workers
 
     # -- HTTP ---------------------------------------------------------------
 
@@ -188,6 +191,13 @@ class APIResource(Resource):
         balancers = self._registry.balancers
         return {"balancers": [balancer_json(balancers[name], members.get(name, []))
                               for name in sorted(balancers)]}
+
+    def _workers(self) -> dict[str, Any]:
+        pool = self._pool
+        if pool is None:
+            return {"mode": "in-process", "configured": 1, "restarts": 0, "workers": []}
+        return {"mode": "processes", "configured": pool.count, "restarts": pool.restarts,
+                "in_sync": pool.in_sync(), "workers": pool.status()}
 
     def _nodes(self) -> dict[str, Any]:
         return {"nodes": [node_json(v) for v in node_views(self._registry)]}

@@ -83,9 +83,11 @@ class ClusterCollector(Collector):
     @param release: the release string (exported in C{modcluster_build_info}).
     """
 
-    def __init__(self, registry, release: str) -> None:
+    def __init__(self, registry, release: str, workers=None) -> None:
         self._registry = registry
         self._release = release
+        #: the WorkerPool, set by tap.py when the data plane runs in workers
+        self.workers = workers
 
     def describe(self) -> Iterable[Metric]:
         # Nothing to check for duplicates at registration; collect() is cheap anyway.
@@ -96,6 +98,16 @@ class ClusterCollector(Collector):
         build = InfoMetricFamily("modcluster_build", "Release and version of this balancer.")
         build.add_metric([], {"release": self._release, "version": _version.__version__})
         yield build
+
+        pool = self.workers
+        if pool is not None:
+            status = pool.status()
+            yield GaugeMetricFamily("modcluster_proxy_workers",
+                                    "Data-plane worker processes running and serving.",
+                                    value=sum(1 for w in status if w["ready"]))
+            yield CounterMetricFamily("modcluster_proxy_worker_restarts",
+                                      "Data-plane worker processes restarted after "
+                                      "they ended unexpectedly.", value=pool.restarts)
 
         counts = reg.counts
         for key, doc in (("nodes", "Registered nodes (including nodes being removed)."),
@@ -223,7 +235,8 @@ class Metrics:
 
     def __init__(self, registry, release: str, *, process: bool = True) -> None:
         self.collector_registry = CollectorRegistry()
-        self.collector_registry.register(ClusterCollector(registry, release))
+        self.cluster = ClusterCollector(registry, release)
+        self.collector_registry.register(self.cluster)
         self.stats = MCMPStats(self.collector_registry)
         if process:
             ProcessCollector(registry=self.collector_registry)

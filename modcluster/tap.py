@@ -153,13 +153,17 @@ def build(config: Config, reactor, demo: bool = False) -> MultiService:
                      ("Proxy listeners", ", ".join(config.proxy.listen)),
                      ("Advertise", _advertise_summary(config))])
 
+    proxy = _proxy(config, reactor, registry, node_tls)
+    pool = proxy if config.proxy.workers > 1 else None
+    metrics.cluster.workers = pool
+
     def management_root(with_mcmp: bool) -> ManagementRoot:
         root = ManagementRoot(MCMPResource(handler, identities) if with_mcmp else None,
                               index=c.path.encode())
         if console is not None:
             mount(root, c.path, console)
         if c.api:
-            mount(root, c.api_path, APIResource(registry, m.release))
+            mount(root, c.api_path, APIResource(registry, m.release, workers=pool))
         if c.metrics:
             mount(root, c.metrics_path, metrics.resource)
         return root
@@ -173,7 +177,7 @@ def build(config: Config, reactor, demo: bool = False) -> MultiService:
         for description in c.listen:
             strports.service(description, console_site, reactor=reactor).setServiceParent(top)
 
-    _proxy(config, reactor, registry, node_tls).setServiceParent(top)
+    proxy.setServiceParent(top)
     if config.advertise.enabled:
         _advertiser(config, reactor).setServiceParent(top)
     if demo:

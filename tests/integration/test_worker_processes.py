@@ -5,7 +5,9 @@ balancer built by tap.build on the real reactor, real worker processes
 MCMP on the management listener, requests over loopback.
 """
 
+import json
 import os
+import re
 import signal
 
 import pytest_twisted
@@ -83,6 +85,12 @@ enable_options = false
         await until(self.pool.in_sync, what="workers in sync")
         return self.nodes[-1] if self.nodes and self.nodes[-1].route == route else None
 
+    async def fetch(self, path):
+        d = self.agent.request(b"GET", f"http://127.0.0.1:{self.mport}{path}".encode())
+        response = await d.addTimeout(10, reactor)
+        assert response.code == 200, path
+        return await readBody(response)
+
     async def get(self, path, fresh=True):
         agent = self.fresh if fresh else self.agent
         d = agent.request(b"GET", f"http://127.0.0.1:{self.pport}{path}".encode())
@@ -137,7 +145,18 @@ async def test_workers_share_the_port_route_and_report_counters(c):
     assert sum(per_worker) == 40 and all(per_worker), per_worker  # the kernel spread them
     # INFO (what the console and nodes read) shows the sums
     info = await c.mcmp("INFO", "")
-    assert "Elected: " in info
+    elected = [int(x) for x in re.findall(r"Elected: (\d+)", info)]
+    assert sum(elected) == 40, info
+    # the JSON API and the metrics show the workers
+    api = json.loads(await c.fetch("/api/v1/workers"))
+    assert api["mode"] == "processes" and api["configured"] == 2 and api["in_sync"]
+    assert [w["pid"] for w in api["workers"]] == [w.pid for _, w in
+                                                  sorted(c.pool.workers.items())]
+    assert sum(w["requests"] for w in api["workers"]) == 40
+    metrics = (await c.fetch("/metrics")).decode()
+    assert "modcluster_proxy_workers 2.0" in metrics
+    assert "modcluster_proxy_worker_restarts_total 0.0" in metrics
+    assert 'modcluster_node_requests_total{route="nA"} %d.0' % nodes[0].requests in metrics
 
 
 @cluster_test()
@@ -181,6 +200,7 @@ async def test_a_killed_worker_is_replaced_and_nothing_is_lost(c):
                 and len(c.pool.workers) == 2 and all(w["ready"] for w in c.pool.status()),
                 20, "workers restarted")
     assert c.pool.restarts == 2
+    assert "modcluster_proxy_worker_restarts_total 2.0" in (await c.fetch("/metrics")).decode()
     # the killed worker's request in flight is taken back, not left counted
     await until(lambda: c.registry.node("nA").rt.busy == 0, what="busy back to 0")
     try:

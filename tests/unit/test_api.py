@@ -90,9 +90,18 @@ def test_root_lists_the_endpoints(get):
     assert body["endpoints"] == {
         "balancers": "/api/v1/balancers", "nodes": "/api/v1/nodes",
         "vhosts": "/api/v1/vhosts", "contexts": "/api/v1/contexts",
-        "events": "/api/v1/events", "node": "/api/v1/nodes/{route}",
+        "events": "/api/v1/events", "workers": "/api/v1/workers",
+        "node": "/api/v1/nodes/{route}",
     }
     assert get(API + "/")[2] == body
+
+
+def test_workers_in_process(get):
+    """Without proxy.workers the data plane runs in this process (see the
+    integration test test_worker_processes.py for the worker processes)."""
+    status, _, body = get(API + "/workers")
+    assert status == 200
+    assert body == {"mode": "in-process", "configured": 1, "restarts": 0, "workers": []}
 
 
 def test_nodes(get, registry):
