@@ -11,8 +11,16 @@ import re
 import signal
 
 import pytest_twisted
+import trustme
+from twisted.internet import ssl
 from twisted.internet import defer, reactor, task
-from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, readBody
+from twisted.web.client import (
+    Agent,
+    BrowserLikePolicyForHTTPS,
+    FileBodyProducer,
+    HTTPConnectionPool,
+    readBody,
+)
 from twisted.web.http_headers import Headers
 
 from modcluster.config import parse_config
@@ -42,15 +50,17 @@ def alive(pid):
 
 
 class Cluster:
-    def __init__(self, workers=2, **proxy):
+    def __init__(self, workers=2, listen=None, client_tls=None, **proxy):
         self.mport, self.pport = free_loopback_ports(2)
         extra = "".join(f"{k} = {v}\n" for k, v in proxy.items())
+        listen = (listen or "tcp:{port}:interface=127.0.0.1").format(port=self.pport)
+        self.scheme = "https" if listen.startswith("ssl:") else "http"
         self.config = parse_config(f"""
 [manager]
 listen = ["tcp:{self.mport}:interface=127.0.0.1"]
 persist = false
 [proxy]
-listen = ["tcp:{self.pport}:interface=127.0.0.1"]
+listen = ["{listen}"]
 workers = {workers}
 enable_options = false
 {extra}""")
@@ -60,7 +70,8 @@ enable_options = false
         self.nodes = []
         self.http = HTTPConnectionPool(reactor, persistent=True)
         self.agent = Agent(reactor, pool=self.http)
-        self.fresh = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
+        self.fresh = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False),
+                           contextFactory=client_tls or BrowserLikePolicyForHTTPS())
 
     async def mcmp(self, method, body):
         d = self.agent.request(
@@ -93,7 +104,7 @@ enable_options = false
 
     async def get(self, path, fresh=True):
         agent = self.fresh if fresh else self.agent
-        d = agent.request(b"GET", f"http://127.0.0.1:{self.pport}{path}".encode())
+        d = agent.request(b"GET", f"{self.scheme}://localhost:{self.pport}{path}".encode())
         response = await d.addTimeout(20, reactor)
         return response.code, await readBody(response)
 
@@ -209,6 +220,27 @@ async def test_a_killed_worker_is_replaced_and_nothing_is_lost(c):
         pass  # that client's connection died with its worker
     for i in range(10):
         assert (await c.get(f"/app/echo?i={i}"))[0] == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_workers_serve_https_on_a_shared_ssl_listener(tmp_path):
+    """An `ssl:` listener works the same in worker processes (TLS on the adopted socket)."""
+    ca = trustme.CA()
+    pem = tmp_path / "proxy.pem"
+    ca.issue_cert("localhost").private_key_and_cert_chain_pem.write_to_path(str(pem))
+    trust = ssl.Certificate.loadPEM(ca.cert_pem.bytes())
+
+    c = Cluster(listen=f"ssl:{{port}}:interface=127.0.0.1:privateKey={pem}",
+                client_tls=BrowserLikePolicyForHTTPS(trustRoot=trust))
+    await c.start()
+    try:
+        await c.node("nA")
+        for i in range(6):
+            code, body = await c.get(f"/app/echo?i={i}")
+            assert code == 200 and body.startswith(b"nA\n")
+            assert b"X-Forwarded-Proto: https" in body
+    finally:
+        await c.stop()
 
 
 @pytest_twisted.ensureDeferred
