@@ -21,7 +21,7 @@ exchange to one AJP connector and back:
 An L{AJPConnection} is both the L{IUpstream} of the exchange it carries and
 the L{IAJPResponseReceiver} of its protocol, so a request on a pooled
 connection allocates its FORWARD_REQUEST bytes, the protocol's body channel
-and the relayed header list, and no Deferred.  Read timeouts and idle TTLs are
+and the relayed header block, and no Deferred.  Read timeouts and idle TTLs are
 enforced from L{AJPForwarder.tick} (the front's once-a-second sweep); the only
 timer per request is the CPING timeout, and only when a CPING is sent.
 """
@@ -29,10 +29,14 @@ timer per request is the CPING timeout, and only when a CPING is sent.
 from __future__ import annotations
 
 import weakref
+from http import HTTPStatus
 from typing import Optional
 
-from twisted.internet.defer import fail
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+
 from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import ClientFactory
+from twisted.python.failure import Failure
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -52,6 +56,7 @@ from modcluster.proxy._transport import direct_writer
 from modcluster.proxy.headers import (
     RESP_CONNECTION,
     RESP_CONTENT_LENGTH,
+    RESPONSE_HEADER_EXACT,
     RESPONSE_HEADER_KIND,
     connection_tokens,
     drop_listed,
@@ -83,9 +88,13 @@ log = Logger(namespace="modcluster.ajp")
 CPING_MODES = ("always", "idle", "never")
 
 _HEAD = b"HEAD"
+#: client connections whose FORWARD_REQUEST pieces are kept (then forgotten at once)
+CLIENT_CACHE = 4096
 _NEVER = float("-inf")
 _DEFAULT_PING = 10.0
 _CONTINUE = b"Continue"
+#: status -> (the code as text, its reason phrase), for the usual codes
+_REASONS = {int(s): (b"%d" % s, reason_phrase(int(s))) for s in HTTPStatus}
 
 
 class _NodeProtocol(AJPClientProtocol):
@@ -106,6 +115,39 @@ class _NodeProtocol(AJPClientProtocol):
         link.rt.read += len(data)
         link.got = True
         AJPClientProtocol.dataReceived(self, data)
+
+
+def _relayed(headers) -> list:
+    """
+    The C{(name, value)} pairs of a response head that are relayed before
+    C{Connection} is applied: end-to-end headers and the first
+    Content-Length (the caller has checked that the others agree with it).
+    """
+    out = []
+    cl = False
+    for header in headers:
+        kind = RESPONSE_HEADER_KIND.get(header[0].lower(), 0)
+        if not kind:
+            out.append(header)
+        elif kind == RESP_CONTENT_LENGTH and not cl:
+            cl = True
+            out.append(header)
+    return out
+
+
+class _Direct(ClientFactory):
+    """C{connectTCP} factory for the protocol of one prepared L{AJPConnection}."""
+
+    noisy = False
+
+    def __init__(self, conn: "AJPConnection") -> None:
+        self.conn = conn
+
+    def buildProtocol(self, addr) -> _NodeProtocol:
+        return self.conn.proto
+
+    def clientConnectionFailed(self, connector, reason) -> None:
+        self.conn._connectFailed(reason)
 
 
 @implementer(IUpstream, IAJPResponseReceiver, IPushProducer)
@@ -153,24 +195,31 @@ class AJPConnection:
     def start(self, ex, packet: bytes, ping: Optional[float]) -> None:
         """Carry C{ex}: send C{packet} now if connected, else on connection."""
         self.ex = ex
-        self.packet = packet
         self.ping = ping
-        self.sent = self.got = self.head = self.no_body = self.early = False
-        self.paused = False
+        self.sent = self.got = self.head = self.no_body = self.early = self.paused = False
         self.remaining = -1
         self.body = None
         bl = ex.body_length
         self.body_done = bl is None or bl == 0
         if self.up:
-            self._send()
+            self._send(packet)
+        else:
+            self.packet = packet
 
     def connect(self) -> None:
+        pool = self.pool
         self.sync = True
         try:
-            d = self.pool.endpoint.connect(_OneShot(self.proto))
-        except Exception as e:  # a bad address can fail synchronously
-            d = fail(e)
-        d.addErrback(self._connectFailed)
+            if pool.direct is not None:
+                # IP literal: the reactor's own connector, no endpoint wrapper
+                # protocol between the transport and ours (one call less per read).
+                host, port = pool.direct
+                self.fw.reactor.connectTCP(host, port, _Direct(self),
+                                           timeout=pool.connect_timeout)
+            else:
+                pool.endpoint.connect(_OneShot(self.proto)).addErrback(self._connectFailed)
+        except Exception:  # a bad address can fail synchronously
+            self._connectFailed(Failure())
         self.sync = False
 
     def _connectFailed(self, failure) -> None:
@@ -179,14 +228,14 @@ class AJPConnection:
     def _connected(self) -> None:
         self.up = True
         if self.ex is not None:
-            self._send()
+            packet = self.packet
+            self.packet = None
+            self._send(packet)
         else:
             self.pool.release(self)  # the client left while we were connecting
 
-    def _send(self) -> None:
+    def _send(self, packet: bytes) -> None:
         ex = self.ex
-        packet = self.packet
-        self.packet = None
         bl = ex.body_length
         length = 0 if bl is None else (bl if bl >= 0 else None)
         self.rt.transferred += len(packet)
@@ -265,30 +314,38 @@ class AJPConnection:
         if status < 200:
             self._bad(f"status {status} over AJP")
             return
-        out = []
+        # The relayed headers go straight into the block the front writes
+        # (IExchange.responseHead takes bytes); a Connection header, which
+        # can name others to drop, takes the list way.
+        parts = []
         cl = None
         conn = None
+        exact = RESPONSE_HEADER_EXACT
         kinds = RESPONSE_HEADER_KIND
-        for header in headers:
-            kind = kinds.get(header[0].lower())
+        for name, value in headers:
+            kind = exact.get(name)
             if kind is None:
-                out.append(header)
+                kind = kinds.get(name.lower(), 0)
+            if not kind:
+                parts += (name, b": ", value, b"\r\n")
             elif kind == RESP_CONTENT_LENGTH:
-                value = header[1].strip()
+                stripped = value.strip()
                 if cl is None:
-                    cl = value
-                    out.append(header)
-                elif value != cl:
+                    cl = stripped
+                    parts += (name, b": ", value, b"\r\n")
+                elif stripped != cl:
                     self._bad("conflicting Content-Length headers")
                     return
             elif kind == RESP_CONNECTION:
                 if conn is None:
-                    conn = [header[1]]
+                    conn = [value]
                 else:
-                    conn.append(header[1])
+                    conn.append(value)
             # other hop-by-hop names (Transfer-Encoding, Keep-Alive, ...) dropped
         if conn is not None:
-            out = drop_listed(out, connection_tokens(conn))
+            out = drop_listed(_relayed(headers), connection_tokens(conn))
+        else:
+            out = b"".join(parts)
         if ex.method == _HEAD or status == 204 or status == 304:
             self.no_body = True
             length = 0
@@ -299,8 +356,11 @@ class AJPConnection:
             length = self.remaining = int(cl)
         else:
             length = -1
-        if not reason or reason == b"%d" % status:
-            reason = reason_phrase(status)  # Tomcat sends the code as its message
+        known = _REASONS.get(status)
+        if known is None:
+            known = (b"%d" % status, reason_phrase(status))
+        if not reason or reason == known[0]:
+            reason = known[1]  # Tomcat sends the code as its message
         self.head = True
         ex.responseHead(status, reason, out, length)
 
@@ -334,11 +394,15 @@ class AJPConnection:
         self.ex = None
         self.body = None
         self.reused = True
-        self._unhold()
+        self.paused = False
+        if self.held:
+            self.held = False
+            self.proto.resumeProducing()
         short = self.remaining > 0
-        if reusable and not short and not self.pool.closed:
+        pool = self.pool
+        if reusable and not short and not pool.closed:
             self.last_ok = self.fw.reactor.seconds()
-            self.pool.release(self)
+            pool.release(self)
         else:
             self._close()
         if ex is None:
@@ -406,7 +470,7 @@ class AJPConnection:
 
     def requestBodyEnd(self) -> None:
         body = self.body
-        if body is not None:
+        if body is not None and not self.body_done:  # (no-op for a request without body)
             self.body_done = True
             body.finish()
 
@@ -482,6 +546,9 @@ class AJPPool(PoolBase):
         self.packet_size = fw.packet_size
         self.encoder = ForwardRequestEncoder(fw.packet_size)
         self.endpoint = node_endpoint(fw.reactor, s.host, s.port, self.connect_timeout)
+        host = s.host
+        bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        self.direct = (bare, s.port) if isIPAddress(bare) or isIPv6Address(bare) else None
 
     def acquire(self, ex, packet: bytes, fresh: bool) -> AJPConnection:
         fw = self.fw
@@ -597,6 +664,7 @@ class AJPForwarder(PooledForwarder):
         self.cping = config.ajp_cping
         self.cping_idle = config.ajp_cping_idle
         self.in_forward = False
+        self._clients: dict = {}
         super().__init__(reactor)
 
     def encode(self, ex, pool: AJPPool) -> bytes:
@@ -606,6 +674,10 @@ class AJPForwarder(PooledForwarder):
 
         @raise RequestTooLarge: it does not fit the packet size.
         """
+        client = ex.client
+        facts = self._clients.get(id(client))
+        if facts is None or facts[0]() is not client:
+            facts = self._clientFacts(client, pool.encoder)
         target = ex.target
         q = target.find(b"?")
         if q >= 0:
@@ -614,33 +686,34 @@ class AJPForwarder(PooledForwarder):
         else:
             uri = target
             query = None
-        client = ex.client
         host = ex.host
-        headers = [(b"Host", host)] if host is not None else []
-        headers += ex.headers
+        if host is not None:
+            headers = [(b"Host", host)]
+            headers += ex.headers
+            if host == facts[3]:
+                server_name = facts[4]
+            else:
+                server_name = _server_name(host, client)
+                if len(host) <= 255:
+                    facts[3] = host
+                    facts[4] = server_name
+        else:
+            headers = list(ex.headers)
+            server_name = facts[5]
         bl = ex.body_length
         if bl is not None:
             headers.append((b"Content-Length", b"%d" % bl) if bl >= 0
                            else (b"Transfer-Encoding", b"chunked"))
-        remote = client.remote_addr.encode("ascii", "replace")
-        attributes = [(b"AJP_REMOTE_PORT", b"%d" % client.remote_port),
-                      (b"AJP_LOCAL_ADDR", client.local_addr.encode("ascii", "replace"))]
-        cipher = key_size = cert = None
-        if client.secure:
-            cipher, key_size, cert, version = _tls_facts(client.transport)
-            if version is not None:
-                attributes.insert(0, (b"AJP_SSL_PROTOCOL", version))
         route = ex.decision.session_route
         user = getattr(ex, "remote_user", None)
         if isinstance(user, str):
             user = user.encode("utf-8")
-        return pool.encoder.encode_fields(
+        return pool.encoder.encode_prepared(
             ex.method,
             b"HTTP/1.1" if ex.version == "1.1" else b"HTTP/1.0",
             uri,
-            remote,
-            remote,
-            _server_name(host, client),
+            facts[1],
+            server_name,
             client.local_port,
             client.secure,
             headers,
@@ -649,12 +722,37 @@ class AJPForwarder(PooledForwarder):
             None,
             query,
             route.encode("utf-8", "surrogateescape") if route else None,
-            cert,
-            cipher,
-            None,
-            key_size,
-            attributes,
+            facts[2],
         )
+
+    def _clientFacts(self, client, encoder: ForwardRequestEncoder) -> list:
+        """
+        What every FORWARD_REQUEST of one client connection shares: C{[weak
+        reference to the client, encoded remote_addr and remote_host, encoded
+        TLS facts and attributes, last Host value, its server_name, the
+        server_name without a Host]}.  Kept per client (by identity, at most
+        L{CLIENT_CACHE} entries) once final, i.e. for TLS once the handshake
+        is done.
+        """
+        remote = client.remote_addr.encode("ascii", "replace")
+        local = client.local_addr.encode("ascii", "replace")
+        attributes = [(b"AJP_REMOTE_PORT", b"%d" % client.remote_port),
+                      (b"AJP_LOCAL_ADDR", local)]
+        cipher = key_size = cert = None
+        final = True
+        if client.secure:
+            cipher, key_size, cert, version = _tls_facts(client.transport)
+            if version is not None:
+                attributes.insert(0, (b"AJP_SSL_PROTOCOL", version))
+            final = cipher is not None
+        facts = [weakref.ref(client), encoder.encode_addresses(remote, remote),
+                 encoder.encode_tail(cert, cipher, None, key_size, attributes), None, None, local]
+        if final:
+            clients = self._clients
+            if len(clients) >= CLIENT_CACHE:
+                clients.clear()
+            clients[id(client)] = facts
+        return facts
 
     def forward(self, exchange, fresh: bool = False):
         self.in_forward = True

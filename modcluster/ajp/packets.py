@@ -83,6 +83,7 @@ __all__ = [
     "decode_forward_request",
     "ResponseParser",
     "RequestParser",
+    "message_from_tuple",
 ]
 
 
@@ -299,7 +300,8 @@ _HH = struct.Struct(">HH")
 _unpack_HH = _HH.unpack_from
 _BODY_HEADER = struct.Struct(">HHH")  # magic, length, chunk length
 _pack_body_header = _BODY_HEADER.pack
-_pack_HBH = struct.Struct(">HBH").pack  # server_port, is_ssl, num_headers
+_pack_xH = struct.Struct(">xH").pack  # a NUL (end of the previous string), a length
+_pack_xHBH = struct.Struct(">xHBH").pack  # NUL, server_port, is_ssl, num_headers
 _NUL = b"\x00"
 
 # header names Tomcat could never send and that an HTTP/1.1 front must not emit
@@ -454,7 +456,14 @@ def _seed_name_cache() -> dict[bytes, bytes]:
 
 _NAME_SEED: Mapping[bytes, bytes] = MappingProxyType(_seed_name_cache())
 
-_METHOD_BYTES = tuple(bytes((i,)) for i in range(256))
+#: FORWARD_REQUEST and the method code (indexed by the code)
+_FORWARD_TYPE = tuple(bytes((FORWARD_REQUEST, i)) for i in range(256))
+_pack_server_head = struct.Struct(">HH").pack  # magic 0x1234, payload length
+# private plain-dict copies for the hot path (a mappingproxy lookup costs more);
+# never modified
+_METHOD_CODES = dict(METHOD_CODES)
+#: the protocol field, length included, for the usual values
+_PROTOCOLS = {p: _pack_H(len(p)) + p for p in (b"HTTP/1.1", b"HTTP/1.0")}
 
 
 class ForwardRequestEncoder:
@@ -517,71 +526,145 @@ class ForwardRequestEncoder:
     ) -> bytes:
         """
         Same as L{encode}, from the L{ForwardRequest} fields given directly
-        (saves building the frozen value on the hot path).
+        (saves building the frozen value on the hot path).  Equivalent to
+        L{encode_prepared} with L{encode_addresses} and L{encode_tail}.
         """
         if not 0 <= server_port <= 0xFFFF:
             raise AJPEncodeError(f"server_port {server_port!r} out of range")
         if not method:
             raise AJPEncodeError("empty method")
-        code = METHOD_CODES.get(method, STORED_METHOD)
+        return self.encode_prepared(
+            method, protocol, req_uri, self.encode_addresses(remote_addr, remote_host),
+            server_name, server_port, is_ssl, headers, secret, remote_user, auth_type,
+            query_string, jvm_route,
+            self.encode_tail(ssl_cert, ssl_cipher, ssl_session, ssl_key_size, attributes),
+        )
+
+    def encode_addresses(self, remote_addr: bytes, remote_host: bytes) -> bytes:
+        """
+        The C{remote_addr} and C{remote_host} fields as they sit in a
+        FORWARD_REQUEST, for L{encode_prepared} (the same for every request
+        of one client connection, so a caller may keep it).
+
+        @raise RequestTooLarge: a string longer than 16 bits can count.
+        """
+        try:
+            return b"".join((_pack_xH(len(remote_addr)), remote_addr,
+                             _pack_xH(len(remote_host)), remote_host))
+        except struct.error:
+            raise RequestTooLarge(0x10000, self.max_packet_size) from None
+
+    def encode_tail(
+        self,
+        ssl_cert: Optional[bytes] = None,
+        ssl_cipher: Optional[bytes] = None,
+        ssl_session: Optional[bytes] = None,
+        ssl_key_size: Optional[int] = None,
+        attributes: Sequence[tuple[bytes, bytes]] = (),
+    ) -> bytes:
+        """
+        The last request attributes of a FORWARD_REQUEST (the TLS facts and
+        the generic attributes, without the terminating C{0xFF}), for
+        L{encode_prepared} (the same for every request of one client
+        connection when the attributes describe the connection).
+
+        @raise AJPEncodeError: C{ssl_key_size} is not a 16-bit unsigned integer.
+        @raise RequestTooLarge: a string longer than 16 bits can count.
+        """
+        pack_H = _pack_H
+        NUL = _NUL
+        parts: list = []
+        try:
+            if ssl_cert is not None:
+                parts += (b"\x07", pack_H(len(ssl_cert)), ssl_cert, NUL)
+            if ssl_cipher is not None:
+                parts += (b"\x08", pack_H(len(ssl_cipher)), ssl_cipher, NUL)
+            if ssl_session is not None:
+                parts += (b"\x09", pack_H(len(ssl_session)), ssl_session, NUL)
+            if ssl_key_size is not None:
+                if not 0 <= ssl_key_size <= 0xFFFF:
+                    raise AJPEncodeError(f"ssl_key_size {ssl_key_size!r} out of range")
+                parts += (b"\x0b", pack_H(ssl_key_size))
+            for name, value in attributes:
+                parts += (b"\x0a", pack_H(len(name)), name, _pack_xH(len(value)), value, NUL)
+        except struct.error:
+            raise RequestTooLarge(0x10000, self.max_packet_size) from None
+        return b"".join(parts)
+
+    def encode_prepared(
+        self,
+        method: bytes,
+        protocol: bytes,
+        req_uri: bytes,
+        addresses: bytes,
+        server_name: bytes,
+        server_port: int,
+        is_ssl: bool,
+        headers: Sequence[tuple[bytes, bytes]],
+        secret: Optional[bytes],
+        remote_user: Optional[bytes],
+        auth_type: Optional[bytes],
+        query_string: Optional[bytes],
+        jvm_route: Optional[bytes],
+        tail: bytes,
+    ) -> bytes:
+        """
+        Encode one FORWARD_REQUEST packet from the per-request fields and
+        two pieces prepared once per client connection: C{addresses} from
+        L{encode_addresses} and C{tail} from L{encode_tail}.
+
+        @raise RequestTooLarge: the packet would exceed the packet size.
+        @raise AJPEncodeError: C{server_port} is not a 16-bit unsigned
+            integer, or C{method} is empty.
+        """
+        if not 0 <= server_port <= 0xFFFF:
+            raise AJPEncodeError(f"server_port {server_port!r} out of range")
+        if not method:
+            raise AJPEncodeError("empty method")
+        code = _METHOD_CODES.get(method, STORED_METHOD)
         pack_H = _pack_H
         names = self._names
+        NUL = _NUL
         try:
+            # Each string is its 16-bit length, the bytes and a NUL; ">xH"
+            # packs the previous string's NUL with the next length.
+            piece = _PROTOCOLS.get(protocol)
+            if piece is None:
+                piece = pack_H(len(protocol)) + protocol
             parts = [
-                b"\x12\x34\x00\x00\x02",
-                _METHOD_BYTES[code],
-                pack_H(len(protocol)), protocol,
-                b"\x00" + pack_H(len(req_uri)), req_uri,
-                b"\x00" + pack_H(len(remote_addr)), remote_addr,
-                b"\x00" + pack_H(len(remote_host)), remote_host,
-                b"\x00" + pack_H(len(server_name)), server_name,
-                b"\x00" + _pack_HBH(server_port, 1 if is_ssl else 0, len(headers)),
+                _FORWARD_TYPE[code], piece,
+                _pack_xH(len(req_uri)), req_uri,
+                addresses,
+                _pack_xH(len(server_name)), server_name,
+                _pack_xHBH(server_port, 1 if is_ssl else 0, len(headers)),
             ]
-            append = parts.append
             for name, value in headers:
                 piece = names.get(name)
                 if piece is None:
                     piece = self._name(name)
-                append(piece)
-                append(pack_H(len(value)))
-                append(value)
-                append(_NUL)
+                parts += (piece, pack_H(len(value)), value, NUL)
             # Optional string attributes, in mod_proxy_ajp's order (secret first).
-            for prefix, value in (
-                (b"\x0c", secret),
-                (b"\x0d", method if code == STORED_METHOD else None),
-                (b"\x03", remote_user),
-                (b"\x04", auth_type),
-                (b"\x05", query_string),
-                (b"\x06", jvm_route),
-                (b"\x07", ssl_cert),
-                (b"\x08", ssl_cipher),
-                (b"\x09", ssl_session),
-            ):
-                if value is not None:
-                    append(prefix + pack_H(len(value)))
-                    append(value)
-                    append(_NUL)
-            if ssl_key_size is not None:
-                if not 0 <= ssl_key_size <= 0xFFFF:
-                    raise AJPEncodeError(f"ssl_key_size {ssl_key_size!r} out of range")
-                append(b"\x0b" + pack_H(ssl_key_size))
-            for name, value in attributes:
-                append(b"\x0a" + pack_H(len(name)))
-                append(name)
-                append(b"\x00" + pack_H(len(value)))
-                append(value)
-                append(_NUL)
-            append(b"\xff")
+            if secret is not None:
+                parts += (b"\x0c", pack_H(len(secret)), secret, NUL)
+            if code == STORED_METHOD:
+                parts += (b"\x0d", pack_H(len(method)), method, NUL)
+            if remote_user is not None:
+                parts += (b"\x03", pack_H(len(remote_user)), remote_user, NUL)
+            if auth_type is not None:
+                parts += (b"\x04", pack_H(len(auth_type)), auth_type, NUL)
+            if query_string is not None:
+                parts += (b"\x05", pack_H(len(query_string)), query_string, NUL)
+            if jvm_route is not None:
+                parts += (b"\x06", pack_H(len(jvm_route)), jvm_route, NUL)
         except struct.error:
             # a string or a count did not fit 16 bits: far beyond any packet size
             raise RequestTooLarge(0x10000, self.max_packet_size) from None
-        packet = bytearray().join(parts)
-        size = len(packet)
+        parts += (tail, b"\xff")
+        payload = b"".join(parts)
+        size = len(payload) + 4
         if size > self.max_packet_size:
             raise RequestTooLarge(size, self.max_packet_size)
-        packet[2:4] = pack_H(size - 4)
-        return bytes(packet)
+        return _pack_server_head(0x1234, size - 4) + payload
 
 
 def encode_forward_request(
@@ -712,7 +795,13 @@ def _read_int(data: bytes, pos: int, end: int, what: str) -> int:
     return (data[pos] << 8) | data[pos + 1]
 
 
-def _parse_send_headers(data: bytes, pos: int, end: int) -> SendHeaders:
+def _send_headers_checked(data: bytes, pos: int, end: int) -> tuple:
+    """
+    The general SEND_HEADERS decoder: the payload after the type byte, from
+    C{pos} to C{end}; returns C{(status, reason, headers)}.  Every check has
+    its own error message; L{_send_headers} handles the common case faster
+    and falls back to this function for anything unusual.
+    """
     status = _read_int(data, pos, end, "SEND_HEADERS status")
     if not 100 <= status <= 999:
         raise MalformedPacket(f"SEND_HEADERS: status {status} out of range 100..999")
@@ -741,23 +830,81 @@ def _parse_send_headers(data: bytes, pos: int, end: int) -> SendHeaders:
             name, pos = _read_string(data, pos, end, "SEND_HEADERS header name")
             if token(name) is None:
                 raise MalformedPacket(f"SEND_HEADERS: invalid header name {name[:64]!r}")
-        # the value string, inlined (hot path); _read_string gives the message
-        if pos + 2 <= end:
-            n = (data[pos] << 8) | data[pos + 1]
-            stop = pos + 2 + n
-            if n != 0xFFFF and stop < end and data[stop] == 0:
-                value = data[pos + 2:stop]
-                pos = stop + 1
-            else:
-                value, pos = _read_string(data, pos, end, "SEND_HEADERS header value")
-        else:
-            value, pos = _read_string(data, pos, end, "SEND_HEADERS header value")
+        value, pos = _read_string(data, pos, end, "SEND_HEADERS header value")
         if bad(value):
             raise MalformedPacket(f"SEND_HEADERS: value of {name!r} contains CR, LF or NUL")
         append((name, value))
     if pos != end:
         raise MalformedPacket(f"SEND_HEADERS: {end - pos} unexpected trailing bytes")
-    return SendHeaders(status, reason, tuple(headers))
+    return status, reason, tuple(headers)
+
+
+#: response header name by the low byte of its C{0xA0nn} code (C{None}: no such code)
+_CODED_RESPONSE_NAMES = tuple(RESPONSE_HEADER_NAMES.get(0xA000 + i) for i in range(256))
+
+#: header names sent as strings that need no token check (they are tokens)
+_KNOWN_TOKENS = frozenset((
+    b"Accept-Ranges", b"ETag", b"Cache-Control", b"Expires", b"Pragma", b"Vary",
+    b"Content-Encoding", b"Content-Disposition", b"Content-Range", b"Content-Location",
+    b"Transfer-Encoding", b"Connection", b"Keep-Alive", b"Server", b"Allow", b"Age",
+    b"Retry-After", b"Access-Control-Allow-Origin", b"Strict-Transport-Security",
+    b"X-Content-Type-Options", b"X-Frame-Options", b"X-Powered-By",
+    b"Content-Security-Policy", b"Link", b"Trailer", b"Upgrade", b"Via", b"Warning",
+))
+
+
+def _send_headers(data: bytes, pos: int, end: int) -> tuple:
+    """
+    Decode a SEND_HEADERS payload (after the type byte, C{pos} to C{end}) into
+    C{(status, reason, headers)}.  Same result as L{_send_headers_checked}
+    (which it falls back to, for the error, at the first unusual byte) with
+    fewer steps for the usual packet.
+
+    A string length of C{0xFFFF} (null) needs no test of its own here: it
+    always runs past C{end}, because a packet is at most 65536 bytes.
+    """
+    try:
+        status = (data[pos] << 8) | data[pos + 1]
+        p = pos + 4
+        stop = p + ((data[pos + 2] << 8) | data[pos + 3])
+        if stop + 2 >= end or data[stop] or not 100 <= status <= 999:
+            return _send_headers_checked(data, pos, end)
+        reason = data[p:stop]
+        count = (data[stop + 1] << 8) | data[stop + 2]
+        p = stop + 3
+        headers = []
+        append = headers.append
+        # the reason and the values, checked for CR, LF and NUL in one search
+        texts = [reason]
+        text = texts.append
+        coded = _CODED_RESPONSE_NAMES
+        for _ in range(count):
+            c = data[p]
+            if c == 0xA0:
+                name = coded[data[p + 1]]
+                if name is None:
+                    return _send_headers_checked(data, pos, end)
+                p += 2
+            else:
+                stop = p + 2 + ((c << 8) | data[p + 1])
+                if stop >= end or data[stop]:
+                    return _send_headers_checked(data, pos, end)
+                name = data[p + 2:stop]
+                if name not in _KNOWN_TOKENS and _TOKEN.fullmatch(name) is None:
+                    return _send_headers_checked(data, pos, end)
+                p = stop + 1
+            stop = p + 2 + ((data[p] << 8) | data[p + 1])
+            if stop >= end or data[stop]:
+                return _send_headers_checked(data, pos, end)
+            value = data[p + 2:stop]
+            text(value)
+            append((name, value))
+            p = stop + 1
+    except IndexError:  # read past the end of the buffer: truncated
+        return _send_headers_checked(data, pos, end)
+    if p != end or _BAD_VALUE.search(b"".join(texts)):
+        return _send_headers_checked(data, pos, end)
+    return status, reason, tuple(headers)
 
 
 _TYPE_NAMES = {
@@ -772,6 +919,29 @@ def _type_name(code: int) -> str:
     return _TYPE_NAMES.get(code, "unknown")
 
 
+_T_END_REUSE = (END_RESPONSE, True)
+_T_END_CLOSE = (END_RESPONSE, False)
+_T_CPONG = (CPONG,)
+
+
+def message_from_tuple(t: tuple) -> ResponseMessage:
+    """
+    The message value of one tuple from L{ResponseParser.feed_tuples}.
+    """
+    kind = t[0]
+    if kind == SEND_BODY_CHUNK:
+        return SendBodyChunk(t[1])
+    if kind == SEND_HEADERS:
+        return SendHeaders(t[1], t[2], t[3])
+    if kind == END_RESPONSE:
+        return _END_REUSE if t[1] else _END_CLOSE
+    if kind == GET_BODY_CHUNK:
+        return GetBodyChunk(t[1])
+    if kind == CPONG:
+        return _CPONG
+    raise ValueError(f"not a response message tuple: {t!r}")
+
+
 class ResponseParser:
     """
     Incremental, strict parser of container -> server packets.
@@ -782,6 +952,10 @@ class ResponseParser:
     that arrives whole in one C{feed} is decoded straight from the caller's
     bytes (a body chunk is one slice of them); only an incomplete tail is
     buffered, and buffered bytes are converted once when a packet completes.
+
+    C{feed_tuples(data)} is the same parser giving plain tuples (no object
+    per message) for the protocol's hot path; C{feed} is C{feed_tuples}
+    mapped through L{message_from_tuple}.
 
     After an error the parser is dead: every later C{feed} raises
     L{AJPProtocolError}.
@@ -809,6 +983,24 @@ class ResponseParser:
         @raise AJPProtocolError: (a subclass) on malformed input; its
             C{messages} holds the messages decoded before the error.
         """
+        try:
+            raw = self.feed_tuples(data)
+        except AJPProtocolError as e:
+            e.messages = tuple([message_from_tuple(t) for t in e.messages])
+            raise
+        return [message_from_tuple(t) for t in raw]
+
+    def feed_tuples(self, data: bytes) -> list:
+        """
+        Parse C{data}; return the messages completed by it, in order, as
+        tuples: C{(SEND_HEADERS, status, reason, headers)},
+        C{(SEND_BODY_CHUNK, data)}, C{(END_RESPONSE, reuse)},
+        C{(GET_BODY_CHUNK, requested_length)}, C{(CPONG,)} (the fields of
+        the L{SendHeaders}, ... values, in the same order).
+
+        @raise AJPProtocolError: (a subclass) on malformed input; its
+            C{messages} holds the tuples decoded before the error.
+        """
         if self._dead is not None:
             raise AJPProtocolError(f"parser stopped after an earlier error: {self._dead}")
         if type(data) is not bytes:
@@ -831,11 +1023,12 @@ class ResponseParser:
                 if avail < 4:
                     need = 4
                     break
-                magic, length = _unpack_HH(data, pos)
-                if magic != 0x4142:
+                if data[pos] != 0x41 or data[pos + 1] != 0x42:
+                    magic = (data[pos] << 8) | data[pos + 1]
                     raise BadMagic(
                         f"bad packet magic 0x{magic:04X} from container (expected 0x4142 'AB')"
                     )
+                length = (data[pos + 2] << 8) | data[pos + 3]
                 if length + 4 > limit:
                     raise PacketTooLarge(
                         f"container packet of {length + 4} bytes exceeds the "
@@ -860,9 +1053,9 @@ class ResponseParser:
                             f"SEND_BODY_CHUNK: chunk length {n} does not match "
                             f"packet length {length} (expected {length - 4})"
                         )
-                    out.append(SendBodyChunk(data[start + 3:start + 3 + n]))
+                    out.append((3, data[start + 3:start + 3 + n]))
                 elif kind == 4:
-                    out.append(_parse_send_headers(data, start + 1, stop))
+                    out.append((4, *_send_headers(data, start + 1, stop)))
                 elif kind == 5:
                     if length != 2:
                         raise MalformedPacket(
@@ -870,9 +1063,9 @@ class ResponseParser:
                         )
                     reuse = data[start + 1]
                     if reuse == 1:
-                        out.append(_END_REUSE)
+                        out.append(_T_END_REUSE)
                     elif reuse == 0:
-                        out.append(_END_CLOSE)
+                        out.append(_T_END_CLOSE)
                     else:
                         raise MalformedPacket(f"END_RESPONSE: bad reuse flag {reuse}")
                 elif kind == 6:
@@ -883,11 +1076,11 @@ class ResponseParser:
                     requested = (data[start + 1] << 8) | data[start + 2]
                     if requested == 0:
                         raise MalformedPacket("GET_BODY_CHUNK asks for 0 bytes")
-                    out.append(GetBodyChunk(requested))
+                    out.append((6, requested))
                 elif kind == 9:
                     if length != 1:
                         raise MalformedPacket(f"CPONG payload must be 1 byte, not {length}")
-                    out.append(_CPONG)
+                    out.append(_T_CPONG)
                 else:
                     raise UnknownMessageType(
                         f"unknown message type {kind} ({_type_name(kind)}) from container"

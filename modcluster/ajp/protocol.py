@@ -33,16 +33,16 @@ from .packets import (
     AJPError,
     AJPProtocolError,
     CPING_PACKET,
-    CPong,
+    CPONG,
     DEFAULT_PACKET_SIZE,
     EMPTY_BODY_PACKET,
-    EndResponse,
+    END_RESPONSE,
     ForwardRequest,
     ForwardRequestEncoder,
-    GetBodyChunk,
+    GET_BODY_CHUNK,
     ResponseParser,
-    SendBodyChunk,
-    SendHeaders,
+    SEND_BODY_CHUNK,
+    SEND_HEADERS,
     UnexpectedMessage,
     body_chunk_header,
     check_packet_size,
@@ -150,9 +150,9 @@ _CLOSED = 5
 _STATE_NAMES = ("idle", "waiting for CPONG", "waiting for CPONG before a request",
                 "waiting for SEND_HEADERS", "receiving the response body", "closed")
 
-_MESSAGE_NAMES = {SendHeaders: "SEND_HEADERS", SendBodyChunk: "SEND_BODY_CHUNK",
-                  EndResponse: "END_RESPONSE", GetBodyChunk: "GET_BODY_CHUNK",
-                  CPong: "CPONG"}
+_MESSAGE_NAMES = {SEND_HEADERS: "SEND_HEADERS", SEND_BODY_CHUNK: "SEND_BODY_CHUNK",
+                  END_RESPONSE: "END_RESPONSE", GET_BODY_CHUNK: "GET_BODY_CHUNK",
+                  CPONG: "CPONG"}
 
 
 @implementer(IConsumer)
@@ -348,7 +348,7 @@ class AJPClientProtocol(Protocol):
         self._lastRead = self._clock.seconds()
         parser = self._parser
         try:
-            messages = parser.feed(data)
+            messages = parser.feed_tuples(data)
             error: Optional[AJPProtocolError] = None
         except AJPProtocolError as e:
             messages = e.messages
@@ -357,35 +357,36 @@ class AJPClientProtocol(Protocol):
         index = 0
         exchange = self.requestsSent
         delivered = False
+        # Messages are the parser's tuples: (kind, fields...) in the order of
+        # the SendHeaders, ... attributes.
         for message in messages:
-            kind = type(message)
+            kind = message[0]
             state = self._state
-            if kind is SendBodyChunk and state == _BODY:
+            if kind == SEND_BODY_CHUNK and state == _BODY:
                 delivered = True
-                self._receiver.bodyReceived(message.data)
-            elif kind is SendHeaders and state == _WAIT_HEAD:
+                self._receiver.bodyReceived(message[1])
+            elif kind == SEND_HEADERS and state == _WAIT_HEAD:
                 self._state = _BODY
                 self._responseStarted = True
                 delivered = True
-                self._receiver.headReceived(message.status, message.reason, message.headers)
-            elif kind is EndResponse and state == _BODY:
+                self._receiver.headReceived(message[1], message[2], message[3])
+            elif kind == END_RESPONSE and state == _BODY:
                 self._responseEnded(
-                    message.reuse,
-                    index == last and error is None and not parser.buffered,
+                    message[1],
+                    index == last and error is None and not parser._buf,
                 )
-            elif kind is GetBodyChunk and (state == _WAIT_HEAD or state == _BODY):
-                if not self._getBodyChunk(message.requested_length):
+            elif kind == GET_BODY_CHUNK and (state == _WAIT_HEAD or state == _BODY):
+                if not self._getBodyChunk(message[1]):
                     return
-            elif kind is CPong and state == _CPING:
+            elif kind == CPONG and state == _CPING:
                 self._cpong()
-            elif kind is CPong and state == _PREPING:
+            elif kind == CPONG and state == _PREPING:
                 self._prePong()
-            elif kind is SendBodyChunk and state == _WAIT_HEAD and not message.data:
+            elif kind == SEND_BODY_CHUNK and state == _WAIT_HEAD and not message[1]:
                 pass  # flush before the headers: nothing to flush (httpd ignores it)
             else:
                 self._protocolError(UnexpectedMessage(
-                    f"unexpected {_MESSAGE_NAMES.get(kind, kind.__name__)} "
-                    f"while {_STATE_NAMES[state]}"))
+                    f"unexpected {_MESSAGE_NAMES[kind]} while {_STATE_NAMES[state]}"))
                 return
             if self._state == _CLOSED:
                 return
@@ -478,17 +479,17 @@ class AJPClientProtocol(Protocol):
             raise AJPConnectionBusy(f"cannot send a request: connection {_STATE_NAMES[self._state]}")
         if type(request) is not bytes:
             request = self._encoder.encode(request)
-        if bodyLength is None:
+        if bodyLength == 0:  # the usual case first
+            if body:
+                raise ValueError("body given for a request with bodyLength=0")
+            self._unsolicited = False
+            self._bodyEnded = True
+        elif bodyLength is None:
             self._unsolicited = False
             self._bodyEnded = False
         elif bodyLength > 0:
             self._unsolicited = True
             self._bodyEnded = False
-        elif bodyLength == 0:
-            if body:
-                raise ValueError("body given for a request with bodyLength=0")
-            self._unsolicited = False
-            self._bodyEnded = True
         else:
             raise ValueError(f"bad bodyLength {bodyLength!r}")
         self._receiver = receiver
@@ -717,7 +718,8 @@ class AJPClientProtocol(Protocol):
             if self._producerPaused:
                 self._producerPaused = False
                 producer.resumeProducing()
-        self._pending.clear()
+        if self._pending:
+            self._pending.clear()
         self._forward = None
         self._bodyEnded = True
         self._owed = 0

@@ -1175,3 +1175,91 @@ def test_blocked_client_does_not_stop_the_cping():
     h.flush()
     assert parse(c.received())[0].body == b"ok"
     assert h.counters_idle()
+
+
+# -- the per-request fast paths (docs/ajp.md, "Performance notes") -------------------
+
+
+def test_forward_request_pieces_kept_per_client_connection(monkeypatch):
+    """
+    What the forwarder keeps per client connection (addresses, attributes,
+    server_name per Host) never leaks into another connection's requests,
+    and a connection's later requests with another Host or none get their
+    own server_name; also when the cache is full and starts over.
+    """
+    from modcluster.ajp import forwarder as forwarder_module
+
+    monkeypatch.setattr(forwarder_module, "CLIENT_CACHE", 1)
+    h = one_node()
+    clients = [
+        h.client(transport=CountingTransport(
+            hostAddress=IPv4Address("TCP", "127.0.0.1", 8000),
+            peerAddress=IPv4Address("TCP", addr, port)))
+        for addr, port in ((CLIENT_ADDR, 40001), ("127.0.0.10", 40002))
+    ]
+    sends = [
+        (0, b"GET /a HTTP/1.1\r\nHost: www.example.com:8000\r\n\r\n", b"www.example.com"),
+        (1, b"GET /b HTTP/1.1\r\nHost: other.example\r\n\r\n", b"other.example"),
+        (0, b"GET /c HTTP/1.1\r\nHost: [::1]:8000\r\n\r\n", b"::1"),
+        (0, b"GET /d HTTP/1.0\r\n\r\n", b"127.0.0.1"),
+        (1, b"GET /e HTTP/1.1\r\nHost: other.example\r\n\r\n", b"other.example"),
+        (0, b"GET /f HTTP/1.1\r\nHost: www.example.com:8000\r\n\r\n", b"www.example.com"),
+    ]
+    node = None
+    for i, (which, data, server_name) in enumerate(sends):
+        clients[which].send(data)
+        if node is None:
+            node = h.accept()
+        h.flush()
+        req = node.requests[i]
+        addr, port = ((CLIENT_ADDR, 40001), ("127.0.0.10", 40002))[which]
+        assert req.server_name == server_name
+        assert req.remote_addr == req.remote_host == addr.encode()
+        assert list(req.attributes) == [(b"AJP_REMOTE_PORT", b"%d" % port),
+                                        (b"AJP_LOCAL_ADDR", b"127.0.0.1")]
+        assert parse(clients[which].received())[0].body == b"hello"
+        if data.endswith(b"HTTP/1.0\r\n\r\n"):
+            clients[which] = h.client(transport=CountingTransport(
+                hostAddress=IPv4Address("TCP", "127.0.0.1", 8000),
+                peerAddress=IPv4Address("TCP", addr, port)))
+    assert len(h.forwarder._clients) <= 1
+    assert h.counters_idle()
+
+
+def test_response_head_relayed_as_sent():
+    """
+    The relayed header block keeps the container's order, spelling and
+    values (a Content-Length with blanks too), repeats included.
+    """
+    h = one_node()
+    c = h.client()
+    c.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+
+    def handler(ex: ContainerExchange) -> None:
+        ex.sendHeaders(200, [(b"Set-Cookie", b"a=1"), (b"x-lower", b"v"), (b"Set-Cookie", b"b=2"),
+                             (b"Content-Length", b" 2 "), (b"ETag", b'"e"')])
+        ex.write(b"ok")
+        ex.end(True)
+
+    h.accept(handler=handler)
+    raw = c.received()
+    assert raw.startswith(b"HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nx-lower: v\r\n"
+                          b"Set-Cookie: b=2\r\nContent-Length:  2 \r\nETag: \"e\"\r\n")
+    assert raw.endswith(b"\r\n\r\nok")
+    assert h.counters_idle()
+
+
+def test_ip_literal_node_connects_without_endpoint_wrapper():
+    """
+    A node given by IP address is connected with the reactor's connectTCP
+    and our protocol is the transport's protocol (no endpoint wrapper).
+    """
+    h = one_node()
+    c = h.client()
+    c.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    [(host, port, factory, timeout, bind)] = h.pending()
+    assert (host, port) == ("127.0.0.1", 8009)
+    proto = factory.buildProtocol(IPv4Address("TCP", host, port))
+    [conn] = h.forwarder._pools[h.entry("n1").id].conns
+    assert proto is conn.proto
+    assert timeout == 10.0
