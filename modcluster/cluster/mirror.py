@@ -287,6 +287,12 @@ class CounterSink:
         for records in table.contexts.values():
             for c in records:
                 self._contexts[c.rt.serial] = c.rt
+        # Forget what workers said about records the registry has dropped.
+        for index, per_worker in ((self._nodes, self._last_nodes),
+                                  (self._contexts, self._last_contexts)):
+            for last in per_worker.values():
+                for serial in [s for s in last if s not in index]:
+                    del last[serial]
 
     def apply(self, worker, report: tuple) -> None:
         """Fold one L{Mirror.report} of C{worker} into the records."""
