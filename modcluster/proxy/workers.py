@@ -77,6 +77,11 @@ STOP_TIMEOUT = 10.0
 RESTART_DELAY = (0.5, 30.0)
 #: A worker that ran this long before dying restarts after the first delay again.
 STABLE_RUN = 10.0
+#: Seconds between heartbeats to each worker.
+HEARTBEAT_INTERVAL = 5.0
+#: A worker not heard from for this long (no answer to heartbeats: hung,
+#: stopped, or stuck in a loop) is killed and started again.
+STALL_TIMEOUT = 30.0
 #: File descriptor of the worker -> control channel in the worker; the listening
 #: sockets follow it.
 CHANNEL_FD = 3
@@ -212,6 +217,9 @@ class _Worker(ProcessProtocol):
         self.pid: Optional[int] = None
         self.started = pool.reactor.seconds()
         self.ready = False
+        #: when the control process last received anything from the worker
+        self.last_heard = self.started
+        self.killed = False
         #: generation of the last snapshot the worker loaded
         self.generation = 0
         self.ended: defer.Deferred = defer.Deferred()
@@ -239,6 +247,8 @@ class _Worker(ProcessProtocol):
                       worker=self.index, why=str(e))
             self._kill()
             return
+        if frames:
+            self.last_heard = self.pool.reactor.seconds()
         for payload in frames:
             try:
                 message = json.loads(payload)
@@ -256,6 +266,7 @@ class _Worker(ProcessProtocol):
                             pid=self.pid, line=line.decode("utf-8", "replace"))
 
     def _kill(self) -> None:
+        self.killed = True
         try:
             self.transport.signalProcess("KILL")
         except Exception:
@@ -300,6 +311,9 @@ class WorkerPool(Service):
         self._next_snapshot = 0.0
         self._updates: dict[int, object] = {}
         self._update_call = None
+        self.stall_timeout = STALL_TIMEOUT
+        self._heartbeat = LoopingCall(self._beat)
+        self._heartbeat.clock = reactor
         registry.on_structure_change(self._structure_changed)
         registry.on_node_change(self._node_changed)
 
@@ -316,10 +330,13 @@ class WorkerPool(Service):
         super().startService()
         for index in range(self.count):
             self._spawn(index)
+        self._heartbeat.start(HEARTBEAT_INTERVAL, now=False)
 
     def stopService(self) -> defer.Deferred:
         super().stopService()
         self._stopping = True
+        if self._heartbeat.running:
+            self._heartbeat.stop()
         for call in (self._snapshot_call, self._update_call,
                      *self._restart_calls.values()):
             if call is not None and call.active():
@@ -345,6 +362,21 @@ class WorkerPool(Service):
             self.listeners = []
 
         return done.addBoth(finished)
+
+    def _beat(self) -> None:
+        """Heartbeat: ask every worker for a sign of life; kill the silent ones."""
+        now = self.reactor.seconds()
+        ping = frame(pickle.dumps(("ping",)))
+        for worker in list(self.workers.values()):
+            silent = now - worker.last_heard
+            if worker.killed:
+                continue  # its end is on the way
+            if silent >= self.stall_timeout:
+                log.error("worker {worker} (pid {pid}) silent for {silent:.0f} s (hung?); "
+                          "killing it", worker=worker.index, pid=worker.pid, silent=silent)
+                worker._kill()
+            else:
+                worker.send(ping)
 
     def _kill_all(self) -> None:
         for worker in list(self.workers.values()):
@@ -451,6 +483,8 @@ class WorkerPool(Service):
             worker_log.emit(LogLevel.levelWithName(level), "worker {worker}: {text}",
                             worker=worker.index, pid=worker.pid, text=text,
                             worker_namespace=namespace)
+        elif kind == "pong":
+            pass  # last_heard is updated for every message
         elif kind == "loaded":
             worker.generation = int(message[1])
         elif kind == "ready":
@@ -549,6 +583,8 @@ class WorkerService(Service):
             self.send(["loaded", message[1][0]])
         elif kind == "update":
             self.mirror.update(message[1])
+        elif kind == "ping":
+            self.send(["pong"])
         elif kind == "stop":
             self.reactor.stop()
         else:

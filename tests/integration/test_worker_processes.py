@@ -24,6 +24,7 @@ from twisted.web.client import (
 from twisted.web.http_headers import Headers
 
 from modcluster.config import parse_config
+from modcluster.proxy import workers
 from modcluster.tap import build
 from tests.integration.test_proxy_http import NodeServer
 from tests.support.tomcat import free_loopback_ports
@@ -220,6 +221,26 @@ async def test_a_killed_worker_is_replaced_and_nothing_is_lost(c):
         pass  # that client's connection died with its worker
     for i in range(10):
         assert (await c.get(f"/app/echo?i={i}"))[0] == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_hung_worker_is_killed_and_replaced(monkeypatch):
+    """A worker that stops answering heartbeats (here: SIGSTOP) is replaced."""
+    monkeypatch.setattr(workers, "HEARTBEAT_INTERVAL", 0.2)
+    c = Cluster()
+    c.pool.stall_timeout = 1.0
+    await c.start()
+    try:
+        await c.node("nA")
+        hung = c.pool.workers[1].pid
+        os.kill(hung, signal.SIGSTOP)
+        await until(lambda: 1 in c.pool.workers and c.pool.workers[1].pid != hung
+                    and c.pool.in_sync(), 20, "hung worker replaced")
+        assert not alive(hung) and c.pool.restarts == 1
+        for i in range(10):
+            assert (await c.get(f"/app/echo?i={i}"))[0] == 200
+    finally:
+        await c.stop()
 
 
 @pytest_twisted.ensureDeferred

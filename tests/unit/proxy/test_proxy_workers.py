@@ -353,3 +353,26 @@ def test_config_allows_only_shareable_listeners_with_workers():
     with pytest.raises(ConfigError):
         parse_config("[proxy]\nworkers = 65\n")
     assert parse_config('[proxy]\nlisten = ["unix:/tmp/x.sock"]\n').proxy.workers == 1
+
+
+def test_pool_heartbeat_kills_silent_workers(pool):
+    reactor, reg, pool = pool
+    w0, w1 = reactor.processes
+    for p in (w0, w1):
+        p.say("ready")
+    for _ in range(int(workers.STALL_TIMEOUT / workers.HEARTBEAT_INTERVAL) + 1):
+        reactor.advance(workers.HEARTBEAT_INTERVAL)
+        assert w0.messages()[-1] == ("ping",)
+        w0.say("pong")  # w0 answers, w1 is hung
+    assert w0.signals == []
+    assert w1.signals == ["KILL"]
+    w1.end(ProcessTerminated(signal=9))
+    assert pool.restarts == 1
+
+
+def test_worker_service_answers_heartbeats():
+    reactor = MemoryReactorClock()
+    sent = []
+    service = WorkerService(reactor, Mirror(), object(), [], sent.append)
+    service.deliver(("ping",))
+    assert sent == [["pong"]]
