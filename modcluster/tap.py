@@ -150,7 +150,9 @@ def build(config: Config, reactor, demo: bool = False) -> MultiService:
         console = ConsoleResource(
             registry, c, m.release, clock=reactor, mcmp=handler,
             display=[("Management listeners", ", ".join(m.listen)),
-                     ("Proxy listeners", ", ".join(config.proxy.listen)),
+                     ("Proxy listeners", ", ".join(config.proxy.listen) + (
+                         f" ({config.proxy.workers} worker processes)"
+                         if config.proxy.workers > 1 else "")),
                      ("Advertise", _advertise_summary(config))])
 
     proxy = _proxy(config, reactor, registry, node_tls)

@@ -169,6 +169,8 @@ async def test_workers_share_the_port_route_and_report_counters(c):
     assert "modcluster_proxy_workers 2.0" in metrics
     assert "modcluster_proxy_worker_restarts_total 0.0" in metrics
     assert 'modcluster_node_requests_total{route="nA"} %d.0' % nodes[0].requests in metrics
+    console = (await c.fetch("/mod_cluster-manager")).decode()
+    assert "(2 worker processes)" in console
 
 
 @cluster_test()
