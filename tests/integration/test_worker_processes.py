@@ -60,6 +60,8 @@ class Cluster:
 [manager]
 listen = ["tcp:{self.mport}:interface=127.0.0.1"]
 persist = false
+[console]
+allow_display = true
 [proxy]
 listen = ["{listen}"]
 workers = {workers}
