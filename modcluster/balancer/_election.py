@@ -61,7 +61,9 @@ class RoutingPolicy:
 class Decision:
     """
     Where one request goes.  Built once per request (hot path: a plain slots
-    class, no validation).
+    class, no validation); on the fast path of L{choose}, once per record of a
+    snapshot and returned to every request routed there.  Never changed once
+    built.
 
     @ivar node: the chosen node.
     @ivar context: the context record chosen on that node (count C{in_flight} /
@@ -248,8 +250,11 @@ def _plain_route(table: RoutingTable, mpath: str) -> tuple:
     (no sticky cookie name in the cookie, no C{;} in the path) and no UseAlias; only the snapshot decides
     it, so it is memoised on the table.  Returns (balancer settings, candidates,
     reason): the balancer of the first ENABLED record (§2.3 step 2) and, in
-    record order, C{(record, node id, node runtime)} for the ENABLED records of
-    that balancer; or (C{None}, (), reason for the 404).
+    record order, C{(record, node id, node runtime, decision)} for the ENABLED
+    records of that balancer, where C{decision} is the L{Decision} for that
+    record (it only depends on the snapshot, and a Decision is never changed
+    once built, so every such request shares it); or (C{None}, (), reason for
+    the 404).
     """
     records = table.longest_match(mpath)
     if not records:
@@ -266,7 +271,9 @@ def _plain_route(table: RoutingTable, mpath: str) -> tuple:
             found = (None, (), "no enabled context matches the request")
         else:
             name = b.name
-            found = (b, tuple((rec, rec.node.id, rec.node.rt) for rec in records
+            found = (b, tuple((rec, rec.node.id, rec.node.rt,
+                               Decision(rec.node, rec, b, None, None, False, False, None))
+                              for rec in records
                               if rec.state is _ENABLED and rec.node.balancer == name), "")
     if len(mpath) <= MEMO_PATH_MAX:
         memo = table.memo
@@ -310,25 +317,24 @@ def choose(table: RoutingTable, host: Optional[str], path: str, cookie: Optional
             return _no_context(policy, reason)
         best = standby = None
         best_score = 0
-        for rec, nid, rt in cands:
+        for _, nid, rt, decision in cands:
             f = rt.lbfactor
             if f < 0 or rt.in_error or rt.removed or (exclude and nid in exclude):
                 continue
             if f == 0:
                 if standby is None:
-                    standby = rec
+                    standby = decision
                 continue
             score = ((rt.elected - rt.oldelected) * 1000) // f + rt.lbstatus
             if best is None or best_score > score:
-                best, best_score = rec, score
+                best, best_score = decision, score
         if best is None:
             if standby is None:
                 return Refusal(503, f"no usable node in balancer {b.name}", b.wait_worker,
                                policy.retry_after)
             best = standby
-        node = best.node
-        node.rt.elected += 1
-        return Decision(node, best, b, None, None, False, False, None)
+        best.node.rt.elected += 1
+        return best
 
     # -- §2.1 the path used for matching, §2.2 the longest matching context ------
     mpath = path

@@ -31,12 +31,14 @@ from zope.interface import implementer
 from modcluster.balancer import Decision, RoutingPolicy, choose, parse_host, strip_session
 from modcluster.proxy._transport import direct_writer, is_plain_tcp, set_nodelay
 from modcluster.proxy.headers import (
+    PLAIN_CONNECTION,
     REQ_CONNECTION,
     REQ_CONTENT_LENGTH,
     REQ_COOKIE,
     REQ_EXPECT,
     REQ_FORWARDED,
     REQ_HOST,
+    REQ_PROXY_CONNECTION,
     REQ_TRANSFER_ENCODING,
     REQ_UPGRADE,
     REQUEST_HEADER_EXACT,
@@ -107,6 +109,7 @@ class _Exchange:
         "expect_continue", "upgrade", "idempotent", "client", "decision", "node",
         "x_forwarded",
         # front state
+        "proxy_connection",
         "proto", "keep_alive", "path", "query", "cookies", "error", "headers0", "connection",
         "upgrade_token", "skipped_body", "tunnel_candidate", "head_size",
         "upstream", "attempts", "exclude", "stale_retry", "wait_until", "wait_call",
@@ -130,6 +133,7 @@ class _Exchange:
         self.decision = None
         self.node = None
         self.x_forwarded = False
+        self.proxy_connection = False
         self.keep_alive = True
         self.path = ""
         self.query = b""
@@ -353,15 +357,14 @@ class _Exchange:
         node = d.node
         if d.retrying or node.rt.in_error:
             proto.factory.on_node_success(node.route)
-        parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason), headers]
         if status == 101:
             self.tunnel = True
             self.resp_close = True
-            parts.append(b"\r\n")
-            proto._out.append(b"".join(parts))
+            proto._out.append(b"HTTP/1.1 101 %s\r\n%s\r\n" % (reason, headers))
             proto._startTunnel(self)
             return
         close = not self.keep_alive or not self.body_done or self.tunnel_candidate
+        framing = b""
         if self.method == _HEAD or status == 204 or status == 304:
             self.no_body = True
         elif length < 0:
@@ -369,15 +372,13 @@ class _Exchange:
                 close = True
             else:
                 self.resp_chunked = True
-                parts.append(b"Transfer-Encoding: chunked\r\n")
+                framing = b"Transfer-Encoding: chunked\r\n"
         self.resp_close = close
         if close:
-            if self.version != "1.0":
-                parts.append(b"Connection: close\r\n")
-        elif self.version == "1.0":
-            parts.append(b"Connection: keep-alive\r\n")
-        parts.append(b"\r\n")
-        proto._out.append(b"".join(parts))
+            end = b"\r\n" if self.version == "1.0" else b"Connection: close\r\n\r\n"
+        else:
+            end = b"Connection: keep-alive\r\n\r\n" if self.version == "1.0" else b"\r\n"
+        proto._out.append(b"HTTP/1.1 %d %s\r\n%s%s%s" % (status, reason, headers, framing, end))
 
     def responseBody(self, data: bytes) -> None:
         if self.done or not data:
@@ -667,6 +668,8 @@ class ClientProtocol(Protocol):
             ex.body_length = -1
             if value.strip().lower() != b"chunked":
                 ex.error = (501, "transfer codings other than chunked are not supported")
+        elif kind == REQ_PROXY_CONNECTION:
+            ex.proxy_connection = True  # removed
         # other REQ_DROP names: removed
 
     def on_headers_complete(self) -> None:
@@ -674,15 +677,22 @@ class ClientProtocol(Protocol):
         p = self._parser
         f = self.factory
         cfg = f.config
-        ex.keep_alive = p.should_keep_alive()
-        ex.version = p.get_http_version()
+        keep_alive = ex.keep_alive = p.should_keep_alive()
+        connection = ex.connection
+        if keep_alive and connection is None and not ex.proxy_connection:
+            # llhttp: without Connection (or Proxy-Connection) only HTTP/1.1 is
+            # keep-alive; get_http_version() formats a new string each time.
+            ex.version = "1.1"
+        else:
+            ex.version = p.get_http_version()
         method = ex.method = p.get_method()
         upgrade = p.should_upgrade()
         size = ex.head_size
         ex.head_size = -1
         self._head_bytes = 0
-        if ex.connection is not None:
-            ex.headers = drop_listed(ex.headers, connection_tokens(ex.connection))
+        if connection is not None and (len(connection) > 1
+                                       or connection[0] not in PLAIN_CONNECTION):
+            ex.headers = drop_listed(ex.headers, connection_tokens(connection))
         ex.idempotent = method in _IDEMPOTENT
         if not ex.body_length:
             ex.expect_continue = False

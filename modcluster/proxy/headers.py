@@ -19,6 +19,8 @@ __all__ = [
     "REQ_EXPECT",
     "REQ_FORWARDED",
     "REQ_TRANSFER_ENCODING",
+    "REQ_PROXY_CONNECTION",
+    "PLAIN_CONNECTION",
     "REQUEST_HEADER_KIND",
     "RESP_CONNECTION",
     "RESP_DROP",
@@ -34,6 +36,7 @@ __all__ = [
     "header_block",
     "informational_head",
     "response_block",
+    "response_block_at",
     "reason_phrase",
     "upgrade_matcher",
 ]
@@ -50,13 +53,14 @@ REQ_CONTENT_LENGTH = 6  # framing: the forwarder re-adds it from body_length
 REQ_EXPECT = 7  # removed; IExchange.expect_continue
 REQ_FORWARDED = 8  # forwarded; the forwarder appends to X-Forwarded-*
 REQ_TRANSFER_ENCODING = 9  # framing: IExchange.body_length -1 (chunked)
+REQ_PROXY_CONNECTION = 10  # hop-by-hop: removed (llhttp reads it as a Connection header)
 
 REQUEST_HEADER_KIND: dict[bytes, int] = {
     b"host": REQ_HOST,
     b"cookie": REQ_COOKIE,
     b"connection": REQ_CONNECTION,
     b"keep-alive": REQ_DROP,
-    b"proxy-connection": REQ_DROP,
+    b"proxy-connection": REQ_PROXY_CONNECTION,
     b"te": REQ_DROP,
     b"trailer": REQ_DROP,
     b"transfer-encoding": REQ_TRANSFER_ENCODING,
@@ -129,6 +133,11 @@ _PLAIN_CONNECTION_VALUES = frozenset((b"keep-alive", b"close", b"upgrade", b"kee
 #: Connection tokens that are options, not header names.
 _CONNECTION_OPTIONS = frozenset((b"close", b"keep-alive", b"upgrade"))
 
+#: Usual C{Connection} values (as sent) made of options only: with one of them
+#: alone, L{drop_listed} keeps every header.
+PLAIN_CONNECTION = frozenset((b"keep-alive", b"Keep-Alive", b"close", b"Close", b"upgrade",
+                              b"Upgrade"))
+
 
 def connection_tokens(values: Iterable[bytes]) -> frozenset[bytes]:
     """The lower-cased tokens of one or more C{Connection} header values."""
@@ -174,53 +183,68 @@ def response_block(block: bytes) -> tuple[bytes, Optional[bytes], Optional[bytes
         Transfer-Encoding value(s) lower-cased or C{None}, the Upgrade value or
         C{None}).
     """
-    low = b"\n" + block.lower()  # low[i + 1] is block[i]
-    found = _SPECIAL.findall(low)
-    if not found:
-        return block, None, None, None
+    return response_block_at(b"\n" + block, 1)
+
+
+#: The names L{_SPECIAL} finds that are cut wherever they are.
+_HOP_BY_HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
+                         b"transfer-encoding", b"upgrade"))
+
+
+def response_block_at(head: bytes, start: int) -> tuple[bytes, Optional[bytes],
+                                                        Optional[bytes], Optional[bytes]]:
+    """
+    L{response_block} of C{head[start:]}, where C{head[start - 1]} is the line
+    feed that ends the line before (the status line of a response head), so
+    no copy of the block is made to scan it.
+    """
+    low = head.lower()
     cl = te = upg = None
-    hop = None
-    for name, value in found:
+    cuts = listed = None
+    for m in _SPECIAL.finditer(low, start - 1):
+        name, value = m.groups()
         if name == b"content-length":
             if cl is None:
                 cl = value.rstrip(b" \t")
             continue
-        if hop is None:
-            hop = {name}
+        i = m.start() + 1  # the line's first byte
+        j = head.find(b"\r\n", m.end()) + 2
+        if cuts is None:
+            cuts = [(i, j)]
         else:
-            hop.add(name)
+            cuts.append((i, j))
         if name == b"connection":
             if value in _PLAIN_CONNECTION_VALUES:
                 continue
             for token in value.split(b","):
                 token = token.strip(b" \t")
-                if token and token not in _CONNECTION_OPTIONS:
-                    hop.add(token)
+                if token and token not in _CONNECTION_OPTIONS and token not in _HOP_BY_HOP:
+                    if listed is None:
+                        listed = {token}
+                    else:
+                        listed.add(token)
         elif name == b"transfer-encoding":
             value = value.rstrip(b" \t")
             te = value if te is None else te + b", " + value
-    if hop is None:
-        return block, cl, None, None
-    cuts = []
-    for name in hop:
-        pattern = b"\n" + name + b":"
-        start = 0
-        while True:
-            i = low.find(pattern, start)
-            if i < 0:
-                break
-            j = block.find(b"\r\n", i) + 2
-            if name == b"upgrade":
-                upg = block[i + 8:j - 2].strip(b" \t")
-            cuts.append((i, j))
-            start = i + 1
-    cuts.sort()
+        elif name == b"upgrade":
+            upg = head[i + 8:j - 2].strip(b" \t")
+    if cuts is None:
+        return head[start:], cl, None, None
+    if listed is not None:
+        # names listed in Connection (other than the ones cut above)
+        for name in listed:
+            pattern = b"\n" + name + b":"
+            i = low.find(pattern, start - 1)
+            while i >= 0:
+                cuts.append((i + 1, head.find(b"\r\n", i + 1) + 2))
+                i = low.find(pattern, i + 1)
+        cuts.sort()
     out = []
-    prev = 0
+    prev = start
     for i, j in cuts:
-        out.append(block[prev:i])
+        out.append(head[prev:i])
         prev = j
-    out.append(block[prev:])
+    out.append(head[prev:])
     return b"".join(out), cl, te, upg
 
 

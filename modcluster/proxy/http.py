@@ -6,7 +6,10 @@ with httptools, and L{probe_http}, the C{OPTIONS *} health probe.
 A L{NodeProtocol} is both the connection and the L{IUpstream} handle of the
 exchange it carries, so a pooled request allocates nothing but its head bytes.
 Timeouts (read timeout, idle TTL) are enforced by L{HttpForwarder.tick}, which
-the front's sweep calls once a second; no timer is created per request.
+the front's sweep calls once a second; no timer is created per request.  What
+depends only on bytes that repeat is computed once: the split of a response
+head (L{NodePool.heads}, bounded) and the X-Forwarded-For/-Proto/-Server lines
+of a client address (L{HttpForwarder.forwarded}).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from modcluster.proxy._transport import direct_writer, set_nodelay
-from modcluster.proxy.headers import reason_phrase, response_block
+from modcluster.proxy.headers import reason_phrase, response_block_at
 from modcluster.proxy.interfaces import (
     CONNECT,
     PROTOCOL,
@@ -50,12 +53,32 @@ _TLS_TYPES = ("https", "wss")
 _HEAD = b"HEAD"
 _CHUNK_END = b"0\r\n\r\n"
 _FORWARDED = b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nX-Forwarded-Server: %s\r\n"
-_PLAIN_CONNECTION = frozenset((b"keep-alive", b"Keep-Alive", b"close", b"Close",
-                               b"keep-alive, close", b"upgrade", b"Upgrade"))
+
+
+#: Response heads remembered per node (see L{split_head}): at most this many,
+#: of at most this many bytes each.
+HEAD_MEMO_SIZE = 64
+HEAD_MEMO_BYTES = 2048
+#: Client addresses whose X-Forwarded-* lines are remembered.
+FORWARDED_MEMO_SIZE = 4096
 
 
 class _Bad(Exception):
     """A response that cannot be relayed (raised inside parser callbacks)."""
+
+
+def split_head(head: bytes) -> tuple:
+    """
+    A response head (status line and header lines, each ending with CRLF, as
+    llhttp accepted it) as what is relayed: (reason phrase as received or
+    C{b""}, then L{response_block} of the header lines).  A pure function of
+    the bytes: L{NodePool.heads} remembers it, since a node repeats the same
+    heads (same resource, same second).
+    """
+    line_end = head.find(b"\r\n")
+    sp = head.find(b" ", 9, line_end)
+    reason = head[sp + 1:line_end] if sp > 0 else b""
+    return (reason,) + response_block_at(head, line_end + 2)
 
 
 def node_endpoint(reactor, host: str, port: int, timeout: float, tls=None):
@@ -308,17 +331,23 @@ class NodeProtocol(Protocol):
         buf = self.hbuf
         pos = self.hpos
         end = buf.find(b"\r\n\r\n", pos)
-        line_end = buf.find(b"\r\n", pos)
-        if end < 0 or line_end < 0:
+        if end < 0:
             raise _Bad("response head not found in what was received")
         if end - pos > self.fw.max_head:
             raise _Bad("response head too large")
         self.hpos = end + 4
-        sp = buf.find(b" ", pos + 9, line_end)
-        reason = buf[sp + 1:line_end] if sp > 0 else b""
+        head = buf[pos:end + 2]
+        memo = self.pool.heads
+        split = memo.get(head)
+        if split is None:
+            split = split_head(head)
+            if len(head) <= HEAD_MEMO_BYTES:
+                if len(memo) >= HEAD_MEMO_SIZE:
+                    memo.clear()
+                memo[head] = split
+        reason, headers, cl, te, upg = split
         if not reason:
             reason = reason_phrase(status)
-        headers, cl, te, upg = response_block(buf[line_end + 2:end + 2])
         if status < 200:
             if status == 101:
                 if ex.upgrade is None or upg is None:
@@ -432,10 +461,7 @@ class NodeProtocol(Protocol):
             else:
                 for name, value in ex.headers:
                     parts += (name, b": ", value, b"\r\n")
-                client = ex.client
-                parts.append(_FORWARDED % (client.remote_addr.encode("ascii"),
-                                           b"https" if client.secure else b"http",
-                                           fw.server_name))
+                parts.append(fw.forwarded(ex.client))
                 if ex.host is not None:
                     parts += (b"X-Forwarded-Host: ", ex.host, b"\r\n")
         else:
@@ -632,6 +658,8 @@ class NodePool(PoolBase):
         self.endpoint = node_endpoint(fw.reactor, host, s.port, self.connect_timeout, tls)
         self.direct = ((bare, s.port) if tls is None and (isIPAddress(bare) or isIPv6Address(bare))
                        else None)
+        #: response head bytes -> L{split_head} of them (bounded; cleared when full)
+        self.heads: dict[bytes, tuple] = {}
 
     def acquire(self, ex, fresh: bool) -> NodeProtocol:
         idle = self.idle
@@ -741,7 +769,22 @@ class HttpForwarder(PooledForwarder):
         self.add_forwarded = config.add_forwarded_headers
         self.server_name = config.server_name.encode("utf-8")
         self.max_head = config.max_header_size
+        # X-Forwarded-For/-Proto/-Server lines by client address (plain, TLS)
+        self._fwd: tuple[dict, dict] = ({}, {})
         super().__init__(reactor)
+
+    def forwarded(self, client) -> bytes:
+        """The X-Forwarded-For, -Proto and -Server lines for C{client} (remembered)."""
+        cache = self._fwd[1 if client.secure else 0]
+        addr = client.remote_addr
+        lines = cache.get(addr)
+        if lines is None:
+            lines = _FORWARDED % (addr.encode("ascii"), b"https" if client.secure else b"http",
+                                  self.server_name)
+            if len(cache) >= FORWARDED_MEMO_SIZE:
+                cache.clear()
+            cache[addr] = lines
+        return lines
 
     def forward(self, exchange, fresh: bool = False):
         node = exchange.node

@@ -100,3 +100,30 @@ def test_cookie_without_sticky_name_routes_like_no_cookie():
     # ... one with a session may still go there (§2.3).
     d = choose(table, None, "/app/x", "JSESSIONID=abc.n2", 0.0, policy)
     assert d.node.route == "n2" and d.sticky
+
+
+def test_fast_path_shares_one_decision_per_record():
+    """
+    Without a session, the Decision for a record is built once per snapshot and
+    returned to every request routed there (a Decision is never changed); each
+    election still counts, so the load still spreads.
+    """
+    c = Cluster()
+    c.node("n1", 100, contexts=("/app",))
+    c.node("n2", 100, contexts=("/app",))
+    table = c.reg.table
+    policy = RoutingPolicy()
+    seen: dict = {}
+    for _ in range(6):
+        d = choose(table, None, "/app/x", None, 0.0, policy)
+        assert d.__class__ is Decision and d.session_id is None and not d.sticky
+        assert seen.setdefault(d.node.route, d) is d
+    assert set(seen) == {"n1", "n2"}
+    assert c.rt("n1").elected == 3 and c.rt("n2").elected == 3
+    # The same record from another path of the same context: same facts.
+    other = choose(table, None, "/app/y", None, 0.0, policy)
+    assert _outcome(other) == _outcome(seen[other.node.route])
+    # A new snapshot builds its own.
+    c.node("n3", 100, contexts=("/other",))
+    d = choose(c.reg.table, None, "/app/x", None, 0.0, policy)
+    assert d.node.route in seen and d is not seen[d.node.route]

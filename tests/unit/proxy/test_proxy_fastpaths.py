@@ -1,0 +1,200 @@
+"""
+The per-request shortcuts of the HTTP path give what the general code gives:
+the HTTP version taken from keep-alive, the usual Connection values, the
+response heads remembered per node, the X-Forwarded-* lines remembered per
+client address.
+"""
+
+import httptools
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from modcluster.proxy import http as http_module
+from modcluster.proxy.headers import (
+    PLAIN_CONNECTION,
+    connection_tokens,
+    drop_listed,
+    header_block,
+    reason_phrase,
+    response_block,
+    response_block_at,
+)
+from modcluster.proxy.http import HEAD_MEMO_BYTES, HEAD_MEMO_SIZE, split_head
+
+from proxy_testlib import Harness, parse_requests, parse_responses
+
+
+def one_node(**config) -> Harness:
+    h = Harness(**config)
+    h.node("n1", 8081)
+    return h
+
+
+class _Version:
+    """What llhttp itself says, read in on_headers_complete as the front does."""
+
+    def __init__(self) -> None:
+        self.parser = httptools.HttpRequestParser(self)
+        self.version = None
+
+    def on_headers_complete(self) -> None:
+        self.version = self.parser.get_http_version()
+
+
+_CONNECTION_HEADERS = [b"", b"Connection: keep-alive\r\n", b"Connection: close\r\n",
+                       b"Connection: Keep-Alive, X-A\r\n", b"Proxy-Connection: keep-alive\r\n",
+                       b"proxy-connection: close\r\n", b"PROXY-CONNECTION: keep-alive\r\n",
+                       b"Keep-Alive: timeout=5\r\n",
+                       b"Connection: close\r\nProxy-Connection: keep-alive\r\n"]
+
+
+@pytest.mark.parametrize("version", [b"1.0", b"1.1"])
+@pytest.mark.parametrize("extra", _CONNECTION_HEADERS)
+def test_version_is_llhttps(version, extra):
+    head = b"GET / HTTP/" + version + b"\r\nHost: a\r\n" + extra + b"\r\n"
+    ref = _Version()
+    ref.parser.feed_data(head)
+    h = one_node()
+    c = h.client()
+    c.send(head)
+    ex = c.proto._current
+    assert ex is not None and ex.version == ref.version
+
+
+def test_http10_with_proxy_connection_keep_alive_is_still_http10():
+    """llhttp keeps an HTTP/1.0 request alive on Proxy-Connection: keep-alive too."""
+    h = one_node()
+    c = h.client()
+    c.send(b"GET / HTTP/1.0\r\nHost: a\r\nProxy-Connection: keep-alive\r\n\r\n")
+    n = h.accept()
+    [req] = parse_requests(n.received())
+    assert req.header(b"Proxy-Connection") is None
+    n.respond(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+    raw = c.received()
+    # a body of unknown length is close-delimited for an HTTP/1.0 client
+    assert b"Transfer-Encoding" not in raw and raw.endswith(b"\r\n\r\nhello")
+    assert c.closed
+
+
+@pytest.mark.parametrize("value", sorted(PLAIN_CONNECTION))
+def test_plain_connection_values_name_no_header(value):
+    headers = [(b"Close", b"1"), (b"Keep-Alive", b"2"), (b"Upgrade", b"3"), (b"X", b"4")]
+    assert drop_listed(headers, connection_tokens([value])) is headers
+
+
+@pytest.mark.parametrize("value", [b"keep-alive", b"Keep-Alive", b"close, X-A", b"X-A"])
+def test_connection_listed_headers_dropped(value):
+    h = one_node()
+    c = h.client()
+    c.send(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: " + value + b"\r\nX-A: 1\r\nX-B: 2\r\n\r\n")
+    [req] = parse_requests(h.accept().received())
+    assert req.header(b"X-B") == b"2"
+    assert req.header(b"X-A") == (None if b"X-A" in value else b"1")
+
+
+_HEAD = (b"HTTP/1.1 200 OK\r\nServer: s\r\nConnection: keep-alive, X-Hop\r\nX-Hop: h\r\n"
+         b"Keep-Alive: timeout=5\r\nContent-Length: 5\r\nX-End: e\r\n")
+
+
+@pytest.mark.parametrize("head", [
+    _HEAD,
+    b"HTTP/1.1 200 \r\nContent-Length: 5\r\n",
+    b"HTTP/1.1 404 Not  Found here\r\nX: 1\r\n",
+    b"HTTP/1.0 200 OK\r\n",
+])
+def test_split_head_is_reason_and_response_block(head):
+    line_end = head.find(b"\r\n")
+    status_line = head[:line_end]
+    reason = status_line.split(b" ", 2)[2] if status_line.count(b" ") >= 2 else b""
+    assert split_head(head) == (reason,) + response_block(head[line_end + 2:])
+
+
+def _relay(h, c, n, response: bytes) -> bytes:
+    c.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    n.received()
+    n.respond(response)
+    return c.received()
+
+
+def test_repeated_head_relayed_the_same_and_remembered():
+    h = one_node()
+    c = h.client()
+    c.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    n = h.accept()
+    n.received()
+    n.respond(_HEAD + b"\r\nhello")
+    first = c.received()
+    [resp] = parse_responses(first)
+    assert resp.header(b"X-Hop") is None and resp.header(b"Keep-Alive") is None
+    assert resp.header(b"Connection") is None and resp.header(b"X-End") == b"e"
+    pool = n.proto.pool
+    assert list(pool.heads) == [_HEAD]
+    for _ in range(3):
+        assert _relay(h, c, n, _HEAD + b"\r\nhello") == first
+    assert len(pool.heads) == 1
+    # the same headers after another status line are another head
+    other = _relay(h, c, n, _HEAD.replace(b"200 OK", b"201 Created") + b"\r\nhello")
+    assert other == first.replace(b"200 OK", b"201 Created")
+    assert len(pool.heads) == 2
+    # an empty reason phrase is filled in, from the memo too
+    for _ in range(2):
+        raw = _relay(h, c, n, b"HTTP/1.1 202 \r\nContent-Length: 0\r\n\r\n")
+        assert raw.startswith(b"HTTP/1.1 202 " + reason_phrase(202) + b"\r\n")
+    assert h.counters_idle()
+
+
+def test_head_memo_is_bounded():
+    h = one_node()
+    c = h.client()
+    c.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    n = h.accept()
+    n.received()
+    n.respond(b"HTTP/1.1 200 OK\r\nX-I: start\r\nContent-Length: 0\r\n\r\n")
+    c.received()
+    heads = n.proto.pool.heads
+    for i in range(HEAD_MEMO_SIZE + 5):
+        raw = _relay(h, c, n, b"HTTP/1.1 200 OK\r\nX-I: %d\r\nContent-Length: 0\r\n\r\n" % i)
+        assert b"X-I: %d\r\n" % i in raw
+        assert len(heads) <= HEAD_MEMO_SIZE
+    heads.clear()
+    big = b"HTTP/1.1 200 OK\r\nX-Big: " + b"b" * HEAD_MEMO_BYTES + b"\r\nContent-Length: 0\r\n"
+    raw = _relay(h, c, n, big + b"\r\n")
+    assert b"X-Big: bbb" in raw
+    assert not heads  # relayed, not kept
+
+
+def _forwarded(h, c) -> tuple:
+    c.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    n = h.accept()
+    [req] = parse_requests(n.received())
+    return (req.header(b"X-Forwarded-For"), req.header(b"X-Forwarded-Proto"),
+            req.header(b"X-Forwarded-Server"))
+
+
+def test_forwarded_lines_per_client_address_and_scheme(monkeypatch):
+    monkeypatch.setattr(http_module, "FORWARDED_MEMO_SIZE", 2)
+    h = one_node(server_name="p1")
+    cases = [("127.0.0.9", False), ("127.0.0.9", True), ("127.0.0.10", False),
+             ("127.0.0.11", False), ("127.0.0.9", False), ("::1", True)]
+    for _ in range(2):
+        for peer, secure in cases:
+            got = _forwarded(h, h.client(secure=secure, peer=peer))
+            assert got == (peer.encode(), b"https" if secure else b"http", b"p1")
+    plain, tls = h.factory.http._fwd
+    assert len(plain) <= 2 and len(tls) <= 2
+
+
+_NAMES = [b"Server", b"Content-Length", b"content-length", b"Connection", b"CONNECTION",
+          b"Keep-Alive", b"Proxy-Connection", b"TE", b"Trailer", b"Transfer-Encoding",
+          b"Upgrade", b"X-Node", b"X-Other", b"Te-Custom"]
+_VALUES = [b"1", b" 42 ", b"keep-alive", b"close", b"X-Node", b"x-node, X-Other",
+           b"content-length", b"Upgrade, x-other", b"chunked", b"websocket", b"a=1"]
+
+
+@given(st.lists(st.tuples(st.sampled_from(_NAMES), st.sampled_from(_VALUES)), max_size=10),
+       st.sampled_from([b"HTTP/1.1 200 OK\r\n", b"HTTP/1.1 101 Switching Protocols\r\n",
+                        b"HTTP/1.0 404 \r\n"]))
+def test_response_block_at_a_status_line_is_response_block(pairs, status_line):
+    block = header_block(pairs)
+    assert response_block_at(status_line + block, len(status_line)) == response_block(block)
