@@ -53,50 +53,13 @@ CODE = os.environ.get("AJPQ_REPO", REPO)
 LOOPBACK = "127.0.0.1"
 
 
-def free_port() -> int:
-    s = socket.socket()
-    s.bind((LOOPBACK, 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from proxy_quick import children, cpu_seconds, free_port  # noqa: E402
+from proxy_quick import wait_port as _wait_port  # noqa: E402
 
 
 def wait_port(port: int, timeout: float = 20.0) -> None:
-    end = time.time() + timeout
-    while time.time() < end:
-        try:
-            socket.create_connection((LOOPBACK, port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listening on {port}")
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-        except OSError:
-            pass
-    return total / tick
-
-
-def children(pid: int) -> list[int]:
-    out = [pid]
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-                if ppid == pid:
-                    out.append(int(d))
-            except OSError:
-                pass
-    return out
+    _wait_port(port, timeout)
 
 
 # -- the minimal AJP responder ---------------------------------------------------------

@@ -906,32 +906,28 @@ class Env:
         for name, size in SIZES.values():
             check_target(self.httpd.port, "/" + name, size)
         self.txmc = Txmc(self.tmp)
+        self.txmc_unavailable = self._start_registered(self.txmc, "txmodcluster")
+        if self.args.workers > 1 and {"http", "ajp"} & set(self.args.only):
+            self.txmcw = Txmc(self.tmp, "txmc-workers", proxy={"workers": self.args.workers})
+            self.txmcw_unavailable = self._start_registered(
+                self.txmcw, f"txmodcluster workers={self.args.workers}")
+
+    def _start_registered(self, txmc: Txmc, label: str) -> str | None:
+        """Start C{txmc}, register both nginx over MCMP; None or why not."""
         try:
-            self.txmc.start()
-            client = McmpClient(self.txmc.mport)
+            txmc.start()
+            client = McmpClient(txmc.mport)
             for i, n in enumerate(self.nginx, 1):
                 register_node(client, f"nginx{i}", LOOPBACK, n.port, "http")
             client.close()
-            log(f"txmodcluster: manager :{self.txmc.mport} proxy :{self.txmc.pport}; "
+            log(f"{label}: manager :{txmc.mport} proxy :{txmc.pport}; "
                 f"nginx1/nginx2 registered over MCMP")
+            return None
         except (Unavailable, OSError) as e:
-            self.txmc_unavailable = str(e) if isinstance(e, Unavailable) else \
-                f"MCMP registration failed: {e!r} ({self.txmc.died() or 'twistd alive'})"
-            log(f"txmodcluster unavailable: {self.txmc_unavailable}")
-        if self.args.workers > 1 and {"http", "ajp"} & set(self.args.only):
-            self.txmcw = Txmc(self.tmp, "txmc-workers", proxy={"workers": self.args.workers})
-            try:
-                self.txmcw.start()
-                client = McmpClient(self.txmcw.mport)
-                for i, n in enumerate(self.nginx, 1):
-                    register_node(client, f"nginx{i}", LOOPBACK, n.port, "http")
-                client.close()
-                log(f"txmodcluster workers={self.args.workers}: manager "
-                    f":{self.txmcw.mport} proxy :{self.txmcw.pport}; nginx registered")
-            except (Unavailable, OSError) as e:
-                self.txmcw_unavailable = str(e) if isinstance(e, Unavailable) else \
-                    f"MCMP registration failed: {e!r} ({self.txmcw.died() or 'twistd alive'})"
-                log(f"txmodcluster workers unavailable: {self.txmcw_unavailable}")
+            why = str(e) if isinstance(e, Unavailable) else \
+                f"MCMP registration failed: {e!r} ({txmc.died() or 'twistd alive'})"
+            log(f"{label} unavailable: {why}")
+            return why
 
     def txmc_proxy_reason(self) -> str | None:
         if self.txmc_unavailable:
