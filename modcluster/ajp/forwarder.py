@@ -32,11 +32,8 @@ import weakref
 from http import HTTPStatus
 from typing import Optional
 
-from twisted.internet.abstract import isIPAddress, isIPv6Address
 
 from twisted.internet.interfaces import IPushProducer
-from twisted.internet.protocol import ClientFactory
-from twisted.python.failure import Failure
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -65,9 +62,10 @@ from modcluster.proxy.headers import (
 from modcluster.proxy.http import (
     PoolBase,
     PooledForwarder,
-    _OneShot,
     LocalUpstream,
     connect_failed,
+    connect_node,
+    direct_address,
     node_endpoint,
 )
 from modcluster.proxy.interfaces import (
@@ -135,21 +133,6 @@ def _relayed(headers) -> list:
     return out
 
 
-class _Direct(ClientFactory):
-    """C{connectTCP} factory for the protocol of one prepared L{AJPConnection}."""
-
-    noisy = False
-
-    def __init__(self, conn: "AJPConnection") -> None:
-        self.conn = conn
-
-    def buildProtocol(self, addr) -> _NodeProtocol:
-        return self.conn.proto
-
-    def clientConnectionFailed(self, connector, reason) -> None:
-        self.conn._connectFailed(reason)
-
-
 @implementer(IUpstream, IAJPResponseReceiver, IPushProducer)
 class AJPConnection:
     """
@@ -207,20 +190,7 @@ class AJPConnection:
             self.packet = packet
 
     def connect(self) -> None:
-        pool = self.pool
-        self.sync = True
-        try:
-            if pool.direct is not None:
-                # IP literal: the reactor's own connector, no endpoint wrapper
-                # protocol between the transport and ours (one call less per read).
-                host, port = pool.direct
-                self.fw.reactor.connectTCP(host, port, _Direct(self),
-                                           timeout=pool.connect_timeout)
-            else:
-                pool.endpoint.connect(_OneShot(self.proto)).addErrback(self._connectFailed)
-        except Exception:  # a bad address can fail synchronously
-            self._connectFailed(Failure())
-        self.sync = False
+        connect_node(self, self.proto)
 
     def _connectFailed(self, failure) -> None:
         connect_failed(self, failure)
@@ -546,9 +516,7 @@ class AJPPool(PoolBase):
         self.packet_size = fw.packet_size
         self.encoder = ForwardRequestEncoder(fw.packet_size)
         self.endpoint = node_endpoint(fw.reactor, s.host, s.port, self.connect_timeout)
-        host = s.host
-        bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-        self.direct = (bare, s.port) if isIPAddress(bare) or isIPv6Address(bare) else None
+        self.direct = direct_address(s.host, s.port)
 
     def acquire(self, ex, packet: bytes, fresh: bool) -> AJPConnection:
         fw = self.fw

@@ -109,18 +109,52 @@ def _default_tls(node):
 
 
 class _Direct(ClientFactory):
-    """C{connectTCP} factory for one prepared L{NodeProtocol}."""
+    """C{connectTCP} factory for one prepared node protocol; a failure goes to
+    its node connection (C{conn._connectFailed})."""
 
     noisy = False
 
-    def __init__(self, proto: "NodeProtocol") -> None:
+    def __init__(self, conn, proto: Protocol) -> None:
+        self.conn = conn
         self.proto = proto
 
     def buildProtocol(self, addr) -> Protocol:
         return self.proto
 
     def clientConnectionFailed(self, connector, reason) -> None:
-        self.proto._connectFailed(reason)
+        self.conn._connectFailed(reason)
+
+
+def direct_address(host: str, port: int) -> Optional[tuple[str, int]]:
+    """
+    C{(address, port)} when C{host} is an IP literal (IPv6 with or without
+    brackets), so a plain-TCP node connection can use the reactor's own
+    connector; C{None} for names (resolved by the endpoint).
+    """
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    return (bare, port) if isIPAddress(bare) or isIPv6Address(bare) else None
+
+
+def connect_node(conn, proto: Protocol) -> None:
+    """
+    Connect C{proto} for the node connection C{conn} (HTTP or AJP; it has
+    C{pool}, C{fw}, C{sync} and C{_connectFailed}): an IP literal without TLS
+    through C{connectTCP} directly (no endpoint wrapper protocol between the
+    transport and C{proto}: one call less per read), anything else through the
+    pool's endpoint.  A synchronous failure is reported like any other.
+    """
+    pool = conn.pool
+    conn.sync = True
+    try:
+        if pool.direct is not None:
+            host, port = pool.direct
+            conn.fw.reactor.connectTCP(host, port, _Direct(conn, proto),
+                                       timeout=pool.connect_timeout)
+        else:
+            pool.endpoint.connect(_OneShot(proto)).addErrback(conn._connectFailed)
+    except Exception:  # a bad address can fail synchronously
+        conn._connectFailed(Failure())
+    conn.sync = False
 
 
 def connect_failed(conn, failure) -> None:
@@ -213,20 +247,7 @@ class NodeProtocol(Protocol):
             self._sendHead()
 
     def connect(self) -> None:
-        pool = self.pool
-        self.sync = True
-        try:
-            if pool.direct is not None:
-                # IP literal, no TLS: the reactor's own connector, no endpoint
-                # wrapper protocol between the transport and us.
-                host, port = pool.direct
-                self.fw.reactor.connectTCP(host, port, _Direct(self),
-                                           timeout=pool.connect_timeout)
-            else:
-                pool.endpoint.connect(_OneShot(self)).addErrback(self._connectFailed)
-        except Exception:  # a bad address can fail synchronously
-            self._connectFailed(Failure())
-        self.sync = False
+        connect_node(self, self)
 
     def _connectFailed(self, failure) -> None:
         connect_failed(self, failure)
@@ -656,8 +677,7 @@ class NodePool(PoolBase):
         self.host_header = (shown if s.port == default_port else f"{shown}:{s.port}").encode(
             "idna" if not bare.isascii() else "ascii")
         self.endpoint = node_endpoint(fw.reactor, host, s.port, self.connect_timeout, tls)
-        self.direct = ((bare, s.port) if tls is None and (isIPAddress(bare) or isIPv6Address(bare))
-                       else None)
+        self.direct = direct_address(host, s.port) if tls is None else None
         #: response head bytes -> L{split_head} of them (bounded; cleared when full)
         self.heads: dict[bytes, tuple] = {}
 

@@ -198,3 +198,13 @@ _VALUES = [b"1", b" 42 ", b"keep-alive", b"close", b"X-Node", b"x-node, X-Other"
 def test_response_block_at_a_status_line_is_response_block(pairs, status_line):
     block = header_block(pairs)
     assert response_block_at(status_line + block, len(status_line)) == response_block(block)
+
+
+def test_direct_address_only_for_ip_literals():
+    from modcluster.proxy.http import direct_address
+
+    assert direct_address("127.0.0.1", 8009) == ("127.0.0.1", 8009)
+    assert direct_address("[::1]", 8080) == ("::1", 8080)
+    assert direct_address("::1", 8080) == ("::1", 8080)
+    assert direct_address("localhost", 8009) is None
+    assert direct_address("[localhost]", 8009) is None
