@@ -77,6 +77,10 @@ MAX_PIPELINE = 128
 #: Seconds a connection closed after an unread request body keeps draining the
 #: client (lingering close, so the error response is not destroyed by a RST).
 LINGER = 2.0
+#: Request heads remembered (L{ProxyFactory.request_heads}): at most this many,
+#: of at most this many bytes each.
+REQUEST_MEMO_SIZE = 256
+REQUEST_MEMO_BYTES = 2048
 
 # Why the client transport is paused (bit set).
 _P_PIPELINE = 1  # requests queued behind the current one
@@ -89,6 +93,7 @@ _HEAD = b"HEAD"
 _CONNECT = b"CONNECT"
 _CONTINUE = b"100-continue"
 _CHUNKED_END = b"0\r\n\r\n"
+_HEAD_END = b"\r\n\r\n"
 _DIRECT_SCHEMES = ("http", "https", "ws", "wss")
 
 
@@ -165,6 +170,28 @@ class _Exchange:
         self.done = False
         self.tunnel = False
         self.no_body = False
+
+    def template(self) -> tuple:
+        """
+        What parsing a request head without a body gave (the fields
+        L{ClientProtocol.on_headers_complete} leaves set), for
+        L{ProxyFactory.request_heads}; L{remembered} sets them again.  The
+        sequences become tuples: shared between requests, never changed.
+        """
+        cookies = self.cookies
+        return (self.method, self.target, self.version, tuple(self.headers), self.host,
+                self.body_length, self.keep_alive, self.path, self.query,
+                None if cookies is None else tuple(cookies), self.upgrade_token,
+                self.x_forwarded, self.proxy_connection, self.idempotent)
+
+    def remembered(self, template: tuple) -> None:
+        """Take a L{template} (of a head without a body, so the body is done)."""
+        (self.method, self.target, self.version, self.headers, self.host,
+         self.body_length, self.keep_alive, self.path, self.query, self.cookies,
+         self.upgrade_token, self.x_forwarded, self.proxy_connection,
+         self.idempotent) = template
+        self.head_size = -1
+        self.body_done = True
 
     # -- routing ------------------------------------------------------------
 
@@ -503,6 +530,10 @@ class ClientProtocol(Protocol):
         self._upgrading: Optional[_Exchange] = None
         self._in_next = False
         self._write = None
+        # a request head being parsed for ProxyFactory.request_heads, and
+        # (its bytes, template) once parsed
+        self._record: Optional[bytes] = None
+        self._captured: Optional[tuple] = None
         self.client: Optional[ClientInfo] = None
 
     # -- connection ------------------------------------------------------------
@@ -576,7 +607,18 @@ class ClientProtocol(Protocol):
         if self._ignore:
             return
         reading = self._reading
-        if reading is None or reading.head_size >= 0:
+        record = None
+        if reading is None:
+            if data.endswith(_HEAD_END) and len(data) <= REQUEST_MEMO_BYTES:
+                # One request head without a body, as seen before?
+                template = self.factory.request_heads.get(data)
+                if template is None:
+                    self._record = record = data
+                elif self._current is None and not self._queue:
+                    self._remembered(template)
+                    return
+            self._head_bytes += len(data)
+        elif reading.head_size >= 0:
             self._head_bytes += len(data)
         try:
             self._parser.feed_data(data)
@@ -584,6 +626,17 @@ class ClientProtocol(Protocol):
             self._upgraded(data[e.args[0]:])
         except HttpParserError as e:
             self._parseFailed(e)
+        else:
+            if record is not None:
+                captured = self._captured
+                if captured is not None and self._reading is None:
+                    # exactly one request, complete: remember its head
+                    memo = self.factory.request_heads
+                    if len(memo) >= REQUEST_MEMO_SIZE:
+                        memo.clear()
+                    memo[record] = captured
+        if record is not None:
+            self._record = self._captured = None
         reading = self._reading
         if (reading is not None and reading.head_size >= 0
                 and self._head_bytes > self.factory.config.max_header_size and not self._ignore):
@@ -617,6 +670,7 @@ class ClientProtocol(Protocol):
             raise _TooManyPipelined()
         ex = _Exchange(self)
         self._reading = ex
+        self._captured = None  # a second request in the bytes being recorded
 
     def on_url(self, url: bytes) -> None:
         ex = self._reading
@@ -710,6 +764,12 @@ class ClientProtocol(Protocol):
                 and not ex.body_length and f.upgrade_match(ex.upgrade_token) is not None):
             ex.tunnel_candidate = True
             ex.upgrade_token = f.upgrade_match(ex.upgrade_token)
+        if self._record is not None:
+            # the first request of bytes that may be exactly one head: what
+            # parsing it gave, if it has no body (nor Upgrade, nor error)
+            self._record = None
+            if ex.error is None and not upgrade and not ex.body_length:
+                self._captured = ex.template()
         if self._current is None and not self._queue:
             self._current = ex
             if ex.error is None:
@@ -757,6 +817,27 @@ class ClientProtocol(Protocol):
                 and ex.body_length > cfg.max_request_body:
             return (413, "request body larger than max_request_body")
         return None
+
+    def _remembered(self, template: tuple) -> None:
+        """
+        A request head in L{ProxyFactory.request_heads}: what
+        C{on_message_begin}, C{on_url}, C{on_header}, C{on_headers_complete}
+        and C{on_message_complete} do for it, without the parser (which stays
+        at the message boundary where the previous request left it).
+        """
+        ex = _Exchange(self)
+        ex.remembered(template)
+        self._reading = ex
+        self._current = ex
+        try:
+            ex.route()
+        except Exception:
+            self._routingBug(ex)
+        self._reading = None
+        if ex is self._current and not ex.done:
+            ex._bodyEnd()
+        if not ex.keep_alive:
+            self._ignore = True  # nothing after a "close" request is read
 
     def on_body(self, data: bytes) -> None:
         ex = self._reading
@@ -1103,6 +1184,11 @@ class ProxyFactory(Factory):
         self.tunnel = config.enable_ws_tunnel
         self.upgrade_match = upgrade_matcher(config.ws_upgrade_header)
         self._clients: set[ClientProtocol] = set()
+        #: request head bytes -> L{_Exchange.template} of what parsing them
+        #: gave, for heads that were exactly one request without a body
+        #: (bounded; emptied when full).  Clients repeat their heads (same
+        #: resource, same cookies), so most requests skip the parser.
+        self.request_heads: dict[bytes, tuple] = {}
         self._generation = -1
         self.now = reactor.seconds()
         self.date = formatdate(self.now, usegmt=True).encode("ascii")

@@ -300,6 +300,16 @@ class NodeProtocol(Protocol):
             ex.flush()
             return
         if not self.final:
+            if not self.hbuf:
+                # A whole response whose head this node sent before (llhttp
+                # accepted it then): relayed without the parser (see _whole).
+                end = data.find(b"\r\n\r\n")
+                if end > 0:
+                    whole = self.pool.whole.get(data[:end + 2])
+                    if (whole is not None and whole[3] == len(data) - end - 4
+                            and ex.method != _HEAD):
+                        self._whole(ex, whole, data, end + 4)
+                        return
             hbuf = self.hbuf = self.hbuf + data if self.hbuf else data
             if len(hbuf) - self.hpos > self.fw.max_head and hbuf.find(b"\r\n\r\n",
                                                                       self.hpos) < 0:
@@ -358,7 +368,8 @@ class NodeProtocol(Protocol):
             raise _Bad("response head too large")
         self.hpos = end + 4
         head = buf[pos:end + 2]
-        memo = self.pool.heads
+        pool = self.pool
+        memo = pool.heads
         split = memo.get(head)
         if split is None:
             split = split_head(head)
@@ -369,6 +380,15 @@ class NodeProtocol(Protocol):
         reason, headers, cl, te, upg = split
         if not reason:
             reason = reason_phrase(status)
+        if (cl is not None and te is None and status >= 200 and status != 204
+                and status != 304 and head in memo and ex.method != _HEAD):
+            # Head and framing known from these bytes alone: remembered for
+            # whole responses that come in one read (L{dataReceived}).
+            whole = pool.whole
+            if head not in whole:
+                if len(whole) >= HEAD_MEMO_SIZE:
+                    whole.clear()
+                whole[head] = (status, reason, headers, int(cl), self.keep_alive)
         if status < 200:
             if status == 101:
                 if ex.upgrade is None or upg is None:
@@ -418,6 +438,24 @@ class NodeProtocol(Protocol):
             self.broken = True
             return
         self.complete = True
+
+    def _whole(self, ex, whole: tuple, data: bytes, start: int) -> None:
+        """
+        Relay a complete response read at once whose head is in
+        L{NodePool.whole}: what the parser callbacks would do for it
+        (C{on_headers_complete}, C{on_body}, C{on_message_complete}), without
+        feeding the parser.  llhttp stays at a message boundary, where a
+        complete keep-alive response leaves it.
+        """
+        status, reason, headers, length, keep_alive = whole
+        self.keep_alive = keep_alive
+        self.final = True
+        ex.responseHead(status, reason, headers, length)
+        if self.ex is not ex:  # pragma: no cover - the front does not fail here
+            return
+        if length:
+            ex.responseBody(data[start:])
+        self._finish()
 
     # -- ending an exchange -----------------------------------------------------------
 
@@ -680,6 +718,12 @@ class NodePool(PoolBase):
         self.direct = direct_address(host, s.port) if tls is None else None
         #: response head bytes -> L{split_head} of them (bounded; cleared when full)
         self.heads: dict[bytes, tuple] = {}
+        #: the heads of those with a Content-Length (and no Transfer-Encoding),
+        #: status 200-599 but 204/304, as answers to a method other than HEAD
+        #: -> (status, reason, header block, length, keep-alive), all as
+        #: llhttp and L{split_head} gave them: a response that is such a
+        #: head and exactly C{length} more bytes is relayed without the parser.
+        self.whole: dict[bytes, tuple] = {}
 
     def acquire(self, ex, fresh: bool) -> NodeProtocol:
         idle = self.idle

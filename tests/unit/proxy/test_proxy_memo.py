@@ -1,0 +1,296 @@
+"""
+Heads seen before skip the parser: request heads without a body
+(L{ProxyFactory.request_heads}) and whole responses whose head a node sent
+before (L{NodePool.whole}).  Whatever is sent, the node and the client see
+exactly the same bytes, connection closes and counters as with the parser
+alone; the remembered values are shared and never changed; the memos stay
+bounded.
+"""
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from modcluster.cluster.model import BalancerSettings
+from modcluster.proxy import front as front_module
+from modcluster.proxy import http as http_module
+from modcluster.proxy.front import REQUEST_MEMO_BYTES, REQUEST_MEMO_SIZE
+
+from proxy_testlib import Harness, parse_requests, parse_responses
+
+
+def _without_memo(run):
+    """C{run()} with both memos off (nothing is small enough to be remembered)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(front_module, "REQUEST_MEMO_BYTES", 0)
+        mp.setattr(http_module, "HEAD_MEMO_BYTES", -1)
+        return run()
+
+
+def _harness(sticky_remove: bool = False, n1_error: bool = False) -> Harness:
+    h = Harness()
+    b = BalancerSettings("mycluster", sticky_remove=sticky_remove, sticky_force=False)
+    h.node("n1", 8081, balancer=b)
+    h.node("n2", 8082, balancer=b)
+    if n1_error:
+        h.registry.set_error("n1", "test")
+    return h
+
+
+def _transcript(h: Harness, exchanges: list) -> list:
+    """
+    Send each (request, response) in turn, on one client connection while
+    the proxy keeps it open; the node that got the request answers on the
+    connection it got it on.  Returns everything each side saw.
+    """
+    seen = []
+    c = h.client()
+    conns: list = []
+    for request, response in exchanges:
+        if c.closed:
+            c = h.client()
+        c.send(request)
+        while h.pending():
+            conns.append(h.accept())
+        got = [(n, n.received()) for n in conns if not n.closed]
+        got = [(n, data) for n, data in got if data]
+        seen.append(("node", [(n.port, data) for n, data in got]))
+        for n, _ in got:
+            n.respond(response)
+        seen.append(("client", c.received(), c.closed,
+                     [(n.port, n.closed) for n in conns]))
+    seen.append(("idle", h.counters_idle()))
+    return seen
+
+
+_METHODS = [b"GET", b"HEAD", b"DELETE", b"OPTIONS", b"POST", b"CONNECT"]
+_TARGETS = [b"/", b"/app/x?q=1", b"/app;jsessionid=abc.n2", b"http://other.example/app",
+            b"*", b"/a%20b"]
+_HEADERS = [b"Host: localhost", b"Host: localhost:8000", b"Cookie: JSESSIONID=abc.n1",
+            b"Cookie: JSESSIONID=abc.gone", b"cookie: a=1", b"Connection: keep-alive",
+            b"Connection: close", b"Connection: X-Hop", b"X-Hop: 1",
+            b"Proxy-Connection: keep-alive", b"X-Forwarded-For: 10.0.0.1",
+            b"Expect: 100-continue", b"Expect: nothing", b"Content-Length: 0",
+            b"Upgrade: websocket", b"Connection: Upgrade", b"Accept: */*",
+            b"Accept-Encoding: gzip", b"Keep-Alive: 5"]
+_RESPONSES = [
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n\r\nhello",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 404 Not Found\r\nContent-Length: 3\r\nConnection: close\r\n\r\nno!",
+    b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok",
+    b"HTTP/1.1 204 No Content\r\n\r\n",
+    b"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\n\r\nuntil close",
+    b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx",
+    b"HTTP/1.1 200 \r\nContent-Length: 1\r\n\r\nx",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello + garbage after it",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nshort",
+]
+
+
+@st.composite
+def _requests(draw) -> bytes:
+    method = draw(st.sampled_from(_METHODS))
+    target = draw(st.sampled_from(_TARGETS))
+    version = draw(st.sampled_from([b"1.1", b"1.1", b"1.0"]))
+    headers = draw(st.lists(st.sampled_from(_HEADERS), max_size=6))
+    return b"%s %s HTTP/%s\r\n%s\r\n" % (method, target, version,
+                                         b"".join(x + b"\r\n" for x in headers))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(_requests(), st.sampled_from(_RESPONSES)), min_size=1, max_size=5),
+       st.booleans(), st.booleans(), st.booleans())
+def test_memo_changes_nothing_the_peers_see(exchanges, sticky_remove, n1_error, twice):
+    # each exchange twice in a row (the second from the memos) or the list twice
+    plan = ([e for e in exchanges for _ in (0, 1)] if twice else exchanges + exchanges)
+    with_memo = _transcript(_harness(sticky_remove, n1_error), plan)
+    without = _without_memo(lambda: _transcript(_harness(sticky_remove, n1_error), plan))
+    assert with_memo == without
+
+
+def test_repeated_request_head_skips_the_parser_and_is_relayed_the_same():
+    h = _harness()
+    head = (b"GET /app/x?q=1 HTTP/1.1\r\nHost: localhost\r\nCookie: JSESSIONID=abc.n1\r\n"
+            b"Accept: */*\r\n\r\n")
+    response = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+    c = h.client()
+    c.send(head)
+    n = h.accept(8081)
+    first = n.received()
+    assert list(h.factory.request_heads) == [head]
+    template = h.factory.request_heads[head]
+    n.respond(response)
+    assert c.received().endswith(b"\r\n\r\nhello")
+    fed = []
+    parser = c.proto._parser
+    c.proto._parser = type("Spy", (), {"feed_data": lambda self, d: fed.append(d)})()
+    try:
+        for _ in range(3):
+            c.send(head)
+            assert n.received() == first  # same node (sticky), same bytes
+            n.respond(response)
+            assert c.received().endswith(b"\r\n\r\nhello")
+    finally:
+        c.proto._parser = parser
+    assert fed == []
+    assert h.factory.request_heads[head] is template  # shared, unchanged
+    assert isinstance(template[3], tuple)
+    assert h.counters_idle()
+    # another connection uses it too
+    c2 = h.client()
+    c2.send(head)
+    assert n.received() == first
+
+
+def test_sticky_remove_does_not_change_the_remembered_head():
+    h = _harness(sticky_remove=True, n1_error=True)
+    head = b"GET / HTTP/1.1\r\nHost: localhost\r\nCookie: JSESSIONID=abc.n1; x=1\r\n\r\n"
+    c = h.client()
+    for _ in range(3):
+        _, sent = _serve(h, c, head, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        [req] = parse_requests(sent)
+        assert req.header(b"Cookie") == b"x=1"
+    template = h.factory.request_heads[head]
+    assert (b"Cookie", b"JSESSIONID=abc.n1; x=1") in template[3]
+
+
+def test_not_remembered():
+    h = _harness()
+    # two requests in one read, a request with a body, an Upgrade, a refused
+    # request, a request larger than the memo's limit, a head in two reads
+    c = h.client()
+    c.send(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+    c2 = h.client()
+    c2.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nab")
+    c3 = h.client()
+    c3.send(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+    c4 = h.client()
+    c4.send(b"GET / HTTP/1.1\r\n\r\n")  # no Host: 400
+    c5 = h.client()
+    c5.send(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * REQUEST_MEMO_BYTES + b"\r\n\r\n")
+    c6 = h.client()
+    c6.send(b"GET / HTTP/1.1\r\nHost: x\r\n")
+    c6.send(b"\r\n")
+    assert h.factory.request_heads == {}
+    assert c4.received().startswith(b"HTTP/1.1 400 ")
+
+
+def test_request_memo_is_bounded():
+    h = _harness()
+    for i in range(REQUEST_MEMO_SIZE + 10):
+        c = h.client()
+        c.send(b"GET /%d HTTP/1.1\r\nHost: x\r\n\r\n" % i)
+        assert len(h.factory.request_heads) <= REQUEST_MEMO_SIZE
+    assert h.factory.request_heads  # emptied when full, then filled again
+
+
+def test_pipelined_request_behind_a_busy_one_uses_the_parser():
+    h = _harness()
+    head = b"GET / HTTP/1.1\r\nHost: x\r\nCookie: JSESSIONID=a.n1\r\n\r\n"
+    c = h.client()
+    c.send(head)  # remembered
+    n = h.accept(8081)
+    c.send(head)  # the first is not answered yet: queued, parsed
+    assert len(c.proto._queue) == 1
+    assert len(parse_requests(n.received())) == 1
+    n.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na")
+    assert len(parse_requests(n.received())) == 1
+    n.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb")
+    [r1, r2] = parse_responses(c.received())
+    assert (r1.body, r2.body) == (b"a", b"b")
+    assert h.counters_idle()
+
+
+_STICKY = b"GET / HTTP/1.1\r\nHost: x\r\nCookie: JSESSIONID=a.n1\r\n\r\n"
+
+
+def _serve(h, c, request: bytes, response: bytes) -> tuple:
+    """Send C{request}; the node connection that gets it answers C{response}."""
+    c.send(request)
+    conns = h.__dict__.setdefault("conns", [])
+    while h.pending():
+        conns.append(h.accept())
+    for n in conns:
+        sent = n.received()
+        if sent:
+            n.respond(response)
+            return n, sent
+    raise AssertionError("no request reached a node")
+
+
+def _one(h, c, response: bytes):
+    return _serve(h, c, _STICKY, response)[0]
+
+
+def test_whole_response_relayed_without_the_parser():
+    h = _harness()
+    c = h.client()
+    response = (b"HTTP/1.1 200 OK\r\nServer: s\r\nContent-Length: 5\r\n"
+                b"Connection: keep-alive, X-Hop\r\nX-Hop: 1\r\n\r\nhello")
+    n = _one(h, c, response)
+    first = c.received()
+    pool = n.proto.pool
+    head = response[:response.index(b"\r\n\r\n") + 2]
+    assert list(pool.whole) == [head]
+    status, reason, headers, length, keep_alive = pool.whole[head]
+    assert (status, reason, length, keep_alive) == (200, b"OK", 5, True)
+    fed = []
+    n.proto.parser = type("Spy", (), {"feed_data": lambda self, d: fed.append(d)})()
+    for _ in range(3):
+        assert _one(h, c, response) is n
+        assert c.received() == first
+    assert fed == []
+    assert not n.closed and h.counters_idle()
+    # the same head in two reads, or the body in two reads: the parser
+    n.proto.parser = http_module.HttpResponseParser(n.proto)
+    assert _one(h, c, response[:10]) is n
+    n.respond(response[10:])
+    assert c.received() == first
+    assert _one(h, c, response[:-1]) is n
+    assert c.received() == first[:-1]
+    n.respond(response[-1:])
+    assert c.received() == b"o"
+    assert not n.closed and h.counters_idle()
+    # then from the memo again
+    assert _one(h, c, response) is n
+    assert c.received() == first
+
+
+def test_whole_response_not_for_head_requests():
+    h = _harness()
+    c = h.client()
+    response = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+    n = _one(h, c, response)
+    c.received()
+    c.send(b"HEAD / HTTP/1.1\r\nHost: x\r\nCookie: JSESSIONID=a.n1\r\n\r\n")
+    assert n.received()
+    n.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
+    raw = c.received()
+    assert raw.endswith(b"Content-Length: 5\r\n\r\n")
+    assert h.counters_idle()
+
+
+@pytest.mark.parametrize("response", [
+    b"HTTP/1.1 204 No Content\r\n\r\n",
+    b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n",
+    b"HTTP/1.1 100 Continue\r\n\r\n",
+])
+def test_whole_response_only_for_content_length_framing(response):
+    h = _harness()
+    c = h.client()
+    n = _one(h, c, response)
+    assert not n.proto.pool.whole
+
+
+def test_whole_response_memo_is_bounded():
+    h = _harness()
+    c = h.client()
+    n = None
+    for i in range(http_module.HEAD_MEMO_SIZE + 5):
+        n = _one(h, c, b"HTTP/1.1 200 OK\r\nX-I: %d\r\nContent-Length: 0\r\n\r\n" % i)
+        assert b"X-I: %d\r\n" % i in c.received()
+        assert len(n.proto.pool.whole) <= http_module.HEAD_MEMO_SIZE
