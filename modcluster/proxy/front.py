@@ -11,7 +11,9 @@ over, retries or answers an error as docs/data-plane.md describes.
 Hot-path rules followed here: no Deferred, closure or log event per request;
 one allocation per request (L{_Exchange}); one write per batch of response
 events (the head waits for the body bytes of the same read); timeouts are
-enforced by one sweep per second over all connections, not by timers.
+enforced by one sweep per second over all connections, not by timers.  A
+request head seen before (the exact bytes, one request without a body) is not
+parsed again: L{ProxyFactory.request_heads} remembers what parsing it gave.
 """
 
 from __future__ import annotations
@@ -81,6 +83,8 @@ LINGER = 2.0
 #: of at most this many bytes each.
 REQUEST_MEMO_SIZE = 256
 REQUEST_MEMO_BYTES = 2048
+#: Request heads seen once (L{ProxyFactory.request_seen}), at most.
+REQUEST_SEEN_SIZE = 1024
 
 # Why the client transport is paused (bit set).
 _P_PIPELINE = 1  # requests queued behind the current one
@@ -611,9 +615,18 @@ class ClientProtocol(Protocol):
         if reading is None:
             if data.endswith(_HEAD_END) and len(data) <= REQUEST_MEMO_BYTES:
                 # One request head without a body, as seen before?
-                template = self.factory.request_heads.get(data)
+                f = self.factory
+                template = f.request_heads.get(data)
                 if template is None:
-                    self._record = record = data
+                    # remembered from the second time on: a head seen once
+                    # (unique query strings...) costs no template
+                    seen = f.request_seen
+                    if data in seen:
+                        self._record = record = data
+                    else:
+                        if len(seen) >= REQUEST_SEEN_SIZE:
+                            seen.clear()
+                        seen.add(data)
                 elif self._current is None and not self._queue:
                     self._remembered(template)
                     return
@@ -1189,6 +1202,9 @@ class ProxyFactory(Factory):
         #: (bounded; emptied when full).  Clients repeat their heads (same
         #: resource, same cookies), so most requests skip the parser.
         self.request_heads: dict[bytes, tuple] = {}
+        #: heads (at most 2 KiB) seen once: a head is remembered the second
+        #: time it comes (bounded; emptied when full)
+        self.request_seen: set[bytes] = set()
         self._generation = -1
         self.now = reactor.seconds()
         self.date = formatdate(self.now, usegmt=True).encode("ascii")

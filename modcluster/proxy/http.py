@@ -8,8 +8,10 @@ exchange it carries, so a pooled request allocates nothing but its head bytes.
 Timeouts (read timeout, idle TTL) are enforced by L{HttpForwarder.tick}, which
 the front's sweep calls once a second; no timer is created per request.  What
 depends only on bytes that repeat is computed once: the split of a response
-head (L{NodePool.heads}, bounded) and the X-Forwarded-For/-Proto/-Server lines
-of a client address (L{HttpForwarder.forwarded}).
+head (L{NodePool.heads}, bounded), and for a head with Content-Length framing
+the whole relay, so that such a response read at once skips the parser
+(L{NodePool.whole}), and the X-Forwarded-For/-Proto/-Server lines of a client
+address (L{HttpForwarder.forwarded}).
 """
 
 from __future__ import annotations

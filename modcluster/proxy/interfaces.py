@@ -123,11 +123,13 @@ class IExchange(Interface):
         "StickySessionRemove).")
     version = Attribute("The client's HTTP version, C{'1.0'} or C{'1.1'}.")
     headers = Attribute(
-        "End-to-end request headers as a list of C{(name, value)} bytes pairs, in the "
+        "End-to-end request headers as a sequence (list or tuple) of C{(name, value)} "
+        "bytes pairs, in the "
         "client's order and name case, repeats kept.  Removed: hop-by-hop headers "
         "(Connection and the names it lists, Keep-Alive, Proxy-Connection, TE, Trailer, "
         "Upgrade, Transfer-Encoding), Content-Length, Expect and Host (see C{host}).  "
-        "Trailers of a chunked body are dropped.  Do not mutate the list.")
+        "Trailers of a chunked body are dropped.  Read-only: requests with the same "
+        "head share it.")
     host = Attribute("The client's Host header value (bytes) or C{None}.")
     body_length = Attribute(
         "Request body framing: C{None} no body, C{n >= 0} Content-Length n, C{-1} chunked "

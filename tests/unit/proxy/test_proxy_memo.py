@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from modcluster.cluster.model import BalancerSettings
 from modcluster.proxy import front as front_module
 from modcluster.proxy import http as http_module
-from modcluster.proxy.front import REQUEST_MEMO_BYTES, REQUEST_MEMO_SIZE
+from modcluster.proxy.front import REQUEST_MEMO_BYTES, REQUEST_MEMO_SIZE, REQUEST_SEEN_SIZE
 
 from proxy_testlib import Harness, parse_requests, parse_responses
 
@@ -103,9 +103,10 @@ def _requests(draw) -> bytes:
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(_requests(), st.sampled_from(_RESPONSES)), min_size=1, max_size=5),
        st.booleans(), st.booleans(), st.booleans())
-def test_memo_changes_nothing_the_peers_see(exchanges, sticky_remove, n1_error, twice):
-    # each exchange twice in a row (the second from the memos) or the list twice
-    plan = ([e for e in exchanges for _ in (0, 1)] if twice else exchanges + exchanges)
+def test_memo_changes_nothing_the_peers_see(exchanges, sticky_remove, n1_error, in_a_row):
+    # each exchange three times in a row (a head is remembered the second time
+    # it comes, used from the third) or the whole list three times
+    plan = [e for e in exchanges for _ in (0, 1, 2)] if in_a_row else exchanges * 3
     with_memo = _transcript(_harness(sticky_remove, n1_error), plan)
     without = _without_memo(lambda: _transcript(_harness(sticky_remove, n1_error), plan))
     assert with_memo == without
@@ -120,10 +121,17 @@ def test_repeated_request_head_skips_the_parser_and_is_relayed_the_same():
     c.send(head)
     n = h.accept(8081)
     first = n.received()
-    assert list(h.factory.request_heads) == [head]
-    template = h.factory.request_heads[head]
     n.respond(response)
     assert c.received().endswith(b"\r\n\r\nhello")
+    # seen once: not remembered yet (a head that never comes again costs no
+    # template); the second time it is
+    assert h.factory.request_heads == {} and head in h.factory.request_seen
+    c.send(head)
+    assert n.received() == first
+    n.respond(response)
+    assert c.received().endswith(b"\r\n\r\nhello")
+    assert list(h.factory.request_heads) == [head]
+    template = h.factory.request_heads[head]
     fed = []
     parser = c.proto._parser
     c.proto._parser = type("Spy", (), {"feed_data": lambda self, d: fed.append(d)})()
@@ -157,41 +165,61 @@ def test_sticky_remove_does_not_change_the_remembered_head():
     assert (b"Cookie", b"JSESSIONID=abc.n1; x=1") in template[3]
 
 
-def test_not_remembered():
+@pytest.mark.parametrize("reads", [
+    # two requests in one read
+    [b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n"],
+    # a body (in the same read or not)
+    [b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nab"],
+    [b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n"],
+    [b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"],
+    # an Upgrade, tunnelled or not
+    [b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"],
+    [b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"],
+    # refused: no Host, CONNECT, a bad Expect, malformed
+    [b"GET / HTTP/1.1\r\n\r\n"],
+    [b"CONNECT x:443 HTTP/1.1\r\nHost: x\r\n\r\n"],
+    [b"GET / HTTP/1.1\r\nHost: x\r\nExpect: magic\r\n\r\n"],
+    [b"GET / HTTP/1.1\r\nHost: x\r\nBad Name: 1\r\n\r\n"],
+    # larger than the memo's limit
+    [b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * REQUEST_MEMO_BYTES + b"\r\n\r\n"],
+    # a head in two reads
+    [b"GET / HTTP/1.1\r\nHost: x\r\n", b"\r\n"],
+])
+def test_not_remembered(reads):
     h = _harness()
-    # two requests in one read, a request with a body, an Upgrade, a refused
-    # request, a request larger than the memo's limit, a head in two reads
-    c = h.client()
-    c.send(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n")
-    c2 = h.client()
-    c2.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nab")
-    c3 = h.client()
-    c3.send(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
-    c4 = h.client()
-    c4.send(b"GET / HTTP/1.1\r\n\r\n")  # no Host: 400
-    c5 = h.client()
-    c5.send(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * REQUEST_MEMO_BYTES + b"\r\n\r\n")
-    c6 = h.client()
-    c6.send(b"GET / HTTP/1.1\r\nHost: x\r\n")
-    c6.send(b"\r\n")
+    for _ in range(3):
+        c = h.client()
+        for data in reads:
+            c.send(data)
     assert h.factory.request_heads == {}
-    assert c4.received().startswith(b"HTTP/1.1 400 ")
 
 
 def test_request_memo_is_bounded():
     h = _harness()
     for i in range(REQUEST_MEMO_SIZE + 10):
-        c = h.client()
-        c.send(b"GET /%d HTTP/1.1\r\nHost: x\r\n\r\n" % i)
+        for _ in range(2):
+            h.client().send(b"GET /%d HTTP/1.1\r\nHost: x\r\n\r\n" % i)
         assert len(h.factory.request_heads) <= REQUEST_MEMO_SIZE
     assert h.factory.request_heads  # emptied when full, then filled again
+
+
+def test_heads_seen_once_are_bounded_and_get_no_template():
+    h = _harness()
+    for i in range(REQUEST_SEEN_SIZE + 10):
+        h.client().send(b"GET /%d HTTP/1.1\r\nHost: x\r\n\r\n" % i)
+        assert len(h.factory.request_seen) <= REQUEST_SEEN_SIZE
+    assert h.factory.request_heads == {}
 
 
 def test_pipelined_request_behind_a_busy_one_uses_the_parser():
     h = _harness()
     head = b"GET / HTTP/1.1\r\nHost: x\r\nCookie: JSESSIONID=a.n1\r\n\r\n"
+    for _ in range(2):  # then remembered
+        n, _ = _serve(h, h.client(), head, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    assert head in h.factory.request_heads
+    n.close()
     c = h.client()
-    c.send(head)  # remembered
+    c.send(head)
     n = h.accept(8081)
     c.send(head)  # the first is not answered yet: queued, parsed
     assert len(c.proto._queue) == 1
