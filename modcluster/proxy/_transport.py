@@ -23,8 +23,10 @@ from __future__ import annotations
 from typing import Callable
 
 from twisted.internet import tcp
+from twisted.internet.main import CONNECTION_DONE
+from twisted.python.failure import Failure
 
-__all__ = ["direct_writer", "is_plain_tcp", "set_nodelay"]
+__all__ = ["direct_writer", "is_plain_tcp", "lose_connection", "set_nodelay"]
 
 _FAST_TYPES = (tcp.Server, tcp.Client)
 _NEEDED = ("socket", "dataBuffer", "_tempDataLen", "connected", "disconnecting",
@@ -62,6 +64,32 @@ def direct_writer(transport) -> Callable[[bytes], None]:
             write(data[sent:])
 
     return direct
+
+
+def lose_connection(transport) -> None:
+    """
+    C{transport.loseConnection()}, but at once when it is a plain TCP
+    transport with nothing buffered and no producer of its own waiting.
+
+    Twisted's C{loseConnection} registers for "writable" and closes one
+    reactor iteration later, after a C{doWrite} that sends nothing (an
+    C{epoll_ctl} pair, a poll event and an empty C{send} per closed
+    connection).  With an empty buffer that iteration only closes, so this does
+    now what C{loseConnection} itself does for a half-closed transport:
+    stop reading and writing, then C{connectionLost(CONNECTION_DONE)} (the
+    same orderly shutdown and close of the socket, the protocol told in the
+    same way, only synchronously: callers must expect the protocol's
+    C{connectionLost} before this returns).
+    """
+    t = transport
+    if (type(t) in _FAST_TYPES and not getattr(t, "TLS", False) and t.connected
+            and not t.disconnecting and not t._tempDataLen and not t.dataBuffer
+            and not t._writeDisconnected and hasattr(t, "socket")):
+        t.stopReading()
+        t.stopWriting()
+        t.connectionLost(Failure(CONNECTION_DONE))
+        return
+    t.loseConnection()
 
 
 def is_plain_tcp(transport) -> bool:

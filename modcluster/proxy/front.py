@@ -31,7 +31,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from modcluster.balancer import Decision, RoutingPolicy, choose, parse_host, strip_session
-from modcluster.proxy._transport import direct_writer, is_plain_tcp, set_nodelay
+from modcluster.proxy._transport import direct_writer, is_plain_tcp, lose_connection, set_nodelay
 from modcluster.proxy.headers import (
     PLAIN_CONNECTION,
     REQ_CONNECTION,
@@ -538,6 +538,7 @@ class ClientProtocol(Protocol):
         # (its bytes, template) once parsed
         self._record: Optional[bytes] = None
         self._captured: Optional[tuple] = None
+        self._feeding = False  # in the parser's feed_data
         self.client: Optional[ClientInfo] = None
 
     # -- connection ------------------------------------------------------------
@@ -547,12 +548,9 @@ class ClientProtocol(Protocol):
         set_nodelay(t)
         self._write = direct_writer(t)
         peer = t.getPeer()
-        local = t.getHost()
-        secure = ISSLTransport.providedBy(t)
-        self.client = ClientInfo(
+        self.client = ClientInfo(  # the local address is read when a forwarder asks
             getattr(peer, "host", "") or "", getattr(peer, "port", 0) or 0,
-            getattr(local, "host", "") or "", getattr(local, "port", 0) or 0,
-            secure, t)
+            secure=ISSLTransport.providedBy(t), transport=t)
         t.registerProducer(self, True)
         self.factory._clients.add(self)
 
@@ -633,6 +631,7 @@ class ClientProtocol(Protocol):
             self._head_bytes += len(data)
         elif reading.head_size >= 0:
             self._head_bytes += len(data)
+        self._feeding = True
         try:
             self._parser.feed_data(data)
         except HttpParserUpgrade as e:
@@ -648,6 +647,8 @@ class ClientProtocol(Protocol):
                     if len(memo) >= REQUEST_MEMO_SIZE:
                         memo.clear()
                     memo[record] = captured
+        finally:
+            self._feeding = False
         if record is not None:
             self._record = self._captured = None
         reading = self._reading
@@ -1061,7 +1062,10 @@ class ClientProtocol(Protocol):
             self._pause = 0
             self.transport.resumeProducing()
             self.transport.loseWriteConnection()
+        elif self._reading is None and not self._feeding:
+            lose_connection(self.transport)  # may call connectionLost now
         else:
+            # inside parser callbacks: connectionLost must not run under them
             self.transport.loseConnection()
 
     def _abortClient(self) -> None:

@@ -31,6 +31,8 @@ docs/data-plane.md ("The forwarder contract").
 
 from __future__ import annotations
 
+from typing import Optional
+
 from attrs import frozen
 from zope.interface import Attribute, Interface
 
@@ -82,10 +84,10 @@ class ForwardError:
     reused: bool = False
 
 
-@frozen
 class ClientInfo:
     """
-    Facts about the client connection, shared by all its exchanges.
+    Facts about the client connection, shared by all its exchanges.  Read
+    only.
 
     @ivar remote_addr: the client's IP address (text).
     @ivar remote_port: the client's port.
@@ -96,14 +98,46 @@ class ClientInfo:
         AJP C{is_ssl}).
     @ivar transport: the client transport, for forwarders that need TLS
         details (AJP: cipher, key size, client certificate).  Do not write to it.
+
+    Without C{local_addr}/C{local_port} they are read from
+    C{transport.getHost()} when first asked for (a C{getsockname} system call
+    that HTTP nodes never need), or C{""}/C{0} if that fails.
     """
 
-    remote_addr: str
-    remote_port: int
-    local_addr: str
-    local_port: int
-    secure: bool
-    transport: object = None
+    __slots__ = ("remote_addr", "remote_port", "secure", "transport", "_local", "__weakref__")
+
+    def __init__(self, remote_addr: str, remote_port: int, local_addr: Optional[str] = None,
+                 local_port: Optional[int] = None, secure: bool = False,
+                 transport: object = None) -> None:
+        self.remote_addr = remote_addr
+        self.remote_port = remote_port
+        self.secure = secure
+        self.transport = transport
+        self._local = (None if local_addr is None and local_port is None
+                       else (local_addr or "", local_port or 0))
+
+    def _getLocal(self) -> tuple:
+        local = self._local
+        if local is None:
+            try:
+                host = self.transport.getHost()
+            except Exception:  # closed or no transport
+                host = None
+            local = self._local = (getattr(host, "host", "") or "",
+                                   getattr(host, "port", 0) or 0)
+        return local
+
+    @property
+    def local_addr(self) -> str:
+        return self._getLocal()[0]
+
+    @property
+    def local_port(self) -> int:
+        return self._getLocal()[1]
+
+    def __repr__(self) -> str:
+        return (f"ClientInfo({self.remote_addr!r}, {self.remote_port!r}, "
+                f"secure={self.secure!r})")
 
 
 class IExchange(Interface):

@@ -10,7 +10,9 @@ from twisted.internet import tcp
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactor, StringTransport
 
-from modcluster.proxy._transport import direct_writer, is_plain_tcp, set_nodelay
+from twisted.internet.error import ConnectionDone
+
+from modcluster.proxy._transport import direct_writer, is_plain_tcp, lose_connection, set_nodelay
 
 
 def _server_transport():
@@ -85,3 +87,78 @@ def test_disconnecting_transport_not_written_directly():
     except BlockingIOError:
         early = b""
     assert early == b""
+
+
+class _Recorder(Protocol):
+    def __init__(self) -> None:
+        self.lost = []
+
+    def connectionLost(self, reason=None) -> None:
+        self.lost.append(reason)
+
+
+def _recorded_transport():
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    reactor = MemoryReactor()
+    proto = _Recorder()
+    t = tcp.Server(a, proto, ("127.0.0.1", 1), None, 0, reactor)
+    proto.makeConnection(t)
+    return t, b, reactor, proto
+
+
+def test_lose_connection_with_nothing_buffered_closes_at_once():
+    t, peer, reactor, proto = _recorded_transport()
+    write = direct_writer(t)
+    write(b"answer")
+    lose_connection(t)
+    [reason] = proto.lost
+    assert reason.check(ConnectionDone)
+    assert not t.connected and t not in reactor.getReaders() + reactor.getWriters()
+    assert peer.recv(100) == b"answer"
+    assert peer.recv(100) == b""  # orderly close (FIN), not a reset
+    lose_connection(t)  # again: nothing more happens
+    assert len(proto.lost) == 1
+
+
+def test_lose_connection_with_buffered_data_waits_for_the_write():
+    t, peer, reactor, proto = _recorded_transport()
+    t.write(b"buffered")  # Twisted's buffered path: not sent yet
+    lose_connection(t)
+    assert proto.lost == [] and t.disconnecting
+    assert t in reactor.getWriters()
+    t.doWrite()
+    assert peer.recv(100) == b"buffered"
+
+
+def test_lose_connection_of_other_transports_is_theirs():
+    st = StringTransport()
+    lose_connection(st)
+    assert st.disconnecting
+
+
+def test_client_info_reads_the_local_address_only_when_asked():
+    from twisted.internet.address import IPv4Address
+
+    from modcluster.proxy.interfaces import ClientInfo
+
+    class T:
+        calls = 0
+
+        def getHost(self):
+            T.calls += 1
+            return IPv4Address("TCP", "127.0.0.2", 8443)
+
+    info = ClientInfo("127.0.0.9", 40000, transport=T(), secure=True)
+    assert T.calls == 0
+    assert (info.local_addr, info.local_port) == ("127.0.0.2", 8443)
+    assert info.local_port == 8443 and T.calls == 1  # read once
+    given = ClientInfo("127.0.0.9", 40000, "127.0.0.3", 80, False, T())
+    assert (given.local_addr, given.local_port) == ("127.0.0.3", 80) and T.calls == 1
+
+    class Closed:
+        def getHost(self):
+            raise AttributeError("socket")
+
+    gone = ClientInfo("127.0.0.9", 40000, transport=Closed())
+    assert (gone.local_addr, gone.local_port) == ("", 0)
