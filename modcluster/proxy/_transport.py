@@ -1,6 +1,7 @@
 """
 The one place where the data plane leans on Twisted internals: writing to a
-plain TCP transport whose buffer is empty goes straight to the socket.
+plain TCP transport whose buffer is empty goes straight to the socket, and
+closing one whose buffer is empty closes at once (L{lose_connection}).
 
 Why: C{FileDescriptor.write} always appends to a buffer and registers for
 "writable"; the bytes leave one reactor iteration later (an C{epoll_ctl}, a
