@@ -18,6 +18,7 @@ parsed again: L{ProxyFactory.request_heads} remembers what parsing it gave.
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from email.utils import formatdate
 from typing import Callable, Optional
@@ -98,6 +99,13 @@ _CONNECT = b"CONNECT"
 _CONTINUE = b"100-continue"
 _CHUNKED_END = b"0\r\n\r\n"
 _HEAD_END = b"\r\n\r\n"
+#: Request lines parsed here rather than by llhttp, for a header block seen
+#: before (L{ProxyFactory.request_blocks}): a subset of what llhttp accepts
+#: (usual methods, origin-form targets of RFC 3986 characters, HTTP/1.x);
+#: anything else goes through the parser.
+_REQUEST_LINE = re.compile(
+    rb"(GET|HEAD|POST|PUT|DELETE|OPTIONS|PATCH) (/[-A-Za-z0-9._~!$&'()*+,;=:@/?%]*) "
+    rb"HTTP/1\.([01])")
 _DIRECT_SCHEMES = ("http", "https", "ws", "wss")
 
 
@@ -188,14 +196,28 @@ class _Exchange:
                 None if cookies is None else tuple(cookies), self.upgrade_token,
                 self.x_forwarded, self.proxy_connection, self.idempotent)
 
-    def remembered(self, template: tuple) -> None:
-        """Take a L{template} (of a head without a body, so the body is done)."""
+    def remembered(self, template: tuple, target: Optional[bytes] = None) -> None:
+        """
+        Take a L{template} (of a head without a body, so the body is done);
+        with C{target}, an origin-form target of the same request line
+        syntax, that target instead of the template's (what C{_checkHead}
+        makes of it).
+        """
         (self.method, self.target, self.version, self.headers, self.host,
          self.body_length, self.keep_alive, self.path, self.query, self.cookies,
          self.upgrade_token, self.x_forwarded, self.proxy_connection,
          self.idempotent) = template
         self.head_size = -1
         self.body_done = True
+        if target is not None:
+            self.target = target
+            q = target.find(b"?")
+            if q >= 0:
+                self.query = target[q + 1:]
+                target = target[:q]
+            else:
+                self.query = b""
+            self.path = target.decode("utf-8", "surrogateescape")
 
     # -- routing ------------------------------------------------------------
 
@@ -538,6 +560,7 @@ class ClientProtocol(Protocol):
         # (its bytes, template) once parsed
         self._record: Optional[bytes] = None
         self._captured: Optional[tuple] = None
+        self._record_block: Optional[tuple] = None
         self._feeding = False  # in the parser's feed_data
         self.client: Optional[ClientInfo] = None
 
@@ -616,15 +639,29 @@ class ClientProtocol(Protocol):
                 f = self.factory
                 template = f.request_heads.get(data)
                 if template is None:
+                    key = data
+                    if f.split_heads:
+                        # the same header block after another request line?
+                        i = data.find(b"\r\n")
+                        m = _REQUEST_LINE.fullmatch(data, 0, i)
+                        if m is not None:
+                            key = (m[1], m[3], data[i + 2:])
+                            template = f.request_blocks.get(key)
+                            if (template is not None and self._current is None
+                                    and not self._queue):
+                                self._remembered(template, m[2])
+                                return
                     # remembered from the second time on: a head seen once
-                    # (unique query strings...) costs no template
+                    # costs no template
                     seen = f.request_seen
-                    if data in seen:
+                    if key in seen:
                         self._record = record = data
+                        if key is not data:
+                            self._record_block = key
                     else:
                         if len(seen) >= REQUEST_SEEN_SIZE:
                             seen.clear()
-                        seen.add(data)
+                        seen.add(key)
                 elif self._current is None and not self._queue:
                     self._remembered(template)
                     return
@@ -643,14 +680,23 @@ class ClientProtocol(Protocol):
                 captured = self._captured
                 if captured is not None and self._reading is None:
                     # exactly one request, complete: remember its head
-                    memo = self.factory.request_heads
+                    f = self.factory
+                    memo = f.request_heads
                     if len(memo) >= REQUEST_MEMO_SIZE:
                         memo.clear()
                     memo[record] = captured
+                    block = self._record_block
+                    if block is not None:
+                        # and its header block, for other targets
+                        blocks = f.request_blocks
+                        if len(blocks) >= REQUEST_MEMO_SIZE:
+                            blocks.clear()
+                        blocks[block] = captured[:1] + (None,) + captured[2:7] + (
+                            None, None) + captured[9:]
         finally:
             self._feeding = False
         if record is not None:
-            self._record = self._captured = None
+            self._record = self._captured = self._record_block = None
         reading = self._reading
         if (reading is not None and reading.head_size >= 0
                 and self._head_bytes > self.factory.config.max_header_size and not self._ignore):
@@ -832,15 +878,17 @@ class ClientProtocol(Protocol):
             return (413, "request body larger than max_request_body")
         return None
 
-    def _remembered(self, template: tuple) -> None:
+    def _remembered(self, template: tuple, target: Optional[bytes] = None) -> None:
         """
-        A request head in L{ProxyFactory.request_heads}: what
-        C{on_message_begin}, C{on_url}, C{on_header}, C{on_headers_complete}
-        and C{on_message_complete} do for it, without the parser (which stays
-        at the message boundary where the previous request left it).
+        A request head in L{ProxyFactory.request_heads} (or its header block
+        in L{ProxyFactory.request_blocks}, with C{target} from the request
+        line): what C{on_message_begin}, C{on_url}, C{on_header},
+        C{on_headers_complete} and C{on_message_complete} do for it, without
+        the parser (which stays at the message boundary where the previous
+        request left it).
         """
         ex = _Exchange(self)
-        ex.remembered(template)
+        ex.remembered(template, target)
         self._reading = ex
         self._current = ex
         try:
@@ -1206,9 +1254,18 @@ class ProxyFactory(Factory):
         #: (bounded; emptied when full).  Clients repeat their heads (same
         #: resource, same cookies), so most requests skip the parser.
         self.request_heads: dict[bytes, tuple] = {}
-        #: heads (at most 2 KiB) seen once: a head is remembered the second
-        #: time it comes (bounded; emptied when full)
-        self.request_seen: set[bytes] = set()
+        #: heads (at most 2 KiB) seen once, as their bytes or, for those with
+        #: a L{_REQUEST_LINE}, their L{request_blocks} key: a head is
+        #: remembered the second time it comes (bounded; emptied when full)
+        self.request_seen: set = set()
+        #: (method, minor version, header block) -> the template of a request
+        #: with that request line syntax (L{_REQUEST_LINE}) and header block,
+        #: without its target: requests for other resources with the same
+        #: headers (a browser's, a counter in the query string) skip the
+        #: parser too.  Only when a head within the memo's size limit cannot
+        #: exceed C{max_header_size} (the size checks need no recount).
+        self.request_blocks: dict[tuple, tuple] = {}
+        self.split_heads = config.max_header_size >= REQUEST_MEMO_BYTES
         self._generation = -1
         self.now = reactor.seconds()
         self.date = formatdate(self.now, usegmt=True).encode("ascii")

@@ -15,6 +15,7 @@ from modcluster.cluster.model import BalancerSettings
 from modcluster.proxy import front as front_module
 from modcluster.proxy import http as http_module
 from modcluster.proxy.front import REQUEST_MEMO_BYTES, REQUEST_MEMO_SIZE, REQUEST_SEEN_SIZE
+from modcluster.proxy.front import _REQUEST_LINE
 
 from proxy_testlib import Harness, parse_requests, parse_responses
 
@@ -125,7 +126,8 @@ def test_repeated_request_head_skips_the_parser_and_is_relayed_the_same():
     assert c.received().endswith(b"\r\n\r\nhello")
     # seen once: not remembered yet (a head that never comes again costs no
     # template); the second time it is
-    assert h.factory.request_heads == {} and head in h.factory.request_seen
+    assert h.factory.request_heads == {} and h.factory.request_blocks == {}
+    assert (b"GET", b"1", head[head.index(b"\r\n") + 2:]) in h.factory.request_seen
     c.send(head)
     assert n.received() == first
     n.respond(response)
@@ -206,9 +208,10 @@ def test_request_memo_is_bounded():
 def test_heads_seen_once_are_bounded_and_get_no_template():
     h = _harness()
     for i in range(REQUEST_SEEN_SIZE + 10):
-        h.client().send(b"GET /%d HTTP/1.1\r\nHost: x\r\n\r\n" % i)
+        h.client().send(b"GET /%d HTTP/1.1\r\nHost: x\r\nX-I: %d\r\n\r\n" % (i, i))
+        h.client().send(b"GET /%d HTTP/1.1\r\nHost: x\r\nX-J: %d\r\n\r\n" % (i, i))
         assert len(h.factory.request_seen) <= REQUEST_SEEN_SIZE
-    assert h.factory.request_heads == {}
+    assert h.factory.request_heads == {} and h.factory.request_blocks == {}
 
 
 def test_pipelined_request_behind_a_busy_one_uses_the_parser():
@@ -322,3 +325,89 @@ def test_whole_response_memo_is_bounded():
         n = _one(h, c, b"HTTP/1.1 200 OK\r\nX-I: %d\r\nContent-Length: 0\r\n\r\n" % i)
         assert b"X-I: %d\r\n" % i in c.received()
         assert len(n.proto.pool.whole) <= http_module.HEAD_MEMO_SIZE
+
+
+def test_header_block_remembered_for_other_targets():
+    """A browser's requests for other resources (same headers) skip the parser too."""
+    h = Harness()
+    h.node("n1", 8081, contexts=("/app",))
+    h.node("n2", 8082, contexts=("/other",))
+    block = b"Host: localhost\r\nAccept: */*\r\nCookie: a=1\r\n\r\n"
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+    c = h.client()
+    for target in (b"/app/1", b"/app/2?x=1"):  # seen, then remembered
+        _serve(h, c, b"GET " + target + b" HTTP/1.1\r\n" + block, ok)
+    assert (b"GET", b"1", block) in h.factory.request_blocks
+    fed = []
+    parser = c.proto._parser
+    c.proto._parser = type("Spy", (), {"feed_data": lambda self, d: fed.append(d)})()
+    try:
+        for target, port in ((b"/other/%C3%A9?q=%20", 8082), (b"/app", 8081),
+                             (b"/app/x;jsessionid=s.n1", 8081)):
+            n, sent = _serve(h, c, b"GET " + target + b" HTTP/1.1\r\n" + block, ok)
+            assert n.port == port
+            [req] = parse_requests(sent)
+            assert req.url == target and req.header(b"Cookie") == b"a=1"
+    finally:
+        c.proto._parser = parser
+    assert fed == []
+    # what a target becomes (as _checkHead makes it)
+    ex = front_module._Exchange(c.proto)
+    ex.remembered(h.factory.request_blocks[(b"GET", b"1", block)], b"/a%20b/\xc3\xa9?q")
+    assert (ex.target, ex.path, ex.query) == (b"/a%20b/\xc3\xa9?q", "/a%20b/\u00e9", b"q")
+    assert h.counters_idle()
+
+
+def test_header_block_memo_off_when_max_header_size_is_small():
+    h = Harness(max_header_size=1024)
+    h.node("n1", 8081)
+    for target in (b"/1", b"/2", b"/3"):
+        h.client().send(b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert not h.factory.split_heads and h.factory.request_blocks == {}
+
+
+_TARGET_CHARS = st.sampled_from(list(b"abz/09?%-._~!$&'()*+,;=:@#\"<>[]^`{|} "))
+
+
+_BLOCK_TARGETS = st.one_of(
+    st.sampled_from([b"/", b"*", b"http://h.example/app?x", b"/app;jsessionid=a.n2",
+                     b"/app/x?y=1", b"//", b"/app?"]),
+    st.lists(_TARGET_CHARS, max_size=12).map(lambda cs: b"/" + bytes(cs)))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from([b"GET", b"HEAD", b"DELETE", b"OPTIONS", b"POST", b"PUT", b"PATCH",
+                        b"TRACE", b"get"]),
+       st.lists(_BLOCK_TARGETS, min_size=2, max_size=8),
+       st.lists(st.sampled_from(_HEADERS), max_size=5), st.sampled_from([b"1.1", b"1.0"]),
+       st.booleans(), st.booleans())
+def test_header_block_memo_changes_nothing_the_peers_see(method, targets, headers, version,
+                                                         sticky_remove, n1_error):
+    block = b"".join(x + b"\r\n" for x in headers) + b"\r\n"
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    plan = [(b"%s %s HTTP/%s\r\n" % (method, t, version) + block, ok) for t in targets] * 2
+    with_memo = _transcript(_harness(sticky_remove, n1_error), plan)
+    without = _without_memo(lambda: _transcript(_harness(sticky_remove, n1_error), plan))
+    assert with_memo == without
+
+
+def test_request_line_pattern_is_a_subset_of_what_llhttp_accepts():
+    import httptools
+
+    class Url:
+        url = None
+
+        def on_url(self, u):
+            self.url = u
+
+    for c in b"-._~!$&'()*+,;=:@/?%" + bytes(range(48, 58)) + bytes(range(65, 91)) + bytes(
+            range(97, 123)):
+        line = b"GET /a%cb HTTP/1.1" % c
+        assert _REQUEST_LINE.fullmatch(line)
+        u = Url()
+        httptools.HttpRequestParser(u).feed_data(line + b"\r\nHost: x\r\n\r\n")
+        assert u.url == b"/a%cb" % c
+    for line in (b"GET * HTTP/1.1", b"GET http://x/ HTTP/1.1", b"GET /a#b HTTP/1.1",
+                 b"CONNECT /a HTTP/1.1", b"GET /a HTTP/2.0", b"GET  /a HTTP/1.1",
+                 b"get /a HTTP/1.1", b"GET /a\"b HTTP/1.1"):
+        assert not _REQUEST_LINE.fullmatch(line)
