@@ -839,3 +839,49 @@ async def test_early_413_reaches_a_client_still_sending():
         assert b"Connection: close" in received
     finally:
         await stack.stop()
+
+
+def _exchange_then_eof(port: int, request: bytes) -> tuple[bytes, str]:
+    """Blocking client (run in a thread): send, read to the end; how it ended."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(request)
+        data = b""
+        try:
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    return data, "eof"
+                data += chunk
+        except ConnectionResetError:
+            return data, "reset"
+
+
+@stack_test
+async def test_closing_requests_get_whole_answers_then_an_orderly_close(stack):
+    """
+    Connection: close and HTTP/1.0 requests (from the parser, then from the
+    remembered heads): the whole response, then FIN (the client connection is
+    closed at once, without a reactor turn), nothing left in flight.
+    """
+    from twisted.internet.threads import deferToThread
+
+    stack.serve("nA")
+    port = stack.port.getHost().port
+    requests = [b"GET /app/echo?close HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+                b"GET /app/echo?old HTTP/1.0\r\nHost: localhost\r\n\r\n",
+                b"GET /app/echo?x=%d HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"]
+    for i in range(4):  # heads are remembered from the second time on
+        for request in requests:
+            if b"%d" in request:
+                request = request % i
+            data, how = await deferToThread(_exchange_then_eof, port, request)
+            assert how == "eof"
+            head, _, body = data.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+            length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+            assert len(body) == length and body.startswith(b"nA\nGET /app/echo")
+    assert stack.factory.request_heads and stack.factory.request_blocks
+    assert stack.in_flight() == 0
+    assert not stack.factory._clients
