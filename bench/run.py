@@ -1752,9 +1752,11 @@ def main(argv=None) -> int:
                 log(f"{name} took {time.monotonic() - t0:.0f} s")
         print("\n== targets (txmodcluster, same run) ==")
         results["targets"] = []
-        for goal, value, verdict in check_targets(results):
+        rows = check_targets(results)
+        width = max((len(goal) for goal, _, _ in rows), default=0)
+        for goal, value, verdict in rows:
             results["targets"].append({"goal": goal, "measured": value, "verdict": verdict})
-            print(f"{goal:<66} {value:>26}  {verdict}")
+            print(f"{goal:<{width}} {value:>26}  {verdict}")
     finally:
         results["seconds"] = round(time.time() - started, 1)
         results["loadavg_at_end"] = loadavg()
