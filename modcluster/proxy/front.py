@@ -556,11 +556,12 @@ class ClientProtocol(Protocol):
         self._upgrading: Optional[_Exchange] = None
         self._in_next = False
         self._write = None
-        # a request head being parsed for ProxyFactory.request_heads, and
-        # (its bytes, template) once parsed
+        # while the parser reads bytes that may be one request head to
+        # remember (ProxyFactory.request_heads): the bytes, the request_blocks
+        # key when the request line allows one, and the template once parsed
         self._record: Optional[bytes] = None
-        self._captured: Optional[tuple] = None
         self._record_block: Optional[tuple] = None
+        self._captured: Optional[tuple] = None
         self._feeding = False  # in the parser's feed_data
         self.client: Optional[ClientInfo] = None
 
