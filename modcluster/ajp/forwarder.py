@@ -60,6 +60,7 @@ from modcluster.proxy.headers import (
     reason_phrase,
 )
 from modcluster.proxy.http import (
+    HEAD_MEMO_SIZE,
     PoolBase,
     PooledForwarder,
     LocalUpstream,
@@ -284,6 +285,41 @@ class AJPConnection:
         if status < 200:
             self._bad(f"status {status} over AJP")
             return
+        # The parser gives the same headers tuple for a repeated SEND_HEADERS
+        # packet, so what is relayed of it is remembered per pool by that
+        # tuple (the entry holds it: its id cannot be reused meanwhile).
+        memo = self.pool.heads
+        entry = memo.get(id(headers))
+        if (entry is None or entry[0] is not headers or entry[1] != status
+                or entry[2] != reason):
+            entry = self._relayedHead(status, reason, headers)
+            if entry is None:
+                return
+            if len(memo) >= HEAD_MEMO_SIZE:
+                memo.clear()
+            memo[id(headers)] = entry
+        out, cl, reason = entry[3], entry[4], entry[6]
+        if ex.method == _HEAD or status == 204 or status == 304:
+            self.no_body = True
+            length = 0
+        elif cl is not None:
+            length = entry[5]
+            if length is None:
+                self._bad(f"bad Content-Length {cl!r}")
+                return
+            self.remaining = length
+        else:
+            length = -1
+        self.head = True
+        ex.responseHead(status, reason, out, length)
+
+    def _relayedHead(self, status: int, reason: bytes, headers: tuple) -> Optional[tuple]:
+        """
+        (headers, status, reason as received, the header lines to relay, the
+        Content-Length value or C{None}, its number or C{None} if it is not
+        one, the reason phrase to relay), or C{None} after reporting a head
+        that cannot be relayed.
+        """
         # The relayed headers go straight into the block the front writes
         # (IExchange.responseHead takes bytes); a Connection header, which
         # can name others to drop, takes the list way.
@@ -305,7 +341,7 @@ class AJPConnection:
                     parts += (name, b": ", value, b"\r\n")
                 elif stripped != cl:
                     self._bad("conflicting Content-Length headers")
-                    return
+                    return None
             elif kind == RESP_CONNECTION:
                 if conn is None:
                     conn = [value]
@@ -316,23 +352,14 @@ class AJPConnection:
             out = drop_listed(_relayed(headers), connection_tokens(conn))
         else:
             out = b"".join(parts)
-        if ex.method == _HEAD or status == 204 or status == 304:
-            self.no_body = True
-            length = 0
-        elif cl is not None:
-            if not cl.isdigit():
-                self._bad(f"bad Content-Length {cl!r}")
-                return
-            length = self.remaining = int(cl)
-        else:
-            length = -1
+        length = int(cl) if cl is not None and cl.isdigit() else None
+        relayed = reason
         known = _REASONS.get(status)
         if known is None:
             known = (b"%d" % status, reason_phrase(status))
         if not reason or reason == known[0]:
-            reason = known[1]  # Tomcat sends the code as its message
-        self.head = True
-        ex.responseHead(status, reason, out, length)
+            relayed = known[1]  # Tomcat sends the code as its message
+        return (headers, status, reason, out, cl, length, relayed)
 
     def bodyReceived(self, data: bytes) -> None:
         ex = self.ex
@@ -517,6 +544,9 @@ class AJPPool(PoolBase):
         self.encoder = ForwardRequestEncoder(fw.packet_size)
         self.endpoint = node_endpoint(fw.reactor, s.host, s.port, self.connect_timeout)
         self.direct = direct_address(s.host, s.port)
+        #: id of a SEND_HEADERS headers tuple -> L{AJPConnection._relayedHead}
+        #: of it (bounded; emptied when full)
+        self.heads: dict[int, tuple] = {}
 
     def acquire(self, ex, packet: bytes, fresh: bool) -> AJPConnection:
         fw = self.fw

@@ -942,6 +942,12 @@ def message_from_tuple(t: tuple) -> ResponseMessage:
     raise ValueError(f"not a response message tuple: {t!r}")
 
 
+#: SEND_HEADERS packets remembered per L{ResponseParser}: at most this many,
+#: of at most this many bytes each.
+HEADS_MEMO_SIZE = 16
+HEADS_MEMO_BYTES = 2048
+
+
 class ResponseParser:
     """
     Incremental, strict parser of container -> server packets.
@@ -959,15 +965,21 @@ class ResponseParser:
 
     After an error the parser is dead: every later C{feed} raises
     L{AJPProtocolError}.
+
+    A container repeats its SEND_HEADERS packets (the same resource): the
+    decoded C{(status, reason, headers)} of the last L{HEADS_MEMO_SIZE}
+    distinct packets of at most L{HEADS_MEMO_BYTES} are kept, and a repeated
+    packet gives the very same (immutable) tuple again.
     """
 
-    __slots__ = ("max_packet_size", "_buf", "_need", "_dead")
+    __slots__ = ("max_packet_size", "_buf", "_need", "_dead", "_heads")
 
     def __init__(self, max_packet_size: int = DEFAULT_PACKET_SIZE) -> None:
         self.max_packet_size = check_packet_size(max_packet_size)
         self._buf = bytearray()
         self._need = 4
         self._dead: Optional[AJPProtocolError] = None
+        self._heads: dict[bytes, tuple] = {}
 
     @property
     def buffered(self) -> int:
@@ -1055,7 +1067,16 @@ class ResponseParser:
                         )
                     out.append((3, data[start + 3:start + 3 + n]))
                 elif kind == 4:
-                    out.append((4, *_send_headers(data, start + 1, stop)))
+                    heads = self._heads
+                    key = data[start:stop]
+                    head = heads.get(key)
+                    if head is None:
+                        head = (4, *_send_headers(data, start + 1, stop))
+                        if length <= HEADS_MEMO_BYTES:
+                            if len(heads) >= HEADS_MEMO_SIZE:
+                                heads.clear()
+                            heads[key] = head
+                    out.append(head)
                 elif kind == 5:
                     if length != 2:
                         raise MalformedPacket(
