@@ -139,10 +139,9 @@ def serve_ajp(port: int, size: int) -> None:
 # -- one proxy -------------------------------------------------------------------------
 
 
-def serve_proxy(port: int, kind: str, backend: int) -> None:
+def one_node_factory(reactor, kind: str, backend: int):
+    """The real ProxyFactory (with the AJP forwarder) routing / to one node."""
     sys.path.insert(0, CODE)
-    from twisted.internet import reactor
-
     from modcluster.ajp.forwarder import AJPForwarder
     from modcluster.cluster.model import BalancerSettings, NodeSettings
     from modcluster.cluster.registry import Registry
@@ -156,9 +155,15 @@ def serve_proxy(port: int, kind: str, backend: int) -> None:
     reg.app("ENABLE-APP", "node0", ["localhost"], ["/"])
     reg.apply_status("node0", 100, True)
     config = ProxyConfig()
-    factory = ProxyFactory(reactor, config, lambda: reg.table, reg.set_error,
-                           lambda route: None,
-                           forwarders={"ajp": AJPForwarder(reactor, config)})
+    return ProxyFactory(reactor, config, lambda: reg.table, reg.set_error,
+                        lambda route: None, forwarders={"ajp": AJPForwarder(reactor, config)})
+
+
+def serve_proxy(port: int, kind: str, backend: int) -> None:
+    sys.path.insert(0, CODE)
+    from twisted.internet import reactor
+
+    factory = one_node_factory(reactor, kind, backend)
     reactor.listenTCP(port, factory, interface=LOOPBACK, backlog=1024)
     if os.environ.get("AJPQ_COUNT_READS") and kind == "ajp":
         # how many reads from the node per response (Tomcat may split them)
@@ -264,23 +269,8 @@ def inproc(kind: str, size: int, requests: int, profile: bool = False,
     sys.path.insert(0, CODE)
     from twisted.internet.testing import MemoryReactorClock
 
-    from modcluster.ajp.forwarder import AJPForwarder
-    from modcluster.cluster.model import BalancerSettings, NodeSettings
-    from modcluster.cluster.registry import Registry
-    from modcluster.config import ProxyConfig
-    from modcluster.proxy import ProxyFactory
-
     reactor = MemoryReactorClock()
-    reg = Registry(reactor)
-    reg.config(BalancerSettings("mycluster"),
-               NodeSettings(route="node0", host=LOOPBACK, port=9, type=kind),
-               [(["localhost"], ["/"])])
-    reg.app("ENABLE-APP", "node0", ["localhost"], ["/"])
-    reg.apply_status("node0", 100, True)
-    config = ProxyConfig()
-    factory = ProxyFactory(reactor, config, lambda: reg.table, reg.set_error,
-                           lambda route: None,
-                           forwarders={"ajp": AJPForwarder(reactor, config)})
+    factory = one_node_factory(reactor, kind, 9)
     client = factory.buildProtocol(None)
     ct = _Sink()
     client.makeConnection(ct)

@@ -26,8 +26,6 @@ from modcluster.ajp.packets import (
     ForwardRequestEncoder,
     GET_BODY_CHUNK,
     GetBodyChunk,
-    METHOD_CODES,
-    REQUEST_HEADER_CODES,
     RESPONSE_HEADER_CODES,
     RESPONSE_HEADER_NAMES,
     RequestTooLarge,
@@ -44,6 +42,8 @@ from modcluster.ajp.packets import (
     encode_send_headers,
     message_from_tuple,
 )
+
+from test_ajp_packets import forward_requests
 
 # A SEND_HEADERS as Tomcat 10 sends it for a static file (ajp13.md worked example
 # plus Tomcat's string-named headers).
@@ -257,35 +257,8 @@ def test_feed_tuples_matches_feed(messages, data):
 
 # --- encode_prepared vs encode_fields ------------------------------------------------
 
-_text = st.binary(max_size=40)
-_optional = st.one_of(st.none(), _text)
-_request_names = st.one_of(
-    st.sampled_from(sorted(REQUEST_HEADER_CODES)).flatmap(
-        lambda name: st.sampled_from([name, name.upper(), name.title()])),
-    st.binary(min_size=1, max_size=30))
-
-requests = st.builds(
-    ForwardRequest,
-    method=st.one_of(st.sampled_from(sorted(METHOD_CODES)), st.binary(min_size=1, max_size=20)),
-    protocol=st.one_of(st.sampled_from([b"HTTP/1.1", b"HTTP/1.0"]), _text),
-    req_uri=_text,
-    remote_addr=_text,
-    remote_host=_text,
-    server_name=_text,
-    server_port=st.integers(0, 0xFFFF),
-    is_ssl=st.booleans(),
-    headers=st.lists(st.tuples(_request_names, _text), max_size=12).map(tuple),
-    secret=_optional,
-    remote_user=_optional,
-    auth_type=_optional,
-    query_string=_optional,
-    jvm_route=_optional,
-    ssl_cert=_optional,
-    ssl_cipher=_optional,
-    ssl_session=_optional,
-    ssl_key_size=st.one_of(st.none(), st.integers(0, 0xFFFF)),
-    attributes=st.lists(st.tuples(_text, _text), max_size=5).map(tuple),
-)
+requests = forward_requests(
+    protocol=st.one_of(st.sampled_from([b"HTTP/1.1", b"HTTP/1.0"]), st.binary(max_size=40)))
 
 
 def _prepared(encoder: ForwardRequestEncoder, r: ForwardRequest, addresses: bytes,

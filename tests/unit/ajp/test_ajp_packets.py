@@ -400,28 +400,33 @@ _request_names = st.one_of(_known_request_names, st.binary(min_size=1, max_size=
 _methods = st.one_of(st.sampled_from(sorted(METHOD_CODES)), st.binary(min_size=1, max_size=20))
 _optional = st.one_of(st.none(), _text)
 
-requests = st.builds(
-    ForwardRequest,
-    method=_methods,
-    protocol=_text,
-    req_uri=_text,
-    remote_addr=_text,
-    remote_host=_text,
-    server_name=_text,
-    server_port=st.integers(0, 0xFFFF),
-    is_ssl=st.booleans(),
-    headers=st.lists(st.tuples(_request_names, _text), max_size=12).map(tuple),
-    secret=_optional,
-    remote_user=_optional,
-    auth_type=_optional,
-    query_string=_optional,
-    jvm_route=_optional,
-    ssl_cert=_optional,
-    ssl_cipher=_optional,
-    ssl_session=_optional,
-    ssl_key_size=st.one_of(st.none(), st.integers(0, 0xFFFF)),
-    attributes=st.lists(st.tuples(_text, _text), max_size=5).map(tuple),
-)
+def forward_requests(protocol=_text):
+    """Any L{ForwardRequest} (also used by test_ajp_fastpath)."""
+    return st.builds(
+        ForwardRequest,
+        method=_methods,
+        protocol=protocol,
+        req_uri=_text,
+        remote_addr=_text,
+        remote_host=_text,
+        server_name=_text,
+        server_port=st.integers(0, 0xFFFF),
+        is_ssl=st.booleans(),
+        headers=st.lists(st.tuples(_request_names, _text), max_size=12).map(tuple),
+        secret=_optional,
+        remote_user=_optional,
+        auth_type=_optional,
+        query_string=_optional,
+        jvm_route=_optional,
+        ssl_cert=_optional,
+        ssl_cipher=_optional,
+        ssl_session=_optional,
+        ssl_key_size=st.one_of(st.none(), st.integers(0, 0xFFFF)),
+        attributes=st.lists(st.tuples(_text, _text), max_size=5).map(tuple),
+    )
+
+
+requests = forward_requests()
 
 
 def _normalised(request: ForwardRequest) -> ForwardRequest:
