@@ -383,7 +383,7 @@ class NodeProtocol(Protocol):
         if not reason:
             reason = reason_phrase(status)
         if (cl is not None and te is None and status >= 200 and status != 204
-                and status != 304 and head in memo and ex.method != _HEAD):
+                and status != 304 and len(head) <= HEAD_MEMO_BYTES and ex.method != _HEAD):
             # Head and framing known from these bytes alone: remembered for
             # whole responses that come in one read (L{dataReceived}).
             whole = pool.whole

@@ -411,3 +411,28 @@ def test_request_line_pattern_is_a_subset_of_what_llhttp_accepts():
                  b"CONNECT /a HTTP/1.1", b"GET /a HTTP/2.0", b"GET  /a HTTP/1.1",
                  b"get /a HTTP/1.1", b"GET /a\"b HTTP/1.1"):
         assert not _REQUEST_LINE.fullmatch(line)
+
+
+def test_client_gone_during_a_remembered_request():
+    """
+    A request from the memo whose client leaves before the answer: the node
+    connection is aborted (as for a parsed request), its late whole answer
+    reaches no one, the counters return to idle, and the next client is served.
+    """
+    h = _harness()
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+    c = h.client()
+    for _ in range(2):
+        n, _ = _serve(h, c, _STICKY, ok)
+        c.received()
+    assert _STICKY in h.factory.request_heads and n.proto.pool.whole
+    c.send(_STICKY)  # from the memo
+    assert n.received()
+    c.lose()
+    assert n.aborted and h.counters_idle()
+    n.respond(ok)  # too late: ignored
+    assert h.counters_idle()
+    c2 = h.client()
+    n2, sent = _serve(h, c2, _STICKY, ok)
+    assert n2 is not n and sent and c2.received().endswith(b"\r\n\r\nhello")
+    assert h.counters_idle()
