@@ -87,6 +87,19 @@ class MCMPRequest(server.Request):
         except BaseException:
             self.processingFailed(Failure())
 
+    def finish(self):
+        # A reply that says "Connection: close" (MCMP errors, as httpd) must
+        # really close once it is written: the Java listener reads such a
+        # reply until EOF.  twisted.web decides persistence from the request
+        # headers only, so tell the channel; requestDone then calls
+        # loseConnection, which sends what is buffered first.
+        if self.channel is not None and not self._disconnected:
+            for value in self.responseHeaders.getRawHeaders(b"connection", ()):
+                if b"close" in value.lower().replace(b",", b" ").split():
+                    self.channel.persistent = False
+                    break
+        super().finish()
+
     def setHeader(self, name, value):
         # One product name on every management response, not TwistedWeb's.
         if name.lower() == b"server" if isinstance(name, bytes) else name.lower() == "server":

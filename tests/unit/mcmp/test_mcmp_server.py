@@ -247,6 +247,16 @@ def test_unknown_node_is_mem_with_headers_and_close():
     assert r.headers[b"version"] == b"0.2.1"
     assert r.headers[b"connection"] == b"close"
     assert any("nosuchnode" in str(e.get("mess")) for e in events)
+    # and it really closes (the Java listener reads a "close" reply until EOF)
+    assert server.transport.disconnecting
+
+
+def test_successful_reply_keeps_the_connection_open():
+    server = Server()
+    register(server)
+    r = server.request("STATUS", b"JVMRoute=node1&Load=50")
+    assert r.code == 200 and b"connection" not in r.headers
+    assert not server.transport.disconnecting
 
 
 def test_dangling_key_that_crashes_httpd_is_a_syntax_error():
@@ -336,6 +346,7 @@ def test_config_hard_change_replaces_and_same_worker_is_mem():
     register(server)
     r = server.request("CONFIG", b"JVMRoute=node2&Host=127.0.0.1&Port=8009&Type=ajp")
     assert r.code == 500 and r.headers[b"mess"] == b"MEM: Another for the same worker already exist"
+    server.connect()  # the error closed the connection; the Java listener reconnects
     r = server.request("CONFIG", b"JVMRoute=node1&Host=127.0.0.1&Port=9009&Type=ajp")
     assert r.code == 200
     assert server.registry.node("node1").settings.port == 9009
