@@ -709,12 +709,15 @@ _HEX = frozenset(b"0123456789abcdefABCDEF")
 
 def _decode_token(raw: bytes) -> str:
     """
-    Percent-decode one key or value (only C{%XX}; C{+} stays C{+}), then
-    check it is UTF-8 without forbidden characters.
+    Decode one key or value as application/x-www-form-urlencoded (what the
+    Java listener's C{URLEncoder} produces): C{+} is a space, C{%XX} a byte;
+    then check it is UTF-8 without forbidden characters.
 
     @raise MCMPError: SMESPAR on a bad C{%} sequence, bad UTF-8 or a
         forbidden character.
     """
+    if b"+" in raw:
+        raw = raw.replace(b"+", b" ")
     if b"%" in raw:
         parts = raw.split(b"%")
         out = [parts[0]]
@@ -802,7 +805,7 @@ def parse_body(body: bytes, max_size: int) -> Params:
     Pieces are separated by C{&}; empty pieces are skipped.  The first C{=}
     of a piece separates key and value, further C{=} belong to the value; a
     piece without C{=} is a key with an empty value.  Key and value are then
-    percent-decoded (C{%XX} only, C{+} is not a space), must be UTF-8 and may
+    form-decoded (C{+} is a space, C{%XX} a byte), must be UTF-8 and may
     not contain C{< > " '} or control characters.  An empty body gives empty
     L{Params}.  Linear in the body size.
 

@@ -453,3 +453,33 @@ def test_stalled_management_client_is_timed_out():
     clock.advance(2)
     assert transport.disconnecting or transport.disconnected
     assert registry.node("node1") is None
+
+
+def test_form_encoded_context_with_a_space_routes():
+    """
+    The Java listener sends C{/my app} as C{%2Fmy+app} and C{/a+b} as
+    C{%2Fa%2Bb} (URLEncoder): both register decoded, and requests for the
+    percent-encoded paths are routed to them (issue 14 §2).
+    """
+    from modcluster.balancer import Decision, RoutingPolicy, choose
+
+    server = Server()
+    r = server.request("CONFIG", b"JVMRoute=node1&Host=127.0.0.1&Port=8009&Type=ajp")
+    assert r.code == 200
+    for ctx in (b"%2Fmy+app", b"%2Fa%2Bb"):
+        r = server.request("ENABLE-APP", b"JVMRoute=node1&Alias=localhost&Context=" + ctx)
+        assert r.code == 200
+    assert server.request("STATUS", b"JVMRoute=node1&Load=50").code == 200
+    node = server.registry.node("node1")
+    paths = {c.path for v in node.vhosts.values() for c in v.contexts.values()}
+    assert paths == {"/my app", "/a+b"}
+    info = server.request("INFO")
+    assert b"Context: [1:1:1], Context: /my app," in info.body
+    table = server.registry.table
+    for path, context in (("/my%20app/index.jsp", "/my app"), ("/a+b/x", "/a+b"),
+                          ("/a%2Bb/x", "/a+b")):
+        d = choose(table, None, path, None, server.clock.seconds(), RoutingPolicy())
+        assert isinstance(d, Decision), (path, d)
+        assert d.context.path == context
+    d = choose(table, None, "/my+app/", None, server.clock.seconds(), RoutingPolicy())
+    assert not isinstance(d, Decision)  # '+' in a path is a plus, not a space

@@ -179,10 +179,17 @@ class TestParseBody:
         )
         assert body("Context=%2f%2F").get("Context") == "//"
 
-    def test_plus_is_not_a_space(self):
-        """A Java-encoded space arrives as C{+} and stays C{+} (httpd)."""
-        assert body("Domain=a+b").get("Domain") == "a+b"
+    def test_plus_is_a_space(self):
+        """
+        Bodies are form-encoded (Java's C{URLEncoder}): C{+} is a space and a
+        literal C{+} arrives as C{%2B} (httpd keeps C{+}; issue 14 §2).
+        """
+        assert body("Domain=a+b").get("Domain") == "a b"
         assert body("Domain=a%2Bb").get("Domain") == "a+b"
+        assert body("Context=%2Fmy+app&JVMRoute=n+1").pairs == (
+            ("Context", "/my app"), ("JVMRoute", "n 1"))
+        assert body("Context=%2Fa%2B%2Bb+%2B").get("Context") == "/a++b +"
+        assert body("Bogus+key=1").keys() == ("Bogus key",)
 
     @pytest.mark.parametrize(
         "raw",
@@ -258,8 +265,7 @@ class TestJavaEncodedRoundTrip:
     def test_any_pairs(self, pairs):
         """
         Pairs URL-encoded like Java's URLEncoder parse back to the same keys
-        (canonicalised) and values (with C{+} for space, as httpd), unless a
-        forbidden character is in them.
+        (canonicalised) and values, unless a forbidden character is in them.
         """
         raw = "&".join(java_urlencode(k) + "=" + java_urlencode(v) for k, v in pairs).encode("ascii")
         forbidden = any(set(k + v) & _FORBIDDEN_CHARS for k, v in pairs)
@@ -271,7 +277,7 @@ class TestJavaEncodedRoundTrip:
             return
         assert not forbidden
         assert params.pairs == tuple(
-            (canonical_key(k.replace(" ", "+")), v.replace(" ", "+")) for k, v in pairs
+            (canonical_key(k), v) for k, v in pairs
         )
 
     @given(
@@ -289,7 +295,7 @@ class TestJavaEncodedRoundTrip:
         app = decode_app(parse_body(raw, MAX), is_wildcard(b"/"), limits)
         assert app.jvm_route == route
         assert app.aliases == tuple(dict.fromkeys(a.lower() for a in aliases))
-        assert app.contexts == (path.replace(" ", "+"),)
+        assert app.contexts == (path,)
         wildcard = decode_app(parse_body(java_body(route, {}), MAX), is_wildcard(b"/*"))
         assert wildcard == AppRequest(route, True)
 
@@ -789,7 +795,7 @@ class TestDecodeConfig:
         node = bal = config
         assert node.jvm_route == route
         assert (node.host, node.port, node.type) == (host, port, node_type)
-        assert node.domain == ("" if domain is None else domain.replace(" ", "+"))
+        assert node.domain == ("" if domain is None else domain)
         expected_balancer = "mycluster" if balancer is None else balancer.lower()
         assert config.balancer == expected_balancer
         assert node.flushpackets == ("On" if flush else "Off")
