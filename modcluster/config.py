@@ -271,6 +271,16 @@ class ProxyConfig:
     response_status_on_no_context: int = field(default=404, metadata=_doc(
         "Status returned when no registered context matches the request.",
         "ResponseStatusCodeOnNoContext"))
+    unavailable_context_status: int = field(default=503, validator=_one_of(503, 404),
+                                            metadata=_doc(
+        "Status returned when a context matches but every node's record of the longest "
+        "match is stopped, or disabled and the request has no session (a redeploy, a "
+        "drain): `503` (with `Retry-After`) says \"come back later\"; `404` is what "
+        "httpd answers, which browsers, caches and crawlers take as \"gone\".", ""))
+    retry_after: int = field(default=10, validator=[_non_negative, _at_most(86400)],
+                             metadata=_doc(
+        "Seconds sent in `Retry-After` with the 503 answers the balancer makes itself "
+        "(no usable node, unavailable context); 0 sends none.", ""))
     preserve_host: bool = field(default=True, metadata=_doc(
         "Send the client's Host header to HTTP nodes (Tomcat picks its virtual host "
         "from it).", "ProxyPreserveHost"))

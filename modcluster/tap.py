@@ -230,7 +230,9 @@ def _proxy_factory(config: Config, reactor, table, on_node_failure, on_node_succ
         policy=RoutingPolicy(
             use_alias=p.use_alias, deterministic_failover=p.deterministic_failover,
             worker_retry=config.manager.worker_retry,
-            no_context_status=p.response_status_on_no_context),
+            no_context_status=p.response_status_on_no_context,
+            unavailable_context_status=p.unavailable_context_status,
+            retry_after=p.retry_after),
     )
     if p.fast_event_loop:
         from modcluster.proxy import fastloop

@@ -47,6 +47,10 @@ class RoutingPolicy:
     @ivar worker_retry: seconds a node in error stays out before a sticky request
         may retry it (mod_proxy C{retry}).
     @ivar no_context_status: ResponseStatusCodeOnNoContext.
+    @ivar unavailable_context_status: the status when a context matches but every
+        record of the longest match is STOPPED, or DISABLED and the request has
+        no session (a redeploy, a drain): 503 with Retry-After by default, 404
+        as httpd answers.
     @ivar retry_after: Retry-After seconds suggested with a 503 (0: none).  The
         default is one node STATUS period, within which a recovered node is back.
     """
@@ -56,6 +60,7 @@ class RoutingPolicy:
     worker_retry: float = 60.0
     no_context_status: int = 404
     retry_after: int = 10
+    unavailable_context_status: int = 503
 
 
 class Decision:
@@ -219,7 +224,15 @@ def _elect_deterministic(recs, name, has_session, exclude, dom, forced, h):
 
 
 def _no_context(policy: RoutingPolicy, reason: str) -> Refusal:
+    if reason is _UNAVAILABLE:
+        status = policy.unavailable_context_status
+        return Refusal(status, reason, 0.0, policy.retry_after if status == 503 else 0)
     return Refusal(policy.no_context_status, reason)
+
+
+#: the reason when the longest matching context has no usable record: the
+#: application is there but stopped or disabled (L{_no_context} tells it apart)
+_UNAVAILABLE = "every context matching the request is stopped or disabled"
 
 
 _COOKIE_NAMES = ("sticky cookie names",)  # a memo key no path can equal
@@ -268,7 +281,7 @@ def _plain_route(table: RoutingTable, mpath: str) -> tuple:
                 if b is not None:
                     break
         if b is None:
-            found = (None, (), "no enabled context matches the request")
+            found = (None, (), _UNAVAILABLE)
         else:
             name = b.name
             found = (b, tuple((rec, rec.node.id, rec.node.rt,
@@ -415,7 +428,7 @@ def choose(table: RoutingTable, host: Optional[str], path: str, cookie: Optional
             b = bs
             break
         else:
-            return _no_context(policy, "no enabled context matches the request")
+            return _no_context(policy, _UNAVAILABLE)
         if not maybe_session:
             sid = src = None
         elif b.sticky_cookie != c_name or b.sticky_path != p_name:

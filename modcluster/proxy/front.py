@@ -1242,7 +1242,9 @@ class ProxyFactory(Factory):
         self.policy = policy or RoutingPolicy(
             use_alias=config.use_alias,
             deterministic_failover=config.deterministic_failover,
-            no_context_status=config.response_status_on_no_context)
+            no_context_status=config.response_status_on_no_context,
+            unavailable_context_status=config.unavailable_context_status,
+            retry_after=config.retry_after)
         self.http = HttpForwarder(reactor, config, node_tls)
         self.forwarders = {scheme: self.http for scheme in _DIRECT_SCHEMES}
         if forwarders:

@@ -67,6 +67,9 @@ security_key = "key"
     ("[manager.tls]\nenabled = true", "manager.tls", "certificate"),
     ("[proxy]\najp_packet_size = 100", "proxy", "ajp_packet_size"),
     ("[proxy]\najp_cping = 'sometimes'", "proxy.ajp_cping", "must be one of"),
+    ("[proxy]\nunavailable_context_status = 500", "proxy.unavailable_context_status",
+     "must be one of"),
+    ("[proxy]\nretry_after = -1", "proxy.retry_after", "must not be negative"),
     ("[console]\npath = 'manager'", "console.path", "URL path"),
     ("[advertise]\nfrequency = '0'", "advertise.frequency", ""),
     ("[advertise]\ngroup = 'not an address'", "advertise.group", ""),
@@ -110,3 +113,11 @@ def test_every_setting_is_documented():
 def test_examples_are_valid():
     for path in sorted((ROOT / "examples").glob("*.toml")):
         load_config(str(path))
+
+
+def test_unavailable_context_status_and_retry_after():
+    """Issue 14 §2: 503 + Retry-After 10 s by default; httpd's 404 on request."""
+    default = parse_config("")
+    assert (default.proxy.unavailable_context_status, default.proxy.retry_after) == (503, 10)
+    config = parse_config("[proxy]\nunavailable_context_status = 404\nretry_after = 0\n")
+    assert (config.proxy.unavailable_context_status, config.proxy.retry_after) == (404, 0)

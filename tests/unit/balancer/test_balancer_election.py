@@ -222,18 +222,43 @@ def test_stopped_longest_context_does_not_fall_back():
     c.node("root", 1, contexts=("/",))
     c.node("app", 1, contexts=("/app",), command="STOP-APP")
     r = c.choose("/app/x")
-    assert r == Refusal(404, r.reason)
+    assert r == Refusal(503, r.reason, 0.0, 10)  # the application is there, but stopped
     assert c.route_of("/other") == "root"
+    httpd = RoutingPolicy(unavailable_context_status=404)
+    r = c.choose("/app/x", policy=httpd)
+    assert r == Refusal(404, r.reason)  # httpd's answer, no Retry-After
+
+
+def test_unavailable_context_is_503_with_retry_after():
+    """
+    Every record of the longest match STOPPED, or DISABLED without a session: 503
+    with Retry-After by default (issue 14 §2), the configured status otherwise; a
+    path no context matches stays no_context_status.
+    """
+    for command in ("STOP-APP", "DISABLE-APP"):
+        c = Cluster(retry_after=7)
+        c.node("A", 50, command=command)
+        c.node("B", 50, command=command)
+        for cookie in (None, "theme=dark"):
+            r = c.choose("/app/x", cookie=cookie)
+            assert (r.status, r.retry_after, r.wait_worker) == (503, 7, 0.0), (command, r)
+        assert c.choose("/nothing").status == 404
+        r = c.choose("/app/x", policy=RoutingPolicy(unavailable_context_status=404,
+                                                    retry_after=7))
+        assert (r.status, r.retry_after) == (404, 0)
+        # one enabled record again: routed
+        c.set_state("B", "ENABLE-APP")
+        assert c.route_of("/app/x") == "B"
 
 
 def test_disabled_context_needs_a_session():
     c = Cluster()
     c.node("D", 100, command="DISABLE-APP")
-    assert c.choose("/app/x").status == 404
+    assert c.choose("/app/x").status == 503
     # Any value of the balancer's cookie or path parameter is a session, route or not.
     assert c.route_of("/app/x", cookie="JSESSIONID=abc") == "D"
     assert c.route_of("/app/x;jsessionid=abc") == "D"
-    assert c.choose("/app/x", cookie="OTHER=abc").status == 404
+    assert c.choose("/app/x", cookie="OTHER=abc").status == 503
     c.node("E", 100)
     # Without a session only the enabled node; with one both are candidates.
     assert c.spread(10, "/app") == Counter(E=10)

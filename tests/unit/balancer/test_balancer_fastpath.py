@@ -96,7 +96,7 @@ def test_cookie_without_sticky_name_routes_like_no_cookie():
     table = c.reg.table
     policy = RoutingPolicy()
     # Only DISABLED contexts: a request without a session is refused ...
-    assert choose(table, None, "/app/x", "theme=dark", 0.0, policy).status == 404
+    assert choose(table, None, "/app/x", "theme=dark", 0.0, policy).status == 503
     # ... one with a session may still go there (§2.3).
     d = choose(table, None, "/app/x", "JSESSIONID=abc.n2", 0.0, policy)
     assert d.node.route == "n2" and d.sticky

@@ -108,7 +108,7 @@ def test_sticky_needs_the_node_to_serve_the_context(force):
     assert d.node.route == "A" and not d.sticky and d.route_changed
     c.set_state("A", "STOP-APP")
     # Longest context stopped everywhere: no fallback to B's "/", even with a route.
-    assert c.choose("/app/x", cookie="JSESSIONID=s.B").status == 404
+    assert c.choose("/app/x", cookie="JSESSIONID=s.B").status == 503
 
 
 @pytest.mark.parametrize("force", [False, True])

@@ -373,3 +373,32 @@ def test_error_page_for_head_has_no_body():
     raw = c.received()
     assert raw.startswith(b"HTTP/1.1 404 Not Found\r\n")
     assert raw.endswith(b"\r\n\r\n")
+
+
+def test_stopped_or_disabled_context_is_503_with_retry_after_by_default():
+    """
+    Issue 14 §2: when the longest matching context is STOPPED (or DISABLED and
+    the request has no session) the client gets 503 + Retry-After, not 404;
+    C{unavailable_context_status = 404} restores httpd's answer.
+    """
+    from modcluster.cluster.model import ContextState
+
+    for state in (ContextState.STOPPED, ContextState.DISABLED):
+        h = Harness(retry_after=30)
+        h.node("n1", 9001, contexts=("/app",), state=state)
+        c = h.client()
+        c.send(b"GET /app/x HTTP/1.1\r\nHost: a\r\n\r\n")
+        raw = c.received()
+        assert raw.startswith(b"HTTP/1.1 503 "), raw
+        assert b"\r\nRetry-After: 30\r\n" in raw
+        c.send(b"GET /elsewhere HTTP/1.1\r\nHost: a\r\n\r\n")
+        raw = c.received()
+        assert raw.startswith(b"HTTP/1.1 404 "), raw  # no context at all: still 404
+
+        h = Harness(unavailable_context_status=404)
+        h.node("n1", 9001, contexts=("/app",), state=state)
+        c = h.client()
+        c.send(b"GET /app/x HTTP/1.1\r\nHost: a\r\n\r\n")
+        raw = c.received()
+        assert raw.startswith(b"HTTP/1.1 404 "), raw
+        assert b"Retry-After" not in raw
