@@ -450,10 +450,9 @@ class Registry:
                     self._delete_vhost(node, vhost)
                 self._changed()
             return AppResult(route, aliases[0] if aliases else "", tuple(contexts))
+        self._check_app_quotas(node, vhost, route, aliases, contexts)
         created = vhost is None
         if created:
-            if self._alias_count + len(aliases) > self.limits.max_hosts:
-                raise errors.mem_cant_update_alias(route, ",".join(aliases))
             vhost = self._new_vhost(node)
         try:
             self._add_aliases(node, vhost, aliases)
@@ -471,6 +470,26 @@ class Registry:
         if command == "STOP-APP":
             requests = sum(c.rt.in_flight for c in ctxs if c is not None)
         return AppResult(route, aliases[0] if aliases else "", tuple(contexts), requests)
+
+    def _check_app_quotas(self, node: _Node, vhost: Optional[_VHost], route: str,
+                          aliases: Sequence[str], contexts: Sequence[str]) -> None:
+        """
+        Refuse an APP command whose new aliases or contexts do not all fit the
+        quotas before anything changes: a multi-context command is all or nothing.
+        """
+        new_aliases = [a for a in dict.fromkeys(aliases)
+                       if (vhost is None or a not in vhost.aliases)
+                       and node.vhost_for_alias(a) is None]
+        room = self.limits.max_hosts - self._alias_count
+        if len(new_aliases) > room:
+            raise errors.mem_cant_update_alias(route, ",".join(new_aliases[max(room, 0):]))
+        new_paths = [p for p in dict.fromkeys(contexts)
+                     if vhost is None or p not in vhost.contexts]
+        room = self.limits.max_contexts - self._context_count
+        if len(new_paths) > room:
+            names = vhost.aliases if vhost is not None else new_aliases
+            raise errors.mem_cant_update_context(route, ",".join(new_paths[max(room, 0):]),
+                                                 ",".join(names))
 
     def _warn_other_balancers(self, node: _Node, contexts: Sequence[str]) -> None:
         for other in self._nodes.values():

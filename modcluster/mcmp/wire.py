@@ -339,6 +339,8 @@ _ERROR_TYPES = frozenset({TYPE_SYNTAX, TYPE_MEM, TYPE_GENERAL})
 _FORBIDDEN = re.compile("[<>\"'\x00-\x1f\x7f]")
 _CONTROL = re.compile("[\x00-\x1f\x7f]")
 _MAX_INTERPOLATED = 128
+#: longest C{Mess} text (values are cut first; this bounds the whole message)
+_MAX_MESS = 512
 
 
 def _clean(value: object) -> str:
@@ -369,7 +371,9 @@ class MCMPError(Exception):
         if type not in _ERROR_TYPES:
             raise ValueError(f"unknown MCMP error type {type!r}")
         self.type = type
-        self.mess = _CONTROL.sub("?", mess)
+        mess = _CONTROL.sub("?", mess)
+        # A final bound: whatever a message interpolates, Mess stays a short header.
+        self.mess = mess if len(mess) <= _MAX_MESS else mess[:_MAX_MESS] + "..."
         super().__init__(self.mess)
 
     def __repr__(self) -> str:

@@ -350,3 +350,71 @@ def test_state_store_quarantines_a_damaged_file(tmp_path):
     clock2, reg2 = make()
     StateStore(reg2, str(path), clock2).restore()
     assert reg2.nodes() == [] and (tmp_path / "state.json.bad").exists()
+
+
+def _snapshot(reg):
+    return ({r: states(reg, r) for r in (n.route for n in reg.nodes())},
+            {r: sorted(a for v in reg.node(r).vhosts.values() for a in v.aliases)
+             for r in (n.route for n in reg.nodes())},
+            reg.counts)
+
+
+def test_multi_context_app_refused_for_quota_changes_nothing():
+    """
+    Issue 13 §4: an ENABLE-APP (or any multi-context command) that does not fit
+    the context quota is refused as a whole: no context of it is created or
+    changes state (it used to leave the first 197 enabled).
+    """
+    clock, reg = make(Limits(max_contexts=200))
+    register(reg, "n1", 1, contexts=("/a", "/b", "/c"))
+    reg.app("STOP-APP", "n1", ["localhost"], ["/a"])
+    before = _snapshot(reg)
+    many = ["/a"] + [f"/x{i}" for i in range(300)]
+    for command in ("ENABLE-APP", "DISABLE-APP", "STOP-APP"):
+        with pytest.raises(ClusterError) as e:
+            reg.app(command, "n1", ["localhost"], many)
+        assert e.value.type == "MEM"
+        assert e.value.mess.startswith("MEM: Can't update or insert context")
+        assert _snapshot(reg) == before
+        assert states(reg, "n1")[(1, "/a")] is ContextState.STOPPED
+    # exactly filling the quota is fine, one more is not
+    fits = [f"/y{i}" for i in range(197)]
+    reg.app("ENABLE-APP", "n1", ["localhost"], fits)
+    assert reg.counts["contexts"] == 200
+    with pytest.raises(ClusterError):
+        reg.app("ENABLE-APP", "n1", ["localhost"], ["/y0", "/z"])
+    assert states(reg, "n1").get((1, "/z")) is None
+
+
+def test_multi_alias_app_refused_for_quota_changes_nothing():
+    """The same for aliases (max_hosts): no alias joins, no vhost is created."""
+    clock, reg = make(Limits(max_hosts=5))
+    register(reg, "n1", 1, contexts=("/a",))
+    before = _snapshot(reg)
+    # existing vhost (first alias known) + too many new aliases
+    with pytest.raises(ClusterError) as e:
+        reg.app("ENABLE-APP", "n1", ["localhost"] + [f"h{i}" for i in range(10)], ["/b"])
+    assert e.value.mess.startswith("MEM: Can't update or insert host alias")
+    assert _snapshot(reg) == before
+    # new vhost
+    with pytest.raises(ClusterError):
+        reg.app("ENABLE-APP", "n1", [f"h{i}" for i in range(10)], ["/b"])
+    assert _snapshot(reg) == before
+
+
+def test_quota_error_messages_are_shortened():
+    """
+    Issue 13 §4: a refused command with hundreds of long aliases used to echo
+    them all in Mess (3.5 KB); interpolated values are cut as mcmp.md says.
+    """
+    clock, reg = make(Limits(max_hosts=3, max_contexts=3))
+    register(reg, "n1", 1, contexts=("/a",))
+    aliases = [("h%03d." % i) + "x" * 240 for i in range(20)]
+    for call in (lambda: reg.app("ENABLE-APP", "n1", aliases, ["/b"]),
+                 lambda: reg.config(BAL, node("n2", 2), [(aliases, ["/c"])]),
+                 lambda: reg.app("ENABLE-APP", "n1", ["localhost"],
+                                 ["/" + "p" * 70 + str(i) for i in range(20)])):
+        with pytest.raises(ClusterError) as e:
+            call()
+        assert len(e.value.mess) < 400, len(e.value.mess)
+        assert "..." in e.value.mess

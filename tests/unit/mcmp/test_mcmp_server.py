@@ -483,3 +483,20 @@ def test_form_encoded_context_with_a_space_routes():
         assert d.context.path == context
     d = choose(table, None, "/my+app/", None, server.clock.seconds(), RoutingPolicy())
     assert not isinstance(d, Decision)  # '+' in a path is a plus, not a space
+
+
+def test_error_mess_stays_short_for_huge_alias_lists():
+    """
+    Issue 13 §4: an ENABLE-APP with many long aliases refused for quota used to
+    echo every alias in Mess (3.5 KB); the header is bounded now, and the
+    refused command changed nothing.
+    """
+    server = Server(max_hosts=4)
+    register(server)
+    aliases = b"%2C".join(b"h%02d." % i + b"x" * 240 for i in range(14))
+    r = server.request("ENABLE-APP", b"JVMRoute=node1&Alias=" + aliases + b"&Context=%2Fz")
+    assert r.code == 500 and r.headers[b"type"] == b"MEM"
+    assert len(r.headers[b"mess"]) <= 600
+    assert r.headers[b"mess"].startswith(b"MEM: Can't update or insert host alias")
+    assert "/z" not in {c.path for _, c in server.registry.contexts_of(
+        server.registry.node("node1"))}
