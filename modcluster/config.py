@@ -193,7 +193,9 @@ class ManagerConfig:
         "Seconds an idle or stalled management connection is kept open.", "Timeout"))
     persist: bool = field(default=False, metadata=_doc(
         "Save nodes, balancers, aliases and contexts to `state_file` and restore them at "
-        "start-up (restored nodes stay unverified until their next STATUS or PING).",
+        "start-up (restored nodes stay unverified until their next STATUS or PING).  "
+        "The file gets the checks and quotas of MCMP; one that fails them is set aside "
+        "as `<state_file>.bad` and the balancer starts empty (docs/mcmp.md).",
         "PersistSlots"))
     state_file: str = field(default="txmodcluster-state.json", metadata=_doc(
         "Where the state is saved when `persist` is on (written atomically).",

@@ -113,9 +113,12 @@ def build(config: Config, reactor, demo: bool = False) -> MultiService:
         event_log_size=config.console.event_log_size,
     )
     top.registry = registry
+    store = None
     if m.persist:
-        store = StateStore(registry, m.state_file, reactor)
-        store.restore()
+        # Restored through the MCMP handler (built below): a saved state gets
+        # MCMP's checks and quotas.  Restored once the handler exists.
+        store = StateStore(registry, m.state_file, reactor,
+                           lambda state: handler.restore_state(state))
         store.setServiceParent(top)
 
     node_tls = _node_tls(config)
@@ -143,6 +146,8 @@ def build(config: Config, reactor, demo: bool = False) -> MultiService:
         probe_reuse=m.status_probe_reuse,
     )
     top.handler = handler
+    if store is not None:
+        store.restore()
 
     c = config.console
     console = None

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 
 from twisted.application.service import Service
 from twisted.logger import Logger
@@ -46,51 +47,80 @@ def read_state(path: str):
         return None
 
 
+def _reason(error: BaseException) -> str:
+    text = str(error) or type(error).__name__
+    return text if len(text) <= 300 else text[:300] + "..."
+
+
 class StateStore(Service):
     """
     Restores the registry when started and saves it after changes.
 
+    @param restore: C{restore(state) -> node count}: loads a state read from the
+        file into the empty registry with the checks MCMP applies, raising on
+        anything MCMP would refuse (L{modcluster.mcmp.handler.MCMPHandler.restore_state}).
     @param delay: seconds to wait after a change before writing.
     """
 
     log = Logger()
 
-    def __init__(self, registry, path: str, reactor, delay: float = 0.2) -> None:
+    def __init__(self, registry, path: str, reactor, restore, delay: float = 0.2) -> None:
         self._registry = registry
         self._path = path
         self._reactor = reactor
+        self._restore = restore
         self._delay = delay
         self._pending = None
         registry.on_structure_change(self._changed)
 
     def restore(self) -> None:
-        """Load the saved state (called before the listeners start)."""
+        """
+        Load the saved state (called before the listeners start).  A state that
+        cannot be read or restored never stops the balancer: the file is set
+        aside (L{bad_path}), one error line says why, and the registry starts
+        empty (nodes re-register on their next STATUS).
+        """
         try:
             state = read_state(self._path)
-        except (OSError, ValueError) as e:
-            # A damaged file must not stop the balancer: nodes re-register anyway.
-            self.log.error("cannot read saved state {path}: {error}; starting empty",
-                           path=self._path, error=e)
-            self._quarantine()
+        except Exception as e:  # OSError, bad UTF-8 or JSON, absurd nesting
+            self._set_aside(f"cannot be read ({_reason(e)})")
             return
-        if state is None:
+        if state is None and not os.path.lexists(self._path):  # (a file saying null is not)
             self.log.info("no saved state at {path}; starting empty", path=self._path)
             return
         try:
-            count = self._registry.restore(state)
-        except (KeyError, TypeError, ValueError) as e:
-            self.log.error("saved state {path} is not usable ({error}); starting empty",
-                           path=self._path, error=e)
-            self._quarantine()
+            count = self._restore(state)
+        except Exception as e:
+            self._registry.clear()
+            self._set_aside(f"is not usable ({_reason(e)})")
             return
         self.log.info("restored {count} nodes from {path}", count=count, path=self._path)
 
-    def _quarantine(self) -> None:
+    def bad_path(self) -> str:
+        """
+        Where an unusable state file goes: C{<name>.bad}, or, when an earlier
+        one is there, C{<name>.bad.<UTC time>} (with C{-N} if even that exists).
+        """
+        bad = self._path + ".bad"
+        if not os.path.lexists(bad):
+            return bad
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self._reactor.seconds()))
+        bad = f"{self._path}.bad.{stamp}"
+        n = 1
+        while os.path.lexists(bad if n == 1 else f"{bad}-{n}"):
+            n += 1
+        return bad if n == 1 else f"{bad}-{n}"
+
+    def _set_aside(self, why: str) -> None:
+        bad = self.bad_path()
         try:
-            os.replace(self._path, self._path + ".bad")
-            self.log.warn("moved the unusable state file to {bad}", bad=self._path + ".bad")
-        except OSError:
-            pass
+            os.replace(self._path, bad)
+        except OSError as e:
+            self.log.error("saved state {path} {why}; could not set it aside ({error}); "
+                           "starting empty", path=self._path, why=why, error=e)
+            return
+        self.log.error("saved state {path} {why}; set aside as {bad}; starting empty",
+                       path=self._path, why=why, bad=bad)
 
     def _changed(self) -> None:
         if self._pending is None or not self._pending.active():

@@ -10,6 +10,7 @@ event (twisted.logger and a bounded in-memory list for the JSON API).
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 from collections import deque
 from typing import Callable, Iterable, Optional, Sequence
@@ -73,17 +74,9 @@ class _Ids:
         self._next = 1
         self._free: list[int] = []
 
-    def take(self, wanted: Optional[int] = None) -> int:
-        if wanted is not None:
-            # Restoring a saved id: take it out of the free list or grow to it.
-            if wanted in self._free:
-                self._free.remove(wanted)
-                heapq.heapify(self._free)
-            elif wanted >= self._next:
-                for i in range(self._next, wanted):
-                    heapq.heappush(self._free, i)
-                self._next = wanted + 1
-            return wanted
+    def take(self) -> int:
+        # Never "take id N" from outside: a saved id is not a size (an id of
+        # 10**30 in a state file once made start-up allocate without bound).
         if self._free:
             return heapq.heappop(self._free)
         self._next += 1
@@ -162,6 +155,8 @@ class Registry:
         self._observers: list[Callable[[dict], None]] = []
         self._structure_observers: list[Callable[[], None]] = []
         self._node_observers: list[Callable[[NodeRuntime], None]] = []
+        #: replaying a saved state (L{restoring}): no per-command events
+        self._quiet = False
 
     # -- events ------------------------------------------------------------
 
@@ -189,6 +184,8 @@ class Registry:
                 self.log.failure("node observer failed")
 
     def _event(self, kind: str, fmt: str, **fields) -> None:
+        if self._quiet:
+            return
         event = {"time": self._clock.seconds(), "event": kind, **fields}
         self.events.append(event)
         self.log.info(fmt, cluster_event=kind, **fields)
@@ -200,6 +197,8 @@ class Registry:
 
     def _changed(self) -> None:
         self._table = None
+        if self._quiet:
+            return
         for callback in self._structure_observers:
             try:
                 callback()
@@ -689,22 +688,42 @@ class Registry:
         balancers = [attrs.asdict(b) for b in self.balancers.values()]
         return {"format": 1, "balancers": balancers, "nodes": nodes}
 
-    def restore(self, state: dict) -> int:
+    # Restoring goes through the MCMP validation: modcluster/mcmp/replay.py
+    # replays a saved state as CONFIG and *-APP commands into an empty
+    # registry inside L{restoring}, then sets each node's saved load with
+    # L{mark_restored}; on any problem it calls L{clear}.
+
+    @contextlib.contextmanager
+    def restoring(self):
         """
-        Load a L{to_state} dict into an empty registry.  Restored nodes are marked
-        unverified until their next STATUS or PING.  Returns the number of nodes.
+        Replay a saved state: no events, log lines or structure callbacks for
+        each replayed command; one C{registry.restored} event at the end if
+        nodes were restored.  Needs an empty registry.
         """
         if self._nodes:
-            raise ValueError("restore() needs an empty registry")
-        if state.get("format") != 1:
-            raise ValueError(f"unknown state format {state.get('format')!r}")
+            raise ValueError("restoring needs an empty registry")
+        self._quiet = True
         try:
-            return self._restore(state)
-        except Exception:
-            self._empty()  # all or nothing: never keep half a saved state
-            raise
+            yield self
+        finally:
+            self._quiet = False
+        self._table = None
+        if self._nodes:
+            self._event("registry.restored", "restored {count} nodes from saved state",
+                        count=len(self._nodes))
+            self._changed()
 
-    def _empty(self) -> None:
+    def mark_restored(self, route: str, load: int, in_error: bool) -> None:
+        """A replayed node's saved load and error flag; unverified until its next STATUS."""
+        rt = self._nodes[route].rt
+        now = self._clock.seconds()
+        rt.lbfactor = load
+        rt.in_error = in_error
+        rt.error_since = now
+        rt.unverified = True
+
+    def clear(self) -> None:
+        """Forget everything (a replay that failed half way)."""
         self.balancers = {}
         self._nodes = {}
         self._node_ids = _Ids()
@@ -714,35 +733,3 @@ class Registry:
         self._context_count = 0
         self._removed_domains = {}
         self._table = None
-
-    def _restore(self, state: dict) -> int:
-        now = self._clock.seconds()
-        for b in state["balancers"]:
-            settings = BalancerSettings(**b)
-            self.balancers[settings.name] = settings
-        for n in state["nodes"]:
-            settings = NodeSettings(**n["settings"])
-            node = _Node(self._node_ids.take(int(n["id"])), settings, now)
-            node.rt.lbfactor = int(n["load"])
-            node.rt.in_error = bool(n.get("in_error", False))
-            node.rt.error_since = now
-            node.rt.unverified = True
-            for v in n["vhosts"]:
-                vhost = _VHost(int(v["id"]))
-                for alias, alias_id in v["aliases"]:
-                    vhost.aliases[str(alias)] = self._alias_ids.take(int(alias_id))
-                    self._alias_count += 1
-                for ctx_id, path, st in v["contexts"]:
-                    ctx = _Context(self._context_ids.take(int(ctx_id)), str(path),
-                                   ContextState[st])
-                    vhost.contexts[ctx.path] = ctx
-                    self._context_count += 1
-                node.vhosts[vhost.id] = vhost
-            self._nodes[settings.route] = node
-            if settings.balancer not in self.balancers:
-                self.balancers[settings.balancer] = BalancerSettings(settings.balancer)
-        self._table = None
-        if self._nodes:
-            self._event("registry.restored", "restored {count} nodes from saved state",
-                        count=len(self._nodes))
-        return len(self._nodes)

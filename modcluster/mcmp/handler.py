@@ -159,9 +159,7 @@ class MCMPHandler:
         self._check_identity(identities, req.jvm_route)
         for warning in req.warnings:
             self.log.info("CONFIG for {route}: {warning}", route=req.jvm_route, warning=warning)
-        node_type = req.type
-        if self._ws_tunnel and node_type in ("http", "https"):
-            node_type = "ws" if node_type == "http" else "wss"
+        node_type = self.node_type(req.type)
         balancer = BalancerSettings(
             name=req.balancer,
             sticky_session=req.sticky_session,
@@ -189,6 +187,24 @@ class MCMPHandler:
         )
         self._registry.config(balancer, settings, req.groups)
         return Reply(200, (TEXT,))
+
+    def node_type(self, node_type: str) -> str:
+        """The type a node of C{Type=node_type} is registered with (EnableWsTunnel)."""
+        if self._ws_tunnel and node_type in ("http", "https"):
+            return "ws" if node_type == "http" else "wss"
+        return node_type
+
+    def restore_state(self, state) -> int:
+        """
+        Restore a saved registry state through the MCMP checks (see
+        L{modcluster.mcmp.replay}).  Returns the number of nodes.
+
+        @raise modcluster.mcmp.replay.StateError: the state is not usable; the
+            registry is left empty.
+        """
+        from modcluster.mcmp.replay import replay_state
+
+        return replay_state(self, self._registry, state)
 
     def _app(self, method, params, wildcard, identities) -> Reply:
         req = wire.decode_app(params, wildcard, self._limits)

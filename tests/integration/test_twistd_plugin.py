@@ -112,3 +112,15 @@ def test_mcmp_session_over_real_http_and_restart_keeps_registrations(balancer):
     resp, body = mcmp(mport2, "INFO")
     assert b"Name: node1," in body
     assert b"Context: /app, Status: ENABLED" in body
+
+
+def test_damaged_state_file_is_set_aside_and_the_balancer_serves(balancer, tmp_path):
+    """Issue 13 §5: a top-level JSON array used to crash start-up with a traceback."""
+    (tmp_path / "state.json").write_text("[1, 2, 3]")
+    proc, mport, _ = balancer()
+    resp, _ = mcmp(mport, "CONFIG", b"JVMRoute=node1&Host=127.0.0.1&Port=8009&Type=ajp")
+    assert resp.status == 200
+    assert (tmp_path / "state.json.bad").read_text() == "[1, 2, 3]"
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=20)[0].decode()
+    assert "set aside as" in out and "Traceback" not in out

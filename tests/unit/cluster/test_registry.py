@@ -280,6 +280,13 @@ def test_events_are_structured_and_bounded():
     assert all({"time", "event"} <= set(e) for e in seen)
 
 
+def restore(reg, state, **kw):
+    """Restore as the balancer does: replayed through the MCMP handler's checks."""
+    from modcluster.mcmp.handler import MCMPHandler
+
+    return MCMPHandler(reg, None, reg._clock, **kw).restore_state(state)
+
+
 def test_state_round_trip_through_json():
     clock, reg = make()
     register(reg, "n1", 1, contexts=("/a", "/b"), load=40, domain="d")
@@ -287,7 +294,7 @@ def test_state_round_trip_through_json():
     reg.app("DISABLE-APP", "n1", ["localhost"], ["/b"])
     state = json.loads(json.dumps(reg.to_state()))
     clock2, reg2 = make()
-    assert reg2.restore(state) == 2
+    assert restore(reg2, state) == 2
     for route in ("n1", "n2"):
         a, b = reg.node(route), reg2.node(route)
         assert (a.id, a.settings, a.rt.lbfactor) == (b.id, b.settings, b.rt.lbfactor)
@@ -304,7 +311,7 @@ def test_state_round_trip_through_json():
 def test_restore_rejects_unknown_format():
     clock, reg = make()
     with pytest.raises(ValueError):
-        reg.restore({"format": 99})
+        restore(reg, {"format": 99, "balancers": [], "nodes": []})
 
 
 def test_forwarding_failures_are_counted_and_cleared_by_a_success():
@@ -333,7 +340,7 @@ def test_restore_refuses_damaged_settings(change):
     change(state2["nodes"][1])  # the second node is damaged: nothing is kept
     clock2, reg2 = make()
     with pytest.raises((TypeError, ValueError)):
-        reg2.restore(state2)
+        restore(reg2, state2)
     assert reg2.nodes() == [] and reg2.balancers == {} and reg2.counts["contexts"] == 0
     assert reg2.table.nodes == ()
 
@@ -348,7 +355,7 @@ def test_state_store_quarantines_a_damaged_file(tmp_path):
     path = tmp_path / "state.json"
     write_state(str(path), state)
     clock2, reg2 = make()
-    StateStore(reg2, str(path), clock2).restore()
+    StateStore(reg2, str(path), clock2, lambda st: restore(reg2, st)).restore()
     assert reg2.nodes() == [] and (tmp_path / "state.json.bad").exists()
 
 

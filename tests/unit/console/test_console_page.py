@@ -139,7 +139,9 @@ def test_unverified_node(clock):
     src = Registry(clock)
     src.config(BalancerSettings("mycluster"), NodeSettings(route="n", host="127.0.0.1"))
     reg = Registry(clock)
-    reg.restore(src.to_state())
+    from modcluster.mcmp.handler import MCMPHandler
+
+    assert MCMPHandler(reg, None, clock).restore_state(src.to_state()) == 1
     client, _ = console_client(reg)
     text = text_of(client.get(PATH).text)
     assert "Unverified restored from saved state, no STATUS since" in text
