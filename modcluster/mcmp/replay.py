@@ -21,7 +21,7 @@ from urllib.parse import quote_plus
 import attrs
 
 from modcluster.cluster.errors import ClusterError
-from modcluster.cluster.model import BalancerSettings, ContextState, NodeSettings
+from modcluster.cluster.model import BalancerSettings, NodeSettings
 from modcluster.mcmp import wire
 
 __all__ = ["StateError", "replay_state"]
