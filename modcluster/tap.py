@@ -213,8 +213,14 @@ def _proxy(config: Config, reactor, registry, node_tls):
         node_tls=node_tls)
     services = MultiService()
     services.factory = factory
+    from twisted.application.internet import StreamServerEndpointService
+
+    from modcluster.tls import server_endpoint
+
     for description in p.listen:
-        strports.service(description, factory, reactor=reactor).setServiceParent(services)
+        # server_endpoint: an ssl: listener answers ALPN (browsers, curl offer it)
+        StreamServerEndpointService(server_endpoint(reactor, description),
+                                    factory).setServiceParent(services)
     return services
 
 

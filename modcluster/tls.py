@@ -57,7 +57,9 @@ __all__ = [
     "HandshakeTimeoutFactory",
     "IdentityPolicy",
     "NodeTLSPolicy",
+    "SERVER_ALPN_PROTOCOLS",
     "TLSConfigError",
+    "answer_alpn",
     "client_context_factory",
     "describe_certificate",
     "describe_peer",
@@ -66,6 +68,7 @@ __all__ = [
     "peer_certificate",
     "peer_identities",
     "server_context_factory",
+    "server_endpoint",
     "tls_server_endpoint",
 ]
 
@@ -189,6 +192,7 @@ def server_context_factory(
             acceptableCiphers=_ciphers(ciphers),
         )
         context = options.getContext()  # load everything now: a mismatched key fails here
+        _set_alpn(context, SERVER_ALPN_PROTOCOLS)
         if ca_certs is not None:
             # Same verification, plus a note of why a client certificate was refused,
             # for the log line (OpenSSL only says "certificate verify failed").
@@ -202,6 +206,51 @@ def server_context_factory(
             f"{_name(cert_pem_path)}: certificate and private key cannot be used together "
             f"({_ssl_reason(e)})") from None
     return options
+
+
+#: ALPN protocols a server context selects, most preferred first.  HTTP/1.1 only
+#: today; HTTP/2 support adds C{b"h2"} in front.
+SERVER_ALPN_PROTOCOLS: tuple[bytes, ...] = (b"http/1.1",)
+
+
+def _alpn_selector(protocols: tuple[bytes, ...]):
+    def select(connection, offered):
+        for protocol in protocols:
+            if protocol in offered:
+                return protocol
+        # No overlap: go on without ALPN (RFC 7301 allows it; nginx does the
+        # same) rather than abort the handshake with an alert.
+        return SSL.NO_OVERLAPPING_PROTOCOLS
+
+    return select
+
+
+def _set_alpn(context: SSL.Context, protocols: Iterable[bytes]) -> None:
+    protocols = tuple(protocols)
+    if not protocols or not all(isinstance(p, bytes) and 0 < len(p) < 256 for p in protocols):
+        raise TLSConfigError(f"ALPN protocols must be non-empty byte strings, not {protocols!r}")
+    context.set_alpn_select_callback(_alpn_selector(protocols))
+
+
+def answer_alpn(context_factory, protocols: Iterable[bytes] = SERVER_ALPN_PROTOCOLS):
+    """
+    Make the server context of C{context_factory} (a C{CertificateOptions}, or
+    anything with C{getContext()}) answer ALPN: it selects the first of
+    C{protocols} the client offers, and proceeds without ALPN when the client
+    offers none of them.  Returns C{context_factory}.
+
+    Twisted installs an ALPN callback on every context it builds; it selects
+    from the protocols of the wrapped factory when that factory provides
+    C{IProtocolNegotiationFactory} and otherwise returns an empty selection,
+    which OpenSSL turns into an "internal error" alert: every client that
+    offers ALPN (browsers, curl, Python, Prometheus) was refused.  Call this
+    before the first connection (the context is cached and shared).
+    """
+    getContext = getattr(context_factory, "getContext", None)
+    if getContext is None:
+        raise TLSConfigError(f"{context_factory!r} has no server context to set ALPN on")
+    _set_alpn(getContext(), protocols)
+    return context_factory
 
 
 def _name(source: PemSource) -> str:
@@ -375,6 +424,38 @@ def tls_server_endpoint(
         inner = endpoint_description
     tls = endpoints.wrapServerTLS(context_factory, inner, clock=reactor)
     return _HandshakeTimeoutEndpoint(tls, reactor, handshake_timeout)
+
+
+class _ALPNReactor:
+    """
+    Stands in for the reactor while an C{ssl:} description is listened on: its
+    C{listenSSL} sets ALPN on the context the description built (L{answer_alpn}),
+    then delegates; everything else is the real reactor's.
+    """
+
+    def __init__(self, reactor, protocols: tuple[bytes, ...]) -> None:
+        self._reactor = reactor
+        self._protocols = protocols
+
+    def listenSSL(self, port, factory, contextFactory, backlog=50, interface=""):
+        answer_alpn(contextFactory, self._protocols)
+        return self._reactor.listenSSL(port, factory, contextFactory, backlog, interface)
+
+    def __getattr__(self, name):
+        return getattr(self._reactor, name)
+
+
+def server_endpoint(reactor, description: str,
+                    protocols: Iterable[bytes] = SERVER_ALPN_PROTOCOLS) -> IStreamServerEndpoint:
+    """
+    C{serverFromString(reactor, description)}, except that an C{ssl:} endpoint
+    answers ALPN with C{protocols} (see L{answer_alpn}) instead of aborting the
+    handshake of every client that offers it.
+    """
+    protocols = tuple(protocols)
+    if description.split(":", 1)[0].strip().lower() == "ssl":
+        return endpoints.serverFromString(_ALPNReactor(reactor, protocols), description)
+    return endpoints.serverFromString(reactor, description)
 
 
 # --- identities -------------------------------------------------------------

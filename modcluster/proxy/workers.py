@@ -201,6 +201,9 @@ class _Adopter:
         return self._reactor.adoptStreamPort(self._fd, self._family, factory)
 
     def listenSSL(self, port, factory, contextFactory, backlog=50, interface=""):
+        from modcluster.tls import answer_alpn
+
+        answer_alpn(contextFactory)  # select http/1.1, never abort on an ALPN offer
         return self._reactor.adoptStreamPort(
             self._fd, self._family, TLSMemoryBIOFactory(contextFactory, False, factory))
 

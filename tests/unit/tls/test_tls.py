@@ -512,3 +512,47 @@ def test_identity_policy():
 def test_identity_policy_rejects_bad_mapping(mapping):
     with pytest.raises(TLSConfigError):
         IdentityPolicy(mapping)
+
+
+
+def _alpn_client(pki, offer):
+    """Client TLS with the node1 certificate, offering C{offer} over ALPN."""
+    from twisted.internet.ssl import PrivateCertificate
+
+    mine = PrivateCertificate.loadPEM(pki.node1.key_pem + pki.node1.cert_pem)
+    return optionsForClientTLS("localhost", trustRoot=Certificate.loadPEM(pki.ca_pem),
+                               clientCertificate=mine, acceptableProtocols=offer)
+
+
+@pytest.mark.parametrize("offer, selected", [
+    ([b"h2", b"http/1.1"], b"http/1.1"),
+    ([b"http/1.1"], b"http/1.1"),
+    ([b"h2"], None),          # nothing shared: the handshake goes on without ALPN
+    (None, None),
+])
+def test_server_answers_alpn_and_never_aborts(pki, offer, selected):
+    """Clients offering ALPN (browsers, curl) complete the handshake; http/1.1 selected."""
+    h = Harness(_opts(pki))
+    client = Recorder()
+    server_t, client_t, pump = h.connect(client, _alpn_client(pki, offer))
+    client.transport.write(b"hello")
+    pump.flush()
+    (app,) = h.apps
+    assert app.handshake and client.data == b"echo:hello"
+    assert client.transport.negotiatedProtocol == selected
+
+
+def test_answer_alpn_list(pki):
+    """answer_alpn takes the preference list HTTP/2 will extend; bad lists are refused."""
+    from modcluster.tls import SERVER_ALPN_PROTOCOLS, answer_alpn
+
+    assert SERVER_ALPN_PROTOCOLS == (b"http/1.1",)
+    options = answer_alpn(_opts(pki), (b"h2", b"http/1.1"))
+    h = Harness(options)
+    client = Recorder()
+    h.connect(client, _alpn_client(pki, [b"h2", b"http/1.1"]))[2].flush()
+    assert client.transport.negotiatedProtocol == b"h2"
+    with pytest.raises(TLSConfigError):
+        answer_alpn(_opts(pki), ())
+    with pytest.raises(TLSConfigError):
+        answer_alpn(object())
