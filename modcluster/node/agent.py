@@ -402,7 +402,8 @@ class NodeAgent(Service):
         if adv is not None:
             from modcluster.node.discovery import AdvertiseListener
 
-            listener = AdvertiseListener(self._advertised, adv.key, adv.group, adv.interface)
+            listener = AdvertiseListener(self._advertised, adv.key, adv.group, adv.interface,
+                                         clock=self._reactor, max_skew=adv.max_skew)
             self._advertise_port = self._reactor.listenMulticast(
                 adv.port, listener, interface=adv.group, listenMultiple=True
             )

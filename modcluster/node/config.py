@@ -118,6 +118,8 @@ class AdvertiseSettings:
     port: int = DEFAULT_PORT
     interface: str = "0.0.0.0"
     key: Optional[str] = None
+    #: largest |Date - local clock| accepted, seconds; 0 turns the check off
+    max_skew: float = 300.0
 
 
 @frozen
@@ -421,7 +423,7 @@ def node_config_from_dict(data: Mapping[str, Any], source: str = "<config>") -> 
     advertise = None
     adv_data = ld.table(data, "advertise")
     if adv_data is not None:
-        ld.take(adv_data, "advertise.", {"group", "port", "interface", "key"})
+        ld.take(adv_data, "advertise.", {"group", "port", "interface", "key", "max_skew"})
         group_text = ld.string(adv_data, "group", "advertise.", DEFAULT_GROUP)
         try:
             group, group_port = parse_group(group_text)
@@ -436,6 +438,7 @@ def node_config_from_dict(data: Mapping[str, Any], source: str = "<config>") -> 
                             maximum=65535),
             interface=ld.string(adv_data, "interface", "advertise.", "0.0.0.0", wire=False),
             key=key,
+            max_skew=ld.number(adv_data, "max_skew", "advertise.", 300.0, exclusive=False),
         )
 
     tls = None

@@ -13,10 +13,25 @@ datagram of each new C{Server} id that names an C{X-Manager-Address}.
 Datagrams that are malformed, lack a C{Digest} or carry a wrong one are
 ignored with a log line (the Java listener's thread dies on a datagram
 without C{Digest}; ignoring it is the deliberate difference).
+
+Replay (docs/advertise.md, "Replay"): the digest covers C{Date}, C{Sequence}
+and C{Server} only, so a captured datagram stays valid forever and its
+C{X-Manager-Address} is not authenticated.  This listener therefore also
+ignores, with a log line:
+
+  - a datagram whose C{Date} is more than C{max_skew} seconds away from the
+    local clock (stale, or from the future), or unreadable;
+  - for a C{Server} already heard, a datagram whose C{Sequence} is the last
+    one accepted (a replay: ignored quietly) or lower, unless its C{Date} is
+    later than the last accepted one (a sender that restarted and kept its
+    server id counts again from 1; httpd and this balancer pick a new id at
+    every start, so for them a restart is a new server anyway).
 """
 
 from __future__ import annotations
 
+import calendar
+import email.utils
 from typing import Callable, Optional
 
 from twisted.internet.protocol import DatagramProtocol
@@ -40,8 +55,15 @@ class AdvertiseListener(DatagramProtocol):
     @param key: the shared security key, or C{None} (the no-key digest).
     @param group: the multicast group to join.
     @param interface: the local interface address to join it on.
+    @param clock: C{IReactorTime} for the freshness check (default: the reactor).
+    @param max_skew: largest difference in seconds between a datagram's C{Date}
+        and the local clock; C{None} or 0 turns the check off.
     @ivar servers: server id -> (status, reason) of every verified server seen.
     """
+
+    #: Servers remembered at most (the oldest are forgotten first): without a
+    #: key anyone can make up server ids.
+    max_servers = 1024
 
     log = Logger()
 
@@ -51,12 +73,21 @@ class AdvertiseListener(DatagramProtocol):
         key: Optional[str] = None,
         group: str = DEFAULT_GROUP,
         interface: str = "0.0.0.0",
+        *,
+        clock=None,
+        max_skew: Optional[float] = 300.0,
     ) -> None:
+        if clock is None:
+            from twisted.internet import reactor as clock
         self._on_proxy = on_proxy
         self._key = key
         self._group = group
         self._interface = interface
+        self._clock = clock
+        self._max_skew = max_skew or None
         self.servers: dict[str, tuple[int, str]] = {}
+        #: server id -> (last accepted Sequence, its Date in epoch seconds)
+        self._last: dict[str, tuple[int, float]] = {}
 
     def startProtocol(self) -> None:
         d = self.transport.joinGroup(self._group, self._interface)
@@ -82,8 +113,12 @@ class AdvertiseListener(DatagramProtocol):
                 addr=addr, server=advertisement.server,
             )
             return
+        if not self._fresh(advertisement, addr):
+            return
         known = advertisement.server in self.servers
         self.servers[advertisement.server] = (advertisement.status, advertisement.reason)
+        while len(self.servers) > self.max_servers:
+            del self.servers[next(iter(self.servers))]
         if known:
             return
         address = advertisement.manager_socket_address()
@@ -102,3 +137,56 @@ class AdvertiseListener(DatagramProtocol):
             host=host, port=port, server=advertisement.server,
         )
         self._on_proxy(host, port)
+
+    def _fresh(self, advertisement, addr: object) -> bool:
+        """
+        Is this verified datagram recent and newer than the last one accepted
+        from the same server?  Records it when it is.
+        """
+        server = advertisement.server
+        try:
+            parsed = email.utils.parsedate_tz(advertisement.date)
+            date = float(calendar.timegm(parsed[:9]) - (parsed[9] or 0)) if parsed else None
+        except (TypeError, ValueError, OverflowError, IndexError):
+            date = None
+        if date is None:
+            self.log.warn("Ignored advertise datagram from {addr} (server {server}): "
+                          "unreadable Date {date!r}", addr=addr, server=server,
+                          date=advertisement.date[:64])
+            return False
+        if self._max_skew is not None:
+            skew = date - self._clock.seconds()
+            if abs(skew) > self._max_skew:
+                self.log.warn(
+                    "Ignored advertise datagram from {addr} (server {server}, Sequence "
+                    "{sequence}): its Date {date!r} is {skew:.0f} s {direction} the local "
+                    "clock (more than {max_skew} s: stale or replayed, or the clocks differ)",
+                    addr=addr, server=server, sequence=advertisement.sequence,
+                    date=advertisement.date, skew=abs(skew), max_skew=self._max_skew,
+                    direction="behind" if skew < 0 else "ahead of")
+                return False
+        sequence = advertisement.sequence
+        last = self._last.get(server)
+        if last is not None:
+            last_sequence, last_date = last
+            if sequence == last_sequence:
+                self.log.debug("Ignored replayed advertise datagram from {addr} (server "
+                               "{server}, Sequence {sequence} already seen)",
+                               addr=addr, server=server, sequence=sequence)
+                return False
+            if sequence < last_sequence:
+                if date <= last_date:
+                    self.log.warn(
+                        "Ignored advertise datagram from {addr} (server {server}): "
+                        "Sequence {sequence} after {last} and not newer (replayed or "
+                        "out of order)", addr=addr, server=server, sequence=sequence,
+                        last=last_sequence)
+                    return False
+                self.log.info("Advertise Sequence of server {server} restarted at "
+                              "{sequence} (was {last})", server=server, sequence=sequence,
+                              last=last_sequence)
+        self._last.pop(server, None)
+        self._last[server] = (sequence, date)
+        while len(self._last) > self.max_servers:
+            del self._last[next(iter(self._last))]
+        return True

@@ -22,7 +22,7 @@ from twisted.internet.task import deferLater
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.web import resource, server
 
-from modcluster.advertise import ManagerInfo, format_datagram
+from modcluster.advertise import ManagerInfo, format_datagram, format_http_date
 from modcluster.node.agent import NodeAgent, ProxyState
 from modcluster.node.config import node_config_from_dict
 from modcluster.node.load import CommandMetric
@@ -287,10 +287,10 @@ async def test_advertise_discovery_over_loopback_multicast() -> None:
         await sender.setOutgoingInterface("127.0.0.1")
         agent.startService()
         wrong = format_datagram(
-            date="Sun, 22 Nov 2026 02:04:59 GMT", sequence=1, server="decoy", key="other",
+            date=format_http_date(reactor.seconds()), sequence=1, server="decoy", key="other",
             manager=ManagerInfo(address=f"127.0.0.1:{decoy_number}", url="/decoy"))
         right = format_datagram(
-            date="Sun, 22 Nov 2026 02:05:05 GMT", sequence=1, server="real", key="secret",
+            date=format_http_date(reactor.seconds()), sequence=1, server="real", key="secret",
             manager=ManagerInfo(address=f"127.0.0.1:{proxy_port}", url="/real"))
         deadline = reactor.seconds() + TIMEOUT
         while "STATUS" not in recorder.methods:

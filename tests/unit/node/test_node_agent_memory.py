@@ -196,6 +196,9 @@ def test_trace_d_advertise_then_register() -> None:
     ENABLE-APP x2), STATUS follows at the next period.
     """
     clock = MulticastClock()
+    # The agent's reactor is the advertise clock: set it to the trace's time (the
+    # datagrams' Date must be within [advertise] max_skew of it).
+    clock.advance(1795313105)  # Sun, 22 Nov 2026 02:05:05 GMT (ADV2)
     clock_proxies: dict = {}
     clock, proxies, agent = make_agent(
         proxies=clock_proxies, clock=clock,

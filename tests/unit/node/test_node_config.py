@@ -79,6 +79,7 @@ def test_proxy_addresses() -> None:
         ({"load": {"metrics": [{"type": "cpu", "capacity": 0}]}}, "load.metrics[0].capacity"),
         ({"advertise": {"group": "10.0.0.1"}}, "advertise.group"),
         ({"advertise": {"key": "clé"}}, "advertise.key"),
+        ({"advertise": {"max_skew": -1}}, "advertise.max_skew"),
         ({"tls": {"certificate": "c.pem"}}, "tls"),
         ({"probe": {"path": "x"}}, "probe.path"),
     ],
@@ -97,6 +98,10 @@ def test_advertise_instead_of_proxies() -> None:
     )
     assert config.proxies == ()
     assert (config.advertise.group, config.advertise.port) == ("224.0.1.105", 23364)
+    assert config.advertise.max_skew == 300.0
+    config = node_config_from_dict(
+        {"route": "n", "backend": "http://h:1", "advertise": {"max_skew": 0}})
+    assert config.advertise.max_skew == 0.0
 
 
 def test_command_line() -> None:
