@@ -103,6 +103,21 @@ def _endpoint_list(inst: object, att: attrs.Attribute, value: tuple) -> None:
             )
 
 
+def _networks(inst: object, att: attrs.Attribute, value: tuple) -> None:
+    from modcluster.access import parse_networks
+
+    try:
+        parse_networks(value)
+    except ValueError as e:
+        raise ValueError(str(e), att) from None
+
+
+def _identity_list(inst: object, att: attrs.Attribute, value: tuple) -> None:
+    for item in value:
+        if not item.strip():
+            raise ValueError("an identity cannot be empty", att)
+
+
 def _url_path(inst: object, att: attrs.Attribute, value: str) -> None:
     if not value.startswith("/") or value != value.strip() or "?" in value:
         raise ValueError("must be a URL path starting with '/'", att)
@@ -138,7 +153,14 @@ class ManagerTLSConfig:
     identities: dict[str, tuple[str, ...]] = field(factory=dict, metadata=_doc(
         "Optional identity pinning: certificate identity (SAN DNS name, SAN URI or "
         "subject CN) → JVMRoutes it may register or change.  Empty: any verified "
-        "certificate may act for any node.", ""))
+        "certificate may act for any node.  Console commands obey it too: a node "
+        "identity acts only on its own routes (see `operators`).", ""))
+    operators: tuple[str, ...] = field(default=(), validator=_identity_list, metadata=_doc(
+        "Certificate identities (SAN DNS name, SAN URI or subject CN) that may run console "
+        "commands on every node.  When `identities` or `operators` is set, console commands "
+        "need a client certificate: an operator acts on any node, a node identity only on "
+        "its own routes, anyone else gets 403.  Empty with no `identities`: no restriction "
+        "beyond the console's nonce.", ""))
 
     def __attrs_post_init__(self) -> None:
         if self.enabled:
@@ -205,18 +227,42 @@ class ManagerConfig:
         "match httpd's `mod_cluster/x.y.z.Final` working.", ""))
     tls: ManagerTLSConfig = field(factory=ManagerTLSConfig, metadata=_doc(
         "Mutual TLS on the management listener (section `[manager.tls]`).", ""))
+    allow: tuple[str, ...] = field(default=(), validator=_networks, metadata=_doc(
+        "Client addresses and networks (`10.0.0.0/8`, `192.0.2.7`, `fd00::/8`) allowed on "
+        "the management listener; other clients get 403 (and a rate-limited log line).  "
+        "Empty: every client the listener accepts (it binds loopback by default).",
+        "Require ip (in the MCMP VirtualHost)"))
 
 
 @frozen
 class ConsoleConfig:
-    """The manager web console, JSON API and metrics (served on the management listener)."""
+    """The manager web console, JSON API and metrics (on their own listener by default)."""
 
     enabled: bool = field(default=True, metadata=_doc(
         "Serve the console.", "SetHandler mod_cluster-manager"))
     path: str = field(default="/mod_cluster-manager", validator=_url_path, metadata=_doc(
         "URL path of the console.", "<Location /mod_cluster-manager>"))
-    listen: tuple[str, ...] = field(default=(), validator=_endpoint_list, metadata=_doc(
-        "Extra endpoints serving only the console, API and metrics.", ""))
+    listen: tuple[str, ...] = field(
+        default=("tcp:8090:interface=127.0.0.1",), validator=_endpoint_list, metadata=_doc(
+            "Endpoints serving the console, API and metrics, and only those; they are then "
+            "not served on the management (MCMP) listener.  `[]` serves them on the "
+            "management listener(s) instead, as httpd does.  The default port is one "
+            "browsers open (6666, the MCMP port, is on their unsafe-port list).",
+            "Listen + <Location /mod_cluster-manager>"))
+    allow: tuple[str, ...] = field(default=(), validator=_networks, metadata=_doc(
+        "Client addresses and networks allowed to use the console, API and metrics; "
+        "others get 403 (and a rate-limited log line).  Empty: every client the listener "
+        "accepts (loopback by default).", "Require ip (in the console Location)"))
+    hosts: tuple[str, ...] = field(default=(), validator=_identity_list, metadata=_doc(
+        "Host names or addresses the console, API and metrics answer to, besides "
+        "`localhost`, `127.0.0.1`, `::1` and the address the connection arrived on; a "
+        "request with another `Host` gets 421 (protection against DNS rebinding).  `*` "
+        "accepts any.", "ServerName / ServerAlias"))
+    tls: Optional[bool] = field(default=None, metadata=_doc(
+        "Serve `listen` with the `[manager.tls]` certificate and client-certificate "
+        "settings (needed for identity-checked commands).  Default: on when "
+        "`manager.tls.enabled`.  `false` serves plain HTTP (or whatever an `ssl:` "
+        "description says).", "SSLEngine on (in the console VirtualHost)"))
     check_nonce: bool = field(default=True, metadata=_doc(
         "Require the per-start random nonce on query-string commands.", "CheckNonce"))
     allow_cmd: bool = field(default=True, metadata=_doc(
@@ -510,8 +556,9 @@ def _cross_checks(config: Config, source: str) -> None:
         parse_group(adv.group)
     except ValueError as e:
         raise ConfigError(source, "advertise.group", str(e)) from None
-    if config.console.listen and not config.console.enabled:
-        raise ConfigError(source, "console.listen", "console.enabled is false")
+    if config.console.tls and not config.manager.tls.enabled:
+        raise ConfigError(source, "console.tls", "needs manager.tls.enabled (it uses the "
+                                                 "[manager.tls] certificate settings)")
     if not config.manager.listen:
         raise ConfigError(source, "manager.listen", "at least one listener is needed")
     if config.proxy.workers > 1:

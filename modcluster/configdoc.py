@@ -35,8 +35,9 @@ def render() -> str:
         "txmodcluster reads one TOML file (`twistd -n modcluster --config FILE`; "
         "`--check` only validates it). Every key is optional; an unknown key, a wrong "
         "type or a refused value stops start-up with the file, the key and the reason. "
-        "Without `--config` the built-in defaults below apply (management on "
-        "127.0.0.1:6666, proxy on 127.0.0.1:8000).",
+        "Without `--config` the built-in defaults below apply (management (MCMP) on "
+        "127.0.0.1:6666, console, API and metrics on 127.0.0.1:8090, proxy on "
+        "127.0.0.1:8000).",
         "",
         "Durations are seconds. Listen addresses are Twisted endpoint descriptions "
         "(`tcp:6666:interface=127.0.0.1`, `tcp6:6666:interface=\\:\\:1`, "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import secrets
+from typing import Optional
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import DeferredList, inlineCallbacks
@@ -29,10 +30,11 @@ class DemoPage(Resource):
 
     isLeaf = True
 
-    def __init__(self, route: str) -> None:
+    def __init__(self, route: str, console: Optional[str] = None) -> None:
         super().__init__()
         self.route = route
         self.hits = 0
+        self.console = console
 
     def render_GET(self, request):
         self.hits += 1
@@ -50,8 +52,9 @@ class DemoPage(Resource):
             f"<p>Request {self.hits} on this node. Session <code>{sid}</code>: reload and "
             "you stay on this node (sticky session); open a private window to be "
             "balanced again.</p>"
-            '<p><a href="http://127.0.0.1:6666/mod_cluster-manager">manager console</a></p>'
-            "</body></html>"
+            + (f'<p><a href="{html.escape(self.console, quote=True)}">manager console</a></p>'
+               if self.console else "")
+            + "</body></html>"
         ).encode()
 
     render_HEAD = render_GET
@@ -65,8 +68,10 @@ class DemoNodes(MultiService):
 
     log = Logger()
 
-    def __init__(self, reactor, manager: tuple[str, int], count: int = 2) -> None:
+    def __init__(self, reactor, manager: tuple[str, int], count: int = 2,
+                 console: Optional[str] = None) -> None:
         super().__init__()
+        self._console = console
         self._reactor = reactor
         self._manager = manager
         self._count = count
@@ -79,7 +84,7 @@ class DemoNodes(MultiService):
             host = "127.0.0.1"
         for i in range(1, self._count + 1):
             route = f"demo{i}"
-            listening = self._reactor.listenTCP(0, Site(DemoPage(route)), interface="127.0.0.1")
+            listening = self._reactor.listenTCP(0, Site(DemoPage(route, self._console)), interface="127.0.0.1")
             self._ports.append(listening)
             backend = f"http://127.0.0.1:{listening.getHost().port}"
             config = NodeConfig(

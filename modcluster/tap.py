@@ -25,8 +25,8 @@ class Options(usage.Options):
     synopsis = "[--config FILE] [--check] [--demo]"
     longdesc = (
         "Run the txmodcluster mod_cluster balancer.  Without --config it runs on the "
-        "built-in defaults: management (MCMP, console, API, metrics) on "
-        "127.0.0.1:6666 and the proxy on 127.0.0.1:8000."
+        "built-in defaults: management (MCMP) on 127.0.0.1:6666, the console, API "
+        "and metrics on 127.0.0.1:8090 and the proxy on 127.0.0.1:8000."
     )
     optParameters = [
         ["config", "c", None, "TOML configuration file (see docs/configuration.md)."],
@@ -150,39 +150,69 @@ def build(config: Config, reactor, demo: bool = False) -> MultiService:
         store.restore()
 
     c = config.console
+    separate = bool(c.listen)  # console, API and metrics only on their own listener(s)
+    console_tls = c.tls if c.tls is not None else m.tls.enabled
     console = None
     if c.enabled:
+        from modcluster.access import CommandAuthority
+        from modcluster.tls import peer_identities
+
         console = ConsoleResource(
             registry, c, m.release, clock=reactor, mcmp=handler,
             display=[("Management listeners", ", ".join(m.listen)),
+                     ("Console listeners", ", ".join(c.listen) or "the management listeners"),
                      ("Proxy listeners", ", ".join(config.proxy.listen) + (
                          f" ({config.proxy.workers} worker processes)"
                          if config.proxy.workers > 1 else "")),
-                     ("Advertise", _advertise_summary(config))])
+                     ("Advertise", _advertise_summary(config))],
+            authority=CommandAuthority(policy, m.tls.operators),
+            identities=lambda request: peer_identities(request.channel.transport))
 
     proxy = _proxy(config, reactor, registry, node_tls)
     pool = proxy if config.proxy.workers > 1 else None
     metrics.cluster.workers = pool
 
-    def management_root(with_mcmp: bool) -> ManagementRoot:
+    def management_root(with_mcmp: bool, with_console: bool) -> ManagementRoot:
         root = ManagementRoot(MCMPResource(handler, identities) if with_mcmp else None,
                               index=c.path.encode())
-        if console is not None:
-            mount(root, c.path, console)
-        if c.api:
-            mount(root, c.api_path, APIResource(registry, m.release, workers=pool))
-        if c.metrics:
-            mount(root, c.metrics_path, metrics.resource)
+        if with_console:
+            if console is not None:
+                mount(root, c.path, console)
+            if c.api:
+                mount(root, c.api_path, APIResource(registry, m.release, workers=pool))
+            if c.metrics:
+                mount(root, c.metrics_path, metrics.resource)
         return root
 
-    site = ManagementSite(management_root(True), max_message_size=m.max_message_size,
+    from modcluster.access import AccessGuard, AllowList, HostCheck, RateLimitedLog
+
+    refusals = RateLimitedLog(reactor)
+    hosts = HostCheck(c.hosts)
+    guarded = AccessGuard(
+        management_root(True, not separate), listener="management", clock=reactor,
+        allow=AllowList(m.allow), console_allow=None if separate else AllowList(c.allow),
+        hosts=None if separate else hosts, log=refusals)
+    site = ManagementSite(guarded, max_message_size=m.max_message_size,
                           timeout=m.request_timeout)
     for description in m.listen:
         _listen(reactor, description, site, m.tls).setServiceParent(top)
-    if c.listen:
-        console_site = ManagementSite(management_root(False), timeout=m.request_timeout)
+    if separate:
+        from modcluster.tls import server_endpoint
+
+        console_site = ManagementSite(
+            AccessGuard(management_root(False, True), listener="console", clock=reactor,
+                        allow=AllowList(c.allow), hosts=hosts, log=refusals),
+            timeout=m.request_timeout)
         for description in c.listen:
-            strports.service(description, console_site, reactor=reactor).setServiceParent(top)
+            if console_tls:
+                _listen(reactor, description, console_site, m.tls).setServiceParent(top)
+            else:
+                StreamServerEndpointService(server_endpoint(reactor, description),
+                                            console_site).setServiceParent(top)
+    url = console_url(config)
+    if url is not None:
+        log.info("Console: {url} (JSON API under {api}, metrics at {metrics})", url=url,
+                 api=c.api_path, metrics=c.metrics_path)
 
     proxy.setServiceParent(top)
     if config.advertise.enabled:
@@ -192,7 +222,8 @@ def build(config: Config, reactor, demo: bool = False) -> MultiService:
 
         if m.tls.enabled:
             raise usage.UsageError("--demo needs a plain (non-TLS) management listener")
-        DemoNodes(reactor, endpoint_address(m.listen[0])).setServiceParent(top)
+        DemoNodes(reactor, endpoint_address(m.listen[0]),
+                  console=console_url(config)).setServiceParent(top)
     return top
 
 
@@ -281,6 +312,32 @@ def build_worker(config: Config, reactor, listeners, send):
     return WorkerService(reactor, mirror, factory, listeners, send)
 
 
+def console_url(config: Config):
+    """
+    The console's URL on its first listener (or on the first management listener
+    when C{console.listen} is empty), for the start-up log line and the demo
+    page; None when the console is off or listens on a UNIX socket.
+    """
+    c = config.console
+    if not c.enabled:
+        return None
+    description = (c.listen or config.manager.listen)[0]
+    kind = description.split(":", 1)[0]
+    if kind not in ("tcp", "tcp6", "ssl"):
+        return None
+    tls = (c.tls if c.tls is not None else config.manager.tls.enabled) if c.listen \
+        else config.manager.tls.enabled
+    host, port = endpoint_address(description)
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host:
+        host = f"[{host}]"
+    scheme = "https" if tls or kind == "ssl" else "http"
+    return f"{scheme}://{host}:{port}{c.path}"
+
+
 def _listen(reactor, description: str, site, tls_config):
     from twisted.application.internet import StreamServerEndpointService
 
@@ -341,4 +398,5 @@ def _advertiser(config: Config, reactor):
         manager_url=a.manager_url, manager_protocol=protocol)
 
 
-__all__ = ["Options", "makeService", "build", "build_worker", "endpoint_address"]
+__all__ = ["Options", "makeService", "build", "build_worker", "console_url",
+           "endpoint_address"]

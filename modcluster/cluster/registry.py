@@ -183,6 +183,24 @@ class Registry:
             except Exception:
                 self.log.failure("node observer failed")
 
+    def record(self, kind: str, fmt: str, *, log: bool = True, **fields) -> None:
+        """
+        Record an event that is not a registry change (a console command, an MCMP
+        refusal): kept in L{events} for the JSON API like the cluster's own
+        events, and logged with C{fmt} unless C{log} is false (the caller logs
+        it itself).
+        """
+        if log:
+            self._event(kind, fmt, **fields)
+            return
+        event = {"time": self._clock.seconds(), "event": kind, **fields}
+        self.events.append(event)
+        for observer in self._observers:
+            try:
+                observer(event)
+            except Exception:
+                self.log.failure("cluster event observer failed")
+
     def _event(self, kind: str, fmt: str, **fields) -> None:
         if self._quiet:
             return

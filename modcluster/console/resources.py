@@ -210,6 +210,11 @@ class ConsoleResource(Resource):
         it only when C{manager.max_session_ids} > 0).
     @param display: C{(label, value)} lines of the configuration block shown
         with C{allow_display}.
+    @param authority: a L{modcluster.access.CommandAuthority}: which client
+        certificate identities may run commands on which nodes (None: anyone
+        who passes the nonce and C{allow_cmd} checks).
+    @param identities: C{request -> frozenset} of the client certificate's
+        identities (L{modcluster.tls.peer_identities} of the transport).
     """
 
     log = Logger()
@@ -217,8 +222,12 @@ class ConsoleResource(Resource):
     def __init__(self, registry, config, release: str, nonce: Optional[str] = None,
                  clock=None, *, mcmp=None,
                  sessions: Optional[Callable[[], Iterable[tuple[str, str]]]] = None,
-                 display: Sequence[tuple[str, str]] = ()) -> None:
+                 display: Sequence[tuple[str, str]] = (),
+                 authority=None,
+                 identities: Optional[Callable[[object], frozenset]] = None) -> None:
         super().__init__()
+        self._authority = authority
+        self._identities = identities
         self._registry = registry
         self._config = config
         self._release = release
@@ -400,12 +409,42 @@ class ConsoleResource(Resource):
         except ClusterError as e:
             raise CommandError(409, e.mess, e.type) from None
 
+    def _peer_identities(self, request) -> frozenset:
+        if self._identities is None:
+            return frozenset()
+        try:
+            return frozenset(self._identities(request))
+        except Exception:
+            self.log.failure("cannot read the client certificate identity")
+            return frozenset()
+
+    def _routes_of(self, command: Command) -> list[str]:
+        if command.range == "DOMAIN":
+            return [n.settings.route for n in self._registry.nodes()
+                    if n.settings.domain == command.domain and not n.rt.removed]
+        return [command.route]
+
+    def _authorize(self, command: Command, identities: frozenset) -> None:
+        if self._authority is None:
+            return
+        why = self._authority.refusal(identities, self._routes_of(command))
+        if why is not None:
+            raise CommandError(403, f"Forbidden: {why}", "GENERAL")
+
+    def _record(self, kind: str, fmt: str, **fields) -> None:
+        record = getattr(self._registry, "record", None)
+        if record is not None:
+            record(kind, fmt, log=False, **fields)
+
     def _run(self, request, params: dict[str, str], via: str) -> Command:
         """
         Authorise, validate and apply the command in C{params}, logging who did
-        what.  @raise CommandError: refused or failed (logged).
+        what (client address and certificate identity) and recording it in the
+        event log.  @raise CommandError: refused or failed (logged).
         """
         peer = _peer(request)
+        identities = self._peer_identities(request)
+        identity = ", ".join(sorted(identities)) or "-"
         try:
             if not self._config.allow_cmd:
                 raise CommandError(403, "Commands are disabled on this console", "GENERAL")
@@ -414,17 +453,32 @@ class ConsoleResource(Resource):
                 raise CommandError(403, "The nonce is missing or wrong: reload the console "
                                         "page and try again", "GENERAL")
             command = self._parse_command(params)
+            self._authorize(command, identities)
             self._apply(command)
         except CommandError as e:
             self.log.warn(
-                "console command from {peer} refused ({via} {cmd} Range={range}): {mess}",
-                peer=peer, via=via, cmd=params.get("cmd", ""), range=params.get("range", ""),
-                mess=e.mess, console_command="refused", status=e.code)
+                "console command from {peer} (certificate identity {identity}) refused "
+                "({via} {cmd} Range={range}): {mess}",
+                peer=peer, identity=identity, via=via, cmd=params.get("cmd", "")[:40],
+                range=params.get("range", "")[:40], mess=e.mess,
+                console_command="refused", status=e.code)
+            self._record(
+                "console.refused",
+                "console command from {peer} (identity {identity}) refused: {mess}",
+                peer=peer, identity=identity, via=via, command=params.get("cmd", "")[:40],
+                range=params.get("range", "")[:40], route=params.get("jvmroute", "")[:200],
+                domain=params.get("domain", "")[:200], status=e.code, mess=e.mess)
             raise
-        self.log.info("console command from {peer}: {what}", peer=peer, via=via,
+        self.log.info("console command from {peer} (certificate identity {identity}): {what}",
+                      peer=peer, identity=identity, via=via,
                       what=command.describe(), console_command=command.cmd,
                       range=command.range, route=command.route, alias=command.alias,
                       context=command.context, domain=command.domain)
+        self._record("console.command",
+                     "console command from {peer} (identity {identity}): {what}",
+                     peer=peer, identity=identity, via=via, what=command.describe(),
+                     command=command.cmd, range=command.range, route=command.route,
+                     alias=command.alias, context=command.context, domain=command.domain)
         return command
 
     # -- HTTP -------------------------------------------------------------------

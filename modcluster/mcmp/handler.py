@@ -92,7 +92,7 @@ class MCMPHandler:
         try:
             result = self._dispatch(method, uri, body, accept, identities)
         except (wire.MCMPError, ClusterError) as e:
-            return self._error(method, e, peer)
+            return self._error(method, e, peer, identities)
         except Exception:
             self.log.failure("MCMP {method} from {peer} failed", method=method, peer=peer)
             return self._error(method, wire.MCMPError(
@@ -114,10 +114,16 @@ class MCMPHandler:
 
         return record
 
-    def _error(self, method: str, err, peer: str) -> Reply:
+    def _error(self, method: str, err, peer: str, identities=None) -> Reply:
         self._stats.record(method, err.type)
-        self.log.warn("MCMP {method} from {peer} refused: {mess}", method=method, peer=peer,
+        identity = ", ".join(sorted(identities)) if identities else "-"
+        self.log.warn("MCMP {method} from {peer} (certificate identity {identity}) refused: "
+                      "{mess}", method=method, peer=peer, identity=identity,
                       mess=err.mess, mcmp_error=err.type)
+        record = getattr(self._registry, "record", None)
+        if record is not None:
+            record("mcmp.refused", "", log=False, method=method, peer=peer,
+                   identity=identity, type=err.type, mess=err.mess)
         headers = tuple((k.encode("latin-1") if isinstance(k, str) else k,
                          v.encode("latin-1", "replace") if isinstance(v, str) else v)
                         for k, v in wire.error_headers(err))
