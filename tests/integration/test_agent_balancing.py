@@ -34,10 +34,12 @@ def shares(agent, port, n):
 
 @pytest_twisted.inlineCallbacks
 def test_load_reports_change_routing_shares():
-    mport, pport = free_loopback_ports(2)
+    mport, pport, cport = free_loopback_ports(3)
     config = parse_config(f"""
 [manager]
 listen = ["tcp:{mport}:interface=127.0.0.1"]
+[console]
+listen = ["tcp:{cport}:interface=127.0.0.1"]
 [proxy]
 listen = ["tcp:{pport}:interface=127.0.0.1"]
 fast_event_loop = false

@@ -5,8 +5,10 @@ Only the ports are changed (to free loopback ports) so tests do not collide.
 """
 
 import http.client
+import json
 import os
 import pathlib
+import re
 import shutil
 import signal
 import socket
@@ -59,12 +61,13 @@ def wait_port(port, proc, timeout=20):
     raise AssertionError(stop(proc))
 
 
-def tls_mcmp(port, certs, cert_name, method, body):
+def tls_mcmp(port, certs, cert_name, method, body, uri="/", headers=None):
     ctx = ssl.create_default_context(cafile=str(certs / "ca.pem"))
     if cert_name:
         ctx.load_cert_chain(str(certs / f"{cert_name}.pem"), str(certs / f"{cert_name}-key.pem"))
     conn = http.client.HTTPSConnection("localhost", port, context=ctx, timeout=10)
-    conn.request(method, "/", body=body, headers={"User-Agent": "ClusterListener/1.0"})
+    conn.request(method, uri, body=body,
+                 headers={"User-Agent": "ClusterListener/1.0", **(headers or {})})
     resp = conn.getresponse()
     data = resp.read()
     conn.close()
@@ -73,12 +76,15 @@ def tls_mcmp(port, certs, cert_name, method, body):
 
 def test_mtls_example(tmp_path):
     certs = tmp_path / "certs" / "dev"
-    subprocess.run([sys.executable, str(ROOT / "certs" / "generate"), "--out", str(certs)],
+    subprocess.run([sys.executable, str(ROOT / "certs" / "generate"), "--out", str(certs),
+                    "--nodes", "node1,node2,ops"],
                    check=True, capture_output=True, timeout=120)
-    mport, pport = free_loopback_ports(2)
+    mport, pport, cport = free_loopback_ports(3)
     proc = run_example(tmp_path, "mtls.toml", [
         ('listen = ["tcp:6666:interface=127.0.0.1"]',
          f'listen = ["tcp:{mport}:interface=127.0.0.1"]\n'),
+        ('listen = ["tcp:8090:interface=127.0.0.1"]',
+         f'listen = ["tcp:{cport}:interface=127.0.0.1"]\n'),
         ("[manager.tls]\n", f'[proxy]\nlisten = ["tcp:{pport}:interface=127.0.0.1"]\n\n'
                             "[manager.tls]\n"),
     ])
@@ -95,14 +101,47 @@ def test_mtls_example(tmp_path):
             tls_mcmp(mport, certs, None, "INFO", b"")
         resp, body = tls_mcmp(mport, certs, "node2", "INFO", b"")
         assert resp.status == 200 and b"Name: node1," in body and b"node2" not in body
+
+        # The console is on its own mutual-TLS listener, no longer on the MCMP one.
+        wait_port(cport, proc)
+        resp, _ = tls_mcmp(mport, certs, "ops", "GET", None, "/mod_cluster-manager")
+        assert resp.status == 404
+        resp, page = tls_mcmp(cport, certs, "node2", "GET", None, "/mod_cluster-manager")
+        assert resp.status == 200 and b"node1" in page
+        nonce = re.search(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
+                          page).group().decode()
+        form = {"Content-Type": "application/x-www-form-urlencoded"}
+        command = f"nonce={nonce}&cmd=DISABLE-APP&range=NODE&jvmroute=node1".encode()
+        # node2's certificate may not act on node1 in the console either ...
+        resp, body = tls_mcmp(cport, certs, "node2", "POST", command, "/mod_cluster-manager",
+                              form)
+        assert resp.status == 403 and b"node2" in body
+        # ... node1's may, and so may the operator.
+        resp, _ = tls_mcmp(cport, certs, "node1", "POST", command, "/mod_cluster-manager",
+                           form)
+        assert resp.status == 303
+        command = command.replace(b"DISABLE-APP", b"ENABLE-APP")
+        resp, _ = tls_mcmp(cport, certs, "ops", "POST", command, "/mod_cluster-manager", form)
+        assert resp.status == 303
+        resp, body = tls_mcmp(cport, certs, "ops", "GET", None, "/api/v1/events")
+        events = json.loads(body)["events"]
+        seen = {(e["event"], e.get("identity"), e.get("peer", "").split(":")[0])
+                for e in events}
+        assert ("console.refused", "node2", "127.0.0.1") in seen
+        assert ("console.command", "node1", "127.0.0.1") in seen
+        assert ("console.command", "ops", "127.0.0.1") in seen
+        assert ("mcmp.refused", "node1", "127.0.0.1") in seen  # CONFIG for node2
     finally:
         log = stop(proc)
     assert "node1" in log
+    assert "certificate identity ops" in log and "certificate identity node2" in log
 
 
 def test_advertise_example(tmp_path):
-    mport, pport, gport = free_loopback_ports(3)
+    mport, pport, gport, cport = free_loopback_ports(4)
     proc = run_example(tmp_path, "advertise.toml", [
+        ('listen = ["tcp:8090:interface=127.0.0.1"]',
+         f'listen = ["tcp:{cport}:interface=127.0.0.1"]'),
         ('listen = ["tcp:6666:interface=127.0.0.1"]',
          f'listen = ["tcp:{mport}:interface=127.0.0.1"]\n\n'
          f'[proxy]\nlisten = ["tcp:{pport}:interface=127.0.0.1"]'),

@@ -45,13 +45,15 @@ def balancer(tmp_path):
     procs = []
 
     def start(extra=""):
-        mport, pport = free_loopback_ports(2)
+        mport, pport, cport = free_loopback_ports(3)
         config = tmp_path / "bal.toml"
         config.write_text(f"""
 [manager]
 listen = ["tcp:{mport}:interface=127.0.0.1"]
 persist = true
 state_file = "{tmp_path / 'state.json'}"
+[console]
+listen = ["tcp:{cport}:interface=127.0.0.1"]
 [proxy]
 listen = ["tcp:{pport}:interface=127.0.0.1"]
 {extra}
@@ -62,6 +64,8 @@ listen = ["tcp:{pport}:interface=127.0.0.1"]
             env={**os.environ, "PYTHONPATH": os.getcwd()})
         procs.append(proc)
         wait_for_port(mport, proc)
+        wait_for_port(cport, proc)
+        start.console_port = cport
         return proc, mport, pport
 
     yield start
@@ -103,8 +107,11 @@ def test_mcmp_session_over_real_http_and_restart_keeps_registrations(balancer):
     assert resp.status == 500 and resp.getheader("Type") == "SYNTAX"
     resp, body = mcmp(mport, "VERSION")
     assert body.startswith(b"release: ")
-    resp, body = mcmp(mport, "GET", uri="/mod_cluster-manager")
+    # The console is on its own listener, not on the MCMP one.
+    resp, body = mcmp(balancer.console_port, "GET", uri="/mod_cluster-manager")
     assert resp.status == 200 and b"node1" in body
+    resp, body = mcmp(mport, "GET", uri="/mod_cluster-manager")
+    assert resp.status == 404
 
     proc.send_signal(signal.SIGTERM)
     proc.wait(20)

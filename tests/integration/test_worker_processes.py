@@ -52,7 +52,7 @@ def alive(pid):
 
 class Cluster:
     def __init__(self, workers=2, listen=None, client_tls=None, **proxy):
-        self.mport, self.pport = free_loopback_ports(2)
+        self.mport, self.pport, self.cport = free_loopback_ports(3)
         extra = "".join(f"{k} = {v}\n" for k, v in proxy.items())
         listen = (listen or "tcp:{port}:interface=127.0.0.1").format(port=self.pport)
         self.scheme = "https" if listen.startswith("ssl:") else "http"
@@ -62,6 +62,7 @@ listen = ["tcp:{self.mport}:interface=127.0.0.1"]
 persist = false
 [console]
 allow_display = true
+listen = ["tcp:{self.cport}:interface=127.0.0.1"]
 [proxy]
 listen = ["{listen}"]
 workers = {workers}
@@ -100,7 +101,8 @@ enable_options = false
         return self.nodes[-1] if self.nodes and self.nodes[-1].route == route else None
 
     async def fetch(self, path):
-        d = self.agent.request(b"GET", f"http://127.0.0.1:{self.mport}{path}".encode())
+        # console, API and metrics: on their own listener
+        d = self.agent.request(b"GET", f"http://127.0.0.1:{self.cport}{path}".encode())
         response = await d.addTimeout(10, reactor)
         assert response.code == 200, path
         return await readBody(response)
