@@ -397,6 +397,31 @@ def test_identity_policy_refuses_other_routes():
     assert handler.handle("INFO", b"/", b"", identities=frozenset({"node1.example"})).status == 200
 
 
+def test_refusals_are_logged_and_recorded_with_identity_and_address():
+    """Every MCMP refusal names the certificate identity and the client, in the log
+    line and in the event log (/api/v1/events)."""
+    from twisted.logger import capturedLogs
+
+    from modcluster.tls import IdentityPolicy
+
+    clock = Clock()
+    clock.advance(100)
+    registry = Registry(clock)
+    handler = MCMPHandler(registry, Prober(), clock,
+                          identity_policy=IdentityPolicy({"node1.example": ["node1"]}))
+    with capturedLogs() as events:
+        handler.handle("CONFIG", b"/", b"JVMRoute=node2&Host=127.0.0.1&Port=2",
+                       identities=frozenset({"node1.example"}), peer="127.0.0.1:4000")
+        handler.handle("STATUS", b"/", b"JVMRoute=x&Load=1", peer="127.0.0.1:4001")
+    lines = [e for e in events if "mcmp_error" in e]
+    assert [(e["identity"], e["peer"]) for e in lines] == [
+        ("node1.example", "127.0.0.1:4000"), ("-", "127.0.0.1:4001")]
+    recorded = [e for e in registry.events if e["event"] == "mcmp.refused"]
+    assert [(e["method"], e["identity"], e["peer"], e["type"], e["time"]) for e in recorded] == [
+        ("CONFIG", "node1.example", "127.0.0.1:4000", "SYNTAX", 100),
+        ("STATUS", "-", "127.0.0.1:4001", "MEM", 100)]
+
+
 def test_server_header_names_the_product():
     server = Server()
     r = server.request("VERSION")
