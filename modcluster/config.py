@@ -556,6 +556,16 @@ def _cross_checks(config: Config, source: str) -> None:
         parse_group(adv.group)
     except ValueError as e:
         raise ConfigError(source, "advertise.group", str(e)) from None
+    console_tls = config.console.tls if config.console.tls is not None \
+        else config.manager.tls.enabled
+    for key, items, tls in (("manager.listen", config.manager.listen,
+                             config.manager.tls.enabled),
+                            ("console.listen", config.console.listen, console_tls)):
+        for item in items:
+            if tls and item.split(":", 1)[0] == "ssl":
+                raise ConfigError(
+                    source, key, f"{item!r}: give a plain endpoint (e.g. 'tcp:...'); TLS "
+                                 "is added from the [manager.tls] settings")
     if config.console.tls and not config.manager.tls.enabled:
         raise ConfigError(source, "console.tls", "needs manager.tls.enabled (it uses the "
                                                  "[manager.tls] certificate settings)")

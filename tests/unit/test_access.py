@@ -255,6 +255,8 @@ hosts = ["balancer.example.com", "*"]
     assert config.manager.tls.operators == ("ops",)
     assert config.console.hosts == ("balancer.example.com", "*")
     assert config.console.tls is None
+    # an ssl: console listener is fine when the console does not take [manager.tls]
+    assert parse_config('[console]\nlisten = ["ssl:8443:privateKey=k.pem"]\n').console.listen
 
 
 @pytest.mark.parametrize("text, key", [
@@ -263,6 +265,9 @@ hosts = ["balancer.example.com", "*"]
     ('[console]\nhosts = [" "]\n', "console.hosts"),
     ('[manager.tls]\noperators = [""]\n', "manager.tls.operators"),
     ('[console]\ntls = true\n', "console.tls"),
+    ('[manager.tls]\nenabled = true\ncertificate = "c"\nprivate_key = "k"\n'
+     'require_client_certificate = false\n[console]\nlisten = ["ssl:8443:privateKey=k"]\n',
+     "console.listen"),
 ])
 def test_bad_access_keys(text, key):
     with pytest.raises(ConfigError) as e:
