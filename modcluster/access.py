@@ -133,7 +133,10 @@ class HostCheck:
         raw = request.requestHeaders.getRawHeaders(b"host")
         if not raw:
             return True
-        host = split_host(raw[-1])
+        return all(self._accepts(value, request) for value in raw)
+
+    def _accepts(self, value: bytes, request) -> bool:
+        host = split_host(value)
         if host is None:
             return False
         if host in self.names:

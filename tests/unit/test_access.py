@@ -75,7 +75,8 @@ class FakeRequest:
     def __init__(self, host_header, local="127.0.0.1"):
         from twisted.web.http_headers import Headers
 
-        self.requestHeaders = Headers({b"host": [host_header]} if host_header else {})
+        values = host_header if isinstance(host_header, list) else [host_header]
+        self.requestHeaders = Headers({b"host": values} if host_header else {})
         self._local = local
 
     def getHost(self):
@@ -94,6 +95,8 @@ def test_host_check_defaults_and_names():
     # no Host at all (HTTP/1.0 scripts): accepted
     assert check.accepts(FakeRequest(None))
     assert HostCheck(["*"]).accepts(FakeRequest(b"anything.example"))
+    # two Host headers: both must be acceptable
+    assert not check.accepts(FakeRequest([b"localhost", b"evil.example"]))
 
 
 # --- rate-limited log --------------------------------------------------------------
