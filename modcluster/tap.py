@@ -150,7 +150,9 @@ def build(config: Config, reactor, demo: bool = False) -> MultiService:
         store.restore()
 
     c = config.console
-    separate = bool(c.listen)  # console, API and metrics only on their own listener(s)
+    # console, API and metrics only on their own listener(s)
+    separate = bool(c.listen)
+    serve_console = c.enabled or c.api or c.metrics
     console_tls = c.tls if c.tls is not None else m.tls.enabled
     console = None
     if c.enabled:
@@ -196,7 +198,7 @@ def build(config: Config, reactor, demo: bool = False) -> MultiService:
                           timeout=m.request_timeout)
     for description in m.listen:
         _listen(reactor, description, site, m.tls).setServiceParent(top)
-    if separate:
+    if separate and serve_console:
         from modcluster.tls import server_endpoint
 
         console_site = ManagementSite(
