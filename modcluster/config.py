@@ -375,6 +375,10 @@ class ProxyConfig:
         "(about 25 % more proxy throughput; legacy `twisted.python.log` messages "
         "emitted while handling I/O lose their per-connection prefix).  Only applies "
         "to an unmodified epoll reactor; see docs/data-plane.md.", ""))
+    allow_trace: bool = field(default=False, metadata=_doc(
+        "Forward TRACE requests to nodes.  Off: TRACE is answered 405 by the proxy "
+        "(a TRACE echo exposes request headers such as cookies to scripts).",
+        "TraceEnable"))
     server_name: str = field(default="txmodcluster", metadata=_doc(
         "Value of X-Forwarded-Server.", "ServerName"))
     tls: NodeTLSConfig = field(factory=NodeTLSConfig, metadata=_doc(

@@ -5,7 +5,14 @@ exclusion (balancing.md §2–§5, §8).  See docs/balancing.md.
 """
 
 from modcluster.balancer._election import Decision, Refusal, RoutingPolicy, choose
-from modcluster.balancer._request import match_path, parse_host, session_id, strip_session
+from modcluster.balancer._request import (
+    match_path,
+    parse_host,
+    path_refusal,
+    session_id,
+    strip_session,
+    valid_host,
+)
 
 __all__ = [
     "Decision",
@@ -14,6 +21,8 @@ __all__ = [
     "choose",
     "match_path",
     "parse_host",
+    "path_refusal",
     "session_id",
     "strip_session",
+    "valid_host",
 ]

@@ -12,22 +12,38 @@ from __future__ import annotations
 import re
 from typing import Optional, Union
 
-__all__ = ["match_path", "session_id", "strip_session", "parse_host"]
+__all__ = ["match_path", "path_refusal", "session_id", "strip_session", "parse_host",
+           "valid_host"]
 
 # -- path used for context matching ------------------------------------------
+#
+# The balancer must route on the path the node will serve.  A servlet container
+# (Tomcat's CoyoteAdapter.postParseRequest) takes the raw request path and
+#   1. removes the path parameters of every segment (parsePathParameters: from
+#      each raw ';' up to the next ';' or '/'), so an encoded ';' (%3B) is not
+#      a parameter but a literal character of its segment;
+#   2. percent-decodes (UDecoder; '%2F' refused by default, a malformed escape
+#      refused);
+#   3. normalizes (normalize: '\\' and NUL refused by default, '//' merged,
+#      '/./' removed, '/../' resolved, '..' above the root refused).
+# match_path gives that view (lenient: what the container would refuse is kept
+# as literal text); path_refusal says which raw paths the front refuses before
+# routing (docs/balancing.md "Path for matching").
 
 _PCT = re.compile(r"%([0-9A-Fa-f]{2})")
-# Escapes kept as they are: an encoded "/" must not create a segment boundary
-# (httpd's AllowEncodedSlashes Off refuses such requests) and NUL is never a path
-# character.
-_KEEP_ENCODED = frozenset((0x2F, 0x00))
+_PARAMS = re.compile(r";[^/]*")
+# Escapes kept as they are: an encoded "/" or "\" must not create a segment
+# boundary and NUL is never a path character (the front refuses all three).
+_KEEP_ENCODED = frozenset((0x2F, 0x5C, 0x00))
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})|%(?:2[Ff]|5[Cc]|00)")
 
 
 def _decode_percent(path: str) -> str:
     """
     Percent-decode C{path} as UTF-8 (invalid sequences become surrogate
-    escapes, so they can never equal a registered context path), except C{%2F}
-    and C{%00}, which stay encoded.  Malformed escapes (C{%zz}) stay literal.
+    escapes, so they can never equal a registered context path), except C{%2F},
+    C{%5C} and C{%00}, which stay encoded.  Malformed escapes (C{%zz}) stay
+    literal.
     """
     out = bytearray()
     pos = 0
@@ -72,23 +88,55 @@ def _normalize_segments(path: str) -> str:
 
 def match_path(path: str) -> str:
     """
-    The path that context matching uses (balancing.md §2.1): everything from the
-    first C{;} cut off, percent-escapes decoded (except C{%2F}/C{%00}), then
-    dot-segments resolved and repeated slashes merged, as httpd does for
-    C{r->uri} before mod_cluster sees it.  The common case (no C{;}, C{%},
-    C{/.}, C{//}) costs four C-level scans and returns C{path} itself.
+    The path that context matching uses (balancing.md §2.1): the servlet
+    container's view of the raw path C{path} (without the query string).  The
+    path parameters of every segment are removed (from a raw C{;} to the end
+    of its segment), then percent-escapes are decoded (except C{%2F}, C{%5C},
+    C{%00}; a decoded C{;} is an ordinary character), then repeated slashes
+    are merged and dot-segments resolved.  Lenient: what the front refuses
+    (L{path_refusal}) is given some view, never an error.  The common case (no
+    C{;}, C{%}, C{/.}, C{//}) costs four C-level scans and returns C{path}
+    itself.
     """
-    i = path.find(";")
-    if i >= 0:
-        path = path[:i]
+    if ";" in path:
+        path = _PARAMS.sub("", path)
     if "%" in path:
         path = _decode_percent(path)
-        i = path.find(";")  # an encoded ';' is a path-parameter start in httpd too
-        if i >= 0:
-            path = path[:i]
     if "/." in path or "//" in path:
         path = _normalize_segments(path)
     return path
+
+
+def path_refusal(path: str) -> Optional[str]:
+    """
+    Why a raw request path (no query string) must be refused with 400, or
+    C{None}: a backslash, a malformed percent-escape, an encoded C{/}, C{\\}
+    or NUL, or a dot-segment (C{.} or C{..}, also as C{%2e} or with path
+    parameters such as C{..;x}).  Such a path reads differently to different
+    servlet containers and proxies, so it is never forwarded; a path without
+    them has the same segments for the balancer as for the node (the node only
+    removes path parameters, decodes and merges slashes, as L{match_path}).
+
+    Callers may skip it for paths that have none of C{%}, C{/.}, C{\\}: those
+    are always accepted (path parameters alone cannot make a dot-segment).
+    """
+    if "\\" in path:
+        return "backslash in the request path"
+    if "%" in path:
+        m = _BAD_ESCAPE.search(path)
+        if m is not None:
+            if m.end() - m.start() == 1:
+                return "malformed percent-escape in the request path"
+            return "encoded '/', '\\\\' or NUL in the request path"
+        if "%2" in path:
+            path = path.replace("%2e", ".").replace("%2E", ".")
+    if "/." in path:
+        if ";" in path:
+            path = _PARAMS.sub("", path)
+        for seg in path.split("/"):
+            if seg == "." or seg == "..":
+                return "dot-segment in the request path"
+    return None
 
 
 # -- sticky session id -------------------------------------------------------
@@ -220,6 +268,17 @@ def strip_session(path: str, cookie: Optional[str], decision) -> tuple[str, Opti
 
 
 # -- Host --------------------------------------------------------------------
+
+#: C{valid_host(value)}: a match (truthy) when the bytes of a C{Host} header
+#: value have RFC 9110 §7.2 syntax, C{uri-host [":" port]} (RFC 3986 reg-name
+#: with well-formed percent-escapes, IPv4, or a bracketed IPv6/IPvFuture
+#: literal; the empty value is allowed), else C{None}.  No whitespace, no
+#: userinfo, no path.  One C-level C{fullmatch}: the front runs it on every
+#: parsed head.
+valid_host = re.compile(
+    rb"(?:(?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})*"
+    rb"|\[[0-9A-Fa-f:.]+\]|\[[vV][0-9A-Fa-f]+\.[A-Za-z0-9\-._~!$&'()*+,;=:]+\])"
+    rb"(?::[0-9]*)?").fullmatch
 
 _REG_NAME = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=%]+\Z")
 _IPV6 = re.compile(r"\[[0-9A-Fa-f:.]+\]\Z|\[v[0-9A-Fa-f]+\.[A-Za-z0-9\-._~!$&'()*+,;=:]+\]\Z")

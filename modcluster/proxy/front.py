@@ -31,7 +31,15 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from modcluster.balancer import Decision, RoutingPolicy, choose, parse_host, strip_session
+from modcluster.balancer import (
+    Decision,
+    RoutingPolicy,
+    choose,
+    parse_host,
+    path_refusal,
+    strip_session,
+    valid_host,
+)
 from modcluster.proxy._transport import direct_writer, is_plain_tcp, lose_connection, set_nodelay
 from modcluster.proxy.headers import (
     PLAIN_CONNECTION,
@@ -96,6 +104,7 @@ _P_EXCHANGE = _P_BUFFER | _P_UPSTREAM | _P_UPGRADE  # reasons that end with the 
 
 _HEAD = b"HEAD"
 _CONNECT = b"CONNECT"
+_TRACE = b"TRACE"
 _CONTINUE = b"100-continue"
 _CHUNKED_END = b"0\r\n\r\n"
 _HEAD_END = b"\r\n\r\n"
@@ -724,6 +733,10 @@ class ClientProtocol(Protocol):
             log.failure("bug while parsing a request", Failure(cause))
             self._requestError(500, "internal error")
             return
+        if str(e) == "Invalid HTTP version":
+            # llhttp refuses versions other than 0.9, 1.0, 1.1, 2.0
+            self._requestError(505, "HTTP version not supported")
+            return
         self._requestError(400, f"malformed request: {e}")
 
     def on_message_begin(self) -> None:
@@ -800,6 +813,11 @@ class ClientProtocol(Protocol):
             ex.version = "1.1"
         else:
             ex.version = p.get_http_version()
+            if ex.version != "1.0" and ex.version != "1.1" and ex.error is None:
+                # llhttp accepts 0.9 and 2.0 (refusing other versions itself,
+                # see _parseFailed); only these two are not keep-alive by
+                # default, so the branch above never sees them.
+                ex.error = (505, f"HTTP/{ex.version} is not supported")
         method = ex.method = p.get_method()
         upgrade = p.should_upgrade()
         size = ex.head_size
@@ -852,6 +870,8 @@ class ClientProtocol(Protocol):
             return (431, "request head too large")
         if ex.method == _CONNECT:
             return (405, "CONNECT is not supported")
+        if ex.method == _TRACE and not cfg.allow_trace:
+            return (405, "TRACE is not allowed")
         if ex.version == "1.1" and ex.host is None:
             return (400, "HTTP/1.1 request without Host")
         target = ex.target
@@ -869,11 +889,19 @@ class ClientProtocol(Protocol):
                     return (400, "bad request target")
                 ex.host = authority
                 ex.target = target
+        if ex.host is not None and not valid_host(ex.host):
+            return (400, "invalid Host")
+        if b"#" in target:
+            return (400, "fragment in the request target")
         q = target.find(b"?")
         if q >= 0:
             ex.query = target[q + 1:]
             target = target[:q]
-        ex.path = target.decode("utf-8", "surrogateescape")
+        path = ex.path = target.decode("utf-8", "surrogateescape")
+        if "%" in path or "/." in path or "\\" in path:
+            why = path_refusal(path)
+            if why is not None:
+                return (400, why)
         if ex.body_length is not None and ex.body_length > 0 and cfg.max_request_body \
                 and ex.body_length > cfg.max_request_body:
             return (413, "request body larger than max_request_body")
@@ -892,6 +920,17 @@ class ClientProtocol(Protocol):
         ex.remembered(template, target)
         self._reading = ex
         self._current = ex
+        path = ex.path
+        if target is not None and ("%" in path or "/." in path):
+            # a new target after a remembered header block: the path checks
+            # of _checkHead (_REQUEST_LINE admits no '#' nor '\\')
+            why = path_refusal(path)
+            if why is not None:
+                ex.error = (400, why)
+                ex.keep_alive = False
+                self._reading = None
+                self._respondError(ex, 400, why)
+                return
         try:
             ex.route()
         except Exception:

@@ -214,7 +214,11 @@ def test_path_parameters_and_encoding_for_matching():
     assert c.route_of("/x/../app/y") == "app"          # dot segments resolved
     assert c.route_of("//app//y") == "app"             # slashes merged
     assert c.route_of("/app%2Fy") == "root"            # an encoded '/' is no boundary
-    assert c.route_of("/app%3Bjunk") == "app"          # decoded ';' starts parameters
+    # A decoded ';' is an ordinary character (Tomcat removes path parameters
+    # before decoding), so "/app;junk" is another first segment than "/app".
+    assert c.route_of("/app%3Bjunk") == "root"
+    assert c.route_of("/app%3Bjunk/../x") == "root"    # the node serves /x
+    assert c.route_of("/app;x/../other;y/z") == "root"  # parameters per segment
 
 
 def test_stopped_longest_context_does_not_fall_back():

@@ -5,7 +5,14 @@ StickySessionRemove rewrite (balancing.md §2.1, §4.1, §4.4).
 
 import pytest
 
-from modcluster.balancer import match_path, parse_host, session_id, strip_session
+from modcluster.balancer import (
+    match_path,
+    parse_host,
+    path_refusal,
+    session_id,
+    strip_session,
+    valid_host,
+)
 from modcluster.balancer._request import cookie_value, path_param_value
 
 
@@ -18,14 +25,16 @@ class _Strip:
 
 @pytest.mark.parametrize("raw, expected", [
     ("/app/x", "/app/x"),
-    ("/app;jsessionid=a.b/x", "/app"),
+    ("/app;jsessionid=a.b/x", "/app/x"),        # parameters removed per segment
     ("/app/x;v=1", "/app/x"),
+    ("/a;x;y/b;z/c", "/a/b/c"),
     ("/caf%C3%A9/x", "/café/x"),
     ("/a%2Fb", "/a%2Fb"),
     ("/a%2fb", "/a%2fb"),
+    ("/a%5Cb", "/a%5Cb"),
     ("/a%00b", "/a%00b"),
     ("/a%zzb", "/a%zzb"),
-    ("/a%3Bx/y", "/a"),
+    ("/a%3Bx/y", "/a;x/y"),                     # an encoded ';' is no parameter
     ("/a/./b", "/a/b"),
     ("/a/../b", "/b"),
     ("/../../b", "/b"),
@@ -33,6 +42,9 @@ class _Strip:
     ("/a/.", "/a/"),
     ("//a///b/", "/a/b/"),
     ("/a/%2e%2e/b", "/b"),
+    ("/a/..;x/b", "/b"),                        # Tomcat: "..;x" is ".."
+    ("/only1;/../secret/", "/secret/"),
+    ("/only1%3B/../secret/", "/secret/"),
     ("/%FF/x", "/\udcff/x"),
     ("", ""),
 ])
@@ -147,3 +159,50 @@ def test_strip_nothing():
 ])
 def test_parse_host(header, host):
     assert parse_host(header) == host
+
+
+@pytest.mark.parametrize("raw", [
+    "/app/x", "/app;jsessionid=a.b/x", "/a%3Bx/y", "/caf%C3%A9", "/.well-known/x",
+    "/a/...", "/a/..b", "/a/.x;y", "/a;./b", "/a%2e/", "/", "*", "/a%25/x",
+])
+def test_path_refusal_accepts(raw):
+    assert path_refusal(raw) is None
+
+
+@pytest.mark.parametrize("raw, why", [
+    ("/a/../b", "dot-segment"),
+    ("/a/./b", "dot-segment"),
+    ("/a/..", "dot-segment"),
+    ("/a/.", "dot-segment"),
+    ("/..", "dot-segment"),
+    ("/a/%2e%2e/b", "dot-segment"),
+    ("/a/%2E./b", "dot-segment"),
+    ("/a/.%2e", "dot-segment"),
+    ("/a/%2e/b", "dot-segment"),
+    ("/a/..;x/b", "dot-segment"),
+    ("/a/.;jsessionid=x.n1/b", "dot-segment"),
+    ("/only1;/../secret/", "dot-segment"),
+    ("/only1;x/../dis1/", "dot-segment"),
+    ("/only1%3B/../secret/", "dot-segment"),
+    ("/a%2Fb", "encoded"),
+    ("/a%2fb", "encoded"),
+    ("/a%5cb", "encoded"),
+    ("/a%00b", "encoded"),
+    ("/a%zz", "malformed"),
+    ("/a%", "malformed"),
+    ("/a%4", "malformed"),
+    ("/a\\b", "backslash"),
+])
+def test_path_refusal_refuses(raw, why):
+    assert why in path_refusal(raw)
+
+
+@pytest.mark.parametrize("value, ok", [
+    (b"example.com", True), (b"example.com:8080", True), (b"", True), (b"[::1]:80", True),
+    (b"127.0.0.1", True), (b"a%41b", True), (b"[v7.x:y]", True),
+    (b"a b", False), (b"a\tb", False), (b"user@host", False), (b"host/x", False),
+    (b"host:port", False), (b"[::1", False), (b"a%4", False), (b"h\x00", False),
+    (b"a,b", True),  # reg-name sub-delims (RFC 3986)
+])
+def test_valid_host(value, ok):
+    assert bool(valid_host(value)) is ok
