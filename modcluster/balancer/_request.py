@@ -276,9 +276,10 @@ def strip_session(path: str, cookie: Optional[str], decision) -> tuple[str, Opti
 #: userinfo, no path.  One C-level C{fullmatch}: the front runs it on every
 #: parsed head.
 valid_host = re.compile(
-    rb"(?:(?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})*"
-    rb"|\[[0-9A-Fa-f:.]+\]|\[[vV][0-9A-Fa-f]+\.[A-Za-z0-9\-._~!$&'()*+,;=:]+\])"
-    rb"(?::[0-9]*)?").fullmatch
+    rb"[A-Za-z0-9\-._~!$&'()*+,;=]*(?:%[0-9A-Fa-f]{2}[A-Za-z0-9\-._~!$&'()*+,;=]*)*"
+    rb"(?::[0-9]*)?"
+    rb"|\[[0-9A-Fa-f:.]+\](?::[0-9]*)?"
+    rb"|\[[vV][0-9A-Fa-f]+\.[A-Za-z0-9\-._~!$&'()*+,;=:]+\](?::[0-9]*)?").fullmatch
 
 _REG_NAME = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=%]+\Z")
 _IPV6 = re.compile(r"\[[0-9A-Fa-f:.]+\]\Z|\[v[0-9A-Fa-f]+\.[A-Za-z0-9\-._~!$&'()*+,;=:]+\]\Z")

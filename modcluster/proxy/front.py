@@ -889,9 +889,12 @@ class ClientProtocol(Protocol):
                     return (400, "bad request target")
                 ex.host = authority
                 ex.target = target
-        if ex.host is not None and not valid_host(ex.host):
-            return (400, "invalid Host")
-        if b"#" in target:
+        host = ex.host
+        if host is not None and host not in self.factory.valid_hosts:
+            if not valid_host(host):
+                return (400, "invalid Host")
+            self.factory.rememberHost(host)
+        if 0x23 in target:  # '#' (an int: memchr, no buffer protocol)
             return (400, "fragment in the request target")
         q = target.find(b"?")
         if q >= 0:
@@ -1308,11 +1311,22 @@ class ProxyFactory(Factory):
         #: exceed C{max_header_size} (the size checks need no recount).
         self.request_blocks: dict[tuple, tuple] = {}
         self.split_heads = config.max_header_size >= REQUEST_MEMO_BYTES
+        #: Host values that passed L{valid_host} (bounded; emptied when full):
+        #: a set lookup instead of the regex for the usual few host names
+        self.valid_hosts: set = set()
         self._generation = -1
         self.now = reactor.seconds()
         self.date = formatdate(self.now, usegmt=True).encode("ascii")
         self._sweeper = LoopingCall(self.sweep)
         self._sweeper.clock = reactor
+
+    def rememberHost(self, host: bytes) -> None:
+        """Remember a valid Host value (at most 256 of at most 255 bytes)."""
+        if len(host) <= 255:
+            hosts = self.valid_hosts
+            if len(hosts) >= 256:
+                hosts.clear()
+            hosts.add(host)
 
     def buildProtocol(self, addr) -> ClientProtocol:
         p = ClientProtocol(self)
