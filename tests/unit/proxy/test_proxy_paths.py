@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from modcluster.ajp.forwarder import AJPForwarder
 from modcluster.ajp.packets import decode_forward_request
 from modcluster.cluster.model import ContextState
+from modcluster.proxy.front import ClientProtocol
 from proxy_testlib import OK_100, Harness, parse_requests, parse_responses
 
 # -- a model of Tomcat's view of a request path -------------------------------------
@@ -216,12 +217,20 @@ def test_confusing_targets_refused(node_type, target):
 
 
 @pytest.mark.parametrize("node_type", ["http", "ajp"])
-def test_confusing_targets_refused_after_remembered_header_block(node_type):
+def test_confusing_targets_refused_after_remembered_header_block(node_type, monkeypatch):
     """
     A header block remembered with one target (the request_blocks memo, which
     takes the target from the request line without the parser) gets the same
     path checks for a new target.
     """
+    skipped = []  # targets that took the memo (not the parser)
+    remembered = ClientProtocol._remembered
+
+    def spy(self, template, target=None):
+        skipped.append(target)
+        return remembered(self, template, target)
+
+    monkeypatch.setattr(ClientProtocol, "_remembered", spy)
     h = cluster(node_type)
     head = b" HTTP/1.1\r\nHost: localhost\r\nUser-Agent: t\r\n\r\n"
     for i in range(3):
@@ -237,6 +246,7 @@ def test_confusing_targets_refused_after_remembered_header_block(node_type):
         assert resp.status == 400, target
         assert c.closed
         assert h.pending() == []
+        assert skipped[-1] == target  # refused on the memo path
     # and an ordinary new target still goes through the memo to the node
     c = h.client()
     c.send(b"GET /only1;jsessionid=abc.n1/z%41?x=%2F" + head)
@@ -411,3 +421,31 @@ def test_trace_forwarded_with_allow_trace():
         n.respond(OK_100)
         [resp] = parse_responses(c.received())
         assert resp.status == 200
+
+
+@pytest.mark.parametrize("head", [
+    b"GET /only1/a HTTP/2.0\r\nHost: localhost\r\nUser-Agent: t\r\n\r\n",
+    b"GET /only1/a HTTP/0.9\r\nHost: localhost\r\nUser-Agent: t\r\n\r\n",
+    b"TRACE /only1/a HTTP/1.1\r\nHost: localhost\r\nUser-Agent: t\r\n\r\n",
+    b"GET /only1/a HTTP/1.1\r\nHost: local host\r\nUser-Agent: t\r\n\r\n",
+    b"GET /only1/a#x HTTP/1.1\r\nHost: localhost\r\nUser-Agent: t\r\n\r\n",
+    b"GET /only1/a\\..\\..\\secret HTTP/1.1\r\nHost: localhost\r\nUser-Agent: t\r\n\r\n",
+])
+def test_request_line_checks_hold_after_the_memos_are_warm(head):
+    """
+    With the head memo and the header-block memo holding the same headers
+    (and request line), a refused variant is still refused, every time.
+    """
+    h = cluster()
+    good = b"GET /only1/a HTTP/1.1\r\nHost: localhost\r\nUser-Agent: t\r\n\r\n"
+    for _ in range(3):
+        c = h.client()
+        c.send(good)
+        assert forwarded_target(h, "http") == (8101, b"/only1/a")
+    assert good in h.factory.request_heads and h.factory.request_blocks
+    for _ in range(3):
+        c = h.client()
+        c.send(head)
+        [resp] = parse_responses(c.received())
+        assert resp.status in (400, 405, 505)
+        assert h.pending() == []
