@@ -204,7 +204,8 @@ def test_deterministic_failover_is_independent_of_table_order(order1, order2, lo
 @given(st.text(max_size=40))
 def test_match_path_total(path):
     out = match_path(path)
-    assert ";" not in out
+    if "%" not in path:
+        assert ";" not in out  # path parameters removed (a decoded %3B is a character)
 
 
 @given(st.one_of(st.none(), st.text(max_size=30), st.binary(max_size=30)))
