@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from modcluster.ajp.forwarder import AJPForwarder
 from modcluster.ajp.packets import decode_forward_request
+from modcluster.balancer import match_path, path_refusal
 from modcluster.cluster.model import ContextState
 from modcluster.proxy.front import ClientProtocol
 from proxy_testlib import OK_100, Harness, parse_requests, parse_responses
@@ -449,3 +450,25 @@ def test_request_line_checks_hold_after_the_memos_are_warm(head):
         [resp] = parse_responses(c.received())
         assert resp.status in (400, 405, 505)
         assert h.pending() == []
+
+
+_PATH_CHARS = st.sampled_from(["/", "/", ";", ".", "..", "%2e", "%2E", "%3B", "%3b", "%2F",
+                               "%5c", "%00", "%41", "%C3%A9", "%FF", "%", "%z", "\\", "a",
+                               "b", "=", "jsessionid=x.n1", "~", "-"])
+
+
+@settings(max_examples=500)
+@given(st.lists(_PATH_CHARS, max_size=12).map(lambda parts: "/" + "".join(parts)))
+def test_accepted_paths_are_routed_on_tomcats_view(path):
+    """
+    For every raw path the front accepts (path_refusal is None), Tomcat
+    accepts it too and match_path is exactly Tomcat's view of it: the balancer
+    routes on the path the node serves.
+    """
+    if path_refusal(path) is not None:
+        event("refused")
+        return
+    view = tomcat_view(path.encode("ascii"))
+    assert view is not None, path
+    assert match_path(path).encode("utf-8", "surrogateescape") == view, path
+    event("accepted")
