@@ -17,9 +17,19 @@ from twisted.python.filepath import FilePath
 from twisted.web.template import Element, TagLoader, XMLFile, renderer
 
 from modcluster.cluster.model import BalancerSettings
-from modcluster.console.views import DomainGroup, NodeState, NodeView, VHostView
+from modcluster.console.views import (
+    ATTENTION,
+    DRAINING,
+    DomainGroup,
+    NodeFilter,
+    NodeState,
+    NodeView,
+    Summary,
+    VHostView,
+    node_state,
+)
 
-__all__ = ["ConsolePage", "ErrorPage", "PageData", "TEMPLATES"]
+__all__ = ["ConsolePage", "ErrorPage", "Finder", "PageData", "TEMPLATES", "stat_items"]
 
 TEMPLATES = FilePath(__file__).sibling("templates")
 
@@ -53,16 +63,58 @@ def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
 
 
+#: Filter fields offered in the node finder, with their labels.
+FIELD_LABELS = (("any", "any field"), ("route", "route"), ("host", "host"),
+                ("domain", "domain"), ("alias", "alias"), ("context", "context"))
+#: State filters offered in the node finder.
+STATE_LABELS = (("", "all"), ("attention", "needs attention"), ("ok", "OK"),
+                ("in_error", "In error"), ("hot_standby", "Hot standby"),
+                ("unverified", "Unverified"), ("removing", "Removing"),
+                ("draining", "Draining"))
+_STATE_TILES = (("ok", "OK"), ("in_error", "In error"), ("hot_standby", "Hot standby"),
+                ("unverified", "Unverified"), ("removing", "Removing"),
+                ("draining", "Draining"))
+#: Aliases shown in a node row (the rest are counted).
+ROW_ALIASES = 3
+#: Member routes listed in the balancer table (more are counted).
+BALANCER_ROUTES = 10
+
+
+@frozen
+class Finder:
+    """
+    The node list's filter and paging: C{total} nodes match C{filter}; this is
+    page C{page} (1-based) of C{pages}, C{size} nodes a page, starting at
+    C{first} (0-based).
+    """
+
+    filter: NodeFilter
+    total: int
+    page: int
+    pages: int
+    size: int
+    first: int
+    shown: int
+    cluster_nodes: int
+
+
 @frozen
 class PageData:
     """
     Everything the page shows, collected by the resource before rendering.
+    Only the nodes in C{groups} are rendered in full; everything else comes
+    from the bounded L{Summary}.
 
     @ivar base: URL path of the console (links and form actions).
     @ivar nonce: value of the hidden C{nonce} field of the command forms.
     @ivar link_nonce: nonce put in the query-string links (empty when
         check_nonce is off).
     @ivar refresh: auto-refresh period in seconds, or C{None}.
+    @ivar groups: the nodes shown on this page, by domain.
+    @ivar cards: show full node cards (contexts and all) instead of one row per node.
+    @ivar summary: the cluster overview (C{None} on a node's detail view).
+    @ivar detail: the route of the node shown by the detail view, else C{None}.
+    @ivar finder: filter and paging of the node list (C{None}: no finder).
     @ivar sessions: session id → route, or C{None} when sessions are not shown.
     @ivar now: current time (for ages), or C{None} when no clock was given.
     """
@@ -87,29 +139,70 @@ class PageData:
     api_link: Optional[str] = None
     metrics_link: Optional[str] = None
     session_counts: dict = field(factory=dict)
+    cards: bool = True
+    summary: Optional[Summary] = None
+    detail: Optional[str] = None
+    finder: Optional[Finder] = None
+    members: dict = field(factory=dict)
+    sessions_more: int = 0
+    script: str = ""
+    update_link: str = ""
+    structure: str = ""
+    empty_message: str = "No node is registered."
+    domain_limit: int = 50
 
     def link(self, **params: str) -> str:
         """A console URL with C{nonce} first (when enabled) then C{params}."""
         items = ([("nonce", self.link_nonce)] if self.link_nonce else []) + list(params.items())
-        if not items:
-            return self.base
-        return self.base + "?" + "&".join(f"{k}={quote(v, safe='/-._~')}" for k, v in items)
+        return _url(self.base, items)
+
+    def href(self, **params) -> str:
+        """A read-only console URL (no nonce); keeps the auto-refresh period."""
+        items = [(k, str(v)) for k, v in params.items() if v not in (None, "")]
+        if self.refresh:
+            items.append(("refresh", str(self.refresh)))
+        return _url(self.base, items)
+
+    def detail_link(self, route: str) -> str:
+        return self.href(JVMRoute=route)
+
+
+def _url(base: str, items) -> str:
+    if not items:
+        return base
+    return base + "?" + "&".join(f"{k}={quote(v, safe='/-._~')}" for k, v in items)
 
 
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
+def _contexts_text(counts: dict) -> list[tuple[str, int]]:
+    return [(status, counts[status]) for status in ("ENABLED", "DISABLED", "STOPPED")
+            if counts.get(status)]
+
+
 class _Shared(Element):
-    """Renderers every nested part of the page needs."""
+    """
+    Renderers every nested part of the page needs.
+
+    Every slot a repeated part uses is filled on that part's own tag: the
+    twisted.web.template flattener keeps a stack of slot frames that only grows
+    while a page is flattened (twisted/twisted#9383), so a slot filled once at
+    the top of the page and read in every row costs a scan of everything
+    rendered so far -- quadratic in the size of the page.
+    """
 
     def __init__(self, loader, data: PageData) -> None:
         super().__init__(loader)
         self.data = data
 
+    def _form(self, tag):
+        return tag.fillSlots(action=self.data.base, nonce=self.data.nonce)
+
     @renderer
     def refreshField(self, request, tag):
-        return tag if self.data.refresh else ""
+        return tag.fillSlots(refresh=str(self.data.refresh)) if self.data.refresh else ""
 
     @renderer
     def ifCommands(self, request, tag):
@@ -117,7 +210,7 @@ class _Shared(Element):
 
 
 class ConsolePage(_Shared):
-    """The whole console page."""
+    """The whole console page: overview, node finder, a page of nodes (or one node)."""
 
     loader = XMLFile(TEMPLATES.child("page.xml"))
 
@@ -129,6 +222,9 @@ class ConsolePage(_Shared):
         d = self.data
         counts = d.counts
         classes = ["console", "reduced"] if d.reduce else ["console"]
+        if d.detail is not None:
+            classes.append("detail")
+        ids = ",".join(str(n.id) for g in d.groups for n in g.nodes)
         return tag.fillSlots(
             release=d.release,
             product=d.product,
@@ -136,12 +232,16 @@ class ConsolePage(_Shared):
             contextCount=_plural(counts.get("contexts", 0), "context"),
             balancerCount=_plural(counts.get("balancers", 0), "balancer"),
             stylesheet=d.stylesheet,
+            script=d.script,
             bodyClass=" ".join(classes),
-            pageLink=d.base,
+            pageLink=d.base if d.detail is None else d.href(JVMRoute=d.detail),
             autoRefreshLink=d.link(refresh="10"),
+            stopRefreshLink=d.base if d.detail is None else _url(
+                d.base, [("JVMRoute", d.detail)]),
             refresh=str(d.refresh or ""),
-            action=d.base,
-            nonce=d.nonce,
+            updateLink=d.update_link if d.refresh else "",
+            structure=d.structure,
+            ids=ids,
         )
 
     @renderer
@@ -172,26 +272,208 @@ class ConsolePage(_Shared):
         for label, value in self.data.config_items or ():
             yield tag.clone().fillSlots(label=label, value=value)
 
+    # -- detail view ------------------------------------------------------------
+
+    @renderer
+    def crumbs(self, request, tag):
+        d = self.data
+        if d.detail is None:
+            return ""
+        return tag.fillSlots(back=d.href(), route=d.detail)
+
+    # -- overview ---------------------------------------------------------------
+
+    @renderer
+    def overview(self, request, tag):
+        s = self.data.summary
+        return "" if s is None or not s.nodes else tag
+
+    @renderer
+    def stateTiles(self, request, tag):
+        s = self.data.summary
+        for key, label in _STATE_TILES:
+            count = s.draining if key == DRAINING else s.by_state[NodeState(key)]
+            cls = key.replace("_", "-") + ("" if count else " zero")
+            yield tag.clone().fillSlots(href=self.data.href(state=key) + "#nodes", cls=cls,
+                                        key=key, count=str(count), label=label)
+
+    @renderer
+    def contextTotals(self, request, tag):
+        totals = self.data.summary.contexts
+        for status in ("ENABLED", "DISABLED", "STOPPED"):
+            yield tag.clone().fillSlots(status=status, cls=status.lower(),
+                                        count=str(totals.get(status, 0)))
+
+    @renderer
+    def attention(self, request, tag):
+        return tag if self.data.summary.attention else ""
+
+    @renderer
+    def attentionItems(self, request, tag):
+        for entry, state in self.data.summary.attention:
+            reason = node_state(entry.node)[1] if state is NodeState.IN_ERROR else ""
+            if not reason and state is not NodeState.REMOVING and entry.draining:
+                reason = ", ".join(f"{n} {s.lower()}" for s, n in
+                                   _contexts_text(entry.contexts) if s != "ENABLED")
+            yield tag.clone().fillSlots(href=self.data.detail_link(entry.route),
+                                        route=entry.route,
+                                        cls=state.value.replace("_", "-"),
+                                        label=state.label, reason=reason)
+
+    @renderer
+    def attentionMore(self, request, tag):
+        s = self.data.summary
+        if s.attention_total <= len(s.attention):
+            return ""
+        return tag.fillSlots(href=self.data.href(state=ATTENTION) + "#nodes",
+                             count=str(s.attention_total))
+
     @renderer
     def balancers(self, request, tag):
-        return "" if self.data.reduce or not self.data.balancers else tag
+        d = self.data
+        return "" if d.reduce or not d.balancers or d.summary is None else tag
 
     @renderer
     def balancerRows(self, request, tag):
-        members: dict[str, list[str]] = {}
-        for group in self.data.groups:
-            for node in group.nodes:
-                members.setdefault(node.balancer, []).append(node.route)
         for b in self.data.balancers:
+            count, routes = self.data.members.get(b.name, (0, ()))
+            if count > len(routes):
+                nodes = f"{count} nodes"
+            else:
+                nodes = ", ".join(routes) or "–"
             yield tag.clone().fillSlots(
                 name=b.name, sticky=_yes(b.sticky_session), cookie=b.sticky_cookie,
                 path=b.sticky_path, remove=_yes(b.sticky_remove), force=_yes(b.sticky_force),
                 timeout=f"{_number(b.wait_worker)} s", maxAttempts=str(b.max_attempts),
-                nodes=", ".join(members.get(b.name, ())) or "–")
+                nodes=nodes)
+
+    @renderer
+    def domainPanel(self, request, tag):
+        s = self.data.summary
+        if s is None or not any(name for name, *_ in s.domains):
+            return ""
+        return tag
+
+    @renderer
+    def domainRows(self, request, tag):
+        shown = 0
+        for name, nodes, live, errors in self.data.summary.domains:
+            if not name:
+                continue  # nodes without a domain have no domain commands
+            if shown >= self.data.domain_limit:
+                break
+            shown += 1
+            row = tag.clone().fillSlots(
+                domain=name, href=self.data.href(domain=name) + "#nodes", nodes=str(nodes),
+                live=str(live), errors=str(errors))
+            yield _DomainRow(TagLoader(row), self.data, live)
+
+    @renderer
+    def domainMore(self, request, tag):
+        named = sum(1 for name, *_ in self.data.summary.domains if name)
+        more = named - self.data.domain_limit
+        return tag.fillSlots(count=str(more)) if more > 0 else ""
+
+    # -- node finder ------------------------------------------------------------
+
+    @renderer
+    def finder(self, request, tag):
+        f = self.data.finder
+        if f is None:
+            return ""
+        flt = f.filter
+        return tag.fillSlots(action=self.data.base, query=flt.query,
+                             result=self._result_text(f))
+
+    @staticmethod
+    def _result_text(f: Finder) -> str:
+        what = "matching" if f.filter.active else "of"
+        if not f.total:
+            return "No node matches the filter." if f.filter.active else "No node."
+        if f.total <= f.shown:
+            return (f"{_plural(f.total, 'node')} matching the filter" if f.filter.active
+                    else f"All {_plural(f.total, 'node')}")
+        return (f"Nodes {f.first + 1}–{f.first + f.shown} of {f.total} {what} "
+                f"{'the filter' if f.filter.active else 'the cluster'}"
+                + (f" (out of {f.cluster_nodes})" if f.filter.active else ""))
+
+    @renderer
+    def fieldOptions(self, request, tag):
+        current = self.data.finder.filter.field
+        for value, label in FIELD_LABELS:
+            option = tag.clone().fillSlots(value=value, label=label)
+            if value == current:
+                option(selected="selected")
+            yield option
+
+    @renderer
+    def stateOptions(self, request, tag):
+        current = self.data.finder.filter.state
+        for value, label in STATE_LABELS:
+            option = tag.clone().fillSlots(value=value, label=label)
+            if value == current:
+                option(selected="selected")
+            yield option
+
+    @renderer
+    def domainField(self, request, tag):
+        d = self.data.finder.filter.domain
+        return "" if d is None else tag.fillSlots(domain=d)
+
+    @renderer
+    def balancerField(self, request, tag):
+        b = self.data.finder.filter.balancer
+        return "" if b is None else tag.fillSlots(balancer=b)
+
+    @renderer
+    def clearLink(self, request, tag):
+        if not self.data.finder.filter.active:
+            return ""
+        return tag.fillSlots(href=self.data.href() + "#nodes")
+
+    def _filter_params(self) -> dict:
+        flt = self.data.finder.filter
+        return {"q": flt.query, "in": "" if flt.field == "any" else flt.field,
+                "state": flt.state, "domain": flt.domain, "balancer": flt.balancer,
+                "size": "" if self.data.finder.size == DEFAULT_PAGE_SIZE
+                else str(self.data.finder.size)}
+
+    @renderer
+    def pager(self, request, tag):
+        f = self.data.finder
+        return tag if f is not None and f.pages > 1 else ""
+
+    @renderer
+    def pageLinks(self, request, tag):
+        f = self.data.finder
+        params = self._filter_params()
+
+        def link(page: int, label: str, cls: str = "page"):
+            return tag.clone().fillSlots(
+                href=self.data.href(**params, page=str(page) if page > 1 else "") + "#nodes",
+                label=label, cls=cls)
+
+        if f.page > 1:
+            yield link(f.page - 1, "‹ Previous", "page prev")
+        # First, last, and a window around the current page: bounded whatever the size.
+        wanted = sorted({1, f.pages} | set(range(max(1, f.page - 3),
+                                                 min(f.pages, f.page + 3) + 1)))
+        last = 0
+        for page in wanted:
+            if page > last + 1:
+                yield tag.clone().fillSlots(href="#nodes", label="…", cls="gap")
+            yield link(page, str(page), "page current" if page == f.page else "page")
+            last = page
+        if f.page < f.pages:
+            yield link(f.page + 1, "Next ›", "page next")
+
+    # -- nodes ------------------------------------------------------------------
 
     @renderer
     def unlessNodes(self, request, tag):
-        return "" if any(g.nodes for g in self.data.groups) else tag
+        if any(g.nodes for g in self.data.groups):
+            return ""
+        return tag.fillSlots(message=self.data.empty_message)
 
     @renderer
     def domains(self, request, tag):
@@ -208,6 +490,11 @@ class ConsolePage(_Shared):
             yield tag.clone().fillSlots(id=sid, route=route)
 
     @renderer
+    def sessionMore(self, request, tag):
+        more = self.data.sessions_more
+        return tag.fillSlots(count=str(more)) if more else ""
+
+    @renderer
     def apiLink(self, request, tag):
         return "" if self.data.api_link is None else tag.fillSlots(href=self.data.api_link)
 
@@ -218,8 +505,24 @@ class ConsolePage(_Shared):
         return tag.fillSlots(href=self.data.metrics_link)
 
 
+#: Nodes per page of the node list unless C{?size=} says otherwise.
+DEFAULT_PAGE_SIZE = 50
+
+
+class _DomainRow(_Shared):
+    """A row of the domain table, with its commands while it has live nodes."""
+
+    def __init__(self, loader, data: PageData, live: int) -> None:
+        super().__init__(loader, data)
+        self.live = live
+
+    @renderer
+    def domainCommands(self, request, tag):
+        return self._form(tag) if self.data.allow_cmd and self.live else ""
+
+
 class _DomainElement(_Shared):
-    """One LBGroup (domain) and its nodes."""
+    """The shown nodes of one LBGroup (domain), as cards or as rows."""
 
     def __init__(self, loader, data: PageData, group: DomainGroup) -> None:
         super().__init__(loader, data)
@@ -231,17 +534,96 @@ class _DomainElement(_Shared):
         return tag.fillSlots(domain=self.group.domain) if self.group.domain else ""
 
     @renderer
-    def domainCommands(self, request, tag):
-        live = any(n.state is not NodeState.REMOVING for n in self.group.nodes)
-        return tag if self.data.allow_cmd and live else ""
+    def nodeTable(self, request, tag):
+        return "" if self.data.cards else tag
+
+    @renderer
+    def rows(self, request, tag):
+        for node in self.group.nodes:
+            counts: dict[str, int] = {}
+            aliases: list[str] = []
+            for v in node.vhosts:
+                aliases.extend(v.aliases)
+                for c in v.contexts:
+                    counts[c.status] = counts.get(c.status, 0) + 1
+            alias_text = " ".join(aliases[:ROW_ALIASES])
+            if len(aliases) > ROW_ALIASES:
+                alias_text += f" +{len(aliases) - ROW_ALIASES}"
+            row = tag.clone().fillSlots(
+                anchor=f"node-{node.id}", state=node.state.value.replace("_", "-"),
+                href=self.data.detail_link(node.route), route=node.route,
+                address=node.address, balancer=node.balancer, stateLabel=node.state.label,
+                reason=_reason(node, self.data), load=str(node.load),
+                elected=str(node.elected), busy=str(node.busy), aliases=alias_text or "–")
+            yield _RowElement(TagLoader(row), self.data, node, counts)
 
     @renderer
     def nodes(self, request, tag):
+        if not self.data.cards:
+            return
         for node in self.group.nodes:
             article = tag.clone().fillSlots(
                 anchor=f"node-{node.id}", state=node.state.value.replace("_", "-"),
-                route=node.route, address=node.address, stateLabel=node.state.label)
+                route=node.route, href=self.data.detail_link(node.route),
+                address=node.address, stateLabel=node.state.label)
             yield _NodeElement(TagLoader(article), self.data, node)
+
+
+def _reason(node: NodeView, data: PageData) -> str:
+    """The state's explanation shown next to the badge (empty for OK nodes)."""
+    now = data.now
+    if node.state is NodeState.IN_ERROR:
+        text = node.reason
+        if now is not None and node.error_since is not None:
+            text += f" (for {_duration(now - node.error_since)})"
+        return text
+    if node.state is NodeState.REMOVING:
+        text = "removal pending"
+        if now is not None and node.removed_at is not None:
+            left = node.removed_at + data.wait_before_remove - now
+            text += f", purged in about {_duration(left)}" if left > 0 else ", purging"
+        return text
+    if node.state is NodeState.UNVERIFIED:
+        return "restored from saved state, no STATUS since"
+    return ""
+
+
+class _RowElement(_Shared):
+    """One node as a row of the node list."""
+
+    def __init__(self, loader, data: PageData, node: NodeView, counts: dict) -> None:
+        super().__init__(loader, data)
+        self.node = node
+        self.counts = counts
+
+    @renderer
+    def ctxCounts(self, request, tag):
+        items = _contexts_text(self.counts)
+        if not items:
+            return "–"
+        return [tag.clone().fillSlots(status=status.lower(), cls=status.lower(),
+                                      count=str(n)) for status, n in items]
+
+    @renderer
+    def nodeCommands(self, request, tag):
+        if not self.data.allow_cmd or self.node.state is NodeState.REMOVING:
+            return ""
+        return self._form(tag)
+
+
+def stat_items(node: NodeView, data: PageData) -> Iterable[tuple[str, str, str, str]]:
+    """(key, label, shown value, hint) of a node card's counters."""
+    n = node
+    yield "load", "Load", str(n.load), "Load factor from the last STATUS (-1: none yet or in error)"
+    yield "elected", "Elected", str(n.elected), "Times chosen by the balancer"
+    yield "read", "Read", _size(n.read), f"{n.read} bytes read from the node"
+    yield ("transferred", "Transferred", _size(n.transferred),
+           f"{n.transferred} bytes sent to the node")
+    yield "busy", "Connected", str(n.busy), "Requests in flight on the node (busy)"
+    yield "requests", "Requests", str(n.requests), "Requests forwarded in total"
+    yield "failures", "Failures", str(n.failures), "Forwarding failures in total"
+    if n.route in data.session_counts:
+        yield "sessions", "Num sessions", str(data.session_counts[n.route]), "Tracked sessions"
 
 
 class _NodeElement(_Shared):
@@ -253,44 +635,18 @@ class _NodeElement(_Shared):
 
     @renderer
     def reason(self, request, tag):
-        node, now = self.node, self.data.now
-        if node.state is NodeState.IN_ERROR:
-            text = node.reason
-            if now is not None and node.error_since is not None:
-                text += f" (for {_duration(now - node.error_since)})"
-            return tag.fillSlots(reason=text)
-        if node.state is NodeState.REMOVING:
-            text = "removal pending"
-            if now is not None and node.removed_at is not None:
-                left = node.removed_at + self.data.wait_before_remove - now
-                text += f", purged in about {_duration(left)}" if left > 0 else ", purging"
-            return tag.fillSlots(reason=text)
-        if node.state is NodeState.UNVERIFIED:
-            return tag.fillSlots(reason="restored from saved state, no STATUS since")
-        return ""
+        text = _reason(self.node, self.data)
+        return tag.fillSlots(reason=text) if text else ""
 
     @renderer
     def nodeCommands(self, request, tag):
         if not self.data.allow_cmd or self.node.state is NodeState.REMOVING:
             return ""
-        return tag
+        return self._form(tag)
 
     @renderer
     def stats(self, request, tag):
         return "" if self.data.reduce else tag
-
-    def _stat_items(self) -> Iterable[tuple[str, str, str]]:
-        n = self.node
-        yield "Load", str(n.load), "Load factor from the last STATUS (-1: none yet or in error)"
-        yield "Elected", str(n.elected), "Times chosen by the balancer"
-        yield "Read", _size(n.read), f"{n.read} bytes read from the node"
-        yield ("Transferred", _size(n.transferred),
-               f"{n.transferred} bytes sent to the node")
-        yield "Connected", str(n.busy), "Requests in flight on the node (busy)"
-        yield "Requests", str(n.requests), "Requests forwarded in total"
-        yield "Failures", str(n.failures), "Forwarding failures in total"
-        if n.route in self.data.session_counts:
-            yield "Num sessions", str(self.data.session_counts[n.route]), "Tracked sessions"
 
     def _meta_items(self) -> Iterable[tuple[str, str]]:
         n, now = self.node, self.data.now
@@ -309,8 +665,8 @@ class _NodeElement(_Shared):
 
     @renderer
     def statItems(self, request, tag):
-        for label, value, hint in self._stat_items():
-            yield tag.clone().fillSlots(label=label, value=value, hint=hint)
+        for key, label, value, hint in stat_items(self.node, self.data):
+            yield tag.clone().fillSlots(key=key, label=label, value=value, hint=hint)
 
     @renderer
     def metaItems(self, request, tag):
@@ -345,6 +701,7 @@ class _VHostElement(_Shared):
     def contexts(self, request, tag):
         for ctx in self.vhost.contexts:
             row = tag.clone().fillSlots(
+                anchor=f"ctx-{ctx.id}",
                 path=ctx.path, status=ctx.status, statusClass=ctx.status.lower(),
                 inFlight=str(ctx.in_flight), requests=str(ctx.requests),
                 route=self.node.route, alias=self.vhost.alias)
@@ -368,7 +725,7 @@ class _ContextElement(_Shared):
         # no contexts left to change.
         if not self.vhost.alias or self.node.state is NodeState.REMOVING:
             return ""
-        return tag
+        return self._form(tag)
 
     def _unless(self, status: str, tag):
         return "" if self.status == status else tag

@@ -17,7 +17,9 @@ INFO/DUMP shows the change.  See docs/console.md.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import json
 import uuid
 from typing import Callable, Iterable, Optional, Sequence
 from urllib.parse import quote, unquote_to_bytes
@@ -32,8 +34,25 @@ from twisted.web.template import renderElement
 
 from modcluster import _version
 from modcluster.cluster.errors import ClusterError
-from modcluster.console.elements import ConsolePage, ErrorPage, PageData
-from modcluster.console.views import domain_groups
+from modcluster.console.elements import (
+    BALANCER_ROUTES,
+    DEFAULT_PAGE_SIZE,
+    ConsolePage,
+    ErrorPage,
+    Finder,
+    PageData,
+    stat_items,
+)
+from modcluster.console.views import (
+    DRAINING,
+    FILTER_FIELDS,
+    DomainGroup,
+    NodeFilter,
+    NodeIndex,
+    NodeState,
+    node_view,
+    summarize,
+)
 
 __all__ = [
     "CONTENT_SECURITY_POLICY",
@@ -44,10 +63,11 @@ __all__ = [
     "parse_query",
 ]
 
-#: The page needs nothing but its own stylesheet and forms posting to itself.
+#: The page needs nothing but its own stylesheet, its own auto-refresh script
+#: (which fetches the console's own C{update} JSON) and forms posting to itself.
 CONTENT_SECURITY_POLICY = (
-    b"default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
-    b"frame-ancestors 'none'; base-uri 'none'"
+    b"default-src 'none'; style-src 'self'; img-src 'self'; script-src 'self'; "
+    b"connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
 
 STATIC = FilePath(__file__).sibling("static")
@@ -57,6 +77,64 @@ CONSOLE_COMMANDS = ("ENABLE-APP", "DISABLE-APP", "STOP-APP")
 
 _MAX_FORM = 65536
 _MAX_REFRESH = 86400
+
+#: A result of at most this many nodes is shown as full node cards (contexts and
+#: all), as long as they hold at most CARD_CONTEXTS contexts; anything larger
+#: is a paged list of one row per node, each linking to its detail view.
+CARD_LIMIT = 10
+CARD_CONTEXTS = 400
+#: The largest page of the node list (C{?size=}).
+MAX_PAGE_SIZE = 200
+#: Session ids listed on the page (all are counted).
+MAX_SESSIONS_SHOWN = 100
+_STATE_FILTERS = frozenset([s.value for s in NodeState] + ["draining", "attention"])
+
+
+@frozen
+class _Selection:
+    """What one request shows (see L{ConsoleResource._select})."""
+
+    index: NodeIndex
+    views: list
+    cards: bool
+    summary: object
+    finder: Optional[Finder]
+    detail: Optional[str]
+
+
+def _positive_int(raw: Optional[str], default: int) -> int:
+    try:
+        value = int((raw or "").strip())
+    except ValueError:
+        return default
+    return value if value >= 1 else default
+
+
+def _page_size(params: dict[str, str]) -> int:
+    return min(_positive_int(params.get("size"), DEFAULT_PAGE_SIZE), MAX_PAGE_SIZE)
+
+
+def _parse_filter(params: dict[str, str]) -> NodeFilter:
+    """The node filter of a console query; unknown values mean "no filter"."""
+    query = " ".join(params.get("q", "").split())[:200]
+    field = params.get("in", "any").lower()
+    if field not in FILTER_FIELDS:
+        field = "any"
+    state = params.get("state", "").lower()
+    if state not in _STATE_FILTERS:
+        state = ""
+    domain = params.get("domain")
+    balancer = params.get("balancer")
+    return NodeFilter(query=query, field=field, state=state,
+                      domain=domain if domain else None,
+                      balancer=balancer.lower() if balancer else None)
+
+
+def _count_routes(sessions) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for _, route in sessions:
+        counts[route] = counts.get(route, 0) + 1
+    return counts
 
 
 class QueryError(ValueError):
@@ -187,6 +265,29 @@ class _Static(Resource):
         super().__init__()
         self.putChild(b"console.css", _Asset(STATIC.child("console.css").getContent(),
                                              b"text/css; charset=utf-8"))
+        self.putChild(b"console.js", _Asset(STATIC.child("console.js").getContent(),
+                                            b"text/javascript; charset=utf-8"))
+
+
+class _Update(Resource):
+    """C{<console>/update}: the live numbers of a view, for the page's script."""
+
+    isLeaf = True
+
+    def __init__(self, console: "ConsoleResource") -> None:
+        super().__init__()
+        self._console = console
+
+    def render_GET(self, request):
+        query = request.uri.split(b"?", 1)[1] if b"?" in request.uri else b""
+        try:
+            params = parse_query(query)
+            return self._console.update(request, params)
+        except (QueryError, CommandError) as e:
+            code = e.code if isinstance(e, CommandError) else 400
+            request.setResponseCode(code)
+            secure_headers(request, b"application/json")
+            return json.dumps({"error": str(e)}).encode("utf-8")
 
     def getChild(self, path, request):
         return notFound()
@@ -236,7 +337,9 @@ class ConsoleResource(Resource):
         self._mcmp = mcmp
         self._sessions = sessions
         self._display = tuple(display)
+        self._node_index: Optional[NodeIndex] = None
         self.putChild(b"static", _Static())
+        self.putChild(b"update", _Update(self))
 
     def getChild(self, path, request):
         if path == b"":
@@ -283,16 +386,85 @@ class ConsoleResource(Resource):
 
     # -- rendering ----------------------------------------------------------------
 
-    def _page(self, request, refresh: Optional[int]):
+    def _index(self) -> NodeIndex:
+        """
+        The node index of the registry's current structure version (the routing
+        table's generation: it changes with every node, alias, context or
+        context-state change), built at most once per version.
+        """
+        version = self._registry.table.generation
+        index = self._node_index
+        if index is None or index.version != version:
+            index = self._node_index = NodeIndex.build(self._registry, version)
+        return index
+
+    def _select(self, params: dict[str, str]) -> "_Selection":
+        """Which nodes a request shows: one node's detail, or a page of the list."""
+        registry = self._registry
+        index = self._index()
+        route = params.get("jvmroute", "")
+        if route:
+            entry = index.by_route.get(route)
+            if entry is None:
+                raise CommandError(404, f'No node with JVMRoute "{route}"', "GENERAL")
+            view = node_view(registry, entry.node)
+            return _Selection(index, [view], True, None, None, route)
+        flt = _parse_filter(params)
+        summary = summarize(index)
+        selected = flt.select(index)
+        total = len(selected)
+        if total <= CARD_LIMIT and (flt.active or len(index.entries) <= CARD_LIMIT) and sum(
+                sum(e.contexts.values()) for e, _ in selected) <= CARD_CONTEXTS:
+            shown = selected
+            finder = None
+            if flt.active or len(index.entries) > CARD_LIMIT:
+                finder = Finder(flt, total, 1, 1, _page_size(params), 0, total,
+                                len(index.entries))
+            cards = True
+        else:
+            size = _page_size(params)
+            pages = max(1, -(-total // size))
+            page = min(_positive_int(params.get("page"), 1), pages)
+            first = (page - 1) * size
+            shown = selected[first:first + size]
+            finder = Finder(flt, total, page, pages, size, first, len(shown),
+                            len(index.entries))
+            cards = False
+        views = [node_view(registry, e.node) for e, _ in shown]
+        return _Selection(index, views, cards, summary, finder, None)
+
+    def _view_query(self, sel: "_Selection") -> list[tuple[str, str]]:
+        """The query naming the same view (for the live-update URL)."""
+        if sel.detail is not None:
+            return [("JVMRoute", sel.detail)]
+        f = sel.finder
+        if f is None:
+            return []
+        flt = f.filter
+        items = [("q", flt.query), ("in", "" if flt.field == "any" else flt.field),
+                 ("state", flt.state), ("domain", flt.domain or ""),
+                 ("balancer", flt.balancer or ""),
+                 ("page", str(f.page) if f.page > 1 else ""),
+                 ("size", str(f.size) if f.size != DEFAULT_PAGE_SIZE else "")]
+        return [(k, v) for k, v in items if v]
+
+    def _page(self, request, refresh: Optional[int], params: Optional[dict] = None):
         cfg = self._config
         base = self._base(request)
         registry = self._registry
+        try:
+            sel = self._select(params or {})
+        except CommandError as e:
+            return self._error(request, e)
         sessions = None
+        sessions_more = 0
         session_counts: dict[str, int] = {}
         if self._sessions is not None:
             sessions = sorted(self._sessions())
             for _, route in sessions:
                 session_counts[route] = session_counts.get(route, 0) + 1
+            sessions_more = max(0, len(sessions) - MAX_SESSIONS_SHOWN)
+            sessions = sessions[:MAX_SESSIONS_SHOWN]
         config_items = None
         if cfg.allow_display:
             config_items = list(self._display) + [
@@ -302,32 +474,98 @@ class ConsoleResource(Resource):
                 ("Allow commands", "on" if cfg.allow_cmd else "off"),
                 ("Reduced display", "on" if cfg.reduce_display else "off"),
             ]
+        members: dict[str, tuple[int, list[str]]] = {}
+        for entry in sel.index.entries:
+            count, routes = members.get(entry.balancer, (0, []))
+            if len(routes) < BALANCER_ROUTES:
+                routes.append(entry.route)
+            members[entry.balancer] = (count + 1, routes)
+        groups: list[DomainGroup] = []
+        for view in sel.views:  # already in domain order
+            if groups and groups[-1].domain == view.domain:
+                groups[-1] = DomainGroup(view.domain, groups[-1].nodes + (view,))
+            else:
+                groups.append(DomainGroup(view.domain, (view,)))
+        update = base.rstrip("/") + "/update"
+        query = self._view_query(sel)
+        if query:
+            update += "?" + "&".join(f"{k}={quote(v, safe='/-._~')}" for k, v in query)
         data = PageData(
             release=self._release,
             product=f"txmodcluster {_version.__version__}",
             base=base,
             stylesheet=self._stylesheet(base),
+            script=base.rstrip("/") + "/static/console.js",
             nonce=self.nonce,
             link_nonce=self.nonce if cfg.check_nonce else "",
             allow_cmd=cfg.allow_cmd,
             reduce=cfg.reduce_display,
             refresh=refresh,
-            groups=domain_groups(registry),
+            groups=groups,
+            cards=sel.cards,
+            summary=sel.summary,
+            detail=sel.detail,
+            finder=sel.finder,
+            members=members,
             balancers=[registry.balancers[k] for k in sorted(registry.balancers)],
             counts=registry.counts,
             show_outputs=self._mcmp is not None,
             config_items=config_items,
             sessions=sessions,
+            sessions_more=sessions_more,
             session_counts=session_counts,
             now=self._clock.seconds() if self._clock is not None else None,
             wait_before_remove=registry.limits.wait_before_remove,
             api_link=cfg.api_path if cfg.api else None,
             metrics_link=cfg.metrics_path if cfg.metrics else None,
+            update_link=update,
+            structure=str(sel.index.version),
+            empty_message=("No node is registered." if not sel.index.entries
+                           else "No node matches the filter."),
         )
         secure_headers(request, b"text/html; charset=utf-8")
-        if refresh:
-            request.setHeader(b"refresh", str(refresh).encode())
         return renderElement(request, ConsolePage(data))
+
+    def update(self, request, params: dict[str, str]) -> bytes:
+        """
+        The live part of a view, as JSON, for the page's auto refresh
+        (C{static/console.js}): the structure version and the ids shown (a change
+        makes the script reload the page), counts by state, and each shown node's
+        counters.  Answers C{304} when the client's C{If-None-Match} is current.
+        """
+        sel = self._select(params)
+        counts: dict[str, int] = {}
+        if sel.summary is not None:
+            s = sel.summary
+            counts = {state.value: n for state, n in s.by_state.items()}
+            counts[DRAINING] = s.draining
+            for status, n in s.contexts.items():
+                counts["ctx-" + status.lower()] = n
+        data = PageData(release="", product="", base="", stylesheet="", nonce="",
+                        link_nonce="", allow_cmd=False, reduce=False, refresh=None,
+                        groups=(), balancers=(), counts={}, show_outputs=False,
+                        session_counts={} if self._sessions is None else _count_routes(
+                            self._sessions()))
+        nodes = {}
+        for view in sel.views:
+            fields = {key: value for key, _, value, _ in stat_items(view, data)}
+            entry: dict = {"state": view.state.value, "f": fields}
+            if sel.cards:
+                entry["ctx"] = {str(c.id): {"in_flight": str(c.in_flight),
+                                            "requests": str(c.requests)}
+                                for v in view.vhosts for c in v.contexts}
+            nodes[str(view.id)] = entry
+        body = json.dumps({"structure": str(sel.index.version),
+                           "ids": [v.id for v in sel.views], "counts": counts,
+                           "nodes": nodes}, separators=(",", ":")).encode("utf-8")
+        etag = b'"' + hashlib.sha1(body).hexdigest().encode("ascii") + b'"'
+        secure_headers(request, b"application/json")
+        request.setHeader(b"etag", etag)
+        if request.getHeader(b"if-none-match") == etag:
+            request.setResponseCode(http.NOT_MODIFIED)
+            return b""
+        request.setHeader(b"content-length", str(len(body)).encode())
+        return body
 
     def _output(self, request, cmd: str):
         if self._mcmp is None:
@@ -505,7 +743,7 @@ class ConsoleResource(Resource):
                 self._run(request, params, "GET")
             except CommandError as e:
                 return self._error(request, e)
-        return self._page(request, self._refresh(params))
+        return self._page(request, self._refresh(params), params)
 
     def render_POST(self, request):
         body = request.content.read(_MAX_FORM + 1) if request.content is not None else b""

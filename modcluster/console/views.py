@@ -16,6 +16,11 @@ from attrs import frozen
 __all__ = [
     "ContextView",
     "DomainGroup",
+    "FILTER_FIELDS",
+    "IndexEntry",
+    "NodeFilter",
+    "NodeIndex",
+    "Summary",
     "NodeState",
     "NodeView",
     "VHostView",
@@ -23,6 +28,7 @@ __all__ = [
     "node_state",
     "node_view",
     "node_views",
+    "summarize",
 ]
 
 
@@ -188,3 +194,182 @@ def domain_groups(registry) -> list[DomainGroup]:
     for view in node_views(registry):
         groups.setdefault(view.domain, []).append(view)
     return [DomainGroup(d, tuple(groups[d])) for d in sorted(groups)]
+
+
+# -- the console's read model at scale ------------------------------------------------
+#
+# The page of a 1 000-node cluster must not cost what all 1 000 nodes cost: a
+# L{NodeIndex} is built once per registry structure version (the routing table's
+# generation, which changes with every node, alias, context or context-state
+# change) and holds what filtering and summarising need, so a request only
+# computes node states (one attribute read each) and builds full L{NodeView}s for
+# the nodes it actually shows.
+
+#: Fields a filter can search in (C{any}: all of them).
+FILTER_FIELDS = ("any", "route", "host", "domain", "alias", "context")
+
+#: Filter values of C{state} beyond the L{NodeState} values.
+DRAINING = "draining"
+ATTENTION = "attention"
+
+
+@frozen
+class IndexEntry:
+    """
+    One node as the index knows it.  C{node} is the live registry record, read
+    only for its changing numbers (state, load); everything else was copied when
+    the index was built.
+    """
+
+    node: object
+    id: int
+    route: str
+    domain: str
+    balancer: str
+    #: lower-cased text per filter field (aliases and contexts one per line)
+    text: dict
+    #: context count per status name (ENABLED, DISABLED, STOPPED)
+    contexts: dict
+    aliases: tuple[str, ...]
+
+    @property
+    def draining(self) -> bool:
+        """Some context takes no new requests (DISABLED or STOPPED)."""
+        return bool(self.contexts.get("DISABLED") or self.contexts.get("STOPPED"))
+
+
+@frozen
+class NodeIndex:
+    """All nodes in display order (domain, then id) for one structure version."""
+
+    version: int
+    entries: tuple[IndexEntry, ...]
+    by_route: dict
+    #: context count per status over the whole registry
+    contexts: dict
+
+    @classmethod
+    def build(cls, registry, version: int) -> "NodeIndex":
+        entries = []
+        totals = {"ENABLED": 0, "DISABLED": 0, "STOPPED": 0}
+        for node in registry.nodes():
+            s = node.settings
+            aliases: list[str] = []
+            paths: list[str] = []
+            counts = {"ENABLED": 0, "DISABLED": 0, "STOPPED": 0}
+            for vhost in sorted(node.vhosts.values(), key=lambda v: v.id):
+                aliases.extend(vhost.aliases)
+                for ctx in vhost.contexts.values():
+                    paths.append(ctx.path)
+                    name = ctx.state.name
+                    counts[name] = counts.get(name, 0) + 1
+                    totals[name] = totals.get(name, 0) + 1
+            text = {"route": s.route.lower(), "host": s.host.lower(),
+                    "domain": s.domain.lower(), "alias": "\n".join(aliases).lower(),
+                    "context": "\n".join(paths).lower()}
+            text["any"] = "\n".join(text.values())
+            entries.append(IndexEntry(node=node, id=node.id, route=s.route, domain=s.domain,
+                                      balancer=s.balancer, text=text, contexts=counts,
+                                      aliases=tuple(aliases)))
+        entries.sort(key=lambda e: (e.domain, e.id))
+        return cls(version=version, entries=tuple(entries),
+                   by_route={e.route: e for e in entries}, contexts=totals)
+
+
+@frozen
+class NodeFilter:
+    """
+    Which nodes to list: C{query} (case-insensitive substring, in C{field}),
+    C{state} (a L{NodeState} value, C{draining} or C{attention}: in error,
+    removing or draining), C{balancer} and C{domain} (exact; C{None}: any).
+    """
+
+    query: str = ""
+    field: str = "any"
+    state: str = ""
+    balancer: Optional[str] = None
+    domain: Optional[str] = None
+
+    @property
+    def active(self) -> bool:
+        return bool(self.query or self.state or self.balancer is not None
+                    or self.domain is not None)
+
+    def matches(self, entry: IndexEntry, state: NodeState) -> bool:
+        if self.balancer is not None and entry.balancer != self.balancer:
+            return False
+        if self.domain is not None and entry.domain != self.domain:
+            return False
+        if self.state:
+            if self.state == DRAINING:
+                if not entry.draining or state is NodeState.REMOVING:
+                    return False
+            elif self.state == ATTENTION:
+                if not needs_attention(entry, state):
+                    return False
+            elif state.value != self.state:
+                return False
+        if self.query and self.query.lower() not in entry.text[self.field]:
+            return False
+        return True
+
+    def select(self, index: NodeIndex) -> list[tuple[IndexEntry, NodeState]]:
+        """The matching entries, in display order, with their current state."""
+        out = []
+        for entry in index.entries:
+            state = node_state(entry.node)[0]
+            if self.matches(entry, state):
+                out.append((entry, state))
+        return out
+
+
+def needs_attention(entry: IndexEntry, state: NodeState) -> bool:
+    """In error, being removed, or draining (some context disabled or stopped)."""
+    return state in (NodeState.IN_ERROR, NodeState.REMOVING) or entry.draining
+
+
+@frozen
+class Summary:
+    """
+    The cluster at a glance: node counts by state, contexts by status, domains
+    (name → [nodes, live nodes, in error]) and the first nodes that need
+    attention (in error, removing or draining; C{attention_total} counts all).
+    """
+
+    nodes: int
+    by_state: dict
+    draining: int
+    contexts: dict
+    domains: tuple[tuple[str, int, int, int], ...]
+    attention: tuple[tuple[IndexEntry, NodeState], ...]
+    attention_total: int
+
+
+def summarize(index: NodeIndex, attention_limit: int = 20) -> Summary:
+    """One pass over the index: O(nodes), no per-context work."""
+    by_state = {s: 0 for s in NodeState}
+    draining = 0
+    domains: dict[str, list[int]] = {}
+    attention: list[tuple[IndexEntry, NodeState]] = []
+    attention_total = 0
+    for entry in index.entries:
+        state = node_state(entry.node)[0]
+        by_state[state] += 1
+        d = domains.get(entry.domain)
+        if d is None:
+            d = domains[entry.domain] = [0, 0, 0]
+        d[0] += 1
+        if state is not NodeState.REMOVING:
+            d[1] += 1
+            if entry.draining:
+                draining += 1
+        if state is NodeState.IN_ERROR:
+            d[2] += 1
+        if needs_attention(entry, state):
+            attention_total += 1
+            if len(attention) < attention_limit:
+                attention.append((entry, state))
+    return Summary(nodes=len(index.entries), by_state=by_state, draining=draining,
+                   contexts=dict(index.contexts),
+                   domains=tuple((name, *domains[name]) for name in sorted(domains)),
+                   attention=tuple(attention), attention_total=attention_total)
