@@ -268,6 +268,9 @@ class _Static(Resource):
         self.putChild(b"console.js", _Asset(STATIC.child("console.js").getContent(),
                                             b"text/javascript; charset=utf-8"))
 
+    def getChild(self, path, request):
+        return notFound()
+
 
 class _Update(Resource):
     """C{<console>/update}: the live numbers of a view, for the page's script."""
@@ -288,9 +291,6 @@ class _Update(Resource):
             request.setResponseCode(code)
             secure_headers(request, b"application/json")
             return json.dumps({"error": str(e)}).encode("utf-8")
-
-    def getChild(self, path, request):
-        return notFound()
 
 
 class ConsoleResource(Resource):
