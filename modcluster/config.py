@@ -278,6 +278,11 @@ class ConsoleConfig:
     metrics_path: str = field(default="/metrics", validator=_url_path, metadata=_doc(
         "URL path of the Prometheus metrics.", ""))
     metrics: bool = field(default=True, metadata=_doc("Serve Prometheus metrics.", ""))
+    metrics_per_context: bool = field(default=False, metadata=_doc(
+        "Also export one series per context (`modcluster_context_status`, `_in_flight`, "
+        "`_requests_total`: 5 series per context).  Off: contexts are counted per node "
+        "and status (`modcluster_node_contexts`), which keeps a scrape of 1 000 nodes x "
+        "10 contexts small (see docs/metrics.md).", ""))
     event_log_size: int = field(default=1000, validator=_positive, metadata=_doc(
         "Number of recent cluster events kept for the API.", ""))
 

@@ -83,11 +83,15 @@ class ClusterCollector(Collector):
     @param release: the release string (exported in C{modcluster_build_info}).
     """
 
-    def __init__(self, registry, release: str, workers=None) -> None:
+    def __init__(self, registry, release: str, workers=None, *,
+                 per_context: bool = False) -> None:
         self._registry = registry
         self._release = release
         #: the WorkerPool, set by tap.py when the data plane runs in workers
         self.workers = workers
+        #: export one series per context (C{console.metrics_per_context});
+        #: otherwise per-node context counts by status only (docs/metrics.md)
+        self.per_context = per_context
 
     def describe(self) -> Iterable[Metric]:
         # Nothing to check for duplicates at registration; collect() is cheap anyway.
@@ -157,6 +161,11 @@ class ClusterCollector(Collector):
                                           "Requests in flight on the context.", labels=ctx_l)
         ctx_requests = CounterMetricFamily("modcluster_context_requests",
                                            "Requests routed to the context.", labels=ctx_l)
+        node_contexts = GaugeMetricFamily(
+            "modcluster_node_contexts", "Contexts of the node, by status.",
+            labels=node_l + ["status"])
+        by_status = {name: 0 for name in _CONTEXT_STATES}
+        per_context = self.per_context
         by_state = {s: 0 for s in NodeState}
 
         for node in reg.nodes():
@@ -177,12 +186,23 @@ class ClusterCollector(Collector):
             busy.add_metric(route, rt.busy)
             read.add_metric(route, rt.read)
             sent.add_metric(route, rt.transferred)
-            for vhost, ctx in reg.contexts_of(node):
-                labels = [s.route, str(vhost.id), ctx.path]
-                for name in _CONTEXT_STATES:
-                    ctx_status.add_metric(labels + [name], 1 if ctx.state.name == name else 0)
-                ctx_in_flight.add_metric(labels, ctx.rt.in_flight)
-                ctx_requests.add_metric(labels, ctx.rt.requests)
+            mine = {name: 0 for name in _CONTEXT_STATES}
+            if per_context:
+                for vhost, ctx in reg.contexts_of(node):
+                    mine[ctx.state.name] += 1
+                    labels = [s.route, str(vhost.id), ctx.path]
+                    for name in _CONTEXT_STATES:
+                        ctx_status.add_metric(labels + [name],
+                                              1 if ctx.state.name == name else 0)
+                    ctx_in_flight.add_metric(labels, ctx.rt.in_flight)
+                    ctx_requests.add_metric(labels, ctx.rt.requests)
+            else:
+                for vhost in node.vhosts.values():
+                    for ctx in vhost.contexts.values():
+                        mine[ctx.state.name] += 1
+            for name, n in mine.items():
+                node_contexts.add_metric([s.route, name], n)
+                by_status[name] += n
 
         states = GaugeMetricFamily("modcluster_nodes_by_state",
                                    "Nodes per display state (as the console shows them).",
@@ -190,11 +210,19 @@ class ClusterCollector(Collector):
         for state, n in by_state.items():
             states.add_metric([state.value], n)
         yield states
+        contexts = GaugeMetricFamily("modcluster_contexts_by_status",
+                                     "Contexts per status (ENABLED, DISABLED, STOPPED).",
+                                     labels=["status"])
+        for name, n in by_status.items():
+            contexts.add_metric([name], n)
+        yield contexts
+        yield node_contexts
         yield info
         yield load
         yield from flags.values()
         yield from (elected, requests, failures, busy, read, sent)
-        yield from (ctx_status, ctx_in_flight, ctx_requests)
+        if per_context:
+            yield from (ctx_status, ctx_in_flight, ctx_requests)
 
 
 class MetricsResource(Resource):
@@ -227,15 +255,18 @@ class Metrics:
     @param registry: the cluster registry.
     @param release: the release string.
     @param process: also export the process/platform/GC collectors.
+    @param per_context: also export one series per context (status, in-flight and
+        requests): 5 series per context, 50 000 at 1 000 nodes x 10 contexts.
 
     @ivar collector_registry: the instance's own L{CollectorRegistry}.
     @ivar stats: the L{MCMPStats} to hand to the MCMP handler (C{stats=}).
     @ivar resource: the L{MetricsResource} to mount at C{console.metrics_path}.
     """
 
-    def __init__(self, registry, release: str, *, process: bool = True) -> None:
+    def __init__(self, registry, release: str, *, process: bool = True,
+                 per_context: bool = False) -> None:
         self.collector_registry = CollectorRegistry()
-        self.cluster = ClusterCollector(registry, release)
+        self.cluster = ClusterCollector(registry, release, per_context=per_context)
         self.collector_registry.register(self.cluster)
         self.stats = MCMPStats(self.collector_registry)
         if process:

@@ -125,7 +125,8 @@ def build(config: Config, reactor, demo: bool = False) -> MultiService:
     prober = NodeProber(reactor, config.proxy, node_tls)
     Maintenance(registry, prober, reactor).setServiceParent(top)
 
-    metrics = Metrics(registry, m.release)
+    metrics = Metrics(registry, m.release,
+                      per_context=config.console.metrics_per_context)
     top.metrics = metrics
     policy = None
     identities = None

@@ -233,3 +233,66 @@ def test_event_fields_are_json_safe(get, registry, clock):
     event = get(API + "/events?since=1001.5")[2]["events"][0]
     assert event["event"] == "custom" and event["obj"].startswith("<object")
     assert event["nested"] == {"t": [1, 2]} and event["bad"] == "inf"
+
+
+# -- /nodes: filter and pages (issue 20) ----------------------------------------------
+
+
+@pytest.fixture
+def many(registry):
+    bal = BalancerSettings("mycluster")
+    for i in range(3, 13):
+        route = f"n{i:02d}"
+        registry.config(bal, NodeSettings(route=route, host=f"10.0.1.{i}", port=8009,
+                                          domain="dc2" if i % 2 else ""),
+                        [([f"www{i}.example.com"], [f"/shop{i}"])])
+        registry.app("ENABLE-APP", route, [f"www{i}.example.com"], [f"/shop{i}"])
+        registry.apply_status(route, 10, True)
+    return registry
+
+
+def test_nodes_without_parameters_lists_everything(get, many):
+    status, _, body = get(API + "/nodes")
+    assert status == 200
+    assert len(body["nodes"]) == 12 == body["total"]
+    assert [n["id"] for n in body["nodes"]] == sorted(n["id"] for n in body["nodes"])
+    assert body["offset"] == 0 and body["limit"] is None and body["next"] is None
+
+
+def test_nodes_pages(get, many):
+    ids = [n["route"] for n in get(API + "/nodes")[2]["nodes"]]
+    status, _, body = get(API + "/nodes?limit=5")
+    assert status == 200
+    assert [n["route"] for n in body["nodes"]] == ids[:5]
+    assert body["total"] == 12 and body["limit"] == 5
+    assert body["next"] == API + "/nodes?limit=5&offset=5"
+    body = get(body["next"])[2]
+    assert [n["route"] for n in body["nodes"]] == ids[5:10]
+    body = get(body["next"])[2]
+    assert [n["route"] for n in body["nodes"]] == ids[10:] and body["next"] is None
+    assert get(API + "/nodes?offset=50")[2]["nodes"] == []
+
+
+@pytest.mark.parametrize("query,routes", [
+    ("q=shop1", ["n10", "n11", "n12"]),
+    ("q=WWW7&in=alias", ["n07"]),
+    ("q=10.0.1.4&in=host", ["n04"]),
+    ("q=/shop9&in=context", ["n09"]),
+    ("q=n0&in=route", ["n03", "n04", "n05", "n06", "n07", "n08", "n09"]),
+    ("domain=dc1", ["node/2"]),
+    ("q=dc2&in=domain&limit=2", ["n03", "n05"]),
+    ("state=in_error", ["node/2"]),
+    ("state=attention", ["node/2"]),
+    ("balancer=MYCLUSTER&q=node", ["node1", "node/2"]),
+])
+def test_nodes_filter(get, many, query, routes):
+    status, _, body = get(f"{API}/nodes?{query}")
+    assert status == 200
+    assert [n["route"] for n in body["nodes"]] == routes
+
+
+@pytest.mark.parametrize("query", ["limit=0", "limit=x", "offset=-1", "in=everywhere",
+                                   "state=sleepy", "page=2", "Q=x"])
+def test_nodes_bad_parameters(get, query):
+    status, _, body = get(f"{API}/nodes?{query}")
+    assert status == 400 and body["error"] == "bad_request"

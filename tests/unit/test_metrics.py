@@ -73,7 +73,7 @@ def test_cluster_samples(registry):
     n1.read, n1.transferred = 20480, 1024
     ctx = registry.find_context("node1", "localhost", "/app")
     ctx.rt.in_flight, ctx.rt.requests = 3, 39
-    content_type, text = scrape(Metrics(registry, RELEASE, process=False))
+    content_type, text = scrape(Metrics(registry, RELEASE, process=False, per_context=True))
     assert content_type.startswith("text/plain; version=")
     s = samples(text)
     r1, r2 = (("route", "node1"),), (("route", "node2"),)
@@ -110,7 +110,7 @@ def test_cluster_samples(registry):
 
 
 def test_values_are_read_at_scrape_time(registry):
-    metrics = Metrics(registry, RELEASE, process=False)
+    metrics = Metrics(registry, RELEASE, process=False, per_context=True)
     r1 = (("route", "node1"),)
     assert samples(scrape(metrics)[1])[("modcluster_node_in_error", r1)] == 0
     registry.set_error("node1", "probe failed")
@@ -122,6 +122,35 @@ def test_values_are_read_at_scrape_time(registry):
     assert s[("modcluster_nodes_by_state", (("state", "in_error"),))] == 1
     assert ("modcluster_context_in_flight",
             (("context", "/app"), ("route", "node2"), ("vhost", "1"))) not in s
+
+
+def test_contexts_are_counted_per_node_by_default(registry):
+    """
+    Per-context series are opt-in (console.metrics_per_context): by default a
+    node has 3 context series (one per status) whatever its number of contexts.
+    """
+    s = samples(scrape(Metrics(registry, RELEASE, process=False))[1])
+    assert not [k for k in s if k[0].startswith("modcluster_context_")]
+    node1 = {st: s[("modcluster_node_contexts", (("route", "node1"), ("status", st)))]
+             for st in ("ENABLED", "DISABLED", "STOPPED")}
+    assert node1 == {"ENABLED": 2, "DISABLED": 0, "STOPPED": 0}
+    assert s[("modcluster_node_contexts", (("route", "node2"), ("status", "DISABLED")))] == 1
+    assert s[("modcluster_contexts_by_status", (("status", "ENABLED"),))] == 2
+    assert s[("modcluster_contexts_by_status", (("status", "DISABLED"),))] == 1
+    assert s[("modcluster_contexts_by_status", (("status", "STOPPED"),))] == 0
+    # With per_context the same counts are there, plus the per-context series.
+    s = samples(scrape(Metrics(registry, RELEASE, process=False, per_context=True))[1])
+    assert s[("modcluster_node_contexts", (("route", "node1"), ("status", "ENABLED")))] == 2
+    assert len([k for k in s if k[0] == "modcluster_context_status"]) == 9
+
+
+def test_series_per_node_do_not_grow_with_contexts():
+    reg = Registry(Clock())
+    reg.config(BalancerSettings("mycluster"), NodeSettings(route="n", host="127.0.0.1"))
+    reg.app("ENABLE-APP", "n", ["localhost"], [f"/app{i}" for i in range(200)])
+    s = samples(scrape(Metrics(reg, RELEASE, process=False))[1])
+    assert len(s) < 60
+    assert s[("modcluster_contexts_by_status", (("status", "ENABLED"),))] == 200
 
 
 def test_mcmp_messages_counter(registry):
