@@ -19,7 +19,8 @@ configuration files in a temporary directory (removed at the end unless --keep):
 
 Benchmarks (``--only``): ``http`` (direct / httpd / txmodcluster; 100 B and 64 KiB;
 keep-alive and Connection: close), ``ajp``, ``mcmp-status``, ``register-1000``,
-``stream-1g``.  A target that cannot run (e.g. txmodcluster before its proxy works)
+``stream-1g``, ``console-1000`` (console, API and metrics at 1 000 nodes x 10
+contexts, and proxied req/s while the console is refreshed every second).  A target that cannot run (e.g. txmodcluster before its proxy works)
 is reported as "unavailable: <reason>" and the run goes on.
 
 Results: a table on stdout and a JSON file under bench/results/ (gitignored) with
@@ -63,7 +64,7 @@ HTTPD_MODULES = Path("/usr/lib/apache2/modules")
 
 SIZES = {"100B": ("small.txt", 100), "64KiB": ("large.bin", 65536)}
 BIG_FILE, BIG_SIZE = "big.bin", 1 << 30
-BENCHES = ("http", "ajp", "mcmp-status", "register-1000", "stream-1g")
+BENCHES = ("http", "ajp", "mcmp-status", "register-1000", "stream-1g", "console-1000")
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -1430,6 +1431,167 @@ def print_register(out: dict) -> None:
                   f"x2-nodes {r.get('x_2_nodes', 0):.2f}  -> {r['routed_to']}")
 
 
+# ---------------------------------------------------------------------------------
+# console-1000: the console, API and metrics of a 1 000-node cluster (issue 20)
+# ---------------------------------------------------------------------------------
+
+CONSOLE = "/mod_cluster-manager"
+
+
+def _timed_get(port: int, path: str, repeat: int) -> dict:
+    """GET path `repeat` times (fresh connection each, as a browser reload):
+    median and worst seconds, body size, status."""
+    times, size, status = [], 0, 0
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        status, body = http_get(port, path, timeout=120.0)
+        times.append(time.perf_counter() - t0)
+        size = len(body)
+    return {"status": status, "bytes": size, "median_s": statistics.median(times),
+            "max_s": max(times), "repeat": repeat}
+
+
+class Refresher(threading.Thread):
+    """GET `path` on the management port every `period` s (an operator's console
+    with auto refresh on) until stopped; counts requests and the slowest."""
+
+    def __init__(self, port: int, path: str, period: float = 1.0) -> None:
+        super().__init__(daemon=True)
+        self.port, self.path, self.period = port, path, period
+        self.count, self.errors, self.slowest = 0, 0, 0.0
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            t0 = time.perf_counter()
+            try:
+                status, _ = http_get(self.port, self.path, timeout=60.0)
+                if status != 200:
+                    self.errors += 1
+            except (OSError, http.client.HTTPException):
+                self.errors += 1
+            took = time.perf_counter() - t0
+            self.count += 1
+            self.slowest = max(self.slowest, took)
+            self._halt.wait(max(0.0, self.period - took))
+
+    def finish(self) -> dict:
+        self._halt.set()
+        self.join(70)
+        return {"refreshes": self.count, "errors": self.errors, "slowest_s": self.slowest}
+
+
+def bench_console(env: Env) -> dict:
+    args, out = env.args, {}
+    tx = Txmc(env.tmp, "txmc-console", proxy={"enable_options": False})
+    try:
+        tx.start()
+        client = McmpClient(tx.mport)
+        for i, n in enumerate(env.nginx, 1):
+            register_node(client, f"nginx{i}", LOOPBACK, n.port, "http")
+        fakes = fake_nodes(998)
+        log("console-1000: registering 998 nodes x 10 contexts over MCMP")
+        seconds, messages, errors = _register_many(tx.mport, fakes, args.mcmp_connections,
+                                                   load=50)
+        out["registration"] = {"nodes": len(fakes) + 2, "messages": messages,
+                               "seconds": seconds, "errors": len(errors),
+                               "info_after": info_counts(client)}
+        client.close()
+        repeat = 3 if args.quick else 7
+        route = fakes[len(fakes) // 2][0]
+        pages = {
+            "first page": CONSOLE,
+            "node detail": f"{CONSOLE}?JVMRoute={route}",
+            "page 10 of the list": f"{CONSOLE}?page=10",
+            "filter (q=fake05)": f"{CONSOLE}?q=fake05",
+            "live update JSON (auto refresh)": f"{CONSOLE}/update",
+            "/api/v1/nodes": "/api/v1/nodes",
+            "/api/v1/nodes?limit=100": "/api/v1/nodes?limit=100",
+            "/metrics": "/metrics",
+            "INFO": f"{CONSOLE}?Cmd=INFO&Range=ALL",
+        }
+        timings = {}
+        for label, path in pages.items():
+            log(f"console-1000: GET {path} x {repeat}")
+            timings[label] = _timed_get(tx.mport, path, repeat)
+        out["timings"] = timings
+        path = SIZES["100B"][0]
+        proxy_reason = tx.proxy_unavailable
+        if proxy_reason is None:
+            try:
+                check_target(tx.pport, "/" + path, SIZES["100B"][1])
+            except Unavailable as e:
+                proxy_reason = str(e)
+        if proxy_reason is not None:
+            out["through proxy"] = {"unavailable": proxy_reason}
+        else:
+            target = Target("txmodcluster", tx.pport, proxy_pid=lambda: tx.pid,
+                            backend_pids=env.nginx_pids, health=tx.died)
+            run_wrk(target.url(path), args.warmup, args.connections, tmp=env.tmp)
+            variants = {"no console": None, "page reload 1/s": CONSOLE,
+                        "auto refresh 1/s (update JSON)": f"{CONSOLE}/update"}
+            runs: dict[str, list] = {k: [] for k in variants}
+            refresh: dict[str, list] = {k: [] for k in variants}
+            for rnd in range(args.rounds):  # alternate the variants
+                for label, console_path in variants.items():
+                    log(f"console-1000: wrk through the proxy, {label}, round {rnd + 1}")
+                    refresher = None
+                    if console_path is not None:
+                        refresher = Refresher(tx.mport, console_path)
+                        refresher.start()
+                    try:
+                        runs[label].append(measure(target, path, args.duration,
+                                                   args.connections, True, env.tmp))
+                    finally:
+                        if refresher is not None:
+                            refresh[label].append(refresher.finish())
+            base = aggregate(runs["no console"])
+            tp = {"no console": base}
+            for label in list(variants)[1:]:
+                agg = aggregate(runs[label])
+                agg["refresher"] = refresh[label]
+                agg["rps_x_no_console"] = agg["rps"] / base["rps"] if base.get("rps") else None
+                tp[label] = agg
+            tp["runs"] = runs
+            out["through proxy"] = tp
+        if tx.died():
+            out["error"] = tx.died()
+    except (Unavailable, OSError) as e:
+        out["error"] = str(e)
+    finally:
+        stop(tx.proc)
+    print_console(out)
+    return out
+
+
+def print_console(out: dict) -> None:
+    print("\n== console-1000: console, API and metrics at 1 000 nodes x 10 contexts ==")
+    reg = out.get("registration")
+    if reg:
+        print(f"registered {reg['nodes']} nodes ({reg['messages']} MCMP messages, "
+              f"{reg['seconds']:.1f} s, errors {reg['errors']}); INFO: {reg['info_after']}")
+    if "error" in out:
+        print(f"error: {out['error']}")
+    for label, t in out.get("timings", {}).items():
+        print(f"  {label:<34} {t['median_s'] * 1000:8.1f} ms median  "
+              f"{t['max_s'] * 1000:8.1f} ms max  {t['bytes'] / 1024:8.1f} KiB  "
+              f"HTTP {t['status']}")
+    tp = out.get("through proxy", {})
+    if "unavailable" in tp:
+        print(f"proxied throughput: unavailable: {tp['unavailable']}")
+    for label, a in tp.items():
+        if label == "runs" or not isinstance(a, dict) or "rps" not in a:
+            continue
+        extra = ""
+        if "rps_x_no_console" in a:
+            slow = max((r["slowest_s"] for r in a["refresher"]), default=0.0)
+            n = sum(r["refreshes"] for r in a["refresher"])
+            extra = (f"  = {fmt(a['rps_x_no_console'], '.3f')} x no console "
+                     f"({n} refreshes, slowest {slow * 1000:.0f} ms)")
+        print(f"  wrk 100 B keep-alive, {label:<32} {a['rps']:>8.0f} req/s  "
+              f"p99 {a['p99_ms']:.2f} ms{extra}")
+
+
 class SlowReader:
     """GET a URL and read it at `rate` bytes/s with a small receive buffer."""
 
@@ -1649,6 +1811,26 @@ def check_targets(results: dict) -> list[tuple[str, str, str]]:
     rows.append(("routing (in-process choose()) at 1000x10 within 10 % of 2 nodes",
                  f"{v:.3f}" if v else "-",
                  ("PASS" if v <= 1.10 else "FAIL") if v else "not measured"))
+    con = results.get("console-1000", {})
+    for goal, label, limit_s, limit_bytes in (
+            ("console first page at 1000x10 <= 0.25 s and <= 500 KB", "first page", 0.25,
+             500_000),
+            ("console node detail at 1000x10 <= 50 ms", "node detail", 0.05, None),
+            ("/api/v1/nodes at 1000x10 <= 0.25 s", "/api/v1/nodes", 0.25, None),
+            ("/metrics at 1000x10 <= 0.25 s", "/metrics", 0.25, None)):
+        t = con.get("timings", {}).get(label)
+        if not t:
+            rows.append((goal, "-", "not measured"))
+            continue
+        ok = t["status"] == 200 and t["median_s"] <= limit_s and (
+            limit_bytes is None or t["bytes"] <= limit_bytes)
+        rows.append((goal, f"{t['median_s'] * 1000:.0f} ms, {t['bytes'] / 1000:.0f} KB",
+                     "PASS" if ok else "FAIL"))
+    for label in ("page reload 1/s", "auto refresh 1/s (update JSON)"):
+        v = con.get("through proxy", {}).get(label, {}).get("rps_x_no_console")
+        rows.append((f"proxied req/s with console {label} >= 0.85 x without",
+                     f"{v:.3f}" if v else "-",
+                     ("PASS" if v >= 0.85 else "FAIL") if v else "not measured"))
     s = results.get("stream-1g", {}).get("txmodcluster", {})
     if "rss_peak_mib" in s:
         ok = s["rss_peak_mib"] < 100 and s["growth_mib"] < 20 and not s.get("aborted")
@@ -1734,7 +1916,8 @@ def main(argv=None) -> int:
         env.start()
         results["txmodcluster_status"] = env.txmc_proxy_reason() or "ok"
         runners = {"http": bench_http, "ajp": bench_ajp, "mcmp-status": bench_mcmp_status,
-                   "register-1000": bench_register, "stream-1g": bench_stream}
+                   "register-1000": bench_register, "stream-1g": bench_stream,
+                   "console-1000": bench_console}
         for name in BENCHES:
             if name in args.only:
                 t0 = time.monotonic()
