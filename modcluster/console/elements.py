@@ -382,7 +382,8 @@ class ConsolePage(_Shared):
         if f is None:
             return ""
         flt = f.filter
-        return tag.fillSlots(action=self.data.base, query=flt.query,
+        # The fragment survives a GET form's submission: the results, not the overview.
+        return tag.fillSlots(action=self.data.base + "#nodes", query=flt.query,
                              result=self._result_text(f))
 
     @staticmethod

@@ -138,6 +138,12 @@ class ChromeDriver:
     def text(self, element: str) -> str:
         return self._call("GET", self._s(f"/element/{element}/text"))
 
+    def send_keys(self, element: str, text: str) -> None:
+        self._call("POST", self._s(f"/element/{element}/value"), {"text": text})
+
+    def execute(self, script: str, *args) -> Any:
+        return self._call("POST", self._s("/execute/sync"), {"script": script, "args": list(args)})
+
     def screenshot(self, path: Path) -> None:
         png = base64.b64decode(self._call("GET", self._s("/screenshot")))
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -239,3 +245,116 @@ async def test_disable_a_context_from_the_browser(tmp_path):
     assert "Context: [1:1:1], Context: /app, Status: DISABLED" in result["info"]
     assert (ARTIFACTS / "console.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert os.path.getsize(ARTIFACTS / "console.png") > 10_000
+
+
+# -- 1 000 nodes (issue 20) -----------------------------------------------------------
+
+
+def thousand_nodes(clock) -> Registry:
+    """1 000 nodes x 10 contexts in four domains; a few in error, one draining."""
+    from modcluster.cluster.registry import Limits
+
+    reg = Registry(clock, Limits(max_contexts=20_000))
+    bal = BalancerSettings("mycluster")
+    for i in range(1000):
+        route = f"node{i:04d}"
+        paths = [f"/app{j}" for j in range(10)]
+        reg.config(bal, NodeSettings(route=route, host=f"127.0.{i // 250}.{i % 250 + 1}",
+                                     port=8009, domain=f"dc{i % 4}"),
+                   [([f"www{i}.example.com", "localhost"], paths)])
+        reg.app("ENABLE-APP", route, ["localhost"], paths)
+        assert reg.apply_status(route, 50 + i % 40, True)
+    for i in (13, 250, 777):
+        reg.set_error(f"node{i:04d}", "probe at STATUS failed")
+    reg.app("DISABLE-APP", "node0042", ["localhost"], ["/app3"])
+    return reg
+
+
+def drive_thousand(url: str, profile: Path, bump) -> dict:
+    """Browse the 1 000-node console: first page, filter, detail, live update."""
+    driver = ChromeDriver(profile)
+    out: dict = {}
+    try:
+        driver.get(url)
+        out["rows"] = len(driver.find_all("tr.node-row"))
+        out["ok_tile"] = driver.text(driver.find('[data-count="ok"]'))
+        out["error_tile"] = driver.text(driver.find('[data-count="in_error"]'))
+        out["attention"] = driver.text(driver.find(".attention-list"))
+        out["result"] = driver.text(driver.find(".finder .result"))
+        driver.screenshot(ARTIFACTS / "console-1000.png")
+        # Filter by context path + route fragment: type, pick the field, submit.
+        box = driver.find('input[name="q"]')
+        driver.send_keys(box, "node077")
+        driver.click(driver.find('select[name="in"] option[value="route"]'))
+        driver.click(driver.find("button.apply"))
+        driver.find("article.node")  # ten matches: shown as cards
+        out["filtered"] = [driver.text(e) for e in driver.find_all("article.node h3 .route")]
+        out["filtered_url"] = driver.current_url()
+        out["filtered_in_error"] = driver.text(driver.find("article.state-in-error .reason"))
+        driver.screenshot(ARTIFACTS / "console-1000-filter.png")
+        # The detail of one node, from its link.
+        driver.click(driver.find("article.state-in-error h3 .route"))
+        driver.find(".crumbs")
+        out["detail_contexts"] = len(driver.find_all("article.node tr.ctx"))
+        out["detail_url"] = driver.current_url()
+        # Auto refresh updates the numbers in place (no reload).
+        driver.get(url + "?q=node0500&in=route&refresh=1")
+        driver.execute("window.__notReloaded = true;")
+        bump()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if driver.text(driver.find('article.node [data-f="elected"]')) == "4242":
+                break
+            time.sleep(0.3)
+        out["elected"] = driver.text(driver.find('article.node [data-f="elected"]'))
+        out["not_reloaded"] = driver.execute("return window.__notReloaded === true;")
+        return out
+    finally:
+        driver.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_thousand_nodes_in_the_browser(tmp_path):
+    from twisted.internet import reactor
+    from twisted.internet.threads import blockingCallFromThread, deferToThread
+    from twisted.web.pages import notFound
+    from twisted.web.resource import Resource
+    from twisted.web.server import Site
+
+    class Root(Resource):
+        def getChild(self, path, request):
+            return notFound()  # e.g. the browser's /favicon.ico
+
+    registry = thousand_nodes(reactor)
+    handler = MCMPHandler(registry, None, reactor)
+    console = ConsoleResource(registry, ConsoleConfig(), "mod_cluster/1.3.22.Final",
+                              clock=reactor, mcmp=handler)
+    root = Root()
+    mount(root, "/mod_cluster-manager", console)
+    port = reactor.listenTCP(0, Site(root), interface="127.0.0.1")
+
+    def bump():
+        def change():
+            registry.node("node0500").rt.elected = 4242
+        blockingCallFromThread(reactor, change)
+
+    try:
+        url = f"http://127.0.0.1:{port.getHost().port}/mod_cluster-manager"
+        result = await deferToThread(drive_thousand, url, tmp_path / "profile", bump)
+    finally:
+        await port.stopListening()
+
+    assert result["rows"] == 50
+    assert result["ok_tile"] == "997" and result["error_tile"] == "3"
+    assert "node0013" in result["attention"] and "node0042" in result["attention"]
+    assert result["result"] == "Nodes 1–50 of 1000 of the cluster"
+    # Ten matches, shown as cards in domain order (dc0: 0772, 0776, dc1: 0773, …).
+    assert sorted(result["filtered"]) == [f"node077{i}" for i in range(10)]
+    assert result["filtered"][:2] == ["node0772", "node0776"]
+    assert "q=node077" in result["filtered_url"] and "in=route" in result["filtered_url"]
+    assert result["filtered_in_error"].startswith("probe at STATUS failed")
+    assert result["detail_contexts"] == 10
+    assert result["detail_url"].endswith("?JVMRoute=node0777")
+    assert result["elected"] == "4242" and result["not_reloaded"] is True
+    for name in ("console-1000.png", "console-1000-filter.png"):
+        assert (ARTIFACTS / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
