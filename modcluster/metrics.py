@@ -14,7 +14,8 @@ C{prometheus_client.twisted}, which imports the global reactor.
 
 from __future__ import annotations
 
-from typing import Iterable
+import re
+from typing import Iterable, Optional
 
 from prometheus_client import (
     CollectorRegistry,
@@ -23,7 +24,7 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
-from prometheus_client.exposition import choose_encoder
+from prometheus_client.exposition import choose_encoder, generate_latest
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -31,6 +32,7 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 from twisted.web.resource import Resource
 
 from modcluster import _version
@@ -225,6 +227,76 @@ class ClusterCollector(Collector):
             yield from (ctx_status, ctx_in_flight, ctx_requests)
 
 
+_LEGACY_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
+_LEGACY_LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
+_SUFFIX = {"counter": ("_total", "counter"), "gauge": ("", "gauge"), "info": ("_info", "gauge")}
+
+
+class _One:
+    """A collector of one family (to hand it to prometheus_client's encoder)."""
+
+    def __init__(self, metric: Metric) -> None:
+        self._metric = metric
+
+    def collect(self) -> Iterable[Metric]:
+        return [self._metric]
+
+
+def _escape_value(v: str) -> str:
+    if "\\" in v or "\n" in v or '"' in v:
+        return v.replace("\\", r"\\").replace("\n", r"\n").replace('"', r'\"')
+    return v
+
+
+def _fast_family(metric: Metric) -> Optional[str]:
+    """
+    The Prometheus text of a plain gauge, counter or info family, exactly as
+    C{generate_latest} writes it; C{None} for anything else (histograms,
+    C{_created} samples, timestamps, names outside the legacy character set).
+    """
+    kind = _SUFFIX.get(metric.type)
+    if kind is None:
+        return None
+    name = metric.name + kind[0]
+    if not _LEGACY_NAME.match(name):
+        return None
+    doc = metric.documentation.replace("\\", r"\\").replace("\n", r"\n")
+    out = [f"# HELP {name} {doc}\n# TYPE {name} {kind[1]}\n"]
+    checked: dict[tuple, bool] = {}
+    for sample in metric.samples:
+        if sample.name != name or sample.timestamp is not None:
+            return None
+        labels = sample.labels
+        if labels:
+            keys = tuple(sorted(labels))
+            ok = checked.get(keys)
+            if ok is None:
+                ok = checked[keys] = all(_LEGACY_LABEL.match(k) for k in keys)
+            if not ok:
+                return None
+            text = ",".join([f'{k}="{_escape_value(labels[k])}"' for k in keys])
+            out.append(f"{name}{{{text}}} {floatToGoString(sample.value)}\n")
+        else:
+            out.append(f"{name} {floatToGoString(sample.value)}\n")
+    return "".join(out)
+
+
+def encode_text(registry: Collector) -> bytes:
+    """
+    The Prometheus text format of C{registry}, byte for byte what
+    C{prometheus_client.generate_latest} writes, several times faster on the
+    plain per-node gauges and counters (the bulk of a large cluster's scrape);
+    every other family goes through C{generate_latest} itself.
+    """
+    out = []
+    for metric in registry.collect():
+        text = _fast_family(metric)
+        if text is None:
+            text = generate_latest(_One(metric)).decode("utf-8")
+        out.append(text)
+    return "".join(out).encode("utf-8")
+
+
 class MetricsResource(Resource):
     """
     Serves a collector registry in the Prometheus text format (or OpenMetrics
@@ -240,6 +312,8 @@ class MetricsResource(Resource):
     def render_GET(self, request):
         accept = (request.getHeader(b"accept") or b"").decode("latin-1")
         encoder, content_type = choose_encoder(accept)
+        if encoder is generate_latest:
+            encoder = encode_text  # same bytes, faster (see encode_text)
         body = encoder(self._registry)
         request.setHeader(b"content-type", content_type.encode("ascii"))
         request.setHeader(b"x-content-type-options", b"nosniff")

@@ -182,7 +182,8 @@ def build(config: Config, reactor, demo: bool = False) -> MultiService:
             if console is not None:
                 mount(root, c.path, console)
             if c.api:
-                mount(root, c.api_path, APIResource(registry, m.release, workers=pool))
+                mount(root, c.api_path, APIResource(registry, m.release, workers=pool,
+                                                     clock=reactor))
             if c.metrics:
                 mount(root, c.metrics_path, metrics.resource)
         return root

@@ -11,7 +11,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.web.resource import Resource
-from twisted.web.server import Site
+from twisted.web.server import NOT_DONE_YET, Site
 
 from modcluster.api import APIResource
 from modcluster.cluster.model import BalancerSettings, NodeSettings
@@ -296,3 +296,41 @@ def test_nodes_filter(get, many, query, routes):
 def test_nodes_bad_parameters(get, query):
     status, _, body = get(f"{API}/nodes?{query}")
     assert status == 400 and body["error"] == "bad_request"
+
+
+def test_long_listing_is_written_a_slice_per_reactor_turn(registry, clock):
+    """With a clock, 250 nodes are written in three slices, one per reactor turn,
+    and the result is the same JSON as written at once."""
+    from twisted.web.test.requesthelper import DummyRequest
+
+    from modcluster.api import STREAM_SLICE
+
+    bal = BalancerSettings("mycluster")
+    for i in range(248):
+        registry.config(bal, NodeSettings(route=f"s{i:03d}", host="127.0.0.1", port=1000 + i),
+                        [(["localhost"], ["/a", "/b"])])
+    at_once = APIResource(registry, RELEASE)
+    sliced = APIResource(registry, RELEASE, clock=clock)
+
+    def request():
+        req = DummyRequest([b"nodes"])
+        req.prepath = [b"api", b"v1"]
+        return req
+
+    whole = request()
+    expected = at_once.render(whole)
+    req = request()
+    assert sliced.render(req) == NOT_DONE_YET
+    assert len(req.written) == 1 and not req.finished
+    assert req.written[0].count(b'"route"') == STREAM_SLICE
+    while clock.getDelayedCalls():
+        clock.advance(0)
+    assert req.finished
+    assert b"".join(req.written) == expected
+    assert len(json.loads(expected)["nodes"]) == 250
+    # A client that leaves stops the serialisation.
+    req = request()
+    sliced.render(req)
+    req.processingFailed(Exception("connection lost"))
+    clock.advance(0)
+    assert len(req.written) == 1 and not clock.getDelayedCalls()

@@ -211,3 +211,34 @@ def test_modules_do_not_import_the_global_reactor():
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60, env=env)
+
+
+def test_fast_text_encoding_is_byte_for_byte_prometheus_client():
+    """
+    /metrics writes plain gauges and counters itself (encode_text): the same
+    bytes as prometheus_client's generate_latest, odd label values included, and
+    every other kind of family handed to generate_latest.
+    """
+    from prometheus_client import CollectorRegistry, Counter, Histogram
+    from prometheus_client.exposition import generate_latest
+
+    from modcluster.metrics import encode_text
+
+    reg = Registry(Clock())
+    odd = 'a"b\\c\nd é'
+    reg.config(BalancerSettings("mycluster"), NodeSettings(route=odd, host="127.0.0.1",
+                                                           domain=odd))
+    reg.app("ENABLE-APP", odd, [odd], ["/" + odd, "/x"])
+    reg.apply_status(odd, 7, True)
+    reg.node(odd).rt.read = 2 ** 53 + 1
+    reg.node(odd).rt.transferred = 12345678901
+    for per_context in (False, True):
+        metrics = Metrics(reg, RELEASE, process=False, per_context=per_context)
+        extra = CollectorRegistry()
+        Histogram("a_histogram", "A histogram.", registry=metrics.collector_registry).observe(3)
+        Counter("with_created", "Counter with _created.", ["x"], registry=extra).labels(
+            x="1").inc()
+        for registry in (metrics.collector_registry, extra):
+            assert encode_text(registry) == generate_latest(registry)
+        # And through the resource.
+        assert scrape(metrics)[1].encode("utf-8") == generate_latest(metrics.collector_registry)
