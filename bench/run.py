@@ -20,8 +20,9 @@ configuration files in a temporary directory (removed at the end unless --keep):
 Benchmarks (``--only``): ``http`` (direct / httpd / txmodcluster; 100 B and 64 KiB;
 keep-alive and Connection: close), ``ajp``, ``mcmp-status``, ``register-1000``,
 ``stream-1g``, ``console-1000`` (console, API and metrics at 1 000 nodes x 10
-contexts, and proxied req/s while the console is refreshed every second).  A target that cannot run (e.g. txmodcluster before its proxy works)
-is reported as "unavailable: <reason>" and the run goes on.
+contexts, and proxied req/s while the console is refreshed every second).  A target
+that cannot run (e.g. txmodcluster before its proxy works) is reported as
+"unavailable: <reason>" and the run goes on.
 
 Results: a table on stdout and a JSON file under bench/results/ (gitignored) with
 the machine description.  Every process started here lives in its own process

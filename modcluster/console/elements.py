@@ -14,9 +14,9 @@ from urllib.parse import quote
 
 from attrs import field, frozen
 from twisted.python.filepath import FilePath
+from twisted.web.iweb import ITemplateLoader
 from twisted.web.template import Element, Tag, TagLoader, XMLFile, renderer
 from zope.interface import implementer
-from twisted.web.iweb import ITemplateLoader
 
 from modcluster.cluster.model import BalancerSettings
 from modcluster.console.views import (
