@@ -103,14 +103,19 @@ def _number(value: float) -> str:
 #: Filter fields offered in the node finder, with their labels.
 FIELD_LABELS = (("any", "any field"), ("route", "route"), ("host", "host"),
                 ("domain", "domain"), ("alias", "alias"), ("context", "context"))
-#: State filters offered in the node finder.
-STATE_LABELS = (("", "all"), ("attention", "needs attention"), ("ok", "OK"),
-                ("in_error", "In error"), ("hot_standby", "Hot standby"),
-                ("unverified", "Unverified"), ("removing", "Removing"),
-                ("draining", "Draining"))
-_STATE_TILES = (("ok", "OK"), ("in_error", "In error"), ("hot_standby", "Hot standby"),
-                ("unverified", "Unverified"), ("removing", "Removing"),
-                ("draining", "Draining"))
+
+
+def _state_choices() -> list[tuple[str, str]]:
+    """(value, label) of every node state, OK first, then draining (not a state)."""
+    first = [NodeState.OK, NodeState.IN_ERROR, NodeState.HOT_STANDBY, NodeState.UNVERIFIED,
+             NodeState.REMOVING]
+    states = first + [st for st in NodeState if st not in first]
+    return [(st.value, st.label) for st in states] + [(DRAINING, "Draining")]
+
+
+#: State filters offered in the node finder (derived from L{NodeState}, so a
+#: state added to the read model is offered and counted without a change here).
+STATE_LABELS = [("", "all"), (ATTENTION, "needs attention")] + _state_choices()
 #: Aliases shown in a node row (the rest are counted).
 ROW_ALIASES = 3
 #: Member routes listed in the balancer table (more are counted).
@@ -328,7 +333,7 @@ class ConsolePage(_Shared):
     @renderer
     def stateTiles(self, request, tag):
         s = self.data.summary
-        for key, label in _STATE_TILES:
+        for key, label in _state_choices():
             count = s.draining if key == DRAINING else s.by_state[NodeState(key)]
             cls = key.replace("_", "-") + ("" if count else " zero")
             yield tag.clone(False).fillSlots(href=self.data.href(state=key) + "#nodes", cls=cls,
