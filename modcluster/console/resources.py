@@ -758,13 +758,26 @@ class ConsoleResource(Resource):
         except CommandError as e:
             return self._error(request, e)
         base = self._base(request)
-        target = base
+        query: list[tuple[str, str]] = []
+        fragment = ""
+        node = self._registry.node(command.route) if command.route else None
+        if len(self._registry.nodes()) > CARD_LIMIT:
+            # A large cluster's first page may not show the node (or domain)
+            # changed: go back to a view that does.
+            if node is not None:
+                query.append(("JVMRoute", command.route))
+            elif command.domain:
+                query.append(("domain", command.domain))
+                fragment = "#nodes"
         refresh = self._refresh(params)
         if refresh:
-            target += f"?refresh={refresh}"
-        node = self._registry.node(command.route) if command.route else None
+            query.append(("refresh", str(refresh)))
         if node is not None:
-            target += f"#node-{node.id}"
+            fragment = f"#node-{node.id}"
+        target = base
+        if query:
+            target += "?" + "&".join(f"{k}={quote(v, safe='/-._~')}" for k, v in query)
+        target += fragment
         request.setResponseCode(http.SEE_OTHER)
         request.setHeader(b"location", target.encode("ascii"))
         secure_headers(request, b"text/plain; charset=utf-8")

@@ -369,6 +369,25 @@ def test_commands_still_work_from_a_big_page(forty, clock):
     r = client.post(PATH, {"nonce": NONCE, "Range": "NODE", "JVMRoute": "n0007",
                            "Cmd": "DISABLE-APP", "refresh": "2"})
     assert r.status == 303
-    assert r.header("location") == f"{PATH}?refresh=2#node-{forty.node('n0007').id}"
+    # Back to a view that shows the node (page 1 of 41 nodes may not).
+    node_id = forty.node("n0007").id
+    assert r.header("location") == f"{PATH}?JVMRoute=n0007&refresh=2#node-{node_id}"
     html = client.get(f"{PATH}?state=draining").text
     assert routes_shown(html) == ["n0007"]
+    r = client.post(PATH, {"nonce": NONCE, "Range": "DOMAIN", "Domain": "dc1",
+                           "Cmd": "STOP-APP"})
+    assert r.header("location") == f"{PATH}?domain=dc1#nodes"
+
+
+def test_get_commands_answer_a_view_of_what_they_changed(forty, clock):
+    """The query-string form answers the page (as httpd): here the changed node's
+    detail, or the changed domain's nodes."""
+    client, _ = console_client(forty, clock)
+    r = client.get(f"{PATH}?nonce={NONCE}&Cmd=DISABLE-APP&Range=CONTEXT&JVMRoute=n0009"
+                   "&Alias=localhost&Context=/app1")
+    assert r.status == 200
+    assert re.findall(r'<article id="node-(\d+)"', r.text) == [str(forty.node("n0009").id)]
+    assert "badge status-disabled" in r.text
+    r = client.get(f"{PATH}?nonce={NONCE}&Cmd=ENABLE-APP&Range=DOMAIN&Domain=dc2")
+    assert r.status == 200
+    assert routes_shown(r.text) == [f"n{i:04d}" for i in range(2, 40, 4)]
