@@ -761,7 +761,7 @@ class ConsoleResource(Resource):
         query: list[tuple[str, str]] = []
         fragment = ""
         node = self._registry.node(command.route) if command.route else None
-        if len(self._registry.nodes()) > CARD_LIMIT:
+        if self._registry.counts["nodes"] > CARD_LIMIT:
             # A large cluster's first page may not show the node (or domain)
             # changed: go back to a view that does.
             if node is not None:
