@@ -123,6 +123,62 @@ def _url_path(inst: object, att: attrs.Attribute, value: str) -> None:
         raise ValueError("must be a URL path starting with '/'", att)
 
 
+# --- keys shared by [proxy] and [manager] ------------------------------------
+
+
+def _header_max(inst: object, att: attrs.Attribute, value: Any) -> None:
+    if value < 0:
+        raise ValueError("must not be negative", att)
+    if 0 < value < inst.request_header_timeout:
+        raise ValueError("must be 0 or at least request_header_timeout", att)
+
+
+def _request_header_timeout(who: str):
+    return field(default=20.0, validator=_non_negative, metadata=_doc(
+        f"Seconds a {who} client may take to send a request head, counted from the "
+        "connection's accept for its first request and from its first byte for the next "
+        "ones (0 = off); extended by `request_header_min_rate` up to "
+        "`request_header_timeout_max`.  On expiry the client gets 408 if it sent part of "
+        "a head, else the connection is just closed.  Clients cut are logged (a few "
+        "lines, however many) and counted in `modcluster_client_timeouts_total`.",
+        "RequestReadTimeout header=20"))
+
+
+def _request_header_timeout_max():
+    return field(default=40.0, validator=_header_max, metadata=_doc(
+        "Longest a request head may take with the extensions (0 = no extension).",
+        "RequestReadTimeout header=20-40"))
+
+
+def _request_header_min_rate():
+    return field(default=500, validator=_non_negative, metadata=_doc(
+        "Bytes per second of request head that extend its deadline by one second "
+        "(0 = no extension).", "RequestReadTimeout header=…,MinRate=500"))
+
+
+def _request_body_timeout(who: str):
+    return field(default=20.0, validator=_non_negative, metadata=_doc(
+        f"Seconds a request body sent to the {who} listener may take, extended by one "
+        "second per `request_body_min_rate` bytes received, so a client sending more "
+        "slowly than that rate is cut (408, or just a close once a response began).  "
+        "Time the balancer is not reading the body itself (e.g. a slow node) does not "
+        "count (0 = off).", "RequestReadTimeout body=20"))
+
+
+def _request_body_min_rate():
+    return field(default=500, validator=_non_negative, metadata=_doc(
+        "Bytes per second a request body must keep up after its first "
+        "`request_body_timeout` seconds (0: `request_body_timeout` is the total time a "
+        "body may take).", "RequestReadTimeout body=…,MinRate=500"))
+
+
+def _listen_backlog(who: str):
+    return field(default=511, validator=[_at_least(1), _at_most(65535)], metadata=_doc(
+        f"Listen queue length of the {who} listeners: `backlog=` is added to every "
+        "`tcp`, `tcp6`, `ssl` and `unix` endpoint description that does not set it "
+        "(Linux caps it at `net.core.somaxconn`).", "ListenBacklog"))
+
+
 # --- sections --------------------------------------------------------------
 
 
@@ -213,6 +269,12 @@ class ManagerConfig:
         "again for a STATUS (0: probe at every STATUS, as httpd does).", ""))
     request_timeout: float = field(default=60.0, validator=_positive, metadata=_doc(
         "Seconds an idle or stalled management connection is kept open.", "Timeout"))
+    request_header_timeout: float = _request_header_timeout("management")
+    request_header_timeout_max: float = _request_header_timeout_max()
+    request_header_min_rate: int = _request_header_min_rate()
+    request_body_timeout: float = _request_body_timeout("management")
+    request_body_min_rate: int = _request_body_min_rate()
+    listen_backlog: int = _listen_backlog("management (and console)")
     persist: bool = field(default=False, metadata=_doc(
         "Save nodes, balancers, aliases and contexts to `state_file` and restore them at "
         "start-up (restored nodes stay unverified until their next STATUS or PING).  "
@@ -366,7 +428,13 @@ class ProxyConfig:
         "Backend read timeout when the node's CONFIG `Timeout` is 0.", "ProxyTimeout"))
     client_timeout: float = field(default=60.0, validator=_positive, metadata=_doc(
         "Seconds an idle client keep-alive connection, or a client sending a request "
-        "head, may stall.", "KeepAliveTimeout / RequestReadTimeout"))
+        "head, may stall.", "KeepAliveTimeout / Timeout"))
+    request_header_timeout: float = _request_header_timeout("proxy")
+    request_header_timeout_max: float = _request_header_timeout_max()
+    request_header_min_rate: int = _request_header_min_rate()
+    request_body_timeout: float = _request_body_timeout("proxy")
+    request_body_min_rate: int = _request_body_min_rate()
+    listen_backlog: int = _listen_backlog("proxy")
     max_request_body: int = field(default=0, validator=_non_negative, metadata=_doc(
         "Largest request body accepted, in bytes (0 = unlimited, streamed).",
         "LimitRequestBody"))

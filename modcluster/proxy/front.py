@@ -40,6 +40,7 @@ from modcluster.balancer import (
     strip_session,
     valid_host,
 )
+from modcluster.listening import ReadTimeouts, TimeoutReport
 from modcluster.proxy._transport import direct_writer, is_plain_tcp, lose_connection, set_nodelay
 from modcluster.proxy.headers import (
     PLAIN_CONNECTION,
@@ -558,6 +559,14 @@ class ClientProtocol(Protocol):
         self._ignore = False
         self._seen = factory.now
         self._head_bytes = 0
+        # read deadlines (checkTimeout): when the request head being received
+        # began (the accept for the first one; None between requests), and the
+        # request body being timed, since when, from which byte count (set by
+        # the sweep when it first sees the body, so no per-request work)
+        self._head_start: Optional[float] = factory.now
+        self._body_timed: Optional[_Exchange] = None
+        self._body_since = 0.0
+        self._body_base = 0
         self._blocked = False
         self._blocked_since = 0.0
         self._linger_until = 0.0
@@ -675,6 +684,8 @@ class ClientProtocol(Protocol):
                 elif self._current is None and not self._queue:
                     self._remembered(template)
                     return
+            if self._head_start is None:
+                self._head_start = self._seen
             self._head_bytes += len(data)
         elif reading.head_size >= 0:
             self._head_bytes += len(data)
@@ -823,6 +834,7 @@ class ClientProtocol(Protocol):
         size = ex.head_size
         ex.head_size = -1
         self._head_bytes = 0
+        self._head_start = None
         if connection is not None and (len(connection) > 1
                                        or connection[0] not in PLAIN_CONNECTION):
             ex.headers = drop_listed(ex.headers, connection_tokens(connection))
@@ -921,6 +933,7 @@ class ClientProtocol(Protocol):
         """
         ex = _Exchange(self)
         ex.remembered(template, target)
+        self._head_start = None
         self._reading = ex
         self._current = ex
         path = ex.path
@@ -1112,7 +1125,9 @@ class ClientProtocol(Protocol):
             return
         f = self.factory
         client = self.client
-        if status >= 500:
+        if status == 408:
+            pass  # a slow client: logged, rate-limited, by checkTimeout
+        elif status >= 500:
             log.warn("{status} for {method} {target} from {client}: {message}", status=status,
                      method=ex.method, target=ex.target,
                      client=client.remote_addr if client else "?", message=message)
@@ -1173,6 +1188,12 @@ class ClientProtocol(Protocol):
     # -- timeouts (called by the factory's sweep) ---------------------------------
 
     def checkTimeout(self, now: float, limit: float) -> None:
+        """
+        Called once a second by the sweep: the idle/stall timeout C{limit}
+        (C{client_timeout}), the request read deadlines
+        (L{ProxyFactory.read_timeouts}), lingering closes.  Deadlines are
+        never early, and up to one sweep interval late.
+        """
         if self._linger_until:
             if now >= self._linger_until:
                 self.transport.abortConnection()
@@ -1180,15 +1201,20 @@ class ClientProtocol(Protocol):
         limit += SWEEP_INTERVAL  # coarse clock: never early
         if self._blocked:
             if now - self._blocked_since > limit:
-                log.info("client {client} stopped reading; closing",
-                         client=self.client.remote_addr)
+                if not self._closing:
+                    self._timedOut("send", f"did not read its response for {limit:g} s", now)
                 self._abortClient()
             return
-        if now - self._seen <= limit or self._tunnel is not None:
+        if self._tunnel is not None:
+            return
+        if not self._ignore and self._checkReadDeadlines(now):
+            return
+        if now - self._seen <= limit:
             return
         ex = self._current
         if ex is None:
             if self._reading is not None and self._reading.head_size >= 0:
+                self._timedOut("header", f"request head stalled for {limit:g} s", now)
                 self._requestError(408, "request head not received in time")
             else:
                 self._closing = True
@@ -1197,10 +1223,64 @@ class ClientProtocol(Protocol):
         if self._pause & (_P_UPSTREAM | _P_BUFFER | _P_UPGRADE):
             return  # we are the ones not reading
         if not ex.body_done and not ex.skipped_body:
+            self._timedOut("body", f"request body stalled for {limit:g} s", now)
             if ex.resp_started:
                 self._abortClient()
             else:
                 self._respondError(ex, 408, "request body not received in time")
+
+    def _checkReadDeadlines(self, now: float) -> bool:
+        """
+        The request head and body deadlines (httpd's C{RequestReadTimeout});
+        true when the client was cut.
+        """
+        rt = self.factory.read_timeouts
+        reading = self._reading
+        if reading is not None and reading.head_size < 0:
+            # a request body on its way: timed from when the sweep first sees
+            # it, and only while we read (not while a slow node, a full
+            # buffer or a queued request makes us pause the client)
+            if self._pause or not rt.body:
+                self._body_timed = None
+            elif self._body_timed is not reading:
+                self._body_timed = reading
+                self._body_since = now
+                self._body_base = reading.body_received
+            else:
+                received = reading.body_received - self._body_base
+                allowed = rt.body_allowed(received)
+                if now - self._body_since > allowed + SWEEP_INTERVAL:
+                    self._timedOut("body", f"request body too slow ({received} bytes in "
+                                   f"{now - self._body_since:.0f} s)", now)
+                    self._requestError(408, "request body not received in time")
+                    return True
+            return False
+        self._body_timed = None
+        if not rt.header or (reading is None and self._head_start is None):
+            return False  # between requests: the idle timeout applies
+        start = self._head_start
+        if start is None or self._current is not None or self._queue:
+            # first seen now (a head after another request in the same read),
+            # or we are still serving earlier requests: the clock starts now
+            self._head_start = now
+            return False
+        allowed = rt.header_allowed(self._head_bytes)
+        if now - start <= allowed + SWEEP_INTERVAL:
+            return False
+        if reading is not None or self._head_bytes:
+            self._timedOut("header", f"request head not complete after {allowed:g} s "
+                           f"({self._head_bytes} bytes)", now)
+            self._requestError(408, "request head not received in time")
+        else:
+            self._timedOut("header", f"no request in {allowed:g} s", now)
+            self._closing = True
+            self.transport.loseConnection()
+        return True
+
+    def _timedOut(self, reason: str, what: str, now: float) -> None:
+        client = self.client
+        self.factory.timeouts.timedOut(reason, client.remote_addr if client else "?",
+                                       what, now)
 
 
 class _RequestRefused(Exception):
@@ -1319,6 +1399,10 @@ class ProxyFactory(Factory):
         self.date = formatdate(self.now, usegmt=True).encode("ascii")
         self._sweeper = LoopingCall(self.sweep)
         self._sweeper.clock = reactor
+        #: the request head/body deadlines (C{request_*} keys of C{[proxy]})
+        self.read_timeouts = ReadTimeouts.from_config(config)
+        #: clients cut for being slow: counts by reason, rate-limited log
+        self.timeouts = TimeoutReport("proxy", log)
 
     def rememberHost(self, host: bytes) -> None:
         """Remember a valid Host value (at most 256 of at most 255 bytes)."""
