@@ -37,8 +37,10 @@ from twisted.web.resource import Resource
 
 from modcluster import _version
 from modcluster.console.views import NodeState, node_state
+from modcluster.listening import TIMEOUT_REASONS
 
-__all__ = ["ClusterCollector", "MCMPStats", "Metrics", "MetricsResource"]
+__all__ = ["ClientTimeoutCollector", "ClusterCollector", "MCMPStats", "Metrics",
+           "MetricsResource"]
 
 #: Methods counted by name; anything else is counted as "other" (bounded labels).
 MCMP_METHODS = frozenset({
@@ -297,6 +299,42 @@ def encode_text(registry: Collector) -> bytes:
     return "".join(out).encode("utf-8")
 
 
+class ClientTimeoutCollector(Collector):
+    """
+    C{modcluster_client_timeouts_total{listener,reason}}: client connections
+    cut for being slow (L{modcluster.listening.TimeoutReport}), read at
+    scrape time.  Sources are added per listener kind (C{proxy},
+    C{manager}); several sources of one kind are summed.
+    """
+
+    def __init__(self) -> None:
+        self._sources: list = []
+
+    def add(self, listener: str, counts) -> None:
+        """C{counts()} returns reason -> clients cut so far."""
+        self._sources.append((listener, counts))
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        family = CounterMetricFamily(
+            "modcluster_client_timeouts",
+            "Client connections cut for being slow, by listener (proxy, manager) and "
+            "reason (header: request head not complete in time; body: request body "
+            "below the minimum rate; send: client not reading its response).",
+            labels=["listener", "reason"])
+        totals: dict = {}
+        for listener, counts in self._sources:
+            values = counts()
+            for reason in TIMEOUT_REASONS:
+                key = (listener, reason)
+                totals[key] = totals.get(key, 0) + values.get(reason, 0)
+        for (listener, reason), n in totals.items():
+            family.add_metric([listener, reason], n)
+        yield family
+
+
 class MetricsResource(Resource):
     """
     Serves a collector registry in the Prometheus text format (or OpenMetrics
@@ -343,6 +381,9 @@ class Metrics:
         self.cluster = ClusterCollector(registry, release, per_context=per_context)
         self.collector_registry.register(self.cluster)
         self.stats = MCMPStats(self.collector_registry)
+        #: slow clients cut by the listeners (tap.py adds the sources)
+        self.client_timeouts = ClientTimeoutCollector()
+        self.collector_registry.register(self.client_timeouts)
         if process:
             ProcessCollector(registry=self.collector_registry)
             PlatformCollector(registry=self.collector_registry)

@@ -96,6 +96,7 @@ def build(config: Config, reactor, demo: bool = False) -> MultiService:
     from modcluster.cluster.registry import Limits, Registry
     from modcluster.console.resources import ConsoleResource, mount
     from modcluster.health import NodeProber
+    from modcluster.listening import ReadTimeouts, TimeoutReport, with_backlog
     from modcluster.mcmp.handler import MCMPHandler
     from modcluster.mcmp.resource import ManagementRoot, ManagementSite, MCMPResource
     from modcluster.metrics import Metrics
@@ -174,6 +175,10 @@ def build(config: Config, reactor, demo: bool = False) -> MultiService:
     proxy = _proxy(config, reactor, registry, node_tls)
     pool = proxy if config.proxy.workers > 1 else None
     metrics.cluster.workers = pool
+    if pool is not None:
+        metrics.client_timeouts.add("proxy", lambda: pool.client_timeouts)
+    else:
+        metrics.client_timeouts.add("proxy", lambda: proxy.factory.timeouts.counts)
 
     def management_root(with_mcmp: bool, with_console: bool) -> ManagementRoot:
         root = ManagementRoot(MCMPResource(handler, identities) if with_mcmp else None,
@@ -191,23 +196,30 @@ def build(config: Config, reactor, demo: bool = False) -> MultiService:
     from modcluster.access import AccessGuard, AllowList, HostCheck, RateLimitedLog
 
     refusals = RateLimitedLog(reactor)
+    read_timeouts = ReadTimeouts.from_config(m)
+    slow = TimeoutReport("manager")
+    metrics.client_timeouts.add("manager", lambda: slow.counts)
     hosts = HostCheck(c.hosts)
     guarded = AccessGuard(
         management_root(True, not separate), listener="management", clock=reactor,
         allow=AllowList(m.allow), console_allow=None if separate else AllowList(c.allow),
         hosts=None if separate else hosts, log=refusals)
     site = ManagementSite(guarded, max_message_size=m.max_message_size,
-                          timeout=m.request_timeout)
+                          timeout=m.request_timeout, read_timeouts=read_timeouts,
+                          timeouts=slow, reactor=reactor)
     for description in m.listen:
-        _listen(reactor, description, site, m.tls).setServiceParent(top)
+        _listen(reactor, with_backlog(description, m.listen_backlog), site,
+                m.tls).setServiceParent(top)
     if separate and serve_console:
         from modcluster.tls import server_endpoint
 
         console_site = ManagementSite(
             AccessGuard(management_root(False, True), listener="console", clock=reactor,
                         allow=AllowList(c.allow), hosts=hosts, log=refusals),
-            timeout=m.request_timeout)
+            timeout=m.request_timeout, read_timeouts=read_timeouts, timeouts=slow,
+            reactor=reactor)
         for description in c.listen:
+            description = with_backlog(description, m.listen_backlog)
             if console_tls:
                 _listen(reactor, description, console_site, m.tls).setServiceParent(top)
             else:
@@ -246,6 +258,8 @@ def _proxy(config: Config, reactor, registry, node_tls):
         on_node_failure=registry.set_error,
         on_node_success=lambda route: registry.clear_error(route, "answered a request"),
         node_tls=node_tls)
+    from modcluster.listening import with_backlog
+
     services = MultiService()
     services.factory = factory
     from twisted.application.internet import StreamServerEndpointService
@@ -254,8 +268,9 @@ def _proxy(config: Config, reactor, registry, node_tls):
 
     for description in p.listen:
         # server_endpoint: an ssl: listener answers ALPN (browsers, curl offer it)
-        StreamServerEndpointService(server_endpoint(reactor, description),
-                                    factory).setServiceParent(services)
+        StreamServerEndpointService(
+            server_endpoint(reactor, with_backlog(description, p.listen_backlog)),
+            factory).setServiceParent(services)
     return services
 
 

@@ -1,12 +1,17 @@
 """
 The management listener: a twisted.web Site whose root sends MCMP methods
 (whatever the path) to the L{MCMPHandler} and everything else (GET/HEAD/POST) to
-the ordinary resource tree (console, JSON API, metrics).
+the ordinary resource tree (console, JSON API, metrics).  Its channels keep
+the request read deadlines (L{ManagementChannel}), checked by a sweep once a
+second as on the proxy listener.
 """
 
 from __future__ import annotations
 
+from typing import Optional
+
 from twisted.internet.defer import Deferred
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
@@ -14,9 +19,10 @@ from twisted.web.pages import notFound
 from twisted.web.resource import Resource
 
 from modcluster import _version
+from modcluster.listening import ReadTimeouts, TimeoutReport
 from modcluster.mcmp import wire
 
-__all__ = ["ManagementRoot", "ManagementSite", "MCMPRequest"]
+__all__ = ["ManagementChannel", "ManagementRoot", "ManagementSite", "MCMPRequest"]
 
 SERVER = f"txmodcluster/{_version.__version__}".encode()
 _STANDARD = {b"GET", b"HEAD", b"POST"}
@@ -107,18 +113,151 @@ class MCMPRequest(server.Request):
         super().setHeader(name, value)
 
 
+#: Seconds between read-deadline sweeps of a management site.
+SWEEP_INTERVAL = 1.0
+
+# What a management channel is reading (ManagementChannel._phase).
+_IDLE = 0  # between requests: the idle timeout (request_timeout) applies
+_HEAD = 1  # a request head (from the accept, for the first one)
+_BODY = 2  # a request body
+_BUSY = 3  # a request being answered, or the connection being closed
+
+_TIMEOUT_RESPONSE = (b"HTTP/1.1 408 Request Timeout\r\nServer: " + SERVER +
+                     b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+
+
+class ManagementChannel(http.HTTPChannel):
+    """
+    An HTTP channel that knows how long its client has been sending the
+    current request head or body, for the site's read deadlines (httpd's
+    C{RequestReadTimeout}).  twisted.web's own timeout (C{request_timeout})
+    stays the idle timeout.  Costs one time stamp per request; no timer.
+    """
+
+    _phase = _HEAD
+    _since = 0.0
+    _bytes = 0
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self._since = self.site.reactor.seconds()
+        self.site._channels.add(self)
+
+    def connectionLost(self, reason) -> None:
+        self.site._channels.discard(self)
+        self._phase = _BUSY
+        super().connectionLost(reason)
+
+    def dataReceived(self, data: bytes) -> None:
+        phase = self._phase
+        if phase == _IDLE:
+            self._phase = _HEAD
+            self._since = self.site.reactor.seconds()
+            self._bytes = len(data)
+        elif phase == _HEAD:
+            self._bytes += len(data)
+        super().dataReceived(data)
+
+    def rawDataReceived(self, data: bytes) -> None:
+        if self._phase == _BODY:
+            self._bytes += len(data)
+        super().rawDataReceived(data)
+
+    def allHeadersReceived(self) -> None:
+        self._phase = _BODY
+        self._since = self.site.reactor.seconds()
+        self._bytes = 0
+        super().allHeadersReceived()
+
+    def allContentReceived(self) -> None:
+        self._phase = _BUSY
+        super().allContentReceived()
+
+    def requestDone(self, request) -> None:
+        # before the base class replays what was pipelined meanwhile
+        if self._phase == _BUSY:
+            self._phase = _IDLE
+        super().requestDone(request)
+
+    def checkReadDeadlines(self, now: float, rt: ReadTimeouts, report: TimeoutReport) -> None:
+        """Cut the client if its request head or body is late (called by the sweep)."""
+        phase = self._phase
+        if phase == _HEAD and rt.header:
+            allowed = rt.header_allowed(self._bytes)
+            if now - self._since <= allowed:
+                return
+            if self._bytes:
+                what = f"request head not complete after {allowed:g} s ({self._bytes} bytes)"
+            else:
+                what = f"no request in {allowed:g} s"
+            reason = "header"
+        elif phase == _BODY and rt.body:
+            allowed = rt.body_allowed(self._bytes)
+            if now - self._since <= allowed:
+                return
+            what = (f"request body too slow ({self._bytes} bytes in "
+                    f"{now - self._since:.0f} s)")
+            reason = "body"
+        else:
+            return
+        report.timedOut(reason, _channel_peer(self), what, now)
+        self._phase = _BUSY
+        if self._bytes or phase == _BODY:
+            self.transport.write(_TIMEOUT_RESPONSE)
+        self.loseConnection()
+
+
+def _channel_peer(channel) -> str:
+    try:
+        addr = channel.transport.getPeer()
+    except Exception:
+        return "?"
+    host = getattr(addr, "host", None)
+    return f"{host}:{getattr(addr, 'port', '')}" if host else str(addr)
+
+
 class ManagementSite(server.Site):
     """
     @ivar max_message_size: largest MCMP body accepted.
+    @ivar read_timeouts: the request head and body deadlines.
+    @ivar timeouts: counts (and logs, rate-limited) the clients cut for being
+        slow; several sites may share one.
     """
 
     requestFactory = MCMPRequest
+    protocol = ManagementChannel
 
     def __init__(self, resource, max_message_size: int = 65536, timeout: float = 60.0,
-                 **kw) -> None:
+                 read_timeouts: Optional[ReadTimeouts] = None,
+                 timeouts: Optional[TimeoutReport] = None, **kw) -> None:
         super().__init__(resource, timeout=timeout, **kw)
         self.max_message_size = max_message_size
         self.displayTracebacks = False
+        self.read_timeouts = read_timeouts if read_timeouts is not None else ReadTimeouts()
+        self.timeouts = timeouts if timeouts is not None else TimeoutReport("manager")
+        self._channels: set = set()
+        self._sweeper = LoopingCall(self.sweep)
+        self._sweeper.clock = self.reactor
+
+    def startFactory(self) -> None:
+        super().startFactory()
+        if not self._sweeper.running:
+            self._sweeper.start(SWEEP_INTERVAL, now=False)
+
+    def stopFactory(self) -> None:
+        super().stopFactory()
+        if self._sweeper.running:
+            self._sweeper.stop()
+
+    def sweep(self) -> None:
+        """Once a second: cut the clients whose request head or body is late."""
+        now = self.reactor.seconds()
+        rt, report = self.read_timeouts, self.timeouts
+        for channel in list(self._channels):
+            try:
+                channel.checkReadDeadlines(now, rt, report)
+            except Exception:
+                Logger().failure("management read deadline check failed")
 
     def log(self, request):
         # Successful MCMP messages (a STATUS per node every few seconds) are not

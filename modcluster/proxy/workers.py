@@ -44,6 +44,7 @@ from twisted.logger import Logger, LogLevel, formatEvent
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from modcluster.cluster.mirror import CounterSink, Mirror, encode_node_updates, encode_snapshot
+from modcluster.listening import TIMEOUT_REASONS, with_backlog
 
 __all__ = [
     "ControlChannel",
@@ -149,19 +150,23 @@ class _AddressRecorder:
         self.args = ("ssl", port, backlog, interface)
 
 
-def bind_shared(description: str, count: int, reactor=None) -> SharedListener:
+def bind_shared(description: str, count: int, reactor=None,
+                backlog: Optional[int] = None) -> SharedListener:
     """
     Bind C{count} listening sockets with C{SO_REUSEPORT} on the address of the
     server endpoint C{description} (C{tcp:}, C{tcp6:} or C{ssl:}; port 0 picks
     one free port for all of them).  For C{ssl:} the certificate is loaded here
-    too, so a bad one fails the start of the control process.
+    too, so a bad one fails the start of the control process.  Each socket
+    listens with the description's C{backlog=}, else C{backlog} (else
+    Twisted's default).
     """
     from modcluster.config import WORKER_LISTENER_KINDS
 
     if description.split(":", 1)[0] not in WORKER_LISTENER_KINDS:
         raise ValueError(f"{description!r}: cannot be shared by worker processes")
     recorder = _AddressRecorder()
-    serverFromString(recorder, description).listen(None).addErrback(lambda _: None)
+    parsed = description if backlog is None else with_backlog(description, backlog)
+    serverFromString(recorder, parsed).listen(None).addErrback(lambda _: None)
     if recorder.args is None:
         raise ValueError(f"{description!r}: cannot be shared by worker processes")
     kind, port, backlog, interface = recorder.args
@@ -307,6 +312,8 @@ class WorkerPool(Service):
         self.listeners: list[SharedListener] = []
         self.workers: dict[int, _Worker] = {}
         self.restarts = 0
+        #: slow clients cut by the workers, by reason (summed from their reports)
+        self.client_timeouts = dict.fromkeys(TIMEOUT_REASONS, 0)
         self._delays: dict[int, float] = {}
         self._restart_calls: dict[int, object] = {}
         self._stopping = False
@@ -325,7 +332,9 @@ class WorkerPool(Service):
     def startService(self) -> None:
         self._stopping = False
         if not self.listeners:
-            self.listeners = [bind_shared(d, self.count) for d in self.config.proxy.listen]
+            backlog = self.config.proxy.listen_backlog
+            self.listeners = [bind_shared(d, self.count, backlog=backlog)
+                              for d in self.config.proxy.listen]
         for listener in self.listeners:
             log.info("proxy: {description} bound on {host}:{port} for {count} workers",
                      description=listener.description, host=listener.host,
@@ -477,6 +486,10 @@ class WorkerPool(Service):
         kind = message[0]
         if kind == "report":
             self.sink.apply(worker.index, (message[1], message[2]))
+        elif kind == "timeouts":
+            for reason, n in message[1].items():
+                if reason in self.client_timeouts and isinstance(n, int) and n > 0:
+                    self.client_timeouts[reason] += n
         elif kind == "fail":
             self.registry.set_error(str(message[1]), str(message[2]))
         elif kind == "ok":
@@ -618,6 +631,10 @@ class WorkerService(Service):
         r = self.mirror.report()
         if r is not None:
             self.send(["report", r[0], r[1]])
+        report = getattr(self.factory, "timeouts", None)  # slow clients cut (ProxyFactory)
+        timeouts = report.take() if report is not None else None
+        if timeouts:
+            self.send(["timeouts", timeouts])
 
 
 def log_forwarder(send: Callable[[list], None]) -> Callable[[dict], None]:

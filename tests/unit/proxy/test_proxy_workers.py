@@ -376,3 +376,65 @@ def test_worker_service_answers_heartbeats():
     service = WorkerService(reactor, Mirror(), object(), [], sent.append)
     service.deliver(("ping",))
     assert sent == [["pong"]]
+
+
+def test_pool_binds_worker_sockets_with_the_listen_backlog():
+    """Each SO_REUSEPORT socket of the workers listens with proxy.listen_backlog
+    (the kernel's own accept-queue limit, read over netlink), unless the
+    endpoint says backlog=; the workers get the description as written."""
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[3])
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from tests.support.listen_queue import listen_backlogs
+
+    config = parse_config("""
+[proxy]
+listen = ["tcp:0:interface=127.0.0.1", "tcp:0:interface=127.0.0.1:backlog=40"]
+workers = 3
+listen_backlog = 900
+""")
+    reactor = ProcessReactor()
+    pool = WorkerPool(reactor, config, registry_with_node(reactor), argv=["python"], env={})
+    pool.startService()
+    try:
+        first, second = pool.listeners
+        assert listen_backlogs(first.port) == [900] * 3
+        assert listen_backlogs(second.port) == [40] * 3
+        init = reactor.processes[0].messages()[0]
+        assert [d for _, _, d in init[3]] == list(config.proxy.listen)
+    finally:
+        d = pool.stopService()
+        for p in reactor.processes:
+            p.end()
+        assert d.called
+
+
+def test_pool_sums_the_workers_slow_client_counts(pool):
+    reactor, reg, pool = pool
+    a, b = reactor.processes
+    a.say("timeouts", {"header": 3, "send": 1})
+    b.say("timeouts", {"header": 2, "body": 4, "bogus": 9})
+    a.say("timeouts", {"header": 1})
+    assert pool.client_timeouts == {"header": 6, "body": 4, "send": 1}
+
+
+def test_worker_reports_slow_client_counts_once():
+    from modcluster.listening import TimeoutReport
+
+    class Factory:
+        timeouts = TimeoutReport("proxy")
+
+    reactor = MemoryReactorClock()
+    sent = []
+    service = WorkerService(reactor, Mirror(), Factory(), [], sent.append)
+    service.startService()
+    Factory.timeouts.timedOut("header", "127.0.0.1", "test", 0.0)
+    Factory.timeouts.timedOut("header", "127.0.0.1", "test", 0.0)
+    reactor.advance(workers.REPORT_INTERVAL)
+    assert sent[-1] == ["timeouts", {"header": 2}]
+    reactor.advance(workers.REPORT_INTERVAL)
+    assert sent[-1] == ["timeouts", {"header": 2}] and len(
+        [m for m in sent if m[0] == "timeouts"]) == 1
