@@ -8,6 +8,7 @@ proxy and on the management listener.  They are cut at the deadline with a
 
 from __future__ import annotations
 
+import inspect
 import resource
 import sys
 from pathlib import Path
@@ -94,16 +95,18 @@ class OneRequest(Protocol):
 
 
 class Balancer:
-    def __init__(self, header_timeout: float) -> None:
+    def __init__(self, header_timeout: float, proxy_tls: str = "") -> None:
         self.reactor = _reactor()
         self.proxy_port, self.manager_port = free_loopback_ports(2)
+        kind = f"ssl:{self.proxy_port}:privateKey={proxy_tls}" if proxy_tls else \
+            f"tcp:{self.proxy_port}"
         config = parse_config(f"""
 [manager]
 listen = ["tcp:{self.manager_port}:interface=127.0.0.1"]
 request_header_timeout = {header_timeout}
 request_header_timeout_max = 0
 [proxy]
-listen = ["tcp:{self.proxy_port}:interface=127.0.0.1"]
+listen = ["{kind}:interface=127.0.0.1"]
 request_header_timeout = {header_timeout}
 request_header_timeout_max = 0
 fast_event_loop = false
@@ -150,13 +153,14 @@ def bounded(seconds: float):
 
     def wrap(fn):
         @pytest_twisted.ensureDeferred
-        async def run():
-            d = defer.ensureDeferred(fn())
+        async def run(**kwargs):
+            d = defer.ensureDeferred(fn(**kwargs))
             d.addTimeout(seconds, _reactor())
             await d
 
         run.__name__ = fn.__name__
         run.__doc__ = fn.__doc__
+        run.__signature__ = inspect.signature(fn)
         return run
 
     return wrap
@@ -244,4 +248,30 @@ async def test_500_trickling_connections_while_normal_clients_are_served():
         for c in slow:
             if c.open:
                 c.transport.abortConnection()
+        await b.stop()
+
+
+@bounded(30)
+async def test_tls_handshake_that_never_ends_is_cut_at_the_head_deadline(tmp_path):
+    """On an ssl: proxy listener the head deadline runs from the accept, so a
+    client that starts a TLS handshake and never finishes it is closed too."""
+    import trustme
+
+    pem = tmp_path / "server.pem"
+    trustme.CA().issue_cert("localhost").private_key_and_cert_chain_pem.write_to_path(str(pem))
+    b = Balancer(header_timeout=2, proxy_tls=str(pem))
+    loop = None
+    try:
+        # the first bytes of a TLS ClientHello record, one a second
+        hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"r" * 200
+        slow = await b.connect(b.proxy_port, Trickler(hello))
+        loop = task.LoopingCall(slow.tick)
+        loop.clock = b.reactor
+        loop.start(1.0)
+        await slow.done
+        assert 2 <= slow.sent < len(hello)
+        assert b.timeouts("proxy")["header"] == 1
+    finally:
+        if loop is not None and loop.running:
+            loop.stop()
         await b.stop()

@@ -279,3 +279,26 @@ async def test_stopping_the_balancer_stops_its_workers():
     await c.stop()
     assert not any(alive(p) for p in pids)
     assert c.pool.listeners == []
+
+
+@cluster_test(request_header_timeout=2, request_header_timeout_max=0)
+async def test_workers_cut_slow_clients_and_report_them(c):
+    """The workers apply [proxy]'s head deadline (408 to a 1 byte/s client) and
+    their counts reach the control process's metrics."""
+    from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+
+    from tests.integration.test_slow_clients import SLOW_HEAD, Trickler
+
+    slow = await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", c.pport),
+                                 Trickler(SLOW_HEAD))
+    loop = task.LoopingCall(slow.tick)
+    loop.start(1.0)
+    try:
+        await slow.done
+    finally:
+        loop.stop()
+    assert slow.status() == 408
+    assert 2 <= slow.sent < len(SLOW_HEAD)
+    await until(lambda: c.pool.client_timeouts["header"] == 1, what="worker report")
+    text = (await c.fetch("/metrics")).decode()
+    assert 'modcluster_client_timeouts_total{listener="proxy",reason="header"} 1.0' in text
