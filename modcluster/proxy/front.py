@@ -1240,7 +1240,11 @@ class ClientProtocol(Protocol):
             # a request body on its way: timed from when the sweep first sees
             # it, and only while we read (not while a slow node, a full
             # buffer or a queued request makes us pause the client)
-            if self._pause or not rt.body:
+            if (self._pause or not rt.body
+                    or (reading.expect_continue and not reading.body_received)):
+                # (a client that asked for 100-continue may wait for it: the
+                # node sends it; until the first body byte only the idle
+                # timeout applies)
                 self._body_timed = None
             elif self._body_timed is not reading:
                 self._body_timed = reading
@@ -1274,6 +1278,7 @@ class ClientProtocol(Protocol):
         else:
             self._timedOut("header", f"no request in {allowed:g} s", now)
             self._closing = True
+            self._ignore = True
             self.transport.loseConnection()
         return True
 

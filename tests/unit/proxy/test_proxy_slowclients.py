@@ -240,3 +240,28 @@ def test_a_flood_of_slow_clients_costs_a_few_log_lines():
     assert sum(e["left_out"] for e in lines) + len(lines) <= 200
     assert any(e["left_out"] > 0 for e in lines)
     assert not [e for e in events if e.get("status") == 408]  # no per-request 408 line
+
+
+def test_body_not_timed_while_the_client_waits_for_100_continue():
+    """Expect: 100-continue: the body clock starts with the first body byte
+    (the node may take its time to say 100); the idle timeout still applies."""
+    h = one_node(request_body_timeout=5, request_body_min_rate=0, client_timeout=60,
+                 timeout=120)
+    c = h.client()
+    c.send(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n"
+           b"Expect: 100-continue\r\n\r\n")
+    n = h.accept()
+    h.advance(30)
+    assert not c.closed
+    n.respond(b"HTTP/1.1 100 Continue\r\n\r\n")
+    assert c.received().startswith(b"HTTP/1.1 100")
+    c.send(b"0123456789")
+    assert parse_requests(n.received())[0].body == b"0123456789"
+    n.respond(OK_100)
+    assert parse_responses(c.received())[0].status == 200
+    # and a client that never sends its body is cut by the idle timeout
+    c.send(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n"
+           b"Expect: 100-continue\r\n\r\n")
+    h.advance(63)
+    assert c.closed
+    assert parse_responses(c.received())[-1].status == 408
