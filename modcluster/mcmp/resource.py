@@ -179,8 +179,18 @@ class ManagementChannel(http.HTTPChannel):
             self._phase = _IDLE
         super().requestDone(request)
 
+    def timeoutConnection(self) -> None:
+        # The idle timeout (request_timeout), as twisted.web does it, without
+        # its log line per connection: closing an idle keep-alive connection
+        # is routine, and a flood of them must not flood the log.
+        if self.abortTimeout is not None:
+            self._abortingCall = self.callLater(self.abortTimeout, self.forceAbortClient)
+        self.loseConnection()
+
     def checkReadDeadlines(self, now: float, rt: ReadTimeouts, report: TimeoutReport) -> None:
         """Cut the client if its request head or body is late (called by the sweep)."""
+        if getattr(self.transport, "disconnecting", False):
+            return  # already being closed (e.g. an MCMP message refused for its size)
         phase = self._phase
         if phase == _HEAD and rt.header:
             allowed = rt.header_allowed(self._bytes)

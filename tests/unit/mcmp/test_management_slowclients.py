@@ -117,10 +117,14 @@ def test_keep_alive_idle_timeout_unchanged():
     t.clear()
     m.advance(59)  # longer than the 20 s head deadline: idle is not a head
     assert not closed(t)
-    m.advance(2)
+    with capturedLogs() as events:
+        m.advance(2)
     assert closed(t)
     assert t.value() == b""
     assert m.site.timeouts.counts == {"header": 0, "body": 0, "send": 0}
+    assert events == []  # routine: no log line per idle connection
+    m.advance(20)
+    assert t.disconnected  # aborted if it does not go away (abortTimeout)
 
 
 def test_next_head_timed_from_its_first_byte():
@@ -162,3 +166,15 @@ def test_a_flood_of_slow_clients_costs_a_few_log_lines():
     lines = [e for e in events if "cut" in e.get("log_format", "")]
     assert 1 <= len(lines) <= 3
     assert not [e for e in events if "Timing out" in e.get("log_format", "")]
+
+
+def test_refused_oversized_message_is_not_timed_again():
+    """A body refused for its size (500 + close) is not also cut as slow."""
+    m = Listener()
+    m.site.max_message_size = 1024
+    channel, t = m.connect()
+    channel.dataReceived(b"CONFIG / HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\nJ")
+    assert b"Type: SYNTAX" in t.value()
+    m.advance(60)
+    assert m.site.timeouts.counts == {"header": 0, "body": 0, "send": 0}
+    assert b"408" not in t.value()
