@@ -37,6 +37,14 @@ class Options(usage.Options):
                        "themselves with this balancer over MCMP."],
     ]
 
+    def opt_version(self) -> None:
+        """
+        Print the txmodcluster and Twisted versions and exit.
+        """
+        from modcluster.node.tap import print_version
+
+        print_version()
+
     def postOptions(self) -> None:
         path = self["config"]
         try:

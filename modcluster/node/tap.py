@@ -20,7 +20,22 @@ from modcluster.node.config import (
     node_config_from_dict,
 )
 
-__all__ = ["Options", "makeService"]
+__all__ = ["Options", "makeService", "print_version"]
+
+
+def print_version() -> None:
+    """
+    C{--version} of both plugins: txmodcluster's version, then Twisted's.
+    """
+    import sys
+
+    import twisted
+
+    from modcluster._version import __version__
+
+    sys.stdout.write(f"txmodcluster {__version__} (Twisted {twisted.__version__})\n")
+    sys.stdout.flush()
+    raise SystemExit(0)
 
 
 def _number(name: str, text: str) -> float:
@@ -80,6 +95,12 @@ class Options(usage.Options):
         self["proxies"] = []
         self["contexts"] = []
         self["aliases"] = []
+
+    def opt_version(self) -> None:
+        """
+        Print the txmodcluster and Twisted versions and exit.
+        """
+        print_version()
 
     def opt_proxy(self, value: str) -> None:
         """
