@@ -454,6 +454,10 @@ class ProxyConfig:
         "TraceEnable"))
     server_name: str = field(default="txmodcluster", metadata=_doc(
         "Value of X-Forwarded-Server.", "ServerName"))
+    drain_timeout: float = field(default=10.0, validator=_non_negative, metadata=_doc(
+        "On stop (SIGTERM), seconds requests in flight may take to finish after the "
+        "proxy listeners stopped accepting (idle keep-alive connections are closed at "
+        "once); 0 stops at once.  Live on reload.", "GracefulShutdownTimeout"))
     tls: NodeTLSConfig = field(factory=NodeTLSConfig, metadata=_doc(
         "TLS towards https/wss nodes (section `[proxy.tls]`).", ""))
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import sys
 
+import attrs
 from twisted.application import strports
+from twisted.internet import defer
 from twisted.application.service import MultiService
 from twisted.logger import Logger
 from twisted.python import usage
@@ -50,17 +52,40 @@ class Options(usage.Options):
         try:
             self.config = load_config(path) if path else Config()
         except ConfigError as e:
-            raise usage.UsageError(str(e)) from None
+            _refuse([str(e)])
+        from modcluster.preflight import problems
+
+        found = [f"{path or '(built-in defaults)'}: {p}" for p in problems(self.config)]
+        if self["demo"] and self.config.manager.tls.enabled:
+            found.append("--demo needs a plain (non-TLS) management listener "
+                         "(manager.tls.enabled is true)")
+        if found:
+            _refuse(found)
         if self["check"]:
             sys.stdout.write(f"{path or '(built-in defaults)'}: configuration OK\n")
             sys.stdout.flush()
             raise SystemExit(0)
 
 
+def _refuse(problems: list[str]) -> None:
+    """
+    Print each problem on its own line on stderr and exit with status 1: no
+    usage text, no traceback (twistd would print both for a L{usage.UsageError}).
+    """
+    for line in problems:
+        sys.stderr.write(f"{line}\n")
+    sys.stderr.flush()
+    raise SystemExit(1)
+
+
 def makeService(options: Options) -> MultiService:
     from twisted.internet import reactor
 
-    return build(options.config, reactor, demo=bool(options["demo"]))
+    top = build(options.config, reactor, demo=bool(options["demo"]))
+    top.config_path = options["config"]
+    top.twistd_options = getattr(options, "parent", None)
+    top.signals = True
+    return top
 
 
 def endpoint_address(description: str) -> tuple[str, int]:
@@ -109,7 +134,9 @@ def build(config: Config, reactor, demo: bool = False) -> MultiService:
     from modcluster.mcmp.resource import ManagementRoot, ManagementSite, MCMPResource
     from modcluster.metrics import Metrics
 
-    top = MultiService()
+    from modcluster.lifecycle import BalancerService
+
+    top = BalancerService(config, reactor)
     m = config.manager
     registry = Registry(
         reactor,
@@ -239,6 +266,7 @@ def build(config: Config, reactor, demo: bool = False) -> MultiService:
                  api=c.api_path, metrics=c.metrics_path)
 
     proxy.setServiceParent(top)
+    _live_settings(top, registry, console, proxy)
     if config.advertise.enabled:
         _advertiser(config, reactor).setServiceParent(top)
     if demo:
@@ -249,6 +277,52 @@ def build(config: Config, reactor, demo: bool = False) -> MultiService:
         DemoNodes(reactor, endpoint_address(m.listen[0]),
                   console=console_url(config)).setServiceParent(top)
     return top
+
+
+def _live_settings(top, registry, console, proxy) -> None:
+    """
+    What a reload (SIGHUP) applies without a restart: one hook per group of
+    keys (see modcluster/lifecycle.py and docs/operations.md, "Reload").
+    """
+    from modcluster.cluster.registry import Limits
+
+    def quotas(new: Config) -> None:
+        m = new.manager
+        registry.limits = Limits(
+            max_nodes=m.max_nodes, max_hosts=m.max_hosts, max_contexts=m.max_contexts,
+            wait_before_remove=m.wait_before_remove,
+            lbstatus_recalc_time=registry.limits.lbstatus_recalc_time,
+            idle_failures_before_remove=m.idle_failures_before_remove,
+            worker_retry=registry.limits.worker_retry)
+
+    top.on_reload(("manager.max_nodes", "manager.max_hosts", "manager.max_contexts",
+                   "manager.wait_before_remove", "manager.idle_failures_before_remove"),
+                  quotas)
+    if console is not None:
+        def console_settings(new: Config) -> None:
+            console._config = attrs.evolve(
+                console._config, **{k: getattr(new.console, k) for k in CONSOLE_LIVE})
+
+        top.on_reload([f"console.{k}" for k in CONSOLE_LIVE], console_settings)
+    factory = getattr(proxy, "factory", None)
+    if factory is not None:  # one process; worker processes keep theirs until a restart
+        def proxy_settings(new: Config) -> None:
+            factory.config = attrs.evolve(
+                factory.config, **{k: getattr(new.proxy, k) for k in PROXY_LIVE})
+
+        top.on_reload([f"proxy.{k}" for k in PROXY_LIVE], proxy_settings)
+        top.drainers.append(factory.drain)
+        top.stop_accepting.append(
+            lambda: defer.gatherResults([s.stopService() for s in list(proxy)]))
+    else:
+        top.on_reload(("proxy.drain_timeout",), lambda new: None)
+
+
+#: Console settings a reload applies (read at every page).
+CONSOLE_LIVE = ("check_nonce", "allow_cmd", "allow_display", "reduce_display")
+#: Proxy settings a reload applies in a one-process balancer (read per request
+#: or per sweep from the factory's configuration).
+PROXY_LIVE = ("client_timeout", "max_request_body", "drain_timeout")
 
 
 def _proxy(config: Config, reactor, registry, node_tls):

@@ -1417,6 +1417,21 @@ class ProxyFactory(Factory):
                 hosts.clear()
             hosts.add(host)
 
+    def drain(self) -> int:
+        """
+        Stopping: close the idle client connections; return how many are
+        still busy (a request in flight, a request head arriving, a tunnel).
+        """
+        busy = 0
+        for client in list(self._clients):
+            if client._current is None and not client._queue and client._tunnel is None \
+                    and (client._reading is None or client._reading.head_size < 0):
+                client._closing = True
+                client.transport.loseConnection()
+            else:
+                busy += 1
+        return busy
+
     def buildProtocol(self, addr) -> ClientProtocol:
         p = ClientProtocol(self)
         return p

@@ -362,7 +362,8 @@ class WorkerPool(Service):
                 worker.transport.closeStdin()
             except Exception:
                 worker._kill()
-        killer = self.reactor.callLater(STOP_TIMEOUT, self._kill_all)
+        killer = self.reactor.callLater(
+            STOP_TIMEOUT + getattr(self.config.proxy, "drain_timeout", 0.0), self._kill_all)
         done = defer.gatherResults(waits)
 
         def finished(_):
@@ -625,7 +626,20 @@ class WorkerService(Service):
         waits = []
         for d in self.ports:
             waits.append(d.addCallback(lambda port: port.stopListening()))
-        return defer.gatherResults(waits)
+        done = defer.gatherResults(waits)
+        timeout = getattr(self.factory.config, "drain_timeout", 0.0)
+        if timeout > 0 and hasattr(self.factory, "drain"):
+            done.addCallback(lambda _: self._drain(self.reactor.seconds() + timeout))
+        return done
+
+    def _drain(self, deadline: float):
+        """Let requests in flight finish (idle connections are closed) until C{deadline}."""
+        busy = self.factory.drain()
+        if not busy or self.reactor.seconds() >= deadline:
+            return None
+        d = defer.Deferred()
+        self.reactor.callLater(0.1, d.callback, None)
+        return d.addCallback(lambda _: self._drain(deadline))
 
     def report(self) -> None:
         r = self.mirror.report()
