@@ -86,6 +86,7 @@ class BalancerService(MultiService):
     @ivar drainers: C{callable() -> int} per data plane: closes idle client
         connections and says how many are still busy.
     @ivar stop_accepting: C{callable() -> Deferred | None} run first on stop.
+    @ivar after_drain: C{callable()} run once the drain is over.
     """
 
     def __init__(self, config: Config, reactor) -> None:
@@ -98,6 +99,7 @@ class BalancerService(MultiService):
         self.signals = False
         self.drainers: list[Callable[[], int]] = []
         self.stop_accepting: list[Callable[[], Any]] = []
+        self.after_drain: list[Callable[[], Any]] = []
         self._live: list[tuple[tuple[str, ...], Callable[[Config], None]]] = []
         self._reopen: list[Callable[[], None]] = []
         self._previous_handlers: dict[int, Any] = {}
@@ -294,6 +296,12 @@ class BalancerService(MultiService):
             if busy:
                 log.warn("drain: {busy} client connections still busy after {timeout} s; "
                          "closing them", busy=busy, timeout=timeout)
+            for done in self.after_drain:
+                try:
+                    done()
+                except Exception:
+                    log.failure("drain: finishing failed")
+            del self.after_drain[:]
         yield super().stopService()
 
     def _drain_once(self) -> int:

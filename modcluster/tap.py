@@ -311,9 +311,16 @@ def _live_settings(top, registry, console, proxy) -> None:
                 factory.config, **{k: getattr(new.proxy, k) for k in PROXY_LIVE})
 
         top.on_reload([f"proxy.{k}" for k in PROXY_LIVE], proxy_settings)
+        def stop_accepting():
+            # Hold the factory open while its listeners stop: its last port
+            # stopping would stop it, closing the node connections that the
+            # requests in flight are using.
+            factory.doStart()
+            top.after_drain.append(factory.doStop)
+            return defer.gatherResults([s.stopService() for s in list(proxy)])
+
         top.drainers.append(factory.drain)
-        top.stop_accepting.append(
-            lambda: defer.gatherResults([s.stopService() for s in list(proxy)]))
+        top.stop_accepting.append(stop_accepting)
     else:
         top.on_reload(("proxy.drain_timeout",), lambda new: None)
 

@@ -1,0 +1,93 @@
+"""
+modcluster.lifecycle: the one "apply a new configuration" path, in memory.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import LogLevel, capturedLogs
+
+from modcluster.config import parse_config
+from modcluster.lifecycle import BalancerService, changed_keys
+from modcluster.tap import build
+
+
+def test_changed_keys_in_file_order():
+    old = parse_config("")
+    new = parse_config("[proxy]\nclient_timeout = 3.0\nlisten = ['tcp:1']\n"
+                       "[manager]\nmax_nodes = 7\n")
+    assert changed_keys(old, new) == ["manager.max_nodes", "proxy.listen",
+                                      "proxy.client_timeout"]
+    assert changed_keys(new, new) == []
+
+
+def test_hooks_run_once_for_their_keys_and_the_rest_needs_a_restart():
+    top = BalancerService(parse_config(""), Clock())
+    calls = []
+    top.on_reload(("proxy.client_timeout", "proxy.max_request_body"),
+                  lambda new: calls.append(("proxy", new.proxy.client_timeout)))
+    top.on_reload(("console.*",), lambda new: calls.append(("console", new.console.allow_cmd)))
+    new = parse_config("[proxy]\nclient_timeout = 3.0\nmax_request_body = 10\n"
+                       "listen = ['tcp:1']\n")
+    with capturedLogs() as events:
+        applied, restart = top.apply_config(new)
+    assert applied == ["proxy.client_timeout", "proxy.max_request_body"]
+    assert restart == ["proxy.listen"]
+    assert calls == [("proxy", 3.0)]
+    assert top.config is new
+    (line,) = [e for e in events if "reload" in e.get("log_format", "")]
+    assert line["applied"] == "proxy.client_timeout, proxy.max_request_body"
+    # a second reload compares with the previous one for hooks, with the start for restarts
+    calls.clear()
+    newer = parse_config("[proxy]\nclient_timeout = 3.0\nmax_request_body = 10\n"
+                         "listen = ['tcp:1']\n[console]\nallow_cmd = false\n")
+    applied, restart = top.apply_config(newer)
+    assert applied == ["console.allow_cmd"] and restart == ["proxy.listen"]
+    assert calls == [("console", False)]
+
+
+def test_a_failing_hook_is_logged_and_the_others_still_run():
+    top = BalancerService(parse_config(""), Clock())
+    ran = []
+
+    def broken(new):
+        raise RuntimeError("boom")
+
+    top.on_reload(("manager.max_nodes",), broken)
+    top.on_reload(("manager.max_nodes",), lambda new: ran.append(new.manager.max_nodes))
+    with capturedLogs() as events:
+        top.apply_config(parse_config("[manager]\nmax_nodes = 3\n"))
+    assert ran == [3]
+    assert any(e.get("log_level") == LogLevel.critical and "reload" in e["log_format"]
+               for e in events)
+
+
+def test_reload_without_a_file_keeps_the_configuration():
+    top = BalancerService(parse_config(""), Clock())
+    assert top.reload() is False
+
+
+def test_reload_refuses_an_invalid_file(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("[manager]\nmax_nodes = 2\n")
+    top = BalancerService(parse_config(path.read_text()), Clock())
+    top.config_path = str(path)
+    path.write_text("[proxy]\nlisten = ['tcp:8000:interface=10.0.0.256']\n")
+    with capturedLogs() as events:
+        assert top.reload() is False
+    assert top.config.manager.max_nodes == 2
+    (error,) = [e for e in events if e.get("log_level") == LogLevel.error]
+    assert "interface=10.0.0.256" in error["problems"]
+
+
+def test_built_balancer_applies_quotas_console_and_proxy_settings_live():
+    reactor = MemoryReactorClock()
+    top = build(parse_config(""), reactor)
+    assert {"manager.max_nodes", "console.allow_cmd", "proxy.client_timeout",
+            "proxy.drain_timeout"} <= set(top.live_keys())
+    top.apply_config(parse_config("[manager]\nmax_nodes = 1\n[console]\nallow_cmd = false\n"
+                                  "[proxy]\nclient_timeout = 2.5\n"))
+    assert top.registry.limits.max_nodes == 1
+    factory = top.drainers[0].__self__
+    assert factory.config.client_timeout == 2.5
