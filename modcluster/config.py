@@ -284,6 +284,11 @@ class ManagerConfig:
     state_file: str = field(default="txmodcluster-state.json", metadata=_doc(
         "Where the state is saved when `persist` is on (written atomically).",
         "MemManagerFile"))
+    handover_socket: Optional[str] = field(default=None, metadata=_doc(
+        "Unix socket path for hitless restarts: a balancer started with the same "
+        "setting while another one runs takes its listening sockets and registrations "
+        "over, and the old one drains and exits (see docs/operations.md, \"Upgrade "
+        "without dropping a request\").  Unset: no handover.", ""))
     release: str = field(default="mod_cluster/1.3.22.Final", metadata=_doc(
         "Release string VERSION and the console report.  The default keeps tools that "
         "match httpd's `mod_cluster/x.y.z.Final` working.", ""))

@@ -212,6 +212,9 @@ class BalancerService(MultiService):
     # -- start --------------------------------------------------------------
 
     def privilegedStartService(self) -> None:
+        book = getattr(self, "listener_book", None)
+        if book is not None:  # record the listeners for a handover (handover.py)
+            book.install()
         try:
             super().privilegedStartService()
         except (CannotListenError, OSError) as e:
@@ -222,6 +225,10 @@ class BalancerService(MultiService):
             super().startService()
         except (CannotListenError, OSError) as e:
             self._cannot_start(e)
+        finally:
+            book = getattr(self, "listener_book", None)
+            if book is not None:
+                book.uninstall()
         if self.signals:
             self._install_signals()
 

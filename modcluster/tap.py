@@ -81,11 +81,73 @@ def _refuse(problems: list[str]) -> None:
 def makeService(options: Options) -> MultiService:
     from twisted.internet import reactor
 
+    path = options.config.manager.handover_socket
+    takeover = None
+    if path:
+        from modcluster.handover import take_over
+
+        try:
+            takeover = take_over(path)
+        except (OSError, ValueError, KeyError) as e:
+            _refuse([f"{options['config']}: manager.handover_socket: cannot take over from "
+                     f"the balancer at {path}: {e}"])
     top = build(options.config, reactor, demo=bool(options["demo"]))
+    if path:
+        _handover(top, options.config, reactor, path, takeover)
     top.config_path = options["config"]
     top.twistd_options = getattr(options, "parent", None)
     top.signals = True
     return top
+
+
+def _handover(top, config: Config, reactor, path: str, takeover) -> None:
+    """
+    Hitless restarts (modcluster/handover.py): record (or adopt) the
+    listeners, restore the registrations handed over, serve the handover
+    socket.
+    """
+    from modcluster.handover import HandoverService, ListenerBook
+
+    book = ListenerBook(reactor, takeover)
+    top.listener_book = book
+    if takeover is not None:
+        try:
+            count = top.registry.restore(takeover.state)
+            log.info("handover: {count} nodes taken over from process {pid}",
+                     count=count, pid=takeover.pid)
+        except ValueError as e:  # already restored from the state file
+            log.info("handover: registrations kept from the state file ({error})", error=e)
+        if config.proxy.workers > 1:
+            _adopt_worker_sockets(top, config, takeover)
+    HandoverService(reactor, path, top, book, takeover).setServiceParent(top)
+
+
+def _adopt_worker_sockets(top, config: Config, takeover) -> None:
+    """Give the worker pool the proxy sockets handed over (bind the others)."""
+    import socket
+
+    from twisted.internet.endpoints import serverFromString
+
+    from modcluster.proxy.workers import SharedListener, WorkerPool, _AddressRecorder, bind_shared
+
+    for pool in top:
+        if not isinstance(pool, WorkerPool):
+            continue
+        for description in config.proxy.listen:
+            recorder = _AddressRecorder()
+            serverFromString(recorder, description).listen(None).addErrback(lambda _: None)
+            kind, port, _, interface = recorder.args
+            handed = takeover.pop(interface, port) if port else []
+            if not handed:
+                pool.listeners.append(bind_shared(description, pool.count))
+                continue
+            sockets = [socket.socket(fileno=fd) for fd, _ in handed]
+            for extra in sockets[pool.count:]:
+                extra.close()
+            sockets = [sockets[i % len(sockets)] for i in range(pool.count)]
+            host, bound = sockets[0].getsockname()[:2]
+            pool.listeners.append(SharedListener(description, kind, sockets[0].family, host,
+                                                 bound, tuple(sockets)))
 
 
 def endpoint_address(description: str) -> tuple[str, int]:

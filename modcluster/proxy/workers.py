@@ -623,13 +623,19 @@ class WorkerService(Service):
             if loop.running:
                 loop.stop()
         self.report()
+        timeout = getattr(self.factory.config, "drain_timeout", 0.0)
+        draining = timeout > 0 and hasattr(self.factory, "drain")
+        if draining:
+            # Hold the factory open while its listeners stop: its last port
+            # stopping would close the node connections of requests in flight.
+            self.factory.doStart()
         waits = []
         for d in self.ports:
             waits.append(d.addCallback(lambda port: port.stopListening()))
         done = defer.gatherResults(waits)
-        timeout = getattr(self.factory.config, "drain_timeout", 0.0)
-        if timeout > 0 and hasattr(self.factory, "drain"):
+        if draining:
             done.addCallback(lambda _: self._drain(self.reactor.seconds() + timeout))
+            done.addBoth(lambda result: (self.factory.doStop(), result)[1])
         return done
 
     def _drain(self, deadline: float):

@@ -240,3 +240,117 @@ def test_sigterm_lets_requests_in_flight_finish(running, tmp_path):
         assert not (tmp_path / "twistd.pid").exists()
     finally:
         backend.shutdown()
+
+
+# -- hitless restart ----------------------------------------------------------
+
+
+class _FastHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        body = b"ok " + self.path.encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def _load(pport, stop, results, delay=0.0):
+    """GET on a new connection each time until C{stop} is set; record every outcome."""
+    n = 0
+    while not stop.is_set():
+        n += 1
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", pport, timeout=10)
+            conn.request("GET", f"/app/{n}", headers={"Host": "localhost",
+                                                      "Connection": "close"})
+            resp = conn.getresponse()
+            body = resp.read()
+            conn.close()
+            results.append((resp.status, body == f"ok /app/{n}".encode()))
+        except OSError as e:
+            results.append((repr(e), False))
+        if delay:
+            time.sleep(delay)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_new_process_takes_over_without_a_failed_request(tmp_path, workers):
+    backend = ThreadingHTTPServer(("127.0.0.1", 0), _FastHandler)
+    threading.Thread(target=backend.serve_forever, daemon=True).start()
+    mport, pport = free_loopback_ports(2)
+    config = tmp_path / "balancer.toml"
+    config.write_text(f'[manager]\nlisten = ["tcp:{mport}:interface=127.0.0.1"]\n'
+                      f'handover_socket = "{tmp_path}/handover.sock"\n'
+                      f'[proxy]\nlisten = ["tcp:{pport}:interface=127.0.0.1"]\n'
+                      f"workers = {workers}\n")
+    procs = []
+
+    def start(name):
+        proc = subprocess.Popen(
+            TWISTD + ["-n", f"--pidfile={name}.pid", f"--logfile={name}.log", "modcluster",
+                      "--config", str(config)],
+            cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        procs.append(proc)
+        return proc
+
+    stop = threading.Event()
+    results: list = []
+    loaders = [threading.Thread(target=_load, args=(pport, stop, results)) for _ in range(4)]
+    try:
+        old = start("old")
+        _wait_for(lambda: _listening(mport) or old.poll() is not None, "old balancer")
+        bport = backend.server_address[1]
+        assert _mcmp(mport, "CONFIG",
+                     f"JVMRoute=h1&Host=127.0.0.1&Port={bport}&Type=http".encode())[0].status == 200
+        assert _mcmp(mport, "ENABLE-APP",
+                     b"JVMRoute=h1&Alias=localhost&Context=%2Fapp")[0].status == 200
+        assert _mcmp(mport, "STATUS", b"JVMRoute=h1&Load=100")[0].status == 200
+        _wait_for(lambda: _get_status(pport) == 200, "routing through the old balancer")
+        for t in loaders:
+            t.start()
+        _wait_for(lambda: len(results) > 20, "load before the restart")
+        new = start("new")
+        assert old.wait(60) == 0, (tmp_path / "old.log").read_text()
+        before = len(results)
+        _wait_for(lambda: len(results) > before + 50, "load after the restart")
+        stop.set()
+        for t in loaders:
+            t.join(30)
+        failed = [r for r in results if r != (200, True)]
+        assert failed == [], failed[:5]
+        assert new.poll() is None, (tmp_path / "new.log").read_text()
+        # the registrations came over: the new balancer knows the node
+        resp, body = _mcmp(mport, "INFO")
+        assert b"Name: h1," in body and b"Context: /app, Status: ENABLED" in body
+        log = (tmp_path / "new.log").read_text()
+        assert "took over from process" in log
+        assert not (tmp_path / "old.pid").exists()
+    finally:
+        stop.set()
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        backend.shutdown()
+
+
+def _get_status(pport):
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", pport, timeout=5)
+        conn.request("GET", "/app/probe", headers={"Host": "localhost"})
+        resp = conn.getresponse()
+        resp.read()
+        conn.close()
+        return resp.status
+    except OSError:
+        return None

@@ -1,0 +1,343 @@
+"""
+Hitless restart: a new balancer process takes the listening sockets and the
+registrations over from the running one, which then drains and exits.
+
+With C{manager.handover_socket} set, every balancer listens on that Unix
+socket.  A balancer starting with the same setting first connects to it
+(L{take_over}); when a balancer answers:
+
+ 1. the running (old) process stops accepting on all its listeners, without
+    closing them: new connections wait in the kernel's accept queues;
+ 2. it sends the listening sockets (file descriptors, C{SCM_RIGHTS}) and a
+    snapshot of its registry;
+ 3. the new process restores the registry, adopts the sockets for the
+    listeners of its own configuration with the same address (binding the
+    others), starts, and says C{ready};
+ 4. the old process stops its handover listener, closes the connection, and
+    stops as on SIGTERM: its requests in flight finish (C{proxy.drain_timeout}),
+    idle connections are closed;
+ 5. the new process binds the handover socket itself, ready for the next
+    upgrade.
+
+The sockets are the same kernel objects in both processes, so no connection
+waiting in an accept queue is lost (which closing one of two C{SO_REUSEPORT}
+sockets would do).  If the new process dies before C{ready}, the old one
+accepts again.  Worker processes (C{proxy.workers} > 1) receive the old
+process's worker sockets the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from typing import Any, Optional
+
+from twisted.application.service import Service
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+
+__all__ = ["HandoverService", "ListenerBook", "Takeover", "take_over"]
+
+log = Logger(namespace="modcluster.handover")
+
+#: Most file descriptors one handover passes.
+MAX_FDS = 250
+
+
+def _key(host: str, port: int) -> tuple[str, int]:
+    return (host or "0.0.0.0", int(port))
+
+
+class Takeover:
+    """
+    What the new process received from the old one (L{take_over}).
+
+    @ivar sockets: C{(host, port) -> [(fd, family), ...]}, unused ones still open.
+    @ivar state: the old registry's L{Registry.to_state} snapshot.
+    """
+
+    def __init__(self, sock: socket.socket, sockets: dict, state: dict, pid: int) -> None:
+        self._sock = sock
+        self.sockets = sockets
+        self.state = state
+        self.pid = pid
+
+    def pop(self, host: str, port: int) -> list[tuple[int, int]]:
+        """The handed sockets listening on C{host:port} (now owned by the caller)."""
+        return self.sockets.pop(_key(host, port), [])
+
+    def finish(self, timeout: float = 10.0) -> None:
+        """
+        Tell the old process we serve; wait until it released the handover
+        socket; close the sockets no listener of ours took.
+        """
+        for entries in self.sockets.values():
+            for fd, _ in entries:
+                os.close(fd)
+        self.sockets.clear()
+        try:
+            self._sock.settimeout(timeout)
+            self._sock.sendall(b"ready\n")
+            while self._sock.recv(4096):
+                pass
+        except OSError as e:
+            log.warn("handover: no goodbye from process {pid}: {error}", pid=self.pid, error=e)
+        finally:
+            self._sock.close()
+
+
+def take_over(path: str, timeout: float = 10.0) -> Optional[Takeover]:
+    """
+    Ask the balancer listening on C{path} for its sockets and registrations.
+    C{None} when no balancer answers there (a stale socket file is removed).
+    Blocking: called before the reactor runs.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(path)
+    except (FileNotFoundError, ConnectionRefusedError) as e:
+        sock.close()
+        if isinstance(e, ConnectionRefusedError):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        return None
+    try:
+        sock.sendall(json.dumps({"takeover": True, "pid": os.getpid()}).encode() + b"\n")
+        head, fds, _, _ = socket.recv_fds(sock, 1 << 16, MAX_FDS)
+        buffer = bytearray(head)
+        while b"\n" not in buffer:
+            chunk = sock.recv(1 << 16)
+            if not chunk:
+                raise ConnectionError("the running balancer closed the handover")
+            buffer += chunk
+        line, _, rest = bytes(buffer).partition(b"\n")
+        header = json.loads(line)
+        state_bytes = bytearray(rest)
+        while len(state_bytes) < header["state_length"]:
+            chunk = sock.recv(1 << 20)
+            if not chunk:
+                raise ConnectionError("the running balancer closed the handover")
+            state_bytes += chunk
+        state = json.loads(bytes(state_bytes[:header["state_length"]]))
+    except Exception:
+        sock.close()
+        raise
+    sockets: dict[tuple[str, int], list[tuple[int, int]]] = {}
+    for fd, entry in zip(fds, header["listeners"]):
+        sockets.setdefault(_key(entry["host"], entry["port"]), []).append(
+            (fd, entry["family"]))
+    for fd in fds[len(header["listeners"]):]:
+        os.close(fd)
+    return Takeover(sock, sockets, state, header["pid"])
+
+
+class ListenerBook:
+    """
+    Stands between the listeners being started and the reactor (installed
+    on the reactor instance for the start only): records every listening
+    port, and adopts a handed-over socket instead of binding when one
+    listens on the same address.
+    """
+
+    def __init__(self, reactor, takeover: Optional[Takeover] = None) -> None:
+        self.reactor = reactor
+        self.takeover = takeover
+        self.ports: list = []
+        self._installed = False
+
+    def install(self) -> None:
+        if not self._installed:
+            self._real = (self.reactor.listenTCP, self.reactor.listenSSL)
+            self.reactor.listenTCP = self.listenTCP
+            self.reactor.listenSSL = self.listenSSL
+            self._installed = True
+
+    def uninstall(self) -> None:
+        if self._installed:
+            del self.reactor.listenTCP
+            del self.reactor.listenSSL
+            self._installed = False
+
+    def _adopt(self, port: int, interface: str, factory) -> Optional[Any]:
+        if self.takeover is None or not port:
+            return None
+        handed = self.takeover.pop(interface, port)
+        first = None
+        for fd, family in handed:
+            adopted = self.reactor.adoptStreamPort(fd, family, factory)
+            os.close(fd)  # adoptStreamPort took its own copy
+            self.ports.append(adopted)
+            first = first or adopted
+        if first is not None:
+            log.info("handover: took over the listener on {interface}:{port}",
+                     interface=interface or "*", port=port)
+        return first
+
+    def listenTCP(self, port, factory, backlog=50, interface=""):
+        adopted = self._adopt(port, interface, factory)
+        if adopted is not None:
+            return adopted
+        listening = self._real[0](port, factory, backlog=backlog, interface=interface)
+        self.ports.append(listening)
+        return listening
+
+    def listenSSL(self, port, factory, contextFactory, backlog=50, interface=""):
+        adopted = self._adopt(port, interface, TLSMemoryBIOFactory(contextFactory, False,
+                                                                   factory))
+        if adopted is not None:
+            return adopted
+        listening = self._real[1](port, factory, contextFactory, backlog=backlog,
+                                  interface=interface)
+        self.ports.append(listening)
+        return listening
+
+    def listening(self) -> list:
+        """The recorded ports still open."""
+        return [p for p in self.ports if getattr(p, "connected", False)]
+
+
+class _HandoverProtocol(Protocol):
+    def __init__(self, service: "HandoverService") -> None:
+        self.service = service
+        self.buffer = b""
+        self.paused: list = []
+        self.handed = False
+        self.done = False
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffer += data
+        while b"\n" in self.buffer:
+            line, _, self.buffer = self.buffer.partition(b"\n")
+            if not self.handed:
+                self.handed = True
+                self.service.hand_over(self, line)
+            elif line.strip() == b"ready":
+                self.done = True
+                self.service.handed_over(self)
+
+    def connectionLost(self, reason=None) -> None:
+        if self.handed and not self.done:
+            self.service.failed(self)
+
+
+class HandoverService(Service):
+    """
+    Both ends of a handover in a balancer: finishes the takeover this
+    process started (if any), then listens on C{path} for a successor.
+
+    @param top: the L{modcluster.lifecycle.BalancerService} (registry, book).
+    """
+
+    def __init__(self, reactor, path: str, top, book: ListenerBook,
+                 takeover: Optional[Takeover] = None) -> None:
+        self.reactor = reactor
+        self.path = path
+        self.top = top
+        self.book = book
+        self.takeover = takeover
+        self.port = None
+        self.busy = False
+
+    def startService(self) -> None:
+        super().startService()
+        if self.takeover is not None:
+            self.takeover.finish()
+            log.info("handover: took over from process {pid}; it now drains and exits",
+                     pid=self.takeover.pid)
+            self.takeover = None
+        if os.path.exists(self.path):
+            os.unlink(self.path)  # stale (the checks in take_over found nobody there)
+        factory = Factory.forProtocol(lambda: _HandoverProtocol(self))
+        factory.noisy = False
+        self.port = self.reactor.listenUNIX(self.path, factory, mode=0o600)
+
+    def stopService(self):
+        super().stopService()
+        if self.port is not None:
+            port, self.port = self.port, None
+            return port.stopListening()
+        return None
+
+    # -- the old process --------------------------------------------------------
+
+    def _sockets(self) -> list[tuple[dict, int]]:
+        entries = []
+        for port in self.book.listening():
+            host = port.getHost()
+            entries.append(({"host": host.host, "port": host.port,
+                             "family": port.addressFamily}, port.fileno()))
+        from modcluster.proxy.workers import WorkerPool
+
+        for service in self.top:
+            if isinstance(service, WorkerPool):
+                for listener in service.listeners:
+                    for s in listener.sockets:
+                        entries.append(({"host": listener.host, "port": listener.port,
+                                         "family": listener.family}, s.fileno()))
+        return entries[:MAX_FDS]
+
+    def hand_over(self, proto: _HandoverProtocol, line: bytes) -> None:
+        try:
+            request = json.loads(line)
+            pid = int(request["pid"])
+        except (ValueError, KeyError, TypeError):
+            proto.transport.loseConnection()
+            return
+        if self.busy or not request.get("takeover"):
+            proto.transport.loseConnection()
+            return
+        self.busy = True
+        proto.pid = pid
+        for port in self.book.listening():
+            port.stopReading()
+            # Closing must not shut the socket down: it is the new process's too.
+            port._shouldShutdown = False
+            proto.paused.append(port)
+        state = json.dumps(self.top.registry.to_state(), separators=(",", ":")).encode()
+        entries = self._sockets()
+        header = json.dumps({"pid": os.getpid(), "listeners": [e for e, _ in entries],
+                             "state_length": len(state)}).encode() + b"\n"
+        handle = proto.transport.getHandle()
+        try:
+            handle.setblocking(True)
+            socket.send_fds(handle, [header], [fd for _, fd in entries])
+            handle.sendall(state)
+            handle.setblocking(False)
+        except OSError as e:
+            log.error("handover to process {pid} failed: {error}", pid=pid, error=e)
+            proto.transport.abortConnection()
+            return
+        log.info("handover: process {pid} is taking over {count} listening sockets and "
+                 "{nodes} nodes", pid=pid, count=len(entries),
+                 nodes=len(self.top.registry.to_state().get("nodes", ())))
+
+    def handed_over(self, proto: _HandoverProtocol) -> None:
+        log.info("handover: process {pid} serves now; draining and stopping", pid=proto.pid)
+        port, self.port = self.port, None
+
+        def bye(_=None) -> None:
+            proto.transport.loseConnection()
+            self.reactor.callLater(0, self._stop_reactor)
+
+        if port is None:
+            bye()
+        else:
+            port.stopListening().addBoth(bye)
+
+    def _stop_reactor(self) -> None:
+        if self.reactor.running:
+            self.reactor.stop()
+
+    def failed(self, proto: _HandoverProtocol) -> None:
+        self.busy = False
+        for port in proto.paused:
+            if getattr(port, "connected", False):
+                port._shouldShutdown = True
+                port.startReading()
+        log.error("handover: process {pid} went away before serving; accepting again",
+                  pid=getattr(proto, "pid", "?"))
