@@ -304,9 +304,14 @@ def build(config: Config, reactor, demo: bool = False) -> MultiService:
     site = ManagementSite(guarded, max_message_size=m.max_message_size,
                           timeout=m.request_timeout, read_timeouts=read_timeouts,
                           timeouts=slow, reactor=reactor)
+    tls_live: list = []
     for description in m.listen:
         _listen(reactor, with_backlog(description, m.listen_backlog), site,
-                m.tls).setServiceParent(top)
+                m.tls, tls_live).setServiceParent(top)
+    top.management_tls = tls_live  # the SwappableServerTLS of each TLS listener
+    if tls_live:
+        top.on_reload([f"manager.tls.{k}" for k in MANAGER_TLS_LIVE],
+                      lambda new: _renew_tls(tls_live, new.manager.tls))
     if separate and serve_console:
         from modcluster.tls import server_endpoint
 
@@ -318,7 +323,8 @@ def build(config: Config, reactor, demo: bool = False) -> MultiService:
         for description in c.listen:
             description = with_backlog(description, m.listen_backlog)
             if console_tls:
-                _listen(reactor, description, console_site, m.tls).setServiceParent(top)
+                _listen(reactor, description, console_site, m.tls,
+                        tls_live).setServiceParent(top)
             else:
                 StreamServerEndpointService(server_endpoint(reactor, description),
                                             console_site).setServiceParent(top)
@@ -508,17 +514,41 @@ def console_url(config: Config):
     return f"{scheme}://{host}:{port}{c.path}"
 
 
-def _listen(reactor, description: str, site, tls_config):
+#: Management TLS settings a reload applies to new connections.
+MANAGER_TLS_LIVE = ("certificate", "private_key", "ca", "require_client_certificate",
+                    "minimum_version", "ciphers")
+
+
+def _management_tls(tls_config):
+    from modcluster.tls import server_context_factory
+
+    return server_context_factory(
+        tls_config.certificate, tls_config.private_key, tls_config.ca,
+        require_client_cert=tls_config.require_client_certificate,
+        min_version=tls_config.minimum_version, ciphers=tls_config.ciphers)
+
+
+def _renew_tls(swappables: list, tls_config) -> None:
+    """Reload: new certificates, key, CA for the management listeners' new connections."""
+    if not tls_config.enabled:
+        return  # turning TLS off needs a restart (reported as such)
+    options = _management_tls(tls_config)
+    for swappable in swappables:
+        swappable.options = options
+    log.info("management TLS: new connections use {certificate}",
+             certificate=tls_config.certificate)
+
+
+def _listen(reactor, description: str, site, tls_config, tls_live=None):
     from twisted.application.internet import StreamServerEndpointService
 
     if not tls_config.enabled:
         return strports.service(description, site, reactor=reactor)
-    from modcluster.tls import server_context_factory, tls_server_endpoint
+    from modcluster.tls import SwappableServerTLS, tls_server_endpoint
 
-    factory = server_context_factory(
-        tls_config.certificate, tls_config.private_key, tls_config.ca,
-        require_client_cert=tls_config.require_client_certificate,
-        min_version=tls_config.minimum_version, ciphers=tls_config.ciphers)
+    factory = SwappableServerTLS(_management_tls(tls_config))
+    if tls_live is not None:
+        tls_live.append(factory)
     endpoint = tls_server_endpoint(reactor, description, factory,
                                    tls_config.handshake_timeout)
     return StreamServerEndpointService(endpoint, site)

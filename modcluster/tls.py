@@ -34,6 +34,7 @@ from twisted.internet import endpoints
 from twisted.internet.interfaces import (
     IHandshakeListener,
     IOpenSSLClientConnectionCreator,
+    IOpenSSLServerConnectionCreator,
     ISSLTransport,
     IStreamServerEndpoint,
 )
@@ -391,6 +392,21 @@ class _HandshakeTimeoutEndpoint:
     def listen(self, protocolFactory):
         return self._endpoint.listen(
             HandshakeTimeoutFactory(protocolFactory, self._clock, self._timeout))
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class SwappableServerTLS:
+    """
+    Server TLS whose options can be replaced while listening (reload): each
+    new connection uses the current C{options} (e.g. from
+    L{server_context_factory}); connections already made keep theirs.
+    """
+
+    def __init__(self, options: CertificateOptions) -> None:
+        self.options = options
+
+    def serverConnectionForTLS(self, tlsProtocol):
+        return SSL.Connection(self.options.getContext(), None)
 
 
 def tls_server_endpoint(

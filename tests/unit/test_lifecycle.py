@@ -91,3 +91,43 @@ def test_built_balancer_applies_quotas_console_and_proxy_settings_live():
     assert top.registry.limits.max_nodes == 1
     factory = top.drainers[0].__self__
     assert factory.config.client_timeout == 2.5
+
+
+def test_reload_gives_new_management_tls_connections_the_new_certificate(tmp_path):
+    import trustme
+    from cryptography import x509
+
+    from modcluster.tls import SwappableServerTLS
+
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    for name in ("old", "new"):
+        cert = ca.issue_cert(f"{name}.example")
+        cert.cert_chain_pems[0].write_to_path(str(tmp_path / f"{name}.pem"))
+        cert.private_key_pem.write_to_path(str(tmp_path / f"{name}-key.pem"))
+
+    def config(name):
+        return parse_config(f"""
+[manager]
+listen = ["tcp:0:interface=127.0.0.1"]
+[manager.tls]
+enabled = true
+certificate = "{tmp_path}/{name}.pem"
+private_key = "{tmp_path}/{name}-key.pem"
+ca = "{tmp_path}/ca.pem"
+""")
+
+    def served_name(swappable):
+        cert = swappable.serverConnectionForTLS(None).get_certificate().to_cryptography()
+        return cert.extensions.get_extension_for_class(
+            x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+
+    top = build(config("old"), MemoryReactorClock())
+    swappables = top.management_tls
+    assert all(isinstance(s, SwappableServerTLS) for s in swappables)
+    assert len(swappables) == 1 and served_name(swappables[0]) == ["old.example"]
+    applied, restart = top.apply_config(config("new"))
+    assert applied == ["manager.tls.certificate", "manager.tls.private_key"]
+    assert restart == []
+    assert served_name(swappables[0]) == ["new.example"]
+
