@@ -284,6 +284,10 @@ class ManagerConfig:
     state_file: str = field(default="txmodcluster-state.json", metadata=_doc(
         "Where the state is saved when `persist` is on (written atomically).",
         "MemManagerFile"))
+    log_level: str = field(default="info", validator=_one_of(
+        "debug", "info", "warn", "error", "critical"), metadata=_doc(
+        "Least severe log events written (twistd's log and the worker processes'); live "
+        "on reload.", "LogLevel"))
     handover_socket: Optional[str] = field(default=None, metadata=_doc(
         "Unix socket path for hitless restarts: a balancer started with the same "
         "setting while another one runs takes its listening sockets and registrations "

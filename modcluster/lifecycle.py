@@ -69,7 +69,7 @@ def reopen_twistd_log() -> int:
     count = 0
     # twistd's observer is a FileLogObserver over a twisted.python.logfile.LogFile.
     for observer in list(getattr(globalLogPublisher, "_observers", ())):
-        target = getattr(observer, "_outFile", None)
+        target = getattr(getattr(observer, "_observer", observer), "_outFile", None)
         if target is not None and hasattr(target, "reopen") and hasattr(target, "path"):
             target.reopen()
             count += 1
@@ -103,6 +103,8 @@ class BalancerService(MultiService):
         self._live: list[tuple[tuple[str, ...], Callable[[Config], None]]] = []
         self._reopen: list[Callable[[], None]] = []
         self._previous_handlers: dict[int, Any] = {}
+        self._log_predicate = None
+        self.on_reload(("manager.log_level",), self._set_log_level)
 
     # -- reload -------------------------------------------------------------
 
@@ -189,6 +191,26 @@ class BalancerService(MultiService):
                 log.failure("reopening a log file failed")
         log.info("log files reopened ({count})", count=count)
 
+    # -- log level ----------------------------------------------------------
+
+    def _filter_logs(self) -> None:
+        """Put a level filter in front of the log observers twistd installed."""
+        from twisted.logger import FilteringLogObserver, LogLevel, LogLevelFilterPredicate
+
+        self._log_predicate = LogLevelFilterPredicate(
+            defaultLogLevel=LogLevel.levelWithName(self.config.manager.log_level))
+        for observer in list(getattr(globalLogPublisher, "_observers", ())):
+            globalLogPublisher.removeObserver(observer)
+            globalLogPublisher.addObserver(
+                FilteringLogObserver(observer, [self._log_predicate]))
+
+    def _set_log_level(self, new: Config) -> None:
+        if self._log_predicate is not None:
+            from twisted.logger import LogLevel
+
+            self._log_predicate.setLogLevelForNamespace(
+                None, LogLevel.levelWithName(new.manager.log_level))
+
     # -- signals ------------------------------------------------------------
 
     def _install_signals(self) -> None:
@@ -231,6 +253,7 @@ class BalancerService(MultiService):
                 book.uninstall()
         if self.signals:
             self._install_signals()
+            self._filter_logs()
 
     def _listener_key(self, error: BaseException) -> str:
         from modcluster.preflight import split_endpoint

@@ -354,3 +354,17 @@ def _get_status(pport):
         return resp.status
     except OSError:
         return None
+
+
+def test_sighup_changes_the_log_level(running):
+    proc, config, base, mport, pport, logfile = running()
+    config.write_text(base.replace("[proxy]", 'log_level = "error"\n[proxy]'))
+    proc.send_signal(signal.SIGHUP)
+    time.sleep(1.0)  # the reload line itself is info: nothing shows it was applied
+    assert _mcmp(mport, "CONFIG", b"JVMRoute=quiet&Host=127.0.0.1&Port=8009&Type=ajp")[0].status == 200
+    config.write_text(base)
+    proc.send_signal(signal.SIGHUP)
+    _wait_for(lambda: "reload: applied manager.log_level" in logfile.read_text(), "level back")
+    assert _mcmp(mport, "CONFIG", b"JVMRoute=loud&Host=127.0.0.1&Port=8010&Type=ajp")[0].status == 200
+    _wait_for(lambda: "node loud registered" in logfile.read_text(), "info again")
+    assert "node quiet registered" not in logfile.read_text()
