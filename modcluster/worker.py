@@ -56,6 +56,10 @@ def main() -> int:
     # workers stop (it sends "stop", or its end closes our stdin).  SIGTERM
     # stops this worker cleanly.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # SIGHUP (reload) and SIGUSR1 (reopen logs) are the control process's business;
+    # sent to the whole process group they must not end a worker.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     signal.signal(signal.SIGTERM,
                   lambda *_: reactor.callFromThread(reactor.stop))
     reactor.run(installSignalHandlers=False)
