@@ -368,3 +368,36 @@ def test_sighup_changes_the_log_level(running):
     assert _mcmp(mport, "CONFIG", b"JVMRoute=loud&Host=127.0.0.1&Port=8010&Type=ajp")[0].status == 200
     _wait_for(lambda: "node loud registered" in logfile.read_text(), "info again")
     assert "node quiet registered" not in logfile.read_text()
+
+
+@pytest.mark.slow
+def test_reload_and_reopen_signals_to_the_process_group_spare_the_workers(tmp_path):
+    mport, pport = free_loopback_ports(2)
+    config = tmp_path / "balancer.toml"
+    config.write_text(f'[manager]\nlisten = ["tcp:{mport}:interface=127.0.0.1"]\n'
+                      f'[proxy]\nlisten = ["tcp:{pport}:interface=127.0.0.1"]\nworkers = 2\n')
+    logfile = tmp_path / "twistd.log"
+    proc = subprocess.Popen(
+        TWISTD + ["-n", "--pidfile=", f"--logfile={logfile}", "modcluster", "--config",
+                  str(config)],
+        cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+        start_new_session=True)
+    try:
+        _wait_for(lambda: logfile.exists() and logfile.read_text().count(") serving") == 2,
+                  "two workers serving", timeout=60)
+        os.killpg(proc.pid, signal.SIGHUP)
+        os.killpg(proc.pid, signal.SIGUSR1)
+        _wait_for(lambda: "log files reopened" in logfile.read_text(), "reopen")
+        _wait_for(lambda: "reload: applied" in logfile.read_text(), "reload")
+        time.sleep(1.0)
+        assert proc.poll() is None
+        text = logfile.read_text()
+        assert "ended" not in text and "exited" not in text, text[-2000:]
+        assert _get_status(pport) == 404  # the workers serve (no context registered)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
