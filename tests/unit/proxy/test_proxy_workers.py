@@ -337,6 +337,8 @@ def test_pool_stop_asks_workers_then_kills_stragglers():
     w0.end()
     assert not d.called
     reactor.advance(workers.STOP_TIMEOUT)
+    assert w1.signals == []  # its requests in flight may still drain
+    reactor.advance(pool.config.proxy.drain_timeout)
     assert w1.signals == ["KILL"]
     w1.end(ProcessTerminated(signal=9))
     assert d.called
