@@ -375,8 +375,8 @@ def _live_settings(top, registry, console, proxy) -> None:
     factory = getattr(proxy, "factory", None)
     if factory is not None:  # one process; worker processes keep theirs until a restart
         def proxy_settings(new: Config) -> None:
-            factory.config = attrs.evolve(
-                factory.config, **{k: getattr(new.proxy, k) for k in PROXY_LIVE})
+            factory.reconfigure(attrs.evolve(
+                factory.config, **{k: getattr(new.proxy, k) for k in PROXY_LIVE}))
 
         top.on_reload([f"proxy.{k}" for k in PROXY_LIVE], proxy_settings)
         def stop_accepting():
@@ -397,7 +397,8 @@ def _live_settings(top, registry, console, proxy) -> None:
 CONSOLE_LIVE = ("check_nonce", "allow_cmd", "allow_display", "reduce_display")
 #: Proxy settings a reload applies in a one-process balancer (read per request
 #: or per sweep from the factory's configuration).
-PROXY_LIVE = ("client_timeout", "max_request_body", "drain_timeout")
+PROXY_LIVE = ("client_timeout", "max_request_body", "drain_timeout", "timeout",
+              "max_idle_per_node")
 
 
 def _proxy(config: Config, reactor, registry, node_tls):

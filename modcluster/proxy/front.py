@@ -1417,6 +1417,18 @@ class ProxyFactory(Factory):
                 hosts.clear()
             hosts.add(host)
 
+    def reconfigure(self, config) -> None:
+        """
+        Reload: take C{config}, a L{ProxyConfig} differing from the current one
+        only in settings read per request or per sweep (see
+        modcluster/tap.py C{PROXY_LIVE}); the forwarders take theirs.
+        """
+        self.config = config
+        for fw in self._uniqueForwarders():
+            reconfigure = getattr(fw, "reconfigure", None)
+            if reconfigure is not None:
+                reconfigure(config)
+
     def drain(self) -> int:
         """
         Stopping: close the idle client connections; return how many are

@@ -787,6 +787,19 @@ class PooledForwarder:
             pool.settings = node.settings
         return pool
 
+    def reconfigure(self, config) -> None:
+        """
+        Reload: C{config} (a L{ProxyConfig} whose other settings are unchanged)
+        gives the read timeout and idle-connection limit of the nodes that do
+        not set their own (CONFIG C{Timeout}, C{smax}), from now on.
+        """
+        self.config = config
+        for pool in self._pools.values():
+            if pool.settings.timeout <= 0:
+                pool.read_timeout = config.timeout
+            if pool.settings.smax < 0:
+                pool.max_idle = config.max_idle_per_node
+
     def _retire(self, pool) -> None:
         pool.retire()
         if pool.conns:

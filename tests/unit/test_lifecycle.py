@@ -131,3 +131,27 @@ ca = "{tmp_path}/ca.pem"
     assert restart == []
     assert served_name(swappables[0]) == ["new.example"]
 
+
+
+def test_reload_gives_node_pools_the_new_read_timeout_and_idle_limit():
+    from modcluster.cluster.model import BalancerSettings, NodeSettings
+
+    reactor = MemoryReactorClock()
+    top = build(parse_config(""), reactor)
+    factory = top.drainers[0].__self__
+    registry = top.registry
+
+    registry.config(BalancerSettings(name="mycluster"),
+                    NodeSettings(route="own", host="127.0.0.1", port=9001, type="http",
+                                 timeout=7.0))
+    registry.config(BalancerSettings(name="mycluster"),
+                    NodeSettings(route="dflt", host="127.0.0.1", port=9002, type="ajp"))
+    pools = {n.route: factory.forwarders[n.settings.type].pool(n) for n in registry.nodes()}
+    assert pools["dflt"].read_timeout == 60.0 and pools["own"].read_timeout == 7.0
+    applied, _ = top.apply_config(parse_config("[proxy]\ntimeout = 20.0\n"
+                                               "max_idle_per_node = 3\n"))
+    assert applied == ["proxy.timeout", "proxy.max_idle_per_node"]
+    assert pools["dflt"].read_timeout == 20.0 and pools["dflt"].max_idle == 3
+    assert pools["own"].read_timeout == 7.0  # the node's own Timeout wins
+    assert factory.forwarders["ajp"].config.timeout == 20.0
+    assert factory.config.timeout == 20.0
