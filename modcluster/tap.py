@@ -389,8 +389,13 @@ def _live_settings(top, registry, console, proxy) -> None:
 
         top.drainers.append(factory.drain)
         top.stop_accepting.append(stop_accepting)
-    else:
-        top.on_reload(("proxy.drain_timeout",), lambda new: None)
+    else:  # worker processes: the pool passes the live proxy settings on
+        def worker_settings(new: Config) -> None:
+            live = {k: getattr(new.proxy, k) for k in PROXY_LIVE}
+            proxy.reconfigure(attrs.evolve(proxy.config,
+                                           proxy=attrs.evolve(proxy.config.proxy, **live)))
+
+        top.on_reload([f"proxy.{k}" for k in PROXY_LIVE], worker_settings)
 
 
 #: Console settings a reload applies (read at every page).

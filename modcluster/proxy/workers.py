@@ -376,6 +376,19 @@ class WorkerPool(Service):
 
         return done.addBoth(finished)
 
+    def reconfigure(self, config) -> None:
+        """
+        Reload: C{config} (differing only in settings the workers apply live)
+        goes to every worker now and to workers started later.
+        """
+        self.config = config
+        payload = frame(pickle.dumps(("reconfigure", config.proxy)))
+        for worker in list(self.workers.values()):
+            # a worker not started yet gets the new configuration with its init
+            worker.init = frame(pickle.dumps(("init", config, worker.index,
+                                              worker.listeners)))
+            worker.send(payload)
+
     def _beat(self) -> None:
         """Heartbeat: ask every worker for a sign of life; kill the silent ones."""
         now = self.reactor.seconds()
@@ -408,6 +421,7 @@ class WorkerPool(Service):
             fd += 1
         worker = _Worker(self, index)
         self.workers[index] = worker
+        worker.listeners = listeners
         worker.init = frame(pickle.dumps(("init", self.config, index, listeners)))
         try:
             self.reactor.spawnProcess(worker, self.argv[0], self.argv, env=self.env,
@@ -602,6 +616,8 @@ class WorkerService(Service):
             self.mirror.update(message[1])
         elif kind == "ping":
             self.send(["pong"])
+        elif kind == "reconfigure":
+            self.factory.reconfigure(message[1])
         elif kind == "stop":
             self.reactor.stop()
         else:

@@ -440,3 +440,29 @@ def test_worker_reports_slow_client_counts_once():
     reactor.advance(workers.REPORT_INTERVAL)
     assert sent[-1] == ["timeouts", {"header": 2}] and len(
         [m for m in sent if m[0] == "timeouts"]) == 1
+
+
+def test_reload_reaches_running_and_later_workers(pool):
+    """A reload's live proxy settings go to every worker, and into a restarted one's init."""
+    import attrs
+
+    reactor, reg, pool = pool
+    new = attrs.evolve(pool.config, proxy=attrs.evolve(pool.config.proxy, client_timeout=3.0))
+    pool.reconfigure(new)
+    for p in reactor.processes:
+        assert p.messages()[-1] == ("reconfigure", new.proxy)
+    assert all(pickle.loads(w.init[4:])[1] == new for w in pool.workers.values())
+
+
+def test_worker_service_applies_a_reconfigure_message():
+    class Factory:
+        config = None
+
+        def reconfigure(self, config):
+            self.config = config
+
+    factory = Factory()
+    service = WorkerService(MemoryReactorClock(), Mirror(), factory, [], [].append)
+    proxy = parse_config("[proxy]\nclient_timeout = 4.0\n").proxy
+    service.deliver(("reconfigure", proxy))
+    assert factory.config is proxy
