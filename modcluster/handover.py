@@ -163,10 +163,13 @@ class ListenerBook:
             del self.reactor.listenSSL
             self._installed = False
 
-    def _adopt(self, port: int, interface: str, factory) -> Optional[Any]:
+    def _handed(self, port: int, interface: str) -> list[tuple[int, int]]:
         if self.takeover is None or not port:
-            return None
-        handed = self.takeover.pop(interface, port)
+            return []
+        return self.takeover.pop(interface, port)
+
+    def _adopt(self, handed: list[tuple[int, int]], port: int, interface: str,
+               factory) -> Optional[Any]:
         first = None
         for fd, family in handed:
             adopted = self.reactor.adoptStreamPort(fd, family, factory)
@@ -179,18 +182,18 @@ class ListenerBook:
         return first
 
     def listenTCP(self, port, factory, backlog=50, interface=""):
-        adopted = self._adopt(port, interface, factory)
-        if adopted is not None:
-            return adopted
+        handed = self._handed(port, interface)
+        if handed:
+            return self._adopt(handed, port, interface, factory)
         listening = self._real[0](port, factory, backlog=backlog, interface=interface)
         self.ports.append(listening)
         return listening
 
     def listenSSL(self, port, factory, contextFactory, backlog=50, interface=""):
-        adopted = self._adopt(port, interface, TLSMemoryBIOFactory(contextFactory, False,
-                                                                   factory))
-        if adopted is not None:
-            return adopted
+        handed = self._handed(port, interface)
+        if handed:
+            return self._adopt(handed, port, interface,
+                               TLSMemoryBIOFactory(contextFactory, False, factory))
         listening = self._real[1](port, factory, contextFactory, backlog=backlog,
                                   interface=interface)
         self.ports.append(listening)
@@ -265,9 +268,29 @@ class HandoverService(Service):
 
     # -- the old process --------------------------------------------------------
 
+    def _configured(self) -> set:
+        """The C{(host, port)} of the configured listeners with a fixed port."""
+        from modcluster.preflight import split_endpoint
+
+        c = self.top.config
+        found = set()
+        for description in (*c.manager.listen, *c.proxy.listen, *c.console.listen):
+            kind, positional, kw = split_endpoint(description)
+            port = kw.get("port", positional[0] if positional else "0")
+            if kind in ("tcp", "tcp6", "ssl") and port.isdigit() and int(port):
+                found.add(_key(kw.get("interface", "") or ("::" if kind == "tcp6" else ""),
+                               int(port)))
+        return found
+
+    def _ports(self) -> list:
+        """Our listening ports a successor can take (not ephemeral ones: demo nodes)."""
+        configured = self._configured()
+        return [p for p in self.book.listening()
+                if _key(p.getHost().host, p.getHost().port) in configured]
+
     def _sockets(self) -> list[tuple[dict, int]]:
         entries = []
-        for port in self.book.listening():
+        for port in self._ports():
             host = port.getHost()
             entries.append(({"host": host.host, "port": host.port,
                              "family": port.addressFamily}, port.fileno()))
@@ -293,7 +316,7 @@ class HandoverService(Service):
             return
         self.busy = True
         proto.pid = pid
-        for port in self.book.listening():
+        for port in self._ports():
             port.stopReading()
             # Closing must not shut the socket down: it is the new process's too.
             port._shouldShutdown = False

@@ -400,8 +400,8 @@ def _live_settings(top, registry, console, proxy) -> None:
 
 #: Console settings a reload applies (read at every page).
 CONSOLE_LIVE = ("check_nonce", "allow_cmd", "allow_display", "reduce_display")
-#: Proxy settings a reload applies in a one-process balancer (read per request
-#: or per sweep from the factory's configuration).
+#: Proxy settings a reload applies (read per request
+#: or per sweep from the factory's configuration, in every worker process too).
 PROXY_LIVE = ("client_timeout", "max_request_body", "drain_timeout", "timeout",
               "max_idle_per_node")
 

@@ -1,0 +1,50 @@
+"""
+modcluster.handover pieces that need no second process: finding nobody to take
+over from, and the listener book adopting handed sockets instead of binding.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from twisted.internet.ssl import CertificateOptions
+from twisted.internet.testing import MemoryReactor
+from twisted.protocols.tls import TLSMemoryBIOFactory
+
+from modcluster.handover import ListenerBook, Takeover, take_over
+
+
+def test_nobody_to_take_over_from(tmp_path):
+    assert take_over(str(tmp_path / "missing.sock")) is None
+    stale = tmp_path / "stale.sock"
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(stale))
+    s.close()  # the file stays, nobody listens: a balancer that was killed
+    assert take_over(str(stale)) is None
+    assert not stale.exists()
+
+
+def test_book_adopts_handed_sockets_and_binds_the_rest():
+    reactor = MemoryReactor()
+    handed = socket.socket()
+    a, b = socket.socketpair()  # stand-ins for listening sockets
+    takeover = Takeover(a, {("127.0.0.1", 8000): [(os.dup(handed.fileno()), socket.AF_INET)],
+                            ("0.0.0.0", 8443): [(os.dup(handed.fileno()), socket.AF_INET)]},
+                        {}, 1)
+    book = ListenerBook(reactor, takeover)
+    book.install()
+    factory = object()
+    reactor.listenTCP(8000, factory, interface="127.0.0.1")
+    reactor.listenTCP(9000, factory, interface="127.0.0.1")
+    reactor.listenSSL(8443, factory, CertificateOptions())
+    book.uninstall()
+    assert [(fam, f) for _, fam, f in reactor.adoptedPorts][0] == (socket.AF_INET, factory)
+    assert isinstance(reactor.adoptedPorts[1][2], TLSMemoryBIOFactory)
+    assert [(port, iface) for port, _, _, iface in reactor.tcpClients] == []
+    assert [t[0] for t in reactor.tcpServers] == [9000]
+    assert len(book.ports) == 3
+    assert takeover.sockets == {}
+    assert "listenTCP" not in vars(reactor)
+    for s in (handed, a, b):
+        s.close()
