@@ -401,3 +401,40 @@ def test_reload_and_reopen_signals_to_the_process_group_spare_the_workers(tmp_pa
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def test_a_successor_that_goes_away_before_serving_leaves_the_old_one_serving(running, tmp_path):
+    import json
+
+    sock_path = tmp_path / "handover.sock"
+    proc, config, base, mport, pport, logfile = running()
+    # restart with a handover socket: the running fixture's file plus the key
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(20)
+    config.write_text(base.replace("[proxy]", f'handover_socket = "{sock_path}"\n[proxy]'))
+    proc = subprocess.Popen(
+        TWISTD + ["-n", "--pidfile=", f"--logfile={logfile}", "modcluster", "--config",
+                  str(config)],
+        cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        _wait_for(lambda: sock_path.exists() and _listening(pport), "balancer with handover")
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(str(sock_path))
+        s.sendall(json.dumps({"takeover": True, "pid": 1}).encode() + b"\n")
+        head, fds, _, _ = socket.recv_fds(s, 1 << 16, 16)
+        assert len(fds) == 2  # the management and the proxy listener
+        for fd in fds:
+            os.close(fd)
+        s.close()  # gone without "ready"
+        _wait_for(lambda: "went away before serving; accepting again" in logfile.read_text(),
+                  "resumption")
+        assert _mcmp(mport, "INFO")[0].status == 200
+        assert _get_status(pport) == 404
+        assert proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
