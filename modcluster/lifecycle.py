@@ -233,7 +233,23 @@ class BalancerService(MultiService):
 
     # -- start --------------------------------------------------------------
 
+    def _listen_synchronously(self) -> None:
+        """
+        Every listener raises its bind error at start (as C{strports.service}
+        does) instead of logging it later and running without the port.
+        """
+        from twisted.application.internet import StreamServerEndpointService
+
+        pending = list(self)
+        while pending:
+            service = pending.pop()
+            if isinstance(service, StreamServerEndpointService):
+                service._raiseSynchronously = True
+            elif isinstance(service, MultiService):
+                pending.extend(service)
+
     def privilegedStartService(self) -> None:
+        self._listen_synchronously()
         book = getattr(self, "listener_book", None)
         if book is not None:  # record the listeners for a handover (handover.py)
             book.install()

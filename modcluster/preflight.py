@@ -190,9 +190,11 @@ def _address_key(description: str):
 
 def _listeners(config: Config) -> Iterator[tuple[str, str]]:
     """Every C{(key, endpoint description)} the balancer binds."""
+    c = config.console
+    console = c.listen if (c.enabled or c.api or c.metrics) else ()  # else nothing binds
     for section, values in (("manager.listen", config.manager.listen),
                             ("proxy.listen", config.proxy.listen),
-                            ("console.listen", config.console.listen)):
+                            ("console.listen", console)):
         for i, description in enumerate(values):
             yield f"{section}[{i}]", description
 

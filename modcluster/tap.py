@@ -111,12 +111,18 @@ def _handover(top, config: Config, reactor, path: str, takeover) -> None:
     book = ListenerBook(reactor, takeover)
     top.listener_book = book
     if takeover is not None:
+        # The handed state is fresher than a state file restored by build().
+        top.registry.clear()
         try:
-            count = top.registry.restore(takeover.state)
+            count = top.handler.restore_state(takeover.state)
+        except Exception as e:
+            top.registry.clear()
+            log.error("handover: the registrations of process {pid} are not usable "
+                      "({error}); starting empty, nodes register again", pid=takeover.pid,
+                      error=e)
+        else:
             log.info("handover: {count} nodes taken over from process {pid}",
                      count=count, pid=takeover.pid)
-        except ValueError as e:  # already restored from the state file
-            log.info("handover: registrations kept from the state file ({error})", error=e)
         if config.proxy.workers > 1:
             _adopt_worker_sockets(top, config, takeover)
     HandoverService(reactor, path, top, book, takeover).setServiceParent(top)

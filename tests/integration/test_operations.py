@@ -77,7 +77,8 @@ def test_port_in_use_is_one_line_and_leaves_no_pidfile(tmp_path):
     (mport,) = free_loopback_ports(1)
     config = tmp_path / "c.toml"
     config.write_text(f'[manager]\nlisten = ["tcp:{mport}:interface=127.0.0.1"]\n'
-                      f'[proxy]\nlisten = ["tcp:{port}:interface=127.0.0.1"]\n')
+                      f'[proxy]\nlisten = ["tcp:{port}:interface=127.0.0.1"]\n'
+                      "[console]\nlisten = []\n")
     try:
         out = subprocess.run(TWISTD + ["-n", "--pidfile=twistd.pid", "--logfile=twistd.log",
                                        "modcluster", "--config", str(config)],
@@ -130,7 +131,8 @@ def running(tmp_path):
     def start(extra: str = "", logfile: str = "twistd.log"):
         mport, pport = free_loopback_ports(2)
         config = tmp_path / "balancer.toml"
-        base = (f'[manager]\nlisten = ["tcp:{mport}:interface=127.0.0.1"]\n'
+        base = ("[console]\nlisten = []\n"  # on the management listener: no fixed port
+                f'[manager]\nlisten = ["tcp:{mport}:interface=127.0.0.1"]\n'
                 f'[proxy]\nlisten = ["tcp:{pport}:interface=127.0.0.1"]\n')
         config.write_text(base + extra)
         proc = subprocess.Popen(
@@ -156,7 +158,8 @@ def running(tmp_path):
 def test_sighup_applies_live_keys_names_restart_keys_and_keeps_running(running):
     proc, config, base, mport, pport, logfile = running()
     assert _mcmp(mport, "CONFIG", b"JVMRoute=n1&Host=127.0.0.1&Port=8009&Type=ajp")[0].status == 200
-    config.write_text(f'[manager]\nlisten = ["tcp:{mport}:interface=127.0.0.1"]\n'
+    config.write_text("[console]\nlisten = []\n"
+                      f'[manager]\nlisten = ["tcp:{mport}:interface=127.0.0.1"]\n'
                       "max_nodes = 1\n"
                       f'[proxy]\nlisten = ["tcp:0:interface=127.0.0.1"]\n'
                       "client_timeout = 5.0\n")
@@ -288,7 +291,7 @@ def test_a_new_process_takes_over_without_a_failed_request(tmp_path, workers):
     config.write_text(f'[manager]\nlisten = ["tcp:{mport}:interface=127.0.0.1"]\n'
                       f'handover_socket = "{tmp_path}/handover.sock"\n'
                       f'[proxy]\nlisten = ["tcp:{pport}:interface=127.0.0.1"]\n'
-                      f"workers = {workers}\n")
+                      f"workers = {workers}\n[console]\nlisten = []\n")
     procs = []
 
     def start(name):
@@ -375,7 +378,8 @@ def test_reload_and_reopen_signals_to_the_process_group_spare_the_workers(tmp_pa
     mport, pport = free_loopback_ports(2)
     config = tmp_path / "balancer.toml"
     config.write_text(f'[manager]\nlisten = ["tcp:{mport}:interface=127.0.0.1"]\n'
-                      f'[proxy]\nlisten = ["tcp:{pport}:interface=127.0.0.1"]\nworkers = 2\n')
+                      f'[proxy]\nlisten = ["tcp:{pport}:interface=127.0.0.1"]\nworkers = 2\n'
+                      "[console]\nlisten = []\n")
     logfile = tmp_path / "twistd.log"
     proc = subprocess.Popen(
         TWISTD + ["-n", "--pidfile=", f"--logfile={logfile}", "modcluster", "--config",

@@ -86,7 +86,8 @@ def test_check_and_one_request_through_a_demo_node(installed, tmp_path):
     mport, pport = free_loopback_ports(2)
     config = tmp_path / "balancer.toml"
     config.write_text(f'[manager]\nlisten = ["tcp:{mport}:interface=127.0.0.1"]\n'
-                      f'[proxy]\nlisten = ["tcp:{pport}:interface=127.0.0.1"]\n')
+                      f'[proxy]\nlisten = ["tcp:{pport}:interface=127.0.0.1"]\n'
+                      "[console]\nlisten = []\n")
     out = _twistd(installed, "modcluster", "--config", str(config), "--check")
     assert out.returncode == 0, out.stdout + out.stderr
     proc = subprocess.Popen(
@@ -111,7 +112,8 @@ def test_node_plugin_registers_a_backend(installed, tmp_path):
     mport, pport, bport = free_loopback_ports(3)
     config = tmp_path / "balancer.toml"
     config.write_text(f'[manager]\nlisten = ["tcp:{mport}:interface=127.0.0.1"]\n'
-                      f'[proxy]\nlisten = ["tcp:{pport}:interface=127.0.0.1"]\n')
+                      f'[proxy]\nlisten = ["tcp:{pport}:interface=127.0.0.1"]\n'
+                      "[console]\nlisten = []\n")
     (work / "app").mkdir(exist_ok=True)
     (work / "app" / "index.html").write_text("hello from the wheel\n")
     procs = [

@@ -50,6 +50,8 @@ listen = ["tcp:{mport}:interface=127.0.0.1"]
 listen = ["tcp:{pport}:interface=127.0.0.1"]
 fast_event_loop = false
 drain_timeout = 0
+[console]
+listen = []
 """)
         balancer = build(config, reactor)
         balancer.startService()
