@@ -24,13 +24,14 @@ from email.utils import formatdate
 from typing import Callable, Optional
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
-from twisted.internet.interfaces import IPushProducer, ISSLTransport
+from twisted.internet.interfaces import IHandshakeListener, IPushProducer, ISSLTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from modcluster.accesslog import LogLimiter, text
 from modcluster.balancer import (
     Decision,
     RoutingPolicy,
@@ -63,6 +64,7 @@ from modcluster.proxy.headers import (
     upgrade_matcher,
 )
 from modcluster.proxy.http import HttpForwarder
+from modcluster.proxy.observe import CLIENT_CLOSED, ClientStats, Observer
 from modcluster.proxy.interfaces import (
     _IDEMPOTENT,
     CONNECT,
@@ -143,6 +145,9 @@ class _Exchange:
         "body", "body_held", "body_done", "body_received", "body_sent", "end_sent",
         "flowing", "counted", "resp_started", "resp_chunked", "resp_close", "done",
         "tunnel", "no_body",
+        # observing (access log, client metrics): start time, status, body
+        # bytes to the client, last attempt's start, time to its response head
+        "start", "status", "sent", "up_start", "upstream_time",
     )
 
     def __init__(self, proto: "ClientProtocol") -> None:
@@ -192,6 +197,12 @@ class _Exchange:
         self.done = False
         self.tunnel = False
         self.no_body = False
+        obs = proto._observer
+        self.start = obs.clock() if obs is not None else 0.0
+        self.status = 0
+        self.sent = 0
+        self.up_start = 0.0
+        self.upstream_time = -1.0
 
     def template(self) -> tuple:
         """
@@ -256,6 +267,9 @@ class _Exchange:
                 step = min(max(d.wait_worker / 100.0, 0.05), left)
                 self.wait_call = f.reactor.callLater(step, self._reroute)
                 return
+        if d.status == 503 and f.stats is not None:
+            f.stats.unavailable[
+                "sticky_route_down" if d.reason.startswith("session route") else "no_node"] += 1
         self.proto._respondError(self, d.status, d.reason, d.retry_after)
 
     def _reroute(self) -> None:
@@ -292,6 +306,9 @@ class _Exchange:
         self.flowing = False
         self.end_sent = False  # a new attempt gets the end of the body again
         self.upstream = None
+        obs = self.proto._observer
+        if obs is not None:
+            self.up_start = obs.clock()
         up = forwarder.forward(self, fresh)
         if self.done:  # pragma: no cover - forwarders do not fail synchronously
             return
@@ -413,9 +430,12 @@ class _Exchange:
         if self.done or self.resp_started:
             return
         self.resp_started = True
+        self.status = status
         if headers.__class__ is not bytes:
             headers = header_block(headers)
         proto = self.proto
+        if proto._observer is not None:
+            self.upstream_time = proto._observer.clock() - self.up_start
         d = self.decision
         node = d.node
         if d.retrying or node.rt.in_error:
@@ -446,6 +466,7 @@ class _Exchange:
     def responseBody(self, data: bytes) -> None:
         if self.done or not data:
             return
+        self.sent += len(data)
         if self.resp_chunked:
             self.proto._out += (b"%x\r\n" % len(data), data, b"\r\n")
         elif not self.no_body:
@@ -463,6 +484,9 @@ class _Exchange:
         self._release()
         if self.resp_chunked:
             self.proto._out.append(_CHUNKED_END)
+        obs = self.proto._observer
+        if obs is not None:
+            obs.done(self, self.status, 0 if self.no_body else self.sent)
         self.proto._exchangeDone(self, self.resp_close)
 
     def responseFailed(self, error: ForwardError) -> None:
@@ -477,10 +501,13 @@ class _Exchange:
         route = node.route
         kind = error.kind
         if self.resp_started:
-            log.warn("response from node {route} for {method} {target} cut off: {message}",
-                     route=route, method=self.method, target=self.target,
-                     message=error.message)
+            f.limiter.emit("cut off", LogLevel.warn,
+                           "response from node {route} for {method} {target} cut off: "
+                           "{message}", route=route, method=text(self.method),
+                           target=text(self.target), message=error.message)
             self.done = True
+            if proto._observer is not None:
+                proto._observer.done(self, self.status, self.sent)
             if kind == PROTOCOL:
                 # A broken response (e.g. a bad AJP packet) is mod_proxy's 500: the
                 # worker is put in error (balancing.md §6.5).  A reset or a timeout
@@ -512,12 +539,17 @@ class _Exchange:
             self.attempts += 1
             self.exclude = self.exclude | {node.id}
             self.stale_retry = False
-            log.info("failing over {method} {target} from node {route}: {message}",
-                     method=self.method, target=self.target, route=route,
-                     message=error.message)
+            if f.stats is not None and kind in f.stats.failovers:
+                f.stats.failovers[kind] += 1
+            f.limiter.emit("failover", LogLevel.info,
+                           "failing over {method} {target} from node {route}: {message}",
+                           method=text(self.method), target=text(self.target), route=route,
+                           message=error.message)
             self._reroute()
             return
         if kind == CONNECT:
+            if f.stats is not None:
+                f.stats.unavailable["node_failed"] += 1
             proto._respondError(self, 503, f"node {route}: {error.message}",
                                 f.policy.retry_after)
         else:
@@ -536,11 +568,14 @@ class _Exchange:
         up = self.upstream
         self.upstream = None
         self._release()
+        obs = self.proto._observer
+        if obs is not None and (self.method or self.resp_started):
+            obs.done(self, self.status if self.resp_started else CLIENT_CLOSED, self.sent)
         if up is not None:
             up.abort()
 
 
-@implementer(IPushProducer)
+@implementer(IPushProducer, IHandshakeListener)
 class ClientProtocol(Protocol):
     """
     One client connection.  It is its transport's push producer, so a client
@@ -582,6 +617,9 @@ class ClientProtocol(Protocol):
         self._captured: Optional[tuple] = None
         self._feeding = False  # in the parser's feed_data
         self.client: Optional[ClientInfo] = None
+        #: the factory's L{Observer} (access log, client metrics) or None
+        self._observer = factory.observer
+        self._handshaken = False
 
     # -- connection ------------------------------------------------------------
 
@@ -595,10 +633,29 @@ class ClientProtocol(Protocol):
             secure=ISSLTransport.providedBy(t), transport=t)
         t.registerProducer(self, True)
         self.factory._clients.add(self)
+        stats = self.factory.stats
+        if stats is not None:
+            stats.connections += 1
+            stats.open += 1
+
+    def handshakeCompleted(self) -> None:
+        """L{IHandshakeListener}: a TLS client finished its handshake."""
+        self._handshaken = True
+        stats = self.factory.stats
+        if stats is not None:
+            stats.tls_handshakes += 1
 
     def connectionLost(self, reason=None) -> None:
         self.connected = 0
-        self.factory._clients.discard(self)
+        f = self.factory
+        if self in f._clients:
+            f._clients.discard(self)
+            stats = f.stats
+            if stats is not None:
+                stats.open -= 1
+                client = self.client
+                if client is not None and client.secure and not self._handshaken:
+                    stats.tls_failures += 1
         self._closing = True
         self._out = []
         ex = self._current
@@ -1060,7 +1117,8 @@ class ClientProtocol(Protocol):
             self._routingBug(ex)
 
     def _routingBug(self, ex: _Exchange) -> None:
-        log.failure("bug while routing {method} {target}", method=ex.method, target=ex.target)
+        log.failure("bug while routing {method} {target}", method=text(ex.method),
+                    target=text(ex.target))
         if ex.resp_started:
             self._abortClient()
         else:
@@ -1120,26 +1178,32 @@ class ClientProtocol(Protocol):
         ex._release()
         if up is not None:
             up.abort()
+        obs = self._observer
         if ex.resp_started:
+            if obs is not None:
+                obs.done(ex, ex.status, ex.sent)
             self._abortClient()
             return
         f = self.factory
         client = self.client
-        if status == 408:
-            pass  # a slow client: logged, rate-limited, by checkTimeout
-        elif status >= 500:
-            log.warn("{status} for {method} {target} from {client}: {message}", status=status,
-                     method=ex.method, target=ex.target,
-                     client=client.remote_addr if client else "?", message=message)
-        else:
-            log.info("{status} for {method} {target} from {client}: {message}", status=status,
-                     method=ex.method, target=ex.target,
-                     client=client.remote_addr if client else "?", message=message)
+        # one line per error response, rate-limited per status (a client must
+        # not be able to flood the log)
+        if status != 408:  # a slow client: logged, rate-limited, by checkTimeout
+            f.limiter.emit(status, LogLevel.warn if status >= 500 else LogLevel.info,
+                           "{status} for {method} {target} from {client}: {message}",
+                           status=status, method=text(ex.method) or "-",
+                           target=text(ex.target) or "-",
+                           client=client.remote_addr if client else "?", message=message)
         close = (not ex.keep_alive or not ex.body_done or ex.error is not None
                  or ex.tunnel_candidate)
-        self._out.append(error_response(status, message, close=close, date=f.date,
-                                        retry_after=retry_after,
-                                        head_only=ex.method == _HEAD))
+        head_only = ex.method == _HEAD
+        response = error_response(status, message, close=close, date=f.date,
+                                  retry_after=retry_after, head_only=head_only)
+        self._out.append(response)
+        if obs is not None:
+            ex.status = status
+            obs.done(ex, status,
+                     0 if head_only else len(response) - response.find(b"\r\n\r\n") - 4)
         self._current = None
         self._resumeReading(_P_UPSTREAM | _P_BUFFER | _P_UPGRADE)
         self._flush()
@@ -1360,8 +1424,13 @@ class ProxyFactory(Factory):
                  on_node_failure: Callable[[str, str], None],
                  on_node_success: Callable[[str], None], forwarders: Optional[dict] = None,
                  node_tls: Optional[Callable] = None,
-                 policy: Optional[RoutingPolicy] = None) -> None:
+                 policy: Optional[RoutingPolicy] = None,
+                 observer: Optional[Observer] = None) -> None:
         self.reactor = reactor
+        #: what records finished requests (access log, client metrics), or None
+        self.observer = observer
+        #: the client-side counters (C{observer.stats}), or None
+        self.stats: Optional[ClientStats] = observer.stats if observer is not None else None
         self.config = config
         self.table = table
         self.on_node_failure = on_node_failure
@@ -1408,6 +1477,8 @@ class ProxyFactory(Factory):
         self.read_timeouts = ReadTimeouts.from_config(config)
         #: clients cut for being slow: counts by reason, rate-limited log
         self.timeouts = TimeoutReport("proxy", log)
+        #: per-request log lines (errors, failovers), rate-limited on the coarse clock
+        self.limiter = LogLimiter(log, lambda: self.now)
 
     def rememberHost(self, host: bytes) -> None:
         """Remember a valid Host value (at most 256 of at most 255 bytes)."""
@@ -1457,6 +1528,8 @@ class ProxyFactory(Factory):
             self._sweeper.stop()
         for fw in self._uniqueForwarders():
             fw.close()
+        if self.observer is not None:
+            self.observer.tick()
 
     def _uniqueForwarders(self) -> list:
         seen = []
@@ -1470,6 +1543,12 @@ class ProxyFactory(Factory):
         now = self.reactor.seconds()
         self.now = now
         self.date = formatdate(now, usegmt=True).encode("ascii")
+        self.limiter.tick(now)
+        if self.observer is not None:
+            try:
+                self.observer.tick()
+            except Exception:
+                log.failure("access log flush failed")
         limit = self.config.client_timeout
         for client in list(self._clients):
             try:
