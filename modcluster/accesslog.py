@@ -33,6 +33,7 @@ import sys
 import time
 from typing import Callable, Optional
 
+from twisted.application.service import Service
 from twisted.logger import Logger, LogLevel
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "AccessLine",
     "LogFile",
     "LogLimiter",
+    "ReopenService",
     "escape",
     "install_reopen_signal",
     "text",
@@ -346,3 +348,34 @@ def install_reopen_signal(reactor, callback: Callable[[], None]) -> Optional[Cal
             signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
 
     return restore
+
+
+class ReopenService(Service):
+    """
+    While running, SIGUSR1 calls C{reopen} (the access log's): installed at
+    start-up, after twistd set up its own logging (whose SIGUSR1 handler, with
+    C{--logfile}, still runs first).
+    """
+
+    def __init__(self, reactor, reopen: Callable[[], None]) -> None:
+        self.reactor = reactor
+        self.reopen = reopen
+        self._restore: Optional[Callable] = None
+
+    def _reopen(self) -> None:
+        try:
+            self.reopen()
+        except Exception:
+            log.failure("access log: reopen failed")
+        else:
+            log.info("access log reopened (SIGUSR1)")
+
+    def startService(self) -> None:
+        super().startService()
+        self._restore = install_reopen_signal(self.reactor, self._reopen)
+
+    def stopService(self):
+        super().stopService()
+        if self._restore is not None:
+            self._restore()
+            self._restore = None

@@ -467,6 +467,25 @@ class ProxyConfig:
         "On stop (SIGTERM), seconds requests in flight may take to finish after the "
         "proxy listeners stopped accepting (idle keep-alive connections are closed at "
         "once); 0 stops at once.  Live on reload.", "GracefulShutdownTimeout"))
+    access_log: Optional[str] = field(default=None, metadata=_doc(
+        "Access log: one line per proxied request, to this file (opened for appending, "
+        "reopened on SIGUSR1 for log rotation) or `-` for standard output.  Unset (the "
+        "default, as httpd without `CustomLog`): no access log.  See docs/access-log.md.",
+        "CustomLog"))
+    access_log_format: str = field(
+        default="combined", validator=_one_of("combined", "extended", "json"),
+        metadata=_doc(
+            "`combined` (httpd/nginx combined log format), `extended` (combined + duration, "
+            "upstream time, node, context, failovers) or `json` (one object per line).",
+            "LogFormat"))
+    client_metrics: bool = field(default=True, metadata=_doc(
+        "Count proxied requests for `/metrics` (`modcluster_proxy_*`: requests by context, "
+        "node and status class, durations, failovers, 503s by reason, client connections, "
+        "TLS handshakes); see docs/metrics.md.", ""))
+    client_metrics_labels: int = field(default=200, validator=_positive, metadata=_doc(
+        "Bound on label values of the client metrics, per process: at most this many "
+        "(context, node) pairs, contexts and nodes get their own series; the rest are "
+        "counted as `other`.", ""))
     tls: NodeTLSConfig = field(factory=NodeTLSConfig, metadata=_doc(
         "TLS towards https/wss nodes (section `[proxy.tls]`).", ""))
 

@@ -28,6 +28,7 @@ from prometheus_client.exposition import choose_encoder, generate_latest
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
     GaugeMetricFamily,
+    HistogramMetricFamily,
     InfoMetricFamily,
     Metric,
 )
@@ -39,8 +40,8 @@ from modcluster import _version
 from modcluster.console.views import NodeState, node_state
 from modcluster.listening import TIMEOUT_REASONS
 
-__all__ = ["ClientTimeoutCollector", "ClusterCollector", "MCMPStats", "Metrics",
-           "MetricsResource"]
+__all__ = ["ClientCollector", "ClientTimeoutCollector", "ClusterCollector", "MCMPStats",
+           "Metrics", "MetricsResource"]
 
 #: Methods counted by name; anything else is counted as "other" (bounded labels).
 MCMP_METHODS = frozenset({
@@ -335,6 +336,85 @@ class ClientTimeoutCollector(Collector):
         yield family
 
 
+class ClientCollector(Collector):
+    """
+    The client-side metrics of the data plane (C{modcluster_proxy_*}), from
+    L{modcluster.proxy.observe.ClientStats} exports read at scrape time (summed
+    over worker processes by the caller).
+
+    @param source: returns one merged export
+        (L{modcluster.proxy.observe.merge_exports}).
+    """
+
+    def __init__(self, source) -> None:
+        self._source = source
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        from modcluster.proxy.observe import BUCKETS, CLASSES
+
+        data = self._source()
+        requests = CounterMetricFamily(
+            "modcluster_proxy_requests",
+            "Requests answered to clients, by context, node (route) and status class; "
+            "empty context/node: none was chosen (404, 503, malformed request).",
+            labels=["context", "node", "code_class"])
+        for context, node, counts in data["requests"]:
+            for cls, n in zip(CLASSES, counts):
+                if n:
+                    requests.add_metric([context, node, cls], n)
+        yield requests
+        bounds = [repr(b) if b != int(b) else f"{b:.1f}" for b in BUCKETS] + ["+Inf"]
+        for name, doc, label, hists in (
+                ("modcluster_proxy_request_duration_seconds",
+                 "Time from the start of a request to the end of its response, by context.",
+                 "context", data["durations"]),
+                ("modcluster_proxy_upstream_duration_seconds",
+                 "Time from handing a request to a node to its response head (the last "
+                 "attempt), by node.", "node", data["upstream"])):
+            family = HistogramMetricFamily(name, doc, labels=[label])
+            for key, h in hists.items():
+                total = 0
+                buckets = []
+                for bound, n in zip(bounds, h[:-1]):
+                    total += n
+                    buckets.append((bound, total))
+                if total:
+                    family.add_metric([key], buckets, sum_value=h[-1])
+            yield family
+        failovers = CounterMetricFamily(
+            "modcluster_proxy_failovers",
+            "Requests sent again to another node after a failure, by failure kind.",
+            labels=["kind"])
+        for kind, n in data["failovers"].items():
+            failovers.add_metric([kind], n)
+        yield failovers
+        unavailable = CounterMetricFamily(
+            "modcluster_proxy_unavailable",
+            "503 answers by reason: no_node (no usable node for the context), "
+            "sticky_route_down (StickySessionForce and the session's node is down), "
+            "node_failed (the chosen node failed and no failover was left).",
+            labels=["reason"])
+        for reason, n in data["unavailable"].items():
+            unavailable.add_metric([reason], n)
+        yield unavailable
+        yield GaugeMetricFamily("modcluster_proxy_client_connections",
+                                "Client connections open.", value=data["open"])
+        yield CounterMetricFamily("modcluster_proxy_client_connections_accepted",
+                                  "Client connections accepted.", value=data["connections"])
+        yield CounterMetricFamily("modcluster_proxy_tls_handshakes",
+                                  "TLS handshakes completed by clients.",
+                                  value=data["tls_handshakes"])
+        yield CounterMetricFamily("modcluster_proxy_tls_handshake_failures",
+                                  "TLS client connections closed before their handshake "
+                                  "completed.", value=data["tls_failures"])
+        yield CounterMetricFamily("modcluster_proxy_metrics_overflow",
+                                  "Requests counted under an `other` label because of "
+                                  "proxy.client_metrics_labels.", value=data["overflow"])
+
+
 class MetricsResource(Resource):
     """
     Serves a collector registry in the Prometheus text format (or OpenMetrics
@@ -389,3 +469,9 @@ class Metrics:
             PlatformCollector(registry=self.collector_registry)
             GCCollector(registry=self.collector_registry)
         self.resource = MetricsResource(self.collector_registry)
+
+    def add_client_stats(self, source) -> ClientCollector:
+        """Export the data plane's client-side metrics (see L{ClientCollector})."""
+        collector = ClientCollector(source)
+        self.collector_registry.register(collector)
+        return collector

@@ -282,6 +282,7 @@ def build(config: Config, reactor, demo: bool = False) -> MultiService:
         metrics.client_timeouts.add("proxy", lambda: pool.client_timeouts)
     else:
         metrics.client_timeouts.add("proxy", lambda: proxy.factory.timeouts.counts)
+    _observe(config, reactor, top, metrics, proxy, pool)
 
     def management_root(with_mcmp: bool, with_console: bool) -> ManagementRoot:
         root = ManagementRoot(MCMPResource(handler, identities) if with_mcmp else None,
@@ -443,8 +444,56 @@ def _proxy(config: Config, reactor, registry, node_tls):
     return services
 
 
+def _observer(config: Config, reactor, send=None):
+    """
+    The data plane's L{Observer} (access log, client metrics), or C{None} when
+    both are off.  C{send}: in a worker process, how access log lines for
+    standard output reach the control process.
+    """
+    from modcluster.accesslog import AccessLine, LogFile
+    from modcluster.proxy.observe import ClientStats, Observer
+
+    p = config.proxy
+    if not p.access_log and not p.client_metrics:
+        return None
+    sink = line = None
+    if p.access_log:
+        try:
+            sink = LogFile(p.access_log, send=(lambda text: send(["access", text]))
+                           if send is not None and p.access_log == "-" else None)
+        except OSError as e:
+            raise usage.UsageError(
+                f"proxy.access_log: cannot open {p.access_log!r}: {e.strerror}") from None
+        line = AccessLine(p.access_log_format)
+    stats = ClientStats(p.client_metrics_labels) if p.client_metrics else None
+    return Observer(reactor.seconds, sink, line, stats)
+
+
+def _observe(config: Config, reactor, top, metrics, proxy, pool) -> None:
+    """Client metrics into C{metrics}; SIGUSR1 reopens the access log."""
+    from modcluster.accesslog import ReopenService
+    from modcluster.proxy.observe import merge_exports
+
+    p = config.proxy
+    if pool is not None:
+        if p.client_metrics:
+            metrics.add_client_stats(pool.client_stats)
+        reopen = pool.reopen_logs
+    else:
+        observer = proxy.factory.observer
+        if observer is None:
+            return
+        if observer.stats is not None:
+            stats = observer.stats
+            metrics.add_client_stats(lambda: merge_exports([stats.export()]))
+        reopen = observer.access_log.reopen if observer.access_log is not None else None
+    if p.access_log and reopen is not None:
+        top.access_log = ReopenService(reactor, reopen)
+        top.access_log.setServiceParent(top)
+
+
 def _proxy_factory(config: Config, reactor, table, on_node_failure, on_node_success,
-                   node_tls):
+                   node_tls, send=None):
     """The client-side factory with its HTTP and AJP forwarders and routing policy."""
     from modcluster.ajp.forwarder import AJPForwarder
     from modcluster.balancer import RoutingPolicy
@@ -463,6 +512,7 @@ def _proxy_factory(config: Config, reactor, table, on_node_failure, on_node_succ
             no_context_status=p.response_status_on_no_context,
             unavailable_context_status=p.unavailable_context_status,
             retry_after=p.retry_after),
+        observer=_observer(config, reactor, send),
     )
     if p.fast_event_loop:
         from modcluster.proxy import fastloop
@@ -496,7 +546,7 @@ def build_worker(config: Config, reactor, listeners, send):
         send(["ok", route])
 
     factory = _proxy_factory(config, reactor, lambda: mirror.table, failed, answered,
-                             _node_tls(config))
+                             _node_tls(config), send)
     return WorkerService(reactor, mirror, factory, listeners, send)
 
 

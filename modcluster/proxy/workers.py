@@ -45,6 +45,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from modcluster.cluster.mirror import CounterSink, Mirror, encode_node_updates, encode_snapshot
 from modcluster.listening import TIMEOUT_REASONS, with_backlog
+from modcluster.proxy.observe import merge_exports
 
 __all__ = [
     "ControlChannel",
@@ -72,6 +73,8 @@ SNAPSHOT_PACING = 20e-6
 SNAPSHOT_MAX_WAIT = 0.5
 #: Seconds between a worker's counter reports (when something changed).
 REPORT_INTERVAL = 0.1
+#: Seconds between a worker's client-metrics reports (L{ClientStats.export}).
+CLIENT_STATS_INTERVAL = 1.0
 #: Seconds a stopping worker gets before it is killed.
 STOP_TIMEOUT = 10.0
 #: Restart delays after a worker died: first, maximum.
@@ -324,6 +327,16 @@ class WorkerPool(Service):
         self.stall_timeout = STALL_TIMEOUT
         self._heartbeat = LoopingCall(self._beat)
         self._heartbeat.clock = reactor
+        #: worker index -> its last client-metrics export; what ended workers
+        #: had counted (without their open connections)
+        self.client_exports: dict[int, dict] = {}
+        self._retired_clients: dict = merge_exports(())
+        #: with proxy.access_log = "-": where the workers' lines are written
+        self.access_sink = None
+        if config.proxy.access_log == "-":
+            from modcluster.accesslog import LogFile
+
+            self.access_sink = LogFile("-")
         registry.on_structure_change(self._structure_changed)
         registry.on_node_change(self._node_changed)
 
@@ -439,6 +452,10 @@ class WorkerPool(Service):
         if self.workers.get(worker.index) is worker:
             del self.workers[worker.index]
         self.sink.forget(worker.index)
+        last = self.client_exports.pop(worker.index, None)
+        if last is not None:
+            last = dict(last, open=0)
+            self._retired_clients = merge_exports([self._retired_clients, last])
         if self._stopping:
             log.info("worker {worker} (pid {pid}) stopped", worker=worker.index, pid=worker.pid)
             return
@@ -516,6 +533,14 @@ class WorkerPool(Service):
                             worker_namespace=namespace)
         elif kind == "pong":
             pass  # last_heard is updated for every message
+        elif kind == "clients":
+            if not isinstance(message[1], dict):
+                raise ValueError("bad client metrics report")
+            self.client_exports[worker.index] = message[1]
+        elif kind == "access":
+            if self.access_sink is not None:
+                self.access_sink.write(str(message[1]).encode("ascii", "backslashreplace"))
+                self.access_sink.flush()
         elif kind == "loaded":
             worker.generation = int(message[1])
         elif kind == "ready":
@@ -524,6 +549,16 @@ class WorkerPool(Service):
                      pid=worker.pid)
         else:
             raise ValueError(f"unknown message {kind!r}")
+
+    def client_stats(self) -> dict:
+        """The client-side metrics of every worker, summed (L{merge_exports})."""
+        return merge_exports([self._retired_clients, *self.client_exports.values()])
+
+    def reopen_logs(self) -> None:
+        """Tell every worker to reopen its access log file (SIGUSR1)."""
+        payload = frame(pickle.dumps(("reopen",)))
+        for worker in self.workers.values():
+            worker.send(payload)
 
     def in_sync(self) -> bool:
         """Every worker runs on the registry's current routing snapshot."""
@@ -606,6 +641,8 @@ class WorkerService(Service):
         self._report.clock = reactor
         self._tick = LoopingCall(lambda: mirror.tick(reactor.seconds()))
         self._tick.clock = reactor
+        self._clients = LoopingCall(self.report_clients)
+        self._clients.clock = reactor
 
     def deliver(self, message: tuple) -> None:
         kind = message[0]
@@ -618,6 +655,10 @@ class WorkerService(Service):
             self.send(["pong"])
         elif kind == "reconfigure":
             self.factory.reconfigure(message[1])
+        elif kind == "reopen":
+            observer = getattr(self.factory, "observer", None)
+            if observer is not None and observer.access_log is not None:
+                observer.access_log.reopen()
         elif kind == "stop":
             self.reactor.stop()
         else:
@@ -631,14 +672,17 @@ class WorkerService(Service):
             os.close(fd)  # adoptStreamPort took its own copy
         self._report.start(REPORT_INTERVAL, now=False)
         self._tick.start(1.0, now=False)
+        if getattr(self.factory, "stats", None) is not None:
+            self._clients.start(CLIENT_STATS_INTERVAL, now=False)
         self.send(["ready"])
 
     def stopService(self):
         super().stopService()
-        for loop in (self._report, self._tick):
+        for loop in (self._report, self._tick, self._clients):
             if loop.running:
                 loop.stop()
         self.report()
+        self.report_clients()
         timeout = getattr(self.factory.config, "drain_timeout", 0.0)
         draining = timeout > 0 and hasattr(self.factory, "drain")
         if draining:
@@ -671,6 +715,12 @@ class WorkerService(Service):
         timeouts = report.take() if report is not None else None
         if timeouts:
             self.send(["timeouts", timeouts])
+
+    def report_clients(self) -> None:
+        """Send this worker's client-metrics totals (once a second)."""
+        stats = getattr(self.factory, "stats", None)
+        if stats is not None:
+            self.send(["clients", stats.export()])
 
 
 def log_forwarder(send: Callable[[list], None]) -> Callable[[dict], None]:
