@@ -1,0 +1,398 @@
+"""
+What clients see, recorded: the access log line of every proxied request
+(formats, escaping), the client-side counters behind the C{modcluster_proxy_*}
+metrics, and the rate limit on per-request warnings.
+"""
+
+import json
+import os
+import re
+
+from prometheus_client import CollectorRegistry, generate_latest
+from proxy_testlib import OK_100, Harness, parse_responses
+from twisted.internet.task import Clock
+from twisted.logger import Logger, LogLevel, capturedLogs
+
+from modcluster.accesslog import AccessLine, LogFile, LogLimiter, escape, text
+from modcluster.cluster.model import BalancerSettings
+from modcluster.metrics import ClientCollector
+from modcluster.proxy.observe import ClientStats, Observer, merge_exports
+
+GET = b"GET /app/x?q=1 HTTP/1.1\r\nHost: a\r\nUser-Agent: curl/8\r\nReferer: http://r/\r\n\r\n"
+#: httpd's combined format, as a log parser reads it
+COMBINED = re.compile(
+    rb'^(\S+) - - \[([^\]]+)\] "((?:[^"\\]|\\.)*)" (\d{3}) (\d+|-) '
+    rb'"((?:[^"\\]|\\.)*)" "((?:[^"\\]|\\.)*)"(.*)\n$')
+
+
+class Lines:
+    """A L{LogFile} stand-in that keeps the lines."""
+
+    def __init__(self):
+        self.lines = []
+
+    def write(self, line):
+        self.lines.append(line)
+
+    def flush(self):
+        pass
+
+
+def observed(fmt="combined", limit=200, **config):
+    h = Harness(**config)
+    sink = Lines()
+    stats = ClientStats(limit)
+    obs = Observer(h.reactor.seconds, sink, AccessLine(fmt), stats)
+    h.factory.observer = obs
+    h.factory.stats = stats
+    return h, sink, stats
+
+
+def two_nodes(h):
+    b = BalancerSettings("mycluster")
+    h.node("n1", 8081, contexts=("/app",), balancer=b)
+    h.node("n2", 8082, contexts=("/app",), balancer=b)
+
+
+def test_combined_line_of_a_proxied_request():
+    h, sink, stats = observed()
+    h.node("n1", 8081, contexts=("/app",))
+    h.reactor.advance(1_765_000_000)
+    c = h.client()
+    c.send(GET)
+    n = h.accept()
+    n.received()
+    n.respond(OK_100)
+    assert parse_responses(c.received())[0].status == 200
+    assert sink.lines == [b'127.0.0.9 - - [06/Dec/2025:05:46:40 +0000] "GET /app/x?q=1 HTTP/1.1" '
+                          b'200 5 "http://r/" "curl/8"\n']
+    assert stats.rows[("/app", "n1")][:6] == [0, 0, 1, 0, 0, 0]
+
+
+def test_extended_line_has_durations_node_context_failovers():
+    h, sink, stats = observed("extended")
+    two_nodes(h)
+    c = h.client()
+    c.send(GET)
+    h.reactor.advance(0.25)
+    h.refuse()
+    n = h.accept()
+    n.received()
+    h.reactor.advance(0.5)
+    n.respond(OK_100)
+    [line] = sink.lines
+    m = COMBINED.match(line)
+    assert m is not None, line
+    duration, upstream, node, context, failovers = m[8].split()
+    assert float(duration) == 0.75 and float(upstream) == 0.5
+    assert node in (b"n1", b"n2") and context == b'"/app"' and failovers == b"1"
+    assert stats.failovers["connect"] == 1
+
+
+def test_hostile_target_and_agent_cannot_forge_lines_or_fields():
+    # what llhttp lets through: quotes and backslashes in the target; tabs,
+    # quotes, backslashes and non-ASCII bytes in header values
+    h, sink, _ = observed()
+    h.node("n1", 8081, contexts=("/",))
+    c = h.client()
+    c.send(b'GET /a"b\\c HTTP/1.1\r\nHost: a\r\n'
+           b'User-Agent: x" 200 1 "-" "evil\t\\\x80\r\nReferer: \xc3\xa9\r\n\r\n')
+    n = h.accept()
+    n.received()
+    n.respond(OK_100)
+    [line] = sink.lines
+    assert line.count(b"\n") == 1 and line.isascii()
+    m = COMBINED.match(line)
+    assert m is not None, line
+    assert m[3] == b'GET /a\\"b\\\\c HTTP/1.1'
+    assert m[4] == b"200"
+    assert m[6] == b"\\xc3\\xa9"
+    assert m[7] == b'x\\" 200 1 \\"-\\" \\"evil\\x09\\\\\\x80'
+    assert m[8] == b""
+
+
+def test_formatter_escapes_cr_lf_and_quotes():
+    line = AccessLine("combined").format(
+        0.0, "::1", b"GET", b"/x\r\n127.0.0.1 - - fake", "1.0", 404, 0,
+        ((b"User-Agent", b'a\r\nb"'),), 0.0, -1.0, "", "", 0)
+    assert line == (b'::1 - - [01/Jan/1970:00:00:00 +0000] "GET /x\\x0d\\x0a127.0.0.1 - - fake '
+                    b'HTTP/1.0" 404 - "-" "a\\x0d\\x0ab\\""\n')
+    assert escape(b"plain/target?x=1") == b"plain/target?x=1"
+    assert text(b"GET") == "GET" and text("/p\n") == "/p\\x0a"
+
+
+def test_json_lines_are_valid_and_complete():
+    h, sink, _ = observed("json")
+    h.node("n1", 8081, contexts=("/app",))
+    c = h.client()
+    c.send(b'GET /app/"\\ HTTP/1.1\r\nHost: a\r\nUser-Agent: \xe2\x82\xac\t"\xff\r\n\r\n')
+    n = h.accept()
+    n.received()
+    n.respond(OK_100)
+    c.send(b"GET /nothing HTTP/1.1\r\nHost: a\r\n\r\n")
+    first, second = (json.loads(line) for line in sink.lines)
+    assert all(line.count(b"\n") == 1 and line.isascii() for line in sink.lines)
+    assert first == {
+        "time": "1970-01-01T00:00:00.000Z", "client": "127.0.0.9", "method": "GET",
+        "target": '/app/"\\', "protocol": "HTTP/1.1", "status": 200, "bytes": 5,
+        "duration": 0.0, "upstream_time": 0.0, "node": "n1", "context": "/app",
+        "failovers": 0, "referer": None, "user_agent": '\u20ac\t"\\xff'}
+    assert second["status"] == 404 and second["node"] is None and second["bytes"] > 0
+    assert second["upstream_time"] is None
+
+
+def test_503_404_and_client_abort_are_logged_and_counted():
+    h, sink, stats = observed()
+    two_nodes(h)
+    c = h.client()
+    c.send(b"GET /none HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert parse_responses(c.received())[0].status == 404
+    c.send(b"GET /app/x HTTP/1.1\r\nHost: a\r\n\r\n")
+    h.refuse()
+    h.refuse()
+    assert parse_responses(c.received())[0].status == 503
+    h.registry.clear_error("n1", "back")
+    c.send(b"GET /app/y HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert h.pending()
+    c.lose()  # before any answer
+    statuses = [COMBINED.match(line)[4] for line in sink.lines]
+    assert statuses == [b"404", b"503", b"499"]
+    assert stats.unavailable == {"no_node": 0, "sticky_route_down": 0, "node_failed": 1,
+                                 "other": 0}
+    assert stats.failovers["connect"] == 1
+    assert stats.rows[("", "")][4] == 1
+    assert sum(row[5] for row in stats.rows.values()) == 1
+    assert sum(row[4] for row in stats.rows.values()) == 2  # the 404 and the 499
+    assert stats.open == 0 and stats.connections == 1
+    assert h.counters_idle()
+
+
+def test_503_without_usable_node_is_no_node():
+    h, sink, stats = observed()
+    h.node("n1", 8081, contexts=("/app",))
+    h.registry.set_error("n1", "down")
+    c = h.client()
+    c.send(b"GET /app/x HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert parse_responses(c.received())[0].status == 503
+    assert stats.unavailable["no_node"] == 1
+
+
+def test_error_log_lines_show_text_not_reprs_and_are_rate_limited():
+    h, _, _ = observed()
+    c = h.client()
+    with capturedLogs() as events:
+        for i in range(30):
+            c.send(b"GET /nothing/%d HTTP/1.1\r\nHost: a\r\n\r\n" % i)
+        assert len(parse_responses(c.received())) == 30
+        h.advance(11)
+    from twisted.logger import formatEvent
+
+    texts = [formatEvent(e) for e in events]
+    refused = [t for t in texts if t.startswith("404 for")]
+    assert len(refused) == 10
+    assert refused[0].startswith("404 for GET /nothing/0 from 127.0.0.9:")
+    assert not any("b'" in t for t in texts)
+    assert any(t.startswith("20 more similar messages (404) suppressed") for t in texts)
+
+
+def test_log_limiter_on_a_clock():
+    clock = Clock()
+    logger = Logger(namespace="t")
+    limiter = LogLimiter(logger, clock.seconds, burst=3, interval=10.0)
+    with capturedLogs() as events:
+        emitted = [limiter.emit("k", LogLevel.warn, "event {n}", n=n) for n in range(5)]
+        assert limiter.emit("other", LogLevel.info, "another")
+        clock.advance(9)
+        limiter.tick(clock.seconds())
+        assert len(events) == 4
+        clock.advance(1)
+        assert limiter.emit("k", LogLevel.warn, "event {n}", n=5)
+    assert emitted == [True, True, True, False, False]
+    assert events[4]["held"] == 2 and "suppressed" in events[4]["log_format"]
+    assert events[5]["n"] == 5
+
+
+def test_tls_handshakes_and_open_connections_counted():
+    h, _, stats = observed()
+    a = h.client(secure=True)
+    b = h.client(secure=True)
+    plain = h.client()
+    assert stats.open == 3 and stats.connections == 3
+    a.proto.handshakeCompleted()
+    a.lose()
+    b.lose()
+    plain.lose()
+    plain.lose()
+    assert (stats.tls_handshakes, stats.tls_failures, stats.open) == (1, 1, 0)
+
+
+def test_label_pairs_are_bounded():
+    stats = ClientStats(limit=2)
+    stats.record("/a", "n1", 200, 0.01, 0.005)
+    stats.record("/a", "n2", 200, 0.01, 0.005)
+    stats.record("/a", "n3", 500, 0.01, 0.005)  # known context, new pair
+    stats.record("/b", "n1", 200, 0.01, -1)  # new context
+    assert set(stats.rows) == {("/a", "n1"), ("/a", "n2"), ("/a", "other"), ("other", "other")}
+    assert set(stats.durations) == {"/a", "other"}
+    assert set(stats.upstream) == {"n1", "n2", "other"}
+    assert stats.overflow == 2
+    assert stats.rows[("/a", "other")][5] == 1
+
+
+def test_prometheus_exposition_of_client_metrics():
+    h, _, stats = observed()
+    two_nodes(h)
+    c = h.client()
+    c.send(b"GET /app/x HTTP/1.1\r\nHost: a\r\n\r\n")
+    h.reactor.advance(0.003)
+    h.refuse()
+    n = h.accept()
+    n.received()
+    n.respond(OK_100)
+    node = next(iter(stats.upstream))
+    registry = CollectorRegistry()
+    registry.register(ClientCollector(lambda: merge_exports([stats.export()])))
+    out = generate_latest(registry).decode()
+    assert (f'modcluster_proxy_requests_total{{code_class="2xx",context="/app",node="{node}"}} '
+            "1.0") in out
+    assert ('modcluster_proxy_request_duration_seconds_bucket{context="/app",le="0.0025"} 0.0'
+            in out)
+    assert ('modcluster_proxy_request_duration_seconds_bucket{context="/app",le="0.005"} 1.0'
+            in out)
+    assert f'modcluster_proxy_upstream_duration_seconds_count{{node="{node}"}} 1.0' in out
+    assert 'modcluster_proxy_failovers_total{kind="connect"} 1.0' in out
+    assert 'modcluster_proxy_unavailable_total{reason="node_failed"} 0.0' in out
+    assert "modcluster_proxy_client_connections 1.0" in out
+    assert "modcluster_proxy_client_connections_accepted_total 1.0" in out
+
+
+def test_merge_sums_workers():
+    a, b = ClientStats(), ClientStats()
+    a.record("/a", "n1", 200, 0.002, 0.001)
+    b.record("/a", "n1", 503, 0.002, -1)
+    b.record("/b", "n2", 200, 20.0, 0.5)
+    a.open, b.open = 2, 3
+    b.failovers["reset"] = 4
+    merged = merge_exports([a.export(), json.loads(json.dumps(b.export()))])
+    assert sorted(map(tuple, ((c, n, tuple(v)) for c, n, v in merged["requests"]))) == [
+        ("/a", "n1", (0, 0, 1, 0, 0, 1)), ("/b", "n2", (0, 0, 1, 0, 0, 0))]
+    assert merged["open"] == 5 and merged["failovers"]["reset"] == 4
+    assert sum(merged["durations"]["/a"][:-1]) == 2
+    assert merged["durations"]["/b"][-1] == 20.0
+
+
+def test_log_file_buffers_and_reopens_after_rename(tmp_path):
+    path = tmp_path / "access.log"
+    sink = LogFile(str(path), limit=100)
+    sink.write(b"one\n")
+    assert path.read_bytes() == b""  # buffered
+    sink.write(b"x" * 100 + b"\n")  # over the limit: written
+    assert path.read_bytes() == b"one\n" + b"x" * 100 + b"\n"
+    os.rename(path, tmp_path / "access.log.1")
+    sink.write(b"two\n")
+    sink.reopen()  # flushes into the old file, then opens a new one
+    sink.write(b"three\n")
+    sink.close()
+    assert (tmp_path / "access.log.1").read_bytes().endswith(b"two\n")
+    assert path.read_bytes() == b"three\n"
+    assert oct(os.stat(path).st_mode & 0o777) == "0o640"
+
+
+def test_log_file_write_errors_drop_lines_with_one_error(tmp_path):
+    sink = LogFile(str(tmp_path / "a.log"))
+    os.close(sink._fd)
+    sink._fd = os.open(os.devnull, os.O_RDONLY)
+    with capturedLogs() as events:
+        for _ in range(3):
+            sink.write(b"line\n")
+            sink.flush()
+    assert sink.dropped == 3
+    assert len(events) == 1 and "cannot write" in events[0]["log_format"]
+
+
+def test_worker_client_metrics_are_summed_and_survive_a_dead_worker():
+    from test_proxy_workers import make_pool
+    from twisted.internet.error import ProcessTerminated
+
+    reactor, reg, pool = make_pool()
+    pool.startService()
+    w0, w1 = reactor.processes
+    a, b = ClientStats(), ClientStats()
+    a.record("/app", "n1", 200, 0.01, 0.005)
+    a.open = 4
+    b.record("/app", "n1", 200, 0.01, 0.005)
+    b.unavailable["no_node"] = 2
+    b.open = 1
+    w0.say("clients", a.export())
+    w1.say("clients", b.export())
+    total = pool.client_stats()
+    assert total["requests"] == [["/app", "n1", [0, 0, 2, 0, 0, 0]]]
+    assert total["open"] == 5 and total["unavailable"]["no_node"] == 2
+    w0.end(ProcessTerminated(signal=9))
+    total = pool.client_stats()
+    assert total["requests"] == [["/app", "n1", [0, 0, 2, 0, 0, 0]]]  # counters kept
+    assert total["open"] == 1  # its connections are gone
+    pool.reopen_logs()
+    assert w1.messages()[-1] == ("reopen",)
+    d = pool.stopService()
+    for p in reactor.processes:
+        if p.proto.transport is not None:
+            p.end()
+    assert d.called
+
+
+def test_worker_service_reports_client_totals_and_reopens(tmp_path):
+    from twisted.internet.testing import MemoryReactorClock
+
+    from modcluster.cluster.mirror import Mirror
+    from modcluster.proxy import workers
+    from modcluster.proxy.workers import WorkerService
+
+    class Factory:
+        pass
+
+    reactor = MemoryReactorClock()
+    factory = Factory()
+    factory.stats = ClientStats()
+    path = tmp_path / "a.log"
+    factory.observer = Observer(reactor.seconds, LogFile(str(path)), AccessLine(),
+                                factory.stats)
+    sent = []
+    service = WorkerService(reactor, Mirror(), factory, [], sent.append)
+    service.startService()
+    factory.stats.record("/app", "n1", 404, 0.1, -1)
+    reactor.advance(workers.CLIENT_STATS_INTERVAL)
+    clients = [m for m in sent if m[0] == "clients"]
+    assert len(clients) == 1 and clients[0][1]["requests"] == [["/app", "n1",
+                                                                 [0, 0, 0, 0, 1, 0]]]
+    factory.observer.access_log.write(b"old\n")
+    os.rename(path, tmp_path / "a.log.1")
+    service.deliver(("reopen",))
+    factory.observer.access_log.write(b"new\n")
+    factory.observer.access_log.flush()
+    assert (tmp_path / "a.log.1").read_bytes() == b"old\n"
+    assert path.read_bytes() == b"new\n"
+
+
+def test_worker_lines_for_stdout_go_through_the_control_process(capfd):
+    from test_proxy_workers import make_pool
+
+    from modcluster.config import parse_config
+    from modcluster.tap import _observer
+
+    sent = []
+    config = parse_config('[proxy]\naccess_log = "-"\naccess_log_format = "json"\n')
+    obs = _observer(config, Clock(), sent.append)
+    obs.access_log.write(b'{"a":1}\n')
+    obs.tick()
+    assert sent == [["access", '{"a":1}\n']]
+    capfd.readouterr()
+    reactor, reg, pool = make_pool()
+    pool.access_sink = LogFile("-")
+    pool.startService()
+    reactor.processes[0].say(*sent[0])
+    assert capfd.readouterr().out == '{"a":1}\n'
+    d = pool.stopService()
+    for p in reactor.processes:
+        p.end()
+    assert d.called
