@@ -156,7 +156,30 @@ def one_node_factory(reactor, kind: str, backend: int):
     reg.apply_status("node0", 100, True)
     config = ProxyConfig()
     return ProxyFactory(reactor, config, lambda: reg.table, reg.set_error,
-                        lambda route: None, forwarders={"ajp": AJPForwarder(reactor, config)})
+                        lambda route: None, forwarders={"ajp": AJPForwarder(reactor, config)},
+                        observer=observer(reactor))
+
+
+def observer(reactor):
+    """
+    With C{AJPQ_OBSERVE} set (C{--observe}): the access log (C{AJPQ_LOG_FORMAT},
+    default combined, to the file C{AJPQ_LOG}, default /dev/null) and the
+    client metrics switched on, as C{proxy.access_log} and
+    C{proxy.client_metrics} do; C{AJPQ_OBSERVE=metrics}: the metrics only.
+    """
+    what = os.environ.get("AJPQ_OBSERVE")
+    if not what:
+        return None
+    from modcluster.accesslog import AccessLine, LogFile
+    from modcluster.proxy.observe import ClientStats, Observer
+
+    sink = line = None
+    if what != "metrics":
+        sink = LogFile(os.environ.get("AJPQ_LOG", os.devnull))
+        line = AccessLine(os.environ.get("AJPQ_LOG_FORMAT", "combined"))
+    # time.time is what a real reactor's seconds() is (MemoryReactorClock's is
+    # a Python method, slower than production's)
+    return Observer(time.time, sink, line, ClientStats())
 
 
 def serve_proxy(port: int, kind: str, backend: int) -> None:
@@ -380,6 +403,9 @@ def main() -> None:
     ap.add_argument("--baseline", metavar="DIR",
                     help="also measure the AJP proxy with the modcluster package of DIR "
                          "(a copy of the repository before a change), in alternation")
+    ap.add_argument("--observe", action="store_true",
+                    help="also measure each proxy with the access log (to a file) and the "
+                         "client metrics on (AJPQ_LOG_FORMAT: combined, extended, json)")
     ap.add_argument("--inproc-one", nargs=2, metavar=("KIND", "HEADERS"), help=argparse.SUPPRESS)
     ap.add_argument("--serve-proxy", nargs=3, metavar=("PORT", "TYPE", "BACKEND"))
     ap.add_argument("--serve-ajp", nargs=2, type=int, metavar=("PORT", "SIZE"))
@@ -406,15 +432,21 @@ def main() -> None:
         variants.append(("ajp", "ajp", REPO))
         if args.baseline:
             variants.append(("ajp baseline", "ajp", os.path.abspath(args.baseline)))
+        if args.observe:
+            variants += [(f"{label} +observe", kind, code)
+                         for label, kind, code in variants if "baseline" not in label]
         for hdrs in ("wrk", "browser"):
             runs: dict = {v[0]: [] for v in variants}
             for r in range(args.rounds):
                 for label, kind, code in variants:
                     prof = args.profile and r == 0 and label == "ajp" and hdrs == "wrk"
+                    env = dict(os.environ, AJPQ_REPO=code)
+                    if label.endswith("+observe"):
+                        env["AJPQ_OBSERVE"] = "1"
                     out = subprocess.run(
                         [sys.executable, me, "--inproc-one", kind, hdrs, "--size", str(args.size),
                          "--requests", str(args.requests)] + (["--profile"] if prof else []),
-                        env=dict(os.environ, AJPQ_REPO=code), capture_output=True, text=True,
+                        env=env, capture_output=True, text=True,
                         check=True).stdout
                     if prof:
                         print(out)
@@ -450,6 +482,13 @@ http {{ access_log off; keepalive_requests 1000000;
             hp = free_port()
             p = spawn(procs, [sys.executable, me, "--serve-proxy", str(hp), "http", str(nport)])
             targets["txmodcluster http"] = (hp, "/f", p)
+            if args.observe:
+                op = free_port()
+                p = spawn(procs, [sys.executable, me, "--serve-proxy", str(op), "http",
+                                  str(nport)],
+                          env=dict(os.environ, AJPQ_OBSERVE="1",
+                                   AJPQ_LOG=os.path.join(tmp, "access-http.log")))
+                targets["txmodcluster http +observe"] = (op, "/f", p)
         path = "/f"
         if args.tomcat:
             sys.path.insert(0, REPO)
@@ -500,6 +539,12 @@ ProxyPreserveHost On
         p = spawn(procs, [sys.executable, me, "--serve-proxy", str(ap_port), "ajp", str(aport)],
                   env=env)
         targets["txmodcluster ajp"] = (ap_port, path, p)
+        if args.observe:
+            op = free_port()
+            p = spawn(procs, [sys.executable, me, "--serve-proxy", str(op), "ajp", str(aport)],
+                      env=dict(env, AJPQ_OBSERVE="1",
+                               AJPQ_LOG=os.path.join(tmp, "access-ajp.log")))
+            targets["txmodcluster ajp +observe"] = (op, path, p)
         if args.baseline:
             bp = free_port()
             p = spawn(procs, [sys.executable, me, "--serve-proxy", str(bp), "ajp", str(aport)],

@@ -107,6 +107,13 @@ class AccessLine:
         self._stamp = b""
         self._headers = None
         self._agent_referer = (_DASH, _DASH)
+        self._agent_referer_escaped = b'"-" "-"'
+        # the last client address and request line, formatted: a keep-alive
+        # connection repeats them (remembered heads share their bytes objects)
+        self._client = None
+        self._client_bytes = _DASH
+        self._request_key = (None, None, None)
+        self._request = _DASH
 
     def _time(self, now: float) -> bytes:
         second = int(now)
@@ -120,6 +127,7 @@ class AccessLine:
     def _agent(self, headers) -> tuple:
         if headers is self._headers:
             return self._agent_referer
+        self._headers = None
         agent = referer = _DASH
         for name, value in headers:
             n = len(name)
@@ -129,9 +137,10 @@ class AccessLine:
             elif n == 7 and name.lower() == _REFERER:
                 referer = value
         result = (agent, referer)
+        self._agent_referer_escaped = b'"%s" "%s"' % (escape(referer), escape(agent))
+        self._agent_referer = result
         if headers.__class__ is tuple:  # shared by remembered heads: worth keeping
             self._headers = headers
-            self._agent_referer = result
         return result
 
     def format(self, now: float, client: str, method: bytes, target: bytes, version: str,
@@ -145,13 +154,25 @@ class AccessLine:
         if self.fmt == "json":
             return self._json(now, client, method, target, version, status, size, agent,
                               referer, duration, upstream, node, context, failovers)
-        if method:
-            request = b"%s %s %s" % (method, escape(target), _VERSIONS.get(version, b"HTTP/1.1"))
+        key = self._request_key
+        if target is key[1] and method is key[0] and version is key[2]:
+            request = self._request
         else:
-            request = _DASH
-        line = b'%s - - [%s] "%s" %d %s "%s" "%s"' % (
-            client.encode("ascii", "backslashreplace"), self._time(now), request, status,
-            b"%d" % size if size else _DASH, escape(referer), escape(agent))
+            if method:
+                request = b"%s %s %s" % (method, escape(target),
+                                         _VERSIONS.get(version, b"HTTP/1.1"))
+            else:
+                request = _DASH
+            self._request_key = (method, target, version)
+            self._request = request
+        if client is not self._client:
+            self._client = client
+            self._client_bytes = client.encode("ascii", "backslashreplace")
+        second = int(now)
+        line = b'%s - - [%s] "%s" %d %s %s' % (
+            self._client_bytes,
+            self._stamp if second == self._second else self._time(now), request, status,
+            b"%d" % size if size else _DASH, self._agent_referer_escaped)
         if self.fmt == "extended":
             line += b' %.6f %s %s "%s" %d\n' % (
                 duration, b"%.6f" % upstream if upstream >= 0 else _DASH,

@@ -65,6 +65,9 @@ class ClientStats:
         self.tls_failures = 0
         #: requests counted under an C{other} label because of the limit
         self.overflow = 0
+        # the last (context, node) and its row: consecutive requests usually share them
+        self._last = (None, None)
+        self._last_row: list = []
 
     def _row(self, key: tuple) -> list:
         context, node = key
@@ -95,10 +98,16 @@ class ClientStats:
     def record(self, context: str, node: str, status: int, duration: float,
                upstream: float) -> None:
         """One finished request (C{upstream} < 0: no node answered)."""
-        key = (context, node)
-        row = self.rows.get(key)
-        if row is None:
-            row = self._row(key)
+        last = self._last
+        if context is last[0] and node is last[1]:
+            row = self._last_row
+        else:
+            key = (context, node)
+            row = self.rows.get(key)
+            if row is None:
+                row = self._row(key)
+            self._last = key
+            self._last_row = row
         row[status // 100 if 100 <= status < 600 else 0] += 1
         h = row[6]
         h[bisect_left(BUCKETS, duration)] += 1
