@@ -25,13 +25,14 @@ See docs/access-log.md.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
 import sys
 import time
 from typing import Callable, Optional
+
+from json.encoder import encode_basestring_ascii as _quote
 
 from twisted.application.service import Service
 from twisted.logger import Logger, LogLevel
@@ -114,6 +115,8 @@ class AccessLine:
         self._client_bytes = _DASH
         self._request_key = (None, None, None)
         self._request = _DASH
+        self._json_second = -1
+        self._json_stamp = ""
 
     def _time(self, now: float) -> bytes:
         second = int(now)
@@ -184,24 +187,28 @@ class AccessLine:
 
     def _json(self, now, client, method, target, version, status, size, agent, referer,
               duration, upstream, node, context, failovers) -> bytes:
-        record = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
-            + ".%03dZ" % (int(now * 1000) % 1000),
-            "client": client,
-            "method": _json_text(method) if method else None,
-            "target": _json_text(target) if method else None,
-            "protocol": _VERSIONS.get(version, b"HTTP/1.1").decode() if method else None,
-            "status": status,
-            "bytes": size,
-            "duration": round(duration, 6),
-            "upstream_time": round(upstream, 6) if upstream >= 0 else None,
-            "node": node or None,
-            "context": context or None,
-            "failovers": failovers,
-            "referer": _json_text(referer) if referer is not _DASH else None,
-            "user_agent": _json_text(agent) if agent is not _DASH else None,
-        }
-        return json.dumps(record, ensure_ascii=True, separators=(",", ":")).encode() + b"\n"
+        second = int(now)
+        if second != self._json_second:
+            self._json_second = second
+            self._json_stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        if method:
+            request = '"method":%s,"target":%s,"protocol":"%s"' % (
+                _quote(_json_text(method)), _quote(_json_text(target)),
+                "HTTP/1.0" if version == "1.0" else "HTTP/1.1")
+        else:
+            request = '"method":null,"target":null,"protocol":null'
+        line = (
+            '{"time":"%s.%03dZ","client":%s,%s,"status":%d,"bytes":%d,"duration":%s,'
+            '"upstream_time":%s,"node":%s,"context":%s,"failovers":%d,"referer":%s,'
+            '"user_agent":%s}\n' % (
+                self._json_stamp, int(now * 1000) % 1000, _quote(client), request, status,
+                size, repr(round(duration, 6)),
+                repr(round(upstream, 6)) if upstream >= 0 else "null",
+                _quote(node) if node else "null", _quote(context) if context else "null",
+                failovers,
+                _quote(_json_text(referer)) if referer is not _DASH else "null",
+                _quote(_json_text(agent)) if agent is not _DASH else "null"))
+        return line.encode("ascii")
 
 
 class LogFile:
