@@ -30,7 +30,7 @@ from modcluster.console.views import (
 
 __all__ = ["APIResource", "balancer_json", "node_json"]
 
-ENDPOINTS = ("balancers", "nodes", "vhosts", "contexts", "events", "workers")
+ENDPOINTS = ("balancers", "nodes", "vhosts", "contexts", "events", "workers", "sessions")
 DEFAULT_EVENT_LIMIT = 100
 #: C{state} values of the node filter.
 NODE_STATES = frozenset([s.value for s in NodeState] + ["draining", "attention"])
@@ -155,13 +155,16 @@ class APIResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, registry, release: str, workers=None, clock=None) -> None:
+    def __init__(self, registry, release: str, workers=None, clock=None,
+                 sessions=None) -> None:
         super().__init__()
         self._clock = clock
         self._registry = registry
         self._release = release
         self._pool = workers
         self._node_index: Optional[NodeIndex] = None
+        #: the L{modcluster.proxy.sessions.SessionTable}, or None (max_session_ids 0)
+        self._session_table = sessions
 
     # -- HTTP ---------------------------------------------------------------
 
@@ -239,6 +242,8 @@ class APIResource(Resource):
             return self._events(request)
         if head == "nodes":
             return self._nodes(request, base)
+        if head == "sessions":
+            return self._sessions(request)
         return getattr(self, "_" + head)()
 
     # -- endpoints ------------------------------------------------------------
@@ -338,6 +343,21 @@ class APIResource(Resource):
                     contexts.append({"node": view.route, "vhost": v.id,
                                      "aliases": list(v.aliases)} | _context_json(c))
         return {"contexts": contexts}
+
+    def _sessions(self, request) -> dict[str, Any]:
+        table = self._session_table
+        if table is None:
+            return {"tracked": False, "max": 0, "count": 0, "sessions": [],
+                    "message": "session ids are not tracked (manager.max_session_ids = 0)"}
+        limit = _int_arg(request.args or {}, b"limit", DEFAULT_EVENT_LIMIT)
+        now = self._clock.seconds() if self._clock is not None else 0.0
+        entries = table.entries(now) if self._clock is not None else table.entries(float("-inf"))
+        route = _arg(request.args or {}, b"route")
+        if route is not None:
+            entries = [e for e in entries if e[1] == route]
+        newest = entries[::-1][:limit]
+        return {"tracked": True, "max": table.max_ids, "count": len(entries),
+                "sessions": [{"id": sid, "route": r, "last_seen": t} for sid, r, t in newest]}
 
     def _events(self, request) -> dict[str, Any]:
         args = request.args or {}

@@ -247,7 +247,10 @@ class ManagerConfig:
     max_contexts: int = field(default=50000, validator=_positive, metadata=_doc(
         "Quota on context records.", "Maxcontext"))
     max_session_ids: int = field(default=0, validator=_non_negative, metadata=_doc(
-        "Session ids tracked for display (0 = off; costs work per request).",
+        "Session ids the proxy remembers for display (0 = off): the console lists them "
+        "with a per-node count and `/api/v1/sessions` returns them.  Ids seen longest ago "
+        "are dropped first; an id not seen for 30 minutes is dropped.  Costs one "
+        "dictionary update per request that carries a session id.",
         "Maxsessionid"))
     max_message_size: int = field(default=65536, validator=_at_least(1024), metadata=_doc(
         "Largest MCMP request body accepted, in bytes; larger messages are refused with "

@@ -254,6 +254,15 @@ def build(config: Config, reactor, demo: bool = False) -> MultiService:
     if store is not None:
         store.restore()
 
+    # the session ids the proxy saw (manager.max_session_ids > 0), for the
+    # console and the API; the table is made with the proxy below
+    session_table: list = []
+    session_pairs = None
+    if m.max_session_ids > 0:
+        def session_pairs():
+            return [(sid, route) for table in session_table
+                    for sid, route, _ in table.entries(reactor.seconds())]
+
     c = config.console
     # console, API and metrics only on their own listener(s)
     separate = bool(c.listen)
@@ -265,7 +274,7 @@ def build(config: Config, reactor, demo: bool = False) -> MultiService:
         from modcluster.tls import peer_identities
 
         console = ConsoleResource(
-            registry, c, m.release, clock=reactor, mcmp=handler,
+            registry, c, m.release, clock=reactor, mcmp=handler, sessions=session_pairs,
             display=[("Management listeners", ", ".join(m.listen)),
                      ("Console listeners", ", ".join(c.listen) or "the management listeners"),
                      ("Proxy listeners", ", ".join(config.proxy.listen) + (
@@ -283,6 +292,8 @@ def build(config: Config, reactor, demo: bool = False) -> MultiService:
     else:
         metrics.client_timeouts.add("proxy", lambda: proxy.factory.timeouts.counts)
     _observe(config, reactor, top, metrics, proxy, pool)
+    sessions = pool.sessions if pool is not None else proxy.factory.sessions
+    session_table[:] = [sessions]
 
     def management_root(with_mcmp: bool, with_console: bool) -> ManagementRoot:
         root = ManagementRoot(MCMPResource(handler, identities) if with_mcmp else None,
@@ -292,7 +303,7 @@ def build(config: Config, reactor, demo: bool = False) -> MultiService:
                 mount(root, c.path, console)
             if c.api:
                 mount(root, c.api_path, APIResource(registry, m.release, workers=pool,
-                                                     clock=reactor))
+                                                    sessions=sessions, clock=reactor))
             if c.metrics:
                 mount(root, c.metrics_path, metrics.resource)
         return root
@@ -428,6 +439,10 @@ def _proxy(config: Config, reactor, registry, node_tls):
         on_node_failure=registry.set_error,
         on_node_success=lambda route: registry.clear_error(route, "answered a request"),
         node_tls=node_tls)
+    if config.manager.max_session_ids > 0:
+        from modcluster.proxy.sessions import SessionTable
+
+        factory.sessions = SessionTable(config.manager.max_session_ids)
     from modcluster.listening import with_backlog
 
     services = MultiService()
@@ -547,6 +562,10 @@ def build_worker(config: Config, reactor, listeners, send):
 
     factory = _proxy_factory(config, reactor, lambda: mirror.table, failed, answered,
                              _node_tls(config), send)
+    if config.manager.max_session_ids > 0:
+        from modcluster.proxy.sessions import SessionTable
+
+        factory.sessions = SessionTable(config.manager.max_session_ids, track_changes=True)
     return WorkerService(reactor, mirror, factory, listeners, send)
 
 

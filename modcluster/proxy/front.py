@@ -296,6 +296,8 @@ class _Exchange:
             return
         if self.tunnel_candidate:
             self.upgrade = self.upgrade_token if node.settings.type in _DIRECT_SCHEMES else None
+        if d.session_id is not None and f.sessions is not None:
+            f.sessions.seen(d.session_id, node.route, f.now)
         rt = node.rt
         rt.busy += 1
         rt.requests += 1
@@ -1431,6 +1433,8 @@ class ProxyFactory(Factory):
         self.observer = observer
         #: the client-side counters (C{observer.stats}), or None
         self.stats: Optional[ClientStats] = observer.stats if observer is not None else None
+        #: the L{modcluster.proxy.sessions.SessionTable} (manager.max_session_ids > 0)
+        self.sessions = None
         self.config = config
         self.table = table
         self.on_node_failure = on_node_failure

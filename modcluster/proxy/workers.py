@@ -331,6 +331,12 @@ class WorkerPool(Service):
         #: had counted (without their open connections)
         self.client_exports: dict[int, dict] = {}
         self._retired_clients: dict = merge_exports(())
+        #: session ids seen by the workers (manager.max_session_ids > 0)
+        self.sessions = None
+        if config.manager.max_session_ids > 0:
+            from modcluster.proxy.sessions import SessionTable
+
+            self.sessions = SessionTable(config.manager.max_session_ids)
         #: with proxy.access_log = "-": where the workers' lines are written
         self.access_sink = None
         if config.proxy.access_log == "-":
@@ -537,6 +543,9 @@ class WorkerPool(Service):
             if not isinstance(message[1], dict):
                 raise ValueError("bad client metrics report")
             self.client_exports[worker.index] = message[1]
+        elif kind == "sessions":
+            if self.sessions is not None:
+                self.sessions.merge(message[1])
         elif kind == "access":
             if self.access_sink is not None:
                 self.access_sink.write(str(message[1]).encode("ascii", "backslashreplace"))
@@ -672,7 +681,8 @@ class WorkerService(Service):
             os.close(fd)  # adoptStreamPort took its own copy
         self._report.start(REPORT_INTERVAL, now=False)
         self._tick.start(1.0, now=False)
-        if getattr(self.factory, "stats", None) is not None:
+        if (getattr(self.factory, "stats", None) is not None
+                or getattr(self.factory, "sessions", None) is not None):
             self._clients.start(CLIENT_STATS_INTERVAL, now=False)
         self.send(["ready"])
 
@@ -721,6 +731,11 @@ class WorkerService(Service):
         stats = getattr(self.factory, "stats", None)
         if stats is not None:
             self.send(["clients", stats.export()])
+        sessions = getattr(self.factory, "sessions", None)
+        if sessions is not None:
+            changes = sessions.changes()
+            if changes:
+                self.send(["sessions", changes])
 
 
 def log_forwarder(send: Callable[[list], None]) -> Callable[[dict], None]:

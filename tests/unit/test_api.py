@@ -91,7 +91,7 @@ def test_root_lists_the_endpoints(get):
         "balancers": "/api/v1/balancers", "nodes": "/api/v1/nodes",
         "vhosts": "/api/v1/vhosts", "contexts": "/api/v1/contexts",
         "events": "/api/v1/events", "workers": "/api/v1/workers",
-        "node": "/api/v1/nodes/{route}",
+        "sessions": "/api/v1/sessions", "node": "/api/v1/nodes/{route}",
     }
     assert get(API + "/")[2] == body
 
