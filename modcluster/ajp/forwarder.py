@@ -37,6 +37,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from modcluster.accesslog import text
 from modcluster.ajp.packets import (
     AJPEncodeError,
     AJPProtocolError,
@@ -766,12 +767,14 @@ class AJPForwarder(PooledForwarder):
                 packet = self.encode(exchange, pool)
             except RequestTooLarge as e:
                 log.info("AJP request head for {method} {target} too large: {error}",
-                         method=exchange.method, target=exchange.target, error=str(e))
+                         method=text(exchange.method), target=text(exchange.target),
+                         error=str(e))
                 return LocalUpstream(self.reactor, exchange, status=400,
                               message="request head too large for the AJP packet size")
             except AJPEncodeError as e:
                 log.info("cannot encode {method} {target} for AJP: {error}",
-                         method=exchange.method, target=exchange.target, error=str(e))
+                         method=text(exchange.method), target=text(exchange.target),
+                         error=str(e))
                 return LocalUpstream(self.reactor, exchange, status=400, message=str(e))
             return pool.acquire(exchange, packet, fresh)
         finally:

@@ -68,8 +68,11 @@ class MCMPRequest(server.Request):
 
     def _refuse(self, why: str) -> None:
         self._refused = True
+        from modcluster.accesslog import text
+
+        method = getattr(self.channel, "_command", None) or self.method or b"-"
         Logger().warn("MCMP {method} from {peer} refused: {why}",
-                      method=self.method, peer=_peer(self), why=why)
+                      method=text(method), peer=_peer(self), why=why)
         mess = f"SYNTAX: {why}".encode()
         transport = self.channel.transport
         transport.write(

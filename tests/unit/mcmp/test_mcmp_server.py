@@ -307,8 +307,14 @@ def test_methods_are_case_insensitive_and_wildcard_uri_star():
 def test_oversized_message_is_refused_before_reading_it():
     server = Server(max_message_size=1024)
     body = b"JVMRoute=node1&Alias=" + b"a" * 5000
-    responses = server.send(b"CONFIG / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
-                            % len(body) + body)
+    with capturedLogs() as events:
+        responses = server.send(b"CONFIG / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
+                                % len(body) + body)
+    # the log line names the method as text, not as a bytes repr
+    from twisted.logger import formatEvent
+
+    assert [formatEvent(e) for e in events if "refused" in e["log_format"]][0].startswith(
+        "MCMP CONFIG from ")
     (r,) = responses
     assert r.code == 500 and r.headers[b"type"] == b"SYNTAX"
     assert b"exceeds" in r.headers[b"mess"]
