@@ -155,9 +155,11 @@ def one_node_factory(reactor, kind: str, backend: int):
     reg.app("ENABLE-APP", "node0", ["localhost"], ["/"])
     reg.apply_status("node0", 100, True)
     config = ProxyConfig()
+    obs = observer(reactor)
+    extra = {} if obs is None else {"observer": obs}  # a --baseline tree may not have it
     return ProxyFactory(reactor, config, lambda: reg.table, reg.set_error,
                         lambda route: None, forwarders={"ajp": AJPForwarder(reactor, config)},
-                        observer=observer(reactor))
+                        **extra)
 
 
 def observer(reactor):
