@@ -365,6 +365,14 @@ def test_worker_service_reports_client_totals_and_reopens(tmp_path):
     clients = [m for m in sent if m[0] == "clients"]
     assert len(clients) == 1 and clients[0][1]["requests"] == [["/app", "n1",
                                                                  [0, 0, 0, 0, 1, 0]]]
+    from modcluster.proxy.sessions import SessionTable
+
+    factory.sessions = SessionTable(10, track_changes=True)
+    factory.sessions.seen("S.n1", "n1", 3.0)
+    reactor.advance(workers.CLIENT_STATS_INTERVAL)
+    assert sent[-1] == ["sessions", [["S.n1", "n1", 3.0]]]
+    reactor.advance(workers.CLIENT_STATS_INTERVAL)
+    assert sent[-1][0] == "clients"  # no new session: none sent
     factory.observer.access_log.write(b"old\n")
     os.rename(path, tmp_path / "a.log.1")
     service.deliver(("reopen",))
