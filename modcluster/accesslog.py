@@ -352,6 +352,28 @@ class LogLimiter:
         self._start = now
 
 
+def path_problem(path: Optional[str]) -> Optional[str]:
+    """
+    Why the access log C{path} could not be opened for appending (C{None}: it
+    can, or it is unset or C{-}); checked without creating anything, for
+    C{--check} and before start-up.
+    """
+    if not path or path == "-":
+        return None
+    if os.path.isdir(path):
+        return f"proxy.access_log: {path!r} is a directory"
+    if os.path.exists(path):
+        if not os.access(path, os.W_OK):
+            return f"proxy.access_log: {path!r} is not writable"
+        return None
+    directory = os.path.dirname(path) or "."
+    if not os.path.isdir(directory):
+        return f"proxy.access_log: directory {directory!r} does not exist"
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return f"proxy.access_log: cannot create {path!r} (directory not writable)"
+    return None
+
+
 def install_reopen_signal(reactor, callback: Callable[[], None]) -> Optional[Callable]:
     """
     Call C{callback} in the reactor thread on SIGUSR1, after whatever handler

@@ -239,6 +239,11 @@ def problems(config: Config) -> list[str]:
     for key, description in listeners:
         found.extend(f"{key}: {p}" for p in endpoint_problems(description))
     found.extend(_duplicates(listeners))
+    from modcluster.accesslog import path_problem
+
+    log_problem = path_problem(config.proxy.access_log)
+    if log_problem is not None:
+        found.append(log_problem)
 
     t = config.manager.tls
     if t.enabled:

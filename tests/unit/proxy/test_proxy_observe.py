@@ -404,3 +404,21 @@ def test_worker_lines_for_stdout_go_through_the_control_process(capfd):
     for p in reactor.processes:
         p.end()
     assert d.called
+
+
+def test_unusable_access_log_path_is_refused_by_check(tmp_path):
+    import pytest
+    from twisted.python import usage
+
+    from modcluster.accesslog import path_problem
+    from modcluster.tap import Options
+
+    assert path_problem(None) is None and path_problem("-") is None
+    assert path_problem(str(tmp_path / "new.log")) is None
+    assert "is a directory" in path_problem(str(tmp_path))
+    assert "does not exist" in path_problem(str(tmp_path / "no" / "a.log"))
+    config = tmp_path / "c.toml"
+    config.write_text(f'[proxy]\naccess_log = "{tmp_path / "no" / "a.log"}"\n')
+    with pytest.raises(usage.UsageError, match="proxy.access_log: directory .* does not exist"):
+        Options().parseOptions(["--config", str(config), "--check"])
+    assert not (tmp_path / "no").exists()
