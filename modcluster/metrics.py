@@ -395,6 +395,7 @@ class ClientCollector(Collector):
             "modcluster_proxy_unavailable",
             "503 answers by reason: no_node (no usable node for the context), "
             "sticky_route_down (StickySessionForce and the session's node is down), "
+            "context_unavailable (every matching context stopped or disabled), "
             "node_failed (the chosen node failed and no failover was left).",
             labels=["reason"])
         for reason, n in data["unavailable"].items():

@@ -268,8 +268,11 @@ class _Exchange:
                 self.wait_call = f.reactor.callLater(step, self._reroute)
                 return
         if d.status == 503 and f.stats is not None:
+            reason = d.reason
             f.stats.unavailable[
-                "sticky_route_down" if d.reason.startswith("session route") else "no_node"] += 1
+                "sticky_route_down" if "session route" in reason
+                else "context_unavailable" if reason.startswith("every context")
+                else "no_node"] += 1
         self.proto._respondError(self, d.status, d.reason, d.retry_after)
 
     def _reroute(self) -> None:

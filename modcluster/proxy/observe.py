@@ -32,7 +32,8 @@ _NB = len(BUCKETS) + 1  # + Inf
 CLASSES = ("other", "1xx", "2xx", "3xx", "4xx", "5xx")
 OTHER = "other"
 #: Reasons of a 503 (C{modcluster_proxy_unavailable_total{reason}}).
-UNAVAILABLE_REASONS = ("no_node", "sticky_route_down", "node_failed", "other")
+UNAVAILABLE_REASONS = ("no_node", "sticky_route_down", "context_unavailable", "node_failed",
+                       "other")
 #: Failure kinds of a failover (C{modcluster_proxy_failovers_total{kind}}).
 FAILOVER_KINDS = ("connect", "reset", "timeout", "protocol")
 #: Status logged for a request whose client left before any response (nginx's).

@@ -157,8 +157,8 @@ def test_503_404_and_client_abort_are_logged_and_counted():
     c.lose()  # before any answer
     statuses = [COMBINED.match(line)[4] for line in sink.lines]
     assert statuses == [b"404", b"503", b"499"]
-    assert stats.unavailable == {"no_node": 0, "sticky_route_down": 0, "node_failed": 1,
-                                 "other": 0}
+    assert stats.unavailable == {"no_node": 0, "sticky_route_down": 0,
+                                 "context_unavailable": 0, "node_failed": 1, "other": 0}
     assert stats.failovers["connect"] == 1
     assert stats.rows[("", "")][4] == 1
     assert sum(row[5] for row in stats.rows.values()) == 1
@@ -175,6 +175,23 @@ def test_503_without_usable_node_is_no_node():
     c.send(b"GET /app/x HTTP/1.1\r\nHost: a\r\n\r\n")
     assert parse_responses(c.received())[0].status == 503
     assert stats.unavailable["no_node"] == 1
+
+
+def test_503_reasons_stopped_context_and_forced_sticky_route():
+    from modcluster.cluster.model import ContextState
+
+    h, _, stats = observed()
+    h.node("n1", 8081, contexts=("/app",), state=ContextState.STOPPED)
+    b = BalancerSettings("forced", sticky_force=True)
+    h.node("n2", 8082, contexts=("/f",), balancer=b)
+    h.node("n3", 8083, contexts=("/f",), balancer=b)
+    h.registry.set_error("n3", "down")
+    c = h.client()
+    c.send(b"GET /app/x HTTP/1.1\r\nHost: a\r\n\r\n")
+    c.send(b"GET /f/x HTTP/1.1\r\nHost: a\r\nCookie: JSESSIONID=X.n3\r\n\r\n")
+    assert [r.status for r in parse_responses(c.received())] == [503, 503]
+    assert stats.unavailable["context_unavailable"] == 1
+    assert stats.unavailable["sticky_route_down"] == 1
 
 
 def test_error_log_lines_show_text_not_reprs_and_are_rate_limited():
