@@ -54,12 +54,14 @@ def lines(path):
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_access_log_file_reopened_on_sigusr1_and_metrics(tmp_path, workers):
-    mport, pport = free_loopback_ports(2)
+    mport, pport, cport = free_loopback_ports(3)
     log = tmp_path / "access.log"
     config = tmp_path / "bal.toml"
     config.write_text(f"""
 [manager]
 listen = ["tcp:{mport}:interface=127.0.0.1"]
+[console]
+listen = ["tcp:{cport}:interface=127.0.0.1"]
 [proxy]
 listen = ["tcp:{pport}:interface=127.0.0.1"]
 workers = {workers}
@@ -97,7 +99,7 @@ access_log_format = "json"
         assert len(rotated) >= len(before)
 
         def counted():
-            _, body = get(mport, "/metrics")
+            _, body = get(cport, "/metrics")
             text = body.decode()
             total = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                         if line.startswith("modcluster_proxy_requests_total{")

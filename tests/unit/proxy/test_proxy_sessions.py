@@ -128,15 +128,23 @@ def test_tap_wires_sessions_to_the_console_and_api():
     factory = proxy_factory(top)
     assert factory.sessions is not None and factory.sessions.max_ids == 5
     factory.sessions.seen("S1.n1", "n1", reactor.seconds())
-    site = next(s.factory for s in top if isinstance(getattr(s, "factory", None), Site))
+    sites = [s.factory for s in top if isinstance(getattr(s, "factory", None), Site)]
 
     def get(path):
-        proto = site.buildProtocol(None)
-        t = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 1))
-        proto.makeConnection(t)
-        proto.dataReceived(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-                           .encode())
-        return t.value().partition(b"\r\n\r\n")[2]
+        # whichever listener serves the console (its own by default)
+        for site in sites:
+            proto = site.buildProtocol(None)
+            t = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 1),
+                                hostAddress=IPv4Address("TCP", "127.0.0.1", 6666))
+            proto.makeConnection(t)
+            proto.dataReceived(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                               "Connection: close\r\n\r\n".encode())
+            head, _, body = t.value().partition(b"\r\n\r\n")
+            if head.startswith(b"HTTP/1.1 200"):
+                if b"chunked" in head.lower():
+                    body = b"".join(body.split(b"\r\n")[1::2])
+                return body
+        raise AssertionError(f"no listener serves {path}")
 
     assert b"SessionIDs" in get("/mod_cluster-manager") and b"S1.n1" in get("/mod_cluster-manager")
     assert json.loads(get("/api/v1/sessions"))["sessions"][0]["id"] == "S1.n1"
