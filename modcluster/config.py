@@ -484,7 +484,8 @@ class ProxyConfig:
     client_metrics: bool = field(default=True, metadata=_doc(
         "Count proxied requests for `/metrics` (`modcluster_proxy_*`: requests by context, "
         "node and status class, durations, failovers, 503s by reason, client connections, "
-        "TLS handshakes); see docs/metrics.md.", ""))
+        "TLS handshakes); see docs/metrics.md.  Nothing is counted when "
+        "`console.metrics` is off.", ""))
     client_metrics_labels: int = field(default=200, validator=_positive, metadata=_doc(
         "Bound on label values of the client metrics, per process: at most this many "
         "(context, node) pairs, contexts and nodes get their own series; the rest are "

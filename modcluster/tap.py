@@ -469,7 +469,9 @@ def _observer(config: Config, reactor, send=None):
     from modcluster.proxy.observe import ClientStats, Observer
 
     p = config.proxy
-    if not p.access_log and not p.client_metrics:
+    # counted only when /metrics serves them
+    count = p.client_metrics and config.console.metrics
+    if not p.access_log and not count:
         return None
     sink = line = None
     if p.access_log:
@@ -480,7 +482,7 @@ def _observer(config: Config, reactor, send=None):
             raise usage.UsageError(
                 f"proxy.access_log: cannot open {p.access_log!r}: {e.strerror}") from None
         line = AccessLine(p.access_log_format)
-    stats = ClientStats(p.client_metrics_labels) if p.client_metrics else None
+    stats = ClientStats(p.client_metrics_labels) if count else None
     return Observer(reactor.seconds, sink, line, stats)
 
 
@@ -491,7 +493,7 @@ def _observe(config: Config, reactor, top, metrics, proxy, pool) -> None:
 
     p = config.proxy
     if pool is not None:
-        if p.client_metrics:
+        if p.client_metrics and config.console.metrics:
             metrics.add_client_stats(pool.client_stats)
         reopen = pool.reopen_logs
     else:

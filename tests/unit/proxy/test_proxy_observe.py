@@ -439,3 +439,18 @@ def test_unusable_access_log_path_is_refused_by_check(tmp_path):
     with pytest.raises(usage.UsageError, match="proxy.access_log: directory .* does not exist"):
         Options().parseOptions(["--config", str(config), "--check"])
     assert not (tmp_path / "no").exists()
+
+
+def test_observer_only_for_what_is_switched_on(tmp_path):
+    from modcluster.config import parse_config
+    from modcluster.tap import _observer
+
+    clock = Clock()
+    assert _observer(parse_config("[proxy]\nclient_metrics = false\n"), clock) is None
+    assert _observer(parse_config("[console]\nmetrics = false\n"), clock) is None
+    obs = _observer(parse_config("[proxy]\n"), clock)
+    assert obs.stats is not None and obs.access_log is None
+    log = tmp_path / "a.log"
+    obs = _observer(parse_config(f'[console]\nmetrics = false\n[proxy]\naccess_log = "{log}"\n'
+                                 'access_log_format = "extended"\n'), clock)
+    assert obs.stats is None and obs.line.fmt == "extended" and log.exists()
