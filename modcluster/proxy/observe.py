@@ -187,9 +187,25 @@ class Observer:
         self.access_log = access_log
         self.line = line
         self.stats = stats
+        #: exceptions while recording (a bug): logged the first time only
+        self.failures = 0
 
     def done(self, ex, status: int, size: int) -> None:
-        """C{ex} (an C{_Exchange}) ended with C{status}, C{size} body bytes to the client."""
+        """
+        C{ex} (an C{_Exchange}) ended with C{status}, C{size} body bytes to the
+        client.  Never raises: a bug here must not break the request path.
+        """
+        try:
+            self._done(ex, status, size)
+        except Exception:
+            self.failures += 1
+            if self.failures == 1:
+                from twisted.logger import Logger
+
+                Logger(namespace="modcluster.proxy").failure(
+                    "recording a finished request failed (logged once)")
+
+    def _done(self, ex, status: int, size: int) -> None:
         now = self.clock()
         duration = now - ex.start
         if duration < 0:

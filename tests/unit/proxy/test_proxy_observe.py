@@ -454,3 +454,24 @@ def test_observer_only_for_what_is_switched_on(tmp_path):
     obs = _observer(parse_config(f'[console]\nmetrics = false\n[proxy]\naccess_log = "{log}"\n'
                                  'access_log_format = "extended"\n'), clock)
     assert obs.stats is None and obs.line.fmt == "extended" and log.exists()
+
+
+def test_a_failing_observer_does_not_break_requests():
+    h, sink, stats = observed()
+    h.node("n1", 8081, contexts=("/app",))
+
+    def broken(line):
+        raise RuntimeError("disk on fire")
+
+    sink.write = broken
+    c = h.client()
+    with capturedLogs() as events:
+        for _ in range(2):
+            c.send(b"GET /app/x HTTP/1.1\r\nHost: a\r\n\r\n")
+            n = h.accept() if h.pending() else n
+            n.received()
+            n.respond(OK_100)
+    assert [r.status for r in parse_responses(c.received())] == [200, 200]
+    assert h.factory.observer.failures == 2
+    assert len([e for e in events if "log_failure" in e]) == 1
+    assert h.counters_idle()
