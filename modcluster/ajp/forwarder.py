@@ -34,10 +34,10 @@ from typing import Optional
 
 
 from twisted.internet.interfaces import IPushProducer
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from zope.interface import implementer
 
-from modcluster.accesslog import text
+from modcluster.accesslog import LogLimiter, text
 from modcluster.ajp.packets import (
     AJPEncodeError,
     AJPProtocolError,
@@ -656,6 +656,8 @@ class AJPForwarder(PooledForwarder):
         if config.ajp_cping not in CPING_MODES:
             raise ValueError(f"ajp_cping must be one of {CPING_MODES}")
         self.reactor = reactor
+        #: requests refused here are client-driven: their log lines are rate-limited
+        self.limiter = LogLimiter(log, reactor.seconds)
         self.config = config
         self.packet_size = config.ajp_packet_size
         self.secret: Optional[bytes] = (config.ajp_secret.encode("utf-8")
@@ -766,15 +768,17 @@ class AJPForwarder(PooledForwarder):
             try:
                 packet = self.encode(exchange, pool)
             except RequestTooLarge as e:
-                log.info("AJP request head for {method} {target} too large: {error}",
-                         method=text(exchange.method), target=text(exchange.target),
-                         error=str(e))
+                self.limiter.emit("head too large", LogLevel.info,
+                                  "AJP request head for {method} {target} too large: {error}",
+                                  method=text(exchange.method), target=text(exchange.target),
+                                  error=str(e))
                 return LocalUpstream(self.reactor, exchange, status=400,
                               message="request head too large for the AJP packet size")
             except AJPEncodeError as e:
-                log.info("cannot encode {method} {target} for AJP: {error}",
-                         method=text(exchange.method), target=text(exchange.target),
-                         error=str(e))
+                self.limiter.emit("cannot encode", LogLevel.info,
+                                  "cannot encode {method} {target} for AJP: {error}",
+                                  method=text(exchange.method), target=text(exchange.target),
+                                  error=str(e))
                 return LocalUpstream(self.reactor, exchange, status=400, message=str(e))
             return pool.acquire(exchange, packet, fresh)
         finally:

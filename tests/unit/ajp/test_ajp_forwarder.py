@@ -451,6 +451,30 @@ def test_request_head_too_large_for_packet_gets_400():
     assert h.counters_idle()
 
 
+def test_too_large_heads_are_logged_as_text_and_rate_limited():
+    """A client sending oversized heads cannot flood the log (and no bytes reprs)."""
+    from twisted.logger import formatEvent
+
+    h = one_node()
+    c = h.client()
+    with capturedLogs() as events:
+        for i in range(25):
+            c.send(b"GET /big/%d HTTP/1.1\r\nHost: a\r\nCookie: " % i + b"x" * 9000
+                   + b"\r\n\r\n")
+            h.reactor.advance(0)
+        h.reactor.advance(11)
+        c.send(b"GET /big/last HTTP/1.1\r\nHost: a\r\nCookie: " + b"x" * 9000 + b"\r\n\r\n")
+        h.reactor.advance(0)
+    assert [r.status for r in parse(c.received())] == [400] * 26
+    texts = [formatEvent(e) for e in events if e.get("log_namespace") == "modcluster.ajp"
+             or "AJP request head" in e.get("log_format", "") or "suppressed" in
+             e.get("log_format", "")]
+    heads = [t for t in texts if t.startswith("AJP request head for")]
+    assert len(heads) == 11 and heads[0].startswith("AJP request head for GET /big/0 too large")
+    assert any(t.startswith("15 more similar messages (head too large)") for t in texts)
+    assert not any("b'" in t for t in texts)
+
+
 def test_bigger_packet_size_fits_bigger_head():
     h = one_node(ajp_packet_size=65536)
     c = h.client()
