@@ -15,7 +15,7 @@ per-request warnings.
    to a file opened with C{O_APPEND} (several worker processes can share it:
    each write is whole lines) or to standard output (C{-}).
    L{LogFile.reopen} closes and opens the file again, for log rotation
-   (SIGUSR1, L{install_reopen_signal}).
+   (SIGUSR1, through the balancer service's reopen hooks).
  - L{LogLimiter}: lets at most N lines per key through per interval and
    reports how many it held back, so a client cannot flood the log with
    per-request warnings (every 503, 404, failover).
@@ -27,14 +27,12 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import sys
 import time
 from typing import Callable, Optional
 
 from json.encoder import encode_basestring_ascii as _quote
 
-from twisted.application.service import Service
 from twisted.logger import Logger, LogLevel
 
 __all__ = [
@@ -42,9 +40,7 @@ __all__ = [
     "AccessLine",
     "LogFile",
     "LogLimiter",
-    "ReopenService",
     "escape",
-    "install_reopen_signal",
     "text",
 ]
 
@@ -372,60 +368,3 @@ def path_problem(path: Optional[str]) -> Optional[str]:
     if not os.access(directory, os.W_OK | os.X_OK):
         return f"proxy.access_log: cannot create {path!r} (directory not writable)"
     return None
-
-
-def install_reopen_signal(reactor, callback: Callable[[], None]) -> Optional[Callable]:
-    """
-    Call C{callback} in the reactor thread on SIGUSR1, after whatever handler
-    was installed before (twistd's log rotation with C{--logfile}).  Returns a
-    function that puts the previous handler back, or C{None} where there is
-    no SIGUSR1.
-    """
-    sig = getattr(signal, "SIGUSR1", None)
-    if sig is None:
-        return None
-    previous = signal.getsignal(sig)
-
-    def handler(signum, frame):
-        if callable(previous) and previous not in (signal.SIG_DFL, signal.SIG_IGN):
-            previous(signum, frame)
-        reactor.callFromThread(callback)
-
-    signal.signal(sig, handler)
-
-    def restore() -> None:
-        if signal.getsignal(sig) is handler:
-            signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
-
-    return restore
-
-
-class ReopenService(Service):
-    """
-    While running, SIGUSR1 calls C{reopen} (the access log's): installed at
-    start-up, after twistd set up its own logging (whose SIGUSR1 handler, with
-    C{--logfile}, still runs first).
-    """
-
-    def __init__(self, reactor, reopen: Callable[[], None]) -> None:
-        self.reactor = reactor
-        self.reopen = reopen
-        self._restore: Optional[Callable] = None
-
-    def _reopen(self) -> None:
-        try:
-            self.reopen()
-        except Exception:
-            log.failure("access log: reopen failed")
-        else:
-            log.info("access log reopened (SIGUSR1)")
-
-    def startService(self) -> None:
-        super().startService()
-        self._restore = install_reopen_signal(self.reactor, self._reopen)
-
-    def stopService(self):
-        super().stopService()
-        if self._restore is not None:
-            self._restore()
-            self._restore = None

@@ -488,7 +488,6 @@ def _observer(config: Config, reactor, send=None):
 
 def _observe(config: Config, reactor, top, metrics, proxy, pool) -> None:
     """Client metrics into C{metrics}; SIGUSR1 reopens the access log."""
-    from modcluster.accesslog import ReopenService
     from modcluster.proxy.observe import merge_exports
 
     p = config.proxy
@@ -505,8 +504,7 @@ def _observe(config: Config, reactor, top, metrics, proxy, pool) -> None:
             metrics.add_client_stats(lambda: merge_exports([stats.export()]))
         reopen = observer.access_log.reopen if observer.access_log is not None else None
     if p.access_log and reopen is not None:
-        top.access_log = ReopenService(reactor, reopen)
-        top.access_log.setServiceParent(top)
+        top.on_reopen(reopen)
 
 
 def _proxy_factory(config: Config, reactor, table, on_node_failure, on_node_success,
