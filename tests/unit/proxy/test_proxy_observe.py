@@ -424,9 +424,8 @@ def test_worker_lines_for_stdout_go_through_the_control_process(capfd):
     assert d.called
 
 
-def test_unusable_access_log_path_is_refused_by_check(tmp_path):
+def test_unusable_access_log_path_is_refused_by_check(tmp_path, capsys):
     import pytest
-    from twisted.python import usage
 
     from modcluster.accesslog import path_problem
     from modcluster.tap import Options
@@ -437,8 +436,11 @@ def test_unusable_access_log_path_is_refused_by_check(tmp_path):
     assert "does not exist" in path_problem(str(tmp_path / "no" / "a.log"))
     config = tmp_path / "c.toml"
     config.write_text(f'[proxy]\naccess_log = "{tmp_path / "no" / "a.log"}"\n')
-    with pytest.raises(usage.UsageError, match="proxy.access_log: directory .* does not exist"):
+    with pytest.raises(SystemExit) as exit_:
         Options().parseOptions(["--config", str(config), "--check"])
+    assert exit_.value.code == 1
+    assert re.search(r"c\.toml: proxy\.access_log: directory .* does not exist",
+                     capsys.readouterr().err)
     assert not (tmp_path / "no").exists()
 
 
