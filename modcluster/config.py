@@ -270,6 +270,11 @@ class ManagerConfig:
     status_probe_reuse: float = field(default=1.0, validator=_non_negative, metadata=_doc(
         "A node that answered a probe less than this many seconds ago is not probed "
         "again for a STATUS (0: probe at every STATUS, as httpd does).", ""))
+    recovery_probe_interval: float = field(default=5.0, validator=_non_negative, metadata=_doc(
+        "Seconds between health probes (`OPTIONS *` for HTTP nodes, CPING for AJP) of a "
+        "node in error or ejected: a node in error whose probe succeeds comes back "
+        "(through slow start) without waiting for a STATUS; an ejected node whose probe "
+        "fails is put in error.  0: only STATUS brings a node back (httpd).", ""))
     request_timeout: float = field(default=60.0, validator=_positive, metadata=_doc(
         "Seconds an idle or stalled management connection is kept open.", "Timeout"))
     request_header_timeout: float = _request_header_timeout("management")
@@ -490,6 +495,45 @@ class ProxyConfig:
         "Bound on label values of the client metrics, per process: at most this many "
         "(context, node) pairs, contexts and nodes get their own series; the rest are "
         "counted as `other`.", ""))
+    smooth_balancing: bool = field(default=True, metadata=_doc(
+        "Elect nodes by smooth weighted shares (stride scheduling on the load factors): "
+        "the same long-run proportions as mod_proxy_cluster, steady from one second to "
+        "the next.  false: mod_proxy_cluster's score with its `LBstatusRecalTime` "
+        "resets (see docs/balancing.md, \"Beyond mod_proxy_cluster\").", ""))
+    slow_start: float = field(default=30.0, validator=_non_negative, metadata=_doc(
+        "Seconds over which a node that registers, is enabled, leaves the error state or "
+        "comes back from ejection ramps from `slow_start_min_share` of its share to all "
+        "of it (0: off).  Needs `smooth_balancing`.", ""))
+    slow_start_min_share: float = field(default=0.1, validator=[_positive, _at_most(1)],
+                                        metadata=_doc(
+        "Share of its weight a node starts its slow start with.", ""))
+    eject_failures: int = field(default=5, validator=_non_negative, metadata=_doc(
+        "Passive health: consecutive failures of a node (connect errors, resets, "
+        "malformed responses; 5xx with `eject_on_5xx`) that eject it from the election "
+        "for `eject_time` (0: no ejection).", ""))
+    eject_time: float = field(default=30.0, validator=_positive, metadata=_doc(
+        "Seconds of a first ejection; doubled at each repeated ejection, up to "
+        "`eject_max_time`.", ""))
+    eject_max_time: float = field(default=300.0, validator=_positive, metadata=_doc(
+        "Longest ejection; a node healthy this long after an ejection starts again "
+        "from `eject_time`.", ""))
+    eject_max_share: float = field(default=0.5, validator=[_non_negative, _at_most(1)],
+                                   metadata=_doc(
+        "Largest share of a context's nodes ejected at once (rounded down: a context "
+        "with one node never loses it).  If every usable node is ejected anyway, "
+        "requests are routed to them (panic threshold).", ""))
+    eject_on_5xx: bool = field(default=False, metadata=_doc(
+        "Count 500, 502, 503 and 504 answers as passive-health failures.", ""))
+    retry_budget: float = field(default=0.2, validator=[_non_negative, _at_most(1)],
+                                metadata=_doc(
+        "Failover replays allowed per balancer, as a share of its requests over "
+        "`retry_budget_window` (the keep-alive race retry on a fresh connection is "
+        "always allowed once and not counted).", ""))
+    retry_budget_window: float = field(default=10.0, validator=_at_least(1), metadata=_doc(
+        "Seconds of the retry budget's sliding window.", ""))
+    retry_budget_min: int = field(default=3, validator=_non_negative, metadata=_doc(
+        "Replays always allowed per window, whatever the share (so a quiet balancer "
+        "can still fail over).", ""))
     tls: NodeTLSConfig = field(factory=NodeTLSConfig, metadata=_doc(
         "TLS towards https/wss nodes (section `[proxy.tls]`).", ""))
 

@@ -227,7 +227,8 @@ def build(config: Config, reactor, demo: bool = False) -> MultiService:
 
     node_tls = _node_tls(config)
     prober = NodeProber(reactor, config.proxy, node_tls)
-    Maintenance(registry, prober, reactor).setServiceParent(top)
+    Maintenance(registry, prober, reactor,
+                recovery_interval=m.recovery_probe_interval).setServiceParent(top)
 
     metrics = Metrics(registry, m.release,
                       per_context=config.console.metrics_per_context)
@@ -438,7 +439,8 @@ def _proxy(config: Config, reactor, registry, node_tls):
         config, reactor, table=lambda: registry.table,
         on_node_failure=registry.set_error,
         on_node_success=lambda route: registry.clear_error(route, "answered a request"),
-        node_tls=node_tls)
+        node_tls=node_tls,
+        on_node_ejected=registry.node_ejected)
     if config.manager.max_session_ids > 0:
         from modcluster.proxy.sessions import SessionTable
 
@@ -508,10 +510,11 @@ def _observe(config: Config, reactor, top, metrics, proxy, pool) -> None:
 
 
 def _proxy_factory(config: Config, reactor, table, on_node_failure, on_node_success,
-                   node_tls, send=None):
+                   node_tls, send=None, on_node_ejected=None):
     """The client-side factory with its HTTP and AJP forwarders and routing policy."""
     from modcluster.ajp.forwarder import AJPForwarder
     from modcluster.balancer import RoutingPolicy
+    from modcluster.balancer._health import resilience_settings
     from modcluster.proxy.front import ProxyFactory
 
     p = config.proxy
@@ -526,8 +529,10 @@ def _proxy_factory(config: Config, reactor, table, on_node_failure, on_node_succ
             worker_retry=config.manager.worker_retry,
             no_context_status=p.response_status_on_no_context,
             unavailable_context_status=p.unavailable_context_status,
-            retry_after=p.retry_after),
+            retry_after=p.retry_after,
+            **resilience_settings(p)),
         observer=_observer(config, reactor, send),
+        on_node_ejected=on_node_ejected,
     )
     if p.fast_event_loop:
         from modcluster.proxy import fastloop
@@ -560,8 +565,11 @@ def build_worker(config: Config, reactor, listeners, send):
         mirror.node_answered(route)
         send(["ok", route])
 
+    def ejected(route: str, seconds: float, reason: str) -> None:
+        send(["eject", route, seconds, reason])
+
     factory = _proxy_factory(config, reactor, lambda: mirror.table, failed, answered,
-                             _node_tls(config), send)
+                             _node_tls(config), send, ejected)
     if config.manager.max_session_ids > 0:
         from modcluster.proxy.sessions import SessionTable
 

@@ -17,6 +17,7 @@ from typing import AbstractSet, Optional
 
 from attrs import frozen
 
+from modcluster.balancer._health import ramp
 from modcluster.balancer._request import match_path, session_id
 from modcluster.cluster.model import (
     MEMO_MAX,
@@ -34,6 +35,9 @@ _ENABLED = ContextState.ENABLED
 _DISABLED = ContextState.DISABLED
 _STOPPED = ContextState.STOPPED
 _NOTHING: frozenset[int] = frozenset()
+#: the smooth election's unit: a node of load factor f advances its virtual
+#: pass by _STRIDE // f per election
+_STRIDE = 1 << 24
 
 
 @frozen
@@ -53,6 +57,22 @@ class RoutingPolicy:
         as httpd answers.
     @ivar retry_after: Retry-After seconds suggested with a 503 (0: none).  The
         default is one node STATUS period, within which a recovered node is back.
+    @ivar smooth: smooth shares (stride scheduling on C{rt.vpass}) instead of
+        mod_proxy_cluster's lbstatus score with its periodic resets.
+    @ivar slow_start: seconds over which a node that registers, is enabled,
+        leaves the error state or comes back from ejection ramps up to its
+        full share (0: off).
+    @ivar slow_start_min_share: the share of its weight such a node starts with.
+    @ivar eject_failures: consecutive response-level failures that eject a
+        node (0: no ejection).
+    @ivar eject_time: the first ejection's length in seconds; doubled at each
+        repeated ejection.
+    @ivar eject_max_time: the longest ejection; a node healthy that long after
+        an ejection starts again from C{eject_time}.
+    @ivar eject_max_share: most of a context's nodes that may be ejected at
+        once (beyond, failures do not eject; if all usable nodes are ejected
+        anyway, they are routed to: panic).
+    @ivar eject_on_5xx: count 5xx answers (500, 502, 503, 504) as failures.
     """
 
     use_alias: bool = False
@@ -61,6 +81,14 @@ class RoutingPolicy:
     no_context_status: int = 404
     retry_after: int = 10
     unavailable_context_status: int = 503
+    smooth: bool = True
+    slow_start: float = 30.0
+    slow_start_min_share: float = 0.1
+    eject_failures: int = 5
+    eject_time: float = 30.0
+    eject_max_time: float = 300.0
+    eject_max_share: float = 0.5
+    eject_on_5xx: bool = False
 
 
 class Decision:
@@ -188,10 +216,12 @@ def _route_key(rec: ContextEntry) -> bytes:
     return rec.node.route.encode("utf-8", "surrogatepass")
 
 
-def _elect_deterministic(recs, name, has_session, exclude, dom, forced, h):
+def _elect_deterministic(recs, name, has_session, exclude, dom, forced, h,
+                         now: Optional[float] = None):
     """
     The election of DeterministicFailover (§3.4): per pass, the candidates
     sorted by JVMRoute and the one at C{h mod n}.  Returns (record, domain_ok).
+    With C{now}, nodes ejected at that time are left out.
     """
     in_domain: dict[int, ContextEntry] = {}
     active: dict[int, ContextEntry] = {}
@@ -206,6 +236,8 @@ def _elect_deterministic(recs, name, has_session, exclude, dom, forced, h):
         rt = n.rt
         f = rt.lbfactor
         if f < 0 or rt.in_error or rt.removed or (exclude and n.id in exclude):
+            continue
+        if now is not None and rt.ejected_until > now:
             continue
         if f == 0:
             standby.setdefault(n.id, rec)
@@ -328,24 +360,66 @@ def choose(table: RoutingTable, host: Optional[str], path: str, cookie: Optional
         b, cands, reason = plain
         if b is None:
             return _no_context(policy, reason)
-        best = standby = None
+        best = standby = panic = None
         best_score = 0
-        for _, nid, rt, decision in cands:
-            f = rt.lbfactor
-            if f < 0 or rt.in_error or rt.removed or (exclude and nid in exclude):
-                continue
-            if f == 0:
-                if standby is None:
-                    standby = decision
-                continue
-            score = ((rt.elected - rt.oldelected) * 1000) // f + rt.lbstatus
-            if best is None or best_score > score:
-                best, best_score = decision, score
+        if policy.smooth:
+            # Stride scheduling: the node with the lowest virtual pass wins and
+            # its pass moves on by its stride (inverse of its weight).  A node
+            # that lagged (new, back from error) starts at the lowest pass the
+            # others allow (max of pass - stride), so it never floods.
+            lag = best_stride = 0
+            best_rt = None
+            slow = policy.slow_start
+            for _, nid, rt, decision in cands:
+                f = rt.lbfactor
+                if f < 0 or rt.in_error or rt.removed or (exclude and nid in exclude):
+                    continue
+                if f == 0:
+                    if standby is None:
+                        standby = decision
+                    continue
+                if rt.ejected_until > now:
+                    if panic is None:
+                        panic = decision
+                    continue
+                stride = _STRIDE // f
+                if now - rt.warm_from < slow:
+                    stride = int(stride / ramp(rt, now, slow, policy.slow_start_min_share))
+                v = rt.vpass
+                if best is None:
+                    best, best_score, best_rt, best_stride, lag = decision, v, rt, stride, \
+                        v - stride
+                    continue
+                if v < best_score:
+                    best, best_score, best_rt, best_stride = decision, v, rt, stride
+                v -= stride
+                if v > lag:
+                    lag = v
+            if best is not None:
+                best_rt.vpass = (best_score if best_score > lag else lag) + best_stride
+                best_rt.elected += 1
+                return best
+        else:
+            for _, nid, rt, decision in cands:
+                f = rt.lbfactor
+                if f < 0 or rt.in_error or rt.removed or (exclude and nid in exclude):
+                    continue
+                if f == 0:
+                    if standby is None:
+                        standby = decision
+                    continue
+                if rt.ejected_until > now:
+                    if panic is None:
+                        panic = decision
+                    continue
+                score = ((rt.elected - rt.oldelected) * 1000) // f + rt.lbstatus
+                if best is None or best_score > score:
+                    best, best_score = decision, score
         if best is None:
-            if standby is None:
+            best = standby or panic
+            if best is None:
                 return Refusal(503, f"no usable node in balancer {b.name}", b.wait_worker,
                                policy.retry_after)
-            best = standby
         best.node.rt.elected += 1
         return best
 
@@ -446,7 +520,8 @@ def choose(table: RoutingTable, host: Optional[str], path: str, cookie: Optional
     if route_node is not None:
         rt = route_node.rt
         nid = route_node.id
-        if (not exclude or nid not in exclude) and rt.usable(now, policy.worker_retry):
+        if ((not exclude or nid not in exclude) and rt.usable(now, policy.worker_retry)
+                and (rt.ejected_until <= now or b.sticky_force)):
             for rec in recs:
                 if rec.node.id == nid and rec.state is not _STOPPED:
                     rt.elected += 1
@@ -467,12 +542,19 @@ def choose(table: RoutingTable, host: Optional[str], path: str, cookie: Optional
         h = _id_hash(sid)
     if h is not None:
         winner, domain_ok = _elect_deterministic(recs, name, has_session, exclude, dom,
-                                                 forced, h)
+                                                 forced, h, now)
+        if winner is None:  # every usable node ejected: route anyway (panic)
+            winner, domain_ok = _elect_deterministic(recs, name, has_session, exclude, dom,
+                                                     forced, h)
     else:
         # The hot loop: linear in the records of the matched context.  Plain
         # attribute reads only.
-        best = dbest = standby = None
+        best = dbest = standby = panic = None
         best_score = dscore = 0
+        smooth = policy.smooth
+        slow = policy.slow_start
+        lag = None
+        strides: dict = {}
         for rec in recs:
             st = rec.state
             if st is not _ENABLED and (st is _STOPPED or not has_session):
@@ -488,7 +570,20 @@ def choose(table: RoutingTable, host: Optional[str], path: str, cookie: Optional
                 if standby is None:
                     standby = rec
                 continue
-            score = ((rt.elected - rt.oldelected) * 1000) // f + rt.lbstatus
+            if rt.ejected_until > now:
+                if panic is None:
+                    panic = rec
+                continue
+            if smooth:
+                stride = _STRIDE // f
+                if now - rt.warm_from < slow:
+                    stride = int(stride / ramp(rt, now, slow, policy.slow_start_min_share))
+                strides[n.id] = stride
+                score = rt.vpass
+                if lag is None or score - stride > lag:
+                    lag = score - stride
+            else:
+                score = ((rt.elected - rt.oldelected) * 1000) // f + rt.lbstatus
             if best is None or best_score > score:
                 best, best_score = rec, score
             if dom and n.domain == dom and (dbest is None or dscore > score):
@@ -499,7 +594,11 @@ def choose(table: RoutingTable, host: Optional[str], path: str, cookie: Optional
         elif forced:
             winner = None
         else:
-            winner = best if best is not None else standby
+            winner = best if best is not None else (standby or panic)
+        if smooth and winner is not None and winner.node.id in strides:
+            wrt = winner.node.rt
+            v = wrt.vpass
+            wrt.vpass = (v if v > lag else lag) + strides[winner.node.id]
 
     if winner is None:
         if forced:

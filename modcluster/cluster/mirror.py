@@ -55,13 +55,14 @@ def encode_snapshot(table: RoutingTable) -> tuple:
     """
     The routing table as plain tuples:
     C{(generation, balancers, nodes, contexts, removed_domains)} with
-    C{nodes = ((serial, id, settings, lbfactor, in_error, error_since), ...)}
+    C{nodes = ((serial, id, settings, lbfactor, in_error, error_since,
+    warm_from, ejected_until), ...)}
     and C{contexts = ((serial, id, path, state, node serial, vhost id,
     aliases), ...)} in the table's order.
     """
     nodes = tuple(
         (e.rt.serial, e.id, _values(e.settings, _NODE_FIELDS), e.rt.lbfactor,
-         e.rt.in_error, e.rt.error_since)
+         e.rt.in_error, e.rt.error_since, e.rt.warm_from, e.rt.ejected_until)
         for e in table.nodes)
     contexts = tuple(
         (c.rt.serial, c.id, c.path, int(c.state), c.node.rt.serial, c.vhost_id,
@@ -72,8 +73,12 @@ def encode_snapshot(table: RoutingTable) -> tuple:
 
 
 def encode_node_updates(runtimes: Iterable[NodeRuntime]) -> tuple:
-    """C{((serial, lbfactor, in_error, error_since), ...)} of changed nodes."""
-    return tuple((rt.serial, rt.lbfactor, rt.in_error, rt.error_since) for rt in runtimes)
+    """
+    C{((serial, lbfactor, in_error, error_since, warm_from, ejected_until), ...)}
+    of changed nodes.
+    """
+    return tuple((rt.serial, rt.lbfactor, rt.in_error, rt.error_since, rt.warm_from,
+                  rt.ejected_until) for rt in runtimes)
 
 
 #: Counters of a node in a report, in order.
@@ -124,7 +129,7 @@ class Mirror:
         """Take a new L{encode_snapshot}; the table is rebuilt on next use."""
         _, _, nodes, _, _ = snapshot
         fresh: dict[int, NodeRuntime] = {}
-        for serial, _id, _settings, lbfactor, in_error, error_since in nodes:
+        for serial, _id, _settings, lbfactor, in_error, error_since, *health in nodes:
             rt = self._nodes.get(serial) or self._retired.pop(serial, None)
             if rt is None:
                 rt = NodeRuntime(self._now, serial)
@@ -132,6 +137,8 @@ class Mirror:
             rt.lbfactor = lbfactor
             rt.in_error = in_error
             rt.error_since = error_since
+            if health:
+                rt.warm_from, rt.ejected_until = health
             fresh[serial] = rt
         for serial, rt in self._nodes.items():
             if serial not in fresh:
@@ -145,12 +152,18 @@ class Mirror:
     def update(self, updates: tuple) -> None:
         """Apply L{encode_node_updates}; unknown serials are ignored."""
         nodes = self._nodes
-        for serial, lbfactor, in_error, error_since in updates:
+        for serial, lbfactor, in_error, error_since, *health in updates:
             rt = nodes.get(serial)
             if rt is not None:
                 rt.lbfactor = lbfactor
                 rt.in_error = in_error
                 rt.error_since = error_since
+                if health:
+                    # slow start and ejection decided by the control process
+                    # (or by another worker) apply here too
+                    rt.warm_from = health[0]
+                    if health[1] > rt.ejected_until:
+                        rt.ejected_until = health[1]
 
     @property
     def table(self) -> RoutingTable:
@@ -162,7 +175,7 @@ class Mirror:
         generation, balancers, nodes, contexts, removed_domains = self._snapshot
         entries: dict[int, NodeEntry] = {}
         by_route: dict[str, NodeEntry] = {}
-        for serial, node_id, settings, _, _, _ in nodes:
+        for serial, node_id, settings, *_ in nodes:
             entry = NodeEntry(node_id, NodeSettings(*settings), self._nodes[serial])
             entries[serial] = entry
             by_route[entry.route] = entry

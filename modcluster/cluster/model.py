@@ -143,7 +143,8 @@ class NodeRuntime:
         "lbfactor", "in_error", "error_since", "error_reason", "removed", "unverified",
         "elected", "oldelected", "lbstatus", "read", "oldread", "transferred", "busy",
         "num_failure_idle", "updatetimelb", "requests", "failures", "last_status",
-        "last_alive", "serial", "__weakref__",
+        "last_alive", "serial", "fails", "ejections", "ejected_until", "warm_from",
+        "vpass", "__weakref__",
     )
 
     def __init__(self, now: float = 0.0, serial: Optional[int] = None) -> None:
@@ -168,6 +169,19 @@ class NodeRuntime:
         self.last_status = 0.0
         #: last time the node answered a probe
         self.last_alive = float("-inf")
+        #: consecutive response-level failures seen by this process (passive
+        #: health; reset by any answer)
+        self.fails = 0
+        #: times the node was ejected (passive health); the next ejection lasts
+        #: longer, until the node stays healthy for a while
+        self.ejections = 0
+        #: the node is out of the election until then (passive health)
+        self.ejected_until = float("-inf")
+        #: slow start: the node ramps up from this time (set when it registers,
+        #: is enabled, leaves the error state or its ejection ends)
+        self.warm_from = float("-inf")
+        #: smooth election: the node's virtual pass (stride scheduling)
+        self.vpass = 0
 
     @property
     def hot_standby(self) -> bool:

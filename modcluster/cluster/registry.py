@@ -447,12 +447,16 @@ class Registry:
                 self._clear_node(node)
                 self._mark_removed(node, "REMOVE-APP /*")
             else:
+                cold = command == "ENABLE-APP" and not self._serving(node)
                 for vhost in node.vhosts.values():
                     for ctx in vhost.contexts.values():
                         self._set_context(node, vhost, ctx.path, state, create=False)
+                if cold and self._serving(node):
+                    node.rt.warm_from = self._clock.seconds()  # slow start
             self._changed()
             return AppResult(route)
 
+        cold = command == "ENABLE-APP" and not self._serving(node)
         vhost = self._vhost_for_any(node, aliases)
         if state is None:
             if vhost is not None:
@@ -482,6 +486,8 @@ class Registry:
             raise
         if command == "ENABLE-APP":
             self._warn_other_balancers(node, contexts)
+            if cold and self._serving(node):
+                node.rt.warm_from = self._clock.seconds()  # slow start
         self._changed()
         requests = None
         if command == "STOP-APP":
@@ -507,6 +513,12 @@ class Registry:
             names = vhost.aliases if vhost is not None else new_aliases
             raise errors.mem_cant_update_context(route, ",".join(new_paths[max(room, 0):]),
                                                  ",".join(names))
+
+    @staticmethod
+    def _serving(node: _Node) -> bool:
+        """The node has an ENABLED context."""
+        return any(ctx.state is ContextState.ENABLED
+                   for vhost in node.vhosts.values() for ctx in vhost.contexts.values())
 
     def _warn_other_balancers(self, node: _Node, contexts: Sequence[str]) -> None:
         for other in self._nodes.values():
@@ -565,6 +577,8 @@ class Registry:
         if rt.lbfactor != load:
             self._event("node.load", "node {route} load {old} -> {load}",
                         route=route, load=load, old=rt.lbfactor)
+            if rt.lbfactor < 0 < load:
+                rt.warm_from = self._clock.seconds()  # slow start: first in service
             rt.lbfactor = load
             self._node_changed(node)
         self._clear_error(node, "STATUS with Load={load}".format(load=load))
@@ -598,6 +612,7 @@ class Registry:
         if node.rt.in_error:
             node.rt.in_error = False
             node.rt.error_reason = ""
+            node.rt.warm_from = self._clock.seconds()  # slow start
             self._event("node.recovered", "node {route} recovered ({why})",
                         route=node.route, why=why)
             self._node_changed(node)
@@ -610,6 +625,8 @@ class Registry:
         if ok:
             node.rt.num_failure_idle = 0
             node.rt.last_alive = self._clock.seconds()
+            if node.rt.in_error and node.rt.lbfactor != -1:
+                self._clear_error(node, "health probe succeeded")
             return
         node.rt.num_failure_idle += 1
         self._set_error(node, "idle health probe failed")
@@ -617,6 +634,53 @@ class Registry:
             self._clear_node(node)
             self._mark_removed(node, f"{node.rt.num_failure_idle} failed health probes")
             self._changed()
+
+    def recovering(self) -> list[NodeEntry]:
+        """
+        Nodes to health-probe for recovery (balancing.md, "Beyond
+        mod_proxy_cluster"): nodes in error that did not report Load=-1
+        themselves, and nodes ejected by passive health.
+        """
+        now = self._clock.seconds()
+        return [e for e in self.table.nodes
+                if not e.rt.removed and e.rt.lbfactor != -1
+                and (e.rt.in_error or e.rt.ejected_until > now)]
+
+    def recovery_probe_result(self, route: str, ok: bool) -> None:
+        """
+        Result of a recovery probe: a node in error that answers comes back
+        (through slow start); a node that does not stays in error, and an
+        ejected node that does not answer is put in error.
+        """
+        node = self._nodes.get(route)
+        if node is None or node.rt.removed:
+            return
+        rt = node.rt
+        if ok:
+            rt.last_alive = self._clock.seconds()
+            if rt.in_error and rt.lbfactor != -1:
+                self._clear_error(node, "health probe succeeded")
+            return
+        if not rt.in_error:
+            self._set_error(node, "health probe failed")
+
+    def node_ejected(self, route: str, seconds: float, reason: str) -> None:
+        """
+        Passive health ejected a node (in this process, or in a worker
+        process): shown on the registry's record too, and logged.
+        """
+        node = self._nodes.get(route)
+        if node is None or node.rt.removed:
+            return
+        now = self._clock.seconds()
+        rt = node.rt
+        if rt.ejected_until < now + seconds:  # not already set in this process
+            rt.ejections += 1
+            rt.ejected_until = now + seconds
+            rt.warm_from = rt.ejected_until
+            self._node_changed(node)
+        self._event("node.ejected", "node {route} ejected for {seconds:g} s: {reason}",
+                    route=route, seconds=seconds, reason=reason)
 
     # -- maintenance -----------------------------------------------------------
 

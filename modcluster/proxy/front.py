@@ -42,6 +42,7 @@ from modcluster.balancer import (
     valid_host,
 )
 from modcluster.listening import ReadTimeouts, TimeoutReport
+from modcluster.balancer._health import RetryBudget, record_failure, resilience_settings
 from modcluster.proxy._transport import direct_writer, is_plain_tcp, lose_connection, set_nodelay
 from modcluster.proxy.headers import (
     PLAIN_CONNECTION,
@@ -119,6 +120,8 @@ _REQUEST_LINE = re.compile(
     rb"(GET|HEAD|POST|PUT|DELETE|OPTIONS|PATCH) (/[-A-Za-z0-9._~!$&'()*+,;=:@/?%]*) "
     rb"HTTP/1\.([01])")
 _DIRECT_SCHEMES = ("http", "https", "ws", "wss")
+#: answers counted as failures by passive health with C{eject_on_5xx}
+_FAILURE_STATUSES = frozenset((500, 502, 503, 504))
 
 
 class _TooManyPipelined(Exception):
@@ -443,8 +446,9 @@ class _Exchange:
             self.upstream_time = proto._observer.clock() - self.up_start
         d = self.decision
         node = d.node
-        if d.retrying or node.rt.in_error:
-            proto.factory.on_node_success(node.route)
+        rt = node.rt
+        if rt.fails or d.retrying or rt.in_error or status >= 500:
+            proto.factory.node_answered(node, d.retrying, status)
         if status == 101:
             self.tunnel = True
             self.resp_close = True
@@ -513,11 +517,10 @@ class _Exchange:
             self.done = True
             if proto._observer is not None:
                 proto._observer.done(self, self.status, self.sent)
-            if kind == PROTOCOL:
-                # A broken response (e.g. a bad AJP packet) is mod_proxy's 500: the
-                # worker is put in error (balancing.md §6.5).  A reset or a timeout
-                # after the head was relayed is not.
-                f.on_node_failure(route, error.message)
+            if kind == PROTOCOL or kind == RESET:
+                # A broken or cut response feeds passive health; it does not put
+                # the node in error by itself (one bad answer is not an outage).
+                f.passive_failure(node, error.message)
             proto._abortClient()
             return
         safe = not error.request_sent or self.replayable()
@@ -526,7 +529,9 @@ class _Exchange:
             return
         if kind == RESET and error.reused:
             if safe and not self.stale_retry:
-                # Keep-alive race: the pooled connection was closed by the node.
+                # Keep-alive race: the pooled connection was closed by the node
+                # before it read the request.  Always retried once, on a fresh
+                # connection to the same node (outside the retry budget).
                 self.stale_retry = True
                 cookie = None
                 if self.cookies is not None:
@@ -539,8 +544,20 @@ class _Exchange:
             if not safe:
                 proto._respondError(self, 502, f"node {route}: {error.message}")
                 return
+        if kind != CONNECT and error.request_sent:
+            # A response-level failure after a successful connect (reset before
+            # the head, malformed head): this request fails, passive health
+            # counts it.  Not replayed on other nodes and the node is not put in
+            # error: one bad request must not take a context down (issue 13 §2).
+            f.passive_failure(node, error.message)
+            proto._respondError(self, 502, f"node {route}: {error.message}")
+            return
+        # Connect-level failure: nothing reached the application.
         f.on_node_failure(route, error.message)
-        if safe and self.attempts < self.decision.balancer.max_attempts:
+        f.passive_failure(node, error.message)
+        b = self.decision.balancer
+        if (safe and self.attempts < b.max_attempts
+                and f.retry_budget.allow(b.name)):
             self.attempts += 1
             self.exclude = self.exclude | {node.id}
             self.stale_retry = False
@@ -1421,6 +1438,10 @@ class ProxyFactory(Factory):
         nodes (default: C{optionsForClientTLS(host)} with the system trust).
     @param policy: the routing policy; default built from C{config} (with
         C{worker_retry} 60 s).
+    @param on_node_ejected: C{(route, seconds, reason)}: passive health ejected
+        a node (for the control process of worker processes; optional).
+    @param retry_budget: the L{RetryBudget} of failover replays (default from
+        C{config}).
     """
 
     noisy = False
@@ -1430,7 +1451,9 @@ class ProxyFactory(Factory):
                  on_node_success: Callable[[str], None], forwarders: Optional[dict] = None,
                  node_tls: Optional[Callable] = None,
                  policy: Optional[RoutingPolicy] = None,
-                 observer: Optional[Observer] = None) -> None:
+                 observer: Optional[Observer] = None,
+                 on_node_ejected: Optional[Callable[[str, float, str], None]] = None,
+                 retry_budget: Optional[RetryBudget] = None) -> None:
         self.reactor = reactor
         #: what records finished requests (access log, client metrics), or None
         self.observer = observer
@@ -1442,12 +1465,16 @@ class ProxyFactory(Factory):
         self.table = table
         self.on_node_failure = on_node_failure
         self.on_node_success = on_node_success
+        self.on_node_ejected = on_node_ejected
+        self.retry_budget = retry_budget or RetryBudget(
+            config.retry_budget, config.retry_budget_window, config.retry_budget_min)
         self.policy = policy or RoutingPolicy(
             use_alias=config.use_alias,
             deterministic_failover=config.deterministic_failover,
             no_context_status=config.response_status_on_no_context,
             unavailable_context_status=config.unavailable_context_status,
-            retry_after=config.retry_after)
+            retry_after=config.retry_after,
+            **resilience_settings(config))
         self.http = HttpForwarder(reactor, config, node_tls)
         self.forwarders = {scheme: self.http for scheme in _DIRECT_SCHEMES}
         if forwarders:
@@ -1522,6 +1549,37 @@ class ProxyFactory(Factory):
                 busy += 1
         return busy
 
+    def passive_failure(self, node, reason: str) -> None:
+        """
+        A failure of C{node} for passive health (a connect error, a reset, a
+        malformed response, a 5xx with C{eject_on_5xx}): consecutive ones eject
+        the node for a while (L{record_failure}).
+        """
+        now = self.reactor.seconds()
+        try:
+            duration = record_failure(self.table(), node, now, self.policy)
+        except Exception:
+            log.failure("passive health of node {route}", route=node.route)
+            return
+        if duration is None:
+            return
+        log.warn("node {route} ejected for {seconds:g} s after {count} consecutive "
+                 "failures (last: {reason})", route=node.route, seconds=duration,
+                 count=self.policy.eject_failures, reason=reason)
+        if self.on_node_ejected is not None:
+            self.on_node_ejected(node.route, duration, reason)
+
+    def node_answered(self, node, retrying: bool, status: int) -> None:
+        """A response head came from C{node} while it had failures, was in error or retried, or the status is 5xx."""
+        rt = node.rt
+        if status >= 500:
+            if self.policy.eject_on_5xx and status in _FAILURE_STATUSES:
+                self.passive_failure(node, f"status {status}")
+                return
+        rt.fails = 0
+        if retrying or rt.in_error:
+            self.on_node_success(node.route)
+
     def buildProtocol(self, addr) -> ClientProtocol:
         p = ClientProtocol(self)
         return p
@@ -1563,6 +1621,14 @@ class ProxyFactory(Factory):
             except Exception:
                 log.failure("client timeout check failed")
         table = self.table()
+        try:
+            totals: dict = {}
+            for entry in table.nodes:
+                name = entry.settings.balancer
+                totals[name] = totals.get(name, 0) + entry.rt.requests
+            self.retry_budget.observe(totals)
+        except Exception:
+            log.failure("retry budget upkeep failed")
         forwarders = self._uniqueForwarders()
         if table.generation != self._generation:
             self._generation = table.generation

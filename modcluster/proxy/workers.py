@@ -530,6 +530,8 @@ class WorkerPool(Service):
                     self.client_timeouts[reason] += n
         elif kind == "fail":
             self.registry.set_error(str(message[1]), str(message[2]))
+        elif kind == "eject":
+            self.registry.node_ejected(str(message[1]), float(message[2]), str(message[3]))
         elif kind == "ok":
             self.registry.clear_error(str(message[1]), "answered a request")
         elif kind == "log":

@@ -885,7 +885,9 @@ def test_garbage_from_container_gives_502_and_drops_connection():
     [resp] = parse(c.received())
     assert resp.status == 502
     assert n.closed
-    assert h.entry("n1").rt.in_error
+    # issue 13 §2: a response-level failure feeds passive health only
+    assert not h.entry("n1").rt.in_error
+    assert h.entry("n1").rt.fails == 1
     assert any("protocol error" in (e.get("log_format") or "") for e in events)
     assert h.counters_idle()
     assert not h.forwarder.pool(h.entry("n1")).conns
@@ -897,16 +899,19 @@ def test_garbage_from_container_gives_502_and_drops_connection():
     encode_send_body_chunk(b"early"),  # body before the headers
     encode_end_response(True),  # end before the headers
 ])
-def test_bad_packets_fail_over(bad):
+def test_bad_packets_give_502_without_failover(bad):
+    """Issue 13 §2: a malformed answer fails that request only (no replay on
+    every node, the node is not put in error)."""
     h = two_nodes()
     c = h.client()
     c.send(b"GET / HTTP/1.1\r\nHost: a\r\nCookie: JSESSIONID=X.n1\r\n\r\n")
     n1 = h.accept(8009, handler=lambda ex: ex.container.transport.write(bad))
     assert n1.closed
-    n2 = h.accept(8010)
-    assert parse(c.received())[0].status == 200
-    assert len(n2.requests) == 1
-    assert h.entry("n1").rt.in_error
+    assert parse(c.received())[0].status == 502
+    assert not h.pending(8010)
+    assert not h.entry("n1").rt.in_error
+    assert h.entry("n1").rt.fails == 1
+    assert h.failures == []
     assert h.counters_idle()
 
 
@@ -938,19 +943,20 @@ def test_protocol_error_mid_response_aborts_client():
     assert c.aborted
     assert not h.pending(8010)
     assert h.counters_idle()
-    # a broken packet mid-response puts the node in error (balancing.md §6.5)
-    assert [f[0] for f in h.failures] == ["n1"]
+    # a broken packet mid-response feeds passive health (issue 13 §2)
+    assert h.failures == []
+    assert h.entry("n1").rt.fails == 1
 
 
-def test_reset_before_response_fails_over():
+def test_reset_before_response_is_502_without_failover():
     h = two_nodes()
     c = h.client()
     c.send(b"GET / HTTP/1.1\r\nHost: a\r\nCookie: JSESSIONID=X.n1\r\n\r\n")
     h.accept(8009, handler=lambda ex: ex.container.transport.loseConnection())
-    n2 = h.accept(8010)
-    assert parse(c.received())[0].status == 200
-    assert len(n2.requests) == 1
-    assert [f[0] for f in h.failures] == ["n1"]
+    assert parse(c.received())[0].status == 502
+    assert not h.pending(8010)
+    assert h.failures == []
+    assert h.entry("n1").rt.fails == 1
     assert h.counters_idle()
 
 

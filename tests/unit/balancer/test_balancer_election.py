@@ -50,8 +50,8 @@ def test_worked_example_continues_smoothly_after_recomputation():
 
 # -- the mod_cluster FAQ case: loads 20 / 90 / 1 ------------------------------------
 
-def _faq_cluster():
-    c = Cluster()
+def _faq_cluster(**policy):
+    c = Cluster(**policy)
     c.node("n20", 20)
     c.node("n90", 90)
     c.node("n1", 1)
@@ -86,8 +86,10 @@ def test_faq_loads_20_90_1_with_recomputation():
     (n20=181, n90=810, n1=9).  The lbstatus term carries the previous interval
     over, so the split stays proportional: request 1001 starts a fresh interval
     where n1 (lbstatus 4000) has the lowest score → 181 / 810 / 10.
+
+    This is mod_proxy_cluster's score (proxy.smooth_balancing = false).
     """
-    c = _faq_cluster()
+    c = _faq_cluster(smooth=False)
     counts = Counter()
     seen = []
     for k in range(1, 1002):
@@ -155,6 +157,7 @@ def test_no_usable_node_gives_503_with_wait_worker_and_retry_after():
 
 
 def test_elected_is_the_only_counter_touched():
+    """elected, and the virtual pass of the smooth election."""
     c = Cluster()
     c.node("A", 1)
     rt = c.rt("A")
@@ -162,6 +165,7 @@ def test_elected_is_the_only_counter_touched():
     d = c.choose()
     after = {k: getattr(rt, k) for k in type(rt).__slots__}
     assert after.pop("elected") == before.pop("elected") + 1
+    assert after.pop("vpass") > before.pop("vpass")
     assert after == before
     assert (d.context.rt.in_flight, d.context.rt.requests) == (0, 0)
 

@@ -230,3 +230,24 @@ def test_malformed_reports_are_refused():
     with pytest.raises(ValueError):
         sink.apply("w", ({"x": [1, 2, 3, 4, 5]}, {}))
     sink.apply("w", ({"424242": [1, 1, 1, 1, 1]}, {}))  # unknown record: ignored
+
+
+def test_slow_start_and_ejection_reach_the_workers():
+    """Issue 17: the control process's slow start and ejection times are
+    applied to a worker's records (by snapshot and by node update)."""
+    clock = Clock()
+    reg = Registry(clock)
+    b = BalancerSettings("mycluster")
+    reg.config(b, NodeSettings(route="n1", balancer=b.name, host="127.0.0.1", port=8081))
+    reg.app("ENABLE-APP", "n1", ["localhost"], ["/app"])
+    clock.advance(7)
+    reg.apply_status("n1", 50, True)
+    m = Mirror()
+    m.load(encode_snapshot(reg.table))
+    [entry] = m.table.nodes
+    assert entry.rt.warm_from == 7
+    seen = []
+    reg.on_node_change(seen.append)
+    reg.node_ejected("n1", 30.0, "resets")
+    m.update(encode_node_updates(seen))
+    assert entry.rt.ejected_until == 37 and entry.rt.warm_from == 37

@@ -273,7 +273,10 @@ def test_pool_sends_snapshots_coalesced_and_updates_next_turn(pool):
     reactor.advance(0)
     kind, updates = p.messages()[-1]
     assert kind == "update"
-    assert updates == ((reg.node("n1").rt.serial, 80, True, reactor.seconds()),)
+    rt = reg.node("n1").rt
+    # the update carries the slow start and ejection times too (issue 17)
+    assert updates == ((rt.serial, 80, True, reactor.seconds(), rt.warm_from,
+                        rt.ejected_until),)
 
 
 def test_pool_applies_worker_messages(pool):
