@@ -97,6 +97,9 @@ class ClusterCollector(Collector):
         #: export one series per context (C{console.metrics_per_context});
         #: otherwise per-node context counts by status only (docs/metrics.md)
         self.per_context = per_context
+        #: the in-process data plane's L{RetryBudget} (set by tap.py; None
+        #: with worker processes)
+        self.retry_budget = None
 
     def describe(self) -> Iterable[Metric]:
         # Nothing to check for duplicates at registration; collect() is cheap anyway.
@@ -117,6 +120,12 @@ class ClusterCollector(Collector):
             yield CounterMetricFamily("modcluster_proxy_worker_restarts",
                                       "Data-plane worker processes restarted after "
                                       "they ended unexpectedly.", value=pool.restarts)
+
+        budget = self.retry_budget
+        if budget is not None:
+            yield CounterMetricFamily("modcluster_proxy_retry_budget_refused",
+                                      "Failover replays refused because the retry "
+                                      "budget was used up.", value=budget.refused)
 
         counts = reg.counts
         for key, doc in (("nodes", "Registered nodes (including nodes being removed)."),
@@ -151,6 +160,16 @@ class ClusterCollector(Collector):
                                        "Requests forwarded to the node.", labels=node_l)
         failures = CounterMetricFamily("modcluster_node_failures",
                                        "Forwarding failures on the node.", labels=node_l)
+        ejected = GaugeMetricFamily("modcluster_node_ejected",
+                                    "1 while passive health keeps the node out of the "
+                                    "election.", labels=node_l)
+        ejections = CounterMetricFamily("modcluster_node_ejections",
+                                        "Times passive health ejected the node.",
+                                        labels=node_l)
+        share = GaugeMetricFamily("modcluster_node_slow_start_share",
+                                  "Share of its full weight the node gets (slow start; "
+                                  "1 = full).", labels=node_l)
+        now = reg.seconds()
         busy = GaugeMetricFamily("modcluster_node_busy",
                                  "Requests in flight on the node.", labels=node_l)
         read = CounterMetricFamily("modcluster_node_read_bytes",
@@ -176,7 +195,7 @@ class ClusterCollector(Collector):
         for node in reg.nodes():
             s, rt = node.settings, node.rt
             route = [s.route]
-            state, _ = node_state(node)
+            state, _ = node_state(node, now)
             by_state[state] += 1
             info.add_metric(route, {"balancer": s.balancer, "domain": s.domain,
                                     "type": s.type, "host": s.host, "port": str(s.port)})
@@ -188,6 +207,9 @@ class ClusterCollector(Collector):
             elected.add_metric(route, rt.elected)
             requests.add_metric(route, rt.requests)
             failures.add_metric(route, rt.failures)
+            ejected.add_metric(route, 1 if rt.ejected_until > now else 0)
+            ejections.add_metric(route, rt.ejections)
+            share.add_metric(route, reg.slow_start_share(rt, now))
             busy.add_metric(route, rt.busy)
             read.add_metric(route, rt.read)
             sent.add_metric(route, rt.transferred)
@@ -226,6 +248,7 @@ class ClusterCollector(Collector):
         yield load
         yield from flags.values()
         yield from (elected, requests, failures, busy, read, sent)
+        yield from (ejected, ejections, share)
         if per_context:
             yield from (ctx_status, ctx_in_flight, ctx_requests)
 

@@ -218,6 +218,8 @@ def build(config: Config, reactor, demo: bool = False) -> MultiService:
     )
     top.registry = registry
     store = None
+    registry.slow_start = (config.proxy.slow_start if config.proxy.smooth_balancing else 0.0,
+                           config.proxy.slow_start_min_share)
     if m.persist:
         # Restored through the MCMP handler (built below): a saved state gets
         # MCMP's checks and quotas.  Restored once the handler exists.
@@ -295,6 +297,8 @@ def build(config: Config, reactor, demo: bool = False) -> MultiService:
     _observe(config, reactor, top, metrics, proxy, pool)
     sessions = pool.sessions if pool is not None else proxy.factory.sessions
     session_table[:] = [sessions]
+    if pool is None:
+        metrics.cluster.retry_budget = proxy.factory.retry_budget
 
     def management_root(with_mcmp: bool, with_console: bool) -> ManagementRoot:
         root = ManagementRoot(MCMPResource(handler, identities) if with_mcmp else None,

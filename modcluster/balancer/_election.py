@@ -17,7 +17,6 @@ from typing import AbstractSet, Optional
 
 from attrs import frozen
 
-from modcluster.balancer._health import ramp
 from modcluster.balancer._request import match_path, session_id
 from modcluster.cluster.model import (
     MEMO_MAX,
@@ -383,8 +382,10 @@ def choose(table: RoutingTable, host: Optional[str], path: str, cookie: Optional
                         panic = decision
                     continue
                 stride = _STRIDE // f
-                if now - rt.warm_from < slow:
-                    stride = int(stride / ramp(rt, now, slow, policy.slow_start_min_share))
+                w = now - rt.warm_from
+                if w < slow:  # slow start: weight * max(w / slow, min share)
+                    m = slow * policy.slow_start_min_share
+                    stride = int(stride * slow / (w if w > m else m))
                 v = rt.vpass
                 if best is None:
                     best, best_score, best_rt, best_stride, lag = decision, v, rt, stride, \
@@ -576,8 +577,10 @@ def choose(table: RoutingTable, host: Optional[str], path: str, cookie: Optional
                 continue
             if smooth:
                 stride = _STRIDE // f
-                if now - rt.warm_from < slow:
-                    stride = int(stride / ramp(rt, now, slow, policy.slow_start_min_share))
+                w = now - rt.warm_from
+                if w < slow:
+                    m = slow * policy.slow_start_min_share
+                    stride = int(stride * slow / (w if w > m else m))
                 strides[n.id] = stride
                 score = rt.vpass
                 if lag is None or score - stride > lag:

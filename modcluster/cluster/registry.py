@@ -635,6 +635,20 @@ class Registry:
             self._mark_removed(node, f"{node.rt.num_failure_idle} failed health probes")
             self._changed()
 
+    def seconds(self) -> float:
+        """The registry's clock (for views)."""
+        return self._clock.seconds()
+
+    #: slow start settings for L{slow_start_share} (set by the assembly from
+    #: the C{[proxy]} settings; views only)
+    slow_start = (30.0, 0.1)
+
+    def slow_start_share(self, rt, now: float) -> float:
+        """The share of its full weight C{rt}'s node gets now (slow start)."""
+        from modcluster.balancer._health import ramp
+
+        return ramp(rt, now, *self.slow_start)
+
     def recovering(self) -> list[NodeEntry]:
         """
         Nodes to health-probe for recovery (balancing.md, "Beyond

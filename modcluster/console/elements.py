@@ -628,6 +628,10 @@ def _reason(node: NodeView, data: PageData) -> str:
         return text
     if node.state is NodeState.UNVERIFIED:
         return "restored from saved state, no STATUS since"
+    if node.state is NodeState.EJECTED and now is not None and node.ejected_until:
+        return f"{node.reason}, back in about {_duration(node.ejected_until - now)}"
+    if node.share < 1.0:
+        return f"slow start: {node.share:.0%} of its share"
     return ""
 
 
@@ -665,6 +669,8 @@ def stat_items(node: NodeView, data: PageData) -> Iterable[tuple[str, str, str, 
     yield "busy", "Connected", str(n.busy), "Requests in flight on the node (busy)"
     yield "requests", "Requests", str(n.requests), "Requests forwarded in total"
     yield "failures", "Failures", str(n.failures), "Forwarding failures in total"
+    yield ("ejections", "Ejections", str(n.ejections),
+           "Times ejected by passive health (consecutive failures)")
     if n.route in data.session_counts:
         yield "sessions", "Num sessions", str(data.session_counts[n.route]), "Tracked sessions"
 

@@ -41,6 +41,7 @@ class NodeState(enum.Enum):
 
     REMOVING = "removing"
     IN_ERROR = "in_error"
+    EJECTED = "ejected"
     UNVERIFIED = "unverified"
     HOT_STANDBY = "hot_standby"
     OK = "ok"
@@ -53,24 +54,28 @@ class NodeState(enum.Enum):
 _LABELS = {
     NodeState.REMOVING: "Removing",
     NodeState.IN_ERROR: "In error",
+    NodeState.EJECTED: "Ejected",
     NodeState.UNVERIFIED: "Unverified",
     NodeState.HOT_STANDBY: "Hot standby",
     NodeState.OK: "OK",
 }
 
 
-def node_state(node) -> tuple[NodeState, str]:
+def node_state(node, now: Optional[float] = None) -> tuple[NodeState, str]:
     """
     The display state of a registry node and a reason (empty unless in error).
 
-    Precedence: removing, in error, unverified (restored from saved state and not
-    heard from since), hot standby (Load=0), OK.
+    Precedence: removing, in error, ejected by passive health (only with
+    C{now}), unverified (restored from saved state and not heard from since),
+    hot standby (Load=0), OK.
     """
     rt = node.rt
     if rt.removed:
         return NodeState.REMOVING, ""
     if rt.in_error:
         return NodeState.IN_ERROR, rt.error_reason or "no reason recorded"
+    if now is not None and rt.ejected_until > now:
+        return NodeState.EJECTED, "consecutive failures (passive health)"
     if rt.unverified:
         return NodeState.UNVERIFIED, ""
     if rt.lbfactor == 0:
@@ -138,6 +143,13 @@ class NodeView:
     error_since: Optional[float]
     last_status: Optional[float]
     vhosts: tuple[VHostView, ...]
+    #: passive health: end of the current ejection (None: not ejected), times
+    #: ejected, consecutive failures now
+    ejected_until: Optional[float] = None
+    ejections: int = 0
+    consecutive_failures: int = 0
+    #: slow start: the share of its full weight the node gets now (1.0: full)
+    share: float = 1.0
 
     @property
     def in_flight(self) -> int:
@@ -148,7 +160,8 @@ class NodeView:
 def node_view(registry, node) -> NodeView:
     """A L{NodeView} of one registry node."""
     s, rt = node.settings, node.rt
-    state, reason = node_state(node)
+    now = registry.seconds()
+    state, reason = node_state(node, now)
     vhosts: dict[int, tuple] = {}
     for vhost in sorted(node.vhosts.values(), key=lambda v: v.id):
         vhosts[vhost.id] = (tuple(vhost.aliases), [])
@@ -169,6 +182,10 @@ def node_view(registry, node) -> NodeView:
         last_status=rt.last_status or None,
         vhosts=tuple(VHostView(id=i, aliases=a, contexts=tuple(c))
                      for i, (a, c) in vhosts.items()),
+        ejected_until=rt.ejected_until if rt.ejected_until > now else None,
+        ejections=rt.ejections,
+        consecutive_failures=rt.fails,
+        share=registry.slow_start_share(rt, now),
     )
 
 

@@ -25,6 +25,8 @@ NODE_KEYS = {
     "state", "error_reason", "load", "elected", "read", "transferred", "busy", "in_flight",
     "requests", "failures", "flushpackets", "flushwait_ms", "ping", "smax", "ttl",
     "timeout", "registered_at", "removed_at", "error_since", "last_status", "vhosts",
+    # issue 17: passive health and slow start
+    "ejected_until", "ejections", "consecutive_failures", "share",
 }
 
 
@@ -334,3 +336,24 @@ def test_long_listing_is_written_a_slice_per_reactor_turn(registry, clock):
     req.processingFailed(Exception("connection lost"))
     clock.advance(0)
     assert len(req.written) == 1 and not clock.getDelayedCalls()
+
+
+def test_node_shows_ejection_and_slow_start():
+    """Issue 17: the API shows passive health and slow start."""
+    from modcluster.api import node_json
+    from modcluster.console.views import NodeState, node_view
+
+    clock = Clock()
+    reg = two_nodes(clock)
+    clock.advance(3)
+    t0 = clock.seconds()
+    reg.node_ejected("node1", 30.0, "3 malformed responses")
+    view = node_view(reg, reg.node("node1"))
+    assert view.state is NodeState.EJECTED
+    assert view.ejected_until == t0 + 30 and view.ejections == 1
+    assert view.share == 0.1  # back through slow start when the ejection ends
+    body = node_json(view)
+    assert body["state"] == "ejected" and body["ejected_until"] == t0 + 30
+    clock.advance(45)  # 15 s after the ejection ended: half way up
+    body = node_json(node_view(reg, reg.node("node1")))
+    assert body["state"] == "ok" and body["ejected_until"] is None and body["share"] == 0.5

@@ -242,3 +242,24 @@ def test_fast_text_encoding_is_byte_for_byte_prometheus_client():
             assert encode_text(registry) == generate_latest(registry)
         # And through the resource.
         assert scrape(metrics)[1].encode("utf-8") == generate_latest(metrics.collector_registry)
+
+
+def test_passive_health_slow_start_and_retry_budget_samples():
+    """Issue 17: ejection, slow start share and retry budget refusals."""
+    from modcluster.balancer._health import RetryBudget
+
+    clock = Clock()
+    reg = two_nodes(clock)
+    clock.advance(15)  # node1 (first STATUS at 0) is half way through its slow start
+    reg.node_ejected("node2", 30.0, "resets")
+    m = Metrics(reg, RELEASE, process=False)
+    budget = RetryBudget(share=0.0, minimum=0)
+    budget.allow("mycluster")
+    m.cluster.retry_budget = budget
+    s = samples(scrape(m)[1])
+    assert s[("modcluster_node_ejected", (("route", "node2"),))] == 1
+    assert s[("modcluster_node_ejected", (("route", "node1"),))] == 0
+    assert s[("modcluster_node_ejections_total", (("route", "node2"),))] == 1
+    assert s[("modcluster_node_slow_start_share", (("route", "node1"),))] == 0.5
+    assert s[("modcluster_nodes_by_state", (("state", "ejected"),))] == 1
+    assert s[("modcluster_proxy_retry_budget_refused_total", ())] == 1

@@ -371,3 +371,15 @@ def test_unknown_children_are_404(client):
     for path in ("/nope", "/static/nope.css", "/static/"):
         r = client.get(PATH + path)
         assert r.status == 404
+
+
+def test_states_ejected_and_slow_start(client, registry, clock):
+    """Issue 17: an ejected node and a node in slow start say so."""
+    registry.node_ejected("node1", 30.0, "resets")
+    clock.advance(10)
+    text = text_of(client.get(PATH).text)
+    assert "Ejected consecutive failures (passive health), back in about 20 s" in text
+    assert "Ejections 1" in text
+    clock.advance(35)  # 15 s into its 30 s slow start
+    text = text_of(client.get(PATH).text)
+    assert "slow start: 50% of its share" in text
