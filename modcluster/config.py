@@ -534,6 +534,17 @@ class ProxyConfig:
     retry_budget_min: int = field(default=3, validator=_non_negative, metadata=_doc(
         "Replays always allowed per window, whatever the share (so a quiet balancer "
         "can still fail over).", ""))
+    max_in_flight_per_node: int = field(default=1000, validator=_non_negative, metadata=_doc(
+        "Requests in flight allowed per node; the excess waits in a FIFO queue (0: no "
+        "limit).  Set it to what a node can serve at once (Tomcat's `maxThreads`).  "
+        "Divided among the `workers` processes.  (A node's CONFIG `smax` stays the soft "
+        "bound of its idle connection pool, as in mod_proxy.)", "max / acquire"))
+    node_queue_size: int = field(default=100, validator=_non_negative, metadata=_doc(
+        "Requests that may wait for a node at its limit; beyond, 503 with Retry-After "
+        "at once.", ""))
+    node_queue_timeout: float = field(default=10.0, validator=_positive, metadata=_doc(
+        "Seconds a request waits for a node at its limit before a 503 with "
+        "Retry-After.", "acquire"))
     tls: NodeTLSConfig = field(factory=NodeTLSConfig, metadata=_doc(
         "TLS towards https/wss nodes (section `[proxy.tls]`).", ""))
 

@@ -97,9 +97,9 @@ class ClusterCollector(Collector):
         #: export one series per context (C{console.metrics_per_context});
         #: otherwise per-node context counts by status only (docs/metrics.md)
         self.per_context = per_context
-        #: the in-process data plane's L{RetryBudget} (set by tap.py; None
-        #: with worker processes)
-        self.retry_budget = None
+        #: the in-process data plane's L{ProxyFactory} (set by tap.py; None
+        #: with worker processes): retry budget and node queues
+        self.data_plane = None
 
     def describe(self) -> Iterable[Metric]:
         # Nothing to check for duplicates at registration; collect() is cheap anyway.
@@ -121,11 +121,19 @@ class ClusterCollector(Collector):
                                       "Data-plane worker processes restarted after "
                                       "they ended unexpectedly.", value=pool.restarts)
 
-        budget = self.retry_budget
-        if budget is not None:
+        plane = self.data_plane
+        if plane is not None:
             yield CounterMetricFamily("modcluster_proxy_retry_budget_refused",
                                       "Failover replays refused because the retry "
-                                      "budget was used up.", value=budget.refused)
+                                      "budget was used up.",
+                                      value=plane.retry_budget.refused)
+            yield GaugeMetricFamily("modcluster_proxy_queued",
+                                    "Requests waiting for a node at its in-flight limit.",
+                                    value=plane.queued())
+            yield CounterMetricFamily("modcluster_proxy_queue_rejected",
+                                      "Requests answered 503 because a node's queue was "
+                                      "full or they waited too long.",
+                                      value=plane.queue_rejected)
 
         counts = reg.counts
         for key, doc in (("nodes", "Registered nodes (including nodes being removed)."),

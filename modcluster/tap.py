@@ -298,7 +298,7 @@ def build(config: Config, reactor, demo: bool = False) -> MultiService:
     sessions = pool.sessions if pool is not None else proxy.factory.sessions
     session_table[:] = [sessions]
     if pool is None:
-        metrics.cluster.retry_budget = proxy.factory.retry_budget
+        metrics.cluster.data_plane = proxy.factory
 
     def management_root(with_mcmp: bool, with_console: bool) -> ManagementRoot:
         root = ManagementRoot(MCMPResource(handler, identities) if with_mcmp else None,

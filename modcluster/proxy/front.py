@@ -285,7 +285,7 @@ class _Exchange:
         except Exception:
             self.proto._routingBug(self)
 
-    def _attempt(self, d, cookie: Optional[str], fresh: bool) -> None:
+    def _attempt(self, d, cookie: Optional[str], fresh: bool, queued: bool = False) -> None:
         f = self.proto.factory
         node = d.node
         self.decision = d
@@ -305,6 +305,10 @@ class _Exchange:
         if d.session_id is not None and f.sessions is not None:
             f.sessions.seen(d.session_id, node.route, f.now)
         rt = node.rt
+        limit = f.node_limit
+        if limit and not queued and (rt.busy >= limit or f.queues):
+            if f.admit(self, node, limit, cookie, fresh):
+                return
         rt.busy += 1
         rt.requests += 1
         crt = d.context.rt
@@ -361,6 +365,9 @@ class _Exchange:
             d = self.decision
             d.node.rt.busy -= 1
             d.context.rt.in_flight -= 1
+            queues = self.proto.factory.queues
+            if queues and d.node.id in queues:
+                self.proto.factory.wake(d.node)
 
     # -- request body towards the forwarder ---------------------------------
 
@@ -1466,6 +1473,16 @@ class ProxyFactory(Factory):
         self.on_node_failure = on_node_failure
         self.on_node_success = on_node_success
         self.on_node_ejected = on_node_ejected
+        #: requests in flight allowed per node and process (0: no limit), and
+        #: the number of data-plane processes.  Not the node's CONFIG smax:
+        #: in mod_proxy that is the soft bound of the idle pool (see
+        #: docs/balancing.md, "Beyond mod_proxy_cluster")
+        self.processes = max(1, getattr(config, "workers", 1))
+        self.node_limit = -(-config.max_in_flight_per_node // self.processes)
+        #: node id -> FIFO of (exchange, cookie, fresh) waiting for a slot
+        self.queues: dict = {}
+        #: requests answered 503 because the queue was full or they waited too long
+        self.queue_rejected = 0
         self.retry_budget = retry_budget or RetryBudget(
             config.retry_budget, config.retry_budget_window, config.retry_budget_min)
         self.policy = policy or RoutingPolicy(
@@ -1548,6 +1565,77 @@ class ProxyFactory(Factory):
             else:
                 busy += 1
         return busy
+
+    # -- per-node concurrency limit (docs/balancing.md, "Beyond mod_proxy_cluster")
+
+    def admit(self, ex: _Exchange, node, limit: int, cookie, fresh: bool) -> bool:
+        """
+        C{node} is at its limit of requests in flight (or others wait for it):
+        queue C{ex} (FIFO, bounded) until a slot frees, or answer 503 at once
+        when the queue is full.  Returns C{True} when C{ex} was queued or
+        answered, C{False} when it may go now.
+        """
+        queue = self.queues.get(node.id)
+        if queue is not None:
+            while queue and queue[0][0].done:  # clients that left while waiting
+                queue.popleft()
+        if not queue:
+            if node.rt.busy < limit:
+                return False  # others wait for other nodes only
+            if queue is None:
+                queue = self.queues[node.id] = deque()
+        if len(queue) >= self.config.node_queue_size:
+            self.queue_rejected += 1
+            ex.proto._respondError(ex, 503, f"node {node.route} busy ({limit} requests in "
+                                   "flight, queue full)", self.policy.retry_after)
+            return True
+        ex.counted = False
+        entry = (ex, cookie, fresh)
+        queue.append(entry)
+        ex.wait_call = self.reactor.callLater(self.config.node_queue_timeout,
+                                              self._queueTimeout, node, entry, limit)
+        return True
+
+    def _queueTimeout(self, node, entry, limit: int) -> None:
+        ex = entry[0]
+        ex.wait_call = None
+        queue = self.queues.get(node.id)
+        if queue is not None:
+            try:
+                queue.remove(entry)
+            except ValueError:
+                pass
+            if not queue:
+                del self.queues[node.id]
+        if not ex.done:
+            self.queue_rejected += 1
+            ex.proto._respondError(ex, 503, f"node {node.route} busy ({limit} requests in "
+                                   f"flight for {self.config.node_queue_timeout:g} s)",
+                                   self.policy.retry_after)
+
+    def wake(self, node) -> None:
+        """A request on C{node} ended: let the next waiting ones go."""
+        queue = self.queues.get(node.id)
+        limit = self.node_limit
+        rt = node.rt
+        while queue and (not limit or rt.busy < limit):
+            ex, cookie, fresh = queue.popleft()
+            if ex.done:
+                continue
+            call = ex.wait_call
+            if call is not None and call.active():
+                call.cancel()
+            ex.wait_call = None
+            try:
+                ex._attempt(ex.decision, cookie, fresh, queued=True)
+            except Exception:
+                ex.proto._routingBug(ex)
+        if not queue:
+            self.queues.pop(node.id, None)
+
+    def queued(self) -> int:
+        """Requests waiting for a node slot now."""
+        return sum(len(q) for q in self.queues.values())
 
     def passive_failure(self, node, reason: str) -> None:
         """

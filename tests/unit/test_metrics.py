@@ -247,6 +247,8 @@ def test_fast_text_encoding_is_byte_for_byte_prometheus_client():
 def test_passive_health_slow_start_and_retry_budget_samples():
     """Issue 17: ejection, slow start share and retry budget refusals."""
     from modcluster.balancer._health import RetryBudget
+    from modcluster.config import ProxyConfig
+    from modcluster.proxy.front import ProxyFactory
 
     clock = Clock()
     reg = two_nodes(clock)
@@ -255,7 +257,10 @@ def test_passive_health_slow_start_and_retry_budget_samples():
     m = Metrics(reg, RELEASE, process=False)
     budget = RetryBudget(share=0.0, minimum=0)
     budget.allow("mycluster")
-    m.cluster.retry_budget = budget
+    plane = ProxyFactory(clock, ProxyConfig(), lambda: reg.table, lambda *a: None,
+                         lambda *a: None, retry_budget=budget)
+    plane.queue_rejected = 2
+    m.cluster.data_plane = plane
     s = samples(scrape(m)[1])
     assert s[("modcluster_node_ejected", (("route", "node2"),))] == 1
     assert s[("modcluster_node_ejected", (("route", "node1"),))] == 0
@@ -263,3 +268,5 @@ def test_passive_health_slow_start_and_retry_budget_samples():
     assert s[("modcluster_node_slow_start_share", (("route", "node1"),))] == 0.5
     assert s[("modcluster_nodes_by_state", (("state", "ejected"),))] == 1
     assert s[("modcluster_proxy_retry_budget_refused_total", ())] == 1
+    assert s[("modcluster_proxy_queue_rejected_total", ())] == 2
+    assert s[("modcluster_proxy_queued", ())] == 0

@@ -4,7 +4,7 @@ The front's side of passive health and the retry budget (docs/balancing.md,
 every node of a context in error.
 """
 
-from proxy_testlib import OK_100, Harness, parse_responses
+from proxy_testlib import OK_100, Harness, parse_requests, parse_responses
 from twisted.internet.error import ConnectionLost
 
 from modcluster.cluster.model import BalancerSettings
@@ -135,3 +135,91 @@ def test_keep_alive_race_retry_is_outside_the_budget():
     m.respond(OK_100)
     assert parse_responses(c.received())[0].status == 200
     assert h.factory.retry_budget.refused == 0
+
+
+# -- per-node concurrency limit with a bounded FIFO queue --------------------------
+
+
+def test_excess_requests_wait_in_fifo_order_for_a_slot():
+    h = Harness(max_in_flight_per_node=2, node_queue_size=10)
+    h.node("n1", 8081, contexts=("/app",))
+    clients = [h.client() for _ in range(4)]
+    for i, c in enumerate(clients):
+        c.send(b"GET /app/%d HTTP/1.1\r\nHost: a\r\n\r\n" % i)
+    conns = [h.accept(), h.accept()]
+    assert [parse_requests(n.received())[0].url for n in conns] == [b"/app/0", b"/app/1"]
+    assert not h.pending()  # two in flight, two queued
+    assert h.factory.queued() == 2
+    assert h.nodeEntry("n1").rt.busy == 2
+    served = []
+    for expected in (b"/app/2", b"/app/3"):
+        conns[0].respond(OK_100)  # a slot frees: the oldest waiting request goes
+        assert parse_requests(conns[0].received())[0].url == expected
+        conns.append(conns.pop(0))
+    for n in conns:
+        n.respond(OK_100)
+    for c in clients:
+        assert parse_responses(c.received())[0].status == 200
+    assert h.counters_idle()
+    assert h.factory.queues == {}
+
+
+def test_queue_timeout_gives_503_with_retry_after():
+    h = Harness(max_in_flight_per_node=1, node_queue_timeout=3.0)
+    h.node("n1", 8081, contexts=("/app",))
+    a, b = h.client(), h.client()
+    a.send(GET)
+    n = h.accept()
+    b.send(GET)
+    h.advance(2)
+    assert b.received() == b""
+    h.advance(2)
+    [resp] = parse_responses(b.received())
+    assert resp.status == 503 and resp.header(b"Retry-After") == b"10"
+    assert h.factory.queue_rejected == 1
+    n.respond(OK_100)
+    assert parse_responses(a.received())[0].status == 200
+    assert h.counters_idle() and h.factory.queues == {}
+
+
+def test_full_queue_gives_503_at_once():
+    h = Harness(max_in_flight_per_node=1, node_queue_size=1)
+    h.node("n1", 8081, contexts=("/app",))
+    a, b, c = h.client(), h.client(), h.client()
+    a.send(GET)
+    h.accept()
+    b.send(GET)
+    c.send(GET)
+    assert b.received() == b""
+    assert parse_responses(c.received())[0].status == 503
+    assert h.factory.queue_rejected == 1
+
+
+def test_client_leaving_the_queue_frees_its_place():
+    h = Harness(max_in_flight_per_node=1, node_queue_size=1)
+    h.node("n1", 8081, contexts=("/app",))
+    a, b, c = h.client(), h.client(), h.client()
+    a.send(GET)
+    n = h.accept()
+    b.send(GET)
+    b.lose()
+    c.send(GET)  # b's place was taken back: c waits instead of a 503
+    assert c.received() == b""
+    n.respond(OK_100)
+    m = [x for x in [n] if x.received()] or [h.accept()]
+    m[0].respond(OK_100)
+    assert parse_responses(c.received())[0].status == 200
+    assert h.counters_idle()
+
+
+def test_other_nodes_are_not_held_up_by_a_full_one():
+    h = Harness(max_in_flight_per_node=1)
+    h.node("n1", 8081, contexts=("/a",))
+    h.node("n2", 8082, contexts=("/b",))
+    x, y, z = h.client(), h.client(), h.client()
+    x.send(b"GET /a/1 HTTP/1.1\r\nHost: a\r\n\r\n")
+    h.accept(8081)
+    y.send(b"GET /a/2 HTTP/1.1\r\nHost: a\r\n\r\n")  # waits for n1
+    z.send(b"GET /b/1 HTTP/1.1\r\nHost: a\r\n\r\n")
+    h.accept(8082).respond(OK_100)
+    assert parse_responses(z.received())[0].status == 200
