@@ -155,8 +155,8 @@ class RetryBudget:
             total = current_total if current_total is not None else h[-1][0]
             requests = max(0, total - first_total)
             used = retries - first_retries
-        else:
-            requests = 0
+        else:  # the first second: every request so far
+            requests = current_total or 0
             used = retries
         if used >= self.minimum and used >= self.share * requests:
             self.refused += 1

@@ -534,11 +534,18 @@ class _Exchange:
         if kind == TIMEOUT:
             proto._respondError(self, 504, f"node {route}: {error.message}")
             return
-        if kind == RESET and error.reused:
-            if safe and not self.stale_retry:
+        if kind == RESET and (error.reused or error.request_sent):
+            if safe and not self.stale_retry and (
+                    error.reused or f.retry_budget.allow(
+                        self.decision.balancer.name,
+                        f.balancer_requests(self.decision.balancer.name))):
                 # Keep-alive race: the pooled connection was closed by the node
                 # before it read the request.  Always retried once, on a fresh
-                # connection to the same node (outside the retry budget).
+                # connection to the same node (outside the retry budget).  A
+                # reset of a fresh connection before the head is retried there
+                # once too (within the budget): a node that died is then a
+                # connect failure (failover), a live node resetting again is a
+                # response-level failure (502).
                 self.stale_retry = True
                 cookie = None
                 if self.cookies is not None:
@@ -548,7 +555,7 @@ class _Exchange:
                 except Exception:
                     proto._routingBug(self)
                 return
-            if not safe:
+            if not safe and error.reused:
                 proto._respondError(self, 502, f"node {route}: {error.message}")
                 return
         if kind != CONNECT and error.request_sent:
@@ -564,7 +571,7 @@ class _Exchange:
         f.passive_failure(node, error.message)
         b = self.decision.balancer
         if (safe and self.attempts < b.max_attempts
-                and f.retry_budget.allow(b.name)):
+                and f.retry_budget.allow(b.name, f.balancer_requests(b.name))):
             self.attempts += 1
             self.exclude = self.exclude | {node.id}
             self.stale_retry = False
@@ -1632,6 +1639,10 @@ class ProxyFactory(Factory):
                 ex.proto._routingBug(ex)
         if not queue:
             self.queues.pop(node.id, None)
+
+    def balancer_requests(self, name: str) -> int:
+        """Requests sent to the nodes of balancer C{name} so far (for the retry budget)."""
+        return sum(e.rt.requests for e in self.table().nodes if e.settings.balancer == name)
 
     def queued(self) -> int:
         """Requests waiting for a node slot now."""

@@ -953,6 +953,8 @@ def test_reset_before_response_is_502_without_failover():
     c = h.client()
     c.send(b"GET / HTTP/1.1\r\nHost: a\r\nCookie: JSESSIONID=X.n1\r\n\r\n")
     h.accept(8009, handler=lambda ex: ex.container.transport.loseConnection())
+    # retried once on a fresh connection to the same node, which resets again
+    h.accept(8009, handler=lambda ex: ex.container.transport.loseConnection())
     assert parse(c.received())[0].status == 502
     assert not h.pending(8010)
     assert h.failures == []

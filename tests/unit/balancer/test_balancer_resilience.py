@@ -311,3 +311,12 @@ def test_retry_budget_forgets_balancers_that_went_away():
     b.observe({"lb": 5})
     b.observe({})
     assert b.used("lb") == (0, 0)
+
+
+def test_retry_budget_counts_the_requests_of_the_current_second():
+    b = RetryBudget(share=0.2, window=10, minimum=3)
+    # before the first once-a-second sample: the requests so far count
+    assert sum(b.allow("lb", 100) for _ in range(30)) == 20
+    b.observe({"lb": 100})
+    # the window now starts at that sample: 100 more requests, 20 more replays
+    assert sum(b.allow("lb", 200) for _ in range(30)) == 20

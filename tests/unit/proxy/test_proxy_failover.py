@@ -69,7 +69,8 @@ def test_max_attempts_zero_means_no_retry():
 
 
 def test_idempotent_reset_before_response_is_502_not_replayed():
-    """Issue 13 §2: a reset after the request reached a fresh connection is a
+    """Issue 13 §2: a reset after the request reached a fresh connection is
+    retried once on a fresh connection to the same node; a second reset is a
     response-level failure: 502 for this request, counted by passive health,
     no failover and the node stays usable."""
     h = two_nodes()
@@ -78,6 +79,9 @@ def test_idempotent_reset_before_response_is_502_not_replayed():
     n = h.accept()
     n.received()
     n.close(ConnectionLost)
+    again = h.accept(n.port)
+    assert parse_requests(again.received())[0].url == b"/app/x"
+    again.close(ConnectionLost)
     assert parse_responses(c.received())[0].status == 502
     assert h.failures == []
     assert not h.pending()
@@ -441,4 +445,23 @@ def test_unsupported_response_transfer_coding():
     n = h.accept()
     n.respond(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n")
     assert parse_responses(c.received())[0].status == 502
+    assert h.counters_idle()
+
+
+def test_reset_then_refused_fails_over():
+    """A node killed while it had the request: the reset is retried once on a
+    fresh connection to it, which is refused (connect-level): the request
+    fails over and the node is put in error."""
+    h = two_nodes()
+    c = h.client()
+    c.send(GET)
+    n = h.accept()
+    n.received()
+    n.close(ConnectionLost)
+    h.refuse(n.port)
+    assert [r for r, _ in h.failures] == ["n1" if n.port == 8081 else "n2"]
+    m = h.accept()
+    assert m.port != n.port
+    m.respond(OK_100)
+    assert parse_responses(c.received())[0].status == 200
     assert h.counters_idle()
