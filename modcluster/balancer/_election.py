@@ -37,6 +37,7 @@ _NOTHING: frozenset[int] = frozenset()
 #: the smooth election's unit: a node of load factor f advances its virtual
 #: pass by _STRIDE // f per election
 _STRIDE = 1 << 24
+_NEVER = float("-inf")
 
 
 @frozen
@@ -369,6 +370,8 @@ def choose(table: RoutingTable, host: Optional[str], path: str, cookie: Optional
             lag = best_stride = 0
             best_rt = None
             slow = policy.slow_start
+            if slow <= 0:
+                slow = _NEVER  # (a warm_from ahead of the coarse clock must not count)
             for _, nid, rt, decision in cands:
                 f = rt.lbfactor
                 if f < 0 or rt.in_error or rt.removed or (exclude and nid in exclude):
@@ -554,6 +557,8 @@ def choose(table: RoutingTable, host: Optional[str], path: str, cookie: Optional
         best_score = dscore = 0
         smooth = policy.smooth
         slow = policy.slow_start
+        if slow <= 0:
+            slow = _NEVER
         lag = None
         strides: dict = {}
         for rec in recs:

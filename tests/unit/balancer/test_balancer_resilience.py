@@ -320,3 +320,18 @@ def test_retry_budget_counts_the_requests_of_the_current_second():
     b.observe({"lb": 100})
     # the window now starts at that sample: 100 more requests, 20 more replays
     assert sum(b.allow("lb", 200) for _ in range(30)) == 20
+
+
+def test_warm_from_ahead_of_the_coarse_clock():
+    """The data plane's clock is coarse (once a second): a node warmed a bit
+    'in the future' is at its minimum share, and with slow start off at its
+    full share, never a division by zero."""
+    for slow, expected in ((0, (45, 55)), (30, (1, 10))):
+        c = Cluster(slow_start=slow)
+        c.node("a", 50)
+        c.node("b", 50)
+        c.rt("a").warm_from = float("-inf")
+        c.rt("b").warm_from = c.clock.seconds() + 0.5
+        low, high = expected
+        assert low <= c.spread(100)["b"] <= high
+        assert low <= c.spread(100, cookie="JSESSIONID=x.zzz")["b"] <= high
