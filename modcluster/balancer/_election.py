@@ -37,7 +37,6 @@ _NOTHING: frozenset[int] = frozenset()
 #: the smooth election's unit: a node of load factor f advances its virtual
 #: pass by _STRIDE // f per election
 _STRIDE = 1 << 24
-_NEVER = float("-inf")
 
 
 @frozen
@@ -255,6 +254,36 @@ def _elect_deterministic(recs, name, has_session, exclude, dom, forced, h,
     return None, False
 
 
+def _stride(rt, now: float, policy: RoutingPolicy) -> int:
+    """How far one election moves a node's virtual pass: the inverse of its
+    weight (load factor, times its slow start share)."""
+    stride = _STRIDE // rt.lbfactor
+    slow = policy.slow_start
+    if slow > 0:
+        w = now - rt.warm_from
+        if w < slow:  # slow start: weight * max(w / slow, min share)
+            m = slow * policy.slow_start_min_share
+            stride = int(stride * slow / (w if w > m else m))
+    return stride
+
+
+def _advance(rt, runner_up, now: float, policy: RoutingPolicy) -> None:
+    """
+    The smooth election's only bookkeeping: the winner's virtual pass moves
+    on by its stride.  In steady state every node's pass minus its stride is
+    at most the lowest pass (stride scheduling's invariant); a node that fell
+    behind (new, back from error or ejection, idle in this context) is first
+    brought up to the runner-up's pass minus the runner-up's stride, so it
+    takes its share from now on instead of a burst that makes up for the past.
+    """
+    v = rt.vpass
+    if runner_up is not None and runner_up.lbfactor > 0:
+        lag = runner_up.vpass - _stride(runner_up, now, policy)
+        if lag > v:
+            v = lag
+    rt.vpass = v + _stride(rt, now, policy)
+
+
 def _no_context(policy: RoutingPolicy, reason: str) -> Refusal:
     if reason is _UNAVAILABLE:
         status = policy.unavailable_context_status
@@ -364,14 +393,10 @@ def choose(table: RoutingTable, host: Optional[str], path: str, cookie: Optional
         best_score = 0
         if policy.smooth:
             # Stride scheduling: the node with the lowest virtual pass wins and
-            # its pass moves on by its stride (inverse of its weight).  A node
-            # that lagged (new, back from error) starts at the lowest pass the
-            # others allow (max of pass - stride), so it never floods.
-            lag = best_stride = 0
-            best_rt = None
-            slow = policy.slow_start
-            if slow <= 0:
-                slow = _NEVER  # (a warm_from ahead of the coarse clock must not count)
+            # its pass moves on by its stride (inverse of its weight); see
+            # _advance for the runner-up.
+            best_rt = second = None
+            second_score = 0
             for _, nid, rt, decision in cands:
                 f = rt.lbfactor
                 if f < 0 or rt.in_error or rt.removed or (exclude and nid in exclude):
@@ -384,23 +409,24 @@ def choose(table: RoutingTable, host: Optional[str], path: str, cookie: Optional
                     if panic is None:
                         panic = decision
                     continue
-                stride = _STRIDE // f
-                w = now - rt.warm_from
-                if w < slow:  # slow start: weight * max(w / slow, min share)
-                    m = slow * policy.slow_start_min_share
-                    stride = int(stride * slow / (w if w > m else m))
                 v = rt.vpass
-                if best is None:
-                    best, best_score, best_rt, best_stride, lag = decision, v, rt, stride, \
-                        v - stride
-                    continue
-                if v < best_score:
-                    best, best_score, best_rt, best_stride = decision, v, rt, stride
-                v -= stride
-                if v > lag:
-                    lag = v
+                if best is None or v < best_score:
+                    second, second_score = best_rt, best_score
+                    best, best_score, best_rt = decision, v, rt
+                elif second is None or v < second_score:
+                    second, second_score = rt, v
             if best is not None:
-                best_rt.vpass = (best_score if best_score > lag else lag) + best_stride
+                # _advance, inlined for the common case (no slow start)
+                slow = policy.slow_start
+                if slow > 0 and (now - best_rt.warm_from < slow or (
+                        second is not None and now - second.warm_from < slow)):
+                    _advance(best_rt, second, now, policy)
+                else:
+                    if second is not None:
+                        lag = second_score - _STRIDE // second.lbfactor
+                        if lag > best_score:
+                            best_score = lag
+                    best_rt.vpass = best_score + _STRIDE // best_rt.lbfactor
                 best_rt.elected += 1
                 return best
         else:
@@ -556,11 +582,8 @@ def choose(table: RoutingTable, host: Optional[str], path: str, cookie: Optional
         best = dbest = standby = panic = None
         best_score = dscore = 0
         smooth = policy.smooth
-        slow = policy.slow_start
-        if slow <= 0:
-            slow = _NEVER
-        lag = None
-        strides: dict = {}
+        second = second_d = None
+        second_score = second_dscore = 0
         for rec in recs:
             st = rec.state
             if st is not _ENABLED and (st is _STOPPED or not has_session):
@@ -581,21 +604,20 @@ def choose(table: RoutingTable, host: Optional[str], path: str, cookie: Optional
                     panic = rec
                 continue
             if smooth:
-                stride = _STRIDE // f
-                w = now - rt.warm_from
-                if w < slow:
-                    m = slow * policy.slow_start_min_share
-                    stride = int(stride * slow / (w if w > m else m))
-                strides[n.id] = stride
                 score = rt.vpass
-                if lag is None or score - stride > lag:
-                    lag = score - stride
             else:
                 score = ((rt.elected - rt.oldelected) * 1000) // f + rt.lbstatus
             if best is None or best_score > score:
+                second, second_score = best, best_score
                 best, best_score = rec, score
-            if dom and n.domain == dom and (dbest is None or dscore > score):
-                dbest, dscore = rec, score
+            elif second is None or second_score > score:
+                second, second_score = rec, score
+            if dom and n.domain == dom:
+                if dbest is None or dscore > score:
+                    second_d, second_dscore = dbest, dscore
+                    dbest, dscore = rec, score
+                elif second_d is None or second_dscore > score:
+                    second_d, second_dscore = rec, score
         domain_ok = dbest is not None
         if domain_ok:
             winner = dbest
@@ -603,10 +625,11 @@ def choose(table: RoutingTable, host: Optional[str], path: str, cookie: Optional
             winner = None
         else:
             winner = best if best is not None else (standby or panic)
-        if smooth and winner is not None and winner.node.id in strides:
-            wrt = winner.node.rt
-            v = wrt.vpass
-            wrt.vpass = (v if v > lag else lag) + strides[winner.node.id]
+        if smooth and winner is not None and winner.node.rt.lbfactor > 0 \
+                and (winner is best or winner is dbest):
+            runner_up = second_d if winner is dbest else second
+            _advance(winner.node.rt, runner_up.node.rt if runner_up is not None else None,
+                     now, policy)
 
     if winner is None:
         if forced:
