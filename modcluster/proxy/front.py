@@ -1442,8 +1442,10 @@ class ProxyFactory(Factory):
     @param reactor: provides C{IReactorTCP}, C{IReactorTime}.
     @param config: the C{[proxy]} settings.
     @param table: returns the current L{RoutingTable} (called per request).
-    @param on_node_failure: C{(route, reason)}: a forwarding failure that puts
-        the node in error (connect failure, reset, garbage).
+    @param on_node_failure: C{(route, reason)}: a connect-level forwarding
+        failure that puts the node in error (refused, connect timeout, TLS
+        handshake, a node gone on retry).  Response-level failures feed passive
+        health instead (L{passive_failure}).
     @param on_node_success: C{(route)}: a node in error (or tried after its
         retry interval) answered.
     @param forwarders: node C{Type} → L{IForwarder}, added to (and overriding)
