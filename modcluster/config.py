@@ -531,7 +531,7 @@ class ProxyConfig:
         "always allowed once and not counted).", ""))
     retry_budget_window: float = field(default=10.0, validator=_at_least(1), metadata=_doc(
         "Seconds of the retry budget's sliding window.", ""))
-    retry_budget_min: int = field(default=3, validator=_non_negative, metadata=_doc(
+    retry_budget_min: int = field(default=10, validator=_non_negative, metadata=_doc(
         "Replays always allowed per window, whatever the share (so a quiet balancer "
         "can still fail over).", ""))
     max_in_flight_per_node: int = field(default=1000, validator=_non_negative, metadata=_doc(

@@ -118,7 +118,7 @@ class RetryBudget:
     counted when they are made.  The window is kept in one-second buckets.
     """
 
-    def __init__(self, share: float = 0.2, window: float = 10.0, minimum: int = 3) -> None:
+    def __init__(self, share: float = 0.2, window: float = 10.0, minimum: int = 10) -> None:
         self.share = share
         self.minimum = minimum
         self._size = max(1, int(window))

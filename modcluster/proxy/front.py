@@ -535,17 +535,14 @@ class _Exchange:
             proto._respondError(self, 504, f"node {route}: {error.message}")
             return
         if kind == RESET and (error.reused or error.request_sent):
-            if safe and not self.stale_retry and (
-                    error.reused or f.retry_budget.allow(
-                        self.decision.balancer.name,
-                        f.balancer_requests(self.decision.balancer.name))):
+            if safe and not self.stale_retry:
                 # Keep-alive race: the pooled connection was closed by the node
                 # before it read the request.  Always retried once, on a fresh
                 # connection to the same node (outside the retry budget).  A
                 # reset of a fresh connection before the head is retried there
-                # once too (within the budget): a node that died is then a
-                # connect failure (failover), a live node resetting again is a
-                # response-level failure (502).
+                # once too: a node that died is then a connect failure
+                # (failover, within the budget), a live node resetting again is
+                # a response-level failure (502).
                 self.stale_retry = True
                 cookie = None
                 if self.cookies is not None:

@@ -77,8 +77,10 @@ fast_event_loop = false
         yield agents[1].status_cycle()
         assert balancer.registry.node("b").rt.lbfactor == 90
         second = yield shares(client, pport, 200)
-        # b now gets most requests until both have served the same share
-        assert second["b"] > second.get("a", 0), second
+        # b now gets its equal share at once (smooth election, docs/balancing.md
+        # "Beyond mod_proxy_cluster"; mod_proxy_cluster's score sends b most
+        # requests until both have served the same share)
+        assert 80 <= second.get("b", 0) <= 120, second
         yield pool.closeCachedConnections()
     finally:
         for node in agents:
