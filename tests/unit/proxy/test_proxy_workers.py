@@ -469,3 +469,19 @@ def test_worker_service_applies_a_reconfigure_message():
     proxy = parse_config("[proxy]\nclient_timeout = 4.0\n").proxy
     service.deliver(("reconfigure", proxy))
     assert factory.config is proxy
+
+
+def test_pool_passes_a_worker_ejection_to_every_worker(pool):
+    """Issue 17: a worker's passive-health ejection reaches the registry (shown
+    in the console, API, metrics) and, as a node update, every worker."""
+    reactor, reg, pool = pool
+    w0, w1 = reactor.processes
+    reactor.advance(1)
+    w0.say("eject", "n1", 30.0, "5 malformed responses")
+    rt = reg.node("n1").rt
+    assert rt.ejected_until == reactor.seconds() + 30 and rt.ejections == 1
+    assert rt.warm_from == rt.ejected_until  # back through slow start
+    reactor.advance(0)
+    for w in (w0, w1):
+        kind, updates = w.messages()[-1]
+        assert kind == "update" and updates[0][-1] == rt.ejected_until
