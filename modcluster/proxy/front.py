@@ -41,8 +41,8 @@ from modcluster.balancer import (
     strip_session,
     valid_host,
 )
-from modcluster.listening import ReadTimeouts, TimeoutReport
 from modcluster.balancer._health import RetryBudget, record_failure, resilience_settings
+from modcluster.listening import ReadTimeouts, TimeoutReport
 from modcluster.proxy._transport import direct_writer, is_plain_tcp, lose_connection, set_nodelay
 from modcluster.proxy.headers import (
     PLAIN_CONNECTION,
