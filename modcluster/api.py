@@ -312,7 +312,9 @@ class APIResource(Resource):
             selected = self._registry.nodes()  # the whole list, as before
             total = len(selected)
         else:
-            entries = sorted((e for e, _ in flt.select(self._index())), key=lambda e: e.id)
+            now = self._clock.seconds() if self._clock is not None else None
+            entries = sorted((e for e, _ in flt.select(self._index(), now)),
+                             key=lambda e: e.id)
             total = len(entries)
             end = total if limit is None else offset + limit
             selected = [e.node for e in entries[offset:end]]

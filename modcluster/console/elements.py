@@ -353,7 +353,8 @@ class ConsolePage(_Shared):
     @renderer
     def attentionItems(self, request, tag):
         for entry, state in self.data.summary.attention:
-            reason = node_state(entry.node)[1] if state is NodeState.IN_ERROR else ""
+            reason = (node_state(entry.node, self.data.now)[1]
+                      if state in (NodeState.IN_ERROR, NodeState.EJECTED) else "")
             if not reason and state is not NodeState.REMOVING and entry.draining:
                 reason = ", ".join(f"{n} {s.lower()}" for s, n in
                                    _contexts_text(entry.contexts) if s != "ENABLED")

@@ -410,8 +410,9 @@ class ConsoleResource(Resource):
             view = node_view(registry, entry.node)
             return _Selection(index, [view], True, None, None, route)
         flt = _parse_filter(params)
-        summary = summarize(index)
-        selected = flt.select(index)
+        now = self._clock.seconds() if self._clock is not None else None
+        summary = summarize(index, now=now)
+        selected = flt.select(index, now)
         total = len(selected)
         if total <= CARD_LIMIT and (flt.active or len(index.entries) <= CARD_LIMIT) and sum(
                 sum(e.contexts.values()) for e, _ in selected) <= CARD_CONTEXTS:

@@ -330,19 +330,23 @@ class NodeFilter:
             return False
         return True
 
-    def select(self, index: NodeIndex) -> list[tuple[IndexEntry, NodeState]]:
-        """The matching entries, in display order, with their current state."""
+    def select(self, index: NodeIndex,
+               now: Optional[float] = None) -> list[tuple[IndexEntry, NodeState]]:
+        """The matching entries, in display order, with their current state
+        (C{now}: ejected nodes show as such)."""
         out = []
         for entry in index.entries:
-            state = node_state(entry.node)[0]
+            state = node_state(entry.node, now)[0]
             if self.matches(entry, state):
                 out.append((entry, state))
         return out
 
 
 def needs_attention(entry: IndexEntry, state: NodeState) -> bool:
-    """In error, being removed, or draining (some context disabled or stopped)."""
-    return state in (NodeState.IN_ERROR, NodeState.REMOVING) or entry.draining
+    """In error, ejected, being removed, or draining (some context disabled or
+    stopped)."""
+    return (state in (NodeState.IN_ERROR, NodeState.EJECTED, NodeState.REMOVING)
+            or entry.draining)
 
 
 @frozen
@@ -362,15 +366,17 @@ class Summary:
     attention_total: int
 
 
-def summarize(index: NodeIndex, attention_limit: int = 20) -> Summary:
-    """One pass over the index: O(nodes), no per-context work."""
+def summarize(index: NodeIndex, attention_limit: int = 20,
+              now: Optional[float] = None) -> Summary:
+    """One pass over the index: O(nodes), no per-context work (C{now}: ejected
+    nodes count as such)."""
     by_state = {s: 0 for s in NodeState}
     draining = 0
     domains: dict[str, list[int]] = {}
     attention: list[tuple[IndexEntry, NodeState]] = []
     attention_total = 0
     for entry in index.entries:
-        state = node_state(entry.node)[0]
+        state = node_state(entry.node, now)[0]
         by_state[state] += 1
         d = domains.get(entry.domain)
         if d is None:

@@ -391,3 +391,20 @@ def test_get_commands_answer_a_view_of_what_they_changed(forty, clock):
     r = client.get(f"{PATH}?nonce={NONCE}&Cmd=ENABLE-APP&Range=DOMAIN&Domain=dc2")
     assert r.status == 200
     assert routes_shown(r.text) == [f"n{i:04d}" for i in range(2, 40, 4)]
+
+
+def test_ejected_nodes_are_counted_filtered_and_need_attention(clock):
+    """Passive health's ejected nodes show as such in the overview, the state
+    filter, the attention list and the API's state filter (not as OK)."""
+    reg = cluster(clock, 30, contexts=1)
+    reg.node_ejected("n0003", 30.0, "5 consecutive failures")
+    client, _ = console_client(reg, clock)
+    html = client.get(PATH).text
+    assert '<span class="n" data-count="ejected">1</span>' in html
+    assert '<span class="n" data-count="ok">29</span>' in html
+    attention = re.search(r'<ul class="attention-list">(.*?)</ul>', html, re.S).group(1)
+    assert "n0003" in attention and "passive health" in attention
+    assert routes_shown(client.get(PATH + "?state=ejected").text) == ["n0003"]
+    clock.advance(31)
+    html = client.get(PATH).text
+    assert '<span class="n" data-count="ejected">0</span>' in html
