@@ -228,6 +228,14 @@ class AccessGuard(Resource):
         self._hosts = hosts
         self._log = log or RateLimitedLog(clock)
 
+    def reconfigure(self, *, allow: Optional[AllowList] = None,
+                    console_allow: Optional[AllowList] = None,
+                    hosts: Optional[HostCheck] = None) -> None:
+        """Reload: new allow lists and Host check, for the requests from now on."""
+        self._allow = allow or None
+        self._console_allow = console_allow or None
+        self._hosts = hosts
+
     def _refusal(self, request) -> Optional[Resource]:
         address = request.getClientAddress()
         if self._allow is not None and not self._allow.permits(address):

@@ -351,6 +351,23 @@ def build(config: Config, reactor, demo: bool = False) -> MultiService:
             else:
                 StreamServerEndpointService(server_endpoint(reactor, description),
                                             console_site).setServiceParent(top)
+    console_guard = console_site.resource if separate and serve_console else None
+
+    def access_settings(new: Config) -> None:
+        nm, nc = new.manager, new.console
+        new_hosts = HostCheck(nc.hosts)
+        guarded.reconfigure(allow=AllowList(nm.allow),
+                            console_allow=None if separate else AllowList(nc.allow),
+                            hosts=None if separate else new_hosts)
+        if console_guard is not None:
+            console_guard.reconfigure(allow=AllowList(nc.allow), hosts=new_hosts)
+        timeouts = ReadTimeouts.from_config(nm)
+        site.read_timeouts = timeouts
+        if console_guard is not None:
+            console_site.read_timeouts = timeouts
+
+    top.on_reload(("manager.allow", "console.allow", "console.hosts")
+                  + tuple(f"manager.{k}" for k in READ_TIMEOUT_KEYS), access_settings)
     url = console_url(config)
     if url is not None:
         log.info("Console: {url} (JSON API under {api}, metrics at {metrics})", url=url,
@@ -425,8 +442,12 @@ def _live_settings(top, registry, console, proxy) -> None:
 CONSOLE_LIVE = ("check_nonce", "allow_cmd", "allow_display", "reduce_display")
 #: Proxy settings a reload applies (read per request
 #: or per sweep from the factory's configuration, in every worker process too).
+#: The slow-client deadlines of C{[proxy]} and C{[manager]} (modcluster/listening.py).
+READ_TIMEOUT_KEYS = ("request_header_timeout", "request_header_timeout_max",
+                     "request_header_min_rate", "request_body_timeout",
+                     "request_body_min_rate")
 PROXY_LIVE = ("client_timeout", "max_request_body", "drain_timeout", "timeout",
-              "max_idle_per_node")
+              "max_idle_per_node", "allow_trace") + READ_TIMEOUT_KEYS
 
 
 def _proxy(config: Config, reactor, registry, node_tls):

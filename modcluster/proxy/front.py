@@ -1552,6 +1552,7 @@ class ProxyFactory(Factory):
         modcluster/tap.py C{PROXY_LIVE}); the forwarders take theirs.
         """
         self.config = config
+        self.read_timeouts = ReadTimeouts.from_config(config)
         for fw in self._uniqueForwarders():
             reconfigure = getattr(fw, "reconfigure", None)
             if reconfigure is not None:

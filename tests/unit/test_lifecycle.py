@@ -157,3 +157,35 @@ def test_reload_gives_node_pools_the_new_read_timeout_and_idle_limit():
     assert pools["own"].read_timeout == 7.0  # the node's own Timeout wins
     assert factory.forwarders["ajp"].config.timeout == 20.0
     assert factory.config.timeout == 20.0
+
+
+def test_reload_applies_slow_client_deadlines_trace_and_allow_lists():
+    """The keys other parts added are live too: the proxy's and the management
+    listener's read deadlines, allow_trace, the allow lists and the Host check."""
+    from twisted.internet.address import IPv4Address
+
+    def ip(host):
+        return IPv4Address("TCP", host, 1)
+
+    reactor = MemoryReactorClock()
+    top = build(parse_config(""), reactor)
+    factory = top.drainers[0].__self__
+    assert factory.read_timeouts.header == 20.0 and not factory.config.allow_trace
+    applied, restart = top.apply_config(parse_config(
+        "[proxy]\nrequest_header_timeout = 5.0\nallow_trace = true\n"
+        "[manager]\nrequest_body_min_rate = 900\nallow = [\"127.0.0.2\"]\n"
+        "[console]\nallow = [\"127.0.0.3\"]\nhosts = [\"ops.example\"]\n"))
+    assert restart == []
+    assert set(applied) == {"proxy.request_header_timeout", "proxy.allow_trace",
+                            "manager.request_body_min_rate", "manager.allow",
+                            "console.allow", "console.hosts"}
+    assert factory.read_timeouts.header == 5.0 and factory.config.allow_trace
+    from modcluster.mcmp.resource import ManagementSite
+
+    sites = [s.factory for s in top if isinstance(getattr(s, "factory", None), ManagementSite)]
+    assert len(sites) == 2 and all(s.read_timeouts.body_min_rate == 900 for s in sites)
+    guards = {s.resource._listener: s.resource for s in sites}
+    assert guards["management"]._allow.permits(ip("127.0.0.2"))
+    assert not guards["management"]._allow.permits(ip("127.0.0.1"))
+    assert guards["console"]._allow.permits(ip("127.0.0.3"))
+    assert "ops.example" in guards["console"]._hosts.names
