@@ -545,6 +545,26 @@ class ProxyConfig:
     node_queue_timeout: float = field(default=10.0, validator=_positive, metadata=_doc(
         "Seconds a request waits for a node at its limit before a 503 with "
         "Retry-After.", "acquire"))
+    http2: bool = field(default=True, metadata=_doc(
+        "Serve HTTP/2 on `ssl:` listeners to clients that offer `h2` by ALPN (HTTP/1.1 "
+        "stays on the same port for the others).  Plain `tcp:` listeners are HTTP/1.1 "
+        "only (no h2c).  See docs/data-plane.md, \"HTTP/2\".", "Protocols h2 http/1.1"))
+    http2_max_concurrent_streams: int = field(default=100, validator=[_at_least(1),
+                                                                      _at_most(10000)],
+                                              metadata=_doc(
+        "SETTINGS_MAX_CONCURRENT_STREAMS announced to HTTP/2 clients: requests one "
+        "connection may have open at once.", "H2MaxSessionStreams"))
+    http2_window: int = field(default=262144, validator=[_at_least(65535),
+                                                         _at_most(2**31 - 1)], metadata=_doc(
+        "HTTP/2 receive window per stream, in bytes (request body a client may send "
+        "ahead of the node reading it); the connection window is this times "
+        "`http2_max_concurrent_streams`, so one stalled stream does not stall the "
+        "others.", "H2WindowSize"))
+    http2_max_resets: int = field(default=200, validator=_at_least(1), metadata=_doc(
+        "Streams an HTTP/2 client may cancel (RST_STREAM) per second, with as large a "
+        "burst, before its connection is closed with GOAWAY ENHANCE_YOUR_CALM "
+        "(rapid reset, CVE-2023-44487).  PING and SETTINGS frames get ten times this "
+        "budget.", ""))
     tls: NodeTLSConfig = field(factory=NodeTLSConfig, metadata=_doc(
         "TLS towards https/wss nodes (section `[proxy.tls]`).", ""))
 

@@ -478,11 +478,15 @@ def _proxy(config: Config, reactor, registry, node_tls):
 
     from modcluster.tls import server_endpoint
 
+    from modcluster.proxy.h2 import alpn_protocols, listener_factory
+
     for description in p.listen:
-        # server_endpoint: an ssl: listener answers ALPN (browsers, curl offer it)
+        # server_endpoint: an ssl: listener answers ALPN (browsers, curl offer it);
+        # with [proxy] http2 it selects h2 first and serves it (listener_factory)
         StreamServerEndpointService(
-            server_endpoint(reactor, with_backlog(description, p.listen_backlog)),
-            factory).setServiceParent(services)
+            server_endpoint(reactor, with_backlog(description, p.listen_backlog),
+                            alpn_protocols(p)),
+            listener_factory(factory, description)).setServiceParent(services)
     return services
 
 

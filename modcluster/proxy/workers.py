@@ -211,7 +211,13 @@ class _Adopter:
     def listenSSL(self, port, factory, contextFactory, backlog=50, interface=""):
         from modcluster.tls import answer_alpn
 
-        answer_alpn(contextFactory)  # select http/1.1, never abort on an ALPN offer
+        from modcluster.proxy.h2 import NegotiatingFactory, alpn_protocols
+
+        # select http/1.1 (and h2 first with [proxy] http2), never abort on an ALPN offer
+        if isinstance(factory, NegotiatingFactory):
+            answer_alpn(contextFactory, alpn_protocols(factory.wrapped.config))
+        else:
+            answer_alpn(contextFactory)
         return self._reactor.adoptStreamPort(
             self._fd, self._family, TLSMemoryBIOFactory(contextFactory, False, factory))
 
@@ -678,8 +684,10 @@ class WorkerService(Service):
     def startService(self) -> None:
         super().startService()
         for fd, family, description in self.listeners:
+            from modcluster.proxy.h2 import listener_factory
+
             self.ports.append(serverFromString(_Adopter(self.reactor, fd, family), description)
-                              .listen(self.factory))
+                              .listen(listener_factory(self.factory, description)))
             os.close(fd)  # adoptStreamPort took its own copy
         self._report.start(REPORT_INTERVAL, now=False)
         self._tick.start(1.0, now=False)

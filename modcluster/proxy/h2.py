@@ -1,0 +1,883 @@
+"""
+HTTP/2 to clients (RFC 9113) on C{ssl:} listeners, negotiated by ALPN.
+
+L{NegotiatingFactory} wraps the L{ProxyFactory} of an C{ssl:} listener: when
+the TLS handshake completes, the connection gets an L{H2Protocol} if the
+client selected C{h2}, else the usual HTTP/1.1 L{ClientProtocol} (the switch
+costs HTTP/1.1 nothing after the handshake: the TLS transport is pointed at
+the chosen protocol).
+
+L{H2Protocol} drives the C{h2} (python-hyper) state machine.  Every request
+stream becomes an L{_H2Exchange}: an L{_Exchange} (the front's request, with
+its routing, stickiness, failover, retries and counters, unchanged) whose
+client side is the stream instead of an HTTP/1.1 connection.  Forwarders
+(HTTP/1.1 and AJP to nodes) see the same L{IExchange} as for HTTP/1.1.
+
+Flow control is wired to backpressure both ways:
+
+ - response: DATA is sent within the stream and connection windows; what does
+   not fit waits in the stream, and above L{STREAM_BUFFER} bytes waiting (or
+   while the client's TCP buffer is full) the node connection is paused
+   (C{upstream.pauseResponse()});
+ - request: received DATA is acknowledged (WINDOW_UPDATE) only once it was
+   handed to the node connection while that connection was accepting; a
+   stream whose node is not reading gets no window, so the client stops.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Optional
+
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.errors import ErrorCodes
+from h2.events import (
+    ConnectionTerminated,
+    DataReceived,
+    PingReceived,
+    PriorityUpdated,
+    RemoteSettingsChanged,
+    RequestReceived,
+    StreamEnded,
+    StreamReset,
+    TrailersReceived,
+    WindowUpdated,
+)
+from h2.exceptions import H2Error, ProtocolError
+from h2.settings import SettingCodes, Settings
+from hyperframe.frame import GoAwayFrame
+from twisted.internet.interfaces import IHandshakeListener, IPushProducer, ISSLTransport
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from modcluster.proxy.front import (
+    _P_BUFFER,
+    _P_UPSTREAM,
+    ClientProtocol,
+    _Exchange,
+)
+from modcluster.proxy.headers import reason_phrase
+from modcluster.proxy.interfaces import _IDEMPOTENT, ClientInfo
+
+__all__ = ["ALPN_PROTOCOLS", "H2Protocol", "NegotiatingFactory", "listener_factory",
+           "alpn_protocols", "request_fields"]
+
+log = Logger(namespace="modcluster.proxy.h2")
+
+#: ALPN protocols of an C{ssl:} proxy listener with HTTP/2 on, preferred first.
+ALPN_PROTOCOLS = (b"h2", b"http/1.1")
+#: Response bytes a stream holds (not yet within the client's windows) before
+#: its node connection is paused; it is resumed below half of it.
+STREAM_BUFFER = 64 * 1024
+#: Abuse budget: a client-cancelled or refused stream costs this many tokens, a
+#: PING, SETTINGS, PRIORITY or empty DATA frame one.
+RESET_COST = 10
+
+_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+\Z")
+_BAD_VALUE = re.compile(rb"[\x00\r\n]")
+#: Connection-specific header fields (RFC 9113 §8.2.2): a request carrying one
+#: is malformed.
+_CONNECTION_SPECIFIC = frozenset(
+    (b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"))
+_PSEUDO = frozenset((b":method", b":scheme", b":path", b":authority"))
+#: Response header fields never sent to an HTTP/2 client (hop-by-hop, framing).
+_RESP_DROP = frozenset((b"connection", b"keep-alive", b"proxy-connection",
+                        b"transfer-encoding", b"upgrade", b"te", b"trailer"))
+_X_FORWARDED = frozenset((b"x-forwarded-for", b"x-forwarded-host", b"x-forwarded-server",
+                          b"x-forwarded-proto"))
+_HEAD = b"HEAD"
+_CONTINUE = b"100-continue"
+
+
+def alpn_protocols(config) -> tuple[bytes, ...]:
+    """The ALPN protocols an C{ssl:} proxy listener selects from (C{config}: ProxyConfig)."""
+    return ALPN_PROTOCOLS if config.http2 else (b"http/1.1",)
+
+
+def listener_factory(factory, description: str):
+    """
+    The factory to listen with on C{description}: for an C{ssl:} listener with
+    C{[proxy] http2} on, a L{NegotiatingFactory} around C{factory}; else
+    C{factory} itself.
+    """
+    if factory.config.http2 and description.split(":", 1)[0].strip().lower() == "ssl":
+        return NegotiatingFactory(factory)
+    return factory
+
+
+class _Malformed(Exception):
+    """A malformed request (RFC 9113 §8.1.1): reset the stream with PROTOCOL_ERROR."""
+
+
+def request_fields(headers) -> tuple:
+    """
+    Check an HTTP/2 request header list (RFC 9113 §8.2, §8.3.1) and split it:
+    C{(method, scheme, path, authority, fields, content_length, cookies,
+    expect, x_forwarded)}, where C{fields} are the regular fields to forward
+    (C{host}, C{cookie}, C{content-length}, C{te}, C{expect} taken out),
+    C{cookies} the cookie crumbs in order (joined with C{"; "} for the node,
+    RFC 9113 §8.2.3), C{content_length} an int or None.  Raises L{_Malformed}.
+    """
+    method = scheme = path = authority = host = None
+    fields = []
+    cookies = None
+    length = None
+    expect = None
+    x_forwarded = False
+    regular = False
+    for name, value in headers:
+        if name[:1] == b":":
+            if regular:
+                raise _Malformed("pseudo-header after a regular header")
+            if name not in _PSEUDO:
+                raise _Malformed(f"unknown pseudo-header {name!r}")
+            if name == b":method":
+                if method is not None:
+                    raise _Malformed("repeated :method")
+                method = value
+            elif name == b":scheme":
+                if scheme is not None:
+                    raise _Malformed("repeated :scheme")
+                scheme = value
+            elif name == b":path":
+                if path is not None:
+                    raise _Malformed("repeated :path")
+                path = value
+            else:
+                if authority is not None:
+                    raise _Malformed("repeated :authority")
+                authority = value
+            continue
+        regular = True
+        if _NAME.match(name) is None:
+            raise _Malformed(f"bad field name {name!r}")
+        if _BAD_VALUE.search(value) is not None or value[:1] in (b" ", b"\t") \
+                or value[-1:] in (b" ", b"\t"):
+            raise _Malformed(f"bad value of {name!r}")
+        if name in _CONNECTION_SPECIFIC:
+            raise _Malformed(f"connection-specific field {name!r}")
+        if name == b"cookie":
+            if cookies is None:
+                cookies = [value]
+            else:
+                cookies.append(value)
+        elif name == b"host":
+            host = value
+        elif name == b"content-length":
+            if not value.isdigit():
+                raise _Malformed("bad content-length")
+            n = int(value)
+            if length is not None and n != length:
+                raise _Malformed("conflicting content-length")
+            length = n
+        elif name == b"te":
+            if value.lower() != b"trailers":
+                raise _Malformed("te other than trailers")
+        elif name == b"expect":
+            expect = value
+        else:
+            if name in _X_FORWARDED:
+                x_forwarded = True
+            fields.append((name, value))
+    if method is None:
+        raise _Malformed("no :method")
+    if method != b"CONNECT":
+        if not scheme or not path:
+            raise _Malformed("no :scheme or :path")
+        if path[:1] != b"/" and not (path == b"*" and method == b"OPTIONS"):
+            raise _Malformed("bad :path")
+    if authority is None:
+        authority = host
+    elif host is not None and host != authority:
+        pass  # :authority wins (RFC 9113 §8.3.1); Host is not forwarded
+    if cookies is not None and len(cookies) > 1:
+        cookies = [b"; ".join(cookies)]
+    return method, scheme, path, authority, fields, length, cookies, expect, x_forwarded
+
+
+def _response_fields(status: int, headers) -> list:
+    """C{:status} and the node's response fields, lower-cased, hop-by-hop ones dropped."""
+    out = [(b":status", b"%d" % status)]
+    if headers.__class__ is bytes:
+        for line in headers.split(b"\r\n"):
+            if not line:
+                continue
+            name, _, value = line.partition(b":")
+            name = name.strip().lower()
+            if name and name not in _RESP_DROP:
+                out.append((name, value.strip(b" \t")))
+    else:
+        for name, value in headers:
+            name = name.lower()
+            if name not in _RESP_DROP:
+                out.append((name, value.strip(b" \t")))
+    return out
+
+
+class _H2Exchange(_Exchange):
+    """
+    One HTTP/2 request stream: an L{_Exchange} that is its own client side
+    (C{proto}), framing responses as HTTP/2 on stream C{sid} of C{conn}.
+    """
+
+    __slots__ = ("factory", "conn", "sid", "_blocked", "_pause", "unacked", "pending",
+                 "pending_len", "out_end", "closed", "end_of_request")
+
+    def __init__(self, conn: "H2Protocol", sid: int) -> None:
+        self.client = conn.client
+        _Exchange.__init__(self, self)
+        self.factory = conn.factory
+        self.conn = conn
+        self.sid = sid
+        self._blocked = conn._blocked  # the node connection is paused
+        self._pause = 0  # why the request body is not acknowledged (front's _P_* bits)
+        self.unacked = 0  # flow-controlled bytes received and not acknowledged
+        self.pending: list = []  # response bytes waiting for window
+        self.pending_len = 0
+        self.out_end = False  # the response is complete (END_STREAM once pending is sent)
+        self.closed = False  # the stream is over on our side
+        self.end_of_request = False  # the client sent END_STREAM
+
+    # -- the "client protocol" side the _Exchange calls --------------------------
+
+    def _pauseReading(self, why: int) -> None:
+        self._pause |= why
+
+    def _resumeReading(self, why: int) -> None:
+        if self._pause & why:
+            self._pause &= ~why
+            if not self._pause and self.unacked:
+                n = self.unacked
+                self.unacked = 0
+                conn = self.conn
+                conn._ack(self.sid, n)
+                conn._write()
+
+    def _flush(self) -> None:
+        self.conn._flush()
+
+    def _routingBug(self, ex) -> None:
+        log.failure("bug while routing {method} {target}", method=self.method,
+                    target=self.target)
+        if self.resp_started:
+            self._abortClient()
+        else:
+            self._respondError(self, 500, "internal error")
+
+    def _abortClient(self) -> None:
+        """Give up on the stream (response cut off): RST_STREAM INTERNAL_ERROR."""
+        if not self.done:
+            _Exchange.abort(self)
+        self.conn._resetStream(self, ErrorCodes.INTERNAL_ERROR)
+
+    def _respondError(self, ex, status: int, message: str, retry_after: int = 0) -> None:
+        if self.closed:
+            return
+        self.done = True
+        if self.wait_call is not None and self.wait_call.active():
+            self.wait_call.cancel()
+        self.wait_call = None
+        up = self.upstream
+        self.upstream = None
+        self._release()
+        if up is not None:
+            up.abort()
+        if self.resp_started:
+            self.conn._resetStream(self, ErrorCodes.INTERNAL_ERROR)
+            return
+        self.resp_started = True
+        client = self.client
+        (log.warn if status >= 500 else log.info)(
+            "{status} for {method} {target} from {client} (HTTP/2): {message}",
+            status=status, method=self.method, target=self.target,
+            client=client.remote_addr if client else "?", message=message)
+        body = b"%d %s: %s\n" % (status, reason_phrase(status),
+                                 message.encode("utf-8", "replace"))
+        fields = [(b":status", b"%d" % status), (b"date", self.factory.date),
+                  (b"content-type", b"text/plain; charset=utf-8"),
+                  (b"content-length", b"%d" % len(body))]
+        if status == 503 and retry_after > 0:
+            fields.append((b"retry-after", b"%d" % retry_after))
+        conn = self.conn
+        try:
+            conn.h2.send_headers(self.sid, fields)
+        except H2Error:
+            conn._resetStream(self, ErrorCodes.INTERNAL_ERROR)
+            return
+        if self.method != _HEAD:
+            self.pending.append(body)
+            self.pending_len += len(body)
+        self.out_end = True
+        conn._ready[self] = None
+        conn._flush()
+
+    def _exchangeDone(self, ex, close: bool) -> None:  # pragma: no cover - not used
+        pass
+
+    def _startTunnel(self, ex) -> None:  # pragma: no cover - no Upgrade in HTTP/2
+        pass
+
+    # -- response from the forwarder ------------------------------------------------
+
+    def responseInformational(self, status: int, reason: bytes, headers) -> None:
+        if self.done or self.resp_started or self.closed:
+            return
+        try:
+            self.conn.h2.send_headers(self.sid, _response_fields(status, headers))
+        except H2Error:
+            pass
+
+    def responseHead(self, status: int, reason: bytes, headers, length: int) -> None:
+        if self.done or self.resp_started or self.closed:
+            return
+        self.resp_started = True
+        d = self.decision
+        node = d.node
+        if d.retrying or node.rt.in_error:
+            self.factory.on_node_success(node.route)
+        if self.method == _HEAD or status == 204 or status == 304:
+            self.no_body = True
+        try:
+            self.conn.h2.send_headers(self.sid, _response_fields(status, headers))
+        except H2Error as e:
+            log.warn("response head from node {route} not sendable over HTTP/2: {e}",
+                     route=node.route, e=e)
+            self._abortClient()
+
+    def responseBody(self, data: bytes) -> None:
+        if self.done or not data or self.no_body or self.closed:
+            return
+        self.pending.append(data)
+        self.pending_len += len(data)
+        self.conn._ready[self] = None
+        if self.pending_len >= STREAM_BUFFER and not self._blocked:
+            self._blocked = True
+            up = self.upstream
+            if up is not None:
+                up.pauseResponse()
+
+    def responseEnd(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.upstream = None
+        self._release()
+        if self.closed:
+            return
+        self.out_end = True
+        conn = self.conn
+        conn._ready[self] = None
+        conn._flush()
+
+    def _send(self) -> bool:
+        """Send what the windows allow; True when nothing is left waiting."""
+        h2 = self.conn.h2
+        sid = self.sid
+        pending = self.pending
+        try:
+            if pending:
+                window = h2.local_flow_control_window(sid)
+                frame = h2.max_outbound_frame_size
+                while pending and window > 0:
+                    chunk = pending[0]
+                    n = len(chunk)
+                    size = min(window, frame)
+                    if n > size:
+                        pending[0] = chunk[size:]
+                        chunk = chunk[:size]
+                        n = size
+                    else:
+                        pending.pop(0)
+                    window -= n
+                    self.pending_len -= n
+                    h2.send_data(sid, chunk,
+                                 end_stream=self.out_end and not pending)
+                    if self.out_end and not pending:
+                        self._finished()
+                        return True
+            if not pending and self.out_end:
+                h2.end_stream(sid)
+                self._finished()
+                return True
+        except H2Error:
+            # the stream was closed under us (reset by the client, GOAWAY)
+            self.pending = []
+            self.pending_len = 0
+            self._finished()
+            return True
+        if self._blocked and self.pending_len < STREAM_BUFFER // 2 and not self.conn._blocked:
+            self._blocked = False
+            up = self.upstream
+            if up is not None:
+                up.resumeResponse()
+        return not pending
+
+    def _finished(self) -> None:
+        """Our side of the stream is over (END_STREAM sent or reset)."""
+        if self.closed:
+            return
+        self.closed = True
+        conn = self.conn
+        if not self.end_of_request:
+            # answered before the whole request body came: tell the client to
+            # stop sending it (RFC 9113 §8.1)
+            try:
+                conn.h2.reset_stream(self.sid, ErrorCodes.NO_ERROR)
+            except H2Error:
+                pass
+        conn._streamClosed(self)
+
+
+@implementer(IPushProducer)
+class H2Protocol(Protocol):
+    """
+    One HTTP/2 client connection.  Registered with the factory's clients, so
+    the sweep's timeouts apply; its transport's push producer, so a client
+    that does not read pauses every node connection feeding it.
+    """
+
+    def __init__(self, factory) -> None:
+        self.factory = factory
+        cfg = factory.config
+        self.h2 = H2Connection(H2Configuration(
+            client_side=False, header_encoding=None, validate_inbound_headers=False,
+            normalize_inbound_headers=False, validate_outbound_headers=False,
+            normalize_outbound_headers=False))
+        self.streams: dict[int, _H2Exchange] = {}
+        self._ready: dict = {}  # exchanges with response bytes or an end to send
+        self._blocked = False
+        self._blocked_since = 0.0
+        self._seen = factory.now
+        self._going_away = False
+        self._calm_rate = cfg.http2_max_resets * RESET_COST
+        self._calm = float(self._calm_rate)
+        self._calm_at = factory.now
+        self.client: Optional[ClientInfo] = None
+        self._closing = False
+
+    # -- connection ---------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        t = self.transport
+        peer = t.getPeer()
+        self.client = ClientInfo(getattr(peer, "host", "") or "", getattr(peer, "port", 0) or 0,
+                                 secure=ISSLTransport.providedBy(t), transport=t)
+        cfg = self.factory.config
+        h2 = self.h2
+        # our SETTINGS, in force from the start (the client cannot exceed the
+        # defaults before it has them)
+        h2.local_settings = Settings(client=False, initial_values={
+            SettingCodes.MAX_CONCURRENT_STREAMS: cfg.http2_max_concurrent_streams,
+            SettingCodes.INITIAL_WINDOW_SIZE: cfg.http2_window,
+            SettingCodes.MAX_HEADER_LIST_SIZE: cfg.max_header_size,
+            SettingCodes.ENABLE_PUSH: 0,
+        })
+        h2.decoder.max_header_list_size = cfg.max_header_size
+        h2.initiate_connection()
+        extra = cfg.http2_window * cfg.http2_max_concurrent_streams - 65535
+        if extra > 0:
+            h2.increment_flow_control_window(min(extra, 2**31 - 1 - 65535))
+        t.registerProducer(self, True)
+        self.factory._clients.add(self)
+        self._write()
+
+    def connectionLost(self, reason=None) -> None:
+        self.connected = 0
+        self._closing = True
+        self.factory._clients.discard(self)
+        streams = list(self.streams.values())
+        self.streams.clear()
+        self._ready.clear()
+        for ex in streams:
+            ex.closed = True
+            if not ex.done:
+                _Exchange.abort(ex)
+
+    def _write(self) -> None:
+        data = self.h2.data_to_send()
+        if data and self.connected:
+            self.transport.write(data)
+
+    def _flush(self) -> None:
+        ready = self._ready
+        if ready:
+            for ex in list(ready):
+                if ex._send():
+                    ready.pop(ex, None)
+        self._write()
+
+    # -- IPushProducer (the client's TCP buffer) ----------------------------------------
+
+    def pauseProducing(self) -> None:
+        if self._blocked:
+            return
+        self._blocked = True
+        self._blocked_since = self.factory.now
+        # stop reading too: nothing (PING or SETTINGS acknowledgements either)
+        # piles up for a client that does not read
+        self.transport.pauseProducing()
+        for ex in self.streams.values():
+            if not ex._blocked:
+                ex._blocked = True
+                if ex.upstream is not None:
+                    ex.upstream.pauseResponse()
+
+    def resumeProducing(self) -> None:
+        if not self._blocked:
+            return
+        self._blocked = False
+        if self.connected and not self._closing:
+            self.transport.resumeProducing()
+        for ex in list(self.streams.values()):
+            if ex._blocked and ex.pending_len < STREAM_BUFFER // 2:
+                ex._blocked = False
+                if ex.upstream is not None:
+                    ex.upstream.resumeResponse()
+
+    def stopProducing(self) -> None:
+        pass
+
+    # -- input ----------------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
+        self._seen = self.factory.now
+        try:
+            events = self.h2.receive_data(data)
+        except ProtocolError as e:
+            # h2 queued a GOAWAY with the error code (PROTOCOL_ERROR,
+            # ENHANCE_YOUR_CALM for a CONTINUATION flood or an oversized header
+            # list, FLOW_CONTROL_ERROR, …)
+            log.info("HTTP/2 client {client}: {error}; closing", client=self.client.remote_addr,
+                     error=str(e) or e.__class__.__name__)
+            self._fail()
+            return
+        for ev in events:
+            if self._closing:
+                return
+            cls = ev.__class__
+            if cls is DataReceived:
+                self._data(ev)
+            elif cls is RequestReceived:
+                self._request(ev)
+            elif cls is StreamEnded:
+                ex = self.streams.get(ev.stream_id)
+                if ex is not None:
+                    self._requestEnded(ex)
+            elif cls is WindowUpdated or cls is RemoteSettingsChanged:
+                if cls is RemoteSettingsChanged:
+                    self._charge(1)
+                self._flush()
+            elif cls is StreamReset:
+                self._reset(ev)
+            elif cls is TrailersReceived:
+                # request trailers are not forwarded (the forwarders send none);
+                # the end of the stream comes as StreamEnded
+                pass
+            elif cls is PingReceived or cls is PriorityUpdated:
+                self._charge(1)
+            elif cls is ConnectionTerminated:
+                # the client's GOAWAY: h2 sends nothing more after it
+                self._close()
+                return
+        if not self._closing:
+            self._flush()
+
+    def _request(self, ev) -> None:
+        sid = ev.stream_id
+        ended = ev.stream_ended is not None
+        if self._going_away:
+            self._refuse(sid, ErrorCodes.REFUSED_STREAM)
+            return
+        try:
+            (method, scheme, path, authority, fields, length, cookies, expect,
+             x_forwarded) = request_fields(ev.headers)
+        except _Malformed as e:
+            log.info("HTTP/2 client {client}: malformed request: {why}",
+                     client=self.client.remote_addr, why=str(e))
+            self._charge(RESET_COST)
+            self._refuse(sid, ErrorCodes.PROTOCOL_ERROR)
+            return
+        ex = _H2Exchange(self, sid)
+        self.streams[sid] = ex
+        ex.method = method
+        ex.idempotent = method in _IDEMPOTENT
+        ex.host = authority
+        ex.x_forwarded = x_forwarded
+        if cookies is not None:
+            fields.append((b"cookie", cookies[0]))
+            ex.cookies = cookies
+        ex.headers = fields
+        if ended and length:
+            self._charge(RESET_COST)
+            self._refuse(sid, ErrorCodes.PROTOCOL_ERROR)
+            del self.streams[sid]
+            return
+        if ended:
+            ex.end_of_request = True
+            ex.body_done = True
+            ex.body_length = None if not length else length
+        else:
+            ex.body_length = -1 if length is None else length
+        if expect is not None and not ended:
+            if expect.lower() == _CONTINUE:
+                ex.expect_continue = bool(ex.body_length)
+            else:
+                ex._respondError(ex, 417, "unsupported Expect")
+                return
+        cfg = self.factory.config
+        ex.target = path or b""
+        if method == b"CONNECT":
+            ex._respondError(ex, 405, "CONNECT is not supported")
+            return
+        if len(path) > cfg.max_header_size:
+            ex._respondError(ex, 414, "request target too long")
+            return
+        if authority is None:
+            ex._respondError(ex, 400, "request without :authority or Host")
+            return
+        q = path.find(b"?")
+        if q >= 0:
+            ex.query = path[q + 1:]
+            path = path[:q]
+        ex.path = path.decode("utf-8", "surrogateescape")
+        if (length and cfg.max_request_body and length > cfg.max_request_body):
+            ex._respondError(ex, 413, "request body larger than max_request_body")
+            return
+        try:
+            ex.route()
+        except Exception:
+            ex._routingBug(ex)
+
+    def _data(self, ev) -> None:
+        sid = ev.stream_id
+        n = ev.flow_controlled_length
+        data = ev.data
+        ex = self.streams.get(sid)
+        if ex is None or ex.done or ex.end_of_request:
+            if n:
+                self._ack(sid, n)
+            if ex is not None and ev.stream_ended is not None:
+                self._requestEnded(ex)
+            return
+        if not data and ev.stream_ended is None:
+            self._charge(1)  # empty DATA frames flood (CVE-2019-9518)
+        ex.body_received += len(data)
+        limit = self.factory.config.max_request_body
+        if limit and ex.body_received > limit:
+            self._ack(sid, n)
+            ex._respondError(ex, 413, "request body larger than max_request_body")
+            return
+        if data:
+            ex._bodyData(data)
+        if n:
+            # acknowledged (window given back) only while the stream is not
+            # paused: the node connection is accepting, or what waits for it
+            # is under BODY_BUFFER
+            if ex._pause:
+                ex.unacked += n
+            else:
+                self._ack(sid, n)
+
+    def _requestEnded(self, ex: _H2Exchange) -> None:
+        if ex.end_of_request:
+            return
+        ex.end_of_request = True
+        if ex.unacked:
+            n, ex.unacked = ex.unacked, 0
+            self._ack(ex.sid, n)
+        if not ex.done:
+            ex._bodyEnd()
+        elif ex.closed:
+            pass
+
+    def _ack(self, sid: int, n: int) -> None:
+        try:
+            self.h2.acknowledge_received_data(n, sid)
+        except H2Error:
+            pass
+
+    def _reset(self, ev) -> None:
+        ex = self.streams.pop(ev.stream_id, None)
+        if ev.remote_reset:
+            self._charge(RESET_COST)
+        if ex is None:
+            return
+        ex.closed = True
+        self._ready.pop(ex, None)
+        if ex.unacked:
+            n, ex.unacked = ex.unacked, 0
+            self._ack(ex.sid, n)
+        if not ex.done:
+            _Exchange.abort(ex)  # the node request is aborted, its counters released
+        self._maybeGone()
+
+    def _refuse(self, sid: int, code) -> None:
+        try:
+            self.h2.reset_stream(sid, code)
+        except H2Error:
+            pass
+
+    def _resetStream(self, ex: _H2Exchange, code) -> None:
+        if ex.closed:
+            return
+        ex.closed = True
+        self._ready.pop(ex, None)
+        self._refuse(ex.sid, code)
+        if ex.unacked:
+            n, ex.unacked = ex.unacked, 0
+            self._ack(ex.sid, n)
+        self._streamClosed(ex)
+        self._write()
+
+    def _streamClosed(self, ex: _H2Exchange) -> None:
+        self.streams.pop(ex.sid, None)
+        self._maybeGone()
+
+    def _maybeGone(self) -> None:
+        if self._going_away and not self.streams and not self._closing:
+            self._flush()
+            self._close()
+
+    # -- limits ---------------------------------------------------------------------
+
+    def _charge(self, cost: int) -> None:
+        """Spend C{cost} tokens of the abuse budget; overdrawn: ENHANCE_YOUR_CALM."""
+        now = self.factory.now
+        if now != self._calm_at:
+            self._calm = min(float(self._calm_rate),
+                             self._calm + (now - self._calm_at) * self._calm_rate)
+            self._calm_at = now
+        self._calm -= cost
+        if self._calm < 0 and not self._closing:
+            log.warn("HTTP/2 client {client} resets streams or sends control frames too fast; "
+                     "GOAWAY ENHANCE_YOUR_CALM", client=self.client.remote_addr)
+            try:
+                self.h2.close_connection(ErrorCodes.ENHANCE_YOUR_CALM)
+            except H2Error:
+                pass
+            self._fail()
+
+    def _fail(self) -> None:
+        """Send what h2 queued (its GOAWAY) and close; every stream is aborted."""
+        self._write()
+        self._close()
+
+    def _close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        if self.connected:
+            self.transport.loseConnection()
+        streams = list(self.streams.values())
+        self.streams.clear()
+        self._ready.clear()
+        for ex in streams:
+            ex.closed = True
+            if not ex.done:
+                _Exchange.abort(ex)
+
+    def goAway(self) -> None:
+        """
+        Graceful shutdown: GOAWAY (NO_ERROR) naming the last stream served;
+        streams already open finish, then the connection is closed.
+        """
+        if self._going_away or self._closing or not self.connected:
+            return
+        self._going_away = True
+        # h2's close_connection() would refuse to send anything more on open
+        # streams: the frame is written after h2's pending output instead.
+        frame = GoAwayFrame(0)
+        frame.last_stream_id = self.h2.highest_inbound_stream_id
+        frame.error_code = 0
+        self._flush()
+        self.transport.write(frame.serialize())
+        self._maybeGone()
+
+    # -- timeouts (the factory's sweep) ------------------------------------------------
+
+    def checkTimeout(self, now: float, limit: float) -> None:
+        limit += 1.0  # coarse clock: never early
+        if self._blocked:
+            if now - self._blocked_since > limit:
+                log.info("HTTP/2 client {client} stopped reading; closing",
+                         client=self.client.remote_addr)
+                self._closing = True
+                self.transport.abortConnection()
+            return
+        if not self.streams and now - self._seen > limit:
+            self.goAway()
+            if not self._closing:
+                self._close()
+
+
+@implementer(IHandshakeListener)
+class _Negotiator(Protocol):
+    """
+    The protocol of an C{ssl:} connection until its handshake completes: then
+    L{H2Protocol} for ALPN C{h2}, L{ClientProtocol} otherwise, which takes
+    the TLS transport over (nothing was received before).
+    """
+
+    def __init__(self, factory: "NegotiatingFactory") -> None:
+        self._factory = factory
+        self._chosen: Optional[Protocol] = None
+
+    def handshakeCompleted(self) -> None:
+        t = self.transport
+        negotiated = getattr(t, "negotiatedProtocol", None)
+        f = self._factory
+        if negotiated == b"h2":
+            p = H2Protocol(f.wrapped)
+            f.h2_connections.add(p)
+        else:
+            p = ClientProtocol(f.wrapped)
+        self._chosen = p
+        if getattr(t, "wrappedProtocol", None) is self:
+            t.wrappedProtocol = p  # from now on the TLS transport calls it directly
+        p.makeConnection(t)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._chosen is not None:  # a transport without wrappedProtocol
+            self._chosen.dataReceived(data)
+
+    def connectionLost(self, reason=None) -> None:
+        if self._chosen is not None:
+            self._chosen.connectionLost(reason)
+
+
+class NegotiatingFactory(Factory):
+    """
+    The factory of an C{ssl:} proxy listener with HTTP/2: builds
+    L{_Negotiator}s around the shared L{ProxyFactory} (C{wrapped}); on stop it
+    sends GOAWAY to its HTTP/2 connections (graceful shutdown).
+    """
+
+    noisy = False
+
+    def __init__(self, wrapped) -> None:
+        self.wrapped = wrapped
+        import weakref
+
+        self.h2_connections: "weakref.WeakSet[H2Protocol]" = weakref.WeakSet()
+
+    def buildProtocol(self, addr) -> _Negotiator:
+        return _Negotiator(self)
+
+    def doStart(self) -> None:
+        self.wrapped.doStart()
+
+    def doStop(self) -> None:
+        self.goAway()
+        self.wrapped.doStop()
+
+    def goAway(self) -> None:
+        """GOAWAY to every HTTP/2 connection of this listener."""
+        for p in list(self.h2_connections):
+            try:
+                p.goAway()
+            except Exception:
+                log.failure("GOAWAY failed")

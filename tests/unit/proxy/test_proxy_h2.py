@@ -1,0 +1,402 @@
+"""
+HTTP/2 front (modcluster.proxy.h2) in memory: an h2 client state machine on
+one side, the real ProxyFactory, HttpForwarder and balancer, and HTTP/1.1
+nodes on StringTransports driven by hand (proxy_testlib).
+"""
+
+from __future__ import annotations
+
+import pytest
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.errors import ErrorCodes
+from h2.events import (
+    ConnectionTerminated,
+    DataReceived,
+    ResponseReceived,
+    SettingsAcknowledged,
+    StreamEnded,
+    StreamReset,
+)
+from hyperframe.frame import ContinuationFrame, DataFrame, Frame, HeadersFrame
+from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.testing import StringTransport
+from zope.interface import directlyProvides
+
+from modcluster.proxy.front import ClientProtocol
+from modcluster.proxy.h2 import (
+    STREAM_BUFFER,
+    H2Protocol,
+    NegotiatingFactory,
+    _Malformed,
+    request_fields,
+)
+
+from proxy_testlib import CLIENT_ADDR, Harness
+
+
+class H2Client:
+    """An h2 client connection talking to an H2Protocol over StringTransports."""
+
+    def __init__(self, h: Harness, **settings) -> None:
+        self.h = h
+        self.t = StringTransport(hostAddress=IPv4Address("TCP", "127.0.0.1", 8443),
+                                 peerAddress=IPv4Address("TCP", CLIENT_ADDR, 40000))
+        directlyProvides(self.t, ISSLTransport)
+        self.proto = H2Protocol(h.factory)
+        self.proto.makeConnection(self.t)
+        # no client-side checks: the tests send what a hostile client would
+        self.conn = H2Connection(H2Configuration(
+            client_side=True, header_encoding=None, validate_outbound_headers=False,
+            normalize_outbound_headers=False))
+        self.conn.initiate_connection()
+        if settings:
+            self.conn.update_settings(settings)
+        self.events: list = []
+        self.headers: dict[int, list] = {}
+        self.body: dict[int, bytes] = {}
+        self.ended: set[int] = set()
+        self.resets: dict[int, int] = {}
+        self.terminated = None
+        self.auto_ack = True
+        self.pump()
+
+    def pump(self) -> None:
+        """Exchange bytes until both sides are quiet."""
+        for _ in range(100):
+            out = self.conn.data_to_send()
+            if out:
+                self.proto.dataReceived(out)
+            data = self.t.value()
+            self.t.clear()
+            if data:
+                for ev in self.conn.receive_data(data):
+                    self._event(ev)
+            if not out and not data:
+                return
+
+    def _event(self, ev) -> None:
+        self.events.append(ev)
+        if isinstance(ev, ResponseReceived):
+            self.headers[ev.stream_id] = ev.headers
+        elif isinstance(ev, DataReceived):
+            self.body[ev.stream_id] = self.body.get(ev.stream_id, b"") + ev.data
+            if self.auto_ack:
+                self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+        elif isinstance(ev, StreamEnded):
+            self.ended.add(ev.stream_id)
+        elif isinstance(ev, StreamReset):
+            self.resets[ev.stream_id] = ev.error_code
+        elif isinstance(ev, ConnectionTerminated):
+            self.terminated = ev
+
+    def request(self, path: bytes = b"/app/x", method: bytes = b"GET", extra=(),
+                end: bool = True, authority: bytes = b"localhost") -> int:
+        sid = self.conn.get_next_available_stream_id()
+        headers = [(b":method", method), (b":scheme", b"https"), (b":path", path),
+                   (b":authority", authority), *extra]
+        self.conn.send_headers(sid, headers, end_stream=end)
+        return sid
+
+    def status(self, sid: int) -> int:
+        return int(dict(self.headers[sid])[b":status"])
+
+
+@pytest.fixture
+def h():
+    return Harness()
+
+
+def test_request_fields_rules():
+    ok = [(b":method", b"GET"), (b":scheme", b"https"), (b":path", b"/a?b"),
+          (b":authority", b"example"), (b"cookie", b"a=1"), (b"accept", b"*/*"),
+          (b"cookie", b"JSESSIONID=x.n1"), (b"te", b"trailers"), (b"host", b"other")]
+    method, scheme, path, authority, fields, length, cookies, expect, xf = request_fields(ok)
+    assert (method, scheme, path, authority) == (b"GET", b"https", b"/a?b", b"example")
+    assert fields == [(b"accept", b"*/*")]  # te, host and the cookies taken out
+    assert cookies == [b"a=1; JSESSIONID=x.n1"]
+    base = ok[:4]
+    bad = [
+        base + [(b"connection", b"keep-alive")],
+        base + [(b"transfer-encoding", b"chunked")],
+        base + [(b"upgrade", b"websocket")],
+        base + [(b"keep-alive", b"5")],
+        base + [(b"proxy-connection", b"close")],
+        base + [(b"te", b"gzip")],
+        base + [(b"Accept", b"x")],  # upper case name
+        base + [(b"accept", b" x")],
+        base + [(b"accept", b"a\r\nb")],
+        [(b"accept", b"x")] + base,  # pseudo-header after a regular one
+        base + [(b":method", b"GET")],
+        base + [(b":status", b"200")],
+        base + [(b":protocol", b"websocket")],
+        base + [(b"content-length", b"x")],
+        base + [(b"content-length", b"1"), (b"content-length", b"2")],
+        [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"e")],  # no :path
+        [(b":method", b"GET"), (b":path", b"a"), (b":scheme", b"https")],
+    ]
+    for headers in bad:
+        with pytest.raises(_Malformed):
+            request_fields(headers)
+
+
+def _respond(node, body=b"hello", extra=b""):
+    node.respond(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: keep-alive\r\n"
+                 b"Keep-Alive: timeout=5\r\n%s\r\n%s" % (len(body), extra, body))
+
+
+def test_stream_forwarded_like_http11(h):
+    h.node("n1", 9001)
+    c = H2Client(h)
+    sid = c.request(b"/app/x?q=1", extra=[(b"cookie", b"a=1"), (b"cookie", b"b=2"),
+                                           (b"x-forwarded-proto", b"http")])
+    c.pump()
+    node = h.accept(9001)
+    head = node.received()
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"GET /app/x?q=1 HTTP/1.1"
+    assert b"Host: localhost" in lines or b"host: localhost" in lines
+    assert b"cookie: a=1; b=2" in lines
+    assert b"X-Forwarded-Proto: https" in lines
+    assert not any(line.lower().startswith(b"x-forwarded-proto: http\r") for line in lines)
+    assert h.in_flight("/") == 1
+    _respond(node, extra=b"Set-Cookie: s=1\r\n")
+    c.pump()
+    assert c.status(sid) == 200
+    names = [n for n, _ in c.headers[sid]]
+    assert b"connection" not in names and b"keep-alive" not in names
+    assert b"transfer-encoding" not in names
+    assert (b"set-cookie", b"s=1") in c.headers[sid]
+    assert c.body[sid] == b"hello" and sid in c.ended
+    assert h.counters_idle()
+    assert not c.proto.streams
+
+
+def test_connection_specific_header_resets_only_the_stream(h):
+    h.node("n1", 9001)
+    c = H2Client(h)
+    bad = c.request(extra=[(b"connection", b"close")])
+    c.pump()
+    assert c.resets[bad] == ErrorCodes.PROTOCOL_ERROR
+    assert not h.pending()  # nothing reached a node
+    good = c.request()
+    c.pump()
+    _respond(h.accept(9001))
+    c.pump()
+    assert c.status(good) == 200 and c.terminated is None
+
+
+def test_no_route_answers_404_on_the_stream(h):
+    c = H2Client(h)
+    sid = c.request(b"/nothing")
+    c.pump()
+    assert c.status(sid) == 404
+    assert b"404" in c.body[sid] and sid in c.ended
+
+
+def test_many_streams_one_connection_each_its_own_node_request(h):
+    h.node("n1", 9001)
+    c = H2Client(h)
+    sids = [c.request(b"/app/%d" % i) for i in range(20)]
+    c.pump()
+    nodes = [h.accept(9001) for _ in sids]
+    assert h.in_flight("/") == 20
+    for i, node in enumerate(reversed(nodes)):
+        _respond(node, b"r%d" % i)
+    c.pump()
+    assert all(c.status(s) == 200 for s in sids)
+    assert h.counters_idle()
+
+
+def test_client_reset_aborts_the_node_request(h):
+    h.node("n1", 9001)
+    c = H2Client(h)
+    sid = c.request()
+    c.pump()
+    node = h.accept(9001)
+    assert h.in_flight("/") == 1
+    c.conn.reset_stream(sid, ErrorCodes.CANCEL)
+    c.pump()
+    assert node.aborted or node.closed
+    assert h.counters_idle()
+    assert not c.proto.streams
+
+
+def test_rapid_reset_gets_goaway_enhance_your_calm(h):
+    h.node("n1", 9001)
+    c = H2Client(h)
+    budget = h.config.http2_max_resets
+    for i in range(budget + 5):
+        sid = c.request()
+        c.conn.reset_stream(sid, ErrorCodes.CANCEL)
+        c.pump()
+        if c.terminated is not None:
+            break
+    assert c.terminated is not None
+    assert c.terminated.error_code == ErrorCodes.ENHANCE_YOUR_CALM
+    assert c.t.disconnecting
+    assert h.counters_idle()  # the node requests of the cancelled streams were aborted
+
+
+def test_ping_flood_bounded(h):
+    c = H2Client(h)
+    for i in range(h.config.http2_max_resets * 10 + 5):
+        c.conn.ping(b"%08d" % i)
+        c.pump()
+        if c.terminated is not None:
+            break
+    assert c.terminated is not None
+    assert c.terminated.error_code == ErrorCodes.ENHANCE_YOUR_CALM
+
+
+def test_budget_refills_over_time(h):
+    c = H2Client(h)
+    for second in range(5):
+        for i in range(h.config.http2_max_resets * 10 // 2):
+            c.conn.ping(b"%08d" % i)
+        c.pump()
+        h.advance(1)
+    assert c.terminated is None
+
+
+def test_continuation_flood_closes_the_connection(h):
+    c = H2Client(h)
+    sid = c.conn.get_next_available_stream_id()
+    first = HeadersFrame(sid)
+    first.data = c.conn.encoder.encode([(b":method", b"GET"), (b":scheme", b"https"),
+                                        (b":path", b"/"), (b":authority", b"x")])
+    out = first.serialize()
+    for _ in range(200):  # never END_HEADERS
+        cont = ContinuationFrame(sid)
+        cont.data = b"\x40\x01a\x01b"  # literal a: b
+        out += cont.serialize()
+    c.pump()
+    c.proto.dataReceived(out)
+    data = c.t.value()
+    c.t.clear()
+    assert c.t.disconnecting
+    events = c.conn.receive_data(data)
+    goaway = [e for e in events if isinstance(e, ConnectionTerminated)]
+    assert goaway and goaway[0].error_code != ErrorCodes.NO_ERROR
+    assert not c.proto.streams
+
+
+def test_header_list_size_limit(h):
+    h2 = Harness(max_header_size=4096)
+    c = H2Client(h2)
+    c.request(extra=[(b"x-big", b"a" * 8000)])
+    c.pump()
+    assert c.terminated is not None
+    assert not h2.pending()
+
+
+def test_settings_announced(h):
+    c = H2Client(h)
+    remote = c.conn.remote_settings
+    assert remote.max_concurrent_streams == h.config.http2_max_concurrent_streams
+    assert remote.initial_window_size == h.config.http2_window
+    assert remote.max_header_list_size == h.config.max_header_size
+    assert any(isinstance(e, SettingsAcknowledged) for e in c.events)
+
+
+def test_response_waits_for_window_and_pauses_the_node(h):
+    h.node("n1", 9001)
+    c = H2Client(h)
+    c.auto_ack = False  # a client that does not give window back
+    sid = c.request(b"/app/big")
+    c.pump()
+    node = h.accept(9001)
+    size = 4 * 1024 * 1024
+    node.respond(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+    chunk = b"x" * 65536
+    sent = 0
+    while sent < size and node.transport.producerState == "producing":
+        node.respond(chunk)
+        sent += len(chunk)
+        c.pump()
+    assert node.transport.producerState == "paused"  # the node connection is paused
+    ex = c.proto.streams[sid]
+    assert ex.pending_len < STREAM_BUFFER + len(chunk)  # bounded buffering
+    assert len(c.body[sid]) <= 65535  # within the client's window
+    # the client reads: window comes back, the node is resumed, everything arrives
+    c.auto_ack = True
+    received = len(c.body[sid])
+    c.conn.acknowledge_received_data(received, sid)
+    c.pump()
+    while sent < size:
+        assert node.transport.producerState == "producing"
+        node.respond(chunk)
+        sent += len(chunk)
+        c.pump()
+    c.pump()
+    assert len(c.body[sid]) == size and sid in c.ended
+    assert h.counters_idle()
+
+
+def test_request_body_window_given_back_only_as_the_node_takes_it(h):
+    h.node("n1", 9001)
+    c = H2Client(h)
+    sid = c.request(b"/app/up", method=b"POST", end=False,
+                    extra=[(b"content-length", b"1000000")])
+    c.pump()
+    node = h.accept(9001)
+    # the node connection stops accepting (what the forwarder does when its
+    # transport's buffer is full)
+    upstream = c.proto.streams[sid].upstream
+    c.proto.streams[sid].pauseRequestBody()
+    window_before = c.conn.local_flow_control_window(sid)
+    for _ in range(9):  # more than half the window: h2 then sends WINDOW_UPDATE
+        c.conn.send_data(sid, b"a" * 16000)
+    c.pump()
+    # not acknowledged: the client's window did not come back
+    assert c.conn.local_flow_control_window(sid) == window_before - 144000
+    assert c.proto.streams[sid].unacked == 144000
+    c.proto.streams[sid].resumeRequestBody()
+    c.pump()
+    assert c.conn.local_flow_control_window(sid) == window_before
+    assert len(node.received()) >= 144000  # the node got it
+    assert upstream is not None
+
+
+def test_graceful_goaway_lets_open_streams_finish(h):
+    h.node("n1", 9001)
+    neg = NegotiatingFactory(h.factory)
+    c = H2Client(h)
+    neg.h2_connections.add(c.proto)
+    sid = c.request()
+    c.pump()
+    node = h.accept(9001)
+    neg.goAway()
+    c.pump()
+    assert c.terminated is not None and c.terminated.error_code == ErrorCodes.NO_ERROR
+    assert c.terminated.last_stream_id == sid
+    assert not c.t.disconnecting
+    # (the h2 client library stops at a GOAWAY: the frames are read raw)
+    _respond(node)
+    frames = _frames(c.t.value())
+    assert [f.__class__ for f in frames] == [HeadersFrame, DataFrame]
+    assert frames[1].data == b"hello" and "END_STREAM" in frames[1].flags
+    assert c.t.disconnecting
+
+
+def _frames(data: bytes) -> list:
+    out = []
+    while data:
+        frame, length = Frame.parse_frame_header(memoryview(data[:9]))
+        frame.parse_body(memoryview(data[9:9 + length]))
+        out.append(frame)
+        data = data[9 + length:]
+    return out
+
+
+def test_negotiator_picks_the_protocol_by_alpn(h):
+    neg = NegotiatingFactory(h.factory)
+    for alpn, cls in ((b"h2", H2Protocol), (b"http/1.1", ClientProtocol), (None, ClientProtocol)):
+        n = neg.buildProtocol(None)
+        t = StringTransport(peerAddress=IPv4Address("TCP", CLIENT_ADDR, 40000))
+        t.negotiatedProtocol = alpn
+        t.wrappedProtocol = n
+        n.makeConnection(t)
+        n.handshakeCompleted()
+        assert isinstance(t.wrappedProtocol, cls)
