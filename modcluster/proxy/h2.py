@@ -771,6 +771,8 @@ class H2Protocol(Protocol):
             return
         self._closing = True
         if self.connected:
+            # TLS waits for a registered producer to go before it closes
+            self.transport.unregisterProducer()
             self.transport.loseConnection()
         streams = list(self.streams.values())
         self.streams.clear()
