@@ -24,6 +24,7 @@ from __future__ import annotations
 from typing import Callable
 
 from twisted.internet import tcp
+from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.main import CONNECTION_DONE
 from twisted.python.failure import Failure
 
@@ -90,6 +91,11 @@ def lose_connection(transport) -> None:
         t.stopWriting()
         t.connectionLost(Failure(CONNECTION_DONE))
         return
+    if ISSLTransport.providedBy(t):
+        # Twisted's TLS transport waits for its producer to unregister before
+        # it closes: the client protocol's own registration would keep a
+        # "Connection: close" HTTPS connection open until the client gave up.
+        t.unregisterProducer()
     t.loseConnection()
 
 

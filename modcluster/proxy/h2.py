@@ -102,7 +102,8 @@ def listener_factory(factory, description: str):
     C{[proxy] http2} on, a L{NegotiatingFactory} around C{factory}; else
     C{factory} itself.
     """
-    if factory.config.http2 and description.split(":", 1)[0].strip().lower() == "ssl":
+    config = getattr(factory, "config", None)
+    if getattr(config, "http2", False) and description.split(":", 1)[0].strip().lower() == "ssl":
         return NegotiatingFactory(factory)
     return factory
 
