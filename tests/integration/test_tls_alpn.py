@@ -79,7 +79,7 @@ async def _check_listener(port, pki, path, status, client_cert=False, h2=False):
     """
     C{h2}: the listener serves HTTP/2 too (an ssl: proxy listener with [proxy]
     http2): an offer of h2 selects it (the HTTP/2 answers are tested in
-    test_proxy_h2.py; here only the selection is checked for those offers).
+    test_proxy_http2.py; here only the selection is checked for those offers).
     """
     for offer, selected in ((["h2", "http/1.1"], "h2" if h2 else "http/1.1"),
                             (["http/1.1"], "http/1.1"),
