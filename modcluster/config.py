@@ -561,10 +561,10 @@ class ProxyConfig:
         "`http2_max_concurrent_streams`, so one stalled stream does not stall the "
         "others.", "H2WindowSize"))
     http2_max_resets: int = field(default=200, validator=_at_least(1), metadata=_doc(
-        "Streams an HTTP/2 client may cancel (RST_STREAM) per second, with as large a "
-        "burst, before its connection is closed with GOAWAY ENHANCE_YOUR_CALM "
-        "(rapid reset, CVE-2023-44487).  PING and SETTINGS frames get ten times this "
-        "budget.", ""))
+        "Streams an HTTP/2 client may cancel (RST_STREAM) or have refused as malformed "
+        "per second, with as large a burst, before its connection is closed with GOAWAY "
+        "ENHANCE_YOUR_CALM (rapid reset, CVE-2023-44487).  PING, SETTINGS, PRIORITY and "
+        "empty DATA frames draw on the same budget at a tenth of a reset each.", ""))
     tls: NodeTLSConfig = field(factory=NodeTLSConfig, metadata=_doc(
         "TLS towards https/wss nodes (section `[proxy.tls]`).", ""))
 
