@@ -224,7 +224,7 @@ class _H2Exchange(_Exchange):
     """
 
     __slots__ = ("factory", "conn", "sid", "_blocked", "_pause", "unacked", "pending",
-                 "pending_len", "out_end", "closed", "end_of_request")
+                 "pending_len", "out_end", "closed", "end_of_request", "seen")
 
     def __init__(self, conn: "H2Protocol", sid: int) -> None:
         self.client = conn.client
@@ -240,6 +240,7 @@ class _H2Exchange(_Exchange):
         self.out_end = False  # the response is complete (END_STREAM once pending is sent)
         self.closed = False  # the stream is over on our side
         self.end_of_request = False  # the client sent END_STREAM
+        self.seen = conn.factory.now  # last DATA received or sent (coarse clock)
 
     # -- the "client protocol" side the _Exchange calls --------------------------
 
@@ -393,6 +394,7 @@ class _H2Exchange(_Exchange):
                         pending.pop(0)
                     window -= n
                     self.pending_len -= n
+                    self.seen = self.factory.now
                     h2.send_data(sid, chunk,
                                  end_stream=self.out_end and not pending)
                     if self.out_end and not pending:
@@ -666,6 +668,7 @@ class H2Protocol(Protocol):
             return
         if not data and ev.stream_ended is None:
             self._charge(1)  # empty DATA frames flood (CVE-2019-9518)
+        ex.seen = self.factory.now
         ex.body_received += len(data)
         limit = self.factory.config.max_request_body
         if limit and ex.body_received > limit:
@@ -811,10 +814,23 @@ class H2Protocol(Protocol):
                 self._closing = True
                 self.transport.abortConnection()
             return
-        if not self.streams and now - self._seen > limit:
-            self.goAway()
-            if not self._closing:
-                self._close()
+        if not self.streams:
+            if now - self._seen > limit:
+                self.goAway()
+                if not self._closing:
+                    self._close()
+            return
+        for ex in list(self.streams.values()):
+            # a stream waiting for the client: request body not all received
+            # (and not held back by us), or response bytes waiting for window
+            if ((not ex.end_of_request and not ex._pause) or ex.pending_len) \
+                    and now - ex.seen > limit:
+                if not ex.resp_started and not ex.done:
+                    ex._respondError(ex, 408, "request body not received in time")
+                else:
+                    log.info("HTTP/2 client {client} stalled stream {sid}; resetting it",
+                             client=self.client.remote_addr, sid=ex.sid)
+                    ex._abortClient()
 
 
 @implementer(IHandshakeListener)

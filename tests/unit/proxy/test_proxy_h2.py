@@ -13,6 +13,7 @@ from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
     DataReceived,
+    InformationalResponseReceived,
     ResponseReceived,
     SettingsAcknowledged,
     StreamEnded,
@@ -55,6 +56,7 @@ class H2Client:
             self.conn.update_settings(settings)
         self.events: list = []
         self.headers: dict[int, list] = {}
+        self.info: dict[int, list] = {}
         self.body: dict[int, bytes] = {}
         self.ended: set[int] = set()
         self.resets: dict[int, int] = {}
@@ -80,6 +82,8 @@ class H2Client:
         self.events.append(ev)
         if isinstance(ev, ResponseReceived):
             self.headers[ev.stream_id] = ev.headers
+        elif isinstance(ev, InformationalResponseReceived):
+            self.info.setdefault(ev.stream_id, []).append(dict(ev.headers)[b":status"])
         elif isinstance(ev, DataReceived):
             self.body[ev.stream_id] = self.body.get(ev.stream_id, b"") + ev.data
             if self.auto_ack:
@@ -400,3 +404,65 @@ def test_negotiator_picks_the_protocol_by_alpn(h):
         n.makeConnection(t)
         n.handshakeCompleted()
         assert isinstance(t.wrappedProtocol, cls)
+
+
+def test_stalled_request_body_gets_408_and_idle_connection_goaway(h):
+    h.node("n1", 9001)
+    c = H2Client(h)
+    sid = c.request(b"/app/up", method=b"POST", end=False)
+    c.pump()
+    h.accept(9001)
+    c.conn.send_data(sid, b"some")
+    c.pump()
+    h.advance(h.config.client_timeout + 3)
+    c.pump()
+    assert c.status(sid) == 408
+    assert c.resets.get(sid) == ErrorCodes.NO_ERROR  # stop sending the body
+    assert h.counters_idle()
+    h.advance(h.config.client_timeout + 3)
+    c.pump()
+    assert c.terminated is not None and c.terminated.error_code == ErrorCodes.NO_ERROR
+    assert c.t.disconnecting
+
+
+def test_request_body_over_max_request_body_is_413(h):
+    h2 = Harness(max_request_body=1000)
+    h2.node("n1", 9001)
+    c = H2Client(h2)
+    big = c.request(b"/app/up", method=b"POST", end=False,
+                    extra=[(b"content-length", b"5000")])
+    c.pump()
+    assert c.status(big) == 413 and not h2.pending()
+    chunked = c.request(b"/app/up", method=b"POST", end=False)
+    c.pump()
+    node = h2.accept(9001)
+    c.conn.send_data(chunked, b"x" * 1500)
+    c.pump()
+    assert c.status(chunked) == 413
+    assert node.aborted or node.closed
+    assert h2.counters_idle()
+
+
+def test_head_and_expect_continue(h):
+    h.node("n1", 9001)
+    c = H2Client(h)
+    sid = c.request(b"/app/x", method=b"HEAD")
+    c.pump()
+    node = h.accept(9001)
+    node.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n")
+    c.pump()
+    assert c.status(sid) == 200 and sid in c.ended and not c.body.get(sid)
+    up = c.request(b"/app/up", method=b"POST", end=False,
+                   extra=[(b"content-length", b"3"), (b"expect", b"100-continue")])
+    c.pump()
+    head = node.received()
+    assert b"Expect: 100-continue" in head or b"expect: 100-continue" in head.lower()
+    node.respond(b"HTTP/1.1 100 Continue\r\n\r\n")
+    c.pump()
+    assert c.info[up] == [b"100"] and up not in c.headers
+    c.conn.send_data(up, b"abc", end_stream=True)
+    c.pump()
+    assert node.received().endswith(b"abc")
+    _respond(node, b"done")
+    c.pump()
+    assert c.status(up) == 200 and c.body[up] == b"done"
