@@ -388,3 +388,30 @@ def _curl_post(port, cafile, url, body):
     out = subprocess.run(cmd, input=body, capture_output=True, timeout=60)
     assert out.returncode == 0, out.stderr
     return out.stdout
+
+
+@pytest_twisted.ensureDeferred
+async def test_listener_stop_sends_goaway_and_open_streams_finish(pki):
+    """Graceful shutdown: GOAWAY to HTTP/2 clients; a request in flight still completes."""
+    if CURL is None:
+        pytest.skip("curl is not installed (scripts/install-test-deps installs it)")
+    ca, cafile = pki
+    stack = Stack()
+    opts = answer_alpn(_server_options(ca, "localhost"), ALPN_PROTOCOLS)
+    neg = NegotiatingFactory(stack.factory)
+    port = stack.reactor.listenSSL(0, neg, opts, interface="127.0.0.1")
+    p = port.getHost().port
+    try:
+        stack.serve("nA")
+        d = threads.deferToThread(_curl, p, cafile, "-w", "\n%{http_version} %{http_code}",
+                                  f"https://localhost:{p}/app/slow?ms=1500")
+        await _until(lambda: stack.in_flight() == 1)
+        (conn,) = _h2_conns(stack)
+        await defer.maybeDeferred(port.stopListening)
+        assert conn._going_away  # GOAWAY sent, the stream still open
+        out = await d
+        assert out == b"nA slow\n2 200"
+        await _until(lambda: not conn.connected)
+    finally:
+        await defer.maybeDeferred(port.stopListening)
+        await stack.stop()
