@@ -27,6 +27,7 @@ Flow control is wired to backpressure both ways:
 from __future__ import annotations
 
 import re
+import weakref
 from typing import Optional
 
 from h2.config import H2Configuration
@@ -52,12 +53,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from modcluster.proxy.front import (
-    _P_BUFFER,
-    _P_UPSTREAM,
-    ClientProtocol,
-    _Exchange,
-)
+from modcluster.proxy.front import ClientProtocol, _Exchange
 from modcluster.proxy.headers import reason_phrase
 from modcluster.proxy.interfaces import _IDEMPOTENT, ClientInfo
 
@@ -190,9 +186,7 @@ def request_fields(headers) -> tuple:
         if path[:1] != b"/" and not (path == b"*" and method == b"OPTIONS"):
             raise _Malformed("bad :path")
     if authority is None:
-        authority = host
-    elif host is not None and host != authority:
-        pass  # :authority wins (RFC 9113 §8.3.1); Host is not forwarded
+        authority = host  # else :authority wins (RFC 9113 §8.3.1); host is not forwarded
     if cookies is not None and len(cookies) > 1:
         cookies = [b"; ".join(cookies)]
     return method, scheme, path, authority, fields, length, cookies, expect, x_forwarded
@@ -695,8 +689,6 @@ class H2Protocol(Protocol):
             self._ack(ex.sid, n)
         if not ex.done:
             ex._bodyEnd()
-        elif ex.closed:
-            pass
 
     def _ack(self, sid: int, n: int) -> None:
         try:
@@ -879,8 +871,6 @@ class NegotiatingFactory(Factory):
 
     def __init__(self, wrapped) -> None:
         self.wrapped = wrapped
-        import weakref
-
         self.h2_connections: "weakref.WeakSet[H2Protocol]" = weakref.WeakSet()
 
     def buildProtocol(self, addr) -> _Negotiator:
