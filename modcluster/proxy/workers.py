@@ -684,10 +684,14 @@ class WorkerService(Service):
     def startService(self) -> None:
         super().startService()
         for fd, family, description in self.listeners:
-            from modcluster.proxy.h2 import listener_factory
+            factory = self.factory
+            if description.split(":", 1)[0].strip().lower() == "ssl":
+                # (h2 is imported only by workers that may serve it)
+                from modcluster.proxy.h2 import listener_factory
 
+                factory = listener_factory(factory, description)
             self.ports.append(serverFromString(_Adopter(self.reactor, fd, family), description)
-                              .listen(listener_factory(self.factory, description)))
+                              .listen(factory))
             os.close(fd)  # adoptStreamPort took its own copy
         self._report.start(REPORT_INTERVAL, now=False)
         self._tick.start(1.0, now=False)
