@@ -10,6 +10,7 @@ import pytest
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
+from h2.settings import SettingCodes
 from h2.events import (
     ConnectionTerminated,
     DataReceived,
@@ -466,3 +467,35 @@ def test_head_and_expect_continue(h):
     _respond(node, b"done")
     c.pump()
     assert c.status(up) == 200 and c.body[up] == b"done"
+
+
+def test_max_concurrent_streams_enforced():
+    h = Harness(http2_max_concurrent_streams=3)
+    h.node("n1", 9001)
+    c = H2Client(h)
+    assert c.conn.remote_settings.max_concurrent_streams == 3
+    for _ in range(3):
+        c.request()
+    c.pump()
+    assert len(c.proto.streams) == 3
+    # a client ignoring the setting: h2 refuses the 4th stream by closing the connection
+    c.conn.remote_settings.acknowledge()
+    c.conn.remote_settings[SettingCodes.MAX_CONCURRENT_STREAMS] = 10
+    c.conn.remote_settings.acknowledge()
+    c.request()
+    c.pump()
+    assert c.terminated is not None and c.terminated.error_code == ErrorCodes.PROTOCOL_ERROR
+    assert h.counters_idle()  # the 3 node requests were aborted with the connection
+
+
+def test_extended_connect_not_offered_websocket_refused(h):
+    """RFC 8441 is not supported: no SETTINGS_ENABLE_CONNECT_PROTOCOL, :protocol refused."""
+    c = H2Client(h)
+    assert c.conn.remote_settings.get(SettingCodes.ENABLE_CONNECT_PROTOCOL, 0) == 0
+    sid = c.request(b"/chat", method=b"CONNECT", end=False,
+                    extra=[(b":protocol", b"websocket")])
+    c.pump()
+    assert c.resets[sid] == ErrorCodes.PROTOCOL_ERROR
+    plain = c.request(b"/", method=b"CONNECT", end=False)
+    c.pump()
+    assert c.status(plain) == 405
