@@ -801,8 +801,7 @@ class H2Protocol(Protocol):
         limit += 1.0  # coarse clock: never early
         if self._blocked:
             if now - self._blocked_since > limit:
-                log.info("HTTP/2 client {client} stopped reading; closing",
-                         client=self.client.remote_addr)
+                self._timedOut("send", f"HTTP/2: did not read for {limit:g} s", now)
                 self._closing = True
                 self.transport.abortConnection()
             return
@@ -817,12 +816,22 @@ class H2Protocol(Protocol):
             # (and not held back by us), or response bytes waiting for window
             if ((not ex.end_of_request and not ex._pause) or ex.pending_len) \
                     and now - ex.seen > limit:
+                if ex.pending_len:
+                    self._timedOut("send", f"HTTP/2 stream {ex.sid}: no window for "
+                                   f"{limit:g} s", now)
+                else:
+                    self._timedOut("body", f"HTTP/2 stream {ex.sid}: request body stalled "
+                                   f"for {limit:g} s", now)
                 if not ex.resp_started and not ex.done:
                     ex._respondError(ex, 408, "request body not received in time")
                 else:
-                    log.info("HTTP/2 client {client} stalled stream {sid}; resetting it",
-                             client=self.client.remote_addr, sid=ex.sid)
                     ex._abortClient()
+
+    def _timedOut(self, reason: str, what: str, now: float) -> None:
+        """Count (and log, rate-limited) a client cut, as the HTTP/1.1 front does."""
+        timeouts = getattr(self.factory, "timeouts", None)
+        if timeouts is not None:
+            timeouts.timedOut(reason, self.client.remote_addr, what, now)
 
 
 @implementer(IHandshakeListener)
@@ -836,26 +845,56 @@ class _Negotiator(Protocol):
     def __init__(self, factory: "NegotiatingFactory") -> None:
         self._factory = factory
         self._chosen: Optional[Protocol] = None
+        self._accepted = factory.wrapped.now
+
+    def connectionMade(self) -> None:
+        # the sweep times the handshake (checkTimeout) until a protocol is chosen
+        self._factory.wrapped._clients.add(self)
 
     def handshakeCompleted(self) -> None:
         t = self.transport
         negotiated = getattr(t, "negotiatedProtocol", None)
         f = self._factory
+        f.wrapped._clients.discard(self)
         if negotiated == b"h2":
             p = H2Protocol(f.wrapped)
             f.h2_connections.add(p)
         else:
             p = ClientProtocol(f.wrapped)
+            if getattr(p, "_head_start", None) is not None:
+                p._head_start = self._accepted  # the head deadline runs from the accept
         self._chosen = p
         if getattr(t, "wrappedProtocol", None) is self:
             t.wrappedProtocol = p  # from now on the TLS transport calls it directly
         p.makeConnection(t)
+
+    def checkTimeout(self, now: float, limit: float) -> None:
+        """
+        Called by the sweep while the TLS handshake is not complete: it gets
+        the request head deadline (C{request_header_timeout}, else
+        C{client_timeout}) from the accept, as the HTTP/1.1 front's head does.
+        """
+        if self._chosen is not None:
+            return
+        f = self._factory.wrapped
+        rt = getattr(f, "read_timeouts", None)
+        allowed = rt.header_allowed(0) if rt is not None and rt.header else limit
+        if now - self._accepted <= allowed + 1.0:
+            return
+        f._clients.discard(self)
+        timeouts = getattr(f, "timeouts", None)
+        if timeouts is not None:
+            peer = self.transport.getPeer()
+            timeouts.timedOut("header", getattr(peer, "host", "?"),
+                              f"TLS handshake not complete after {allowed:g} s", now)
+        self.transport.abortConnection()
 
     def dataReceived(self, data: bytes) -> None:
         if self._chosen is not None:  # a transport without wrappedProtocol
             self._chosen.dataReceived(data)
 
     def connectionLost(self, reason=None) -> None:
+        self._factory.wrapped._clients.discard(self)
         if self._chosen is not None:
             self._chosen.connectionLost(reason)
 

@@ -419,6 +419,7 @@ def test_stalled_request_body_gets_408_and_idle_connection_goaway(h):
     c.pump()
     assert c.status(sid) == 408
     assert c.resets.get(sid) == ErrorCodes.NO_ERROR  # stop sending the body
+    assert h.factory.timeouts.counts["body"] == 1  # counted as the HTTP/1.1 front's
     assert h.counters_idle()
     h.advance(h.config.client_timeout + 3)
     c.pump()
@@ -499,3 +500,18 @@ def test_extended_connect_not_offered_websocket_refused(h):
     plain = c.request(b"/", method=b"CONNECT", end=False)
     c.pump()
     assert c.status(plain) == 405
+
+
+def test_tls_handshake_deadline_before_a_protocol_is_chosen():
+    h = Harness(request_header_timeout=5)
+    neg = NegotiatingFactory(h.factory)
+    n = neg.buildProtocol(None)
+    t = StringTransport(peerAddress=IPv4Address("TCP", CLIENT_ADDR, 40000))
+    n.makeConnection(t)
+    assert n in h.factory._clients
+    h.advance(3)
+    assert not t.disconnected
+    h.advance(5)
+    assert t.disconnected  # aborted: the handshake never completed
+    assert h.factory.timeouts.counts["header"] == 1
+    assert n not in h.factory._clients
