@@ -1565,6 +1565,10 @@ class ProxyFactory(Factory):
         """
         busy = 0
         for client in list(self._clients):
+            drain = getattr(client, "drain", None)
+            if drain is not None:  # HTTP/2 connections, TLS handshakes (proxy/h2.py)
+                busy += drain()
+                continue
             if client._current is None and not client._queue and client._tunnel is None \
                     and (client._reading is None or client._reading.head_size < 0):
                 client._closing = True

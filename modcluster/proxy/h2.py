@@ -218,12 +218,13 @@ class _H2Exchange(_Exchange):
     """
 
     __slots__ = ("factory", "conn", "sid", "_blocked", "_pause", "unacked", "pending",
-                 "pending_len", "out_end", "closed", "end_of_request", "seen")
+                 "pending_len", "out_end", "closed", "end_of_request", "seen", "_observer")
 
     def __init__(self, conn: "H2Protocol", sid: int) -> None:
         self.client = conn.client
-        _Exchange.__init__(self, self)
         self.factory = conn.factory
+        self._observer = conn._observer  # access log, client metrics (or None)
+        _Exchange.__init__(self, self)
         self.conn = conn
         self.sid = sid
         self._blocked = conn._blocked  # the node connection is paused
@@ -280,10 +281,14 @@ class _H2Exchange(_Exchange):
         self._release()
         if up is not None:
             up.abort()
+        obs = self._observer
         if self.resp_started:
+            if obs is not None:
+                obs.done(self, self.status, self.sent)
             self.conn._resetStream(self, ErrorCodes.INTERNAL_ERROR)
             return
         self.resp_started = True
+        self.status = status
         client = self.client
         (log.warn if status >= 500 else log.info)(
             "{status} for {method} {target} from {client} (HTTP/2): {message}",
@@ -296,6 +301,8 @@ class _H2Exchange(_Exchange):
                   (b"content-length", b"%d" % len(body))]
         if status == 503 and retry_after > 0:
             fields.append((b"retry-after", b"%d" % retry_after))
+        if obs is not None:
+            obs.done(self, status, 0 if self.method == _HEAD else len(body))
         conn = self.conn
         try:
             conn.h2.send_headers(self.sid, fields)
@@ -329,6 +336,10 @@ class _H2Exchange(_Exchange):
         if self.done or self.resp_started or self.closed:
             return
         self.resp_started = True
+        self.status = status
+        obs = self._observer
+        if obs is not None:
+            self.upstream_time = obs.clock() - self.up_start
         d = self.decision
         node = d.node
         if d.retrying or node.rt.in_error:
@@ -345,6 +356,7 @@ class _H2Exchange(_Exchange):
     def responseBody(self, data: bytes) -> None:
         if self.done or not data or self.no_body or self.closed:
             return
+        self.sent += len(data)
         self.pending.append(data)
         self.pending_len += len(data)
         self.conn._ready[self] = None
@@ -360,6 +372,9 @@ class _H2Exchange(_Exchange):
         self.done = True
         self.upstream = None
         self._release()
+        obs = self._observer
+        if obs is not None:
+            obs.done(self, self.status, 0 if self.no_body else self.sent)
         if self.closed:
             return
         self.out_end = True
@@ -453,6 +468,7 @@ class H2Protocol(Protocol):
         self._calm_at = factory.now
         self.client: Optional[ClientInfo] = None
         self._closing = False
+        self._observer = getattr(factory, "observer", None)
 
     # -- connection ---------------------------------------------------------------
 
@@ -478,12 +494,22 @@ class H2Protocol(Protocol):
             h2.increment_flow_control_window(min(extra, 2**31 - 1 - 65535))
         t.registerProducer(self, True)
         self.factory._clients.add(self)
+        stats = getattr(self.factory, "stats", None)
+        if stats is not None:  # as ClientProtocol counts (the handshake is done)
+            stats.connections += 1
+            stats.open += 1
+            stats.tls_handshakes += 1
         self._write()
 
     def connectionLost(self, reason=None) -> None:
         self.connected = 0
         self._closing = True
-        self.factory._clients.discard(self)
+        f = self.factory
+        if self in f._clients:
+            f._clients.discard(self)
+            stats = getattr(f, "stats", None)
+            if stats is not None:
+                stats.open -= 1
         streams = list(self.streams.values())
         self.streams.clear()
         self._ready.clear()
@@ -795,6 +821,18 @@ class H2Protocol(Protocol):
         self.transport.write(frame.serialize())
         self._maybeGone()
 
+    def drain(self) -> int:
+        """
+        Stopping (L{ProxyFactory.drain}): GOAWAY; 1 while streams are open
+        (the connection closes after the last one), else 0 (closed now).
+        """
+        self.goAway()
+        if self._going_away and self.streams and not self._closing:
+            return 1
+        if not self._closing:
+            self._close()
+        return 0
+
     # -- timeouts (the factory's sweep) ------------------------------------------------
 
     def checkTimeout(self, now: float, limit: float) -> None:
@@ -867,6 +905,8 @@ class _Negotiator(Protocol):
         if getattr(t, "wrappedProtocol", None) is self:
             t.wrappedProtocol = p  # from now on the TLS transport calls it directly
         p.makeConnection(t)
+        if p.__class__ is ClientProtocol and IHandshakeListener.providedBy(p):
+            p.handshakeCompleted()  # (it missed the TLS transport's own call)
 
     def checkTimeout(self, now: float, limit: float) -> None:
         """
@@ -889,12 +929,25 @@ class _Negotiator(Protocol):
                               f"TLS handshake not complete after {allowed:g} s", now)
         self.transport.abortConnection()
 
+    def drain(self) -> int:
+        """Stopping (L{ProxyFactory.drain}): a handshake in progress is cut."""
+        self._factory.wrapped._clients.discard(self)
+        if self._chosen is None:
+            self.transport.abortConnection()
+        return 0
+
     def dataReceived(self, data: bytes) -> None:
         if self._chosen is not None:  # a transport without wrappedProtocol
             self._chosen.dataReceived(data)
 
     def connectionLost(self, reason=None) -> None:
-        self._factory.wrapped._clients.discard(self)
+        f = self._factory.wrapped
+        if self in f._clients:  # the handshake never completed
+            f._clients.discard(self)
+            stats = getattr(f, "stats", None)
+            if stats is not None:
+                stats.connections += 1
+                stats.tls_failures += 1
         if self._chosen is not None:
             self._chosen.connectionLost(reason)
 

@@ -515,3 +515,24 @@ def test_tls_handshake_deadline_before_a_protocol_is_chosen():
     assert t.disconnected  # aborted: the handshake never completed
     assert h.factory.timeouts.counts["header"] == 1
     assert n not in h.factory._clients
+
+
+def test_factory_drain_with_http2_connections_and_handshakes(h):
+    """Stopping: HTTP/2 connections get GOAWAY and count as busy while streams are open."""
+    h.node("n1", 9001)
+    neg = NegotiatingFactory(h.factory)
+    busy = H2Client(h)
+    sid = busy.request()
+    busy.pump()
+    node = h.accept(9001)
+    idle = H2Client(h)
+    n = neg.buildProtocol(None)
+    t = StringTransport(peerAddress=IPv4Address("TCP", CLIENT_ADDR, 40001))
+    n.makeConnection(t)
+    assert h.factory.drain() == 1
+    assert idle.t.disconnecting and t.disconnected
+    busy.pump()
+    assert busy.terminated is not None and busy.terminated.error_code == ErrorCodes.NO_ERROR
+    _respond(node)
+    assert busy.t.disconnecting  # closed after its last stream
+    assert h.factory.drain() == 0
