@@ -97,8 +97,9 @@ class ClusterCollector(Collector):
         #: export one series per context (C{console.metrics_per_context});
         #: otherwise per-node context counts by status only (docs/metrics.md)
         self.per_context = per_context
-        #: the in-process data plane's L{ProxyFactory} (set by tap.py; None
-        #: with worker processes): retry budget and node queues
+        #: C{() -> dict} giving the data plane's retry budget refusals and node
+        #: queues (C{ProxyFactory.plane_totals}, or the worker pool's sum;
+        #: set by tap.py)
         self.data_plane = None
 
     def describe(self) -> Iterable[Metric]:
@@ -121,19 +122,19 @@ class ClusterCollector(Collector):
                                       "Data-plane worker processes restarted after "
                                       "they ended unexpectedly.", value=pool.restarts)
 
-        plane = self.data_plane
-        if plane is not None:
+        if self.data_plane is not None:
+            plane = self.data_plane()
             yield CounterMetricFamily("modcluster_proxy_retry_budget_refused",
                                       "Failover replays refused because the retry "
                                       "budget was used up.",
-                                      value=plane.retry_budget.refused)
+                                      value=plane["retry_refused"])
             yield GaugeMetricFamily("modcluster_proxy_queued",
                                     "Requests waiting for a node at its in-flight limit.",
-                                    value=plane.queued())
+                                    value=plane["queued"])
             yield CounterMetricFamily("modcluster_proxy_queue_rejected",
                                       "Requests answered 503 because a node's queue was "
                                       "full or they waited too long.",
-                                      value=plane.queue_rejected)
+                                      value=plane["queue_rejected"])
 
         counts = reg.counts
         for key, doc in (("nodes", "Registered nodes (including nodes being removed)."),

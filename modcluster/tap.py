@@ -297,8 +297,8 @@ def build(config: Config, reactor, demo: bool = False) -> MultiService:
     _observe(config, reactor, top, metrics, proxy, pool)
     sessions = pool.sessions if pool is not None else proxy.factory.sessions
     session_table[:] = [sessions]
-    if pool is None:
-        metrics.cluster.data_plane = proxy.factory
+    metrics.cluster.data_plane = (pool.plane_totals if pool is not None
+                                  else proxy.factory.plane_totals)
 
     def management_root(with_mcmp: bool, with_console: bool) -> ManagementRoot:
         root = ManagementRoot(MCMPResource(handler, identities) if with_mcmp else None,

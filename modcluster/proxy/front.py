@@ -1648,6 +1648,12 @@ class ProxyFactory(Factory):
         """Requests sent to the nodes of balancer C{name} so far (for the retry budget)."""
         return sum(e.rt.requests for e in self.table().nodes if e.settings.balancer == name)
 
+    def plane_totals(self) -> dict:
+        """Retry budget refusals, requests queued now and queue refusals, for
+        /metrics (summed over worker processes by the pool)."""
+        return {"retry_refused": self.retry_budget.refused, "queued": self.queued(),
+                "queue_rejected": self.queue_rejected}
+
     def queued(self) -> int:
         """Requests waiting for a node slot now."""
         return sum(len(q) for q in self.queues.values())

@@ -57,6 +57,9 @@ __all__ = [
     "frame",
 ]
 
+#: what a worker reports of its retry budget and node queues (L{WorkerPool.plane_totals})
+PLANE_KEYS = ("retry_refused", "queued", "queue_rejected")
+
 log = Logger(namespace="modcluster.workers")
 worker_log = Logger(namespace="modcluster.worker")
 
@@ -337,6 +340,10 @@ class WorkerPool(Service):
         #: had counted (without their open connections)
         self.client_exports: dict[int, dict] = {}
         self._retired_clients: dict = merge_exports(())
+        #: each worker's retry-budget and queue totals (L{plane_totals}), and
+        #: the counters of workers that ended
+        self.plane_exports: dict[int, dict] = {}
+        self._retired_plane = {"retry_refused": 0, "queue_rejected": 0}
         #: session ids seen by the workers (manager.max_session_ids > 0)
         self.sessions = None
         if config.manager.max_session_ids > 0:
@@ -464,6 +471,10 @@ class WorkerPool(Service):
         if self.workers.get(worker.index) is worker:
             del self.workers[worker.index]
         self.sink.forget(worker.index)
+        plane = self.plane_exports.pop(worker.index, None)
+        if plane is not None:
+            for key in self._retired_plane:
+                self._retired_plane[key] += plane[key]
         last = self.client_exports.pop(worker.index, None)
         if last is not None:
             last = dict(last, open=0)
@@ -551,6 +562,12 @@ class WorkerPool(Service):
             if not isinstance(message[1], dict):
                 raise ValueError("bad client metrics report")
             self.client_exports[worker.index] = message[1]
+        elif kind == "plane":
+            totals = message[1]
+            if not (isinstance(totals, dict) and all(
+                    isinstance(totals.get(k), int) for k in PLANE_KEYS)):
+                raise ValueError("bad data plane report")
+            self.plane_exports[worker.index] = {k: totals[k] for k in PLANE_KEYS}
         elif kind == "sessions":
             if self.sessions is not None:
                 self.sessions.merge(message[1])
@@ -570,6 +587,15 @@ class WorkerPool(Service):
     def client_stats(self) -> dict:
         """The client-side metrics of every worker, summed (L{merge_exports})."""
         return merge_exports([self._retired_clients, *self.client_exports.values()])
+
+    def plane_totals(self) -> dict:
+        """Retry budget refusals and node queues of every worker, summed (the
+        counters of workers that ended included; requests queued: live ones)."""
+        totals = dict(self._retired_plane, queued=0)
+        for plane in self.plane_exports.values():
+            for key in PLANE_KEYS:
+                totals[key] += plane[key]
+        return totals
 
     def reopen_logs(self) -> None:
         """Tell every worker to reopen its access log file (SIGUSR1)."""
@@ -745,6 +771,9 @@ class WorkerService(Service):
         stats = getattr(self.factory, "stats", None)
         if stats is not None:
             self.send(["clients", stats.export()])
+        plane_totals = getattr(self.factory, "plane_totals", None)
+        if plane_totals is not None:
+            self.send(["plane", plane_totals()])
         sessions = getattr(self.factory, "sessions", None)
         if sessions is not None:
             changes = sessions.changes()

@@ -260,7 +260,7 @@ def test_passive_health_slow_start_and_retry_budget_samples():
     plane = ProxyFactory(clock, ProxyConfig(), lambda: reg.table, lambda *a: None,
                          lambda *a: None, retry_budget=budget)
     plane.queue_rejected = 2
-    m.cluster.data_plane = plane
+    m.cluster.data_plane = plane.plane_totals
     s = samples(scrape(m)[1])
     assert s[("modcluster_node_ejected", (("route", "node2"),))] == 1
     assert s[("modcluster_node_ejected", (("route", "node1"),))] == 0

@@ -426,6 +426,34 @@ def test_pool_sums_the_workers_slow_client_counts(pool):
     assert pool.client_timeouts == {"header": 6, "body": 4, "send": 1}
 
 
+def test_pool_sums_retry_budget_and_queues_of_the_workers(pool):
+    """Issue 17's data-plane counters reach /metrics with worker processes too:
+    summed, an ended worker's counters kept and its queued requests dropped."""
+    from twisted.internet.error import ProcessTerminated
+
+    reactor, reg, pool = pool
+    a, b = reactor.processes
+    a.say("plane", {"retry_refused": 3, "queued": 2, "queue_rejected": 1})
+    b.say("plane", {"retry_refused": 1, "queued": 5, "queue_rejected": 0})
+    b.say("plane", {"retry_refused": 2, "queued": 4, "queue_rejected": 7})
+    assert pool.plane_totals() == {"retry_refused": 5, "queued": 6, "queue_rejected": 8}
+    b.end(ProcessTerminated(signal=9))
+    assert pool.plane_totals() == {"retry_refused": 5, "queued": 2, "queue_rejected": 8}
+    with pytest.raises(ValueError):
+        pool._message(pool.workers[0], ["plane", {"retry_refused": "x"}])
+
+
+def test_worker_service_reports_its_plane_totals():
+    class Factory:
+        def plane_totals(self):
+            return {"retry_refused": 1, "queued": 0, "queue_rejected": 2}
+
+    sent = []
+    service = WorkerService(MemoryReactorClock(), Mirror(), Factory(), [], sent.append)
+    service.report_clients()
+    assert ["plane", {"retry_refused": 1, "queued": 0, "queue_rejected": 2}] in sent
+
+
 def test_worker_reports_slow_client_counts_once():
     from modcluster.listening import TimeoutReport
 
