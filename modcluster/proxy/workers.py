@@ -26,6 +26,7 @@ workers back (the control process never unpickles what a worker sends).
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import socket
@@ -89,6 +90,17 @@ HEARTBEAT_INTERVAL = 5.0
 #: A worker not heard from for this long (no answer to heartbeats: hung,
 #: stopped, or stuck in a loop) is killed and started again.
 STALL_TIMEOUT = 30.0
+#: A worker that has not said it is ready this long after it was started
+#: (interpreter start-up and imports are slow on a loaded machine) is killed
+#: and started again.
+START_TIMEOUT = 60.0
+#: Whatever the timeouts, a worker is killed only after it left at least this
+#: many heartbeats in a row unanswered.  Heartbeats are counted by the control
+#: process's own timer, which a busy or stopped control process delays and
+#: coalesces (a stall of any length is one heartbeat), and the control process
+#: reads what its workers sent between two heartbeats: so its own lag is never
+#: taken for a silent worker.
+MIN_MISSED_BEATS = 3
 #: File descriptor of the worker -> control channel in the worker; the listening
 #: sockets follow it.
 CHANNEL_FD = 3
@@ -239,6 +251,8 @@ class _Worker(ProcessProtocol):
         self.ready = False
         #: when the control process last received anything from the worker
         self.last_heard = self.started
+        #: heartbeats since the control process last received anything from it
+        self.unanswered = 0
         self.killed = False
         #: generation of the last snapshot the worker loaded
         self.generation = 0
@@ -269,6 +283,7 @@ class _Worker(ProcessProtocol):
             return
         if frames:
             self.last_heard = self.pool.reactor.seconds()
+            self.unanswered = 0
         for payload in frames:
             try:
                 message = json.loads(payload)
@@ -334,6 +349,8 @@ class WorkerPool(Service):
         self._updates: dict[int, object] = {}
         self._update_call = None
         self.stall_timeout = STALL_TIMEOUT
+        self.start_timeout = START_TIMEOUT
+        self.heartbeat_interval = HEARTBEAT_INTERVAL
         self._heartbeat = LoopingCall(self._beat)
         self._heartbeat.clock = reactor
         #: worker index -> its last client-metrics export; what ended workers
@@ -374,7 +391,8 @@ class WorkerPool(Service):
         super().startService()
         for index in range(self.count):
             self._spawn(index)
-        self._heartbeat.start(HEARTBEAT_INTERVAL, now=False)
+        self.heartbeat_interval = HEARTBEAT_INTERVAL
+        self._heartbeat.start(self.heartbeat_interval, now=False)
 
     def stopService(self) -> defer.Deferred:
         super().stopService()
@@ -422,18 +440,45 @@ class WorkerPool(Service):
             worker.send(payload)
 
     def _beat(self) -> None:
-        """Heartbeat: ask every worker for a sign of life; kill the silent ones."""
+        """The heartbeat timer's call."""
+        self.heartbeat()
+
+    def heartbeat(self) -> None:
+        """
+        Ask every ready worker for a sign of life; kill the silent ones.
+
+        A worker is silent when it left C{N} heartbeats in a row unanswered
+        B{and} has not been heard from for the timeout (C{stall_timeout}, or
+        C{start_timeout} while it has not said it is ready), where C{N} is
+        the timeout in heartbeat intervals, at least L{MIN_MISSED_BEATS}.
+        Counting heartbeats as well as seconds keeps the control process's
+        own lag (a heavily loaded machine, a long garbage collection, a
+        suspended process) from killing healthy workers: the heartbeat timer
+        fires once after a stall of any length, and what the workers sent in
+        the meantime is read before the next heartbeat.
+        """
         now = self.reactor.seconds()
         ping = frame(pickle.dumps(("ping",)))
+        interval = self.heartbeat_interval
         for worker in list(self.workers.values()):
-            silent = now - worker.last_heard
             if worker.killed:
                 continue  # its end is on the way
-            if silent >= self.stall_timeout:
-                log.error("worker {worker} (pid {pid}) silent for {silent:.0f} s (hung?); "
-                          "killing it", worker=worker.index, pid=worker.pid, silent=silent)
+            timeout = self.stall_timeout if worker.ready else self.start_timeout
+            needed = max(MIN_MISSED_BEATS, math.ceil(timeout / interval) if interval else 0)
+            silent = now - worker.last_heard
+            if worker.unanswered >= needed and silent >= timeout:
+                if worker.ready:
+                    log.error("worker {worker} (pid {pid}) silent for {silent:.0f} s and "
+                              "{beats} heartbeats (hung?); killing it", worker=worker.index,
+                              pid=worker.pid, silent=silent, beats=worker.unanswered)
+                else:
+                    log.error("worker {worker} (pid {pid}) started but silent and not ready "
+                              "for {silent:.0f} s; killing it", worker=worker.index,
+                              pid=worker.pid, silent=silent)
                 worker._kill()
-            else:
+                continue
+            worker.unanswered += 1
+            if worker.ready:
                 worker.send(ping)
 
     def _kill_all(self) -> None:

@@ -375,6 +375,114 @@ def test_pool_heartbeat_kills_silent_workers(pool):
     assert pool.restarts == 1
 
 
+def test_a_stalled_control_process_kills_no_healthy_worker(pool):
+    """
+    The control process does not run for ten times the stall timeout (a loaded
+    machine, a long garbage collection, SIGSTOP): its heartbeat timer fires once
+    when it runs again, before it reads what its workers sent meanwhile.  That
+    is one unanswered heartbeat, not a silent worker: nobody is killed.
+    """
+    reactor, reg, pool = pool
+    w0, w1 = reactor.processes
+    for p in (w0, w1):
+        p.say("ready")
+    for _ in range(2 * workers.MIN_MISSED_BEATS):
+        reactor.advance(10 * workers.STALL_TIMEOUT)
+        for p in (w0, w1):
+            assert p.messages()[-1] == ("ping",)
+            p.say("pong")  # it was in the pipe, read after the timers ran
+    assert w0.signals == w1.signals == [] and pool.restarts == 0
+
+
+def test_a_hung_worker_is_judged_by_heartbeats_not_by_the_control_process_stall(pool):
+    reactor, reg, pool = pool
+    w0, w1 = reactor.processes
+    for p in (w0, w1):
+        p.say("ready")
+    reactor.advance(10 * workers.STALL_TIMEOUT)  # w1 hangs while the control process stalls
+    w0.say("pong")
+    assert w1.signals == []
+    beats = 1
+    while not w1.signals:
+        reactor.advance(workers.HEARTBEAT_INTERVAL)
+        w0.say("pong")
+        beats += 1
+    needed = workers.STALL_TIMEOUT / workers.HEARTBEAT_INTERVAL
+    assert beats == needed + 1  # killed at the first heartbeat after `needed` unanswered
+    assert w0.signals == [] and w1.signals == ["KILL"]
+
+
+def test_a_loaded_worker_answering_late_is_not_killed(pool):
+    """A busy worker answers only every fifth heartbeat (25 s late): it is kept."""
+    reactor, reg, pool = pool
+    w0, w1 = reactor.processes
+    for p in (w0, w1):
+        p.say("ready")
+    for beat in range(1, 50):
+        reactor.advance(workers.HEARTBEAT_INTERVAL)
+        w0.say("pong")
+        if beat % 5 == 0:
+            w1.say("pong")
+    assert w0.signals == w1.signals == [] and pool.restarts == 0
+
+
+def test_a_slowly_starting_worker_gets_the_start_timeout(pool):
+    """
+    On a loaded machine a worker may take long to import and build before it
+    says it is ready: it is judged against the start timeout, not the stall
+    timeout, and killed only if it never gets there.
+    """
+    reactor, reg, pool = pool
+    w0, w1 = reactor.processes
+    w0.say("ready")
+    assert workers.START_TIMEOUT > workers.STALL_TIMEOUT + workers.HEARTBEAT_INTERVAL
+    while reactor.seconds() - pool.workers[1].started < workers.START_TIMEOUT - 5:
+        reactor.advance(workers.HEARTBEAT_INTERVAL)
+        w0.say("pong")
+    assert w1.signals == [] and ("ping",) not in w1.messages()  # not pinged while starting
+    w1.say("ready")
+    reactor.advance(workers.HEARTBEAT_INTERVAL)
+    assert w1.messages()[-1] == ("ping",) and w1.signals == []
+    # a worker that never becomes ready is replaced after the start timeout
+    w1.end(ProcessTerminated(exitCode=1))
+    reactor.advance(workers.RESTART_DELAY[0])
+    w2 = reactor.processes[2]
+    started = pool.workers[1].started
+    while not w2.signals:
+        reactor.advance(workers.HEARTBEAT_INTERVAL)
+        w0.say("pong")
+    waited = reactor.seconds() - started
+    assert workers.START_TIMEOUT <= waited <= workers.START_TIMEOUT + 2 * workers.HEARTBEAT_INTERVAL
+    assert w0.signals == []
+
+
+def test_short_timeouts_still_need_several_missed_heartbeats(pool):
+    reactor, reg, pool = pool
+    pool.stall_timeout = 0.0
+    w0, w1 = reactor.processes
+    for p in (w0, w1):
+        p.say("ready")
+    for _ in range(workers.MIN_MISSED_BEATS):
+        reactor.advance(workers.HEARTBEAT_INTERVAL)
+        w0.say("pong")
+    assert w1.signals == []
+    reactor.advance(workers.HEARTBEAT_INTERVAL)
+    assert w1.signals == ["KILL"] and w0.signals == []
+
+
+def test_pool_heartbeat_can_be_driven_by_hand(pool):
+    """heartbeat() is what the timer calls; with the timer far away a test drives it."""
+    reactor, reg, pool = pool
+    w0, w1 = reactor.processes
+    for p in (w0, w1):
+        p.say("ready")
+    pool.heartbeat()
+    assert w0.messages()[-1] == w1.messages()[-1] == ("ping",)
+    assert pool.workers[0].unanswered == 1
+    w0.say("pong")
+    assert pool.workers[0].unanswered == 0 and pool.workers[1].unanswered == 1
+
+
 def test_worker_service_answers_heartbeats():
     reactor = MemoryReactorClock()
     sent = []
