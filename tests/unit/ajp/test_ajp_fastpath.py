@@ -43,7 +43,7 @@ from modcluster.ajp.packets import (
     message_from_tuple,
 )
 
-from test_ajp_packets import forward_requests
+from tests.unit.ajp.test_ajp_packets import forward_requests
 
 # A SEND_HEADERS as Tomcat 10 sends it for a static file (ajp13.md worked example
 # plus Tomcat's string-named headers).

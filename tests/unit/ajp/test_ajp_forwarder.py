@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 from typing import Callable, Optional
 
-import httptools
 import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionLost, ConnectionRefusedError
@@ -37,6 +36,7 @@ from modcluster.cluster.registry import Registry
 from modcluster.config import ProxyConfig
 from modcluster.proxy import ProxyFactory
 from modcluster.proxy.interfaces import IForwarder, IUpstream
+from tests.support.proxy_testlib import Response, parse_responses as parse
 
 CLIENT_ADDR = "127.0.0.9"
 SECRET = "s3cr3t"
@@ -217,56 +217,6 @@ class Harness:
             self.reactor.advance(d)
             left -= d
             self.flush()
-
-
-class Response:
-    def __init__(self) -> None:
-        self.status = 0
-        self.reason = b""
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.body = b""
-        self.complete = False
-        self.keep_alive = True
-
-    def header(self, name: bytes) -> Optional[bytes]:
-        values = self.all(name)
-        return values[-1] if values else None
-
-    def all(self, name: bytes) -> list[bytes]:
-        return [v for n, v in self.headers if n.lower() == name.lower()]
-
-
-class _Collector:
-    def __init__(self) -> None:
-        self.messages: list[Response] = []
-        self.parser = None
-
-    def on_message_begin(self):
-        self.messages.append(Response())
-
-    def on_status(self, s):
-        self.messages[-1].reason += s
-
-    def on_header(self, n, v):
-        self.messages[-1].headers.append((n, v))
-
-    def on_headers_complete(self):
-        self.messages[-1].status = self.parser.get_status_code()
-
-    def on_body(self, b):
-        self.messages[-1].body += b
-
-    def on_message_complete(self):
-        self.messages[-1].complete = True
-        self.messages[-1].keep_alive = self.parser.should_keep_alive()
-
-
-def parse(data: bytes) -> list[Response]:
-    """Responses in C{data} (not for HEAD responses)."""
-    c = _Collector()
-    c.parser = httptools.HttpResponseParser(c)
-    c.parser.feed_data(data)
-    return c.messages
 
 
 def parse_head(data: bytes) -> tuple[bytes, dict, bytes]:

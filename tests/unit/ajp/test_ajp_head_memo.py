@@ -19,7 +19,7 @@ from modcluster.ajp.packets import (
 )
 from modcluster.ajp.testing import ContainerExchange
 
-from test_ajp_forwarder import one_node
+from tests.unit.ajp.test_ajp_forwarder import one_node
 
 
 def _headers_packet(status=200, headers=((b"Content-Length", b"5"),), reason=b"OK",

@@ -17,7 +17,7 @@ from modcluster.ajp.packets import (
 )
 from modcluster.ajp.protocol import AJPClientProtocol
 
-from test_ajp_protocol import Receiver
+from tests.unit.ajp.test_ajp_protocol import Receiver
 
 
 def _request(method=b"POST"):

@@ -10,7 +10,7 @@ import pytest
 from modcluster.balancer import Decision, Refusal, RoutingPolicy
 from modcluster.cluster.model import BalancerSettings, ContextState
 
-from balancer_testlib import Cluster, score
+from tests.support.balancer_testlib import Cluster, score
 
 
 # -- §3.3 worked example ---------------------------------------------------------

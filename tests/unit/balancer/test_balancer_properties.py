@@ -20,7 +20,7 @@ from modcluster.balancer import (
 from modcluster.balancer._request import cookie_value
 from modcluster.cluster.model import BalancerSettings, ContextState
 
-from balancer_testlib import Cluster
+from tests.support.balancer_testlib import Cluster
 
 ROUTES = ["n1", "n2", "n.3", "n4", "n5", "n6"]
 PATHS = ["/", "/app", "/app/x", "/b"]

@@ -11,7 +11,7 @@ from modcluster.balancer import Decision, Refusal, RoutingPolicy, choose, strip_
 from modcluster.cluster.model import BalancerSettings
 from modcluster.cluster.registry import Limits
 
-from balancer_testlib import Cluster
+from tests.support.balancer_testlib import Cluster
 
 
 def two_nodes(**balancer):

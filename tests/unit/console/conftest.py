@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from twisted.internet.task import Clock
 
-from console_helpers import console_client, two_nodes
+from tests.support.console_helpers import console_client, two_nodes
 from modcluster.cluster.registry import Registry
 
 

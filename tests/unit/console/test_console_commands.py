@@ -11,7 +11,7 @@ from urllib.parse import quote
 import pytest
 from twisted.logger import LogLevel, capturedLogs
 
-from console_helpers import NONCE, PATH
+from tests.support.console_helpers import NONCE, PATH
 from modcluster.cluster.model import ContextState
 from modcluster.mcmp.handler import MCMPHandler
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 from twisted.logger import LogLevel, capturedLogs
 
-from console_helpers import NONCE, PATH
+from tests.support.console_helpers import NONCE, PATH
 from modcluster.access import CommandAuthority
 from modcluster.cluster.model import ContextState
 from modcluster.tls import IdentityPolicy

@@ -11,7 +11,7 @@ from html.parser import HTMLParser
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from console_helpers import NONCE, PATH, RELEASE, Client, console_client
+from tests.support.console_helpers import NONCE, PATH, RELEASE, Client, console_client
 from modcluster.cluster.model import BalancerSettings, NodeSettings
 from modcluster.cluster.registry import Registry
 from modcluster.config import ConsoleConfig

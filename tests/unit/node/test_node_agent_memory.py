@@ -19,7 +19,7 @@ from modcluster.node.config import node_config_from_dict
 from modcluster.node.load import CallableMetric
 from modcluster.node.probe import ProbeResult
 from modcluster.node.reset import AppState
-from node_testlib import (
+from tests.support.node_testlib import (
     FakeEndpoint,
     FakeProxy,
     Replay,

@@ -16,7 +16,7 @@ from twisted.logger import LogLevel, capturedLogs
 
 from modcluster.advertise import ManagerInfo, format_datagram
 from modcluster.node.discovery import AdvertiseListener
-from node_testlib import advertise_datagrams
+from tests.support.node_testlib import advertise_datagrams
 
 DATE = "Tue, 21 Jul 2026 10:05:00 GMT"
 SERVER = "1b2c3d4e-5f60-4a7b-8c9d-0e1f2a3b4c5d"

@@ -13,7 +13,7 @@ from twisted.python.failure import Failure
 
 from modcluster.node.protocol import ProxyConnection, ResponseNeverStarted
 from modcluster.node.wire import MalformedResponse, MCMPResponse, encode_request, info_request
-from node_testlib import CLOSE, HANG, FakeEndpoint, FakeProxy, ok
+from tests.support.node_testlib import CLOSE, HANG, FakeEndpoint, FakeProxy, ok
 
 INFO = encode_request(info_request(), "127.0.0.1", 6666)
 

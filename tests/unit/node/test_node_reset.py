@@ -7,7 +7,7 @@ from __future__ import annotations
 from modcluster.mcmp.javaparse import parse_info_as_java
 from modcluster.node.reset import AppState, reset_requests
 from modcluster.node.wire import NodeRegistration, encode_request
-from node_testlib import trace_run, wire_bytes
+from tests.support.node_testlib import trace_run, wire_bytes
 
 NODE = NodeRegistration(jvm_route="node1", host="127.0.0.1", port=28009, type="ajp")
 ENABLED = {"/": AppState.ENABLED, "/app1": AppState.ENABLED}

@@ -32,7 +32,7 @@ from modcluster.node.wire import (
     ping_request,
     status_request,
 )
-from node_testlib import TRACE, body_of, wire_bytes
+from tests.support.node_testlib import TRACE, body_of, wire_bytes
 from tests.support.fixtures import load_exchanges
 
 # --- encoding -------------------------------------------------------------------

@@ -3,7 +3,7 @@ Forwarding one request at a time: head rewriting both ways, framing, keep-alive
 reuse, HEAD/204/304/1xx, chunked bodies, HTTP/1.0 clients.
 """
 
-from proxy_testlib import OK_100, Harness, parse_requests, parse_responses
+from tests.support.proxy_testlib import OK_100, Harness, parse_requests, parse_responses
 
 
 def one_node(**config) -> Harness:

@@ -4,7 +4,7 @@ timeouts, client aborts and the exactness of the in-flight counters.
 """
 
 import pytest
-from proxy_testlib import OK_100, Harness, parse_requests, parse_responses
+from tests.support.proxy_testlib import OK_100, Harness, parse_requests, parse_responses
 
 
 def one_node(**config) -> Harness:

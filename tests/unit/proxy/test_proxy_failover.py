@@ -2,7 +2,7 @@
 Routing outcomes and failover (balancing.md §3.5, §4.4, §6.5, §7).
 """
 
-from proxy_testlib import OK_100, Harness, parse_requests, parse_responses
+from tests.support.proxy_testlib import OK_100, Harness, parse_requests, parse_responses
 from twisted.internet.error import ConnectionLost, TimeoutError
 
 from modcluster.cluster.model import BalancerSettings

@@ -22,7 +22,7 @@ from modcluster.proxy.headers import (
 )
 from modcluster.proxy.http import HEAD_MEMO_BYTES, HEAD_MEMO_SIZE, split_head
 
-from proxy_testlib import Harness, parse_requests, parse_responses
+from tests.support.proxy_testlib import Harness, parse_requests, parse_responses
 
 
 def one_node(**config) -> Harness:

@@ -5,7 +5,7 @@ Connection tokens, Upgrade matching, error pages.
 
 from hypothesis import given
 from hypothesis import strategies as st
-from proxy_testlib import Harness, parse_requests, parse_responses
+from tests.support.proxy_testlib import Harness, parse_requests, parse_responses
 
 from modcluster.proxy.headers import (
     REQUEST_HEADER_EXACT,

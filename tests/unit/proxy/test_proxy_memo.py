@@ -17,7 +17,7 @@ from modcluster.proxy import http as http_module
 from modcluster.proxy.front import REQUEST_MEMO_BYTES, REQUEST_MEMO_SIZE, REQUEST_SEEN_SIZE
 from modcluster.proxy.front import _REQUEST_LINE
 
-from proxy_testlib import Harness, parse_requests, parse_responses
+from tests.support.proxy_testlib import Harness, parse_requests, parse_responses
 
 
 def _without_memo(run):

@@ -3,7 +3,7 @@ Node pools (smax/ttl, draining of removed or re-registered nodes), WebSocket
 upgrades in memory, and the OPTIONS probe.
 """
 
-from proxy_testlib import OK_100, Harness, parse_requests, parse_responses
+from tests.support.proxy_testlib import OK_100, Harness, parse_requests, parse_responses
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock, StringTransport

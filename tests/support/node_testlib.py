@@ -10,8 +10,6 @@ callable returns.  C{clock.advance(0)} (or any advance) delivers the answers.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from typing import Callable, Optional, Union
 
 from twisted.internet.defer import fail, succeed
@@ -19,11 +17,7 @@ from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
-_REPO = Path(__file__).resolve().parents[3]
-if str(_REPO) not in sys.path:
-    sys.path.insert(0, str(_REPO))
-
-from tests.support.fixtures import Exchange, load_exchanges  # noqa: E402
+from tests.support.fixtures import Exchange, load_exchanges
 
 TRACE = "tomcat10-mcmp-trace.txt"
 
