@@ -9,8 +9,8 @@ TLS building blocks on L{twisted.internet.ssl} and C{service_identity}.
     that stalls mid-handshake cannot hold a connection forever.
   - L{peer_identities}, L{describe_peer}, L{IdentityPolicy}: which names a verified
     client certificate carries, and which JVMRoutes each name may act for.
-  - L{client_context_factory}, L{NodeTLSPolicy}: outgoing TLS (HTTPS/WSS to nodes)
-    with hostname or IP verification by C{service_identity}.
+  - L{client_context_factory}: outgoing TLS (HTTPS/WSS to nodes) with hostname
+    or IP verification by C{service_identity}.
 
 Certificates, keys and CA bundles are PEM; every argument naming one accepts a path
 (C{str}/C{os.PathLike}) or the PEM data itself (C{bytes}).  Problems with them raise
@@ -51,13 +51,11 @@ from twisted.internet.ssl import (
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
-from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import alsoProvides, directlyProvides, implementer, providedBy
 
 __all__ = [
     "HandshakeTimeoutFactory",
     "IdentityPolicy",
-    "NodeTLSPolicy",
     "SERVER_ALPN_PROTOCOLS",
     "TLSConfigError",
     "answer_alpn",
@@ -700,53 +698,4 @@ def client_context_factory(
         return optionsForClientTLS(host, trustRoot=trust, extraCertificateOptions=extra)
     except ValueError as e:
         raise TLSConfigError(f"client TLS options for {host!r}: {e}") from None
-
-
-@implementer(IPolicyForHTTPS)
-class NodeTLSPolicy:
-    """
-    An C{Agent} TLS policy for C{https} nodes: one L{client_context_factory} per
-    host name, sharing the CA and client credentials.
-    """
-
-    def __init__(
-        self,
-        ca_pem_path: Optional[PemSource] = None,
-        client_cert_pem: Optional[PemSource] = None,
-        client_key_pem: Optional[PemSource] = None,
-        *,
-        verify: bool = True,
-        min_version: str = "1.2",
-    ) -> None:
-        # Read the files once, now, so errors surface at start-up.
-        self._ca = None
-        if ca_pem_path is not None:
-            self._ca = b"".join(c.public_bytes(serialization.Encoding.PEM)
-                                for c in load_certificates(ca_pem_path, "CA certificate"))
-        self._cert = self._key = None
-        if client_cert_pem is not None:
-            creds = _client_credentials(client_cert_pem, client_key_pem)
-            self._cert = b"".join(
-                c.public_bytes(serialization.Encoding.PEM)
-                for c in [creds["certificate"], *(creds["extraCertChain"] or [])])
-            self._key = creds["privateKey"].private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption())
-        elif client_key_pem is not None:
-            raise TLSConfigError("a client private key was given without its certificate")
-        self._verify = verify
-        self._min_version = min_version
-        _min_version(min_version)
-        self._cache: dict[str, IOpenSSLClientConnectionCreator] = {}
-
-    def creatorForNetloc(self, hostname: bytes, port: int) -> IOpenSSLClientConnectionCreator:
-        host = _bare_host(hostname)
-        creator = self._cache.get(host)
-        if creator is None:
-            creator = client_context_factory(
-                host, self._ca, self._cert, self._key,
-                verify=self._verify, min_version=self._min_version)
-            if len(self._cache) < 4096:
-                self._cache[host] = creator
-        return creator
 

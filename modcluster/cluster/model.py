@@ -183,10 +183,6 @@ class NodeRuntime:
         #: smooth election: the node's virtual pass (stride scheduling)
         self.vpass = 0
 
-    @property
-    def hot_standby(self) -> bool:
-        return self.lbfactor == 0
-
     def usable(self, now: float, retry: float) -> bool:
         """Not removed and not in error (or in error for longer than C{retry})."""
         if self.removed:

@@ -152,17 +152,12 @@ class Registry:
         self._generation = 0
         self._table: Optional[RoutingTable] = RoutingTable.empty()
         self.events: deque[dict] = deque(maxlen=event_log_size)
-        self._observers: list[Callable[[dict], None]] = []
         self._structure_observers: list[Callable[[], None]] = []
         self._node_observers: list[Callable[[NodeRuntime], None]] = []
         #: replaying a saved state (L{restoring}): no per-command events
         self._quiet = False
 
     # -- events ------------------------------------------------------------
-
-    def subscribe(self, observer: Callable[[dict], None]) -> None:
-        """Call C{observer(event)} for every cluster event."""
-        self._observers.append(observer)
 
     def on_structure_change(self, callback: Callable[[], None]) -> None:
         """Call C{callback()} whenever nodes, aliases or contexts change (persistence)."""
@@ -193,25 +188,13 @@ class Registry:
         if log:
             self._event(kind, fmt, **fields)
             return
-        event = {"time": self._clock.seconds(), "event": kind, **fields}
-        self.events.append(event)
-        for observer in self._observers:
-            try:
-                observer(event)
-            except Exception:
-                self.log.failure("cluster event observer failed")
+        self.events.append({"time": self._clock.seconds(), "event": kind, **fields})
 
     def _event(self, kind: str, fmt: str, **fields) -> None:
         if self._quiet:
             return
-        event = {"time": self._clock.seconds(), "event": kind, **fields}
-        self.events.append(event)
+        self.events.append({"time": self._clock.seconds(), "event": kind, **fields})
         self.log.info(fmt, cluster_event=kind, **fields)
-        for observer in self._observers:
-            try:
-                observer(event)
-            except Exception:
-                self.log.failure("cluster event observer failed")
 
     def _changed(self) -> None:
         self._table = None

@@ -265,15 +265,6 @@ class NodeAgent(Service):
         self.log.info("Added proxy {host}:{port}", host=host, port=port)
         return True
 
-    def remove_proxy(self, host: str, port: int) -> None:
-        """
-        Forget a proxy (nothing is sent to it).
-        """
-        for p in list(self._proxies):
-            if p.address == (host, port):
-                p.connection.close()
-                self._proxies.remove(p)
-
     def reset(self) -> None:
         """
         Give the proxies in DOWN state another chance: they go to ERROR and are

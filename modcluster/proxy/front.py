@@ -67,8 +67,8 @@ from modcluster.proxy.headers import (
 from modcluster.proxy.http import HttpForwarder
 from modcluster.proxy.observe import CLIENT_CLOSED, ClientStats, Observer
 from modcluster.proxy.interfaces import (
-    _IDEMPOTENT,
     CONNECT,
+    IDEMPOTENT_METHODS,
     PROTOCOL,
     RESET,
     TIMEOUT,
@@ -928,7 +928,7 @@ class ClientProtocol(Protocol):
         if connection is not None and (len(connection) > 1
                                        or connection[0] not in PLAIN_CONNECTION):
             ex.headers = drop_listed(ex.headers, connection_tokens(connection))
-        ex.idempotent = method in _IDEMPOTENT
+        ex.idempotent = method in IDEMPOTENT_METHODS
         if not ex.body_length:
             ex.expect_continue = False
             if not upgrade:

@@ -42,6 +42,7 @@ __all__ = [
     "IExchange",
     "IForwarder",
     "IUpstream",
+    "IDEMPOTENT_METHODS",
     "CONNECT",
     "RESET",
     "TIMEOUT",
@@ -334,10 +335,10 @@ class IForwarder(Interface):
         """Close every connection (service stop)."""
 
 
-def is_idempotent(method: bytes) -> bool:
-    """RFC 9110 §9.2.2."""
-    return method in _IDEMPOTENT
-
-
-_IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
+#: The idempotent request methods (RFC 9110 §9.2.2): a request with one of
+#: these may be sent again to another node after a failure.
+IDEMPOTENT_METHODS = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
+#: Former private name of L{IDEMPOTENT_METHODS}, kept while code written
+#: against it is merged; use L{IDEMPOTENT_METHODS}.
+_IDEMPOTENT = IDEMPOTENT_METHODS
 

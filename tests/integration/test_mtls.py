@@ -23,12 +23,12 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from modcluster.tls import (
-    NodeTLSPolicy,
     client_context_factory,
     peer_identities,
     server_context_factory,
     tls_server_endpoint,
 )
+from tests.support.tlsclient import ClientTLSPolicy
 
 WAIT = 5.0
 
@@ -78,7 +78,7 @@ async def _get(reactor, port, pki, who):
     """GET / with an Agent presenting C{who}'s certificate (None: no certificate)."""
     cert, key = pki[who] if who else (None, None)
     pool = HTTPConnectionPool(reactor, persistent=False)
-    agent = Agent(reactor, contextFactory=NodeTLSPolicy(pki["ca"], cert, key), pool=pool)
+    agent = Agent(reactor, contextFactory=ClientTLSPolicy(pki["ca"], cert, key), pool=pool)
     d = agent.request(b"GET", f"https://127.0.0.1:{port}/".encode())
     d.addCallback(readBody)
     d.addTimeout(WAIT, reactor)

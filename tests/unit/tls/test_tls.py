@@ -24,13 +24,11 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.test import iosim
-from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from modcluster.tls import (
     IdentityPolicy,
-    NodeTLSPolicy,
     TLSConfigError,
     client_context_factory,
     describe_certificate,
@@ -413,12 +411,9 @@ def test_client_options_errors(pki):
         client_context_factory("", pki.ca)
 
 
-def test_node_tls_policy(pki):
-    """The Agent policy presents the client certificate and verifies per host name."""
-    policy = NodeTLSPolicy(pki.ca, pki.node1.cert, pki.node1.key)
-    verifyObject(IPolicyForHTTPS, policy)
-    creator = policy.creatorForNetloc(b"localhost", 443)
-    assert policy.creatorForNetloc(b"localhost", 8443) is creator
+def test_client_creator_presents_the_certificate_and_verifies_the_host(pki):
+    """A node connection presents the client certificate and verifies the host name."""
+    creator = client_context_factory("localhost", pki.ca, pki.node1.cert, pki.node1.key)
     h = Harness(_opts(pki))
     client = Recorder()
     _, _, pump = h.connect(client, creator)
@@ -427,7 +422,8 @@ def test_node_tls_policy(pki):
     assert client.data == b"echo:hi"
     assert peer_identities(h.apps[0].transport) == {"node1"}
     bad = Recorder()
-    _, _, pump = h.connect(bad, policy.creatorForNetloc(b"127.0.0.2", 443), peer_port=40002)
+    wrong_host = client_context_factory("127.0.0.2", pki.ca, pki.node1.cert, pki.node1.key)
+    _, _, pump = h.connect(bad, wrong_host, peer_port=40002)
     bad.transport.write(b"hi")
     pump.flush()
     assert bad.data == b""
