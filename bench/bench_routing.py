@@ -44,7 +44,7 @@ def build(nodes: int, contexts_of) -> tuple[Registry, _Clock]:
         reg.config(balancer, NodeSettings(route=route, host="127.0.0.1", port=10000 + i))
         reg.app("ENABLE-APP", route, ["localhost"], list(contexts_of(i)))
         reg.apply_status(route, 1 + i % 100, True)
-    reg.table  # build the snapshot once
+    _ = reg.table  # build the snapshot once
     return reg, clock
 
 

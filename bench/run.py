@@ -334,7 +334,7 @@ def run_wrk(url: str, duration: float, connections: int, keepalive: bool = True,
         proc.wait(duration + 60)
     except subprocess.TimeoutExpired:
         stop(proc)
-        raise Unavailable(f"wrk did not finish: {' '.join(cmd)}")
+        raise Unavailable(f"wrk did not finish: {' '.join(cmd)}") from None
     stop(proc)
     out = log_path.read_text(errors="replace")
     res = parse_wrk(out)
@@ -452,8 +452,8 @@ class Httpd:
     def conf(self) -> str:
         d = self.dir
         # authn_core/authz_core: without them httpd answers 500 ("couldn't check user")
-        mods = ["mpm_event", "authn_core", "authz_core", "proxy", "proxy_http", "proxy_balancer", "slotmem_shm",
-                "lbmethod_byrequests", "proxy_ajp"]
+        mods = ["mpm_event", "authn_core", "authz_core", "proxy", "proxy_http", "proxy_balancer",
+                "slotmem_shm", "lbmethod_byrequests", "proxy_ajp"]
         load = "\n".join(f"LoadModule {m}_module {HTTPD_MODULES}/mod_{m}.so" for m in mods)
         user = "User www-data\nGroup www-data\n" if os.geteuid() == 0 else ""
         members = "\n".join(f'    BalancerMember "http://{LOOPBACK}:{b.port}"'
@@ -515,7 +515,7 @@ ProxyTimeout 60
         try:
             wait_port(self.port, self.proc, 15, "httpd", log_path)
         except Unavailable as e:
-            raise Unavailable(f"{e}; error.log: {log_reason(self.dir / 'error.log')}")
+            raise Unavailable(f"{e}; error.log: {log_reason(self.dir / 'error.log')}") from None
 
     @property
     def pid(self) -> int:
@@ -792,7 +792,7 @@ def run_matrix(title: str, targets: list[Target], scenarios: list[tuple],
     results: dict = {}
     for t in targets:
         if t.unavailable is None and t.port is not None:
-            for label, path, size, *_ in scenarios:
+            for _label, path, size, *_ in scenarios:
                 try:
                     check_target(t.port, t.prefix + "/" + path, size)
                 except Unavailable as e:
@@ -806,7 +806,7 @@ def run_matrix(title: str, targets: list[Target], scenarios: list[tuple],
             run_wrk(t.url(scenarios[0][1]), args.warmup, args.connections, tmp=tmp)
         except Unavailable as e:
             t.unavailable = f"warm-up failed: {e}"
-    for label, path, size, keepalive, *more in scenarios:
+    for label, path, _size, keepalive, *more in scenarios:
         script = None
         if more:
             script = tmp / ("wrk-" + re.sub(r"\W+", "-", label) + ".lua")
@@ -1422,7 +1422,8 @@ def print_register(out: dict) -> None:
     elif tp:
         for label in ("2 nodes", "1000 nodes"):
             a = tp[label]
-            print(f"  wrk 100 B keep-alive, {label:<10} ({a['rounds']} runs) {a['rps']:>8.0f} req/s  "
+            print(f"  wrk 100 B keep-alive, {label:<10} ({a['rounds']} runs) "
+                  f"{a['rps']:>8.0f} req/s  "
                   f"CPU {a['proxy_cpu_s_per_1k']:.3f} s/1k req  p99 {a['p99_ms']:.2f} ms")
         print(f"  CPU per request at 1000 nodes = {fmt(tp['cpu_per_request_x_2_nodes'], '.3f')}"
               f" x 2 nodes; req/s = {fmt(tp['rps_x_2_nodes'], '.3f')} x")

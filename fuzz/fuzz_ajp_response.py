@@ -107,7 +107,8 @@ def test_one_input(data: bytes) -> None:
 
 def _seeds():
     head = packets.encode_send_headers(
-        200, b"200", [(b"Content-Type", b"text/plain"), (b"X-Custom", b"v"), (b"Set-Cookie", b"a=b")])
+        200, b"200",
+        [(b"Content-Type", b"text/plain"), (b"X-Custom", b"v"), (b"Set-Cookie", b"a=b")])
     return [
         head + packets.encode_send_body_chunk(b"hello") + packets.encode_end_response(True),
         packets.encode_get_body_chunk(8186) + head + packets.encode_send_body_chunk(b"")

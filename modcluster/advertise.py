@@ -319,7 +319,8 @@ def format_datagram(
     """
     _check_text("Date", date)
     _check_token("Server", server)
-    if not isinstance(sequence, int) or isinstance(sequence, bool) or not 0 <= sequence <= MAX_SEQUENCE:
+    if (not isinstance(sequence, int) or isinstance(sequence, bool)
+            or not 0 <= sequence <= MAX_SEQUENCE):
         raise AdvertiseError(f"Sequence must be an integer in 0..2**63-1, not {sequence!r}")
     digest = compute_digest(date, sequence, server, key)
     lines = [
@@ -431,7 +432,8 @@ def parse_frequency(value: Union[str, int, float]) -> float:
             raise ValueError(f"advertise frequency must be greater than 0, not {value!r}")
         return float(value)
     if not isinstance(value, str):
-        raise ValueError(f"advertise frequency must be a string like '10' or '5.500', not {value!r}")
+        raise ValueError(
+            f"advertise frequency must be a string like '10' or '5.500', not {value!r}")
     m = _FREQUENCY.match(value.strip())
     if not m:
         raise ValueError(

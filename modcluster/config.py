@@ -661,7 +661,8 @@ def _convert(value: Any, tp: Any, source: str, key: str) -> Any:
             raise ConfigError(source, key, f"expected a number, got {value!r}")
         return float(value)
     if tp is str:
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and key.endswith("frequency"):
+        if (isinstance(value, (int, float)) and not isinstance(value, bool)
+                and key.endswith("frequency")):
             return str(value)
         if not isinstance(value, str):
             raise ConfigError(source, key, f"expected a string, got {value!r}")

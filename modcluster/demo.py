@@ -84,7 +84,8 @@ class DemoNodes(MultiService):
             host = "127.0.0.1"
         for i in range(1, self._count + 1):
             route = f"demo{i}"
-            listening = self._reactor.listenTCP(0, Site(DemoPage(route, self._console)), interface="127.0.0.1")
+            listening = self._reactor.listenTCP(0, Site(DemoPage(route, self._console)),
+                                                interface="127.0.0.1")
             self._ports.append(listening)
             backend = f"http://127.0.0.1:{listening.getHost().port}"
             config = NodeConfig(

@@ -123,7 +123,8 @@ def load_private_key(source: PemSource, what: str = "private key"):
     try:
         return serialization.load_pem_private_key(m.group(0), password=None)
     except TypeError:
-        raise TLSConfigError(f"{name}: the private key is encrypted; give an unencrypted key") from None
+        raise TLSConfigError(
+            f"{name}: the private key is encrypted; give an unencrypted key") from None
     except (ValueError, crypto.Error) as e:
         raise TLSConfigError(f"{name}: invalid private key ({e})") from None
 

@@ -476,7 +476,8 @@ class AJPClientProtocol(Protocol):
         @raise RequestTooLarge: C{request} does not fit the packet size.
         """
         if self._state != _IDLE or not self.connected:
-            raise AJPConnectionBusy(f"cannot send a request: connection {_STATE_NAMES[self._state]}")
+            raise AJPConnectionBusy(
+                f"cannot send a request: connection {_STATE_NAMES[self._state]}")
         if type(request) is not bytes:
             request = self._encoder.encode(request)
         if bodyLength == 0:  # the usual case first

@@ -321,8 +321,8 @@ def _no_cookie_session(table: RoutingTable, cookie: str) -> bool:
 def _plain_route(table: RoutingTable, mpath: str) -> tuple:
     """
     What L{choose} needs for a request to C{mpath} that carries no session
-    (no sticky cookie name in the cookie, no C{;} in the path) and no UseAlias; only the snapshot decides
-    it, so it is memoised on the table.  Returns (balancer settings, candidates,
+    (no sticky cookie name in the cookie, no C{;} in the path) and no UseAlias; only the
+    snapshot decides it, so it is memoised on the table.  Returns (balancer settings, candidates,
     reason): the balancer of the first ENABLED record (§2.3 step 2) and, in
     record order, C{(record, node id, node runtime, decision)} for the ENABLED
     records of that balancer, where C{decision} is the L{Decision} for that

@@ -564,7 +564,7 @@ class Registry:
                 rt.warm_from = self._clock.seconds()  # slow start: first in service
             rt.lbfactor = load
             self._node_changed(node)
-        self._clear_error(node, "STATUS with Load={load}".format(load=load))
+        self._clear_error(node, f"STATUS with Load={load}")
         return True
 
     def set_error(self, route: str, reason: str) -> None:

@@ -782,4 +782,4 @@ class ConsoleResource(Resource):
         request.setResponseCode(http.SEE_OTHER)
         request.setHeader(b"location", target.encode("ascii"))
         secure_headers(request, b"text/plain; charset=utf-8")
-        return f"Done: {command.describe()}. See {base}\n".encode("utf-8")
+        return f"Done: {command.describe()}. See {base}\n".encode()

@@ -1449,7 +1449,7 @@ def format_status_rsp(route: str, ok: bool, id: int) -> bytes:
     """
     return (
         f"Type=STATUS-RSP&JVMRoute={_amp_value(route)}&State={_state(ok)}&id={int(id)}\n"
-    ).encode("utf-8")
+    ).encode()
 
 
 def format_ping_rsp(route: Optional[str], ok: bool, id: int) -> bytes:
@@ -1478,7 +1478,7 @@ def format_stop_app_rsp(route: str, alias: str, context: str, requests: int) -> 
     return (
         f"Type=STOP-APP-RSP&JvmRoute={_amp_value(route)}&Alias={_amp_value(alias)}"
         f"&Context={_amp_value(context)}&Requests={int(requests)}\n"
-    ).encode("utf-8")
+    ).encode()
 
 
 _XML_DECL = '<?xml version="1.0" standalone="yes" ?>\n'
@@ -1565,7 +1565,10 @@ class InfoNode:
 
 @frozen
 class InfoVhost:
-    """One alias record: alias C{alias} (record id C{alias_id}) of virtual host C{vhost_id} of node C{node_id}."""
+    """
+    One alias record: alias C{alias} (record id C{alias_id}) of virtual host
+    C{vhost_id} of node C{node_id}.
+    """
 
     node_id: int
     vhost_id: int

@@ -363,13 +363,14 @@ def node_config_from_dict(data: Mapping[str, Any], source: str = "<config>") -> 
     if parts.scheme not in _SCHEMES or not parts.hostname:
         raise ld.error("backend", "must be an http://, https:// or ajp:// URL with a host")
     try:
-        parts.port
+        _ = parts.port  # raises for a bad port
     except ValueError:
         raise ld.error("backend", "bad port") from None
     contexts = ld.strings(data, "contexts", "", ("/",))
     for path in contexts:
         if not path.startswith("/") or "," in path or len(path) > 79:
-            raise ld.error("contexts", f"{path!r}: must start with '/', no ',', at most 79 characters")
+            raise ld.error("contexts",
+                           f"{path!r}: must start with '/', no ',', at most 79 characters")
     if len(set(contexts)) != len(contexts):
         raise ld.error("contexts", "duplicate context")
     aliases = tuple(a.lower() for a in ld.strings(data, "aliases", "", ("localhost",)))

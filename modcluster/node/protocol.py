@@ -28,9 +28,9 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 from twisted.internet.defer import Deferred, DeferredLock
-from twisted.internet.error import ConnectionDone, TimeoutError
+from twisted.internet.error import TimeoutError
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -131,7 +131,7 @@ class MCMPClientProtocol(Protocol):
         if response is not None:
             self._deliver(response)
 
-    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.connected = False
         self.reusable = False
         self._disarm()

@@ -216,7 +216,8 @@ class IExchange(Interface):
             and case, repeats (Set-Cookie) kept, Server/Date as the node sent
             them; or the same as a sequence of C{(name, value)} bytes pairs,
             which the front turns into a block
-            (L{modcluster.proxy.headers.header_block}).  Hop-by-hop headers removed (Connection and what it lists,
+            (L{modcluster.proxy.headers.header_block}).  Hop-by-hop headers
+            removed (Connection and what it lists,
             Keep-Alive, Proxy-Connection, TE, Trailer, Transfer-Encoding,
             Upgrade except on a 101, where C{Upgrade} and C{Connection:
             Upgrade} are included).  Content-Length kept when the node sent

@@ -48,7 +48,7 @@ class WhoAmI(Resource):
 def pki(tmp_path_factory):
     d = tmp_path_factory.mktemp("mtls")
     ca, other_ca = trustme.CA(), trustme.CA()
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
 
     def leaf(name, cert):
         (d / f"{name}.pem").write_bytes(cert.cert_chain_pems[0].bytes())

@@ -116,7 +116,7 @@ def _fixture_datagrams():
         rb"=== (ADV\d+) [^\n]*\n--- datagram to ([0-9.]+):(\d+) \((\d+) bytes\) ---\n(.*?)--- end ---\n",
         text, re.S)
     assert len(blocks) == 10
-    for name, group, port, size, body in blocks:
+    for name, _group, _port, size, body in blocks:
         assert len(body) == int(size), name
         yield name.decode(), body
 

@@ -502,7 +502,7 @@ def test_large_body_backpressure_towards_the_client():
     def slow(ex: ContainerExchange) -> None:
         holder["ex"] = ex  # never asks for more body until told
 
-    n = h.accept(handler=slow)
+    h.accept(handler=slow)
     chunk = max_request_chunk(8192)
     c.send(b"a" * (3 * chunk))
     h.flush()
@@ -628,7 +628,7 @@ def test_flush_packet_and_flushpackets_on():
         c = h.client()
         c.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
         box = {}
-        h.accept(handler=lambda ex: box.setdefault("ex", ex))
+        h.accept(handler=lambda ex, box=box: box.setdefault("ex", ex))
         ex = box["ex"]
         c.transport.writes = 0
         # one read carrying the head and three chunks

@@ -883,7 +883,7 @@ def test_sequential_requests_and_cping_on_fake_container():
     Several requests and CPINGs on one connection; 64 KiB packets.
     """
     client, server, pump, clock = pair(respond(200, [(b"X-A", b"1")], b"r" * 70000), 65536)
-    for i in range(3):
+    for _ in range(3):
         d = client.cping(5)
         pump.flush()
         assert d.result is True

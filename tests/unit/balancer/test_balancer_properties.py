@@ -148,7 +148,7 @@ def test_choose_invariants(cluster, requests):
         if policy.use_alias:
             assert host in ctx.aliases
         # It is the longest context of that balancer for this request.
-        for path_key, recs in table.contexts.items():
+        for recs in table.contexts.values():
             for r in recs:
                 if (r.node.balancer == d.balancer.name and _matches(r.path, mpath)
                         and (not policy.use_alias or host in r.aliases)):

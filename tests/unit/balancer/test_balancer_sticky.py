@@ -7,9 +7,8 @@ from collections import Counter
 
 import pytest
 
-from modcluster.balancer import Decision, Refusal, RoutingPolicy, choose, strip_session
+from modcluster.balancer import Refusal, RoutingPolicy, strip_session
 from modcluster.cluster.model import BalancerSettings
-from modcluster.cluster.registry import Limits
 
 from tests.support.balancer_testlib import Cluster
 

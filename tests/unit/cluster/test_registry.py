@@ -6,7 +6,7 @@ import json
 
 import pytest
 from twisted.internet.task import Clock
-from twisted.logger import LogLevel, capturedLogs
+from twisted.logger import capturedLogs
 
 from modcluster.cluster.errors import ClusterError
 from modcluster.cluster.model import BalancerSettings, ContextState, NodeSettings

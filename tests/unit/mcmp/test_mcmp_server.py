@@ -96,7 +96,7 @@ def parse_responses(data: bytes):
 
     parser = httptools.HttpResponseParser(P())
     parser.feed_data(data)
-    for r, line in zip(responses, [l for l in data.split(b"\r\n") if l.startswith(b"HTTP/1.")]):
+    for r, line in zip(responses, [s for s in data.split(b"\r\n") if s.startswith(b"HTTP/1.")]):
         r.status_line = line
         r.code = int(line.split(b" ")[1])
     return responses

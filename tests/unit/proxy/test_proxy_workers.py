@@ -11,7 +11,6 @@ import socket
 
 import pytest
 import trustme
-from twisted.internet import defer
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogLevel, capturedLogs
@@ -61,7 +60,7 @@ def test_bind_shared_gives_each_worker_a_socket_on_one_port():
             while True:
                 try:
                     conn, _ = s.accept()
-                except (BlockingIOError, socket.timeout):
+                except (TimeoutError, BlockingIOError):
                     break
                 conn.close()
                 accepted += 1

@@ -36,7 +36,7 @@ def _sign_custom(ca: trustme.CA, subject_cn: str, sans: list[x509.GeneralName]) 
     ca_key = serialization.load_pem_private_key(ca.private_key_pem.bytes(), None)
     ca_cert = x509.load_pem_x509_certificate(ca.cert_pem.bytes())
     key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     builder = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject_cn)]))
@@ -68,7 +68,7 @@ def pki(tmp_path_factory):
     d = tmp_path_factory.mktemp("pki")
     ca = trustme.CA()
     other_ca = trustme.CA()
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     return SimpleNamespace(
         dir=d,
         trustme_ca=ca,
