@@ -16,7 +16,7 @@ import sys
 import pytest
 from twisted.internet.task import Clock
 
-from console_helpers import NONCE, PATH, console_client
+from tests.support.console_helpers import NONCE, PATH, console_client
 from modcluster.cluster.model import BalancerSettings, NodeSettings
 from modcluster.cluster.registry import Limits, Registry
 from modcluster.console import views

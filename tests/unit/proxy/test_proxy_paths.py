@@ -22,7 +22,7 @@ from modcluster.ajp.packets import decode_forward_request
 from modcluster.balancer import match_path, path_refusal
 from modcluster.cluster.model import ContextState
 from modcluster.proxy.front import ClientProtocol
-from proxy_testlib import OK_100, Harness, parse_requests, parse_responses
+from tests.support.proxy_testlib import OK_100, Harness, parse_requests, parse_responses
 
 # -- a model of Tomcat's view of a request path -------------------------------------
 #

@@ -4,7 +4,7 @@ the request body minimum rate, the rate-limited log and the counts, all driven
 by the factory's once-a-second sweep on a fake clock.
 """
 
-from proxy_testlib import OK_100, Harness, parse_requests, parse_responses
+from tests.support.proxy_testlib import OK_100, Harness, parse_requests, parse_responses
 from twisted.logger import capturedLogs
 
 HEAD = b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: " + b"x" * 200 + b"\r\n\r\n"
@@ -227,7 +227,7 @@ def test_a_flood_of_slow_clients_costs_a_few_log_lines():
     h = one_node(request_header_timeout=5, request_header_timeout_max=0)
     with capturedLogs() as events:
         clients = []
-        for wave in range(4):
+        for _wave in range(4):
             for _ in range(50):
                 c = h.client()
                 c.send(b"G")
