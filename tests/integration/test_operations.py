@@ -165,7 +165,7 @@ def test_sighup_applies_live_keys_names_restart_keys_and_keeps_running(running):
                       "client_timeout = 5.0\n")
     proc.send_signal(signal.SIGHUP)
     _wait_for(lambda: "reload: applied" in logfile.read_text(), "reload log line")
-    line = [l for l in logfile.read_text().splitlines() if "reload: applied" in l][0]
+    line = [s for s in logfile.read_text().splitlines() if "reload: applied" in s][0]
     assert "manager.max_nodes, proxy.client_timeout" in line
     assert "needs a restart to take effect: proxy.listen" in line
     # the new quota is in force: a second node is refused with a MEM error
@@ -175,7 +175,7 @@ def test_sighup_applies_live_keys_names_restart_keys_and_keeps_running(running):
     config.write_text("[manager]\nmax_nodes = -5\n")
     proc.send_signal(signal.SIGHUP)
     _wait_for(lambda: "reload refused" in logfile.read_text(), "refusal")
-    refused = [l for l in logfile.read_text().splitlines() if "reload refused" in l]
+    refused = [s for s in logfile.read_text().splitlines() if "reload refused" in s]
     assert len(refused) == 1 and "manager.max_nodes: must be greater than 0" in refused[0]
     assert proc.poll() is None
     assert _mcmp(mport, "INFO")[0].status == 200
