@@ -9,7 +9,7 @@ import os
 import re
 
 from prometheus_client import CollectorRegistry, generate_latest
-from proxy_testlib import OK_100, Harness, parse_responses
+from tests.support.proxy_testlib import OK_100, Harness, parse_responses
 from twisted.internet.task import Clock
 from twisted.logger import Logger, LogLevel, capturedLogs
 
@@ -468,6 +468,7 @@ def test_a_failing_observer_does_not_break_requests():
 
     sink.write = broken
     c = h.client()
+    n = None  # the node connection, reused by the second request
     with capturedLogs() as events:
         for _ in range(2):
             c.send(b"GET /app/x HTTP/1.1\r\nHost: a\r\n\r\n")

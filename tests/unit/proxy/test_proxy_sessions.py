@@ -5,7 +5,7 @@ table, the data-plane hook, worker merging, the API and the console wiring.
 
 import json
 
-from proxy_testlib import OK_100, Harness, parse_responses
+from tests.support.proxy_testlib import OK_100, Harness, parse_responses
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
