@@ -329,7 +329,7 @@ def test_log_file_write_errors_drop_lines_with_one_error(tmp_path):
 
 
 def test_worker_client_metrics_are_summed_and_survive_a_dead_worker():
-    from test_proxy_workers import make_pool
+    from tests.unit.proxy.test_proxy_workers import make_pool
     from twisted.internet.error import ProcessTerminated
 
     reactor, reg, pool = make_pool()
@@ -401,7 +401,7 @@ def test_worker_service_reports_client_totals_and_reopens(tmp_path):
 
 
 def test_worker_lines_for_stdout_go_through_the_control_process(capfd):
-    from test_proxy_workers import make_pool
+    from tests.unit.proxy.test_proxy_workers import make_pool
 
     from modcluster.config import parse_config
     from modcluster.tap import _observer

@@ -154,7 +154,7 @@ def test_tap_wires_sessions_to_the_console_and_api():
 
 
 def test_worker_pool_merges_the_workers_sessions():
-    from test_proxy_workers import ProcessReactor, registry_with_node
+    from tests.unit.proxy.test_proxy_workers import ProcessReactor, registry_with_node
 
     from modcluster.config import parse_config
     from modcluster.proxy.workers import WorkerPool
