@@ -1679,7 +1679,10 @@ class ProxyFactory(Factory):
             self.on_node_ejected(node.route, duration, reason)
 
     def node_answered(self, node, retrying: bool, status: int) -> None:
-        """A response head came from C{node} while it had failures, was in error or retried, or the status is 5xx."""
+        """
+        A response head came from C{node} while it had failures, was in error
+        or retried, or the status is 5xx.
+        """
         rt = node.rt
         if status >= 500:
             if self.policy.eject_on_5xx and status in _FAILURE_STATUSES:

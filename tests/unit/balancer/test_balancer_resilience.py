@@ -11,7 +11,7 @@ import pytest
 from modcluster.balancer import Decision, Refusal
 from modcluster.balancer._health import RetryBudget, may_eject, ramp, record_failure
 
-from balancer_testlib import Cluster
+from tests.support.balancer_testlib import Cluster
 
 
 def _windows(c, seconds, per_second, tick=True):
@@ -300,7 +300,7 @@ def test_retry_budget_share_of_the_window():
     b.observe({"lb": 100})  # 100 requests in the window: 20 replays
     assert sum(b.allow("lb") for _ in range(30)) == 17  # 3 already used
     assert b.refused == 14
-    for t in range(11):  # the window moves on: the old replays age out
+    for _ in range(11):  # the window moves on: the old replays age out
         b.observe({"lb": 100})
     assert b.allow("lb")
 

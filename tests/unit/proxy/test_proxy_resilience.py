@@ -4,7 +4,7 @@ The front's side of passive health and the retry budget (docs/balancing.md,
 every node of a context in error.
 """
 
-from proxy_testlib import OK_100, Harness, parse_requests, parse_responses
+from tests.support.proxy_testlib import OK_100, Harness, parse_requests, parse_responses
 from twisted.internet.error import ConnectionLost
 
 from modcluster.cluster.model import BalancerSettings
@@ -151,7 +151,6 @@ def test_excess_requests_wait_in_fifo_order_for_a_slot():
     assert not h.pending()  # two in flight, two queued
     assert h.factory.queued() == 2
     assert h.nodeEntry("n1").rt.busy == 2
-    served = []
     for expected in (b"/app/2", b"/app/3"):
         conns[0].respond(OK_100)  # a slot frees: the oldest waiting request goes
         assert parse_requests(conns[0].received())[0].url == expected
