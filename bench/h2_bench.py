@@ -118,7 +118,7 @@ def main() -> int:
             targets = [("httpd mod_http2 + mod_proxy_balancer", httpd.tls_port),
                        ("txmodcluster http2", tls_port)]
             results: dict[str, list[float]] = {name: [] for name, _ in targets}
-            for name, port in targets:  # warm-up
+            for _name, port in targets:  # warm-up
                 h2load(f"https://{LOOPBACK}:{port}/{args.path}", 1, args.clients, args.streams)
             for i in range(args.runs):
                 for name, port in targets:

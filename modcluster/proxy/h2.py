@@ -55,7 +55,7 @@ from zope.interface import implementer
 
 from modcluster.proxy.front import ClientProtocol, _Exchange
 from modcluster.proxy.headers import reason_phrase
-from modcluster.proxy.interfaces import _IDEMPOTENT, ClientInfo
+from modcluster.proxy.interfaces import IDEMPOTENT_METHODS, ClientInfo
 
 __all__ = ["ALPN_PROTOCOLS", "H2Protocol", "NegotiatingFactory", "listener_factory",
            "alpn_protocols", "request_fields"]
@@ -627,7 +627,7 @@ class H2Protocol(Protocol):
         ex = _H2Exchange(self, sid)
         self.streams[sid] = ex
         ex.method = method
-        ex.idempotent = method in _IDEMPOTENT
+        ex.idempotent = method in IDEMPOTENT_METHODS
         ex.host = authority
         ex.x_forwarded = x_forwarded
         if cookies is not None:

@@ -339,7 +339,4 @@ class IForwarder(Interface):
 #: The idempotent request methods (RFC 9110 §9.2.2): a request with one of
 #: these may be sent again to another node after a failure.
 IDEMPOTENT_METHODS = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
-#: Former private name of L{IDEMPOTENT_METHODS}, kept while code written
-#: against it is merged; use L{IDEMPOTENT_METHODS}.
-_IDEMPOTENT = IDEMPOTENT_METHODS
 

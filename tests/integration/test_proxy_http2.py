@@ -31,7 +31,7 @@ from twisted.internet.protocol import Factory, Protocol
 from modcluster.proxy.h2 import ALPN_PROTOCOLS, STREAM_BUFFER, H2Protocol, NegotiatingFactory
 from modcluster.tls import answer_alpn
 
-from test_proxy_http import Stack, _server_options
+from tests.integration.test_proxy_http import Stack, _server_options
 
 trustme = pytest.importorskip("trustme")
 CURL = shutil.which("curl")

@@ -35,7 +35,7 @@ from modcluster.proxy.h2 import (
     request_fields,
 )
 
-from proxy_testlib import CLIENT_ADDR, Harness
+from tests.support.proxy_testlib import CLIENT_ADDR, Harness
 
 
 class H2Client:
@@ -232,7 +232,7 @@ def test_rapid_reset_gets_goaway_enhance_your_calm(h):
     h.node("n1", 9001)
     c = H2Client(h)
     budget = h.config.http2_max_resets
-    for i in range(budget + 5):
+    for _ in range(budget + 5):
         sid = c.request()
         c.conn.reset_stream(sid, ErrorCodes.CANCEL)
         c.pump()
@@ -257,7 +257,7 @@ def test_ping_flood_bounded(h):
 
 def test_budget_refills_over_time(h):
     c = H2Client(h)
-    for second in range(5):
+    for _second in range(5):
         for i in range(h.config.http2_max_resets * 10 // 2):
             c.conn.ping(b"%08d" % i)
         c.pump()
@@ -522,7 +522,7 @@ def test_factory_drain_with_http2_connections_and_handshakes(h):
     h.node("n1", 9001)
     neg = NegotiatingFactory(h.factory)
     busy = H2Client(h)
-    sid = busy.request()
+    busy.request()
     busy.pump()
     node = h.accept(9001)
     idle = H2Client(h)
