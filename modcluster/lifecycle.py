@@ -249,6 +249,10 @@ class BalancerService(MultiService):
                 pending.extend(service)
 
     def privilegedStartService(self) -> None:
+        if self.signals:
+            # Before the first listener binds: from then on a supervisor or a
+            # test may send SIGHUP/SIGUSR1 (their default action would end us).
+            self._install_signals()
         self._listen_synchronously()
         book = getattr(self, "listener_book", None)
         if book is not None:  # record the listeners for a handover (handover.py)
@@ -268,7 +272,8 @@ class BalancerService(MultiService):
             if book is not None:
                 book.uninstall()
         if self.signals:
-            self._install_signals()
+            if not self._previous_handlers:  # started without privilegedStartService
+                self._install_signals()
             self._filter_logs()
 
     def _listener_key(self, error: BaseException) -> str:

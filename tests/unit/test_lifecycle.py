@@ -189,3 +189,30 @@ def test_reload_applies_slow_client_deadlines_trace_and_allow_lists():
     assert not guards["management"]._allow.permits(ip("127.0.0.1"))
     assert guards["console"]._allow.permits(ip("127.0.0.3"))
     assert "ops.example" in guards["console"]._hosts.names
+
+
+def test_reload_and_reopen_signals_are_ours_before_the_first_listener_binds():
+    """A SIGHUP/SIGUSR1 sent as soon as a port accepts must not end the process:
+    the handlers are in place before any listener binds, and put back at stop."""
+    import signal
+
+    from twisted.application.service import Service
+
+    seen = []
+
+    class Listener(Service):
+        def privilegedStartService(self):
+            seen.append((signal.getsignal(signal.SIGHUP), signal.getsignal(signal.SIGUSR1)))
+
+    before = signal.getsignal(signal.SIGHUP), signal.getsignal(signal.SIGUSR1)
+    top = BalancerService(parse_config(""), MemoryReactorClock())
+    top.signals = True
+    Listener().setServiceParent(top)
+    top.privilegedStartService()
+    try:
+        [(hup, usr1)] = seen
+        assert callable(hup) and callable(usr1)
+        assert (hup, usr1) != before
+    finally:
+        top._restore_signals()  # what stopService does (not started: no log filter)
+    assert (signal.getsignal(signal.SIGHUP), signal.getsignal(signal.SIGUSR1)) == before
