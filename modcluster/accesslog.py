@@ -52,7 +52,7 @@ FORMATS = ("combined", "extended", "json")
 _UNSAFE = re.compile(rb'[^\x20-\x7e]|["\\]')
 _MONTHS = (b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct",
            b"Nov", b"Dec")
-_VERSIONS = {"1.1": b"HTTP/1.1", "1.0": b"HTTP/1.0"}
+_VERSIONS = {"1.1": b"HTTP/1.1", "1.0": b"HTTP/1.0", "2.0": b"HTTP/2.0"}
 _USER_AGENT = b"user-agent"
 _REFERER = b"referer"
 _DASH = b"-"
@@ -190,7 +190,7 @@ class AccessLine:
         if method:
             request = '"method":%s,"target":%s,"protocol":"%s"' % (
                 _quote(_json_text(method)), _quote(_json_text(target)),
-                "HTTP/1.0" if version == "1.0" else "HTTP/1.1")
+                _VERSIONS.get(version, b"HTTP/1.1").decode())
         else:
             request = '"method":null,"target":null,"protocol":null'
         line = (

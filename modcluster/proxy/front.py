@@ -152,6 +152,9 @@ class _Exchange:
         # bytes to the client, last attempt's start, time to its response head
         "start", "status", "sent", "up_start", "upstream_time",
     )
+    #: the client side's HTTP version for the access log when it is not
+    #: C{version} (the version forwarded): "2.0" for HTTP/2 streams
+    log_version: Optional[str] = None
 
     def __init__(self, proto: "ClientProtocol") -> None:
         self.proto = proto

@@ -219,6 +219,9 @@ class _H2Exchange(_Exchange):
 
     __slots__ = ("factory", "conn", "sid", "_blocked", "_pause", "unacked", "pending",
                  "pending_len", "out_end", "closed", "end_of_request", "seen", "_observer")
+    #: the access log names the client side's protocol (httpd's %r), not the
+    #: HTTP/1.1 forwarded to the node
+    log_version = "2.0"
 
     def __init__(self, conn: "H2Protocol", sid: int) -> None:
         self.client = conn.client

@@ -226,7 +226,7 @@ class Observer:
             client = ex.client
             sink.write(self.line.format(
                 now, client.remote_addr if client is not None else "-", ex.method, target,
-                ex.version, status, size, ex.headers, duration, upstream, node, context,
+                ex.log_version or ex.version, status, size, ex.headers, duration, upstream, node, context,
                 ex.attempts))
 
     def tick(self) -> None:

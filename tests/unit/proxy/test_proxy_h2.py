@@ -536,3 +536,42 @@ def test_factory_drain_with_http2_connections_and_handshakes(h):
     _respond(node)
     assert busy.t.disconnecting  # closed after its last stream
     assert h.factory.drain() == 0
+
+
+def test_access_log_names_the_client_protocol_http2(h):
+    """httpd's %r for an HTTP/2 request says HTTP/2.0 (the client side), not the forwarded HTTP/1.1."""
+    import json
+
+    from modcluster.accesslog import AccessLine
+    from modcluster.proxy.observe import ClientStats, Observer
+
+    class Lines:
+        def __init__(self):
+            self.lines = []
+
+        def write(self, line):
+            self.lines.append(line)
+
+        def flush(self):
+            pass
+
+    for fmt, want in (("combined", b'"GET /app/x?q=1 HTTP/2.0" 200 5 '),
+                      ("json", "HTTP/2.0")):
+        h = Harness()
+        sink = Lines()
+        h.factory.observer = Observer(h.reactor.seconds, sink, AccessLine(fmt),
+                                      ClientStats(200))
+        h.node("n1", 9001)
+        c = H2Client(h)
+        sid = c.request(b"/app/x?q=1")
+        c.pump()
+        node = h.accept(9001)
+        assert node.received().startswith(b"GET /app/x?q=1 HTTP/1.1\r\n")  # forwarded as 1.1
+        _respond(node)
+        c.pump()
+        assert c.status(sid) == 200
+        assert len(sink.lines) == 1
+        if fmt == "json":
+            assert json.loads(sink.lines[0])["protocol"] == want
+        else:
+            assert want in sink.lines[0]
