@@ -48,6 +48,7 @@ from h2.events import (
 from h2.exceptions import H2Error, ProtocolError
 from h2.settings import SettingCodes, Settings
 from hyperframe.frame import GoAwayFrame
+from hpack import Encoder
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer, ISSLTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -211,6 +212,73 @@ def _response_fields(status: int, headers) -> list:
     return out
 
 
+def _indexed_only(block: bytes) -> bool:
+    """
+    Whether an HPACK header block is made of indexed field representations
+    only (RFC 7541 §6.1): encoding it left the dynamic table as it was.
+    """
+    i = 0
+    n = len(block)
+    while i < n:
+        b = block[i]
+        if not b & 0x80:
+            return False  # a literal (maybe indexed into the table) or a size update
+        i += 1
+        if b & 0x7F == 0x7F:  # multi-byte index: continuation bytes, the last < 0x80
+            while i < n and block[i] & 0x80:
+                i += 1
+            i += 1
+    return True
+
+
+class _MemoEncoder(Encoder):
+    """
+    The HPACK encoder of one connection, remembering its last header block
+    (C{memo}) for a response head that repeats (same C{key}: the node's
+    status and head bytes).
+
+    A block may be reused only while it decodes to the same fields: it is
+    kept only when it is made of indexed representations alone (its encoding
+    did not change the dynamic table) and forgotten as soon as any encoding
+    changes the table (a literal with indexing, an eviction) or the table is
+    resized (the client's SETTINGS_HEADER_TABLE_SIZE).  The dynamic table
+    evolves exactly as if every block had been encoded afresh: a reused block
+    is one whose encoding would not have touched it.
+    """
+
+    def __init__(self) -> None:
+        Encoder.__init__(self)
+        self.next_key = None  # the key of the next encode() (set by responseHead)
+        self.memo_key = None
+        self.memo_block = b""
+        self.memo_fields: list = []
+
+    @property
+    def header_table_size(self) -> int:
+        return self.header_table.maxsize
+
+    @header_table_size.setter
+    def header_table_size(self, value: int) -> None:
+        self.memo_key = None
+        Encoder.header_table_size.fset(self, value)
+
+    def encode(self, headers, huffman: bool = True) -> bytes:
+        key = self.next_key
+        if key is not None:
+            self.next_key = None
+            if key == self.memo_key and not self.table_size_changes:
+                return self.memo_block
+        block = Encoder.encode(self, headers, huffman)
+        if _indexed_only(block):
+            if key is not None:
+                self.memo_key = key
+                self.memo_block = block
+                self.memo_fields = headers
+        else:
+            self.memo_key = None
+        return block
+
+
 class _H2Exchange(_Exchange):
     """
     One HTTP/2 request stream: an L{_Exchange} that is its own client side
@@ -349,9 +417,20 @@ class _H2Exchange(_Exchange):
             self.factory.on_node_success(node.route)
         if self.method == _HEAD or status == 204 or status == 304:
             self.no_body = True
+        h2 = self.conn.h2
+        if headers.__class__ is bytes:
+            # a repeated head (same status and bytes) reuses its fields and,
+            # when the dynamic table allows, its HPACK block (_MemoEncoder)
+            enc = h2.encoder
+            key = (status, headers)
+            fields = enc.memo_fields if key == enc.memo_key else _response_fields(status, headers)
+            enc.next_key = key
+        else:
+            fields = _response_fields(status, headers)
         try:
-            self.conn.h2.send_headers(self.sid, _response_fields(status, headers))
+            h2.send_headers(self.sid, fields)
         except H2Error as e:
+            h2.encoder.next_key = None  # (raised before encoding)
             log.warn("response head from node {route} not sendable over HTTP/2: {e}",
                      route=node.route, e=e)
             self._abortClient()
@@ -460,6 +539,7 @@ class H2Protocol(Protocol):
             client_side=False, header_encoding=None, validate_inbound_headers=False,
             normalize_inbound_headers=False, validate_outbound_headers=False,
             normalize_outbound_headers=False))
+        self.h2.encoder = _MemoEncoder()
         self.streams: dict[int, _H2Exchange] = {}
         self._ready: dict = {}  # exchanges with response bytes or an end to send
         self._blocked = False

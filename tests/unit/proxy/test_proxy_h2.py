@@ -575,3 +575,93 @@ def test_access_log_names_the_client_protocol_http2(h):
             assert json.loads(sink.lines[0])["protocol"] == want
         else:
             assert want in sink.lines[0]
+
+
+def test_indexed_only_blocks():
+    from modcluster.proxy.h2 import _indexed_only
+
+    assert _indexed_only(b"")
+    assert _indexed_only(b"\x88\x82")  # :status 200, :method GET
+    assert _indexed_only(b"\xff\x80\x01\x88")  # index 255 (multi-byte), then 8
+    assert not _indexed_only(b"\x88\x40\x01a\x01b")  # literal with incremental indexing
+    assert not _indexed_only(b"\x3f\xe1\x1f")  # dynamic table size update
+    assert not _indexed_only(b"\x0f\x10\x01a")  # literal without indexing
+
+
+_HEADS = [
+    (200, b"Server: nginx\r\nDate: Mon, 07 Dec 2026 04:00:00 GMT\r\nContent-Length: 5\r\n"),
+    (200, b"Server: nginx\r\nDate: Mon, 07 Dec 2026 04:00:01 GMT\r\nContent-Length: 5\r\n"),
+    (404, b"Server: nginx\r\nContent-Type: text/html\r\nContent-Length: 153\r\n"),
+    (200, b"Set-Cookie: JSESSIONID=" + b"a" * 200 + b"\r\nContent-Length: 5\r\n"),
+    (304, b"ETag: \"x\"\r\n"),
+]
+
+
+def test_memo_encoder_round_trips_against_hpack_decoder():
+    """
+    Any sequence of repeated and new response heads, header-less encodes
+    (error responses) and table resizes (the client's SETTINGS) decodes, with
+    a decoder following the same block stream, to exactly the fields given:
+    a reused block never refers to a table that changed.
+    """
+    from hpack import Decoder, Encoder
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from modcluster.proxy.h2 import _MemoEncoder, _response_fields
+
+    op = st.one_of(
+        st.tuples(st.just("head"), st.integers(0, len(_HEADS) - 1)),
+        st.tuples(st.just("other"), st.lists(
+            st.tuples(st.sampled_from([b"server", b"x-a", b"content-length", b"date"]),
+                      st.binary(max_size=60)), max_size=4)),
+        st.tuples(st.just("resize"), st.sampled_from([0, 64, 256, 512, 4096])),
+    )
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(op, max_size=40))
+    def check(ops):
+        enc = _MemoEncoder()
+        plain = Encoder()  # the same stream encoded without memo: the same table
+        dec = Decoder()
+        hits = 0
+        for kind, arg in ops:
+            if kind == "resize":
+                enc.header_table_size = arg
+                plain.header_table_size = arg
+                continue
+            if kind == "head":
+                status, raw = _HEADS[arg]
+                key = (status, raw)
+                fields = _response_fields(status, raw)
+                hits += key == enc.memo_key
+                enc.next_key = key
+            else:
+                fields = [(b":status", b"500")] + arg
+            block = enc.encode(fields)
+            plain.encode(fields)
+            assert dec.decode(block, raw=True) == fields
+            assert list(enc.header_table.dynamic_entries) == \
+                list(plain.header_table.dynamic_entries)
+
+    check()
+
+
+def test_repeated_response_heads_reuse_the_header_block(h):
+    """The second and later identical node heads cost no HPACK encoding; the client decodes each."""
+    h.node("n1", 9001)
+    c = H2Client(h)
+    enc = c.proto.h2.encoder
+    blocks = []
+    for i in range(4):
+        sid = c.request(b"/app/%d" % i)
+        c.pump()
+        node = h.accept(9001) if i == 0 else node
+        node.received()
+        _respond(node, b"r%d" % i, extra=b"Set-Cookie: s=1\r\n")
+        c.pump()
+        assert c.status(sid) == 200 and c.body[sid] == b"r%d" % i
+        assert (b"set-cookie", b"s=1") in c.headers[sid]
+        blocks.append(enc.memo_block if enc.memo_key is not None else None)
+    assert blocks[0] is None  # first: literals added to the table
+    assert blocks[1] is not None and blocks[2] is blocks[1] and blocks[3] is blocks[1]
