@@ -48,7 +48,7 @@ from h2.events import (
 from h2.exceptions import H2Error, ProtocolError
 from h2.settings import SettingCodes, Settings
 from hyperframe.frame import GoAwayFrame
-from hpack import Encoder
+from hpack import Decoder, Encoder
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer, ISSLTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -212,22 +212,61 @@ def _response_fields(status: int, headers) -> list:
     return out
 
 
-def _indexed_only(block: bytes) -> bool:
+def _skip_int(block: bytes, i: int, prefix: int) -> int:
+    """The offset after the HPACK integer at C{i} with a C{prefix}-bit prefix (RFC 7541 §5.1)."""
+    n = len(block)
+    mask = (1 << prefix) - 1
+    if block[i] & mask != mask:
+        return i + 1
+    i += 1
+    while i < n and block[i] & 0x80:
+        i += 1
+    return i + 1
+
+
+def _int_at(block: bytes, i: int, prefix: int) -> tuple:
+    """The HPACK integer at C{i} with a C{prefix}-bit prefix and the offset after it."""
+    mask = (1 << prefix) - 1
+    v = block[i] & mask
+    i += 1
+    if v != mask:
+        return v, i
+    shift = 0
+    n = len(block)
+    while i < n:
+        b = block[i]
+        i += 1
+        v += (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            break
+    return v, i
+
+
+def _table_neutral(block: bytes) -> bool:
     """
-    Whether an HPACK header block is made of indexed field representations
-    only (RFC 7541 §6.1): encoding it left the dynamic table as it was.
+    Whether decoding (or encoding) the HPACK header block C{block} leaves the
+    dynamic table as it was: it holds indexed fields (RFC 7541 §6.1) and
+    literals without indexing or never indexed (§6.2.2, §6.2.3) only — no
+    literal with incremental indexing, no table size update.
     """
     i = 0
     n = len(block)
     while i < n:
         b = block[i]
-        if not b & 0x80:
-            return False  # a literal (maybe indexed into the table) or a size update
-        i += 1
-        if b & 0x7F == 0x7F:  # multi-byte index: continuation bytes, the last < 0x80
-            while i < n and block[i] & 0x80:
-                i += 1
-            i += 1
+        if b & 0x80:
+            i = _skip_int(block, i, 7)
+            continue
+        if b & 0xE0:
+            return False  # 01xxxxxx: added to the table; 001xxxxx: size update
+        name_index, i = _int_at(block, i, 4)
+        for _ in range(1 if name_index else 2):  # [name string] value string
+            if i >= n:
+                return False
+            length, i = _int_at(block, i, 7)
+            i += length
+        if i > n:
+            return False
     return True
 
 
@@ -238,8 +277,8 @@ class _MemoEncoder(Encoder):
     status and head bytes).
 
     A block may be reused only while it decodes to the same fields: it is
-    kept only when it is made of indexed representations alone (its encoding
-    did not change the dynamic table) and forgotten as soon as any encoding
+    kept only when its encoding did not change the dynamic table
+    (L{_table_neutral}) and forgotten as soon as any encoding
     changes the table (a literal with indexing, an eviction) or the table is
     resized (the client's SETTINGS_HEADER_TABLE_SIZE).  The dynamic table
     evolves exactly as if every block had been encoded afresh: a reused block
@@ -259,6 +298,11 @@ class _MemoEncoder(Encoder):
 
     @header_table_size.setter
     def header_table_size(self, value: int) -> None:
+        # hpack forgets a pending size update when the same size is set twice
+        # (a client's SETTINGS repeating HEADER_TABLE_SIZE): its decoder would
+        # then not have shrunk or grown its table as ours did
+        if value == self.header_table.maxsize:
+            return
         self.memo_key = None
         Encoder.header_table_size.fset(self, value)
 
@@ -269,7 +313,7 @@ class _MemoEncoder(Encoder):
             if key == self.memo_key and not self.table_size_changes:
                 return self.memo_block
         block = Encoder.encode(self, headers, huffman)
-        if _indexed_only(block):
+        if _table_neutral(block):
             if key is not None:
                 self.memo_key = key
                 self.memo_block = block
@@ -277,6 +321,43 @@ class _MemoEncoder(Encoder):
         else:
             self.memo_key = None
         return block
+
+
+class _MemoDecoder(Decoder):
+    """
+    The HPACK decoder of one connection, remembering its last header block
+    and what it decoded to: a client repeating a request (same block bytes)
+    is not decoded again.  As with L{_MemoEncoder}, only a block whose
+    decoding left the dynamic table unchanged (L{_table_neutral}) is
+    remembered, and any other block (or a failed one) forgets it, so a reused
+    result is what decoding would give.
+    """
+
+    def __init__(self, max_header_list_size: int) -> None:
+        Decoder.__init__(self, max_header_list_size=max_header_list_size)
+        self.memo_block = None
+        self.memo_headers: list = []
+        self.memo_limit = 0
+
+    @property
+    def header_table_size(self) -> int:
+        return self.header_table.maxsize
+
+    @header_table_size.setter
+    def header_table_size(self, value: int) -> None:
+        self.memo_block = None
+        Decoder.header_table_size.fset(self, value)
+
+    def decode(self, data, raw: bool = False):
+        if data == self.memo_block and raw and self.max_header_list_size == self.memo_limit:
+            return list(self.memo_headers)
+        self.memo_block = None
+        headers = Decoder.decode(self, data, raw)
+        if raw and data.__class__ is bytes and _table_neutral(data):
+            self.memo_block = data
+            self.memo_headers = list(headers)
+            self.memo_limit = self.max_header_list_size
+        return headers
 
 
 class _H2Exchange(_Exchange):
@@ -540,6 +621,7 @@ class H2Protocol(Protocol):
             normalize_inbound_headers=False, validate_outbound_headers=False,
             normalize_outbound_headers=False))
         self.h2.encoder = _MemoEncoder()
+        self.h2.decoder = _MemoDecoder(self.h2.decoder.max_header_list_size)
         self.streams: dict[int, _H2Exchange] = {}
         self._ready: dict = {}  # exchanges with response bytes or an end to send
         self._blocked = False

@@ -577,15 +577,24 @@ def test_access_log_names_the_client_protocol_http2(h):
             assert want in sink.lines[0]
 
 
-def test_indexed_only_blocks():
-    from modcluster.proxy.h2 import _indexed_only
+def test_table_neutral_blocks():
+    from hpack import Encoder, NeverIndexedHeaderTuple
 
-    assert _indexed_only(b"")
-    assert _indexed_only(b"\x88\x82")  # :status 200, :method GET
-    assert _indexed_only(b"\xff\x80\x01\x88")  # index 255 (multi-byte), then 8
-    assert not _indexed_only(b"\x88\x40\x01a\x01b")  # literal with incremental indexing
-    assert not _indexed_only(b"\x3f\xe1\x1f")  # dynamic table size update
-    assert not _indexed_only(b"\x0f\x10\x01a")  # literal without indexing
+    from modcluster.proxy.h2 import _table_neutral
+
+    assert _table_neutral(b"")
+    assert _table_neutral(b"\x88\x82")  # :status 200, :method GET
+    assert _table_neutral(b"\xff\x80\x01\x88")  # index 255 (multi-byte), then 8
+    assert not _table_neutral(b"\x88\x40\x01a\x01b")  # literal with incremental indexing
+    assert not _table_neutral(b"\x3f\xe1\x1f")  # dynamic table size update
+    assert _table_neutral(b"\x00\x01a\x01b\x04\x02/x")  # literals without indexing
+    assert _table_neutral(b"\x10\x01a\x01b\x88")  # never indexed, then indexed
+    assert not _table_neutral(b"\x00\x01a\x05b")  # truncated
+    enc = Encoder()
+    block = enc.encode([NeverIndexedHeaderTuple(b"authorization", b"x" * 300),
+                        (b":status", b"200")])
+    assert _table_neutral(block) and len(enc.header_table.dynamic_entries) == 0
+    assert not _table_neutral(enc.encode([(b"x-new", b"1")]))
 
 
 _HEADS = [
@@ -604,7 +613,7 @@ def test_memo_encoder_round_trips_against_hpack_decoder():
     a decoder following the same block stream, to exactly the fields given:
     a reused block never refers to a table that changed.
     """
-    from hpack import Decoder, Encoder
+    from hpack import Decoder
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
@@ -622,13 +631,11 @@ def test_memo_encoder_round_trips_against_hpack_decoder():
     @given(st.lists(op, max_size=40))
     def check(ops):
         enc = _MemoEncoder()
-        plain = Encoder()  # the same stream encoded without memo: the same table
         dec = Decoder()
         hits = 0
         for kind, arg in ops:
             if kind == "resize":
                 enc.header_table_size = arg
-                plain.header_table_size = arg
                 continue
             if kind == "head":
                 status, raw = _HEADS[arg]
@@ -639,10 +646,9 @@ def test_memo_encoder_round_trips_against_hpack_decoder():
             else:
                 fields = [(b":status", b"500")] + arg
             block = enc.encode(fields)
-            plain.encode(fields)
             assert dec.decode(block, raw=True) == fields
             assert list(enc.header_table.dynamic_entries) == \
-                list(plain.header_table.dynamic_entries)
+                list(dec.header_table.dynamic_entries)
 
     check()
 
@@ -665,3 +671,62 @@ def test_repeated_response_heads_reuse_the_header_block(h):
         blocks.append(enc.memo_block if enc.memo_key is not None else None)
     assert blocks[0] is None  # first: literals added to the table
     assert blocks[1] is not None and blocks[2] is blocks[1] and blocks[3] is blocks[1]
+
+
+def test_memo_decoder_decodes_like_hpack_decoder():
+    """
+    Blocks a client's encoder produces (repeated requests, never-indexed and
+    new fields, table size updates) decode through _MemoDecoder to what a
+    plain decoder of the same stream gives, with the same dynamic table.
+    """
+    from hpack import Decoder, Encoder, NeverIndexedHeaderTuple
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from modcluster.proxy.h2 import _MemoDecoder
+
+    base = [(b":method", b"GET"), (b":scheme", b"https"), (b":path", b"/f"),
+            (b":authority", b"a")]
+    requests = [base, base[:2] + [(b":path", b"/g")] + base[3:],
+                base + [NeverIndexedHeaderTuple(b"authorization", b"secret")],
+                base + [(b"cookie", b"JSESSIONID=" + b"b" * 300)]]
+    op = st.one_of(
+        st.tuples(st.just("request"), st.integers(0, len(requests) - 1)),
+        st.tuples(st.just("new"), st.binary(max_size=40)),
+        st.tuples(st.just("resize"), st.sampled_from([0, 100, 512, 4096])),
+    )
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(op, max_size=40))
+    def check(ops):
+        enc = Encoder()
+        memo = _MemoDecoder(65536)
+        plain = Decoder(65536)
+        for kind, arg in ops:
+            if kind == "resize":
+                if arg != enc.header_table_size:  # (hpack's encoder: see _MemoEncoder)
+                    enc.header_table_size = arg
+                continue
+            fields = requests[arg] if kind == "request" else base + [(b"x-v", arg)]
+            block = enc.encode(fields)
+            got = memo.decode(block, raw=True)
+            assert got == plain.decode(block, raw=True)
+            assert [tuple(f) for f in got] == [tuple(f) for f in fields]
+            assert list(memo.header_table.dynamic_entries) == \
+                list(plain.header_table.dynamic_entries)
+
+    check()
+
+
+def test_repeated_header_table_size_setting_keeps_encoder_and_client_in_step():
+    """SETTINGS_HEADER_TABLE_SIZE 0, then 100 twice: the shrink and growth still reach the client."""
+    from hpack import Decoder
+
+    from modcluster.proxy.h2 import _MemoEncoder
+
+    enc, dec = _MemoEncoder(), Decoder()
+    fields = [(b":status", b"200"), (b"server", b"n")]
+    for size in (0, 100, 100):
+        enc.header_table_size = size
+    assert dec.decode(enc.encode(fields), raw=True) == fields
+    assert dec.decode(enc.encode(fields), raw=True) == fields
