@@ -89,6 +89,9 @@ def main() -> int:
     ap.add_argument("--clients", type=int, default=10)
     ap.add_argument("--streams", type=int, default=10)
     ap.add_argument("--path", default="small.txt", help="small.txt (100 B) or large.bin")
+    ap.add_argument("--baseline", metavar="DIR",
+                    help="also run the txmodcluster code in DIR (e.g. a `git archive` of an "
+                         "older commit), same run, alternating: before/after ratios")
     args = ap.parse_args()
     if not Path(H2LOAD).exists():
         print("h2load missing: apt-get install nghttp2-client", file=sys.stderr)
@@ -99,6 +102,7 @@ def main() -> int:
         www = run.make_docroot(tmp)
         nginx = [Nginx(tmp, "nginx1", www), Nginx(tmp, "nginx2", www)]
         httpd = txmc = None
+        extra: list = []
         try:
             for n in nginx:
                 n.start()
@@ -117,6 +121,23 @@ def main() -> int:
             client.close()
             targets = [("httpd mod_http2 + mod_proxy_balancer", httpd.tls_port),
                        ("txmodcluster http2", tls_port)]
+            if args.baseline:
+                base_txmc = Txmc(tmp, "txmc-baseline")
+                base_port = free_ports(1)[0]
+                base_txmc.proxy_opts["listen"] = [
+                    f"ssl:{base_port}:interface={LOOPBACK}:privateKey={key}:certKey={cert}"]
+                base_txmc.pport = base_port
+                repo, run.REPO = run.REPO, Path(args.baseline).resolve()
+                try:
+                    base_txmc.start()  # (its PYTHONPATH is run.REPO)
+                finally:
+                    run.REPO = repo
+                extra.append(base_txmc)
+                client = McmpClient(base_txmc.mport)
+                for i, n in enumerate(nginx, 1):
+                    run.register_node(client, f"nginx{i}", LOOPBACK, n.port, "http")
+                client.close()
+                targets.append(("txmodcluster http2 (baseline)", base_port))
             results: dict[str, list[float]] = {name: [] for name, _ in targets}
             for _name, port in targets:  # warm-up
                 h2load(f"https://{LOOPBACK}:{port}/{args.path}", 1, args.clients, args.streams)
@@ -134,7 +155,7 @@ def main() -> int:
                 print(f"{name:<40} {med:>9.0f} req/s  x httpd {med / base:.2f}  "
                       f"runs {', '.join(f'{r:.0f}' for r in results[name])}")
         finally:
-            for p in (txmc, httpd, *nginx):
+            for p in (*extra, txmc, httpd, *nginx):
                 if p is not None:
                     run.stop(p.proc)
     return 0
