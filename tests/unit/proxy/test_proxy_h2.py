@@ -733,3 +733,44 @@ def test_repeated_header_table_size_setting_keeps_encoder_and_client_in_step():
     for _ in range(2):
         assert dec.decode(enc.encode(fields), raw=True) == fields
         assert dec.header_table.dynamic_entries == enc.header_table.dynamic_entries
+
+
+def test_hand_written_data_frames_match_h2():
+    """_H2Connection.send_data: the bytes, windows and stream states of h2's own send_data."""
+    from h2.exceptions import FlowControlError
+
+    from modcluster.proxy.h2 import _H2Connection
+
+    def pair(cls):
+        server = cls(H2Configuration(client_side=False, header_encoding=None))
+        client = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+        client.initiate_connection()
+        client.update_settings({SettingCodes.INITIAL_WINDOW_SIZE: 300})
+        server.initiate_connection()
+        server.receive_data(client.data_to_send())
+        for sid in (1, 3, 5):
+            client.send_headers(sid, [(b":method", b"GET"), (b":scheme", b"https"),
+                                      (b":path", b"/"), (b":authority", b"a")], end_stream=True)
+        server.receive_data(client.data_to_send())
+        server.data_to_send()
+        for sid in (1, 3, 5):
+            server.send_headers(sid, [(b":status", b"200")])
+        return server, client
+
+    ours, client = pair(_H2Connection)
+    theirs, _ = pair(H2Connection)
+    steps = [(1, b"a" * 100, False), (3, b"b" * 300, True), (1, b"c" * 200, False),
+             (5, b"", False), (5, memoryview(b"d" * 10), True), (1, b"", True)]
+    for sid, data, end in steps:
+        ours.send_data(sid, data, end_stream=end)
+        theirs.send_data(sid, data, end_stream=end)
+        assert ours.data_to_send() == theirs.data_to_send()
+        assert ours.outbound_flow_control_window == theirs.outbound_flow_control_window
+        for s in (1, 3, 5):
+            if s in theirs.streams:
+                assert ours.streams[s].state_machine.state == theirs.streams[s].state_machine.state
+                assert ours.local_flow_control_window(s) == theirs.local_flow_control_window(s)
+    ours2, _ = pair(_H2Connection)
+    ours2.send_data(1, b"x" * 300)
+    with pytest.raises(FlowControlError):  # the window is spent: h2's error
+        ours2.send_data(1, b"y")
