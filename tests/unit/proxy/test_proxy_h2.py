@@ -539,7 +539,10 @@ def test_factory_drain_with_http2_connections_and_handshakes(h):
 
 
 def test_access_log_names_the_client_protocol_http2(h):
-    """httpd's %r for an HTTP/2 request says HTTP/2.0 (the client side), not the forwarded HTTP/1.1."""
+    """
+    httpd's %r for an HTTP/2 request says HTTP/2.0 (the client side), not
+    the HTTP/1.1 it is forwarded with.
+    """
     import json
 
     from modcluster.accesslog import AccessLine
@@ -719,7 +722,10 @@ def test_memo_decoder_decodes_like_hpack_decoder():
 
 
 def test_repeated_header_table_size_setting_keeps_encoder_and_client_in_step():
-    """SETTINGS_HEADER_TABLE_SIZE 0, then 100 twice: the shrink and growth still reach the client."""
+    """
+    SETTINGS_HEADER_TABLE_SIZE 0, then 100 twice: the shrink and the growth
+    still reach the client.
+    """
     from hpack import Decoder
 
     from modcluster.proxy.h2 import _MemoEncoder
