@@ -363,7 +363,10 @@ class _MemoDecoder(Decoder):
 
 
 _DATA_HEAD = struct.Struct(">HBBBL")  # frame length (24 bits), type 0 (DATA), flags, stream
+_HEADERS_HEAD = _DATA_HEAD  # (the same layout; type 1)
 _SEND_DATA = ConnectionInputs.SEND_DATA
+_SEND_HEADERS = ConnectionInputs.SEND_HEADERS
+_STREAM_SEND_HEADERS = StreamInputs.SEND_HEADERS
 _STREAM_SEND_DATA = StreamInputs.SEND_DATA
 _STREAM_SEND_END = StreamInputs.SEND_END_STREAM
 
@@ -394,6 +397,29 @@ class _H2Connection(H2Connection):
         out += _DATA_HEAD.pack(n >> 8, n & 0xFF, 0, 1 if end_stream else 0, stream_id)
         out += data
         self.outbound_flow_control_window -= n
+
+    def send_remembered_head(self, stream_id: int) -> None:
+        """
+        Send the encoder's remembered response head (L{_MemoEncoder}: its
+        block is valid now) on C{stream_id} as h2's C{send_headers} would (a
+        final response, no END_STREAM): the same state machine inputs, the
+        HEADERS frame written by hand.  A stream h2 does not have or a block
+        over the frame size goes through h2's own C{send_headers}.
+        """
+        enc = self.encoder
+        block = enc.memo_block
+        n = len(block)
+        stream = self.streams.get(stream_id)
+        if stream is None or n > self.max_outbound_frame_size:
+            enc.next_key = enc.memo_key
+            self.send_headers(stream_id, enc.memo_fields)
+            return
+        self.state_machine.process_input(_SEND_HEADERS)
+        stream.state_machine.process_input(_STREAM_SEND_HEADERS)
+        stream.request_method = None  # (h2 takes it from the block sent: none in a response)
+        out = self._data_to_send
+        out += _HEADERS_HEAD.pack(n >> 8, n & 0xFF, 1, 0x4, stream_id)  # END_HEADERS
+        out += block
 
 
 class _H2Exchange(_Exchange):
@@ -536,11 +562,20 @@ class _H2Exchange(_Exchange):
             self.no_body = True
         h2 = self.conn.h2
         if headers.__class__ is bytes:
-            # a repeated head (same status and bytes) reuses its fields and,
-            # when the dynamic table allows, its HPACK block (_MemoEncoder)
+            # a repeated head (same status and bytes) reuses its HPACK block
+            # (_MemoEncoder) while the dynamic table allows
             enc = h2.encoder
             key = (status, headers)
-            fields = enc.memo_fields if key == enc.memo_key else _response_fields(status, headers)
+            if key == enc.memo_key and not enc.table_size_changes and status >= 200:
+                try:
+                    h2.send_remembered_head(self.sid)
+                except H2Error as e:
+                    enc.next_key = None
+                    log.warn("response head from node {route} not sendable over HTTP/2: {e}",
+                             route=node.route, e=e)
+                    self._abortClient()
+                return
+            fields = _response_fields(status, headers)
             enc.next_key = key
         else:
             fields = _response_fields(status, headers)

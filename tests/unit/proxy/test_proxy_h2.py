@@ -780,3 +780,43 @@ def test_hand_written_data_frames_match_h2():
     ours2.send_data(1, b"x" * 300)
     with pytest.raises(FlowControlError):  # the window is spent: h2's error
         ours2.send_data(1, b"y")
+
+
+def test_remembered_head_sent_like_h2_send_headers():
+    """_H2Connection.send_remembered_head: the bytes and stream states of h2's send_headers."""
+    from modcluster.proxy.h2 import _H2Connection, _MemoEncoder, _response_fields
+
+    def server():
+        conn = _H2Connection(H2Configuration(client_side=False, header_encoding=None,
+                                             validate_outbound_headers=False,
+                                             normalize_outbound_headers=False))
+        conn.encoder = _MemoEncoder()
+        client = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+        client.initiate_connection()
+        conn.initiate_connection()
+        conn.receive_data(client.data_to_send())
+        for sid in (1, 3, 5):
+            client.send_headers(sid, [(b":method", b"GET"), (b":scheme", b"https"),
+                                      (b":path", b"/"), (b":authority", b"a")], end_stream=True)
+        conn.receive_data(client.data_to_send())
+        conn.data_to_send()
+        return conn
+
+    key = (200, b"Server: n\r\nContent-Length: 5\r\n")
+    fields = _response_fields(*key)
+    ours, theirs = server(), server()
+    for conn in (ours, theirs):
+        for sid in (1, 3):  # the second encoding is table-neutral: remembered
+            conn.encoder.next_key = key
+            conn.send_headers(sid, fields)
+        assert conn.encoder.memo_key == key
+        conn.data_to_send()
+    ours.send_remembered_head(5)
+    theirs.encoder.next_key = key
+    theirs.send_headers(5, fields)
+    assert ours.data_to_send() == theirs.data_to_send()
+    assert ours.streams[5].state_machine.state == theirs.streams[5].state_machine.state
+    assert ours.streams[5].request_method == theirs.streams[5].request_method
+    ours.send_data(5, b"hello", end_stream=True)
+    theirs.send_data(5, b"hello", end_stream=True)
+    assert ours.data_to_send() == theirs.data_to_send()
