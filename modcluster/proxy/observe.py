@@ -226,8 +226,8 @@ class Observer:
             client = ex.client
             sink.write(self.line.format(
                 now, client.remote_addr if client is not None else "-", ex.method, target,
-                ex.log_version or ex.version, status, size, ex.headers, duration, upstream, node, context,
-                ex.attempts))
+                ex.log_version or ex.version, status, size, ex.headers, duration, upstream,
+                node, context, ex.attempts))
 
     def tick(self) -> None:
         """Once a second: write the buffered lines."""

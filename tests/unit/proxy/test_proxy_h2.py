@@ -662,10 +662,12 @@ def test_repeated_response_heads_reuse_the_header_block(h):
     c = H2Client(h)
     enc = c.proto.h2.encoder
     blocks = []
+    node = None
     for i in range(4):
         sid = c.request(b"/app/%d" % i)
         c.pump()
-        node = h.accept(9001) if i == 0 else node
+        if node is None:
+            node = h.accept(9001)
         node.received()
         _respond(node, b"r%d" % i, extra=b"Set-Cookie: s=1\r\n")
         c.pump()
