@@ -11,14 +11,20 @@ configuration files in a temporary directory (removed at the end unless --keep):
 * two nginx instances (the static backends: a 100-byte file, a 64 KiB file and a
   sparse 1 GiB file);
 * one httpd 2.4 (event MPM, mod_proxy_balancer + mod_proxy_http to the two nginx,
-  and mod_proxy_ajp balancers to a Tomcat for the ``ajp`` benchmark);
+  and mod_proxy_ajp balancers to a Tomcat for the ``ajp`` benchmark; mod_ssl on a
+  second port);
+* one HAProxy (``nbthread 1``, ``http-reuse always``, round robin over the same two
+  nginx; an ``ssl`` bind on a second port), when installed;
+* a self-signed certificate made at run time with ``openssl req`` (the same for all);
 * txmodcluster (``twistd -n modcluster --config <generated toml>``), with the two
   nginx registered over MCMP exactly as the Java listener registers a node
   (INFO, CONFIG, ENABLE-APP, STATUS Load=100);
 * for ``ajp``: a Tomcat 10 from tests/support/tomcat.py.
 
-Benchmarks (``--only``): ``http`` (direct / httpd / txmodcluster; 100 B and 64 KiB;
-keep-alive and Connection: close), ``ajp``, ``mcmp-status``, ``register-1000``,
+Benchmarks (``--only``): ``http`` (direct / httpd / HAProxy / txmodcluster; 100 B and
+64 KiB; keep-alive and Connection: close), ``tls`` (TLS to the client: keep-alive
+requests through httpd + mod_ssl, HAProxy ``ssl`` and our ``ssl:`` listener, and new
+TLS connections per second with ``openssl s_time``, full and resumed), ``ajp``, ``mcmp-status``, ``register-1000``,
 ``stream-1g``, ``console-1000`` (console, API and metrics at 1 000 nodes x 10
 contexts, and proxied req/s while the console is refreshed every second).  A target
 that cannot run (e.g. txmodcluster before its proxy works) is reported as
@@ -42,6 +48,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -61,11 +68,13 @@ LOOPBACK = "127.0.0.1"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 HTTPD = shutil.which("apache2") or "/usr/sbin/apache2"
 WRK = shutil.which("wrk") or "/usr/bin/wrk"
+HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
+OPENSSL = shutil.which("openssl") or "/usr/bin/openssl"
 HTTPD_MODULES = Path("/usr/lib/apache2/modules")
 
 SIZES = {"100B": ("small.txt", 100), "64KiB": ("large.bin", 65536)}
 BIG_FILE, BIG_SIZE = "big.bin", 1 << 30
-BENCHES = ("http", "ajp", "mcmp-status", "register-1000", "stream-1g", "console-1000")
+BENCHES = ("http", "tls", "ajp", "mcmp-status", "register-1000", "stream-1g", "console-1000")
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -344,8 +353,15 @@ def run_wrk(url: str, duration: float, connections: int, keepalive: bool = True,
     return res
 
 
-def http_get(port: int, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=timeout)
+def http_get(port: int, path: str, timeout: float = 5.0,
+             tls: bool = False) -> tuple[int, bytes]:
+    if tls:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        conn = http.client.HTTPSConnection(LOOPBACK, port, timeout=timeout, context=ctx)
+    else:
+        conn = http.client.HTTPConnection(LOOPBACK, port, timeout=timeout)
     try:
         conn.request("GET", path)
         resp = conn.getresponse()
@@ -354,10 +370,10 @@ def http_get(port: int, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
         conn.close()
 
 
-def check_target(port: int, path: str, size: int) -> None:
+def check_target(port: int, path: str, size: int, tls: bool = False) -> None:
     """Raise Unavailable unless GET path answers 200 with size bytes."""
     try:
-        status, body = http_get(port, path)
+        status, body = http_get(port, path, tls=tls)
     except OSError as e:
         raise Unavailable(f"GET {path} on :{port} failed: {e!r}") from None
     except http.client.HTTPException as e:
@@ -441,11 +457,34 @@ http {{
         return self.proc.pid
 
 
+class Cert:
+    """A self-signed RSA 2048 certificate for 127.0.0.1, made with openssl at run time."""
+
+    def __init__(self, tmp: Path) -> None:
+        d = tmp / "cert"
+        d.mkdir()
+        self.key, self.cert, self.pem = d / "key.pem", d / "cert.pem", d / "both.pem"
+        out = subprocess.run(
+            [OPENSSL, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+             "-subj", "/CN=127.0.0.1", "-keyout", str(self.key), "-out", str(self.cert)],
+            capture_output=True, text=True, timeout=60)
+        if out.returncode != 0:
+            raise Unavailable(f"openssl req failed: {out.stderr.strip()[-300:]}")
+        self.pem.write_text(self.cert.read_text() + self.key.read_text())
+        for f in (self.key, self.cert, self.pem):
+            f.chmod(0o644)
+        d.chmod(0o755)
+
+
 class Httpd:
-    def __init__(self, tmp: Path, backends: list[Nginx], ajp_port: int | None) -> None:
+    def __init__(self, tmp: Path, backends: list[Nginx], ajp_port: int | None,
+                 cert: Cert | None = None) -> None:
         self.dir = tmp / "httpd"
         (self.dir / "run").mkdir(parents=True)
         self.port = free_ports(1)[0]
+        self.cert = cert
+        #: mod_ssl listener (same proxying), when a certificate is given
+        self.ssl_port = free_ports(1)[0] if cert else None
         self.backends, self.ajp_port = backends, ajp_port
         self.proc: subprocess.Popen | None = None
 
@@ -454,6 +493,8 @@ class Httpd:
         # authn_core/authz_core: without them httpd answers 500 ("couldn't check user")
         mods = ["mpm_event", "authn_core", "authz_core", "proxy", "proxy_http", "proxy_balancer",
                 "slotmem_shm", "lbmethod_byrequests", "proxy_ajp"]
+        if self.cert:
+            mods += ["ssl", "socache_shmcb"]
         load = "\n".join(f"LoadModule {m}_module {HTTPD_MODULES}/mod_{m}.so" for m in mods)
         user = "User www-data\nGroup www-data\n" if os.geteuid() == 0 else ""
         members = "\n".join(f'    BalancerMember "http://{LOOPBACK}:{b.port}"'
@@ -503,6 +544,19 @@ ProxyTimeout 60
     ProxySet lbmethod=byrequests
 </Proxy>
 {ajp}ProxyPass "/" "balancer://bench/"
+{self.ssl_conf()}"""
+
+    def ssl_conf(self) -> str:
+        if not self.cert:
+            return ""
+        # Session cache and tickets: mod_ssl's defaults (tickets on), a shared cache.
+        return f"""Listen {LOOPBACK}:{self.ssl_port} https
+SSLSessionCache "shmcb:{self.dir}/run/ssl_scache(512000)"
+<VirtualHost {LOOPBACK}:{self.ssl_port}>
+    SSLEngine on
+    SSLCertificateFile "{self.cert.cert}"
+    SSLCertificateKeyFile "{self.cert.key}"
+</VirtualHost>
 """
 
     def start(self) -> None:
@@ -516,6 +570,57 @@ ProxyTimeout 60
             wait_port(self.port, self.proc, 15, "httpd", log_path)
         except Unavailable as e:
             raise Unavailable(f"{e}; error.log: {log_reason(self.dir / 'error.log')}") from None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+
+class Haproxy:
+    """HAProxy (Debian), one thread, http-reuse always, round robin over the nginx."""
+
+    def __init__(self, tmp: Path, backends: list[Nginx], cert: Cert | None = None) -> None:
+        self.dir = tmp / "haproxy"
+        self.dir.mkdir()
+        self.port = free_ports(1)[0]
+        self.cert = cert
+        self.ssl_port = free_ports(1)[0] if cert else None
+        self.backends = backends
+        self.proc: subprocess.Popen | None = None
+
+    def conf(self) -> str:
+        servers = "\n".join(f"    server n{i} {LOOPBACK}:{b.port}"
+                            for i, b in enumerate(self.backends, 1))
+        ssl_bind = (f"    bind {LOOPBACK}:{self.ssl_port} ssl crt {self.cert.pem}\n"
+                    if self.cert else "")
+        return f"""# generated by bench/run.py (private instance: nothing from /etc/haproxy)
+global
+    nbthread 1
+    maxconn 4000
+    pidfile {self.dir}/haproxy.pid
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    timeout http-keep-alive 15s
+frontend bench
+    bind {LOOPBACK}:{self.port} backlog 4096
+{ssl_bind}    default_backend nginx
+backend nginx
+    balance roundrobin
+    http-reuse always
+{servers}
+"""
+
+    def start(self) -> None:
+        if not os.access(HAPROXY, os.X_OK):
+            raise Unavailable(f"{HAPROXY} missing: run bench/install")
+        conf = self.dir / "haproxy.cfg"
+        conf.write_text(self.conf())
+        log_path = self.dir / "console.log"
+        self.proc = spawn([HAPROXY, "-db", "-f", conf], log_path)
+        wait_port(self.port, self.proc, 15, "haproxy", log_path)
 
     @property
     def pid(self) -> int:
@@ -538,11 +643,14 @@ class Txmc:
     """txmodcluster under twistd with a generated TOML configuration."""
 
     def __init__(self, tmp: Path, name: str = "txmc", *, proxy: dict | None = None,
-                 manager: dict | None = None) -> None:
+                 manager: dict | None = None, cert: Cert | None = None) -> None:
         self.name = name
         self.dir = tmp / name
         self.dir.mkdir()
         self.mport, self.pport = free_ports(2)
+        self.cert = cert
+        #: an ssl: proxy listener beside the tcp: one, when a certificate is given
+        self.sport = free_ports(1)[0] if cert else None
         self.proxy_opts, self.manager_opts = dict(proxy or {}), dict(manager or {})
         self.proc: subprocess.Popen | None = None
         #: None when the proxy listener works, else why not.
@@ -552,7 +660,11 @@ class Txmc:
     def conf(self) -> str:
         manager = {"listen": [f"tcp:{self.mport}:interface={LOOPBACK}"],
                    "state_file": str(self.dir / "state.json"), **self.manager_opts}
-        proxy = {"listen": [f"tcp:{self.pport}:interface={LOOPBACK}"], **self.proxy_opts}
+        listen = [f"tcp:{self.pport}:interface={LOOPBACK}"]
+        if self.cert:
+            listen.append(f"ssl:{self.sport}:interface={LOOPBACK}:"
+                          f"privateKey={self.cert.key}:certKey={self.cert.cert}")
+        proxy = {"listen": listen, **self.proxy_opts}
         # The console, API and metrics on the management listener (console.listen = []):
         # its default, a fixed port of its own, would collide between instances.
         console = {"listen": []}
@@ -724,15 +836,16 @@ def info_counts(client: McmpClient) -> dict:
 class Target:
     def __init__(self, name: str, port: int | None, prefix: str = "",
                  proxy_pid=None, backend_pids=(), unavailable: str | None = None,
-                 health=None) -> None:
+                 health=None, tls: bool = False) -> None:
         self.name, self.port, self.prefix = name, port, prefix
+        self.tls = tls
         self.proxy_pid = proxy_pid              # callable -> pid or None
         self.backend_pids = backend_pids        # callable -> list of pids
         self.unavailable = unavailable
         self.health = health                    # callable -> reason or None
 
     def url(self, path: str) -> str:
-        return f"http://{LOOPBACK}:{self.port}{self.prefix}/{path}"
+        return f"{'https' if self.tls else 'http'}://{LOOPBACK}:{self.port}{self.prefix}/{path}"
 
 
 def measure(target: Target, path: str, duration: float, connections: int,
@@ -784,7 +897,8 @@ def aggregate(runs: list[dict]) -> dict:
 
 
 def run_matrix(title: str, targets: list[Target], scenarios: list[tuple],
-               args, tmp: Path, direct: str, baseline: str) -> dict:
+               args, tmp: Path, direct: str, baseline: str,
+               haproxy: str | None = None) -> dict:
     """
     scenarios: (label, path, size, keepalive[, wrk script text]).  Alternates
     targets per round.
@@ -794,7 +908,7 @@ def run_matrix(title: str, targets: list[Target], scenarios: list[tuple],
         if t.unavailable is None and t.port is not None:
             for _label, path, size, *_ in scenarios:
                 try:
-                    check_target(t.port, t.prefix + "/" + path, size)
+                    check_target(t.port, t.prefix + "/" + path, size, t.tls)
                 except Unavailable as e:
                     t.unavailable = str(e)
                     break
@@ -837,13 +951,14 @@ def run_matrix(title: str, targets: list[Target], scenarios: list[tuple],
                                           "runs": runs[t.name]}
             else:
                 results[label][t.name] = {"unavailable": t.unavailable or "no run"}
-        add_ratios(results[label], direct, baseline)
+        add_ratios(results[label], direct, baseline, haproxy)
     return results
 
 
-def add_ratios(table: dict, direct: str, baseline: str) -> None:
+def add_ratios(table: dict, direct: str, baseline: str, haproxy: str | None = None) -> None:
     d = table.get(direct, {}).get("aggregate")
     b = table.get(baseline, {}).get("aggregate")
+    h = table.get(haproxy, {}).get("aggregate") if haproxy else None
     for name, row in table.items():
         agg = row.get("aggregate")
         if not agg:
@@ -856,6 +971,12 @@ def add_ratios(table: dict, direct: str, baseline: str) -> None:
                 agg["p99_x_httpd"] = agg["p99_ms"] / b["p99_ms"]
             if b.get("proxy_cpu_s_per_1k") and "proxy_cpu_s_per_1k" in agg:
                 agg["cpu_x_httpd"] = agg["proxy_cpu_s_per_1k"] / b["proxy_cpu_s_per_1k"]
+        if h and h.get("rps") and name not in (direct, haproxy):
+            agg["x_haproxy"] = agg["rps"] / h["rps"]
+            if h.get("p99_ms") and "p99_ms" in agg:
+                agg["p99_x_haproxy"] = agg["p99_ms"] / h["p99_ms"]
+            if h.get("proxy_cpu_s_per_1k") and "proxy_cpu_s_per_1k" in agg:
+                agg["cpu_x_haproxy"] = agg["proxy_cpu_s_per_1k"] / h["proxy_cpu_s_per_1k"]
 
 
 def fmt(v, spec: str, dash: str = "-") -> str:
@@ -871,24 +992,28 @@ def errors_cell(agg: dict) -> str:
 def print_matrix(title: str, results: dict, args) -> None:
     print(f"\n== {title} (wrk -t1 -c{args.connections}, {args.duration:g} s x "
           f"{args.rounds} round(s), alternating) ==")
-    hdr = (f"{'scenario':<16} {'target':<26} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} "
+    hdr = (f"{'scenario':<22} {'target':<26} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} "
            f"{'CPU s/1k':>8} {'RSS MB':>7} {'x direct':>8} {'x httpd':>7} "
-           f"{'p99 x h':>7} {'CPU x h':>7} {'errors':>6}")
+           f"{'p99 x h':>7} {'CPU x h':>7} {'x HAPr':>6} {'p99 x HA':>8} {'CPU x HA':>8} "
+           f"{'errors':>6}")
     print(hdr)
     print("-" * len(hdr))
     for label, table in results.items():
         for name, row in table.items():
             agg = row.get("aggregate")
             if not agg:
-                print(f"{label:<16} {name:<26} unavailable: {row.get('unavailable')}")
+                print(f"{label:<22} {name:<26} unavailable: {row.get('unavailable')}")
                 continue
-            print(f"{label:<16} {name:<26} {agg['rps']:>9.0f} {fmt(agg.get('p50_ms'), '.2f'):>7} "
+            print(f"{label:<22} {name:<26} {agg['rps']:>9.0f} {fmt(agg.get('p50_ms'), '.2f'):>7} "
                   f"{fmt(agg.get('p99_ms'), '.2f'):>7} "
                   f"{fmt(agg.get('proxy_cpu_s_per_1k'), '.3f'):>8} "
                   f"{fmt(agg.get('rss_peak_mib'), '.1f'):>7} "
                   f"{fmt(agg.get('x_direct'), '.2f'):>8} {fmt(agg.get('x_httpd'), '.2f'):>7} "
                   f"{fmt(agg.get('p99_x_httpd'), '.2f'):>7} "
-                  f"{fmt(agg.get('cpu_x_httpd'), '.2f'):>7} {errors_cell(agg):>6}")
+                  f"{fmt(agg.get('cpu_x_httpd'), '.2f'):>7} "
+                  f"{fmt(agg.get('x_haproxy'), '.2f'):>6} "
+                  f"{fmt(agg.get('p99_x_haproxy'), '.2f'):>8} "
+                  f"{fmt(agg.get('cpu_x_haproxy'), '.2f'):>8} {errors_cell(agg):>6}")
 
 
 # ---------------------------------------------------------------------------------
@@ -901,7 +1026,11 @@ class Env:
         self.www = make_docroot(tmp)
         self.nginx = [Nginx(tmp, "nginx1", self.www), Nginx(tmp, "nginx2", self.www)]
         self.tomcat_ports = free_ports(2) if "ajp" in args.only else None
-        self.httpd = Httpd(tmp, self.nginx, self.tomcat_ports[1] if self.tomcat_ports else None)
+        self.cert = Cert(tmp) if {"http", "tls"} & set(args.only) else None
+        self.httpd = Httpd(tmp, self.nginx, self.tomcat_ports[1] if self.tomcat_ports else None,
+                           self.cert)
+        self.haproxy = Haproxy(tmp, self.nginx, self.cert)
+        self.haproxy_unavailable: str | None = None
         self.txmc: Txmc | None = None
         self.txmc_unavailable: str | None = None
         #: the same with proxy.workers = args.workers (None when --workers 1)
@@ -919,10 +1048,18 @@ class Env:
         log(f"httpd :{self.httpd.port}")
         for name, size in SIZES.values():
             check_target(self.httpd.port, "/" + name, size)
-        self.txmc = Txmc(self.tmp)
+        if {"http", "tls"} & set(self.args.only):
+            try:
+                self.haproxy.start()
+                log(f"haproxy :{self.haproxy.port} (ssl :{self.haproxy.ssl_port})")
+            except Unavailable as e:
+                self.haproxy_unavailable = str(e)
+                log(f"haproxy unavailable: {e}")
+        self.txmc = Txmc(self.tmp, cert=self.cert)
         self.txmc_unavailable = self._start_registered(self.txmc, "txmodcluster")
-        if self.args.workers > 1 and {"http", "ajp"} & set(self.args.only):
-            self.txmcw = Txmc(self.tmp, "txmc-workers", proxy={"workers": self.args.workers})
+        if self.args.workers > 1 and {"http", "ajp", "tls"} & set(self.args.only):
+            self.txmcw = Txmc(self.tmp, "txmc-workers", proxy={"workers": self.args.workers},
+                              cert=self.cert)
             self.txmcw_unavailable = self._start_registered(
                 self.txmcw, f"txmodcluster workers={self.args.workers}")
 
@@ -967,11 +1104,33 @@ class Env:
                    backend_pids=lambda: [self.nginx[0].pid]),
             Target("httpd mod_proxy_balancer", self.httpd.port,
                    proxy_pid=lambda: self.httpd.pid, backend_pids=self.nginx_pids),
+            Target(HAPROXY_NAME, self.haproxy.port, proxy_pid=lambda: self.haproxy.pid,
+                   backend_pids=self.nginx_pids, unavailable=self.haproxy_unavailable),
             Target("txmodcluster", tx.pport if tx else None,
                    proxy_pid=lambda: tx.pid, backend_pids=self.nginx_pids,
                    unavailable=self.txmc_proxy_reason(),
                    health=lambda: tx.died()),
         ] + self._workers_target(self.nginx_pids, "")
+
+    def tls_targets(self) -> list[Target]:
+        """The TLS listeners of the proxies (same processes as targets())."""
+        tx, txw = self.txmc, self.txmcw
+        out = [
+            Target(HTTPD_SSL_NAME, self.httpd.ssl_port, proxy_pid=lambda: self.httpd.pid,
+                   backend_pids=self.nginx_pids, tls=True),
+            Target(HAPROXY_SSL_NAME, self.haproxy.ssl_port, proxy_pid=lambda: self.haproxy.pid,
+                   backend_pids=self.nginx_pids, unavailable=self.haproxy_unavailable,
+                   tls=True),
+            Target("txmodcluster ssl:", tx.sport if tx else None, proxy_pid=lambda: tx.pid,
+                   backend_pids=self.nginx_pids, unavailable=self.txmc_proxy_reason(),
+                   health=lambda: tx.died(), tls=True),
+        ]
+        if txw is not None:
+            out.append(Target(self.workers_name + " ssl:", txw.sport, proxy_pid=lambda: txw.pid,
+                              backend_pids=self.nginx_pids,
+                              unavailable=self.txmcw_proxy_reason(),
+                              health=lambda: txw.died(), tls=True))
+        return out
 
     def _workers_target(self, backend_pids, prefix: str) -> list:
         txw = self.txmcw
@@ -985,6 +1144,11 @@ class Env:
 # ---------------------------------------------------------------------------------
 # Benchmarks
 # ---------------------------------------------------------------------------------
+
+HAPROXY_NAME = "HAProxy nbthread 1"
+HTTPD_SSL_NAME = "httpd + mod_ssl"
+HAPROXY_SSL_NAME = "HAProxy ssl nbthread 1"
+
 
 def scenarios() -> list[tuple]:
     out = []
@@ -1021,8 +1185,108 @@ def bench_http(env: Env) -> dict:
     extra = [("100B new URL", name, size, True, NEW_URL_LUA),
              ("100B new header", name, size, True, NEW_HEADER_LUA)]
     res = run_matrix("http", env.targets(), scenarios() + extra, env.args, env.tmp,
-                     "direct (nginx1)", "httpd mod_proxy_balancer")
+                     "direct (nginx1)", "httpd mod_proxy_balancer", HAPROXY_NAME)
     print_matrix("HTTP nodes: two nginx behind each proxy", res, env.args)
+    return res
+
+
+#: parallel `openssl s_time` clients for the new-TLS-connection rows
+S_TIME_CLIENTS = 4
+
+
+def run_s_time(port: int, duration: float, reuse: bool, tmp: Path) -> dict:
+    """
+    New TLS connections per second: S_TIME_CLIENTS parallel ``openssl s_time``, each
+    connecting, handshaking and closing in a loop (no request: the handshake alone).
+    C{reuse}: ``-reuse`` offers the first connection's session again (TLS 1.2, so
+    that the session - a ticket when the server issues them, else its id - is known at
+    the end of the handshake; s_time reads no TLS 1.3 post-handshake ticket).
+    """
+    cmd = [OPENSSL, "s_time", "-connect", f"{LOOPBACK}:{port}",
+           "-time", str(max(1, round(duration))), "-reuse" if reuse else "-new"]
+    if reuse:
+        cmd.append("-tls1_2")
+    procs, paths = [], []
+    t0 = time.monotonic()
+    for i in range(S_TIME_CLIENTS):
+        path = tmp / f"s_time-{i}.out"
+        path.write_bytes(b"")
+        paths.append(path)
+        procs.append(spawn(cmd, path))
+    for proc in procs:
+        try:
+            proc.wait(duration + 60)
+        except subprocess.TimeoutExpired:
+            stop(proc)
+            raise Unavailable(f"openssl s_time did not finish: {' '.join(cmd)}")
+    elapsed = time.monotonic() - t0
+    total, outs = 0, []
+    for path in paths:
+        out = path.read_text(errors="replace")
+        outs.append(out)
+        found = re.findall(r"^(\d+) connections in [\d.]+s;", out, re.M)
+        if not found:
+            raise Unavailable(f"openssl s_time failed: {out.strip()[-300:]}")
+        total += int(found[-1])
+    res = {"requests": total, "rps": total / elapsed, "errors": 0}
+    if reuse:  # s_time prints "r" per resumed connection, "*" per full handshake
+        marks = "".join("".join(re.findall(r"[r*]+(?=\d+ connections in|$)", o.split(
+            "session id reuse", 1)[-1], re.M)) for o in outs)
+        res["resumed"], res["full"] = marks.count("r"), marks.count("*")
+    return res
+
+
+def measure_s_time(target: Target, duration: float, reuse: bool, tmp: Path) -> dict:
+    proxy = [target.proxy_pid()] if target.proxy_pid else []
+    cpu0 = cpu_snapshot(proxy)
+    res = run_s_time(target.port, duration, reuse, tmp)
+    cpu1 = cpu_snapshot(proxy)
+    if proxy:
+        res["proxy_cpu_s"] = cpu_seconds(cpu0, cpu1)
+        res["proxy_cpu_s_per_1k"] = res["proxy_cpu_s"] * 1000 / max(1, res["requests"])
+    return res
+
+
+def bench_tls(env: Env) -> dict:
+    if env.cert is None:
+        raise Unavailable("no certificate")
+    targets = env.tls_targets()
+    name, size = SIZES["100B"]
+    res = run_matrix("tls", targets, [("100B TLS keep-alive", name, size, True)], env.args,
+                     env.tmp, "-", HTTPD_SSL_NAME, HAPROXY_SSL_NAME)
+    for label, reuse in (("new TLS conn/s full", False), ("new TLS conn/s resumed", True)):
+        runs: dict[str, list[dict]] = {t.name: [] for t in targets}
+        for rnd in range(env.args.rounds):
+            order = [t for t in targets if not t.unavailable]
+            k = rnd % max(1, len(order))
+            for t in order[k:] + order[:k]:
+                log(f"tls {label} round {rnd + 1}/{env.args.rounds}: {t.name}")
+                try:
+                    runs[t.name].append(measure_s_time(t, env.args.duration, reuse, env.tmp))
+                except Unavailable as e:
+                    runs[t.name].append({"unavailable": str(e)})
+        res[label] = {}
+        for t in targets:
+            ok = [r for r in runs[t.name] if "rps" in r]
+            if ok:
+                agg = aggregate(ok)
+                if reuse:
+                    agg["resumed"] = sum(r.get("resumed", 0) for r in ok)
+                    agg["full"] = sum(r.get("full", 0) for r in ok)
+                res[label][t.name] = {"aggregate": agg, "runs": ok}
+            else:
+                bad = [r["unavailable"] for r in runs[t.name] if "unavailable" in r]
+                res[label][t.name] = {"unavailable": t.unavailable or
+                                      (bad[0] if bad else "no run")}
+        add_ratios(res[label], "-", HTTPD_SSL_NAME, HAPROXY_SSL_NAME)
+    print_matrix("TLS to the client (wrk keep-alive; openssl s_time x "
+                 f"{S_TIME_CLIENTS} for new connections: req/s = connections/s)", res,
+                 env.args)
+    for t in targets:
+        agg = res["new TLS conn/s resumed"].get(t.name, {}).get("aggregate")
+        if agg:
+            print(f"  resumed run, {t.name}: {agg['resumed']} resumed, {agg['full']} full "
+                  "handshakes")
     return res
 
 
@@ -1737,6 +2001,8 @@ def machine() -> dict:
         "nginx": _cmd_out([NGINX, "-v"]).replace("nginx version: ", ""),
         "httpd": _cmd_out([HTTPD, "-v"]).splitlines()[0].replace("Server version: ", ""),
         "wrk": _cmd_out([WRK, "-v"]).splitlines()[0].split(" [")[0],
+        "haproxy": (_cmd_out([HAPROXY, "-v"]).splitlines() or [""])[0].split(" - ")[0],
+        "openssl": _cmd_out([OPENSSL, "version"]),
         "tomcat": m.group(1) if m else "",
         "java": _cmd_out(["java", "-version"]).splitlines()[0] if shutil.which("java") else "",
         "python": pyver[0] if pyver else "", "twisted": pyver[1] if len(pyver) > 1 else "",
@@ -1798,6 +2064,21 @@ def check_targets(results: dict) -> list[tuple[str, str, str]]:
               "httpd mod_proxy_balancer", "p99_ms", 0.5, higher=False)
         ratio("HTTP 100 B CPU per request <= 0.7 x httpd" + tag, "http", "100B keep-alive",
               tx, "httpd mod_proxy_balancer", "proxy_cpu_s_per_1k", 0.7, higher=False)
+        # issue 18
+        ratio("HTTP 100 B keep-alive req/s >= 0.85 x HAProxy nbthread 1" + tag, "http",
+              "100B keep-alive", tx, HAPROXY_NAME, "rps", 0.85)
+        ratio("HTTP 100 B Connection: close req/s >= 2.0 x httpd" + tag, "http", "100B close",
+              tx, "httpd mod_proxy_balancer", "rps", 2.0)
+        ratio("HTTP 100 B Connection: close p99 <= 0.5 x httpd" + tag, "http", "100B close",
+              tx, "httpd mod_proxy_balancer", "p99_ms", 0.5, higher=False)
+        ratio("TLS keep-alive req/s >= 2.0 x httpd + mod_ssl" + tag, "tls",
+              "100B TLS keep-alive", tx + " ssl:", HTTPD_SSL_NAME, "rps", 2.0)
+        ratio("TLS keep-alive req/s >= 0.65 x HAProxy ssl" + tag, "tls",
+              "100B TLS keep-alive", tx + " ssl:", HAPROXY_SSL_NAME, "rps", 0.65)
+        ratio("new TLS connections/s (full handshakes) >= 1.5 x httpd" + tag, "tls",
+              "new TLS conn/s full", tx + " ssl:", HTTPD_SSL_NAME, "rps", 1.5)
+        ratio("new TLS connections/s (resumed) >= 1.5 x httpd" + tag, "tls",
+              "new TLS conn/s resumed", tx + " ssl:", HTTPD_SSL_NAME, "rps", 1.5)
     st = results.get("mcmp-status", {}).get("probe", {})
     rows.append(("MCMP STATUS >= 5000 msgs/s (with probe)",
                  f"{st['rps']:.0f}" if "rps" in st else "-",
@@ -1908,7 +2189,7 @@ def main(argv=None) -> int:
         print(f"machine: {mach['nproc']} x {mach['cpu']}, {mach['memory']}, "
               f"kernel {mach['kernel']}, {mach['os']}")
         print(f"versions: nginx {mach['nginx']}, httpd {mach['httpd']}, {mach['wrk']}, "
-              f"Python {mach['python']}, Twisted {mach['twisted']}, httptools "
+              f"{mach['haproxy']}, {mach['openssl']}, Python {mach['python']}, Twisted {mach['twisted']}, httptools "
               f"{mach['httptools']}, Tomcat {mach['tomcat']}; txmodcluster "
               f"{mach['txmodcluster_commit']}")
         parts = mach["loadavg_at_start"].split()
@@ -1920,7 +2201,7 @@ def main(argv=None) -> int:
         env = Env(tmp, args)
         env.start()
         results["txmodcluster_status"] = env.txmc_proxy_reason() or "ok"
-        runners = {"http": bench_http, "ajp": bench_ajp, "mcmp-status": bench_mcmp_status,
+        runners = {"http": bench_http, "tls": bench_tls, "ajp": bench_ajp, "mcmp-status": bench_mcmp_status,
                    "register-1000": bench_register, "stream-1g": bench_stream,
                    "console-1000": bench_console}
         for name in BENCHES:
