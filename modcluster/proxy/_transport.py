@@ -87,8 +87,8 @@ def lose_connection(transport) -> None:
     if (type(t) in _FAST_TYPES and not getattr(t, "TLS", False) and t.connected
             and not t.disconnecting and not t._tempDataLen and not t.dataBuffer
             and not t._writeDisconnected and hasattr(t, "socket")):
-        t.stopReading()
-        t.stopWriting()
+        # FileDescriptor.connectionLost stops reading and writing (one epoll
+        # unregister) before the socket is closed
         t.connectionLost(Failure(CONNECTION_DONE))
         return
     if ISSLTransport.providedBy(t):

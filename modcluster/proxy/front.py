@@ -618,6 +618,9 @@ class ClientProtocol(Protocol):
     that does not read pauses the node connection feeding it.
     """
 
+    #: the address given to L{ProxyFactory.buildProtocol} (the peer), if any
+    _addr = None
+
     def __init__(self, factory: "ProxyFactory") -> None:
         self.factory = factory
         self._parser = HttpRequestParser(self)
@@ -663,7 +666,11 @@ class ClientProtocol(Protocol):
         t = self.transport
         set_nodelay(t)
         self._write = direct_writer(t)
-        peer = t.getPeer()
+        # the peer address the listening port built for buildProtocol (the
+        # same as getPeer() gives, also under TLS): not a second one
+        peer = self._addr
+        if peer is None:
+            peer = t.getPeer()
         self.client = ClientInfo(  # the local address is read when a forwarder asks
             getattr(peer, "host", "") or "", getattr(peer, "port", 0) or 0,
             secure=ISSLTransport.providedBy(t), transport=t)
@@ -1697,6 +1704,7 @@ class ProxyFactory(Factory):
 
     def buildProtocol(self, addr) -> ClientProtocol:
         p = ClientProtocol(self)
+        p._addr = addr
         return p
 
     def startFactory(self) -> None:

@@ -324,3 +324,27 @@ def test_forwarded_host_and_server_appended_to_client_values():
     assert req.all(b"X-Forwarded-Host") == [b"a, b"]
     assert req.all(b"X-Forwarded-Server") == [b"p1, p2"]
     assert req.all(b"X-Forwarded-For") == [b"127.0.0.9"]
+
+
+def test_client_address_is_the_one_given_to_build_protocol():
+    """
+    The listening port builds the peer's address once for buildProtocol; the
+    connection uses that one (X-Forwarded-For) instead of building another
+    with the transport's getPeer() on every accept.
+    """
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import StringTransport
+
+    h = one_node()
+    t = StringTransport(hostAddress=IPv4Address("TCP", "127.0.0.1", 8000),
+                        peerAddress=IPv4Address("TCP", "127.0.0.9", 40000))
+    calls = []
+    get_peer = t.getPeer
+    t.getPeer = lambda: calls.append(1) or get_peer()
+    p = h.factory.buildProtocol(IPv4Address("TCP", "127.0.0.7", 40001))
+    p.makeConnection(t)
+    assert calls == []
+    assert (p.client.remote_addr, p.client.remote_port) == ("127.0.0.7", 40001)
+    p.dataReceived(b"GET / HTTP/1.1\r\nHost: b\r\n\r\n")
+    [req] = parse_requests(h.accept().received())
+    assert req.all(b"X-Forwarded-For") == [b"127.0.0.7"]
