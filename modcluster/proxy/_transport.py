@@ -31,6 +31,13 @@ from twisted.python.failure import Failure
 __all__ = ["direct_writer", "is_plain_tcp", "lose_connection", "set_nodelay"]
 
 _FAST_TYPES = (tcp.Server, tcp.Client)
+
+#: the reason given for every connection L{lose_connection} closes at once: one
+#: Failure (its exception, CONNECTION_DONE, is Twisted's shared instance anyway)
+#: with its class list computed once, instead of a new Failure whose
+#: C{check()} in C{tcp.Connection.connectionLost} recomputes it per connection
+_DONE = Failure(CONNECTION_DONE)
+_DONE.parents  # noqa: B018 - computed and cached now
 _NEEDED = ("socket", "dataBuffer", "_tempDataLen", "connected", "disconnecting",
            "_writeDisconnected")
 
@@ -89,7 +96,7 @@ def lose_connection(transport) -> None:
             and not t._writeDisconnected and hasattr(t, "socket")):
         # FileDescriptor.connectionLost stops reading and writing (one epoll
         # unregister) before the socket is closed
-        t.connectionLost(Failure(CONNECTION_DONE))
+        t.connectionLost(_DONE)
         return
     if ISSLTransport.providedBy(t):
         # Twisted's TLS transport waits for its producer to unregister before

@@ -121,6 +121,22 @@ def test_lose_connection_with_nothing_buffered_closes_at_once():
     assert len(proto.lost) == 1
 
 
+def test_lose_connection_gives_every_connection_one_prepared_reason():
+    """
+    The connections closed at once share one ConnectionDone Failure whose
+    class list is already computed (tcp.Connection.connectionLost checks it
+    for every close), rather than a new Failure per connection.
+    """
+    t1, _p1, _r1, proto1 = _recorded_transport()
+    t2, _p2, _r2, proto2 = _recorded_transport()
+    lose_connection(t1)
+    lose_connection(t2)
+    [r1], [r2] = proto1.lost, proto2.lost
+    assert r1 is r2
+    assert r1.check(ConnectionDone)
+    assert r1._parents is not None
+
+
 def test_lose_connection_with_buffered_data_waits_for_the_write():
     t, peer, reactor, proto = _recorded_transport()
     t.write(b"buffered")  # Twisted's buffered path: not sent yet
