@@ -441,6 +441,25 @@ def tls_server_endpoint(
     return _HandshakeTimeoutEndpoint(tls, reactor, handshake_timeout)
 
 
+def resume_sessions(context_factory):
+    """
+    Let clients resume their TLS sessions on the server context of
+    C{context_factory} (a C{CertificateOptions}, or anything with
+    C{getContext()}): OpenSSL's server session cache, which gives TLS 1.2
+    clients resumption by session id and TLS 1.3 clients (stateful) tickets.
+    Twisted's C{ssl:} endpoint builds its C{CertificateOptions} with the cache
+    off (C{enableSessions=False}) and tickets off, and its description cannot
+    say otherwise; without this every returning client paid a full handshake
+    (a private-key operation, ~1 ms of CPU with RSA 2048; docs/performance.md,
+    run H).  Call before the first connection (the context is cached and
+    shared).  Returns C{context_factory}.
+    """
+    getContext = getattr(context_factory, "getContext", None)
+    if getContext is not None:
+        getContext().set_session_cache_mode(SSL.SESS_CACHE_SERVER)
+    return context_factory
+
+
 class _ALPNReactor:
     """
     Stands in for the reactor while an C{ssl:} description is listened on: its
@@ -454,6 +473,7 @@ class _ALPNReactor:
 
     def listenSSL(self, port, factory, contextFactory, backlog=50, interface=""):
         answer_alpn(contextFactory, self._protocols)
+        resume_sessions(contextFactory)
         return self._reactor.listenSSL(port, factory, contextFactory, backlog, interface)
 
     def __getattr__(self, name):

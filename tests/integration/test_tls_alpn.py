@@ -195,3 +195,55 @@ workers = 2
         await _check_listener(pport, pki, "/nowhere", 404, h2=True)
     finally:
         await service.stopService()
+
+
+def _resumed(port, pki, version):
+    """Blocking: two handshakes, the second offering the first's session; reused?"""
+    ctx = ssl.create_default_context(cafile=pki["ca"])
+    ctx.minimum_version = ctx.maximum_version = version
+    session = None
+    reused = []
+    for _ in range(2):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            with ctx.wrap_socket(raw, server_hostname="localhost", session=session) as s:
+                # one exchange, so that a TLS 1.3 ticket (sent after the handshake) arrives
+                s.sendall(b"GET /nowhere HTTP/1.1\r\nHost: localhost\r\n"
+                          b"Connection: close\r\n\r\n")
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = s.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+                reused.append(s.session_reused)
+                session = s.session
+                # a clean close (close_notify), as openssl s_time and careful clients
+                # do: OpenSSL drops the session of a connection closed without one
+                s.unwrap()
+    return reused
+
+
+@pytest_twisted.ensureDeferred
+async def test_proxy_ssl_listener_resumes_sessions(pki):
+    """
+    A client coming back resumes its TLS session (abbreviated handshake, no
+    private-key operation) with TLS 1.2 and 1.3, instead of a full handshake
+    every time (Twisted's ssl: endpoint turns the session cache off).
+    """
+    mport, pport, cport = free_loopback_ports(3)
+    config = parse_config(f"""
+[manager]
+listen = ["tcp:{mport}:interface=127.0.0.1"]
+[console]
+listen = ["tcp:{cport}:interface=127.0.0.1"]
+[proxy]
+listen = ["ssl:{pport}:interface=127.0.0.1:privateKey={pki['key']}:certKey={pki['cert']}"]
+""")
+    service = build(config, reactor)
+    service.startService()
+    try:
+        for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+            reused = await threads.deferToThread(_resumed, pport, pki, version)
+            assert reused == [False, True], version
+    finally:
+        await service.stopService()
