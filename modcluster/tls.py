@@ -445,15 +445,22 @@ def resume_sessions(context_factory):
     """
     Let clients resume their TLS sessions on the server context of
     C{context_factory} (a C{CertificateOptions}, or anything with
-    C{getContext()}): OpenSSL's server session cache, which gives TLS 1.2
-    clients resumption by session id and TLS 1.3 clients (stateful) tickets.
-    Twisted's C{ssl:} endpoint builds its C{CertificateOptions} with the cache
-    off (C{enableSessions=False}) and tickets off, and its description cannot
-    say otherwise; without this every returning client paid a full handshake
-    (a private-key operation, ~1 ms of CPU with RSA 2048; docs/performance.md,
-    run H).  Call before the first connection (the context is cached and
-    shared).  Returns C{context_factory}.
+    C{getContext()}): session tickets (RFC 5077; TLS 1.3 tickets stateless
+    too), and OpenSSL's server session cache for clients that resume by
+    session id.  Twisted's C{ssl:} endpoint builds its C{CertificateOptions}
+    with both off (C{enableSessionTickets=False}, C{enableSessions=False}) and
+    its description cannot say otherwise; without this every returning client
+    paid a full handshake (a private-key operation, ~1 ms of CPU with RSA 2048;
+    docs/performance.md, run H).  Tickets need C{OP_NO_TICKET} left out of the
+    options the context is built with (pyOpenSSL cannot clear an option), so
+    call this before anything builds the context.  The ticket key is OpenSSL's,
+    random per context (per process: a worker process does not accept another's
+    tickets, the client then gets a full handshake).  Returns C{context_factory}.
     """
+    options = getattr(context_factory, "_options", None)
+    if isinstance(options, int) and getattr(context_factory, "_context", True) is None:
+        context_factory._options = options & ~SSL.OP_NO_TICKET
+        context_factory.enableSessionTickets = True
     getContext = getattr(context_factory, "getContext", None)
     if getContext is not None:
         getContext().set_session_cache_mode(SSL.SESS_CACHE_SERVER)
@@ -472,8 +479,8 @@ class _ALPNReactor:
         self._protocols = protocols
 
     def listenSSL(self, port, factory, contextFactory, backlog=50, interface=""):
+        resume_sessions(contextFactory)  # before the context is built
         answer_alpn(contextFactory, self._protocols)
-        resume_sessions(contextFactory)
         return self._reactor.listenSSL(port, factory, contextFactory, backlog, interface)
 
     def __getattr__(self, name):
