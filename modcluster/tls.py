@@ -59,6 +59,7 @@ __all__ = [
     "SERVER_ALPN_PROTOCOLS",
     "TLSConfigError",
     "answer_alpn",
+    "resume_sessions",
     "client_context_factory",
     "describe_certificate",
     "describe_peer",

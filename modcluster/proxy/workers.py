@@ -224,9 +224,11 @@ class _Adopter:
         return self._reactor.adoptStreamPort(self._fd, self._family, factory)
 
     def listenSSL(self, port, factory, contextFactory, backlog=50, interface=""):
-        from modcluster.tls import answer_alpn
+        from modcluster.tls import answer_alpn, resume_sessions
 
         from modcluster.proxy.h2 import NegotiatingFactory, alpn_protocols
+
+        resume_sessions(contextFactory)  # session tickets: before the context is built
 
         # select http/1.1 (and h2 first with [proxy] http2), never abort on an ALPN offer
         if isinstance(factory, NegotiatingFactory):

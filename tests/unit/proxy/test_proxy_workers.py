@@ -620,3 +620,36 @@ def test_pool_passes_a_worker_ejection_to_every_worker(pool):
     for w in (w0, w1):
         kind, updates = w.messages()[-1]
         assert kind == "update" and updates[0][-1] == rt.ejected_until
+
+
+def test_worker_ssl_listener_issues_session_tickets(tmp_path):
+    """
+    A worker's adopted ssl: socket gets the same session resumption as an ssl:
+    listener of the main process (modcluster.tls.resume_sessions): tickets on,
+    the server session cache on.
+    """
+    import trustme
+    from OpenSSL import SSL
+    from twisted.internet import ssl as tssl
+    from twisted.internet.protocol import Factory
+
+    from modcluster.proxy.workers import _Adopter
+
+    ca = trustme.CA()
+    leaf = ca.issue_cert("localhost")
+    pem = leaf.private_key_and_cert_chain_pem.bytes()
+    options = tssl.CertificateOptions(
+        privateKey=tssl.PrivateCertificate.loadPEM(pem).privateKey.original,
+        certificate=tssl.PrivateCertificate.loadPEM(pem).original)
+    adopted = []
+
+    class Reactor:
+        def adoptStreamPort(self, fd, family, factory):
+            adopted.append((fd, factory))
+            return "port"
+
+    assert _Adopter(Reactor(), 7, 2).listenSSL(0, Factory(), options) == "port"
+    assert adopted and adopted[0][0] == 7
+    ctx = options.getContext()
+    assert not options._options & SSL.OP_NO_TICKET
+    assert ctx.get_session_cache_mode() & SSL.SESS_CACHE_SERVER
