@@ -24,10 +24,10 @@ configuration files in a temporary directory (removed at the end unless --keep):
 Benchmarks (``--only``): ``http`` (direct / httpd / HAProxy / txmodcluster; 100 B and
 64 KiB; keep-alive and Connection: close), ``tls`` (TLS to the client: keep-alive
 requests through httpd + mod_ssl, HAProxy ``ssl`` and our ``ssl:`` listener, and new
-TLS connections per second with ``openssl s_time``, full and resumed), ``ajp``, ``mcmp-status``, ``register-1000``,
-``stream-1g``, ``console-1000`` (console, API and metrics at 1 000 nodes x 10
-contexts, and proxied req/s while the console is refreshed every second).  A target
-that cannot run (e.g. txmodcluster before its proxy works) is reported as
+TLS connections per second with ``openssl s_time``, full and resumed), ``ajp``,
+``mcmp-status``, ``register-1000``, ``stream-1g``, ``console-1000`` (console, API and
+metrics at 1 000 nodes x 10 contexts, and proxied req/s while the console is refreshed
+every second).  A target that cannot run (e.g. txmodcluster before its proxy works) is reported as
 "unavailable: <reason>" and the run goes on.
 
 Results: a table on stdout and a JSON file under bench/results/ (gitignored) with
@@ -1218,7 +1218,7 @@ def run_s_time(port: int, duration: float, reuse: bool, tmp: Path) -> dict:
             proc.wait(duration + 60)
         except subprocess.TimeoutExpired:
             stop(proc)
-            raise Unavailable(f"openssl s_time did not finish: {' '.join(cmd)}")
+            raise Unavailable(f"openssl s_time did not finish: {' '.join(cmd)}") from None
     elapsed = time.monotonic() - t0
     total, outs = 0, []
     for path in paths:
@@ -2189,7 +2189,8 @@ def main(argv=None) -> int:
         print(f"machine: {mach['nproc']} x {mach['cpu']}, {mach['memory']}, "
               f"kernel {mach['kernel']}, {mach['os']}")
         print(f"versions: nginx {mach['nginx']}, httpd {mach['httpd']}, {mach['wrk']}, "
-              f"{mach['haproxy']}, {mach['openssl']}, Python {mach['python']}, Twisted {mach['twisted']}, httptools "
+              f"{mach['haproxy']}, {mach['openssl']}, Python {mach['python']}, "
+              f"Twisted {mach['twisted']}, httptools "
               f"{mach['httptools']}, Tomcat {mach['tomcat']}; txmodcluster "
               f"{mach['txmodcluster_commit']}")
         parts = mach["loadavg_at_start"].split()
@@ -2201,7 +2202,8 @@ def main(argv=None) -> int:
         env = Env(tmp, args)
         env.start()
         results["txmodcluster_status"] = env.txmc_proxy_reason() or "ok"
-        runners = {"http": bench_http, "tls": bench_tls, "ajp": bench_ajp, "mcmp-status": bench_mcmp_status,
+        runners = {"http": bench_http, "tls": bench_tls, "ajp": bench_ajp,
+                   "mcmp-status": bench_mcmp_status,
                    "register-1000": bench_register, "stream-1g": bench_stream,
                    "console-1000": bench_console}
         for name in BENCHES:
