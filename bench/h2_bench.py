@@ -40,7 +40,8 @@ class H2Httpd(Httpd):
     def __init__(self, tmp: Path, backends, cert: Path, key: Path) -> None:
         super().__init__(tmp, backends, None)
         self.tls_port = free_ports(1)[0]
-        self.cert, self.key = cert, key
+        # not self.cert: bench/run.py's Httpd adds its own mod_ssl listener for that
+        self.h2_cert, self.h2_key = cert, key
 
     def conf(self) -> str:
         mods = ["ssl", "http2", "socache_shmcb"]
@@ -51,8 +52,8 @@ Listen {LOOPBACK}:{self.tls_port}
 SSLSessionCache "shmcb:{self.dir}/ssl_scache(512000)"
 <VirtualHost {LOOPBACK}:{self.tls_port}>
     SSLEngine on
-    SSLCertificateFile "{self.cert}"
-    SSLCertificateKeyFile "{self.key}"
+    SSLCertificateFile "{self.h2_cert}"
+    SSLCertificateKeyFile "{self.h2_key}"
     Protocols h2 http/1.1
     ProxyPreserveHost On
     ProxyPass "/" "balancer://bench/"
