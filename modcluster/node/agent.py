@@ -37,7 +37,7 @@ from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 
-from modcluster.mcmp.javaparse import JavaInfoError, parse_info_as_java, parse_stop_app_requests
+from modcluster.node.javaparse import JavaInfoError, parse_info_as_java, parse_stop_app_requests
 from modcluster.node.config import NodeConfig
 from modcluster.node.load import (
     CommandMetric,

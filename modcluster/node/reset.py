@@ -26,7 +26,7 @@ from __future__ import annotations
 import enum
 from typing import Mapping, Sequence
 
-from modcluster.mcmp.javaparse import JavaVirtualHost
+from modcluster.node.javaparse import JavaVirtualHost
 from modcluster.node.wire import (
     DISABLE_APP,
     ENABLE_APP,
@@ -75,7 +75,7 @@ def reset_requests(
 ) -> list[MCMPRequest]:
     """
     The requests that bring a proxy from its C{reported} state (a parsed INFO:
-    JVMRoute -> virtual hosts, as L{modcluster.mcmp.javaparse.parse_info_as_java}
+    JVMRoute -> virtual hosts, as L{modcluster.node.javaparse.parse_info_as_java}
     returns) to ours.
 
     @param aliases: our virtual host's aliases, host name first.

@@ -16,7 +16,7 @@ from twisted.python.failure import Failure
 from modcluster.cluster.model import ContextState
 from modcluster.cluster.registry import Limits, Registry
 from modcluster.mcmp.handler import MCMPHandler
-from modcluster.mcmp.javaparse import parse_info_as_java, parse_stop_app_requests
+from modcluster.node.javaparse import parse_info_as_java, parse_stop_app_requests
 from modcluster.mcmp.resource import ManagementRoot, ManagementSite, MCMPResource
 from tests.support.fixtures import load_exchanges
 

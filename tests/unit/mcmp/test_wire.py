@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from modcluster.mcmp import wire
-from modcluster.mcmp.javaparse import (
+from modcluster.node.javaparse import (
     parse_info_as_java,
     parse_ping_state,
     parse_stop_app_requests,

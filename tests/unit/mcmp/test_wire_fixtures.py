@@ -13,7 +13,7 @@ from urllib.parse import unquote
 import pytest
 
 from modcluster.mcmp import wire
-from modcluster.mcmp.javaparse import JavaVirtualHost, parse_info_as_java
+from modcluster.node.javaparse import JavaVirtualHost, parse_info_as_java
 from modcluster.mcmp.wire import (
     DEFAULT_LIMITS,
     LOAD_PING_ONLY,

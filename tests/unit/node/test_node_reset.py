@@ -4,7 +4,7 @@ Reset requests after INFO (Java ResetRequestSourceImpl), from parsed INFO text.
 
 from __future__ import annotations
 
-from modcluster.mcmp.javaparse import parse_info_as_java
+from modcluster.node.javaparse import parse_info_as_java
 from modcluster.node.reset import AppState, reset_requests
 from modcluster.node.wire import NodeRegistration, encode_request
 from tests.support.node_testlib import trace_run, wire_bytes

@@ -1,5 +1,5 @@
 """
-Tests for L{modcluster.mcmp.javaparse} (the Java listener's parsing rules) and
+Tests for L{modcluster.node.javaparse} (the Java listener's parsing rules) and
 the property that every INFO we emit is read back by them as intended.
 """
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from modcluster.mcmp.javaparse import (
+from modcluster.node.javaparse import (
     JavaInfoError,
     JavaVirtualHost,
     java_parse_int,

@@ -1,13 +1,14 @@
-# -*- test-case-name: tests.unit.mcmp.test_javaparse -*-
+# -*- test-case-name: tests.unit.node.test_javaparse -*-
 """
-The Java mod_cluster listener's view of our replies, re-implemented for tests.
+The Java mod_cluster listener's view of our replies, re-implemented.
 
 A stock Tomcat/WildFly node parses three of our reply bodies
 (C{DefaultMCMPResponseParser}): INFO (to resynchronise after an error), the
 STOP-APP reply (C{Requests}, to drain sessions) and the PING reply
 (C{State}).  These functions follow the Java rules exactly, including where
 the Java parser throws, so tests can check that everything we emit is
-accepted and read back as intended.  Not used at run time.
+accepted and read back as intended.  The node agent (L{modcluster.node.agent},
+L{modcluster.node.reset}) reads the proxy's replies with them at run time.
 
 Java details that matter: C{String.split} drops trailing empty strings,
 C{String.trim} strips every character up to U+0020, C{Integer.parseInt}
