@@ -25,7 +25,7 @@ from twisted.logger import Logger
 from twisted.web import http
 from twisted.web.resource import Resource
 
-from modcluster.mcmp import wire
+from modcluster.mcmp.names import is_mcmp_method
 
 __all__ = [
     "AccessGuard",
@@ -240,7 +240,7 @@ class AccessGuard(Resource):
         address = request.getClientAddress()
         if self._allow is not None and not self._allow.permits(address):
             return self._refuse(request, http.FORBIDDEN, "client address not allowed")
-        if wire.is_mcmp_method(request.method):
+        if is_mcmp_method(request.method):
             return None
         if self._console_allow is not None and not self._console_allow.permits(address):
             return self._refuse(request, http.FORBIDDEN, "client address not allowed")

@@ -11,7 +11,7 @@ from __future__ import annotations
 __all__ = ["ClusterError", "mem_cant_read_node", "mem_cant_update_node"]
 
 
-#: longest interpolated value kept in a message (as mcmp/wire.py), then "..."
+#: longest interpolated value kept in a message (as mcmp/errors.py), then "..."
 MAX_VALUE = 128
 #: longest message: a Mess header never grows with the request
 MAX_MESS = 512

@@ -1,5 +1,5 @@
 """
-The MCMP controller: decodes a request with L{modcluster.mcmp.wire}, applies it
+The MCMP controller: decodes a request with L{modcluster.mcmp.decode}, applies it
 to the registry (probing nodes where mod_proxy_cluster does), and produces the
 reply.  Transport-free, so the twisted.web resource stays thin and the whole
 protocol can be tested without sockets.
@@ -20,7 +20,10 @@ from modcluster.cluster.model import (
     NodeRuntime,
     NodeSettings,
 )
-from modcluster.mcmp import wire
+from modcluster.mcmp import decode
+from modcluster.mcmp import errors
+from modcluster.mcmp import names
+from modcluster.mcmp import replies
 
 __all__ = ["MCMPHandler", "Reply"]
 
@@ -61,7 +64,7 @@ class MCMPHandler:
     def __init__(self, registry, prober, clock, *, default_balancer: str = "mycluster",
                  max_message_size: int = 65536, release: str = "mod_cluster/1.3.22.Final",
                  ws_tunnel: bool = False, identity_policy=None, stats=None,
-                 field_limits: Optional["wire.FieldLimits"] = None,
+                 field_limits: Optional["decode.FieldLimits"] = None,
                  probe_reuse: float = 1.0) -> None:
         self._registry = registry
         self._prober = prober
@@ -72,7 +75,7 @@ class MCMPHandler:
         self._ws_tunnel = ws_tunnel
         self._policy = identity_policy
         self._stats = stats or _NullStats()
-        self._limits = field_limits or wire.FieldLimits()
+        self._limits = field_limits or decode.FieldLimits()
         #: seconds a successful probe of a node stands in for the next one
         self.probe_reuse = probe_reuse
         self._probing: dict[tuple, list[Deferred]] = {}
@@ -91,17 +94,17 @@ class MCMPHandler:
         method = method.upper()
         try:
             result = self._dispatch(method, uri, body, accept, identities)
-        except (wire.MCMPError, ClusterError) as e:
+        except (errors.MCMPError, ClusterError) as e:
             return self._error(method, e, peer, identities)
         except Exception:
             self.log.failure("MCMP {method} from {peer} failed", method=method, peer=peer)
-            return self._error(method, wire.MCMPError(
+            return self._error(method, errors.MCMPError(
                 "GENERAL", "GENERAL: internal error, see the balancer log"), peer)
         if isinstance(result, Deferred):
             def failed(f):
                 self.log.failure("MCMP {method} from {peer} failed", f, method=method,
                                  peer=peer)
-                return self._error(method, wire.MCMPError(
+                return self._error(method, errors.MCMPError(
                     "GENERAL", "GENERAL: internal error, see the balancer log"), peer)
 
             return result.addCallbacks(self._ok(method), failed)
@@ -126,22 +129,22 @@ class MCMPHandler:
                    identity=identity, type=err.type, mess=err.mess)
         headers = tuple((k.encode("latin-1") if isinstance(k, str) else k,
                          v.encode("latin-1", "replace") if isinstance(v, str) else v)
-                        for k, v in wire.error_headers(err))
+                        for k, v in errors.error_headers(err))
         return Reply(500, headers + (TEXT,), b"", close=True)
 
     def _dispatch(self, method, uri, body, accept, identities):
-        if method not in wire.METHODS:
-            raise wire.command_not_supported()
-        xml = wire.wants_xml(accept)
+        if method not in names.METHODS:
+            raise errors.command_not_supported()
+        xml = names.wants_xml(accept)
         # INFO, DUMP and VERSION take no parameters: their bodies are ignored.
         if method == "INFO":
             return Reply(200, (XML if xml else TEXT,), self.info(xml))
         if method == "DUMP":
             return Reply(200, (XML if xml else TEXT,), self.dump(xml))
         if method == "VERSION":
-            return Reply(200, (XML if xml else TEXT,), wire.format_version(self._release, xml))
-        params = wire.parse_body(body, self.max_message_size)
-        wildcard = wire.is_wildcard(uri)
+            return Reply(200, (XML if xml else TEXT,), replies.format_version(self._release, xml))
+        params = decode.parse_body(body, self.max_message_size)
+        wildcard = names.is_wildcard(uri)
         if method == "CONFIG":
             return self._config(params, identities)
         if method in ("ENABLE-APP", "DISABLE-APP", "STOP-APP", "REMOVE-APP"):
@@ -156,12 +159,12 @@ class MCMPHandler:
         if not self._policy.allowed(identities, route):
             # SYNTAX: the node must not keep retrying with a certificate that
             # will never be allowed; an operator has to look.
-            raise wire.MCMPError("SYNTAX", "SYNTAX: " + self._policy.refusal(identities, route))
+            raise errors.MCMPError("SYNTAX", "SYNTAX: " + self._policy.refusal(identities, route))
 
     # -- commands ----------------------------------------------------------------
 
     def _config(self, params, identities) -> Reply:
-        req = wire.decode_config(params, self._default_balancer, self._limits)
+        req = decode.decode_config(params, self._default_balancer, self._limits)
         self._check_identity(identities, req.jvm_route)
         for warning in req.warnings:
             self.log.info("CONFIG for {route}: {warning}", route=req.jvm_route, warning=warning)
@@ -213,24 +216,24 @@ class MCMPHandler:
         return replay_state(self, self._registry, state)
 
     def _app(self, method, params, wildcard, identities) -> Reply:
-        req = wire.decode_app(params, wildcard, self._limits)
+        req = decode.decode_app(params, wildcard, self._limits)
         self._check_identity(identities, req.jvm_route)
         result = self._registry.app(method, req.jvm_route, req.aliases, req.contexts,
                                     wildcard)
         if result.requests is None:
             return Reply(200, (TEXT,))
-        body = wire.format_stop_app_rsp(result.route, result.alias,
+        body = replies.format_stop_app_rsp(result.route, result.alias,
                                         ",".join(result.contexts), result.requests)
         return Reply(200, (TEXT,), body)
 
     def _status(self, params, identities):
-        req = wire.decode_status(params, self._limits)
+        req = decode.decode_status(params, self._limits)
         self._check_identity(identities, req.jvm_route)
         node = self._registry.status_node(req.jvm_route)
         route = req.jvm_route
 
         def reply(ok: bool) -> Reply:
-            return Reply(200, (TEXT,), wire.format_status_rsp(route, ok, self.server_id))
+            return Reply(200, (TEXT,), replies.format_status_rsp(route, ok, self.server_id))
 
         if node.rt.removed:
             return reply(False)
@@ -248,32 +251,32 @@ class MCMPHandler:
                 and self._clock.seconds() - rt.last_alive < self.probe_reuse)
 
     def _ping(self, params):
-        req = wire.decode_ping(params, self._limits)
+        req = decode.decode_ping(params, self._limits)
         if req.jvm_route is not None:
             node = self._registry.status_node(req.jvm_route)
             route = req.jvm_route
             if node.rt.removed:
-                return Reply(200, (TEXT,), wire.format_ping_rsp(route, False, self.server_id))
+                return Reply(200, (TEXT,), replies.format_ping_rsp(route, False, self.server_id))
             d = self._probe(NodeEntry(node.id, node.settings, node.rt))
 
             def done(ok):
                 state = self._registry.apply_status(route, -2, ok)
-                return Reply(200, (TEXT,), wire.format_ping_rsp(route, state, self.server_id))
+                return Reply(200, (TEXT,), replies.format_ping_rsp(route, state, self.server_id))
 
             return d.addCallback(done)
         if req.scheme is None:
-            return Reply(200, (TEXT,), wire.format_ping_rsp(None, True, self.server_id))
+            return Reply(200, (TEXT,), replies.format_ping_rsp(None, True, self.server_id))
         port = int(req.port)
         # Only addresses of registered nodes are probed (as 2.x-HEAD, which pings
         # through an existing worker): the MCMP port must not let any client make
         # the balancer connect anywhere.
         known = {(n.settings.host.lower(), n.settings.port) for n in self._registry.nodes()}
         if (req.host.lower(), port) not in known:
-            return Reply(200, (TEXT,), wire.format_ping_rsp(None, False, self.server_id))
+            return Reply(200, (TEXT,), replies.format_ping_rsp(None, False, self.server_id))
         adhoc = NodeEntry(0, NodeSettings(route="", host=req.host, port=port,
                                           type=req.scheme), NodeRuntime())
         d = self._probe(adhoc)
-        d.addCallback(lambda ok: Reply(200, (TEXT,), wire.format_ping_rsp(
+        d.addCallback(lambda ok: Reply(200, (TEXT,), replies.format_ping_rsp(
             None, ok is not False, self.server_id)))
         return d
 
@@ -315,7 +318,7 @@ class MCMPHandler:
         nodes, vhosts, contexts = [], [], []
         for node in self._registry.nodes():
             s, rt = node.settings, node.rt
-            nodes.append(wire.InfoNode(
+            nodes.append(replies.InfoNode(
                 id=node.id, name=s.route, balancer=s.balancer, domain=s.domain,
                 host=s.host, port=str(s.port), type=s.type, flushpackets=s.flushpackets,
                 flushwait_ms=s.flushwait_ms, ping_s=int(s.ping), smax=s.smax,
@@ -324,24 +327,24 @@ class MCMPHandler:
                 load=rt.lbfactor))
             for vhost in sorted(node.vhosts.values(), key=lambda v: v.id):
                 for alias, alias_id in vhost.aliases.items():
-                    vhosts.append(wire.InfoVhost(node_id=node.id, vhost_id=vhost.id,
+                    vhosts.append(replies.InfoVhost(node_id=node.id, vhost_id=vhost.id,
                                                  alias_id=alias_id, alias=alias))
                 for ctx in sorted(vhost.contexts.values(), key=lambda c: c.id):
-                    contexts.append(wire.InfoContext(
+                    contexts.append(replies.InfoContext(
                         node_id=node.id, vhost_id=vhost.id, context_id=ctx.id,
                         path=ctx.path, status=ctx.state.name))
         return nodes, vhosts, contexts
 
     def info(self, xml: bool = False) -> bytes:
-        return wire.format_info(*self._records(), xml=xml)
+        return replies.format_info(*self._records(), xml=xml)
 
     def dump(self, xml: bool = False) -> bytes:
         nodes, vhosts, contexts = self._records()
         balancers = [
-            wire.DumpBalancer(id=i, name=b.name, sticky=b.sticky_session,
+            replies.DumpBalancer(id=i, name=b.name, sticky=b.sticky_session,
                               cookie=b.sticky_cookie, path=b.sticky_path,
                               remove=b.sticky_remove, force=b.sticky_force,
                               timeout_s=int(b.wait_worker), max_attempts=b.max_attempts)
             for i, b in enumerate(self._registry.balancers.values(), start=1)
         ]
-        return wire.format_dump(balancers, nodes, vhosts, contexts, xml=xml)
+        return replies.format_dump(balancers, nodes, vhosts, contexts, xml=xml)

@@ -5,7 +5,7 @@ A state file is never trusted more than a node: each saved node is replayed as
 the MCMP messages that would have built it — a CONFIG carrying its settings and
 its balancer's, one ENABLE-APP / DISABLE-APP / STOP-APP per context with its
 virtual host's aliases, its load checked as a STATUS C{Load} — through the same
-decoders (L{modcluster.mcmp.wire}) and the same registry methods (quotas) the
+decoders (L{modcluster.mcmp.decode}) and the same registry methods (quotas) the
 MCMP handler uses.  Nothing of the file is used as a size: saved ids are only
 checked (positive, unique) and the registry numbers the replayed records itself,
 in the saved order.  The replayed registry must then describe exactly the saved
@@ -22,7 +22,8 @@ import attrs
 
 from modcluster.cluster.errors import ClusterError
 from modcluster.cluster.model import BalancerSettings, NodeSettings
-from modcluster.mcmp import wire
+from modcluster.mcmp import decode
+from modcluster.mcmp import errors
 
 __all__ = ["StateError", "replay_state"]
 
@@ -89,7 +90,7 @@ def _yes(flag: bool) -> str:
 
 
 def _body(pairs) -> bytes:
-    """Form-encoded like the Java listener (what L{wire.parse_body} decodes)."""
+    """Form-encoded like the Java listener (what L{decode.parse_body} decodes)."""
     return "&".join(f"{quote_plus(k)}={quote_plus(v)}" for k, v in pairs).encode("ascii")
 
 
@@ -119,11 +120,11 @@ def _send(handler, method: str, pairs) -> None:
     body = _body(pairs)
     # Every field is checked as MCMP checks it; the message-size limit is a
     # property of one request, not of a saved node, so it does not apply.
-    params = wire.parse_body(body, len(body))
+    params = decode.parse_body(body, len(body))
     if method == "CONFIG":
         handler._config(params, None)
     elif method == "STATUS":
-        wire.decode_status(params, handler._limits)
+        decode.decode_status(params, handler._limits)
     else:
         handler._app(method, params, False, None)
 
@@ -158,7 +159,7 @@ def replay_state(handler, registry, state) -> int:
     except StateError:
         registry.clear()
         raise
-    except (wire.MCMPError, ClusterError) as e:
+    except (errors.MCMPError, ClusterError) as e:
         registry.clear()
         raise StateError(f"refused as MCMP would refuse it: {e.mess}") from None
     except (TypeError, ValueError, KeyError, AttributeError, OverflowError,

@@ -20,7 +20,7 @@ from twisted.web.resource import Resource
 
 from modcluster import _version
 from modcluster.listening import ReadTimeouts, TimeoutReport
-from modcluster.mcmp import wire
+from modcluster.mcmp import names
 
 __all__ = ["ManagementChannel", "ManagementRoot", "ManagementSite", "MCMPRequest"]
 
@@ -64,7 +64,7 @@ class MCMPRequest(server.Request):
         # The method is only set on the request once the body has been read;
         # until then the channel holds it.
         method = getattr(self.channel, "_command", None) or self.method
-        return method is not None and wire.is_mcmp_method(method)
+        return method is not None and names.is_mcmp_method(method)
 
     def _refuse(self, why: str) -> None:
         self._refused = True
@@ -89,7 +89,7 @@ class MCMPRequest(server.Request):
     def _handleStar(self):
         # twisted.web answers every "* " request-URI like "OPTIONS *"; MCMP uses
         # "*" as the node-wide form of the APP commands.
-        if not wire.is_mcmp_method(self.method):
+        if not names.is_mcmp_method(self.method):
             return super()._handleStar()
         try:
             self.render(self.site.getResourceFor(self))
@@ -276,7 +276,7 @@ class ManagementSite(server.Site):
         # Successful MCMP messages (a STATUS per node every few seconds) are not
         # access-logged: the registry logs every change they cause, and refusals
         # are logged by the handler.  Everything else is.
-        if request.code == 200 and wire.is_mcmp_method(request.method):
+        if request.code == 200 and names.is_mcmp_method(request.method):
             return
         super().log(request)
 
@@ -350,7 +350,7 @@ class ManagementRoot(Resource):
 
     def getChildWithDefault(self, path, request):
         if request.method not in _STANDARD:
-            if self._mcmp is not None and wire.is_mcmp_method(request.method):
+            if self._mcmp is not None and names.is_mcmp_method(request.method):
                 return self._mcmp
             return _NotImplemented()
         return super().getChildWithDefault(path, request)
@@ -361,7 +361,7 @@ class ManagementRoot(Resource):
         return notFound()
 
     def render(self, request):
-        if self._mcmp is not None and wire.is_mcmp_method(request.method):
+        if self._mcmp is not None and names.is_mcmp_method(request.method):
             return self._mcmp.render(request)
         if request.method not in _STANDARD:
             return _NotImplemented().render(request)
@@ -377,5 +377,5 @@ class _NotImplemented(Resource):
         request.setResponseCode(http.NOT_IMPLEMENTED)
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         request.setHeader(b"allow", b"GET, HEAD, POST, " + b", ".join(
-            m.encode() for m in sorted(wire.METHODS)))
+            m.encode() for m in sorted(names.METHODS)))
         return b"method not implemented\n"

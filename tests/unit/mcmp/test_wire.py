@@ -1,5 +1,6 @@
 """
-Tests for L{modcluster.mcmp.wire}: tokenising, value syntaxes, command
+Tests for the MCMP codec (L{modcluster.mcmp.names}, L{modcluster.mcmp.decode},
+L{modcluster.mcmp.errors}, L{modcluster.mcmp.replies}): tokenising, value syntaxes, command
 decoders, the error catalogue and the reply formatters.
 """
 
@@ -13,46 +14,53 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modcluster.mcmp import wire
-from modcluster.node.javaparse import (
-    parse_info_as_java,
-    parse_ping_state,
-    parse_stop_app_requests,
-)
-from modcluster.mcmp.wire import (
+from modcluster.mcmp import errors
+from modcluster.mcmp.decode import (
     DEFAULT_LIMITS,
-    DEFAULT_RELEASE,
-    KNOWN_KEYS,
-    LOAD_PING_ONLY,
     AppRequest,
-    DumpBalancer,
+    ConfigRequest,
     FieldLimits,
-    InfoContext,
-    InfoNode,
-    InfoVhost,
-    MCMPError,
-    MessageTooLarge,
     Params,
     PingRequest,
     StatusRequest,
-    canonical_key,
     decode_app,
     decode_config,
     decode_ping,
     decode_status,
+    parse_body,
+)
+from modcluster.mcmp.errors import (
+    MCMPError,
+    MessageTooLarge,
     error_headers,
+)
+from modcluster.mcmp.names import (
+    DEFAULT_RELEASE,
+    KNOWN_KEYS,
+    LOAD_PING_ONLY,
+    canonical_key,
+    is_legacy_method,
+    is_mcmp_method,
+    is_wildcard,
+    method_name,
+    wants_xml,
+)
+from modcluster.mcmp.replies import (
+    DumpBalancer,
+    InfoContext,
+    InfoNode,
+    InfoVhost,
     format_dump,
     format_info,
     format_ping_rsp,
     format_status_rsp,
     format_stop_app_rsp,
     format_version,
-    is_legacy_method,
-    is_mcmp_method,
-    is_wildcard,
-    method_name,
-    parse_body,
-    wants_xml,
+)
+from modcluster.node.javaparse import (
+    parse_info_as_java,
+    parse_ping_state,
+    parse_stop_app_requests,
 )
 
 MAX = 65536
@@ -342,7 +350,7 @@ class TestParams:
 
 
 def _decode_everything(params: Params) -> None:
-    for decode in (
+    for decode_one in (
         lambda p: decode_config(p, "mycluster", DEFAULT_LIMITS),
         lambda p: decode_app(p, False),
         lambda p: decode_app(p, True),
@@ -350,7 +358,7 @@ def _decode_everything(params: Params) -> None:
         decode_ping,
     ):
         try:
-            decode(params)
+            decode_one(params)
         except MCMPError:
             pass
 
@@ -444,7 +452,7 @@ class TestDecodeConfig:
             "mycluster",
             DEFAULT_LIMITS,
         )
-        assert config == wire.ConfigRequest(
+        assert config == ConfigRequest(
             jvm_route="node1",
             balancer="mycluster",
             sticky_session=True,
@@ -626,7 +634,7 @@ class TestDecodeConfig:
             body("JVMRoute=n&Balancer=&Domain=&Host=&Port=&Type=&ping=&ttl=&smax=&StickySession="
                  "&StickySessionCookie=&Bogus=&Load")
         )
-        assert attrs.evolve(c, warnings=()) == wire.ConfigRequest(jvm_route="n")
+        assert attrs.evolve(c, warnings=()) == ConfigRequest(jvm_route="n")
         assert len(c.warnings) == 12
 
     def test_unknown_and_foreign_keys_ignored(self):
@@ -982,53 +990,53 @@ class TestDecodePing:
 # ---------------------------------------------------------------------------
 
 CATALOGUE = [
-    (wire.unparseable(), "SYNTAX", SMESPAR),
-    (wire.balancer_too_big(), "SYNTAX", "SYNTAX: Balancer field too big"),
-    (wire.field_too_big(), "SYNTAX", "SYNTAX: A field is too big"),
-    (wire.jvm_route_too_big(), "SYNTAX", "SYNTAX: JVMRoute field too big"),
-    (wire.jvm_route_empty(), "SYNTAX", "SYNTAX: JVMRoute can't be empty"),
-    (wire.domain_too_big(), "SYNTAX", "SYNTAX: LBGroup field too big"),
-    (wire.host_too_big(), "SYNTAX", "SYNTAX: Host field too big"),
-    (wire.port_too_big(), "SYNTAX", "SYNTAX: Port field too big"),
-    (wire.type_too_big(), "SYNTAX", "SYNTAX: Type field too big"),
-    (wire.alias_too_big(), "SYNTAX", "SYNTAX: Alias field too big"),
-    (wire.context_too_big(), "SYNTAX", "SYNTAX: Context field too big"),
-    (wire.bad_flushwait(), "SYNTAX", "SYNTAX: Flushwait field has bad value"),
-    (wire.bad_ping(), "SYNTAX", "SYNTAX: Ping field has bad value"),
-    (wire.bad_ttl(), "SYNTAX", "SYNTAX: TTL field has bad value"),
-    (wire.bad_timeout(), "SYNTAX", "SYNTAX: Timeout field has bad value"),
-    (wire.alias_without_context(), "SYNTAX", "SYNTAX: Alias without Context"),
-    (wire.context_without_alias(), "SYNTAX", "SYNTAX: Context without Alias"),
-    (wire.no_context_and_alias(), "SYNTAX", "SYNTAX: No Context and Alias in APP command"),
-    (wire.only_one_alias(), "SYNTAX", "SYNTAX: Only one Alias in APP command"),
-    (wire.only_one_context(), "SYNTAX", "SYNTAX: Only one Context in APP command"),
-    (wire.invalid_field("Bogus"), "SYNTAX", 'SYNTAX: Invalid field "Bogus" in message'),
-    (wire.mandatory_fields_missing(), "SYNTAX", "SYNTAX: Mandatory field(s) missing in message"),
-    (wire.command_not_supported(), "SYNTAX", "SYNTAX: Command is not supported"),
-    (wire.cannot_read_post_data("CONFIG"), "SYNTAX", "SYNTAX: CONFIG can't read POST data"),
-    (wire.bad_load(), "SYNTAX", "SYNTAX: Bad value for Load"),
-    (wire.no_jvm_route_given(), "SYNTAX", "SYNTAX: No JVMRoute given!"),
-    (wire.empty_alias(), "SYNTAX", "SYNTAX: Empty Alias is not allowed"),
-    (wire.empty_context(), "SYNTAX", "SYNTAX: Empty Context is not allowed"),
-    (wire.unsupported_ping_scheme("ftp"), "SYNTAX", "SYNTAX: PING Unsupported scheme: ftp"),
-    (wire.bad_type(), "SYNTAX", "SYNTAX: Type field has bad value"),
-    (wire.bad_port(), "SYNTAX", "SYNTAX: Port field has bad value"),
-    (wire.message_too_large(70056, 65536), "SYNTAX", "SYNTAX: MCMP message too big (70056 bytes, limit 65536)"),
-    (wire.node_insert_failed("n1"), "MEM", 'MEM: Can\'t update or insert node with "n1" JVMRoute'),
-    (wire.old_node_exists("REMOVED"), "MEM", 'MEM: Old node with "REMOVED" JVMRoute still exists'),
-    (wire.node_exists("n1"), "MEM", 'MEM: Node with "n1" JVMRoute already exists'),
-    (wire.balancer_insert_failed("n1"), "MEM", 'MEM: Can\'t update or insert balancer for node with "n1" JVMRoute'),
-    (wire.node_unknown("nosuchnode"), "MEM", 'MEM: Can\'t read node with "nosuchnode" JVMRoute'),
-    (wire.host_read_failed("n1"), "MEM", 'MEM: Can\'t read host alias for node with "n1" JVMRoute'),
-    (wire.host_insert_failed("n1"), "MEM", 'MEM: Can\'t update or insert host alias for node with "n1" JVMRoute'),
-    (wire.host_insert_failed("n1", "example.com"), "MEM",
+    (errors.unparseable(), "SYNTAX", SMESPAR),
+    (errors.balancer_too_big(), "SYNTAX", "SYNTAX: Balancer field too big"),
+    (errors.field_too_big(), "SYNTAX", "SYNTAX: A field is too big"),
+    (errors.jvm_route_too_big(), "SYNTAX", "SYNTAX: JVMRoute field too big"),
+    (errors.jvm_route_empty(), "SYNTAX", "SYNTAX: JVMRoute can't be empty"),
+    (errors.domain_too_big(), "SYNTAX", "SYNTAX: LBGroup field too big"),
+    (errors.host_too_big(), "SYNTAX", "SYNTAX: Host field too big"),
+    (errors.port_too_big(), "SYNTAX", "SYNTAX: Port field too big"),
+    (errors.type_too_big(), "SYNTAX", "SYNTAX: Type field too big"),
+    (errors.alias_too_big(), "SYNTAX", "SYNTAX: Alias field too big"),
+    (errors.context_too_big(), "SYNTAX", "SYNTAX: Context field too big"),
+    (errors.bad_flushwait(), "SYNTAX", "SYNTAX: Flushwait field has bad value"),
+    (errors.bad_ping(), "SYNTAX", "SYNTAX: Ping field has bad value"),
+    (errors.bad_ttl(), "SYNTAX", "SYNTAX: TTL field has bad value"),
+    (errors.bad_timeout(), "SYNTAX", "SYNTAX: Timeout field has bad value"),
+    (errors.alias_without_context(), "SYNTAX", "SYNTAX: Alias without Context"),
+    (errors.context_without_alias(), "SYNTAX", "SYNTAX: Context without Alias"),
+    (errors.no_context_and_alias(), "SYNTAX", "SYNTAX: No Context and Alias in APP command"),
+    (errors.only_one_alias(), "SYNTAX", "SYNTAX: Only one Alias in APP command"),
+    (errors.only_one_context(), "SYNTAX", "SYNTAX: Only one Context in APP command"),
+    (errors.invalid_field("Bogus"), "SYNTAX", 'SYNTAX: Invalid field "Bogus" in message'),
+    (errors.mandatory_fields_missing(), "SYNTAX", "SYNTAX: Mandatory field(s) missing in message"),
+    (errors.command_not_supported(), "SYNTAX", "SYNTAX: Command is not supported"),
+    (errors.cannot_read_post_data("CONFIG"), "SYNTAX", "SYNTAX: CONFIG can't read POST data"),
+    (errors.bad_load(), "SYNTAX", "SYNTAX: Bad value for Load"),
+    (errors.no_jvm_route_given(), "SYNTAX", "SYNTAX: No JVMRoute given!"),
+    (errors.empty_alias(), "SYNTAX", "SYNTAX: Empty Alias is not allowed"),
+    (errors.empty_context(), "SYNTAX", "SYNTAX: Empty Context is not allowed"),
+    (errors.unsupported_ping_scheme("ftp"), "SYNTAX", "SYNTAX: PING Unsupported scheme: ftp"),
+    (errors.bad_type(), "SYNTAX", "SYNTAX: Type field has bad value"),
+    (errors.bad_port(), "SYNTAX", "SYNTAX: Port field has bad value"),
+    (errors.message_too_large(70056, 65536), "SYNTAX", "SYNTAX: MCMP message too big (70056 bytes, limit 65536)"),
+    (errors.node_insert_failed("n1"), "MEM", 'MEM: Can\'t update or insert node with "n1" JVMRoute'),
+    (errors.old_node_exists("REMOVED"), "MEM", 'MEM: Old node with "REMOVED" JVMRoute still exists'),
+    (errors.node_exists("n1"), "MEM", 'MEM: Node with "n1" JVMRoute already exists'),
+    (errors.balancer_insert_failed("n1"), "MEM", 'MEM: Can\'t update or insert balancer for node with "n1" JVMRoute'),
+    (errors.node_unknown("nosuchnode"), "MEM", 'MEM: Can\'t read node with "nosuchnode" JVMRoute'),
+    (errors.host_read_failed("n1"), "MEM", 'MEM: Can\'t read host alias for node with "n1" JVMRoute'),
+    (errors.host_insert_failed("n1"), "MEM", 'MEM: Can\'t update or insert host alias for node with "n1" JVMRoute'),
+    (errors.host_insert_failed("n1", "example.com"), "MEM",
      'MEM: Can\'t update or insert host alias for node with "n1" JVMRoute (example.com)'),
-    (wire.host_insert_failed("n1", type="GENERAL"), "GENERAL",
+    (errors.host_insert_failed("n1", type="GENERAL"), "GENERAL",
      'MEM: Can\'t update or insert host alias for node with "n1" JVMRoute'),
-    (wire.context_insert_failed("n1"), "MEM", 'MEM: Can\'t update or insert context for node with "n1" JVMRoute'),
-    (wire.context_insert_failed("n1", "/context100", "localhost"), "MEM",
+    (errors.context_insert_failed("n1"), "MEM", 'MEM: Can\'t update or insert context for node with "n1" JVMRoute'),
+    (errors.context_insert_failed("n1", "/context100", "localhost"), "MEM",
      'MEM: Can\'t update or insert context for node with "n1" JVMRoute (/context100 and alias: localhost)'),
-    (wire.same_worker_exists(), "MEM", "MEM: Another for the same worker already exist"),
+    (errors.same_worker_exists(), "MEM", "MEM: Another for the same worker already exist"),
 ]
 
 
@@ -1039,9 +1047,26 @@ class TestErrors:
         assert isinstance(err, MCMPError)
         assert (err.type, err.mess, str(err)) == (type, mess, mess)
 
+    def test_table(self):
+        """
+        The catalogue table names every httpd code once, each entry's text starts
+        with its type, and the module-level constructors are its entries.
+        """
+        table = errors.CATALOGUE
+        assert len(table) == 41
+        assert table["SMESPAR"] is errors.unparseable
+        assert table["MNODERD"] is errors.node_unknown
+        for code, kind in table.items():
+            assert kind.code == code
+            assert kind.type in ("SYNTAX", "MEM")
+            assert kind.text.startswith(kind.type + ": ")
+        assert table["SBADFLD"]("Bogus") == MCMPError(
+            "SYNTAX", 'SYNTAX: Invalid field "Bogus" in message'
+        )
+
     def test_headers(self):
         """Version, Type and Mess headers."""
-        assert error_headers(wire.jvm_route_empty()) == [
+        assert error_headers(errors.jvm_route_empty()) == [
             (b"Version", b"0.2.1"),
             (b"Type", b"SYNTAX"),
             (b"Mess", b"SYNTAX: JVMRoute can't be empty"),
@@ -1049,7 +1074,7 @@ class TestErrors:
 
     def test_interpolated_values_sanitised(self):
         """Interpolated values can never put CR/LF (or other controls) into a header."""
-        err = wire.node_unknown("evil\r\nSet-Cookie: x=1\x00")
+        err = errors.node_unknown("evil\r\nSet-Cookie: x=1\x00")
         assert "\r" not in err.mess and "\n" not in err.mess and "\x00" not in err.mess
         assert err.mess == 'MEM: Can\'t read node with "evil??Set-Cookie: x=1?" JVMRoute'
         name, value = error_headers(err)[2]
@@ -1058,13 +1083,13 @@ class TestErrors:
 
     def test_long_values_shortened(self):
         """A huge route does not make a huge header."""
-        err = wire.node_unknown("r" * 10_000)
+        err = errors.node_unknown("r" * 10_000)
         assert len(err.mess) < 200
         assert "r" * 128 + "..." in err.mess
 
     def test_non_ascii_header(self):
         """Header values are ASCII."""
-        assert error_headers(wire.node_unknown("caf\u00e9"))[2][1] == b'MEM: Can\'t read node with "caf\\xe9" JVMRoute'
+        assert error_headers(errors.node_unknown("caf\u00e9"))[2][1] == b'MEM: Can\'t read node with "caf\\xe9" JVMRoute'
 
     def test_type_checked(self):
         """Only SYNTAX, MEM and GENERAL."""
@@ -1073,9 +1098,9 @@ class TestErrors:
 
     def test_equality(self):
         """Errors compare by type and text (handy in tests and logs)."""
-        assert wire.bad_load() == wire.bad_load()
-        assert wire.bad_load() != wire.bad_ping()
-        assert hash(wire.bad_load()) == hash(wire.bad_load())
+        assert errors.bad_load() == errors.bad_load()
+        assert errors.bad_load() != errors.bad_ping()
+        assert hash(errors.bad_load()) == hash(errors.bad_load())
 
 
 # ---------------------------------------------------------------------------

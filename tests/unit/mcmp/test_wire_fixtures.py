@@ -1,5 +1,5 @@
 """
-L{modcluster.mcmp.wire} against real captured bytes: every request a Tomcat 10
+The MCMP codec (L{modcluster.mcmp.decode}, L{modcluster.mcmp.replies}) against real captured bytes: every request a Tomcat 10
 node sent decodes to what the node meant, and our reply formats match what
 httpd (mod_proxy_cluster) answered, field for field.  Where we differ on
 purpose (docs/mcmp.md), the test says so.
@@ -12,35 +12,42 @@ from urllib.parse import unquote
 
 import pytest
 
-from modcluster.mcmp import wire
-from modcluster.node.javaparse import JavaVirtualHost, parse_info_as_java
-from modcluster.mcmp.wire import (
+from modcluster.mcmp.decode import (
     DEFAULT_LIMITS,
-    LOAD_PING_ONLY,
     AppRequest,
     ConfigRequest,
-    DumpBalancer,
-    InfoContext,
-    InfoNode,
-    InfoVhost,
-    MCMPError,
-    MessageTooLarge,
     StatusRequest,
     decode_app,
     decode_config,
     decode_ping,
     decode_status,
+    parse_body,
+)
+from modcluster.mcmp.errors import (
+    MCMPError,
+    MessageTooLarge,
     error_headers,
+    node_unknown,
+)
+from modcluster.mcmp.names import (
+    LOAD_PING_ONLY,
+    is_mcmp_method,
+    is_wildcard,
+    method_name,
+    wants_xml,
+)
+from modcluster.mcmp.replies import (
+    DumpBalancer,
+    InfoContext,
+    InfoNode,
+    InfoVhost,
     format_dump,
     format_info,
     format_ping_rsp,
     format_status_rsp,
     format_version,
-    is_mcmp_method,
-    is_wildcard,
-    parse_body,
-    wants_xml,
 )
+from modcluster.node.javaparse import JavaVirtualHost, parse_info_as_java
 from tests.support.fixtures import Exchange, load_exchanges
 
 MAX = 65536
@@ -66,7 +73,7 @@ def raw_pairs(data: bytes) -> list[tuple[str, str]]:
 def decode(exchange: Exchange):
     """Decode a request the way the resource will (method + URI + body)."""
     request = exchange.request
-    method = wire.method_name(request.method)
+    method = method_name(request.method)
     params = parse_body(request.body, MAX)
     if method == "CONFIG":
         return decode_config(params, "mycluster", DEFAULT_LIMITS)
@@ -290,7 +297,7 @@ def test_error_headers_match_httpd():
 
     def unknown_node(exchange):
         # The request is valid; the registry then finds no such node.
-        raise wire.node_unknown(decode(exchange).jvm_route)
+        raise node_unknown(decode(exchange).jvm_route)
 
     cases = [
         ("CONFIG without JVMRoute", decode),

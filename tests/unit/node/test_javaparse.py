@@ -9,6 +9,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from modcluster.mcmp.replies import (
+    InfoContext,
+    InfoNode,
+    InfoVhost,
+    format_info,
+)
 from modcluster.node.javaparse import (
     JavaInfoError,
     JavaVirtualHost,
@@ -19,7 +25,6 @@ from modcluster.node.javaparse import (
     parse_ping_state,
     parse_stop_app_requests,
 )
-from modcluster.mcmp.wire import InfoContext, InfoNode, InfoVhost, format_info
 
 NODE = "Node: [1],Name: node1,Balancer: mycluster,LBGroup: ,Host: h,Port: 8009,Type: ajp,Load: 1\n"
 
