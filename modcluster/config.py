@@ -722,7 +722,7 @@ def load_config(path: str) -> Config:
 
 
 def _cross_checks(config: Config, source: str) -> None:
-    from modcluster.advertise import (  # pure helpers
+    from modcluster.advertise.codec import (  # pure helpers
         parse_advertised_url,
         parse_bind_address,
         parse_frequency,

@@ -697,7 +697,13 @@ def _advertise_summary(config: Config) -> str:
 
 
 def _advertiser(config: Config, reactor):
-    from modcluster.advertise import Advertiser, parse_advertised_url, parse_frequency
+    from modcluster.advertise.codec import (
+        parse_advertised_url,
+        parse_bind_address,
+        parse_frequency,
+        parse_group,
+    )
+    from modcluster.advertise.service import Advertiser
 
     a = config.advertise
     tls = config.manager.tls.enabled
@@ -711,7 +717,8 @@ def _advertiser(config: Config, reactor):
         host = f"[{host}]"
     return Advertiser(
         reactor, f"{host}:{port}",
-        group=a.group, bind_address=a.bind_address, interface=a.interface, ttl=a.ttl,
+        group=parse_group(a.group), bind_address=parse_bind_address(a.bind_address),
+        interface=a.interface, ttl=a.ttl,
         frequency=parse_frequency(a.frequency), security_key=a.security_key,
         manager_url=a.manager_url, manager_protocol=protocol)
 

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from attrs import field, frozen
 
-from modcluster.advertise import DEFAULT_GROUP, DEFAULT_PORT, parse_group, split_host_port
+from modcluster.advertise.codec import DEFAULT_GROUP, DEFAULT_PORT, parse_group, split_host_port
 from modcluster.node.wire import NodeRegistration
 
 __all__ = [

@@ -5,7 +5,7 @@ worker side.
 
 L{AdvertiseListener} is a DatagramProtocol: it joins the group on the
 configured interface, parses each datagram with the shared codec
-(L{modcluster.advertise.parse_datagram}, Java rules) after cutting it to the
+(L{modcluster.advertise.codec.parse_datagram}, Java rules) after cutting it to the
 512 bytes the Java listener reads, checks the digest with the shared key (or
 the no-key digest) and calls C{on_proxy(host, port)} for the first valid
 datagram of each new C{Server} id that names an C{X-Manager-Address}.
@@ -37,7 +37,7 @@ from typing import Callable, Optional
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
-from modcluster.advertise import (
+from modcluster.advertise.codec import (
     DEFAULT_GROUP,
     MAX_DATAGRAM_SIZE,
     MalformedDatagram,

@@ -10,7 +10,8 @@ import pytest_twisted
 from twisted.internet import defer
 from twisted.internet.protocol import DatagramProtocol
 
-from modcluster.advertise import Advertiser, DigestMismatch, verify_datagram
+from modcluster.advertise.codec import DigestMismatch, verify_datagram
+from modcluster.advertise.service import Advertiser
 
 GROUP = "224.0.1.105"
 KEY = "integration-key"
@@ -56,8 +57,8 @@ def test_advertise_reaches_a_loopback_receiver():
         yield receiver.joined
         group_port = rport.getHost().port
         adv = Advertiser(
-            reactor, "127.0.0.1:6666", group=(GROUP, group_port), bind_address="127.0.0.1:0",
-            interface="127.0.0.1", ttl=0, frequency="0.200", security_key=KEY)
+            reactor, "127.0.0.1:6666", group=(GROUP, group_port), bind_address=("127.0.0.1", 0),
+            interface="127.0.0.1", ttl=0, frequency=0.2, security_key=KEY)
         adv.startService()
         try:
             yield receiver.wait_for(3, reactor)

@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from modcluster.advertise import verify_datagram
+from modcluster.advertise.codec import verify_datagram
 from tests.support.tomcat import free_loopback_ports
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]

@@ -22,7 +22,7 @@ from twisted.internet.task import deferLater
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.web import resource, server
 
-from modcluster.advertise import ManagerInfo, format_datagram, format_http_date
+from modcluster.advertise.codec import ManagerInfo, format_datagram, format_http_date
 from modcluster.node.agent import NodeAgent, ProxyState
 from modcluster.node.config import node_config_from_dict
 from modcluster.node.load import CommandMetric

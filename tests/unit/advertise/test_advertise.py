@@ -1,5 +1,5 @@
 """
-Unit tests for L{modcluster.advertise}: digest, datagram codec, directive parsers and
+Unit tests for L{modcluster.advertise.codec} and L{modcluster.advertise.service}: digest, datagram codec, directive parsers and
 the L{Advertiser} service driven by a fake multicast reactor and L{task.Clock}.
 """
 
@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import calendar
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,11 +21,10 @@ from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 from zope.interface.verify import verifyObject
 
-from modcluster.advertise import (
+from modcluster.advertise.codec import (
     MAX_DATAGRAM_SIZE,
     Advertisement,
     AdvertiseError,
-    Advertiser,
     DatagramTooLarge,
     DigestMismatch,
     MalformedDatagram,
@@ -41,6 +42,7 @@ from modcluster.advertise import (
     split_host_port,
     verify_datagram,
 )
+from modcluster.advertise.service import Advertiser
 
 FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "tomcat10-mcmp-advertise-trace.txt"
 
@@ -500,8 +502,9 @@ def _text(event):
 
 
 def _make(reactor, **kw):
-    args = dict(group="224.0.1.105:23364", bind_address="127.0.0.1:0", interface="127.0.0.1",
-                ttl=0, frequency="10", security_key="secret", server_id=REF_SERVER)
+    args = dict(group=("224.0.1.105", 23364), bind_address=("127.0.0.1", 0),
+                interface="127.0.0.1", ttl=0, frequency=10.0, security_key="secret",
+                server_id=REF_SERVER)
     args.update(kw)
     return Advertiser(reactor, "127.0.0.1:6666", **args)
 
@@ -535,7 +538,7 @@ def test_start_configures_socket_and_sends_first_datagram(reactor, logged):
 
 def test_cadence_with_clock_pump(reactor):
     """One datagram per period, Sequence 1, 2, 3..., fresh Date each time."""
-    adv = _make(reactor, frequency="5.500")
+    adv = _make(reactor, frequency=parse_frequency("5.500"))
     adv.startService()
     port = reactor.ports[0]
     reactor.pump([0.5] * 43)  # 21.5 s in small steps
@@ -560,9 +563,9 @@ def test_no_key_uses_zero_salt(reactor):
 
 def test_https_protocol_url_host_and_random_server_id(reactor):
     """X-Manager-Protocol https when told; server id random per instance unless given."""
-    adv = Advertiser(reactor, "[::1]:6443", bind_address="127.0.0.1:0", frequency=1,
+    adv = Advertiser(reactor, "[::1]:6443", bind_address=("127.0.0.1", 0), frequency=1,
                      manager_protocol="https", manager_url="/mcmp", manager_host="balancer1")
-    other = Advertiser(reactor, "[::1]:6443", bind_address="127.0.0.1:0")
+    other = Advertiser(reactor, "[::1]:6443", bind_address=("127.0.0.1", 0))
     assert adv.server_id != other.server_id
     assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
                         adv.server_id)
@@ -683,29 +686,55 @@ def test_stop_while_interface_pending(reactor, logged):
 
 def test_warns_about_misconfiguration(reactor, logged):
     """Wildcard advertised address and loopback-vs-remote mismatches are warned about."""
-    Advertiser(reactor, "0.0.0.0:6666", bind_address="127.0.0.1:0").startService()
+    Advertiser(reactor, "0.0.0.0:6666", bind_address=("127.0.0.1", 0)).startService()
     assert any("wildcard" in _text(e) for e in logged)
     del logged[:]
-    Advertiser(reactor, "10.1.2.3:6666", bind_address="127.0.0.1:0").startService()
+    Advertiser(reactor, "10.1.2.3:6666", bind_address=("127.0.0.1", 0)).startService()
     assert any("only nodes on this host" in _text(e) for e in logged)
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"group": "127.0.0.1:23364"}, "multicast"),
-    ({"group": "[ff05::105]:23364"}, "IPv4"),
+    ({"group": ("127.0.0.1", 23364)}, "multicast"),
+    ({"group": ("ff05::105", 23364)}, "IPv4"),
     ({"interface": "lo"}, "interface"),
     ({"interface": "0.0.0.0"}, "interface"),
     ({"interface": "::1"}, "interface"),
     ({"ttl": 256}, "TTL"),
     ({"ttl": -1}, "TTL"),
-    ({"frequency": "0"}, "frequency"),
+    ({"frequency": 0.0}, "frequency"),
+    ({"frequency": "10"}, "frequency"),
     ({"security_key": "clé"}, "ASCII"),
     ({"server_id": "has space"}, "server id"),
     ({"manager_protocol": "ftp"}, "protocol"),
     ({"manager_url": "/" + "u" * 300}, "512"),
-    ({"bind_address": "[::1]:0"}, "IPv4"),
+    ({"bind_address": ("::1", 0)}, "IPv4"),
 ])
 def test_constructor_validation(reactor, kwargs, message):
     """Bad arguments fail at construction with a clear ValueError."""
     with pytest.raises(ValueError, match=message):
         _make(reactor, **kwargs)
+
+
+def test_configuration_needs_only_the_codec():
+    """
+    Reading a configuration parses the advertise values with the pure codec; the
+    service module (sockets, LoopingCall) is not imported for that.
+    """
+    code = (
+        "import sys\n"
+        "from modcluster.config import parse_config\n"
+        "parse_config('[advertise]\\nenabled = true\\nfrequency = \"5.500\"\\n', 'x')\n"
+        "assert 'modcluster.advertise.codec' in sys.modules\n"
+        "assert 'modcluster.advertise.service' not in sys.modules, 'service imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True,
+                   cwd=Path(__file__).resolve().parents[3])
+
+
+def test_service_takes_parsed_values(reactor):
+    """The Advertiser takes what the codec's parsers return (tuples, seconds)."""
+    adv = _make(reactor, group=parse_group("224.0.1.105"),
+                bind_address=parse_bind_address("127.0.0.1:0"),
+                frequency=parse_frequency("5,250"))
+    assert (adv.group, adv.bind_address, adv.frequency) == (
+        ("224.0.1.105", 23364), ("127.0.0.1", 0), 5.25)

@@ -14,7 +14,7 @@ import pytest
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs
 
-from modcluster.advertise import ManagerInfo, format_datagram
+from modcluster.advertise.codec import ManagerInfo, format_datagram
 from modcluster.node.discovery import AdvertiseListener
 from tests.support.node_testlib import advertise_datagrams
 
@@ -202,7 +202,7 @@ def test_restarted_sender_with_the_same_server_id_is_followed() -> None:
 def test_balancer_datagrams_over_a_restart() -> None:
     """Datagrams of this balancer's Advertiser (real format, new server id at each
     start): the node follows both incarnations and refuses a replay of the first."""
-    from modcluster.advertise import format_http_date
+    from modcluster.advertise.codec import format_http_date
 
     clock = at(DATE)
     proto, found = listener("secret", clock=clock)
