@@ -87,10 +87,32 @@ class BalancerService(MultiService):
         connections and says how many are still busy.
     @ivar stop_accepting: C{callable() -> Deferred | None} run first on stop.
     @ivar after_drain: C{callable()} run once the drain is over.
+    @ivar registry: the cluster model (L{modcluster.cluster.registry.Registry}).
+    @ivar handler: the MCMP handler (L{modcluster.mcmp.handler.MCMPHandler}).
+    @ivar metrics: the Prometheus view (L{modcluster.metrics.Metrics}).
+    @ivar management_tls: the C{SwappableServerTLS} of each TLS management or
+        console listener (a reload swaps their certificates).
+    @ivar state_store: the L{modcluster.services.persistence.StateStore}
+        (C{manager.persist}), or C{None}; L{startService} restores the saved
+        state through it unless L{taken_over}.
+    @ivar listener_book: the handover's L{modcluster.handover.ListenerBook}
+        (C{manager.handover_socket}), or C{None}.
+    @ivar taken_over: C{True} once the registry was restored from a
+        predecessor's handover snapshot (fresher than the state file, which
+        is then not read).
     """
 
-    def __init__(self, config: Config, reactor) -> None:
+    def __init__(self, config: Config, reactor, *, registry: Any = None, handler: Any = None,
+                 metrics: Any = None) -> None:
         super().__init__()
+        self.registry = registry
+        self.handler = handler
+        self.metrics = metrics
+        self.management_tls: list[Any] = []
+        self.state_store: Any = None
+        self.listener_book: Any = None
+        self.taken_over = False
+        self._state_restored = False
         self.config = config
         self.started_config = config
         self.reactor = reactor
@@ -254,7 +276,7 @@ class BalancerService(MultiService):
             # test may send SIGHUP/SIGUSR1 (their default action would end us).
             self._install_signals()
         self._listen_synchronously()
-        book = getattr(self, "listener_book", None)
+        book = self.listener_book
         if book is not None:  # record the listeners for a handover (handover.py)
             book.install()
         try:
@@ -262,13 +284,26 @@ class BalancerService(MultiService):
         except (CannotListenError, OSError) as e:
             self._cannot_start(e)
 
+    def restore_state(self) -> None:
+        """
+        Load the saved state (C{manager.persist}) into the registry, before
+        any child service starts; skipped when the registrations were taken
+        over from a predecessor (L{taken_over}); once per process (a service
+        started again keeps its registry).
+        """
+        self._state_restored = True
+        if self.state_store is not None and not self.taken_over:
+            self.state_store.restore()
+
     def startService(self) -> None:
+        if not self._state_restored:
+            self.restore_state()
         try:
             super().startService()
         except (CannotListenError, OSError) as e:
             self._cannot_start(e)
         finally:
-            book = getattr(self, "listener_book", None)
+            book = self.listener_book
             if book is not None:
                 book.uninstall()
         if self.signals:

@@ -10,6 +10,7 @@ into one L{MultiService}.  Everything below receives the reactor from here.
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import attrs
 from twisted.application import strports
@@ -19,6 +20,9 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from modcluster.config import Config, ConfigError, load_config
+
+if TYPE_CHECKING:
+    from modcluster.lifecycle import BalancerService
 
 log = Logger()
 
@@ -78,7 +82,7 @@ def _refuse(problems: list[str]) -> None:
     raise SystemExit(1)
 
 
-def makeService(options: Options) -> MultiService:
+def makeService(options: Options) -> BalancerService:
     from twisted.internet import reactor
 
     path = options.config.manager.handover_socket
@@ -111,7 +115,9 @@ def _handover(top, config: Config, reactor, path: str, takeover) -> None:
     book = ListenerBook(reactor, takeover)
     top.listener_book = book
     if takeover is not None:
-        # The handed state is fresher than a state file restored by build().
+        # The handed state is fresher than the state file: the file is not
+        # read when the service starts (BalancerService.taken_over).
+        top.taken_over = True
         top.registry.clear()
         try:
             count = top.handler.restore_state(takeover.state)
@@ -183,11 +189,13 @@ def endpoint_address(description: str) -> tuple[str, int]:
     return kw.get("interface", default), port
 
 
-def build(config: Config, reactor, demo: bool = False) -> MultiService:
+def build(config: Config, reactor, demo: bool = False) -> BalancerService:
     """
-    Assemble the whole balancer for C{config} on C{reactor}.  The returned
-    service has attributes C{registry}, C{handler} and C{metrics} for tests and
-    tools.
+    Assemble the whole balancer for C{config} on C{reactor}: a
+    L{BalancerService} whose declared attributes (C{registry}, C{handler},
+    C{metrics}, C{management_tls}, C{state_store}) tests and tools reach.
+    Nothing is read from disk here: the saved state (C{manager.persist}) is
+    restored when the service starts.
     """
     from twisted.application.internet import StreamServerEndpointService
 
@@ -204,7 +212,6 @@ def build(config: Config, reactor, demo: bool = False) -> MultiService:
 
     from modcluster.lifecycle import BalancerService
 
-    top = BalancerService(config, reactor)
     m = config.manager
     registry = Registry(
         reactor,
@@ -216,25 +223,12 @@ def build(config: Config, reactor, demo: bool = False) -> MultiService:
         default_balancer=m.balancer_name,
         event_log_size=config.console.event_log_size,
     )
-    top.registry = registry
-    store = None
     registry.slow_start = (config.proxy.slow_start if config.proxy.smooth_balancing else 0.0,
                            config.proxy.slow_start_min_share)
-    if m.persist:
-        # Restored through the MCMP handler (built below): a saved state gets
-        # MCMP's checks and quotas.  Restored once the handler exists.
-        store = StateStore(registry, m.state_file, reactor,
-                           lambda state: handler.restore_state(state))
-        store.setServiceParent(top)
-
     node_tls = _node_tls(config)
     prober = NodeProber(reactor, config.proxy, node_tls)
-    Maintenance(registry, prober, reactor,
-                recovery_interval=m.recovery_probe_interval).setServiceParent(top)
-
     metrics = Metrics(registry, m.release,
                       per_context=config.console.metrics_per_context)
-    top.metrics = metrics
     policy = None
     identities = None
     if m.tls.enabled:
@@ -253,9 +247,14 @@ def build(config: Config, reactor, demo: bool = False) -> MultiService:
         stats=metrics.stats,
         probe_reuse=m.status_probe_reuse,
     )
-    top.handler = handler
-    if store is not None:
-        store.restore()
+    top = BalancerService(config, reactor, registry=registry, handler=handler, metrics=metrics)
+    if m.persist:
+        # Restored through the MCMP handler (a saved state gets MCMP's checks
+        # and quotas) when the top service starts (BalancerService.restore_state).
+        top.state_store = StateStore(registry, m.state_file, reactor, handler.restore_state)
+        top.state_store.setServiceParent(top)
+    Maintenance(registry, prober, reactor,
+                recovery_interval=m.recovery_probe_interval).setServiceParent(top)
 
     # the session ids the proxy saw (manager.max_session_ids > 0), for the
     # console and the API; the table is made with the proxy below
@@ -327,11 +326,10 @@ def build(config: Config, reactor, demo: bool = False) -> MultiService:
     site = ManagementSite(guarded, max_message_size=m.max_message_size,
                           timeout=m.request_timeout, read_timeouts=read_timeouts,
                           timeouts=slow, reactor=reactor)
-    tls_live: list = []
+    tls_live = top.management_tls  # the SwappableServerTLS of each TLS listener
     for description in m.listen:
         _listen(reactor, with_backlog(description, m.listen_backlog), site,
                 m.tls, tls_live).setServiceParent(top)
-    top.management_tls = tls_live  # the SwappableServerTLS of each TLS listener
     if tls_live:
         top.on_reload([f"manager.tls.{k}" for k in MANAGER_TLS_LIVE],
                       lambda new: _renew_tls(tls_live, new.manager.tls))

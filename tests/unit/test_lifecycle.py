@@ -216,3 +216,43 @@ def test_reload_and_reopen_signals_are_ours_before_the_first_listener_binds():
     finally:
         top._restore_signals()  # what stopService does (not started: no log filter)
     assert (signal.getsignal(signal.SIGHUP), signal.getsignal(signal.SIGUSR1)) == before
+
+
+def _saved_state(path) -> None:
+    from modcluster.cluster.model import BalancerSettings, NodeSettings
+    from modcluster.cluster.registry import Limits, Registry
+    from modcluster.cluster.persistence import write_state
+
+    reg = Registry(Clock(), Limits())
+    reg.config(BalancerSettings("mycluster"), NodeSettings(route="saved", host="127.0.0.1",
+                                                           port=8009))
+    write_state(str(path), reg.to_state())
+
+
+def _persisting(path):
+    return parse_config(f'[manager]\nlisten = ["tcp:0:interface=127.0.0.1"]\npersist = true\n'
+                        f'state_file = "{path}"\n[proxy]\nlisten = ["tcp:0:interface=127.0.0.1"]\n')
+
+
+def test_build_reads_no_file_the_saved_state_is_restored_when_the_service_starts(tmp_path):
+    path = tmp_path / "state.json"
+    _saved_state(path)
+    top = build(_persisting(path), MemoryReactorClock())
+    assert top.state_store is not None and top.registry.node("saved") is None
+    top.startService()
+    try:
+        assert top.registry.node("saved") is not None
+    finally:
+        top.stopService()
+
+
+def test_a_taken_over_registry_is_not_overwritten_by_the_state_file(tmp_path):
+    path = tmp_path / "state.json"
+    _saved_state(path)
+    top = build(_persisting(path), MemoryReactorClock())
+    top.taken_over = True  # as modcluster.tap._handover marks it
+    top.startService()
+    try:
+        assert top.registry.node("saved") is None
+    finally:
+        top.stopService()
