@@ -18,7 +18,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from modcluster import _version
-from modcluster.console.views import (
+from modcluster.cluster.views import (
     FILTER_FIELDS,
     NodeFilter,
     NodeIndex,

@@ -37,7 +37,7 @@ from prometheus_client.utils import floatToGoString
 from twisted.web.resource import Resource
 
 from modcluster import _version
-from modcluster.console.views import NodeState, node_state
+from modcluster.cluster.views import NodeState, node_state
 from modcluster.listening import TIMEOUT_REASONS
 
 __all__ = ["ClientCollector", "ClientTimeoutCollector", "ClusterCollector", "MCMPStats",

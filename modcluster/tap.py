@@ -200,8 +200,8 @@ def build(config: Config, reactor, demo: bool = False) -> BalancerService:
     from twisted.application.internet import StreamServerEndpointService
 
     from modcluster.api import APIResource
-    from modcluster.cluster.maintenance import Maintenance
-    from modcluster.cluster.persistence import StateStore
+    from modcluster.services.maintenance import Maintenance
+    from modcluster.services.persistence import StateStore
     from modcluster.cluster.registry import Limits, Registry
     from modcluster.console.resources import ConsoleResource, mount
     from modcluster.health import NodeProber

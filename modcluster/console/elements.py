@@ -19,7 +19,7 @@ from twisted.web.template import Element, Tag, TagLoader, XMLFile, renderer
 from zope.interface import implementer
 
 from modcluster.cluster.model import BalancerSettings
-from modcluster.console.views import (
+from modcluster.cluster.views import (
     ATTENTION,
     DRAINING,
     DomainGroup,

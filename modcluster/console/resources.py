@@ -43,7 +43,7 @@ from modcluster.console.elements import (
     PageData,
     stat_items,
 )
-from modcluster.console.views import (
+from modcluster.cluster.views import (
     DRAINING,
     FILTER_FIELDS,
     DomainGroup,

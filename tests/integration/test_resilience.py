@@ -15,7 +15,7 @@ from twisted.internet import defer, task
 from twisted.internet.protocol import Factory, Protocol
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 
-from modcluster.cluster.maintenance import Maintenance
+from modcluster.services.maintenance import Maintenance
 from modcluster.cluster.model import BalancerSettings, NodeSettings
 from modcluster.cluster.registry import Registry
 from modcluster.config import ProxyConfig

@@ -341,7 +341,7 @@ def test_long_listing_is_written_a_slice_per_reactor_turn(registry, clock):
 def test_node_shows_ejection_and_slow_start():
     """Issue 17: the API shows passive health and slow start."""
     from modcluster.api import node_json
-    from modcluster.console.views import NodeState, node_view
+    from modcluster.cluster.views import NodeState, node_view
 
     clock = Clock()
     reg = two_nodes(clock)

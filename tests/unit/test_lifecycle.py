@@ -221,7 +221,7 @@ def test_reload_and_reopen_signals_are_ours_before_the_first_listener_binds():
 def _saved_state(path) -> None:
     from modcluster.cluster.model import BalancerSettings, NodeSettings
     from modcluster.cluster.registry import Limits, Registry
-    from modcluster.cluster.persistence import write_state
+    from modcluster.services.persistence import write_state
 
     reg = Registry(Clock(), Limits())
     reg.config(BalancerSettings("mycluster"), NodeSettings(route="saved", host="127.0.0.1",

@@ -18,7 +18,7 @@ from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs
 
 from modcluster.cluster.model import BalancerSettings, NodeSettings
-from modcluster.cluster.persistence import StateStore, write_state
+from modcluster.services.persistence import StateStore, write_state
 from modcluster.cluster.registry import Limits, Registry
 from modcluster.mcmp.handler import MCMPHandler
 

@@ -8,7 +8,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from zope.interface import implementer
 
-from modcluster.cluster.maintenance import Maintenance
+from modcluster.services.maintenance import Maintenance
 from modcluster.cluster.model import BalancerSettings, NodeSettings
 from modcluster.cluster.registry import Limits, Registry
 from modcluster.interfaces import INodeProber

@@ -347,7 +347,7 @@ def test_restore_refuses_damaged_settings(change):
 
 
 def test_state_store_quarantines_a_damaged_file(tmp_path):
-    from modcluster.cluster.persistence import StateStore, write_state
+    from modcluster.services.persistence import StateStore, write_state
 
     clock, reg = make()
     register(reg, load=40)

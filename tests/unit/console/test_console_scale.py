@@ -19,7 +19,7 @@ from twisted.internet.task import Clock
 from tests.support.console_helpers import NONCE, PATH, console_client
 from modcluster.cluster.model import BalancerSettings, NodeSettings
 from modcluster.cluster.registry import Limits, Registry
-from modcluster.console import views
+from modcluster.cluster import views
 
 
 def cluster(clock, nodes: int, contexts: int = 10, domains: int = 4) -> Registry:
