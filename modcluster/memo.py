@@ -1,0 +1,97 @@
+"""
+One shape for the balancer's speed caches: L{BoundedMemo}, a named, bounded
+mapping from a key to a value computed once, with hit, miss and eviction
+counters.
+
+One eviction policy for all of them: when a new entry would exceed
+C{max_size}, the memo is emptied first.  That is the policy the data plane's
+head memos use (no per-hit bookkeeping: a hit is one dictionary lookup), and
+it is right for caches whose keys repeat a lot (a few request heads, a few
+node hosts, one registry version) and that must stay bounded when keys are
+client input.  A memo is a speed-up only: every value can be computed again.
+
+L{memo_stats} lists the counters of every live memo by name (for bench/ and
+tests).  Memos on the per-request hot path are not converted yet: see
+docs/architecture.md, "Speed caches".
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Callable, Generic, Hashable, TypeVar
+
+__all__ = ["BoundedMemo", "memo_stats"]
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+_LIVE: "weakref.WeakSet[BoundedMemo]" = weakref.WeakSet()
+
+
+class BoundedMemo(Generic[K, V]):
+    """
+    C{key -> value}, at most C{max_size} entries, emptied when full.
+
+    @ivar name: what the memo caches (dotted, as in L{memo_stats}).
+    @ivar max_size: the most entries it holds (at least 1).
+    @ivar hits: lookups answered from the memo.
+    @ivar misses: lookups that computed their value.
+    @ivar evictions: entries dropped because the memo was full.
+    """
+
+    __slots__ = ("name", "max_size", "hits", "misses", "evictions", "_entries", "__weakref__")
+
+    def __init__(self, name: str, max_size: int) -> None:
+        if max_size < 1:
+            raise ValueError(f"{name}: max_size must be at least 1, not {max_size!r}")
+        self.name = name
+        self.max_size = max_size
+        self.hits = 0
+        self.misses = 0
+        self.evictions = 0
+        self._entries: dict[K, V] = {}
+        _LIVE.add(self)
+
+    def get(self, key: K, compute: Callable[[K], V]) -> V:
+        """The value remembered for C{key}, or C{compute(key)}, remembered."""
+        entries = self._entries
+        try:
+            value = entries[key]
+        except KeyError:
+            pass
+        else:
+            self.hits += 1
+            return value
+        self.misses += 1
+        value = compute(key)
+        if len(entries) >= self.max_size:
+            self.evictions += len(entries)
+            entries.clear()
+        entries[key] = value
+        return value
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._entries
+
+    def clear(self) -> None:
+        """Forget every entry (the counters stay)."""
+        self._entries.clear()
+
+    def stats(self) -> dict[str, int]:
+        """C{size}, C{max_size}, C{hits}, C{misses}, C{evictions}."""
+        return {"size": len(self._entries), "max_size": self.max_size, "hits": self.hits,
+                "misses": self.misses, "evictions": self.evictions}
+
+    def __repr__(self) -> str:
+        return f"<BoundedMemo {self.name} {self.stats()}>"
+
+
+def memo_stats() -> dict[str, list[dict[str, int]]]:
+    """The L{BoundedMemo.stats} of every live memo, by name (one per instance)."""
+    found: dict[str, list[dict[str, int]]] = {}
+    for memo in list(_LIVE):
+        found.setdefault(memo.name, []).append(memo.stats())
+    return found

@@ -1,0 +1,57 @@
+"""
+modcluster.memo: the bounded memo every speed cache off the hot path shares.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from modcluster.memo import BoundedMemo, memo_stats
+
+
+def test_computes_once_per_key_and_counts_hits_and_misses():
+    calls = []
+    memo = BoundedMemo("test.once", 4)
+
+    def compute(key):
+        calls.append(key)
+        return key * 2
+
+    assert [memo.get(k, compute) for k in (1, 2, 1, 1, 2)] == [2, 4, 2, 2, 4]
+    assert calls == [1, 2]
+    assert memo.stats() == {"size": 2, "max_size": 4, "hits": 3, "misses": 2, "evictions": 0}
+
+
+def test_emptied_when_a_new_entry_would_exceed_the_bound():
+    memo = BoundedMemo("test.bound", 2)
+    memo.get("a", str.upper)
+    memo.get("b", str.upper)
+    assert len(memo) == 2
+    assert memo.get("c", str.upper) == "C"
+    assert len(memo) == 1 and "c" in memo and "a" not in memo
+    assert memo.evictions == 2
+    memo.clear()
+    assert len(memo) == 0 and memo.misses == 3
+
+
+@given(st.integers(1, 5), st.lists(st.integers(0, 20), max_size=60))
+def test_values_are_always_what_compute_gives_and_the_size_stays_bounded(size, keys):
+    memo = BoundedMemo("test.property", size)
+    for key in keys:
+        assert memo.get(key, lambda k: k * k) == key * key
+        assert len(memo) <= size
+    assert memo.hits + memo.misses == len(keys)
+
+
+def test_a_size_below_one_is_refused():
+    with pytest.raises(ValueError, match="test.empty: max_size"):
+        BoundedMemo("test.empty", 0)
+
+
+def test_memo_stats_lists_live_memos_by_name():
+    memo = BoundedMemo("test.listed", 3)
+    memo.get(1, str)
+    assert {"size": 1, "max_size": 3, "hits": 0, "misses": 1,
+            "evictions": 0} in memo_stats()["test.listed"]
