@@ -27,6 +27,7 @@ from modcluster.cluster.views import (
     node_view,
     node_views,
 )
+from modcluster.memo import BoundedMemo
 
 __all__ = ["APIResource", "balancer_json", "node_json"]
 
@@ -166,7 +167,8 @@ class APIResource(Resource):
         self._registry = registry
         self._release = release
         self._pool = workers
-        self._node_index: Optional[NodeIndex] = None
+        #: the node index of the registry's current structure version (one entry)
+        self._node_index: BoundedMemo[int, NodeIndex] = BoundedMemo("api.node_index", 1)
         #: the L{modcluster.proxy.sessions.SessionTable}, or None (max_session_ids 0)
         self._session_table = sessions
 
@@ -279,11 +281,10 @@ class APIResource(Resource):
 
     def _index(self) -> NodeIndex:
         """The node index of the current structure version (built once per version)."""
-        version = self._registry.table.generation
-        index = self._node_index
-        if index is None or index.version != version:
-            index = self._node_index = NodeIndex.build(self._registry, version)
-        return index
+        return self._node_index.get(self._registry.table.generation, self._build_index)
+
+    def _build_index(self, version: int) -> NodeIndex:
+        return NodeIndex.build(self._registry, version)
 
     def _nodes(self, request, base: str) -> _Listing:
         args = request.args or {}

@@ -674,17 +674,25 @@ def _node_tls(config: Config):
     """C{callable(node) -> IOpenSSLClientConnectionCreator} for https/wss nodes."""
     from modcluster.tls import client_context_factory
 
+    from modcluster.memo import BoundedMemo
+
     t = config.proxy.tls
-    cache: dict = {}
+    # one creator per node host (hosts come from CONFIG messages: bounded)
+    creators = BoundedMemo("proxy.tls.creators", NODE_TLS_CREATORS)
+
+    def new_creator(host: str):
+        return client_context_factory(
+            host, t.ca, t.client_certificate, t.client_private_key, verify=t.verify)
 
     def creator(node):
-        host = node.settings.host
-        if host not in cache:
-            cache[host] = client_context_factory(
-                host, t.ca, t.client_certificate, t.client_private_key, verify=t.verify)
-        return cache[host]
+        return creators.get(node.settings.host, new_creator)
 
     return creator
+
+
+#: Node hosts whose TLS connection creators are kept (more distinct hosts
+#: empty the memo; a creator is only rebuilt then).
+NODE_TLS_CREATORS = 4096
 
 
 def _advertise_summary(config: Config) -> str:

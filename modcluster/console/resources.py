@@ -34,15 +34,6 @@ from twisted.web.template import renderElement
 
 from modcluster import _version
 from modcluster.cluster.errors import ClusterError
-from modcluster.console.elements import (
-    BALANCER_ROUTES,
-    DEFAULT_PAGE_SIZE,
-    ConsolePage,
-    ErrorPage,
-    Finder,
-    PageData,
-    stat_items,
-)
 from modcluster.cluster.views import (
     DRAINING,
     FILTER_FIELDS,
@@ -53,6 +44,16 @@ from modcluster.cluster.views import (
     node_view,
     summarize,
 )
+from modcluster.console.elements import (
+    BALANCER_ROUTES,
+    DEFAULT_PAGE_SIZE,
+    ConsolePage,
+    ErrorPage,
+    Finder,
+    PageData,
+    stat_items,
+)
+from modcluster.memo import BoundedMemo
 
 __all__ = [
     "CONTENT_SECURITY_POLICY",
@@ -337,7 +338,8 @@ class ConsoleResource(Resource):
         self._mcmp = mcmp
         self._sessions = sessions
         self._display = tuple(display)
-        self._node_index: Optional[NodeIndex] = None
+        #: the node index of the registry's current structure version (one entry)
+        self._node_index: BoundedMemo[int, NodeIndex] = BoundedMemo("console.node_index", 1)
         self.putChild(b"static", _Static())
         self.putChild(b"update", _Update(self))
 
@@ -392,11 +394,10 @@ class ConsoleResource(Resource):
         table's generation: it changes with every node, alias, context or
         context-state change), built at most once per version.
         """
-        version = self._registry.table.generation
-        index = self._node_index
-        if index is None or index.version != version:
-            index = self._node_index = NodeIndex.build(self._registry, version)
-        return index
+        return self._node_index.get(self._registry.table.generation, self._build_index)
+
+    def _build_index(self, version: int) -> NodeIndex:
+        return NodeIndex.build(self._registry, version)
 
     def _select(self, params: dict[str, str]) -> "_Selection":
         """Which nodes a request shows: one node's detail, or a page of the list."""

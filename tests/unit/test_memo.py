@@ -55,3 +55,36 @@ def test_memo_stats_lists_live_memos_by_name():
     memo.get(1, str)
     assert {"size": 1, "max_size": 3, "hits": 0, "misses": 1,
             "evictions": 0} in memo_stats()["test.listed"]
+
+
+def test_node_tls_creators_are_built_once_per_host_and_counted():
+    from types import SimpleNamespace
+
+    from modcluster.config import parse_config
+    from modcluster.tap import _node_tls
+
+    creator = _node_tls(parse_config(""))
+
+    def node(host):
+        return SimpleNamespace(settings=SimpleNamespace(host=host))
+
+    first = creator(node("127.0.0.1"))
+    assert creator(node("127.0.0.1")) is first
+    assert creator(node("localhost")) is not first
+    assert any(s["hits"] == 1 and s["misses"] == 2
+               for s in memo_stats()["proxy.tls.creators"])
+
+
+def test_console_and_api_build_the_node_index_once_per_structure_version():
+    from twisted.internet.task import Clock
+
+    from modcluster.api import APIResource
+    from modcluster.cluster.model import BalancerSettings, NodeSettings
+    from modcluster.cluster.registry import Limits, Registry
+
+    registry = Registry(Clock(), Limits())
+    api = APIResource(registry, "test")
+    first = api._index()
+    assert api._index() is first and api._node_index.hits == 1
+    registry.config(BalancerSettings("b"), NodeSettings(route="n1", host="127.0.0.1", port=1))
+    assert api._index() is not first and api._node_index.misses == 2
