@@ -32,7 +32,7 @@ import fnmatch
 import os
 import signal
 import sys
-from typing import Any, Callable, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
 from twisted.application.service import MultiService
 from twisted.internet import defer
@@ -40,6 +40,13 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger, globalLogPublisher
 
 from modcluster.config import Config, ConfigError, iter_fields, load_config
+
+if TYPE_CHECKING:
+    from modcluster.cluster.registry import Registry
+    from modcluster.handover import ListenerBook
+    from modcluster.mcmp.handler import MCMPHandler
+    from modcluster.metrics import Metrics
+    from modcluster.services.persistence import StateStore
 
 __all__ = ["BalancerService", "changed_keys", "reopen_twistd_log"]
 
@@ -102,15 +109,16 @@ class BalancerService(MultiService):
         is then not read).
     """
 
-    def __init__(self, config: Config, reactor, *, registry: Any = None, handler: Any = None,
-                 metrics: Any = None) -> None:
+    def __init__(self, config: Config, reactor, *, registry: Optional[Registry] = None,
+                 handler: Optional[MCMPHandler] = None,
+                 metrics: Optional[Metrics] = None) -> None:
         super().__init__()
         self.registry = registry
         self.handler = handler
         self.metrics = metrics
         self.management_tls: list[Any] = []
-        self.state_store: Any = None
-        self.listener_book: Any = None
+        self.state_store: Optional[StateStore] = None
+        self.listener_book: Optional[ListenerBook] = None
         self.taken_over = False
         self._state_restored = False
         self.config = config
