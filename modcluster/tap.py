@@ -678,7 +678,7 @@ def _node_tls(config: Config):
 
     t = config.proxy.tls
     # one creator per node host (hosts come from CONFIG messages: bounded)
-    creators = BoundedMemo("proxy.tls.creators", NODE_TLS_CREATORS)
+    creators: BoundedMemo[str, object] = BoundedMemo("proxy.tls.creators", NODE_TLS_CREATORS)
 
     def new_creator(host: str):
         return client_context_factory(
