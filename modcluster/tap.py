@@ -168,22 +168,9 @@ def endpoint_address(description: str) -> tuple[str, int]:
     address: C{tcp:6666:interface=10.0.0.1} → C{("10.0.0.1", 6666)}.  Host is
     C{0.0.0.0} / C{::} when no interface is given.
     """
-    parts, current, escaped = [], "", False
-    for ch in description:
-        if escaped:
-            current += ch
-            escaped = False
-        elif ch == "\\":
-            escaped = True
-        elif ch == ":":
-            parts.append(current)
-            current = ""
-        else:
-            current += ch
-    parts.append(current)
-    kind, args = parts[0], parts[1:]
-    kw = dict(a.split("=", 1) for a in args if "=" in a)
-    positional = [a for a in args if "=" not in a]
+    from modcluster.preflight import split_endpoint
+
+    kind, positional, kw = split_endpoint(description)
     port = int(kw.get("port", positional[0] if positional else 0))
     default = "::" if kind == "tcp6" else "0.0.0.0"
     return kw.get("interface", default), port
