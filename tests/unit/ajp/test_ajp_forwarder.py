@@ -12,7 +12,7 @@ from typing import Callable, Optional
 
 import pytest
 from twisted.internet.address import IPv4Address
-from twisted.internet.error import ConnectionLost, ConnectionRefusedError
+from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import capturedLogs
@@ -36,6 +36,7 @@ from modcluster.cluster.registry import Registry
 from modcluster.config import ProxyConfig
 from modcluster.proxy import ProxyFactory
 from modcluster.proxy.interfaces import IForwarder, IUpstream
+from tests.support.proxy_testlib import ClientConn
 from tests.support.proxy_testlib import Response, parse_responses as parse
 
 CLIENT_ADDR = "127.0.0.9"
@@ -89,25 +90,8 @@ class CountingTransport(StringTransport):
         super().write(data)
 
 
-class Client:
-    def __init__(self, proto, transport: CountingTransport) -> None:
-        self.proto = proto
-        self.transport = transport
-
-    def send(self, data: bytes) -> None:
-        self.proto.dataReceived(data)
-
-    def received(self) -> bytes:
-        data = self.transport.value()
-        self.transport.clear()
-        return data
-
-    def lose(self) -> None:
-        self.proto.connectionLost(Failure(ConnectionLost()))
-
-    @property
-    def closed(self) -> bool:
-        return self.transport.disconnecting
+class Client(ClientConn):
+    """proxy_testlib's client connection, plus whether the proxy aborted it."""
 
     @property
     def aborted(self) -> bool:
