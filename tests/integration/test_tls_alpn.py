@@ -133,9 +133,11 @@ listen = ["tcp:{pport}:interface=127.0.0.1"]
         await service.stopService()
 
 
+@pytest.mark.parametrize("http2", [True, False], ids=["http2", "no-http2"])
 @pytest_twisted.ensureDeferred
-async def test_proxy_ssl_listener_answers_alpn(pki):
-    """An `ssl:` proxy listener in the main process (404: no context registered)."""
+async def test_proxy_ssl_listener_answers_alpn(pki, http2):
+    """An `ssl:` proxy listener in the main process (404: no context registered);
+    with [proxy] http2 = false, h2 is never selected."""
     mport, pport, cport = free_loopback_ports(3)
     config = parse_config(f"""
 [manager]
@@ -144,32 +146,12 @@ listen = ["tcp:{mport}:interface=127.0.0.1"]
 listen = ["tcp:{cport}:interface=127.0.0.1"]
 [proxy]
 listen = ["ssl:{pport}:interface=127.0.0.1:privateKey={pki['key']}:certKey={pki['cert']}"]
+http2 = {"true" if http2 else "false"}
 """)
     service = build(config, reactor)
     service.startService()
     try:
-        await _check_listener(pport, pki, "/nowhere", 404, h2=True)
-    finally:
-        await service.stopService()
-
-
-@pytest_twisted.ensureDeferred
-async def test_proxy_ssl_listener_without_http2_answers_alpn_http11(pki):
-    """The same listener with [proxy] http2 = false: h2 is never selected."""
-    mport, pport, cport = free_loopback_ports(3)
-    config = parse_config(f"""
-[manager]
-listen = ["tcp:{mport}:interface=127.0.0.1"]
-[console]
-listen = ["tcp:{cport}:interface=127.0.0.1"]
-[proxy]
-listen = ["ssl:{pport}:interface=127.0.0.1:privateKey={pki['key']}:certKey={pki['cert']}"]
-http2 = false
-""")
-    service = build(config, reactor)
-    service.startService()
-    try:
-        await _check_listener(pport, pki, "/nowhere", 404)
+        await _check_listener(pport, pki, "/nowhere", 404, h2=http2)
     finally:
         await service.stopService()
 
