@@ -53,9 +53,10 @@ from hyperframe.frame import GoAwayFrame
 from hpack import Decoder, Encoder
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer, ISSLTransport
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from zope.interface import implementer
 
+from modcluster.accesslog import text
 from modcluster.proxy.front import ClientProtocol, _Exchange
 from modcluster.proxy.headers import reason_phrase
 from modcluster.proxy.interfaces import IDEMPOTENT_METHODS, ClientInfo
@@ -504,9 +505,11 @@ class _H2Exchange(_Exchange):
         self.resp_started = True
         self.status = status
         client = self.client
-        (log.warn if status >= 500 else log.info)(
+        # one line per error response, rate-limited per status as for HTTP/1.1
+        self.factory.limiter.emit(
+            status, LogLevel.warn if status >= 500 else LogLevel.info,
             "{status} for {method} {target} from {client} (HTTP/2): {message}",
-            status=status, method=self.method, target=self.target,
+            status=status, method=text(self.method) or "-", target=text(self.target) or "-",
             client=client.remote_addr if client else "?", message=message)
         body = b"%d %s: %s\n" % (status, reason_phrase(status),
                                  message.encode("utf-8", "replace"))
@@ -810,8 +813,9 @@ class H2Protocol(Protocol):
             # h2 queued a GOAWAY with the error code (PROTOCOL_ERROR,
             # ENHANCE_YOUR_CALM for a CONTINUATION flood or an oversized header
             # list, FLOW_CONTROL_ERROR, …)
-            log.info("HTTP/2 client {client}: {error}; closing", client=self.client.remote_addr,
-                     error=str(e) or e.__class__.__name__)
+            self.factory.limiter.emit(
+                "h2 protocol error", LogLevel.info, "HTTP/2 client {client}: {error}; closing",
+                client=self.client.remote_addr, error=str(e) or e.__class__.__name__)
             self._fail()
             return
         for ev in events:
@@ -855,8 +859,10 @@ class H2Protocol(Protocol):
             (method, scheme, path, authority, fields, length, cookies, expect,
              x_forwarded) = request_fields(ev.headers)
         except _Malformed as e:
-            log.info("HTTP/2 client {client}: malformed request: {why}",
-                     client=self.client.remote_addr, why=str(e))
+            self.factory.limiter.emit(
+                "h2 malformed request", LogLevel.info,
+                "HTTP/2 client {client}: malformed request: {why}",
+                client=self.client.remote_addr, why=str(e))
             self._charge(RESET_COST)
             self._refuse(sid, ErrorCodes.PROTOCOL_ERROR)
             return
@@ -1011,8 +1017,10 @@ class H2Protocol(Protocol):
             self._calm_at = now
         self._calm -= cost
         if self._calm < 0 and not self._closing:
-            log.warn("HTTP/2 client {client} resets streams or sends control frames too fast; "
-                     "GOAWAY ENHANCE_YOUR_CALM", client=self.client.remote_addr)
+            self.factory.limiter.emit(
+                "h2 calm", LogLevel.warn,
+                "HTTP/2 client {client} resets streams or sends control frames too fast; "
+                "GOAWAY ENHANCE_YOUR_CALM", client=self.client.remote_addr)
             try:
                 self.h2.close_connection(ErrorCodes.ENHANCE_YOUR_CALM)
             except H2Error:

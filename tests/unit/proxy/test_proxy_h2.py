@@ -178,6 +178,28 @@ def test_stream_forwarded_like_http11(h):
     assert not c.proto.streams
 
 
+def test_error_and_malformed_stream_log_lines_are_rate_limited(h):
+    """A client cannot flood the log over HTTP/2 either: error answers and
+    malformed requests share the per-kind rate limit, and name methods and
+    targets as text (no b'...' reprs)."""
+    from twisted.logger import capturedLogs
+
+    with capturedLogs() as events:
+        for _ in range(3):
+            c = H2Client(h)
+            sids = [c.request(b"/nothing/%d" % i) for i in range(30)]
+            c.pump()
+            assert all(c.status(sid) == 404 for sid in sids)
+            bad = [c.request(extra=[(b"connection", b"close")]) for _ in range(5)]
+            c.pump()
+            assert all(c.resets[sid] == ErrorCodes.PROTOCOL_ERROR for sid in bad)
+    lines = [e for e in events if "log_format" in e and "HTTP/2" in e["log_format"]]
+    answers = [e for e in lines if "(HTTP/2)" in e["log_format"]]
+    malformed = [e for e in lines if "malformed" in e["log_format"]]
+    assert 1 <= len(answers) <= 10 and 1 <= len(malformed) <= 10
+    assert all(e["method"] == "GET" and e["target"].startswith("/nothing/") for e in answers)
+
+
 def test_connection_specific_header_resets_only_the_stream(h):
     h.node("n1", 9001)
     c = H2Client(h)
