@@ -361,6 +361,19 @@ class _Exchange:
             headers = out
         self.headers = headers
 
+    def detach(self) -> None:
+        """
+        Done, answered by the proxy itself: abort the node request in flight,
+        if any, and give back the attempt's counters (the error answers of
+        HTTP/1.1 and HTTP/2).
+        """
+        self.done = True
+        up = self.upstream
+        self.upstream = None
+        self._release()
+        if up is not None:
+            up.abort()
+
     def _release(self) -> None:
         """Give back the counters of the current attempt (exactly once)."""
         if self.counted:
@@ -1215,12 +1228,7 @@ class ClientProtocol(Protocol):
         """
         if ex is not self._current:
             return
-        ex.done = True
-        up = ex.upstream
-        ex.upstream = None
-        ex._release()
-        if up is not None:
-            up.abort()
+        ex.detach()
         obs = self._observer
         if ex.resp_started:
             if obs is not None:

@@ -487,15 +487,10 @@ class _H2Exchange(_Exchange):
     def _respondError(self, ex, status: int, message: str, retry_after: int = 0) -> None:
         if self.closed:
             return
-        self.done = True
         if self.wait_call is not None and self.wait_call.active():
             self.wait_call.cancel()
         self.wait_call = None
-        up = self.upstream
-        self.upstream = None
-        self._release()
-        if up is not None:
-            up.abort()
+        self.detach()
         obs = self._observer
         if self.resp_started:
             if obs is not None:
