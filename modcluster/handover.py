@@ -46,6 +46,11 @@ log = Logger(namespace="modcluster.handover")
 MAX_FDS = 250
 
 
+#: the longest line a handover peer may send (its request, "ready")
+MAX_LINE = 64 * 1024
+#: seconds the running balancer waits for a successor to take the sockets and state
+SEND_TIMEOUT = 10.0
+
 def _key(host: str, port: int) -> tuple[str, int]:
     return (host or "0.0.0.0", int(port))
 
@@ -214,6 +219,12 @@ class _HandoverProtocol(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         self.buffer += data
+        if len(self.buffer) > MAX_LINE:  # a request or "ready" is one short line
+            log.warn("handover: a line of over {limit} bytes on the handover socket; "
+                     "closing", limit=MAX_LINE)
+            self.buffer = b""
+            self.transport.loseConnection()
+            return
         while b"\n" in self.buffer:
             line, _, self.buffer = self.buffer.partition(b"\n")
             if not self.handed:
@@ -321,13 +332,16 @@ class HandoverService(Service):
             # Closing must not shut the socket down: it is the new process's too.
             port._shouldShutdown = False
             proto.paused.append(port)
-        state = json.dumps(self.top.registry.to_state(), separators=(",", ":")).encode()
+        saved = self.top.registry.to_state()
+        state = json.dumps(saved, separators=(",", ":")).encode()
         entries = self._sockets()
         header = json.dumps({"pid": os.getpid(), "listeners": [e for e, _ in entries],
                              "state_length": len(state)}).encode() + b"\n"
         handle = proto.transport.getHandle()
         try:
-            handle.setblocking(True)
+            # Blocking, but bounded: a successor that stops reading must not
+            # hang this process (whose listeners are paused) for ever.
+            handle.settimeout(SEND_TIMEOUT)
             socket.send_fds(handle, [header], [fd for _, fd in entries])
             handle.sendall(state)
             handle.setblocking(False)
@@ -337,7 +351,7 @@ class HandoverService(Service):
             return
         log.info("handover: process {pid} is taking over {count} listening sockets and "
                  "{nodes} nodes", pid=pid, count=len(entries),
-                 nodes=len(self.top.registry.to_state().get("nodes", ())))
+                 nodes=len(saved.get("nodes", ())))
 
     def handed_over(self, proto: _HandoverProtocol) -> None:
         log.info("handover: process {pid} serves now; draining and stopping", pid=proto.pid)

@@ -48,3 +48,26 @@ def test_book_adopts_handed_sockets_and_binds_the_rest():
     assert "listenTCP" not in vars(reactor)
     for s in (handed, a, b):
         s.close()
+
+
+def test_a_peer_that_never_ends_its_line_is_closed():
+    """The handover socket's reader is bounded: no newline within MAX_LINE
+    bytes closes the connection (and hands nothing over)."""
+    from twisted.internet.testing import StringTransport
+
+    from modcluster import handover
+
+    class Service:
+        calls = []
+
+        def hand_over(self, proto, line):
+            self.calls.append(line)
+
+    service = Service()
+    proto = handover._HandoverProtocol(service)
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    for _ in range(handover.MAX_LINE // 4096 + 1):
+        proto.dataReceived(b"x" * 4096)
+    assert transport.disconnecting and proto.buffer == b""
+    assert service.calls == []
