@@ -151,24 +151,41 @@ class HostCheck:
 class RateLimitedLog:
     """
     One warning per key (a client address) every C{interval} seconds; the next
-    one says how many were not logged.  At most C{max_keys} keys remembered.
+    one says how many were not logged.  At most C{max_keys} keys remembered,
+    and at most C{max_lines} lines in all per C{interval}: clients coming from
+    many addresses cannot flood the log either.
     """
 
     log = Logger()
 
-    def __init__(self, clock, interval: float = 60.0, max_keys: int = 1024) -> None:
+    def __init__(self, clock, interval: float = 60.0, max_keys: int = 1024,
+                 max_lines: int = 100) -> None:
         self._clock = clock
         self._interval = interval
         self._max_keys = max_keys
+        self._max_lines = max_lines
         self._seen: dict[str, list] = {}  # key -> [last logged time, suppressed count]
+        self._window = [float("-inf"), 0, 0]  # [start, lines logged, lines dropped]
 
     def warn(self, key: str, fmt: str, **fields) -> bool:
-        """Log unless C{key} was logged less than C{interval} ago; True when logged."""
+        """Log unless C{key} was logged less than C{interval} ago, or the
+        interval's line budget is used up; True when logged."""
         now = self._clock.seconds()
         entry = self._seen.get(key)
         if entry is not None and now - entry[0] < self._interval:
             entry[1] += 1
             return False
+        window = self._window
+        if now - window[0] >= self._interval:
+            if window[2]:
+                self.log.warn("{dropped} more refusal lines were not logged (over "
+                              "{limit} in {interval:g} s)", dropped=window[2],
+                              limit=self._max_lines, interval=self._interval)
+            window[:] = [now, 0, 0]
+        if window[1] >= self._max_lines:
+            window[2] += 1
+            return False
+        window[1] += 1
         suppressed = entry[1] if entry is not None else 0
         self._seen.pop(key, None)
         self._seen[key] = [now, 0]

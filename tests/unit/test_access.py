@@ -118,6 +118,18 @@ def test_refusal_log_is_rate_limited_per_client():
     assert all(e["log_level"] is LogLevel.warn for e in events)
 
 
+def test_refusal_log_is_bounded_across_many_client_addresses():
+    clock = Clock()
+    log = RateLimitedLog(clock, interval=60, max_lines=5)
+    with capturedLogs() as events:
+        logged = [log.warn(f"10.0.0.{i}", "refused {who}", who=i) for i in range(50)]
+        assert logged.count(True) == 5 and len(events) == 5
+        clock.advance(61)
+        assert log.warn("10.0.1.1", "refused {who}", who="late")
+    assert "45 more refusal lines" in events[5]["log_format"].format(**events[5])
+    assert events[-1]["who"] == "late"
+
+
 def test_refusal_log_remembers_a_bounded_number_of_clients():
     log = RateLimitedLog(Clock(), max_keys=3)
     for i in range(10):
