@@ -142,7 +142,7 @@ def serve_ajp(port: int, size: int) -> None:
 def one_node_factory(reactor, kind: str, backend: int):
     """The real ProxyFactory (with the AJP forwarder) routing / to one node."""
     sys.path.insert(0, CODE)
-    from modcluster.ajp.forwarder import AJPForwarder
+    from modcluster.proxy.ajp import AJPForwarder
     from modcluster.cluster.model import BalancerSettings, NodeSettings
     from modcluster.cluster.registry import Registry
     from modcluster.config import ProxyConfig
@@ -192,7 +192,7 @@ def serve_proxy(port: int, kind: str, backend: int) -> None:
     reactor.listenTCP(port, factory, interface=LOOPBACK, backlog=1024)
     if os.environ.get("AJPQ_COUNT_READS") and kind == "ajp":
         # how many reads from the node per response (Tomcat may split them)
-        from modcluster.ajp import forwarder as fwmod
+        from modcluster.proxy import ajp as fwmod
 
         counts = [0, 0]
         read = fwmod._NodeProtocol.dataReceived

@@ -526,7 +526,7 @@ def _observe(config: Config, reactor, top, metrics, proxy, pool) -> None:
 def _proxy_factory(config: Config, reactor, table, on_node_failure, on_node_success,
                    node_tls, send=None, on_node_ejected=None):
     """The client-side factory with its HTTP and AJP forwarders and routing policy."""
-    from modcluster.ajp.forwarder import AJPForwarder
+    from modcluster.proxy.ajp import AJPForwarder
     from modcluster.balancer import RoutingPolicy
     from modcluster.balancer._health import resilience_settings
     from modcluster.proxy.front import ProxyFactory

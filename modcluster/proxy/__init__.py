@@ -1,11 +1,11 @@
 """
 The data plane: the client-facing HTTP front (L{front}), the HTTP/HTTPS/WS
-forwarder with its node pools (L{http}) and the forwarder contract
-(L{interfaces}).  See docs/data-plane.md.
+forwarder (L{http}) and the AJP forwarder (L{ajp}) over the shared node pools
+(L{pool}), and the forwarder contract (L{interfaces}).  See docs/data-plane.md.
 """
 
 from modcluster.proxy.front import ClientProtocol, ProxyFactory
-from modcluster.proxy.http import HttpForwarder, probe_http
+from modcluster.proxy.http import HttpForwarder
 from modcluster.proxy.interfaces import ClientInfo, ForwardError, IExchange, IForwarder, IUpstream
 
 __all__ = [
@@ -17,5 +17,4 @@ __all__ = [
     "IForwarder",
     "IUpstream",
     "ProxyFactory",
-    "probe_http",
 ]

@@ -1,7 +1,7 @@
 """
 The HTTP/HTTPS (and WS/WSS) forwarder: per-node pools of keep-alive
-connections, each a L{NodeProtocol} that writes requests and parses responses
-with httptools, and L{probe_http}, the C{OPTIONS *} health probe.
+connections (over L{modcluster.proxy.pool}), each a L{NodeProtocol} that
+writes requests and parses responses with httptools.
 
 A L{NodeProtocol} is both the connection and the L{IUpstream} handle of the
 exchange it carries, so a pooled request allocates nothing but its head bytes.
@@ -20,16 +20,8 @@ from typing import Callable, Optional
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 from OpenSSL.SSL import Error as SSLError
-from twisted.internet.abstract import isIPAddress, isIPv6Address
-from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import (
-    HostnameEndpoint,
-    TCP4ClientEndpoint,
-    TCP6ClientEndpoint,
-    wrapClientTLS,
-)
 from twisted.internet.interfaces import IPushProducer
-from twisted.internet.protocol import ClientFactory, Factory, Protocol
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -42,15 +34,23 @@ from modcluster.proxy.interfaces import (
     RESET,
     TIMEOUT,
     ForwardError,
-    IForwarder,
+    INodeConnection,
     IUpstream,
 )
+from modcluster.proxy.pool import (
+    LocalUpstream,
+    PoolBase,
+    PooledForwarder,
+    connect_failed,
+    connect_node,
+    direct_address,
+    node_endpoint,
+)
 
-__all__ = ["HttpForwarder", "NodePool", "NodeProtocol", "probe_http", "PROBE_USER_AGENT"]
+__all__ = ["HttpForwarder", "NodePool", "NodeProtocol"]
 
 log = Logger(namespace="modcluster.proxy")
 
-PROBE_USER_AGENT = b"txmodcluster (internal mod_cluster connection)"
 _TLS_TYPES = ("https", "wss")
 _HEAD = b"HEAD"
 _CHUNK_END = b"0\r\n\r\n"
@@ -83,24 +83,6 @@ def split_head(head: bytes) -> tuple:
     return (reason,) + response_block_at(head, line_end + 2)
 
 
-def node_endpoint(reactor, host: str, port: int, timeout: float, tls=None):
-    """
-    A client endpoint for a node address: IPv4/IPv6 literals directly, names
-    through C{HostnameEndpoint}; wrapped in TLS when C{tls} (an
-    C{IOpenSSLClientConnectionCreator}) is given.
-    """
-    h = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if isIPAddress(h):
-        ep = TCP4ClientEndpoint(reactor, h, port, timeout=timeout)
-    elif isIPv6Address(h):
-        ep = TCP6ClientEndpoint(reactor, h, port, timeout=timeout)
-    else:
-        ep = HostnameEndpoint(reactor, h, port, timeout=timeout)
-    if tls is not None:
-        ep = wrapClientTLS(tls, ep)
-    return ep
-
-
 def _default_tls(node):
     from twisted.internet.ssl import optionsForClientTLS
 
@@ -110,88 +92,7 @@ def _default_tls(node):
     return optionsForClientTLS(host)
 
 
-class _Direct(ClientFactory):
-    """C{connectTCP} factory for one prepared node protocol; a failure goes to
-    its node connection (C{conn._connectFailed})."""
-
-    noisy = False
-
-    def __init__(self, conn, proto: Protocol) -> None:
-        self.conn = conn
-        self.proto = proto
-
-    def buildProtocol(self, addr) -> Protocol:
-        return self.proto
-
-    def clientConnectionFailed(self, connector, reason) -> None:
-        self.conn._connectFailed(reason)
-
-
-def direct_address(host: str, port: int) -> Optional[tuple[str, int]]:
-    """
-    C{(address, port)} when C{host} is an IP literal (IPv6 with or without
-    brackets), so a plain-TCP node connection can use the reactor's own
-    connector; C{None} for names (resolved by the endpoint).
-    """
-    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    return (bare, port) if isIPAddress(bare) or isIPv6Address(bare) else None
-
-
-def connect_node(conn, proto: Protocol) -> None:
-    """
-    Connect C{proto} for the node connection C{conn} (HTTP or AJP; it has
-    C{pool}, C{fw}, C{sync} and C{_connectFailed}): an IP literal without TLS
-    through C{connectTCP} directly (no endpoint wrapper protocol between the
-    transport and C{proto}: one call less per read), anything else through the
-    pool's endpoint.  A synchronous failure is reported like any other.
-    """
-    pool = conn.pool
-    conn.sync = True
-    try:
-        if pool.direct is not None:
-            host, port = pool.direct
-            conn.fw.reactor.connectTCP(host, port, _Direct(conn, proto),
-                                       timeout=pool.connect_timeout)
-        else:
-            pool.endpoint.connect(_OneShot(proto)).addErrback(conn._connectFailed)
-    except Exception:  # a bad address can fail synchronously
-        conn._connectFailed(Failure())
-    conn.sync = False
-
-
-def connect_failed(conn, failure) -> None:
-    """
-    A node connection (HTTP or AJP) could not be established: forget it and
-    report a CONNECT failure to its exchange.  When the endpoint failed
-    synchronously (C{conn.sync}), report from the next reactor turn so the
-    front never sees a failure from inside its own C{forward} call.
-    """
-    if conn.sync:
-        conn.fw.reactor.callLater(0, connect_failed, conn, failure)
-        return
-    conn.closed = True
-    conn.pool.lost(conn)
-    ex = conn.ex
-    conn.ex = None
-    if ex is not None:
-        ex.responseFailed(ForwardError(
-            CONNECT, f"cannot connect to {conn.pool.worker}: "
-                     f"{failure.getErrorMessage() or failure.type.__name__}"))
-
-
-class _OneShot(Factory):
-    """Hands a prepared protocol to the endpoint."""
-
-    noisy = False
-
-    def __init__(self, proto: Protocol) -> None:
-        self.proto = proto
-
-    def buildProtocol(self, addr) -> Protocol:
-        return self.proto
-
-
-@implementer(IUpstream, IPushProducer)
+@implementer(IUpstream, IPushProducer, INodeConnection)
 class NodeProtocol(Protocol):
     """
     One connection to a node.  Idle in its pool, or carrying one exchange.
@@ -636,64 +537,6 @@ def _merged_forwarded(ex, server_name: bytes) -> list:
     return parts
 
 
-class PoolBase:
-    """
-    The bookkeeping every per-node pool shares: which connections exist, which
-    are idle (most recent last), the smax/ttl trimming of idle ones, retiring
-    and closing.  Connections provide C{idle_since}, C{_close()} and C{abort()}.
-    """
-
-    def __init__(self, fw, node) -> None:
-        s = node.settings
-        cfg = fw.config
-        self.fw = fw
-        self.node_id = node.id
-        self.settings = s
-        self.rt = node.rt
-        self.worker = s.worker_name
-        self.idle: list = []
-        self.conns: set = set()
-        self.closed = False
-        self.max_idle = s.smax if s.smax >= 0 else cfg.max_idle_per_node
-        self.ttl = s.ttl
-        self.read_timeout = s.timeout if s.timeout > 0 else cfg.timeout
-
-    def lost(self, conn) -> None:
-        self.conns.discard(conn)
-        try:
-            self.idle.remove(conn)
-        except ValueError:
-            pass
-
-    def trim_idle(self, now: float) -> None:
-        """Close idle connections beyond C{max_idle} unused for longer than C{ttl}."""
-        idle = self.idle
-        excess = len(idle) - self.max_idle
-        if excess > 0 and self.ttl > 0:
-            n = 0
-            while n < excess and now - idle[n].idle_since > self.ttl:
-                n += 1
-            if n:
-                old = idle[:n]
-                del idle[:n]
-                for conn in old:
-                    conn._close()
-
-    def retire(self) -> None:
-        """Close idle connections now; busy ones close when their exchange ends."""
-        self.closed = True
-        idle = self.idle
-        self.idle = []
-        for conn in idle:
-            conn._close()
-
-    def close(self) -> None:
-        self.retire()
-        for conn in list(self.conns):
-            conn.abort()
-            conn._close()
-
-
 class NodePool(PoolBase):
     """
     The connections to one node (one registration of it: a re-registered node
@@ -758,78 +601,6 @@ class NodePool(PoolBase):
         self.trim_idle(now)
 
 
-@implementer(IForwarder)
-class PooledForwarder:
-    """
-    What every forwarder does with its per-node pools: one pool per node
-    registration (a re-registered node gets a fresh pool), pools of nodes that
-    left the table drain their busy connections, a coarse tick for timeouts.
-    Subclasses set C{pool_class} (built as C{pool_class(self, node)}).
-    """
-
-    pool_class: type
-
-    def __init__(self, reactor) -> None:
-        self.now = reactor.seconds()
-        self.slack = 1.0
-        self._pools: dict = {}
-        self._draining: list = []
-
-    def pool(self, node):
-        """The pool of C{node}'s current registration (created on demand)."""
-        pool = self._pools.get(node.id)
-        if (pool is None or pool.rt is not node.rt
-                or (pool.settings is not node.settings and pool.settings != node.settings)):
-            if pool is not None:
-                self._retire(pool)
-            pool = self._pools[node.id] = self.pool_class(self, node)
-        elif pool.settings is not node.settings:
-            pool.settings = node.settings
-        return pool
-
-    def reconfigure(self, config) -> None:
-        """
-        Reload: C{config} (a L{ProxyConfig} whose other settings are unchanged)
-        gives the read timeout and idle-connection limit of the nodes that do
-        not set their own (CONFIG C{Timeout}, C{smax}), from now on.
-        """
-        self.config = config
-        for pool in self._pools.values():
-            if pool.settings.timeout <= 0:
-                pool.read_timeout = config.timeout
-            if pool.settings.smax < 0:
-                pool.max_idle = config.max_idle_per_node
-
-    def _retire(self, pool) -> None:
-        pool.retire()
-        if pool.conns:
-            self._draining.append(pool)
-
-    def retain(self, nodes) -> None:
-        live = {n.id: n for n in nodes}
-        for nid, pool in list(self._pools.items()):
-            n = live.get(nid)
-            if (n is None or n.rt is not pool.rt
-                    or (n.settings is not pool.settings and n.settings != pool.settings)):
-                del self._pools[nid]
-                self._retire(pool)
-
-    def tick(self, now: float) -> None:
-        self.now = now
-        for pool in list(self._pools.values()):
-            pool.tick(now, self.slack)
-        if self._draining:
-            for pool in self._draining:
-                pool.tick(now, self.slack)
-            self._draining = [p for p in self._draining if p.conns]
-
-    def close(self) -> None:
-        for pool in list(self._pools.values()) + self._draining:
-            pool.close()
-        self._pools.clear()
-        self._draining = []
-
-
 class HttpForwarder(PooledForwarder):
     """
     L{IForwarder} for C{http}, C{https}, C{ws} and C{wss} nodes.
@@ -876,113 +647,3 @@ class HttpForwarder(PooledForwarder):
                 return LocalUpstream(self.reactor, exchange,
                                      error=ForwardError(CONNECT, f"{type(e).__name__}: {e}"))
         return pool.acquire(exchange, fresh)
-
-
-@implementer(IUpstream)
-class LocalUpstream:
-    """
-    An attempt answered without a node connection, for any forwarder: a
-    failure (the pool cannot be built, e.g. bad TLS files) or the proxy's own
-    response (e.g. a request head too large for AJP, mod_proxy_ajp's 400).
-    Reported from the next reactor turn.
-    """
-
-    def __init__(self, reactor, ex, error: Optional[ForwardError] = None,
-                 status: int = 0, message: str = "") -> None:
-        self.ex = ex
-        reactor.callLater(0, self._fire, error, status, message)
-
-    def _fire(self, error, status, message) -> None:
-        ex = self.ex
-        self.ex = None
-        if ex is None:
-            return
-        if error is not None:
-            ex.responseFailed(error)
-            return
-        reason = reason_phrase(status)
-        body = b"%d %s: %s\n" % (status, reason, message.encode("utf-8", "replace"))
-        ex.responseHead(status, reason, [(b"Content-Type", b"text/plain; charset=utf-8"),
-                                         (b"Content-Length", b"%d" % len(body))], len(body))
-        ex.responseBody(body)
-        ex.responseEnd()
-
-    def requestBody(self, data: bytes) -> None:
-        pass
-
-    def requestBodyEnd(self) -> None:
-        pass
-
-    def pauseResponse(self) -> None:
-        pass
-
-    def resumeResponse(self) -> None:
-        pass
-
-    def abort(self) -> None:
-        self.ex = None
-
-
-class _Probe(Protocol):
-    def __init__(self, done: Callable[[bool], None]) -> None:
-        self.done = done
-        self.buf = b""
-
-    def connectionMade(self) -> None:
-        self.transport.write(b"OPTIONS * HTTP/1.0\r\nUser-Agent: " + PROBE_USER_AGENT
-                             + b"\r\n\r\n")
-
-    def dataReceived(self, data: bytes) -> None:
-        self.buf += data
-        if b"\n" in self.buf or len(self.buf) >= 1024:
-            line = self.buf.split(b"\n", 1)[0]
-            self.done(line.startswith(b"HTTP/"))
-            self.transport.loseConnection()
-
-    def connectionLost(self, reason=None) -> None:
-        self.done(False)
-
-
-def probe_http(reactor, node, timeout: float, tls=None) -> Deferred:
-    """
-    Probe an HTTP/HTTPS node as mod_proxy_cluster does (balancing.md §6.1): on
-    a fresh connection send C{OPTIONS * HTTP/1.0} with the internal
-    User-Agent, succeed on any status line received within C{timeout}.
-
-    @param node: a L{NodeEntry} (host, port and type are used).
-    @param tls: an C{IOpenSSLClientConnectionCreator} for https/wss nodes.
-    @return: Deferred firing C{True} or C{False}; it never fails.
-    """
-    result: Deferred = Deferred()
-    state = {"timer": None, "connect": None, "proto": None}
-
-    def done(ok: bool) -> None:
-        if result.called:
-            return
-        timer = state["timer"]
-        if timer is not None and timer.active():
-            timer.cancel()
-        result.callback(ok)
-
-    def expire() -> None:
-        proto = state["proto"]
-        if proto is not None and proto.transport is not None:
-            proto.transport.abortConnection()
-        connecting = state["connect"]
-        if connecting is not None and not connecting.called:
-            connecting.cancel()
-        done(False)
-
-    s = node.settings
-    if timeout <= 0:
-        timeout = 10.0
-    proto = state["proto"] = _Probe(done)
-    try:
-        ep = node_endpoint(reactor, s.host, s.port, timeout, tls)
-        d = state["connect"] = ep.connect(_OneShot(proto))
-    except Exception:
-        done(False)
-        return result
-    state["timer"] = reactor.callLater(timeout, expire)
-    d.addErrback(lambda f: done(False))
-    return result

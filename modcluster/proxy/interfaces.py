@@ -1,7 +1,9 @@
 """
 The seam between the client side of the data plane (L{modcluster.proxy.front})
 and the forwarders that talk to nodes (HTTP/HTTPS/WS/WSS in
-L{modcluster.proxy.http}, AJP elsewhere).
+L{modcluster.proxy.http}, AJP in L{modcluster.proxy.ajp}), and between a
+forwarder's per-node pools (L{modcluster.proxy.pool}) and their connections
+(L{INodeConnection}).
 
 The front owns everything that is the same whatever the node speaks: parsing
 client requests, routing (L{modcluster.balancer.choose}), stickiness,
@@ -41,6 +43,7 @@ __all__ = [
     "ForwardError",
     "IExchange",
     "IForwarder",
+    "INodeConnection",
     "IUpstream",
     "IDEMPOTENT_METHODS",
     "CONNECT",
@@ -334,6 +337,47 @@ class IForwarder(Interface):
 
     def close() -> None:
         """Close every connection (service stop)."""
+
+
+class INodeConnection(Interface):
+    """
+    What the shared pool code (L{modcluster.proxy.pool}: C{PoolBase},
+    C{PooledForwarder}, C{connect_node}, C{connect_failed}) and a forwarder's
+    pool use of one keep-alive connection to a node.  Both kinds provide it:
+    L{modcluster.proxy.http.NodeProtocol} and
+    L{modcluster.proxy.ajp.AJPConnection}.
+
+    Each kind also has a C{start(ex, ...)} that makes it carry an exchange;
+    its arguments differ (the AJP one takes the encoded FORWARD_REQUEST and
+    the CPING timeout), so it is left to the kind's own pool.
+    """
+
+    pool = Attribute("The per-node pool (a C{PoolBase}) this connection belongs to.")
+    fw = Attribute("The pool's forwarder (has C{reactor}, C{now}).")
+    rt = Attribute("The node's runtime counters (C{read}, C{transferred}).")
+    ex = Attribute("The L{IExchange} carried now, or C{None} when idle.")
+    up = Attribute("C{True} once connected, until the connection is lost.")
+    closed = Attribute("C{True} once closed or lost: never reused again.")
+    reused = Attribute("C{True} once it has been idle in its pool (AJP sets it).")
+    sync = Attribute(
+        "C{True} while C{connect_node} runs, so that a synchronous connect failure "
+        "is reported from the next reactor turn (C{connect_failed}).")
+    paused = Attribute("C{True} while the front has asked it to stop reading.")
+    idle_since = Attribute(
+        "The forwarder's clock (C{fw.now}) when it was last put back in the idle "
+        "list; C{PoolBase.trim_idle} closes idle ones older than the node's C{ttl}.")
+
+    def connect() -> None:
+        """Open the transport (through C{connect_node})."""
+
+    def _connectFailed(failure) -> None:
+        """The connection could not be made (through C{connect_failed})."""
+
+    def _close() -> None:
+        """Close an idle or finished connection and leave the pool (C{pool.lost})."""
+
+    def abort() -> None:
+        """Drop the connection at once (service stop; L{IUpstream.abort})."""
 
 
 #: The idempotent request methods (RFC 9110 §9.2.2): a request with one of

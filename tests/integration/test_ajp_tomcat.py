@@ -23,7 +23,7 @@ import pytest_twisted
 from twisted.internet import reactor, threads
 from twisted.internet.task import deferLater
 
-from modcluster.ajp.forwarder import AJPForwarder
+from modcluster.proxy.ajp import AJPForwarder
 from modcluster.cluster.model import BalancerSettings, NodeSettings
 from modcluster.cluster.registry import Registry
 from modcluster.config import ProxyConfig

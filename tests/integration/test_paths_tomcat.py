@@ -19,7 +19,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor, threads
 
-from modcluster.ajp.forwarder import AJPForwarder
+from modcluster.proxy.ajp import AJPForwarder
 from modcluster.cluster.model import BalancerSettings, NodeSettings
 from modcluster.cluster.registry import Registry
 from modcluster.config import ProxyConfig

@@ -29,7 +29,8 @@ from zope.interface import implementer
 from modcluster.cluster.model import BalancerSettings, NodeSettings
 from modcluster.cluster.registry import Registry
 from modcluster.config import ProxyConfig
-from modcluster.proxy import ProxyFactory, probe_http
+from modcluster.health import probe_http
+from modcluster.proxy import ProxyFactory
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CHUNK = b"z" * 65536

@@ -1,5 +1,5 @@
 """
-L{modcluster.ajp.forwarder.AJPForwarder} in memory: the real front
+L{modcluster.proxy.ajp.AJPForwarder} in memory: the real front
 (L{ProxyFactory}) and a real L{Registry} on a L{MemoryReactorClock}, clients on
 L{StringTransport}s, nodes as L{FakeAJPContainer}s paired with the
 forwarder's connections through L{iosim}.
@@ -21,7 +21,7 @@ from twisted.test import iosim
 from zope.interface import directlyProvides
 from zope.interface.verify import verifyObject
 
-from modcluster.ajp.forwarder import AJPConnection, AJPForwarder
+from modcluster.proxy.ajp import AJPConnection, AJPForwarder
 from modcluster.ajp.packets import (
     CPING_PACKET,
     encode_end_response,
@@ -1153,7 +1153,7 @@ def test_forward_request_pieces_kept_per_client_connection(monkeypatch):
     and a connection's later requests with another Host or none get their
     own server_name; also when the cache is full and starts over.
     """
-    from modcluster.ajp import forwarder as forwarder_module
+    from modcluster.proxy import ajp as forwarder_module
 
     monkeypatch.setattr(forwarder_module, "CLIENT_CACHE", 1)
     h = one_node()

@@ -201,7 +201,7 @@ def test_response_block_at_a_status_line_is_response_block(pairs, status_line):
 
 
 def test_direct_address_only_for_ip_literals():
-    from modcluster.proxy.http import direct_address
+    from modcluster.proxy.pool import direct_address
 
     assert direct_address("127.0.0.1", 8009) == ("127.0.0.1", 8009)
     assert direct_address("[::1]", 8080) == ("::1", 8080)

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from modcluster.ajp.forwarder import AJPForwarder
+from modcluster.proxy.ajp import AJPForwarder
 from modcluster.ajp.packets import decode_forward_request
 from modcluster.balancer import match_path, path_refusal
 from modcluster.cluster.model import ContextState

@@ -11,7 +11,8 @@ from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
 from modcluster.cluster.model import NodeEntry, NodeRuntime, NodeSettings
-from modcluster.proxy import IForwarder, IUpstream, probe_http
+from modcluster.health import probe_http
+from modcluster.proxy import IForwarder, IUpstream
 
 GET = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
 

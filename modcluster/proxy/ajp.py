@@ -60,8 +60,8 @@ from modcluster.proxy.headers import (
     drop_listed,
     reason_phrase,
 )
-from modcluster.proxy.http import (
-    HEAD_MEMO_SIZE,
+from modcluster.proxy.http import HEAD_MEMO_SIZE
+from modcluster.proxy.pool import (
     PoolBase,
     PooledForwarder,
     LocalUpstream,
@@ -77,6 +77,7 @@ from modcluster.proxy.interfaces import (
     TIMEOUT,
     ForwardError,
     IForwarder,
+    INodeConnection,
     IUpstream,
 )
 
@@ -135,7 +136,7 @@ def _relayed(headers) -> list:
     return out
 
 
-@implementer(IUpstream, IAJPResponseReceiver, IPushProducer)
+@implementer(IUpstream, IAJPResponseReceiver, IPushProducer, INodeConnection)
 class AJPConnection:
     """
     One connection to an AJP connector: idle in its pool, or carrying one
