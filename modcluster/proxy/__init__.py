@@ -4,7 +4,8 @@ forwarder (L{http}) and the AJP forwarder (L{ajp}) over the shared node pools
 (L{pool}), and the forwarder contract (L{interfaces}).  See docs/data-plane.md.
 """
 
-from modcluster.proxy.front import ClientProtocol, ProxyFactory
+from modcluster.proxy.client import ClientProtocol
+from modcluster.proxy.front import ProxyFactory
 from modcluster.proxy.http import HttpForwarder
 from modcluster.proxy.interfaces import ClientInfo, ForwardError, IExchange, IForwarder, IUpstream
 

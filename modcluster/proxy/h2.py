@@ -57,7 +57,8 @@ from twisted.logger import Logger, LogLevel
 from zope.interface import implementer
 
 from modcluster.accesslog import text
-from modcluster.proxy.front import ClientProtocol, _Exchange
+from modcluster.proxy.client import ClientProtocol
+from modcluster.proxy.exchange import _Exchange
 from modcluster.proxy.headers import reason_phrase
 from modcluster.proxy.interfaces import IDEMPOTENT_METHODS, ClientInfo
 

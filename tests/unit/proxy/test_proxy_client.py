@@ -258,7 +258,7 @@ def test_slow_node_pauses_client_body():
 
 def test_body_buffered_while_connecting_then_paused():
     """Until the node connection exists the body is held, up to a bound."""
-    from modcluster.proxy.front import BODY_BUFFER
+    from modcluster.proxy.exchange import BODY_BUFFER
 
     h = one_node()
     c = h.client()
@@ -271,13 +271,13 @@ def test_body_buffered_while_connecting_then_paused():
 
 
 def test_routing_bug_gives_500_and_frees_counters(monkeypatch):
-    import modcluster.proxy.front as front
+    import modcluster.proxy.exchange as exchange
 
     def broken(*args):
         raise ZeroDivisionError("bug")
 
     h = one_node()
-    monkeypatch.setattr(front, "choose", broken)
+    monkeypatch.setattr(exchange, "choose", broken)
     c = h.client()
     c.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
     assert parse_responses(c.received())[0].status == 500
@@ -296,7 +296,7 @@ def test_error_after_forward_started_frees_counters(monkeypatch):
 
 
 def test_too_many_pipelined_requests_close_after_serving_the_queue():
-    from modcluster.proxy.front import MAX_PIPELINE
+    from modcluster.proxy.client import MAX_PIPELINE
 
     h = one_node()
     c = h.client()

@@ -26,7 +26,7 @@ from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.testing import StringTransport
 from zope.interface import directlyProvides
 
-from modcluster.proxy.front import ClientProtocol
+from modcluster.proxy.client import ClientProtocol
 from modcluster.proxy.h2 import (
     STREAM_BUFFER,
     H2Protocol,

@@ -12,10 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from modcluster.cluster.model import BalancerSettings
+from modcluster.proxy import client as client_module
+from modcluster.proxy import exchange as exchange_module
 from modcluster.proxy import front as front_module
 from modcluster.proxy import http as http_module
-from modcluster.proxy.front import REQUEST_MEMO_BYTES, REQUEST_MEMO_SIZE, REQUEST_SEEN_SIZE
-from modcluster.proxy.front import _REQUEST_LINE
+from modcluster.proxy.client import REQUEST_MEMO_BYTES, REQUEST_MEMO_SIZE, REQUEST_SEEN_SIZE
+from modcluster.proxy.client import _REQUEST_LINE
 
 from tests.support.proxy_testlib import Harness, parse_requests, parse_responses
 
@@ -23,6 +25,7 @@ from tests.support.proxy_testlib import Harness, parse_requests, parse_responses
 def _without_memo(run):
     """C{run()} with both memos off (nothing is small enough to be remembered)."""
     with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(client_module, "REQUEST_MEMO_BYTES", 0)
         mp.setattr(front_module, "REQUEST_MEMO_BYTES", 0)
         mp.setattr(http_module, "HEAD_MEMO_BYTES", -1)
         return run()
@@ -352,7 +355,7 @@ def test_header_block_remembered_for_other_targets():
         c.proto._parser = parser
     assert fed == []
     # what a target becomes (as _checkHead makes it)
-    ex = front_module._Exchange(c.proto)
+    ex = exchange_module._Exchange(c.proto)
     ex.remembered(h.factory.request_blocks[(b"GET", b"1", block)], b"/a%20b/\xc3\xa9?q")
     assert (ex.target, ex.path, ex.query) == (b"/a%20b/\xc3\xa9?q", "/a%20b/\u00e9", b"q")
     assert h.counters_idle()

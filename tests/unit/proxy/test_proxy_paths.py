@@ -21,7 +21,7 @@ from modcluster.proxy.ajp import AJPForwarder
 from modcluster.ajp.packets import decode_forward_request
 from modcluster.balancer import match_path, path_refusal
 from modcluster.cluster.model import ContextState
-from modcluster.proxy.front import ClientProtocol
+from modcluster.proxy.client import ClientProtocol
 from tests.support.proxy_testlib import OK_100, Harness, parse_requests, parse_responses
 
 # -- a model of Tomcat's view of a request path -------------------------------------

@@ -1,0 +1,931 @@
+"""
+The client side of the data plane over HTTP/1.x: one L{ClientProtocol} per
+client connection, created by L{modcluster.proxy.front.ProxyFactory}.
+
+A client connection parses requests with httptools, serves them one at a time
+(pipelined requests wait, parsed, in order), routes each with
+L{modcluster.balancer.choose}, hands it as an L{IExchange} to the forwarder of
+the node's scheme, relays the response with the client's framing, and fails
+over, retries or answers an error as docs/data-plane.md describes.
+
+Hot-path rules followed here: no Deferred, closure or log event per request;
+one allocation per request (L{modcluster.proxy.exchange._Exchange}); one
+write per batch of response events (the head waits for the body bytes of the
+same read); timeouts are enforced by one sweep per second over all
+connections, not by timers.  A request head seen before (the exact bytes, one
+request without a body) is not parsed again: L{ProxyFactory.request_heads}
+remembers what parsing it gave.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from typing import TYPE_CHECKING, Optional
+
+from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
+from twisted.internet.interfaces import IHandshakeListener, IPushProducer, ISSLTransport
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger, LogLevel
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from modcluster.accesslog import text
+from modcluster.balancer import (
+    path_refusal,
+    valid_host,
+)
+from modcluster.proxy._transport import direct_writer, is_plain_tcp, lose_connection, set_nodelay
+from modcluster.proxy.exchange import (
+    _P_BUFFER,
+    _P_EXCHANGE,
+    _P_PIPELINE,
+    _P_UPGRADE,
+    _P_UPSTREAM,
+    BODY_BUFFER,
+    _Exchange,
+)
+from modcluster.proxy.headers import (
+    PLAIN_CONNECTION,
+    REQ_CONNECTION,
+    REQ_CONTENT_LENGTH,
+    REQ_COOKIE,
+    REQ_EXPECT,
+    REQ_FORWARDED,
+    REQ_HOST,
+    REQ_PROXY_CONNECTION,
+    REQ_TRANSFER_ENCODING,
+    REQ_UPGRADE,
+    REQUEST_HEADER_EXACT,
+    REQUEST_HEADER_KIND,
+    connection_tokens,
+    drop_listed,
+    error_response,
+)
+from modcluster.proxy.interfaces import (
+    IDEMPOTENT_METHODS,
+    ClientInfo,
+)
+
+if TYPE_CHECKING:
+    from modcluster.proxy.front import ProxyFactory
+
+__all__ = ["ClientProtocol", "SWEEP_INTERVAL"]
+
+log = Logger(namespace="modcluster.proxy")
+
+#: Seconds between timeout sweeps (client idle/stall, node read timeouts, pool TTL).
+SWEEP_INTERVAL = 1.0
+#: Pipelined requests parsed ahead of the one being served; more closes the
+#: connection once the queue is served.
+MAX_PIPELINE = 128
+#: Seconds a connection closed after an unread request body keeps draining the
+#: client (lingering close, so the error response is not destroyed by a RST).
+LINGER = 2.0
+#: Request heads remembered (L{ProxyFactory.request_heads}): at most this many,
+#: of at most this many bytes each.
+REQUEST_MEMO_SIZE = 256
+REQUEST_MEMO_BYTES = 2048
+#: Request heads seen once (L{ProxyFactory.request_seen}), at most.
+REQUEST_SEEN_SIZE = 1024
+
+_HEAD = b"HEAD"
+_CONNECT = b"CONNECT"
+_TRACE = b"TRACE"
+_CONTINUE = b"100-continue"
+_HEAD_END = b"\r\n\r\n"
+#: Request lines parsed here rather than by llhttp, for a header block seen
+#: before (L{ProxyFactory.request_blocks}): a subset of what llhttp accepts
+#: (usual methods, origin-form targets of RFC 3986 characters, HTTP/1.x);
+#: anything else goes through the parser.
+_REQUEST_LINE = re.compile(
+    rb"(GET|HEAD|POST|PUT|DELETE|OPTIONS|PATCH) (/[-A-Za-z0-9._~!$&'()*+,;=:@/?%]*) "
+    rb"HTTP/1\.([01])")
+
+
+class _TooManyPipelined(Exception):
+    pass
+
+
+@implementer(IPushProducer, IHandshakeListener)
+class ClientProtocol(Protocol):
+    """
+    One client connection.  It is its transport's push producer, so a client
+    that does not read pauses the node connection feeding it.
+    """
+
+    #: the address given to L{ProxyFactory.buildProtocol} (the peer), if any
+    _addr = None
+
+    def __init__(self, factory: "ProxyFactory") -> None:
+        self.factory = factory
+        self._parser = HttpRequestParser(self)
+        self._reading: Optional[_Exchange] = None
+        self._current: Optional[_Exchange] = None
+        self._queue: deque = deque()
+        self._out: list = []
+        self._pause = 0
+        self._closing = False
+        self._ignore = False
+        self._seen = factory.now
+        self._head_bytes = 0
+        # read deadlines (checkTimeout): when the request head being received
+        # began (the accept for the first one; None between requests), and the
+        # request body being timed, since when, from which byte count (set by
+        # the sweep when it first sees the body, so no per-request work)
+        self._head_start: Optional[float] = factory.now
+        self._body_timed: Optional[_Exchange] = None
+        self._body_since = 0.0
+        self._body_base = 0
+        self._blocked = False
+        self._blocked_since = 0.0
+        self._linger_until = 0.0
+        self._tunnel: Optional[_Exchange] = None
+        self._upgrading: Optional[_Exchange] = None
+        self._in_next = False
+        self._write = None
+        # while the parser reads bytes that may be one request head to
+        # remember (ProxyFactory.request_heads): the bytes, the request_blocks
+        # key when the request line allows one, and the template once parsed
+        self._record: Optional[bytes] = None
+        self._record_block: Optional[tuple] = None
+        self._captured: Optional[tuple] = None
+        self._feeding = False  # in the parser's feed_data
+        self.client: Optional[ClientInfo] = None
+        #: the factory's L{Observer} (access log, client metrics) or None
+        self._observer = factory.observer
+        self._handshaken = False
+
+    # -- connection ------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        t = self.transport
+        set_nodelay(t)
+        self._write = direct_writer(t)
+        # the peer address the listening port built for buildProtocol (the
+        # same as getPeer() gives, also under TLS): not a second one
+        peer = self._addr
+        if peer is None:
+            peer = t.getPeer()
+        self.client = ClientInfo(  # the local address is read when a forwarder asks
+            getattr(peer, "host", "") or "", getattr(peer, "port", 0) or 0,
+            secure=ISSLTransport.providedBy(t), transport=t)
+        t.registerProducer(self, True)
+        self.factory._clients.add(self)
+        stats = self.factory.stats
+        if stats is not None:
+            stats.connections += 1
+            stats.open += 1
+
+    def handshakeCompleted(self) -> None:
+        """L{IHandshakeListener}: a TLS client finished its handshake."""
+        self._handshaken = True
+        stats = self.factory.stats
+        if stats is not None:
+            stats.tls_handshakes += 1
+
+    def connectionLost(self, reason=None) -> None:
+        self.connected = 0
+        f = self.factory
+        if self in f._clients:
+            f._clients.discard(self)
+            stats = f.stats
+            if stats is not None:
+                stats.open -= 1
+                client = self.client
+                if client is not None and client.secure and not self._handshaken:
+                    stats.tls_failures += 1
+        self._closing = True
+        self._out = []
+        ex = self._current
+        self._current = None
+        if ex is not None:
+            ex.abort()
+        for queued in self._queue:
+            queued.done = True
+        self._queue.clear()
+        self._reading = None
+
+    # -- IPushProducer (the client's write buffer) -------------------------------
+
+    def pauseProducing(self) -> None:
+        self._blocked = True
+        self._blocked_since = self.factory.now
+        ex = self._current
+        if ex is not None and ex.upstream is not None:
+            ex.upstream.pauseResponse()
+
+    def resumeProducing(self) -> None:
+        self._blocked = False
+        ex = self._current
+        if ex is not None and ex.upstream is not None:
+            ex.upstream.resumeResponse()
+
+    def stopProducing(self) -> None:
+        pass
+
+    # -- reading ---------------------------------------------------------------
+
+    def _pauseReading(self, why: int) -> None:
+        if not self._pause and self.connected:
+            self.transport.pauseProducing()
+        self._pause |= why
+
+    def _resumeReading(self, why: int) -> None:
+        if self._pause & why:
+            self._pause &= ~why
+            if not self._pause and self.connected and not self._closing:
+                self.transport.resumeProducing()
+
+    def dataReceived(self, data: bytes) -> None:
+        self._seen = self.factory.now
+        tunnel = self._tunnel
+        if tunnel is not None:
+            if not tunnel.done:
+                tunnel._bodyData(data)
+            return
+        if self._ignore:
+            return
+        reading = self._reading
+        record = None
+        if reading is None:
+            if data.endswith(_HEAD_END) and len(data) <= REQUEST_MEMO_BYTES:
+                # One request head without a body, as seen before?
+                f = self.factory
+                template = f.request_heads.get(data)
+                if template is None:
+                    key = data
+                    if f.split_heads:
+                        # the same header block after another request line?
+                        i = data.find(b"\r\n")
+                        m = _REQUEST_LINE.fullmatch(data, 0, i)
+                        if m is not None:
+                            key = (m[1], m[3], data[i + 2:])
+                            template = f.request_blocks.get(key)
+                            if (template is not None and self._current is None
+                                    and not self._queue):
+                                self._remembered(template, m[2])
+                                return
+                    # remembered from the second time on: a head seen once
+                    # costs no template
+                    seen = f.request_seen
+                    if key in seen:
+                        self._record = record = data
+                        if key is not data:
+                            self._record_block = key
+                    else:
+                        if len(seen) >= REQUEST_SEEN_SIZE:
+                            seen.clear()
+                        seen.add(key)
+                elif self._current is None and not self._queue:
+                    self._remembered(template)
+                    return
+            if self._head_start is None:
+                self._head_start = self._seen
+            self._head_bytes += len(data)
+        elif reading.head_size >= 0:
+            self._head_bytes += len(data)
+        self._feeding = True
+        try:
+            self._parser.feed_data(data)
+        except HttpParserUpgrade as e:
+            self._upgraded(data[e.args[0]:])
+        except HttpParserError as e:
+            self._parseFailed(e)
+        else:
+            if record is not None:
+                captured = self._captured
+                if captured is not None and self._reading is None:
+                    # exactly one request, complete: remember its head
+                    f = self.factory
+                    memo = f.request_heads
+                    if len(memo) >= REQUEST_MEMO_SIZE:
+                        memo.clear()
+                    memo[record] = captured
+                    block = self._record_block
+                    if block is not None:
+                        # and its header block, for other targets
+                        blocks = f.request_blocks
+                        if len(blocks) >= REQUEST_MEMO_SIZE:
+                            blocks.clear()
+                        blocks[block] = captured[:1] + (None,) + captured[2:7] + (
+                            None, None) + captured[9:]
+        finally:
+            self._feeding = False
+        if record is not None:
+            self._record = self._captured = self._record_block = None
+        reading = self._reading
+        if (reading is not None and reading.head_size >= 0
+                and self._head_bytes > self.factory.config.max_header_size and not self._ignore):
+            self._requestError(431, "request head too large")
+
+    def _feed(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except HttpParserUpgrade as e:
+            self._upgraded(data[e.args[0]:])
+        except HttpParserError as e:
+            self._parseFailed(e)
+
+    def _parseFailed(self, e: HttpParserError) -> None:
+        if self._ignore:
+            return
+        cause = e.__context__ if e.__context__ is not None else e
+        if isinstance(cause, _TooManyPipelined):
+            self._ignore = True
+            return
+        if isinstance(cause, _RequestRefused):
+            return
+        if not isinstance(cause, HttpParserError):
+            log.failure("bug while parsing a request", Failure(cause))
+            self._requestError(500, "internal error")
+            return
+        if str(e) == "Invalid HTTP version":
+            # llhttp refuses versions other than 0.9, 1.0, 1.1, 2.0
+            self._requestError(505, "HTTP version not supported")
+            return
+        self._requestError(400, f"malformed request: {e}")
+
+    def on_message_begin(self) -> None:
+        if len(self._queue) >= MAX_PIPELINE:
+            raise _TooManyPipelined()
+        ex = _Exchange(self)
+        self._reading = ex
+        self._captured = None  # a second request in the bytes being recorded
+
+    def on_url(self, url: bytes) -> None:
+        ex = self._reading
+        ex.target += url
+        ex.head_size += len(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        ex = self._reading
+        if ex.head_size < 0:
+            return  # a trailer of a chunked body: not forwarded
+        ex.head_size += len(name) + len(value) + 4
+        kind = REQUEST_HEADER_EXACT.get(name)
+        if kind is None:
+            kind = REQUEST_HEADER_KIND.get(name.lower(), 0)
+        if not kind:
+            ex.headers.append((name, value))
+        elif kind == REQ_HOST:
+            if ex.host is not None:
+                ex.error = (400, "more than one Host header")
+            ex.host = value
+        elif kind == REQ_COOKIE:
+            ex.headers.append((name, value))
+            if ex.cookies is None:
+                ex.cookies = [value]
+            else:
+                ex.cookies.append(value)
+        elif kind == REQ_CONTENT_LENGTH:
+            try:
+                ex.body_length = int(value)
+            except ValueError:
+                ex.error = (400, "bad Content-Length")
+        elif kind == REQ_CONNECTION:
+            if ex.connection is None:
+                ex.connection = [value]
+            else:
+                ex.connection.append(value)
+        elif kind == REQ_FORWARDED:
+            ex.headers.append((name, value))
+            ex.x_forwarded = True
+        elif kind == REQ_EXPECT:
+            if value.strip().lower() == _CONTINUE:
+                ex.expect_continue = True
+            else:
+                ex.error = (417, "unsupported Expect")
+        elif kind == REQ_UPGRADE:
+            ex.upgrade_token = value
+        elif kind == REQ_TRANSFER_ENCODING:
+            # llhttp refuses a request whose last coding is not chunked
+            ex.body_length = -1
+            if value.strip().lower() != b"chunked":
+                ex.error = (501, "transfer codings other than chunked are not supported")
+        elif kind == REQ_PROXY_CONNECTION:
+            ex.proxy_connection = True  # removed
+        # other REQ_DROP names: removed
+
+    def on_headers_complete(self) -> None:
+        ex = self._reading
+        p = self._parser
+        f = self.factory
+        cfg = f.config
+        keep_alive = ex.keep_alive = p.should_keep_alive()
+        connection = ex.connection
+        if keep_alive and connection is None and not ex.proxy_connection:
+            # llhttp: without Connection (or Proxy-Connection) only HTTP/1.1 is
+            # keep-alive; get_http_version() formats a new string each time.
+            ex.version = "1.1"
+        else:
+            ex.version = p.get_http_version()
+            if ex.version != "1.0" and ex.version != "1.1" and ex.error is None:
+                # llhttp accepts 0.9 and 2.0 (refusing other versions itself,
+                # see _parseFailed); only these two are not keep-alive by
+                # default, so the branch above never sees them.
+                ex.error = (505, f"HTTP/{ex.version} is not supported")
+        method = ex.method = p.get_method()
+        upgrade = p.should_upgrade()
+        size = ex.head_size
+        ex.head_size = -1
+        self._head_bytes = 0
+        self._head_start = None
+        if connection is not None and (len(connection) > 1
+                                       or connection[0] not in PLAIN_CONNECTION):
+            ex.headers = drop_listed(ex.headers, connection_tokens(connection))
+        ex.idempotent = method in IDEMPOTENT_METHODS
+        if not ex.body_length:
+            ex.expect_continue = False
+            if not upgrade:
+                ex.body_done = True  # nothing more to read for this request
+        elif ex.version == "1.0":
+            ex.expect_continue = False
+        if upgrade:
+            self._upgrading = ex
+        if ex.error is None:
+            ex.error = self._checkHead(ex, size, upgrade, cfg)
+        if upgrade and ex.body_length:
+            ex.skipped_body = True  # llhttp does not read the body of an Upgrade request
+        if (upgrade and ex.error is None and ex.upgrade_token is not None and f.tunnel
+                and not ex.body_length and f.upgrade_match(ex.upgrade_token) is not None):
+            ex.tunnel_candidate = True
+            ex.upgrade_token = f.upgrade_match(ex.upgrade_token)
+        if self._record is not None:
+            # the first request of bytes that may be exactly one head: what
+            # parsing it gave, if it has no body (nor Upgrade, nor error)
+            self._record = None
+            if ex.error is None and not upgrade and not ex.body_length:
+                self._captured = ex.template()
+        if self._current is None and not self._queue:
+            self._current = ex
+            if ex.error is None:
+                try:
+                    ex.route()
+                except Exception:
+                    self._routingBug(ex)
+            else:
+                self._start(ex)
+        else:
+            self._queue.append(ex)
+            self._pauseReading(_P_PIPELINE)
+
+    def _checkHead(self, ex: _Exchange, size: int, upgrade: bool, cfg) -> Optional[tuple]:
+        limit = cfg.max_header_size
+        if len(ex.target) > limit:
+            return (414, "request target too long")
+        if size > limit:
+            return (431, "request head too large")
+        if ex.method == _CONNECT:
+            return (405, "CONNECT is not supported")
+        if ex.method == _TRACE and not cfg.allow_trace:
+            return (405, "TRACE is not allowed")
+        if ex.version == "1.1" and ex.host is None:
+            return (400, "HTTP/1.1 request without Host")
+        target = ex.target
+        if target[:1] != b"/":
+            if target == b"*":
+                pass
+            else:
+                i = target.find(b"://")
+                if i <= 0:
+                    return (400, "bad request target")
+                rest = target[i + 3:]
+                j = rest.find(b"/")
+                authority, target = (rest, b"/") if j < 0 else (rest[:j], rest[j:])
+                if not authority:
+                    return (400, "bad request target")
+                ex.host = authority
+                ex.target = target
+        host = ex.host
+        if host is not None and host not in self.factory.valid_hosts:
+            if not valid_host(host):
+                return (400, "invalid Host")
+            self.factory.rememberHost(host)
+        if 0x23 in target:  # '#' (an int: memchr, no buffer protocol)
+            return (400, "fragment in the request target")
+        q = target.find(b"?")
+        if q >= 0:
+            ex.query = target[q + 1:]
+            target = target[:q]
+        path = ex.path = target.decode("utf-8", "surrogateescape")
+        if "%" in path or "/." in path or "\\" in path:
+            why = path_refusal(path)
+            if why is not None:
+                return (400, why)
+        if ex.body_length is not None and ex.body_length > 0 and cfg.max_request_body \
+                and ex.body_length > cfg.max_request_body:
+            return (413, "request body larger than max_request_body")
+        return None
+
+    def _remembered(self, template: tuple, target: Optional[bytes] = None) -> None:
+        """
+        A request head in L{ProxyFactory.request_heads} (or its header block
+        in L{ProxyFactory.request_blocks}, with C{target} from the request
+        line): what C{on_message_begin}, C{on_url}, C{on_header},
+        C{on_headers_complete} and C{on_message_complete} do for it, without
+        the parser (which stays at the message boundary where the previous
+        request left it).
+        """
+        ex = _Exchange(self)
+        ex.remembered(template, target)
+        self._head_start = None
+        self._reading = ex
+        self._current = ex
+        path = ex.path
+        if target is not None and ("%" in path or "/." in path):
+            # a new target after a remembered header block: the path checks
+            # of _checkHead (_REQUEST_LINE admits no '#' nor '\\')
+            why = path_refusal(path)
+            if why is not None:
+                ex.error = (400, why)
+                ex.keep_alive = False
+                self._reading = None
+                self._respondError(ex, 400, why)
+                return
+        try:
+            ex.route()
+        except Exception:
+            self._routingBug(ex)
+        self._reading = None
+        if ex is self._current and not ex.done:
+            ex._bodyEnd()
+        if not ex.keep_alive:
+            self._ignore = True  # nothing after a "close" request is read
+
+    def on_body(self, data: bytes) -> None:
+        ex = self._reading
+        ex.body_received += len(data)
+        limit = self.factory.config.max_request_body
+        if limit and ex.body_received > limit:
+            self._requestError(413, "request body larger than max_request_body")
+            raise _RequestRefused()
+        if ex is self._current and not ex.done:
+            ex._bodyData(data)
+        elif not ex.done:
+            if ex.body is None:
+                ex.body = [data]
+            else:
+                ex.body.append(data)
+            ex.body_held += len(data)
+
+    def on_message_complete(self) -> None:
+        ex = self._reading
+        self._reading = None
+        if ex.skipped_body or ex.tunnel_candidate:
+            return  # the body (or the tunnel) is read after the Upgrade exception
+        if ex is self._current and not ex.done:
+            ex._bodyEnd()
+        else:
+            ex.body_done = True
+        if not ex.keep_alive:
+            self._ignore = True  # nothing after a "close" request is read
+
+    def _upgraded(self, rest: bytes) -> None:
+        """httptools stopped at the end of an Upgrade (or CONNECT) request head."""
+        ex = self._upgrading
+        self._upgrading = None
+        if ex is None or ex.error is not None or ex.done:
+            self._ignore = True
+            return
+        if ex.tunnel_candidate:
+            # Hold what follows (early tunnel bytes) until the node answers 101.
+            self._parser = None
+            self._ignore = True
+            if rest:
+                if ex is self._current:
+                    ex._bodyData(rest)
+                else:
+                    ex.body = [rest]
+            self._pauseReading(_P_UPGRADE)
+            return
+        # Not tunnelled: the Upgrade header is dropped and the request is plain
+        # HTTP.  llhttp skipped its body, so a fresh parser reads on.
+        self._parser = HttpRequestParser(self)
+        if ex.skipped_body:
+            ex.skipped_body = False
+            wrapper = _BodyAfterUpgrade(self, ex)
+            self._parser = parser = HttpRequestParser(wrapper)
+            wrapper.parser = parser
+            self._reading = ex
+            ex.head_size = -1
+            framing = (b"Transfer-Encoding: chunked" if ex.body_length == -1
+                       else b"Content-Length: %d" % ex.body_length)
+            parser.feed_data(b"POST / HTTP/1.1\r\n" + framing + b"\r\n\r\n")
+        if rest:
+            self._feed(rest)
+
+    def _requestError(self, status: int, message: str) -> None:
+        """
+        The request being parsed is refused (malformed, too large, too slow):
+        answer it in turn, then close; nothing more is read.
+        """
+        self._ignore = True
+        ex = self._reading
+        self._reading = None
+        if ex is not None and ex.head_size < 0:
+            # in the body of a request already being served or queued
+            if ex is self._current:
+                if ex.resp_started:
+                    self._abortClient()
+                else:
+                    self._respondError(ex, status, message)
+            elif not ex.done:
+                ex.error = (status, message)
+            return
+        ex = _Exchange(self)
+        ex.error = (status, message)
+        ex.keep_alive = False
+        if self._current is None and not self._queue:
+            self._current = ex
+            self._start(ex)
+        else:
+            self._queue.append(ex)
+
+    # -- serving -----------------------------------------------------------------
+
+    def _start(self, ex: _Exchange) -> None:
+        if ex.error is not None:
+            self._respondError(ex, *ex.error)
+            return
+        if ex.body_held >= BODY_BUFFER:
+            self._pauseReading(_P_BUFFER)
+        try:
+            ex.route()
+        except Exception:
+            self._routingBug(ex)
+
+    def _routingBug(self, ex: _Exchange) -> None:
+        log.failure("bug while routing {method} {target}", method=text(ex.method),
+                    target=text(ex.target))
+        if ex.resp_started:
+            self._abortClient()
+        else:
+            self._respondError(ex, 500, "internal error")
+
+    def _exchangeDone(self, ex: _Exchange, close: bool) -> None:
+        if ex is not self._current:
+            return
+        self._current = None
+        if self._pause & _P_EXCHANGE:
+            self._resumeReading(_P_EXCHANGE)
+        out = self._out
+        if out and self.connected:
+            self._write(out[0] if len(out) == 1 else b"".join(out))
+            self._out = []
+        if close or not ex.body_done:
+            self._close(linger=not ex.body_done and not ex.tunnel)
+        elif self._queue or self._ignore:
+            self._next()
+        elif self._pause & _P_PIPELINE:
+            self._resumeReading(_P_PIPELINE)
+
+    def _next(self) -> None:
+        if self._in_next:
+            return
+        self._in_next = True
+        try:
+            while self._current is None and self._queue and self.connected:
+                ex = self._queue.popleft()
+                self._current = ex
+                self._start(ex)
+        finally:
+            self._in_next = False
+        if self._current is None and self._ignore and not self._tunnel:
+            self._flush()
+            self._close(linger=False)
+            return
+        if not self._queue:
+            self._resumeReading(_P_PIPELINE)
+
+    def _startTunnel(self, ex: _Exchange) -> None:
+        self._tunnel = ex
+        self._flush()
+        self._resumeReading(_P_UPGRADE)
+
+    def _respondError(self, ex: _Exchange, status: int, message: str,
+                      retry_after: int = 0) -> None:
+        """
+        Answer C{ex} (the exchange being served) with the proxy's own error
+        response, with one log line.
+        """
+        if ex is not self._current:
+            return
+        ex.detach()
+        obs = self._observer
+        if ex.resp_started:
+            if obs is not None:
+                obs.done(ex, ex.status, ex.sent)
+            self._abortClient()
+            return
+        f = self.factory
+        client = self.client
+        # one line per error response, rate-limited per status (a client must
+        # not be able to flood the log)
+        if status != 408:  # a slow client: logged, rate-limited, by checkTimeout
+            f.limiter.emit(status, LogLevel.warn if status >= 500 else LogLevel.info,
+                           "{status} for {method} {target} from {client}: {message}",
+                           status=status, method=text(ex.method) or "-",
+                           target=text(ex.target) or "-",
+                           client=client.remote_addr if client else "?", message=message)
+        close = (not ex.keep_alive or not ex.body_done or ex.error is not None
+                 or ex.tunnel_candidate)
+        head_only = ex.method == _HEAD
+        response = error_response(status, message, close=close, date=f.date,
+                                  retry_after=retry_after, head_only=head_only)
+        self._out.append(response)
+        if obs is not None:
+            ex.status = status
+            obs.done(ex, status,
+                     0 if head_only else len(response) - response.find(b"\r\n\r\n") - 4)
+        self._current = None
+        self._resumeReading(_P_UPSTREAM | _P_BUFFER | _P_UPGRADE)
+        self._flush()
+        if close:
+            self._close(linger=not ex.body_done)
+        else:
+            self._next()
+
+    # -- writing and closing -------------------------------------------------------
+
+    def _flush(self) -> None:
+        out = self._out
+        if out and self.connected:
+            self._write(out[0] if len(out) == 1 else b"".join(out))
+            self._out = []
+
+    def _close(self, linger: bool) -> None:
+        self._closing = True
+        self._ignore = True
+        if not self.connected:
+            return
+        if linger and is_plain_tcp(self.transport):
+            # Read and drop what the client still sends for a while, so our
+            # answer reaches it before the socket is closed.
+            self._linger_until = self.factory.now + LINGER
+            self._pause = 0
+            self.transport.resumeProducing()
+            self.transport.loseWriteConnection()
+        elif self._reading is None and not self._feeding:
+            lose_connection(self.transport)  # may call connectionLost now
+        else:
+            # inside parser callbacks: connectionLost must not run under them
+            self.transport.loseConnection()
+
+    def _abortClient(self) -> None:
+        self._closing = True
+        self._ignore = True
+        self._out = []
+        ex = self._current
+        if ex is not None:
+            ex.abort()
+            self._current = None
+        if self.connected:
+            self.transport.abortConnection()
+
+    # -- timeouts (called by the factory's sweep) ---------------------------------
+
+    def checkTimeout(self, now: float, limit: float) -> None:
+        """
+        Called once a second by the sweep: the idle/stall timeout C{limit}
+        (C{client_timeout}), the request read deadlines
+        (L{ProxyFactory.read_timeouts}), lingering closes.  Deadlines are
+        never early, and up to one sweep interval late.
+        """
+        if self._linger_until:
+            if now >= self._linger_until:
+                self.transport.abortConnection()
+            return
+        limit += SWEEP_INTERVAL  # coarse clock: never early
+        if self._blocked:
+            if now - self._blocked_since > limit:
+                if not self._closing:
+                    self._timedOut("send", f"did not read its response for {limit:g} s", now)
+                self._abortClient()
+            return
+        if self._tunnel is not None:
+            return
+        if not self._ignore and self._checkReadDeadlines(now):
+            return
+        if now - self._seen <= limit:
+            return
+        ex = self._current
+        if ex is None:
+            if self._reading is not None and self._reading.head_size >= 0:
+                self._timedOut("header", f"request head stalled for {limit:g} s", now)
+                self._requestError(408, "request head not received in time")
+            else:
+                self._closing = True
+                self.transport.loseConnection()
+            return
+        if self._pause & (_P_UPSTREAM | _P_BUFFER | _P_UPGRADE):
+            return  # we are the ones not reading
+        if not ex.body_done and not ex.skipped_body:
+            self._timedOut("body", f"request body stalled for {limit:g} s", now)
+            if ex.resp_started:
+                self._abortClient()
+            else:
+                self._respondError(ex, 408, "request body not received in time")
+
+    def _checkReadDeadlines(self, now: float) -> bool:
+        """
+        The request head and body deadlines (httpd's C{RequestReadTimeout});
+        true when the client was cut.
+        """
+        rt = self.factory.read_timeouts
+        reading = self._reading
+        if reading is not None and reading.head_size < 0:
+            # a request body on its way: timed from when the sweep first sees
+            # it, and only while we read (not while a slow node, a full
+            # buffer or a queued request makes us pause the client)
+            if (self._pause or not rt.body
+                    or (reading.expect_continue and not reading.body_received)):
+                # (a client that asked for 100-continue may wait for it: the
+                # node sends it; until the first body byte only the idle
+                # timeout applies)
+                self._body_timed = None
+            elif self._body_timed is not reading:
+                self._body_timed = reading
+                self._body_since = now
+                self._body_base = reading.body_received
+            else:
+                received = reading.body_received - self._body_base
+                allowed = rt.body_allowed(received)
+                if now - self._body_since > allowed + SWEEP_INTERVAL:
+                    self._timedOut("body", f"request body too slow ({received} bytes in "
+                                   f"{now - self._body_since:.0f} s)", now)
+                    self._requestError(408, "request body not received in time")
+                    return True
+            return False
+        self._body_timed = None
+        if not rt.header or (reading is None and self._head_start is None):
+            return False  # between requests: the idle timeout applies
+        start = self._head_start
+        if start is None or self._current is not None or self._queue:
+            # first seen now (a head after another request in the same read),
+            # or we are still serving earlier requests: the clock starts now
+            self._head_start = now
+            return False
+        allowed = rt.header_allowed(self._head_bytes)
+        if now - start <= allowed + SWEEP_INTERVAL:
+            return False
+        if reading is not None or self._head_bytes:
+            self._timedOut("header", f"request head not complete after {allowed:g} s "
+                           f"({self._head_bytes} bytes)", now)
+            self._requestError(408, "request head not received in time")
+        else:
+            self._timedOut("header", f"no request in {allowed:g} s", now)
+            self._closing = True
+            self._ignore = True
+            self.transport.loseConnection()
+        return True
+
+    def _timedOut(self, reason: str, what: str, now: float) -> None:
+        client = self.client
+        self.factory.timeouts.timedOut(reason, client.remote_addr if client else "?",
+                                       what, now)
+
+
+class _RequestRefused(Exception):
+    """Raised from a parser callback to stop parsing a refused request."""
+
+
+class _BodyAfterUpgrade:
+    """
+    Parser callbacks for the body of an Upgrade request that is not tunnelled:
+    a fresh parser is given a made-up head with the request's framing, then the
+    bytes llhttp did not read; from the next request on everything goes to the
+    client protocol as usual.
+    """
+
+    def __init__(self, proto: ClientProtocol, ex: _Exchange) -> None:
+        self.proto = proto
+        self.ex = ex
+        self.parser = None
+        self.made_up = True
+
+    def on_message_begin(self) -> None:
+        if not self.made_up:
+            self.proto.on_message_begin()
+
+    def on_url(self, url: bytes) -> None:
+        if not self.made_up:
+            self.proto.on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self.made_up:
+            self.proto.on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        if self.made_up:
+            self.made_up = False
+            self.proto._reading = self.ex
+        else:
+            self.proto._parser = self.parser
+            self.proto.on_headers_complete()
+
+    def on_body(self, data: bytes) -> None:
+        self.proto.on_body(data)
+
+    def on_message_complete(self) -> None:
+        self.proto.on_message_complete()

@@ -1,0 +1,553 @@
+"""
+One client request and its attempts (L{_Exchange}): the L{IExchange} that
+the HTTP/1.x client connection (L{modcluster.proxy.client.ClientProtocol})
+and the HTTP/2 streams (L{modcluster.proxy.h2}) hand to the forwarders.  It
+routes (L{modcluster.balancer.choose}), starts attempts, fails over, and
+relays the response to its client connection.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Optional
+
+from twisted.logger import Logger, LogLevel
+from zope.interface import implementer
+
+from modcluster.accesslog import text
+from modcluster.balancer import (
+    Decision,
+    choose,
+    parse_host,
+    strip_session,
+)
+from modcluster.proxy.headers import (
+    header_block,
+    informational_head,
+)
+from modcluster.proxy.interfaces import (
+    CONNECT,
+    PROTOCOL,
+    RESET,
+    TIMEOUT,
+    ForwardError,
+    IExchange,
+)
+from modcluster.proxy.observe import CLIENT_CLOSED
+
+if TYPE_CHECKING:
+    from modcluster.proxy.client import ClientProtocol
+
+__all__: list[str] = []
+
+log = Logger(namespace="modcluster.proxy")
+
+#: Request body bytes held per request before the client is paused (while the
+#: node connection is not ready, or for a queued pipelined request).
+BODY_BUFFER = 256 * 1024
+
+# Why the client transport is paused (bit set).
+_P_PIPELINE = 1  # requests queued behind the current one
+_P_BUFFER = 2  # too much request body held
+_P_UPSTREAM = 4  # the node connection's write buffer is full
+_P_UPGRADE = 8  # waiting for the node's answer to an Upgrade
+_P_EXCHANGE = _P_BUFFER | _P_UPSTREAM | _P_UPGRADE  # reasons that end with the exchange
+
+_HEAD = b"HEAD"
+_CHUNKED_END = b"0\r\n\r\n"
+_DIRECT_SCHEMES = ("http", "https", "ws", "wss")
+
+
+@implementer(IExchange)
+class _Exchange:
+    """
+    One client request (and its attempts).  Implements L{IExchange}; see
+    L{modcluster.proxy.interfaces} for the attributes the forwarder reads.
+    """
+
+    __slots__ = (
+        # request facts (IExchange)
+        "method", "target", "version", "headers", "host", "body_length",
+        "expect_continue", "upgrade", "idempotent", "client", "decision", "node",
+        "x_forwarded",
+        # front state
+        "proxy_connection",
+        "proto", "keep_alive", "path", "query", "cookies", "error", "headers0", "connection",
+        "upgrade_token", "skipped_body", "tunnel_candidate", "head_size",
+        "upstream", "attempts", "exclude", "stale_retry", "wait_until", "wait_call",
+        "body", "body_held", "body_done", "body_received", "body_sent", "end_sent",
+        "flowing", "counted", "resp_started", "resp_chunked", "resp_close", "done",
+        "tunnel", "no_body",
+        # observing (access log, client metrics): start time, status, body
+        # bytes to the client, last attempt's start, time to its response head
+        "start", "status", "sent", "up_start", "upstream_time",
+    )
+    #: the client side's HTTP version for the access log when it is not
+    #: C{version} (the version forwarded): "2.0" for HTTP/2 streams
+    log_version: Optional[str] = None
+
+    def __init__(self, proto: "ClientProtocol") -> None:
+        self.proto = proto
+        self.client = proto.client
+        self.method = b""
+        self.target = b""
+        self.version = "1.1"
+        self.headers: list = []
+        self.host: Optional[bytes] = None
+        self.body_length: Optional[int] = None
+        self.expect_continue = False
+        self.upgrade: Optional[bytes] = None
+        self.idempotent = True
+        self.decision = None
+        self.node = None
+        self.x_forwarded = False
+        self.proxy_connection = False
+        self.keep_alive = True
+        self.path = ""
+        self.query = b""
+        self.cookies: Optional[list] = None
+        self.error: Optional[tuple] = None
+        self.headers0: Optional[list] = None
+        self.connection: Optional[list] = None
+        self.upgrade_token: Optional[bytes] = None
+        self.skipped_body = False
+        self.tunnel_candidate = False
+        self.head_size = 0
+        self.upstream = None
+        self.attempts = 0
+        self.exclude: frozenset = frozenset()
+        self.stale_retry = False
+        self.wait_until = 0.0
+        self.wait_call = None
+        self.body: Optional[list] = None
+        self.body_held = 0
+        self.body_done = False
+        self.body_received = 0
+        self.body_sent = 0
+        self.end_sent = False
+        self.flowing = False
+        self.counted = False
+        self.resp_started = False
+        self.resp_chunked = False
+        self.resp_close = False
+        self.done = False
+        self.tunnel = False
+        self.no_body = False
+        obs = proto._observer
+        self.start = obs.clock() if obs is not None else 0.0
+        self.status = 0
+        self.sent = 0
+        self.up_start = 0.0
+        self.upstream_time = -1.0
+
+    def template(self) -> tuple:
+        """
+        What parsing a request head without a body gave (the fields
+        L{ClientProtocol.on_headers_complete} leaves set), for
+        L{ProxyFactory.request_heads}; L{remembered} sets them again.  The
+        sequences become tuples: shared between requests, never changed.
+        """
+        cookies = self.cookies
+        return (self.method, self.target, self.version, tuple(self.headers), self.host,
+                self.body_length, self.keep_alive, self.path, self.query,
+                None if cookies is None else tuple(cookies), self.upgrade_token,
+                self.x_forwarded, self.proxy_connection, self.idempotent)
+
+    def remembered(self, template: tuple, target: Optional[bytes] = None) -> None:
+        """
+        Take a L{template} (of a head without a body, so the body is done);
+        with C{target}, an origin-form target of the same request line
+        syntax, that target instead of the template's (what C{_checkHead}
+        makes of it).
+        """
+        (self.method, self.target, self.version, self.headers, self.host,
+         self.body_length, self.keep_alive, self.path, self.query, self.cookies,
+         self.upgrade_token, self.x_forwarded, self.proxy_connection,
+         self.idempotent) = template
+        self.head_size = -1
+        self.body_done = True
+        if target is not None:
+            self.target = target
+            q = target.find(b"?")
+            if q >= 0:
+                self.query = target[q + 1:]
+                target = target[:q]
+            else:
+                self.query = b""
+            self.path = target.decode("utf-8", "surrogateescape")
+
+    # -- routing ------------------------------------------------------------
+
+    def route(self) -> None:
+        """Elect a node (again, on failover) and start an attempt."""
+        self.wait_call = None
+        if self.done:
+            return
+        f = self.proto.factory
+        policy = f.policy
+        host = parse_host(self.host) if policy.use_alias and self.host is not None else None
+        cookie = None
+        if self.cookies is not None:
+            cookie = b"; ".join(self.cookies).decode("utf-8", "surrogateescape")
+        now = f.now  # coarse (sweep) clock: only used for the worker retry interval
+        d = choose(f.table(), host, self.path, cookie, now, policy, self.exclude)
+        if d.__class__ is Decision:
+            self._attempt(d, cookie, False)
+            return
+        if d.status == 503 and d.wait_worker > 0:
+            now = f.reactor.seconds()
+            if not self.wait_until:
+                self.wait_until = now + d.wait_worker
+            left = self.wait_until - now
+            if left > 0:
+                step = min(max(d.wait_worker / 100.0, 0.05), left)
+                self.wait_call = f.reactor.callLater(step, self._reroute)
+                return
+        if d.status == 503 and f.stats is not None:
+            reason = d.reason
+            f.stats.unavailable[
+                "sticky_route_down" if "session route" in reason
+                else "context_unavailable" if reason.startswith("every context")
+                else "no_node"] += 1
+        self.proto._respondError(self, d.status, d.reason, d.retry_after)
+
+    def _reroute(self) -> None:
+        """L{route} from a callback (failover, WaitWorker): a bug must not hang the client."""
+        try:
+            self.route()
+        except Exception:
+            self.proto._routingBug(self)
+
+    def _attempt(self, d, cookie: Optional[str], fresh: bool, queued: bool = False) -> None:
+        f = self.proto.factory
+        node = d.node
+        self.decision = d
+        self.node = node
+        if d.strip is not None:
+            self._strip(d, cookie)
+        elif self.headers0 is not None:
+            self.headers = self.headers0
+            self.target = self._target()
+        forwarder = f.forwarders.get(node.settings.type)
+        if forwarder is None:
+            self.proto._respondError(
+                self, 502, f"no forwarder for node {node.route} of type {node.settings.type}")
+            return
+        if self.tunnel_candidate:
+            self.upgrade = self.upgrade_token if node.settings.type in _DIRECT_SCHEMES else None
+        if d.session_id is not None and f.sessions is not None:
+            f.sessions.seen(d.session_id, node.route, f.now)
+        rt = node.rt
+        limit = f.node_limit
+        if limit and not queued and (rt.busy >= limit or f.queues):
+            if f.admit(self, node, limit, cookie, fresh):
+                return
+        rt.busy += 1
+        rt.requests += 1
+        crt = d.context.rt
+        crt.in_flight += 1
+        crt.requests += 1
+        self.counted = True
+        self.flowing = False
+        self.end_sent = False  # a new attempt gets the end of the body again
+        self.upstream = None
+        obs = self.proto._observer
+        if obs is not None:
+            self.up_start = obs.clock()
+        up = forwarder.forward(self, fresh)
+        if self.done:  # pragma: no cover - forwarders do not fail synchronously
+            return
+        self.upstream = up
+        if self.proto._blocked:
+            up.pauseResponse()
+        if self.flowing:  # resumeRequestBody() came during forward()
+            self._deliver()
+
+    def _target(self) -> bytes:
+        path = self.path.encode("utf-8", "surrogateescape")
+        return path + b"?" + self.query if self.query else path
+
+    def _strip(self, d, cookie: Optional[str]) -> None:
+        """StickySessionRemove: drop the session id from the path or Cookie."""
+        if self.headers0 is None:
+            self.headers0 = self.headers
+        path, new_cookie = strip_session(self.path, cookie, d)
+        if path != self.path:
+            target = path.encode("utf-8", "surrogateescape")
+            self.target = target + b"?" + self.query if self.query else target
+        else:
+            self.target = self._target()
+        headers = self.headers0
+        if new_cookie != cookie:
+            out = []
+            placed = False
+            for name, value in headers:
+                if name.lower() == b"cookie":
+                    if not placed and new_cookie is not None:
+                        out.append((name, new_cookie.encode("utf-8", "surrogateescape")))
+                    placed = True
+                    continue
+                out.append((name, value))
+            headers = out
+        self.headers = headers
+
+    def detach(self) -> None:
+        """
+        Done, answered by the proxy itself: abort the node request in flight,
+        if any, and give back the attempt's counters (the error answers of
+        HTTP/1.1 and HTTP/2).
+        """
+        self.done = True
+        up = self.upstream
+        self.upstream = None
+        self._release()
+        if up is not None:
+            up.abort()
+
+    def _release(self) -> None:
+        """Give back the counters of the current attempt (exactly once)."""
+        if self.counted:
+            self.counted = False
+            d = self.decision
+            d.node.rt.busy -= 1
+            d.context.rt.in_flight -= 1
+            queues = self.proto.factory.queues
+            if queues and d.node.id in queues:
+                self.proto.factory.wake(d.node)
+
+    # -- request body towards the forwarder ---------------------------------
+
+    def resumeRequestBody(self) -> None:
+        if self.done:
+            return
+        self.flowing = True
+        if self.upstream is not None:
+            self._deliver()
+
+    def _deliver(self) -> None:
+        proto = self.proto
+        body = self.body
+        if body:
+            up = self.upstream
+            while body and self.flowing and not self.done:
+                chunk = body.pop(0)
+                self.body_held -= len(chunk)
+                self.body_sent += len(chunk)
+                up.requestBody(chunk)
+            if self.body_held < BODY_BUFFER:
+                proto._resumeReading(_P_BUFFER)
+        if self.flowing and not self.done:
+            if self.body_done and not self.end_sent and not body:
+                self.end_sent = True
+                self.upstream.requestBodyEnd()
+            proto._resumeReading(_P_UPSTREAM)
+
+    def pauseRequestBody(self) -> None:
+        if self.done:
+            return
+        self.flowing = False
+        if not self.body_done or self.tunnel:
+            self.proto._pauseReading(_P_UPSTREAM)
+
+    def _bodyData(self, data: bytes) -> None:
+        if self.flowing and self.upstream is not None:
+            self.body_sent += len(data)
+            self.upstream.requestBody(data)
+            return
+        if self.body is None:
+            self.body = [data]
+        else:
+            self.body.append(data)
+        self.body_held += len(data)
+        if self.body_held >= BODY_BUFFER:
+            self.proto._pauseReading(_P_BUFFER)
+
+    def _bodyEnd(self) -> None:
+        self.body_done = True
+        if self.end_sent:
+            return
+        if self.flowing and not self.body and not self.end_sent and self.upstream is not None:
+            self.end_sent = True
+            self.upstream.requestBodyEnd()
+
+    def replayable(self) -> bool:
+        if self.body_sent:
+            return False
+        if self.idempotent:
+            return True
+        return self.body_length is not None and self.body_length != 0 and not self.end_sent
+
+    # -- response from the forwarder -----------------------------------------
+
+    def responseInformational(self, status: int, reason: bytes, headers) -> None:
+        if self.done or self.resp_started:
+            return
+        if headers.__class__ is not bytes:
+            headers = header_block(headers)
+        if self.version != "1.0":
+            self.proto._out.append(informational_head(status, reason, headers))
+
+    def responseHead(self, status: int, reason: bytes, headers, length: int) -> None:
+        if self.done or self.resp_started:
+            return
+        self.resp_started = True
+        self.status = status
+        if headers.__class__ is not bytes:
+            headers = header_block(headers)
+        proto = self.proto
+        if proto._observer is not None:
+            self.upstream_time = proto._observer.clock() - self.up_start
+        d = self.decision
+        node = d.node
+        rt = node.rt
+        if rt.fails or d.retrying or rt.in_error or status >= 500:
+            proto.factory.node_answered(node, d.retrying, status)
+        if status == 101:
+            self.tunnel = True
+            self.resp_close = True
+            proto._out.append(b"HTTP/1.1 101 %s\r\n%s\r\n" % (reason, headers))
+            proto._startTunnel(self)
+            return
+        close = not self.keep_alive or not self.body_done or self.tunnel_candidate
+        framing = b""
+        if self.method == _HEAD or status == 204 or status == 304:
+            self.no_body = True
+        elif length < 0:
+            if self.version == "1.0":
+                close = True
+            else:
+                self.resp_chunked = True
+                framing = b"Transfer-Encoding: chunked\r\n"
+        self.resp_close = close
+        if close:
+            end = b"\r\n" if self.version == "1.0" else b"Connection: close\r\n\r\n"
+        else:
+            end = b"Connection: keep-alive\r\n\r\n" if self.version == "1.0" else b"\r\n"
+        proto._out.append(b"HTTP/1.1 %d %s\r\n%s%s%s" % (status, reason, headers, framing, end))
+
+    def responseBody(self, data: bytes) -> None:
+        if self.done or not data:
+            return
+        self.sent += len(data)
+        if self.resp_chunked:
+            self.proto._out += (b"%x\r\n" % len(data), data, b"\r\n")
+        elif not self.no_body:
+            self.proto._out.append(data)
+
+    def flush(self) -> None:
+        if not self.done:
+            self.proto._flush()
+
+    def responseEnd(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.upstream = None
+        self._release()
+        if self.resp_chunked:
+            self.proto._out.append(_CHUNKED_END)
+        obs = self.proto._observer
+        if obs is not None:
+            obs.done(self, self.status, 0 if self.no_body else self.sent)
+        self.proto._exchangeDone(self, self.resp_close)
+
+    def responseFailed(self, error: ForwardError) -> None:
+        if self.done:
+            return
+        self.upstream = None
+        self.flowing = False
+        self._release()
+        proto = self.proto
+        f = proto.factory
+        node = self.node
+        route = node.route
+        kind = error.kind
+        if self.resp_started:
+            f.limiter.emit("cut off", LogLevel.warn,
+                           "response from node {route} for {method} {target} cut off: "
+                           "{message}", route=route, method=text(self.method),
+                           target=text(self.target), message=error.message)
+            self.done = True
+            if proto._observer is not None:
+                proto._observer.done(self, self.status, self.sent)
+            if kind == PROTOCOL or kind == RESET:
+                # A broken or cut response feeds passive health; it does not put
+                # the node in error by itself (one bad answer is not an outage).
+                f.passive_failure(node, error.message)
+            proto._abortClient()
+            return
+        safe = not error.request_sent or self.replayable()
+        if kind == TIMEOUT:
+            proto._respondError(self, 504, f"node {route}: {error.message}")
+            return
+        if kind == RESET and (error.reused or error.request_sent):
+            if safe and not self.stale_retry:
+                # Keep-alive race: the pooled connection was closed by the node
+                # before it read the request.  Always retried once, on a fresh
+                # connection to the same node (outside the retry budget).  A
+                # reset of a fresh connection before the head is retried there
+                # once too: a node that died is then a connect failure
+                # (failover, within the budget), a live node resetting again is
+                # a response-level failure (502).
+                self.stale_retry = True
+                cookie = None
+                if self.cookies is not None:
+                    cookie = b"; ".join(self.cookies).decode("utf-8", "surrogateescape")
+                try:
+                    self._attempt(self.decision, cookie, True)
+                except Exception:
+                    proto._routingBug(self)
+                return
+            if not safe and error.reused:
+                proto._respondError(self, 502, f"node {route}: {error.message}")
+                return
+        if kind != CONNECT and error.request_sent:
+            # A response-level failure after a successful connect (reset before
+            # the head, malformed head): this request fails, passive health
+            # counts it.  Not replayed on other nodes and the node is not put in
+            # error: one bad request must not take a context down (issue 13 §2).
+            f.passive_failure(node, error.message)
+            proto._respondError(self, 502, f"node {route}: {error.message}")
+            return
+        # Connect-level failure: nothing reached the application.
+        f.on_node_failure(route, error.message)
+        f.passive_failure(node, error.message)
+        b = self.decision.balancer
+        if (safe and self.attempts < b.max_attempts
+                and f.retry_budget.allow(b.name, f.balancer_requests(b.name))):
+            self.attempts += 1
+            self.exclude = self.exclude | {node.id}
+            self.stale_retry = False
+            if f.stats is not None and kind in f.stats.failovers:
+                f.stats.failovers[kind] += 1
+            f.limiter.emit("failover", LogLevel.info,
+                           "failing over {method} {target} from node {route}: {message}",
+                           method=text(self.method), target=text(self.target), route=route,
+                           message=error.message)
+            self._reroute()
+            return
+        if kind == CONNECT:
+            if f.stats is not None:
+                f.stats.unavailable["node_failed"] += 1
+            proto._respondError(self, 503, f"node {route}: {error.message}",
+                                f.policy.retry_after)
+        else:
+            proto._respondError(self, 502, f"node {route}: {error.message}")
+
+    # -- client side ends ----------------------------------------------------
+
+    def abort(self) -> None:
+        """The client connection is gone or the front gives up on it."""
+        if self.done:
+            return
+        self.done = True
+        if self.wait_call is not None and self.wait_call.active():
+            self.wait_call.cancel()
+        self.wait_call = None
+        up = self.upstream
+        self.upstream = None
+        self._release()
+        obs = self.proto._observer
+        if obs is not None and (self.method or self.resp_started):
+            obs.done(self, self.status if self.resp_started else CLIENT_CLOSED, self.sent)
+        if up is not None:
+            up.abort()
