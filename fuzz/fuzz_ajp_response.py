@@ -35,9 +35,9 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 if atheris is not None and "--hypothesis" not in sys.argv:
     with atheris.instrument_imports():
-        from modcluster.ajp import packets, protocol
+        from modcluster.ajp import container, packets, protocol, response
 else:
-    from modcluster.ajp import packets, protocol
+    from modcluster.ajp import container, packets, protocol, response
 
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -45,7 +45,7 @@ from zope.interface import implementer
 
 
 def _parse(pieces):
-    parser = packets.ResponseParser(packets.DEFAULT_PACKET_SIZE)
+    parser = response.ResponseParser(packets.DEFAULT_PACKET_SIZE)
     out = []
     try:
         for piece in pieces:
@@ -106,15 +106,15 @@ def test_one_input(data: bytes) -> None:
 
 
 def _seeds():
-    head = packets.encode_send_headers(
+    head = container.encode_send_headers(
         200, b"200",
         [(b"Content-Type", b"text/plain"), (b"X-Custom", b"v"), (b"Set-Cookie", b"a=b")])
     return [
-        head + packets.encode_send_body_chunk(b"hello") + packets.encode_end_response(True),
-        packets.encode_get_body_chunk(8186) + head + packets.encode_send_body_chunk(b"")
-        + packets.encode_end_response(False),
+        head + container.encode_send_body_chunk(b"hello") + container.encode_end_response(True),
+        container.encode_get_body_chunk(8186) + head + container.encode_send_body_chunk(b"")
+        + container.encode_end_response(False),
         packets.CPONG_PACKET,
-        packets.encode_send_headers(304, b"304") + packets.encode_end_response(True),
+        container.encode_send_headers(304, b"304") + container.encode_end_response(True),
     ]
 
 

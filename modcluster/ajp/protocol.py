@@ -40,7 +40,6 @@ from .packets import (
     ForwardRequest,
     ForwardRequestEncoder,
     GET_BODY_CHUNK,
-    ResponseParser,
     SEND_BODY_CHUNK,
     SEND_HEADERS,
     UnexpectedMessage,
@@ -48,6 +47,7 @@ from .packets import (
     check_packet_size,
     max_request_chunk,
 )
+from .response import ResponseParser
 
 __all__ = [
     "IAJPResponseReceiver",

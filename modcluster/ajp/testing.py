@@ -18,6 +18,13 @@ from typing import Callable, Iterable, Optional
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
+from .container import (
+    RequestParser,
+    encode_end_response,
+    encode_get_body_chunk,
+    encode_send_body_chunk,
+    encode_send_headers,
+)
 from .packets import (
     AJPProtocolError,
     CPONG_PACKET,
@@ -25,11 +32,6 @@ from .packets import (
     DEFAULT_PACKET_SIZE,
     ForwardRequest,
     RequestBodyChunk,
-    RequestParser,
-    encode_end_response,
-    encode_get_body_chunk,
-    encode_send_body_chunk,
-    encode_send_headers,
     max_request_chunk,
     max_response_chunk,
 )

@@ -14,12 +14,20 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, strategies as st
 
-from modcluster.ajp import packets
+from modcluster.ajp import response
+from modcluster.ajp.container import (
+    decode_forward_request,
+    encode_end_response,
+    encode_get_body_chunk,
+    encode_send_body_chunk,
+    encode_send_headers,
+)
 from modcluster.ajp.packets import (
     AJPEncodeError,
     AJPProtocolError,
     CPONG,
     CPONG_PACKET,
+    CPong,
     END_RESPONSE,
     EndResponse,
     ForwardRequest,
@@ -29,19 +37,12 @@ from modcluster.ajp.packets import (
     RESPONSE_HEADER_CODES,
     RESPONSE_HEADER_NAMES,
     RequestTooLarge,
-    ResponseParser,
     SEND_BODY_CHUNK,
     SEND_HEADERS,
     SendBodyChunk,
     SendHeaders,
-    CPong,
-    decode_forward_request,
-    encode_end_response,
-    encode_get_body_chunk,
-    encode_send_body_chunk,
-    encode_send_headers,
-    message_from_tuple,
 )
+from modcluster.ajp.response import ResponseParser, message_from_tuple
 
 from tests.unit.ajp.test_ajp_packets import forward_requests
 
@@ -68,7 +69,7 @@ def _payload(packet: bytes) -> bytes:
 def _both(payload: bytes):
     """(fast result or error, checked result or error) for one payload."""
     out = []
-    for decode in (packets._send_headers, packets._send_headers_checked):
+    for decode in (response._send_headers, response._send_headers_checked):
         try:
             out.append(("ok", decode(payload, 0, len(payload))))
         except AJPProtocolError as e:
@@ -85,10 +86,10 @@ def test_send_headers_fast_path_on_fixtures():
         fast, checked = _both(_payload(packet))
         assert fast == checked
     payload = _payload(TOMCAT_SEND_HEADERS)
-    assert packets._send_headers(payload, 0, len(payload)) == (
+    assert response._send_headers(payload, 0, len(payload)) == (
         200, b"200", ((b"Content-Type", b"text/html;charset=UTF-8"), (b"Content-Length", b"5")))
     payload = _payload(TOMCAT_STATIC)
-    assert packets._send_headers(payload, 0, len(payload))[2][:2] == (
+    assert response._send_headers(payload, 0, len(payload))[2][:2] == (
         (b"Accept-Ranges", b"bytes"), (b"ETag", b'W/"100-1795329003448"'))
 
 
@@ -124,7 +125,7 @@ _token = st.text(alphabet="!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzAB
 _names = st.one_of(
     st.sampled_from(sorted(RESPONSE_HEADER_CODES)),
     st.sampled_from(sorted(RESPONSE_HEADER_NAMES.values())),
-    st.sampled_from(sorted(packets._KNOWN_TOKENS)),
+    st.sampled_from(sorted(response._KNOWN_TOKENS)),
     _token,
 )
 _values = st.binary(max_size=40).filter(lambda v: not any(c in v for c in b"\r\n\x00"))
@@ -171,7 +172,7 @@ def test_send_headers_fast_path_matches_checked_when_damaged(head, data):
     suffix = data.draw(st.binary(max_size=3))
     buf = prefix + bytes(payload) + suffix
     results = []
-    for decode in (packets._send_headers, packets._send_headers_checked):
+    for decode in (response._send_headers, response._send_headers_checked):
         try:
             results.append(decode(buf, len(prefix), len(prefix) + len(payload)))
         except AJPProtocolError as e:

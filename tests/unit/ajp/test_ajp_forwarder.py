@@ -22,13 +22,12 @@ from zope.interface import directlyProvides
 from zope.interface.verify import verifyObject
 
 from modcluster.proxy.ajp import AJPConnection, AJPForwarder
-from modcluster.ajp.packets import (
-    CPING_PACKET,
+from modcluster.ajp.container import (
     encode_end_response,
     encode_send_body_chunk,
     encode_send_headers,
-    max_request_chunk,
 )
+from modcluster.ajp.packets import CPING_PACKET, max_request_chunk
 from modcluster.ajp.protocol import IAJPResponseReceiver
 from modcluster.ajp.testing import ContainerExchange, FakeAJPContainer, echo, respond
 from modcluster.cluster.model import BalancerSettings, NodeSettings

@@ -9,14 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modcluster.ajp import packets as packets_module
-from modcluster.ajp.packets import (
-    HEADS_MEMO_BYTES,
-    HEADS_MEMO_SIZE,
-    AJPProtocolError,
-    ResponseParser,
-    encode_send_headers,
-)
+from modcluster.ajp import response as response_module
+from modcluster.ajp.container import encode_send_headers
+from modcluster.ajp.packets import AJPProtocolError
+from modcluster.ajp.response import HEADS_MEMO_BYTES, HEADS_MEMO_SIZE, ResponseParser
 from modcluster.ajp.testing import ContainerExchange
 
 from tests.unit.ajp.test_ajp_forwarder import one_node
@@ -116,7 +112,7 @@ def test_remembered_heads_change_nothing_the_client_sees(exchanges, in_a_row):
     plan = [e for e in exchanges for _ in (0, 1, 2)] if in_a_row else exchanges * 3
     with_memo = _transcript(plan)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(packets_module, "HEADS_MEMO_BYTES", -1)
+        mp.setattr(response_module, "HEADS_MEMO_BYTES", -1)
         without = _transcript(plan)
     assert with_memo == without
 

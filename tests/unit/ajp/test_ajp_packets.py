@@ -8,6 +8,14 @@ import attrs
 import pytest
 from hypothesis import given, strategies as st
 
+from modcluster.ajp.container import (
+    RequestParser,
+    decode_forward_request,
+    encode_end_response,
+    encode_get_body_chunk,
+    encode_send_body_chunk,
+    encode_send_headers,
+)
 from modcluster.ajp.packets import (
     AJPEncodeError,
     AJPProtocolError,
@@ -28,25 +36,19 @@ from modcluster.ajp.packets import (
     RESPONSE_HEADER_CODES,
     RESPONSE_HEADER_NAMES,
     RequestBodyChunk,
-    RequestParser,
     RequestTooLarge,
-    ResponseParser,
     SendBodyChunk,
     SendHeaders,
     UnknownHeaderCode,
     UnknownMessageType,
     body_chunk_header,
     check_packet_size,
-    decode_forward_request,
     encode_body_chunk,
-    encode_end_response,
     encode_forward_request,
-    encode_get_body_chunk,
-    encode_send_body_chunk,
-    encode_send_headers,
     max_request_chunk,
     max_response_chunk,
 )
+from modcluster.ajp.response import ResponseParser
 
 # --- the reference's worked examples (ajp13.md) -----------------------------------
 

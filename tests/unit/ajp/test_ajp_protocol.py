@@ -16,6 +16,12 @@ from twisted.test import iosim
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from modcluster.ajp.container import (
+    encode_end_response,
+    encode_get_body_chunk,
+    encode_send_body_chunk,
+    encode_send_headers,
+)
 from modcluster.ajp.packets import (
     BadMagic,
     CPING_PACKET,
@@ -26,11 +32,7 @@ from modcluster.ajp.packets import (
     RequestTooLarge,
     UnexpectedMessage,
     body_chunk_header,
-    encode_end_response,
     encode_forward_request,
-    encode_get_body_chunk,
-    encode_send_body_chunk,
-    encode_send_headers,
 )
 from modcluster.ajp.protocol import (
     AJPClientProtocol,

@@ -6,14 +6,12 @@ through the function C{writer(transport)} returned when the connection was made.
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
+from modcluster.ajp.container import encode_end_response, encode_get_body_chunk, encode_send_headers
 from modcluster.ajp.packets import (
     CPING_PACKET,
     ForwardRequest,
     body_chunk_header,
-    encode_end_response,
     encode_forward_request,
-    encode_get_body_chunk,
-    encode_send_headers,
 )
 from modcluster.ajp.protocol import AJPClientProtocol
 

@@ -18,7 +18,7 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from modcluster.proxy.ajp import AJPForwarder
-from modcluster.ajp.packets import decode_forward_request
+from modcluster.ajp.container import decode_forward_request
 from modcluster.balancer import match_path, path_refusal
 from modcluster.cluster.model import ContextState
 from modcluster.proxy.client import ClientProtocol
