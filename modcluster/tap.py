@@ -463,7 +463,7 @@ def _proxy(config: Config, reactor, registry, node_tls):
 
     from modcluster.tls import server_endpoint
 
-    from modcluster.proxy.h2 import alpn_protocols, listener_factory
+    from modcluster.proxy.alpn import alpn_protocols, listener_factory
 
     for description in p.listen:
         # server_endpoint: an ssl: listener answers ALPN (browsers, curl offer it);

@@ -1,11 +1,9 @@
 """
 HTTP/2 to clients (RFC 9113) on C{ssl:} listeners, negotiated by ALPN.
 
-L{NegotiatingFactory} wraps the L{ProxyFactory} of an C{ssl:} listener: when
-the TLS handshake completes, the connection gets an L{H2Protocol} if the
-client selected C{h2}, else the usual HTTP/1.1 L{ClientProtocol} (the switch
-costs HTTP/1.1 nothing after the handshake: the TLS transport is pointed at
-the chosen protocol).
+L{modcluster.proxy.alpn.NegotiatingFactory} hands an C{ssl:} connection to
+an L{H2Protocol} when the client selected C{h2} by ALPN.  The header fields
+and the C{h2} connection it drives are in L{modcluster.proxy.h2conn}.
 
 L{H2Protocol} drives the C{h2} (python-hyper) state machine.  Every request
 stream becomes an L{_H2Exchange}: an L{_Exchange} (the front's request, with
@@ -26,13 +24,9 @@ Flow control is wired to backpressure both ways:
 
 from __future__ import annotations
 
-import re
-import struct
-import weakref
 from typing import Optional
 
 from h2.config import H2Configuration
-from h2.connection import ConnectionInputs, H2Connection
 from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
@@ -48,27 +42,29 @@ from h2.events import (
 )
 from h2.exceptions import H2Error, ProtocolError
 from h2.settings import SettingCodes, Settings
-from h2.stream import StreamInputs
 from hyperframe.frame import GoAwayFrame
-from hpack import Decoder, Encoder
-from twisted.internet.interfaces import IHandshakeListener, IPushProducer, ISSLTransport
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.interfaces import IPushProducer, ISSLTransport
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger, LogLevel
 from zope.interface import implementer
 
 from modcluster.accesslog import text
-from modcluster.proxy.client import ClientProtocol
 from modcluster.proxy.exchange import _Exchange
+from modcluster.proxy.h2conn import (
+    _H2Connection,
+    _Malformed,
+    _MemoDecoder,
+    _MemoEncoder,
+    _response_fields,
+    request_fields,
+)
 from modcluster.proxy.headers import reason_phrase
 from modcluster.proxy.interfaces import IDEMPOTENT_METHODS, ClientInfo
 
-__all__ = ["ALPN_PROTOCOLS", "H2Protocol", "NegotiatingFactory", "listener_factory",
-           "alpn_protocols", "request_fields"]
+__all__ = ["H2Protocol", "STREAM_BUFFER"]
 
 log = Logger(namespace="modcluster.proxy.h2")
 
-#: ALPN protocols of an C{ssl:} proxy listener with HTTP/2 on, preferred first.
-ALPN_PROTOCOLS = (b"h2", b"http/1.1")
 #: Response bytes a stream holds (not yet within the client's windows) before
 #: its node connection is paused; it is resumed below half of it.
 STREAM_BUFFER = 64 * 1024
@@ -76,352 +72,8 @@ STREAM_BUFFER = 64 * 1024
 #: PING, SETTINGS, PRIORITY or empty DATA frame one.
 RESET_COST = 10
 
-_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+\Z")
-_BAD_VALUE = re.compile(rb"[\x00\r\n]")
-#: Connection-specific header fields (RFC 9113 §8.2.2): a request carrying one
-#: is malformed.
-_CONNECTION_SPECIFIC = frozenset(
-    (b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"))
-_PSEUDO = frozenset((b":method", b":scheme", b":path", b":authority"))
-#: Response header fields never sent to an HTTP/2 client (hop-by-hop, framing).
-_RESP_DROP = frozenset((b"connection", b"keep-alive", b"proxy-connection",
-                        b"transfer-encoding", b"upgrade", b"te", b"trailer"))
-_X_FORWARDED = frozenset((b"x-forwarded-for", b"x-forwarded-host", b"x-forwarded-server",
-                          b"x-forwarded-proto"))
 _HEAD = b"HEAD"
 _CONTINUE = b"100-continue"
-
-
-def alpn_protocols(config) -> tuple[bytes, ...]:
-    """The ALPN protocols an C{ssl:} proxy listener selects from (C{config}: ProxyConfig)."""
-    return ALPN_PROTOCOLS if config.http2 else (b"http/1.1",)
-
-
-def listener_factory(factory, description: str):
-    """
-    The factory to listen with on C{description}: for an C{ssl:} listener with
-    C{[proxy] http2} on, a L{NegotiatingFactory} around C{factory}; else
-    C{factory} itself.
-    """
-    config = getattr(factory, "config", None)
-    if getattr(config, "http2", False) and description.split(":", 1)[0].strip().lower() == "ssl":
-        return NegotiatingFactory(factory)
-    return factory
-
-
-class _Malformed(Exception):
-    """A malformed request (RFC 9113 §8.1.1): reset the stream with PROTOCOL_ERROR."""
-
-
-def request_fields(headers) -> tuple:
-    """
-    Check an HTTP/2 request header list (RFC 9113 §8.2, §8.3.1) and split it:
-    C{(method, scheme, path, authority, fields, content_length, cookies,
-    expect, x_forwarded)}, where C{fields} are the regular fields to forward
-    (C{host}, C{cookie}, C{content-length}, C{te}, C{expect} taken out),
-    C{cookies} the cookie crumbs in order (joined with C{"; "} for the node,
-    RFC 9113 §8.2.3), C{content_length} an int or None.  Raises L{_Malformed}.
-    """
-    method = scheme = path = authority = host = None
-    fields = []
-    cookies = None
-    length = None
-    expect = None
-    x_forwarded = False
-    regular = False
-    for name, value in headers:
-        if name[:1] == b":":
-            if regular:
-                raise _Malformed("pseudo-header after a regular header")
-            if name not in _PSEUDO:
-                raise _Malformed(f"unknown pseudo-header {name!r}")
-            if name == b":method":
-                if method is not None:
-                    raise _Malformed("repeated :method")
-                method = value
-            elif name == b":scheme":
-                if scheme is not None:
-                    raise _Malformed("repeated :scheme")
-                scheme = value
-            elif name == b":path":
-                if path is not None:
-                    raise _Malformed("repeated :path")
-                path = value
-            else:
-                if authority is not None:
-                    raise _Malformed("repeated :authority")
-                authority = value
-            continue
-        regular = True
-        if _NAME.match(name) is None:
-            raise _Malformed(f"bad field name {name!r}")
-        if _BAD_VALUE.search(value) is not None or value[:1] in (b" ", b"\t") \
-                or value[-1:] in (b" ", b"\t"):
-            raise _Malformed(f"bad value of {name!r}")
-        if name in _CONNECTION_SPECIFIC:
-            raise _Malformed(f"connection-specific field {name!r}")
-        if name == b"cookie":
-            if cookies is None:
-                cookies = [value]
-            else:
-                cookies.append(value)
-        elif name == b"host":
-            host = value
-        elif name == b"content-length":
-            if not value.isdigit():
-                raise _Malformed("bad content-length")
-            n = int(value)
-            if length is not None and n != length:
-                raise _Malformed("conflicting content-length")
-            length = n
-        elif name == b"te":
-            if value.lower() != b"trailers":
-                raise _Malformed("te other than trailers")
-        elif name == b"expect":
-            expect = value
-        else:
-            if name in _X_FORWARDED:
-                x_forwarded = True
-            fields.append((name, value))
-    if method is None:
-        raise _Malformed("no :method")
-    if method != b"CONNECT":
-        if not scheme or not path:
-            raise _Malformed("no :scheme or :path")
-        if path[:1] != b"/" and not (path == b"*" and method == b"OPTIONS"):
-            raise _Malformed("bad :path")
-    if authority is None:
-        authority = host  # else :authority wins (RFC 9113 §8.3.1); host is not forwarded
-    if cookies is not None and len(cookies) > 1:
-        cookies = [b"; ".join(cookies)]
-    return method, scheme, path, authority, fields, length, cookies, expect, x_forwarded
-
-
-def _response_fields(status: int, headers) -> list:
-    """C{:status} and the node's response fields, lower-cased, hop-by-hop ones dropped."""
-    out = [(b":status", b"%d" % status)]
-    if headers.__class__ is bytes:
-        for line in headers.split(b"\r\n"):
-            if not line:
-                continue
-            name, _, value = line.partition(b":")
-            name = name.strip().lower()
-            if name and name not in _RESP_DROP:
-                out.append((name, value.strip(b" \t")))
-    else:
-        for name, value in headers:
-            name = name.lower()
-            if name not in _RESP_DROP:
-                out.append((name, value.strip(b" \t")))
-    return out
-
-
-def _skip_int(block: bytes, i: int, prefix: int) -> int:
-    """The offset after the HPACK integer at C{i} with a C{prefix}-bit prefix (RFC 7541 §5.1)."""
-    n = len(block)
-    mask = (1 << prefix) - 1
-    if block[i] & mask != mask:
-        return i + 1
-    i += 1
-    while i < n and block[i] & 0x80:
-        i += 1
-    return i + 1
-
-
-def _int_at(block: bytes, i: int, prefix: int) -> tuple:
-    """The HPACK integer at C{i} with a C{prefix}-bit prefix and the offset after it."""
-    mask = (1 << prefix) - 1
-    v = block[i] & mask
-    i += 1
-    if v != mask:
-        return v, i
-    shift = 0
-    n = len(block)
-    while i < n:
-        b = block[i]
-        i += 1
-        v += (b & 0x7F) << shift
-        shift += 7
-        if not b & 0x80:
-            break
-    return v, i
-
-
-def _table_neutral(block: bytes) -> bool:
-    """
-    Whether decoding (or encoding) the HPACK header block C{block} leaves the
-    dynamic table as it was: it holds indexed fields (RFC 7541 §6.1) and
-    literals without indexing or never indexed (§6.2.2, §6.2.3) only — no
-    literal with incremental indexing, no table size update.
-    """
-    i = 0
-    n = len(block)
-    while i < n:
-        b = block[i]
-        if b & 0x80:
-            i = _skip_int(block, i, 7)
-            continue
-        if b & 0xE0:
-            return False  # 01xxxxxx: added to the table; 001xxxxx: size update
-        name_index, i = _int_at(block, i, 4)
-        for _ in range(1 if name_index else 2):  # [name string] value string
-            if i >= n:
-                return False
-            length, i = _int_at(block, i, 7)
-            i += length
-        if i > n:
-            return False
-    return True
-
-
-class _MemoEncoder(Encoder):
-    """
-    The HPACK encoder of one connection, remembering its last header block
-    (C{memo}) for a response head that repeats (same C{key}: the node's
-    status and head bytes).
-
-    A block may be reused only while it decodes to the same fields: it is
-    kept only when its encoding did not change the dynamic table
-    (L{_table_neutral}) and forgotten as soon as any encoding
-    changes the table (a literal with indexing, an eviction) or the table is
-    resized (the client's SETTINGS_HEADER_TABLE_SIZE).  The dynamic table
-    evolves exactly as if every block had been encoded afresh: a reused block
-    is one whose encoding would not have touched it.
-    """
-
-    def __init__(self) -> None:
-        Encoder.__init__(self)
-        self.next_key = None  # the key of the next encode() (set by responseHead)
-        self.memo_key = None
-        self.memo_block = b""
-        self.memo_fields: list = []
-
-    @property
-    def header_table_size(self) -> int:
-        return self.header_table.maxsize
-
-    @header_table_size.setter
-    def header_table_size(self, value: int) -> None:
-        # hpack forgets a pending size update when the same size is set twice
-        # (a client's SETTINGS repeating HEADER_TABLE_SIZE): its decoder would
-        # then not have shrunk or grown its table as ours did
-        if value == self.header_table.maxsize:
-            return
-        self.memo_key = None
-        Encoder.header_table_size.fset(self, value)
-
-    def encode(self, headers, huffman: bool = True) -> bytes:
-        key = self.next_key
-        if key is not None:
-            self.next_key = None
-            if key == self.memo_key and not self.table_size_changes:
-                return self.memo_block
-        block = Encoder.encode(self, headers, huffman)
-        if _table_neutral(block):
-            if key is not None:
-                self.memo_key = key
-                self.memo_block = block
-                self.memo_fields = headers
-        else:
-            self.memo_key = None
-        return block
-
-
-class _MemoDecoder(Decoder):
-    """
-    The HPACK decoder of one connection, remembering its last header block
-    and what it decoded to: a client repeating a request (same block bytes)
-    is not decoded again.  As with L{_MemoEncoder}, only a block whose
-    decoding left the dynamic table unchanged (L{_table_neutral}) is
-    remembered, and any other block (or a failed one) forgets it, so a reused
-    result is what decoding would give.
-    """
-
-    def __init__(self, max_header_list_size: int) -> None:
-        Decoder.__init__(self, max_header_list_size=max_header_list_size)
-        self.memo_block = None
-        self.memo_headers: list = []
-        self.memo_limit = 0
-
-    @property
-    def header_table_size(self) -> int:
-        return self.header_table.maxsize
-
-    @header_table_size.setter
-    def header_table_size(self, value: int) -> None:
-        self.memo_block = None
-        Decoder.header_table_size.fset(self, value)
-
-    def decode(self, data, raw: bool = False):
-        if data == self.memo_block and raw and self.max_header_list_size == self.memo_limit:
-            return list(self.memo_headers)
-        self.memo_block = None
-        headers = Decoder.decode(self, data, raw)
-        if raw and data.__class__ is bytes and _table_neutral(data):
-            self.memo_block = data
-            self.memo_headers = list(headers)
-            self.memo_limit = self.max_header_list_size
-        return headers
-
-
-_DATA_HEAD = struct.Struct(">HBBBL")  # frame length (24 bits), type 0 (DATA), flags, stream
-_HEADERS_HEAD = _DATA_HEAD  # (the same layout; type 1)
-_SEND_DATA = ConnectionInputs.SEND_DATA
-_SEND_HEADERS = ConnectionInputs.SEND_HEADERS
-_STREAM_SEND_HEADERS = StreamInputs.SEND_HEADERS
-_STREAM_SEND_DATA = StreamInputs.SEND_DATA
-_STREAM_SEND_END = StreamInputs.SEND_END_STREAM
-
-
-class _H2Connection(H2Connection):
-    """
-    h2's connection with a cheaper C{send_data} for the common case (bytes,
-    no padding, within the windows and the frame size): the same state
-    machine inputs and window accounting as h2's, the frame written by hand
-    instead of through a hyperframe object.  Anything else goes to h2's.
-    """
-
-    def send_data(self, stream_id: int, data, end_stream: bool = False,
-                  pad_length=None) -> None:
-        n = len(data)
-        if (pad_length is not None or data.__class__ is not bytes or not n
-                or n > self.max_outbound_frame_size
-                or n > self.local_flow_control_window(stream_id)):
-            return H2Connection.send_data(self, stream_id, data, end_stream, pad_length)
-        self.state_machine.process_input(_SEND_DATA)
-        stream = self.streams[stream_id]
-        sm = stream.state_machine
-        sm.process_input(_STREAM_SEND_DATA)
-        if end_stream:
-            sm.process_input(_STREAM_SEND_END)
-        stream.outbound_flow_control_window -= n
-        out = self._data_to_send
-        out += _DATA_HEAD.pack(n >> 8, n & 0xFF, 0, 1 if end_stream else 0, stream_id)
-        out += data
-        self.outbound_flow_control_window -= n
-
-    def send_remembered_head(self, stream_id: int) -> None:
-        """
-        Send the encoder's remembered response head (L{_MemoEncoder}: its
-        block is valid now) on C{stream_id} as h2's C{send_headers} would (a
-        final response, no END_STREAM): the same state machine inputs, the
-        HEADERS frame written by hand.  A stream h2 does not have or a block
-        over the frame size goes through h2's own C{send_headers}.
-        """
-        enc = self.encoder
-        block = enc.memo_block
-        n = len(block)
-        stream = self.streams.get(stream_id)
-        if stream is None or n > self.max_outbound_frame_size:
-            enc.next_key = enc.memo_key
-            self.send_headers(stream_id, enc.memo_fields)
-            return
-        self.state_machine.process_input(_SEND_HEADERS)
-        stream.state_machine.process_input(_STREAM_SEND_HEADERS)
-        stream.request_method = None  # (h2 takes it from the block sent: none in a response)
-        out = self._data_to_send
-        out += _HEADERS_HEAD.pack(n >> 8, n & 0xFF, 1, 0x4, stream_id)  # END_HEADERS
-        out += block
 
 
 class _H2Exchange(_Exchange):
@@ -1110,115 +762,3 @@ class H2Protocol(Protocol):
         timeouts = getattr(self.factory, "timeouts", None)
         if timeouts is not None:
             timeouts.timedOut(reason, self.client.remote_addr, what, now)
-
-
-@implementer(IHandshakeListener)
-class _Negotiator(Protocol):
-    """
-    The protocol of an C{ssl:} connection until its handshake completes: then
-    L{H2Protocol} for ALPN C{h2}, L{ClientProtocol} otherwise, which takes
-    the TLS transport over (nothing was received before).
-    """
-
-    def __init__(self, factory: "NegotiatingFactory") -> None:
-        self._factory = factory
-        self._chosen: Optional[Protocol] = None
-        self._accepted = factory.wrapped.now
-
-    def connectionMade(self) -> None:
-        # the sweep times the handshake (checkTimeout) until a protocol is chosen
-        self._factory.wrapped._clients.add(self)
-
-    def handshakeCompleted(self) -> None:
-        t = self.transport
-        negotiated = getattr(t, "negotiatedProtocol", None)
-        f = self._factory
-        f.wrapped._clients.discard(self)
-        if negotiated == b"h2":
-            p = H2Protocol(f.wrapped)
-            f.h2_connections.add(p)
-        else:
-            p = ClientProtocol(f.wrapped)
-            if getattr(p, "_head_start", None) is not None:
-                p._head_start = self._accepted  # the head deadline runs from the accept
-        self._chosen = p
-        if getattr(t, "wrappedProtocol", None) is self:
-            t.wrappedProtocol = p  # from now on the TLS transport calls it directly
-        p.makeConnection(t)
-        if p.__class__ is ClientProtocol and IHandshakeListener.providedBy(p):
-            p.handshakeCompleted()  # (it missed the TLS transport's own call)
-
-    def checkTimeout(self, now: float, limit: float) -> None:
-        """
-        Called by the sweep while the TLS handshake is not complete: it gets
-        the request head deadline (C{request_header_timeout}, else
-        C{client_timeout}) from the accept, as the HTTP/1.1 front's head does.
-        """
-        if self._chosen is not None:
-            return
-        f = self._factory.wrapped
-        rt = getattr(f, "read_timeouts", None)
-        allowed = rt.header_allowed(0) if rt is not None and rt.header else limit
-        if now - self._accepted <= allowed + 1.0:
-            return
-        f._clients.discard(self)
-        timeouts = getattr(f, "timeouts", None)
-        if timeouts is not None:
-            peer = self.transport.getPeer()
-            timeouts.timedOut("header", getattr(peer, "host", "?"),
-                              f"TLS handshake not complete after {allowed:g} s", now)
-        self.transport.abortConnection()
-
-    def drain(self) -> int:
-        """Stopping (L{ProxyFactory.drain}): a handshake in progress is cut."""
-        self._factory.wrapped._clients.discard(self)
-        if self._chosen is None:
-            self.transport.abortConnection()
-        return 0
-
-    def dataReceived(self, data: bytes) -> None:
-        if self._chosen is not None:  # a transport without wrappedProtocol
-            self._chosen.dataReceived(data)
-
-    def connectionLost(self, reason=None) -> None:
-        f = self._factory.wrapped
-        if self in f._clients:  # the handshake never completed
-            f._clients.discard(self)
-            stats = getattr(f, "stats", None)
-            if stats is not None:
-                stats.connections += 1
-                stats.tls_failures += 1
-        if self._chosen is not None:
-            self._chosen.connectionLost(reason)
-
-
-class NegotiatingFactory(Factory):
-    """
-    The factory of an C{ssl:} proxy listener with HTTP/2: builds
-    L{_Negotiator}s around the shared L{ProxyFactory} (C{wrapped}); on stop it
-    sends GOAWAY to its HTTP/2 connections (graceful shutdown).
-    """
-
-    noisy = False
-
-    def __init__(self, wrapped) -> None:
-        self.wrapped = wrapped
-        self.h2_connections: "weakref.WeakSet[H2Protocol]" = weakref.WeakSet()
-
-    def buildProtocol(self, addr) -> _Negotiator:
-        return _Negotiator(self)
-
-    def doStart(self) -> None:
-        self.wrapped.doStart()
-
-    def doStop(self) -> None:
-        self.goAway()
-        self.wrapped.doStop()
-
-    def goAway(self) -> None:
-        """GOAWAY to every HTTP/2 connection of this listener."""
-        for p in list(self.h2_connections):
-            try:
-                p.goAway()
-            except Exception:
-                log.failure("GOAWAY failed")

@@ -226,7 +226,7 @@ class _Adopter:
     def listenSSL(self, port, factory, contextFactory, backlog=50, interface=""):
         from modcluster.tls import answer_alpn, resume_sessions
 
-        from modcluster.proxy.h2 import NegotiatingFactory, alpn_protocols
+        from modcluster.proxy.alpn import NegotiatingFactory, alpn_protocols
 
         resume_sessions(contextFactory)  # session tickets: before the context is built
 
@@ -760,7 +760,7 @@ class WorkerService(Service):
             factory = self.factory
             if description.split(":", 1)[0].strip().lower() == "ssl":
                 # (h2 is imported only by workers that may serve it)
-                from modcluster.proxy.h2 import listener_factory
+                from modcluster.proxy.alpn import listener_factory
 
                 factory = listener_factory(factory, description)
             self.ports.append(serverFromString(_Adopter(self.reactor, fd, family), description)

@@ -28,7 +28,8 @@ from h2.settings import SettingCodes
 from twisted.internet import defer, task, threads
 from twisted.internet.protocol import Factory, Protocol
 
-from modcluster.proxy.h2 import ALPN_PROTOCOLS, STREAM_BUFFER, H2Protocol, NegotiatingFactory
+from modcluster.proxy.alpn import ALPN_PROTOCOLS, NegotiatingFactory
+from modcluster.proxy.h2 import H2Protocol, STREAM_BUFFER
 from modcluster.tls import answer_alpn
 
 from tests.integration.test_proxy_http import Stack, _server_options

@@ -27,13 +27,9 @@ from twisted.internet.testing import StringTransport
 from zope.interface import directlyProvides
 
 from modcluster.proxy.client import ClientProtocol
-from modcluster.proxy.h2 import (
-    STREAM_BUFFER,
-    H2Protocol,
-    NegotiatingFactory,
-    _Malformed,
-    request_fields,
-)
+from modcluster.proxy.alpn import NegotiatingFactory
+from modcluster.proxy.h2 import H2Protocol, STREAM_BUFFER
+from modcluster.proxy.h2conn import _Malformed, request_fields
 
 from tests.support.proxy_testlib import CLIENT_ADDR, Harness
 
@@ -605,7 +601,7 @@ def test_access_log_names_the_client_protocol_http2(h):
 def test_table_neutral_blocks():
     from hpack import Encoder, NeverIndexedHeaderTuple
 
-    from modcluster.proxy.h2 import _table_neutral
+    from modcluster.proxy.h2conn import _table_neutral
 
     assert _table_neutral(b"")
     assert _table_neutral(b"\x88\x82")  # :status 200, :method GET
@@ -642,7 +638,7 @@ def test_memo_encoder_round_trips_against_hpack_decoder():
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from modcluster.proxy.h2 import _MemoEncoder, _response_fields
+    from modcluster.proxy.h2conn import _MemoEncoder, _response_fields
 
     op = st.one_of(
         st.tuples(st.just("head"), st.integers(0, len(_HEADS) - 1)),
@@ -710,7 +706,7 @@ def test_memo_decoder_decodes_like_hpack_decoder():
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from modcluster.proxy.h2 import _MemoDecoder
+    from modcluster.proxy.h2conn import _MemoDecoder
 
     base = [(b":method", b"GET"), (b":scheme", b"https"), (b":path", b"/f"),
             (b":authority", b"a")]
@@ -752,7 +748,7 @@ def test_repeated_header_table_size_setting_keeps_encoder_and_client_in_step():
     """
     from hpack import Decoder
 
-    from modcluster.proxy.h2 import _MemoEncoder
+    from modcluster.proxy.h2conn import _MemoEncoder
 
     enc, dec = _MemoEncoder(), Decoder()
     fields = [(b":status", b"200"), (b"server", b"n")]
@@ -769,7 +765,7 @@ def test_hand_written_data_frames_match_h2():
     """_H2Connection.send_data: the bytes, windows and stream states of h2's own send_data."""
     from h2.exceptions import FlowControlError
 
-    from modcluster.proxy.h2 import _H2Connection
+    from modcluster.proxy.h2conn import _H2Connection
 
     def pair(cls):
         server = cls(H2Configuration(client_side=False, header_encoding=None))
@@ -808,7 +804,7 @@ def test_hand_written_data_frames_match_h2():
 
 def test_remembered_head_sent_like_h2_send_headers():
     """_H2Connection.send_remembered_head: the bytes and stream states of h2's send_headers."""
-    from modcluster.proxy.h2 import _H2Connection, _MemoEncoder, _response_fields
+    from modcluster.proxy.h2conn import _H2Connection, _MemoEncoder, _response_fields
 
     def server():
         conn = _H2Connection(H2Configuration(client_side=False, header_encoding=None,

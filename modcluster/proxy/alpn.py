@@ -1,0 +1,158 @@
+"""
+HTTP/2 or HTTP/1.1 on C{ssl:} proxy listeners, chosen by ALPN (RFC 7301):
+L{NegotiatingFactory} wraps the L{modcluster.proxy.front.ProxyFactory} of an
+C{ssl:} listener; when the TLS handshake completes, the connection gets an
+L{modcluster.proxy.h2.H2Protocol} if the client selected C{h2}, else the
+usual HTTP/1.1 L{modcluster.proxy.client.ClientProtocol} (the switch costs
+HTTP/1.1 nothing after the handshake: the TLS transport is pointed at the
+chosen protocol).
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Optional
+
+from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from modcluster.proxy.client import ClientProtocol
+from modcluster.proxy.h2 import H2Protocol
+
+__all__ = ["ALPN_PROTOCOLS", "NegotiatingFactory", "alpn_protocols", "listener_factory"]
+
+log = Logger(namespace="modcluster.proxy.h2")
+
+#: ALPN protocols of an C{ssl:} proxy listener with HTTP/2 on, preferred first.
+ALPN_PROTOCOLS = (b"h2", b"http/1.1")
+
+
+def alpn_protocols(config) -> tuple[bytes, ...]:
+    """The ALPN protocols an C{ssl:} proxy listener selects from (C{config}: ProxyConfig)."""
+    return ALPN_PROTOCOLS if config.http2 else (b"http/1.1",)
+
+
+def listener_factory(factory, description: str):
+    """
+    The factory to listen with on C{description}: for an C{ssl:} listener with
+    C{[proxy] http2} on, a L{NegotiatingFactory} around C{factory}; else
+    C{factory} itself.
+    """
+    config = getattr(factory, "config", None)
+    if getattr(config, "http2", False) and description.split(":", 1)[0].strip().lower() == "ssl":
+        return NegotiatingFactory(factory)
+    return factory
+
+
+@implementer(IHandshakeListener)
+class _Negotiator(Protocol):
+    """
+    The protocol of an C{ssl:} connection until its handshake completes: then
+    L{H2Protocol} for ALPN C{h2}, L{ClientProtocol} otherwise, which takes
+    the TLS transport over (nothing was received before).
+    """
+
+    def __init__(self, factory: "NegotiatingFactory") -> None:
+        self._factory = factory
+        self._chosen: Optional[Protocol] = None
+        self._accepted = factory.wrapped.now
+
+    def connectionMade(self) -> None:
+        # the sweep times the handshake (checkTimeout) until a protocol is chosen
+        self._factory.wrapped._clients.add(self)
+
+    def handshakeCompleted(self) -> None:
+        t = self.transport
+        negotiated = getattr(t, "negotiatedProtocol", None)
+        f = self._factory
+        f.wrapped._clients.discard(self)
+        if negotiated == b"h2":
+            p = H2Protocol(f.wrapped)
+            f.h2_connections.add(p)
+        else:
+            p = ClientProtocol(f.wrapped)
+            if getattr(p, "_head_start", None) is not None:
+                p._head_start = self._accepted  # the head deadline runs from the accept
+        self._chosen = p
+        if getattr(t, "wrappedProtocol", None) is self:
+            t.wrappedProtocol = p  # from now on the TLS transport calls it directly
+        p.makeConnection(t)
+        if p.__class__ is ClientProtocol and IHandshakeListener.providedBy(p):
+            p.handshakeCompleted()  # (it missed the TLS transport's own call)
+
+    def checkTimeout(self, now: float, limit: float) -> None:
+        """
+        Called by the sweep while the TLS handshake is not complete: it gets
+        the request head deadline (C{request_header_timeout}, else
+        C{client_timeout}) from the accept, as the HTTP/1.1 front's head does.
+        """
+        if self._chosen is not None:
+            return
+        f = self._factory.wrapped
+        rt = getattr(f, "read_timeouts", None)
+        allowed = rt.header_allowed(0) if rt is not None and rt.header else limit
+        if now - self._accepted <= allowed + 1.0:
+            return
+        f._clients.discard(self)
+        timeouts = getattr(f, "timeouts", None)
+        if timeouts is not None:
+            peer = self.transport.getPeer()
+            timeouts.timedOut("header", getattr(peer, "host", "?"),
+                              f"TLS handshake not complete after {allowed:g} s", now)
+        self.transport.abortConnection()
+
+    def drain(self) -> int:
+        """Stopping (L{ProxyFactory.drain}): a handshake in progress is cut."""
+        self._factory.wrapped._clients.discard(self)
+        if self._chosen is None:
+            self.transport.abortConnection()
+        return 0
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._chosen is not None:  # a transport without wrappedProtocol
+            self._chosen.dataReceived(data)
+
+    def connectionLost(self, reason=None) -> None:
+        f = self._factory.wrapped
+        if self in f._clients:  # the handshake never completed
+            f._clients.discard(self)
+            stats = getattr(f, "stats", None)
+            if stats is not None:
+                stats.connections += 1
+                stats.tls_failures += 1
+        if self._chosen is not None:
+            self._chosen.connectionLost(reason)
+
+
+class NegotiatingFactory(Factory):
+    """
+    The factory of an C{ssl:} proxy listener with HTTP/2: builds
+    L{_Negotiator}s around the shared L{ProxyFactory} (C{wrapped}); on stop it
+    sends GOAWAY to its HTTP/2 connections (graceful shutdown).
+    """
+
+    noisy = False
+
+    def __init__(self, wrapped) -> None:
+        self.wrapped = wrapped
+        self.h2_connections: "weakref.WeakSet[H2Protocol]" = weakref.WeakSet()
+
+    def buildProtocol(self, addr) -> _Negotiator:
+        return _Negotiator(self)
+
+    def doStart(self) -> None:
+        self.wrapped.doStart()
+
+    def doStop(self) -> None:
+        self.goAway()
+        self.wrapped.doStop()
+
+    def goAway(self) -> None:
+        """GOAWAY to every HTTP/2 connection of this listener."""
+        for p in list(self.h2_connections):
+            try:
+                p.goAway()
+            except Exception:
+                log.failure("GOAWAY failed")

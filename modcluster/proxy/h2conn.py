@@ -1,0 +1,348 @@
+"""
+The C{h2} (python-hyper) connection as the HTTP/2 front (L{modcluster.proxy.h2})
+uses it, and the header fields it checks and converts: L{request_fields}
+(a request's header list, RFC 9113 §8.2-8.3, as HTTP/1.1 request facts),
+the response fields of an HTTP/1.1 response head, HPACK encoders and
+decoders that remember the blocks they made or read
+(C{_MemoEncoder}, C{_MemoDecoder}), and C{_H2Connection}, whose sends of
+HEADERS and DATA skip what C{h2} re-checks for every frame.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+
+from h2.connection import ConnectionInputs, H2Connection
+from h2.stream import StreamInputs
+from hpack import Decoder, Encoder
+
+__all__ = ["request_fields"]
+
+_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+\Z")
+_BAD_VALUE = re.compile(rb"[\x00\r\n]")
+#: Connection-specific header fields (RFC 9113 §8.2.2): a request carrying one
+#: is malformed.
+_CONNECTION_SPECIFIC = frozenset(
+    (b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"))
+_PSEUDO = frozenset((b":method", b":scheme", b":path", b":authority"))
+#: Response header fields never sent to an HTTP/2 client (hop-by-hop, framing).
+_RESP_DROP = frozenset((b"connection", b"keep-alive", b"proxy-connection",
+                        b"transfer-encoding", b"upgrade", b"te", b"trailer"))
+_X_FORWARDED = frozenset((b"x-forwarded-for", b"x-forwarded-host", b"x-forwarded-server",
+                          b"x-forwarded-proto"))
+
+
+class _Malformed(Exception):
+    """A malformed request (RFC 9113 §8.1.1): reset the stream with PROTOCOL_ERROR."""
+
+
+def request_fields(headers) -> tuple:
+    """
+    Check an HTTP/2 request header list (RFC 9113 §8.2, §8.3.1) and split it:
+    C{(method, scheme, path, authority, fields, content_length, cookies,
+    expect, x_forwarded)}, where C{fields} are the regular fields to forward
+    (C{host}, C{cookie}, C{content-length}, C{te}, C{expect} taken out),
+    C{cookies} the cookie crumbs in order (joined with C{"; "} for the node,
+    RFC 9113 §8.2.3), C{content_length} an int or None.  Raises L{_Malformed}.
+    """
+    method = scheme = path = authority = host = None
+    fields = []
+    cookies = None
+    length = None
+    expect = None
+    x_forwarded = False
+    regular = False
+    for name, value in headers:
+        if name[:1] == b":":
+            if regular:
+                raise _Malformed("pseudo-header after a regular header")
+            if name not in _PSEUDO:
+                raise _Malformed(f"unknown pseudo-header {name!r}")
+            if name == b":method":
+                if method is not None:
+                    raise _Malformed("repeated :method")
+                method = value
+            elif name == b":scheme":
+                if scheme is not None:
+                    raise _Malformed("repeated :scheme")
+                scheme = value
+            elif name == b":path":
+                if path is not None:
+                    raise _Malformed("repeated :path")
+                path = value
+            else:
+                if authority is not None:
+                    raise _Malformed("repeated :authority")
+                authority = value
+            continue
+        regular = True
+        if _NAME.match(name) is None:
+            raise _Malformed(f"bad field name {name!r}")
+        if _BAD_VALUE.search(value) is not None or value[:1] in (b" ", b"\t") \
+                or value[-1:] in (b" ", b"\t"):
+            raise _Malformed(f"bad value of {name!r}")
+        if name in _CONNECTION_SPECIFIC:
+            raise _Malformed(f"connection-specific field {name!r}")
+        if name == b"cookie":
+            if cookies is None:
+                cookies = [value]
+            else:
+                cookies.append(value)
+        elif name == b"host":
+            host = value
+        elif name == b"content-length":
+            if not value.isdigit():
+                raise _Malformed("bad content-length")
+            n = int(value)
+            if length is not None and n != length:
+                raise _Malformed("conflicting content-length")
+            length = n
+        elif name == b"te":
+            if value.lower() != b"trailers":
+                raise _Malformed("te other than trailers")
+        elif name == b"expect":
+            expect = value
+        else:
+            if name in _X_FORWARDED:
+                x_forwarded = True
+            fields.append((name, value))
+    if method is None:
+        raise _Malformed("no :method")
+    if method != b"CONNECT":
+        if not scheme or not path:
+            raise _Malformed("no :scheme or :path")
+        if path[:1] != b"/" and not (path == b"*" and method == b"OPTIONS"):
+            raise _Malformed("bad :path")
+    if authority is None:
+        authority = host  # else :authority wins (RFC 9113 §8.3.1); host is not forwarded
+    if cookies is not None and len(cookies) > 1:
+        cookies = [b"; ".join(cookies)]
+    return method, scheme, path, authority, fields, length, cookies, expect, x_forwarded
+
+
+def _response_fields(status: int, headers) -> list:
+    """C{:status} and the node's response fields, lower-cased, hop-by-hop ones dropped."""
+    out = [(b":status", b"%d" % status)]
+    if headers.__class__ is bytes:
+        for line in headers.split(b"\r\n"):
+            if not line:
+                continue
+            name, _, value = line.partition(b":")
+            name = name.strip().lower()
+            if name and name not in _RESP_DROP:
+                out.append((name, value.strip(b" \t")))
+    else:
+        for name, value in headers:
+            name = name.lower()
+            if name not in _RESP_DROP:
+                out.append((name, value.strip(b" \t")))
+    return out
+
+
+def _skip_int(block: bytes, i: int, prefix: int) -> int:
+    """The offset after the HPACK integer at C{i} with a C{prefix}-bit prefix (RFC 7541 §5.1)."""
+    n = len(block)
+    mask = (1 << prefix) - 1
+    if block[i] & mask != mask:
+        return i + 1
+    i += 1
+    while i < n and block[i] & 0x80:
+        i += 1
+    return i + 1
+
+
+def _int_at(block: bytes, i: int, prefix: int) -> tuple:
+    """The HPACK integer at C{i} with a C{prefix}-bit prefix and the offset after it."""
+    mask = (1 << prefix) - 1
+    v = block[i] & mask
+    i += 1
+    if v != mask:
+        return v, i
+    shift = 0
+    n = len(block)
+    while i < n:
+        b = block[i]
+        i += 1
+        v += (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            break
+    return v, i
+
+
+def _table_neutral(block: bytes) -> bool:
+    """
+    Whether decoding (or encoding) the HPACK header block C{block} leaves the
+    dynamic table as it was: it holds indexed fields (RFC 7541 §6.1) and
+    literals without indexing or never indexed (§6.2.2, §6.2.3) only — no
+    literal with incremental indexing, no table size update.
+    """
+    i = 0
+    n = len(block)
+    while i < n:
+        b = block[i]
+        if b & 0x80:
+            i = _skip_int(block, i, 7)
+            continue
+        if b & 0xE0:
+            return False  # 01xxxxxx: added to the table; 001xxxxx: size update
+        name_index, i = _int_at(block, i, 4)
+        for _ in range(1 if name_index else 2):  # [name string] value string
+            if i >= n:
+                return False
+            length, i = _int_at(block, i, 7)
+            i += length
+        if i > n:
+            return False
+    return True
+
+
+class _MemoEncoder(Encoder):
+    """
+    The HPACK encoder of one connection, remembering its last header block
+    (C{memo}) for a response head that repeats (same C{key}: the node's
+    status and head bytes).
+
+    A block may be reused only while it decodes to the same fields: it is
+    kept only when its encoding did not change the dynamic table
+    (L{_table_neutral}) and forgotten as soon as any encoding
+    changes the table (a literal with indexing, an eviction) or the table is
+    resized (the client's SETTINGS_HEADER_TABLE_SIZE).  The dynamic table
+    evolves exactly as if every block had been encoded afresh: a reused block
+    is one whose encoding would not have touched it.
+    """
+
+    def __init__(self) -> None:
+        Encoder.__init__(self)
+        self.next_key = None  # the key of the next encode() (set by responseHead)
+        self.memo_key = None
+        self.memo_block = b""
+        self.memo_fields: list = []
+
+    @property
+    def header_table_size(self) -> int:
+        return self.header_table.maxsize
+
+    @header_table_size.setter
+    def header_table_size(self, value: int) -> None:
+        # hpack forgets a pending size update when the same size is set twice
+        # (a client's SETTINGS repeating HEADER_TABLE_SIZE): its decoder would
+        # then not have shrunk or grown its table as ours did
+        if value == self.header_table.maxsize:
+            return
+        self.memo_key = None
+        Encoder.header_table_size.fset(self, value)
+
+    def encode(self, headers, huffman: bool = True) -> bytes:
+        key = self.next_key
+        if key is not None:
+            self.next_key = None
+            if key == self.memo_key and not self.table_size_changes:
+                return self.memo_block
+        block = Encoder.encode(self, headers, huffman)
+        if _table_neutral(block):
+            if key is not None:
+                self.memo_key = key
+                self.memo_block = block
+                self.memo_fields = headers
+        else:
+            self.memo_key = None
+        return block
+
+
+class _MemoDecoder(Decoder):
+    """
+    The HPACK decoder of one connection, remembering its last header block
+    and what it decoded to: a client repeating a request (same block bytes)
+    is not decoded again.  As with L{_MemoEncoder}, only a block whose
+    decoding left the dynamic table unchanged (L{_table_neutral}) is
+    remembered, and any other block (or a failed one) forgets it, so a reused
+    result is what decoding would give.
+    """
+
+    def __init__(self, max_header_list_size: int) -> None:
+        Decoder.__init__(self, max_header_list_size=max_header_list_size)
+        self.memo_block = None
+        self.memo_headers: list = []
+        self.memo_limit = 0
+
+    @property
+    def header_table_size(self) -> int:
+        return self.header_table.maxsize
+
+    @header_table_size.setter
+    def header_table_size(self, value: int) -> None:
+        self.memo_block = None
+        Decoder.header_table_size.fset(self, value)
+
+    def decode(self, data, raw: bool = False):
+        if data == self.memo_block and raw and self.max_header_list_size == self.memo_limit:
+            return list(self.memo_headers)
+        self.memo_block = None
+        headers = Decoder.decode(self, data, raw)
+        if raw and data.__class__ is bytes and _table_neutral(data):
+            self.memo_block = data
+            self.memo_headers = list(headers)
+            self.memo_limit = self.max_header_list_size
+        return headers
+
+
+_DATA_HEAD = struct.Struct(">HBBBL")  # frame length (24 bits), type 0 (DATA), flags, stream
+_HEADERS_HEAD = _DATA_HEAD  # (the same layout; type 1)
+_SEND_DATA = ConnectionInputs.SEND_DATA
+_SEND_HEADERS = ConnectionInputs.SEND_HEADERS
+_STREAM_SEND_HEADERS = StreamInputs.SEND_HEADERS
+_STREAM_SEND_DATA = StreamInputs.SEND_DATA
+_STREAM_SEND_END = StreamInputs.SEND_END_STREAM
+
+
+class _H2Connection(H2Connection):
+    """
+    h2's connection with a cheaper C{send_data} for the common case (bytes,
+    no padding, within the windows and the frame size): the same state
+    machine inputs and window accounting as h2's, the frame written by hand
+    instead of through a hyperframe object.  Anything else goes to h2's.
+    """
+
+    def send_data(self, stream_id: int, data, end_stream: bool = False,
+                  pad_length=None) -> None:
+        n = len(data)
+        if (pad_length is not None or data.__class__ is not bytes or not n
+                or n > self.max_outbound_frame_size
+                or n > self.local_flow_control_window(stream_id)):
+            return H2Connection.send_data(self, stream_id, data, end_stream, pad_length)
+        self.state_machine.process_input(_SEND_DATA)
+        stream = self.streams[stream_id]
+        sm = stream.state_machine
+        sm.process_input(_STREAM_SEND_DATA)
+        if end_stream:
+            sm.process_input(_STREAM_SEND_END)
+        stream.outbound_flow_control_window -= n
+        out = self._data_to_send
+        out += _DATA_HEAD.pack(n >> 8, n & 0xFF, 0, 1 if end_stream else 0, stream_id)
+        out += data
+        self.outbound_flow_control_window -= n
+
+    def send_remembered_head(self, stream_id: int) -> None:
+        """
+        Send the encoder's remembered response head (L{_MemoEncoder}: its
+        block is valid now) on C{stream_id} as h2's C{send_headers} would (a
+        final response, no END_STREAM): the same state machine inputs, the
+        HEADERS frame written by hand.  A stream h2 does not have or a block
+        over the frame size goes through h2's own C{send_headers}.
+        """
+        enc = self.encoder
+        block = enc.memo_block
+        n = len(block)
+        stream = self.streams.get(stream_id)
+        if stream is None or n > self.max_outbound_frame_size:
+            enc.next_key = enc.memo_key
+            self.send_headers(stream_id, enc.memo_fields)
+            return
+        self.state_machine.process_input(_SEND_HEADERS)
+        stream.state_machine.process_input(_STREAM_SEND_HEADERS)
+        stream.request_method = None  # (h2 takes it from the block sent: none in a response)
+        out = self._data_to_send
+        out += _HEADERS_HEAD.pack(n >> 8, n & 0xFF, 1, 0x4, stream_id)  # END_HEADERS
+        out += block
