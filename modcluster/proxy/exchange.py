@@ -64,22 +64,67 @@ class _Exchange:
     L{modcluster.proxy.interfaces} for the attributes the forwarder reads.
     """
 
+    # Every slot, in one place.  The first group are the request
+    # facts the forwarders read (see modcluster.proxy.interfaces); the others
+    # are the front's own state.  HTTP/2 streams (_H2Exchange) use the same.
     __slots__ = (
-        # request facts (IExchange)
-        "method", "target", "version", "headers", "host", "body_length",
-        "expect_continue", "upgrade", "idempotent", "client", "decision", "node",
-        "x_forwarded",
-        # front state
-        "proxy_connection",
-        "proto", "keep_alive", "path", "query", "cookies", "error", "headers0", "connection",
-        "upgrade_token", "skipped_body", "tunnel_candidate", "head_size",
-        "upstream", "attempts", "exclude", "stale_retry", "wait_until", "wait_call",
-        "body", "body_held", "body_done", "body_received", "body_sent", "end_sent",
-        "flowing", "counted", "resp_started", "resp_chunked", "resp_close", "done",
-        "tunnel", "no_body",
-        # observing (access log, client metrics): start time, status, body
-        # bytes to the client, last attempt's start, time to its response head
-        "start", "status", "sent", "up_start", "upstream_time",
+        # -- request facts (IExchange) --
+        "method",  # request method as received (bytes)
+        "target",  # request target forwarded (after StickySessionRemove)
+        "version",  # HTTP version forwarded: "1.0" or "1.1"
+        "headers",  # header (name, value) pairs forwarded
+        "host",  # Host header value, or None
+        "body_length",  # None or 0: no body, -1: chunked, else the Content-Length
+        "expect_continue",  # the client sent "Expect: 100-continue"
+        "upgrade",  # the Upgrade token to forward (tunnel to http/ws nodes), or None
+        "idempotent",  # the method may be replayed on another node (IDEMPOTENT_METHODS)
+        "client",  # the connection's ClientInfo
+        "decision",  # the balancer's Decision of the current attempt
+        "node",  # the NodeEntry of the current attempt
+        "x_forwarded",  # the client sent X-Forwarded-* headers (merged, not added)
+        # -- parsing the request head --
+        "proxy_connection",  # a Proxy-Connection header was removed
+        "proto",  # the client connection (ClientProtocol, or H2Protocol for a stream)
+        "keep_alive",  # the client connection may stay open after this exchange
+        "path",  # decoded path (str, surrogateescape), for routing
+        "query",  # the query after "?" (bytes, b"" when none)
+        "cookies",  # Cookie header values (list), or None: for stickiness
+        "error",  # (status, reason) the proxy answers instead of forwarding, or None
+        "headers0",  # the headers as received, when StickySessionRemove changed them
+        "connection",  # Connection header values (list), or None
+        "upgrade_token",  # the client's Upgrade token, or None
+        "skipped_body",  # llhttp did not read an Upgrade request's body: parsed afresh
+        "tunnel_candidate",  # an Upgrade the factory may tunnel (no body, allowed token)
+        "head_size",  # request head bytes counted so far; -1 for a remembered head
+        # -- attempts (routing, failover) --
+        "upstream",  # the IUpstream of the attempt in flight, or None
+        "attempts",  # failovers to other nodes so far (max_attempts)
+        "exclude",  # node ids already failed (frozenset), not chosen again
+        "stale_retry",  # the once-per-node retry of a keep-alive race was used
+        "wait_until",  # WaitWorker deadline (reactor seconds), 0.0 when not waiting
+        "wait_call",  # the DelayedCall of the next WaitWorker election, or None
+        # -- request body towards the node --
+        "body",  # body chunks held (list) until the node connection takes them
+        "body_held",  # bytes in body (the client is paused above BODY_BUFFER)
+        "body_done",  # the whole request body was received from the client
+        "body_received",  # request body bytes received from the client
+        "body_sent",  # request body bytes handed to the upstream (no replay once > 0)
+        "end_sent",  # requestBodyEnd() was called for the current attempt
+        "flowing",  # the forwarder asked for the body (resumeRequestBody)
+        # -- counters and response towards the client --
+        "counted",  # node busy/requests and context in_flight are counted (released once)
+        "resp_started",  # the response head was written to the client
+        "resp_chunked",  # the response is relayed with chunked framing
+        "resp_close",  # close the client connection after this response
+        "done",  # finished: answered, failed or aborted (no more events handled)
+        "tunnel",  # a 101 answer made the connection a byte tunnel
+        "no_body",  # the response has no body (HEAD, 204, 304)
+        # -- observing (access log, client metrics) --
+        "start",  # observer clock at the start of the request
+        "status",  # the status answered (0 until known)
+        "sent",  # response body bytes to the client
+        "up_start",  # observer clock at the start of the last attempt
+        "upstream_time",  # seconds from that start to its response head (-1: none)
     )
     #: the client side's HTTP version for the access log when it is not
     #: C{version} (the version forwarded): "2.0" for HTTP/2 streams
