@@ -74,7 +74,7 @@ class _Exchange:
         "version",  # HTTP version forwarded: "1.0" or "1.1"
         "headers",  # header (name, value) pairs forwarded
         "host",  # Host header value, or None
-        "body_length",  # None or 0: no body, -1: chunked, else the Content-Length
+        "body_length",  # None: no body, n >= 0: Content-Length n, -1: chunked
         "expect_continue",  # the client sent "Expect: 100-continue"
         "upgrade",  # the Upgrade token to forward (tunnel to http/ws nodes), or None
         "idempotent",  # the method may be replayed on another node (IDEMPOTENT_METHODS)
