@@ -8,7 +8,7 @@ data plane's L{node_endpoint} (never a pooled one).
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import Factory, Protocol
@@ -109,7 +109,7 @@ def probe_http(reactor, node, timeout: float, tls=None) -> Deferred:
     @return: Deferred firing C{True} or C{False}; it never fails.
     """
     result: Deferred = Deferred()
-    state = {"timer": None, "connect": None, "proto": None}
+    state: dict[str, Any] = {"timer": None, "connect": None, "proto": None}
 
     def done(ok: bool) -> None:
         if result.called:
