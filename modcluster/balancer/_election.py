@@ -25,6 +25,7 @@ from modcluster.cluster.model import (
     ContextEntry,
     ContextState,
     NodeEntry,
+    NodeRuntime,
     RoutingTable,
 )
 
@@ -216,7 +217,7 @@ def _route_key(rec: ContextEntry) -> bytes:
 
 
 def _elect_deterministic(recs, name, has_session, exclude, dom, forced, h,
-                         now: Optional[float] = None):
+                         now: Optional[float] = None) -> tuple[Optional[ContextEntry], bool]:
     """
     The election of DeterministicFailover (§3.4): per pass, the candidates
     sorted by JVMRoute and the one at C{h mod n}.  Returns (record, domain_ok).
@@ -318,7 +319,15 @@ def _no_cookie_session(table: RoutingTable, cookie: str) -> bool:
     return True
 
 
-def _plain_route(table: RoutingTable, mpath: str) -> tuple:
+#: What L{_plain_route} finds for a path: (balancer or None, candidates, reason).
+_PlainRoute = tuple[
+    Optional[BalancerSettings],
+    tuple[tuple[ContextEntry, int, NodeRuntime, "Decision"], ...],
+    str,
+]
+
+
+def _plain_route(table: RoutingTable, mpath: str) -> _PlainRoute:
     """
     What L{choose} needs for a request to C{mpath} that carries no session
     (no sticky cookie name in the cookie, no C{;} in the path) and no UseAlias; only the
@@ -331,6 +340,7 @@ def _plain_route(table: RoutingTable, mpath: str) -> tuple:
     the 404).
     """
     records = table.longest_match(mpath)
+    found: _PlainRoute
     if not records:
         found = (None, (), "no context matches the request")
     else:
@@ -418,6 +428,7 @@ def choose(table: RoutingTable, host: Optional[str], path: str, cookie: Optional
             if best is not None:
                 # _advance, inlined for the common case (no slow start)
                 slow = policy.slow_start
+                assert best_rt is not None  # set with best
                 if slow > 0 and (now - best_rt.warm_from < slow or (
                         second is not None and now - second.warm_from < slow)):
                     _advance(best_rt, second, now, policy)
@@ -476,7 +487,7 @@ def choose(table: RoutingTable, host: Optional[str], path: str, cookie: Optional
     sid = src = None
 
     # -- §2.3 step 1: the balancer named by a session route ----------------------
-    b: Optional[BalancerSettings] = None
+    b = None
     recs = records
     route_node: Optional[NodeEntry] = None
     known_route = False
@@ -518,18 +529,18 @@ def choose(table: RoutingTable, host: Optional[str], path: str, cookie: Optional
             st = rec.state
             if st is _STOPPED:
                 continue
-            bs = balancers.get(rec.node.balancer)
-            if bs is None:
+            rec_b = balancers.get(rec.node.balancer)
+            if rec_b is None:
                 continue
             if st is _DISABLED:
                 if not maybe_session:
                     continue
-                if bs.sticky_cookie != c_name or bs.sticky_path != p_name:
-                    c_name, p_name = bs.sticky_cookie, bs.sticky_path
+                if rec_b.sticky_cookie != c_name or rec_b.sticky_path != p_name:
+                    c_name, p_name = rec_b.sticky_cookie, rec_b.sticky_path
                     sid, src = session_id(cookie, path, c_name, p_name)
                 if sid is None:
                     continue
-            b = bs
+            b = rec_b
             break
         else:
             return _no_context(policy, _UNAVAILABLE)
@@ -540,7 +551,7 @@ def choose(table: RoutingTable, host: Optional[str], path: str, cookie: Optional
 
     has_session = sid is not None
     route_text = None
-    if has_session:
+    if sid is not None:
         dot = sid.find(".")
         if 0 <= dot < len(sid) - 1:
             route_text = sid[dot + 1:]
@@ -568,7 +579,7 @@ def choose(table: RoutingTable, host: Optional[str], path: str, cookie: Optional
     name = b.name
     dom = domain if known_route else ""
     h = None
-    if (policy.deterministic_failover and sticky_on and has_session and "." in sid):
+    if (policy.deterministic_failover and sticky_on and sid is not None and "." in sid):
         h = _id_hash(sid)
     if h is not None:
         winner, domain_ok = _elect_deterministic(recs, name, has_session, exclude, dom,
@@ -625,11 +636,12 @@ def choose(table: RoutingTable, host: Optional[str], path: str, cookie: Optional
             winner = None
         else:
             winner = best if best is not None else (standby or panic)
-        if smooth and winner is not None and winner.node.rt.lbfactor > 0 \
-                and (winner is best or winner is dbest):
-            runner_up = second_d if winner is dbest else second
-            _advance(winner.node.rt, runner_up.node.rt if runner_up is not None else None,
-                     now, policy)
+        if smooth and winner is not None:
+            winner_rt = winner.node.rt
+            if winner_rt.lbfactor > 0 and (winner is best or winner is dbest):
+                runner_up = second_d if winner is dbest else second
+                _advance(winner_rt, runner_up.node.rt if runner_up is not None else None,
+                         now, policy)
 
     if winner is None:
         if forced:

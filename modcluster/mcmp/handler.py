@@ -288,7 +288,7 @@ class MCMPHandler:
         key = (entry.id, entry.settings.host, entry.settings.port, entry.settings.type)
         waiters = self._probing.get(key)
         if waiters is not None:
-            d = Deferred()
+            d: Deferred[bool] = Deferred()
             waiters.append(d)
             return d
         waiters = self._probing[key] = []
@@ -314,8 +314,12 @@ class MCMPHandler:
 
     # -- INFO / DUMP -------------------------------------------------------------
 
-    def _records(self):
-        nodes, vhosts, contexts = [], [], []
+    def _records(
+        self,
+    ) -> tuple[list[replies.InfoNode], list[replies.InfoVhost], list[replies.InfoContext]]:
+        nodes: list[replies.InfoNode] = []
+        vhosts: list[replies.InfoVhost] = []
+        contexts: list[replies.InfoContext] = []
         for node in self._registry.nodes():
             s, rt = node.settings, node.rt
             nodes.append(replies.InfoNode(

@@ -175,10 +175,10 @@ def _replay(handler, registry, state) -> int:
         raise StateError(f"unknown state format {_show(state['format'])}")
     balancers: dict[str, BalancerSettings] = {}
     for i, b in enumerate(_list(state["balancers"], "balancers")):
-        settings = BalancerSettings(**_dict(b, f"balancers[{i}]"))
-        if settings.name in balancers:
-            raise StateError(f"balancers[{i}]: duplicate balancer {settings.name!r}")
-        balancers[settings.name] = settings
+        balancer = BalancerSettings(**_dict(b, f"balancers[{i}]"))
+        if balancer.name in balancers:
+            raise StateError(f"balancers[{i}]: duplicate balancer {balancer.name!r}")
+        balancers[balancer.name] = balancer
 
     nodes = _list(state["nodes"], "nodes")
     node_ids: set = set()
@@ -241,10 +241,10 @@ def _replay(handler, registry, state) -> int:
     used = {s.balancer for _, s, _, _, _ in checked}
     expected = []
     for n in sorted(nodes, key=lambda n: n["id"]):
-        settings = dict(n["settings"])
+        saved_settings = dict(n["settings"])
         # EnableWsTunnel (now on) registers http/https nodes as ws/wss, as for a CONFIG.
-        settings["type"] = handler.node_type(settings["type"])
-        expected.append({**n, "settings": settings})
+        saved_settings["type"] = handler.node_type(saved_settings["type"])
+        expected.append({**n, "settings": saved_settings})
     saved = _normal({"balancers": [attrs.asdict(b) for b in balancers.values()],
                      "nodes": expected}, used)
     got = _normal(registry.to_state(), used)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Optional
 
 from twisted.internet.defer import Deferred
+from twisted.internet.protocol import connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -75,6 +76,7 @@ class MCMPRequest(server.Request):
                       method=text(method), peer=_peer(self), why=why)
         mess = f"SYNTAX: {why}".encode()
         transport = self.channel.transport
+        assert transport is not None  # called while the request is being read
         transport.write(
             b"HTTP/1.1 500 Internal Server Error\r\nServer: " + SERVER +
             b"\r\nVersion: 0.2.1\r\nType: SYNTAX\r\nMess: " + mess +
@@ -140,13 +142,15 @@ class ManagementChannel(http.HTTPChannel):
     _phase = _HEAD
     _since = 0.0
     _bytes = 0
+    #: Set by the site's buildProtocol.
+    site: ManagementSite
 
     def connectionMade(self) -> None:
         super().connectionMade()
         self._since = self.site.reactor.seconds()
         self.site._channels.add(self)
 
-    def connectionLost(self, reason) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.site._channels.discard(self)
         self._phase = _BUSY
         super().connectionLost(reason)
@@ -192,7 +196,8 @@ class ManagementChannel(http.HTTPChannel):
 
     def checkReadDeadlines(self, now: float, rt: ReadTimeouts, report: TimeoutReport) -> None:
         """Cut the client if its request head or body is late (called by the sweep)."""
-        if getattr(self.transport, "disconnecting", False):
+        transport = self.transport
+        if transport is None or getattr(transport, "disconnecting", False):
             return  # already being closed (e.g. an MCMP message refused for its size)
         phase = self._phase
         if phase == _HEAD and rt.header:
@@ -216,7 +221,7 @@ class ManagementChannel(http.HTTPChannel):
         report.timedOut(reason, _channel_peer(self), what, now)
         self._phase = _BUSY
         if self._bytes or phase == _BODY:
-            self.transport.write(_TIMEOUT_RESPONSE)
+            transport.write(_TIMEOUT_RESPONSE)
         self.loseConnection()
 
 
@@ -238,7 +243,9 @@ class ManagementSite(server.Site):
     """
 
     requestFactory = MCMPRequest
-    protocol = ManagementChannel
+    # HTTPFactory annotates protocol as its HTTP/1.1-or-HTTP/2 wrapper's factory, but
+    # documents any HTTPChannel subclass; management stays HTTP/1.1.
+    protocol = ManagementChannel  # type: ignore[assignment]
 
     def __init__(self, resource, max_message_size: int = 65536, timeout: float = 60.0,
                  read_timeouts: Optional[ReadTimeouts] = None,
@@ -248,7 +255,7 @@ class ManagementSite(server.Site):
         self.displayTracebacks = False
         self.read_timeouts = read_timeouts if read_timeouts is not None else ReadTimeouts()
         self.timeouts = timeouts if timeouts is not None else TimeoutReport("manager")
-        self._channels: set = set()
+        self._channels: set[ManagementChannel] = set()
         self._sweeper = LoopingCall(self.sweep)
         self._sweeper.clock = self.reactor
 

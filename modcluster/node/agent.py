@@ -202,6 +202,7 @@ class NodeAgent(Service):
             elif m.type == "memory":
                 metrics.append(MemoryMetric(weight=m.weight, capacity=m.capacity))
             elif m.type == "command":
+                assert m.command is not None  # node_config_from_dict requires it
                 metrics.append(CommandMetric(self._reactor, m.command, m.weight, m.capacity,
                                              m.timeout))
             elif m.type == "probe-latency":

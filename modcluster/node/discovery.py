@@ -34,8 +34,10 @@ import calendar
 import email.utils
 from typing import Callable, Optional
 
+from twisted.internet.interfaces import IMulticastTransport
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from modcluster.advertise.codec import (
     DEFAULT_GROUP,
@@ -90,9 +92,12 @@ class AdvertiseListener(DatagramProtocol):
         self._last: dict[str, tuple[int, float]] = {}
 
     def startProtocol(self) -> None:
-        d = self.transport.joinGroup(self._group, self._interface)
+        # Listening with reactor.listenMulticast: the transport is an IMulticastTransport.
+        transport = self.transport
+        assert IMulticastTransport.providedBy(transport)
+        d = transport.joinGroup(self._group, self._interface)
 
-        def failed(f: object) -> None:
+        def failed(f: Failure) -> None:
             self.log.failure(
                 "Could not join advertise group {group} on {interface}",
                 f, group=self._group, interface=self._interface,

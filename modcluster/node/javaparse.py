@@ -177,8 +177,8 @@ def parse_info_as_java(text: Union[bytes, str]) -> dict[str, tuple[JavaVirtualHo
             node = node_names.get(ids[0])
             if node is None:
                 raise JavaInfoError(line)
-            host = hosts[node].get(ids[1])
-            if host is None:
+            vhost = hosts[node].get(ids[1])
+            if vhost is None:
                 raise JavaInfoError(line)
             context: Optional[str] = None
             status: Optional[str] = None
@@ -192,7 +192,7 @@ def parse_info_as_java(text: Union[bytes, str]) -> dict[str, tuple[JavaVirtualHo
                     status = value
             if context is None or status is None:
                 raise JavaInfoError(line)
-            host[1][context] = status
+            vhost[1][context] = status
     return {
         route: tuple(
             JavaVirtualHost(aliases=frozenset(aliases), contexts=tuple(contexts.items()))

@@ -17,13 +17,14 @@ it fires with a L{ProbeResult}.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, cast
 from urllib.parse import urlsplit
 
 from attrs import frozen
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.interfaces import ITCPTransport
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
@@ -81,7 +82,7 @@ class _Discard(Protocol):
     def dataReceived(self, data: bytes) -> None:
         pass
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._done.callback(None)
 
 
@@ -164,22 +165,27 @@ class HTTPProbe:
 
 
 class _CPing(Protocol):
+    # Connected over TCP (HostnameEndpoint).
+    transport: Optional[ITCPTransport]
+
     def __init__(self) -> None:
         self.answer: Deferred[bool] = Deferred()
         self._buffer = b""
 
     def connectionMade(self) -> None:
+        assert self.transport is not None
         self.transport.write(CPING)
 
     def dataReceived(self, data: bytes) -> None:
         self._buffer += data
         if len(self._buffer) >= len(CPONG):
             ok = self._buffer[: len(CPONG)] == CPONG
+            assert self.transport is not None
             self.transport.loseConnection()
             if not self.answer.called:
                 self.answer.callback(ok)
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if not self.answer.called:
             self.answer.callback(False)
 
@@ -211,12 +217,13 @@ class AJPPing:
             factory.noisy = False
             d = endpoint.connect(factory)
             d.addTimeout(self._timeout, self._reactor)
-            protocol = await d
+            # The endpoint's Deferred is typed for any IProtocol; the factory builds _CPing.
+            protocol = cast(_CPing, await d)
             answer = protocol.answer
             answer.addTimeout(self._timeout, self._reactor)
             ok = await answer
         except Exception as e:
-            if protocol is not None:
+            if protocol is not None and protocol.transport is not None:
                 protocol.transport.abortConnection()
             return ProbeResult(False, None, f"{type(e).__name__}: {e}")
         if not ok:

@@ -25,11 +25,16 @@ Behaviour (Java C{DefaultMCMPHandler}):
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Optional, cast
 
 from twisted.internet.defer import Deferred, DeferredLock
 from twisted.internet.error import TimeoutError
-from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IReactorTime,
+    IStreamClientEndpoint,
+    ITCPTransport,
+)
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -57,6 +62,8 @@ class MCMPClientProtocol(Protocol):
     """
 
     log = Logger()
+    # Connected over TCP or TLS (both provide abortConnection).
+    transport: Optional[ITCPTransport]
 
     def __init__(self, clock: IReactorTime, timeout: float) -> None:
         self._clock = clock
@@ -75,6 +82,7 @@ class MCMPClientProtocol(Protocol):
             raise RuntimeError("a request is already in progress on this connection")
         if not self.connected:
             raise RuntimeError("not connected")
+        assert self.transport is not None
         self._parser = ResponseParser()
         self._waiting = Deferred()
         self._arm()
@@ -101,6 +109,7 @@ class MCMPClientProtocol(Protocol):
         waiting, self._waiting = self._waiting, None
         self._parser = None
         self._disarm()
+        assert self.transport is not None
         self.transport.abortConnection()
         if waiting is not None:
             waiting.errback(Failure(reason))
@@ -111,6 +120,7 @@ class MCMPClientProtocol(Protocol):
         self._disarm()
         if not response.keep_alive or (parser is not None and parser.trailing):
             self.reusable = False
+            assert self.transport is not None
             self.transport.loseConnection()
         if waiting is not None:
             waiting.callback(response)
@@ -120,6 +130,7 @@ class MCMPClientProtocol(Protocol):
             # Bytes nobody asked for: the stream cannot be trusted any more.
             self.log.warn("Unexpected {n} bytes from the proxy; closing", n=len(data))
             self.reusable = False
+            assert self.transport is not None
             self.transport.abortConnection()
             return
         self._arm()
@@ -196,7 +207,7 @@ class ProxyConnection:
         Whether an idle connection is open.
         """
         p = self._protocol
-        return p is not None and p.connected and p.reusable
+        return p is not None and bool(p.connected) and p.reusable
 
     @property
     def local_host(self) -> Optional[str]:
@@ -204,7 +215,7 @@ class ProxyConnection:
         Our address on the open connection, if any.
         """
         p = self._protocol
-        if p is None or not p.connected:
+        if p is None or not p.connected or p.transport is None:
             return None
         return getattr(p.transport.getHost(), "host", None)
 
@@ -213,7 +224,7 @@ class ProxyConnection:
         Close the connection (the next request opens a new one).
         """
         p, self._protocol = self._protocol, None
-        if p is not None and p.connected:
+        if p is not None and p.connected and p.transport is not None:
             p.transport.loseConnection()
 
     def abort(self) -> None:
@@ -221,7 +232,7 @@ class ProxyConnection:
         Abort the connection at once.
         """
         p, self._protocol = self._protocol, None
-        if p is not None and p.connected:
+        if p is not None and p.connected and p.transport is not None:
             p.transport.abortConnection()
 
     def send(self, data: bytes) -> Deferred[MCMPResponse]:
@@ -234,14 +245,17 @@ class ProxyConnection:
     async def _connect(self) -> MCMPClientProtocol:
         d = self._endpoint().connect(_ProtocolFactory(self._clock, self._timeout))
         d.addTimeout(self._timeout, self._clock)
-        protocol = await d
+        # The endpoint's Deferred is typed for any IProtocol; this factory builds only these.
+        protocol = cast(MCMPClientProtocol, await d)
         self._protocol = protocol
         return protocol
 
     async def _send(self, data: bytes) -> MCMPResponse:
         protocol = self._protocol
-        reused = protocol is not None and protocol.connected and protocol.reusable
-        if not reused:
+        reused = False
+        if protocol is not None and protocol.connected and protocol.reusable:
+            reused = True
+        else:
             self.close()
             protocol = await self._connect()
         try:
