@@ -31,11 +31,13 @@ from __future__ import annotations
 import json
 import os
 import socket
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 from twisted.application.service import Service
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.interfaces import ISystemHandle, ITCPTransport
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 __all__ = ["HandoverService", "ListenerBook", "Takeover", "take_over"]
@@ -210,9 +212,15 @@ class ListenerBook:
 
 
 class _HandoverProtocol(Protocol):
+    # A UNIX socket connection (twisted's unix.Server is a tcp.Server).
+    transport: Optional[ITCPTransport]
+
     def __init__(self, service: "HandoverService") -> None:
         self.service = service
         self.buffer = b""
+        #: The successor's process id, once this connection took the handover
+        #: (C{None} while it asks, or when it was refused).
+        self.pid: Optional[int] = None
         self.paused: list = []
         self.handed = False
         self.done = False
@@ -223,6 +231,7 @@ class _HandoverProtocol(Protocol):
             log.warn("handover: a line of over {limit} bytes on the handover socket; "
                      "closing", limit=MAX_LINE)
             self.buffer = b""
+            assert self.transport is not None
             self.transport.loseConnection()
             return
         while b"\n" in self.buffer:
@@ -234,8 +243,8 @@ class _HandoverProtocol(Protocol):
                 self.done = True
                 self.service.handed_over(self)
 
-    def connectionLost(self, reason=None) -> None:
-        if self.handed and not self.done:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.handed and not self.done and self.pid is not None:
             self.service.failed(self)
 
 
@@ -316,14 +325,16 @@ class HandoverService(Service):
         return entries[:MAX_FDS]
 
     def hand_over(self, proto: _HandoverProtocol, line: bytes) -> None:
+        transport = proto.transport
+        assert transport is not None
         try:
             request = json.loads(line)
             pid = int(request["pid"])
         except (ValueError, KeyError, TypeError):
-            proto.transport.loseConnection()
+            transport.loseConnection()
             return
         if self.busy or not request.get("takeover"):
-            proto.transport.loseConnection()
+            transport.loseConnection()
             return
         self.busy = True
         proto.pid = pid
@@ -337,7 +348,8 @@ class HandoverService(Service):
         entries = self._sockets()
         header = json.dumps({"pid": os.getpid(), "listeners": [e for e, _ in entries],
                              "state_length": len(state)}).encode() + b"\n"
-        handle = proto.transport.getHandle()
+        # The handle of a UNIX stream connection is its socket.
+        handle = cast(socket.socket, ISystemHandle(transport).getHandle())
         try:
             # Blocking, but bounded: a successor that stops reading must not
             # hang this process (whose listeners are paused) for ever.
@@ -347,18 +359,23 @@ class HandoverService(Service):
             handle.setblocking(False)
         except OSError as e:
             log.error("handover to process {pid} failed: {error}", pid=pid, error=e)
-            proto.transport.abortConnection()
+            transport.abortConnection()
             return
         log.info("handover: process {pid} is taking over {count} listening sockets and "
                  "{nodes} nodes", pid=pid, count=len(entries),
                  nodes=len(saved.get("nodes", ())))
 
     def handed_over(self, proto: _HandoverProtocol) -> None:
+        if proto.pid is None:
+            # "ready" from a successor that was refused (it did not wait for the
+            # sockets): it takes nothing over; its connection is being closed.
+            return
         log.info("handover: process {pid} serves now; draining and stopping", pid=proto.pid)
         port, self.port = self.port, None
 
         def bye(_=None) -> None:
-            proto.transport.loseConnection()
+            if proto.transport is not None:
+                proto.transport.loseConnection()
             self.reactor.callLater(0, self._stop_reactor)
 
         if port is None:
@@ -377,4 +394,4 @@ class HandoverService(Service):
                 port._shouldShutdown = True
                 port.startReading()
         log.error("handover: process {pid} went away before serving; accepting again",
-                  pid=getattr(proto, "pid", "?"))
+                  pid=proto.pid)

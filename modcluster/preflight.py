@@ -254,6 +254,7 @@ def problems(config: Config) -> list[str]:
         if not files:
             from modcluster.tls import server_context_factory
 
+            assert t.certificate is not None  # TLSSettings requires it when enabled
             try:
                 server_context_factory(
                     t.certificate, t.private_key, t.ca,
@@ -302,7 +303,10 @@ def _node_tls_problems(n) -> list[str]:
             key = load_private_key(n.client_private_key or n.client_certificate,
                                    "client private key")
             try:
-                CertificateOptions(privateKey=key, certificate=chain[0]).getContext()
+                # pyOpenSSL takes cryptography certificates; Twisted's annotation says X509.
+                CertificateOptions(
+                    privateKey=key, certificate=chain[0],  # type: ignore[arg-type]
+                ).getContext()
             except SSL.Error:
                 return ["proxy.tls.client_private_key: does not match "
                         "proxy.tls.client_certificate"]

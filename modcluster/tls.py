@@ -24,11 +24,11 @@ import ipaddress
 import os
 import re
 import weakref
-from typing import Iterable, Mapping, Optional, Union
+from typing import Iterable, Mapping, Optional, Union, cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.x509.oid import ExtensionOID, NameOID
+from cryptography.x509.oid import NameOID
 from OpenSSL import SSL, crypto
 from twisted.internet import endpoints
 from twisted.internet.interfaces import (
@@ -37,8 +37,10 @@ from twisted.internet.interfaces import (
     IOpenSSLServerConnectionCreator,
     ISSLTransport,
     IStreamServerEndpoint,
+    ITCPTransport,
+    ITransport,
 )
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.ssl import (
     AcceptableCiphers,
     Certificate,
@@ -184,8 +186,9 @@ def server_context_factory(
     try:
         options = CertificateOptions(
             privateKey=key,
-            certificate=chain[0],
-            extraCertChain=chain[1:] or None,
+            # pyOpenSSL takes cryptography certificates; Twisted's annotations say X509.
+            certificate=chain[0],  # type: ignore[arg-type]
+            extraCertChain=chain[1:] or None,  # type: ignore[arg-type]
             verify=ca_certs is not None,
             caCerts=ca_certs,
             requireCertificate=bool(require_client_cert),
@@ -322,6 +325,8 @@ class _HandshakeTimeoutProtocol(ProtocolWrapper):
 
     _timer = None
     _handshakeDone = False
+    # Below it, the TLS layer (a TLSMemoryBIOProtocol, an ITCPTransport).
+    transport: Optional[ITCPTransport]
 
     def makeConnection(self, transport) -> None:
         directlyProvides(self, providedBy(transport))
@@ -329,7 +334,8 @@ class _HandshakeTimeoutProtocol(ProtocolWrapper):
         Protocol.makeConnection(self, transport)
         self.factory.registerProtocol(self)
         self._timer = self.factory.clock.callLater(self.factory.timeout, self._timedOut)
-        self.wrappedProtocol.makeConnection(self)
+        # It provides its transport's interfaces (directlyProvides above).
+        self.wrappedProtocol.makeConnection(cast(ITransport, self))
 
     def handshakeCompleted(self) -> None:
         self._handshakeDone = True
@@ -342,6 +348,7 @@ class _HandshakeTimeoutProtocol(ProtocolWrapper):
         self.factory.log.info(
             "TLS handshake from {peer} not completed within {timeout} s: connection dropped",
             peer=_peer_text(self.transport), timeout=self.factory.timeout)
+        assert self.transport is not None  # the timer is cancelled when the connection ends
         self.transport.abortConnection()
 
     def _cancel(self) -> None:
@@ -349,7 +356,7 @@ class _HandshakeTimeoutProtocol(ProtocolWrapper):
         if timer is not None and timer.active():
             timer.cancel()
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancel()
         if not self._handshakeDone and reason.check(SSL.Error):
             self.factory.log.info(
@@ -540,7 +547,8 @@ def peer_certificate(transport) -> Optional[x509.Certificate]:
 def _certificate_identities(cert: x509.Certificate) -> frozenset[str]:
     names: set[str] = set()
     try:
-        san = cert.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME).value
+        san: Optional[x509.SubjectAlternativeName] = (
+            cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
     except (x509.ExtensionNotFound, ValueError):
         san = None
     if san is not None:
@@ -571,7 +579,7 @@ def describe_certificate(cert: Optional[x509.Certificate]) -> str:
         return "no client certificate"
     parts = [f"subject={cert.subject.rfc4514_string()!r}"]
     try:
-        san = cert.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME).value
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         sans = [f"DNS:{v}" for v in san.get_values_for_type(x509.DNSName)]
         sans += [f"URI:{v}" for v in san.get_values_for_type(x509.UniformResourceIdentifier)]
         sans += [f"IP:{v}" for v in san.get_values_for_type(x509.IPAddress)]

@@ -71,3 +71,42 @@ def test_a_peer_that_never_ends_its_line_is_closed():
         proto.dataReceived(b"x" * 4096)
     assert transport.disconnecting and proto.buffer == b""
     assert service.calls == []
+
+
+def _refused_connection(data: bytes):
+    from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+    from modcluster import handover
+
+    reactor = MemoryReactorClock()
+    service = handover.HandoverService(reactor, "unused.sock", top=None, book=None)
+    service.busy = True  # another successor is taking over right now
+    proto = handover._HandoverProtocol(service)
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    proto.dataReceived(data)
+    return reactor, service, proto, transport
+
+
+def test_a_refused_successor_going_away_leaves_the_handover_in_progress():
+    """A second successor asking while a handover is in progress is refused;
+    its connection closing must not end the other one's handover (it once
+    reset C{busy}, so a third could pause the listeners again)."""
+    from twisted.internet.error import ConnectionDone
+    from twisted.python.failure import Failure
+
+    _, service, proto, transport = _refused_connection(b'{"pid": 5, "takeover": true}\n')
+    assert transport.disconnecting
+    proto.connectionLost(Failure(ConnectionDone()))
+    assert service.busy
+
+
+def test_ready_from_a_refused_successor_is_ignored():
+    """C{ready} only counts from the successor that was handed the sockets: a
+    refused one saying it (in the same packet as its request) neither raises
+    nor stops this balancer."""
+    reactor, service, proto, transport = _refused_connection(
+        b'{"pid": 5, "takeover": true}\nready\n')
+    assert transport.disconnecting
+    assert reactor.getDelayedCalls() == []
+    assert service.busy
