@@ -102,14 +102,15 @@ class AccessLine:
         self.fmt = fmt
         self._second = -1
         self._stamp = b""
-        self._headers = None
+        self._headers: Optional[tuple] = None
         self._agent_referer = (_DASH, _DASH)
         self._agent_referer_escaped = b'"-" "-"'
         # the last client address and request line, formatted: a keep-alive
         # connection repeats them (remembered heads share their bytes objects)
-        self._client = None
+        self._client: Optional[str] = None
         self._client_bytes = _DASH
-        self._request_key = (None, None, None)
+        self._request_key: tuple[Optional[bytes], Optional[bytes], Optional[str]] = (
+            None, None, None)
         self._request = _DASH
         self._json_second = -1
         self._json_stamp = ""

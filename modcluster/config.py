@@ -79,7 +79,7 @@ def _at_most(maximum: float):
     return check
 
 
-def _one_of(*choices: str):
+def _one_of(*choices: object):
     def check(inst: object, att: attrs.Attribute, value: Any) -> None:
         if value not in choices:
             raise ValueError(f"must be one of {', '.join(map(repr, choices))}", att)
@@ -126,7 +126,11 @@ def _url_path(inst: object, att: attrs.Attribute, value: str) -> None:
 # --- keys shared by [proxy] and [manager] ------------------------------------
 
 
-def _header_max(inst: object, att: attrs.Attribute, value: Any) -> None:
+class _HasHeaderTimeout(typing.Protocol):
+    request_header_timeout: float
+
+
+def _header_max(inst: _HasHeaderTimeout, att: attrs.Attribute, value: Any) -> None:
     if value < 0:
         raise ValueError("must not be negative", att)
     if 0 < value < inst.request_header_timeout:
@@ -780,5 +784,7 @@ def iter_fields(cls: type = Config, prefix: str = ""):
         if attrs.has(hints[f.name]):
             yield from iter_fields(hints[f.name], key)
         else:
-            default = f.default.factory() if isinstance(f.default, attrs.Factory) else f.default
+            # attrs' stubs declare Factory a function; it is the class of factory defaults.
+            is_factory = isinstance(f.default, attrs.Factory)  # type: ignore[arg-type]
+            default = f.default.factory() if is_factory else f.default
             yield key, f, default

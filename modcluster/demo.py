@@ -13,6 +13,7 @@ from typing import Optional
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import DeferredList, inlineCallbacks
+from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Site
@@ -75,7 +76,7 @@ class DemoNodes(MultiService):
         self._reactor = reactor
         self._manager = manager
         self._count = count
-        self._ports = []
+        self._ports: list[IListeningPort] = []
         self.agents: list[NodeAgent] = []
 
     def startService(self) -> None:

@@ -35,9 +35,9 @@ import sys
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
 from twisted.application.service import MultiService
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.error import CannotListenError
-from twisted.logger import Logger, globalLogPublisher
+from twisted.logger import Logger, LogLevelFilterPredicate, globalLogPublisher
 
 from modcluster.config import Config, ConfigError, iter_fields, load_config
 
@@ -133,7 +133,7 @@ class BalancerService(MultiService):
         self._live: list[tuple[tuple[str, ...], Callable[[Config], None]]] = []
         self._reopen: list[Callable[[], None]] = []
         self._previous_handlers: dict[int, Any] = {}
-        self._log_predicate = None
+        self._log_predicate: Optional[LogLevelFilterPredicate] = None
         self.on_reload(("manager.log_level",), self._set_log_level)
 
     # -- reload -------------------------------------------------------------
@@ -164,7 +164,8 @@ class BalancerService(MultiService):
         process started with.
         """
         changed = changed_keys(self.config, new)
-        applied, hooks = [], []
+        applied: list[str] = []
+        hooks: list[Callable[[Config], None]] = []
         for key in changed:
             found = self._hooks_for(key)
             if found:
@@ -225,21 +226,20 @@ class BalancerService(MultiService):
 
     def _filter_logs(self) -> None:
         """Put a level filter in front of the log observers twistd installed."""
-        from twisted.logger import FilteringLogObserver, LogLevel, LogLevelFilterPredicate
+        from twisted.logger import FilteringLogObserver, LogLevel
 
-        self._log_predicate = LogLevelFilterPredicate(
+        predicate = self._log_predicate = LogLevelFilterPredicate(
             defaultLogLevel=LogLevel.levelWithName(self.config.manager.log_level))
         for observer in list(getattr(globalLogPublisher, "_observers", ())):
             globalLogPublisher.removeObserver(observer)
-            globalLogPublisher.addObserver(
-                FilteringLogObserver(observer, [self._log_predicate]))
+            globalLogPublisher.addObserver(FilteringLogObserver(observer, [predicate]))
 
     def _set_log_level(self, new: Config) -> None:
         if self._log_predicate is not None:
             from twisted.logger import LogLevel
 
-            self._log_predicate.setLogLevelForNamespace(
-                None, LogLevel.levelWithName(new.manager.log_level))
+            self._log_predicate.setLogLevelForNamespace(  # "": the default level
+                "", LogLevel.levelWithName(new.manager.log_level))
 
     # -- signals ------------------------------------------------------------
 
@@ -385,7 +385,7 @@ class BalancerService(MultiService):
                 log.info("draining {busy} client connections (up to {timeout} s)",
                          busy=busy, timeout=timeout)
             while busy and self.reactor.seconds() < deadline:
-                yield _sleep(self.reactor, DRAIN_POLL)
+                yield task.deferLater(self.reactor, DRAIN_POLL)
                 busy = self._drain_once()
             if busy:
                 log.warn("drain: {busy} client connections still busy after {timeout} s; "
@@ -406,9 +406,3 @@ class BalancerService(MultiService):
             except Exception:
                 log.failure("drain failed")
         return busy
-
-
-def _sleep(reactor, seconds: float) -> defer.Deferred:
-    d = defer.Deferred()
-    reactor.callLater(seconds, d.callback, None)
-    return d

@@ -148,6 +148,9 @@ def _adopt_worker_sockets(top, config: Config, takeover) -> None:
         for description in config.proxy.listen:
             recorder = _AddressRecorder()
             serverFromString(recorder, description).listen(None).addErrback(lambda _: None)
+            if recorder.args is None:  # not a TCP/SSL listener: bind_shared says so
+                pool.listeners.append(bind_shared(description, pool.count))
+                continue
             kind, port, _, interface = recorder.args
             handed = takeover.pop(interface, port) if port else []
             if not handed:
@@ -435,6 +438,17 @@ PROXY_LIVE = ("client_timeout", "max_request_body", "drain_timeout", "timeout",
               "max_idle_per_node", "allow_trace") + READ_TIMEOUT_KEYS
 
 
+class InProcessProxy(MultiService):
+    """
+    The data plane served by this process: the client listeners (child
+    services) and the one factory they share.
+    """
+
+    def __init__(self, factory) -> None:
+        super().__init__()
+        self.factory = factory
+
+
 def _proxy(config: Config, reactor, registry, node_tls):
     """
     The data plane: the client listeners on one in-process factory, or, with
@@ -457,8 +471,7 @@ def _proxy(config: Config, reactor, registry, node_tls):
         factory.sessions = SessionTable(config.manager.max_session_ids)
     from modcluster.listening import with_backlog
 
-    services = MultiService()
-    services.factory = factory
+    services = InProcessProxy(factory)
     from twisted.application.internet import StreamServerEndpointService
 
     from modcluster.tls import server_endpoint

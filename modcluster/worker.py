@@ -13,9 +13,12 @@ import sys
 
 
 def main() -> int:
+    from typing import cast
+
     from twisted.internet import reactor
+    from twisted.internet.interfaces import IReactorFromThreads
     from twisted.internet.stdio import StandardIO
-    from twisted.logger import Logger, globalLogBeginner
+    from twisted.logger import ILogObserver, Logger, globalLogBeginner
 
     from modcluster.proxy.workers import CHANNEL_FD, ControlChannel, log_forwarder
 
@@ -49,9 +52,11 @@ def main() -> int:
 
     log = Logger(namespace="modcluster.worker")
     channel = ControlChannel(guarded, lost)
-    globalLogBeginner.beginLoggingTo([log_forwarder(channel.send)],
+    # A plain callable taking the event is an observer (twisted.logger's docs).
+    globalLogBeginner.beginLoggingTo([cast(ILogObserver, log_forwarder(channel.send))],
                                      redirectStandardIO=False)
-    StandardIO(channel, stdin=0, stdout=CHANNEL_FD, reactor=reactor)
+    # mypy reads twisted.internet.stdio's Windows branch; the POSIX StandardIO takes these.
+    StandardIO(channel, stdin=0, stdout=CHANNEL_FD, reactor=reactor)  # type: ignore[call-arg]
     # Ctrl-C reaches the whole process group: the control process decides when
     # workers stop (it sends "stop", or its end closes our stdin).  SIGTERM
     # stops this worker cleanly.
@@ -60,9 +65,11 @@ def main() -> int:
     # sent to the whole process group they must not end a worker.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    from_threads = IReactorFromThreads(reactor)
     signal.signal(signal.SIGTERM,
-                  lambda *_: reactor.callFromThread(reactor.stop))
-    reactor.run(installSignalHandlers=False)
+                  lambda *_: from_threads.callFromThread(reactor.stop))
+    # IReactorCore.run is declared without the argument every reactor's run takes.
+    reactor.run(installSignalHandlers=False)  # type: ignore[call-arg]
     return 0
 
 

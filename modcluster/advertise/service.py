@@ -20,6 +20,7 @@ from typing import Optional
 
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred, succeed
+from twisted.internet.interfaces import IMulticastTransport
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -180,7 +181,7 @@ class Advertiser(Service):
         self.status = 200
         self.datagrams_sent = 0
         self.send_failures = 0
-        self._port = None
+        self._port: Optional[IMulticastTransport] = None
         self._ready = False
         self._loop: Optional[LoopingCall] = None
         self._starting: Optional[Deferred] = None
@@ -324,6 +325,7 @@ class Advertiser(Service):
     def _send(self, status: int, with_manager: bool) -> None:
         try:
             data = self.build_datagram(status, with_manager)
+            assert self._port is not None  # sent only while _ready
             self._port.write(data, self.group)
         except Exception:
             self.send_failures += 1

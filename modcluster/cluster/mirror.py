@@ -172,6 +172,8 @@ class Mirror:
         return self._table
 
     def _build(self) -> RoutingTable:
+        if self._snapshot is None:
+            raise RuntimeError("no routing snapshot received yet")
         generation, balancers, nodes, contexts, removed_domains = self._snapshot
         entries: dict[int, NodeEntry] = {}
         by_route: dict[str, NodeEntry] = {}

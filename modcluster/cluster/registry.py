@@ -431,9 +431,9 @@ class Registry:
                 self._mark_removed(node, "REMOVE-APP /*")
             else:
                 cold = command == "ENABLE-APP" and not self._serving(node)
-                for vhost in node.vhosts.values():
-                    for ctx in vhost.contexts.values():
-                        self._set_context(node, vhost, ctx.path, state, create=False)
+                for each_vhost in node.vhosts.values():
+                    for each_ctx in each_vhost.contexts.values():
+                        self._set_context(node, each_vhost, each_ctx.path, state, create=False)
                 if cold and self._serving(node):
                     node.rt.warm_from = self._clock.seconds()  # slow start
             self._changed()
@@ -456,7 +456,7 @@ class Registry:
             return AppResult(route, aliases[0] if aliases else "", tuple(contexts))
         self._check_app_quotas(node, vhost, route, aliases, contexts)
         created = vhost is None
-        if created:
+        if vhost is None:
             vhost = self._new_vhost(node)
         try:
             self._add_aliases(node, vhost, aliases)

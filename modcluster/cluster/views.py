@@ -394,5 +394,6 @@ def summarize(index: NodeIndex, attention_limit: int = 20,
                 attention.append((entry, state))
     return Summary(nodes=len(index.entries), by_state=by_state, draining=draining,
                    contexts=dict(index.contexts),
-                   domains=tuple((name, *domains[name]) for name in sorted(domains)),
+                   domains=tuple((name, d[0], d[1], d[2])
+                                 for name, d in sorted(domains.items())),
                    attention=tuple(attention), attention_total=attention_total)

@@ -475,12 +475,12 @@ class ConsolePage(_Shared):
             return ""
         return tag.fillSlots(href=self.data.href() + "#nodes")
 
-    def _filter_params(self) -> dict:
-        flt = self.data.finder.filter
+    @staticmethod
+    def _filter_params(finder: Finder) -> dict:
+        flt = finder.filter
         return {"q": flt.query, "in": "" if flt.field == "any" else flt.field,
                 "state": flt.state, "domain": flt.domain, "balancer": flt.balancer,
-                "size": "" if self.data.finder.size == DEFAULT_PAGE_SIZE
-                else str(self.data.finder.size)}
+                "size": "" if finder.size == DEFAULT_PAGE_SIZE else str(finder.size)}
 
     @renderer
     def pager(self, request, tag):
@@ -490,7 +490,7 @@ class ConsolePage(_Shared):
     @renderer
     def pageLinks(self, request, tag):
         f = self.data.finder
-        params = self._filter_params()
+        params = self._filter_params(f)
 
         def link(page: int, label: str, cls: str = "page"):
             return tag.clone(False).fillSlots(

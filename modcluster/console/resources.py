@@ -30,6 +30,7 @@ from twisted.python.filepath import FilePath
 from twisted.web import http
 from twisted.web.pages import notFound
 from twisted.web.resource import Resource
+from twisted.web.server import Request
 from twisted.web.template import renderElement
 
 from modcluster import _version
@@ -41,6 +42,7 @@ from modcluster.cluster.views import (
     NodeFilter,
     NodeIndex,
     NodeState,
+    Summary,
     node_view,
     summarize,
 )
@@ -98,7 +100,7 @@ class _Selection:
     index: NodeIndex
     views: list
     cards: bool
-    summary: object
+    summary: Optional[Summary]
     finder: Optional[Finder]
     detail: Optional[str]
 
@@ -326,7 +328,7 @@ class ConsoleResource(Resource):
                  sessions: Optional[Callable[[], Iterable[tuple[str, str]]]] = None,
                  display: Sequence[tuple[str, str]] = (),
                  authority=None,
-                 identities: Optional[Callable[[object], frozenset]] = None) -> None:
+                 identities: Optional[Callable[[Request], frozenset]] = None) -> None:
         super().__init__()
         self._authority = authority
         self._identities = identities

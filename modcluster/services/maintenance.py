@@ -8,6 +8,8 @@ for a STATUS (balancing.md, "Beyond mod_proxy_cluster").
 
 from __future__ import annotations
 
+from typing import Optional
+
 from twisted.application.service import Service
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -28,13 +30,13 @@ class Maintenance(Service):
         self._probing: set[str] = set()
         #: route -> time of its last recovery probe
         self._recovery_times: dict[str, float] = {}
-        self._loop = None
+        self._loop: Optional[LoopingCall] = None
 
     def startService(self) -> None:
         super().startService()
-        self._loop = LoopingCall(self.tick)
-        self._loop.clock = self._clock
-        self._loop.start(self._interval, now=False).addErrback(
+        loop = self._loop = LoopingCall(self.tick)
+        loop.clock = self._clock
+        loop.start(self._interval, now=False).addErrback(
             lambda f: self.log.failure("maintenance loop stopped", f))
 
     def stopService(self):
