@@ -26,6 +26,7 @@ from twisted.web import http
 from twisted.web.resource import Resource
 
 from modcluster.mcmp.names import is_mcmp_method
+from modcluster.ratelimit import RateLimit
 
 __all__ = [
     "AccessGuard",
@@ -162,35 +163,27 @@ class RateLimitedLog:
                  max_lines: int = 100) -> None:
         self._clock = clock
         self._interval = interval
-        self._max_keys = max_keys
         self._max_lines = max_lines
-        self._seen: dict[str, list] = {}  # key -> [last logged time, suppressed count]
-        self._window = [float("-inf"), 0, 0]  # [start, lines logged, lines dropped]
+        #: one line per client address per interval
+        self._seen: RateLimit[str] = RateLimit(interval, 1, max_keys)
+        #: and max_lines in all
+        self._lines: RateLimit[None] = RateLimit(interval, max_lines)
 
     def warn(self, key: str, fmt: str, **fields) -> bool:
         """Log unless C{key} was logged less than C{interval} ago, or the
         interval's line budget is used up; True when logged."""
         now = self._clock.seconds()
-        entry = self._seen.get(key)
-        if entry is not None and now - entry[0] < self._interval:
-            entry[1] += 1
+        if not self._seen.allows(key, now):
+            self._seen.admit(key, now)  # counted; said with its next line
             return False
-        window = self._window
-        if now - window[0] >= self._interval:
-            if window[2]:
-                self.log.warn("{dropped} more refusal lines were not logged (over "
-                              "{limit} in {interval:g} s)", dropped=window[2],
-                              limit=self._max_lines, interval=self._interval)
-            window[:] = [now, 0, 0]
-        if window[1] >= self._max_lines:
-            window[2] += 1
-            return False
-        window[1] += 1
-        suppressed = entry[1] if entry is not None else 0
-        self._seen.pop(key, None)
-        self._seen[key] = [now, 0]
-        while len(self._seen) > self._max_keys:
-            del self._seen[next(iter(self._seen))]
+        dropped = self._lines.admit(None, now)
+        if dropped is None:
+            return False  # over the budget: counted, said when the next interval starts
+        if dropped:
+            self.log.warn("{dropped} more refusal lines were not logged (over "
+                          "{limit} in {interval:g} s)", dropped=dropped,
+                          limit=self._max_lines, interval=self._interval)
+        suppressed = self._seen.admit(key, now)
         self.log.warn(fmt + (" ({suppressed} more since the last such line)" if suppressed
                              else ""), suppressed=suppressed, **fields)
         return True

@@ -35,6 +35,8 @@ from json.encoder import encode_basestring_ascii as _quote
 
 from twisted.logger import Logger, LogLevel
 
+from modcluster.ratelimit import RateLimit
+
 __all__ = [
     "FORMATS",
     "AccessLine",
@@ -300,53 +302,49 @@ class LogFile:
 
 class LogLimiter:
     """
-    Per-request log lines, rate-limited: at most C{burst} events per key per
-    C{interval} seconds are emitted; the rest are counted and reported in one
-    line per key when the interval is over (L{tick}).
+    Per-request log lines, rate-limited (L{RateLimit}): at most C{burst}
+    events per key per C{interval} seconds are emitted; the rest are counted
+    and reported in one line per key when its interval is over (L{tick}, or
+    the key's next event).  Beyond 1000 keys at once, new ones share the key
+    C{"other"}.
 
     @param clock: returns the current time (the proxy's coarse clock).
     """
+
+    #: Keys with a window open at most (the others count as C{"other"}).
+    max_keys = 1000
 
     def __init__(self, logger: Logger, clock: Callable[[], float], burst: int = 10,
                  interval: float = 10.0) -> None:
         self._log = logger
         self._clock = clock
-        self.burst = burst
-        self.interval = interval
-        self._start = clock()
-        #: key -> [emitted, held back] in the current interval
-        self._counts: dict = {}
+        self._limit: RateLimit[object] = RateLimit(interval, burst)
+
+    @property
+    def burst(self) -> int:
+        return self._limit.per_key
+
+    @property
+    def interval(self) -> float:
+        return self._limit.interval
 
     def emit(self, key, level: LogLevel, format: str, **fields) -> bool:
         """Emit the event unless C{key} used up its share; C{True} if emitted."""
         now = self._clock()
-        if now - self._start >= self.interval:
-            self.tick(now)
-        counts = self._counts.get(key)
-        if counts is None:
-            if len(self._counts) >= 1000:
-                key = "other"
-                counts = self._counts.get(key)
-            if counts is None:
-                counts = self._counts[key] = [0, 0]
-        if counts[0] >= self.burst:
-            counts[1] += 1
+        limit = self._limit
+        self.tick(now)
+        if key not in limit and len(limit) >= self.max_keys:
+            key = "other"
+        if limit.admit(key, now) is None:
             return False
-        counts[0] += 1
         self._log.emit(level, format, **fields)
         return True
 
     def tick(self, now: float) -> None:
-        """End the interval if it is over: one line per key with held-back events."""
-        if now - self._start < self.interval:
-            return
-        for key, (_, held) in self._counts.items():
-            if held:
-                self._log.warn("{held} more similar messages ({key}) suppressed in the last "
-                               "{interval:g} s", held=held, key=str(key),
-                               interval=now - self._start)
-        self._counts = {}
-        self._start = now
+        """One line per key whose interval is over and that held events back."""
+        for key, held, start in self._limit.expire(now):
+            self._log.warn("{held} more similar messages ({key}) suppressed in the last "
+                           "{interval:g} s", held=held, key=str(key), interval=now - start)
 
 
 def path_problem(path: Optional[str]) -> Optional[str]:

@@ -16,6 +16,8 @@ from typing import Optional
 from attrs import frozen
 from twisted.logger import Logger
 
+from modcluster.ratelimit import RateLimit
+
 __all__ = ["ReadTimeouts", "TimeoutReport", "TIMEOUT_REASONS", "with_backlog"]
 
 #: Why a client connection was cut (the C{reason} label of
@@ -123,21 +125,15 @@ class TimeoutReport:
         self.listener = listener
         self.counts = dict.fromkeys(TIMEOUT_REASONS, 0)
         self._log = log or Logger(namespace=f"modcluster.{listener}")
-        self._interval = interval
-        self._last: dict[str, float] = {}
-        self._left_out = dict.fromkeys(TIMEOUT_REASONS, 0)
+        self._lines: RateLimit[str] = RateLimit(interval)
         self._reported = dict.fromkeys(TIMEOUT_REASONS, 0)
 
     def timedOut(self, reason: str, peer: str, what: str, now: float) -> None:
         """Client C{peer} was cut at time C{now}: C{what} (for the log line)."""
         self.counts[reason] += 1
-        last = self._last.get(reason)
-        if last is not None and now - last < self._interval:
-            self._left_out[reason] += 1
-            return
-        self._last[reason] = now
-        more = self._left_out[reason]
-        self._left_out[reason] = 0
+        more = self._lines.admit(reason, now)
+        if more is None:
+            return  # counted; said with the next line for this reason
         self._log.info(
             "{listener}: client {peer} cut: {what}{more}", listener=self.listener,
             peer=peer, what=what, reason=reason, left_out=more,
