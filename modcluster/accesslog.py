@@ -332,7 +332,8 @@ class LogLimiter:
         """Emit the event unless C{key} used up its share; C{True} if emitted."""
         now = self._clock()
         limit = self._limit
-        self.tick(now)
+        if limit.due(now):
+            self.tick(now)
         if key not in limit and len(limit) >= self.max_keys:
             key = "other"
         if limit.admit(key, now) is None:

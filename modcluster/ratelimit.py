@@ -78,6 +78,12 @@ class RateLimit(Generic[K]):
                 del keys[next(iter(keys))]
         return held
 
+    def due(self, now: float) -> bool:
+        """Whether some key's window is over at C{now} (L{expire} has work)."""
+        for start, _, _ in self._keys.values():
+            return now - start >= self.interval  # the first started first
+        return False
+
     def expire(self, now: float) -> Iterator[tuple[K, int, float]]:
         """
         Forget the keys whose window is over at C{now}, yielding C{(key, held

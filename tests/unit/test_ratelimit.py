@@ -54,11 +54,12 @@ def test_expire_hands_out_what_was_held_back_and_forgets_the_key():
     limit: RateLimit[str] = RateLimit(10.0)
     for key, t in (("a", 0.0), ("a", 1.0), ("b", 2.0), ("c", 5.0), ("c", 6.0)):
         limit.admit(key, t)
+    assert not limit.due(9.0) and limit.due(10.0)
     assert list(limit.expire(9.0)) == []
     assert list(limit.expire(12.0)) == [("a", 1, 0.0)]  # b: over, nothing held
     assert len(limit) == 1 and "c" in limit
     assert list(limit.expire(15.0)) == [("c", 1, 5.0)]
-    assert len(limit) == 0
+    assert len(limit) == 0 and not limit.due(100.0)
 
 
 def test_log_limiter_windows_are_per_key():
