@@ -9,12 +9,12 @@ in the template and every value is escaped by the flattener.
 
 from __future__ import annotations
 
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Iterator, Optional, Sequence
 from urllib.parse import quote
 
 from attrs import field, frozen
 from twisted.python.filepath import FilePath
-from twisted.web.iweb import ITemplateLoader
+from twisted.web.iweb import IRequest, ITemplateLoader
 from twisted.web.template import Element, Tag, TagLoader, XMLFile, renderer
 from zope.interface import implementer
 
@@ -582,7 +582,7 @@ class _DomainElement(_Shared):
         return "" if self.data.cards else tag
 
     @renderer
-    def rows(self, request, tag):
+    def rows(self, request: IRequest, tag: Tag) -> Iterator[_RowElement]:
         for node in self.group.nodes:
             counts: dict[str, int] = {}
             aliases: list[str] = []

@@ -749,7 +749,7 @@ class ConsoleResource(Resource):
                 return self._error(request, e)
         return self._page(request, self._refresh(params), params)
 
-    def render_POST(self, request):
+    def render_POST(self, request: Request) -> bytes:
         body = request.content.read(_MAX_FORM + 1) if request.content is not None else b""
         if len(body) > _MAX_FORM:
             return self._error(request, CommandError(413, "The form is too large"))
