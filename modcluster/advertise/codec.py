@@ -17,11 +17,11 @@ C{directives.md} section 3.  Design notes: C{docs/advertise.md}.
 
 from __future__ import annotations
 
+import email.utils
 import hashlib
 import ipaddress
 import math
 import re
-import time
 from http import HTTPStatus
 from typing import Optional, Union
 
@@ -139,19 +139,12 @@ def compute_digest(date: str, sequence: Union[int, str], server: str, key: Secur
     return h.hexdigest()
 
 
-_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
-_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun",
-           "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-
-
 def format_http_date(seconds: float) -> str:
     """
     RFC 1123 date in GMT as httpd prints it (C{Www, DD Mon YYYY HH:MM:SS GMT}),
     independent of the locale.
     """
-    t = time.gmtime(seconds)
-    return (f"{_DAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year:04d} "
-            f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT")
+    return email.utils.formatdate(seconds, usegmt=True)
 
 
 # --- values -----------------------------------------------------------------
