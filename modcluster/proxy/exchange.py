@@ -478,6 +478,14 @@ class _Exchange:
         elif not self.no_body:
             self.proto._out.append(data)
 
+    def responseTrailers(self, block: bytes) -> None:
+        # relayed as the trailer section of the re-chunked body (an HTTP/1.0
+        # client's close-delimited body has none: dropped)
+        if self.done or not self.resp_chunked:
+            return
+        self.resp_chunked = False  # the last chunk is written here
+        self.proto._out += (b"0\r\n", block, b"\r\n")
+
     def flush(self) -> None:
         if not self.done:
             self.proto._flush()

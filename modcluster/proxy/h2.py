@@ -51,6 +51,8 @@ from zope.interface import implementer
 from modcluster.accesslog import text
 from modcluster.proxy.exchange import _Exchange
 from modcluster.proxy.h2conn import (
+    _BAD_VALUE,
+    _NAME,
     _H2Connection,
     _Malformed,
     _MemoDecoder,
@@ -58,7 +60,7 @@ from modcluster.proxy.h2conn import (
     _response_fields,
     request_fields,
 )
-from modcluster.proxy.headers import reason_phrase
+from modcluster.proxy.headers import TRAILER_DROP, reason_phrase
 from modcluster.proxy.interfaces import IDEMPOTENT_METHODS, ClientInfo
 
 __all__ = ["H2Protocol", "STREAM_BUFFER"]
@@ -83,7 +85,8 @@ class _H2Exchange(_Exchange):
     """
 
     __slots__ = ("factory", "conn", "sid", "_blocked", "_pause", "unacked", "pending",
-                 "pending_len", "out_end", "closed", "end_of_request", "seen", "_observer")
+                 "pending_len", "out_end", "closed", "end_of_request", "seen", "_observer",
+                 "trailers", "request_trailers")
     #: the access log names the client side's protocol (httpd's %r), not the
     #: HTTP/1.1 forwarded to the node
     log_version = "2.0"
@@ -104,6 +107,8 @@ class _H2Exchange(_Exchange):
         self.closed = False  # the stream is over on our side
         self.end_of_request = False  # the client sent END_STREAM
         self.seen = conn.factory.now  # last DATA received or sent (coarse clock)
+        self.trailers = None  # response trailer fields (sent after the last DATA)
+        self.request_trailers = None  # the client's, for a chunked request to a node
 
     # -- the "client protocol" side the _Exchange calls --------------------------
 
@@ -251,6 +256,14 @@ class _H2Exchange(_Exchange):
             if up is not None:
                 up.pauseResponse()
 
+    def responseTrailers(self, block: bytes) -> None:
+        if self.done or self.closed or self.no_body:
+            return
+        fields = _response_fields(0, block)
+        del fields[0]  # (no :status in trailers)
+        if fields:
+            self.trailers = fields
+
     def responseEnd(self) -> None:
         if self.done:
             return
@@ -289,13 +302,18 @@ class _H2Exchange(_Exchange):
                     window -= n
                     self.pending_len -= n
                     self.seen = self.factory.now
-                    h2.send_data(sid, chunk,
-                                 end_stream=self.out_end and not pending)
-                    if self.out_end and not pending:
+                    if self.out_end and not pending and self.trailers is None:
+                        h2.send_data(sid, chunk, end_stream=True)
                         self._finished()
                         return True
+                    h2.send_data(sid, chunk)
             if not pending and self.out_end:
-                h2.end_stream(sid)
+                if self.trailers is not None:
+                    # the node's trailer section: a trailing HEADERS frame
+                    # with END_STREAM (RFC 9113 §8.1)
+                    h2.send_headers(sid, self.trailers, end_stream=True)
+                else:
+                    h2.end_stream(sid)
                 self._finished()
                 return True
         except H2Error:
@@ -485,9 +503,8 @@ class H2Protocol(Protocol):
             elif cls is StreamReset:
                 self._reset(ev)
             elif cls is TrailersReceived:
-                # request trailers are not forwarded (the forwarders send none);
-                # the end of the stream comes as StreamEnded
-                pass
+                # the end of the stream comes as StreamEnded, after this
+                self._trailers(ev)
             elif cls is PingReceived or cls is PriorityUpdated:
                 self._charge(1)
             elif cls is ConnectionTerminated:
@@ -500,6 +517,18 @@ class H2Protocol(Protocol):
     def _request(self, ev) -> None:
         sid = ev.stream_id
         ended = ev.stream_ended is not None
+        over = self.h2.over_limit
+        if over and sid in over:
+            # beyond SETTINGS_MAX_CONCURRENT_STREAMS: refused, the client may
+            # retry it (RFC 9113 §5.1.2); it costs the abuse budget as a reset
+            over.discard(sid)
+            self.factory.limiter.emit(
+                "h2 refused stream", LogLevel.info,
+                "HTTP/2 client {client}: stream over SETTINGS_MAX_CONCURRENT_STREAMS "
+                "refused", client=self.client.remote_addr)
+            self._refuse(sid, ErrorCodes.REFUSED_STREAM)
+            self._charge(RESET_COST)
+            return
         if self._going_away:
             self._refuse(sid, ErrorCodes.REFUSED_STREAM)
             return
@@ -595,6 +624,26 @@ class H2Protocol(Protocol):
                 ex.unacked += n
             else:
                 self._ack(sid, n)
+
+    def _trailers(self, ev) -> None:
+        """
+        The client's trailing HEADERS: kept for the node as the trailer
+        section of a chunked request body (HTTP nodes; a request with a
+        content-length, or to an AJP node, cannot carry them: dropped).
+        Pseudo-headers, fields not allowed in trailers and malformed fields
+        are left out.
+        """
+        ex = self.streams.get(ev.stream_id)
+        if ex is None or ex.done or ex.body_length != -1:
+            return
+        lines = []
+        for name, value in ev.headers:
+            if (name in TRAILER_DROP or _NAME.match(name) is None
+                    or _BAD_VALUE.search(value) is not None):
+                continue
+            lines.append(b"%s: %s\r\n" % (name, value.strip(b" \t")))
+        if lines:
+            ex.request_trailers = b"".join(lines)
 
     def _requestEnded(self, ex: _H2Exchange) -> None:
         if ex.end_of_request:

@@ -13,9 +13,18 @@ from __future__ import annotations
 import re
 import struct
 
-from h2.connection import ConnectionInputs, H2Connection
+from h2.connection import (
+    AllowedStreamIDs,
+    ConnectionInputs,
+    H2Connection,
+    H2ConnectionStateMachine,
+    _decode_headers,
+)
+from h2.errors import ErrorCodes
+from h2.exceptions import StreamClosedError, StreamIDTooLowError, TooManyStreamsError
 from h2.stream import StreamInputs
 from hpack import Decoder, Encoder
+from hyperframe.frame import RstStreamFrame
 
 __all__ = ["request_fields"]
 
@@ -297,6 +306,25 @@ _STREAM_SEND_DATA = StreamInputs.SEND_DATA
 _STREAM_SEND_END = StreamInputs.SEND_END_STREAM
 
 
+class _StateMachine(H2ConnectionStateMachine):
+    """
+    h2's connection state machine with its transitions looked up by the
+    enums' values: the same table and results, without two Python-level
+    C{Enum.__hash__} calls per input (three inputs per request).
+    """
+
+    _by_value = {(state.value, inp.value): result
+                 for (state, inp), result in H2ConnectionStateMachine._transitions.items()}
+
+    def process_input(self, input_):
+        if input_.__class__ is ConnectionInputs:
+            result = self._by_value.get((self.state._value_, input_._value_))
+            if result is not None:
+                func, self.state = result
+                return func() if func is not None else []
+        return H2ConnectionStateMachine.process_input(self, input_)
+
+
 class _H2Connection(H2Connection):
     """
     h2's connection with a cheaper C{send_data} for the common case (bytes,
@@ -304,6 +332,68 @@ class _H2Connection(H2Connection):
     machine inputs and window accounting as h2's, the frame written by hand
     instead of through a hyperframe object.  Anything else goes to h2's.
     """
+
+    def __init__(self, config) -> None:
+        H2Connection.__init__(self, config)
+        self.state_machine = _StateMachine()
+        #: streams opened beyond SETTINGS_MAX_CONCURRENT_STREAMS, to refuse
+        self.over_limit: set = set()
+
+    def _receive_frame(self, frame):
+        """
+        h2's (4.x), without its trace log line, whose argument (the frame's
+        repr, with a hex dump of its payload) h2 builds for every frame
+        received even though nothing logs it.
+        """
+        try:
+            frames, events = self._frame_dispatch_table[frame.__class__](frame)
+        except StreamClosedError as e:
+            # closed by RST_STREAM: a stream error (RST_STREAM back), else
+            # a connection error
+            if self._stream_is_closed_by_reset(e.stream_id):
+                f = RstStreamFrame(e.stream_id)
+                f.error_code = e.error_code
+                self._prepare_for_sending([f])
+                events = e._events
+            else:
+                raise
+        except StreamIDTooLowError as e:
+            if self._stream_is_closed_by_reset(e.stream_id):
+                f = RstStreamFrame(e.stream_id)
+                f.error_code = ErrorCodes.STREAM_CLOSED
+                self._prepare_for_sending([f])
+                events = []
+            elif self._stream_is_closed_by_end(e.stream_id):
+                raise StreamClosedError(e.stream_id) from e
+            else:
+                raise
+        else:
+            self._prepare_for_sending(frames)
+        return events
+
+    def _receive_headers_frame(self, frame):
+        """
+        h2's, except that a HEADERS frame opening a stream beyond our
+        SETTINGS_MAX_CONCURRENT_STREAMS is not a connection error (h2 raises
+        TooManyStreamsError, closing the connection): the stream is opened
+        and noted in C{over_limit}, and L{H2Protocol} refuses it with
+        RST_STREAM REFUSED_STREAM (RFC 9113 §5.1.2), which a client may
+        retry.  Its header block is still decoded (the HPACK table stays in
+        step).
+        """
+        try:
+            return H2Connection._receive_headers_frame(self, frame)
+        except TooManyStreamsError:
+            # (raised before anything changed: the block is not decoded yet)
+            sid = frame.stream_id
+            headers = _decode_headers(self.decoder, frame.data)
+            events = self.state_machine.process_input(ConnectionInputs.RECV_HEADERS)
+            stream = self._get_or_create_stream(
+                sid, AllowedStreamIDs(not self.config.client_side))
+            frames, stream_events = stream.receive_headers(
+                headers, "END_STREAM" in frame.flags, self.config.header_encoding)
+            self.over_limit.add(sid)
+            return frames, events + stream_events
 
     def send_data(self, stream_id: int, data, end_stream: bool = False,
                   pad_length=None) -> None:

@@ -39,6 +39,9 @@ __all__ = [
     "response_block_at",
     "reason_phrase",
     "upgrade_matcher",
+    "TRAILER_DROP",
+    "filter_trailers",
+    "trailer_section",
 ]
 
 # -- request headers (client -> node) -----------------------------------------
@@ -306,3 +309,56 @@ def error_response(status: int, message: str, *, close: bool, date: bytes,
     if not head_only:
         parts.append(body)
     return b"".join(parts)
+
+
+# -- trailer sections (chunked bodies, HTTP/2 trailing HEADERS) ------------------
+
+#: Fields never relayed in a trailer section (RFC 9110 §6.5.1: framing,
+#: routing, request modifiers, authentication, response control, content
+#: metadata; RFC 9113 §8.2.2: connection-specific).
+TRAILER_DROP = frozenset((
+    b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade",
+    b"te", b"trailer", b"content-length", b"content-type", b"content-encoding",
+    b"content-range", b"host", b"cache-control", b"expires", b"age", b"date", b"location",
+    b"retry-after", b"vary", b"set-cookie", b"cookie", b"www-authenticate",
+    b"proxy-authenticate", b"authorization", b"proxy-authorization", b"expect",
+    b"max-forwards", b"range", b"if-match", b"if-none-match", b"if-modified-since",
+    b"if-unmodified-since", b"if-range"))
+
+_LAST_CHUNK = re.compile(rb"0+[ \t]*(?:;[^\r\n]*)?\Z")
+
+
+def trailer_section(buf: bytes) -> Optional[bytes]:
+    """
+    The trailer section (its field lines, each ending in CRLF; C{b""} when
+    there is none) of a chunked body whose last bytes are the end of C{buf}
+    (the end of the message, as llhttp accepted it: C{last-chunk
+    *(field-line CRLF) CRLF}).  C{None} when C{buf} does not reach back to
+    the last-chunk line (C{buf} starts within the section).
+
+    A field line never looks like the last-chunk line (C{1*"0" [ext]}: a
+    field name is a token followed by a colon), so the first such line
+    found walking back from the end is it.
+    """
+    pos = len(buf) - 4  # the CRLF ending the last line before the empty one
+    if pos < 0 or buf[pos:] != b"\r\n\r\n":
+        return None
+    end = pos + 2
+    while True:
+        start = buf.rfind(b"\r\n", 0, pos)
+        if start < 0:
+            return None  # the line may start before buf
+        if _LAST_CHUNK.match(buf, start + 2, pos) is not None:
+            return buf[pos + 2:end]
+        pos = start
+
+
+def filter_trailers(section: bytes) -> bytes:
+    """C{section}'s field lines without the L{TRAILER_DROP} ones."""
+    out = []
+    for line in section.split(b"\r\n"):
+        if line:
+            name = line.partition(b":")[0].strip().lower()
+            if name and name not in TRAILER_DROP and name[:1] != b":":
+                out.append(line + b"\r\n")
+    return b"".join(out)

@@ -27,7 +27,12 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from modcluster.proxy._transport import direct_writer, set_nodelay
-from modcluster.proxy.headers import reason_phrase, response_block_at
+from modcluster.proxy.headers import (
+    filter_trailers,
+    reason_phrase,
+    response_block_at,
+    trailer_section,
+)
 from modcluster.proxy.interfaces import (
     CONNECT,
     PROTOCOL,
@@ -54,6 +59,8 @@ log = Logger(namespace="modcluster.proxy")
 _TLS_TYPES = ("https", "wss")
 _HEAD = b"HEAD"
 _CHUNK_END = b"0\r\n\r\n"
+#: how a chunked body without a trailer section usually ends
+_NO_TRAILERS = b"\r\n0\r\n\r\n"
 _FORWARDED = b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nX-Forwarded-Server: %s\r\n"
 
 
@@ -131,6 +138,9 @@ class NodeProtocol(Protocol):
         # the response head(s) as received, until the final one is parsed
         self.hbuf = b""
         self.hpos = 0
+        # a chunked response: the read before this one (None: not chunked),
+        # where its trailer section may start (see _trailers)
+        self.prev: Optional[bytes] = None
 
     # -- the pool's side -------------------------------------------------------
 
@@ -142,6 +152,7 @@ class NodeProtocol(Protocol):
         self.tunnel = self.upgrading = self.close_delimited = False
         self.hbuf = b""
         self.hpos = 0
+        self.prev = None
         self.chunked = ex.body_length == -1
         if self.dirty:
             self.parser = HttpResponseParser(self)
@@ -246,8 +257,12 @@ class NodeProtocol(Protocol):
         if self.ex is not ex:
             return
         if self.complete:
+            if self.prev is not None and not data.endswith(_NO_TRAILERS):
+                self._trailers(ex, data)  # (chunked, and not a bare last chunk)
             self._finish()
         else:
+            if self.prev is not None:
+                self.prev = data
             ex.flush()
 
     # -- parser callbacks ----------------------------------------------------------
@@ -317,6 +332,7 @@ class NodeProtocol(Protocol):
             length = 0
         elif te is not None:
             length = -1
+            self.prev = b""  # chunked: watch for a trailer section
         elif cl is not None:
             length = int(cl)
         else:
@@ -359,6 +375,29 @@ class NodeProtocol(Protocol):
         if length:
             ex.responseBody(data[start:])
         self._finish()
+
+    def _trailers(self, ex, data: bytes) -> None:
+        """
+        A chunked response ended in C{data}: relay its trailer section, if
+        any, to C{ex} (C{responseTrailers}, before C{responseEnd}).  llhttp
+        does not report trailer fields without a Python call per header for
+        every response; the section is found in the last bytes received
+        instead (L{trailer_section}), in this read or with the one before.
+        """
+        self.prev, prev = None, self.prev
+        if self.broken:
+            return  # garbage after the end: the end is not where data ends
+        section = trailer_section(data)
+        if section is None and prev:
+            section = trailer_section(prev + data)
+        if section is None:
+            log.info("trailer section from {worker} spread over more than two reads: "
+                     "not relayed", worker=self.pool.worker)
+            return
+        if section:
+            block = filter_trailers(section)
+            if block:
+                ex.responseTrailers(block)
 
     # -- ending an exchange -----------------------------------------------------------
 
@@ -461,7 +500,8 @@ class NodeProtocol(Protocol):
             return
         self.body_done = True
         if self.chunked:
-            self.write(_CHUNK_END)
+            trailers = getattr(self.ex, "request_trailers", None)
+            self.write(b"0\r\n%s\r\n" % trailers if trailers else _CHUNK_END)
 
     def pauseResponse(self) -> None:
         if not self.paused:

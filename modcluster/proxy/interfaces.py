@@ -173,6 +173,11 @@ class IExchange(Interface):
         "Request body framing: C{None} no body, C{n >= 0} Content-Length n, C{-1} chunked "
         "(length unknown).  Body bytes are delivered de-chunked.")
     expect_continue = Attribute("The client sent C{Expect: 100-continue}.")
+    request_trailers = Attribute(
+        "Optional (read with C{getattr(ex, 'request_trailers', None)}): the request's "
+        "trailer section for a chunked (C{body_length} -1) request to an HTTP node, as "
+        "C{name: value CRLF} lines, or C{None}; set by the HTTP/2 front (an HTTP/2 "
+        "client's trailing HEADERS), complete when the body has ended.")
     upgrade = Attribute(
         "The Upgrade token to tunnel (bytes, e.g. C{b'websocket'}) or C{None}.  Only set "
         "for requests the front may tunnel (tunnelling enabled, token allowed, no body).")
@@ -243,6 +248,14 @@ class IExchange(Interface):
         one write; a forwarder must call it at the end of every read from the
         node that delivered response events.  L{responseEnd} flushes by
         itself.
+        """
+
+    def responseTrailers(block: bytes) -> None:
+        """
+        The trailer section of a chunked response (called just before
+        L{responseEnd}, only when there is one): its field lines as received,
+        each C{name: value CRLF}, without the fields never relayed in trailers
+        (L{modcluster.proxy.headers.TRAILER_DROP}).  AJP has no trailers.
         """
 
     def responseEnd() -> None:

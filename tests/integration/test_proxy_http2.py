@@ -23,6 +23,7 @@ from h2.events import (
     ResponseReceived,
     StreamEnded,
     StreamReset,
+    TrailersReceived,
 )
 from h2.settings import SettingCodes
 from twisted.internet import defer, task, threads
@@ -111,6 +112,8 @@ class Client:
                 st["ended"] = True
             elif isinstance(ev, StreamReset):
                 st["reset"] = ev.error_code
+            elif isinstance(ev, TrailersReceived):
+                st["trailers"] = ev.headers
             elif isinstance(ev, ConnectionTerminated):
                 self.terminated = ev
         self.flush()

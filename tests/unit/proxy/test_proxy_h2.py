@@ -493,18 +493,59 @@ def test_max_concurrent_streams_enforced():
     h.node("n1", 9001)
     c = H2Client(h)
     assert c.conn.remote_settings.max_concurrent_streams == 3
-    for _ in range(3):
-        c.request()
+    sids = [c.request() for _ in range(3)]
     c.pump()
     assert len(c.proto.streams) == 3
-    # a client ignoring the setting: h2 refuses the 4th stream by closing the connection
+    # a client ignoring the setting: the 4th stream is refused (RST_STREAM
+    # REFUSED_STREAM, RFC 9113 §5.1.2: the client may retry it), the
+    # connection and its 3 streams go on
     c.conn.remote_settings.acknowledge()
     c.conn.remote_settings[SettingCodes.MAX_CONCURRENT_STREAMS] = 10
     c.conn.remote_settings.acknowledge()
+    over = c.request(extra=[(b"x-over", b"1")])
+    c.pump()
+    assert c.resets[over] == ErrorCodes.REFUSED_STREAM
+    assert c.terminated is None and not c.t.disconnecting
+    assert len(c.proto.streams) == 3 and h.in_flight("/") == 3
+    nodes = [h.accept(9001) for _ in sids]
+    assert all(b"x-over" not in node.received() for node in nodes)
+    for node in nodes:
+        _respond(node)
+    c.pump()
+    assert all(c.status(s) == 200 for s in sids)
+    again = c.request()  # room again: served (on a pooled node connection)
+    c.pump()
+    node = next(n for n in nodes if n.received())
+    _respond(node)
+    c.pump()
+    assert c.status(again) == 200 and c.terminated is None
+    assert h.counters_idle()
+
+
+def test_streams_over_the_limit_flood_gets_enhance_your_calm():
+    """Refused streams cost the abuse budget as resets do (CVE-2023-44487):
+    a client that keeps opening streams over the limit is closed."""
+    h = Harness(http2_max_concurrent_streams=1)
+    h.node("n1", 9001)
+    c = H2Client(h)
     c.request()
     c.pump()
-    assert c.terminated is not None and c.terminated.error_code == ErrorCodes.PROTOCOL_ERROR
-    assert h.counters_idle()  # the 3 node requests were aborted with the connection
+    c.conn.remote_settings.acknowledge()
+    c.conn.remote_settings[SettingCodes.MAX_CONCURRENT_STREAMS] = 1000
+    c.conn.remote_settings.acknowledge()
+    refused = 0
+    for _ in range(h.config.http2_max_resets + 5):
+        sid = c.request()
+        c.pump()
+        if c.terminated is not None:
+            break
+        assert c.resets[sid] == ErrorCodes.REFUSED_STREAM
+        refused += 1
+    assert refused >= h.config.http2_max_resets - 1
+    assert c.terminated is not None
+    assert c.terminated.error_code == ErrorCodes.ENHANCE_YOUR_CALM
+    assert c.t.disconnecting
+    assert h.counters_idle()
 
 
 def test_extended_connect_not_offered_websocket_refused(h):
@@ -840,3 +881,51 @@ def test_remembered_head_sent_like_h2_send_headers():
     ours.send_data(5, b"hello", end_stream=True)
     theirs.send_data(5, b"hello", end_stream=True)
     assert ours.data_to_send() == theirs.data_to_send()
+
+
+def test_state_machine_by_value_matches_h2s():
+    """_StateMachine: every (state, input) gives h2's next state, events or
+    ProtocolError (and CLOSED after it)."""
+    from h2.connection import ConnectionInputs, ConnectionState, H2ConnectionStateMachine
+    from h2.exceptions import ProtocolError
+
+    from modcluster.proxy.h2conn import _StateMachine
+
+    for state in ConnectionState:
+        for inp in ConnectionInputs:
+            results = []
+            for cls in (H2ConnectionStateMachine, _StateMachine):
+                sm = cls()
+                sm.state = state
+                try:
+                    results.append((sm.process_input(inp), sm.state))
+                except ProtocolError:
+                    results.append(("error", sm.state))
+            assert results[0] == results[1], (state, inp)
+    with pytest.raises(ValueError):
+        _StateMachine().process_input("not an input")
+
+
+def test_frames_on_a_reset_stream_answered_as_h2_does(h):
+    """_H2Connection._receive_frame (h2's without the trace line): DATA on a
+    stream the client reset is ignored (within h2's grace), the connection
+    goes on."""
+    h.node("n1", 9001)
+    c = H2Client(h)
+    sid = c.request(b"/up", b"POST", end=False)
+    c.pump()
+    node = h.accept(9001)
+    c.conn.reset_stream(sid, ErrorCodes.CANCEL)
+    c.pump()
+    assert node.aborted or node.closed
+    # a late DATA frame for the reset stream, written by hand
+    late = DataFrame(sid)
+    late.data = b"late"
+    c.proto.dataReceived(late.serialize())
+    c.pump()
+    assert c.terminated is None
+    good = c.request()
+    c.pump()
+    _respond(h.accept(9001))
+    c.pump()
+    assert c.status(good) == 200
