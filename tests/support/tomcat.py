@@ -65,6 +65,11 @@ method, HEAD included):
 ``/echo/slow.jsp?ms=N``
     Sleeps N ms then answers ``{"node", "slept_ms", "elapsed_ms"}``; ``flush_first=1``
     sends the headers before sleeping (chunked body after the delay).
+``/echo/trailers.jsp``
+    Chunked answer ``hello world`` (two writes) with trailer fields
+    (``setTrailerFields``): ``X-Echo-Node-Trailer: <jvmRoute>``, ``Grpc-Status: ?status``
+    (default 0), ``X-Got``: the request's trailer fields as ``name=value`` joined with
+    ``;`` (``-`` when none).
 ``/echo/headers.jsp``
     ``cookies`` (default 3) Set-Cookie headers ``c<i>=v<i>; Path=/echo`` (2nd adds
     ``; HttpOnly``, 3rd ``; Max-Age=60``), ``repeat`` (default 3) ``X-Echo-Multi:
@@ -117,6 +122,7 @@ ECHO_PAGES = (
     ("redirect.jsp", "", 302),
     ("slow.jsp", "?ms=0", 200),
     ("headers.jsp", "", 200),
+    ("trailers.jsp", "", 200),
 )
 
 # What catalina.sh adds on JDK 9+ (keeps Tomcat's leak-prevention code quiet).
