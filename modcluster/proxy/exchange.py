@@ -129,6 +129,10 @@ class _Exchange:
     #: the client side's HTTP version for the access log when it is not
     #: C{version} (the version forwarded): "2.0" for HTTP/2 streams
     log_version: Optional[str] = None
+    #: the request's trailer section for a chunked request to an HTTP node
+    #: (IExchange.request_trailers): none from an HTTP/1.x client (its
+    #: trailers are not forwarded); L{_H2Exchange} has a slot for it
+    request_trailers: Optional[bytes] = None
 
     def __init__(self, proto: "ClientProtocol") -> None:
         self.proto = proto

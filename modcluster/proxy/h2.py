@@ -107,8 +107,10 @@ class _H2Exchange(_Exchange):
         self.closed = False  # the stream is over on our side
         self.end_of_request = False  # the client sent END_STREAM
         self.seen = conn.factory.now  # last DATA received or sent (coarse clock)
-        self.trailers = None  # response trailer fields (sent after the last DATA)
-        self.request_trailers = None  # the client's, for a chunked request to a node
+        #: response trailer fields (sent after the last DATA)
+        self.trailers: Optional[list] = None
+        #: the client's trailer section, for a chunked request to a node
+        self.request_trailers: Optional[bytes] = None
 
     # -- the "client protocol" side the _Exchange calls --------------------------
 
@@ -525,7 +527,7 @@ class H2Protocol(Protocol):
             self.factory.limiter.emit(
                 "h2 refused stream", LogLevel.info,
                 "HTTP/2 client {client}: stream over SETTINGS_MAX_CONCURRENT_STREAMS "
-                "refused", client=self.client.remote_addr)
+                "refused", client=self.client.remote_addr if self.client is not None else "?")
             self._refuse(sid, ErrorCodes.REFUSED_STREAM)
             self._charge(RESET_COST)
             return
