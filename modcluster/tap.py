@@ -483,7 +483,7 @@ def _proxy(config: Config, reactor, registry, node_tls):
         # with [proxy] http2 it selects h2 first and serves it (listener_factory)
         StreamServerEndpointService(
             server_endpoint(reactor, with_backlog(description, p.listen_backlog),
-                            alpn_protocols(p)),
+                            alpn_protocols(p), p.tls_engine),
             listener_factory(factory, description)).setServiceParent(services)
     return services
 

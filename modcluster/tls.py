@@ -482,11 +482,19 @@ class _ALPNReactor:
     then delegates; everything else is the real reactor's.
     """
 
-    def __init__(self, reactor, protocols: tuple[bytes, ...]) -> None:
+    def __init__(self, reactor, protocols: tuple[bytes, ...], engine: str = "twisted") -> None:
         self._reactor = reactor
         self._protocols = protocols
+        self._engine = engine
 
     def listenSSL(self, port, factory, contextFactory, backlog=50, interface=""):
+        if self._engine == "stdlib":
+            # TLS on the stdlib ssl module over a plain TCP port (the proxy's listeners)
+            from modcluster.proxy.stdtls import TLSServerFactory, server_context
+
+            tls = TLSServerFactory(server_context(contextFactory, self._protocols), factory,
+                                   self._reactor)
+            return self._reactor.listenTCP(port, tls, backlog, interface)
         resume_sessions(contextFactory)  # before the context is built
         answer_alpn(contextFactory, self._protocols)
         return self._reactor.listenSSL(port, factory, contextFactory, backlog, interface)
@@ -496,15 +504,19 @@ class _ALPNReactor:
 
 
 def server_endpoint(reactor, description: str,
-                    protocols: Iterable[bytes] = SERVER_ALPN_PROTOCOLS) -> IStreamServerEndpoint:
+                    protocols: Iterable[bytes] = SERVER_ALPN_PROTOCOLS,
+                    engine: str = "twisted") -> IStreamServerEndpoint:
     """
     C{serverFromString(reactor, description)}, except that an C{ssl:} endpoint
     answers ALPN with C{protocols} (see L{answer_alpn}) instead of aborting the
-    handshake of every client that offers it.
+    handshake of every client that offers it.  C{engine="stdlib"}: the C{ssl:}
+    listener does TLS with L{modcluster.proxy.stdtls} (C{proxy.tls_engine})
+    instead of Twisted's C{TLSMemoryBIOProtocol}, from the same options.
     """
     protocols = tuple(protocols)
     if description.split(":", 1)[0].strip().lower() == "ssl":
-        return endpoints.serverFromString(_ALPNReactor(reactor, protocols), description)
+        return endpoints.serverFromString(_ALPNReactor(reactor, protocols, engine),
+                                          description)
     return endpoints.serverFromString(reactor, description)
 
 

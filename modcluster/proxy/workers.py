@@ -228,6 +228,17 @@ class _Adopter:
 
         from modcluster.proxy.alpn import NegotiatingFactory, alpn_protocols
 
+        config = getattr(getattr(factory, "wrapped", factory), "config", None)
+        if getattr(config, "tls_engine", "twisted") == "stdlib":
+            from modcluster.tls import SERVER_ALPN_PROTOCOLS
+
+            from modcluster.proxy.stdtls import TLSServerFactory, server_context
+
+            protocols = (alpn_protocols(config) if isinstance(factory, NegotiatingFactory)
+                         else SERVER_ALPN_PROTOCOLS)
+            tls = TLSServerFactory(server_context(contextFactory, protocols), factory,
+                                   self._reactor)
+            return self._reactor.adoptStreamPort(self._fd, self._family, tls)
         resume_sessions(contextFactory)  # session tickets: before the context is built
 
         # select http/1.1 (and h2 first with [proxy] http2), never abort on an ALPN offer

@@ -1,0 +1,431 @@
+# -*- test-case-name: tests.unit.proxy.test_stdtls -*-
+"""
+TLS to clients on the proxy's C{ssl:} listeners, on the stdlib C{ssl} module:
+an C{ssl.SSLObject} between two C{ssl.MemoryBIO}s, under a plain
+C{tcp.Server}.  (Management and console listeners keep Twisted's TLS,
+L{modcluster.tls}.)
+
+Why not Twisted's C{TLSMemoryBIOProtocol}: it costs ~36-60 µs per request
+over plain TCP (docs/performance.md, run H): each received chunk goes
+through pyOpenSSL (cffi) until an exception ends it (two C{SSL_read}s and
+three Python exceptions per request), and each response is held back by a
+C{callLater(0)} and then buffered by C{FileDescriptor.write} (two more loop
+iterations before it is sent).  Here:
+
+ - B{receiving} feeds the chunk to the incoming BIO and reads records until
+   both the BIO and OpenSSL's record buffer are empty (no exception when the
+   chunk ended on a record boundary, the usual case; C{SSLWantReadError} only
+   for a partial record), then hands all the plaintext to the protocol in
+   B{one} C{dataReceived}, as a TCP read would;
+ - B{writing} encrypts at once and hands the records to
+   L{direct_writer<modcluster.proxy._transport.direct_writer>} of the TCP
+   transport: straight to the socket when nothing is buffered, else
+   Twisted's buffer (whose producer pausing then applies as for plain TCP).
+
+The application protocol sees an C{ITCPTransport} + C{ISSLTransport}: flow
+control (C{registerProducer}, C{pauseProducing}, ...) is the TCP
+transport's, since nothing is buffered in between once the handshake is
+done.  C{wrappedProtocol} may be replaced after the handshake (the HTTP/2
+L{NegotiatingFactory<modcluster.proxy.h2.NegotiatingFactory>} does), and
+C{negotiatedProtocol} is the ALPN result as bytes, as with Twisted.
+C{loseConnection} sends C{close_notify}; a peer's C{close_notify} is
+answered with ours and the connection is closed.  A failed handshake is
+logged, rate-limited per client address, and the connection aborted.
+
+L{server_context} builds the C{ssl.SSLContext} from the C{CertificateOptions}
+that Twisted's C{ssl:} endpoint description parser made (certificate, chain,
+key, DH parameters, protocol versions, cipher list), so an C{ssl:}
+description means the same with either engine (C{proxy.tls_engine}).
+Details: docs/tls.md, "The proxy's TLS engine".
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+from typing import Iterable, Optional
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from OpenSSL import SSL
+from twisted.internet.interfaces import (
+    IHandshakeListener,
+    INegotiated,
+    ISSLTransport,
+    ITCPTransport,
+)
+from twisted.internet.protocol import Factory, Protocol
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from modcluster.access import RateLimitedLog
+from modcluster.proxy._transport import direct_writer
+
+__all__ = ["TLSServerConnection", "TLSServerFactory", "UnsupportedOptions",
+           "description_context", "server_context"]
+
+#: The largest plaintext of one TLS record: one C{read} returns one record.
+RECORD = 16384
+
+_WantRead = ssl.SSLWantReadError
+_SSLError = ssl.SSLError
+
+_VERSIONS = (
+    (ssl.TLSVersion.TLSv1, SSL.OP_NO_TLSv1),
+    (ssl.TLSVersion.TLSv1_1, SSL.OP_NO_TLSv1_1),
+    (ssl.TLSVersion.TLSv1_2, SSL.OP_NO_TLSv1_2),
+    (ssl.TLSVersion.TLSv1_3, getattr(SSL, "OP_NO_TLSv1_3", 0)),
+)
+_VERSION_FLAGS = SSL.OP_NO_SSLv2 | SSL.OP_NO_SSLv3
+for _v, _flag in _VERSIONS:
+    _VERSION_FLAGS |= _flag
+
+
+class UnsupportedOptions(ValueError):
+    """C{CertificateOptions} this engine cannot reproduce (use C{tls_engine = "twisted"})."""
+
+
+def _pem_fd(data: bytes) -> int:
+    """An anonymous in-memory file holding C{data} (C{ssl} only loads from paths)."""
+    fd = os.memfd_create("modcluster-tls", os.MFD_CLOEXEC)
+    try:
+        os.write(fd, data)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def server_context(options, protocols: Iterable[bytes]) -> ssl.SSLContext:
+    """
+    An C{ssl.SSLContext} (server side) equivalent to the C{CertificateOptions}
+    C{options} built by Twisted's C{ssl:} description parser, answering ALPN
+    with C{protocols} (the first one the client also offers; no ALPN when
+    nothing is shared, the same as L{modcluster.tls.answer_alpn}), with session
+    tickets and the server session cache on (as L{modcluster.tls.resume_sessions}).
+
+    Kept from C{options}: certificate, extra chain, private key, DH parameters,
+    the enabled protocol versions (its C{OP_NO_*} flags), its cipher list for
+    TLS <= 1.2 and its other option flags.  Added: no client-initiated
+    renegotiation (C{OP_NO_RENEGOTIATION}).
+
+    @raise UnsupportedOptions: client certificate verification, an explicit
+        C{sslmethod}, or no private key (none of which C{ssl:} proxy listeners
+        configure).
+    """
+    if getattr(options, "verify", False):
+        raise UnsupportedOptions("client certificate verification")
+    if getattr(options, "method", SSL.TLS_METHOD) != SSL.TLS_METHOD:
+        raise UnsupportedOptions("an explicit sslmethod")
+    key, cert = getattr(options, "privateKey", None), getattr(options, "certificate", None)
+    if key is None or cert is None:
+        raise UnsupportedOptions("no certificate and key")
+    flags = options._options
+    enabled = [version for version, flag in _VERSIONS if not flags & flag]
+    if not enabled:
+        raise UnsupportedOptions("no protocol version enabled")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = enabled[0]
+    ctx.maximum_version = enabled[-1]
+    # Twisted's flags (compression off, server cipher preference, single-use
+    # DH keys...) on top of the stdlib's; tickets stay on (resume_sessions)
+    ctx.options |= (flags & ~_VERSION_FLAGS & ~SSL.OP_NO_TICKET) | ssl.OP_NO_RENEGOTIATION
+    ctx.set_ciphers(options._cipherString)
+    dh = getattr(options, "dhParameters", None)
+    if dh is not None:
+        ctx.load_dh_params(dh._dhFile.path)
+    chain = b"".join(c.to_cryptography().public_bytes(serialization.Encoding.PEM)
+                     for c in [cert, *(options.extraCertChain or ())])
+    key_pem = key.to_cryptography_key().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption())
+    cert_fd, key_fd = _pem_fd(chain), _pem_fd(key_pem)
+    try:
+        ctx.load_cert_chain(f"/proc/self/fd/{cert_fd}", f"/proc/self/fd/{key_fd}")
+    finally:
+        os.close(cert_fd)
+        os.close(key_fd)
+    ctx.set_alpn_protocols([p.decode("ascii") for p in protocols])
+    return ctx
+
+
+class _OptionsRecorder:
+    """Stands in for the reactor: keeps the C{CertificateOptions} of an C{ssl:} description."""
+
+    options = None
+
+    def listenSSL(self, port, factory, contextFactory, backlog=50, interface=""):
+        self.options = contextFactory
+
+
+def description_context(description: str, protocols: Iterable[bytes]) -> ssl.SSLContext:
+    """
+    L{server_context} for an C{ssl:} endpoint description (its files read now).
+
+    @raise ValueError: from Twisted's parser (bad description, invalid
+        certificate or key), or L{UnsupportedOptions}.
+    @raise OSError: a certificate or key file cannot be read.
+    """
+    from twisted.internet.endpoints import serverFromString
+
+    recorder = _OptionsRecorder()
+    failures: list = []
+    serverFromString(recorder, description).listen(None).addErrback(failures.append)
+    if failures:
+        failures[0].raiseException()
+    if recorder.options is None:
+        raise ValueError(f"{description!r} is not an ssl: description")
+    return server_context(recorder.options, protocols)
+
+
+@implementer(ITCPTransport, ISSLTransport, INegotiated)
+class TLSServerConnection(Protocol):
+    """
+    One server-side TLS connection: the protocol of a C{tcp.Server}, and the
+    transport of C{wrappedProtocol}.
+    """
+
+    #: so helpers that look for it (L{modcluster.proxy._transport}) see TLS
+    TLS = True
+    disconnecting = False
+    #: the ALPN protocol selected (bytes), None without ALPN or before the handshake
+    negotiatedProtocol: Optional[bytes] = None
+    _handshaking = True
+    _closed = False  # close_notify sent: nothing can be written any more
+    _failure: Optional[Failure] = None  # the TLS error that ends the connection
+    _early: Optional[list] = None  # writes before the handshake completed
+
+    def __init__(self, factory: "TLSServerFactory", wrapped: Protocol) -> None:
+        self.factory = factory
+        self.wrappedProtocol = wrapped
+
+    # -- from the TCP transport ---------------------------------------------------
+
+    def makeConnection(self, transport) -> None:
+        self.transport = transport
+        self.connected = 1
+        self._in = incoming = ssl.MemoryBIO()
+        self._out = ssl.MemoryBIO()
+        self._object = self.factory.context.wrap_bio(incoming, self._out, server_side=True)
+        # the C object under SSLObject: one Python frame less per call
+        self._ssl = getattr(self._object, "_sslobj", self._object)
+        self._send = direct_writer(transport)
+        self.wrappedProtocol.makeConnection(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        self._in.write(data)
+        if self._handshaking and not self._handshake():
+            return
+        read = self._ssl.read
+        incoming = self._in
+        pending = self._ssl.pending
+        chunks = []
+        closed = False
+        failed = None
+        try:
+            while True:
+                piece = read(RECORD)
+                if not piece:  # close_notify
+                    closed = True
+                    break
+                chunks.append(piece)
+                if not incoming.pending and not pending():
+                    break
+        except _WantRead:  # the rest of a record is still to come
+            pass
+        except _SSLError as e:
+            failed = e
+        if self._out.pending:  # post-handshake messages (tickets, key update)
+            self._flush()
+        if chunks and self.connected:
+            self.wrappedProtocol.dataReceived(chunks[0] if len(chunks) == 1
+                                              else b"".join(chunks))
+        if failed is not None:
+            self._fail(failed, "TLS error from {peer}: {reason}")
+        elif closed:
+            self.loseConnection()
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.connected = 0
+        self.disconnecting = True
+        failure, self._failure = self._failure, None
+        self.wrappedProtocol.connectionLost(failure if failure is not None else reason)
+
+    # -- handshake ------------------------------------------------------------------
+
+    def _handshake(self) -> bool:
+        """Go on with the handshake; True once it is complete."""
+        try:
+            self._ssl.do_handshake()
+        except _WantRead:
+            self._flush()
+            return False
+        except _SSLError as e:
+            self._flush()  # the alert
+            self._fail(e, "TLS handshake from {peer} failed: {reason}")
+            return False
+        self._handshaking = False
+        self._flush()
+        selected = self._ssl.selected_alpn_protocol()
+        if selected is not None:
+            self.negotiatedProtocol = selected.encode("ascii")
+        wrapped = self.wrappedProtocol
+        if IHandshakeListener.providedBy(wrapped):
+            wrapped.handshakeCompleted()
+        early, self._early = self._early, None
+        if early and self.connected and not self._closed:
+            self.write(b"".join(early))
+        if self.disconnecting and not self._closed and self.connected:
+            self._shutdown()
+        return self.connected and not self.disconnecting
+
+    def _fail(self, error: ssl.SSLError, fmt: str) -> None:
+        self._failure = Failure(error)
+        self.factory.log_failure(self.transport, fmt, error)
+        self.disconnecting = True
+        self.transport.abortConnection()
+
+    # -- to the TCP transport ---------------------------------------------------------
+
+    def _flush(self) -> None:
+        data = self._out.read()
+        if data:
+            self._send(data)
+
+    def _shutdown(self) -> None:
+        """Send close_notify (once); then nothing more can be written."""
+        self._closed = True
+        try:
+            self._ssl.shutdown()
+        except _SSLError:  # SSLWantReadError: the peer's close_notify is not awaited
+            pass
+        self._flush()
+
+    # -- ITransport (for the application protocol) ----------------------------------
+
+    def write(self, data) -> None:
+        if self._handshaking:
+            if self._early is None:
+                self._early = []
+            self._early.append(bytes(data))
+            return
+        if self._closed or not self.connected or not data:
+            return
+        try:
+            self._ssl.write(data)
+        except _SSLError as e:
+            self._fail(e, "TLS error writing to {peer}: {reason}")
+            return
+        self._send(self._out.read())
+
+    def writeSequence(self, data) -> None:
+        self.write(b"".join(data))
+
+    def loseConnection(self) -> None:
+        if self.disconnecting or not self.connected:
+            return
+        self.disconnecting = True
+        if not self._handshaking:
+            self._shutdown()
+        self.transport.loseConnection()
+
+    def abortConnection(self) -> None:
+        self.disconnecting = True
+        self.transport.abortConnection()
+
+    def getPeer(self):
+        return self.transport.getPeer()
+
+    def getHost(self):
+        return self.transport.getHost()
+
+    # ITCPTransport (TCP options: the TCP transport's)
+
+    def setTcpNoDelay(self, enabled) -> None:
+        self.transport.setTcpNoDelay(enabled)
+
+    def getTcpNoDelay(self):
+        return self.transport.getTcpNoDelay()
+
+    def setTcpKeepAlive(self, enabled) -> None:
+        self.transport.setTcpKeepAlive(enabled)
+
+    def getTcpKeepAlive(self):
+        return self.transport.getTcpKeepAlive()
+
+    def loseWriteConnection(self) -> None:
+        """Half-closing is not possible under TLS: closes (with close_notify)."""
+        self.loseConnection()
+
+    # IConsumer / IPushProducer: the TCP transport's (nothing is buffered here)
+
+    def registerProducer(self, producer, streaming) -> None:
+        self.transport.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        self.transport.unregisterProducer()
+
+    def pauseProducing(self) -> None:
+        self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self.transport.stopProducing()
+
+    # ISSLTransport
+
+    def getPeerCertificate(self) -> Optional[x509.Certificate]:
+        """The client's certificate (C{ssl:} listeners ask for none: None)."""
+        der = self._ssl.getpeercert(True) if not self._handshaking else None
+        return x509.load_der_x509_certificate(der) if der else None
+
+    def logPrefix(self) -> str:
+        wrapped = self.wrappedProtocol
+        prefix = getattr(wrapped, "logPrefix", None)
+        return (prefix() if prefix is not None else wrapped.__class__.__name__) + " (TLS)"
+
+
+class TLSServerFactory(Factory):
+    """
+    Wraps the application factory of an C{ssl:} listener: each connection
+    gets a L{TLSServerConnection} with the current C{context} (replace it to
+    serve new connections with other certificates; open ones keep theirs).
+    """
+
+    protocol = TLSServerConnection
+
+    def __init__(self, context: ssl.SSLContext, wrappedFactory, clock) -> None:
+        self.context = context
+        self.wrappedFactory = wrappedFactory
+        self.failures = RateLimitedLog(clock)
+
+    def logPrefix(self) -> str:
+        wrapped = self.wrappedFactory
+        prefix = getattr(wrapped, "logPrefix", None)
+        return (prefix() if prefix is not None else wrapped.__class__.__name__) + " (TLS)"
+
+    def doStart(self) -> None:
+        self.wrappedFactory.doStart()
+
+    def doStop(self) -> None:
+        self.wrappedFactory.doStop()
+
+    def buildProtocol(self, addr) -> Optional[TLSServerConnection]:
+        inner = self.wrappedFactory.buildProtocol(addr)
+        if inner is None:
+            return None
+        return self.protocol(self, inner)
+
+    def log_failure(self, transport, fmt: str, error: ssl.SSLError) -> None:
+        """A TLS error, logged at most once a minute per client address."""
+        try:
+            peer = transport.getPeer()
+            host = getattr(peer, "host", None) or str(peer)
+            port = getattr(peer, "port", "")
+        except Exception:
+            host, port = "?", ""
+        text = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        reason = getattr(error, "reason", None) or str(error) or error.__class__.__name__
+        self.failures.warn(host, fmt, peer=text, reason=reason)

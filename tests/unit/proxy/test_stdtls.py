@@ -1,0 +1,435 @@
+"""
+modcluster.proxy.stdtls in memory: a real handshake between the server layer
+(over a StringTransport standing for the TCP transport) and a client
+(stdlib SSLObject on memory BIOs, or pyOpenSSL), no reactor.
+"""
+
+from __future__ import annotations
+
+import ssl
+
+import pytest
+import trustme
+from OpenSSL import SSL
+from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import IHandshakeListener, ISSLTransport, ITCPTransport
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.logger import globalLogPublisher
+from zope.interface import implementer
+
+from modcluster.proxy.stdtls import (
+    TLSServerConnection,
+    TLSServerFactory,
+    UnsupportedOptions,
+    description_context,
+    server_context,
+)
+from modcluster.tls import peer_certificate
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    d = tmp_path_factory.mktemp("stdtls")
+    ca = trustme.CA()
+    server = ca.issue_cert("localhost", "127.0.0.1")
+    other = ca.issue_cert("other.example")
+    both = d / "server.pem"
+    server.private_key_and_cert_chain_pem.write_to_path(str(both))
+    other_both = d / "other.pem"
+    other.private_key_and_cert_chain_pem.write_to_path(str(other_both))
+    ca_path = d / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_path))
+    return {"ca": ca, "both": str(both), "other": str(other_both), "ca_path": str(ca_path)}
+
+
+@implementer(IHandshakeListener)
+class Recorder(Protocol):
+    def __init__(self):
+        self.chunks = []
+        self.handshakes = 0
+        self.lost = None
+
+    def dataReceived(self, data):
+        self.chunks.append(data)
+
+    def handshakeCompleted(self):
+        self.handshakes += 1
+
+    def connectionLost(self, reason=None):
+        self.lost = reason
+
+
+class Pair:
+    """The server layer on a StringTransport, a client SSLObject, and a pump."""
+
+    def __init__(self, factory, client_ctx, alpn=None, session=None, peer_port=40000):
+        self.tcp = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", peer_port))
+        self.conn = factory.buildProtocol(self.tcp.getPeer())
+        self.app = self.conn.wrappedProtocol
+        self.conn.makeConnection(self.tcp)
+        if alpn is not None:
+            client_ctx.set_alpn_protocols(alpn)
+        self.cin, self.cout = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.client = client_ctx.wrap_bio(self.cin, self.cout, server_hostname="localhost",
+                                          session=session)
+
+    def to_server(self, data=None):
+        data = self.cout.read() if data is None else data
+        if data:
+            self.conn.dataReceived(data)
+
+    def to_client(self):
+        data = self.tcp.value()
+        self.tcp.clear()
+        if data:
+            self.cin.write(data)
+        return data
+
+    def handshake(self):
+        for _ in range(10):
+            try:
+                self.client.do_handshake()
+                self.to_server()
+                self.to_client()
+                return
+            except ssl.SSLWantReadError:
+                pass
+            self.to_server()
+            self.to_client()
+        raise AssertionError("no handshake")
+
+    def client_reads(self):
+        self.to_client()
+        out = b""
+        while True:
+            try:
+                piece = self.client.read(65536)
+            except ssl.SSLWantReadError:
+                return out
+            if not piece:
+                return out
+            out += piece
+
+
+def factory_for(pki, protocols=(b"http/1.1",), clock=None, app=Recorder):
+    context = description_context(f"ssl:0:privateKey={pki['both']}", protocols)
+    return TLSServerFactory(context, Factory.forProtocol(app), clock or Clock())
+
+
+def client_context(pki, **kw):
+    ctx = ssl.create_default_context(cafile=pki["ca_path"])
+    for k, v in kw.items():
+        setattr(ctx, k, v)
+    return ctx
+
+
+def test_handshake_alpn_and_data_both_ways(pki):
+    pair = Pair(factory_for(pki, (b"h2", b"http/1.1")), client_context(pki),
+                alpn=["h2", "http/1.1"])
+    assert pair.app.transport is pair.conn
+    assert ITCPTransport.providedBy(pair.conn) and ISSLTransport.providedBy(pair.conn)
+    assert pair.app.handshakes == 0 and pair.conn.negotiatedProtocol is None
+    pair.handshake()
+    assert pair.app.handshakes == 1
+    assert pair.conn.negotiatedProtocol == b"h2"
+    assert pair.client.selected_alpn_protocol() == "h2"
+    pair.client.write(b"GET / HTTP/1.1\r\n\r\n")
+    pair.to_server()
+    assert pair.app.chunks == [b"GET / HTTP/1.1\r\n\r\n"]
+    # a write is encrypted and handed to the TCP transport at once
+    pair.tcp.clear()
+    pair.conn.write(b"HTTP/1.1 200 OK\r\n\r\n")
+    assert pair.tcp.value()
+    assert pair.client_reads() == b"HTTP/1.1 200 OK\r\n\r\n"
+    pair.conn.writeSequence([b"a", b"b", b""])
+    assert pair.client_reads() == b"ab"
+    assert pair.conn.getPeer() == pair.tcp.getPeer()
+    assert pair.conn.getHost() == pair.tcp.getHost()
+    assert peer_certificate(pair.conn) is None  # no client certificate asked for
+
+
+def test_alpn_offer_not_shared_goes_on_without_alpn(pki):
+    pair = Pair(factory_for(pki), client_context(pki), alpn=["h2"])
+    pair.handshake()
+    assert pair.conn.negotiatedProtocol is None and pair.app.handshakes == 1
+    pair2 = Pair(factory_for(pki), client_context(pki))  # no offer at all
+    pair2.handshake()
+    assert pair2.conn.negotiatedProtocol is None
+
+
+def test_several_records_reach_the_protocol_in_one_call(pki):
+    pair = Pair(factory_for(pki), client_context(pki))
+    pair.handshake()
+    for part in (b"one", b"two", b"three"):
+        pair.client.write(part)  # a record each
+    pair.to_server()
+    assert pair.app.chunks == [b"onetwothree"]
+    big = bytes(range(256)) * 300  # 76 800 bytes: five records
+    pair.client.write(big)
+    pair.to_server()
+    assert pair.app.chunks[1:] == [big]
+
+
+def test_records_split_anywhere_are_reassembled(pki):
+    pair = Pair(factory_for(pki), client_context(pki))
+    pair.handshake()
+    pair.client.write(b"hello ")
+    pair.client.write(b"world")
+    wire = pair.cout.read()
+    for i in range(len(wire)):
+        pair.to_server(wire[i:i + 1])
+    assert b"".join(pair.app.chunks) == b"hello world"
+
+
+def test_handshake_and_request_in_one_segment(pki):
+    """TLS 1.3: the client's Finished and its first request arrive together."""
+    pair = Pair(factory_for(pki), client_context(pki))
+    try:
+        pair.client.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    pair.to_server()  # ClientHello
+    pair.to_client()  # ServerHello ... Finished
+    pair.client.do_handshake()
+    pair.client.write(b"GET /first HTTP/1.1\r\n\r\n")
+    pair.to_server()  # Finished + request
+    assert pair.app.handshakes == 1
+    assert pair.app.chunks == [b"GET /first HTTP/1.1\r\n\r\n"]
+
+
+def test_writes_before_the_handshake_wait_for_it(pki):
+    pair = Pair(factory_for(pki), client_context(pki))
+    pair.conn.write(b"early ")
+    pair.conn.write(b"bird")
+    assert pair.tcp.value() == b""
+    pair.handshake()
+    assert pair.client_reads() == b"early bird"
+
+
+def test_lose_connection_sends_close_notify(pki):
+    pair = Pair(factory_for(pki), client_context(pki))
+    pair.handshake()
+    pair.conn.write(b"bye")
+    pair.conn.loseConnection()
+    assert pair.tcp.disconnecting
+    assert pair.client_reads() == b"bye"  # then b"": close_notify seen
+    assert pair.client.unwrap() is None  # both close_notify seen: the shutdown completes
+    pair.conn.write(b"dropped")  # after close_notify: nothing more is sent
+    assert pair.tcp.value() == b""
+
+
+def test_peer_close_notify_is_answered_and_closes(pki):
+    pair = Pair(factory_for(pki), client_context(pki))
+    pair.handshake()
+    pair.client.write(b"last request")
+    try:
+        pair.client.unwrap()
+    except ssl.SSLWantReadError:
+        pass
+    pair.to_server()
+    assert pair.app.chunks == [b"last request"]  # delivered before the close
+    assert pair.tcp.disconnecting
+    pair.to_client()
+    assert pair.client.unwrap() is None  # our close_notify arrived
+    reason = object()
+    pair.conn.connectionLost(reason)
+    assert pair.app.lost is reason  # told, with the TCP transport's reason
+
+
+def _log_events():
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    return events
+
+
+def test_bad_handshake_is_logged_rate_limited_and_aborted(pki):
+    clock = Clock()
+    factory = factory_for(pki, clock=clock)
+    events = _log_events()
+    try:
+        pairs = []
+        for port in (40001, 40002):
+            pair = Pair(factory, client_context(pki), peer_port=port)
+            pair.to_server(b"\x16\x03\x01\x00\x05hello")  # not a ClientHello
+            pairs.append(pair)
+        clock.advance(61)
+        pair = Pair(factory, client_context(pki), peer_port=40003)
+        pair.to_server(b"GET / HTTP/1.1\r\n\r\n")  # plain HTTP on the TLS port
+        pairs.append(pair)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    lines = [e for e in events if "TLS handshake" in e.get("log_format", "")]
+    assert len(lines) == 2  # the second client (same address) within a minute: not logged
+    assert lines[0]["peer"] == "127.0.0.1:40001" and lines[0]["reason"]
+    assert "1 more since the last such line" in lines[1]["log_format"].format(
+        **{k: v for k, v in lines[1].items() if not k.startswith("log_")} | {"suppressed": 1})
+    for pair in pairs:
+        assert pair.tcp.disconnecting or getattr(pair.tcp, "aborted", False)
+        pair.conn.connectionLost(None)
+        assert pair.app.handshakes == 0
+        assert pair.app.lost.check(ssl.SSLError)  # the TLS error, as Twisted's TLS passes it
+        assert pair.app.chunks == []
+
+
+def test_client_refusing_our_certificate(pki):
+    """A client that does not trust the certificate alerts: logged, aborted."""
+    factory = factory_for(pki)
+    pair = Pair(factory, ssl.create_default_context(cafile=None))  # system CAs only
+    with pytest.raises(ssl.SSLCertVerificationError):
+        pair.handshake()
+    pair.to_server()  # its alert
+    assert pair.tcp.disconnecting or getattr(pair.tcp, "aborted", False)
+
+
+def test_flow_control_is_the_tcp_transports(pki):
+    pair = Pair(factory_for(pki), client_context(pki))
+    pair.handshake()
+    producer = Recorder()
+    pair.conn.registerProducer(producer, True)
+    assert pair.tcp.producer is producer and pair.tcp.streaming
+    pair.conn.pauseProducing()
+    assert pair.tcp.producerState == "paused"
+    pair.conn.resumeProducing()
+    assert pair.tcp.producerState == "producing"
+    pair.conn.unregisterProducer()
+    assert pair.tcp.producer is None
+    pair.conn.abortConnection()
+    assert pair.conn.disconnecting
+
+
+def test_negotiating_protocol_may_replace_itself(pki):
+    """As proxy/h2.py's _Negotiator does: a new wrappedProtocol gets the data."""
+    chosen = Recorder()
+
+    @implementer(IHandshakeListener)
+    class Negotiator(Protocol):
+        def handshakeCompleted(self):
+            self.transport.wrappedProtocol = chosen
+            chosen.makeConnection(self.transport)
+
+    pair = Pair(factory_for(pki, (b"h2", b"http/1.1"), app=Negotiator), client_context(pki),
+                alpn=["http/1.1"])
+    pair.handshake()
+    pair.client.write(b"after")
+    pair.to_server()
+    assert chosen.chunks == [b"after"] and chosen.transport is pair.conn
+
+
+@pytest.mark.parametrize("version", ["TLSv1_2", "TLSv1_3"])
+def test_sessions_resume_with_tickets(pki, version):
+    factory = factory_for(pki)
+    ctx = client_context(pki, maximum_version=getattr(ssl.TLSVersion, version))
+    first = Pair(factory, ctx)
+    first.handshake()
+    first.client.write(b"x")  # TLS 1.3 tickets arrive after the handshake
+    first.to_server()
+    first.conn.write(b"y")
+    assert first.client_reads() == b"y"
+    session = first.client.session
+    assert session is not None and session.has_ticket
+    second = Pair(factory, ctx, session=session)
+    second.handshake()
+    assert second.client.session_reused
+    assert second.app.handshakes == 1
+
+
+def test_pyopenssl_client(pki):
+    """The other TLS stack as the client: handshake, ALPN, data both ways."""
+    factory = factory_for(pki, (b"h2", b"http/1.1"))
+    tcp = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40010))
+    conn = factory.buildProtocol(tcp.getPeer())
+    conn.makeConnection(tcp)
+    cctx = SSL.Context(SSL.TLS_METHOD)
+    cctx.load_verify_locations(pki["ca_path"])
+    cctx.set_verify(SSL.VERIFY_PEER, lambda *a: a[-1])
+    cctx.set_alpn_protos([b"http/1.1"])
+    client = SSL.Connection(cctx, None)
+    client.set_connect_state()
+    client.set_tlsext_host_name(b"localhost")
+    for _ in range(10):
+        try:
+            client.do_handshake()
+            break
+        except SSL.WantReadError:
+            pass
+        conn.dataReceived(client.bio_read(65536))
+        client.bio_write(tcp.value())
+        tcp.clear()
+    conn.dataReceived(client.bio_read(65536) if client.want_read() or True else b"")
+    assert conn.negotiatedProtocol == b"http/1.1"
+    assert client.get_alpn_proto_negotiated() == b"http/1.1"
+    client.send(b"ping")
+    conn.dataReceived(client.bio_read(65536))
+    assert b"".join(conn.wrappedProtocol.chunks) == b"ping"
+    conn.write(b"pong")
+    client.bio_write(tcp.value())
+    assert client.recv(100) == b"pong"
+
+
+def test_context_keeps_the_descriptions_policy(pki):
+    context = description_context(f"ssl:0:privateKey={pki['both']}", (b"http/1.1",))
+    assert context.minimum_version == ssl.TLSVersion.TLSv1_2  # Twisted's default minimum
+    assert context.options & ssl.OP_NO_COMPRESSION
+    assert context.options & ssl.OP_CIPHER_SERVER_PREFERENCE
+    assert context.options & ssl.OP_NO_RENEGOTIATION
+    assert not context.options & ssl.OP_NO_TICKET
+    from twisted.internet.ssl import CertificateOptions
+
+    names = {c["name"] for c in context.get_ciphers() if c["protocol"] != "TLSv1.3"}
+    expected = set(CertificateOptions()._cipherString.split(":"))
+    assert names and names <= expected
+
+
+def test_unsupported_options_are_refused(pki):
+    from twisted.internet.ssl import CertificateOptions
+
+    with pytest.raises(UnsupportedOptions):
+        server_context(CertificateOptions(), (b"http/1.1",))  # no certificate
+    with pytest.raises(OSError):
+        description_context("ssl:0:privateKey=/nonexistent.pem", (b"http/1.1",))
+
+
+def test_factory_is_transparent(pki):
+    class App(Factory):
+        started = stopped = 0
+        protocol = Recorder
+
+        def doStart(self):
+            self.started += 1
+
+        def doStop(self):
+            self.stopped += 1
+
+        def logPrefix(self):
+            return "App"
+
+    class Refusing(App):
+        def buildProtocol(self, addr):
+            return None
+
+    app = App()
+    factory = TLSServerFactory(description_context(f"ssl:0:privateKey={pki['both']}",
+                                                   (b"http/1.1",)), app, Clock())
+    factory.doStart()
+    factory.doStop()
+    assert (app.started, app.stopped) == (1, 1)
+    assert factory.logPrefix() == "App (TLS)"
+    assert isinstance(factory.buildProtocol(None), TLSServerConnection)
+    assert TLSServerFactory(factory.context, Refusing(), Clock()).buildProtocol(None) is None
+
+
+def test_context_swap_applies_to_new_connections(pki):
+    factory = factory_for(pki)
+    old = Pair(factory, client_context(pki))
+    old.handshake()
+    factory.context = description_context(f"ssl:0:privateKey={pki['other']}",
+                                          (b"http/1.1",))
+    new = Pair(factory, client_context(pki, check_hostname=False))
+    new.handshake()
+    names = [v for k, v in new.client.getpeercert()["subjectAltName"]]
+    assert names == ["other.example"]
+    old.client.write(b"still")  # the open connection keeps its certificate and works
+    old.to_server()
+    assert old.app.chunks == [b"still"]
