@@ -1049,6 +1049,9 @@ class Env:
         #: the same with proxy.workers = args.workers (None when --workers 1)
         self.txmcw: Txmc | None = None
         self.txmcw_unavailable: str | None = None
+        #: with --tls-twisted: an instance with proxy.tls_engine = "twisted"
+        self.txmct: Txmc | None = None
+        self.txmct_unavailable: str | None = None
 
     def start(self) -> None:
         for n in self.nginx:
@@ -1075,6 +1078,11 @@ class Env:
                               cert=self.cert)
             self.txmcw_unavailable = self._start_registered(
                 self.txmcw, f"txmodcluster workers={self.args.workers}")
+
+        if getattr(self.args, "tls_twisted", False) and "tls" in self.args.only:
+            self.txmct = Txmc(self.tmp, "txmc-twisted-tls", proxy={"tls_engine": "twisted"},
+                              cert=self.cert)
+            self.txmct_unavailable = self._start_registered(self.txmct, TWISTED_TLS_NAME)
 
     def _start_registered(self, txmc: Txmc, label: str) -> str | None:
         """Start C{txmc}, register both nginx over MCMP; None or why not."""
@@ -1138,6 +1146,13 @@ class Env:
                    backend_pids=self.nginx_pids, unavailable=self.txmc_proxy_reason(),
                    health=lambda: tx.died(), tls=True),
         ]
+        txt = self.txmct
+        if txt is not None:
+            out.append(Target(TWISTED_TLS_NAME, txt.sport, proxy_pid=lambda: txt.pid,
+                              backend_pids=self.nginx_pids,
+                              unavailable=self.txmct_unavailable or txt.died()
+                              or txt.proxy_unavailable,
+                              health=lambda: txt.died(), tls=True))
         if txw is not None:
             out.append(Target(self.workers_name + " ssl:", txw.sport, proxy_pid=lambda: txw.pid,
                               backend_pids=self.nginx_pids,
@@ -1202,6 +1217,9 @@ def bench_http(env: Env) -> dict:
     print_matrix("HTTP nodes: two nginx behind each proxy", res, env.args)
     return res
 
+
+#: the row of --tls-twisted: the same proxy with proxy.tls_engine = "twisted"
+TWISTED_TLS_NAME = "txmodcluster ssl: twisted engine"
 
 #: parallel `openssl s_time` clients for the new-TLS-connection rows
 S_TIME_CLIENTS = 4
@@ -2284,6 +2302,9 @@ def parse_args(argv=None):
     p.add_argument("--rounds", type=int, help="alternating rounds per scenario "
                                               "(default 2, quick 1)")
     p.add_argument("--connections", type=int, default=50, help="wrk connections (50)")
+    p.add_argument("--tls-twisted", action="store_true",
+                   help="tls: also measure an instance with proxy.tls_engine = \"twisted\" "
+                        "(the TLS engine before the stdlib one)")
     p.add_argument("--workers", type=int, default=2,
                    help="also measure txmodcluster with proxy.workers = N (default 2; "
                         "1 = single process only)")

@@ -131,6 +131,9 @@ class BalancerService(MultiService):
         self.stop_accepting: list[Callable[[], Any]] = []
         self.after_drain: list[Callable[[], Any]] = []
         self._live: list[tuple[tuple[str, ...], Callable[[Config], None]]] = []
+        #: C{apply(new_config)} run on every reload, changed keys or not (files
+        #: named by unchanged keys may have changed: certificates)
+        self.every_reload: list[Callable[[Config], None]] = []
         self._reopen: list[Callable[[], None]] = []
         self._previous_handlers: dict[int, Any] = {}
         self._log_predicate: Optional[LogLevelFilterPredicate] = None
@@ -174,7 +177,7 @@ class BalancerService(MultiService):
         restart = [key for key in changed_keys(self.started_config, new)
                    if not self._hooks_for(key)]
         failed = []
-        for hook in hooks:
+        for hook in hooks + self.every_reload:
             try:
                 hook(new)
             except Exception:

@@ -400,6 +400,14 @@ def _live_settings(top, registry, console, proxy) -> None:
                 console._config, **{k: getattr(new.console, k) for k in CONSOLE_LIVE})
 
         top.on_reload([f"console.{k}" for k in CONSOLE_LIVE], console_settings)
+    p = top.config.proxy
+    if p.tls_engine == "stdlib" and any(
+            d.split(":", 1)[0].strip().lower() == "ssl" for d in p.listen):
+        # a reload re-reads the certificate files of the ssl: proxy listeners
+        reload_tls = getattr(proxy, "reload_certificates", None)  # worker processes
+        if reload_tls is None:
+            from modcluster.proxy.stdtls import reload_certificates as reload_tls
+        top.every_reload.append(lambda new: reload_tls())
     factory = getattr(proxy, "factory", None)
     if factory is not None:  # one process; worker processes keep theirs until a restart
         def proxy_settings(new: Config) -> None:

@@ -482,18 +482,20 @@ class _ALPNReactor:
     then delegates; everything else is the real reactor's.
     """
 
-    def __init__(self, reactor, protocols: tuple[bytes, ...], engine: str = "twisted") -> None:
+    def __init__(self, reactor, protocols: tuple[bytes, ...], engine: str = "twisted",
+                 description: Optional[str] = None) -> None:
         self._reactor = reactor
         self._protocols = protocols
         self._engine = engine
+        self._description = description
 
     def listenSSL(self, port, factory, contextFactory, backlog=50, interface=""):
         if self._engine == "stdlib":
             # TLS on the stdlib ssl module over a plain TCP port (the proxy's listeners)
-            from modcluster.proxy.stdtls import TLSServerFactory, server_context
+            from modcluster.proxy.stdtls import listener_factory
 
-            tls = TLSServerFactory(server_context(contextFactory, self._protocols), factory,
-                                   self._reactor)
+            tls = listener_factory(contextFactory, self._protocols, factory, self._reactor,
+                                   self._description)
             return self._reactor.listenTCP(port, tls, backlog, interface)
         resume_sessions(contextFactory)  # before the context is built
         answer_alpn(contextFactory, self._protocols)
@@ -515,7 +517,7 @@ def server_endpoint(reactor, description: str,
     """
     protocols = tuple(protocols)
     if description.split(":", 1)[0].strip().lower() == "ssl":
-        return endpoints.serverFromString(_ALPNReactor(reactor, protocols, engine),
+        return endpoints.serverFromString(_ALPNReactor(reactor, protocols, engine, description),
                                           description)
     return endpoints.serverFromString(reactor, description)
 

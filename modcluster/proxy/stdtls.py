@@ -41,8 +41,10 @@ Details: docs/tls.md, "The proxy's TLS engine".
 
 from __future__ import annotations
 
+import hashlib
 import os
 import ssl
+import weakref
 from typing import Iterable, Optional
 
 from cryptography import x509
@@ -55,14 +57,18 @@ from twisted.internet.interfaces import (
     ITCPTransport,
 )
 from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from modcluster.access import RateLimitedLog
 from modcluster.proxy._transport import direct_writer
 
+log = Logger(namespace="modcluster.proxy.stdtls")
+
 __all__ = ["TLSServerConnection", "TLSServerFactory", "UnsupportedOptions",
-           "description_context", "server_context"]
+           "description_context", "listener_factory", "reload_certificates",
+           "server_context"]
 
 #: The largest plaintext of one TLS record: one C{read} returns one record.
 RECORD = 16384
@@ -97,6 +103,11 @@ def _pem_fd(data: bytes) -> int:
 
 
 def server_context(options, protocols: Iterable[bytes]) -> ssl.SSLContext:
+    """See L{_server_context}; the context alone."""
+    return _server_context(options, protocols)[0]
+
+
+def _server_context(options, protocols: Iterable[bytes]) -> tuple[ssl.SSLContext, bytes]:
     """
     An C{ssl.SSLContext} (server side) equivalent to the C{CertificateOptions}
     C{options} built by Twisted's C{ssl:} description parser, answering ALPN
@@ -139,6 +150,7 @@ def server_context(options, protocols: Iterable[bytes]) -> ssl.SSLContext:
     key_pem = key.to_cryptography_key().private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption())
+    digest = hashlib.sha256(chain + key_pem).digest()
     cert_fd, key_fd = _pem_fd(chain), _pem_fd(key_pem)
     try:
         ctx.load_cert_chain(f"/proc/self/fd/{cert_fd}", f"/proc/self/fd/{key_fd}")
@@ -146,7 +158,7 @@ def server_context(options, protocols: Iterable[bytes]) -> ssl.SSLContext:
         os.close(cert_fd)
         os.close(key_fd)
     ctx.set_alpn_protocols([p.decode("ascii") for p in protocols])
-    return ctx
+    return ctx, digest
 
 
 class _OptionsRecorder:
@@ -166,6 +178,17 @@ def description_context(description: str, protocols: Iterable[bytes]) -> ssl.SSL
         certificate or key), or L{UnsupportedOptions}.
     @raise OSError: a certificate or key file cannot be read.
     """
+    return server_context(_description_options(description), protocols)
+
+
+def _description_options(description: str):
+    """
+    The C{CertificateOptions} Twisted's parser builds for an C{ssl:} description.
+
+    @raise ValueError: from Twisted's parser (bad description, invalid
+        certificate or key), or L{UnsupportedOptions}.
+    @raise OSError: a certificate or key file cannot be read.
+    """
     from twisted.internet.endpoints import serverFromString
 
     recorder = _OptionsRecorder()
@@ -175,7 +198,7 @@ def description_context(description: str, protocols: Iterable[bytes]) -> ssl.SSL
         failures[0].raiseException()
     if recorder.options is None:
         raise ValueError(f"{description!r} is not an ssl: description")
-    return server_context(recorder.options, protocols)
+    return recorder.options
 
 
 @implementer(ITCPTransport, ISSLTransport, INegotiated)
@@ -387,19 +410,55 @@ class TLSServerConnection(Protocol):
         return (prefix() if prefix is not None else wrapped.__class__.__name__) + " (TLS)"
 
 
+#: the listeners made by L{listener_factory}, for L{reload_certificates}
+_listeners: "weakref.WeakSet[TLSServerFactory]" = weakref.WeakSet()
+
+
 class TLSServerFactory(Factory):
     """
     Wraps the application factory of an C{ssl:} listener: each connection
     gets a L{TLSServerConnection} with the current C{context} (replace it to
     serve new connections with other certificates; open ones keep theirs).
+
+    @ivar description: the C{ssl:} description the context was built from
+        (None: not reloadable), with C{protocols} the ALPN protocols.
     """
 
     protocol = TLSServerConnection
+    description: Optional[str] = None
+    protocols: tuple[bytes, ...] = ()
+    _digest = b""
 
     def __init__(self, context: ssl.SSLContext, wrappedFactory, clock) -> None:
         self.context = context
         self.wrappedFactory = wrappedFactory
         self.failures = RateLimitedLog(clock)
+
+    def reload(self) -> bool:
+        """
+        Re-read the certificate, chain and key files of C{description}; when
+        they changed, new connections use them (a new context: tickets issued
+        before are then not accepted, those clients get a full handshake).
+        Errors are logged and keep the current certificate.  True when swapped.
+        """
+        if self.description is None:
+            return False
+        try:
+            options = _description_options(self.description)
+            context, digest = _server_context(options, self.protocols)
+        except Exception as e:  # a bad file must not stop the reload or the listener
+            log.error("proxy TLS listener {listener}: certificate not reloaded, the current "
+                      "one stays: {error}", listener=self.description, error=e)
+            return False
+        if digest == self._digest:
+            return False
+        self.context, self._digest = context, digest
+        from modcluster.tls import describe_certificate
+
+        log.info("proxy TLS listener {listener}: new connections use {certificate}",
+                 listener=self.description,
+                 certificate=describe_certificate(options.certificate.to_cryptography()))
+        return True
 
     def logPrefix(self) -> str:
         wrapped = self.wrappedFactory
@@ -429,3 +488,24 @@ class TLSServerFactory(Factory):
         text = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         reason = getattr(error, "reason", None) or str(error) or error.__class__.__name__
         self.failures.warn(host, fmt, peer=text, reason=reason)
+
+
+def listener_factory(options, protocols: Iterable[bytes], wrapped, clock,
+                     description: Optional[str] = None) -> TLSServerFactory:
+    """
+    The factory to listen with on a plain TCP port for an C{ssl:} listener
+    whose description gave C{options} (a C{CertificateOptions}); with
+    C{description}, L{reload_certificates} re-reads its files.
+    """
+    protocols = tuple(protocols)
+    context, digest = _server_context(options, protocols)
+    factory = TLSServerFactory(context, wrapped, clock)
+    if description is not None:
+        factory.description, factory.protocols, factory._digest = description, protocols, digest
+        _listeners.add(factory)
+    return factory
+
+
+def reload_certificates() -> int:
+    """L{TLSServerFactory.reload} for every listener of this process; how many changed."""
+    return sum(1 for factory in list(_listeners) if factory.reload())

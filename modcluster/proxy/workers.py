@@ -215,10 +215,12 @@ class _Adopter:
     C{ssl:}, as C{listenSSL} would).
     """
 
-    def __init__(self, reactor, fd: int, family: int) -> None:
+    def __init__(self, reactor, fd: int, family: int, description: Optional[str] = None,
+                 ) -> None:
         self._reactor = reactor
         self._fd = fd
         self._family = family
+        self._description = description  # (certificates re-read on reload)
 
     def listenTCP(self, port, factory, backlog=50, interface=""):
         return self._reactor.adoptStreamPort(self._fd, self._family, factory)
@@ -232,12 +234,12 @@ class _Adopter:
         if getattr(config, "tls_engine", "twisted") == "stdlib":
             from modcluster.tls import SERVER_ALPN_PROTOCOLS
 
-            from modcluster.proxy.stdtls import TLSServerFactory, server_context
+            from modcluster.proxy.stdtls import listener_factory
 
             protocols = (alpn_protocols(config) if isinstance(factory, NegotiatingFactory)
                          else SERVER_ALPN_PROTOCOLS)
-            tls = TLSServerFactory(server_context(contextFactory, protocols), factory,
-                                   self._reactor)
+            tls = listener_factory(contextFactory, protocols, factory, self._reactor,
+                                   self._description)
             return self._reactor.adoptStreamPort(self._fd, self._family, tls)
         resume_sessions(contextFactory)  # session tickets: before the context is built
 
@@ -655,6 +657,12 @@ class WorkerPool(Service):
                 totals[key] += plane[key]
         return totals
 
+    def reload_certificates(self) -> None:
+        """Tell every worker to re-read the certificates of its C{ssl:} listeners."""
+        payload = frame(pickle.dumps(("tls",)))
+        for worker in self.workers.values():
+            worker.send(payload)
+
     def reopen_logs(self) -> None:
         """Tell every worker to reopen its access log file (SIGUSR1)."""
         payload = frame(pickle.dumps(("reopen",)))
@@ -756,6 +764,10 @@ class WorkerService(Service):
             self.send(["pong"])
         elif kind == "reconfigure":
             self.factory.reconfigure(message[1])
+        elif kind == "tls":  # reload: re-read the certificates of the ssl: listeners
+            from modcluster.proxy.stdtls import reload_certificates
+
+            reload_certificates()
         elif kind == "reopen":
             observer = getattr(self.factory, "observer", None)
             if observer is not None and observer.access_log is not None:
@@ -774,7 +786,8 @@ class WorkerService(Service):
                 from modcluster.proxy.alpn import listener_factory
 
                 factory = listener_factory(factory, description)
-            self.ports.append(serverFromString(_Adopter(self.reactor, fd, family), description)
+            self.ports.append(serverFromString(_Adopter(self.reactor, fd, family, description),
+                                               description)
                               .listen(factory))
             os.close(fd)  # adoptStreamPort took its own copy
         self._report.start(REPORT_INTERVAL, now=False)

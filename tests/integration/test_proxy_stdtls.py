@@ -1,0 +1,436 @@
+"""
+The stdlib TLS engine (modcluster/proxy/stdtls.py) of the proxy's ssl:
+listeners over real sockets on 127.0.0.1, in front of in-process HTTP/1.1
+nodes (test_proxy_http's Stack): Python ssl and curl (default ALPN offer),
+HTTP/2 by ALPN, keep-alive, close_notify, session resumption with tickets,
+a client that stops reading (bounded buffering), a failed handshake, and the
+listener built by tls.server_endpoint as tap.py builds it.  Every wait is
+bounded.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import ssl as pyssl
+import subprocess
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, task, threads
+from twisted.logger import globalLogPublisher
+
+from modcluster.proxy.h2 import ALPN_PROTOCOLS, NegotiatingFactory
+from modcluster.proxy.stdtls import TLSServerConnection, TLSServerFactory
+from modcluster.tls import server_endpoint
+
+from tests.integration.test_proxy_http2 import Client as H2Client
+from tests.integration.test_proxy_http import Stack
+
+trustme = pytest.importorskip("trustme")
+CURL = shutil.which("curl")
+OPENSSL = shutil.which("openssl")
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    ca = trustme.CA()
+    d = tmp_path_factory.mktemp("stdtls")
+    ca.cert_pem.write_to_path(str(d / "ca.pem"))
+    pem = d / "server.pem"
+    ca.issue_cert("localhost", "127.0.0.1").private_key_and_cert_chain_pem.write_to_path(
+        str(pem))
+    return {"ca": str(d / "ca.pem"), "pem": str(pem)}
+
+
+async def _until(predicate, timeout: float = 20.0) -> None:
+    from twisted.internet import reactor
+
+    for _ in range(int(timeout / 0.02)):
+        if predicate():
+            return
+        await task.deferLater(reactor, 0.02, lambda: None)
+    raise AssertionError("timed out")
+
+
+async def with_listener(pki, fn, **stack_args):
+    """Run C{fn(stack, port, pki)} with a Stack and an ssl: listener (stdlib engine,
+    h2 offered) built by tls.server_endpoint as tap.py builds it."""
+    stack = Stack(**stack_args)
+    endpoint = server_endpoint(stack.reactor,
+                               f"ssl:0:interface=127.0.0.1:privateKey={pki['pem']}",
+                               ALPN_PROTOCOLS, "stdlib")
+    port = await endpoint.listen(NegotiatingFactory(stack.factory))
+    assert isinstance(port.factory, TLSServerFactory)
+    try:
+        d = defer.ensureDeferred(fn(stack, port.getHost().port, pki))
+        d.addTimeout(60, stack.reactor)
+        await d
+    finally:
+        await port.stopListening()
+        await stack.stop()
+
+
+def tls_test(fn):
+    @pytest_twisted.ensureDeferred
+    async def run(pki):
+        await with_listener(pki, fn)
+
+    run.__name__ = fn.__name__
+    run.__doc__ = fn.__doc__
+    return run
+
+
+def _context(pki, alpn=("http/1.1",), **kw):
+    ctx = pyssl.create_default_context(cafile=pki["ca"])
+    if alpn:
+        ctx.set_alpn_protocols(list(alpn))
+    for k, v in kw.items():
+        setattr(ctx, k, v)
+    return ctx
+
+
+def _read_response(s, buf=b""):
+    """One HTTP/1.1 response with Content-Length from TLS socket C{s}: (head, body, rest)."""
+    while b"\r\n\r\n" not in buf:
+        chunk = s.recv(65536)
+        if not chunk:
+            raise EOFError(buf)
+        buf += chunk
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    body = bytearray(rest)
+    while len(body) < length:
+        chunk = s.recv(1 << 20)
+        if not chunk:
+            raise EOFError(len(body))
+        body += chunk
+    return head, bytes(body[:length]), bytes(body[length:])
+
+
+def _keep_alive(port, pki, count, session=None, context=None):
+    """Blocking: C{count} requests on one connection; (heads, bodies, ALPN, reused, session)."""
+    ctx = context or _context(pki)
+    heads, bodies = [], []
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as raw:
+        with ctx.wrap_socket(raw, server_hostname="localhost", session=session) as s:
+            rest = b""
+            for i in range(count):
+                s.sendall(b"GET /app/echo?i=%d HTTP/1.1\r\nHost: localhost\r\n"
+                          b"Cookie: JSESSIONID=x\r\n\r\n" % i)
+                head, body, rest = _read_response(s, rest)
+                heads.append(head)
+                bodies.append(body)
+            return heads, bodies, s.selected_alpn_protocol(), s.session_reused, s.session
+
+
+@tls_test
+async def test_keep_alive_requests_over_python_ssl(stack, port, pki):
+    """Many requests on one connection; the node sees them as https."""
+    stack.serve("nA")
+    heads, bodies, alpn, _, _ = await threads.deferToThread(_keep_alive, port, pki, 50)
+    assert alpn == "http/1.1"
+    assert all(h.startswith(b"HTTP/1.1 200") for h in heads)
+    assert [b.split(b"\n")[1] for b in bodies] == [b"GET /app/echo?i=%d" % i
+                                                   for i in range(50)]
+    assert b"X-Forwarded-Proto: https" in bodies[0].split(b"\n")
+    clients = [c for c in stack.factory._clients]
+    assert all(isinstance(c.transport, TLSServerConnection) for c in clients)
+    await _until(lambda: stack.in_flight() == 0)
+
+
+def _close_notify(port, pki):
+    """Blocking: a Connection: close request; the server's close_notify ends the stream."""
+    ctx = _context(pki)
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as raw:
+        s = ctx.wrap_socket(raw, server_hostname="localhost")
+        s.sendall(b"GET /app/echo HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        data = b""
+        while True:
+            chunk = s.recv(65536)  # b"" on close_notify (a TCP close without it: error)
+            if not chunk:
+                break
+            data += chunk
+        s.unwrap()  # our close_notify answers theirs: both sides shut down cleanly
+        return data
+
+
+@tls_test
+async def test_connection_close_ends_with_close_notify(stack, port, pki):
+    stack.serve("nA")
+    data = await threads.deferToThread(_close_notify, port, pki)
+    assert data.startswith(b"HTTP/1.1 200")
+
+
+def _curl(port, pki, *extra):
+    out = subprocess.run([CURL, "-sS", "-o", "/dev/null", "-w", "%{http_version} %{http_code}",
+                          "--max-time", "10", "--cacert", pki["ca"], *extra,
+                          f"https://localhost:{port}/app/echo",
+                          "--resolve", f"localhost:{port}:127.0.0.1"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+@pytest.mark.skipif(CURL is None, reason="curl is not installed")
+@tls_test
+async def test_curl_defaults_get_http2_and_http11_on_request(stack, port, pki):
+    """curl offers h2 and http/1.1 by ALPN: the negotiating factory switches on it."""
+    stack.serve("nA")
+    assert await threads.deferToThread(_curl, port, pki) == "2 200"
+    assert await threads.deferToThread(_curl, port, pki, "--http1.1") == "1.1 200"
+
+
+@tls_test
+async def test_h2_client(stack, port, pki):
+    stack.serve("nA")
+
+    def run():
+        c = H2Client(port, pki["ca"])
+        try:
+            return [c.get(f"/app/echo?i={i}") for i in range(5)]
+        finally:
+            c.close()
+
+    for st in await threads.deferToThread(run):
+        assert st["headers"][b":status"] == b"200"
+        assert b"X-Forwarded-Proto: https" in bytes(st["body"]).split(b"\n")
+
+
+@pytest.mark.parametrize("version", ["TLSv1_2", "TLSv1_3"])
+@pytest_twisted.ensureDeferred
+async def test_sessions_resume_with_tickets(pki, version):
+    async def check(stack, port, pki):
+        stack.serve("nA")
+        ctx = _context(pki, maximum_version=getattr(pyssl.TLSVersion, version))
+        _, _, _, reused, session = await threads.deferToThread(
+            _keep_alive, port, pki, 1, context=ctx)
+        assert not reused and session is not None and session.has_ticket
+        _, bodies, _, reused, _ = await threads.deferToThread(
+            _keep_alive, port, pki, 1, session=session, context=ctx)
+        assert reused and bodies[0].startswith(b"nA")
+
+    await with_listener(pki, check)
+
+
+def _s_time_reuse(port):
+    out = subprocess.run([OPENSSL, "s_time", "-connect", f"127.0.0.1:{port}", "-reuse",
+                          "-tls1_2", "-time", "1"], capture_output=True, text=True, timeout=60)
+    return out.stdout.split("session id reuse", 1)[-1]
+
+
+@pytest.mark.skipif(OPENSSL is None, reason="openssl is not installed")
+@tls_test
+async def test_openssl_s_time_reuse_resumes(stack, port, pki):
+    """As bench/run.py measures it: s_time marks resumed connections with 'r'."""
+    reuse = await threads.deferToThread(_s_time_reuse, port)
+    assert reuse.count("r") > 5 and "*" not in reuse.replace("* ", ""), reuse[:300]
+
+
+@tls_test
+async def test_client_that_stops_reading_keeps_buffering_bounded(stack, port, pki):
+    """
+    A 48 MiB download to a client that does not read: the TLS layer buffers
+    nothing, the TCP transport's buffer pauses the node connection; once the
+    client reads, every byte arrives.
+    """
+    server = stack.serve("nA")
+    protos = []
+    build = server.buildProtocol
+
+    def recording(addr):
+        p = build(addr)
+        protos.append(p)
+        return p
+
+    server.buildProtocol = recording
+    size = 48 * 1024 * 1024
+    ctx = _context(pki)
+
+    def start():
+        raw = socket.create_connection(("127.0.0.1", port), timeout=30)
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        s = ctx.wrap_socket(raw, server_hostname="localhost")
+        s.sendall(b"GET /app/download?bytes=%d HTTP/1.1\r\nHost: localhost\r\n\r\n" % size)
+        return s
+
+    s = await threads.deferToThread(start)
+    try:
+        await _until(lambda: protos and protos[0].streaming is not None
+                     and protos[0].streaming.paused)
+        (client,) = list(stack.factory._clients)
+        tcp = client.transport.transport
+        buffered = len(tcp.dataBuffer) + tcp._tempDataLen + sum(map(len, tcp._tempDataBuffer))
+        assert buffered < 2 * 1024 * 1024
+        sent = size - protos[0].streaming.left
+        assert sent < size // 2  # the node was stopped well before the end
+
+        def drain():
+            head, body, _ = _read_response(s)
+            return head, len(body)
+
+        head, got = await threads.deferToThread(drain)
+        assert head.startswith(b"HTTP/1.1 200") and got == size
+    finally:
+        s.close()
+
+
+@tls_test
+async def test_failed_handshake_is_logged_and_the_next_client_served(stack, port, pki):
+    stack.serve("nA")
+    events = []
+    globalLogPublisher.addObserver(events.append)
+
+    def plain_http():
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            try:
+                return s.recv(100)  # an alert, then the close
+            except ConnectionResetError:
+                return b""
+
+    try:
+        await threads.deferToThread(plain_http)
+        await _until(lambda: any("TLS handshake from" in e.get("log_format", "")
+                                 for e in events))
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    (line,) = [e for e in events if "TLS handshake from" in e.get("log_format", "")]
+    assert line["peer"].startswith("127.0.0.1:") and line["reason"]
+    heads, _, _, _, _ = await threads.deferToThread(_keep_alive, port, pki, 1)
+    assert heads[0].startswith(b"HTTP/1.1 200")
+
+
+# -- as deployed: tap.build, reload, the fallback engine ---------------------------------
+
+
+def _port_factories(service) -> list:
+    """The factories of the listening ports under C{service} (started)."""
+    found = []
+
+    def walk(s):
+        for child in getattr(s, "services", ()):
+            waiting = getattr(child, "_waitingForPort", None)
+            if waiting is not None:
+                waiting.addCallback(lambda p: found.append(p.factory) or p)
+            walk(child)
+
+    walk(service)
+    return found
+
+
+def _served_names(port, pki, hold=None):
+    """Blocking: the SAN DNS names of the certificate served, and the status line."""
+    ctx = _context(pki, check_hostname=False)
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as raw:
+        with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+            names = [v for k, v in s.getpeercert()["subjectAltName"] if k == "DNS"]
+            s.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            head, _, _ = _read_response(s)
+            return names, head.split(b"\r\n", 1)[0]
+
+
+def _config(pki_pem, engine="stdlib"):
+    from modcluster.config import parse_config
+
+    from tests.support.tomcat import free_loopback_ports
+
+    mport, pport = free_loopback_ports(2)
+    return pport, parse_config(f"""
+[manager]
+listen = ["tcp:{mport}:interface=127.0.0.1"]
+[console]
+listen = []
+[proxy]
+listen = ["ssl:{pport}:interface=127.0.0.1:privateKey={pki_pem}"]
+tls_engine = "{engine}"
+""")
+
+
+@pytest.fixture
+def certs(tmp_path):
+    ca = trustme.CA()
+    (tmp_path / "ca.pem").write_bytes(ca.cert_pem.bytes())
+    first = ca.issue_cert("localhost", "first.example").private_key_and_cert_chain_pem.bytes()
+    second = ca.issue_cert("localhost", "second.example").private_key_and_cert_chain_pem.bytes()
+    pem = tmp_path / "server.pem"
+    pem.write_bytes(first)
+    return {"ca": str(tmp_path / "ca.pem"), "pem": str(pem), "second": second}
+
+
+@pytest_twisted.ensureDeferred
+async def test_reload_swaps_the_certificate_for_new_connections(certs):
+    """
+    SIGHUP's reload re-reads the certificate files of the ssl: proxy listeners:
+    new connections get the new certificate, an open one goes on with its own;
+    a broken file keeps the current certificate (an error line).
+    """
+    from twisted.internet import reactor
+
+    from modcluster.tap import build
+
+    port, config = _config(certs["pem"])
+    service = build(config, reactor)
+    service.startService()
+    try:
+        assert any(isinstance(f, TLSServerFactory) for f in _port_factories(service))
+        names, status = await threads.deferToThread(_served_names, port, certs)
+        assert "first.example" in names and status.startswith(b"HTTP/1.1 404")
+
+        ctx = _context(certs)
+        held = await threads.deferToThread(
+            lambda: ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=20),
+                                    server_hostname="localhost"))
+        try:
+            with open(certs["pem"], "wb") as f:
+                f.write(certs["second"])
+            service.apply_config(config)  # what reload() does once the file is parsed
+            names, _ = await threads.deferToThread(_served_names, port, certs)
+            assert "second.example" in names
+
+            def old_connection():
+                held.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                return _read_response(held)[0]
+
+            assert (await threads.deferToThread(old_connection)).startswith(b"HTTP/1.1 404")
+        finally:
+            held.close()
+
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        try:
+            with open(certs["pem"], "wb") as f:
+                f.write(b"not a certificate")
+            service.apply_config(config)
+        finally:
+            globalLogPublisher.removeObserver(events.append)
+        assert any("certificate not reloaded" in e.get("log_format", "") for e in events)
+        names, _ = await threads.deferToThread(_served_names, port, certs)
+        assert "second.example" in names
+    finally:
+        await service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_twisted_engine_is_still_selectable(certs):
+    """proxy.tls_engine = "twisted": Twisted's TLS on the same description."""
+    from twisted.internet import reactor
+    from twisted.protocols.tls import TLSMemoryBIOFactory
+
+    from modcluster.tap import build
+
+    port, config = _config(certs["pem"], "twisted")
+    service = build(config, reactor)
+    service.startService()
+    try:
+        factories = _port_factories(service)
+        assert any(isinstance(f, TLSMemoryBIOFactory) for f in factories)
+        assert not any(isinstance(f, TLSServerFactory) for f in factories)
+        names, status = await threads.deferToThread(_served_names, port, certs)
+        assert "first.example" in names and status.startswith(b"HTTP/1.1 404")
+    finally:
+        await service.stopService()
