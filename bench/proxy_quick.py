@@ -4,6 +4,7 @@ Quick data-plane benchmark (not a test; the full suite is bench/run.py).
 
     .venv/bin/python bench/proxy_quick.py [--seconds 5] [--rounds 2] [--size 100]
     .venv/bin/python bench/proxy_quick.py --serve PORT BACKEND_PORT...   # proxy only
+    PROXY_TLS=server.pem [PROXY_TLS_ENGINE=twisted] ... --serve ...      # on ssl:PORT
 
 Starts, on free 127.0.0.1 ports: one nginx with two static servers (the nodes),
 httpd 2.4 with mod_proxy_balancer over them (keepalive), and the txmodcluster
@@ -97,7 +98,15 @@ def serve(port: int, backends: list[int]) -> None:
         reg.apply_status(route, 100, True)
     factory = ProxyFactory(reactor, ProxyConfig(), lambda: reg.table, reg.set_error,
                            lambda route: None)
-    reactor.listenTCP(port, factory, interface=LOOPBACK, backlog=1024)
+    pem = os.environ.get("PROXY_TLS")  # a PEM (key + certificate): an ssl: listener
+    if pem:
+        from modcluster.tls import server_endpoint
+
+        engine = os.environ.get("PROXY_TLS_ENGINE", "stdlib")
+        server_endpoint(reactor, f"ssl:{port}:interface={LOOPBACK}:backlog=1024:"
+                        f"privateKey={pem}", engine=engine).listen(factory)
+    else:
+        reactor.listenTCP(port, factory, interface=LOOPBACK, backlog=1024)
     if os.environ.get("PROXY_FASTLOOP", "1") == "1":
         from modcluster.proxy import fastloop
 

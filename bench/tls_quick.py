@@ -4,7 +4,7 @@ In-memory comparison of the proxy's two TLS engines (proxy.tls_engine): the
 server side of one keep-alive HTTPS connection, a 100 B response per request,
 no sockets and no reactor.
 
-  .venv/bin/python bench/tls_quick.py [--requests N] [--rounds R]
+  .venv/bin/python bench/tls_quick.py [--requests N] [--rounds R] [--handshakes N]
 
 The client is a stdlib SSLObject on memory BIOs (the same for both engines);
 only the server side is timed: C{dataReceived} of the TLS layer (decrypt, hand
@@ -104,13 +104,71 @@ def run(factory, clock, client_ctx, requests):
     return spent / requests * 1e6
 
 
+def handshake(factory, clock, client_ctx, session=None):
+    """Server-side seconds of one handshake (client flights made outside the timing)."""
+    tcp = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+    perf = time.perf_counter
+    t0 = perf()
+    conn = factory.buildProtocol(tcp.getPeer())
+    conn.makeConnection(tcp)
+    spent = perf() - t0
+    cin, cout = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = client_ctx.wrap_bio(cin, cout, server_hostname="localhost", session=session)
+    for _ in range(10):
+        try:
+            client.do_handshake()
+        except ssl.SSLWantReadError:
+            pass
+        else:
+            break
+        wire = cout.read()
+        t0 = perf()
+        conn.dataReceived(wire)
+        if clock.calls:
+            clock.advance(0)
+        spent += perf() - t0
+        cin.write(tcp.value())
+        tcp.clear()
+    wire = cout.read()
+    t0 = perf()
+    if wire:
+        conn.dataReceived(wire)
+    if clock.calls:
+        clock.advance(0)
+    spent += perf() - t0
+    return spent, client
+
+
+def handshakes(engines, clock, client_ctx, count, resumed):
+    out = {}
+    for name, make in engines.items():
+        factory = make()
+        session = None
+        if resumed:
+            _, first = handshake(factory, clock, client_ctx)
+            session = first.session
+        total = 0.0
+        for _ in range(count):
+            spent, client = handshake(factory, clock, client_ctx, session)
+            assert client.session_reused == bool(resumed)
+            total += spent
+        out[name] = total / count * 1e6
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=5000)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--handshakes", type=int, default=0,
+                    help="also time N full (TLS 1.3) and N resumed (TLS 1.2 ticket) "
+                         "handshakes per round, server side")
+    ap.add_argument("--ecdsa", action="store_true",
+                    help="an ECDSA P-256 certificate (default: RSA 2048, as bench/run.py)")
     args = ap.parse_args()
-    ca = trustme.CA()
-    cert = ca.issue_cert("localhost")
+    key_type = trustme.KeyType.ECDSA if args.ecdsa else trustme.KeyType.RSA
+    ca = trustme.CA(key_type=key_type)
+    cert = ca.issue_cert("localhost", key_type=key_type)
     with tempfile.TemporaryDirectory() as d:
         pem = os.path.join(d, "server.pem")
         cert.private_key_and_cert_chain_pem.write_to_path(pem)
@@ -125,12 +183,24 @@ def main():
                 Factory.forProtocol(Answer), clock),
         }
         results = {name: [] for name in engines}
+        hs: dict = {}
         for _ in range(args.rounds):
             for name, make in engines.items():
                 results[name].append(run(make(), clock, client_ctx, args.requests))
+            if args.handshakes:
+                tls12 = ssl.create_default_context()
+                ca.configure_trust(tls12)
+                tls12.maximum_version = ssl.TLSVersion.TLSv1_2
+                for label, ctx, resumed in (("full TLS 1.3", client_ctx, False),
+                                            ("resumed TLS 1.2", tls12, True)):
+                    got = handshakes(engines, clock, ctx, args.handshakes, resumed)
+                    for name, value in got.items():
+                        hs.setdefault((label, name), []).append(value)
     for name, values in results.items():
         print(f"{name:8s} min {min(values):6.2f} µs/request  (rounds: "
               + ", ".join(f"{v:.2f}" for v in values) + ")")
+    for (label, name), values in hs.items():
+        print(f"{label:16s} {name:8s} min {min(values):7.1f} µs/handshake (server side)")
     print(f"load average {os.getloadavg()[0]:.2f}")
 
 

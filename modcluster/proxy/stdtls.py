@@ -377,8 +377,19 @@ class TLSServerConnection(Protocol):
         return self.transport.getTcpKeepAlive()
 
     def loseWriteConnection(self) -> None:
-        """Half-closing is not possible under TLS: closes (with close_notify)."""
-        self.loseConnection()
+        """
+        Half-close: C{close_notify}, then the TCP write side is shut; what the
+        client still sends is read (TLS 1.3 allows it; a TLS 1.2 client
+        usually answers with its own C{close_notify}, which closes).
+        """
+        if self.disconnecting or not self.connected:
+            return
+        if self._handshaking:
+            self.loseConnection()
+            return
+        if not self._closed:
+            self._shutdown()
+        self.transport.loseWriteConnection()
 
     # IConsumer / IPushProducer: the TCP transport's (nothing is buffered here)
 

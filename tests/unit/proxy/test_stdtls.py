@@ -238,6 +238,22 @@ def test_peer_close_notify_is_answered_and_closes(pki):
     assert pair.app.lost is reason  # told, with the TCP transport's reason
 
 
+def test_half_close_sends_close_notify_and_still_reads(pki):
+    pair = Pair(factory_for(pki), client_context(pki))
+    pair.handshake()
+    half = []
+    pair.tcp.loseWriteConnection = lambda: half.append(True)
+    pair.conn.write(b"answer")
+    pair.conn.loseWriteConnection()
+    assert half == [True] and not pair.tcp.disconnecting
+    assert pair.client_reads() == b"answer"  # then close_notify
+    pair.client.write(b"more")  # the client may still send (TLS 1.3)
+    pair.to_server()
+    assert pair.app.chunks == [b"more"]
+    pair.conn.write(b"dropped")
+    assert pair.tcp.value() == b""
+
+
 def _log_events():
     events = []
     globalLogPublisher.addObserver(events.append)
