@@ -26,7 +26,7 @@ The application protocol sees an C{ITCPTransport} + C{ISSLTransport}: flow
 control (C{registerProducer}, C{pauseProducing}, ...) is the TCP
 transport's, since nothing is buffered in between once the handshake is
 done.  C{wrappedProtocol} may be replaced after the handshake (the HTTP/2
-L{NegotiatingFactory<modcluster.proxy.h2.NegotiatingFactory>} does), and
+L{NegotiatingFactory<modcluster.proxy.alpn.NegotiatingFactory>} does), and
 C{negotiatedProtocol} is the ALPN result as bytes, as with Twisted.
 C{loseConnection} sends C{close_notify}; a peer's C{close_notify} is
 answered with ours and the connection is closed.  A failed handshake is

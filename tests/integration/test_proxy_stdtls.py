@@ -20,7 +20,7 @@ import pytest_twisted
 from twisted.internet import defer, task, threads
 from twisted.logger import globalLogPublisher
 
-from modcluster.proxy.h2 import ALPN_PROTOCOLS, NegotiatingFactory
+from modcluster.proxy.alpn import ALPN_PROTOCOLS, NegotiatingFactory
 from modcluster.proxy.stdtls import TLSServerConnection, TLSServerFactory
 from modcluster.tls import server_endpoint
 

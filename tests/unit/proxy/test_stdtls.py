@@ -316,7 +316,7 @@ def test_flow_control_is_the_tcp_transports(pki):
 
 
 def test_negotiating_protocol_may_replace_itself(pki):
-    """As proxy/h2.py's _Negotiator does: a new wrappedProtocol gets the data."""
+    """As proxy/alpn.py's _Negotiator does: a new wrappedProtocol gets the data."""
     chosen = Recorder()
 
     @implementer(IHandshakeListener)
