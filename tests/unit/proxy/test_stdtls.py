@@ -449,3 +449,54 @@ def test_context_swap_applies_to_new_connections(pki):
     old.client.write(b"still")  # the open connection keeps its certificate and works
     old.to_server()
     assert old.app.chunks == [b"still"]
+
+
+def test_handover_adopts_the_socket_with_the_stdlib_engine(pki):
+    """server_endpoint(..., "stdlib") listens with listenTCP: the handover's
+    ListenerBook adopts a handed-over socket with the TLS factory on it."""
+    import os
+    import socket
+
+    from twisted.internet.testing import MemoryReactor
+
+    from modcluster.handover import ListenerBook, Takeover
+    from modcluster.tls import server_endpoint
+
+    reactor = MemoryReactor()
+    handed = socket.socket()
+    a, b = socket.socketpair()
+    takeover = Takeover(a, {("127.0.0.1", 8443): [(os.dup(handed.fileno()), socket.AF_INET)]},
+                        {}, 1)
+    book = ListenerBook(reactor, takeover)
+    book.install()
+    app = Factory.forProtocol(Recorder)
+    try:
+        server_endpoint(reactor, f"ssl:8443:interface=127.0.0.1:privateKey={pki['both']}",
+                        engine="stdlib").listen(app)
+    finally:
+        book.uninstall()
+        for s in (handed, a, b):
+            s.close()
+    (adopted,) = reactor.adoptedPorts
+    assert isinstance(adopted[2], TLSServerFactory) and adopted[2].wrappedFactory is app
+    assert reactor.sslServers == [] and len(book.ports) == 1
+
+
+def test_reload_certificates_swaps_only_changed_files(tmp_path, pki):
+    from modcluster.proxy.stdtls import _description_options, listener_factory, reload_certificates
+
+    pem = tmp_path / "server.pem"
+    pem.write_bytes(open(pki["both"], "rb").read())
+    description = f"ssl:0:privateKey={pem}"
+    factory = listener_factory(_description_options(description), (b"http/1.1",),
+                               Factory.forProtocol(Recorder), Clock(), description)
+    first = factory.context
+    assert not factory.reload() and factory.context is first  # unchanged: kept
+    pem.write_bytes(open(pki["other"], "rb").read())
+    assert reload_certificates() >= 1 and factory.context is not first
+    pair = Pair(factory, client_context(pki, check_hostname=False))
+    pair.handshake()
+    assert [v for _, v in pair.client.getpeercert()["subjectAltName"]] == ["other.example"]
+    pem.write_bytes(b"garbage")
+    swapped = factory.context
+    assert not factory.reload() and factory.context is swapped  # a bad file: kept
