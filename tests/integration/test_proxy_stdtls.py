@@ -434,3 +434,33 @@ async def test_twisted_engine_is_still_selectable(certs):
         assert "first.example" in names and status.startswith(b"HTTP/1.1 404")
     finally:
         await service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_reload_swaps_the_certificate_in_worker_processes(certs):
+    """With proxy.workers = 2, the reload reaches every worker ('tls' message)."""
+    from twisted.internet import reactor
+
+    from tests.integration.test_worker_processes import Cluster
+
+    c = Cluster(listen=f"ssl:{{port}}:interface=127.0.0.1:privateKey={certs['pem']}")
+    await c.start()
+    try:
+        names, _ = await threads.deferToThread(_served_names, c.pport, certs)
+        assert "first.example" in names
+        with open(certs["pem"], "wb") as f:
+            f.write(certs["second"])
+        c.service.apply_config(c.config)
+        # the workers get the message asynchronously: wait until ten connections
+        # in a row (spread over both workers by the kernel) have the new certificate
+        streak = 0
+        for _ in range(300):
+            names, status = await threads.deferToThread(_served_names, c.pport, certs)
+            assert status.startswith(b"HTTP/1.1 404")
+            streak = streak + 1 if "second.example" in names else 0
+            if streak == 10:
+                break
+            await task.deferLater(reactor, 0.01, lambda: None)
+        assert streak == 10
+    finally:
+        await c.stop()
