@@ -475,6 +475,9 @@ def resume_sessions(context_factory):
     return context_factory
 
 
+_log = Logger(namespace="modcluster.tls")
+
+
 class _ALPNReactor:
     """
     Stands in for the reactor while an C{ssl:} description is listened on: its
@@ -492,11 +495,16 @@ class _ALPNReactor:
     def listenSSL(self, port, factory, contextFactory, backlog=50, interface=""):
         if self._engine == "stdlib":
             # TLS on the stdlib ssl module over a plain TCP port (the proxy's listeners)
-            from modcluster.proxy.stdtls import listener_factory
+            from modcluster.proxy.stdtls import UnsupportedOptions, listener_factory
 
-            tls = listener_factory(contextFactory, self._protocols, factory, self._reactor,
-                                   self._description)
-            return self._reactor.listenTCP(port, tls, backlog, interface)
+            try:
+                tls = listener_factory(contextFactory, self._protocols, factory,
+                                       self._reactor, self._description)
+            except UnsupportedOptions as e:
+                _log.warn("{listener}: Twisted's TLS engine, the stdlib one cannot do {why}",
+                          listener=self._description or f"ssl:{port}", why=str(e))
+            else:
+                return self._reactor.listenTCP(port, tls, backlog, interface)
         resume_sessions(contextFactory)  # before the context is built
         answer_alpn(contextFactory, self._protocols)
         return self._reactor.listenSSL(port, factory, contextFactory, backlog, interface)

@@ -87,6 +87,16 @@ for _v, _flag in _VERSIONS:
     _VERSION_FLAGS |= _flag
 
 
+#: the protocol versions of each C{sslmethod=} of an C{ssl:} description
+_METHODS = {
+    SSL.TLS_METHOD: frozenset(v for v, _ in _VERSIONS),
+    SSL.SSLv23_METHOD: frozenset(v for v, _ in _VERSIONS),
+    SSL.TLSv1_2_METHOD: frozenset((ssl.TLSVersion.TLSv1_2,)),
+    SSL.TLSv1_1_METHOD: frozenset((ssl.TLSVersion.TLSv1_1,)),
+    SSL.TLSv1_METHOD: frozenset((ssl.TLSVersion.TLSv1,)),
+}
+
+
 class UnsupportedOptions(ValueError):
     """C{CertificateOptions} this engine cannot reproduce (use C{tls_engine = "twisted"})."""
 
@@ -120,19 +130,21 @@ def _server_context(options, protocols: Iterable[bytes]) -> tuple[ssl.SSLContext
     TLS <= 1.2 and its other option flags.  Added: no client-initiated
     renegotiation (C{OP_NO_RENEGOTIATION}).
 
-    @raise UnsupportedOptions: client certificate verification, an explicit
-        C{sslmethod}, or no private key (none of which C{ssl:} proxy listeners
-        configure).
+    @raise UnsupportedOptions: client certificate verification, a DTLS
+        C{sslmethod}, no private key or no protocol version left (the caller
+        falls back to Twisted's TLS: L{modcluster.tls.server_endpoint}).
     """
     if getattr(options, "verify", False):
         raise UnsupportedOptions("client certificate verification")
-    if getattr(options, "method", SSL.TLS_METHOD) != SSL.TLS_METHOD:
-        raise UnsupportedOptions("an explicit sslmethod")
+    method = getattr(options, "method", SSL.TLS_METHOD)
+    if method not in _METHODS:
+        raise UnsupportedOptions(f"sslmethod {method!r}")
     key, cert = getattr(options, "privateKey", None), getattr(options, "certificate", None)
     if key is None or cert is None:
         raise UnsupportedOptions("no certificate and key")
     flags = options._options
-    enabled = [version for version, flag in _VERSIONS if not flags & flag]
+    enabled = [version for version, flag in _VERSIONS
+               if not flags & flag and version in _METHODS[method]]
     if not enabled:
         raise UnsupportedOptions("no protocol version enabled")
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

@@ -234,13 +234,18 @@ class _Adopter:
         if getattr(config, "tls_engine", "twisted") == "stdlib":
             from modcluster.tls import SERVER_ALPN_PROTOCOLS
 
-            from modcluster.proxy.stdtls import listener_factory
+            from modcluster.proxy.stdtls import UnsupportedOptions, listener_factory
 
             protocols = (alpn_protocols(config) if isinstance(factory, NegotiatingFactory)
                          else SERVER_ALPN_PROTOCOLS)
-            tls = listener_factory(contextFactory, protocols, factory, self._reactor,
-                                   self._description)
-            return self._reactor.adoptStreamPort(self._fd, self._family, tls)
+            try:
+                tls = listener_factory(contextFactory, protocols, factory, self._reactor,
+                                       self._description)
+            except UnsupportedOptions as e:
+                log.warn("{listener}: Twisted's TLS engine, the stdlib one cannot do {why}",
+                         listener=self._description, why=str(e))
+            else:
+                return self._reactor.adoptStreamPort(self._fd, self._family, tls)
         resume_sessions(contextFactory)  # session tickets: before the context is built
 
         # select http/1.1 (and h2 first with [proxy] http2), never abort on an ALPN offer

@@ -500,3 +500,28 @@ def test_reload_certificates_swaps_only_changed_files(tmp_path, pki):
     pem.write_bytes(b"garbage")
     swapped = factory.context
     assert not factory.reload() and factory.context is swapped  # a bad file: kept
+
+
+def test_sslmethod_of_the_description_is_kept(pki):
+    context = description_context(
+        f"ssl:0:privateKey={pki['both']}:sslmethod=TLSv1_2_METHOD", (b"http/1.1",))
+    assert context.minimum_version == context.maximum_version == ssl.TLSVersion.TLSv1_2
+
+
+def test_unsupported_description_falls_back_to_twisteds_tls(pki):
+    """A description the stdlib engine cannot reproduce still listens (Twisted's
+    TLS), with a warning."""
+    from twisted.internet.testing import MemoryReactor
+
+    from modcluster.tls import server_endpoint
+
+    reactor = MemoryReactor()
+    events = _log_events()
+    try:
+        server_endpoint(reactor, f"ssl:8443:privateKey={pki['both']}:sslmethod=DTLS_METHOD",
+                        engine="stdlib").listen(Factory.forProtocol(Recorder))
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert len(reactor.sslServers) == 1 and reactor.tcpServers == []
+    (line,) = [e for e in events if "Twisted's TLS engine" in e.get("log_format", "")]
+    assert "sslmethod" in line["why"]
