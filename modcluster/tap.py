@@ -404,9 +404,10 @@ def _live_settings(top, registry, console, proxy) -> None:
     if p.tls_engine == "stdlib" and any(
             d.split(":", 1)[0].strip().lower() == "ssl" for d in p.listen):
         # a reload re-reads the certificate files of the ssl: proxy listeners
-        reload_tls = getattr(proxy, "reload_certificates", None)  # worker processes
-        if reload_tls is None:
-            from modcluster.proxy.stdtls import reload_certificates as reload_tls
+        from modcluster.proxy.stdtls import reload_certificates
+
+        reload_tls = getattr(  # worker processes: each re-reads
+            proxy, "reload_certificates", reload_certificates)
         top.every_reload.append(lambda new: reload_tls())
     factory = getattr(proxy, "factory", None)
     if factory is not None:  # one process; worker processes keep theirs until a restart

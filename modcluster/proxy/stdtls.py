@@ -45,7 +45,7 @@ import hashlib
 import os
 import ssl
 import weakref
-from typing import Iterable, Optional
+from typing import Any, Iterable, Optional
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -56,7 +56,7 @@ from twisted.internet.interfaces import (
     ISSLTransport,
     ITCPTransport,
 )
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -220,6 +220,8 @@ class TLSServerConnection(Protocol):
     transport of C{wrappedProtocol}.
     """
 
+    #: the TCP transport (a C{tcp.Server}) under the TLS layer
+    transport: Any
     #: so helpers that look for it (L{modcluster.proxy._transport}) see TLS
     TLS = True
     disconnecting = False
@@ -280,7 +282,7 @@ class TLSServerConnection(Protocol):
         elif closed:
             self.loseConnection()
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.connected = 0
         self.disconnecting = True
         failure, self._failure = self._failure, None
@@ -304,7 +306,7 @@ class TLSServerConnection(Protocol):
         selected = self._ssl.selected_alpn_protocol()
         if selected is not None:
             self.negotiatedProtocol = selected.encode("ascii")
-        wrapped = self.wrappedProtocol
+        wrapped: Any = self.wrappedProtocol
         if IHandshakeListener.providedBy(wrapped):
             wrapped.handshakeCompleted()
         early, self._early = self._early, None
@@ -312,7 +314,7 @@ class TLSServerConnection(Protocol):
             self.write(b"".join(early))
         if self.disconnecting and not self._closed and self.connected:
             self._shutdown()
-        return self.connected and not self.disconnecting
+        return bool(self.connected) and not self.disconnecting
 
     def _fail(self, error: ssl.SSLError, fmt: str) -> None:
         self._failure = Failure(error)
