@@ -13,7 +13,7 @@ node of the context is ejected (panic: route anyway).
 from __future__ import annotations
 
 from collections import deque
-from typing import Optional
+from typing import Callable, Optional, Union
 
 __all__ = ["record_failure", "record_success", "may_eject", "ramp", "RetryBudget",
            "resilience_settings"]
@@ -142,25 +142,31 @@ class RetryBudget:
             self._retries.pop(name, None)
             self._totals.pop(name, None)
 
-    def allow(self, name: str, current_total: Optional[int] = None) -> bool:
+    def allow(self, name: str,
+              current_total: Union[int, Callable[[], int], None] = None) -> bool:
         """
         May one more replay go to balancer C{name}?  Counts it when allowed.
         C{current_total} (optional) is the balancer's request counter now, for
-        the requests of the current second.
+        the requests of the current second, or a function giving it: called
+        only once the window's replays reach C{minimum} (below it a replay is
+        always allowed, so the count is not needed).
         """
         retries = self._retries.get(name, 0)
         h = self._history.get(name)
         if h:
             first_total, first_retries = h[0]
-            total = current_total if current_total is not None else h[-1][0]
-            requests = max(0, total - first_total)
             used = retries - first_retries
         else:  # the first second: every request so far
-            requests = current_total or 0
+            first_total = 0
             used = retries
-        if used >= self.minimum and used >= self.share * requests:
-            self.refused += 1
-            return False
+        if used >= self.minimum:
+            total = current_total() if callable(current_total) else current_total
+            if total is None:
+                total = h[-1][0] if h else 0
+            requests = max(0, total - first_total)
+            if used >= self.share * requests:
+                self.refused += 1
+                return False
         self._retries[name] = retries + 1
         return True
 

@@ -8,6 +8,7 @@ relays the response to its client connection.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING, Optional
 
 from twisted.logger import Logger, LogLevel
@@ -570,7 +571,7 @@ class _Exchange:
         f.passive_failure(node, error.message)
         b = self.decision.balancer
         if (safe and self.attempts < b.max_attempts
-                and f.retry_budget.allow(b.name, f.balancer_requests(b.name))):
+                and f.retry_budget.allow(b.name, partial(f.balancer_requests, b.name))):
             self.attempts += 1
             self.exclude = self.exclude | {node.id}
             self.stale_retry = False

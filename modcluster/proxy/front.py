@@ -99,6 +99,8 @@ class ProxyFactory(Factory):
         self.queue_rejected = 0
         self.retry_budget = retry_budget or RetryBudget(
             config.retry_budget, config.retry_budget_window, config.retry_budget_min)
+        #: balancer name -> L{balancer_requests} this coarse-clock second
+        self._balancer_totals: dict[str, int] = {}
         self.policy = policy or RoutingPolicy(
             use_alias=config.use_alias,
             deterministic_failover=config.deterministic_failover,
@@ -253,8 +255,19 @@ class ProxyFactory(Factory):
             self.queues.pop(node.id, None)
 
     def balancer_requests(self, name: str) -> int:
-        """Requests sent to the nodes of balancer C{name} so far (for the retry budget)."""
-        return sum(e.rt.requests for e in self.table().nodes if e.settings.balancer == name)
+        """
+        Requests sent to the nodes of balancer C{name} so far (for the retry
+        budget).  A sum over the table's nodes, so computed at most once per
+        balancer and coarse-clock second (L{sweep} forgets it), and only when
+        the budget needs it (L{RetryBudget.allow} calls it once the window's
+        replays reach its minimum): a failing cluster of many nodes does not
+        pay it per failed request.
+        """
+        total = self._balancer_totals.get(name)
+        if total is None:
+            total = self._balancer_totals[name] = sum(
+                e.rt.requests for e in self.table().nodes if e.balancer == name)
+        return total
 
     def plane_totals(self) -> dict:
         """Retry budget refusals, requests queued now and queue refusals, for
@@ -329,6 +342,7 @@ class ProxyFactory(Factory):
         now = self.reactor.seconds()
         self.now = now
         self.date = formatdate(now, usegmt=True).encode("ascii")
+        self._balancer_totals.clear()
         self.limiter.tick(now)
         if self.observer is not None:
             try:

@@ -334,3 +334,20 @@ def test_warm_from_ahead_of_the_coarse_clock():
         low, high = expected
         assert low <= c.spread(100)["b"] <= high
         assert low <= c.spread(100, cookie="JSESSIONID=x.zzz")["b"] <= high
+
+
+def test_retry_budget_counts_requests_only_once_the_minimum_is_reached():
+    """The request counter (a sum over the balancer's nodes) is asked for
+    only when the replays of the window reach the minimum."""
+    b = RetryBudget(share=0.2, window=10, minimum=3)
+    b.observe({"lb": 0})
+    asked = []
+
+    def total():
+        asked.append(1)
+        return 10
+
+    assert [b.allow("lb", total) for _ in range(3)] == [True, True, True]
+    assert asked == []
+    assert not b.allow("lb", total)  # 3 replays >= 0.2 x 10 requests
+    assert asked == [1]

@@ -222,3 +222,44 @@ def test_other_nodes_are_not_held_up_by_a_full_one():
     z.send(b"GET /b/1 HTTP/1.1\r\nHost: a\r\n\r\n")
     h.accept(8082).respond(OK_100)
     assert parse_responses(z.received())[0].status == 200
+
+
+
+def test_failover_replays_sum_the_node_counters_only_past_the_minimum():
+    """A failing cluster does not walk every node on each replay: the
+    balancer's request total is asked for only once the budget's minimum
+    of replays is reached."""
+    h = Harness(retry_budget=0.0, retry_budget_min=2)
+    b = BalancerSettings("mycluster", max_attempts=2)
+    for i in range(6):
+        h.node(f"n{i}", 8081 + i, contexts=("/app",), balancer=b)
+    real = h.factory.balancer_requests
+    asked = []
+
+    def spy(name):
+        asked.append(name)
+        return real(name)
+
+    h.factory.balancer_requests = spy
+    for _ in range(5):
+        c = h.client()
+        c.send(GET)
+        while h.pending():
+            h.refuse()
+        assert parse_responses(c.received())[0].status == 503
+    refused = h.factory.retry_budget.refused
+    assert refused >= 1
+    assert asked == ["mycluster"] * refused  # never for the two allowed replays
+
+
+def test_balancer_requests_is_summed_once_per_second():
+    h = Harness()
+    h.node("n1", 8081, contexts=("/app",))
+    h.node("n2", 8082, contexts=("/app",))
+    h.nodeEntry("n1").rt.requests = 5
+    h.nodeEntry("n2").rt.requests = 7
+    assert h.factory.balancer_requests("mycluster") == 12
+    h.nodeEntry("n1").rt.requests = 50
+    assert h.factory.balancer_requests("mycluster") == 12  # same second
+    h.advance(1)  # the sweep: a new coarse-clock second
+    assert h.factory.balancer_requests("mycluster") == 57
