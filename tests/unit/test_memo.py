@@ -88,3 +88,24 @@ def test_console_and_api_build_the_node_index_once_per_structure_version():
     assert api._index() is first and api._node_index.hits == 1
     registry.config(BalancerSettings("b"), NodeSettings(route="n1", host="127.0.0.1", port=1))
     assert api._index() is not first and api._node_index.misses == 2
+
+
+def test_inline_use_puts_counts_misses_and_evicts_and_leaves_hits_out():
+    memo = BoundedMemo("test.inline", 2, count_hits=False)
+    entries = memo.entries
+    for key in ("a", "b", "a", "c", "c"):
+        if entries.get(key) is None:
+            memo.put(key, key.upper())
+    assert dict(entries) == {"c": "C"}
+    assert memo.stats() == {"size": 1, "max_size": 2, "misses": 3, "evictions": 2}
+    # putting a key that is there replaces it without emptying the memo
+    memo.put("d", "D")
+    memo.put("d", "DD")
+    assert dict(entries) == {"c": "C", "d": "DD"} and memo.evictions == 2
+
+
+def test_get_and_put_share_the_entries():
+    memo = BoundedMemo("test.shared", 3)
+    assert memo.put(1, "one") == "one"
+    assert memo.get(1, str) == "one"
+    assert memo.entries == {1: "one"} and memo.hits == 1 and memo.misses == 1
