@@ -30,7 +30,7 @@ Two ways to use one:
 from __future__ import annotations
 
 import weakref
-from typing import Callable, Generic, Hashable, TypeVar
+from typing import Callable, Generic, Hashable, Iterator, TypeVar
 
 __all__ = ["BoundedMemo", "memo_stats"]
 
@@ -101,6 +101,12 @@ class BoundedMemo(Generic[K, V]):
 
     def __contains__(self, key: object) -> bool:
         return key in self.entries
+
+    def __getitem__(self, key: K) -> V:
+        return self.entries[key]
+
+    def __iter__(self) -> Iterator[K]:
+        return iter(self.entries)
 
     def clear(self) -> None:
         """Forget every entry (the counters stay)."""

@@ -43,6 +43,7 @@ from modcluster.proxy.exchange import (
     _P_UPGRADE,
     _P_UPSTREAM,
     BODY_BUFFER,
+    RequestHead,
     _Exchange,
 )
 from modcluster.proxy.headers import (
@@ -149,7 +150,7 @@ class ClientProtocol(Protocol):
         # key when the request line allows one, and the template once parsed
         self._record: Optional[bytes] = None
         self._record_block: Optional[tuple] = None
-        self._captured: Optional[tuple] = None
+        self._captured: Optional[RequestHead] = None
         self._feeding = False  # in the parser's feed_data
         self.client: Optional[ClientInfo] = None
         #: the factory's L{Observer} (access log, client metrics) or None
@@ -252,7 +253,7 @@ class ClientProtocol(Protocol):
             if data.endswith(_HEAD_END) and len(data) <= REQUEST_MEMO_BYTES:
                 # One request head without a body, as seen before?
                 f = self.factory
-                template = f.request_heads.get(data)
+                template = f.request_heads.entries.get(data)
                 if template is None:
                     key = data
                     if f.split_heads:
@@ -261,7 +262,7 @@ class ClientProtocol(Protocol):
                         m = _REQUEST_LINE.fullmatch(data, 0, i)
                         if m is not None:
                             key = (m[1], m[3], data[i + 2:])
-                            template = f.request_blocks.get(key)
+                            template = f.request_blocks.entries.get(key)
                             if (template is not None and self._current is None
                                     and not self._queue):
                                 self._remembered(template, m[2])
@@ -269,14 +270,12 @@ class ClientProtocol(Protocol):
                     # remembered from the second time on: a head seen once
                     # costs no template
                     seen = f.request_seen
-                    if key in seen:
+                    if key in seen.entries:
                         self._record = record = data
                         if key is not data:
                             self._record_block = key
                     else:
-                        if len(seen) >= REQUEST_SEEN_SIZE:
-                            seen.clear()
-                        seen.add(key)
+                        seen.put(key, True)
                 elif self._current is None and not self._queue:
                     self._remembered(template)
                     return
@@ -298,18 +297,11 @@ class ClientProtocol(Protocol):
                 if captured is not None and self._reading is None:
                     # exactly one request, complete: remember its head
                     f = self.factory
-                    memo = f.request_heads
-                    if len(memo) >= REQUEST_MEMO_SIZE:
-                        memo.clear()
-                    memo[record] = captured
+                    f.request_heads.put(record, captured)
                     block = self._record_block
                     if block is not None:
                         # and its header block, for other targets
-                        blocks = f.request_blocks
-                        if len(blocks) >= REQUEST_MEMO_SIZE:
-                            blocks.clear()
-                        blocks[block] = captured[:1] + (None,) + captured[2:7] + (
-                            None, None) + captured[9:]
+                        f.request_blocks.put(block, captured.without_target())
         finally:
             self._feeding = False
         if record is not None:
@@ -498,7 +490,7 @@ class ClientProtocol(Protocol):
                 ex.host = authority
                 ex.target = target
         host = ex.host
-        if host is not None and host not in self.factory.valid_hosts:
+        if host is not None and host not in self.factory.valid_hosts.entries:
             if not valid_host(host):
                 return (400, "invalid Host")
             self.factory.rememberHost(host)
@@ -518,7 +510,7 @@ class ClientProtocol(Protocol):
             return (413, "request body larger than max_request_body")
         return None
 
-    def _remembered(self, template: tuple, target: Optional[bytes] = None) -> None:
+    def _remembered(self, template: RequestHead, target: Optional[bytes] = None) -> None:
         """
         A request head in L{ProxyFactory.request_heads} (or its header block
         in L{ProxyFactory.request_blocks}, with C{target} from the request

@@ -9,7 +9,7 @@ relays the response to its client connection.
 from __future__ import annotations
 
 from functools import partial
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, NamedTuple, Optional
 
 from twisted.logger import Logger, LogLevel
 from zope.interface import implementer
@@ -56,6 +56,36 @@ _P_EXCHANGE = _P_BUFFER | _P_UPSTREAM | _P_UPGRADE  # reasons that end with the 
 _HEAD = b"HEAD"
 _CHUNKED_END = b"0\r\n\r\n"
 _DIRECT_SCHEMES = ("http", "https", "ws", "wss")
+
+
+class RequestHead(NamedTuple):
+    """
+    What parsing a request head without a body gave (L{_Exchange.template}),
+    remembered in L{ProxyFactory.request_heads} and, without its target
+    (C{target}, C{path}, C{query} C{None}), in
+    L{ProxyFactory.request_blocks}.  The fields are the L{_Exchange} slots of
+    the same names, in the order L{_Exchange.remembered} unpacks them;
+    sequences are tuples (shared between requests, never changed).
+    """
+
+    method: bytes
+    target: Optional[bytes]
+    version: str
+    headers: tuple
+    host: Optional[bytes]
+    body_length: Optional[int]
+    keep_alive: bool
+    path: Optional[str]
+    query: Optional[bytes]
+    cookies: Optional[tuple]
+    upgrade_token: Optional[bytes]
+    x_forwarded: object
+    proxy_connection: object
+    idempotent: bool
+
+    def without_target(self) -> "RequestHead":
+        """The same head for L{ProxyFactory.request_blocks}: no target."""
+        return self._replace(target=None, path=None, query=None)
 
 
 @implementer(IExchange)
@@ -189,7 +219,7 @@ class _Exchange:
         self.up_start = 0.0
         self.upstream_time = -1.0
 
-    def template(self) -> tuple:
+    def template(self) -> RequestHead:
         """
         What parsing a request head without a body gave (the fields
         L{ClientProtocol.on_headers_complete} leaves set), for
@@ -197,12 +227,12 @@ class _Exchange:
         sequences become tuples: shared between requests, never changed.
         """
         cookies = self.cookies
-        return (self.method, self.target, self.version, tuple(self.headers), self.host,
-                self.body_length, self.keep_alive, self.path, self.query,
-                None if cookies is None else tuple(cookies), self.upgrade_token,
-                self.x_forwarded, self.proxy_connection, self.idempotent)
+        return RequestHead(self.method, self.target, self.version, tuple(self.headers),
+                           self.host, self.body_length, self.keep_alive, self.path, self.query,
+                           None if cookies is None else tuple(cookies), self.upgrade_token,
+                           self.x_forwarded, self.proxy_connection, self.idempotent)
 
-    def remembered(self, template: tuple, target: Optional[bytes] = None) -> None:
+    def remembered(self, template: RequestHead, target: Optional[bytes] = None) -> None:
         """
         Take a L{template} (of a head without a body, so the body is done);
         with C{target}, an origin-form target of the same request line

@@ -22,8 +22,15 @@ from modcluster.balancer import (
 )
 from modcluster.balancer._health import RetryBudget, record_failure, resilience_settings
 from modcluster.listening import ReadTimeouts, TimeoutReport
-from modcluster.proxy.client import REQUEST_MEMO_BYTES, SWEEP_INTERVAL, ClientProtocol
-from modcluster.proxy.exchange import _DIRECT_SCHEMES, _Exchange
+from modcluster.memo import BoundedMemo
+from modcluster.proxy.client import (
+    REQUEST_MEMO_BYTES,
+    REQUEST_MEMO_SIZE,
+    REQUEST_SEEN_SIZE,
+    SWEEP_INTERVAL,
+    ClientProtocol,
+)
+from modcluster.proxy.exchange import _DIRECT_SCHEMES, RequestHead, _Exchange
 from modcluster.proxy.headers import (
     upgrade_matcher,
 )
@@ -33,6 +40,9 @@ from modcluster.proxy.observe import ClientStats, Observer
 __all__ = ["ProxyFactory"]
 
 log = Logger(namespace="modcluster.proxy")
+
+#: Valid Host values remembered (L{ProxyFactory.valid_hosts}), at most.
+VALID_HOSTS_SIZE = 256
 
 #: answers counted as failures by passive health with C{eject_on_5xx}
 _FAILURE_STATUSES = frozenset((500, 502, 503, 504))
@@ -119,22 +129,26 @@ class ProxyFactory(Factory):
         #: gave, for heads that were exactly one request without a body
         #: (bounded; emptied when full).  Clients repeat their heads (same
         #: resource, same cookies), so most requests skip the parser.
-        self.request_heads: dict[bytes, tuple] = {}
+        self.request_heads: BoundedMemo[bytes, RequestHead] = BoundedMemo(
+            "proxy.request_heads", REQUEST_MEMO_SIZE, count_hits=False)
         #: heads (at most 2 KiB) seen once, as their bytes or, for those with
         #: a L{_REQUEST_LINE}, their L{request_blocks} key: a head is
         #: remembered the second time it comes (bounded; emptied when full)
-        self.request_seen: set = set()
+        self.request_seen: BoundedMemo[object, bool] = BoundedMemo(
+            "proxy.request_seen", REQUEST_SEEN_SIZE, count_hits=False)
         #: (method, minor version, header block) -> the template of a request
         #: with that request line syntax (L{_REQUEST_LINE}) and header block,
         #: without its target: requests for other resources with the same
         #: headers (a browser's, a counter in the query string) skip the
         #: parser too.  Only when a head within the memo's size limit cannot
         #: exceed C{max_header_size} (the size checks need no recount).
-        self.request_blocks: dict[tuple, tuple] = {}
+        self.request_blocks: BoundedMemo[tuple, RequestHead] = BoundedMemo(
+            "proxy.request_blocks", REQUEST_MEMO_SIZE, count_hits=False)
         self.split_heads = config.max_header_size >= REQUEST_MEMO_BYTES
         #: Host values that passed L{valid_host} (bounded; emptied when full):
         #: a set lookup instead of the regex for the usual few host names
-        self.valid_hosts: set = set()
+        self.valid_hosts: BoundedMemo[bytes, bool] = BoundedMemo(
+            "proxy.valid_hosts", VALID_HOSTS_SIZE, count_hits=False)
         self._generation = -1
         self.now = reactor.seconds()
         self.date = formatdate(self.now, usegmt=True).encode("ascii")
@@ -150,10 +164,7 @@ class ProxyFactory(Factory):
     def rememberHost(self, host: bytes) -> None:
         """Remember a valid Host value (at most 256 of at most 255 bytes)."""
         if len(host) <= 255:
-            hosts = self.valid_hosts
-            if len(hosts) >= 256:
-                hosts.clear()
-            hosts.add(host)
+            self.valid_hosts.put(host, True)
 
     def reconfigure(self, config) -> None:
         """

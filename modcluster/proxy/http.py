@@ -16,7 +16,7 @@ address (L{HttpForwarder.forwarded}).
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 from OpenSSL.SSL import Error as SSLError
@@ -26,6 +26,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from modcluster.memo import BoundedMemo
 from modcluster.proxy._transport import direct_writer, set_nodelay
 from modcluster.proxy.headers import (
     filter_trailers,
@@ -70,6 +71,21 @@ HEAD_MEMO_SIZE = 64
 HEAD_MEMO_BYTES = 2048
 #: Client addresses whose X-Forwarded-* lines are remembered.
 FORWARDED_MEMO_SIZE = 4096
+
+
+class WholeHead(NamedTuple):
+    """
+    A response head remembered in L{NodePool.whole}: what relaying it needs,
+    as llhttp and L{split_head} gave it.
+    """
+
+    status: int
+    reason: bytes
+    #: the header lines to relay (L{response_block_at})
+    headers: bytes
+    #: the Content-Length value
+    length: int
+    keep_alive: bool
 
 
 class _Bad(Exception):
@@ -219,8 +235,8 @@ class NodeProtocol(Protocol):
                 # accepted it then): relayed without the parser (see _whole).
                 end = data.find(b"\r\n\r\n")
                 if end > 0:
-                    whole = self.pool.whole.get(data[:end + 2])
-                    if (whole is not None and whole[3] == len(data) - end - 4
+                    whole = self.pool.whole.entries.get(data[:end + 2])
+                    if (whole is not None and whole.length == len(data) - end - 4
                             and ex.method != _HEAD):
                         self._whole(ex, whole, data, end + 4)
                         return
@@ -287,14 +303,11 @@ class NodeProtocol(Protocol):
         self.hpos = end + 4
         head = buf[pos:end + 2]
         pool = self.pool
-        memo = pool.heads
-        split = memo.get(head)
+        split = pool.heads.entries.get(head)
         if split is None:
             split = split_head(head)
             if len(head) <= HEAD_MEMO_BYTES:
-                if len(memo) >= HEAD_MEMO_SIZE:
-                    memo.clear()
-                memo[head] = split
+                pool.heads.put(head, split)
         reason, headers, cl, te, upg = split
         if not reason:
             reason = reason_phrase(status)
@@ -303,10 +316,8 @@ class NodeProtocol(Protocol):
             # Head and framing known from these bytes alone: remembered for
             # whole responses that come in one read (L{dataReceived}).
             whole = pool.whole
-            if head not in whole:
-                if len(whole) >= HEAD_MEMO_SIZE:
-                    whole.clear()
-                whole[head] = (status, reason, headers, int(cl), self.keep_alive)
+            if head not in whole.entries:
+                whole.put(head, WholeHead(status, reason, headers, int(cl), self.keep_alive))
         if status < 200:
             if status == 101:
                 if ex.upgrade is None or upg is None:
@@ -358,7 +369,7 @@ class NodeProtocol(Protocol):
             return
         self.complete = True
 
-    def _whole(self, ex, whole: tuple, data: bytes, start: int) -> None:
+    def _whole(self, ex, whole: WholeHead, data: bytes, start: int) -> None:
         """
         Relay a complete response read at once whose head is in
         L{NodePool.whole}: what the parser callbacks would do for it
@@ -601,14 +612,16 @@ class NodePool(PoolBase):
             "idna" if not bare.isascii() else "ascii")
         self.endpoint = node_endpoint(fw.reactor, host, s.port, self.connect_timeout, tls)
         self.direct = direct_address(host, s.port) if tls is None else None
-        #: response head bytes -> L{split_head} of them (bounded; cleared when full)
-        self.heads: dict[bytes, tuple] = {}
+        #: response head bytes -> L{split_head} of them (bounded; emptied when full)
+        self.heads: BoundedMemo[bytes, tuple] = BoundedMemo(
+            "proxy.http.heads", HEAD_MEMO_SIZE, count_hits=False)
         #: the heads of those with a Content-Length (and no Transfer-Encoding),
         #: status 200-599 but 204/304, as answers to a method other than HEAD
-        #: -> (status, reason, header block, length, keep-alive), all as
-        #: llhttp and L{split_head} gave them: a response that is such a
-        #: head and exactly C{length} more bytes is relayed without the parser.
-        self.whole: dict[bytes, tuple] = {}
+        #: -> their L{WholeHead}: a response that is such a head and exactly
+        #: C{length} more bytes is relayed without the parser.  Filled when
+        #: the parser framed such a head (not on every miss of a lookup).
+        self.whole: BoundedMemo[bytes, WholeHead] = BoundedMemo(
+            "proxy.http.whole", HEAD_MEMO_SIZE, count_hits=False)
 
     def acquire(self, ex, fresh: bool) -> NodeProtocol:
         idle = self.idle
@@ -660,20 +673,19 @@ class HttpForwarder(PooledForwarder):
         self.server_name = config.server_name.encode("utf-8")
         self.max_head = config.max_header_size
         # X-Forwarded-For/-Proto/-Server lines by client address (plain, TLS)
-        self._fwd: tuple[dict, dict] = ({}, {})
+        self._fwd: tuple[BoundedMemo[str, bytes], BoundedMemo[str, bytes]] = (
+            BoundedMemo("proxy.http.forwarded", FORWARDED_MEMO_SIZE, count_hits=False),
+            BoundedMemo("proxy.http.forwarded_tls", FORWARDED_MEMO_SIZE, count_hits=False))
         super().__init__(reactor)
 
     def forwarded(self, client) -> bytes:
         """The X-Forwarded-For, -Proto and -Server lines for C{client} (remembered)."""
-        cache = self._fwd[1 if client.secure else 0]
+        memo = self._fwd[1 if client.secure else 0]
         addr = client.remote_addr
-        lines = cache.get(addr)
+        lines = memo.entries.get(addr)
         if lines is None:
-            lines = _FORWARDED % (addr.encode("ascii"), b"https" if client.secure else b"http",
-                                  self.server_name)
-            if len(cache) >= FORWARDED_MEMO_SIZE:
-                cache.clear()
-            cache[addr] = lines
+            lines = memo.put(addr, _FORWARDED % (
+                addr.encode("ascii"), b"https" if client.secure else b"http", self.server_name))
         return lines
 
     def forward(self, exchange, fresh: bool = False):

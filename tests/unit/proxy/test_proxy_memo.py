@@ -129,7 +129,7 @@ def test_repeated_request_head_skips_the_parser_and_is_relayed_the_same():
     assert c.received().endswith(b"\r\n\r\nhello")
     # seen once: not remembered yet (a head that never comes again costs no
     # template); the second time it is
-    assert h.factory.request_heads == {} and h.factory.request_blocks == {}
+    assert not h.factory.request_heads and not h.factory.request_blocks
     assert (b"GET", b"1", head[head.index(b"\r\n") + 2:]) in h.factory.request_seen
     c.send(head)
     assert n.received() == first
@@ -196,7 +196,7 @@ def test_not_remembered(reads):
         c = h.client()
         for data in reads:
             c.send(data)
-    assert h.factory.request_heads == {}
+    assert not h.factory.request_heads
 
 
 def test_request_memo_is_bounded():
@@ -214,7 +214,7 @@ def test_heads_seen_once_are_bounded_and_get_no_template():
         h.client().send(b"GET /%d HTTP/1.1\r\nHost: x\r\nX-I: %d\r\n\r\n" % (i, i))
         h.client().send(b"GET /%d HTTP/1.1\r\nHost: x\r\nX-J: %d\r\n\r\n" % (i, i))
         assert len(h.factory.request_seen) <= REQUEST_SEEN_SIZE
-    assert h.factory.request_heads == {} and h.factory.request_blocks == {}
+    assert not h.factory.request_heads and not h.factory.request_blocks
 
 
 def test_pipelined_request_behind_a_busy_one_uses_the_parser():
@@ -366,7 +366,7 @@ def test_header_block_memo_off_when_max_header_size_is_small():
     h.node("n1", 8081)
     for target in (b"/1", b"/2", b"/3"):
         h.client().send(b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n")
-    assert not h.factory.split_heads and h.factory.request_blocks == {}
+    assert not h.factory.split_heads and not h.factory.request_blocks
 
 
 _TARGET_CHARS = st.sampled_from(list(b"abz/09?%-._~!$&'()*+,;=:@#\"<>[]^`{|} "))
