@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import weakref
 from http import HTTPStatus
-from typing import Optional
+from typing import NamedTuple, Optional
 
 
 from twisted.internet.interfaces import IPushProducer
@@ -50,6 +50,7 @@ from modcluster.ajp.protocol import (
     CPingFailed,
     IAJPResponseReceiver,
 )
+from modcluster.memo import BoundedMemo
 from modcluster.proxy._transport import direct_writer
 from modcluster.proxy.headers import (
     RESP_CONNECTION,
@@ -89,8 +90,27 @@ log = Logger(namespace="modcluster.ajp")
 CPING_MODES = ("always", "idle", "never")
 
 _HEAD = b"HEAD"
-#: client connections whose FORWARD_REQUEST pieces are kept (then forgotten at once)
-CLIENT_CACHE = 4096
+
+
+class RelayedHead(NamedTuple):
+    """
+    What is relayed of one SEND_HEADERS (L{AJPConnection._relayedHead}),
+    remembered per pool by its C{headers} tuple (L{AJPPool.heads}).
+    """
+
+    #: the headers tuple as the parser gave it (the memo key)
+    headers: tuple
+    status: int
+    #: the reason phrase as received
+    reason: bytes
+    #: the header lines to relay
+    out: bytes
+    #: the Content-Length value, or C{None}
+    cl: Optional[bytes]
+    #: its number, or C{None} if it is not one
+    length: Optional[int]
+    #: the reason phrase to relay
+    relayed: bytes
 _NEVER = float("-inf")
 _DEFAULT_PING = 10.0
 _CONTINUE = b"Continue"
@@ -172,6 +192,8 @@ class AJPConnection:
         self.no_body = False
         self.remaining = -1
         self.body_done = False
+        #: the L{RelayedHead} this connection relayed last
+        self.last_head: Optional[RelayedHead] = None
 
     def __repr__(self) -> str:
         return f"<AJPConnection {self.pool.worker} {self.proto!r}>"
@@ -288,24 +310,25 @@ class AJPConnection:
             self._bad(f"status {status} over AJP")
             return
         # The parser gives the same headers tuple for a repeated SEND_HEADERS
-        # packet, so what is relayed of it is remembered per pool by that
-        # tuple (the entry holds it: its id cannot be reused meanwhile).
-        memo = self.pool.heads
-        entry = memo.get(id(headers))
-        if (entry is None or entry[0] is not headers or entry[1] != status
-                or entry[2] != reason):
-            entry = self._relayedHead(status, reason, headers)
-            if entry is None:
-                return
-            if len(memo) >= HEAD_MEMO_SIZE:
-                memo.clear()
-            memo[id(headers)] = entry
-        out, cl, reason = entry[3], entry[4], entry[6]
+        # packet: the last head relayed on this connection is checked first
+        # by identity (it holds the tuple), then the pool's memo by value.
+        entry = self.last_head
+        if (entry is None or entry.headers is not headers or entry.status != status
+                or entry.reason != reason):
+            memo = self.pool.heads
+            entry = memo.entries.get(headers)
+            if entry is None or entry.status != status or entry.reason != reason:
+                entry = self._relayedHead(status, reason, headers)
+                if entry is None:
+                    return
+                memo.put(headers, entry)
+            self.last_head = entry
+        out, cl, reason = entry.out, entry.cl, entry.relayed
         if ex.method == _HEAD or status == 204 or status == 304:
             self.no_body = True
             length = 0
         elif cl is not None:
-            length = entry[5]
+            length = entry.length
             if length is None:
                 self._bad(f"bad Content-Length {cl!r}")
                 return
@@ -315,12 +338,11 @@ class AJPConnection:
         self.head = True
         ex.responseHead(status, reason, out, length)
 
-    def _relayedHead(self, status: int, reason: bytes, headers: tuple) -> Optional[tuple]:
+    def _relayedHead(self, status: int, reason: bytes, headers: tuple
+                     ) -> Optional[RelayedHead]:
         """
-        (headers, status, reason as received, the header lines to relay, the
-        Content-Length value or C{None}, its number or C{None} if it is not
-        one, the reason phrase to relay), or C{None} after reporting a head
-        that cannot be relayed.
+        The L{RelayedHead} of a SEND_HEADERS, or C{None} after reporting a
+        head that cannot be relayed.
         """
         # The relayed headers go straight into the block the front writes
         # (IExchange.responseHead takes bytes); a Connection header, which
@@ -361,7 +383,7 @@ class AJPConnection:
             known = (b"%d" % status, reason_phrase(status))
         if not reason or reason == known[0]:
             relayed = known[1]  # Tomcat sends the code as its message
-        return (headers, status, reason, out, cl, length, relayed)
+        return RelayedHead(headers, status, reason, out, cl, length, relayed)
 
     def bodyReceived(self, data: bytes) -> None:
         ex = self.ex
@@ -546,9 +568,10 @@ class AJPPool(PoolBase):
         self.encoder = ForwardRequestEncoder(fw.packet_size)
         self.endpoint = node_endpoint(fw.reactor, s.host, s.port, self.connect_timeout)
         self.direct = direct_address(s.host, s.port)
-        #: id of a SEND_HEADERS headers tuple -> L{AJPConnection._relayedHead}
-        #: of it (bounded; emptied when full)
-        self.heads: dict[int, tuple] = {}
+        #: SEND_HEADERS headers tuple -> its L{RelayedHead} (bounded; emptied
+        #: when full)
+        self.heads: BoundedMemo[tuple, RelayedHead] = BoundedMemo(
+            "proxy.ajp.heads", HEAD_MEMO_SIZE, count_hits=False)
 
     def acquire(self, ex, packet: bytes, fresh: bool) -> AJPConnection:
         fw = self.fw
@@ -666,7 +689,9 @@ class AJPForwarder(PooledForwarder):
         self.cping = config.ajp_cping
         self.cping_idle = config.ajp_cping_idle
         self.in_forward = False
-        self._clients: dict = {}
+        #: client connections whose FORWARD_REQUEST pieces were worked out
+        #: (and kept on their L{ClientInfo}), for tests and bench
+        self.client_facts = 0
         super().__init__(reactor)
 
     def encode(self, ex, pool: AJPPool) -> bytes:
@@ -677,8 +702,8 @@ class AJPForwarder(PooledForwarder):
         @raise RequestTooLarge: it does not fit the packet size.
         """
         client = ex.client
-        facts = self._clients.get(id(client))
-        if facts is None or facts[0]() is not client:
+        facts = client.forwarder_facts
+        if facts is None or facts[0] is not self:
             facts = self._clientFacts(client, pool.encoder)
         target = ex.target
         q = target.find(b"?")
@@ -729,12 +754,12 @@ class AJPForwarder(PooledForwarder):
 
     def _clientFacts(self, client, encoder: ForwardRequestEncoder) -> list:
         """
-        What every FORWARD_REQUEST of one client connection shares: C{[weak
-        reference to the client, encoded remote_addr and remote_host, encoded
-        TLS facts and attributes, last Host value, its server_name, the
-        server_name without a Host]}.  Kept per client (by identity, at most
-        L{CLIENT_CACHE} entries) once final, i.e. for TLS once the handshake
-        is done.
+        What every FORWARD_REQUEST of one client connection shares: C{[this
+        forwarder, encoded remote_addr and remote_host, encoded TLS facts and
+        attributes, last Host value, its server_name, the server_name without
+        a Host]}.  Kept on the client connection's L{ClientInfo} (its
+        C{forwarder_facts}: gone with the connection) once final, i.e. for
+        TLS once the handshake is done.
         """
         remote = client.remote_addr.encode("ascii", "replace")
         local = client.local_addr.encode("ascii", "replace")
@@ -747,13 +772,11 @@ class AJPForwarder(PooledForwarder):
             if version is not None:
                 attributes.insert(0, (b"AJP_SSL_PROTOCOL", version))
             final = cipher is not None
-        facts = [weakref.ref(client), encoder.encode_addresses(remote, remote),
+        facts = [self, encoder.encode_addresses(remote, remote),
                  encoder.encode_tail(cert, cipher, None, key_size, attributes), None, None, local]
         if final:
-            clients = self._clients
-            if len(clients) >= CLIENT_CACHE:
-                clients.clear()
-            clients[id(client)] = facts
+            client.forwarder_facts = facts
+            self.client_facts += 1
         return facts
 
     def forward(self, exchange, fresh: bool = False):

@@ -102,13 +102,18 @@ class ClientInfo:
         AJP C{is_ssl}).
     @ivar transport: the client transport, for forwarders that need TLS
         details (AJP: cipher, key size, client certificate).  Do not write to it.
+    @ivar forwarder_facts: the one writable field: what a forwarder works out
+        once per client connection and keeps for its later requests (the AJP
+        forwarder's FORWARD_REQUEST pieces), or C{None}; it goes with the
+        connection.
 
     Without C{local_addr}/C{local_port} they are read from
     C{transport.getHost()} when first asked for (a C{getsockname} system call
     that HTTP nodes never need), or C{""}/C{0} if that fails.
     """
 
-    __slots__ = ("remote_addr", "remote_port", "secure", "transport", "_local", "__weakref__")
+    __slots__ = ("remote_addr", "remote_port", "secure", "transport", "_local",
+                 "forwarder_facts", "__weakref__")
 
     def __init__(self, remote_addr: str, remote_port: int, local_addr: Optional[str] = None,
                  local_port: Optional[int] = None, secure: bool = False,
@@ -117,6 +122,7 @@ class ClientInfo:
         self.remote_port = remote_port
         self.secure = secure
         self.transport = transport
+        self.forwarder_facts: Optional[list] = None
         self._local = (None if local_addr is None and local_port is None
                        else (local_addr or "", local_port or 0))
 

@@ -1145,16 +1145,13 @@ def test_blocked_client_does_not_stop_the_cping():
 # -- the per-request fast paths (docs/ajp.md, "Performance notes") -------------------
 
 
-def test_forward_request_pieces_kept_per_client_connection(monkeypatch):
+def test_forward_request_pieces_kept_per_client_connection():
     """
     What the forwarder keeps per client connection (addresses, attributes,
     server_name per Host) never leaks into another connection's requests,
     and a connection's later requests with another Host or none get their
-    own server_name; also when the cache is full and starts over.
+    own server_name; worked out once per connection.
     """
-    from modcluster.proxy import ajp as forwarder_module
-
-    monkeypatch.setattr(forwarder_module, "CLIENT_CACHE", 1)
     h = one_node()
     clients = [
         h.client(transport=CountingTransport(
@@ -1187,7 +1184,7 @@ def test_forward_request_pieces_kept_per_client_connection(monkeypatch):
             clients[which] = h.client(transport=CountingTransport(
                 hostAddress=IPv4Address("TCP", "127.0.0.1", 8000),
                 peerAddress=IPv4Address("TCP", addr, port)))
-    assert len(h.forwarder._clients) <= 1
+    assert h.forwarder.client_facts == 3  # two connections, then a new one after HTTP/1.0
     assert h.counters_idle()
 
 

@@ -128,5 +128,6 @@ def test_forwarder_relays_a_repeated_head_from_its_memo():
         assert c.received().endswith(b"\r\n\r\nhello")
     [pool] = h.forwarder._pools.values()
     assert len(pool.heads) == 1
-    [entry] = pool.heads.values()
-    assert entry[1] == 200 and entry[5] == 5 and entry[6] == b"OK"  # Tomcat sent "200"
+    [entry] = pool.heads.entries.values()
+    assert entry.status == 200 and entry.length == 5
+    assert entry.relayed == b"OK"  # Tomcat sent "200"
