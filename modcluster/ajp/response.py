@@ -37,6 +37,7 @@ from modcluster.ajp.packets import (
     _type_name,
     check_packet_size,
 )
+from modcluster.memo import BoundedMemo
 
 __all__ = [
     "ResponseParser",
@@ -216,7 +217,8 @@ class ResponseParser:
         self._buf = bytearray()
         self._need = 4
         self._dead: Optional[AJPProtocolError] = None
-        self._heads: dict[bytes, tuple] = {}
+        self._heads: BoundedMemo[bytes, tuple] = BoundedMemo(
+            "ajp.response.heads", HEADS_MEMO_SIZE, count_hits=False)
 
     @property
     def buffered(self) -> int:
@@ -304,15 +306,12 @@ class ResponseParser:
                         )
                     out.append((3, data[start + 3:start + 3 + n]))
                 elif kind == 4:
-                    heads = self._heads
                     key = data[start:stop]
-                    head = heads.get(key)
+                    head = self._heads.entries.get(key)
                     if head is None:
                         head = (4, *_send_headers(data, start + 1, stop))
                         if length <= HEADS_MEMO_BYTES:
-                            if len(heads) >= HEADS_MEMO_SIZE:
-                                heads.clear()
-                            heads[key] = head
+                            self._heads.put(key, head)
                     out.append(head)
                 elif kind == 5:
                     if length != 2:
