@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import AbstractSet, Optional
 
-from attrs import frozen
+from attrs import field, frozen
 
 from modcluster.balancer._request import match_path, session_id
 from modcluster.cluster.model import (
@@ -28,6 +28,7 @@ from modcluster.cluster.model import (
     NodeRuntime,
     RoutingTable,
 )
+from modcluster.memo import BoundedMemo
 
 __all__ = ["RoutingPolicy", "Decision", "Refusal", "choose"]
 
@@ -89,6 +90,39 @@ class RoutingPolicy:
     eject_max_time: float = 300.0
     eject_max_share: float = 0.5
     eject_on_5xx: bool = False
+    #: the fast path's facts of the current snapshot (not a setting)
+    routes: "RouteMemo" = field(init=False, factory=lambda: RouteMemo(), eq=False, repr=False)
+
+
+class RouteMemo:
+    """
+    What the fast path of L{choose} derives from one routing snapshot alone
+    (it is immutable, so they never go stale): L{_plain_route} by matched
+    path (at most L{MEMO_MAX}, paths of at most L{MEMO_PATH_MAX}
+    characters) and the balancers' sticky cookie names.  Owned by the
+    L{RoutingPolicy} (one per data plane) rather than stored on the table;
+    given another table, it forgets what it had (L{follow}).
+
+    @ivar table: the snapshot the facts are from (held, so its identity is
+        not reused meanwhile).
+    @ivar paths: matched path -> L{_plain_route} of it.
+    @ivar cookie_names: the sticky cookie names of the table's balancers, or
+        C{None} until asked for.
+    """
+
+    __slots__ = ("table", "paths", "cookie_names")
+
+    def __init__(self) -> None:
+        self.table: Optional[RoutingTable] = None
+        self.paths: BoundedMemo[str, "_PlainRoute"] = BoundedMemo(
+            "balancer.routes", MEMO_MAX, count_hits=False)
+        self.cookie_names: Optional[tuple[str, ...]] = None
+
+    def follow(self, table: RoutingTable) -> None:
+        """Hold the facts of C{table} from now on (none yet)."""
+        self.table = table
+        self.paths.clear()
+        self.cookie_names = None
 
 
 class Decision:
@@ -297,22 +331,16 @@ def _no_context(policy: RoutingPolicy, reason: str) -> Refusal:
 _UNAVAILABLE = "every context matching the request is stopped or disabled"
 
 
-_COOKIE_NAMES = ("sticky cookie names",)  # a memo key no path can equal
-
-
-def _no_cookie_session(table: RoutingTable, cookie: str) -> bool:
+def _no_cookie_session(memo: RouteMemo, table: RoutingTable, cookie: str) -> bool:
     """
     True when C{cookie} cannot hold a session id for any balancer of the table
     (none of their sticky cookie names occurs in it), so the request is routed
     as one without a cookie.
     """
-    memo = table.memo
-    names = memo.get(_COOKIE_NAMES)
+    names = memo.cookie_names
     if names is None:
-        names = tuple({bs.sticky_cookie for bs in table.balancers.values() if bs.sticky_cookie})
-        if len(memo) >= MEMO_MAX:
-            memo.clear()
-        memo[_COOKIE_NAMES] = names
+        names = memo.cookie_names = tuple(
+            {bs.sticky_cookie for bs in table.balancers.values() if bs.sticky_cookie})
     for name in names:
         if name in cookie:
             return False
@@ -327,11 +355,11 @@ _PlainRoute = tuple[
 ]
 
 
-def _plain_route(table: RoutingTable, mpath: str) -> _PlainRoute:
+def _plain_route(memo: RouteMemo, table: RoutingTable, mpath: str) -> _PlainRoute:
     """
     What L{choose} needs for a request to C{mpath} that carries no session
     (no sticky cookie name in the cookie, no C{;} in the path) and no UseAlias; only the
-    snapshot decides it, so it is memoised on the table.  Returns (balancer settings, candidates,
+    snapshot decides it, so it is memoised (L{RouteMemo}).  Returns (balancer settings, candidates,
     reason): the balancer of the first ENABLED record (§2.3 step 2) and, in
     record order, C{(record, node id, node runtime, decision)} for the ENABLED
     records of that balancer, where C{decision} is the L{Decision} for that
@@ -360,10 +388,7 @@ def _plain_route(table: RoutingTable, mpath: str) -> _PlainRoute:
                               for rec in records
                               if rec.state is _ENABLED and rec.node.balancer == name), "")
     if len(mpath) <= MEMO_PATH_MAX:
-        memo = table.memo
-        if len(memo) >= MEMO_MAX:
-            memo.clear()
-        memo[mpath] = found
+        memo.paths.put(mpath, found)
     return found
 
 
@@ -388,14 +413,17 @@ def choose(table: RoutingTable, host: Optional[str], path: str, cookie: Optional
     # -- fast path: no session information, no UseAlias (the common request) ----
     # The same decisions as below with has_session False (so no route, no
     # domain, no DeterministicFailover hash), on facts memoised per snapshot.
+    memo = policy.routes
+    if memo.table is not table:
+        memo.follow(table)
     if (not policy.use_alias and ";" not in path
-            and (not cookie or _no_cookie_session(table, cookie))):
+            and (not cookie or _no_cookie_session(memo, table, cookie))):
         mpath = path
         if "%" in path or "/." in path or "//" in path:
             mpath = match_path(path)
-        plain = table.memo.get(mpath)
+        plain = memo.paths.entries.get(mpath)
         if plain is None:
-            plain = _plain_route(table, mpath)
+            plain = _plain_route(memo, table, mpath)
         b, cands, reason = plain
         if b is None:
             return _no_context(policy, reason)

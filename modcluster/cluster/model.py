@@ -256,8 +256,9 @@ class ContextEntry:
     rt: ContextRuntime = field(eq=False)
 
 
-#: Entries kept in a table's memo dicts before they are emptied (request paths
-#: are client input, so the caches must stay bounded).
+#: Entries kept in a routing memo (L{RoutingTable.longest_match}'s, the
+#: balancer's per-snapshot route memo) before it is emptied (request paths are
+#: client input, so the caches must stay bounded).
 MEMO_MAX = 4096
 #: Longer paths are not memoised (bounds the memory a client can make them hold:
 #: at most MEMO_MAX x MEMO_PATH_MAX characters of keys per snapshot).
@@ -288,10 +289,6 @@ class RoutingTable:
     removed_domains: dict[str, tuple[str, str]] = field(factory=dict)
     #: longest_match() results of this snapshot, by path (or (host, path)).
     _matches: dict = field(init=False, factory=dict, eq=False, repr=False)
-    #: Scratch space for facts the data plane derives from this snapshot alone
-    #: (it is immutable, so they never go stale); at most L{MEMO_MAX} entries,
-    #: keys of at most L{MEMO_PATH_MAX} characters.
-    memo: dict = field(init=False, factory=dict, eq=False, repr=False)
 
     @classmethod
     def empty(cls) -> "RoutingTable":

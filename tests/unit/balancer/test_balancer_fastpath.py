@@ -67,24 +67,27 @@ def test_memo_is_per_snapshot_and_bounded():
     c.node("n1", 100, contexts=("/app",))
     t1 = c.reg.table
     policy = RoutingPolicy()
+    memo = policy.routes  # owned by the policy, following the snapshot
     assert choose(t1, None, "/app/x", None, 0.0, policy).node.route == "n1"
+    assert memo.table is t1 and "/app/x" in memo.paths
     # A new snapshot (a new node) does not reuse the old one's facts.
     c.node("n2", 100, contexts=("/other",))
     t2 = c.reg.table
-    assert t2 is not t1 and not t2.memo
+    assert t2 is not t1
     d = choose(t2, None, "/other/x", None, 0.0, policy)
     assert d.node.route == "n2"
+    assert memo.table is t2 and list(memo.paths) == ["/other/x"]
     # The old snapshot still answers as it did.
     assert choose(t1, None, "/other/x", None, 0.0, policy).status == 404
     for i in range(MEMO_MAX + 10):
         choose(t2, None, f"/app/{i}", None, 0.0, policy)
-        assert len(t2.memo) <= MEMO_MAX
+        assert len(memo.paths) <= MEMO_MAX
     assert choose(t2, None, "/app/x", None, 0.0, policy).node.route == "n1"
     # Long paths are routed but not kept.
-    t2.memo.clear()
+    memo.paths.clear()
     long_path = "/app/" + "x" * MEMO_PATH_MAX
     assert choose(t2, None, long_path, None, 0.0, policy).node.route == "n1"
-    assert long_path not in t2.memo
+    assert long_path not in memo.paths
 
 
 def test_cookie_without_sticky_name_routes_like_no_cookie():
