@@ -25,6 +25,8 @@ from typing import Optional
 
 from attrs import field, frozen
 
+from modcluster.memo import BoundedMemo
+
 __all__ = [
     "BalancerSettings",
     "ContextEntry",
@@ -288,7 +290,10 @@ class RoutingTable:
     by_alias: dict[str, dict[str, tuple[ContextEntry, ...]]]
     removed_domains: dict[str, tuple[str, str]] = field(factory=dict)
     #: longest_match() results of this snapshot, by path (or (host, path)).
-    _matches: dict = field(init=False, factory=dict, eq=False, repr=False)
+    _matches: BoundedMemo = field(
+        init=False, factory=lambda: BoundedMemo("cluster.longest_match", MEMO_MAX,
+                                                count_hits=False),
+        eq=False, repr=False)
 
     @classmethod
     def empty(cls) -> "RoutingTable":
@@ -304,7 +309,7 @@ class RoutingTable:
         """
         key = path if host is None else (host, path)
         matches = self._matches
-        found = matches.get(key)
+        found = matches.entries.get(key)
         if found is not None:
             return found
         index = self.contexts if host is None else self.by_alias.get(host)
@@ -323,7 +328,5 @@ class RoutingTable:
                     found = index.get("/") if path != "/" else None
             found = found or ()
         if len(path) <= MEMO_PATH_MAX:
-            if len(matches) >= MEMO_MAX:
-                matches.clear()
-            matches[key] = found
+            matches.put(key, found)
         return found
