@@ -9,6 +9,7 @@ room; reference: balancing.md §2.1, §4.1, §4.4.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Optional, Union
 
@@ -142,41 +143,26 @@ def path_refusal(path: str) -> Optional[str]:
 # -- sticky session id -------------------------------------------------------
 
 _WS = " \t\r\n\x0b\x0c"   # C isspace()
-_cookie_res: dict[str, re.Pattern] = {}
-_path_res: dict[str, re.Pattern] = {}
-_strip_res: dict[str, re.Pattern] = {}
+#: sticky names whose compiled patterns are kept (a few per balancer)
 _CACHE_MAX = 256
 
 
+@functools.lru_cache(maxsize=_CACHE_MAX)
 def _cookie_re(name: str) -> re.Pattern:
-    rx = _cookie_res.get(name)
-    if rx is None:
-        if len(_cookie_res) >= _CACHE_MAX:
-            _cookie_res.clear()
-        # the name at the start or after ';', ',' or whitespace, optional
-        # whitespace, '=', then the value up to the next ';' or ','.
-        rx = _cookie_res[name] = re.compile(
-            r"(?:^|(?<=[;,%s]))%s[%s]*=([^;,]*)" % (_WS, re.escape(name), _WS))
-    return rx
+    # the name at the start or after ';', ',' or whitespace, optional
+    # whitespace, '=', then the value up to the next ';' or ','.
+    return re.compile(r"(?:^|(?<=[;,%s]))%s[%s]*=([^;,]*)" % (_WS, re.escape(name), _WS))
 
 
+@functools.lru_cache(maxsize=_CACHE_MAX)
 def _path_re(name: str) -> re.Pattern:
-    rx = _path_res.get(name)
-    if rx is None:
-        if len(_path_res) >= _CACHE_MAX:
-            _path_res.clear()
-        rx = _path_res[name] = re.compile(r";%s=([^;?&]*)" % re.escape(name))
-    return rx
+    return re.compile(r";%s=([^;?&]*)" % re.escape(name))
 
 
+@functools.lru_cache(maxsize=_CACHE_MAX)
 def _strip_path_re(name: str) -> re.Pattern:
-    rx = _strip_res.get(name)
-    if rx is None:
-        if len(_strip_res) >= _CACHE_MAX:
-            _strip_res.clear()
-        # As _path_re, but never beyond the end of the path segment.
-        rx = _strip_res[name] = re.compile(r";%s=[^;?&/]*" % re.escape(name))
-    return rx
+    # As _path_re, but never beyond the end of the path segment.
+    return re.compile(r";%s=[^;?&/]*" % re.escape(name))
 
 
 def cookie_value(cookie: str, name: str) -> Optional[str]:
