@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import weakref
 from http import HTTPStatus
-from typing import NamedTuple, Optional
+from typing import Optional
 
 
 from twisted.internet.interfaces import IPushProducer
@@ -92,25 +92,32 @@ CPING_MODES = ("always", "idle", "never")
 _HEAD = b"HEAD"
 
 
-class RelayedHead(NamedTuple):
+class RelayedHead:
     """
     What is relayed of one SEND_HEADERS (L{AJPConnection._relayedHead}),
-    remembered per pool by its C{headers} tuple (L{AJPPool.heads}).
+    remembered per pool by its C{headers} tuple (L{AJPPool.heads}).  A
+    slotted record: reading a field costs what indexing a tuple does.
+
+    @ivar headers: the headers tuple as the parser gave it (the memo key).
+    @ivar status: the status code.
+    @ivar reason: the reason phrase as received.
+    @ivar out: the header lines to relay.
+    @ivar cl: the Content-Length value, or C{None}.
+    @ivar length: its number, or C{None} if it is not one.
+    @ivar relayed: the reason phrase to relay.
     """
 
-    #: the headers tuple as the parser gave it (the memo key)
-    headers: tuple
-    status: int
-    #: the reason phrase as received
-    reason: bytes
-    #: the header lines to relay
-    out: bytes
-    #: the Content-Length value, or C{None}
-    cl: Optional[bytes]
-    #: its number, or C{None} if it is not one
-    length: Optional[int]
-    #: the reason phrase to relay
-    relayed: bytes
+    __slots__ = ("headers", "status", "reason", "out", "cl", "length", "relayed")
+
+    def __init__(self, headers: tuple, status: int, reason: bytes, out: bytes,
+                 cl: Optional[bytes], length: Optional[int], relayed: bytes) -> None:
+        self.headers = headers
+        self.status = status
+        self.reason = reason
+        self.out = out
+        self.cl = cl
+        self.length = length
+        self.relayed = relayed
 _NEVER = float("-inf")
 _DEFAULT_PING = 10.0
 _CONTINUE = b"Continue"

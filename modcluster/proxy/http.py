@@ -16,7 +16,7 @@ address (L{HttpForwarder.forwarded}).
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Optional
+from typing import Callable, Optional
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 from OpenSSL.SSL import Error as SSLError
@@ -73,19 +73,32 @@ HEAD_MEMO_BYTES = 2048
 FORWARDED_MEMO_SIZE = 4096
 
 
-class WholeHead(NamedTuple):
+class WholeHead:
     """
     A response head remembered in L{NodePool.whole}: what relaying it needs,
-    as llhttp and L{split_head} gave it.
+    as llhttp and L{split_head} gave it.  A slotted record: reading a field
+    costs what indexing a tuple does.
+
+    @ivar status: the status code.
+    @ivar reason: the reason phrase to relay.
+    @ivar headers: the header lines to relay (L{response_block_at}).
+    @ivar length: the Content-Length value.
+    @ivar keep_alive: llhttp's C{should_keep_alive()} for it.
     """
 
-    status: int
-    reason: bytes
-    #: the header lines to relay (L{response_block_at})
-    headers: bytes
-    #: the Content-Length value
-    length: int
-    keep_alive: bool
+    __slots__ = ("status", "reason", "headers", "length", "keep_alive")
+
+    def __init__(self, status: int, reason: bytes, headers: bytes, length: int,
+                 keep_alive: bool) -> None:
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self.length = length
+        self.keep_alive = keep_alive
+
+    def __repr__(self) -> str:
+        return (f"WholeHead({self.status}, {self.reason!r}, {self.headers!r}, {self.length}, "
+                f"{self.keep_alive})")
 
 
 class _Bad(Exception):
@@ -377,10 +390,10 @@ class NodeProtocol(Protocol):
         feeding the parser.  llhttp stays at a message boundary, where a
         complete keep-alive response leaves it.
         """
-        status, reason, headers, length, keep_alive = whole
-        self.keep_alive = keep_alive
+        length = whole.length
+        self.keep_alive = whole.keep_alive
         self.final = True
-        ex.responseHead(status, reason, headers, length)
+        ex.responseHead(whole.status, whole.reason, whole.headers, length)
         if self.ex is not ex:  # pragma: no cover - the front does not fail here
             return
         if length:

@@ -150,7 +150,7 @@ def test_repeated_request_head_skips_the_parser_and_is_relayed_the_same():
         c.proto._parser = parser
     assert fed == []
     assert h.factory.request_heads[head] is template  # shared, unchanged
-    assert isinstance(template[3], tuple)
+    assert isinstance(template.headers, tuple)
     assert h.counters_idle()
     # another connection uses it too
     c2 = h.client()
@@ -167,7 +167,7 @@ def test_sticky_remove_does_not_change_the_remembered_head():
         [req] = parse_requests(sent)
         assert req.header(b"Cookie") == b"x=1"
     template = h.factory.request_heads[head]
-    assert (b"Cookie", b"JSESSIONID=abc.n1; x=1") in template[3]
+    assert (b"Cookie", b"JSESSIONID=abc.n1; x=1") in template.headers
 
 
 @pytest.mark.parametrize("reads", [
@@ -269,8 +269,8 @@ def test_whole_response_relayed_without_the_parser():
     pool = n.proto.pool
     head = response[:response.index(b"\r\n\r\n") + 2]
     assert list(pool.whole) == [head]
-    status, reason, headers, length, keep_alive = pool.whole[head]
-    assert (status, reason, length, keep_alive) == (200, b"OK", 5, True)
+    whole = pool.whole[head]
+    assert (whole.status, whole.reason, whole.length, whole.keep_alive) == (200, b"OK", 5, True)
     fed = []
     n.proto.parser = type("Spy", (), {"feed_data": lambda self, d: fed.append(d)})()
     for _ in range(3):
