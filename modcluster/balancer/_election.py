@@ -114,7 +114,7 @@ class RouteMemo:
 
     def __init__(self) -> None:
         self.table: Optional[RoutingTable] = None
-        self.paths: BoundedMemo[str, "_PlainRoute"] = BoundedMemo(
+        self.paths: BoundedMemo[str, tuple] = BoundedMemo(
             "balancer.routes", MEMO_MAX, count_hits=False)
         self.cookie_names: Optional[tuple[str, ...]] = None
 
