@@ -101,7 +101,8 @@ class RelayedHead:
     @ivar headers: the headers tuple as the parser gave it (the memo key).
     @ivar status: the status code.
     @ivar reason: the reason phrase as received.
-    @ivar out: the header lines to relay.
+    @ivar out: the header lines to relay (bytes, or a list of (name, value)
+        when the container sent C{Connection}).
     @ivar cl: the Content-Length value, or C{None}.
     @ivar length: its number, or C{None} if it is not one.
     @ivar relayed: the reason phrase to relay.
@@ -109,7 +110,7 @@ class RelayedHead:
 
     __slots__ = ("headers", "status", "reason", "out", "cl", "length", "relayed")
 
-    def __init__(self, headers: tuple, status: int, reason: bytes, out: bytes,
+    def __init__(self, headers: tuple, status: int, reason: bytes, out: "bytes | list",
                  cl: Optional[bytes], length: Optional[int], relayed: bytes) -> None:
         self.headers = headers
         self.status = status

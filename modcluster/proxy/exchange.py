@@ -100,14 +100,16 @@ class RequestHead:
                  path: Optional[str], query: Optional[bytes], cookies: Optional[tuple],
                  upgrade_token: Optional[bytes], x_forwarded: object, proxy_connection: object,
                  idempotent: bool) -> None:
-        self.values = (method, target, version, headers, host, body_length, keep_alive, path,
+        self.values: tuple = (method, target, version, headers, host, body_length, keep_alive, path,
                        query, cookies, upgrade_token, x_forwarded, proxy_connection, idempotent)
 
     def without_target(self) -> "RequestHead":
         """The same head for L{ProxyFactory.request_blocks}: no target."""
-        fields = dict(zip(self.FIELDS, self.values))
-        fields.update(target=None, path=None, query=None)
-        return RequestHead(**fields)
+        (method, _, version, headers, host, body_length, keep_alive, _, _, cookies,
+         upgrade_token, x_forwarded, proxy_connection, idempotent) = self.values
+        return RequestHead(method, None, version, headers, host, body_length, keep_alive, None,
+                           None, cookies, upgrade_token, x_forwarded, proxy_connection,
+                           idempotent)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, RequestHead) and other.values == self.values
