@@ -439,3 +439,27 @@ def test_client_gone_during_a_remembered_request():
     n2, sent = _serve(h, c2, _STICKY, ok)
     assert n2 is not n and sent and c2.received().endswith(b"\r\n\r\nhello")
     assert h.counters_idle()
+
+
+def test_hot_path_memos_count_their_misses_for_memo_stats():
+    """Issue 16: the data plane's memos are BoundedMemos read inline; their
+    misses and sizes show in memo_stats() (hits are not counted per
+    request: they are the requests less the misses)."""
+    from modcluster.memo import memo_stats
+
+    h = _harness()
+    c = h.client()
+    response = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+    n = _one(h, c, response)
+    for _ in range(4):
+        assert _one(h, c, response) is n
+    f = h.factory
+    assert f.request_heads.stats() == {"size": 1, "max_size": REQUEST_MEMO_SIZE,
+                                       "misses": 1, "evictions": 0}
+    pool = n.proto.pool
+    assert pool.heads.misses == 1 and pool.whole.misses == 1
+    stats = memo_stats()
+    for name in ("proxy.request_heads", "proxy.http.heads", "proxy.http.whole",
+                 "balancer.routes", "cluster.longest_match"):
+        assert name in stats, name
+    assert f.request_heads.stats() in stats["proxy.request_heads"]
