@@ -131,3 +131,20 @@ def test_forwarder_relays_a_repeated_head_from_its_memo():
     [entry] = pool.heads.entries.values()
     assert entry.status == 200 and entry.length == 5
     assert entry.relayed == b"OK"  # Tomcat sent "200"
+
+
+def test_relayed_head_memo_is_keyed_by_the_headers_not_their_identity(monkeypatch):
+    """Issue 16: with the parser's own memo off, every SEND_HEADERS gives a
+    new (equal) headers tuple; the pool's relayed-head memo still finds it
+    (keyed by value, not by id()) and works it out once."""
+    monkeypatch.setattr(response_module, "HEADS_MEMO_BYTES", -1)
+    h = one_node()
+    c = h.client()
+    for i in range(3):
+        c.send(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+        if i == 0:
+            h.accept()
+        h.flush()
+        assert c.received().endswith(b"\r\n\r\nhello")
+    [pool] = h.forwarder._pools.values()
+    assert len(pool.heads) == 1 and pool.heads.misses == 1
