@@ -106,7 +106,11 @@ def serve(port: int, backends: list[int]) -> None:
         server_endpoint(reactor, f"ssl:{port}:interface={LOOPBACK}:backlog=1024:"
                         f"privateKey={pem}", engine=engine).listen(factory)
     else:
-        reactor.listenTCP(port, factory, interface=LOOPBACK, backlog=1024)
+        listening = reactor.listenTCP(port, factory, interface=LOOPBACK, backlog=1024)
+        if os.environ.get("PROXY_ACCEPT", "1") == "1":
+            from modcluster.proxy import accept
+
+            accept.install(listening)
     if os.environ.get("PROXY_FASTLOOP", "1") == "1":
         from modcluster.proxy import fastloop
 

@@ -490,11 +490,20 @@ def _proxy(config: Config, reactor, registry, node_tls):
     for description in p.listen:
         # server_endpoint: an ssl: listener answers ALPN (browsers, curl offer it);
         # with [proxy] http2 it selects h2 first and serves it (listener_factory)
+        endpoint = server_endpoint(reactor, with_backlog(description, p.listen_backlog),
+                                   alpn_protocols(p), p.tls_engine)
+        if p.fast_event_loop:
+            endpoint = _accepting(endpoint, description)
         StreamServerEndpointService(
-            server_endpoint(reactor, with_backlog(description, p.listen_backlog),
-                            alpn_protocols(p), p.tls_engine),
-            listener_factory(factory, description)).setServiceParent(services)
+            endpoint, listener_factory(factory, description)).setServiceParent(services)
     return services
+
+
+def _accepting(endpoint, description: str):
+    """A plain TCP proxy listener accepts with modcluster/proxy/accept.py."""
+    from modcluster.proxy.accept import AcceptingEndpoint, is_plain_tcp_description
+
+    return AcceptingEndpoint(endpoint) if is_plain_tcp_description(description) else endpoint
 
 
 def _observer(config: Config, reactor, send=None):

@@ -216,14 +216,20 @@ class _Adopter:
     """
 
     def __init__(self, reactor, fd: int, family: int, description: Optional[str] = None,
-                 ) -> None:
+                 fast_accept: bool = False) -> None:
         self._reactor = reactor
         self._fd = fd
         self._family = family
         self._description = description  # (certificates re-read on reload)
+        self._fast_accept = fast_accept
 
     def listenTCP(self, port, factory, backlog=50, interface=""):
-        return self._reactor.adoptStreamPort(self._fd, self._family, factory)
+        adopted = self._reactor.adoptStreamPort(self._fd, self._family, factory)
+        if self._fast_accept:
+            from modcluster.proxy.accept import install_logged
+
+            install_logged(adopted)
+        return adopted
 
     def listenSSL(self, port, factory, contextFactory, backlog=50, interface=""):
         from modcluster.tls import answer_alpn, resume_sessions
@@ -791,9 +797,11 @@ class WorkerService(Service):
                 from modcluster.proxy.alpn import listener_factory
 
                 factory = listener_factory(factory, description)
-            self.ports.append(serverFromString(_Adopter(self.reactor, fd, family, description),
-                                               description)
-                              .listen(factory))
+            fast_accept = bool(getattr(getattr(self.factory, "config", None),
+                                       "fast_event_loop", False))
+            self.ports.append(serverFromString(
+                _Adopter(self.reactor, fd, family, description, fast_accept=fast_accept),
+                description).listen(factory))
             os.close(fd)  # adoptStreamPort took its own copy
         self._report.start(REPORT_INTERVAL, now=False)
         self._tick.start(1.0, now=False)

@@ -1,0 +1,331 @@
+"""
+Optional: an accept loop of our own for plain TCP proxy listeners.
+
+Twisted's C{tcp.Port.doRead} accepts up to C{numberAccepts} (100, growing by
+20 whenever a batch fills it) connections per readable event, inside a
+log-buffering context manager and a generator, and builds each transport with
+C{tcp.Server.__init__} (three C{__init__}s, C{reflect.qual} of the protocol
+class for the log prefix, a C{repr} string).  The first bytes of the new
+connection are read only one reactor iteration later, when epoll reports the
+new socket readable.  For C{Connection: close} clients (one connection per
+request) that is a sizeable share of the per-request cost and one extra loop
+iteration of latency (docs/performance.md, run J).
+
+L{install} replaces C{doRead} on one C{tcp.Port} B{instance} with
+L{Acceptor}, which:
+
+ - accepts at most L{BATCH} connections per readable event (the listening
+   socket stays readable, so the rest come at the next iteration, after the
+   established connections' events: bounded work per iteration);
+ - builds each C{tcp.Server} with the attributes C{tcp.Server.__init__}
+   would give it, set directly (checked once per process against a real
+   C{tcp.Server}, L{supported}), and registers it for reading as
+   C{__init__} does;
+ - tries to read the request at once after C{makeConnection} (a client
+   usually sends it right after the handshake, before we accept), as the
+   C{tcp.Connection.doRead} that the next iteration would run;
+ - closes those connections without the C{shutdown()} before C{close()}
+   (Twisted's own comment: not needed when the descriptor is close-on-exec,
+   which accepted sockets are; a FIN still follows the last byte written);
+ - on C{EMFILE}/C{ENFILE}/C{ENOBUFS}/C{ENOMEM} stops accepting on that port
+   for L{PAUSE} seconds (the pending clients wait in the backlog; Twisted's
+   loop would retry at every iteration, busy) and logs at most one line per
+   L{LOG_INTERVAL} seconds with the number of such failures.
+
+Everything else stays Twisted's: the transport is a plain C{tcp.Server}
+(writes, producers, C{loseConnection}, C{getPeer}, the fast paths of
+L{modcluster.proxy.fastloop} and L{modcluster.proxy._transport}), the port
+is the same C{tcp.Port} (C{stopListening}, handover, worker processes).
+It is installed only on an exact C{tcp.Port} whose transport class is
+C{tcp.Server} and whose C{doRead} is Twisted's own, when L{supported} holds.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket as _socket
+
+from twisted.internet import address, tcp
+from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+__all__ = ["Acceptor", "install", "supported"]
+
+log = Logger()
+
+#: Connections accepted per readable event of one listening socket.
+BATCH = 32
+#: Seconds a port stops accepting after the process ran out of descriptors.
+PAUSE = 0.25
+#: Seconds between two log lines about accept failures of one port.
+LOG_INTERVAL = 10.0
+#: accept() errors that mean "out of resources": pause, do not spin.
+_RESOURCE = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+#: accept() errors that concern one client only: go on with the next.
+_SKIP = (errno.ECONNABORTED, errno.EPERM, errno.EPROTO, errno.ENOPROTOOPT, errno.EHOSTDOWN,
+         errno.ENONET, errno.EHOSTUNREACH, errno.EOPNOTSUPP, errno.ENETUNREACH)
+
+_ATTRIBUTES = frozenset({"reactor", "_tempDataBuffer", "_tempDataLen", "socket", "fileno",
+                         "protocol", "server", "client", "sessionno", "hostname", "logstr",
+                         "repstr", "connected"})
+_supported = None
+#: Twisted's own C{Port.doRead}, to tell whether someone patched the class
+_PORT_DOREAD = tcp.Port.doRead
+
+
+class _StubReactor:
+    def addReader(self, reader) -> None:
+        pass
+
+
+def supported() -> bool:
+    """
+    Whether this Twisted's C{tcp.Port}/C{tcp.Server} are the ones this code
+    was written against: C{Port.doRead} unpatched, and a C{tcp.Server} built
+    by its C{__init__} (over a socket pair, once per process) has exactly the
+    instance attributes L{Acceptor} sets.
+    """
+    global _supported
+    if _supported is None:
+        _supported = _check()
+    return _supported
+
+
+def _check() -> bool:
+    if not hasattr(tcp.Port, "doRead") or not hasattr(tcp.Connection, "_closeSocket"):
+        return False
+    if getattr(tcp.Connection, "_shouldShutdown", None) is not True:
+        return False
+    a, b = _socket.socketpair()
+    try:
+        class _Port:
+            _realPortNumber = 1
+
+        s = tcp.Server(a, object(), ("127.0.0.1", 1), _Port(), 0, _StubReactor())
+        return set(vars(s)) == _ATTRIBUTES and s.connected == 1
+    except Exception:
+        return False
+    finally:
+        a.close()
+        b.close()
+
+
+class Acceptor:
+    """
+    The C{doRead} of one listening C{tcp.Port} (see the module docstring).
+
+    @ivar failures: accept() calls that failed for lack of resources.
+    """
+
+    def __init__(self, port, clock=None) -> None:
+        self.port = port
+        self.clock = clock if clock is not None else port.reactor
+        self.failures = 0
+        self._unlogged = 0
+        self._last_log = None
+        self._resume = None
+        #: protocol class -> log prefix (for classes with Protocol's logPrefix)
+        self._prefixes: dict = {}
+        reactor = port.reactor
+        # the eager first read needs to know whether the protocol left the
+        # connection registered for reading (an epoll reactor's fd set)
+        self._reads = getattr(reactor, "_reads", None)
+        if not isinstance(self._reads, set):
+            self._reads = None
+        self._disconnect = getattr(reactor, "_disconnectSelectable", None)
+        # stopReading from someone else (a handover pausing the port) cancels
+        # a pending resume of ours
+        self._stop_reading = port.stopReading
+        port.stopReading = self._stopped
+
+    def _stopped(self) -> None:
+        if self._resume is not None and self._resume.active():
+            self._resume.cancel()
+        self._resume = None
+        self._stop_reading()
+
+    def __call__(self) -> None:
+        port = self.port
+        listener = port.socket
+        accept = listener._accept
+        family, type_, proto = listener.family, listener.type, listener.proto
+        factory = port.factory
+        reactor = port.reactor
+        add_reader = reactor.addReader
+        reads = self._reads
+        new = object.__new__
+        Server = tcp.Server
+        prefixes = self._prefixes
+        on = port._realPortNumber
+        ipv6 = port.addressFamily == _socket.AF_INET6
+        AddressType = port._addressType
+        for _ in range(BATCH):
+            try:
+                fd, addr = accept()
+            except BlockingIOError:
+                return
+            except OSError as e:
+                if e.errno in _SKIP:
+                    continue
+                if e.errno in _RESOURCE:
+                    self._out_of_resources(e)
+                    return
+                log.failure("proxy: accept() failed on port {port}", port=on)
+                return
+            skt = _socket.socket(family, type_, proto, fd)
+            try:
+                if ipv6:
+                    host = _socket.getnameinfo(
+                        addr, _socket.NI_NUMERICHOST | _socket.NI_NUMERICSERV)[0]
+                    addr = (host,) + tuple(addr[1:])
+                skt.setblocking(False)
+                protocol = factory.buildProtocol(AddressType("TCP", *addr))
+            except Exception:
+                skt.close()
+                log.failure("proxy: a connection accepted on port {port} could not be set up",
+                            port=on)
+                continue
+            if protocol is None:
+                skt.close()
+                continue
+            s = port.sessionno
+            port.sessionno = s + 1
+            host = addr[0]
+            cls = protocol.__class__
+            prefix = prefixes.get(cls)
+            if prefix is None:
+                prefix = port._getLogPrefix(protocol)
+                if getattr(cls, "logPrefix", None) is Protocol.logPrefix:
+                    prefixes[cls] = prefix
+            t = new(Server)
+            t.__dict__ = {
+                "reactor": reactor, "_tempDataBuffer": [], "_tempDataLen": 0,
+                "socket": skt, "fileno": skt.fileno, "protocol": protocol,
+                "server": port, "client": addr, "sessionno": s, "hostname": host,
+                "logstr": f"{prefix},{s},{host}",
+                "repstr": f"<{cls.__name__} #{s} on {on}>",
+                "_shouldShutdown": False,
+            }
+            if ipv6:
+                t._addressType = address.IPv6Address
+            try:
+                add_reader(t)
+                t.connected = 1
+                protocol.makeConnection(t)
+            except BaseException:
+                log.failure("proxy: unhandled error in {protocol!r}.makeConnection",
+                            protocol=protocol)
+                self._close(t, CONNECTION_LOST)
+                continue
+            if reads is not None and t.connected and not t.disconnecting \
+                    and fd in reads:
+                self._first_read(t, skt)
+
+    def _first_read(self, t, skt) -> None:
+        """What C{tcp.Connection.doRead} would do when epoll reports it readable."""
+        try:
+            data = skt.recv(t.bufferSize)
+        except BlockingIOError:
+            return
+        except OSError:
+            self._close(t, CONNECTION_LOST)
+            return
+        if not data:
+            self._close(t, CONNECTION_DONE)
+            return
+        try:
+            t.protocol.dataReceived(data)
+        except BaseException as e:
+            log.failure("unhandled error in {protocol!r}.dataReceived", protocol=t.protocol)
+            self._close(t, e)
+
+    def _close(self, t, why) -> None:
+        try:
+            if self._disconnect is not None:
+                self._disconnect(t, why, True)
+            elif hasattr(t, "socket"):
+                t.connectionLost(Failure(CONNECTION_LOST))
+        except BaseException:
+            log.failure("unhandled error while closing {transport!r}", transport=t)
+
+    def _out_of_resources(self, e: OSError) -> None:
+        """Stop accepting for L{PAUSE} seconds; log at most once per L{LOG_INTERVAL}."""
+        self.failures += 1
+        now = self.clock.seconds()
+        if self._last_log is None or now - self._last_log >= LOG_INTERVAL:
+            more = self._unlogged
+            self._unlogged = 0
+            self._last_log = now
+            log.error(
+                "proxy: cannot accept connections on port {port}: {error}; pausing "
+                "accepts for {pause} s (waiting clients stay in the backlog){more}",
+                port=self.port._realPortNumber, error=errno.errorcode.get(
+                    e.errno, str(e.errno)) + f" ({e.strerror})", pause=PAUSE,
+                failures=self.failures,
+                more=f"; {more} more such failures since the last line" if more else "")
+        else:
+            self._unlogged += 1
+        if self._resume is None or not self._resume.active():
+            self._stop_reading()
+            self._resume = self.clock.callLater(PAUSE, self._resumed)
+
+    def _resumed(self) -> None:
+        self._resume = None
+        port = self.port
+        if getattr(port, "connected", False) and not port.disconnecting:
+            port.startReading()
+
+
+def install(port, clock=None) -> bool:
+    """
+    Accept on C{port} with an L{Acceptor} if it is an exact, listening
+    C{tcp.Port} serving plain C{tcp.Server} transports and L{supported}
+    holds.  Returns whether it was installed.
+    """
+    if type(port) is not tcp.Port or port.transport is not tcp.Server:
+        return False
+    if isinstance(getattr(port, "doRead", None), Acceptor):
+        return True
+    if tcp.Port.doRead is not _PORT_DOREAD or "doRead" in vars(port):
+        return False
+    if not getattr(port, "connected", False) or not supported():
+        return False
+    port.doRead = Acceptor(port, clock)
+    return True
+
+
+def install_logged(port) -> bool:
+    """L{install}, with a log line saying which accept loop C{port} runs."""
+    installed = install(port)
+    where = getattr(port, "_realPortNumber", None)
+    if installed:
+        log.info("proxy: port {port} accepts with the proxy's own accept loop "
+                 "(proxy.fast_event_loop)", port=where)
+    else:
+        log.info("proxy: port {port} keeps Twisted's accept loop (the proxy's own needs "
+                 "Twisted's tcp.Port and tcp.Server as written against)", port=where)
+    return installed
+
+
+class AcceptingEndpoint:
+    """
+    A stream server endpoint that listens with C{endpoint} and then installs
+    the L{Acceptor} on the port it gives (L{install_logged}).
+    """
+
+    def __init__(self, endpoint) -> None:
+        self.endpoint = endpoint
+
+    def listen(self, factory):
+        def listening(port):
+            install_logged(port)
+            return port
+
+        return self.endpoint.listen(factory).addCallback(listening)
+
+
+def is_plain_tcp_description(description: str) -> bool:
+    """Whether an endpoint description is a plain TCP one (C{tcp:}, C{tcp6:})."""
+    return description.split(":", 1)[0].strip().lower() in ("tcp", "tcp6")
