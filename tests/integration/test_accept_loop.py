@@ -1,0 +1,213 @@
+"""
+The proxy's own accept loop (modcluster/proxy/accept.py) over real sockets on
+127.0.0.1: many short (C{Connection: close}) connections each get their whole
+response, a client that resets its connection does not disturb the others,
+and a process out of file descriptors pauses accepting (one log line), keeps
+serving the connections it has and accepts the waiting clients once
+descriptors are free again.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import subprocess
+import sys
+import textwrap
+
+import pytest_twisted
+from twisted.internet import defer, task, threads
+from twisted.logger import globalLogPublisher
+
+from modcluster.proxy import accept
+from tests.integration.test_proxy_http import Stack
+
+
+def _get(port: int, path: str) -> bytes:
+    """One C{Connection: close} request; everything until the server closes."""
+    with socket.create_connection(("127.0.0.1", port), 10) as c:
+        c.sendall(b"GET %s HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+                  % path.encode())
+        data = b""
+        while True:
+            chunk = c.recv(65536)
+            if not chunk:
+                return data
+            data += chunk
+
+
+def _body(response: bytes) -> bytes:
+    head, _, body = response.partition(b"\r\n\r\n")
+    length = [int(line.split(b":")[1]) for line in head.split(b"\r\n")
+              if line.lower().startswith(b"content-length:")]
+    assert length == [len(body)], response
+    return body
+
+
+async def _stack() -> Stack:
+    stack = Stack()
+    assert accept.install(stack.port)
+    assert isinstance(stack.port.doRead, accept.Acceptor)
+    stack.serve("nA")
+    return stack
+
+
+@pytest_twisted.ensureDeferred
+async def test_many_short_connections_get_their_last_byte():
+    stack = await _stack()
+    errors: list = []
+
+    def failures(event):
+        if event.get("log_failure") is not None:
+            errors.append(event)
+
+    globalLogPublisher.addObserver(failures)
+    try:
+        port = stack.port.getHost().port
+        for batch in range(10):
+            got = await defer.gatherResults([
+                threads.deferToThread(_get, port, f"/app/x?i={batch}-{i}") for i in range(30)])
+            for i, response in enumerate(got):
+                assert response.startswith(b"HTTP/1.1 200 ")
+                body = _body(response)
+                # the peer address reaches the node
+                assert body.startswith(b"nA\nGET /app/x?i=%d-%d\nHost: localhost\n"
+                                       b"X-Forwarded-For: 127.0.0.1\n" % (batch, i))
+        assert stack.port.sessionno >= 300
+        assert not errors
+        assert not stack.factory._clients  # every client connection closed
+    finally:
+        globalLogPublisher.removeObserver(failures)
+        await stack.stop()
+
+
+def _reset_after_request(port: int) -> None:
+    c = socket.create_connection(("127.0.0.1", port), 10)
+    c.sendall(b"GET /app/slow?ms=50 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    c.close()  # RST
+
+
+def _reset_at_once(port: int) -> None:
+    c = socket.create_connection(("127.0.0.1", port), 10)
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    c.close()  # RST before (or while) the proxy accepts
+
+
+@pytest_twisted.ensureDeferred
+async def test_reset_clients_do_not_disturb_others():
+    stack = await _stack()
+    errors: list = []
+
+    def failures(event):
+        if event.get("log_failure") is not None:
+            errors.append(event)
+
+    globalLogPublisher.addObserver(failures)
+    try:
+        port = stack.port.getHost().port
+        work = []
+        for i in range(20):
+            work.append(threads.deferToThread(_reset_after_request, port))
+            work.append(threads.deferToThread(_reset_at_once, port))
+            work.append(threads.deferToThread(_get, port, f"/app/ok?i={i}"))
+        done = await defer.gatherResults(work)
+        answers = [r for r in done if r is not None]
+        assert len(answers) == 20
+        for response in answers:
+            assert _body(response).startswith(b"nA\nGET /app/ok?i=")
+        await task.deferLater(stack.reactor, 0.3, lambda: None)  # the slow answers end
+        assert not errors
+        assert not stack.factory._clients
+        assert _body(await threads.deferToThread(_get, port, "/app/after")).startswith(
+            b"nA\nGET /app/after")
+    finally:
+        globalLogPublisher.removeObserver(failures)
+        await stack.stop()
+
+
+_SERVER = textwrap.dedent("""
+    import resource, sys
+    from twisted.internet import reactor
+    from twisted.internet.protocol import Factory, Protocol
+    from twisted.logger import globalLogPublisher
+    from modcluster.proxy import accept
+
+    lines = []
+    globalLogPublisher.addObserver(
+        lambda e: lines.append(e) if "cannot accept" in e.get("log_format", "") else None)
+
+    class Answer(Protocol):
+        def dataReceived(self, data):
+            self.transport.write(b"ok " + data)
+
+    port = reactor.listenTCP(0, Factory.forProtocol(Answer), interface="127.0.0.1",
+                             backlog=100)
+    assert accept.install(port)
+    import os
+    used = len(os.listdir("/proc/self/fd"))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (used + 5, used + 5))
+    print("PORT", port.getHost().port, flush=True)
+
+    def report():
+        print("FAILURES", port.doRead.failures, "LINES", len(lines), flush=True)
+        reactor.stop()
+
+    from twisted.internet import stdio
+    class Cmd(Protocol):
+        def dataReceived(self, data):
+            if b"report" in data:
+                report()
+    stdio.StandardIO(Cmd())
+    reactor.run()
+""")
+
+
+def test_out_of_descriptors_pauses_and_recovers(tmp_path):
+    script = tmp_path / "server.py"
+    script.write_text(_SERVER)
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    proc = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env=env)
+    clients: list[socket.socket] = []
+    try:
+        port = int(proc.stdout.readline().split()[1])
+        # more clients than the server has descriptors for
+        for i in range(15):
+            c = socket.create_connection(("127.0.0.1", port), 10)
+            c.sendall(b"%d" % i)
+            clients.append(c)
+        served, waiting = [], []
+        for i, c in enumerate(clients):
+            c.settimeout(0.5 if i < 5 else 0.1)
+            try:
+                answer = c.recv(100)
+            except TimeoutError:
+                waiting.append(c)
+            else:
+                assert answer == b"ok %d" % i
+                served.append(c)
+        assert served and waiting  # some were accepted, the rest wait in the backlog
+        # the connections it has are still served
+        served[0].sendall(b"again")
+        served[0].settimeout(10)
+        assert served[0].recv(100) == b"ok again"
+        # descriptors freed: the waiting clients are accepted and answered
+        for c in served:
+            c.close()
+        for c in waiting[:3]:
+            c.settimeout(10)
+            assert c.recv(100).startswith(b"ok ")
+        proc.stdin.write("report\n")
+        proc.stdin.flush()
+        report = proc.stdout.readline().split()
+        failures, lines = int(report[1]), int(report[3])
+        # paused, not spinning: a few failed accepts (one per pause), one log line
+        assert 1 <= failures < 100
+        assert lines == 1
+    finally:
+        for c in clients:
+            c.close()
+        proc.kill()
+        proc.wait(10)

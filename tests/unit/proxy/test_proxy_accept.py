@@ -1,0 +1,276 @@
+"""
+The proxy's own accept loop (modcluster/proxy/accept.py) against the
+installed Twisted: the transports it builds are the ones C{tcp.Server} builds,
+it accepts in bounded batches, and running out of descriptors pauses accepting
+(with one log line) instead of spinning.  Listening and client sockets are
+real (127.0.0.1); the reactor is a MemoryReactor and the clock a task.Clock.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+
+import pytest
+from twisted.internet import address, tcp, task
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import MemoryReactor
+from twisted.logger import globalLogPublisher
+
+from modcluster.proxy import accept
+from modcluster.proxy._transport import lose_connection
+
+
+class Recorder(Protocol):
+    def __init__(self) -> None:
+        self.made = 0
+
+    def connectionMade(self) -> None:
+        self.made += 1
+
+
+class RecordingFactory(Factory):
+    protocol = Recorder
+
+    def __init__(self) -> None:
+        self.built: list = []
+
+    def buildProtocol(self, addr):
+        p = Recorder()
+        p.factory = self
+        self.built.append((p, addr))
+        return p
+
+
+@pytest.fixture
+def listening():
+    reactor = MemoryReactor()
+    factory = RecordingFactory()
+    port = tcp.Port(0, factory, interface="127.0.0.1", reactor=reactor)
+    port.startListening()
+    clients: list[socket.socket] = []
+    yield port, factory, reactor, clients
+    for c in clients:
+        c.close()
+    for p, _ in factory.built:
+        t = p.transport
+        if t is not None and hasattr(t, "socket"):
+            t.socket.close()
+    port.socket.close()
+
+
+def connect(port, clients, n=1) -> list[socket.socket]:
+    made = []
+    for _ in range(n):
+        c = socket.create_connection(("127.0.0.1", port.getHost().port), 5)
+        clients.append(c)
+        made.append(c)
+    return made
+
+
+def test_pins_twisted():
+    """The attributes Acceptor sets are exactly those tcp.Server.__init__ sets."""
+    assert accept.supported()
+    assert accept._PORT_DOREAD is tcp.Port.doRead
+    assert tcp.Connection._shouldShutdown is True
+
+
+def test_transport_is_what_twisted_builds(listening):
+    port, factory, reactor, clients = listening
+    assert accept.install(port)
+    (c,) = connect(port, clients)
+    port.doRead()
+    ((proto, addr),) = factory.built
+    t = proto.transport
+    # the same transport Twisted's loop builds for the same socket
+    twisted = tcp.Server(socket.socket(), Recorder(), addr_tuple(addr), port, t.sessionno,
+                         MemoryReactor())
+    try:
+        assert type(t) is tcp.Server
+        assert set(vars(t)) - {"_shouldShutdown"} == set(vars(twisted))
+        assert t.logstr == f"Recorder,{t.sessionno},127.0.0.1" == twisted.logstr.replace(
+            "Recorder", "Recorder")
+        assert repr(t) == repr(twisted)
+        assert t.connected == 1 and not t.disconnecting
+    finally:
+        twisted.socket.close()
+    assert isinstance(addr, address.IPv4Address)
+    assert (addr.host, addr.port) == c.getsockname()[:2]
+    assert t.getPeer() == addr
+    assert t.getHost().port == port.getHost().port
+    assert proto.made == 1
+    assert t in reactor.readers
+    assert port.sessionno == 1
+    assert t.socket.gettimeout() == 0.0  # non-blocking, as Connection.__init__ makes it
+
+
+def addr_tuple(addr):
+    return (addr.host, addr.port)
+
+
+def test_close_skips_shutdown_and_still_sends(listening):
+    """The last bytes written reach the client, then the end of the stream."""
+    port, factory, reactor, clients = listening
+    accept.install(port)
+    (c,) = connect(port, clients)
+    port.doRead()
+    ((proto, _),) = factory.built
+    t = proto.transport
+    assert t._shouldShutdown is False
+    t.write(b"last bytes")
+    t.doWrite()
+    lose_connection(t)  # the proxy's close: at once, the buffer being empty
+    assert not hasattr(t, "socket")
+    c.settimeout(5)
+    got = b""
+    while True:
+        data = c.recv(100)
+        if not data:
+            break
+        got += data
+    assert got == b"last bytes"
+
+
+def test_bounded_batch(listening):
+    port, factory, reactor, clients = listening
+    accept.install(port)
+    connect(port, clients, accept.BATCH + 3)
+    port.doRead()
+    assert len(factory.built) == accept.BATCH
+    port.doRead()
+    assert len(factory.built) == accept.BATCH + 3
+    port.doRead()  # nothing waiting: no error
+    assert len(factory.built) == accept.BATCH + 3
+
+
+def test_refused_by_factory(listening):
+    port, factory, reactor, clients = listening
+    factory.buildProtocol = lambda addr: None
+    accept.install(port)
+    (c,) = connect(port, clients)
+    port.doRead()
+    c.settimeout(5)
+    assert c.recv(10) == b""  # closed at once
+
+
+class _Failing:
+    """A listening socket whose accept() fails with C{code}."""
+
+    def __init__(self, real, code) -> None:
+        self.real = real
+        self.code = code
+        self.family, self.type, self.proto = real.family, real.type, real.proto
+        self.calls = 0
+
+    def _accept(self):
+        self.calls += 1
+        raise OSError(self.code, "Too many open files")
+
+
+def test_emfile_pauses_and_logs_once(listening):
+    port, factory, reactor, clients = listening
+    clock = task.Clock()
+    accept.install(port, clock)
+    real = port.socket
+    failing = port.socket = _Failing(real, errno.EMFILE)
+    events: list = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        port.doRead()
+        assert failing.calls == 1  # not retried in a loop
+        assert port not in reactor.readers  # paused, so the event loop does not spin
+        clock.advance(accept.PAUSE)
+        assert port in reactor.readers
+        for _ in range(3):
+            port.doRead()
+            clock.advance(accept.PAUSE)
+        clock.advance(accept.LOG_INTERVAL)
+        port.doRead()
+        clock.advance(accept.PAUSE)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+        port.socket = real
+    lines = [e for e in events if "cannot accept" in e.get("log_format", "")]
+    assert len(lines) == 2
+    assert lines[0]["more"] == "" and "3 more" in lines[1]["more"]
+    assert port.doRead.failures == 5
+    # and it accepts again
+    connect(port, clients)
+    port.doRead()
+    assert len(factory.built) == 1
+
+
+def test_stop_reading_by_others_cancels_resume(listening):
+    """A port paused by someone else (a handover) is not resumed by the EMFILE timer."""
+    port, factory, reactor, clients = listening
+    clock = task.Clock()
+    accept.install(port, clock)
+    real = port.socket
+    port.socket = _Failing(real, errno.ENFILE)
+    try:
+        port.doRead()
+        port.stopReading()
+        clock.advance(accept.PAUSE * 2)
+        assert port not in reactor.readers
+        port.startReading()
+        assert port in reactor.readers
+    finally:
+        port.socket = real
+
+
+def test_one_client_error_skips_to_next(listening):
+    port, factory, reactor, clients = listening
+    accept.install(port)
+    real = port.socket
+
+    class Aborting:
+        family, type, proto = real.family, real.type, real.proto
+        first = True
+
+        def _accept(self):
+            if self.first:
+                self.first = False
+                raise OSError(errno.ECONNABORTED, "aborted")
+            return real._accept()
+
+    connect(port, clients)
+    port.socket = Aborting()
+    try:
+        port.doRead()
+    finally:
+        port.socket = real
+    assert len(factory.built) == 1
+
+
+def test_not_installed_elsewhere():
+    reactor = MemoryReactor()
+
+    class OtherPort(tcp.Port):
+        pass
+
+    other = OtherPort(0, Factory.forProtocol(Protocol), interface="127.0.0.1", reactor=reactor)
+    other.startListening()
+    try:
+        assert not accept.install(other)
+    finally:
+        other.socket.close()
+    not_listening = tcp.Port(0, Factory.forProtocol(Protocol), reactor=reactor)
+    assert not accept.install(not_listening)
+    port = tcp.Port(0, Factory.forProtocol(Protocol), interface="127.0.0.1", reactor=reactor)
+    port.startListening()
+    try:
+        port.transport = type("OtherServer", (tcp.Server,), {})
+        assert not accept.install(port)
+        port.transport = tcp.Server
+        assert accept.install(port)
+        assert accept.install(port)  # idempotent
+        assert isinstance(port.doRead, accept.Acceptor)
+    finally:
+        port.socket.close()
+
+
+def test_descriptions():
+    assert accept.is_plain_tcp_description("tcp:80:interface=127.0.0.1")
+    assert accept.is_plain_tcp_description("TCP6:80")
+    assert not accept.is_plain_tcp_description("ssl:443:privateKey=k.pem")
+    assert not accept.is_plain_tcp_description("unix:/tmp/s")
