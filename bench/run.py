@@ -848,8 +848,10 @@ def info_counts(client: McmpClient) -> dict:
 class Target:
     def __init__(self, name: str, port: int | None, prefix: str = "",
                  proxy_pid=None, backend_pids=(), unavailable: str | None = None,
-                 health=None, tls: bool = False) -> None:
+                 health=None, tls: bool = False, only: tuple = ()) -> None:
         self.name, self.port, self.prefix = name, port, prefix
+        #: scenario labels this target runs in (empty: all)
+        self.only = only
         self.tls = tls
         self.proxy_pid = proxy_pid              # callable -> pid or None
         self.backend_pids = backend_pids        # callable -> list of pids
@@ -942,7 +944,7 @@ def run_matrix(title: str, targets: list[Target], scenarios: list[tuple],
             order = [t for t in targets if not t.unavailable]
             k = rnd % max(1, len(order))
             for t in order[k:] + order[:k]:
-                if t.unavailable:
+                if t.unavailable or (t.only and label not in t.only):
                     continue
                 log(f"{title} {label} round {rnd + 1}/{args.rounds}: {t.name}")
                 try:
@@ -958,6 +960,8 @@ def run_matrix(title: str, targets: list[Target], scenarios: list[tuple],
                 runs[t.name].append(res)
         results[label] = {}
         for t in targets:
+            if t.only and label not in t.only:
+                continue
             if runs[t.name]:
                 results[label][t.name] = {"aggregate": aggregate(runs[t.name]),
                                           "runs": runs[t.name]}
@@ -1052,6 +1056,10 @@ class Env:
         #: with --tls-twisted: an instance with proxy.tls_engine = "twisted"
         self.txmct: Txmc | None = None
         self.txmct_unavailable: str | None = None
+        #: the same with the access log (combined, to a file) and the client metrics on
+        #: (the measured variant of issue 18), in OBSERVED_SCENARIOS of `http` only
+        self.txmco: Txmc | None = None
+        self.txmco_unavailable: str | None = None
 
     def start(self) -> None:
         for n in self.nginx:
@@ -1078,6 +1086,11 @@ class Env:
                               cert=self.cert)
             self.txmcw_unavailable = self._start_registered(
                 self.txmcw, f"txmodcluster workers={self.args.workers}")
+        if "http" in self.args.only and not self.args.no_observed:
+            self.txmco = Txmc(self.tmp, "txmc-observed", proxy={
+                "access_log": str(self.tmp / "txmc-observed-access.log"),
+                "access_log_format": "combined", "client_metrics": True})
+            self.txmco_unavailable = self._start_registered(self.txmco, OBSERVED_NAME)
 
         if getattr(self.args, "tls_twisted", False) and "tls" in self.args.only:
             self.txmct = Txmc(self.tmp, "txmc-twisted-tls", proxy={"tls_engine": "twisted"},
@@ -1106,6 +1119,11 @@ class Env:
             return self.txmc_unavailable
         return self.txmc.died() or self.txmc.proxy_unavailable
 
+    def txmco_proxy_reason(self) -> str | None:
+        if self.txmco_unavailable:
+            return self.txmco_unavailable
+        return self.txmco.died() or self.txmco.proxy_unavailable
+
     def txmcw_proxy_reason(self) -> str | None:
         if self.txmcw_unavailable:
             return self.txmcw_unavailable
@@ -1131,7 +1149,15 @@ class Env:
                    proxy_pid=lambda: tx.pid, backend_pids=self.nginx_pids,
                    unavailable=self.txmc_proxy_reason(),
                    health=lambda: tx.died()),
-        ] + self._workers_target(self.nginx_pids, "")
+        ] + self._workers_target(self.nginx_pids, "") + self._observed_target()
+
+    def _observed_target(self) -> list:
+        txo = self.txmco
+        if txo is None:
+            return []
+        return [Target(OBSERVED_NAME, txo.pport, proxy_pid=lambda: txo.pid,
+                       backend_pids=self.nginx_pids, unavailable=self.txmco_proxy_reason(),
+                       health=lambda: txo.died(), only=OBSERVED_SCENARIOS)]
 
     def tls_targets(self) -> list[Target]:
         """The TLS listeners of the proxies (same processes as targets())."""
@@ -1174,6 +1200,9 @@ class Env:
 # ---------------------------------------------------------------------------------
 
 HAPROXY_NAME = "HAProxy nbthread 1"
+#: txmodcluster with proxy.access_log (combined, to a file) and proxy.client_metrics on
+OBSERVED_NAME = "txmodcluster log+metrics"
+OBSERVED_SCENARIOS = ("100B keep-alive", "100B close")
 HTTPD_SSL_NAME = "httpd + mod_ssl"
 HAPROXY_SSL_NAME = "HAProxy ssl nbthread 1"
 
@@ -2308,6 +2337,9 @@ def parse_args(argv=None):
     p.add_argument("--workers", type=int, default=2,
                    help="also measure txmodcluster with proxy.workers = N (default 2; "
                         "1 = single process only)")
+    p.add_argument("--no-observed", action="store_true",
+                   help=f"leave out the `{OBSERVED_NAME}` row of `http` (access log and "
+                        "client metrics on, 100 B keep-alive and close)")
     p.add_argument("--mcmp-connections", type=int, default=8,
                    help="parallel MCMP connections for mcmp-status / register-1000 (8)")
     p.add_argument("--stream-seconds", type=float,
