@@ -122,6 +122,8 @@ def set_nodelay(transport) -> None:
     head and a body sent in two segments wait for a delayed ACK (~40 ms).
     """
     t = transport
+    if getattr(t, "_nodelay_inherited", False):
+        return  # set on the listening socket (modcluster/proxy/accept.py)
     for _ in range(3):
         setter = getattr(t, "setTcpNoDelay", None)
         if setter is not None:

@@ -24,6 +24,9 @@ L{Acceptor}, which:
  - tries to read the request at once after C{makeConnection} (a client
    usually sends it right after the handshake, before we accept), as the
    C{tcp.Connection.doRead} that the next iteration would run;
+ - sets C{TCP_NODELAY} once on the listening socket (Linux hands it down to
+   the accepted ones), so L{modcluster.proxy._transport.set_nodelay} skips
+   the per-connection C{setsockopt};
  - closes those connections without the C{shutdown()} before C{close()}
    (Twisted's own comment: not needed when the descriptor is close-on-exec,
    which accepted sockets are; a FIN still follows the last byte written);
@@ -44,6 +47,7 @@ from __future__ import annotations
 
 import errno
 import socket as _socket
+import sys
 
 from twisted.internet import address, tcp
 from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
@@ -128,6 +132,15 @@ class Acceptor:
         self._resume = None
         #: protocol class -> log prefix (for classes with Protocol's logPrefix)
         self._prefixes: dict = {}
+        #: TCP_NODELAY is set on the listening socket, and Linux gives it to every
+        #: accepted socket: L{set_nodelay} need not set it again per connection
+        self.nodelay = False
+        if sys.platform.startswith("linux"):
+            try:
+                port.socket.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+                self.nodelay = True
+            except OSError:
+                pass
         reactor = port.reactor
         # the eager first read needs to know whether the protocol left the
         # connection registered for reading (an epoll reactor's fd set)
@@ -158,6 +171,7 @@ class Acceptor:
         new = object.__new__
         Server = tcp.Server
         prefixes = self._prefixes
+        nodelay = self.nodelay
         on = port._realPortNumber
         ipv6 = port.addressFamily == _socket.AF_INET6
         AddressType = port._addressType
@@ -206,7 +220,7 @@ class Acceptor:
                 "server": port, "client": addr, "sessionno": s, "hostname": host,
                 "logstr": f"{prefix},{s},{host}",
                 "repstr": f"<{cls.__name__} #{s} on {on}>",
-                "_shouldShutdown": False,
+                "_shouldShutdown": False, "_nodelay_inherited": nodelay,
             }
             if ipv6:
                 t._addressType = address.IPv6Address

@@ -87,7 +87,7 @@ def test_transport_is_what_twisted_builds(listening):
                          MemoryReactor())
     try:
         assert type(t) is tcp.Server
-        assert set(vars(t)) - {"_shouldShutdown"} == set(vars(twisted))
+        assert set(vars(t)) - {"_shouldShutdown", "_nodelay_inherited"} == set(vars(twisted))
         assert t.logstr == f"Recorder,{t.sessionno},127.0.0.1" == twisted.logstr.replace(
             "Recorder", "Recorder")
         assert repr(t) == repr(twisted)
@@ -102,6 +102,9 @@ def test_transport_is_what_twisted_builds(listening):
     assert t in reactor.readers
     assert port.sessionno == 1
     assert t.socket.gettimeout() == 0.0  # non-blocking, as Connection.__init__ makes it
+    # TCP_NODELAY comes from the listening socket, set_nodelay need not set it
+    assert t._nodelay_inherited
+    assert t.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
 
 
 def addr_tuple(addr):
