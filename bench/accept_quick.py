@@ -4,6 +4,16 @@ The cost of a new client connection in the proxy process, without the node
 and without wrk (not a test; bench/run.py is the full suite):
 
     .venv/bin/python bench/accept_quick.py [--batches 200] [--batch 25] [--rounds 6]
+    .venv/bin/python bench/accept_quick.py --micro
+
+C{--micro}: the accept path alone, no node, no nginx: per batch, 25 clients
+connect and send a request head; timed (wall clock, µs per connection, min
+and p25 of 400 alternating batches): accepting, building the transport, the
+protocol's C{connectionMade} (what C{ClientProtocol} does with the transport:
+C{set_nodelay}, C{direct_writer}, C{registerProducer}) and the first read of
+each connection (for Twisted's loop, the C{doRead} the next iteration would
+make, without its epoll event); then, separately, closing them
+(C{lose_connection}).
 
 A ProxyFactory routing to two nginx nodes (started here, as in
 proxy_quick.py; a 100-byte file) listens on 127.0.0.1 on a private epoll
@@ -44,7 +54,11 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=200)
     ap.add_argument("--batch", type=int, default=25)
     ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--micro", action="store_true")
     args = ap.parse_args()
+    if args.micro:
+        micro()
+        return
     sys.path.insert(0, os.path.join(REPO, "bench"))
     import proxy_quick
 
@@ -151,6 +165,76 @@ def run(args, nodes) -> None:
         print(f"  {name:8s} CPU µs/connection min {min(runs):6.1f}  median "
               f"{statistics.median(runs):6.1f}   loop iterations a batch "
               f"{statistics.median(loops[name]):.1f}")
+
+
+def micro(batch: int = 25, batches: int = 400) -> None:
+    from twisted.internet import tcp
+    from twisted.internet.epollreactor import EPollReactor
+    from twisted.internet.protocol import Factory, Protocol
+
+    from modcluster.proxy import accept
+    from modcluster.proxy._transport import direct_writer, lose_connection, set_nodelay
+
+    reactor = EPollReactor()
+    got: list = []
+
+    class Client(Protocol):
+        def connectionMade(self):
+            set_nodelay(self.transport)
+            self.write = direct_writer(self.transport)
+            self.transport.registerProducer(self, True)
+
+        def pauseProducing(self):
+            pass
+
+        def resumeProducing(self):
+            pass
+
+        def stopProducing(self):
+            pass
+
+        def dataReceived(self, data):
+            got.append(self)
+
+    factory = Factory.forProtocol(Client)
+    ports = {name: reactor.listenTCP(0, factory, interface="127.0.0.1", backlog=1024)
+             for name in ("twisted", "own")}
+    assert accept.install(ports["own"])
+
+    def one(name):
+        port = ports[name]
+        clients = [socket.create_connection(("127.0.0.1", port.getHost().port))
+                   for _ in range(batch)]
+        for c in clients:
+            c.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        del got[:]
+        t0 = time.perf_counter()
+        port.doRead()
+        if name == "twisted":
+            for fd in list(reactor._reads):
+                s = reactor._selectables[fd]
+                if s.__class__ is tcp.Server and s.protocol not in got:
+                    s.doRead()
+        t1 = time.perf_counter()
+        for p in list(got):
+            lose_connection(p.transport)
+        t2 = time.perf_counter()
+        assert len(got) == batch, len(got)
+        for c in clients:
+            c.close()
+        return (t1 - t0) / batch * 1e6, (t2 - t1) / batch * 1e6
+
+    res: dict = {name: [] for name in ports}
+    for i in range(batches):
+        for name in (list(ports) if i % 2 else list(reversed(list(ports)))):
+            res[name].append(one(name))
+    print(f"{batch} clients a batch, {batches} batches, load average {os.getloadavg()[0]:.1f}")
+    for name, runs in res.items():
+        opened = sorted(a for a, _ in runs)
+        closed = sorted(b for _, b in runs)
+        print(f"  {name:8s} accept+build+first read µs/connection min {opened[0]:.1f} "
+              f"p25 {opened[len(opened) // 4]:.1f}   close min {closed[0]:.1f} "
+              f"p25 {closed[len(closed) // 4]:.1f}")
 
 
 if __name__ == "__main__":
