@@ -468,7 +468,9 @@ class ProxyConfig:
         "Run the epoll reactor without Twisted's per-event legacy logging context "
         "(about 25 % more proxy throughput; legacy `twisted.python.log` messages "
         "emitted while handling I/O lose their per-connection prefix).  Only applies "
-        "to an unmodified epoll reactor; see docs/data-plane.md.", ""))
+        "to an unmodified epoll reactor.  Also: plain TCP proxy listeners accept with "
+        "the proxy's own accept loop (bounded batches, the request read at once, "
+        "out of descriptors pauses accepting); see docs/data-plane.md.", ""))
     allow_trace: bool = field(default=False, metadata=_doc(
         "Forward TRACE requests to nodes.  Off: TRACE is answered 405 by the proxy "
         "(a TRACE echo exposes request headers such as cookies to scripts).",

@@ -277,3 +277,52 @@ def test_descriptions():
     assert accept.is_plain_tcp_description("TCP6:80")
     assert not accept.is_plain_tcp_description("ssl:443:privateKey=k.pem")
     assert not accept.is_plain_tcp_description("unix:/tmp/s")
+
+
+def test_wired_for_plain_tcp_listeners_only():
+    """tap.py wraps tcp: proxy listeners (the port they give gets the loop), not ssl: ones."""
+    from twisted.internet.endpoints import TCP4ServerEndpoint
+    from twisted.internet.epollreactor import EPollReactor
+
+    from modcluster.tap import _accepting
+
+    reactor = EPollReactor()
+    endpoint = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
+    assert _accepting(endpoint, "ssl:0:privateKey=k.pem") is endpoint
+    wrapped = _accepting(endpoint, "tcp:0:interface=127.0.0.1")
+    assert isinstance(wrapped, accept.AcceptingEndpoint)
+    ports = []
+    wrapped.listen(Factory.forProtocol(Protocol)).addCallback(ports.append)
+    (port,) = ports
+    try:
+        assert isinstance(port.doRead, accept.Acceptor)
+    finally:
+        port.stopReading()
+        port.socket.close()
+        reactor._poller.close()
+
+
+def test_worker_adopted_sockets_get_the_loop():
+    """A worker process's inherited tcp: socket (workers._Adopter) accepts with the loop."""
+    from twisted.internet.epollreactor import EPollReactor
+
+    from modcluster.proxy.workers import _Adopter
+
+    reactor = EPollReactor()
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(5)
+    s.setblocking(False)
+    try:
+        port = _Adopter(reactor, s.fileno(), socket.AF_INET, True).listenTCP(
+            0, Factory.forProtocol(Protocol))
+        assert isinstance(port.doRead, accept.Acceptor)
+        plain = _Adopter(reactor, s.fileno(), socket.AF_INET).listenTCP(
+            0, Factory.forProtocol(Protocol))
+        assert not isinstance(plain.doRead, accept.Acceptor)
+        for p in (port, plain):
+            p.stopReading()
+            p.socket.close()
+    finally:
+        s.close()
+        reactor._poller.close()
