@@ -326,3 +326,24 @@ def test_worker_adopted_sockets_get_the_loop():
     finally:
         s.close()
         reactor._poller.close()
+
+
+def test_ipv6_peer():
+    reactor = MemoryReactor()
+    factory = RecordingFactory()
+    port = tcp.Port(0, factory, interface="::1", reactor=reactor)
+    port.startListening()
+    try:
+        assert accept.install(port)
+        c = socket.create_connection(("::1", port.getHost().port), 5)
+        port.doRead()
+        ((proto, addr),) = factory.built
+        t = proto.transport
+        assert isinstance(addr, address.IPv6Address) and addr.host == "::1"
+        assert addr.port == c.getsockname()[1]
+        assert t.getPeer() == addr
+        assert t.hostname == "::1"
+        t.socket.close()
+        c.close()
+    finally:
+        port.socket.close()
