@@ -115,6 +115,8 @@ def serve(port: int, backends: list[int]) -> None:
         from modcluster.proxy import fastloop
 
         fastloop.install(reactor)
+        if os.environ.get("PROXY_FREEZE", "1") == "1":
+            reactor.callWhenRunning(fastloop.freeze_heap)
     if os.environ.get("PROXY_PROFILE"):
         import cProfile
         import pstats

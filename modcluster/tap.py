@@ -587,7 +587,17 @@ def _proxy_factory(config: Config, reactor, table, on_node_failure, on_node_succ
         else:
             log.info("proxy: reactor {reactor} kept as it is (fast_event_loop needs an "
                      "unmodified epoll reactor)", reactor=type(reactor).__name__)
+        if not getattr(reactor, "running", True):
+            # twistd: once started (a worker process freezes after its build, worker.py)
+            reactor.callWhenRunning(_freeze_heap)
     return factory
+
+
+def _freeze_heap() -> None:
+    from modcluster.proxy import fastloop
+
+    log.info("proxy: {count} objects of the started process frozen out of the cyclic "
+             "GC's full collections (proxy.fast_event_loop)", count=fastloop.freeze_heap())
 
 
 def build_worker(config: Config, reactor, listeners, send):

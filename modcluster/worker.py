@@ -36,6 +36,10 @@ def main() -> int:
             state["service"] = service
             service.startService()
             reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+            if config.proxy.fast_event_loop:
+                from modcluster.tap import _freeze_heap
+
+                _freeze_heap()
         elif message[0] == "stop":
             reactor.stop()
 

@@ -211,3 +211,32 @@ def test_out_of_descriptors_pauses_and_recovers(tmp_path):
             c.close()
         proc.kill()
         proc.wait(10)
+
+
+@pytest_twisted.ensureDeferred
+async def test_closed_connections_are_freed_without_the_cyclic_gc():
+    """
+    A closed client connection's objects (protocol, parser, transport, socket)
+    go by reference counting: no cycle is left for the cyclic GC, whose full
+    collections paused the process for tens of milliseconds.
+    """
+    import gc
+
+    from modcluster.proxy.client import ClientProtocol
+
+    stack = await _stack()
+    gc.collect()
+    gc.disable()
+    try:
+        port = stack.port.getHost().port
+        for batch in range(3):
+            got = await defer.gatherResults([
+                threads.deferToThread(_get, port, f"/app/gc?i={batch}-{i}") for i in range(20)])
+            assert all(r.startswith(b"HTTP/1.1 200 ") for r in got)
+        await task.deferLater(stack.reactor, 0.05, lambda: None)
+        assert not stack.factory._clients
+        alive = [o for o in gc.get_objects() if type(o) is ClientProtocol]
+        assert alive == []
+    finally:
+        gc.enable()
+        await stack.stop()

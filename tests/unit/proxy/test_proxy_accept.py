@@ -347,3 +347,18 @@ def test_ipv6_peer():
         c.close()
     finally:
         port.socket.close()
+
+
+def test_twistd_freezes_the_heap_once_started():
+    """tap.py: the started process freezes its start-up objects (proxy.fast_event_loop)."""
+    from modcluster.config import parse_config
+    from modcluster.tap import _freeze_heap, _proxy_factory
+
+    from twisted.internet.testing import MemoryReactorClock
+
+    for fast, hooks in (("true", 1), ("false", 0)):
+        reactor = MemoryReactorClock()
+        config = parse_config(f"[proxy]\nfast_event_loop = {fast}\n")
+        _proxy_factory(config, reactor, lambda: None, lambda *a: None, lambda *a: None, None)
+        assert [f for f, _, _ in reactor.whenRunningHooks if f is _freeze_heap] == \
+            [_freeze_heap] * hooks
