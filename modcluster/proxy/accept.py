@@ -213,15 +213,25 @@ class Acceptor:
                 prefix = port._getLogPrefix(protocol)
                 if getattr(cls, "logPrefix", None) is Protocol.logPrefix:
                     prefixes[cls] = prefix
+            # attribute by attribute, in __init__'s order: an instance whose
+            # __dict__ is assigned whole gets a plain dict instead of the class's
+            # shared-key layout, and every attribute read on it (and, shared call
+            # sites thrashing, on the other transports) gets slower
             t = new(Server)
-            t.__dict__ = {
-                "reactor": reactor, "_tempDataBuffer": [], "_tempDataLen": 0,
-                "socket": skt, "fileno": skt.fileno, "protocol": protocol,
-                "server": port, "client": addr, "sessionno": s, "hostname": host,
-                "logstr": f"{prefix},{s},{host}",
-                "repstr": f"<{cls.__name__} #{s} on {on}>",
-                "_shouldShutdown": False, "_nodelay_inherited": nodelay,
-            }
+            t.reactor = reactor
+            t._tempDataBuffer = []
+            t._tempDataLen = 0
+            t.socket = skt
+            t.fileno = skt.fileno
+            t.protocol = protocol
+            t.server = port
+            t.client = addr
+            t.sessionno = s
+            t.hostname = host
+            t.logstr = f"{prefix},{s},{host}"
+            t.repstr = f"<{cls.__name__} #{s} on {on}>"
+            t._shouldShutdown = False
+            t._nodelay_inherited = nodelay
             if ipv6:
                 t._addressType = address.IPv6Address
             try:

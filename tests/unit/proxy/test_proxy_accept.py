@@ -88,6 +88,8 @@ def test_transport_is_what_twisted_builds(listening):
     try:
         assert type(t) is tcp.Server
         assert set(vars(t)) - {"_shouldShutdown", "_nodelay_inherited"} == set(vars(twisted))
+        # set in __init__'s order, one by one (the class's shared-key layout)
+        assert [k for k in vars(t) if k in vars(twisted)] == list(vars(twisted))
         assert t.logstr == f"Recorder,{t.sessionno},127.0.0.1" == twisted.logstr.replace(
             "Recorder", "Recorder")
         assert repr(t) == repr(twisted)
