@@ -470,7 +470,9 @@ class ProxyConfig:
         "emitted while handling I/O lose their per-connection prefix).  Only applies "
         "to an unmodified epoll reactor.  Also: plain TCP proxy listeners accept with "
         "the proxy's own accept loop (bounded batches, the request read at once, "
-        "out of descriptors pauses accepting); see docs/data-plane.md.", ""))
+        "out of descriptors pauses accepting), and the started process freezes its "
+        "start-up objects out of the cyclic GC's full collections (`gc.freeze`); see "
+        "docs/data-plane.md.", ""))
     allow_trace: bool = field(default=False, metadata=_doc(
         "Forward TRACE requests to nodes.  Off: TRACE is answered 405 by the proxy "
         "(a TRACE echo exposes request headers such as cookies to scripts).",
