@@ -9,7 +9,7 @@ class for the log prefix, a C{repr} string).  The first bytes of the new
 connection are read only one reactor iteration later, when epoll reports the
 new socket readable.  For C{Connection: close} clients (one connection per
 request) that is a sizeable share of the per-request cost and one extra loop
-iteration of latency (docs/performance.md, run J).
+iteration of latency (docs/performance.md, run K).
 
 L{install} replaces C{doRead} on one C{tcp.Port} B{instance} with
 L{Acceptor}, which:

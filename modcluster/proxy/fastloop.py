@@ -137,7 +137,7 @@ def freeze_heap() -> int:
     A full (generation 2) collection walks every tracked object: with the
     ~50 000 of a started proxy that paused the process for 30-50 ms several
     times a minute under load, which made the p99 latency of short connections
-    (docs/performance.md, run J).  Frozen, a full collection walks only what
+    (docs/performance.md, run K).  Frozen, a full collection walks only what
     was allocated since (~3 ms).  Objects frozen are never collected by the
     cyclic GC (reference counting still frees them): call this once, when the
     process has started, not while garbage is being made.
