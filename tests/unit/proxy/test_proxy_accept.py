@@ -316,7 +316,7 @@ def test_worker_adopted_sockets_get_the_loop():
     s.listen(5)
     s.setblocking(False)
     try:
-        port = _Adopter(reactor, s.fileno(), socket.AF_INET, True).listenTCP(
+        port = _Adopter(reactor, s.fileno(), socket.AF_INET, fast_accept=True).listenTCP(
             0, Factory.forProtocol(Protocol))
         assert isinstance(port.doRead, accept.Acceptor)
         plain = _Adopter(reactor, s.fileno(), socket.AF_INET).listenTCP(
