@@ -580,6 +580,20 @@ class ProxyConfig:
         "`twisted` (Twisted's `TLSMemoryBIOProtocol` on pyOpenSSL, the fallback).  The "
         "same certificate, versions, ciphers, ALPN and session tickets with either.  See "
         "docs/tls.md, \"The proxy's TLS engine\".", ""))
+    tls_ticket_keys: Optional[str] = field(default=None, metadata=_doc(
+        "File of the TLS session ticket keys of the `ssl:` listeners (stdlib engine), for "
+        "several balancers behind one name: nginx's format, one or more 80-byte keys back "
+        "to back (`openssl rand 80 > FILE`), the first one encrypting, all decrypting; "
+        "re-read on reload (a damaged file keeps the current keys).  Unset: the keys are "
+        "generated and rotated (`tls_ticket_rotation`).  Either way one key set serves "
+        "every worker process and survives certificate reloads.  See docs/tls.md.", ""))
+    tls_ticket_rotation: float = field(default=3600.0, validator=_non_negative, metadata=_doc(
+        "Seconds between two new generated session ticket encryption keys (0: never; "
+        "not used with `tls_ticket_keys`).", ""))
+    tls_ticket_keys_kept: int = field(default=2, validator=_non_negative, metadata=_doc(
+        "Previous generated ticket keys kept for decryption after a rotation: a ticket "
+        "resumes for at least `tls_ticket_rotation` x this many seconds (the defaults: "
+        "2 hours, OpenSSL's ticket lifetime).", ""))
     tls: NodeTLSConfig = field(factory=NodeTLSConfig, metadata=_doc(
         "TLS towards https/wss nodes (section `[proxy.tls]`).", ""))
 

@@ -245,6 +245,17 @@ def problems(config: Config) -> list[str]:
     if log_problem is not None:
         found.append(log_problem)
 
+    if config.proxy.tls_ticket_keys:
+        from modcluster.proxy.tickets import load_key_file
+
+        try:
+            load_key_file(config.proxy.tls_ticket_keys)
+        except OSError as e:
+            found.append(f"proxy.tls_ticket_keys: {config.proxy.tls_ticket_keys}: "
+                         f"{e.strerror or e}")
+        except ValueError as e:
+            found.append(f"proxy.tls_ticket_keys: {e}")
+
     t = config.manager.tls
     if t.enabled:
         files = (_tls_file_problems("manager.tls.certificate", t.certificate, "certificate")

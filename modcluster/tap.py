@@ -409,6 +409,7 @@ def _live_settings(top, registry, console, proxy) -> None:
         reload_tls = getattr(  # worker processes: each re-reads
             proxy, "reload_certificates", reload_certificates)
         top.every_reload.append(lambda new: reload_tls())
+        _ticket_keys(top, top.reactor, proxy, p)
     factory = getattr(proxy, "factory", None)
     if factory is not None:  # one process; worker processes keep theirs until a restart
         def proxy_settings(new: Config) -> None:
@@ -598,6 +599,21 @@ def _freeze_heap() -> None:
 
     log.info("proxy: {count} objects of the started process frozen out of the cyclic "
              "GC's full collections (proxy.fast_event_loop)", count=fastloop.freeze_heap())
+
+
+def _ticket_keys(top, reactor, proxy, p) -> None:
+    """
+    The session ticket keys of the stdlib engine's ssl: listeners
+    (modcluster/proxy/tickets.py): made here, given to the worker processes
+    (C{proxy.publish_ticket_keys}), the key file re-read on every reload.
+    """
+    from modcluster.proxy.tickets import TicketKeyService
+
+    tickets = TicketKeyService(reactor, p.tls_ticket_keys or "", p.tls_ticket_rotation,
+                               p.tls_ticket_keys_kept,
+                               getattr(proxy, "publish_ticket_keys", None))
+    tickets.setServiceParent(top)
+    top.every_reload.append(lambda new: tickets.reload())
 
 
 def build_worker(config: Config, reactor, listeners, send):

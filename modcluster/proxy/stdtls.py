@@ -170,6 +170,10 @@ def _server_context(options, protocols: Iterable[bytes]) -> tuple[ssl.SSLContext
         os.close(cert_fd)
         os.close(key_fd)
     ctx.set_alpn_protocols([p.decode("ascii") for p in protocols])
+    # tickets with the process's shared, rotated key set (kept across reloads)
+    from modcluster.proxy.tickets import install
+
+    install(ctx)
     return ctx, digest
 
 
@@ -462,8 +466,8 @@ class TLSServerFactory(Factory):
     def reload(self) -> bool:
         """
         Re-read the certificate, chain and key files of C{description}; when
-        they changed, new connections use them (a new context: tickets issued
-        before are then not accepted, those clients get a full handshake).
+        they changed, new connections use them (a new context, with the same
+        session ticket keys: L{modcluster.proxy.tickets}).
         Errors are logged and keep the current certificate.  True when swapped.
         """
         if self.description is None:

@@ -536,6 +536,8 @@ class WorkerPool(Service):
 
     def _worker_started(self, worker: _Worker) -> None:
         worker.send(worker.init)
+        if self.ticket_keys is not None:
+            worker.send(self.ticket_keys)
         worker.send(self._snapshot_payload())
 
     def _worker_ended(self, worker: _Worker, reason) -> None:
@@ -674,6 +676,16 @@ class WorkerPool(Service):
         for worker in self.workers.values():
             worker.send(payload)
 
+    #: the session ticket keys the workers get (L{publish_ticket_keys})
+    ticket_keys: Optional[bytes] = None
+
+    def publish_ticket_keys(self, keys) -> None:
+        """The session ticket key set (L{modcluster.proxy.tickets.KeySet}) every
+        worker uses from now on, workers started later included."""
+        self.ticket_keys = frame(pickle.dumps(("tickets", keys.keys)))
+        for worker in self.workers.values():
+            worker.send(self.ticket_keys)
+
     def reopen_logs(self) -> None:
         """Tell every worker to reopen its access log file (SIGUSR1)."""
         payload = frame(pickle.dumps(("reopen",)))
@@ -779,6 +791,13 @@ class WorkerService(Service):
             from modcluster.proxy.stdtls import reload_certificates
 
             reload_certificates()
+        elif kind == "tickets":  # the session ticket keys (modcluster/proxy/tickets.py)
+            from modcluster.proxy.tickets import KeySet, set_keys
+
+            try:
+                set_keys(KeySet(message[1]))
+            except Exception:
+                log.failure("bad session ticket keys from the control process")
         elif kind == "reopen":
             observer = getattr(self.factory, "observer", None)
             if observer is not None and observer.access_log is not None:

@@ -464,3 +464,85 @@ async def test_reload_swaps_the_certificate_in_worker_processes(certs):
         assert streak == 10
     finally:
         await c.stop()
+
+
+def _resume(port, ctx, session=None):
+    """Blocking: one request on a new connection offering C{session}; (reused, session)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as raw:
+        with ctx.wrap_socket(raw, server_hostname="localhost", session=session) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            head, _, _ = _read_response(s)
+            assert head.startswith(b"HTTP/1.1 404")
+            return s.session_reused, s.session
+
+
+async def _resumptions(port, ctx, session, count=24):
+    """How many of C{count} new connections resumed C{session} (the kernel spreads
+    them over the worker processes: with a key per worker, about half would not)."""
+    n = 0
+    for _ in range(count):
+        reused, _ = await threads.deferToThread(_resume, port, ctx, session)
+        n += reused
+    return n
+
+
+@pytest.mark.parametrize("version", ["TLSv1_2", "TLSv1_3"])
+@pytest_twisted.ensureDeferred
+async def test_tickets_resume_on_every_worker_process_and_after_a_reload(certs, version):
+    """
+    proxy.workers = 2: a ticket issued by one worker resumes on the other (one key
+    set made by the control process), also after a certificate reload; after a
+    rotation it still resumes, and once its key is no longer kept it gets a full
+    handshake on every worker.
+    """
+    from tests.integration.test_worker_processes import Cluster
+
+    from modcluster.proxy.tickets import TicketKeyService
+
+    c = Cluster(listen=f"ssl:{{port}}:interface=127.0.0.1:privateKey={certs['pem']}")
+    await c.start()
+    try:
+        keys = next(s for s in c.service if isinstance(s, TicketKeyService))
+        ctx = _context(certs, check_hostname=False,
+                       maximum_version=getattr(pyssl.TLSVersion, version))
+        reused, session = await threads.deferToThread(_resume, c.pport, ctx)
+        assert not reused and session.has_ticket
+        assert await _resumptions(c.pport, ctx, session) == 24
+
+        with open(certs["pem"], "wb") as f:
+            f.write(certs["second"])
+        c.service.apply_config(c.config)
+        streak = 0
+        for _ in range(300):
+            names, _ = await threads.deferToThread(_served_names, c.pport, certs)
+            streak = streak + 1 if "second.example" in names else 0
+            if streak == 10:
+                break
+        assert streak == 10
+        assert await _resumptions(c.pport, ctx, session) == 24
+
+        keys.rotate()  # the ticket's key is kept for decryption
+        assert await _resumptions(c.pport, ctx, session) == 24
+        for _ in range(keys.kept):
+            keys.rotate()  # now it is not
+        for _ in range(300):  # the workers get the keys asynchronously
+            if not (await threads.deferToThread(_resume, c.pport, ctx, session))[0]:
+                break
+        assert await _resumptions(c.pport, ctx, session, 12) == 0
+    finally:
+        await c.stop()
+
+
+@pytest.mark.skipif(OPENSSL is None, reason="openssl is not installed")
+@pytest_twisted.ensureDeferred
+async def test_openssl_s_time_reuse_resumes_with_two_workers(certs):
+    """As bench/run.py --workers 2 measures it: every reused connection resumes."""
+    from tests.integration.test_worker_processes import Cluster
+
+    c = Cluster(listen=f"ssl:{{port}}:interface=127.0.0.1:privateKey={certs['pem']}")
+    await c.start()
+    try:
+        reuse = await threads.deferToThread(_s_time_reuse, c.pport)
+        assert reuse.count("r") > 5 and "*" not in reuse.replace("* ", ""), reuse[:300]
+    finally:
+        await c.stop()

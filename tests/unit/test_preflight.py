@@ -160,3 +160,16 @@ client_private_key = "{pki}/other-key.pem"
 """)
     assert found == ["proxy.tls.client_private_key: does not match "
                      "proxy.tls.client_certificate"]
+
+
+def test_tls_ticket_key_file(tmp_path):
+    """proxy.tls_ticket_keys: nginx's 80-byte keys; a damaged or missing file is named."""
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    good.write_bytes(bytes(range(80)) + bytes(range(1, 81)))
+    bad.write_bytes(b"x" * 48)
+    assert _problems(f'[proxy]\ntls_ticket_keys = "{good}"\n') == []
+    (found,) = _problems(f'[proxy]\ntls_ticket_keys = "{bad}"\n')
+    assert found.startswith("proxy.tls_ticket_keys: ") and "48 bytes" in found \
+        and "80-byte" in found
+    (found,) = _problems(f'[proxy]\ntls_ticket_keys = "{tmp_path / "none"}"\n')
+    assert found.startswith("proxy.tls_ticket_keys: ") and "No such file" in found

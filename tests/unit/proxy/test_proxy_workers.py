@@ -653,3 +653,33 @@ def test_worker_ssl_listener_issues_session_tickets(tmp_path):
     ctx = options.getContext()
     assert not options._options & SSL.OP_NO_TICKET
     assert ctx.get_session_cache_mode() & SSL.SESS_CACHE_SERVER
+
+
+def test_pool_gives_the_ticket_keys_to_every_worker_and_to_restarted_ones(pool):
+    """The session ticket keys (modcluster/proxy/tickets.py): to the running workers
+    on every change, to a worker started later right after its init."""
+    from modcluster.proxy.tickets import KeySet
+
+    reactor, reg, pool = pool
+    keys = KeySet.generate()
+    pool.publish_ticket_keys(keys)
+    for p in reactor.processes:
+        assert p.messages()[-1] == ("tickets", keys.keys)
+    reactor.processes[0].end(ProcessTerminated(exitCode=1))
+    reactor.advance(0.5)
+    init, tickets, _snapshot = reactor.processes[-1].messages()
+    assert init[0] == "init" and tickets == ("tickets", keys.keys)
+
+
+def test_worker_service_takes_the_ticket_keys():
+    from modcluster.proxy import tickets
+    from modcluster.proxy.tickets import KeySet
+
+    service = WorkerService(MemoryReactorClock(), Mirror(), object(), [], [].append)
+    keys = KeySet.generate()
+    service.deliver(("tickets", keys.keys))
+    assert tickets.current_keys().keys == keys.keys
+    with capturedLogs() as events:
+        service.deliver(("tickets", ((b"short", b"", b""),)))
+    assert tickets.current_keys().keys == keys.keys  # bad keys: the current ones stay
+    assert any(e["log_level"] is LogLevel.critical for e in events)
