@@ -98,6 +98,10 @@ def lose_connection(transport) -> None:
         # unregister) before the socket is closed
         t.connectionLost(_DONE)
         return
+    now = getattr(t, "lose_connection_now", None)
+    if now is not None:  # the stdlib TLS engine's (modcluster/proxy/stdtls.py)
+        now()
+        return
     if ISSLTransport.providedBy(t):
         # Twisted's TLS transport waits for its producer to unregister before
         # it closes: the client protocol's own registration would keep a

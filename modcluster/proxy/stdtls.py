@@ -62,7 +62,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from modcluster.access import RateLimitedLog
-from modcluster.proxy._transport import direct_writer
+from modcluster.proxy._transport import direct_writer, lose_connection
 
 log = Logger(namespace="modcluster.proxy.stdtls")
 
@@ -369,6 +369,22 @@ class TLSServerConnection(Protocol):
         if not self._handshaking:
             self._shutdown()
         self.transport.loseConnection()
+
+    def lose_connection_now(self) -> None:
+        """
+        L{loseConnection} for L{modcluster.proxy._transport.lose_connection}:
+        C{close_notify}, then the TCP connection closed at once when it went
+        out whole (no loop iteration waiting for "writable" to close), so
+        the protocol's C{connectionLost} may run before this returns.
+        """
+        if self.disconnecting or not self.connected:
+            return
+        if self._handshaking:
+            self.loseConnection()
+            return
+        self.disconnecting = True
+        self._shutdown()
+        lose_connection(self.transport)
 
     def abortConnection(self) -> None:
         self.disconnecting = True

@@ -546,3 +546,50 @@ async def test_openssl_s_time_reuse_resumes_with_two_workers(certs):
         assert reuse.count("r") > 5 and "*" not in reuse.replace("* ", ""), reuse[:300]
     finally:
         await c.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_lose_connection_closes_at_once_over_a_real_socket(pki):
+    """A response then lose_connection (the proxy's Connection: close): close_notify
+    goes out and the TCP connection is closed before lose_connection returns, no loop
+    iteration later; the client reads the response and a clean TLS end."""
+    from twisted.internet import reactor
+    from twisted.internet.protocol import Factory, Protocol
+
+    from modcluster.proxy._transport import lose_connection
+    from modcluster.proxy.stdtls import description_context
+
+    seen = []
+
+    class Answer(Protocol):
+        lost = False
+
+        def dataReceived(self, data):
+            self.transport.write(b"answer")
+            lose_connection(self.transport)
+            seen.append(self.lost)
+
+        def connectionLost(self, reason=None):
+            self.lost = True
+
+    context = description_context(f"ssl:0:privateKey={pki['pem']}", (b"http/1.1",))
+    port = reactor.listenTCP(0, TLSServerFactory(context, Factory.forProtocol(Answer),
+                                                 reactor), interface="127.0.0.1")
+
+    def client():
+        ctx = _context(pki, alpn=())
+        with socket.create_connection(("127.0.0.1", port.getHost().port), timeout=20) as raw:
+            with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+                s.sendall(b"question")
+                out = b""
+                while True:
+                    piece = s.recv(100)
+                    if not piece:
+                        return out
+                    out += piece
+
+    try:
+        assert await threads.deferToThread(client) == b"answer"
+        assert seen == [True]
+    finally:
+        await port.stopListening()

@@ -525,3 +525,20 @@ def test_unsupported_description_falls_back_to_twisteds_tls(pki):
     assert len(reactor.sslServers) == 1 and reactor.tcpServers == []
     (line,) = [e for e in events if "Twisted's TLS engine" in e.get("log_format", "")]
     assert "sslmethod" in line["why"]
+
+
+def test_lose_connection_helper_sends_close_notify_and_closes(pki):
+    """modcluster.proxy._transport.lose_connection on this transport: close_notify,
+    then the TCP transport's close (a StringTransport here: its loseConnection; over
+    a real tcp.Server with nothing buffered: at once, tests/integration)."""
+    from modcluster.proxy._transport import lose_connection
+
+    pair = Pair(factory_for(pki), client_context(pki))
+    pair.handshake()
+    pair.conn.write(b"bye")
+    lose_connection(pair.conn)
+    assert pair.tcp.disconnecting and pair.conn.disconnecting
+    assert pair.client_reads() == b"bye"
+    assert pair.client.unwrap() is None
+    lose_connection(pair.conn)  # twice: nothing more
+    assert pair.tcp.value() == b""
