@@ -126,9 +126,12 @@ def current_keys() -> KeySet:
 
 # -- OpenSSL's ticket key callback, through ctypes ---------------------------------------
 
-_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_ubyte),
-                             ctypes.POINTER(ctypes.c_ubyte), ctypes.c_void_p,
-                             ctypes.c_void_p, ctypes.c_int)
+# (every pointer as c_void_p: plain ints, the cheapest conversion per call)
+_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                             ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int)
+
+
+_string_at, _memmove = ctypes.string_at, ctypes.memmove
 
 
 class _OpenSSL:
@@ -166,14 +169,14 @@ class _OpenSSL:
             keys = current_keys()
             if enc:
                 key_name, hmac, aes = keys.keys[0]
-                ctypes.memmove(name, key_name, _NAME)
+                _memmove(name, key_name, _NAME)
                 if crypto.RAND_bytes(iv, 16) != 1:
                     return 0
                 if (crypto.EVP_EncryptInit_ex(cipher_ctx, self.aes, None, aes, iv) != 1
                         or crypto.HMAC_Init_ex(hmac_ctx, hmac, _HMAC, self.sha256, None) != 1):
                     return 0
                 return 1
-            found = keys.find(ctypes.string_at(name, _NAME))
+            found = keys.find(_string_at(name, _NAME))
             if found is None:
                 return 0
             index, (_, hmac, aes) = found
