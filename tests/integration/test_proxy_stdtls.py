@@ -593,3 +593,68 @@ async def test_lose_connection_closes_at_once_over_a_real_socket(pki):
         assert seen == [True]
     finally:
         await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_key_file_tickets_and_a_damaged_file_at_reload(certs, tmp_path):
+    """
+    proxy.tls_ticket_keys as deployed (tap.build, one process): the file's keys
+    serve; a reload re-reads the file (rotated: a new key first, the old one
+    after it, so the ticket issued before still resumes); a damaged file refuses
+    the reload (its check names the key) and the current keys stay.
+    """
+    import os
+
+    from twisted.internet import reactor
+
+    from modcluster.config import load_config
+    from modcluster.proxy import tickets
+    from modcluster.tap import build
+
+    keyfile = tmp_path / "ticket.keys"
+    keyfile.write_bytes(os.urandom(160))
+    from tests.support.tomcat import free_loopback_ports
+
+    mport, port = free_loopback_ports(2)
+    path = tmp_path / "modcluster.toml"
+    path.write_text(f"""
+[manager]
+listen = ["tcp:{mport}:interface=127.0.0.1"]
+[console]
+listen = []
+[proxy]
+listen = ["ssl:{port}:interface=127.0.0.1:privateKey={certs['pem']}"]
+tls_ticket_keys = "{keyfile}"
+""")
+    service = build(load_config(str(path)), reactor)
+    service.config_path = str(path)
+    service.startService()
+    try:
+        keys = next(s for s in service if isinstance(s, tickets.TicketKeyService))
+        assert tickets.current_keys().keys == tickets.load_key_file(str(keyfile)).keys
+        ctx = _context(certs, check_hostname=False)
+        reused, session = await threads.deferToThread(_resume, port, ctx)
+        assert not reused
+        assert (await threads.deferToThread(_resume, port, ctx, session))[0]
+
+        data = keyfile.read_bytes()
+        keyfile.write_bytes(os.urandom(80) + data[:80])  # rotated: a new key first
+        assert service.reload()
+        first = tickets.parse_key_file(data).keys[0]
+        assert keys.keys is tickets.current_keys()
+        assert len(keys.keys.keys) == 2 and keys.keys.keys[1] == first
+        assert (await threads.deferToThread(_resume, port, ctx, session))[0]
+
+        current = tickets.current_keys()
+        keyfile.write_bytes(b"damaged")
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        try:
+            assert not service.reload()
+        finally:
+            globalLogPublisher.removeObserver(events.append)
+        assert any("proxy.tls_ticket_keys" in str(e.get("problems", "")) for e in events)
+        assert tickets.current_keys() is current
+        assert (await threads.deferToThread(_resume, port, ctx, session))[0]
+    finally:
+        await service.stopService()
