@@ -21,14 +21,24 @@ behaviour against the installed Twisted.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 from twisted.internet import tcp
-from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.interfaces import IConsumer, IPushProducer, ISSLTransport, ITCPTransport
 from twisted.internet.main import CONNECTION_DONE
 from twisted.python.failure import Failure
 
-__all__ = ["direct_writer", "is_plain_tcp", "lose_connection", "set_nodelay"]
+__all__ = ["IStreamTransport", "direct_writer", "is_plain_tcp", "lose_connection", "set_nodelay"]
+
+
+class IStreamTransport(ITCPTransport, IConsumer, IPushProducer):
+    """
+    What the data plane's connections use of their transport (for the type
+    checker; nothing declares it): a TCP transport, with or without TLS, that
+    is also a consumer (a protocol registers itself as its producer) and a push
+    producer (the protocol pauses and resumes its reading).  Twisted's
+    C{tcp.Server}/C{Client} and its TLS wrapper are all three.
+    """
 
 _FAST_TYPES = (tcp.Server, tcp.Client)
 
@@ -75,7 +85,7 @@ def direct_writer(transport) -> Callable[[bytes], None]:
     return direct
 
 
-def lose_connection(transport) -> None:
+def lose_connection(transport: IStreamTransport) -> None:
     """
     C{transport.loseConnection()}, but at once when it is a plain TCP
     transport with nothing buffered and no producer of its own waiting.
@@ -90,7 +100,7 @@ def lose_connection(transport) -> None:
     same way, only synchronously: callers must expect the protocol's
     C{connectionLost} before this returns).
     """
-    t = transport
+    t: Any = transport  # read as a tcp.Server/Client only once type(t) says it is one
     if (type(t) in _FAST_TYPES and not getattr(t, "TLS", False) and t.connected
             and not t.disconnecting and not t._tempDataLen and not t.dataBuffer
             and not t._writeDisconnected and hasattr(t, "socket")):
@@ -102,12 +112,12 @@ def lose_connection(transport) -> None:
     if now is not None:  # the stdlib TLS engine's (modcluster/proxy/stdtls.py)
         now()
         return
-    if ISSLTransport.providedBy(t):
+    if ISSLTransport.providedBy(transport):
         # Twisted's TLS transport waits for its producer to unregister before
         # it closes: the client protocol's own registration would keep a
         # "Connection: close" HTTPS connection open until the client gave up.
-        t.unregisterProducer()
-    t.loseConnection()
+        transport.unregisterProducer()
+    transport.loseConnection()
 
 
 def is_plain_tcp(transport) -> bool:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Callable, Optional, Union
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer, ISSLTransport
@@ -35,7 +35,13 @@ from modcluster.balancer import (
     path_refusal,
     valid_host,
 )
-from modcluster.proxy._transport import direct_writer, is_plain_tcp, lose_connection, set_nodelay
+from modcluster.proxy._transport import (
+    IStreamTransport,
+    direct_writer,
+    is_plain_tcp,
+    lose_connection,
+    set_nodelay,
+)
 from modcluster.proxy.exchange import (
     _P_BUFFER,
     _P_EXCHANGE,
@@ -117,14 +123,20 @@ class ClientProtocol(Protocol):
 
     #: the address given to L{ProxyFactory.buildProtocol} (the peer), if any
     _addr = None
+    # Set by makeConnection before any other method is called (never None
+    # after), and only annotated here: no class attribute.
+    transport: IStreamTransport
+    #: writes to the transport (L{direct_writer}); set by connectionMade
+    _write: Callable[[bytes], None]
 
     def __init__(self, factory: "ProxyFactory") -> None:
         self.factory = factory
-        self._parser = HttpRequestParser(self)
+        # None once an Upgrade becomes a tunnel (nothing more is parsed)
+        self._parser: Optional[HttpRequestParser] = HttpRequestParser(self)
         self._reading: Optional[_Exchange] = None
         self._current: Optional[_Exchange] = None
-        self._queue: deque = deque()
-        self._out: list = []
+        self._queue: deque[_Exchange] = deque()
+        self._out: list[bytes] = []
         self._pause = 0
         self._closing = False
         self._ignore = False
@@ -144,12 +156,11 @@ class ClientProtocol(Protocol):
         self._tunnel: Optional[_Exchange] = None
         self._upgrading: Optional[_Exchange] = None
         self._in_next = False
-        self._write = None
         # while the parser reads bytes that may be one request head to
         # remember (ProxyFactory.request_heads): the bytes, the request_blocks
         # key when the request line allows one, and the template once parsed
         self._record: Optional[bytes] = None
-        self._record_block: Optional[tuple] = None
+        self._record_block: Optional[tuple[bytes, bytes, bytes]] = None
         self._captured: Optional[RequestHead] = None
         self._feeding = False  # in the parser's feed_data
         self.client: Optional[ClientInfo] = None
@@ -261,7 +272,7 @@ class ClientProtocol(Protocol):
                 f = self.factory
                 template = f.request_heads.entries.get(data)
                 if template is None:
-                    key = data
+                    key: Union[bytes, tuple[bytes, bytes, bytes]] = data
                     if f.split_heads:
                         # the same header block after another request line?
                         i = data.find(b"\r\n")
@@ -279,6 +290,8 @@ class ClientProtocol(Protocol):
                     if key in seen.entries:
                         self._record = record = data
                         if key is not data:
+                            if TYPE_CHECKING:  # the request_blocks key, not the bytes
+                                assert isinstance(key, tuple)
                             self._record_block = key
                     else:
                         seen.put(key, True)
@@ -291,8 +304,11 @@ class ClientProtocol(Protocol):
         elif reading.head_size >= 0:
             self._head_bytes += len(data)
         self._feeding = True
+        parser = self._parser
+        if TYPE_CHECKING:  # None only for a tunnel, which returned above
+            assert parser is not None
         try:
-            self._parser.feed_data(data)
+            parser.feed_data(data)
         except HttpParserUpgrade as e:
             self._upgraded(data[e.args[0]:])
         except HttpParserError as e:
@@ -318,8 +334,11 @@ class ClientProtocol(Protocol):
             self._requestError(431, "request head too large")
 
     def _feed(self, data: bytes) -> None:
+        parser = self._parser
+        if TYPE_CHECKING:  # not fed once a tunnel (nothing parsed after an Upgrade)
+            assert parser is not None
         try:
-            self._parser.feed_data(data)
+            parser.feed_data(data)
         except HttpParserUpgrade as e:
             self._upgraded(data[e.args[0]:])
         except HttpParserError as e:
@@ -353,11 +372,15 @@ class ClientProtocol(Protocol):
 
     def on_url(self, url: bytes) -> None:
         ex = self._reading
+        if TYPE_CHECKING:  # the parser calls back only between message begin and complete
+            assert ex is not None
         ex.target += url
         ex.head_size += len(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         ex = self._reading
+        if TYPE_CHECKING:  # the parser calls back only between message begin and complete
+            assert ex is not None
         if ex.head_size < 0:
             return  # a trailer of a chunked body: not forwarded
         ex.head_size += len(name) + len(value) + 4
@@ -408,6 +431,8 @@ class ClientProtocol(Protocol):
     def on_headers_complete(self) -> None:
         ex = self._reading
         p = self._parser
+        if TYPE_CHECKING:  # the parser calls back only between message begin and complete
+            assert ex is not None and p is not None
         f = self.factory
         cfg = f.config
         keep_alive = ex.keep_alive = p.should_keep_alive()
@@ -553,6 +578,8 @@ class ClientProtocol(Protocol):
 
     def on_body(self, data: bytes) -> None:
         ex = self._reading
+        if TYPE_CHECKING:  # the parser calls back only between message begin and complete
+            assert ex is not None
         ex.body_received += len(data)
         limit = self.factory.config.max_request_body
         if limit and ex.body_received > limit:
@@ -569,6 +596,8 @@ class ClientProtocol(Protocol):
 
     def on_message_complete(self) -> None:
         ex = self._reading
+        if TYPE_CHECKING:  # the parser calls back only between message begin and complete
+            assert ex is not None
         self._reading = None
         if ex.skipped_body or ex.tunnel_candidate:
             return  # the body (or the tunnel) is read after the Upgrade exception
@@ -607,8 +636,11 @@ class ClientProtocol(Protocol):
             wrapper.parser = parser
             self._reading = ex
             ex.head_size = -1
-            framing = (b"Transfer-Encoding: chunked" if ex.body_length == -1
-                       else b"Content-Length: %d" % ex.body_length)
+            length = ex.body_length
+            if TYPE_CHECKING:  # skipped_body: llhttp skipped a body, so it has a length
+                assert length is not None
+            framing = (b"Transfer-Encoding: chunked" if length == -1
+                       else b"Content-Length: %d" % length)
             parser.feed_data(b"POST / HTTP/1.1\r\n" + framing + b"\r\n\r\n")
         if rest:
             self._feed(rest)
@@ -899,7 +931,7 @@ class _BodyAfterUpgrade:
     def __init__(self, proto: ClientProtocol, ex: _Exchange) -> None:
         self.proto = proto
         self.ex = ex
-        self.parser = None
+        self.parser: Optional[HttpRequestParser] = None  # set by the client protocol
         self.made_up = True
 
     def on_message_begin(self) -> None:
