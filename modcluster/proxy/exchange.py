@@ -9,7 +9,7 @@ relays the response to its client connection.
 from __future__ import annotations
 
 from functools import partial
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Optional, Union
 
 from twisted.logger import Logger, LogLevel
 from zope.interface import implementer
@@ -17,6 +17,7 @@ from zope.interface import implementer
 from modcluster.accesslog import text
 from modcluster.balancer import (
     Decision,
+    Refusal,
     choose,
     parse_host,
     strip_session,
@@ -30,13 +31,19 @@ from modcluster.proxy.interfaces import (
     PROTOCOL,
     RESET,
     TIMEOUT,
+    ClientInfo,
     ForwardError,
     IExchange,
+    IUpstream,
 )
 from modcluster.proxy.observe import CLIENT_CLOSED
 
 if TYPE_CHECKING:
+    from twisted.internet.interfaces import IDelayedCall
+
+    from modcluster.cluster.model import NodeEntry
     from modcluster.proxy.client import ClientProtocol
+    from modcluster.proxy.h2 import _H2Exchange
 
 __all__: list[str] = []
 
@@ -208,9 +215,11 @@ class _Exchange:
     #: trailers are not forwarded); L{_H2Exchange} has a slot for it
     request_trailers: Optional[bytes] = None
 
-    def __init__(self, proto: "ClientProtocol") -> None:
+    def __init__(self, proto: Union[ClientProtocol, _H2Exchange]) -> None:
+        # an HTTP/2 stream is its own client side (it overrides the methods
+        # that write HTTP/1.x to ClientProtocol._out)
         self.proto = proto
-        self.client = proto.client
+        self.client: Optional[ClientInfo] = proto.client
         self.method = b""
         self.target = b""
         self.version = "1.1"
@@ -220,8 +229,8 @@ class _Exchange:
         self.expect_continue = False
         self.upgrade: Optional[bytes] = None
         self.idempotent = True
-        self.decision = None
-        self.node = None
+        self.decision: Optional[Decision] = None
+        self.node: Optional[NodeEntry] = None
         self.x_forwarded = False
         self.proxy_connection = False
         self.keep_alive = True
@@ -235,13 +244,13 @@ class _Exchange:
         self.skipped_body = False
         self.tunnel_candidate = False
         self.head_size = 0
-        self.upstream = None
+        self.upstream: Optional[IUpstream] = None
         self.attempts = 0
         self.exclude: frozenset = frozenset()
         self.stale_retry = False
         self.wait_until = 0.0
-        self.wait_call = None
-        self.body: Optional[list] = None
+        self.wait_call: Optional[IDelayedCall] = None
+        self.body: Optional[list[bytes]] = None
         self.body_held = 0
         self.body_done = False
         self.body_received = 0
@@ -314,8 +323,12 @@ class _Exchange:
         now = f.now  # coarse (sweep) clock: only used for the worker retry interval
         d = choose(f.table(), host, self.path, cookie, now, policy, self.exclude)
         if d.__class__ is Decision:
+            if TYPE_CHECKING:  # (__class__ is: the hot path's cheaper isinstance)
+                assert isinstance(d, Decision)
             self._attempt(d, cookie, False)
             return
+        if TYPE_CHECKING:
+            assert isinstance(d, Refusal)
         if d.status == 503 and d.wait_worker > 0:
             now = f.reactor.seconds()
             if not self.wait_until:
@@ -340,7 +353,8 @@ class _Exchange:
         except Exception:
             self.proto._routingBug(self)
 
-    def _attempt(self, d, cookie: Optional[str], fresh: bool, queued: bool = False) -> None:
+    def _attempt(self, d: Decision, cookie: Optional[str], fresh: bool,
+                 queued: bool = False) -> None:
         f = self.proto.factory
         node = d.node
         self.decision = d
@@ -389,7 +403,7 @@ class _Exchange:
         path = self.path.encode("utf-8", "surrogateescape")
         return path + b"?" + self.query if self.query else path
 
-    def _strip(self, d, cookie: Optional[str]) -> None:
+    def _strip(self, d: Decision, cookie: Optional[str]) -> None:
         """StickySessionRemove: drop the session id from the path or Cookie."""
         if self.headers0 is None:
             self.headers0 = self.headers
@@ -431,6 +445,8 @@ class _Exchange:
         if self.counted:
             self.counted = False
             d = self.decision
+            if TYPE_CHECKING:  # counted by _attempt, which set it
+                assert d is not None
             d.node.rt.busy -= 1
             d.context.rt.in_flight -= 1
             queues = self.proto.factory.queues
@@ -447,10 +463,14 @@ class _Exchange:
             self._deliver()
 
     def _deliver(self) -> None:
+        # called while an attempt is in flight: self.upstream is set (a failure
+        # in requestBody clears flowing, an end sets done)
         proto = self.proto
         body = self.body
         if body:
             up = self.upstream
+            if TYPE_CHECKING:
+                assert up is not None
             while body and self.flowing and not self.done:
                 chunk = body.pop(0)
                 self.body_held -= len(chunk)
@@ -461,6 +481,8 @@ class _Exchange:
         if self.flowing and not self.done:
             if self.body_done and not self.end_sent and not body:
                 self.end_sent = True
+                if TYPE_CHECKING:
+                    assert self.upstream is not None
                 self.upstream.requestBodyEnd()
             proto._resumeReading(_P_UPSTREAM)
 
@@ -507,6 +529,8 @@ class _Exchange:
         if headers.__class__ is not bytes:
             headers = header_block(headers)
         if self.version != "1.0":
+            if TYPE_CHECKING:  # HTTP/2 streams override this method
+                assert isinstance(self.proto, ClientProtocol)
             self.proto._out.append(informational_head(status, reason, headers))
 
     def responseHead(self, status: int, reason: bytes, headers, length: int) -> None:
@@ -517,6 +541,8 @@ class _Exchange:
         if headers.__class__ is not bytes:
             headers = header_block(headers)
         proto = self.proto
+        if TYPE_CHECKING:  # HTTP/2 streams override this method; a response has an attempt
+            assert isinstance(proto, ClientProtocol) and self.decision is not None
         if proto._observer is not None:
             self.upstream_time = proto._observer.clock() - self.up_start
         d = self.decision
@@ -551,6 +577,8 @@ class _Exchange:
         if self.done or not data:
             return
         self.sent += len(data)
+        if TYPE_CHECKING:  # HTTP/2 streams override this method
+            assert isinstance(self.proto, ClientProtocol)
         if self.resp_chunked:
             self.proto._out += (b"%x\r\n" % len(data), data, b"\r\n")
         elif not self.no_body:
@@ -574,6 +602,8 @@ class _Exchange:
         self.done = True
         self.upstream = None
         self._release()
+        if TYPE_CHECKING:  # HTTP/2 streams override this method
+            assert isinstance(self.proto, ClientProtocol)
         if self.resp_chunked:
             self.proto._out.append(_CHUNKED_END)
         obs = self.proto._observer
@@ -590,6 +620,8 @@ class _Exchange:
         proto = self.proto
         f = proto.factory
         node = self.node
+        if TYPE_CHECKING:  # a failure comes from the attempt _attempt started
+            assert node is not None and self.decision is not None
         route = node.route
         kind = error.kind
         if self.resp_started:
