@@ -24,7 +24,7 @@ Flow control is wired to backpressure both ways:
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from h2.config import H2Configuration
 from h2.errors import ErrorCodes
@@ -49,6 +49,7 @@ from twisted.logger import Logger, LogLevel
 from zope.interface import implementer
 
 from modcluster.accesslog import text
+from modcluster.proxy._transport import IStreamTransport
 from modcluster.proxy.exchange import _Exchange
 from modcluster.proxy.h2conn import (
     _BAD_VALUE,
@@ -213,6 +214,8 @@ class _H2Exchange(_Exchange):
         if obs is not None:
             self.upstream_time = obs.clock() - self.up_start
         d = self.decision
+        if TYPE_CHECKING:  # a response comes from an attempt
+            assert d is not None
         node = d.node
         if d.retrying or node.rt.in_error:
             self.factory.on_node_success(node.route)
@@ -355,6 +358,10 @@ class H2Protocol(Protocol):
     that does not read pauses every node connection feeding it.
     """
 
+    # Set by makeConnection before any other method is called (annotated
+    # only: no class attribute).
+    transport: IStreamTransport
+
     def __init__(self, factory) -> None:
         self.factory = factory
         cfg = factory.config
@@ -481,6 +488,8 @@ class H2Protocol(Protocol):
             # h2 queued a GOAWAY with the error code (PROTOCOL_ERROR,
             # ENHANCE_YOUR_CALM for a CONTINUATION flood or an oversized header
             # list, FLOW_CONTROL_ERROR, …)
+            if TYPE_CHECKING:  # set by connectionMade, before any frame
+                assert self.client is not None
             self.factory.limiter.emit(
                 "h2 protocol error", LogLevel.info, "HTTP/2 client {client}: {error}; closing",
                 client=self.client.remote_addr, error=str(e) or e.__class__.__name__)
@@ -495,6 +504,8 @@ class H2Protocol(Protocol):
             elif cls is RequestReceived:
                 self._request(ev)
             elif cls is StreamEnded:
+                if TYPE_CHECKING:
+                    assert isinstance(ev, StreamEnded)
                 ex = self.streams.get(ev.stream_id)
                 if ex is not None:
                     self._requestEnded(ex)
@@ -538,6 +549,8 @@ class H2Protocol(Protocol):
             (method, scheme, path, authority, fields, length, cookies, expect,
              x_forwarded) = request_fields(ev.headers)
         except _Malformed as e:
+            if TYPE_CHECKING:  # set by connectionMade, before any frame
+                assert self.client is not None
             self.factory.limiter.emit(
                 "h2 malformed request", LogLevel.info,
                 "HTTP/2 client {client}: malformed request: {why}",
@@ -716,6 +729,8 @@ class H2Protocol(Protocol):
             self._calm_at = now
         self._calm -= cost
         if self._calm < 0 and not self._closing:
+            if TYPE_CHECKING:  # set by connectionMade, before any frame
+                assert self.client is not None
             self.factory.limiter.emit(
                 "h2 calm", LogLevel.warn,
                 "HTTP/2 client {client} resets streams or sends control frames too fast; "
@@ -812,4 +827,6 @@ class H2Protocol(Protocol):
         """Count (and log, rate-limited) a client cut, as the HTTP/1.1 front does."""
         timeouts = getattr(self.factory, "timeouts", None)
         if timeouts is not None:
+            if TYPE_CHECKING:  # set by connectionMade, before the sweep knows us
+                assert self.client is not None
             timeouts.timedOut(reason, self.client.remote_addr, what, now)

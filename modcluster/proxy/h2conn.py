@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import struct
+from typing import Optional
 
 from h2.connection import (
     AllowedStreamIDs,
@@ -224,8 +225,9 @@ class _MemoEncoder(Encoder):
 
     def __init__(self) -> None:
         Encoder.__init__(self)
-        self.next_key = None  # the key of the next encode() (set by responseHead)
-        self.memo_key = None
+        # the key of the next encode() (set by responseHead): (status, head bytes)
+        self.next_key: Optional[tuple[int, bytes]] = None
+        self.memo_key: Optional[tuple[int, bytes]] = None
         self.memo_block = b""
         self.memo_fields: list = []
 
@@ -241,7 +243,8 @@ class _MemoEncoder(Encoder):
         if value == self.header_table.maxsize:
             return
         self.memo_key = None
-        Encoder.header_table_size.fset(self, value)
+        # mypy reads a property with a setter as an overloaded function
+        Encoder.header_table_size.fset(self, value)  # type: ignore[attr-defined]
 
     def encode(self, headers, huffman: bool = True) -> bytes:
         key = self.next_key
@@ -272,7 +275,7 @@ class _MemoDecoder(Decoder):
 
     def __init__(self, max_header_list_size: int) -> None:
         Decoder.__init__(self, max_header_list_size=max_header_list_size)
-        self.memo_block = None
+        self.memo_block: Optional[bytes] = None
         self.memo_headers: list = []
         self.memo_limit = 0
 
@@ -283,7 +286,8 @@ class _MemoDecoder(Decoder):
     @header_table_size.setter
     def header_table_size(self, value: int) -> None:
         self.memo_block = None
-        Decoder.header_table_size.fset(self, value)
+        # mypy reads a property with a setter as an overloaded function
+        Decoder.header_table_size.fset(self, value)  # type: ignore[attr-defined]
 
     def decode(self, data, raw: bool = False):
         if data == self.memo_block and raw and self.max_header_list_size == self.memo_limit:
@@ -332,6 +336,11 @@ class _H2Connection(H2Connection):
     machine inputs and window accounting as h2's, the frame written by hand
     instead of through a hyperframe object.  Anything else goes to h2's.
     """
+
+    # H2Protocol replaces h2's coders with these before any frame (annotated
+    # only: no class attributes)
+    encoder: _MemoEncoder
+    decoder: _MemoDecoder
 
     def __init__(self, config) -> None:
         H2Connection.__init__(self, config)
