@@ -16,7 +16,7 @@ address (L{HttpForwarder.forwarded}).
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 from OpenSSL.SSL import Error as SSLError
@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from modcluster.memo import BoundedMemo
-from modcluster.proxy._transport import direct_writer, set_nodelay
+from modcluster.proxy._transport import IStreamTransport, direct_writer, set_nodelay
 from modcluster.proxy.headers import (
     filter_trailers,
     reason_phrase,
@@ -40,6 +40,7 @@ from modcluster.proxy.interfaces import (
     RESET,
     TIMEOUT,
     ForwardError,
+    IExchange,
     INodeConnection,
     IUpstream,
 )
@@ -136,11 +137,18 @@ class NodeProtocol(Protocol):
     client's request body is paused.
     """
 
+    # Annotated only (no class attributes): None until connected (a
+    # connection may be closed before)
+    transport: Optional[IStreamTransport]
+    #: writes to the transport (L{direct_writer}); set by connectionMade,
+    #: before which nothing is written (L{start} waits for it)
+    write: Callable[[bytes], None]
+
     def __init__(self, pool: "NodePool") -> None:
         self.pool = pool
         self.fw = pool.fw
         self.rt = pool.rt
-        self.ex = None
+        self.ex: Optional[IExchange] = None
         self.parser = HttpResponseParser(self)
         self.up = False
         self.closed = False
@@ -149,7 +157,6 @@ class NodeProtocol(Protocol):
         self.seen = 0.0
         self.idle_since = 0.0
         self.paused = False
-        self.write = None
         # per exchange
         self.sent = False
         self.body_done = False
@@ -200,6 +207,8 @@ class NodeProtocol(Protocol):
     def connectionMade(self) -> None:
         self.up = True
         t = self.transport
+        if TYPE_CHECKING:  # makeConnection set it
+            assert t is not None
         set_nodelay(t)
         self.write = direct_writer(t)
         t.registerProducer(self, True)
@@ -382,7 +391,7 @@ class NodeProtocol(Protocol):
             return
         self.complete = True
 
-    def _whole(self, ex, whole: WholeHead, data: bytes, start: int) -> None:
+    def _whole(self, ex: IExchange, whole: WholeHead, data: bytes, start: int) -> None:
         """
         Relay a complete response read at once whose head is in
         L{NodePool.whole}: what the parser callbacks would do for it
@@ -427,12 +436,16 @@ class NodeProtocol(Protocol):
 
     def _finish(self) -> None:
         ex = self.ex
+        if TYPE_CHECKING:  # called for the exchange being carried
+            assert ex is not None
         self.ex = None
         self.complete = False
         self.final = False
         self.reused = True
         if self.paused:
             self.paused = False
+            if TYPE_CHECKING:  # a response was read: connected
+                assert self.transport is not None
             self.transport.resumeProducing()
         if self.keep_alive and self.body_done and not self.broken and not self.pool.closed:
             self.pool.release(self)
@@ -468,6 +481,8 @@ class NodeProtocol(Protocol):
         if self.tunnel:
             self.ex = None
             self.broken = True
+            if TYPE_CHECKING:  # a tunnel is connected
+                assert self.transport is not None
             self.transport.abortConnection()
             ex.responseEnd()
             return
@@ -477,6 +492,8 @@ class NodeProtocol(Protocol):
 
     def _sendHead(self) -> None:
         ex = self.ex
+        if TYPE_CHECKING:  # called for the exchange being carried
+            assert ex is not None
         fw = self.fw
         host = ex.host if fw.preserve_host and ex.host is not None else self.pool.host_header
         parts = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (ex.method, ex.target, host)]
@@ -531,12 +548,16 @@ class NodeProtocol(Protocol):
         if not self.paused:
             self.paused = True
             if self.up:
+                if TYPE_CHECKING:
+                    assert self.transport is not None
                 self.transport.pauseProducing()
 
     def resumeResponse(self) -> None:
         if self.paused:
             self.paused = False
             if self.up:
+                if TYPE_CHECKING:
+                    assert self.transport is not None
                 self.transport.resumeProducing()
 
     def abort(self) -> None:
@@ -550,6 +571,8 @@ class NodeProtocol(Protocol):
         if not self.closed:
             self.closed = True
             self.pool.lost(self)
+            if TYPE_CHECKING:  # up: connected
+                assert self.transport is not None
             self.transport.abortConnection()
 
     # -- IPushProducer (the node connection's write buffer) ------------------------
