@@ -84,6 +84,7 @@ class _Probe(Protocol):
         self.buf = b""
 
     def connectionMade(self) -> None:
+        assert self.transport is not None  # makeConnection set it
         self.transport.write(b"OPTIONS * HTTP/1.0\r\nUser-Agent: " + PROBE_USER_AGENT
                              + b"\r\n\r\n")
 
@@ -92,6 +93,7 @@ class _Probe(Protocol):
         if b"\n" in self.buf or len(self.buf) >= 1024:
             line = self.buf.split(b"\n", 1)[0]
             self.done(line.startswith(b"HTTP/"))
+            assert self.transport is not None  # connected: bytes came
             self.transport.loseConnection()
 
     def connectionLost(self, reason=None) -> None:

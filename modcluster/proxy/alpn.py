@@ -11,13 +11,15 @@ chosen protocol).
 from __future__ import annotations
 
 import weakref
-from typing import Optional
+from typing import Optional, Union, cast
 
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from zope.interface import implementer
 
+from modcluster.proxy._transport import IStreamTransport
 from modcluster.proxy.client import ClientProtocol
 from modcluster.proxy.h2 import H2Protocol
 
@@ -54,6 +56,9 @@ class _Negotiator(Protocol):
     the TLS transport over (nothing was received before).
     """
 
+    # set by makeConnection (annotated only: no class attribute)
+    transport: IStreamTransport
+
     def __init__(self, factory: "NegotiatingFactory") -> None:
         self._factory = factory
         self._chosen: Optional[Protocol] = None
@@ -68,6 +73,7 @@ class _Negotiator(Protocol):
         negotiated = getattr(t, "negotiatedProtocol", None)
         f = self._factory
         f.wrapped._clients.discard(self)
+        p: Union[H2Protocol, ClientProtocol]
         if negotiated == b"h2":
             p = H2Protocol(f.wrapped)
             f.h2_connections.add(p)
@@ -77,7 +83,9 @@ class _Negotiator(Protocol):
                 p._head_start = self._accepted  # the head deadline runs from the accept
         self._chosen = p
         if getattr(t, "wrappedProtocol", None) is self:
-            t.wrappedProtocol = p  # from now on the TLS transport calls it directly
+            # from now on the TLS transport calls it directly (Twisted's TLS
+            # transport: the one whose wrappedProtocol we are)
+            cast(TLSMemoryBIOProtocol, t).wrappedProtocol = p
         p.makeConnection(t)
         if p.__class__ is ClientProtocol and IHandshakeListener.providedBy(p):
             p.handshakeCompleted()  # (it missed the TLS transport's own call)

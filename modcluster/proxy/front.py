@@ -342,7 +342,7 @@ class ProxyFactory(Factory):
             self.observer.tick()
 
     def _uniqueForwarders(self) -> list:
-        seen = []
+        seen: list = []
         for fw in self.forwarders.values():
             if all(fw is not other for other in seen):
                 seen.append(fw)

@@ -33,10 +33,13 @@ docs/data-plane.md ("The forwarder contract").
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from attrs import frozen
 from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import ITransport
 
 __all__ = [
     "ClientInfo",
@@ -117,7 +120,7 @@ class ClientInfo:
 
     def __init__(self, remote_addr: str, remote_port: int, local_addr: Optional[str] = None,
                  local_port: Optional[int] = None, secure: bool = False,
-                 transport: object = None) -> None:
+                 transport: Optional[ITransport] = None) -> None:
         self.remote_addr = remote_addr
         self.remote_port = remote_port
         self.secure = secure
@@ -129,9 +132,10 @@ class ClientInfo:
     def _getLocal(self) -> tuple:
         local = self._local
         if local is None:
+            transport = self.transport
             try:
-                host = self.transport.getHost()
-            except Exception:  # closed or no transport
+                host = transport.getHost() if transport is not None else None
+            except Exception:  # closed
                 host = None
             local = self._local = (getattr(host, "host", "") or "",
                                    getattr(host, "port", 0) or 0)

@@ -67,7 +67,7 @@ class ClientStats:
         #: requests counted under an C{other} label because of the limit
         self.overflow = 0
         # the last (context, node) and its row: consecutive requests usually share them
-        self._last = (None, None)
+        self._last: tuple[object, object] = (None, None)
         self._last_row: list = []
 
     def _row(self, key: tuple) -> list:
@@ -100,6 +100,7 @@ class ClientStats:
                upstream: float) -> None:
         """One finished request (C{upstream} < 0: no node answered)."""
         last = self._last
+        row: Optional[list]  # (an annotation: no run-time work)
         if context is last[0] and node is last[1]:
             row = self._last_row
         else:

@@ -22,12 +22,13 @@ from twisted.internet.endpoints import (
     TCP6ClientEndpoint,
     wrapClientTLS,
 )
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from modcluster.proxy.headers import reason_phrase
-from modcluster.proxy.interfaces import CONNECT, ForwardError, IForwarder, IUpstream
+from modcluster.proxy.interfaces import CONNECT, ForwardError, IExchange, IForwarder, IUpstream
 
 __all__ = [
     "LocalUpstream",
@@ -40,13 +41,15 @@ __all__ = [
 ]
 
 
-def node_endpoint(reactor, host: str, port: int, timeout: float, tls=None):
+def node_endpoint(reactor, host: str, port: int, timeout: float,
+                  tls=None) -> IStreamClientEndpoint:
     """
     A client endpoint for a node address: IPv4/IPv6 literals directly, names
     through C{HostnameEndpoint}; wrapped in TLS when C{tls} (an
     C{IOpenSSLClientConnectionCreator}) is given.
     """
     h = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    ep: IStreamClientEndpoint
     if isIPAddress(h):
         ep = TCP4ClientEndpoint(reactor, h, port, timeout=timeout)
     elif isIPv6Address(h):
@@ -221,6 +224,10 @@ class PooledForwarder:
         self.slack = 1.0
         self._pools: dict = {}
         self._draining: list = []
+
+    def forward(self, exchange: IExchange, fresh: bool = False) -> IUpstream:
+        """L{IForwarder.forward}: each subclass starts an attempt its own way."""
+        raise NotImplementedError
 
     def pool(self, node):
         """The pool of C{node}'s current registration (created on demand)."""
