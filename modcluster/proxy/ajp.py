@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import weakref
 from http import HTTPStatus
-from typing import Optional
+from typing import TYPE_CHECKING, Optional, Union
 
 
 from twisted.internet.interfaces import IPushProducer
@@ -47,6 +47,7 @@ from modcluster.ajp.packets import (
 from modcluster.ajp.protocol import (
     AJPClientProtocol,
     AJPReadTimeout,
+    AJPRequestBody,
     CPingFailed,
     IAJPResponseReceiver,
 )
@@ -77,6 +78,7 @@ from modcluster.proxy.interfaces import (
     RESET,
     TIMEOUT,
     ForwardError,
+    IExchange,
     IForwarder,
     INodeConnection,
     IUpstream,
@@ -180,7 +182,7 @@ class AJPConnection:
                                            pool.encoder, direct_writer)
         proto.link = self
         proto.onConnectionLost = self._lost
-        self.ex = None
+        self.ex: Optional[IExchange] = None
         self.up = False
         self.closed = False
         self.reused = False
@@ -189,7 +191,7 @@ class AJPConnection:
         self.held = False  # ... and the protocol is paused for it
         self.last_ok = _NEVER
         self.idle_since = 0.0
-        self.body = None
+        self.body: Optional[AJPRequestBody] = None
         # per exchange
         self.packet: Optional[bytes] = None
         self.ping: Optional[float] = None
@@ -232,6 +234,8 @@ class AJPConnection:
         self.up = True
         if self.ex is not None:
             packet = self.packet
+            if TYPE_CHECKING:  # start() kept it for the connection
+                assert packet is not None
             self.packet = None
             self._send(packet)
         else:
@@ -239,6 +243,8 @@ class AJPConnection:
 
     def _send(self, packet: bytes) -> None:
         ex = self.ex
+        if TYPE_CHECKING:  # called for the exchange being carried
+            assert ex is not None
         bl = ex.body_length
         length = 0 if bl is None else (bl if bl >= 0 else None)
         self.rt.transferred += len(packet)
@@ -305,7 +311,7 @@ class AJPConnection:
                     return
         ex.resumeRequestBody()
 
-    def _continue(self, ex) -> None:
+    def _continue(self, ex: IExchange) -> None:
         if self.ex is ex and not self.head:
             ex.responseInformational(100, _CONTINUE, [])
             ex.flush()
@@ -355,7 +361,7 @@ class AJPConnection:
         # The relayed headers go straight into the block the front writes
         # (IExchange.responseHead takes bytes); a Connection header, which
         # can name others to drop, takes the list way.
-        parts = []
+        parts: list[bytes] = []
         cl = None
         conn = None
         exact = RESPONSE_HEADER_EXACT
@@ -380,6 +386,7 @@ class AJPConnection:
                 else:
                     conn.append(value)
             # other hop-by-hop names (Transfer-Encoding, Keep-Alive, ...) dropped
+        out: Union[list, bytes]  # (annotation only) what IExchange.responseHead takes
         if conn is not None:
             out = drop_listed(_relayed(headers), connection_tokens(conn))
         else:

@@ -33,7 +33,7 @@ docs/data-plane.md ("The forwarder contract").
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 from attrs import frozen
 from zope.interface import Attribute, Interface
@@ -53,6 +53,7 @@ __all__ = [
     "RESET",
     "TIMEOUT",
     "PROTOCOL",
+    "ResponseHeaders",
 ]
 
 #: Could not reach the node: TCP connect refused or timed out (node C{ping}),
@@ -154,6 +155,11 @@ class ClientInfo:
                 f"secure={self.secure!r})")
 
 
+#: A response head's header lines as the forwarders give them (see
+#: L{IExchange.responseHead}): one bytes block, or C{(name, value)} pairs.
+ResponseHeaders = Union[bytes, Sequence[tuple[bytes, bytes]]]
+
+
 class IExchange(Interface):
     """
     One client request as a forwarder sees it, implemented by the front.
@@ -217,14 +223,14 @@ class IExchange(Interface):
         full).  The front stops reading the client.
         """
 
-    def responseInformational(status: int, reason: bytes, headers: bytes) -> None:
+    def responseInformational(status: int, reason: bytes, headers: ResponseHeaders) -> None:
         """
         A 1xx interim response other than 101 (e.g. 100 Continue, 103).  The
         front relays it to HTTP/1.1 clients and drops it for HTTP/1.0 ones.
         C{headers} as for L{responseHead}.
         """
 
-    def responseHead(status: int, reason: bytes, headers: bytes, length: int) -> None:
+    def responseHead(status: int, reason: bytes, headers: ResponseHeaders, length: int) -> None:
         """
         The final response head (or C{101} when tunnelling C{upgrade}).
 
