@@ -62,7 +62,7 @@ def _send_headers_checked(data: bytes, pos: int, end: int) -> tuple:
         raise MalformedPacket("SEND_HEADERS: reason contains CR, LF or NUL")
     count = _read_int(data, pos, end, "SEND_HEADERS header count")
     pos += 2
-    headers = []
+    headers: list[tuple[bytes, bytes]] = []
     append = headers.append
     names = RESPONSE_HEADER_NAMES
     token = _TOKEN.fullmatch
@@ -122,7 +122,7 @@ def _send_headers(data: bytes, pos: int, end: int) -> tuple:
         reason = data[p:stop]
         count = (data[stop + 1] << 8) | data[stop + 2]
         p = stop + 3
-        headers = []
+        headers: list[tuple[bytes, bytes]] = []
         append = headers.append
         # the reason and the values, checked for CR, LF and NUL in one search
         texts = [reason]
