@@ -20,11 +20,17 @@ Typical use by a forwarder::
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Union
+from typing import TYPE_CHECKING, Callable, Optional, Sequence, Union
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorTime
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import (
+    IConsumer,
+    IDelayedCall,
+    IProducer,
+    IPushProducer,
+    IReactorTime,
+)
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
@@ -48,6 +54,9 @@ from .packets import (
     max_request_chunk,
 )
 from .response import ResponseParser
+
+if TYPE_CHECKING:
+    from modcluster.proxy._transport import IStreamTransport
 
 __all__ = [
     "IAJPResponseReceiver",
@@ -177,7 +186,9 @@ class AJPRequestBody:
         """
         return self._proto is not None
 
-    def write(self, data: bytes) -> bool:
+    # IConsumer.write returns None; the bool (accepted or discarded) is an
+    # addition that callers through IConsumer ignore
+    def write(self, data: bytes) -> bool:  # type: ignore[override]
         """
         Queue request body bytes; they are sent as the container asks for
         them (the first packet unasked when the length is known).
@@ -202,7 +213,7 @@ class AJPRequestBody:
             return False
         return proto._bodyFinish()
 
-    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
         """
         Register the source of the body (normally the client's transport or
         HTTP channel).  It is paused while a full packet of body is waiting
@@ -211,6 +222,8 @@ class AJPRequestBody:
         """
         if not streaming:
             raise TypeError("AJPRequestBody supports only streaming (push) producers")
+        if TYPE_CHECKING:  # streaming: a push producer
+            assert IPushProducer.providedBy(producer)
         proto = self._proto
         if proto is not None:
             proto._setBodyProducer(producer)
@@ -240,6 +253,8 @@ class AJPClientProtocol(Protocol):
     _log = Logger()
 
     onConnectionLost: Optional[Callable[["AJPClientProtocol", Failure], None]] = None
+    # None until connected (annotated only: the class attribute is Protocol's)
+    transport: Optional[IStreamTransport]
 
     def __init__(
         self,
@@ -289,11 +304,11 @@ class AJPClientProtocol(Protocol):
         self._producer: Optional[IPushProducer] = None
         self._producerPaused = False
         self._forward: Optional[bytes] = None
-        self._timer = None
+        self._timer: Optional[IDelayedCall] = None
         self._lastRead = 0.0
         self._paused = False
         self._pingDeferred: Optional[Deferred] = None
-        self._pingTimer = None
+        self._pingTimer: Optional[IDelayedCall] = None
         self.requestsSent = 0
         self._writer = writer
 
@@ -329,12 +344,16 @@ class AJPClientProtocol(Protocol):
 
     def _write(self, data: bytes) -> None:
         # Without a writer: the transport's write, looked up at each call.
+        if TYPE_CHECKING:  # nothing is written before the connection
+            assert self.transport is not None
         self.transport.write(data)
 
     def connectionMade(self) -> None:
         writer = self._writer
         if writer is not None:
-            self._write = writer(self.transport)
+            # the writer's function shadows the method on purpose (mypy refuses
+            # assigning to a method: ignore[assignment] covers method-assign)
+            self._write = writer(self.transport)  # type: ignore[assignment]
         setNoDelay = getattr(self.transport, "setTcpNoDelay", None)
         if setNoDelay is not None:
             try:
@@ -348,7 +367,7 @@ class AJPClientProtocol(Protocol):
         self._lastRead = self._clock.seconds()
         parser = self._parser
         try:
-            messages = parser.feed_tuples(data)
+            messages: Sequence[tuple] = parser.feed_tuples(data)
             error: Optional[AJPProtocolError] = None
         except AJPProtocolError as e:
             messages = e.messages
@@ -362,6 +381,8 @@ class AJPClientProtocol(Protocol):
         for message in messages:
             kind = message[0]
             state = self._state
+            if TYPE_CHECKING:  # in _BODY and _WAIT_HEAD an exchange has its receiver
+                assert self._receiver is not None
             if kind == SEND_BODY_CHUNK and state == _BODY:
                 delivered = True
                 self._receiver.bodyReceived(message[1])
@@ -396,7 +417,7 @@ class AJPClientProtocol(Protocol):
         elif delivered and self.requestsSent == exchange and self._receiver is not None:
             self._receiver.readComplete()
 
-    def connectionLost(self, reason: Failure = None) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         state = self._state
         self._state = _CLOSED
         self.connected = 0
@@ -479,6 +500,8 @@ class AJPClientProtocol(Protocol):
             raise AJPConnectionBusy(
                 f"cannot send a request: connection {_STATE_NAMES[self._state]}")
         if type(request) is not bytes:
+            if TYPE_CHECKING:
+                assert isinstance(request, ForwardRequest)
             request = self._encoder.encode(request)
         if bodyLength == 0:  # the usual case first
             if body:
@@ -568,6 +591,8 @@ class AJPClientProtocol(Protocol):
             # One timer per connection, not per request: it is left running
             # when an exchange ends and re-armed lazily from _lastRead.
             self._timer = self._clock.callLater(self._readTimeout, self._checkTimeout)
+        if TYPE_CHECKING:  # sendRequest set it
+            assert self._receiver is not None
         self._receiver.requestWritten()
 
     def _take(self, limit: int) -> bytes:
@@ -686,6 +711,8 @@ class AJPClientProtocol(Protocol):
 
     def _responseEnded(self, reuse: bool, clean: bool) -> None:
         receiver = self._receiver
+        if TYPE_CHECKING:  # in _BODY: an exchange, connected
+            assert receiver is not None and self.transport is not None
         reusable = reuse and clean and not self._owed and not self._unsolicited
         self._endExchange()
         if reusable:
@@ -763,6 +790,8 @@ class AJPClientProtocol(Protocol):
         state = self._state
         if state != _WAIT_HEAD and state != _BODY:
             return  # idle: the timer lapses until the next request
+        if TYPE_CHECKING:  # the timer is armed only with a read timeout
+            assert self._readTimeout is not None
         left = self._idleFor(self._clock.seconds(), self._readTimeout)
         if left is not None and self._state != _CLOSED:
             self._timer = self._clock.callLater(left, self._checkTimeout)
@@ -777,6 +806,8 @@ class AJPClientProtocol(Protocol):
     def _prePong(self) -> None:
         self._cancelPingTimer()
         packet = self._forward
+        if TYPE_CHECKING:  # sendRequest kept it for the CPONG
+            assert packet is not None
         self._forward = None
         self._sendForward(packet)
 
@@ -818,8 +849,9 @@ class AJPClientProtocol(Protocol):
     # -- failures ----------------------------------------------------------------
 
     def _peer(self) -> object:
+        transport = self.transport
         try:
-            return self.transport.getPeer()
+            return transport.getPeer() if transport is not None else None
         except Exception:  # pragma: no cover - exotic transports
             return None
 
@@ -839,6 +871,8 @@ class AJPClientProtocol(Protocol):
         self._endExchange()
         self._cancelTimers()
         self._firePing(False)
+        if TYPE_CHECKING:  # not _CLOSED: connected
+            assert self.transport is not None
         self.transport.abortConnection()
         if receiver is not None:
             receiver.responseFailed(Failure(error), started, sent)
