@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Callable, Iterable, Optional
 
+from twisted.internet.interfaces import ITransport
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
@@ -209,6 +210,10 @@ class FakeAJPContainer(Protocol):
     @ivar answerCPing: set to C{False} to leave CPINGs unanswered.
     """
 
+    # Set by makeConnection; nothing here runs before (annotated only: the
+    # class attribute, None, is Protocol's)
+    transport: ITransport
+
     def __init__(
         self,
         handler: Optional[Callable[[ContainerExchange], None]] = None,
@@ -256,5 +261,5 @@ class FakeAJPContainer(Protocol):
         self.errors.append(AJPProtocolError(text))
         self.transport.loseConnection()
 
-    def connectionLost(self, reason: Failure = None) -> None:
+    def connectionLost(self, reason: Optional[Failure] = None) -> None:
         self.lost = reason
