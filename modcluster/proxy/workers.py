@@ -32,14 +32,14 @@ import pickle
 import socket
 import struct
 import sys
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import attrs
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import ProcessDone
-from twisted.internet.protocol import ProcessProtocol, Protocol
+from twisted.internet.protocol import ProcessProtocol, Protocol, connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger, LogLevel, formatEvent
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -47,6 +47,12 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from modcluster.cluster.mirror import CounterSink, Mirror, encode_node_updates, encode_snapshot
 from modcluster.listening import TIMEOUT_REASONS, with_backlog
 from modcluster.proxy.observe import merge_exports
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IDelayedCall
+    from twisted.python.failure import Failure
+
+    from modcluster.cluster.model import NodeRuntime
 
 __all__ = [
     "ControlChannel",
@@ -273,6 +279,8 @@ class _Worker(ProcessProtocol):
         self.pool = pool
         self.index = index
         self.pid: Optional[int] = None
+        #: the inherited sockets, (fd, family, description) (set by WorkerPool._spawn)
+        self.listeners: list[tuple[int, int, str]] = []
         self.started = pool.reactor.seconds()
         self.ready = False
         #: when the control process last received anything from the worker
@@ -289,6 +297,7 @@ class _Worker(ProcessProtocol):
         self._stray = {1: b"", 2: b""}
 
     def connectionMade(self) -> None:
+        assert self.transport is not None  # spawnProcess set it
         self.pid = self.transport.pid
         self.pool._worker_started(self)
 
@@ -328,8 +337,11 @@ class _Worker(ProcessProtocol):
 
     def _kill(self) -> None:
         self.killed = True
+        transport = self.transport
+        if transport is None:
+            return  # (not started)
         try:
-            self.transport.signalProcess("KILL")
+            transport.signalProcess("KILL")
         except Exception:
             pass
 
@@ -368,12 +380,12 @@ class WorkerPool(Service):
         #: slow clients cut by the workers, by reason (summed from their reports)
         self.client_timeouts = dict.fromkeys(TIMEOUT_REASONS, 0)
         self._delays: dict[int, float] = {}
-        self._restart_calls: dict[int, object] = {}
+        self._restart_calls: dict[int, IDelayedCall] = {}
         self._stopping = False
-        self._snapshot_call = None
+        self._snapshot_call: Optional[IDelayedCall] = None
         self._next_snapshot = 0.0
-        self._updates: dict[int, object] = {}
-        self._update_call = None
+        self._updates: dict[int, NodeRuntime] = {}
+        self._update_call: Optional[IDelayedCall] = None
         self.stall_timeout = STALL_TIMEOUT
         self.start_timeout = START_TIMEOUT
         self.heartbeat_interval = HEARTBEAT_INTERVAL
@@ -435,6 +447,7 @@ class WorkerPool(Service):
             waits.append(worker.ended)
             try:
                 worker.send(frame(pickle.dumps(("stop",))))
+                assert worker.transport is not None  # (else: killed below)
                 worker.transport.closeStdin()
             except Exception:
                 worker._kill()
@@ -516,7 +529,7 @@ class WorkerPool(Service):
     def _spawn(self, index: int) -> None:
         self._restart_calls.pop(index, None)
         child_fds = {0: "w", 1: "r", 2: "r", CHANNEL_FD: "r"}
-        listeners = []
+        listeners: list[tuple[int, int, str]] = []
         fd = CHANNEL_FD + 1
         for listener in self.listeners:
             child_fds[fd] = listener.sockets[index].fileno()
@@ -745,7 +758,7 @@ class ControlChannel(Protocol):
         if self.transport is not None:
             self.transport.write(frame(json.dumps(message).encode()))
 
-    def connectionLost(self, reason) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.transport = None
         self.lost()
 
@@ -856,7 +869,7 @@ class WorkerService(Service):
         busy = self.factory.drain()
         if not busy or self.reactor.seconds() >= deadline:
             return None
-        d = defer.Deferred()
+        d: defer.Deferred[None] = defer.Deferred()
         self.reactor.callLater(0.1, d.callback, None)
         return d.addCallback(lambda _: self._drain(deadline))
 
