@@ -590,6 +590,8 @@ class _Exchange:
         if self.done or not self.resp_chunked:
             return
         self.resp_chunked = False  # the last chunk is written here
+        if TYPE_CHECKING:  # HTTP/2 streams override this method
+            assert isinstance(self.proto, ClientProtocol)
         self.proto._out += (b"0\r\n", block, b"\r\n")
 
     def flush(self) -> None:
