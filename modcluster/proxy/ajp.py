@@ -338,6 +338,7 @@ class AJPConnection:
                 memo.put(headers, entry)
             self.last_head = entry
         out, cl, reason = entry.out, entry.cl, entry.relayed
+        length: Optional[int]  # (annotation only) None: a Content-Length not a number
         if ex.method == _HEAD or status == 204 or status == 304:
             self.no_body = True
             length = 0
