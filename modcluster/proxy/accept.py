@@ -48,6 +48,7 @@ from __future__ import annotations
 import errno
 import socket as _socket
 import sys
+from typing import Any
 
 from twisted.internet import address, tcp
 from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
@@ -107,7 +108,11 @@ def _check() -> bool:
         class _Port:
             _realPortNumber = 1
 
-        s = tcp.Server(a, object(), ("127.0.0.1", 1), _Port(), 0, _StubReactor())
+        # stand-ins (typed Any): only the attributes Server.__init__ sets are looked at
+        protocol: Any = object()
+        port: Any = _Port()
+        reactor: Any = _StubReactor()
+        s = tcp.Server(a, protocol, ("127.0.0.1", 1), port, 0, reactor)
         return set(vars(s)) == _ATTRIBUTES and s.connected == 1
     except Exception:
         return False
@@ -231,7 +236,8 @@ class Acceptor:
             t.logstr = f"{prefix},{s},{host}"
             t.repstr = f"<{cls.__name__} #{s} on {on}>"
             t._shouldShutdown = False
-            t._nodelay_inherited = nodelay
+            # our own mark on Twisted's transport (read by _transport.set_nodelay)
+            t._nodelay_inherited = nodelay  # type: ignore[attr-defined]
             if ipv6:
                 t._addressType = address.IPv6Address
             try:
@@ -286,7 +292,7 @@ class Acceptor:
                 "proxy: cannot accept connections on port {port}: {error}; pausing "
                 "accepts for {pause} s (waiting clients stay in the backlog){more}",
                 port=self.port._realPortNumber, error=errno.errorcode.get(
-                    e.errno, str(e.errno)) + f" ({e.strerror})", pause=PAUSE,
+                    e.errno or 0, str(e.errno)) + f" ({e.strerror})", pause=PAUSE,
                 failures=self.failures,
                 more=f"; {more} more such failures since the last line" if more else "")
         else:
@@ -316,7 +322,10 @@ def install(port, clock=None) -> bool:
         return False
     if not getattr(port, "connected", False) or not supported():
         return False
-    port.doRead = Acceptor(port, clock)
+    # this one port's doRead replaced on purpose (mypy refuses assigning to a
+    # method): through an untyped name
+    patched: Any = port
+    patched.doRead = Acceptor(port, clock)
     return True
 
 
