@@ -42,6 +42,7 @@ from modcluster.proxy._transport import (
     lose_connection,
     set_nodelay,
 )
+from modcluster.proxy.deadlines import SWEEP_INTERVAL, ClientDeadlines
 from modcluster.proxy.exchange import (
     _P_BUFFER,
     _P_EXCHANGE,
@@ -81,8 +82,6 @@ __all__ = ["ClientProtocol", "SWEEP_INTERVAL"]
 
 log = Logger(namespace="modcluster.proxy")
 
-#: Seconds between timeout sweeps (client idle/stall, node read timeouts, pool TTL).
-SWEEP_INTERVAL = 1.0
 #: Pipelined requests parsed ahead of the one being served; more closes the
 #: connection once the queue is served.
 MAX_PIPELINE = 128
@@ -115,7 +114,7 @@ class _TooManyPipelined(Exception):
 
 
 @implementer(IPushProducer, IHandshakeListener)
-class ClientProtocol(Protocol):
+class ClientProtocol(Protocol, ClientDeadlines):
     """
     One client connection.  It is its transport's push producer, so a client
     that does not read pauses the node connection feeding it.
@@ -812,108 +811,6 @@ class ClientProtocol(Protocol):
             self._current = None
         if self.connected:
             self.transport.abortConnection()
-
-    # -- timeouts (called by the factory's sweep) ---------------------------------
-
-    def checkTimeout(self, now: float, limit: float) -> None:
-        """
-        Called once a second by the sweep: the idle/stall timeout C{limit}
-        (C{client_timeout}), the request read deadlines
-        (L{ProxyFactory.read_timeouts}), lingering closes.  Deadlines are
-        never early, and up to one sweep interval late.
-        """
-        if self._linger_until:
-            if now >= self._linger_until:
-                self.transport.abortConnection()
-            return
-        limit += SWEEP_INTERVAL  # coarse clock: never early
-        if self._blocked:
-            if now - self._blocked_since > limit:
-                if not self._closing:
-                    self._timedOut("send", f"did not read its response for {limit:g} s", now)
-                self._abortClient()
-            return
-        if self._tunnel is not None:
-            return
-        if not self._ignore and self._checkReadDeadlines(now):
-            return
-        if now - self._seen <= limit:
-            return
-        ex = self._current
-        if ex is None:
-            if self._reading is not None and self._reading.head_size >= 0:
-                self._timedOut("header", f"request head stalled for {limit:g} s", now)
-                self._requestError(408, "request head not received in time")
-            else:
-                self._closing = True
-                self.transport.loseConnection()
-            return
-        if self._pause & (_P_UPSTREAM | _P_BUFFER | _P_UPGRADE):
-            return  # we are the ones not reading
-        if not ex.body_done and not ex.skipped_body:
-            self._timedOut("body", f"request body stalled for {limit:g} s", now)
-            if ex.resp_started:
-                self._abortClient()
-            else:
-                self._respondError(ex, 408, "request body not received in time")
-
-    def _checkReadDeadlines(self, now: float) -> bool:
-        """
-        The request head and body deadlines (httpd's C{RequestReadTimeout});
-        true when the client was cut.
-        """
-        rt = self.factory.read_timeouts
-        reading = self._reading
-        if reading is not None and reading.head_size < 0:
-            # a request body on its way: timed from when the sweep first sees
-            # it, and only while we read (not while a slow node, a full
-            # buffer or a queued request makes us pause the client)
-            if (self._pause or not rt.body
-                    or (reading.expect_continue and not reading.body_received)):
-                # (a client that asked for 100-continue may wait for it: the
-                # node sends it; until the first body byte only the idle
-                # timeout applies)
-                self._body_timed = None
-            elif self._body_timed is not reading:
-                self._body_timed = reading
-                self._body_since = now
-                self._body_base = reading.body_received
-            else:
-                received = reading.body_received - self._body_base
-                allowed = rt.body_allowed(received)
-                if now - self._body_since > allowed + SWEEP_INTERVAL:
-                    self._timedOut("body", f"request body too slow ({received} bytes in "
-                                   f"{now - self._body_since:.0f} s)", now)
-                    self._requestError(408, "request body not received in time")
-                    return True
-            return False
-        self._body_timed = None
-        if not rt.header or (reading is None and self._head_start is None):
-            return False  # between requests: the idle timeout applies
-        start = self._head_start
-        if start is None or self._current is not None or self._queue:
-            # first seen now (a head after another request in the same read),
-            # or we are still serving earlier requests: the clock starts now
-            self._head_start = now
-            return False
-        allowed = rt.header_allowed(self._head_bytes)
-        if now - start <= allowed + SWEEP_INTERVAL:
-            return False
-        if reading is not None or self._head_bytes:
-            self._timedOut("header", f"request head not complete after {allowed:g} s "
-                           f"({self._head_bytes} bytes)", now)
-            self._requestError(408, "request head not received in time")
-        else:
-            self._timedOut("header", f"no request in {allowed:g} s", now)
-            self._closing = True
-            self._ignore = True
-            self.transport.loseConnection()
-        return True
-
-    def _timedOut(self, reason: str, what: str, now: float) -> None:
-        client = self.client
-        self.factory.timeouts.timedOut(reason, client.remote_addr if client else "?",
-                                       what, now)
 
 
 class _RequestRefused(Exception):
