@@ -929,3 +929,129 @@ def test_frames_on_a_reset_stream_answered_as_h2_does(h):
     _respond(h.accept(9001))
     c.pump()
     assert c.status(good) == 200
+
+
+def _h2_snapshot(conn) -> tuple:
+    """What a received frame can change in an _H2Connection, comparable."""
+    streams = {}
+    for sid, s in conn.streams.items():
+        sm = s.state_machine
+        streams[sid] = (sm.state, sm.client, sm.headers_received, sm.trailers_received,
+                        sm.stream_closed_by, s._expected_content_length,
+                        s._actual_content_length, s.inbound_flow_control_window,
+                        s.outbound_flow_control_window, s.request_method,
+                        s.max_outbound_frame_size, s.__class__)
+    return (streams, conn.highest_inbound_stream_id, sorted(conn.over_limit),
+            dict(conn._closed_streams), conn.state_machine.state,
+            list(conn.decoder.header_table.dynamic_entries), conn.inbound_flow_control_window)
+
+
+def _event_facts(ev):
+    facts = {k: (_event_facts(v) if hasattr(v, "stream_id") and k != "stream_id" else v)
+             for k, v in vars(ev).items()}
+    return ev.__class__.__name__, facts
+
+
+def test_request_headers_fast_path_matches_h2s():
+    """_H2Connection._receive_headers_frame's request fast path: for random
+    HEADERS frames (new, repeated, lower and even stream ids, END_STREAM,
+    PRIORITY, content-length good, bad and conflicting, :status 1xx,
+    HEAD, over SETTINGS_MAX_CONCURRENT_STREAMS) among resets and ends of
+    streams, the same events, frames to send, errors, streams (states,
+    windows, content length) and HPACK table as h2's path."""
+    from h2.exceptions import ProtocolError
+    from hpack import Encoder
+    from hyperframe.frame import RstStreamFrame
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from modcluster.proxy.h2conn import _H2Connection
+
+    config = dict(client_side=False, header_encoding=None, validate_inbound_headers=False,
+                  normalize_inbound_headers=False, validate_outbound_headers=False,
+                  normalize_outbound_headers=False)
+    pseudo = st.sampled_from([
+        [(b":method", b"GET"), (b":scheme", b"https"), (b":path", b"/a")],
+        [(b":method", b"HEAD"), (b":scheme", b"https"), (b":path", b"/h"),
+         (b":authority", b"x")],
+        [(b":method", b"POST"), (b":path", b"/p")],
+        [(b":status", b"100")], [(b":status", b"200")], []])
+    regular = st.lists(st.sampled_from([
+        (b"content-length", b"0"), (b"content-length", b"12"), (b"content-length", b"x1"),
+        (b"user-agent", b"h2load"), (b"cookie", b"a=1"), (b"te", b"trailers"),
+        (b"x-new", b"v")]), max_size=4)
+    step = st.one_of(
+        st.tuples(st.just("headers"), st.sampled_from(["next", "same", "low", "even", "skip"]),
+                  st.booleans(), st.booleans(), pseudo, regular, st.booleans()),
+        st.tuples(st.just("rst"), st.integers(0, 6)),
+        st.tuples(st.just("end"), st.integers(0, 6)))
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(step, max_size=14), st.integers(1, 4))
+    def run(steps, max_streams):
+        client = H2Connection(H2Configuration(client_side=True))
+        client.initiate_connection()
+        preamble = client.data_to_send()
+        conns = []
+        for fast in (False, True):
+            c = _H2Connection(H2Configuration(**config))
+            c.local_settings.max_concurrent_streams = max_streams
+            c.local_settings.acknowledge()
+            c._fast_headers = fast and c._fast_headers
+            c.initiate_connection()
+            c.receive_data(preamble)
+            c.data_to_send()
+            conns.append(c)
+        assert conns[1]._fast_headers and not conns[0]._fast_headers
+        enc = Encoder()
+        sid = 1
+        opened = []
+        for st_ in steps:
+            if st_[0] == "headers":
+                _, which, end, prio, ps, reg, indexing = st_
+                sid_ = {"next": sid, "same": max(sid - 2, 1), "low": max(sid - 4, 1),
+                        "even": sid + 1, "skip": sid + 4}[which]
+                if which in ("next", "skip"):
+                    sid = sid_ + 2
+                    opened.append(sid_)
+                f = HeadersFrame(sid_)
+                f.flags.add("END_HEADERS")
+                if end:
+                    f.flags.add("END_STREAM")
+                if prio:
+                    f.flags.add("PRIORITY")
+                    f.depends_on, f.stream_weight = 0, 15
+                fields = ps + reg
+                f.data = enc.encode(fields) if indexing else enc.encode(
+                    [(n, v, True) for n, v in fields])  # (sensitive: never indexed)
+                wire = f.serialize()
+                local = []
+            else:
+                kind, i = st_
+                if not opened:
+                    continue
+                target = opened[i % len(opened)]
+                wire = b""
+                if kind == "rst":
+                    r = RstStreamFrame(target)
+                    r.error_code = 8
+                    wire = r.serialize()
+                local = [(kind, target)]
+            outcomes = []
+            for c in conns:
+                for _, target in local:
+                    try:
+                        c.send_headers(target, [(b":status", b"200")], end_stream=True)
+                    except Exception as e:
+                        outcomes.append(("local", e.__class__))
+                try:
+                    events = [_event_facts(ev) for ev in c.receive_data(wire)] if wire else []
+                except ProtocolError as e:
+                    events = [("error", e.__class__, str(e))]
+                outcomes.append((events, c.data_to_send(), _h2_snapshot(c)))
+            half = len(outcomes) // 2
+            assert outcomes[:half] == outcomes[half:], st_
+            if conns[0].state_machine.state.name == "CLOSED":
+                break
+
+    run()
