@@ -415,23 +415,31 @@ class _H2Connection(H2Connection):
         sid = frame.stream_id
         if not self._fast_headers or sid in self.streams or "PRIORITY" in frame.flags:
             return self._receive_headers_frame_h2(frame)
+        return [], self._receive_request(sid, frame.data, "END_STREAM" in frame.flags)
+
+    def _receive_request(self, sid: int, block: bytes, end: bool) -> list:
+        """
+        The fast path of L{_receive_headers_frame} (a HEADERS frame without
+        PRIORITY, END_HEADERS, on stream C{sid} not in C{streams}): its
+        events.
+        """
         # (h2's order: the stream limit, decoding, the connection's input,
         # the new stream)
         if self.open_inbound_streams + 1 > self.local_settings.max_concurrent_streams:
-            return self._receive_over_limit(frame)
-        headers = _decode_headers(self.decoder, frame.data)
+            return self._receive_over_limit(sid, block, end)[1]
+        headers = _decode_headers(self.decoder, block)
         events = self.state_machine.process_input(_RECV_HEADERS)
         stream = self._begin_new_stream(sid, self._inbound_ids)
         sm = stream.state_machine
         if sm.state is not _IDLE or is_informational_response(headers):
-            frames, stream_events = stream.receive_headers(
-                headers, "END_STREAM" in frame.flags, self.config.header_encoding)
-            return frames, events + stream_events
+            stream_events = stream.receive_headers(
+                headers, end, self.config.header_encoding)[1]
+            return events + stream_events
         # stream.receive_headers, for a request on an idle stream
         func, sm.state = _RECV_REQUEST
         try:
             stream_events = func(sm, _IDLE)
-            if "END_STREAM" in frame.flags:
+            if end:
                 previous = sm.state
                 func, sm.state = _RECV_REQUEST_END
                 ended = func(sm, previous)
@@ -442,7 +450,44 @@ class _H2Connection(H2Connection):
             raise
         stream._initialize_content_length(headers)
         stream_events[0].headers = list(headers)
-        return [], events + stream_events
+        return events + stream_events
+
+    def receive_data(self, data):
+        """
+        h2's, with the frames at the start of C{data} that are requests'
+        HEADERS (END_HEADERS, no PADDED or PRIORITY, within
+        SETTINGS_MAX_FRAME_SIZE) on new client streams read directly (no
+        frame objects, L{_receive_request}), while nothing is buffered; the
+        rest of C{data} goes to h2's.
+        """
+        buf = self.incoming_buffer
+        if (not self._fast_headers or buf._data or buf._preamble_len or buf._headers_buffer
+                or data.__class__ is not bytes):
+            return H2Connection.receive_data(self, data)
+        events: list = []
+        i = 0
+        total = len(data)
+        limit = self.max_inbound_frame_size
+        try:
+            while total - i >= 9:
+                hi, lo, kind, flags, sid = _DATA_HEAD.unpack_from(data, i)
+                n = (hi << 8) + lo
+                sid &= 0x7FFFFFFF
+                if (kind != 1 or flags & 0x2C != 0x4 or n > limit or total - i - 9 < n
+                        or not sid & 1 or sid <= self.highest_inbound_stream_id):
+                    # (an odd id above the highest opened is a new stream)
+                    break
+                i += 9 + n
+                events += self._receive_request(sid, data[i - n:i], bool(flags & 0x1))
+        except ProtocolError as e:
+            buf.add_data(data[i:])  # (what h2's buffer would hold after that frame)
+            self._terminate_connection(e.error_code)
+            raise
+        if i == total:
+            return events
+        if i:
+            data = data[i:]
+        return events + H2Connection.receive_data(self, data)
 
     def _receive_headers_frame_h2(self, frame):
         """h2's C{_receive_headers_frame}, streams over the limit refused (above)."""
@@ -450,17 +495,17 @@ class _H2Connection(H2Connection):
             return H2Connection._receive_headers_frame(self, frame)
         except TooManyStreamsError:
             # (raised before anything changed: the block is not decoded yet)
-            return self._receive_over_limit(frame)
+            return self._receive_over_limit(
+                frame.stream_id, frame.data, "END_STREAM" in frame.flags)
 
-    def _receive_over_limit(self, frame):
+    def _receive_over_limit(self, sid: int, block: bytes, end: bool):
         """A HEADERS frame opening a stream over the limit: opened, noted in C{over_limit}."""
-        sid = frame.stream_id
-        headers = _decode_headers(self.decoder, frame.data)
+        headers = _decode_headers(self.decoder, block)
         events = self.state_machine.process_input(ConnectionInputs.RECV_HEADERS)
         stream = self._get_or_create_stream(
             sid, AllowedStreamIDs(not self.config.client_side))
         frames, stream_events = stream.receive_headers(
-            headers, "END_STREAM" in frame.flags, self.config.header_encoding)
+            headers, end, self.config.header_encoding)
         self.over_limit.add(sid)
         return frames, events + stream_events
 

@@ -962,7 +962,7 @@ def test_request_headers_fast_path_matches_h2s():
     from h2.exceptions import ProtocolError
     from hpack import Encoder
     from hyperframe.frame import RstStreamFrame
-    from hypothesis import given, settings
+    from hypothesis import example, given, settings
     from hypothesis import strategies as st
 
     from modcluster.proxy.h2conn import _H2Connection
@@ -982,12 +982,19 @@ def test_request_headers_fast_path_matches_h2s():
         (b"x-new", b"v")]), max_size=4)
     step = st.one_of(
         st.tuples(st.just("headers"), st.sampled_from(["next", "same", "low", "even", "skip"]),
-                  st.booleans(), st.booleans(), pseudo, regular, st.booleans()),
+                  st.booleans(), st.booleans(), pseudo, regular, st.booleans(),
+                  st.sampled_from(["", "padded", "continuation", "big", "ping", "garbage"]),
+                  st.booleans(), st.integers(0, 200)),
         st.tuples(st.just("rst"), st.integers(0, 6)),
         st.tuples(st.just("end"), st.integers(0, 6)))
 
+    get = [(b":method", b"GET"), (b":scheme", b"https"), (b":path", b"/a")]
+
     @settings(max_examples=300, deadline=None)
     @given(st.lists(step, max_size=14), st.integers(1, 4))
+    @example(  # a bad content-length (a connection error) before another request, one read
+        [("headers", "next", True, False, get, [(b"content-length", b"x1")], True, "", True, 0),
+         ("headers", "next", True, False, get, [], True, "", False, 0)], 4)
     def run(steps, max_streams):
         client = H2Connection(H2Configuration(client_side=True))
         client.initiate_connection()
@@ -1005,10 +1012,11 @@ def test_request_headers_fast_path_matches_h2s():
         assert conns[1]._fast_headers and not conns[0]._fast_headers
         enc = Encoder()
         sid = 1
-        opened = []
+        opened: list = []
+        pending: list = []
         for st_ in steps:
             if st_[0] == "headers":
-                _, which, end, prio, ps, reg, indexing = st_
+                _, which, end, prio, ps, reg, indexing, variant, batch, cut = st_
                 sid_ = {"next": sid, "same": max(sid - 2, 1), "low": max(sid - 4, 1),
                         "even": sid + 1, "skip": sid + 4}[which]
                 if which in ("next", "skip"):
@@ -1024,8 +1032,29 @@ def test_request_headers_fast_path_matches_h2s():
                 fields = ps + reg
                 f.data = enc.encode(fields) if indexing else enc.encode(
                     [(n, v, True) for n, v in fields])  # (sensitive: never indexed)
+                if variant == "padded":
+                    f.flags.add("PADDED")
+                    f.pad_length = 3
+                elif variant == "continuation":
+                    f.flags.discard("END_HEADERS")
+                    cont = ContinuationFrame(sid_)
+                    cont.flags.add("END_HEADERS")
                 wire = f.serialize()
+                if variant == "continuation":
+                    wire += cont.serialize()
+                elif variant == "big":
+                    # over SETTINGS_MAX_FRAME_SIZE (16 384)
+                    wire = ((16385).to_bytes(3, "big") + wire[3:]).ljust(9 + 16385, b"\0")
+                elif variant == "ping":
+                    wire = b"\0\0\x08\x06\0\0\0\0\0" + b"12345678" + wire
+                elif variant == "garbage":
+                    wire += b"\0\0"
                 local = []
+                pending.append(wire)
+                if batch:
+                    continue
+                wire = b"".join(pending)
+                del pending[:]
             else:
                 kind, i = st_
                 if not opened:
@@ -1037,6 +1066,10 @@ def test_request_headers_fast_path_matches_h2s():
                     r.error_code = 8
                     wire = r.serialize()
                 local = [(kind, target)]
+                cut = 0
+                if pending:  # (what was held back goes first)
+                    wire = b"".join(pending) + wire
+                    del pending[:]
             outcomes = []
             for c in conns:
                 for _, target in local:
@@ -1044,11 +1077,16 @@ def test_request_headers_fast_path_matches_h2s():
                         c.send_headers(target, [(b":status", b"200")], end_stream=True)
                     except Exception as e:
                         outcomes.append(("local", e.__class__))
+                events = []
                 try:
-                    events = [_event_facts(ev) for ev in c.receive_data(wire)] if wire else []
+                    # (in one or two pieces)
+                    for piece in (wire[:cut], wire[cut:]) if cut else (wire,):
+                        if piece:
+                            events += [_event_facts(ev) for ev in c.receive_data(piece)]
                 except ProtocolError as e:
-                    events = [("error", e.__class__, str(e))]
-                outcomes.append((events, c.data_to_send(), _h2_snapshot(c)))
+                    events.append(("error", e.__class__, str(e)))
+                outcomes.append((events, c.data_to_send(), _h2_snapshot(c),
+                                 bytes(c.incoming_buffer._data)))
             half = len(outcomes) // 2
             assert outcomes[:half] == outcomes[half:], st_
             if conns[0].state_machine.state.name == "CLOSED":
