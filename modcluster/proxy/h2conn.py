@@ -23,7 +23,7 @@ from h2.connection import (
 )
 from h2.errors import ErrorCodes
 from h2.exceptions import ProtocolError, StreamClosedError, StreamIDTooLowError, TooManyStreamsError
-from h2.stream import H2StreamStateMachine, StreamInputs, StreamState
+from h2.stream import STREAM_OPEN, H2StreamStateMachine, StreamInputs, StreamState
 from h2.stream import _transitions as _stream_transitions
 from h2.utilities import is_informational_response
 from hpack import Decoder, Encoder
@@ -312,6 +312,7 @@ _STREAM_SEND_DATA = StreamInputs.SEND_DATA
 _STREAM_SEND_END = StreamInputs.SEND_END_STREAM
 _RECV_HEADERS = ConnectionInputs.RECV_HEADERS
 _IDLE = StreamState.IDLE
+_CLOSED = StreamState.CLOSED
 #: h2's stream transitions for a request's HEADERS (+ END_STREAM) on a new
 #: stream (the callback and the next state), taken from h2's own table
 _RECV_REQUEST = _stream_transitions[(StreamState.IDLE, StreamInputs.RECV_HEADERS)]
@@ -362,6 +363,30 @@ class _H2Connection(H2Connection):
         self._fast_headers = not (
             self.config.normalize_inbound_headers or self.config.validate_inbound_headers
             or isinstance(self.config.header_encoding, str))
+
+    def _open_streams(self, remainder: int) -> int:
+        """
+        h2's (the open streams with C{stream id % 2 == remainder}, the closed
+        ones moved to C{_closed_streams}), reading each stream's state once
+        instead of through its C{open} and C{closed} properties: it runs over
+        every stream for each new stream.
+        """
+        count = 0
+        to_delete = None
+        for stream_id, stream in self.streams.items():
+            state = stream.state_machine.state
+            if STREAM_OPEN[state] and stream_id % 2 == remainder:
+                count += 1
+            elif state is _CLOSED:
+                if to_delete is None:
+                    to_delete = [stream_id]
+                else:
+                    to_delete.append(stream_id)
+        if to_delete is not None:
+            for stream_id in to_delete:
+                stream = self.streams.pop(stream_id)
+                self._closed_streams[stream_id] = stream.closed_by
+        return count
 
     def _receive_frame(self, frame):
         """

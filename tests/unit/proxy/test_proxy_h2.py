@@ -1093,3 +1093,34 @@ def test_request_headers_fast_path_matches_h2s():
                 break
 
     run()
+
+
+def test_open_streams_counted_as_h2_does():
+    """_H2Connection._open_streams: the same count, streams kept and closed
+    streams recorded as h2's, for streams in every state and of both parities."""
+    from h2.connection import H2Connection as Plain
+    from h2.stream import H2Stream, StreamClosedBy, StreamState
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from modcluster.proxy.h2conn import _H2Connection
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.lists(st.tuples(st.integers(1, 40), st.sampled_from(list(StreamState)),
+                              st.sampled_from([None, *StreamClosedBy])), max_size=12),
+           st.integers(0, 1))
+    def run(streams, remainder):
+        results = []
+        for cls in (Plain, _H2Connection):
+            c = cls(H2Configuration(client_side=False))
+            for sid, state, by in streams:
+                s = H2Stream(sid, c.config, 65535, 65535)
+                s.state_machine.state = state
+                s.state_machine.stream_closed_by = by
+                c.streams[sid] = s
+            n = c._open_streams(remainder)
+            results.append((n, sorted(c.streams), dict(c._closed_streams),
+                            c.open_inbound_streams, c.open_outbound_streams))
+        assert results[0] == results[1]
+
+    run()
