@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import struct
-from typing import Optional
+from typing import Any, Callable, Optional
 
 from h2.connection import (
     AllowedStreamIDs,
@@ -315,8 +315,11 @@ _IDLE = StreamState.IDLE
 _CLOSED = StreamState.CLOSED
 #: h2's stream transitions for a request's HEADERS (+ END_STREAM) on a new
 #: stream (the callback and the next state), taken from h2's own table
-_RECV_REQUEST = _stream_transitions[(StreamState.IDLE, StreamInputs.RECV_HEADERS)]
-_RECV_REQUEST_END = _stream_transitions[(_RECV_REQUEST[1], StreamInputs.RECV_END_STREAM)]
+_Transition = tuple[Callable[[H2StreamStateMachine, StreamState], list[Any]], StreamState]
+_RECV_REQUEST: _Transition = _stream_transitions[  # type: ignore[assignment]
+    (StreamState.IDLE, StreamInputs.RECV_HEADERS)]
+_RECV_REQUEST_END: _Transition = _stream_transitions[  # type: ignore[assignment]
+    (_RECV_REQUEST[1], StreamInputs.RECV_END_STREAM)]
 assert _RECV_REQUEST[0] is H2StreamStateMachine.request_received
 
 
@@ -457,13 +460,13 @@ class _H2Connection(H2Connection):
         stream = self._begin_new_stream(sid, self._inbound_ids)
         sm = stream.state_machine
         if sm.state is not _IDLE or is_informational_response(headers):
-            stream_events = stream.receive_headers(
+            return events + stream.receive_headers(
                 headers, end, self.config.header_encoding)[1]
-            return events + stream_events
         # stream.receive_headers, for a request on an idle stream
         func, sm.state = _RECV_REQUEST
         try:
-            stream_events = func(sm, _IDLE)
+            # (RequestReceived, then StreamEnded)
+            stream_events: list[Any] = func(sm, _IDLE)
             if end:
                 previous = sm.state
                 func, sm.state = _RECV_REQUEST_END
@@ -477,7 +480,7 @@ class _H2Connection(H2Connection):
         stream_events[0].headers = list(headers)
         return events + stream_events
 
-    def receive_data(self, data):
+    def receive_data(self, data: Any) -> list[Any]:
         """
         h2's, with the frames at the start of C{data} that are requests'
         HEADERS (END_HEADERS, no PADDED or PRIORITY, within
