@@ -494,17 +494,21 @@ def _proxy(config: Config, reactor, registry, node_tls):
         endpoint = server_endpoint(reactor, with_backlog(description, p.listen_backlog),
                                    alpn_protocols(p), p.tls_engine)
         if p.fast_event_loop:
-            endpoint = _accepting(endpoint, description)
+            endpoint = _accepting(endpoint, description, p.tls_engine)
         StreamServerEndpointService(
             endpoint, listener_factory(factory, description)).setServiceParent(services)
     return services
 
 
-def _accepting(endpoint, description: str):
-    """A plain TCP proxy listener accepts with modcluster/proxy/accept.py."""
-    from modcluster.proxy.accept import AcceptingEndpoint, is_plain_tcp_description
+def _accepting(endpoint, description: str, tls_engine: str = "twisted"):
+    """
+    A plain TCP proxy listener (and an ssl: one with the stdlib TLS engine)
+    accepts with modcluster/proxy/accept.py.
+    """
+    from modcluster.proxy.accept import AcceptingEndpoint, accepts_description
 
-    return AcceptingEndpoint(endpoint) if is_plain_tcp_description(description) else endpoint
+    return (AcceptingEndpoint(endpoint) if accepts_description(description, tls_engine)
+            else endpoint)
 
 
 def _observer(config: Config, reactor, send=None):

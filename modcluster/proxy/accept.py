@@ -41,6 +41,13 @@ L{modcluster.proxy.fastloop} and L{modcluster.proxy._transport}), the port
 is the same C{tcp.Port} (C{stopListening}, handover, worker processes).
 It is installed only on an exact C{tcp.Port} whose transport class is
 C{tcp.Server} and whose C{doRead} is Twisted's own, when L{supported} holds.
+
+C{ssl:} listeners with the stdlib TLS engine (L{modcluster.proxy.stdtls})
+get it too (L{accepts_description}): their port is a plain C{tcp.Port} whose
+factory builds the TLS layer, so the eager first read hands the client's
+C{ClientHello} to the handshake in the accept's iteration.  Not a port whose
+factory is Twisted's C{TLSMemoryBIOFactory} (C{tls_engine = "twisted"}, or
+options the stdlib engine cannot do).
 """
 
 from __future__ import annotations
@@ -316,6 +323,8 @@ def install(port, clock=None) -> bool:
     """
     if type(port) is not tcp.Port or port.transport is not tcp.Server:
         return False
+    if _twisted_tls(getattr(port, "factory", None)):
+        return False  # Twisted's TLS (an ssl: listener the stdlib engine could not take)
     if isinstance(getattr(port, "doRead", None), Acceptor):
         return True
     if tcp.Port.doRead is not _PORT_DOREAD or "doRead" in vars(port):
@@ -357,6 +366,22 @@ class AcceptingEndpoint:
             return port
 
         return self.endpoint.listen(factory).addCallback(listening)
+
+
+def _twisted_tls(factory) -> bool:
+    from twisted.protocols.tls import TLSMemoryBIOFactory
+
+    return isinstance(factory, TLSMemoryBIOFactory)
+
+
+def accepts_description(description: str, tls_engine: str) -> bool:
+    """
+    Whether a proxy listener gets the accept loop: plain TCP ones, and
+    C{ssl:} ones whose TLS is the stdlib engine's (C{proxy.tls_engine =
+    "stdlib"}: a plain C{tcp.Port} under L{modcluster.proxy.stdtls}).
+    """
+    scheme = description.split(":", 1)[0].strip().lower()
+    return scheme in ("tcp", "tcp6") or (scheme == "ssl" and tls_engine == "stdlib")
 
 
 def is_plain_tcp_description(description: str) -> bool:

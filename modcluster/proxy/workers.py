@@ -257,7 +257,12 @@ class _Adopter:
                 log.warn("{listener}: Twisted's TLS engine, the stdlib one cannot do {why}",
                          listener=self._description, why=str(e))
             else:
-                return self._reactor.adoptStreamPort(self._fd, self._family, tls)
+                adopted = self._reactor.adoptStreamPort(self._fd, self._family, tls)
+                if self._fast_accept:
+                    from modcluster.proxy.accept import install_logged
+
+                    install_logged(adopted)
+                return adopted
         resume_sessions(contextFactory)  # session tickets: before the context is built
 
         # select http/1.1 (and h2 first with [proxy] http2), never abort on an ALPN offer

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import struct
 import subprocess
 import sys
 import textwrap
 
+import pytest
 import pytest_twisted
 from twisted.internet import defer, task, threads
 from twisted.logger import globalLogPublisher
@@ -240,3 +242,102 @@ async def test_closed_connections_are_freed_without_the_cyclic_gc():
     finally:
         gc.enable()
         await stack.stop()
+
+
+# -- ssl: listeners with the stdlib TLS engine (accept.accepts_description) ------------
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    d = tmp_path_factory.mktemp("accept-tls")
+    ca.cert_pem.write_to_path(str(d / "ca.pem"))
+    pem = d / "server.pem"
+    ca.issue_cert("localhost", "127.0.0.1").private_key_and_cert_chain_pem.write_to_path(
+        str(pem))
+    return {"ca": str(d / "ca.pem"), "pem": str(pem)}
+
+
+def _tls_get(port: int, ctx, path: str, session=None):
+    """One C{Connection: close} request over TLS: (everything until close_notify, reused, session)."""
+    with socket.create_connection(("127.0.0.1", port), 10) as raw:
+        with ctx.wrap_socket(raw, server_hostname="localhost", session=session) as s:
+            s.sendall(b"GET %s HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+                      % path.encode())
+            data = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    return data, s.session_reused, s.session
+                data += chunk
+
+
+async def _short_tls_connections(port: int, ca: str, batches: int = 6, per: int = 20) -> None:
+    """Full handshakes and resumed ones (a ticket from a first connection): each gets its body."""
+    ctx = ssl.create_default_context(cafile=ca)
+    ctx.set_alpn_protocols(["http/1.1"])
+    first, reused, session = await threads.deferToThread(_tls_get, port, ctx, "/app/first")
+    assert first.startswith(b"HTTP/1.1 200 ") and not reused
+    for batch in range(batches):
+        got = await defer.gatherResults([
+            threads.deferToThread(_tls_get, port, ctx, f"/app/x?i={batch}-{i}",
+                                  session if i % 2 else None) for i in range(per)])
+        for i, (response, was_reused, _) in enumerate(got):
+            assert response.startswith(b"HTTP/1.1 200 "), response
+            assert _body(response).startswith(b"nA\nGET /app/x?i=%d-%d\n" % (batch, i))
+            assert was_reused == bool(i % 2)
+
+
+@pytest_twisted.ensureDeferred
+async def test_many_short_tls_connections_get_their_last_byte(pki):
+    """An ssl: listener (stdlib engine) wired as tap.py wires it accepts with the loop."""
+    from modcluster.proxy.alpn import ALPN_PROTOCOLS, NegotiatingFactory
+    from modcluster.proxy.stdtls import TLSServerFactory
+    from modcluster.tap import _accepting
+    from modcluster.tls import server_endpoint
+
+    stack = Stack()
+    errors: list = []
+
+    def failures(event):
+        if event.get("log_failure") is not None:
+            errors.append(event)
+
+    description = f"ssl:0:interface=127.0.0.1:privateKey={pki['pem']}"
+    endpoint = _accepting(server_endpoint(stack.reactor, description, ALPN_PROTOCOLS,
+                                          "stdlib"), description, "stdlib")
+    port = await endpoint.listen(NegotiatingFactory(stack.factory))
+    globalLogPublisher.addObserver(failures)
+    try:
+        assert isinstance(port.factory, TLSServerFactory)
+        assert isinstance(port.doRead, accept.Acceptor)
+        stack.serve("nA")
+        await _short_tls_connections(port.getHost().port, pki["ca"])
+        assert port.sessionno >= 121
+        assert not errors
+        for _ in range(100):  # the last connections' close
+            if not stack.factory._clients:
+                break
+            await task.deferLater(stack.reactor, 0.02, lambda: None)
+        assert not stack.factory._clients
+    finally:
+        globalLogPublisher.removeObserver(failures)
+        await port.stopListening()
+        await stack.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_worker_processes_short_tls_connections(pki):
+    """Two worker processes on a shared ssl: listener (their adopted socket gets the loop)."""
+    from tests.integration.test_worker_processes import Cluster
+
+    c = Cluster(listen=f"ssl:{{port}}:interface=127.0.0.1:privateKey={pki['pem']}")
+    await c.start()
+    try:
+        await c.node("nA")
+        d = defer.ensureDeferred(_short_tls_connections(c.pport, pki["ca"], batches=4))
+        d.addTimeout(120, c.pool.reactor)
+        await d
+    finally:
+        await c.stop()

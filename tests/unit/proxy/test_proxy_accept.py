@@ -364,3 +364,83 @@ def test_twistd_freezes_the_heap_once_started():
         _proxy_factory(config, reactor, lambda: None, lambda *a: None, lambda *a: None, None)
         assert [f for f, _, _ in reactor.whenRunningHooks if f is _freeze_heap] == \
             [_freeze_heap] * hooks
+
+
+@pytest.fixture(scope="module")
+def server_pem(tmp_path_factory):
+    trustme = pytest.importorskip("trustme")
+    pem = tmp_path_factory.mktemp("accept-tls") / "server.pem"
+    trustme.CA().issue_cert("localhost").private_key_and_cert_chain_pem.write_to_path(str(pem))
+    return str(pem)
+
+
+def test_accepts_descriptions():
+    assert accept.accepts_description("tcp:80", "twisted")
+    assert accept.accepts_description("tcp6:80", "stdlib")
+    assert accept.accepts_description("ssl:443:privateKey=k.pem", "stdlib")
+    assert not accept.accepts_description("ssl:443:privateKey=k.pem", "twisted")
+    assert not accept.accepts_description("unix:/tmp/s", "stdlib")
+
+
+@pytest.mark.parametrize("engine", ["stdlib", "twisted"])
+def test_wired_for_ssl_listeners_with_the_stdlib_engine_only(server_pem, engine):
+    """tap.py: an ssl: proxy listener gets the loop with tls_engine=stdlib, not twisted."""
+    from twisted.internet.epollreactor import EPollReactor
+
+    from modcluster.proxy.stdtls import TLSServerFactory
+    from modcluster.tap import _accepting
+    from modcluster.tls import server_endpoint
+
+    reactor = EPollReactor()
+    description = f"ssl:0:interface=127.0.0.1:privateKey={server_pem}"
+    endpoint = _accepting(server_endpoint(reactor, description, (b"http/1.1",), engine),
+                          description, engine)
+    assert isinstance(endpoint, accept.AcceptingEndpoint) == (engine == "stdlib")
+    ports = []
+    endpoint.listen(Factory.forProtocol(Protocol)).addCallback(ports.append)
+    (port,) = ports
+    try:
+        assert isinstance(port.factory, TLSServerFactory) == (engine == "stdlib")
+        assert isinstance(port.doRead, accept.Acceptor) == (engine == "stdlib")
+        # a port under Twisted's TLS never gets it, even when asked
+        if engine == "twisted":
+            assert not accept.install(port)
+    finally:
+        port.stopReading()
+        port.socket.close()
+        reactor._poller.close()
+
+
+def test_worker_adopted_ssl_sockets_get_the_loop_with_the_stdlib_engine(server_pem):
+    """workers._Adopter.listenSSL (stdlib engine): the inherited socket accepts with the loop."""
+    from twisted.internet.endpoints import serverFromString
+    from twisted.internet.epollreactor import EPollReactor
+
+    from modcluster.config import parse_config
+    from modcluster.proxy.stdtls import TLSServerFactory
+    from modcluster.proxy.workers import _Adopter
+
+    reactor = EPollReactor()
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(5)
+    s.setblocking(False)
+    description = f"ssl:0:interface=127.0.0.1:privateKey={server_pem}"
+    ports: list = []
+    try:
+        for engine in ("stdlib", "twisted"):
+            factory = Factory.forProtocol(Protocol)
+            factory.config = parse_config(f"[proxy]\ntls_engine = \"{engine}\"\n").proxy
+            serverFromString(_Adopter(reactor, s.fileno(), socket.AF_INET, description,
+                                      fast_accept=True), description).listen(
+                factory).addCallback(ports.append)
+        stdlib, twisted = ports
+        assert isinstance(stdlib.factory, TLSServerFactory)
+        assert isinstance(stdlib.doRead, accept.Acceptor)
+        assert not isinstance(twisted.doRead, accept.Acceptor)
+    finally:
+        for p in ports:
+            p.stopReading()
+            p.socket.close()
+        s.close()
+        reactor._poller.close()
