@@ -5,6 +5,7 @@ Quick data-plane benchmark (not a test; the full suite is bench/run.py).
     .venv/bin/python bench/proxy_quick.py [--seconds 5] [--rounds 2] [--size 100]
     .venv/bin/python bench/proxy_quick.py --serve PORT BACKEND_PORT...   # proxy only
     PROXY_TLS=server.pem [PROXY_TLS_ENGINE=twisted] ... --serve ...      # on ssl:PORT
+    PROXY_ACCEPT=0 ... --serve ...   # Twisted's accept loop (tcp:, and ssl: with stdlib TLS)
 
 Starts, on free 127.0.0.1 ports: one nginx with two static servers (the nodes),
 httpd 2.4 with mod_proxy_balancer over them (keepalive), and the txmodcluster
@@ -102,9 +103,17 @@ def serve(port: int, backends: list[int]) -> None:
     if pem:
         from modcluster.tls import server_endpoint
 
+        from modcluster.proxy.alpn import alpn_protocols, listener_factory
+
         engine = os.environ.get("PROXY_TLS_ENGINE", "stdlib")
-        server_endpoint(reactor, f"ssl:{port}:interface={LOOPBACK}:backlog=1024:"
-                        f"privateKey={pem}", engine=engine).listen(factory)
+        description = f"ssl:{port}:interface={LOOPBACK}:backlog=1024:privateKey={pem}"
+        # as tap.py: with [proxy] http2 (default) the ALPN-negotiating factory
+        d = server_endpoint(reactor, description, alpn_protocols(factory.config),
+                            engine=engine).listen(listener_factory(factory, description))
+        if os.environ.get("PROXY_ACCEPT", "1") == "1" and engine == "stdlib":
+            from modcluster.proxy import accept
+
+            d.addCallback(accept.install)
     else:
         listening = reactor.listenTCP(port, factory, interface=LOOPBACK, backlog=1024)
         if os.environ.get("PROXY_ACCEPT", "1") == "1":
