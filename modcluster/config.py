@@ -468,8 +468,8 @@ class ProxyConfig:
         "Run the epoll reactor without Twisted's per-event legacy logging context "
         "(about 25 % more proxy throughput; legacy `twisted.python.log` messages "
         "emitted while handling I/O lose their per-connection prefix).  Only applies "
-        "to an unmodified epoll reactor.  Also: plain TCP proxy listeners accept with "
-        "the proxy's own accept loop (bounded batches, the request read at once, "
+        "to an unmodified epoll reactor.  Also: plain TCP proxy listeners (and `ssl:` "
+        "ones with `tls_engine = \"stdlib\"`) accept with the proxy's own accept loop (bounded batches, the request read at once, "
         "out of descriptors pauses accepting), and the started process freezes its "
         "start-up objects out of the cyclic GC's full collections (`gc.freeze`); see "
         "docs/data-plane.md.", ""))
