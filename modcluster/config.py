@@ -469,7 +469,8 @@ class ProxyConfig:
         "(about 25 % more proxy throughput; legacy `twisted.python.log` messages "
         "emitted while handling I/O lose their per-connection prefix).  Only applies "
         "to an unmodified epoll reactor.  Also: plain TCP proxy listeners (and `ssl:` "
-        "ones with `tls_engine = \"stdlib\"`) accept with the proxy's own accept loop (bounded batches, the request read at once, "
+        "ones with `tls_engine = \"stdlib\"`) accept with the proxy's own accept loop "
+        "(bounded batches, the request read at once, "
         "out of descriptors pauses accepting), and the started process freezes its "
         "start-up objects out of the cyclic GC's full collections (`gc.freeze`); see "
         "docs/data-plane.md.", ""))
