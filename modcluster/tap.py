@@ -140,13 +140,14 @@ def _adopt_worker_sockets(top, config: Config, takeover) -> None:
 
     from twisted.internet.endpoints import serverFromString
 
-    from modcluster.proxy.workers import SharedListener, WorkerPool, _AddressRecorder, bind_shared
+    from modcluster.proxy.sharing import AddressRecorder, SharedListener, bind_shared
+    from modcluster.proxy.workers import WorkerPool
 
     for pool in top:
         if not isinstance(pool, WorkerPool):
             continue
         for description in config.proxy.listen:
-            recorder = _AddressRecorder()
+            recorder = AddressRecorder()
             serverFromString(recorder, description).listen(None).addErrback(lambda _: None)
             if recorder.args is None:  # not a TCP/SSL listener: bind_shared says so
                 pool.listeners.append(bind_shared(description, pool.count))

@@ -305,10 +305,10 @@ def test_wired_for_plain_tcp_listeners_only():
 
 
 def test_worker_adopted_sockets_get_the_loop():
-    """A worker process's inherited tcp: socket (workers._Adopter) accepts with the loop."""
+    """A worker process's inherited tcp: socket (sharing.Adopter) accepts with the loop."""
     from twisted.internet.epollreactor import EPollReactor
 
-    from modcluster.proxy.workers import _Adopter
+    from modcluster.proxy.sharing import Adopter
 
     reactor = EPollReactor()
     s = socket.socket()
@@ -316,10 +316,10 @@ def test_worker_adopted_sockets_get_the_loop():
     s.listen(5)
     s.setblocking(False)
     try:
-        port = _Adopter(reactor, s.fileno(), socket.AF_INET, fast_accept=True).listenTCP(
+        port = Adopter(reactor, s.fileno(), socket.AF_INET, fast_accept=True).listenTCP(
             0, Factory.forProtocol(Protocol))
         assert isinstance(port.doRead, accept.Acceptor)
-        plain = _Adopter(reactor, s.fileno(), socket.AF_INET).listenTCP(
+        plain = Adopter(reactor, s.fileno(), socket.AF_INET).listenTCP(
             0, Factory.forProtocol(Protocol))
         assert not isinstance(plain.doRead, accept.Acceptor)
         for p in (port, plain):
@@ -412,13 +412,13 @@ def test_wired_for_ssl_listeners_with_the_stdlib_engine_only(server_pem, engine)
 
 
 def test_worker_adopted_ssl_sockets_get_the_loop_with_the_stdlib_engine(server_pem):
-    """workers._Adopter.listenSSL (stdlib engine): the inherited socket accepts with the loop."""
+    """sharing.Adopter.listenSSL (stdlib engine): the inherited socket accepts with the loop."""
     from twisted.internet.endpoints import serverFromString
     from twisted.internet.epollreactor import EPollReactor
 
     from modcluster.config import parse_config
     from modcluster.proxy.stdtls import TLSServerFactory
-    from modcluster.proxy.workers import _Adopter
+    from modcluster.proxy.sharing import Adopter
 
     reactor = EPollReactor()
     s = socket.socket()
@@ -431,7 +431,7 @@ def test_worker_adopted_ssl_sockets_get_the_loop_with_the_stdlib_engine(server_p
         for engine in ("stdlib", "twisted"):
             factory = Factory.forProtocol(Protocol)
             factory.config = parse_config(f"[proxy]\ntls_engine = \"{engine}\"\n").proxy
-            serverFromString(_Adopter(reactor, s.fileno(), socket.AF_INET, description,
+            serverFromString(Adopter(reactor, s.fileno(), socket.AF_INET, description,
                                       fast_accept=True), description).listen(
                 factory).addCallback(ports.append)
         stdlib, twisted = ports

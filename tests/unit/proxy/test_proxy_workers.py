@@ -26,9 +26,9 @@ from modcluster.proxy.workers import (
     FrameDecoder,
     WorkerPool,
     WorkerService,
-    bind_shared,
     frame,
 )
+from modcluster.proxy.sharing import bind_shared
 
 
 def test_frames_split_and_join():
@@ -633,7 +633,7 @@ def test_worker_ssl_listener_issues_session_tickets(tmp_path):
     from twisted.internet import ssl as tssl
     from twisted.internet.protocol import Factory
 
-    from modcluster.proxy.workers import _Adopter
+    from modcluster.proxy.sharing import Adopter
 
     ca = trustme.CA()
     leaf = ca.issue_cert("localhost")
@@ -648,7 +648,7 @@ def test_worker_ssl_listener_issues_session_tickets(tmp_path):
             adopted.append((fd, factory))
             return "port"
 
-    assert _Adopter(Reactor(), 7, 2).listenSSL(0, Factory(), options) == "port"
+    assert Adopter(Reactor(), 7, 2).listenSSL(0, Factory(), options) == "port"
     assert adopted and adopted[0][0] == 7
     ctx = options.getContext()
     assert not options._options & SSL.OP_NO_TICKET
