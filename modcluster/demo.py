@@ -58,7 +58,15 @@ class DemoPage(Resource):
             + "</body></html>"
         ).encode()
 
-    render_HEAD = render_GET
+    def render_HEAD(self, request):
+        """
+        The node agent's backend check: the page's headers, but no visit (no
+        hit, no session) and no body (twisted.web warns of a HEAD that
+        returns one).
+        """
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        request.setHeader(b"x-demo-node", self.route.encode())
+        return b""
 
 
 class DemoNodes(MultiService):
