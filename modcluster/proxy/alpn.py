@@ -124,13 +124,14 @@ class _Negotiator(Protocol):
 
     def connectionLost(self, reason=None) -> None:
         f = self._factory.wrapped
-        if self in f._clients:  # the handshake never completed
-            f._clients.discard(self)
+        f._clients.discard(self)
+        if self._chosen is None:  # the handshake never completed (cut by the sweep,
+            # a drain, the client, a TLS error): counted as the HTTP/1.1 front counts it
             stats = getattr(f, "stats", None)
             if stats is not None:
                 stats.connections += 1
                 stats.tls_failures += 1
-        if self._chosen is not None:
+        else:
             self._chosen.connectionLost(reason)
 
 

@@ -244,6 +244,43 @@ def test_tls_handshakes_and_open_connections_counted():
     assert (stats.tls_handshakes, stats.tls_failures, stats.open) == (1, 1, 0)
 
 
+def test_tls_handshakes_cut_before_alpn_chose_a_protocol_are_counted():
+    """
+    With HTTP/2 on, an ssl: connection belongs to the ALPN negotiator until its
+    handshake completes: one cut at the handshake deadline, one cut by a drain
+    and one the client closed count as accepted and as TLS failures, as on the
+    HTTP/1.1-only listener; a completed one counts once, as a handshake.
+    """
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import StringTransport
+
+    from modcluster.proxy.alpn import NegotiatingFactory
+
+    h, _, stats = observed(request_header_timeout=5)
+    neg = NegotiatingFactory(h.factory)
+    conns = []
+    for port in (40001, 40002, 40003, 40004):
+        n = neg.buildProtocol(None)
+        t = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", port))
+        t.negotiatedProtocol = b"http/1.1"
+        t.wrappedProtocol = n
+        n.makeConnection(t)
+        conns.append((n, t))
+    (stalled, _), (drained, t_drained), (closed, _), (good, t_good) = conns
+    t_good.negotiatedProtocol = None
+    good.handshakeCompleted()
+    closed.connectionLost(None)
+    h.advance(8)  # the handshake deadline (request_header_timeout)
+    assert conns[0][1].disconnected
+    stalled.connectionLost(None)
+    drained.drain()
+    assert t_drained.disconnected
+    drained.connectionLost(None)
+    t_good.wrappedProtocol.connectionLost(None)
+    assert (stats.connections, stats.tls_handshakes, stats.tls_failures, stats.open) == \
+        (4, 1, 3, 0)
+
+
 def test_label_pairs_are_bounded():
     stats = ClientStats(limit=2)
     stats.record("/a", "n1", 200, 0.01, 0.005)
