@@ -75,6 +75,7 @@ RECORD = 16384
 
 _WantRead = ssl.SSLWantReadError
 _SSLError = ssl.SSLError
+_ZeroReturn = ssl.SSLZeroReturnError
 
 _VERSIONS = (
     (ssl.TLSVersion.TLSv1, SSL.OP_NO_TLSv1),
@@ -274,6 +275,8 @@ class TLSServerConnection(Protocol):
                     break
         except _WantRead:  # the rest of a record is still to come
             pass
+        except _ZeroReturn:  # close_notify after ours (half-close): the orderly end
+            closed = True
         except _SSLError as e:
             failed = e
         if self._out.pending:  # post-handshake messages (tickets, key update)
@@ -366,7 +369,7 @@ class TLSServerConnection(Protocol):
         if self.disconnecting or not self.connected:
             return
         self.disconnecting = True
-        if not self._handshaking:
+        if not self._handshaking and not self._closed:
             self._shutdown()
         self.transport.loseConnection()
 

@@ -254,6 +254,31 @@ def test_half_close_sends_close_notify_and_still_reads(pki):
     assert pair.tcp.value() == b""
 
 
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_close_notify_answering_our_half_close_ends_cleanly(pki, version):
+    """
+    After our half-close, the client's own close_notify (a TLS 1.2 client's
+    usual answer) is the orderly end: the connection is closed, not aborted,
+    no TLS error is logged and the protocol is not told of one.
+    """
+    pair = Pair(factory_for(pki), client_context(pki, maximum_version=version))
+    pair.handshake()
+    pair.tcp.loseWriteConnection = lambda: None
+    pair.conn.write(b"answer")
+    pair.conn.loseWriteConnection()
+    assert pair.client_reads() == b"answer"  # then our close_notify
+    events = _log_events()
+    try:
+        assert pair.client.unwrap() is None  # answered with the client's
+        pair.to_server()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert pair.tcp.disconnecting and not getattr(pair.tcp, "aborted", False)
+    assert not [e for e in events if "TLS" in e.get("log_format", "")]
+    pair.conn.connectionLost(None)
+    assert pair.app.lost is None
+
+
 def _log_events():
     events = []
     globalLogPublisher.addObserver(events.append)
