@@ -1124,3 +1124,106 @@ def test_open_streams_counted_as_h2_does():
         assert results[0] == results[1]
 
     run()
+
+
+def test_malformed_request_frames_answered_as_h2s_path():
+    """
+    A hostile client's HEADERS frames, whole connections compared: H2Protocol
+    with the request fast path and with h2's own path (_fast_headers off) get
+    the same bytes, cut at random points, and answer them with the same bytes
+    (RST_STREAM and GOAWAY codes, 404s for good requests: no node), the same
+    open/closed connection.  Frames: wrong lengths, padding longer than the
+    payload, PRIORITY with a short payload, stream ids 0, even, repeated,
+    lower, the largest and with the reserved bit; HEADERS on a closed stream;
+    CONTINUATION out of place; blocks that are not HPACK, with invalid
+    indexes, over the header list size; uppercase names, pseudo-headers after
+    regular ones, repeated or unknown pseudo-headers, connection-specific
+    fields, te other than trailers, bad and conflicting content-length.
+    """
+    from hpack import Encoder
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    get = [(b":method", b"GET"), (b":scheme", b"https"), (b":path", b"/a"),
+           (b":authority", b"localhost")]
+    fields = st.sampled_from([
+        (b"user-agent", b"x"), (b"User-Agent", b"x"), (b":method", b"GET"),
+        (b":path", b"/b"), (b":status", b"200"), (b":protocol", b"websocket"),
+        (b"connection", b"close"), (b"keep-alive", b"1"), (b"upgrade", b"h2c"),
+        (b"transfer-encoding", b"chunked"), (b"te", b"trailers"), (b"te", b"gzip"),
+        (b"content-length", b"3"), (b"content-length", b"4"), (b"content-length", b"-1"),
+        (b"cookie", b"a=1"), (b"x", b"a\r\nb"), (b"x y", b"v"), (b"host", b"other"),
+        (b"big", b"v" * 9000)])
+    block = st.one_of(
+        st.tuples(st.just("fields"), st.permutations(get), st.lists(fields, max_size=3),
+                  st.booleans()),
+        st.tuples(st.just("fields"), st.just(get), st.lists(fields, max_size=2),
+                  st.booleans()),
+        st.tuples(st.just("raw"), st.sampled_from([
+            b"", b"\x80", b"\xbe", b"\xff\xff\xff\xff\x0f", b"\x3f\xe1\xff\x03",
+            b"\x20", b"\x40\x01", b"\x00\x7f\xff\xff\x7f", b"\x82\x84\x87\x41"])),
+        st.tuples(st.just("random"), st.binary(max_size=40)))
+    # mostly well-framed requests (each malformation alone), sometimes anything
+    frame = st.tuples(
+        st.sampled_from([1] * 12 + [9, 2, 0, 3]),  # HEADERS mostly, CONTINUATION...
+        st.one_of(st.sampled_from([{0x5}, {0x5}, {0x5}, {0x4}]),
+                  st.sets(st.sampled_from([0x1, 0x4, 0x8, 0x20]))),
+        st.sampled_from(["next"] * 8 + ["same", "lower", "even", "zero", "max",
+                                        "reserved"]),
+        block,
+        st.integers(0, 255),  # pad length
+        st.integers(0, 6),  # bytes of the priority fields (5 is right)
+        st.sampled_from([0] * 12 + [-1, 1, -10, 100]))  # wrong length
+
+    def wire(steps, enc):
+        out = []
+        sid = 1
+        for kind, flags, which, content, pad, prio, delta in steps:
+            sid_ = {"next": sid, "same": max(sid - 2, 1), "lower": max(sid - 4, 1),
+                    "even": sid + 1, "zero": 0, "max": 0x7FFFFFFF,
+                    "reserved": sid | 0x80000000}[which]
+            if which == "next":
+                sid += 2
+            if content[0] == "fields":
+                _, pseudo, regular, sensitive = content
+                hdrs = list(pseudo) + list(regular)
+                payload = enc.encode([(n, v, True) for n, v in hdrs] if sensitive else hdrs)
+            else:
+                payload = content[1]
+            f = 0
+            for flag in flags:
+                f |= flag
+            if f & 0x20 and kind == 1:
+                payload = (b"\0\0\0\0\x0f")[:prio] + payload
+            if f & 0x8 and kind in (0, 1):
+                payload = bytes([pad]) + payload + b"\0" * min(pad, 3)
+            n = max(0, len(payload) + delta)
+            out.append(n.to_bytes(3, "big") + bytes([kind, f]) + sid_.to_bytes(4, "big")
+                       + payload)
+        return b"".join(out)
+
+    @settings(max_examples=400, deadline=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(st.lists(frame, min_size=1, max_size=8), st.lists(st.integers(0, 400), max_size=3))
+    def run(steps, cuts):
+        data = wire(steps, Encoder())
+        outcomes = []
+        for fast in (True, False):
+            h = Harness()
+            c = H2Client(h)
+            c.proto.h2._fast_headers = fast and c.proto.h2._fast_headers
+            assert c.proto.h2._fast_headers is fast
+            c.t.clear()
+            seen = []
+            at = 0
+            for cut in sorted(cuts) + [len(data)]:
+                piece = data[at:cut]
+                at = max(at, cut)
+                if piece and not c.t.disconnecting:
+                    c.proto.dataReceived(piece)
+                seen.append((c.t.value(), c.t.disconnecting))
+                c.t.clear()
+            outcomes.append(seen)
+        assert outcomes[0] == outcomes[1]
+
+    run()
