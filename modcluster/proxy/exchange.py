@@ -673,6 +673,13 @@ class _Exchange:
             f.passive_failure(node, error.message)
             proto._respondError(self, 502, f"node {route}: {error.message}")
             return
+        if error.local:
+            # The proxy could not open a socket (out of descriptors or memory):
+            # not the node's failure; another node would fail alike (and be put
+            # in error in turn), so no failover either.
+            proto._respondError(self, 503, f"proxy short of resources: {error.message}",
+                                f.policy.retry_after)
+            return
         # Connect-level failure: nothing reached the application.
         f.on_node_failure(route, error.message)
         f.passive_failure(node, error.message)

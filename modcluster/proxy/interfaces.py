@@ -84,12 +84,17 @@ class ForwardError:
         an idle pool).  A L{RESET} on a reused connection before any response
         byte is the keep-alive race: the front retries it once on a fresh
         connection to the same node when the request is replayable.
+    @ivar local: a L{CONNECT} failure that is the proxy's own (it could not
+        open a socket: out of file descriptors or memory), not the node's:
+        the front answers 503 without putting the node in error or failing
+        over (every node would fail alike).
     """
 
     kind: str
     message: str
     request_sent: bool = False
     reused: bool = False
+    local: bool = False
 
 
 class ClientInfo:

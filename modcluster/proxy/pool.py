@@ -13,6 +13,7 @@ declare it.
 
 from __future__ import annotations
 
+import errno
 from typing import Optional
 
 from twisted.internet.abstract import isIPAddress, isIPv6Address
@@ -131,7 +132,26 @@ def connect_failed(conn, failure) -> None:
     if ex is not None:
         ex.responseFailed(ForwardError(
             CONNECT, f"cannot connect to {conn.pool.worker}: "
-                     f"{failure.getErrorMessage() or failure.type.__name__}"))
+                     f"{failure.getErrorMessage() or failure.type.__name__}",
+            local=local_shortage(failure)))
+
+
+#: errno values of a socket the proxy could not open for want of its own
+#: resources (descriptors, buffers, memory): not the node's failure
+_SHORTAGE = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+
+def local_shortage(failure: Failure) -> bool:
+    """
+    Whether a node connect failed for lack of the proxy's own resources:
+    Twisted's C{ConnectBindError} from C{socket()} (its C{osError} the
+    errno), or such an C{OSError}.
+    """
+    value = failure.value
+    code = getattr(value, "osError", None)
+    if code is None and isinstance(value, OSError):
+        code = value.errno
+    return code in _SHORTAGE
 
 
 

@@ -465,3 +465,35 @@ def test_reset_then_refused_fails_over():
     m.respond(OK_100)
     assert parse_responses(c.received())[0].status == 200
     assert h.counters_idle()
+
+
+def test_proxy_out_of_descriptors_is_not_a_node_failure():
+    """
+    The proxy itself cannot open a socket to the node (EMFILE: Twisted's
+    ConnectBindError from socket()): the client gets 503 with Retry-After,
+    one log line says why; the node is not put in error and no other node is
+    tried (each would fail alike, and be put in error: a local shortage must
+    not take the cluster down).  Once descriptors are back, the same node
+    serves.
+    """
+    import errno
+
+    from twisted.internet.error import ConnectBindError
+    from twisted.logger import capturedLogs, formatEvent
+
+    h = two_nodes()
+    c = h.client()
+    with capturedLogs() as events:
+        c.send(GET)
+        [(_, port, *_)] = h.pending()
+        h.refuse(port, lambda: ConnectBindError(errno.EMFILE, "Too many open files"))
+    [resp] = parse_responses(c.received())
+    assert resp.status == 503 and resp.header(b"Retry-After") == b"10"
+    assert h.failures == [] and not h.pending()
+    assert not h.nodeEntry("n1").rt.in_error and not h.nodeEntry("n2").rt.in_error
+    assert any("Too many open files" in formatEvent(e) for e in events)
+    assert h.counters_idle()
+    c.send(GET)
+    n = h.accept()
+    n.respond(OK_100)
+    assert parse_responses(c.received())[0].status == 200
