@@ -305,6 +305,15 @@ class NodeProtocol(Protocol):
 
     # -- parser callbacks ----------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        if self.complete:
+            # bytes after the complete response, in the read that ended it, that
+            # llhttp takes as the start of the next message: the connection is
+            # not at a message boundary and is not reused (else they would
+            # become part of the next exchange's response, maybe another
+            # client's)
+            self.broken = True
+
     def on_headers_complete(self) -> None:
         ex = self.ex
         if ex is None or self.complete:

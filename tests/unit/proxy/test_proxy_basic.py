@@ -3,6 +3,8 @@ Forwarding one request at a time: head rewriting both ways, framing, keep-alive
 reuse, HEAD/204/304/1xx, chunked bodies, HTTP/1.0 clients.
 """
 
+import pytest
+
 from tests.support.proxy_testlib import OK_100, Harness, parse_requests, parse_responses
 
 
@@ -402,3 +404,38 @@ def test_stopped_or_disabled_context_is_503_with_retry_after_by_default():
         raw = c.received()
         assert raw.startswith(b"HTTP/1.1 404 "), raw
         assert b"Retry-After" not in raw
+
+
+@pytest.mark.parametrize("extra", [
+    b"HTTP/1.1 503 Service Unavailable\r\nX-From-The-First: ",  # a head's start
+    b"H",  # what an over-long body may leave
+])
+@pytest.mark.parametrize("first", [
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX-T: 1\r\n\r\n",
+])
+def test_bytes_after_a_complete_response_do_not_reach_the_next_one(first, extra):
+    """
+    A node sends more than its response in the read that ends it, bytes that
+    begin another response (llhttp keeps them as the start of the next
+    message): the connection is not reused, so they cannot become part of
+    the next exchange's response (another client's): that one is answered on
+    a fresh connection with its own status and fields.
+    """
+    h = one_node()
+    c = h.client()
+    c.send(b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\n")
+    n = h.accept()
+    n.received()
+    n.respond(first + extra)
+    [r1] = parse_responses(c.received())
+    assert r1.status == 200 and r1.body == b"hello"
+    c2 = h.client()
+    c2.send(b"GET /2 HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert n.closed
+    n2 = h.accept()
+    assert parse_requests(n2.received())[0].url == b"/2"
+    n2.respond(b"HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\n\r\nno")
+    [r2] = parse_responses(c2.received())
+    assert r2.status == 404 and r2.body == b"no"
+    assert r2.header(b"X-From-The-First") is None
