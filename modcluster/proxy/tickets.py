@@ -33,6 +33,7 @@ from __future__ import annotations
 import ctypes
 import os
 import ssl
+import stat
 from typing import Any, Callable, Optional, Sequence
 
 from twisted.application.service import Service
@@ -99,8 +100,17 @@ def parse_key_file(data: bytes, path: str = "key file") -> KeySet:
 
 
 def load_key_file(path: str) -> KeySet:
-    """L{parse_key_file} of the file at C{path} (OSError, ValueError)."""
-    with open(path, "rb") as f:
+    """
+    L{parse_key_file} of the file at C{path} (OSError, ValueError).  Only a
+    regular file: opened without blocking, so a named pipe with no writer or
+    a device at that path is refused at once instead of stopping the process
+    on C{open}/C{read}.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with open(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError(f"{path}: not a regular file (a TLS session ticket key file "
+                             f"holds one or more {KEY_SIZE}-byte keys)")
         data = f.read(KEY_SIZE * 1000 + 1)
     return parse_key_file(data, path)
 

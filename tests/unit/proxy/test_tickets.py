@@ -8,6 +8,7 @@ ctypes access.
 
 from __future__ import annotations
 
+import os
 import ssl
 from types import SimpleNamespace
 
@@ -230,6 +231,40 @@ def test_unreadable_file_at_start_generates_keys_with_an_error(tmp_path):
     errors = _errors(service.startService)
     assert service.keys is not None and len(service.keys.keys) == 1
     assert any("generated keys instead" in e["log_format"] for e in errors)
+    service.stopService()
+
+
+def test_a_key_file_that_is_not_a_regular_file_is_refused_at_once(tmp_path):
+    """
+    A named pipe with no writer (or a device) at the key file's path: the
+    reload (and the start) must not block the process on open/read; refused
+    like a damaged file, the current keys stay.
+    """
+    import threading
+
+    path = _key_file(tmp_path, 1)
+    service = TicketKeyService(Clock(), path)
+    service.startService()
+    kept = service.keys
+    os.unlink(path)
+    os.mkfifo(path)
+    done = []
+    errors = []
+    worker = threading.Thread(target=lambda: errors.extend(_errors(
+        lambda: done.append(service.reload()))), daemon=True)
+    worker.start()
+    worker.join(5)
+    try:
+        assert done == [False], "the reload blocked on the pipe"
+    finally:
+        if worker.is_alive():  # (unblock the old code's open)
+            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+            os.close(fd)
+            worker.join(5)
+    assert service.keys is kept and tickets.current_keys() is kept
+    assert any("not a regular file" in str(e.get("error")) for e in errors)
+    with pytest.raises(ValueError, match="not a regular file"):
+        load_key_file("/dev/zero")
     service.stopService()
 
 
