@@ -1,0 +1,515 @@
+"""
+Hostile clients against an ssl: proxy listener with the stdlib TLS engine
+(modcluster/proxy/stdtls.py) behind the proxy's own accept loop
+(modcluster/proxy/accept.py), as tap.py builds it, over 127.0.0.1: garbage
+instead of a ClientHello, a ClientHello written one byte at a time, clients
+that stall or reset mid-handshake or mid-response, alerts, a TLS 1.2
+renegotiation attempt, records after close_notify, an upload burst while the
+node does not read.  Each test checks the counters, that the next client is
+served, and that every file descriptor the proxy opened for it is closed
+again (/proc/self/fd).  Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl as pyssl
+import struct
+import time
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, task, threads
+from twisted.logger import globalLogPublisher
+
+from modcluster.proxy.accept import AcceptingEndpoint, Acceptor
+from modcluster.proxy.alpn import ALPN_PROTOCOLS, NegotiatingFactory
+from modcluster.proxy.observe import ClientStats
+from modcluster.proxy.stdtls import TLSServerFactory
+from modcluster.tls import server_endpoint
+
+from tests.integration.test_proxy_http import Stack
+from tests.integration.test_proxy_stdtls import _context, _keep_alive
+
+trustme = pytest.importorskip("trustme")
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    ca = trustme.CA()
+    d = tmp_path_factory.mktemp("hostile")
+    ca.cert_pem.write_to_path(str(d / "ca.pem"))
+    pem = d / "server.pem"
+    ca.issue_cert("localhost", "127.0.0.1").private_key_and_cert_chain_pem.write_to_path(
+        str(pem))
+    return {"ca": str(d / "ca.pem"), "pem": str(pem)}
+
+
+def _fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def _until(predicate, timeout: float = 20.0) -> None:
+    from twisted.internet import reactor
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        await task.deferLater(reactor, 0.02, lambda: None)
+
+
+class Listener:
+    def __init__(self, stack, port, pki, http2):
+        self.stack = stack
+        self.port = port
+        self.number = port.getHost().port
+        self.pki = pki
+        self.http2 = http2
+        self.stats = stack.factory.stats
+
+    def served(self) -> bool:
+        """Blocking: one good client gets a 200 (the listener still works)."""
+        heads, _, _, _, _ = _keep_alive(self.number, self.pki, 1)
+        return heads[0].startswith(b"HTTP/1.1 200")
+
+
+async def with_listener(pki, fn, http2=True, **config):
+    stack = Stack(http2=http2, **config)
+    stack.factory.stats = ClientStats()
+    stack.serve("nA")
+    endpoint = AcceptingEndpoint(server_endpoint(
+        stack.reactor, f"ssl:0:interface=127.0.0.1:privateKey={pki['pem']}",
+        ALPN_PROTOCOLS if http2 else (b"http/1.1",), "stdlib"))
+    factory = NegotiatingFactory(stack.factory) if http2 else stack.factory
+    port = await endpoint.listen(factory)
+    assert isinstance(port.factory, TLSServerFactory)
+    assert isinstance(port.doRead, Acceptor)
+    listener = Listener(stack, port, pki, http2)
+    failures: list = []
+
+    def unhandled(event):
+        if event.get("log_failure") is not None:
+            failures.append(event)
+
+    globalLogPublisher.addObserver(unhandled)
+    try:
+        # one good client first: the pool's connection to the node exists
+        assert await threads.deferToThread(listener.served)
+        await _until(lambda: not stack.factory._clients)
+        d = defer.ensureDeferred(fn(listener))
+        d.addTimeout(90, stack.reactor)
+        await d
+    finally:
+        globalLogPublisher.removeObserver(unhandled)
+        await port.stopListening()
+        await stack.stop()
+    assert not failures, [e.get("log_format") for e in failures]
+
+
+def hostile(fn=None, **kw):
+    def wrap(fn):
+        @pytest_twisted.ensureDeferred
+        async def run(pki):
+            await with_listener(pki, fn, **kw)
+
+        run.__name__ = fn.__name__
+        run.__doc__ = fn.__doc__
+        return run
+
+    return wrap(fn) if fn is not None else wrap
+
+
+def _client_hello(pki, **kw) -> tuple[pyssl.SSLObject, pyssl.MemoryBIO, pyssl.MemoryBIO, bytes]:
+    ctx = _context(pki, **kw)
+    cin, cout = pyssl.MemoryBIO(), pyssl.MemoryBIO()
+    obj = ctx.wrap_bio(cin, cout, server_hostname="localhost")
+    try:
+        obj.do_handshake()
+    except pyssl.SSLWantReadError:
+        pass
+    return obj, cin, cout, cout.read()
+
+
+def _rst(s: socket.socket) -> None:
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+
+
+def _recv_all(s: socket.socket, limit: float = 10.0) -> bytes:
+    """What the server sends until it closes (EOF or reset)."""
+    s.settimeout(limit)
+    out = b""
+    try:
+        while True:
+            piece = s.recv(65536)
+            if not piece:
+                return out
+            out += piece
+    except ConnectionResetError:
+        return out
+
+
+async def _settled(listener, fds: int, failures: int | None = None) -> None:
+    """No client connection left, the fd count back to C{fds}, the next client served."""
+    stack = listener.stack
+    await _until(lambda: not stack.factory._clients)
+    await _until(lambda: _fds() <= fds, 10)
+    if failures is not None:
+        assert listener.stats.tls_failures == failures
+    assert await threads.deferToThread(listener.served)
+
+
+# -- before the handshake completes ------------------------------------------------------
+
+
+@hostile
+async def test_garbage_instead_of_a_client_hello(listener):
+    fds, failures = _fds(), listener.stats.tls_failures
+
+    def garbage():
+        got = []
+        for junk in (b"\x00" * 300, b"\x80" + os.urandom(5000),
+                     b"\x16\x03\x01\xff\xff" + b"A" * 100):
+            with socket.create_connection(("127.0.0.1", listener.number), timeout=10) as s:
+                s.sendall(junk)
+                got.append(_recv_all(s))
+        return got
+
+    answers = await threads.deferToThread(garbage)
+    for answer in answers:  # at most an alert, then the end
+        assert len(answer) < 100
+    await _settled(listener, fds, failures + 3)
+
+
+@hostile
+async def test_client_hello_one_byte_at_a_time(listener):
+    fds = _fds()
+
+    def trickle():
+        obj, cin, cout, hello = _client_hello(listener.pki)
+        with socket.create_connection(("127.0.0.1", listener.number), timeout=10) as s:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for i in range(len(hello)):
+                s.send(hello[i:i + 1])
+                time.sleep(0.001)
+            s.settimeout(10)
+            while True:
+                try:
+                    obj.do_handshake()
+                    break
+                except pyssl.SSLWantReadError:
+                    out = cout.read()
+                    if out:
+                        s.sendall(out)
+                    data = s.recv(65536)
+                    assert data
+                    cin.write(data)
+            out = cout.read()
+            if out:
+                for i in range(len(out)):
+                    s.send(out[i:i + 1])
+            obj.write(b"GET /app/echo HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            request = cout.read()
+            for i in range(len(request)):
+                s.send(request[i:i + 1])
+            raw = _recv_all(s)
+            cin.write(raw)
+            plain = b""
+            while True:
+                try:
+                    piece = obj.read(65536)
+                except (pyssl.SSLWantReadError, pyssl.SSLZeroReturnError):
+                    break
+                if not piece:
+                    break
+                plain += piece
+            return plain
+
+    plain = await threads.deferToThread(trickle)
+    assert plain.startswith(b"HTTP/1.1 200"), plain[:200]
+    await _settled(listener, fds)
+
+
+async def _stalled(listener):
+    """Nothing, half a ClientHello, a whole one and no Finished: each cut, counted."""
+    fds, failures = _fds(), listener.stats.tls_failures
+    timeouts = listener.stack.factory.timeouts.counts.get("header", 0)
+    _, _, _, hello = _client_hello(listener.pki)
+
+    def stall():
+        socks = []
+        for first in (b"", hello[:len(hello) // 2], hello):
+            s = socket.create_connection(("127.0.0.1", listener.number), timeout=10)
+            if first:
+                s.sendall(first)
+            socks.append(s)
+        started = time.monotonic()
+        ends = [(_recv_all(s, 15), time.monotonic() - started) for s in socks]
+        for s in socks:
+            s.close()
+        return ends
+
+    ends = await threads.deferToThread(stall)
+    for _, after in ends:
+        assert after < 8  # request_header_timeout 1 s (+ 1 s, the sweep's second)
+    await _settled(listener, fds, failures + 3)
+    assert listener.stack.factory.timeouts.counts["header"] == timeouts + 3
+
+
+@pytest.mark.parametrize("http2", [True, False])
+@pytest_twisted.ensureDeferred
+async def test_stalled_handshakes_are_cut_at_the_head_deadline(pki, http2):
+    """(http2 on, the default: the ALPN negotiator times the handshake; off:
+    the HTTP/1.1 front itself)"""
+    await with_listener(pki, _stalled, http2=http2, request_header_timeout=1.0)
+
+
+@hostile
+async def test_resets_mid_handshake(listener):
+    fds, failures = _fds(), listener.stats.tls_failures
+
+    def resets():
+        _, _, _, hello = _client_hello(listener.pki)
+        for first in (b"", hello[:20], hello):
+            s = socket.create_connection(("127.0.0.1", listener.number), timeout=10)
+            if first:
+                s.sendall(first)
+                time.sleep(0.05)
+            _rst(s)
+
+    await threads.deferToThread(resets)
+    await _settled(listener, fds, failures + 3)
+
+
+@hostile
+async def test_alerts_mid_handshake(listener):
+    """A fatal alert in place of the ClientHello and after the ServerHello."""
+    fds, failures = _fds(), listener.stats.tls_failures
+
+    def alerts():
+        alert = b"\x15\x03\x03\x00\x02\x02\x28"  # fatal handshake_failure, plaintext
+        with socket.create_connection(("127.0.0.1", listener.number), timeout=10) as s:
+            s.sendall(alert)
+            _recv_all(s)
+        _, _, _, hello = _client_hello(listener.pki)
+        with socket.create_connection(("127.0.0.1", listener.number), timeout=10) as s:
+            s.sendall(hello)
+            s.recv(65536)
+            s.sendall(alert)
+            _recv_all(s)
+
+    await threads.deferToThread(alerts)
+    await _settled(listener, fds, failures + 2)
+
+
+# -- after the handshake -------------------------------------------------------------------
+
+
+def _tls(listener, **kw):
+    ctx = _context(listener.pki, **kw)
+    raw = socket.create_connection(("127.0.0.1", listener.number), timeout=20)
+    return ctx.wrap_socket(raw, server_hostname="localhost")
+
+
+@hostile
+async def test_reset_mid_response(listener):
+    fds = _fds()
+
+    def reset():
+        s = _tls(listener)
+        s.sendall(b"GET /app/download?bytes=%d HTTP/1.1\r\nHost: localhost\r\n\r\n"
+                  % (32 << 20))
+        got = 0
+        while got < 1 << 20:
+            got += len(s.recv(65536))
+        _rst(s)
+
+    await threads.deferToThread(reset)
+    await _settled(listener, fds)
+
+
+def _handshaken(listener):
+    """A raw socket, and the client SSLObject (memory BIOs) that completed a handshake on it."""
+    obj, cin, cout, hello = _client_hello(listener.pki)
+    s = socket.create_connection(("127.0.0.1", listener.number), timeout=10)
+    s.sendall(hello)
+    while True:
+        data = s.recv(65536)
+        assert data
+        cin.write(data)
+        try:
+            obj.do_handshake()
+            break
+        except pyssl.SSLWantReadError:
+            out = cout.read()
+            if out:
+                s.sendall(out)
+    s.sendall(cout.read())
+    return s, obj, cin, cout
+
+
+@hostile
+async def test_plaintext_alert_and_garbage_after_the_handshake(listener):
+    """Records that do not decrypt (a plaintext fatal alert, garbage): the
+    connection ends, the next client is served (no TLS failure: the handshake
+    had completed)."""
+    fds, failures = _fds(), listener.stats.tls_failures
+
+    def alert():
+        for junk in (b"\x15\x03\x03\x00\x02\x02\x28", b"\x17\x03\x03\x00\x20" + b"x" * 32):
+            s, _, _, _ = _handshaken(listener)
+            s.sendall(junk)
+            _recv_all(s)
+            s.close()
+
+    await threads.deferToThread(alert)
+    await _settled(listener, fds, failures)
+
+
+@hostile
+async def test_tls12_renegotiation_is_refused(listener):
+    """A TLS 1.2 client asks to renegotiate: refused, the connection serves on or ends."""
+    from OpenSSL import SSL
+
+    fds = _fds()
+
+    def renegotiate():
+        ctx = SSL.Context(SSL.TLS_METHOD)
+        ctx.set_max_proto_version(SSL.TLS1_2_VERSION)
+        ctx.load_verify_locations(listener.pki["ca"])
+        raw = socket.create_connection(("127.0.0.1", listener.number), timeout=10)
+        raw.settimeout(None)  # pyOpenSSL on a blocking socket
+        c = SSL.Connection(ctx, raw)
+        c.set_tlsext_host_name(b"localhost")
+        c.set_connect_state()
+        c.do_handshake()
+        results = []
+        for _ in range(3):
+            try:
+                c.renegotiate()
+                c.do_handshake()
+                results.append("renegotiated")
+            except SSL.Error as e:
+                results.append(repr(e))
+                break
+        try:
+            c.sendall(b"GET /app/echo HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            got = c.recv(65536)
+            results.append(got[:12])
+        except (SSL.Error, OSError) as e:
+            results.append(repr(e))
+        raw.close()
+        return results
+
+    results = await threads.deferToThread(renegotiate)
+    assert "renegotiated" not in results, results
+    await _settled(listener, fds)
+
+
+@hostile
+async def test_records_after_close_notify_are_ignored(listener):
+    """
+    A request, close_notify and garbage in one segment: the connection ends
+    with our close_notify at once (as documented, and as a FIN does on plain
+    TCP: the request in flight is dropped), the garbage after the close_notify
+    is never read (no TLS error logged), nothing is left behind.
+    """
+    fds = _fds()
+    events: list = []
+
+    def after_close():
+        s, obj, cin, cout = _handshaken(listener)
+        obj.write(b"GET /app/echo HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        request = cout.read()
+        try:
+            obj.unwrap()
+        except pyssl.SSLWantReadError:
+            pass
+        s.sendall(request + cout.read() + os.urandom(3000))
+        cin.write(_recv_all(s))
+        s.close()
+        return obj.unwrap()  # our close_notify completes the shutdown
+
+    globalLogPublisher.addObserver(events.append)
+    try:
+        assert await threads.deferToThread(after_close) is None
+        await _settled(listener, fds)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert not [e for e in events if "TLS" in e.get("log_format", "")]
+
+
+def _buffered(transport) -> int:
+    return len(transport.dataBuffer) + transport._tempDataLen + sum(
+        map(len, transport._tempDataBuffer))
+
+
+@hostile
+async def test_upload_burst_while_the_node_does_not_read(listener):
+    """
+    A 64 MiB upload to a node that reads nothing: the proxy stops reading the
+    client once its connection to the node is full (its buffers stay bounded),
+    and closing the client releases everything.
+    """
+    stack = listener.stack
+    node = stack.servers[0]
+    build = node.buildProtocol
+    nodes = []
+
+    def deaf(addr):  # the node reads nothing from new connections
+        p = build(addr)
+        made = p.connectionMade
+
+        def connectionMade():
+            made()
+            p.transport.pauseProducing()
+
+        p.connectionMade = connectionMade
+        nodes.append(p)
+        return p
+
+    node.buildProtocol = deaf
+    await stack.pool.closeCachedConnections()
+    for conn in list(stack.reactor.getReaders()):  # the proxy's idle node connections
+        if conn.__class__.__name__ == "Client" and \
+                conn.getPeer().port == node.port.getHost().port:
+            conn.abortConnection()
+    fds = _fds()
+    size = 64 << 20
+    sent = [0]
+
+    def upload():
+        s = _tls(listener)
+        s.settimeout(3)
+        s.sendall(b"POST /app/upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n"
+                  b"\r\n" % size)
+        chunk = b"x" * 65536
+        try:
+            while sent[0] < size:
+                sent[0] += s.send(chunk)
+        except TimeoutError:
+            pass
+        return s
+
+    s = await threads.deferToThread(upload)
+    try:
+        assert nodes
+        assert sent[0] < size // 4
+        (client,) = list(stack.factory._clients)
+        tls = client.transport
+        assert _buffered(tls.transport) < 1 << 20
+        assert tls.transport.fileno() not in stack.reactor._reads  # not read any more
+        to_node = [c for c in stack.reactor.getWriters() + stack.reactor.getReaders()
+                   if c.__class__.__name__ == "Client"
+                   and c.getPeer().port == node.port.getHost().port]
+        assert to_node
+        assert sum(_buffered(c) for c in to_node) < 8 << 20
+    finally:
+        s.close()
+    for p in nodes:  # (paused, the proxy does not see the client's FIN until then)
+        p.transport.abortConnection()
+    await _until(lambda: not stack.factory._clients)
+    node.buildProtocol = build
+    await _settled(listener, fds)
