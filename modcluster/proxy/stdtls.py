@@ -293,7 +293,14 @@ class TLSServerConnection(Protocol):
         self.connected = 0
         self.disconnecting = True
         failure, self._failure = self._failure, None
-        self.wrappedProtocol.connectionLost(failure if failure is not None else reason)
+        wrapped = self.wrappedProtocol
+        try:
+            wrapped.connectionLost(failure if failure is not None else reason)
+        finally:
+            # the protocol keeps its transport (this): without letting go of it
+            # the pair would wait for the cyclic GC, whose collections pause the
+            # process (tcp.Server drops its protocol likewise)
+            self.wrappedProtocol = _CLOSED
 
     # -- handshake ------------------------------------------------------------------
 
@@ -456,6 +463,16 @@ class TLSServerConnection(Protocol):
         wrapped = self.wrappedProtocol
         prefix = getattr(wrapped, "logPrefix", None)
         return (prefix() if prefix is not None else wrapped.__class__.__name__) + " (TLS)"
+
+
+class _Closed(Protocol):
+    """The application protocol's stand-in once the connection is lost."""
+
+    def logPrefix(self) -> str:
+        return "closed"
+
+
+_CLOSED = _Closed()
 
 
 #: the listeners made by L{listener_factory}, for L{reload_certificates}

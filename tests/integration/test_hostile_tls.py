@@ -513,3 +513,48 @@ async def test_upload_burst_while_the_node_does_not_read(listener):
     await _until(lambda: not stack.factory._clients)
     node.buildProtocol = build
     await _settled(listener, fds)
+
+
+@hostile
+async def test_tls_connections_good_and_bad_are_freed_without_the_cyclic_gc(listener):
+    """
+    Closed TLS connections (served, garbage, reset mid-handshake, stalled then
+    closed by the client, h2) leave no reference cycle: their objects go by
+    reference counting, as plain TCP ones do (tests/integration/test_accept_loop.py).
+    """
+    import gc
+
+    from modcluster.proxy.alpn import _Negotiator
+    from modcluster.proxy.client import ClientProtocol
+    from modcluster.proxy.h2 import H2Protocol
+    from modcluster.proxy.stdtls import TLSServerConnection
+
+    kinds = (TLSServerConnection, ClientProtocol, _Negotiator, H2Protocol)
+
+    def clients():
+        _, _, _, hello = _client_hello(listener.pki)
+        for _ in range(3):
+            assert listener.served()
+            with socket.create_connection(("127.0.0.1", listener.number), timeout=10) as s:
+                s.sendall(b"\x00" * 100)
+                _recv_all(s)
+            s = socket.create_connection(("127.0.0.1", listener.number), timeout=10)
+            s.sendall(hello[:30])
+            time.sleep(0.05)
+            _rst(s)
+            with socket.create_connection(("127.0.0.1", listener.number), timeout=10) as s:
+                s.sendall(hello)
+                s.recv(65536)
+            h2 = _tls(listener, alpn=("h2",))
+            h2.close()
+
+    gc.collect()
+    gc.disable()
+    try:
+        await threads.deferToThread(clients)
+        await _until(lambda: not listener.stack.factory._clients)
+        await task.deferLater(listener.stack.reactor, 0.1, lambda: None)
+        alive = [o for o in gc.get_objects() if isinstance(o, kinds)]
+        assert alive == [], [type(o).__name__ for o in alive]
+    finally:
+        gc.enable()

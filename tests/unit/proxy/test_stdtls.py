@@ -279,6 +279,39 @@ def test_close_notify_answering_our_half_close_ends_cleanly(pki, version):
     assert pair.app.lost is None
 
 
+@pytest.mark.parametrize("how", ["served", "failed handshake", "aborted before"])
+def test_a_lost_connection_leaves_no_reference_cycle(pki, how):
+    """
+    Once lost, the connection's objects go by reference counting, as a
+    tcp.Server's do (it drops its protocol): the application protocol keeps
+    its transport, so the TLS layer must not keep the protocol.
+    """
+    import gc
+    import weakref
+
+    gc.collect()
+    gc.disable()
+    try:
+        pair = Pair(factory_for(pki), client_context(pki))
+        if how == "served":
+            pair.handshake()
+            pair.client.write(b"request")
+            pair.to_server()
+            pair.conn.write(b"response")
+        elif how == "failed handshake":
+            pair.to_server(b"\x16\x03\x01\x00\x05hello")
+        pair.app.transport = pair.conn  # (as a protocol keeps its transport)
+        pair.conn.connectionLost(None)
+        # (the Recorder keeps the reason: a failure's traceback holds this test's
+        # frames, hence the pair; the proxy's protocols keep no reason)
+        pair.app.lost = None
+        refs = [weakref.ref(pair.app), weakref.ref(pair.conn)]
+        del pair
+        assert [r() for r in refs] == [None, None]
+    finally:
+        gc.enable()
+
+
 def _log_events():
     events = []
     globalLogPublisher.addObserver(events.append)
