@@ -519,8 +519,10 @@ async def test_upload_burst_while_the_node_does_not_read(listener):
 async def test_tls_connections_good_and_bad_are_freed_without_the_cyclic_gc(listener):
     """
     Closed TLS connections (served, garbage, reset mid-handshake, stalled then
-    closed by the client, h2) leave no reference cycle: their objects go by
-    reference counting, as plain TCP ones do (tests/integration/test_accept_loop.py).
+    closed by the client, h2 without a request) leave no reference cycle: their
+    objects go by reference counting, as plain TCP ones do
+    (tests/integration/test_accept_loop.py).  (An h2 connection that served
+    requests does not yet: test_proxy_h2's h2 exchange cycle.)
     """
     import gc
 
@@ -551,10 +553,12 @@ async def test_tls_connections_good_and_bad_are_freed_without_the_cyclic_gc(list
     gc.collect()
     gc.disable()
     try:
+        # (what earlier tests of this process may still hold is not counted)
+        before = {id(o) for o in gc.get_objects() if isinstance(o, kinds)}
         await threads.deferToThread(clients)
         await _until(lambda: not listener.stack.factory._clients)
         await task.deferLater(listener.stack.reactor, 0.1, lambda: None)
-        alive = [o for o in gc.get_objects() if isinstance(o, kinds)]
+        alive = [o for o in gc.get_objects() if isinstance(o, kinds) and id(o) not in before]
         assert alive == [], [type(o).__name__ for o in alive]
     finally:
         gc.enable()
