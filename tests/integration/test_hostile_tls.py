@@ -14,8 +14,12 @@ from __future__ import annotations
 
 import os
 import socket
+import socketserver
 import ssl as pyssl
 import struct
+import subprocess
+import sys
+import textwrap
 import time
 
 import pytest
@@ -30,7 +34,7 @@ from modcluster.proxy.stdtls import TLSServerFactory
 from modcluster.tls import server_endpoint
 
 from tests.integration.test_proxy_http import Stack
-from tests.integration.test_proxy_stdtls import _context, _keep_alive
+from tests.integration.test_proxy_stdtls import _context, _keep_alive, _read_response
 
 trustme = pytest.importorskip("trustme")
 
@@ -562,3 +566,128 @@ async def test_tls_connections_good_and_bad_are_freed_without_the_cyclic_gc(list
         assert alive == [], [type(o).__name__ for o in alive]
     finally:
         gc.enable()
+
+
+# -- a process out of file descriptors -------------------------------------------------------
+
+_OUT_OF_FDS = textwrap.dedent("""
+    import os, resource, sys
+    from twisted.internet import reactor, stdio
+    from twisted.internet.protocol import Protocol
+    from modcluster.proxy.accept import AcceptingEndpoint
+    from modcluster.proxy.alpn import ALPN_PROTOCOLS, NegotiatingFactory
+    from modcluster.tls import server_endpoint
+    from tests.integration.test_proxy_http import Stack
+
+    pem, node_port = sys.argv[1], int(sys.argv[2])
+    stack = Stack()
+    stack.register("nA", node_port)
+    endpoint = AcceptingEndpoint(server_endpoint(
+        reactor, f"ssl:0:interface=127.0.0.1:privateKey={pem}", ALPN_PROTOCOLS, "stdlib"))
+
+    class Cmd(Protocol):
+        def dataReceived(self, data):
+            words = data.split()
+            if words[0] == b"limit":  # N descriptors more than are open now
+                used = len(os.listdir("/proc/self/fd")) - 1  # (listdir's own)
+                spare = int(words[1])
+                resource.setrlimit(resource.RLIMIT_NOFILE, (used + spare, used + spare))
+                print("LIMITED", used + spare, flush=True)
+            elif words[0] == b"state":
+                node = stack.registry.table.by_route["nA"]
+                print("IN_ERROR", node.rt.in_error, flush=True)
+
+    stdio.StandardIO(Cmd())
+    endpoint.listen(NegotiatingFactory(stack.factory)).addCallback(
+        lambda port: print("PORT", port.getHost().port, flush=True))
+    reactor.run()
+""")
+
+
+class _SlowNode(socketserver.ThreadingMixIn, socketserver.TCPServer):
+    """An HTTP/1.1 node in threads: C{/…/slow} answers after a second, the rest at once."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    class Handler(socketserver.StreamRequestHandler):
+        def handle(self):
+            while True:
+                head = b""
+                while not head.endswith(b"\r\n\r\n"):
+                    line = self.rfile.readline()
+                    if not line:
+                        return
+                    head += line
+                if b"/slow" in head.split(b"\r\n", 1)[0]:
+                    time.sleep(1.0)
+                self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), self.Handler)
+
+
+def test_out_of_descriptors_answers_503_and_keeps_the_node(pki):
+    """
+    A TLS listener in a process whose descriptors run out: the client whose
+    node connection cannot be opened (EMFILE on socket()) gets 503 with
+    Retry-After; the node is not put in error (the shortage is the proxy's),
+    the clients before it are served, and once descriptors are free again
+    the next client is served at once.
+    """
+    import threading
+
+    node = _SlowNode()
+    threading.Thread(target=node.serve_forever, daemon=True).start()
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    proc = subprocess.Popen([sys.executable, "-c", _OUT_OF_FDS, pki["pem"],
+                             str(node.server_address[1])],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    ctx = _context(pki)
+    socks = []
+    try:
+        port = int(proc.stdout.readline().split()[1])
+
+        def request(path):
+            raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+            s = ctx.wrap_socket(raw, server_hostname="localhost")
+            socks.append(s)
+            s.sendall(b"GET /app/%s HTTP/1.1\r\nHost: localhost\r\n\r\n" % path)
+            return s
+
+        warm = request(b"ok")  # (what a first request opens for good, and a pooled
+        assert _read_response(warm)[1] == b"ok"  # node connection)
+        warm.close()
+        socks.clear()
+        time.sleep(0.3)
+        # 4 spare descriptors: the first client (the pooled node connection), the
+        # second (its own node connection), then a third client's socket takes the
+        # last one and its node connection cannot be opened
+        proc.stdin.write("limit 4\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().startswith("LIMITED")
+        slow = [request(b"slow"), request(b"slow")]
+        time.sleep(0.3)  # (both node connections open)
+        third = request(b"ok")
+        head, _, _ = _read_response(third)
+        assert head.startswith(b"HTTP/1.1 503") and b"Retry-After:" in head, head
+        proc.stdin.write("state\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().split() == ["IN_ERROR", "False"]
+        for s in slow:
+            head, body, _ = _read_response(s)
+            assert head.startswith(b"HTTP/1.1 200") and body == b"ok"
+        for s in socks:
+            s.close()
+        time.sleep(0.3)  # (the proxy sees the closes)
+        again = request(b"ok")
+        head, body, _ = _read_response(again)
+        assert head.startswith(b"HTTP/1.1 200") and body == b"ok", head
+        again.close()
+    finally:
+        for s in socks:
+            s.close()
+        proc.kill()
+        proc.wait(10)
+        node.shutdown()
+        node.server_close()
