@@ -271,7 +271,7 @@ async def test_stalled_handshakes_are_cut_at_the_head_deadline(pki, http2):
 
 
 @hostile
-async def test_resets_mid_handshake(listener):
+async def test_resets_and_fins_mid_handshake(listener):
     fds, failures = _fds(), listener.stats.tls_failures
 
     def resets():
@@ -282,9 +282,16 @@ async def test_resets_mid_handshake(listener):
                 s.sendall(first)
                 time.sleep(0.05)
             _rst(s)
+        # a FIN at once, and after half a ClientHello (the accept loop's eager
+        # first read may get the 0 bytes)
+        for first in (b"", hello[:20]):
+            with socket.create_connection(("127.0.0.1", listener.number), timeout=10) as s:
+                s.sendall(first)
+                s.shutdown(socket.SHUT_WR)
+                _recv_all(s)
 
     await threads.deferToThread(resets)
-    await _settled(listener, fds, failures + 3)
+    await _settled(listener, fds, failures + 5)
 
 
 @hostile
