@@ -113,6 +113,18 @@ class _H2Exchange(_Exchange):
         #: the client's trailer section, for a chunked request to a node
         self.request_trailers: Optional[bytes] = None
 
+    # The exchange is its own client side.  A property, not the inherited slot:
+    # a slot holding the exchange itself would be a reference cycle per stream,
+    # leaving every finished request (and through C{conn} its connection) to
+    # the cyclic GC instead of reference counting.
+    @property
+    def proto(self) -> "_H2Exchange":
+        return self
+
+    @proto.setter
+    def proto(self, value) -> None:  # (set by _Exchange.__init__: always self)
+        pass
+
     # -- the "client protocol" side the _Exchange calls --------------------------
 
     def _pauseReading(self, why: int) -> None:

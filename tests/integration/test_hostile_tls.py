@@ -533,7 +533,7 @@ async def test_tls_connections_good_and_bad_are_freed_without_the_cyclic_gc(list
     closed by the client, h2 without a request) leave no reference cycle: their
     objects go by reference counting, as plain TCP ones do
     (tests/integration/test_accept_loop.py).  (An h2 connection that served
-    requests does not yet: test_proxy_h2's h2 exchange cycle.)
+    requests: test_proxy_h2's test_served_http2_requests_leave_no_reference_cycle.)
     """
     import gc
 

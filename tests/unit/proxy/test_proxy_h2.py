@@ -1229,9 +1229,6 @@ def test_malformed_request_frames_answered_as_h2s_path():
     run()
 
 
-@pytest.mark.xfail(strict=True, reason="open: _H2Exchange is its own proto (_Exchange.__init__"
-                   "(self, self)): each HTTP/2 request leaves a self-referencing exchange "
-                   "(and, through its conn, the connection) to the cyclic GC")
 def test_served_http2_requests_leave_no_reference_cycle(h):
     """As HTTP/1.1 exchanges and connections (docs/data-plane.md, freed by
     reference counting): a finished HTTP/2 request's exchange goes when its
