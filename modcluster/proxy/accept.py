@@ -160,6 +160,9 @@ class Acceptor:
         if not isinstance(self._reads, set):
             self._reads = None
         self._disconnect = getattr(reactor, "_disconnectSelectable", None)
+        #: the registration for reading may be left to the protocol (deferReading):
+        #: only on an epoll reactor, whose _reads holds descriptors
+        self._defer = self._reads is not None and _is_epoll(reactor)
         # stopReading from someone else (a handover pausing the port) cancels
         # a pending resume of ours
         self._stop_reading = port.stopReading
@@ -185,6 +188,7 @@ class Acceptor:
         prefixes = self._prefixes
         nodelay = self.nodelay
         on = port._realPortNumber
+        defer = self._defer
         ipv6 = port.addressFamily == _socket.AF_INET6
         AddressType = port._addressType
         for _ in range(BATCH):
@@ -247,8 +251,12 @@ class Acceptor:
             t._nodelay_inherited = nodelay  # type: ignore[attr-defined]
             if ipv6:
                 t._addressType = address.IPv6Address
+            # a protocol with deferReading is registered for reading only after
+            # its first read, and not at all if it says so (see deferReading)
+            deferred = defer and getattr(cls, "deferReading", None) is not None
             try:
-                add_reader(t)
+                if not deferred:
+                    add_reader(t)
                 t.connected = 1
                 protocol.makeConnection(t)
             except BaseException:
@@ -256,9 +264,23 @@ class Acceptor:
                             protocol=protocol)
                 self._close(t, CONNECTION_LOST)
                 continue
-            if reads is not None and t.connected and not t.disconnecting \
-                    and fd in reads:
+            if reads is None or not t.connected or t.disconnecting:
+                continue
+            if deferred:
                 self._first_read(t, skt)
+                if t.connected and not t.disconnecting and fd not in reads:
+                    self._register(t, protocol, add_reader)
+            elif fd in reads:
+                self._first_read(t, skt)
+
+    def _register(self, t, protocol, add_reader) -> None:
+        """Register C{t} for reading unless its protocol defers it."""
+        try:
+            if protocol.deferReading():
+                return
+        except BaseException:
+            log.failure("unhandled error in {protocol!r}.deferReading", protocol=protocol)
+        add_reader(t)
 
     def _first_read(self, t, skt) -> None:
         """What C{tcp.Connection.doRead} would do when epoll reports it readable."""
@@ -313,6 +335,14 @@ class Acceptor:
         port = self.port
         if getattr(port, "connected", False) and not port.disconnecting:
             port.startReading()
+
+
+def _is_epoll(reactor) -> bool:
+    try:
+        from twisted.internet.epollreactor import EPollReactor
+    except ImportError:  # pragma: no cover - not Linux
+        return False
+    return isinstance(reactor, EPollReactor)
 
 
 def install(port, clock=None) -> bool:

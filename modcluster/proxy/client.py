@@ -166,6 +166,9 @@ class ClientProtocol(Protocol, ClientDeadlines):
         #: the factory's L{Observer} (access log, client metrics) or None
         self._observer = factory.observer
         self._handshaken = False
+        # the accept loop left the connection unregistered for reading
+        # (deferReading): the sweep, or drain, registers it
+        self._unread = False
 
     # -- connection ------------------------------------------------------------
 
@@ -187,6 +190,34 @@ class ClientProtocol(Protocol, ClientDeadlines):
         if stats is not None:
             stats.connections += 1
             stats.open += 1
+
+    def deferReading(self) -> bool:
+        """
+        Asked by the accept loop (L{modcluster.proxy.accept}) after its eager
+        first read, for a connection it has not registered for reading yet:
+        true to leave it unregistered.  So while this protocol pauses its
+        reading (resuming registers it, as C{transport.resumeProducing} does
+        for any transport), and once a request after which nothing is read
+        was read whole (C{Connection: close}, HTTP/1.0 without keep-alive, a
+        refused request: C{_ignore}).  Reading would then only notice the
+        client going away, which writing the response notices too; if the
+        connection is still open at the next sweep (a slow node), the sweep
+        registers it (L{startDeferredReading}).  A C{Connection: close}
+        request answered in one write thus costs no C{epoll_ctl} pair.
+        """
+        if self._pause:
+            return True
+        if self._ignore and self._tunnel is None and not self._closing:
+            self._unread = True
+            return True
+        return False
+
+    def startDeferredReading(self) -> None:
+        """Register the connection for reading if L{deferReading} left it unregistered."""
+        if self._unread:
+            self._unread = False
+            if self.connected and not self._closing and not self._pause:
+                self.transport.resumeProducing()
 
     def handshakeCompleted(self) -> None:
         """L{IHandshakeListener}: a TLS client finished its handshake."""

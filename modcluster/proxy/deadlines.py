@@ -3,8 +3,10 @@ The read deadlines and idle/stall timeouts of an HTTP/1.x client connection
 (L{modcluster.proxy.client.ClientProtocol}), checked by the proxy factory's
 once-a-second sweep rather than by timers: the idle and stall timeout
 (C{client_timeout}), a client that does not read its response, lingering
-closes, and the request head and body deadlines (httpd's
-C{RequestReadTimeout}: L{modcluster.listening.ReadTimeouts}).
+closes, connections the accept loop left unregistered for reading
+(C{ClientProtocol.deferReading}: registered at the first sweep), and the
+request head and body deadlines (httpd's C{RequestReadTimeout}:
+L{modcluster.listening.ReadTimeouts}).
 
 A mixin of C{ClientProtocol}: it reads and sets that protocol's connection
 state, declared below for the type checker only.
@@ -55,6 +57,9 @@ class ClientDeadlines:
         _blocked: bool
         _blocked_since: float
         _linger_until: float
+        _unread: bool
+
+        def startDeferredReading(self) -> None: ...
 
         def _abortClient(self) -> None: ...
 
@@ -70,6 +75,8 @@ class ClientDeadlines:
         (L{ProxyFactory.read_timeouts}), lingering closes.  Deadlines are
         never early, and up to one sweep interval late.
         """
+        if self._unread:
+            self.startDeferredReading()
         if self._linger_until:
             if now >= self._linger_until:
                 self.transport.abortConnection()

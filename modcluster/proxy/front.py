@@ -195,6 +195,8 @@ class ProxyFactory(Factory):
                 client._closing = True
                 client.transport.loseConnection()
             else:
+                # in the reactor's set from now on, whatever stops it
+                client.startDeferredReading()
                 busy += 1
         return busy
 

@@ -16,6 +16,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 import pytest_twisted
@@ -241,6 +242,161 @@ async def test_closed_connections_are_freed_without_the_cyclic_gc():
         assert alive == []
     finally:
         gc.enable()
+        await stack.stop()
+
+
+# -- Connection: close requests read whole at accept: never registered for reading ---------
+
+
+def _read_all(c: socket.socket) -> bytes:
+    """Everything until the end of the stream (a reset after it counts as its end)."""
+    data = b""
+    while True:
+        try:
+            chunk = c.recv(65536)
+        except ConnectionResetError:
+            return data
+        if not chunk:
+            return data
+        data += chunk
+
+
+def _close_then_more(port: int, path: str, later: bool) -> bytes:
+    """A close request and a second request, in the same send or while it is served."""
+    first = b"GET %s HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n" % path.encode()
+    second = b"GET /app/second HTTP/1.1\r\nHost: localhost\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", port), 10) as c:
+        if later:
+            c.sendall(first)
+            time.sleep(0.05)
+            c.sendall(second)
+        else:
+            c.sendall(first + second)
+        return _read_all(c)
+
+
+async def _registered(stack, counts: list) -> None:
+    """Count the client connections registered for reading (reactor.addReader)."""
+    from twisted.internet import tcp
+
+    add = stack.reactor.addReader
+
+    def counting(reader):
+        if type(reader) is tcp.Server and reader.server is stack.port:
+            counts.append(reader)
+        return add(reader)
+
+    stack.reactor.addReader = counting
+
+
+def _no_failures():
+    errors: list = []
+
+    def failures(event):
+        if event.get("log_failure") is not None:
+            errors.append(event)
+
+    globalLogPublisher.addObserver(failures)
+    return errors, failures
+
+
+@pytest_twisted.ensureDeferred
+async def test_close_request_is_answered_without_registering_for_reading():
+    """
+    A Connection: close request read whole at accept and answered in one write:
+    its connection is never registered with epoll; a second request sent after
+    it (at once or while it is served) is not answered.
+    """
+    stack = await _stack()
+    errors, failures = _no_failures()
+    globalLogPublisher.addObserver(failures)
+    registered: list = []
+    try:
+        port = stack.port.getHost().port
+        await _registered(stack, registered)
+        for i in range(10):
+            response = await threads.deferToThread(_get, port, f"/app/x?i={i}")
+            assert _body(response).startswith(b"nA\nGET /app/x?i=%d\n" % i)
+        assert registered == []
+        for path, later in [("/app/a", False), ("/app/slow?ms=200", True)]:
+            response = await threads.deferToThread(_close_then_more, port, path, later)
+            assert response.count(b"HTTP/1.1 ") == 1, response
+            assert _body(response).startswith(b"nA")
+        assert stack.servers[0].requests == 12  # never /app/second
+        await task.deferLater(stack.reactor, 0.05, lambda: None)
+        assert not stack.factory._clients
+        assert not errors
+    finally:
+        del stack.reactor.addReader
+        globalLogPublisher.removeObserver(failures)
+        await stack.stop()
+
+
+def _close_request_then_reset(port: int, path: str) -> None:
+    c = socket.create_connection(("127.0.0.1", port), 10)
+    c.sendall(b"GET %s HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+              % path.encode())
+    time.sleep(0.02)  # accepted and read
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    c.close()  # RST
+
+
+@pytest_twisted.ensureDeferred
+async def test_close_request_client_resetting_is_noticed():
+    """
+    A client that resets after its close request: noticed when its answer is
+    written (a node answering in 0.1 s), or by the sweep registering the
+    connection for reading (a node taking 5 s: the request is aborted well
+    before); nothing logged, the others are served.
+    """
+    stack = await _stack()
+    errors, failures = _no_failures()
+    globalLogPublisher.addObserver(failures)
+    try:
+        port = stack.port.getHost().port
+        await defer.gatherResults([
+            threads.deferToThread(_close_request_then_reset, port, "/app/slow?ms=100")
+            for _ in range(10)])
+        await task.deferLater(stack.reactor, 0.3, lambda: None)
+        assert not stack.factory._clients
+        await threads.deferToThread(_close_request_then_reset, port, "/app/slow?ms=5000")
+        for _ in range(30):  # up to 3 s: the next sweep, within 1 s
+            await task.deferLater(stack.reactor, 0.1, lambda: None)
+            if not stack.factory._clients:
+                break
+        assert not stack.factory._clients
+        assert _body(await threads.deferToThread(_get, port, "/app/after")).startswith(
+            b"nA\nGET /app/after")
+        assert not errors
+    finally:
+        globalLogPublisher.removeObserver(failures)
+        await stack.stop()
+
+
+def _slow_reader(port: int, size: int) -> bytes:
+    c = socket.socket()
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    c.settimeout(10)
+    c.connect(("127.0.0.1", port))
+    with c:
+        c.sendall(b"GET /app/download?bytes=%d HTTP/1.1\r\nHost: localhost\r\n"
+                  b"Connection: close\r\n\r\n" % size)
+        time.sleep(0.3)  # the proxy's writes are partial meanwhile
+        return _read_all(c)
+
+
+@pytest_twisted.ensureDeferred
+async def test_close_request_to_a_slow_reader_gets_everything():
+    stack = await _stack()
+    try:
+        port = stack.port.getHost().port
+        size = 3 * 1024 * 1024
+        response = await threads.deferToThread(_slow_reader, port, size)
+        assert response.startswith(b"HTTP/1.1 200 ")
+        assert len(_body(response)) == size
+        await task.deferLater(stack.reactor, 0.05, lambda: None)
+        assert not stack.factory._clients
+    finally:
         await stack.stop()
 
 

@@ -15,7 +15,7 @@ import pytest
 from twisted.internet import address, tcp, task
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactor
-from twisted.logger import globalLogPublisher
+from twisted.logger import capturedLogs, globalLogPublisher
 
 from modcluster.proxy import accept
 from modcluster.proxy._transport import lose_connection
@@ -444,3 +444,142 @@ def test_worker_adopted_ssl_sockets_get_the_loop_with_the_stdlib_engine(server_p
             p.socket.close()
         s.close()
         reactor._poller.close()
+
+
+# -- protocols that register their reading themselves (deferReading) -----------------------
+
+class Deferring(Protocol):
+    """Says whether the accept loop should leave its connection unregistered."""
+
+    def __init__(self, answer) -> None:
+        self.answer = answer
+        self.got = b""
+        self.asked = 0
+        self.lost = None
+
+    def dataReceived(self, data: bytes) -> None:
+        self.got += data
+        if data.endswith(b"bye"):
+            self.transport.loseConnection()
+
+    def deferReading(self) -> bool:
+        self.asked += 1
+        if self.answer == "boom":
+            raise RuntimeError("boom in deferReading")
+        return self.answer
+
+    def connectionLost(self, reason=None) -> None:
+        self.lost = reason
+
+
+@pytest.fixture
+def epoll_listening():
+    """A listening port with the accept loop on a private EPollReactor (never run)."""
+    epollreactor = pytest.importorskip("twisted.internet.epollreactor")
+    reactor = epollreactor.EPollReactor()
+    built: list = []
+
+    class Building(Factory):
+        answer = True
+
+        def buildProtocol(self, addr):
+            p = Deferring(self.answer)
+            built.append(p)
+            return p
+
+    factory = Building()
+    port = tcp.Port(0, factory, interface="127.0.0.1", reactor=reactor)
+    port.startListening()
+    assert accept.install(port)
+    clients: list[socket.socket] = []
+    yield port, factory, reactor, clients, built
+    for c in clients:
+        c.close()
+    reactor.removeAll()
+    port.socket.close()
+    reactor._poller.close()
+
+
+def _accept_one(port, clients, data: bytes, built):
+    (c,) = connect(port, clients)
+    if data:
+        c.sendall(data)
+    n = len(built)
+    for _ in range(50):
+        port.doRead()
+        if len(built) > n:
+            break
+    (p,) = built[n:]
+    return c, p
+
+
+def test_deferred_reading_is_not_registered(epoll_listening):
+    """First read done, the protocol keeps it unregistered: no epoll registration at all."""
+    port, factory, reactor, clients, built = epoll_listening
+    c, p = _accept_one(port, clients, b"request", built)
+    t = p.transport
+    assert p.got == b"request" and p.asked == 1
+    fd = t.fileno()
+    assert fd not in reactor._reads and fd not in reactor._selectables
+    # what reactor.addReader would have given epoll: refused as unknown
+    with pytest.raises(FileNotFoundError):
+        reactor._poller.modify(fd, 1)
+    # written and closed as any transport
+    t.write(b"answer")
+    t.loseConnection()
+    for _ in range(5):
+        reactor.doIteration(0)
+    assert p.lost is not None
+    assert c.recv(100) == b"answer" and c.recv(100) == b""
+
+
+def test_deferred_reading_starts_when_the_protocol_resumes(epoll_listening):
+    port, factory, reactor, clients, built = epoll_listening
+    c, p = _accept_one(port, clients, b"first", built)
+    t = p.transport
+    c.sendall(b" second")
+    reactor.doIteration(0)
+    assert p.got == b"first"  # not registered: not read
+    t.resumeProducing()  # what ClientProtocol's reading does (startReading)
+    assert t.fileno() in reactor._reads
+    reactor.doIteration(0)
+    assert p.got == b"first second"
+
+
+@pytest.mark.parametrize("answer,data", [(False, b"request"), (False, b""), ("boom", b"x")])
+def test_registered_when_the_protocol_says_so(epoll_listening, answer, data):
+    """The protocol wants reading (with or without a first read), or asking it failed."""
+    port, factory, reactor, clients, built = epoll_listening
+    factory.answer = answer
+    with capturedLogs() as events:
+        c, p = _accept_one(port, clients, data, built)
+    t = p.transport
+    assert t.fileno() in reactor._reads
+    assert p.got == data
+    errors = [e["log_failure"].getErrorMessage() for e in events if "log_failure" in e]
+    assert errors == (["boom in deferReading"] if answer == "boom" else [])
+    assert p.asked == 1
+
+
+def test_deferred_connection_closed_at_the_first_read_is_not_registered(epoll_listening):
+    port, factory, reactor, clients, built = epoll_listening
+    c, p = _accept_one(port, clients, b"bye", built)
+    reactor.doIteration(0)
+    reactor.doIteration(0)
+    assert p.lost is not None
+    assert c.recv(100) == b""
+
+
+def test_other_protocols_registered_before_connection_made(epoll_listening):
+    """A protocol without deferReading: registered before makeConnection, as Twisted's loop."""
+    port, factory, reactor, clients, built = epoll_listening
+    seen = []
+
+    class Plain(Protocol):
+        def connectionMade(self):
+            seen.append(self.transport.fileno() in reactor._reads)
+
+    factory.buildProtocol = lambda addr: Plain()
+    connect(port, clients)
+    port.doRead()
+    assert seen == [True]

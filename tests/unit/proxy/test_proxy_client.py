@@ -348,3 +348,102 @@ def test_client_address_is_the_one_given_to_build_protocol():
     p.dataReceived(b"GET / HTTP/1.1\r\nHost: b\r\n\r\n")
     [req] = parse_requests(h.accept().received())
     assert req.all(b"X-Forwarded-For") == [b"127.0.0.7"]
+
+
+# -- reading left unregistered by the accept loop (ClientProtocol.deferReading) -------------
+
+def _resumes(c) -> list:
+    """Record the client transport's resumeProducing calls (its registration for reading)."""
+    calls: list = []
+    resume = c.transport.resumeProducing
+
+    def recording():
+        calls.append(True)
+        resume()
+
+    c.transport.resumeProducing = recording
+    return calls
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    b"GET / HTTP/1.0\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\n",
+])
+def test_close_request_read_whole_defers_reading_until_the_sweep(request_bytes):
+    """
+    A request after which nothing is read, read whole: the accept loop need not
+    register the connection; if it is still open at the next sweep (a slow
+    node), the sweep registers it, so a client going away is noticed then.
+    """
+    h = one_node(timeout=30)
+    c = h.client()
+    resumes = _resumes(c)
+    c.send(request_bytes)
+    assert c.proto.deferReading()
+    n = h.accept()
+    assert [r.url for r in parse_requests(n.received())] == [b"/"]  # never /2
+    assert resumes == []
+    h.advance(1)
+    assert resumes == [True]  # registered by the sweep
+    h.advance(3)
+    assert resumes == [True]  # once
+    c.lose()  # the client went away: noticed now that it is read
+    assert n.aborted
+    assert h.counters_idle()
+
+
+def test_close_request_answered_before_the_sweep_is_never_registered():
+    h = one_node()
+    c = h.client()
+    resumes = _resumes(c)
+    c.send(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    assert c.proto.deferReading()
+    h.accept().respond(OK_100)
+    [resp] = parse_responses(c.received())
+    assert resp.status == 200
+    assert c.closed
+    h.advance(2)
+    assert resumes == []
+    assert h.counters_idle()
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",  # keep-alive: the next request is read
+    b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n",  # head not complete
+    b"POST / HTTP/1.1\r\nHost: a\r\nConnection: close\r\nContent-Length: 5\r\n\r\nab",  # body
+    b"",  # nothing read yet
+])
+def test_connection_still_to_be_read_is_registered(request_bytes):
+    h = one_node()
+    c = h.client()
+    if request_bytes:
+        c.send(request_bytes)
+    assert not c.proto.deferReading()
+    assert not c.proto._unread
+
+
+def test_paused_connection_registers_when_it_resumes():
+    """Pipelined requests pause the reading: resuming it registers the connection."""
+    h = one_node()
+    c = h.client()
+    resumes = _resumes(c)
+    c.send(b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert c.proto.deferReading()
+    assert not c.proto._unread  # not the sweep's business
+    n = h.accept()
+    n.respond(OK_100)
+    n.respond(OK_100)
+    assert len(parse_responses(c.received())) == 2
+    assert resumes == [True]
+
+
+def test_drain_registers_a_deferred_busy_connection():
+    h = one_node(timeout=30)
+    c = h.client()
+    resumes = _resumes(c)
+    c.send(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    assert c.proto.deferReading()
+    h.accept()
+    assert h.factory.drain() == 1
+    assert resumes == [True]
