@@ -275,6 +275,18 @@ def _close_then_more(port: int, path: str, later: bool) -> bytes:
         return _read_all(c)
 
 
+async def _sent_before_accept(stack, work: list) -> list:
+    """
+    The port does not accept while the clients of C{work} connect and send
+    their first bytes (else the accept may come first: nothing to read yet,
+    and the connection is registered as any other).
+    """
+    stack.port.stopReading()
+    await task.deferLater(stack.reactor, 0.1, lambda: None)
+    stack.port.startReading()
+    return await defer.gatherResults(work)
+
+
 async def _registered(stack, counts: list) -> None:
     """Count the client connections registered for reading (reactor.addReader)."""
     from twisted.internet import tcp
@@ -314,12 +326,15 @@ async def test_close_request_is_answered_without_registering_for_reading():
     try:
         port = stack.port.getHost().port
         await _registered(stack, registered)
-        for i in range(10):
-            response = await threads.deferToThread(_get, port, f"/app/x?i={i}")
+        # (accepted once their request is sent: _sent_before_accept)
+        got = await _sent_before_accept(stack, [
+            threads.deferToThread(_get, port, f"/app/x?i={i}") for i in range(10)])
+        for i, response in enumerate(got):
             assert _body(response).startswith(b"nA\nGET /app/x?i=%d\n" % i)
         assert registered == []
         for path, later in [("/app/a", False), ("/app/slow?ms=200", True)]:
-            response = await threads.deferToThread(_close_then_more, port, path, later)
+            (response,) = await _sent_before_accept(stack, [
+                threads.deferToThread(_close_then_more, port, path, later)])
             assert response.count(b"HTTP/1.1 ") == 1, response
             assert _body(response).startswith(b"nA")
         assert stack.servers[0].requests == 12  # never /app/second
