@@ -55,6 +55,7 @@ from __future__ import annotations
 import errno
 import socket as _socket
 import sys
+from _socket import socket as _c_socket
 from typing import Any
 
 from twisted.internet import address, tcp
@@ -204,7 +205,9 @@ class Acceptor:
                     return
                 log.failure("proxy: accept() failed on port {port}", port=on)
                 return
-            skt = _socket.socket(family, type_, proto, fd)
+            # the C socket type, not socket.socket: its Python __init__ and close()
+            # (makefile() reference counting) are not needed by a transport
+            skt = _c_socket(family, type_, proto, fd)
             try:
                 if ipv6:
                     host = _socket.getnameinfo(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import socket
+from _socket import socket as _c_socket
 
 import pytest
 from twisted.internet import address, tcp, task
@@ -104,6 +105,11 @@ def test_transport_is_what_twisted_builds(listening):
     assert t in reactor.readers
     assert port.sessionno == 1
     assert t.socket.gettimeout() == 0.0  # non-blocking, as Connection.__init__ makes it
+    # the C socket type (no Python-level __init__ and close() per connection),
+    # with what Twisted's transport uses of a socket
+    assert type(t.socket) is _c_socket
+    assert t.socket.getpeername() == c.getsockname()
+    assert t.socket.getsockname() == c.getpeername()
     # TCP_NODELAY comes from the listening socket, set_nodelay need not set it
     assert t._nodelay_inherited
     assert t.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
