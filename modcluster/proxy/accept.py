@@ -240,7 +240,7 @@ class Acceptor:
             t.reactor = reactor
             t._tempDataBuffer = []
             t._tempDataLen = 0
-            t.socket = skt
+            t.socket = skt  # type: ignore[assignment]  # the C type: what it uses of it
             t.fileno = skt.fileno
             t.protocol = protocol
             t.server = port
