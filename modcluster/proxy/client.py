@@ -128,8 +128,30 @@ class ClientProtocol(Protocol, ClientDeadlines):
     #: writes to the transport (L{direct_writer}); set by connectionMade
     _write: Callable[[bytes], None]
 
-    def __init__(self, factory: "ProxyFactory") -> None:
+    # State that few connections ever set (a lingering close, an Upgrade, TLS,
+    # a timed request body, a client not reading, a connection the accept loop
+    # left unregistered): class defaults, not set by __init__.  CPython 3.11
+    # shares one key table among a class's instance dictionaries up to 30
+    # attributes; an instance with more gets a dictionary of its own (~1.5 KB,
+    # built and copied when the 31st is set, once per connection).
+    #: when a lingering close gives up (0: not lingering)
+    _linger_until = 0.0
+    #: the Upgrade request whose head the parser just finished
+    _upgrading: Optional[_Exchange] = None
+    #: a TLS client finished its handshake
+    _handshaken = False
+    #: the request body being timed: since when, from which byte count
+    _body_since = 0.0
+    _body_base = 0
+    #: since when the client does not read its response (with _blocked)
+    _blocked_since = 0.0
+    #: the accept loop left the connection unregistered for reading
+    #: (deferReading): the sweep, or drain, registers it
+    _unread = False
+
+    def __init__(self, factory: "ProxyFactory", addr=None) -> None:
         self.factory = factory
+        self._addr = addr
         # None once an Upgrade becomes a tunnel (nothing more is parsed)
         self._parser: Optional[HttpRequestParser] = HttpRequestParser(self)
         self._reading: Optional[_Exchange] = None
@@ -143,17 +165,13 @@ class ClientProtocol(Protocol, ClientDeadlines):
         self._head_bytes = 0
         # read deadlines (checkTimeout): when the request head being received
         # began (the accept for the first one; None between requests), and the
-        # request body being timed, since when, from which byte count (set by
-        # the sweep when it first sees the body, so no per-request work)
+        # request body being timed (set by the sweep when it first sees the
+        # body, so no per-request work; since when and from which byte count:
+        # class defaults above)
         self._head_start: Optional[float] = factory.now
         self._body_timed: Optional[_Exchange] = None
-        self._body_since = 0.0
-        self._body_base = 0
         self._blocked = False
-        self._blocked_since = 0.0
-        self._linger_until = 0.0
         self._tunnel: Optional[_Exchange] = None
-        self._upgrading: Optional[_Exchange] = None
         self._in_next = False
         # while the parser reads bytes that may be one request head to
         # remember (ProxyFactory.request_heads): the bytes, the request_blocks
@@ -165,10 +183,6 @@ class ClientProtocol(Protocol, ClientDeadlines):
         self.client: Optional[ClientInfo] = None
         #: the factory's L{Observer} (access log, client metrics) or None
         self._observer = factory.observer
-        self._handshaken = False
-        # the accept loop left the connection unregistered for reading
-        # (deferReading): the sweep, or drain, registers it
-        self._unread = False
 
     # -- connection ------------------------------------------------------------
 

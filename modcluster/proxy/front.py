@@ -327,9 +327,7 @@ class ProxyFactory(Factory):
             self.on_node_success(node.route)
 
     def buildProtocol(self, addr) -> ClientProtocol:
-        p = ClientProtocol(self)
-        p._addr = addr
-        return p
+        return ClientProtocol(self, addr)
 
     def startFactory(self) -> None:
         if not self._sweeper.running:

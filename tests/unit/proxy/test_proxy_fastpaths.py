@@ -208,3 +208,30 @@ def test_direct_address_only_for_ip_literals():
     assert direct_address("::1", 8080) == ("::1", 8080)
     assert direct_address("localhost", 8009) is None
     assert direct_address("[localhost]", 8009) is None
+
+
+def test_client_connection_keeps_the_shared_key_dictionary():
+    """
+    A client connection that served requests (with the peer address of
+    buildProtocol) has at most 30 instance attributes: CPython 3.11 shares one
+    key table among a class's instances up to that, and gives an instance with
+    more a dictionary of its own (~1.5 KB, built when the 31st is set: per
+    connection).
+    """
+    import sys
+
+    h = one_node()
+    c = h.client()
+    c.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    n = h.accept()
+    n.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx")
+    c.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")  # remembered head
+    n.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx")
+    assert len(parse_responses(c.received())) == 2
+    h.advance(2)  # the sweep's checks
+    p = c.proto
+    assert p._addr is not None
+    assert len(vars(p)) <= 30, sorted(vars(p))
+    fresh = type(p)(h.factory)
+    # a split dictionary is much smaller than one of its own with as many keys
+    assert sys.getsizeof(vars(p)) <= 2 * sys.getsizeof(vars(fresh))
