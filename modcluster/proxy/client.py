@@ -152,8 +152,11 @@ class ClientProtocol(Protocol, ClientDeadlines):
     def __init__(self, factory: "ProxyFactory", addr=None) -> None:
         self.factory = factory
         self._addr = addr
-        # None once an Upgrade becomes a tunnel (nothing more is parsed)
-        self._parser: Optional[HttpRequestParser] = HttpRequestParser(self)
+        # made by the first read that needs it (a request head remembered by
+        # ProxyFactory.request_heads needs none: most Connection: close
+        # clients never make one); None again once an Upgrade becomes a
+        # tunnel (nothing more is parsed) or the connection is lost
+        self._parser: Optional[HttpRequestParser] = None
         self._reading: Optional[_Exchange] = None
         self._current: Optional[_Exchange] = None
         self._queue: deque[_Exchange] = deque()
@@ -349,8 +352,8 @@ class ClientProtocol(Protocol, ClientDeadlines):
             self._head_bytes += len(data)
         self._feeding = True
         parser = self._parser
-        if TYPE_CHECKING:  # None only for a tunnel, which returned above
-            assert parser is not None
+        if parser is None:  # (a tunnel, which has none, returned above)
+            parser = self._parser = HttpRequestParser(self)
         try:
             parser.feed_data(data)
         except HttpParserUpgrade as e:

@@ -158,6 +158,32 @@ def test_repeated_request_head_skips_the_parser_and_is_relayed_the_same():
     assert n.received() == first
 
 
+def test_connection_with_a_remembered_head_makes_no_parser():
+    """
+    A Connection: close client whose one request head is remembered is served
+    without a parser being made for its connection; one whose head is not
+    gets one.
+    """
+    h = Harness()
+    h.node("n1", 8081)
+    head = b"GET /x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    n = None
+    for i in range(3):  # seen once, then remembered, then served from memory
+        c = h.client()
+        c.send(head)
+        n = h.accept() if n is None or n.closed else n
+        assert parse_requests(n.received())[0].url == b"/x"
+        assert (c.proto._parser is None) == (i == 2)
+        n.respond(ok)
+        assert parse_responses(c.received())[0].body == b"ok"
+        assert c.closed
+    assert h.counters_idle()
+    c = h.client()
+    c.send(b"GET /x HTTP/1.1\r\nHost: localhost\r\nAccept: */*\r\nConnection: close\r\n\r\n")
+    assert c.proto._parser is not None  # a head (and header block) not seen before
+
+
 def test_sticky_remove_does_not_change_the_remembered_head():
     h = _harness(sticky_remove=True, n1_error=True)
     head = b"GET / HTTP/1.1\r\nHost: localhost\r\nCookie: JSESSIONID=abc.n1; x=1\r\n\r\n"
