@@ -137,6 +137,62 @@ def test_lose_connection_gives_every_connection_one_prepared_reason():
     assert r1._parents is not None
 
 
+class _Producing(_Recorder):
+    """A recorder that is its transport's push producer (as ClientProtocol)."""
+
+    stopped = 0
+
+    def connectionMade(self) -> None:
+        self.transport.registerProducer(self, True)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        self.stopped += 1
+
+
+def _as_twisted_closes(lose):
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    reactor = MemoryReactor()
+    proto = _Producing()
+    t = tcp.Server(a, proto, ("127.0.0.1", 1), None, 0, reactor)
+    t._shouldShutdown = False  # as the accept loop builds them
+    proto.makeConnection(t)
+    t.startReading()
+    lose(t)
+    state = dict(vars(t))
+    assert b.recv(10) == b""  # the end of the stream, not a reset
+    b.close()
+    return state, proto, reactor, a
+
+
+def test_lose_connection_of_a_server_does_what_twisted_does():
+    """
+    lose_connection on a tcp.Server (its own copy of tcp.Connection.connectionLost,
+    without Failure.check) leaves the transport, the reactor, the socket and the
+    protocol as Twisted's connectionLost does.
+    """
+    from modcluster.proxy import _transport
+
+    assert _transport._LEAN_LOST  # the installed Twisted is the one it copies
+    ours = _as_twisted_closes(lose_connection)
+    twisted = _as_twisted_closes(lambda t: t.connectionLost(_transport._DONE))
+    (s1, p1, r1, sock1), (s2, p2, r2, sock2) = ours, twisted
+    assert s1.keys() == s2.keys()
+    assert "socket" not in s1 and "protocol" not in s1 and "fileno" not in s1
+    for k in ("connected", "disconnected", "producer", "disconnecting"):
+        assert s1.get(k) == s2.get(k), k
+    assert p1.lost == p2.lost and len(p1.lost) == 1
+    assert p1.stopped == p2.stopped == 1
+    assert r1.getReaders() == r2.getReaders() == []
+    assert sock1.fileno() == sock2.fileno() == -1  # closed
+
+
 def test_lose_connection_with_buffered_data_waits_for_the_write():
     t, peer, reactor, proto = _recorded_transport()
     t.write(b"buffered")  # Twisted's buffered path: not sent yet
