@@ -50,6 +50,9 @@ _DONE = Failure(CONNECTION_DONE)
 _DONE.parents  # noqa: B018 - computed and cached now
 _NEEDED = ("socket", "dataBuffer", "_tempDataLen", "connected", "disconnecting",
            "_writeDisconnected")
+#: of those, the ones to look for on each transport: the rest are class
+#: attributes of both types (else every one is looked for)
+_NEEDED_HERE = tuple(n for n in _NEEDED if not all(hasattr(c, n) for c in _FAST_TYPES))
 
 
 def direct_writer(transport) -> Callable[[bytes], None]:
@@ -60,7 +63,7 @@ def direct_writer(transport) -> Callable[[bytes], None]:
     write = transport.write
     if type(transport) not in _FAST_TYPES or getattr(transport, "TLS", False):
         return write
-    for name in _NEEDED:
+    for name in _NEEDED_HERE:  # (the others: class attributes, checked once, _NEEDED)
         if not hasattr(transport, name):  # pragma: no cover - other Twisted versions
             return write
     t = transport

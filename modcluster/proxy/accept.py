@@ -272,18 +272,16 @@ class Acceptor:
             if deferred:
                 self._first_read(t, skt)
                 if t.connected and not t.disconnecting and fd not in reads:
-                    self._register(t, protocol, add_reader)
+                    # registered unless the protocol defers it
+                    try:
+                        if protocol.deferReading():
+                            continue
+                    except BaseException:
+                        log.failure("unhandled error in {protocol!r}.deferReading",
+                                    protocol=protocol)
+                    add_reader(t)
             elif fd in reads:
                 self._first_read(t, skt)
-
-    def _register(self, t, protocol, add_reader) -> None:
-        """Register C{t} for reading unless its protocol defers it."""
-        try:
-            if protocol.deferReading():
-                return
-        except BaseException:
-            log.failure("unhandled error in {protocol!r}.deferReading", protocol=protocol)
-        add_reader(t)
 
     def _first_read(self, t, skt) -> None:
         """What C{tcp.Connection.doRead} would do when epoll reports it readable."""
