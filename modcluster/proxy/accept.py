@@ -24,6 +24,16 @@ L{Acceptor}, which:
  - tries to read the request at once after C{makeConnection} (a client
    usually sends it right after the handshake, before we accept), as the
    C{tcp.Connection.doRead} that the next iteration would run;
+ - for a protocol with a C{deferReading()} method (on an epoll reactor),
+   registers the transport for reading only after that first read, and not
+   at all when C{deferReading()} returns true: the protocol then starts
+   reading itself (C{transport.resumeProducing()}) when it wants to
+   (L{modcluster.proxy.client.ClientProtocol.deferReading}: a C{Connection:
+   close} request read whole is answered and closed without an C{epoll_ctl}
+   pair);
+ - builds the socket object with the C type (C{_socket.socket}): the Python
+   C{socket.socket}'s C{__init__} and C{close()} are not needed by a
+   transport;
  - sets C{TCP_NODELAY} once on the listening socket (Linux hands it down to
    the accepted ones), so L{modcluster.proxy._transport.set_nodelay} skips
    the per-connection C{setsockopt};
