@@ -505,7 +505,8 @@ class NodeProtocol(Protocol):
             assert ex is not None
         fw = self.fw
         host = ex.host if fw.preserve_host and ex.host is not None else self.pool.host_header
-        parts = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (ex.method, ex.target, host)]
+        # (a list joined once below: cheaper than a bytes % format)
+        parts = [ex.method, b" ", ex.target, b" HTTP/1.1\r\nHost: ", host, b"\r\n"]
         if fw.add_forwarded:
             if ex.x_forwarded:
                 parts += _merged_forwarded(ex, fw.server_name)
