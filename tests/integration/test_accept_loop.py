@@ -388,6 +388,33 @@ async def test_close_request_client_resetting_is_noticed():
         await stack.stop()
 
 
+def _half_closing(port: int) -> bytes:
+    """A close request, then the client's end of stream (shutdown for writing)."""
+    with socket.create_connection(("127.0.0.1", port), 10) as c:
+        c.sendall(b"GET /app/slow?ms=200 HTTP/1.1\r\nHost: localhost\r\n"
+                  b"Connection: close\r\n\r\n")
+        c.shutdown(socket.SHUT_WR)
+        return _read_all(c)
+
+
+@pytest_twisted.ensureDeferred
+async def test_close_request_from_a_half_closing_client_is_answered():
+    """
+    A client that ends its stream after its close request still gets the
+    answer of a node answering before the next sweep: its connection is not
+    read again (a registered one read the end of stream and gave up the request).
+    """
+    stack = await _stack()
+    try:
+        port = stack.port.getHost().port
+        (response,) = await _sent_before_accept(stack, [
+            threads.deferToThread(_half_closing, port)])
+        assert response.startswith(b"HTTP/1.1 200 ")
+        assert _body(response) == b"nA slow"
+    finally:
+        await stack.stop()
+
+
 def _slow_reader(port: int, size: int) -> bytes:
     c = socket.socket()
     c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
