@@ -5,6 +5,19 @@ server side of one keep-alive HTTPS connection, a 100 B response per request,
 no sockets and no reactor.
 
   .venv/bin/python bench/tls_quick.py [--requests N] [--rounds R] [--handshakes N]
+  .venv/bin/python bench/tls_quick.py --micro resumed|keepalive [--count N] [--calls]
+
+--micro: the stdlib engine alone, deterministic enough for callgrind
+(valgrind --tool=callgrind, instructions per iteration: run it with two
+values of --count and take the difference): "resumed" is N TLS 1.2
+connections resumed with a ticket through the listener chain tap.py builds
+(stdtls factory, the ALPN NegotiatingFactory, a ProxyFactory), each:
+accept (buildProtocol, makeConnection), ClientHello, the client's Finished,
+its close_notify, connectionLost, no request (as openssl s_time -reuse);
+"keepalive" is N requests on one connection (100 B answers, the TLS layer
+with a protocol that answers at once).  The client's work is in the counts
+too (the same for old and new code).  --calls prints Python function calls
+(and C calls from Python) of the server side per iteration.
 
 The client is a stdlib SSLObject on memory BIOs (the same for both engines);
 only the server side is timed: C{dataReceived} of the TLS layer (decrypt, hand
@@ -156,6 +169,188 @@ def handshakes(engines, clock, client_ctx, count, resumed):
     return out
 
 
+class _CloseTransport(StringTransport):
+    """
+    A StringTransport whose loseConnection/abortConnection end the connection
+    as tcp.Server's connectionLost would: the producer and the protocol let go.
+    """
+
+    def loseConnection(self):
+        if not self.disconnecting:
+            super().loseConnection()
+            self._lost()
+
+    def abortConnection(self):
+        if not self.disconnecting:
+            super().abortConnection()
+            self._lost()
+
+    def _lost(self):
+        self.producer = None
+        protocol = self.protocol
+        del self.protocol
+        protocol.connectionLost(_DONE)
+
+
+_DONE = None
+
+
+class _Counter:
+    def __init__(self):
+        self.calls = 0
+        self.c_calls = 0
+
+    def __call__(self, frame, event, arg):
+        if event == "call":
+            self.calls += 1
+        elif event == "c_call":
+            self.c_calls += 1
+
+
+def micro(kind, count, calls, pem):
+    """See the module docstring (--micro)."""
+    global _DONE
+    from twisted.internet.main import CONNECTION_DONE
+    from twisted.internet.testing import MemoryReactorClock
+    from twisted.python.failure import Failure
+
+    from modcluster.config import ProxyConfig
+    from modcluster.proxy import ProxyFactory
+    from modcluster.proxy.alpn import NegotiatingFactory, alpn_protocols
+
+    _DONE = Failure(CONNECTION_DONE)
+    description = f"ssl:0:privateKey={pem}"
+    clock = MemoryReactorClock()
+    counter = _Counter() if calls else None
+    on = (lambda: sys.setprofile(counter)) if calls else (lambda: None)
+    off = (lambda: sys.setprofile(None)) if calls else (lambda: None)
+    profile = None
+    zero = None
+    if os.environ.get("TLS_QUICK_CALLGRIND"):  # bench/cgtoggle.c: the server side only
+        import ctypes
+
+        lib = ctypes.CDLL(os.environ["TLS_QUICK_CALLGRIND"])
+        on = off = lib.cg_toggle
+        zero = lib.cg_zero
+    elif os.environ.get("TLS_QUICK_PROFILE"):  # cProfile of the server side only
+        import cProfile
+
+        profile = cProfile.Profile()
+        on, off = profile.enable, profile.disable
+    if kind == "keepalive":
+        factory = TLSServerFactory(description_context(description, (b"http/1.1",)),
+                                   Factory.forProtocol(Answer), clock)
+        client_ctx = ssl.create_default_context()
+        client_ctx.check_hostname = False
+        client_ctx.verify_mode = ssl.CERT_NONE
+        tcp = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+        conn = factory.buildProtocol(tcp.getPeer())
+        conn.makeConnection(tcp)
+        cin, cout = ssl.MemoryBIO(), ssl.MemoryBIO()
+        client = client_ctx.wrap_bio(cin, cout, server_hostname="localhost")
+        for _ in range(10):
+            try:
+                client.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                pass
+            conn.dataReceived(cout.read())
+            cin.write(tcp.value())
+            tcp.clear()
+        conn.dataReceived(cout.read())
+        cin.write(tcp.value())
+        tcp.clear()
+        try:
+            client.read(65536)  # the TLS 1.3 tickets
+        except ssl.SSLWantReadError:
+            pass
+        t0 = time.perf_counter()
+        spent = 0.0
+        for _ in range(count):
+            client.write(REQUEST)
+            wire = cout.read()
+            on()
+            t1 = time.perf_counter()
+            conn.dataReceived(wire)
+            spent += time.perf_counter() - t1
+            off()
+            cin.write(tcp.value())
+            tcp.clear()
+            got = client.read(65536)
+            assert got == RESPONSE, got
+        total = time.perf_counter() - t0
+    else:
+        proxy = ProxyFactory(clock, ProxyConfig(), lambda: None, lambda *a: None,
+                             lambda *a: None)
+        factory = TLSServerFactory(
+            description_context(description, alpn_protocols(proxy.config)),
+            NegotiatingFactory(proxy), clock)
+        client_ctx = ssl.create_default_context()
+        client_ctx.check_hostname = False
+        client_ctx.verify_mode = ssl.CERT_NONE
+        client_ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        session = None
+        spent = 0.0
+        t0 = time.perf_counter()
+        for _ in range(count + 1):
+            on()
+            t1 = time.perf_counter()
+            tcp = _CloseTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+            conn = factory.buildProtocol(tcp.getPeer())
+            tcp.protocol = conn
+            conn.makeConnection(tcp)
+            spent += time.perf_counter() - t1
+            off()
+            cin, cout = ssl.MemoryBIO(), ssl.MemoryBIO()
+            client = client_ctx.wrap_bio(cin, cout, server_hostname="localhost",
+                                         session=session)
+            for _ in range(10):
+                try:
+                    client.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    pass
+                wire = cout.read()
+                on()
+                t1 = time.perf_counter()
+                conn.dataReceived(wire)
+                spent += time.perf_counter() - t1
+                off()
+                cin.write(tcp.value())
+                tcp.clear()
+            if session is not None:
+                assert client.session_reused
+            else:
+                session = client.session
+                spent = 0.0
+                if counter is not None:
+                    counter.calls = counter.c_calls = 0
+                if zero is not None:
+                    zero()
+                t0 = time.perf_counter()
+            try:
+                client.unwrap()
+            except ssl.SSLWantReadError:
+                pass
+            wire = cout.read()
+            on()
+            t1 = time.perf_counter()
+            conn.dataReceived(wire)  # Finished (if not sent yet) and close_notify
+            spent += time.perf_counter() - t1
+            off()
+            assert tcp.disconnecting
+        total = time.perf_counter() - t0
+    print(f"{kind}: {count} iterations, server side {spent / count * 1e6:.1f} µs each, "
+          f"whole loop {total / count * 1e6:.1f} µs each")
+    if profile is not None:
+        import pstats
+
+        pstats.Stats(profile).sort_stats("tottime").print_stats(25)
+    if counter is not None:
+        print(f"  Python calls {counter.calls / count:.1f}, C calls from Python "
+              f"{counter.c_calls / count:.1f} per iteration (server side)")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=5000)
@@ -165,7 +360,18 @@ def main():
                          "handshakes per round, server side")
     ap.add_argument("--ecdsa", action="store_true",
                     help="an ECDSA P-256 certificate (default: RSA 2048, as bench/run.py)")
+    ap.add_argument("--micro", choices=("resumed", "keepalive"))
+    ap.add_argument("--count", type=int, default=2000)
+    ap.add_argument("--calls", action="store_true")
     args = ap.parse_args()
+    if args.micro:
+        ca = trustme.CA()
+        cert = ca.issue_cert("localhost")
+        with tempfile.TemporaryDirectory() as d:
+            pem = os.path.join(d, "server.pem")
+            cert.private_key_and_cert_chain_pem.write_to_path(pem)
+            micro(args.micro, args.count, args.calls, pem)
+        return
     key_type = trustme.KeyType.ECDSA if args.ecdsa else trustme.KeyType.RSA
     ca = trustme.CA(key_type=key_type)
     cert = ca.issue_cert("localhost", key_type=key_type)
