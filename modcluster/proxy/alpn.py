@@ -6,15 +6,25 @@ L{modcluster.proxy.h2.H2Protocol} if the client selected C{h2}, else the
 usual HTTP/1.1 L{modcluster.proxy.client.ClientProtocol} (the switch costs
 HTTP/1.1 nothing after the handshake: the TLS transport is pointed at the
 chosen protocol).
+
+With the stdlib TLS engine (L{modcluster.proxy.stdtls}) the TLS connection
+itself does the choosing (L{_NegotiatingTLS}, built by
+L{NegotiatingFactory.tls_connection}): no protocol object stands in until
+the handshake completes.  Twisted's TLS engine gets a L{_Negotiator} per
+connection as its C{wrappedProtocol}, which does the same.  Until the
+choice, either is in the L{ProxyFactory}'s clients, so the sweep times the
+handshake (C{checkTimeout}: the request head deadline, from the accept),
+a stop cuts it (C{drain}), and a connection lost before the handshake
+completed counts as a failed TLS handshake.
 """
 
 from __future__ import annotations
 
 import weakref
-from typing import Optional, Union, cast
+from typing import Any, Optional, Union, cast
 
 from twisted.internet.interfaces import IHandshakeListener
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from zope.interface import implementer
@@ -22,6 +32,7 @@ from zope.interface import implementer
 from modcluster.proxy._transport import IStreamTransport
 from modcluster.proxy.client import ClientProtocol
 from modcluster.proxy.h2 import H2Protocol
+from modcluster.proxy.stdtls import TLSServerConnection
 
 __all__ = ["ALPN_PROTOCOLS", "NegotiatingFactory", "alpn_protocols", "listener_factory"]
 
@@ -99,16 +110,11 @@ class _Negotiator(Protocol):
         if self._chosen is not None:
             return
         f = self._factory.wrapped
-        rt = getattr(f, "read_timeouts", None)
-        allowed = rt.header_allowed(0) if rt is not None and rt.header else limit
-        if now - self._accepted <= allowed + 1.0:
+        allowed = _handshake_deadline(f, self._accepted, now, limit)
+        if allowed is None:
             return
         f._clients.discard(self)
-        timeouts = getattr(f, "timeouts", None)
-        if timeouts is not None:
-            peer = self.transport.getPeer()
-            timeouts.timedOut("header", getattr(peer, "host", "?"),
-                              f"TLS handshake not complete after {allowed:g} s", now)
+        _handshake_timed_out(f, self.transport.getPeer(), allowed, now)
         self.transport.abortConnection()
 
     def drain(self) -> int:
@@ -127,12 +133,108 @@ class _Negotiator(Protocol):
         f._clients.discard(self)
         if self._chosen is None:  # the handshake never completed (cut by the sweep,
             # a drain, the client, a TLS error): counted as the HTTP/1.1 front counts it
-            stats = getattr(f, "stats", None)
-            if stats is not None:
-                stats.connections += 1
-                stats.tls_failures += 1
+            _handshake_failed(f)
         else:
             self._chosen.connectionLost(reason)
+
+
+def _handshake_deadline(proxy, accepted: float, now: float, limit: float) -> Optional[float]:
+    """
+    The seconds allowed for the TLS handshake when they are over at C{now}
+    (else None): the request head deadline (C{request_header_timeout}, else
+    C{limit}: C{client_timeout}) from the accept, as the HTTP/1.1 front's head.
+    """
+    rt = getattr(proxy, "read_timeouts", None)
+    allowed = rt.header_allowed(0) if rt is not None and rt.header else limit
+    return None if now - accepted <= allowed + 1.0 else allowed
+
+
+def _handshake_timed_out(proxy, peer, allowed: float, now: float) -> None:
+    timeouts = getattr(proxy, "timeouts", None)
+    if timeouts is not None:
+        timeouts.timedOut("header", getattr(peer, "host", "?"),
+                          f"TLS handshake not complete after {allowed:g} s", now)
+
+
+def _handshake_failed(proxy) -> None:
+    """A connection lost before its TLS handshake completed."""
+    stats = getattr(proxy, "stats", None)
+    if stats is not None:
+        stats.connections += 1
+        stats.tls_failures += 1
+
+
+class _NegotiatingTLS(TLSServerConnection):
+    """
+    A stdlib-engine TLS connection of an C{ssl:} listener with HTTP/2, which
+    is its own negotiator: when the handshake completes it connects an
+    L{H2Protocol} (ALPN C{h2}) or a L{ClientProtocol} (anything else) and
+    hands it the connection, as L{_Negotiator} does for Twisted's engine,
+    without a protocol object in between until then.  Until the handshake
+    completes it is in the L{ProxyFactory}'s clients (L{checkTimeout},
+    L{drain}).
+    """
+
+    wrappedProtocol: Any = None
+
+    def __init__(self, factory, negotiating: "NegotiatingFactory", addr) -> None:
+        self.factory = factory
+        self._negotiating = negotiating
+        self._addr = addr
+        self._accepted = negotiating.wrapped.now
+
+    def _started(self) -> None:
+        # the sweep times the handshake (checkTimeout) until a protocol is chosen
+        self._negotiating.wrapped._clients.add(self)
+
+    def _completed(self) -> None:
+        f = self._negotiating
+        proxy = f.wrapped
+        proxy._clients.discard(self)
+        if self.negotiatedProtocol == b"h2":
+            h2 = H2Protocol(proxy)
+            f.h2_connections.add(h2)
+            self.wrappedProtocol = h2
+            h2.makeConnection(self)
+            return
+        p = ClientProtocol(proxy)
+        p._addr = self._addr  # the peer address of the accept (no getPeer())
+        p._head_start = self._accepted  # the head deadline runs from the accept
+        self.wrappedProtocol = p
+        p.makeConnection(self)
+        p.handshakeCompleted()
+
+    def checkTimeout(self, now: float, limit: float) -> None:
+        """The sweep, while the handshake is not complete (L{_handshake_deadline})."""
+        if not self._handshaking:
+            return
+        proxy = self._negotiating.wrapped
+        allowed = _handshake_deadline(proxy, self._accepted, now, limit)
+        if allowed is None:
+            return
+        proxy._clients.discard(self)
+        _handshake_timed_out(proxy, self._addr or self.getPeer(), allowed, now)
+        self.abortConnection()
+
+    def drain(self) -> int:
+        """Stopping (L{ProxyFactory.drain}): a handshake in progress is cut."""
+        self._negotiating.wrapped._clients.discard(self)
+        if self._handshaking:
+            self.abortConnection()
+        return 0
+
+    def connectionLost(self, reason=connectionDone) -> None:
+        proxy = self._negotiating.wrapped
+        proxy._clients.discard(self)
+        if self.wrappedProtocol is None:  # the handshake never completed (cut by the
+            # sweep, a drain, the client, a TLS error): counted as the HTTP/1.1 front does
+            _handshake_failed(proxy)
+        super().connectionLost(reason)
+
+    def logPrefix(self) -> str:
+        if self.wrappedProtocol is None:
+            return "ClientProtocol (TLS)"
+        return super().logPrefix()
 
 
 class NegotiatingFactory(Factory):
@@ -149,7 +251,12 @@ class NegotiatingFactory(Factory):
         self.h2_connections: "weakref.WeakSet[H2Protocol]" = weakref.WeakSet()
 
     def buildProtocol(self, addr) -> _Negotiator:
+        """Twisted's TLS engine: the protocol that stands in until the handshake completes."""
         return _Negotiator(self)
+
+    def tls_connection(self, tls_factory, addr) -> _NegotiatingTLS:
+        """The stdlib TLS engine (L{TLSServerFactory.buildProtocol}): the whole connection."""
+        return _NegotiatingTLS(tls_factory, self, addr)
 
     def doStart(self) -> None:
         self.wrapped.doStart()

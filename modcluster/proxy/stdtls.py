@@ -73,6 +73,9 @@ __all__ = ["TLSServerConnection", "TLSServerFactory", "UnsupportedOptions",
 #: The largest plaintext of one TLS record: one C{read} returns one record.
 RECORD = 16384
 
+#: the ALPN protocol names as bytes (one encode less per connection)
+_ALPN = {"h2": b"h2", "http/1.1": b"http/1.1"}
+
 _WantRead = ssl.SSLWantReadError
 _SSLError = ssl.SSLError
 _ZeroReturn = ssl.SSLZeroReturnError
@@ -227,6 +230,8 @@ class TLSServerConnection(Protocol):
 
     #: the TCP transport (a C{tcp.Server}) under the TLS layer
     transport: Any
+    #: the application protocol (None once the connection is lost)
+    wrappedProtocol: Any
     #: so helpers that look for it (L{modcluster.proxy._transport}) see TLS
     TLS = True
     disconnecting = False
@@ -252,7 +257,19 @@ class TLSServerConnection(Protocol):
         # the C object under SSLObject: one Python frame less per call
         self._ssl = getattr(self._object, "_sslobj", self._object)
         self._send = direct_writer(transport)
+        self._started()
+
+    def _started(self) -> None:
+        """The TLS layer is set up (before any byte): the application protocol is connected."""
         self.wrappedProtocol.makeConnection(self)
+
+    @property
+    def _nodelay_inherited(self) -> bool:
+        """
+        L{set_nodelay<modcluster.proxy._transport.set_nodelay>}: C{TCP_NODELAY}
+        came from the listening socket (the accept loop), no C{setsockopt}.
+        """
+        return getattr(self.transport, "_nodelay_inherited", False)
 
     def dataReceived(self, data: bytes) -> None:
         self._in.write(data)
@@ -294,12 +311,15 @@ class TLSServerConnection(Protocol):
         self.disconnecting = True
         failure, self._failure = self._failure, None
         wrapped = self.wrappedProtocol
+        if wrapped is None:  # no protocol chosen yet (alpn._NegotiatingTLS)
+            return
         try:
             wrapped.connectionLost(failure if failure is not None else reason)
         finally:
             # the protocol keeps its transport (this): without letting go of it
             # the pair would wait for the cyclic GC, whose collections pause the
-            # process (tcp.Server drops its protocol likewise)
+            # process (tcp.Server drops its protocol likewise); a stand-in takes
+            # its place
             self.wrappedProtocol = _CLOSED
 
     # -- handshake ------------------------------------------------------------------
@@ -319,16 +339,20 @@ class TLSServerConnection(Protocol):
         self._flush()
         selected = self._ssl.selected_alpn_protocol()
         if selected is not None:
-            self.negotiatedProtocol = selected.encode("ascii")
-        wrapped: Any = self.wrappedProtocol
-        if IHandshakeListener.providedBy(wrapped):
-            wrapped.handshakeCompleted()
+            self.negotiatedProtocol = _ALPN.get(selected) or selected.encode("ascii")
+        self._completed()
         early, self._early = self._early, None
         if early and self.connected and not self._closed:
             self.write(b"".join(early))
         if self.disconnecting and not self._closed and self.connected:
             self._shutdown()
         return bool(self.connected) and not self.disconnecting
+
+    def _completed(self) -> None:
+        """The handshake is complete (C{negotiatedProtocol} set): tell the protocol."""
+        wrapped: Any = self.wrappedProtocol
+        if IHandshakeListener.providedBy(wrapped):
+            wrapped.handshakeCompleted()
 
     def _fail(self, error: ssl.SSLError, fmt: str) -> None:
         self._failure = Failure(error)
@@ -461,6 +485,8 @@ class TLSServerConnection(Protocol):
 
     def logPrefix(self) -> str:
         wrapped = self.wrappedProtocol
+        if wrapped is None:  # not chosen yet (ALPN), or the connection is gone
+            return "TLS"
         prefix = getattr(wrapped, "logPrefix", None)
         return (prefix() if prefix is not None else wrapped.__class__.__name__) + " (TLS)"
 
@@ -498,6 +524,11 @@ class TLSServerFactory(Factory):
         self.context = context
         self.wrappedFactory = wrappedFactory
         self.failures = RateLimitedLog(clock)
+        #: C{wrappedFactory.tls_connection(self, addr)}, when it has one: it builds
+        #: the whole connection, which picks its protocol when the handshake is
+        #: complete (L{modcluster.proxy.alpn.NegotiatingFactory}), instead of a
+        #: L{TLSServerConnection} around C{wrappedFactory.buildProtocol(addr)}
+        self._negotiating = getattr(wrappedFactory, "tls_connection", None)
 
     def reload(self) -> bool:
         """
@@ -537,6 +568,9 @@ class TLSServerFactory(Factory):
         self.wrappedFactory.doStop()
 
     def buildProtocol(self, addr) -> Optional[TLSServerConnection]:
+        negotiating = self._negotiating
+        if negotiating is not None:
+            return negotiating(self, addr)
         inner = self.wrappedFactory.buildProtocol(addr)
         if inner is None:
             return None

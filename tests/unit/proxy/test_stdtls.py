@@ -600,3 +600,143 @@ def test_lose_connection_helper_sends_close_notify_and_closes(pki):
     assert pair.client.unwrap() is None
     lose_connection(pair.conn)  # twice: nothing more
     assert pair.tcp.value() == b""
+
+
+# -- an ssl: listener with HTTP/2 on: the TLS connection picks the protocol itself --------
+
+
+def _negotiating(pki, **config):
+    """The listener chain tap.py builds: stdtls around the ALPN NegotiatingFactory."""
+    from modcluster.proxy.alpn import ALPN_PROTOCOLS, NegotiatingFactory
+    from modcluster.proxy.observe import ClientStats
+    from tests.support.proxy_testlib import Harness
+
+    h = Harness(**config)
+    h.factory.stats = ClientStats()
+    neg = NegotiatingFactory(h.factory)
+    context = description_context(f"ssl:0:privateKey={pki['both']}", ALPN_PROTOCOLS)
+    return h, neg, TLSServerFactory(context, neg, h.reactor)
+
+
+@pytest.mark.parametrize("alpn", [["h2", "http/1.1"], ["http/1.1"], None])
+def test_negotiating_connection_picks_the_protocol_at_handshake(pki, alpn):
+    """No protocol object until the handshake completes; then H2Protocol or ClientProtocol."""
+    from modcluster.proxy.alpn import _NegotiatingTLS
+    from modcluster.proxy.client import ClientProtocol
+    from modcluster.proxy.h2 import H2Protocol
+
+    h, neg, factory = _negotiating(pki)
+    pair = Pair(factory, client_context(pki), alpn=alpn, peer_port=40123)
+    assert isinstance(pair.conn, _NegotiatingTLS) and pair.app is None
+    assert pair.conn in h.factory._clients  # timed by the sweep until the handshake ends
+    pair.handshake()
+    chosen = pair.conn.wrappedProtocol
+    assert pair.conn not in h.factory._clients
+    if alpn and alpn[0] == "h2":
+        assert isinstance(chosen, H2Protocol) and chosen in neg.h2_connections
+        assert h.factory.stats.tls_handshakes == 1
+    else:
+        assert type(chosen) is ClientProtocol and chosen.transport is pair.conn
+        assert chosen in h.factory._clients
+        # the accepted address, not a getPeer() of its own; handshake counted once
+        assert chosen._addr is not None and chosen._addr.port == 40123
+        assert chosen.client.remote_port == 40123 and chosen.client.secure
+        assert chosen._handshaken and h.factory.stats.tls_handshakes == 1
+        pair.client.write(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        pair.to_server()
+        assert b" 404 " in pair.client_reads()  # no node: ClientProtocol answered
+    assert h.factory.stats.tls_failures == 0
+
+
+def test_negotiating_connection_head_deadline_from_the_accept(pki):
+    h, neg, factory = _negotiating(pki, request_header_timeout=5)
+    pair = Pair(factory, client_context(pki))
+    h.advance(3)
+    assert not pair.tcp.disconnected
+    h.advance(5)
+    assert pair.tcp.disconnected  # aborted: the handshake never completed
+    assert h.factory.timeouts.counts["header"] == 1
+    assert pair.conn not in h.factory._clients
+
+
+def test_negotiating_connection_deadline_also_for_the_chosen_head(pki):
+    """The HTTP/1.1 head deadline runs from the accept, handshake included."""
+    h, neg, factory = _negotiating(pki, request_header_timeout=5)
+    pair = Pair(factory, client_context(pki), alpn=["http/1.1"])
+    h.advance(4)
+    pair.handshake()
+    pair.client.write(b"GET / HTTP/1.1\r\n")
+    pair.to_server()
+    h.advance(4)
+    assert pair.tcp.disconnected or pair.tcp.disconnecting
+    assert h.factory.timeouts.counts["header"] == 1
+
+
+def test_negotiating_connection_drain_cuts_a_handshake(pki):
+    h, neg, factory = _negotiating(pki)
+    pending = Pair(factory, client_context(pki), peer_port=40001)
+    done = Pair(factory, client_context(pki), alpn=["http/1.1"], peer_port=40002)
+    done.handshake()
+    assert h.factory.drain() == 0
+    assert pending.tcp.disconnected  # aborted
+    assert done.tcp.disconnecting  # idle HTTP/1.1 connection: closed
+    assert pending.conn not in h.factory._clients
+
+
+def test_negotiating_connection_failed_handshake_counted(pki):
+    from twisted.python.failure import Failure
+    from twisted.internet.error import ConnectionLost
+
+    h, neg, factory = _negotiating(pki)
+    bad = Pair(factory, client_context(pki))
+    bad.to_server(b"GET / HTTP/1.1\r\n\r\n")  # not TLS: aborted
+    assert bad.tcp.disconnected
+    bad.conn.connectionLost(Failure(ConnectionLost()))
+    gone = Pair(factory, client_context(pki))
+    gone.conn.connectionLost(Failure(ConnectionLost()))  # closed before a ClientHello
+    stats = h.factory.stats
+    assert (stats.connections, stats.tls_failures, stats.tls_handshakes) == (2, 2, 0)
+    assert not h.factory._clients
+    assert bad.conn.logPrefix() == gone.conn.logPrefix() == "ClientProtocol (TLS)"
+
+
+def test_closed_connection_leaves_no_reference_cycle(pki):
+    """The protocol and the TLS layer go without the cyclic GC (and so the SSL object)."""
+    import gc
+    import weakref
+
+    from twisted.internet.main import CONNECTION_DONE
+    from twisted.python.failure import Failure
+
+    h, neg, factory = _negotiating(pki)
+    pair = Pair(factory, client_context(pki), alpn=["http/1.1"])
+    pair.handshake()
+    conn, protocol = weakref.ref(pair.conn), weakref.ref(pair.conn.wrappedProtocol)
+    gc.disable()
+    try:
+        pair.tcp.producer = None  # as tcp.Server.connectionLost lets go of its producer
+        pair.conn.connectionLost(Failure(CONNECTION_DONE))
+        del pair
+        assert conn() is None and protocol() is None
+    finally:
+        gc.enable()
+
+
+def test_nodelay_inherited_from_the_listening_socket_is_not_set_again(pki):
+    """TCP_NODELAY set on the listening socket (accept loop): no setsockopt per connection."""
+    from modcluster.proxy._transport import set_nodelay
+
+    class TCP(StringTransport):
+        calls = 0
+
+        def setTcpNoDelay(self, enabled):
+            TCP.calls += 1
+
+    for inherited, calls in ((True, 0), (False, 1)):
+        TCP.calls = 0
+        tcp = TCP()
+        tcp._nodelay_inherited = inherited
+        conn = factory_for(pki).buildProtocol(None)
+        conn.makeConnection(tcp)
+        set_nodelay(conn)
+        assert TCP.calls == calls
