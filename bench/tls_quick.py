@@ -5,7 +5,7 @@ server side of one keep-alive HTTPS connection, a 100 B response per request,
 no sockets and no reactor.
 
   .venv/bin/python bench/tls_quick.py [--requests N] [--rounds R] [--handshakes N]
-  .venv/bin/python bench/tls_quick.py --micro resumed|keepalive [--count N] [--calls]
+  .venv/bin/python bench/tls_quick.py --micro resumed|full|keepalive [--count N] [--calls]
 
 --micro: the stdlib engine alone, deterministic enough for callgrind
 (valgrind --tool=callgrind, instructions per iteration: run it with two
@@ -14,6 +14,7 @@ connections resumed with a ticket through the listener chain tap.py builds
 (stdtls factory, the ALPN NegotiatingFactory, a ProxyFactory), each:
 accept (buildProtocol, makeConnection), ClientHello, the client's Finished,
 its close_notify, connectionLost, no request (as openssl s_time -reuse);
+"full" the same with full TLS 1.3 handshakes (as s_time -new);
 "keepalive" is N requests on one connection (100 B answers, the TLS layer
 with a protocol that answers at once).  The client's work is in the counts
 too (the same for old and new code).  --calls prints Python function calls
@@ -185,6 +186,12 @@ class _CloseTransport(StringTransport):
             super().abortConnection()
             self._lost()
 
+    writes = 0
+
+    def write(self, data):
+        self.writes += 1
+        super().write(data)
+
     def _lost(self):
         self.producer = None
         protocol = self.protocol
@@ -288,11 +295,13 @@ def micro(kind, count, calls, pem):
         client_ctx = ssl.create_default_context()
         client_ctx.check_hostname = False
         client_ctx.verify_mode = ssl.CERT_NONE
-        client_ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        if kind == "resumed":
+            client_ctx.maximum_version = ssl.TLSVersion.TLSv1_2
         session = None
+        writes = 0
         spent = 0.0
-        t0 = time.perf_counter()
-        for _ in range(count + 1):
+        t0 = None
+        for i in range(count + 1):
             on()
             t1 = time.perf_counter()
             tcp = _CloseTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
@@ -320,8 +329,8 @@ def micro(kind, count, calls, pem):
                 tcp.clear()
             if session is not None:
                 assert client.session_reused
-            else:
-                session = client.session
+            elif t0 is None:  # the first connection: not counted
+                session = client.session if kind == "resumed" else None
                 spent = 0.0
                 if counter is not None:
                     counter.calls = counter.c_calls = 0
@@ -339,9 +348,11 @@ def micro(kind, count, calls, pem):
             spent += time.perf_counter() - t1
             off()
             assert tcp.disconnecting
+            writes += tcp.writes if i else 0
         total = time.perf_counter() - t0
     print(f"{kind}: {count} iterations, server side {spent / count * 1e6:.1f} µs each, "
-          f"whole loop {total / count * 1e6:.1f} µs each")
+          f"whole loop {total / count * 1e6:.1f} µs each"
+          + (f", {writes / count:.2f} writes to TCP each" if kind != "keepalive" else ""))
     if profile is not None:
         import pstats
 
@@ -360,7 +371,7 @@ def main():
                          "handshakes per round, server side")
     ap.add_argument("--ecdsa", action="store_true",
                     help="an ECDSA P-256 certificate (default: RSA 2048, as bench/run.py)")
-    ap.add_argument("--micro", choices=("resumed", "keepalive"))
+    ap.add_argument("--micro", choices=("resumed", "full", "keepalive"))
     ap.add_argument("--count", type=int, default=2000)
     ap.add_argument("--calls", action="store_true")
     args = ap.parse_args()

@@ -72,6 +72,8 @@ __all__ = ["TLSServerConnection", "TLSServerFactory", "UnsupportedOptions",
 
 #: The largest plaintext of one TLS record: one C{read} returns one record.
 RECORD = 16384
+#: TLS 1.3 session tickets sent after each handshake (OpenSSL's default: 2)
+TLS13_TICKETS = 1
 
 #: the ALPN protocol names as bytes (one encode less per connection)
 _ALPN = {"h2": b"h2", "http/1.1": b"http/1.1"}
@@ -174,6 +176,9 @@ def _server_context(options, protocols: Iterable[bytes]) -> tuple[ssl.SSLContext
         os.close(cert_fd)
         os.close(key_fd)
     ctx.set_alpn_protocols([p.decode("ascii") for p in protocols])
+    # one TLS 1.3 ticket per handshake, not OpenSSL's two: each costs as much
+    # server CPU as a third of a resumed handshake (docs/tls.md)
+    ctx.num_tickets = TLS13_TICKETS
     # tickets with the process's shared, rotated key set (kept across reloads)
     from modcluster.proxy.tickets import install
 

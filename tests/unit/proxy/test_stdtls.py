@@ -185,7 +185,8 @@ def test_records_split_anywhere_are_reassembled(pki):
 
 def test_handshake_and_request_in_one_segment(pki):
     """TLS 1.3: the client's Finished and its first request arrive together."""
-    pair = Pair(factory_for(pki), client_context(pki))
+    factory, ctx = factory_for(pki), client_context(pki)
+    pair = Pair(factory, ctx)
     try:
         pair.client.do_handshake()
     except ssl.SSLWantReadError:
@@ -740,3 +741,34 @@ def test_nodelay_inherited_from_the_listening_socket_is_not_set_again(pki):
         conn.makeConnection(tcp)
         set_nodelay(conn)
         assert TCP.calls == calls
+
+
+def _records(data: bytes) -> int:
+    n = 0
+    while data:
+        data = data[5 + int.from_bytes(data[3:5], "big"):]
+        n += 1
+    return n
+
+
+def test_one_tls13_ticket_per_handshake(pki):
+    """After the client's Finished the server sends one NewSessionTicket (one record)."""
+    factory, ctx = factory_for(pki), client_context(pki)
+    pair = Pair(factory, ctx)
+    try:
+        pair.client.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    pair.to_server()  # ClientHello
+    pair.to_client()  # ServerHello ... Finished
+    pair.client.do_handshake()
+    pair.to_server(pair.cout.read())  # the client's Finished
+    after = pair.tcp.value()
+    assert pair.conn.negotiatedProtocol is None and not pair.conn._handshaking
+    assert _records(after) == 1
+    pair.conn.write(b"y")
+    assert pair.client_reads() == b"y"  # the ticket read on the way
+    assert pair.client.session is not None and pair.client.session.has_ticket
+    resumed = Pair(factory, ctx, session=pair.client.session)
+    resumed.handshake()
+    assert resumed.client.session_reused
