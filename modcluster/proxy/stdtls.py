@@ -282,30 +282,40 @@ class TLSServerConnection(Protocol):
             return
         read = self._ssl.read
         incoming = self._in
-        pending = self._ssl.pending
-        chunks = []
+        received = b""
+        chunks = None
         closed = False
         failed = None
+        # one read per record: a RECORD-sized read takes a whole record, so
+        # OpenSSL keeps no plaintext back (SSL_pending is 0) and only the BIO
+        # says whether another record follows (OpenSSL reads no further than
+        # the record it decrypts: no read-ahead)
         try:
-            while True:
-                piece = read(RECORD)
-                if not piece:  # close_notify
-                    closed = True
-                    break
-                chunks.append(piece)
-                if not incoming.pending and not pending():
-                    break
+            received = read(RECORD)
+            if not received:  # close_notify
+                closed = True
+            elif incoming.pending:
+                chunks = [received]
+                while True:
+                    piece = read(RECORD)
+                    if not piece:
+                        closed = True
+                        break
+                    chunks.append(piece)
+                    if not incoming.pending:
+                        break
         except _WantRead:  # the rest of a record is still to come
             pass
         except _ZeroReturn:  # close_notify after ours (half-close): the orderly end
             closed = True
         except _SSLError as e:
             failed = e
+        if chunks is not None:
+            received = b"".join(chunks)
         if self._out.pending:  # post-handshake messages (tickets, key update)
             self._flush()
-        if chunks and self.connected:
-            self.wrappedProtocol.dataReceived(chunks[0] if len(chunks) == 1
-                                              else b"".join(chunks))
+        if received and self.connected:
+            self.wrappedProtocol.dataReceived(received)
         if failed is not None:
             self._fail(failed, "TLS error from {peer}: {reason}")
         elif closed:

@@ -772,3 +772,22 @@ def test_one_tls13_ticket_per_handshake(pki):
     resumed = Pair(factory, ctx, session=pair.client.session)
     resumed.handshake()
     assert resumed.client.session_reused
+
+
+@pytest.mark.parametrize("version", ["TLSv1_2", "TLSv1_3"])
+def test_full_size_records_whole_and_cut_anywhere(pki, version):
+    """Records of 16 KiB plaintext (one read each) with the next one partly there."""
+    body = bytes(range(256)) * 160  # 40 960 bytes: records of 16 384, 16 384, 8 192
+    for cut in (None, 5, 16384 + 21, 16384 + 22 + 3, 2 * (16384 + 22) + 1):
+        pair = Pair(factory_for(pki), client_context(
+            pki, maximum_version=getattr(ssl.TLSVersion, version)))
+        pair.handshake()
+        pair.client.write(body)
+        wire = pair.cout.read()
+        if cut is None:
+            pair.to_server(wire)
+            assert pair.app.chunks == [body]  # all the records in one dataReceived
+        else:
+            pair.to_server(wire[:cut])
+            pair.to_server(wire[cut:])
+            assert b"".join(pair.app.chunks) == body and len(pair.app.chunks) <= 2
