@@ -376,8 +376,9 @@ def main():
     ap.add_argument("--calls", action="store_true")
     args = ap.parse_args()
     if args.micro:
-        ca = trustme.CA()
-        cert = ca.issue_cert("localhost")
+        key_type = trustme.KeyType.ECDSA if args.ecdsa else trustme.KeyType.RSA
+        ca = trustme.CA(key_type=key_type)
+        cert = ca.issue_cert("localhost", key_type=key_type)
         with tempfile.TemporaryDirectory() as d:
             pem = os.path.join(d, "server.pem")
             cert.private_key_and_cert_chain_pem.write_to_path(pem)
