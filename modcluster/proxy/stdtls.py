@@ -293,11 +293,13 @@ class TLSServerConnection(Protocol):
         return getattr(self.transport, "_nodelay_inherited", False)
 
     def dataReceived(self, data: bytes) -> None:
-        self._in.write(data)
-        if self._handshaking and not self._handshake():
+        incoming = self._in
+        incoming.write(data)
+        if self._handshaking and (not self._handshake() or not incoming.pending):
+            # (the handshake took every record there was: no read to raise
+            # SSLWantReadError, e.g. a client's Finished alone)
             return
         read = self._ssl.read
-        incoming = self._in
         received = b""
         chunks = None
         closed = False

@@ -791,3 +791,28 @@ def test_full_size_records_whole_and_cut_anywhere(pki, version):
             pair.to_server(wire[:cut])
             pair.to_server(wire[cut:])
             assert b"".join(pair.app.chunks) == body and len(pair.app.chunks) <= 2
+
+
+@pytest.mark.parametrize("version", ["TLSv1_2", "TLSv1_3"])
+def test_no_read_after_a_handshake_that_took_every_record(pki, version):
+    """A client's last handshake flight alone: no SSL read (it could only raise WantRead)."""
+
+    class Counting:
+        def __init__(self, inner):
+            self.inner, self.reads = inner, 0
+
+        def read(self, n):
+            self.reads += 1
+            return self.inner.read(n)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    pair = Pair(factory_for(pki), client_context(
+        pki, maximum_version=getattr(ssl.TLSVersion, version)))
+    counting = pair.conn._ssl = Counting(pair.conn._ssl)
+    pair.handshake()
+    assert not pair.conn._handshaking and counting.reads == 0
+    pair.client.write(b"GET")
+    pair.to_server()
+    assert pair.app.chunks == [b"GET"] and counting.reads == 1
