@@ -136,6 +136,12 @@ _PLAIN_CONNECTION_VALUES = frozenset((b"keep-alive", b"close", b"upgrade", b"kee
 #: Connection tokens that are options, not header names.
 _CONNECTION_OPTIONS = frozenset((b"close", b"keep-alive", b"upgrade"))
 
+#: Connection tokens whose header is never dropped for being listed: the
+#: options, and Content-Length, the framing the proxy consumes and relays with
+#: the message (a node or client naming it must not leave a relayed message
+#: with a length the proxy frames by but no header telling it).
+_NOT_DROPPED = _CONNECTION_OPTIONS | {b"content-length"}
+
 #: Usual C{Connection} values (as sent) made of options only: with one of them
 #: alone, L{drop_listed} keeps every header.
 PLAIN_CONNECTION = frozenset((b"keep-alive", b"Keep-Alive", b"close", b"Close", b"upgrade",
@@ -156,10 +162,11 @@ def connection_tokens(values: Iterable[bytes]) -> frozenset[bytes]:
 def drop_listed(headers: list, tokens: frozenset[bytes]) -> list:
     """
     C{headers} without the ones whose names C{Connection} listed (other than
-    the C{close}/C{keep-alive}/C{upgrade} options).  Returns C{headers} itself
-    when nothing is listed.
+    the C{close}/C{keep-alive}/C{upgrade} options, and C{Content-Length}: the
+    message's framing stays).  Returns C{headers} itself when nothing is
+    listed.
     """
-    names = tokens - _CONNECTION_OPTIONS
+    names = tokens - _NOT_DROPPED
     if not names:
         return headers
     return [h for h in headers if h[0].lower() not in names]
@@ -181,7 +188,7 @@ def response_block(block: bytes) -> tuple[bytes, Optional[bytes], Optional[bytes
         each C{name:value CRLF}, as llhttp accepted them (strict mode: CRLF line
         ends, token names, no whitespace before the colon, no line folding).
     @return: (the block without hop-by-hop lines — Connection and the names it
-        lists, Keep-Alive, Proxy-Connection, TE, Trailer, Transfer-Encoding,
+        lists but Content-Length, Keep-Alive, Proxy-Connection, TE, Trailer, Transfer-Encoding,
         Upgrade —, the first Content-Length value or C{None}, the
         Transfer-Encoding value(s) lower-cased or C{None}, the Upgrade value or
         C{None}).
@@ -221,7 +228,7 @@ def response_block_at(head: bytes, start: int) -> tuple[bytes, Optional[bytes],
                 continue
             for token in value.split(b","):
                 token = token.strip(b" \t")
-                if token and token not in _CONNECTION_OPTIONS and token not in _HOP_BY_HOP:
+                if token and token not in _NOT_DROPPED and token not in _HOP_BY_HOP:
                     if listed is None:
                         listed = {token}
                     else:

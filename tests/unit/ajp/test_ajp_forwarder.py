@@ -603,6 +603,27 @@ def test_custom_reason_kept_and_hop_by_hop_dropped():
     assert resp.header(b"Transfer-Encoding") == b"chunked"
 
 
+def test_content_length_named_in_connection_still_frames_the_relayed_response():
+    """
+    A container names Content-Length in its Connection header: the header is
+    the framing the proxy relays the body with, so it stays (before: cut as
+    a listed header while its value still framed the body, a keep-alive
+    client got a response with no framing and read the next one as its body).
+    """
+    h = one_node()
+    c = h.client()
+    c.send(b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\n")
+    h.accept(handler=respond(200, [(b"Connection", b"keep-alive, Content-Length"),
+                                   (b"Content-Length", b"5"), (b"X-A", b"1")], b"hello"))
+    c.send(b"GET /2 HTTP/1.1\r\nHost: a\r\n\r\n")
+    h.flush()
+    r1, r2 = parse(c.received())
+    assert r1.status == 200 and r1.body == b"hello"
+    assert r1.header(b"Content-Length") == b"5" and r1.header(b"X-A") == b"1"
+    assert r2.status == 200 and r2.body == b"hello"
+    assert not c.closed
+
+
 def test_flush_packet_and_flushpackets_on():
     """An empty SEND_BODY_CHUNK flushes; with flushpackets On each chunk is written at once."""
     for mode, expected_writes in (("Off", 1), ("On", 3)):

@@ -439,3 +439,31 @@ def test_bytes_after_a_complete_response_do_not_reach_the_next_one(first, extra)
     [r2] = parse_responses(c2.received())
     assert r2.status == 404 and r2.body == b"no"
     assert r2.header(b"X-From-The-First") is None
+
+
+@pytest.mark.parametrize("connection", [b"Content-Length", b"keep-alive, content-length"])
+def test_content_length_named_in_connection_still_frames_the_relayed_response(connection):
+    """
+    A node names Content-Length in its Connection header: the header is its
+    framing, which the proxy relays with the response, so it stays.  Before,
+    it was cut as a listed hop-by-hop header while its value still framed
+    the body: the client got a keep-alive response with no framing at all
+    (an HTTP/1.1 client then reads to the close, and the next response on
+    the connection becomes part of this body).
+    """
+    h = one_node()
+    c = h.client()
+    c.send(b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\n")
+    n = h.accept()
+    n.received()
+    n.respond(b"HTTP/1.1 200 OK\r\nConnection: " + connection
+              + b"\r\nContent-Length: 5\r\nX-A: 1\r\n\r\nhello")
+    c.send(b"GET /2 HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert parse_requests(n.received())[0].url == b"/2"
+    n.respond(b"HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\n\r\nno")
+    r1, r2 = parse_responses(c.received())
+    assert r1.status == 200 and r1.body == b"hello"
+    assert r1.header(b"Content-Length") == b"5"
+    assert r1.header(b"X-A") == b"1"
+    assert r2.status == 404 and r2.body == b"no"
+    assert not c.closed
