@@ -362,7 +362,14 @@ class AJPClientProtocol(Protocol):
                 pass
 
     def dataReceived(self, data: bytes) -> None:
-        if self._state == _CLOSED:
+        state = self._state
+        if state == _CLOSED:
+            return
+        if state == _IDLE:
+            # Nothing is due while idle: not even part of a packet, which the
+            # parser would keep as the start of what the next exchange reads.
+            self._protocolError(UnexpectedMessage(
+                f"{len(data)} byte(s) while idle, starting {data[:8]!r}"))
             return
         self._lastRead = self._clock.seconds()
         parser = self._parser

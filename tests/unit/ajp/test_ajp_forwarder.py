@@ -822,6 +822,36 @@ def test_idle_connection_closed_by_node_leaves_pool():
     assert len(h.pending()) == 1
 
 
+def test_part_of_a_packet_on_an_idle_connection_closes_it():
+    """
+    A container sends the start of a packet on an idle pooled connection
+    (after END_RESPONSE, in a later read): the connection is closed, so the
+    next request (another client's) is answered on a fresh connection with
+    its own response.  Before, the bytes waited in the parser and the next
+    response on that connection was read as their rest (the client waited
+    for the read timeout).
+    """
+    h = one_node(ajp_cping="never")
+    c = h.client()
+    c.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    n = h.accept()
+    assert parse(c.received())[0].status == 200
+    stale = encode_send_headers(200, b"OK", [(b"X-Stale", b"1"), (b"Content-Length", b"0")])
+    with capturedLogs() as events:
+        n.container.transport.write(stale[:5])
+        h.flush()
+    assert n.closed
+    assert any("protocol error" in (e.get("log_format") or "") for e in events)
+    c2 = h.client()
+    c2.send(b"GET /2 HTTP/1.1\r\nHost: a\r\n\r\n")
+    fresh = h.accept(handler=respond(404, [(b"Content-Length", b"2")], b"no"))
+    [resp] = parse(c2.received())
+    assert resp.status == 404 and resp.body == b"no"
+    assert resp.header(b"X-Stale") is None
+    assert fresh.requests[0].req_uri == b"/2"
+    assert h.failures == [] and h.counters_idle()
+
+
 # -- failures ---------------------------------------------------------------------------
 
 

@@ -687,6 +687,32 @@ def test_data_while_idle():
     assert len(lost) == 1
 
 
+@pytest.mark.parametrize("stray", [
+    b"A",  # a packet's first byte
+    HEAD_200[:5],  # a SEND_HEADERS' header and type: its length would swallow the next answer
+    encode_end_response(True) + HEAD_200[:3],  # a whole packet, then a start
+])
+def test_part_of_a_packet_while_idle_closes_the_connection(stray):
+    """
+    Bytes while idle close the connection even when they are not a whole
+    packet yet: before, a packet's beginning after END_RESPONSE (in a later
+    read) waited in the parser, the connection stayed reusable, and the next
+    exchange's response (maybe another client's) was read as its rest.
+    """
+    proto, transport, clock = connect()
+    receiver = Receiver()
+    proto.sendRequest(request(), receiver)
+    proto.dataReceived(HEAD_200 + encode_end_response(True))
+    assert receiver.last == ("end", True) and proto.reusable
+    with capturedLogs() as events:
+        proto.dataReceived(stray)
+    assert not proto.reusable
+    assert transport.disconnected
+    assert any("protocol error" in e["log_format"] for e in events)
+    with pytest.raises(AJPConnectionBusy):
+        proto.sendRequest(request(), Receiver())
+
+
 def test_data_after_end_response_in_same_read():
     """
     Bytes following END_RESPONSE in the same read: the response completes
