@@ -350,6 +350,9 @@ class NodeProtocol(Protocol):
             if head not in whole.entries:
                 whole.put(head, WholeHead(status, reason, headers, int(cl), self.keep_alive))
         if status < 200:
+            if status < 100:
+                # llhttp takes any three digits; these are no HTTP status
+                raise _Bad(f"status {status:03d} in the response")
             if status == 101:
                 if ex.upgrade is None or upg is None:
                     raise _Bad("101 Switching Protocols without an Upgrade asked for")

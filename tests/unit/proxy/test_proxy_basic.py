@@ -467,3 +467,27 @@ def test_content_length_named_in_connection_still_frames_the_relayed_response(co
     assert r1.header(b"X-A") == b"1"
     assert r2.status == 404 and r2.body == b"no"
     assert not c.closed
+
+
+@pytest.mark.parametrize("head", [
+    b"HTTP/1.1 099 Early\r\n\r\n",
+    b"HTTP/1.1 000 Zero\r\nContent-Length: 0\r\n\r\n",
+])
+def test_status_below_100_is_a_bad_response(head):
+    """
+    llhttp takes any three digits as a status; one below 100 is no HTTP
+    status: 502, the node connection closed, the client connection usable.
+    Before, it went the 1xx way: relayed as an interim "HTTP/1.1 99" or "0"
+    (no client can read it) and the client waited for a final response.
+    """
+    h = one_node()
+    c = h.client()
+    c.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    n = h.accept()
+    n.respond(head)
+    [r] = parse_responses(c.received())
+    assert r.status == 502
+    assert n.aborted
+    assert not c.closed
+    assert h.counters_idle()
+    assert h.failures == []
