@@ -70,6 +70,9 @@ _FORWARDED = b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nX-Forwarded-Serve
 #: of at most this many bytes each.
 HEAD_MEMO_SIZE = 64
 HEAD_MEMO_BYTES = 2048
+#: Interim (1xx) responses relayed per exchange; one more is a bad response
+#: (httpd's AP_MAX_INTERIM_RESPONSES).
+MAX_INTERIM = 10
 #: Client addresses whose X-Forwarded-* lines are remembered.
 FORWARDED_MEMO_SIZE = 4096
 
@@ -171,6 +174,7 @@ class NodeProtocol(Protocol):
         self.broken = False
         self.dirty = False
         self.informational = False
+        self.interim = 0
         # the response head(s) as received, until the final one is parsed
         self.hbuf = b""
         self.hpos = 0
@@ -186,6 +190,7 @@ class NodeProtocol(Protocol):
         self.seen = self.fw.now
         self.sent = self.body_done = self.got = self.final = self.complete = False
         self.tunnel = self.upgrading = self.close_delimited = False
+        self.interim = 0
         self.hbuf = b""
         self.hpos = 0
         self.prev = None
@@ -362,6 +367,9 @@ class NodeProtocol(Protocol):
                 ex.responseHead(101, reason,
                                 headers + b"Upgrade: %s\r\nConnection: Upgrade\r\n" % upg, 0)
                 return
+            self.interim += 1
+            if self.interim > MAX_INTERIM:
+                raise _Bad(f"more than {MAX_INTERIM} interim (1xx) responses")
             self.informational = True
             ex.responseInformational(status, reason, headers)
             return

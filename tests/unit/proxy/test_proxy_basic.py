@@ -491,3 +491,49 @@ def test_status_below_100_is_a_bad_response(head):
     assert not c.closed
     assert h.counters_idle()
     assert h.failures == []
+
+
+@pytest.mark.parametrize("one_read", [True, False])
+def test_interim_responses_are_bounded(one_read):
+    """
+    A node that answers interim (1xx) responses without end: after 10 (httpd's
+    AP_MAX_INTERIM_RESPONSES) the answer is a bad response (502, node
+    connection closed, one log line), instead of relaying them for as long as
+    the node sends them (the read timeout never came: data kept arriving)
+    while the node connection's head buffer grew with each one.
+    """
+    h = one_node()
+    c = h.client()
+    c.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    n = h.accept()
+    interim = b"HTTP/1.1 102 Processing\r\n\r\n"
+    if one_read:
+        n.respond(interim * 1000)
+    else:
+        for _ in range(1000):
+            if n.aborted:
+                break
+            n.respond(interim)
+    raw = c.received()
+    assert raw.count(b"HTTP/1.1 102 Processing\r\n") == 10
+    [r] = parse_responses(raw.replace(b"HTTP/1.1 102 Processing\r\n\r\n", b""))
+    assert r.status == 502
+    assert b"interim" in r.body
+    assert n.aborted
+    assert h.counters_idle()
+    assert h.failures == []
+
+
+def test_ten_interim_responses_then_the_final_one():
+    """Up to 10 interim responses are relayed, then the final response."""
+    h = one_node()
+    c = h.client()
+    c.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    n = h.accept()
+    n.respond(b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" * 10
+              + b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    raw = c.received()
+    assert raw.count(b"HTTP/1.1 103 Early Hints\r\n") == 10
+    [r] = parse_responses(raw.replace(b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n", b""))
+    assert r.status == 200 and r.body == b"ok"
+    assert not n.closed
