@@ -1257,3 +1257,70 @@ def test_served_http2_requests_leave_no_reference_cycle(h):
         assert alive == []
     finally:
         gc.enable()
+
+
+# A broken node answer per stream: (what the node sends, then whether it closes;
+# what the stream gets: a status with its body, or a reset once the head went out)
+_BROKEN = [
+    (b"garbage\r\n\r\n", False, 502),
+    (b"HTTP/1.1 099 No\r\n\r\n", False, 502),
+    (b"HTTP/1.1 102 Processing\r\n\r\n" * 11, False, 502),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", False, 502),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nxx", False, 502),
+    (b"HTTP/1.1 200 OK\r\nX: a\r\n b\r\nContent-Length: 0\r\n\r\n", False, 502),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", True, "reset"),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nzz\r\n", False, "reset"),
+    (b"HTTP/1.1 200 OK\r\nConnection: content-length\r\nContent-Length: 5\r\n\r\nhello",
+     False, 200),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhelloHTTP/1.1 404 Nope\r\n", False, 200),
+]
+
+
+def test_broken_node_answers_fail_only_their_own_stream(h):
+    """
+    One HTTP/2 connection, a stream per broken node answer and good streams
+    between them: each broken one gets 502 (nothing relayed yet) or
+    RST_STREAM (its head went out), every good one its response, the
+    connection stays up, node connections of broken answers are not pooled,
+    counters end at zero.
+    """
+    h.node("n1", 9001)
+    c = H2Client(h)
+    bad = [c.request(b"/app/bad/%d" % i) for i in range(len(_BROKEN))]
+    good = [c.request(b"/app/good/%d" % i) for i in range(3)]
+    c.pump()
+    nodes = [h.accept(9001) for _ in bad + good]
+    for node, (answer, close, _) in zip(nodes, _BROKEN):
+        node.respond(answer)
+        if close:
+            node.close()
+    for i, node in enumerate(nodes[len(bad):]):
+        _respond(node, b"good%d" % i)
+    c.pump()
+    for sid, node, (answer, close, outcome) in zip(bad, nodes, _BROKEN):
+        if outcome == "reset":
+            assert c.resets.get(sid) == ErrorCodes.INTERNAL_ERROR, answer
+        else:
+            assert c.status(sid) == outcome, answer
+            assert sid in c.ended and sid not in c.resets, answer
+            if outcome == 200:
+                assert c.body[sid] == b"hello"
+        if not close and (outcome != 200 or b"Nope" in answer):
+            assert node.closed or node.aborted, answer  # not pooled
+    for i, sid in enumerate(good):
+        assert c.status(sid) == 200 and c.body[sid] == b"good%d" % i
+    assert c.terminated is None
+    assert h.counters_idle()
+    assert not c.proto.streams
+    # the connection serves a new stream, on a pooled node connection of a
+    # good answer (or the one whose Content-Length was named in Connection)
+    for node in nodes:
+        node.received()
+    sid = c.request()
+    c.pump()
+    assert not h.pending()
+    pooled = [n for n in nodes if n.transport.value()]
+    assert len(pooled) == 1 and pooled[0] in nodes[len(bad) - 2:] + nodes[len(bad):]
+    _respond(pooled[0], b"again")
+    c.pump()
+    assert c.status(sid) == 200 and c.body[sid] == b"again"
