@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 from OpenSSL.SSL import Error as SSLError
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -231,8 +232,12 @@ class NodeProtocol(Protocol):
         self.ex = None
         if ex is None:
             return
-        if self.tunnel or (self.final and self.close_delimited):
-            ex.responseEnd()  # a tunnel or a close-delimited body ends here
+        if self.tunnel or (self.final and self.close_delimited and (
+                reason is None or reason.check(ConnectionDone))):
+            # a tunnel, or a close-delimited body, ends here; such a body ends
+            # with a close, not with a reset or a TLS error (truncation: the
+            # front then cuts the client connection)
+            ex.responseEnd()
             return
         if not self.got and reason is not None and reason.check(SSLError):
             ex.responseFailed(ForwardError(

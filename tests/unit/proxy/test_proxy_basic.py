@@ -4,6 +4,7 @@ reuse, HEAD/204/304/1xx, chunked bodies, HTTP/1.0 clients.
 """
 
 import pytest
+from twisted.internet.error import ConnectionLost
 
 from tests.support.proxy_testlib import OK_100, Harness, parse_requests, parse_responses
 
@@ -226,6 +227,29 @@ def test_close_delimited_response():
     assert resp.body == b"part1,part2"
     assert not c.closed
     assert h.counters_idle()
+
+
+@pytest.mark.parametrize("version", [b"1.1", b"1.0"])
+def test_close_delimited_response_cut_by_a_reset_is_not_complete(version):
+    """
+    A body that ends with the connection ends with a close (FIN), not a
+    reset: a reset (a node that died, or closed with unread data, which also
+    discards what was in flight) cuts the client connection, so an HTTP/1.1
+    client gets no last chunk and an HTTP/1.0 client no orderly close.
+    Before, it was relayed as a complete body.  It feeds passive health.
+    """
+    h = one_node()
+    c = h.client()
+    c.send(b"GET / HTTP/" + version + b"\r\nHost: a\r\n\r\n")
+    n = h.accept()
+    n.respond(b"HTTP/1.1 200 OK\r\n\r\npart1,")
+    n.close(ConnectionLost)
+    raw = c.received()
+    assert raw.startswith(b"HTTP/1.1 200 OK\r\n") and b"part1," in raw
+    assert not raw.endswith(b"0\r\n\r\n")
+    assert c.transport.disconnected  # aborted, not closed in order
+    assert h.counters_idle()
+    assert h.nodeEntry("n1").rt.fails == 1
 
 
 def test_client_connection_close_honoured():
