@@ -122,6 +122,9 @@ class ClientProtocol(Protocol, ClientDeadlines):
 
     #: the address given to L{ProxyFactory.buildProtocol} (the peer), if any
     _addr = None
+    #: bytes read after an Upgrade request head, held until the node answers
+    #: 101 (L{_upgraded}, L{_startTunnel})
+    _early: Optional[bytes] = None
     # Set by makeConnection before any other method is called (never None
     # after), and only annotated here: no class attribute.
     transport: IStreamTransport
@@ -663,14 +666,15 @@ class ClientProtocol(Protocol, ClientDeadlines):
             self._ignore = True
             return
         if ex.tunnel_candidate:
-            # Hold what follows (early tunnel bytes) until the node answers 101.
+            # Hold what follows (early tunnel bytes) until the node answers
+            # 101 (_startTunnel): sent at once, they would follow the Upgrade
+            # request on the node connection, and a node that refuses the
+            # upgrade would read them as its next request, one this proxy
+            # never checked nor routed (upgrade request smuggling).
             self._parser = None
             self._ignore = True
             if rest:
-                if ex is self._current:
-                    ex._bodyData(rest)
-                else:
-                    ex.body = [rest]
+                self._early = rest
             self._pauseReading(_P_UPGRADE)
             return
         # Not tunnelled: the Upgrade header is dropped and the request is plain
@@ -778,6 +782,10 @@ class ClientProtocol(Protocol, ClientDeadlines):
     def _startTunnel(self, ex: _Exchange) -> None:
         self._tunnel = ex
         self._flush()
+        early = self._early
+        if early is not None:
+            self._early = None
+            ex._bodyData(early)
         self._resumeReading(_P_UPGRADE)
 
     def _respondError(self, ex: _Exchange, status: int, message: str,

@@ -3,6 +3,8 @@ Node pools (smax/ttl, draining of removed or re-registered nodes), WebSocket
 upgrades in memory, and the OPTIONS probe.
 """
 
+import pytest
+
 from tests.support.proxy_testlib import OK_100, Harness, parse_requests, parse_responses
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionRefusedError
@@ -158,6 +160,55 @@ def test_websocket_tunnel_ends_when_client_closes():
     c.lose()
     assert n.aborted
     assert h.counters_idle()
+
+
+SMUGGLED = b"GET /secret/../admin HTTP/1.1\r\nHost: a\r\n\r\n"
+
+
+@pytest.mark.parametrize("pipelined", [False, True])
+def test_bytes_after_an_upgrade_request_wait_for_the_101(pipelined):
+    """
+    Bytes a client sends right after an Upgrade request (in the same read)
+    reach the node only once it has answered 101: a node that refuses the
+    upgrade never sees them, else they would be its next request on that
+    connection, one the proxy never checked or routed (WebSocket upgrade
+    request smuggling: here a dot-segment path the proxy refuses, in a
+    context it does not route).  Before, they went to the node right after
+    the Upgrade request, also when that request waited behind another.
+    """
+    h = Harness(enable_ws_tunnel=True)
+    h.node("n1", 8081, contexts=("/chat", "/"))
+    c = h.client()
+    c.send((GET if pipelined else b"") + WS_REQ + SMUGGLED)
+    n = h.accept()
+    if pipelined:
+        assert parse_requests(n.received())[0].url == b"/"
+        n.respond(OK_100)
+    raw = n.received()
+    assert raw.startswith(b"GET /chat HTTP/1.1\r\n") and raw.endswith(b"\r\n\r\n")
+    assert b"admin" not in raw
+    n.respond(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+    assert n.received() == b""  # nothing after the refused upgrade
+    assert [r.status for r in parse_responses(c.received())] == (
+        [200, 404] if pipelined else [404])
+    assert c.closed and n.closed
+    assert h.counters_idle()
+
+
+def test_bytes_after_an_upgrade_request_follow_the_101():
+    """The early bytes go into the tunnel once the node answered 101, in order."""
+    h = Harness(enable_ws_tunnel=True)
+    h.node("n1", 8081)
+    c = h.client()
+    c.send(WS_REQ + b"\x81\x82abcd\x09\x0b")
+    n = h.accept()
+    raw = n.received()
+    assert raw.startswith(b"GET /chat HTTP/1.1\r\n") and raw.endswith(b"\r\n\r\n")
+    n.respond(WS_101)
+    assert n.received() == b"\x81\x82abcd\x09\x0b"
+    assert c.received().startswith(b"HTTP/1.1 101 ")
+    c.send(b"\x81\x80more")
+    assert n.received() == b"\x81\x80more"
 
 
 def test_upgrade_stripped_without_tunnel():
