@@ -1,0 +1,235 @@
+"""
+Hostile HTTP nodes over real sockets on 127.0.0.1: a raw-socket node (a
+thread per connection) answers what its request path asks for, clients are
+raw sockets too (in threads), the proxy is the real ProxyFactory in the
+reactor.  What a real socket changes: a reset (RST) is a reset, data the node
+pipelines is read by the node, descriptors are real.  Each test checks what
+the client got and how its connection ended, what the node saw, and that the
+proxy's descriptors are back to their count before.  Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import socketserver
+import struct
+import threading
+import time
+
+import pytest_twisted
+from twisted.internet import defer, task, threads
+
+from tests.integration.test_proxy_http import Stack
+from tests.support.proxy_testlib import parse_responses
+
+WS_HEAD = (b"GET /app/chat HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+           b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+           b"Sec-WebSocket-Version: 13\r\n\r\n")
+
+
+def _fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def _until(predicate, timeout: float = 20.0) -> None:
+    from twisted.internet import reactor
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        await task.deferLater(reactor, 0.02, lambda: None)
+
+
+def _read_head(sock: socket.socket, buf: bytes) -> tuple[bytes, bytes]:
+    """One request head from C{sock} (after C{buf}): (head, what followed); b"" at EOF."""
+    while b"\r\n\r\n" not in buf:
+        data = sock.recv(65536)
+        if not data:
+            return b"", b""
+        buf += data
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    return head, rest
+
+
+class _Handler(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        node: HostileNode = self.server.node  # type: ignore[attr-defined]
+        sock = self.request
+        sock.settimeout(10)
+        buf = b""
+        try:
+            while True:
+                head, buf = _read_head(sock, buf)
+                if not head:
+                    return
+                path = head.split(b" ", 2)[1]
+                with node.lock:
+                    node.paths.append(path)
+                if path.endswith(b"/cut-by-reset") or path.endswith(b"/closed-in-order"):
+                    # a close-delimited body, ended by a reset or by a close
+                    sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\npart1,")
+                    time.sleep(0.2)  # (the part reaches the proxy before the end)
+                    if path.endswith(b"/cut-by-reset"):
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                        struct.pack("ii", 1, 0))
+                    sock.close()
+                    return
+                answer = _BROKEN.get(path.rsplit(b"/", 1)[-1])
+                if answer is not None:
+                    sock.sendall(answer)
+                    continue
+                if path.endswith(b"/chat"):
+                    # refuses the upgrade; keeps the connection (keep-alive)
+                    sock.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+                    continue
+                body = b"node saw " + path
+                sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s"
+                             % (len(body), body))
+        except OSError:
+            return
+
+
+#: broken answers by the last segment of the request path
+_BROKEN = {
+    b"cl-in-connection": (b"HTTP/1.1 200 OK\r\nConnection: Content-Length\r\n"
+                          b"Content-Length: 5\r\n\r\nhello"),
+    b"status-099": b"HTTP/1.1 099 Early\r\n\r\n",
+    b"interim-flood": b"HTTP/1.1 102 Processing\r\n\r\n" * 1000,
+    b"extra-bytes": (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+                     b"HTTP/1.1 404 Smuggled\r\nContent-Length: 0\r\n\r\n"),
+}
+
+
+class HostileNode(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.node = self
+        self.lock = threading.Lock()
+        self.paths: list[bytes] = []
+        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def port(self) -> int:
+        return self.server_address[1]
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+def _exchange(port: int, data: bytes, timeout: float = 10.0) -> tuple[bytes, str]:
+    """Blocking: send C{data}, read until the proxy ends the connection: (bytes, how)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    out = b""
+    try:
+        s.sendall(data)
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except ConnectionResetError:
+                return out, "reset"
+            if not chunk:
+                return out, "close"
+            out += chunk
+    except TimeoutError:
+        return out, "timeout"
+    finally:
+        s.close()
+
+
+def _stack_test(fn):
+    @pytest_twisted.ensureDeferred
+    async def run():
+        node = HostileNode()
+        stack = Stack(enable_ws_tunnel=True)
+        stack.register("n1", node.port, contexts=("/app",))
+        before = _fds()
+        try:
+            d = defer.ensureDeferred(fn(stack, node))
+            d.addTimeout(60, stack.reactor)
+            await d
+            # every node and client connection the test made is closed again,
+            # once the pooled (idle, good) node connections are let go
+            stack.factory.forwarders["http"].close()
+            await _until(lambda: _fds() <= before)
+        finally:
+            await stack.stop()
+            node.stop()
+
+    run.__name__ = fn.__name__
+    run.__doc__ = fn.__doc__
+    return run
+
+
+@_stack_test
+async def test_close_delimited_body_cut_by_a_reset_reaches_the_client_cut(stack, node):
+    """
+    A close-delimited body the node ends with a reset reaches the client as a
+    cut response (its connection reset, no last chunk); one the node ends
+    with an orderly close is complete (last chunk, keep-alive).
+    """
+    port = stack.port.getHost().port
+    get = b"GET /app/%s HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    data, how = await threads.deferToThread(_exchange, port, get % b"closed-in-order")
+    assert data.startswith(b"HTTP/1.1 200 OK\r\n") and b"Transfer-Encoding: chunked" in data
+    assert data.endswith(b"6\r\npart1,\r\n0\r\n\r\n") and how == "close", (data, how)
+    data, how = await threads.deferToThread(_exchange, port, get % b"cut-by-reset")
+    assert data.startswith(b"HTTP/1.1 200 OK\r\n") and b"part1," in data
+    assert not data.endswith(b"0\r\n\r\n") and how == "reset", (data, how)
+    entry = stack.registry.table.by_route["n1"]
+    assert entry.rt.fails >= 1 and not entry.rt.in_error
+    assert entry.rt.busy == 0
+
+
+@_stack_test
+async def test_a_node_refusing_an_upgrade_never_reads_what_followed_it(stack, node):
+    """
+    A client sends a WebSocket upgrade and, in the same segment, another
+    request the proxy would refuse (a dot-segment path): the node refuses
+    the upgrade and keeps its connection open for a next request, yet it
+    never reads the second one; the client gets the 404 and a closed
+    connection.
+    """
+    port = stack.port.getHost().port
+    smuggled = b"GET /app/x/../../admin HTTP/1.1\r\nHost: localhost\r\n\r\n"
+    data, how = await threads.deferToThread(_exchange, port, WS_HEAD + smuggled)
+    assert data.startswith(b"HTTP/1.1 404 Not Found\r\n"), data
+    assert data.count(b"HTTP/1.1 ") == 1 and how == "close", (data, how)
+    await task.deferLater(stack.reactor, 0.3, lambda: None)
+    with node.lock:
+        assert node.paths == [b"/app/chat"], node.paths
+
+
+@_stack_test
+async def test_broken_answers_leave_the_keep_alive_client_in_step(stack, node):
+    """
+    A keep-alive client pipelines a request the node answers brokenly and a
+    good one: the broken one gets what docs/data-plane.md says (its
+    response framed as relayed, or 10 interim responses and a 502, or a
+    502), the good one its own answer, on the same client connection, and
+    the node is not put in error.
+    """
+    port = stack.port.getHost().port
+    expected = {b"cl-in-connection": (200, b"hello"), b"status-099": (502, None),
+                b"interim-flood": (502, None), b"extra-bytes": (200, b"hello")}
+    for name, (status, body) in expected.items():
+        data, how = await threads.deferToThread(
+            _exchange, port,
+            b"GET /app/%s HTTP/1.1\r\nHost: localhost\r\n\r\n" % name
+            + b"GET /app/ok HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        assert how == "close", (name, data, how)
+        responses = [r for r in parse_responses(data) if r.status >= 200]
+        assert [r.status for r in responses] == [status, 200], (name, data)
+        assert all(r.complete for r in responses), (name, data)
+        if body is not None:
+            assert responses[0].body == body, (name, data)
+        assert responses[1].body == b"node saw /app/ok", (name, data)
+        interim = data.count(b"HTTP/1.1 102 ")
+        assert interim == (10 if name == b"interim-flood" else 0), (name, interim)
+    assert not stack.registry.table.by_route["n1"].rt.in_error
