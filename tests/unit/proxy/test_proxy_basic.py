@@ -561,3 +561,111 @@ def test_ten_interim_responses_then_the_final_one():
     [r] = parse_responses(raw.replace(b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n", b""))
     assert r.status == 200 and r.body == b"ok"
     assert not n.closed
+
+
+_BAD_HEADS = [
+    b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\n\r\nabc",
+    b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\nabc",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999999\r\n\r\nabc",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"3\r\nabc\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nX-A: a\r\n folded\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nX-A: a\rX-Injected: 1\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nX-A: a\nX-Injected: 1\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 200 OK\nContent-Length: 0\n\n",
+    b"HTTP/1.1 200 OK\r\nX-A: a\x00b\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nX-A : a\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 70000 + b"\r\nContent-Length: 0\r\n\r\n",
+]
+
+
+@pytest.mark.parametrize("answer", _BAD_HEADS, ids=range(len(_BAD_HEADS)))
+@pytest.mark.parametrize("pieces", [1, 7])
+def test_bad_response_heads_are_502_and_the_client_goes_on(answer, pieces):
+    """
+    Heads the proxy must not relay (ambiguous framing, codings it cannot
+    frame, folding, CR/LF/NUL in a field, bare LF lines, a head over
+    max_header_size), in one read or trickled: 502, the node connection
+    closed (never pooled), the node not put in error (one bad answer, issue
+    13 §2) but counted by passive health; the client's keep-alive connection
+    goes on with its next request, answered on a new node connection.
+    """
+    h = one_node()
+    c = h.client()
+    c.send(b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\n")
+    n = h.accept()
+    size = -(-len(answer) // pieces)
+    for i in range(0, len(answer), size):
+        if n.aborted:
+            break
+        n.respond(answer[i:i + size])
+    [r] = parse_responses(c.received())
+    assert r.status == 502
+    assert b"X-Injected" not in r.body and r.header(b"X-Injected") is None
+    assert n.aborted
+    assert not c.closed
+    assert h.failures == [] and h.nodeEntry("n1").rt.fails == 1
+    c.send(b"GET /2 HTTP/1.1\r\nHost: a\r\n\r\n")
+    n2 = h.accept()
+    assert parse_requests(n2.received())[0].url == b"/2"
+    n2.respond(OK_100)
+    [r2] = parse_responses(c.received())
+    assert r2.status == 200 and r2.body == b"hello"
+    assert h.counters_idle()
+
+
+@pytest.mark.parametrize("answer,close", [
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", True),  # short, then FIN
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nzz\r\n", False),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabc\r\n0\r\n\r\n", False),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffffffff\r\n", False),
+])
+def test_body_framing_broken_after_the_head_cuts_the_client(answer, close):
+    """
+    The head went out, then the body breaks its own framing (too short
+    before a close, a bad chunk size, chunk data longer than its size, a
+    size overflowing): the client connection is cut (its framing cannot be
+    completed), the node connection closed, passive health counts it.
+    """
+    h = one_node()
+    c = h.client()
+    c.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    n = h.accept()
+    n.respond(answer)
+    if close:
+        n.close()
+    raw = c.received()
+    # (the head is written at the end of the node's read: when the body
+    # breaks in the read that brought the head, the client gets nothing)
+    assert raw == b"" or raw.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert not raw.endswith(b"0\r\n\r\n")
+    assert c.transport.disconnected
+    assert n.aborted or close
+    assert h.counters_idle()
+    assert h.failures == [] and h.nodeEntry("n1").rt.fails == 1
+
+
+def test_head_response_with_a_body_in_the_same_read_is_not_pooled():
+    """
+    A HEAD response followed by a body in the same read: the client gets the
+    head only, the node connection is not reused (the body bytes are no
+    message boundary), the next request goes to a new connection.
+    """
+    h = one_node()
+    c = h.client()
+    c.send(b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n")
+    n = h.accept()
+    n.received()
+    n.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+    raw = c.received()
+    assert raw.endswith(b"\r\n\r\n") and b"hello" not in raw
+    assert n.closed
+    c.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    n2 = h.accept()
+    n2.respond(OK_100)
+    assert parse_responses(c.received())[0].body == b"hello"
