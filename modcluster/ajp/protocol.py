@@ -31,7 +31,7 @@ from twisted.internet.interfaces import (
     IReactorTime,
 )
 from twisted.internet.protocol import Protocol, connectionDone
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
@@ -728,7 +728,8 @@ class AJPClientProtocol(Protocol):
             self._state = _CLOSED
             self._cancelTimers()
             if reuse and not clean:
-                self._log.warn(
+                self._report(
+                    "data after END_RESPONSE", LogLevel.warn,
                     "AJP container {peer} sent data after END_RESPONSE; closing",
                     peer=self._peer())
             elif reuse:
@@ -789,7 +790,8 @@ class AJPClientProtocol(Protocol):
             return left
         self._fail(AJPReadTimeout(
             f"no data from the AJP container for {timeout:g} s "
-            f"while {_STATE_NAMES[state]}"), "AJP read timeout from {peer}: {error}")
+            f"while {_STATE_NAMES[state]}"), "AJP read timeout from {peer}: {error}",
+            "read timeout")
         return None
 
     def _checkTimeout(self) -> None:
@@ -826,7 +828,7 @@ class AJPClientProtocol(Protocol):
     def _prePingTimeout(self) -> None:
         self._pingTimer = None
         self._fail(CPingFailed("no CPONG before the request within the ping timeout"),
-                   "AJP CPING before request to {peer} failed: {error}")
+                   "AJP CPING before request to {peer} failed: {error}", "CPING failed")
 
     def _cancelPing(self, d: Deferred) -> None:
         self._pingDeferred = None
@@ -863,15 +865,22 @@ class AJPClientProtocol(Protocol):
             return None
 
     def _protocolError(self, error: AJPProtocolError) -> None:
-        self._fail(error, "AJP protocol error from {peer}: {error}")
+        self._fail(error, "AJP protocol error from {peer}: {error}", "protocol error")
 
-    def _fail(self, error: AJPError, format: str) -> None:
+    def _report(self, kind: str, level: LogLevel, format: str, **fields) -> None:
+        """
+        Log a line about this connection's container (C{kind}: what
+        happened, for a subclass that rate-limits the lines per kind).
+        """
+        self._log.emit(level, format, **fields)
+
+    def _fail(self, error: AJPError, format: str, kind: str) -> None:
         """
         Drop the connection and report C{error} to the receiver (if any).
         """
         if self._state == _CLOSED:
             return
-        self._log.warn(format, peer=self._peer(), error=str(error))
+        self._report(kind, LogLevel.warn, format, peer=self._peer(), error=str(error))
         self._state = _CLOSED
         receiver = self._receiver
         started, sent = self._responseStarted, self._requestSent

@@ -147,6 +147,12 @@ class _NodeProtocol(AJPClientProtocol):
         link.got = True
         AJPClientProtocol.dataReceived(self, data)
 
+    def _report(self, kind: str, level: LogLevel, format: str, **fields) -> None:
+        # at the forwarder's rate limit, per node and kind: a broken node
+        # answering every request must not write lines at the request rate
+        pool = self.link.pool
+        pool.fw.limiter.emit(f"AJP {kind}, node {pool.route}", level, format, **fields)
+
 
 def _relayed(headers) -> list:
     """
@@ -445,8 +451,10 @@ class AJPConnection:
         if ex is None:
             return
         if short:
-            log.warn("AJP node {route}: response ended {left} bytes short of its "
-                     "Content-Length", route=self.pool.route, left=self.remaining)
+            self.fw.limiter.emit(
+                f"AJP response too short, node {pool.route}", LogLevel.warn,
+                "AJP node {route}: response ended {left} bytes short of its Content-Length",
+                route=pool.route, left=self.remaining)
             ex.responseFailed(ForwardError(
                 PROTOCOL, f"{self.pool.worker}: response body shorter than its Content-Length",
                 request_sent=True))
@@ -489,8 +497,9 @@ class AJPConnection:
         ex = self.ex
         self.ex = None
         self.body = None
-        log.warn("AJP node {route} ({worker}): {message}; connection dropped",
-                 route=self.pool.route, worker=self.pool.worker, message=message)
+        self.fw.limiter.emit(f"AJP bad response, node {self.pool.route}", LogLevel.warn,
+                             "AJP node {route} ({worker}): {message}; connection dropped",
+                             route=self.pool.route, worker=self.pool.worker, message=message)
         self._drop()
         if ex is not None:
             ex.responseFailed(ForwardError(PROTOCOL, f"{self.pool.worker}: {message}",
@@ -696,7 +705,8 @@ class AJPForwarder(PooledForwarder):
         if config.ajp_cping not in CPING_MODES:
             raise ValueError(f"ajp_cping must be one of {CPING_MODES}")
         self.reactor = reactor
-        #: requests refused here are client-driven: their log lines are rate-limited
+        #: requests refused here are client-driven, node-side failures may
+        #: come at the request rate: their log lines are rate-limited
         self.limiter = LogLimiter(log, reactor.seconds)
         self.config = config
         self.packet_size = config.ajp_packet_size
@@ -794,6 +804,10 @@ class AJPForwarder(PooledForwarder):
             client.forwarder_facts = facts
             self.client_facts += 1
         return facts
+
+    def tick(self, now: float) -> None:
+        PooledForwarder.tick(self, now)
+        self.limiter.tick(now)  # the lines held back, once their interval is over
 
     def forward(self, exchange, fresh: bool = False):
         self.in_forward = True

@@ -1276,3 +1276,41 @@ def test_ip_literal_node_connects_without_endpoint_wrapper():
     [conn] = h.forwarder._pools[h.entry("n1").id].conns
     assert proto is conn.proto
     assert timeout == 10.0
+
+
+def _stray_after_end(ex: ContainerExchange) -> None:
+    ex.sendHeaders(200, [(b"Content-Length", b"2")])
+    ex.write(b"ok")
+    ex.end(True)
+    ex.container.transport.write(CPING_PACKET[:3])  # after END_RESPONSE, same read
+
+
+@pytest.mark.parametrize("handler,what", [
+    (garbage, "protocol error"),  # the protocol's line
+    (respond(200, [(b"Content-Length", b"1")], b"too long"), "connection dropped"),
+    (respond(200, [(b"Content-Length", b"9")], b"short"), "bytes short of"),
+    (_stray_after_end, "after END_RESPONSE"),
+])
+def test_a_broken_node_cannot_flood_the_log(handler, what):
+    """
+    A node that answers every request brokenly gets its connections closed
+    with log lines at the forwarder's rate limit (10 per kind and node per
+    10 s, then one line saying how many were left out), not one line (or
+    two) per request.
+    """
+    from twisted.logger import formatEvent
+
+    h = Harness()
+    h.node("n1", 8009, balancer=BalancerSettings("mycluster", max_attempts=0))
+    with capturedLogs() as events:
+        for i in range(30):
+            c = h.client()
+            c.send(b"GET /%d HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n" % i)
+            h.accept(handler=handler)
+            assert c.closed or c.aborted
+        h.advance(11)
+    texts = [formatEvent(e) for e in events]
+    lines = [t for t in texts if what in t and "more similar messages" not in t]
+    assert 1 <= len(lines) <= 10, lines
+    assert any("more similar messages" in t and "node n1" in t for t in texts), texts
+    assert h.counters_idle()
