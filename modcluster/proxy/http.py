@@ -23,10 +23,11 @@ from OpenSSL.SSL import Error as SSLError
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from modcluster.accesslog import LogLimiter
 from modcluster.memo import BoundedMemo
 from modcluster.proxy._transport import IStreamTransport, direct_writer, set_nodelay
 from modcluster.proxy.headers import (
@@ -449,8 +450,10 @@ class NodeProtocol(Protocol):
         if section is None and prev:
             section = trailer_section(prev + data)
         if section is None:
-            log.info("trailer section from {worker} spread over more than two reads: "
-                     "not relayed", worker=self.pool.worker)
+            self.fw.limiter.emit(
+                f"trailers not relayed, node {self.pool.settings.route}", LogLevel.info,
+                "trailer section from {worker} spread over more than two reads: "
+                "not relayed", worker=self.pool.worker)
             return
         if section:
             block = filter_trailers(section)
@@ -710,8 +713,10 @@ class NodePool(PoolBase):
         limit = self.read_timeout + slack
         for p in list(self.conns):
             if p.ex is not None and p.up and not p.paused and now - p.seen > limit:
-                log.warn("node {route}: no data for {timeout:g} s", route=self.settings.route,
-                         timeout=self.read_timeout)
+                route = self.settings.route
+                self.fw.limiter.emit(f"read timeout, node {route}", LogLevel.warn,
+                                     "node {route}: no data for {timeout:g} s", route=route,
+                                     timeout=self.read_timeout)
                 p.timedOut()
         self.trim_idle(now)
 
@@ -734,11 +739,18 @@ class HttpForwarder(PooledForwarder):
         self.add_forwarded = config.add_forwarded_headers
         self.server_name = config.server_name.encode("utf-8")
         self.max_head = config.max_header_size
+        #: node-side log lines (read timeouts, ...) may come at the request
+        #: rate: rate-limited per node and kind
+        self.limiter = LogLimiter(log, reactor.seconds)
         # X-Forwarded-For/-Proto/-Server lines by client address (plain, TLS)
         self._fwd: tuple[BoundedMemo[str, bytes], BoundedMemo[str, bytes]] = (
             BoundedMemo("proxy.http.forwarded", FORWARDED_MEMO_SIZE, count_hits=False),
             BoundedMemo("proxy.http.forwarded_tls", FORWARDED_MEMO_SIZE, count_hits=False))
         super().__init__(reactor)
+
+    def tick(self, now: float) -> None:
+        PooledForwarder.tick(self, now)
+        self.limiter.tick(now)  # the lines held back, once their interval is over
 
     def forwarded(self, client) -> bytes:
         """The X-Forwarded-For, -Proto and -Server lines for C{client} (remembered)."""

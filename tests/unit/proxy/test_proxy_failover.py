@@ -497,3 +497,30 @@ def test_proxy_out_of_descriptors_is_not_a_node_failure():
     n = h.accept()
     n.respond(OK_100)
     assert parse_responses(c.received())[0].status == 200
+
+
+def test_a_node_timing_out_every_request_cannot_flood_the_log():
+    """
+    30 requests to a node that never answers time out together: 504 each, and
+    the forwarder's "no data" lines are rate-limited per node (10 per 10 s,
+    then one line counting those left out), as the front's 504 lines are.
+    """
+    from twisted.logger import capturedLogs, formatEvent
+
+    h = Harness(timeout=10)
+    h.node("n1", 8081, contexts=("/app",))
+    clients = []
+    with capturedLogs() as events:
+        for _ in range(30):
+            c = h.client()
+            c.send(GET)
+            h.accept()
+            clients.append(c)
+        h.advance(13)
+        h.advance(11)
+    assert all(parse_responses(c.received())[0].status == 504 for c in clients)
+    texts = [formatEvent(e) for e in events]
+    lines = [t for t in texts if "no data for" in t and t.startswith("node n1")]
+    assert 1 <= len(lines) <= 10, lines
+    assert any("more similar messages" in t and "node n1" in t for t in texts), texts
+    assert h.counters_idle()
