@@ -293,6 +293,20 @@ def test_get_body_chunk_requested_smaller():
     assert sent(transport) == body_chunk_header(6) + b"efghij"
 
 
+def test_get_body_chunk_asking_beyond_the_packet_size_gets_one_packet():
+    """
+    A container asking for more than a packet can carry (0xFFFF with 8 KiB
+    packets) gets at most one packet's worth (packet size - 6), never a
+    packet larger than the negotiated size.
+    """
+    proto, transport, clock = connect()
+    channel = proto.sendRequest(request(b"PUT"), Receiver(), bodyLength=None)
+    channel.write(b"x" * 20000)
+    sent(transport)
+    proto.dataReceived(encode_get_body_chunk(0xFFFF))
+    assert sent(transport) == body_chunk_header(8186) + b"x" * 8186
+
+
 def test_chunked_body_waits_for_get_body_chunk():
     """
     Unknown length: nothing is sent unasked; a GET with nothing queued waits
