@@ -359,6 +359,11 @@ class _H2Exchange(_Exchange):
                 conn.h2.reset_stream(self.sid, ErrorCodes.NO_ERROR)
             except H2Error:
                 pass
+            if self.unacked:
+                # what was received while paused and never acknowledged goes
+                # back to the connection's window (else lost for good)
+                n, self.unacked = self.unacked, 0
+                conn._ack(self.sid, n)
         conn._streamClosed(self)
 
 

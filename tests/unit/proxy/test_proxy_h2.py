@@ -382,6 +382,39 @@ def test_request_body_window_given_back_only_as_the_node_takes_it(h):
     assert upstream is not None
 
 
+def test_an_answer_before_a_paused_upload_ends_gives_its_window_back(h):
+    """
+    The node answers before reading a paused upload (a 413 or 401 before the
+    body, the usual early answer): the stream ends with RST_STREAM NO_ERROR
+    and the bytes received but not acknowledged while it was paused are
+    given back to the connection's window.  Before, they were not: each
+    such stream took them from the connection window for good, until the
+    connection could carry no upload at all (every stream of that client
+    wedged).
+    """
+    h.node("n1", 9001)
+    c = H2Client(h)
+    # (h2 sends the connection's WINDOW_UPDATE once half its window is
+    # processed: what counts is that every byte received gets processed)
+    inbound = c.proto.h2._inbound_flow_control_window_manager
+    for _ in range(3):
+        sid = c.request(b"/app/up", method=b"POST", end=False,
+                        extra=[(b"content-length", b"1000000")])
+        c.pump()
+        node = h.accept(9001)
+        c.proto.streams[sid].pauseRequestBody()  # the node stopped reading
+        for _ in range(9):
+            c.conn.send_data(sid, b"a" * 16000)
+        c.pump()
+        assert c.proto.streams[sid].unacked == 144000
+        node.respond(b"HTTP/1.1 413 Too Large\r\nContent-Length: 0\r\n"
+                     b"Connection: close\r\n\r\n")
+        c.pump()
+        assert c.status(sid) == 413 and c.resets[sid] == ErrorCodes.NO_ERROR
+    assert inbound.current_window_size + inbound._bytes_processed == inbound.max_window_size
+    assert h.counters_idle() and not c.proto.streams
+
+
 def test_graceful_goaway_lets_open_streams_finish(h):
     h.node("n1", 9001)
     neg = NegotiatingFactory(h.factory)
