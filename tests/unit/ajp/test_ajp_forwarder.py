@@ -1314,3 +1314,59 @@ def test_a_broken_node_cannot_flood_the_log(handler, what):
     assert 1 <= len(lines) <= 10, lines
     assert any("more similar messages" in t and "node n1" in t for t in texts), texts
     assert h.counters_idle()
+
+
+def _cut_mid_body(ex: ContainerExchange) -> None:
+    ex.sendHeaders(200, [(b"Content-Length", b"10")])
+    ex.write(b"abc")
+    ex.container.transport.loseConnection()
+
+
+#: broken container answers, each for one HTTP/2 stream: what the stream gets
+_H2_BROKEN = [
+    (garbage, 502),
+    (respond(200, [(b"Content-Length", b"1")], b"too long"), "reset"),
+    (respond(200, [(b"Content-Length", b"9")], b"short"), "reset"),
+    (respond(200, [(b"Content-Length", b"3"), (b"Content-Length", b"4")], b"abc"), 502),
+    (respond(200, [(b"Connection", b"content-length"), (b"Content-Length", b"5")], b"hello"),
+     200),
+    (_cut_mid_body, "reset"),
+    (respond(200, [(b"Content-Length", b"4")], b"good"), 200),
+]
+
+
+def _h2_by_path(ex: ContainerExchange) -> None:
+    _H2_BROKEN[int(ex.request.req_uri.rsplit(b"/", 1)[1])][0](ex)
+
+
+def test_broken_container_answers_fail_only_their_own_http2_stream():
+    """
+    Broken AJP answers relayed to HTTP/2 streams of one connection: 502
+    before the head, RST_STREAM INTERNAL_ERROR after it, the good streams
+    answered, the connection up, counters at zero.
+    """
+    from h2.errors import ErrorCodes
+
+    from tests.unit.proxy.test_proxy_h2 import H2Client
+
+    h = Harness()
+    h.node("n1", 8009, contexts=("/app",))
+    c = H2Client(h)
+    sids = []
+    for i in range(len(_H2_BROKEN)):
+        sids.append(c.request(b"/app/%d" % i))
+        c.pump()
+        while h.pending():
+            h.accept(handler=_h2_by_path)
+        c.pump()
+    h.flush()
+    c.pump()
+    for sid, (_, outcome) in zip(sids, _H2_BROKEN):
+        if outcome == "reset":
+            assert c.resets.get(sid) == ErrorCodes.INTERNAL_ERROR, sid
+        else:
+            assert c.status(sid) == outcome and sid in c.ended, sid
+    assert c.body[sids[4]] == b"hello" and c.body[sids[6]] == b"good"
+    assert c.terminated is None
+    assert h.counters_idle()
+    assert not c.proto.streams
