@@ -398,7 +398,10 @@ class AJPConnection:
             out = drop_listed(_relayed(headers), connection_tokens(conn))
         else:
             out = b"".join(parts)
-        length = int(cl) if cl is not None and cl.isdigit() else None
+        # a number below 10**18 (not thousands of digits: int() refuses more
+        # than 4300, and no body is an exabyte)
+        length = (int(cl) if cl is not None and cl.isdigit() and len(cl.lstrip(b"0")) <= 18
+                  else None)
         relayed = reason
         known = _REASONS.get(status)
         if known is None:

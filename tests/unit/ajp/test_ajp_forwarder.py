@@ -990,6 +990,26 @@ def test_body_not_matching_content_length_aborts_client(headers, body):
     assert h.counters_idle()
 
 
+@pytest.mark.parametrize("value", [b"1" * 5000, b"99999999999999999999"])
+def test_content_length_too_long_to_be_a_number_is_a_protocol_error(value):
+    """
+    A Content-Length of thousands of digits (it fits an 8 KiB packet) or
+    beyond 2**63: 502, the connection dropped.  Before, int() raised on more
+    than 4300 digits (Python's limit) out of dataReceived (an unhandled
+    error, the client answered only after a retry on a fresh connection
+    failed alike).
+    """
+    h = Harness()
+    h.node("n1", 8009, balancer=BalancerSettings("mycluster", max_attempts=0))
+    c = h.client()
+    c.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    n = h.accept(handler=respond(200, [(b"Content-Length", value)], b"x"))
+    assert parse(c.received())[0].status == 502
+    assert n.closed
+    assert not h.pending()
+    assert h.counters_idle()
+
+
 def test_conflicting_content_length_is_a_protocol_error():
     h = Harness()
     h.node("n1", 8009, balancer=BalancerSettings("mycluster", max_attempts=0))
