@@ -145,7 +145,16 @@ class _NodeProtocol(AJPClientProtocol):
         link = self.link
         link.rt.read += len(data)
         link.got = True
-        AJPClientProtocol.dataReceived(self, data)
+        try:
+            AJPClientProtocol.dataReceived(self, data)
+        except Exception:
+            # a bug relaying a message (or input nobody thought of): this
+            # exchange fails, not the reactor's read loop (as http.py does)
+            pool = link.pool
+            log.failure("bug while relaying a response from AJP node {route}",
+                        route=pool.route)
+            link._bad("internal error while relaying the response")
+            self.abort()
 
     def _report(self, kind: str, level: LogLevel, format: str, **fields) -> None:
         # at the forwarder's rate limit, per node and kind: a broken node

@@ -1010,6 +1010,31 @@ def test_content_length_too_long_to_be_a_number_is_a_protocol_error(value):
     assert h.counters_idle()
 
 
+def test_a_bug_while_relaying_fails_the_exchange_not_the_reactor(monkeypatch):
+    """
+    An exception out of the forwarder's handling of a node's message (a bug,
+    or input nobody thought of) is caught where the node's bytes come in,
+    as the HTTP forwarder does: logged with its traceback, the connection
+    dropped, 502; it does not escape dataReceived (an unhandled error, the
+    protocol left mid-exchange).
+    """
+    def broken(self, status, reason, headers):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(AJPConnection, "headReceived", broken)
+    h = Harness()
+    h.node("n1", 8009, balancer=BalancerSettings("mycluster", max_attempts=0))
+    c = h.client()
+    with capturedLogs() as events:
+        c.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        n = h.accept()
+    assert parse(c.received())[0].status == 502
+    assert n.closed
+    assert any(e.get("log_failure") is not None and "boom" in str(e["log_failure"].value)
+               for e in events)
+    assert h.counters_idle()
+
+
 def test_conflicting_content_length_is_a_protocol_error():
     h = Harness()
     h.node("n1", 8009, balancer=BalancerSettings("mycluster", max_attempts=0))
