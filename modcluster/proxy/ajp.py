@@ -54,6 +54,7 @@ from modcluster.ajp.protocol import (
 from modcluster.memo import BoundedMemo
 from modcluster.proxy._transport import direct_writer
 from modcluster.proxy.headers import (
+    BAD_REASON,
     RESP_CONNECTION,
     RESP_CONTENT_LENGTH,
     RESPONSE_HEADER_EXACT,
@@ -415,8 +416,10 @@ class AJPConnection:
         known = _REASONS.get(status)
         if known is None:
             known = (b"%d" % status, reason_phrase(status))
-        if not reason or reason == known[0]:
-            relayed = known[1]  # Tomcat sends the code as its message
+        if not reason or reason == known[0] or BAD_REASON.search(reason) is not None:
+            # Tomcat sends the code as its message; control characters are
+            # not relayed
+            relayed = known[1]
         return RelayedHead(headers, status, reason, out, cl, length, relayed)
 
     def bodyReceived(self, data: bytes) -> None:

@@ -10,6 +10,7 @@ from http import HTTPStatus
 from typing import Iterable, Optional
 
 __all__ = [
+    "BAD_REASON",
     "REQ_HOST",
     "REQ_COOKIE",
     "REQ_CONNECTION",
@@ -128,6 +129,10 @@ REQUEST_HEADER_EXACT[b"TE"] = REQ_DROP
 #: Exact-case map for responses, same use.
 RESPONSE_HEADER_EXACT = _exact(RESPONSE_HEADER_KIND)
 RESPONSE_HEADER_EXACT[b"TE"] = RESP_DROP
+
+#: A byte a reason phrase may not carry (RFC 9112 §4: HTAB, SP, VCHAR and
+#: obs-text only); llhttp accepts the other control characters but CR/LF.
+BAD_REASON = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 #: Common lower-cased Connection values that name no header.
 _PLAIN_CONNECTION_VALUES = frozenset((b"keep-alive", b"close", b"upgrade", b"keep-alive ",

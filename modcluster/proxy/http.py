@@ -31,6 +31,7 @@ from modcluster.accesslog import LogLimiter
 from modcluster.memo import BoundedMemo
 from modcluster.proxy._transport import IStreamTransport, direct_writer, set_nodelay
 from modcluster.proxy.headers import (
+    BAD_REASON,
     filter_trailers,
     reason_phrase,
     response_block_at,
@@ -122,6 +123,8 @@ def split_head(head: bytes) -> tuple:
     line_end = head.find(b"\r\n")
     sp = head.find(b" ", 9, line_end)
     reason = head[sp + 1:line_end] if sp > 0 else b""
+    if reason and BAD_REASON.search(reason) is not None:
+        reason = b""  # control characters: the standard phrase is relayed
     return (reason,) + response_block_at(head, line_end + 2)
 
 

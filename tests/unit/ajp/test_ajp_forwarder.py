@@ -624,6 +624,23 @@ def test_content_length_named_in_connection_still_frames_the_relayed_response():
     assert not c.closed
 
 
+def test_control_characters_in_a_reason_are_not_relayed():
+    """A container's message with control characters (not CR/LF/NUL, which the
+    parser refuses): the standard phrase is relayed instead."""
+    h = one_node()
+    c = h.client()
+    c.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+
+    def handler(ex: ContainerExchange) -> None:
+        ex.sendHeaders(403, [(b"Content-Length", b"2")], reason=b"\x1b[31mDenied")
+        ex.write(b"no")
+        ex.end(True)
+
+    h.accept(handler=handler)
+    raw = c.received()
+    assert raw.startswith(b"HTTP/1.1 403 Forbidden\r\n"), raw
+
+
 def test_flush_packet_and_flushpackets_on():
     """An empty SEND_BODY_CHUNK flushes; with flushpackets On each chunk is written at once."""
     for mode, expected_writes in (("Off", 1), ("On", 3)):

@@ -669,3 +669,24 @@ def test_head_response_with_a_body_in_the_same_read_is_not_pooled():
     n2 = h.accept()
     n2.respond(OK_100)
     assert parse_responses(c.received())[0].body == b"hello"
+
+
+@pytest.mark.parametrize("reason", [b"O\x01K", b"OK\x7f", b"\x1b[31mred"])
+def test_control_characters_in_a_reason_phrase_are_not_relayed(reason):
+    """
+    llhttp accepts control characters in a reason phrase (not CR or LF),
+    which RFC 9112 does not allow (HTAB, SP, VCHAR, obs-text): the client
+    gets the standard phrase instead, not bytes a strict parser refuses.
+    """
+    h = one_node()
+    c = h.client()
+    c.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    n = h.accept()
+    n.respond(b"HTTP/1.1 200 " + reason + b"\r\nContent-Length: 2\r\n\r\nok")
+    raw = c.received()
+    assert raw.startswith(b"HTTP/1.1 200 OK\r\n"), raw
+    assert parse_responses(raw)[0].body == b"ok"
+    c.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    n.received()
+    n.respond(b"HTTP/1.1 200 Fine \xe9t\xe9\tyes\r\nContent-Length: 2\r\n\r\nok")  # allowed
+    assert c.received().startswith(b"HTTP/1.1 200 Fine \xe9t\xe9\tyes\r\n")
