@@ -600,8 +600,9 @@ class ClientProtocol(Protocol, ClientDeadlines):
         the parser (which stays at the message boundary where the previous
         request left it).
         """
-        ex = _Exchange(self)
-        ex.remembered(template, target)
+        ex = _Exchange(self, template)
+        if target is not None:
+            ex.retarget(target)
         self._head_start = None
         self._reading = ex
         self._current = ex

@@ -226,35 +226,47 @@ class _Exchange:
     #: trailers are not forwarded); L{_H2Exchange} has a slot for it
     request_trailers: Optional[bytes] = None
 
-    def __init__(self, proto: Union[ClientProtocol, _H2Exchange]) -> None:
+    def __init__(self, proto: Union[ClientProtocol, _H2Exchange],
+                 template: Optional[RequestHead] = None) -> None:
         # an HTTP/2 stream is its own client side (it overrides the methods
         # that write HTTP/1.x to ClientProtocol._out)
         self.proto = proto
         self.client: Optional[ClientInfo] = proto.client
-        self.method = b""
-        self.target = b""
-        self.version = "1.1"
-        self.headers: list = []
-        self.host: Optional[bytes] = None
-        self.body_length: Optional[int] = None
+        if template is None:
+            self.method = b""
+            self.target = b""
+            self.version = "1.1"
+            self.headers: list = []
+            self.host: Optional[bytes] = None
+            self.body_length: Optional[int] = None
+            self.keep_alive = True
+            self.path = ""
+            self.query = b""
+            self.cookies: Optional[list] = None
+            self.upgrade_token: Optional[bytes] = None
+            self.x_forwarded = False
+            self.proxy_connection = False
+            self.idempotent = True
+            self.head_size = 0
+            self.body_done = False
+        else:
+            # a remembered head (see remembered): its fields stored once,
+            # not the defaults first
+            (self.method, self.target, self.version, self.headers, self.host,
+             self.body_length, self.keep_alive, self.path, self.query, self.cookies,
+             self.upgrade_token, self.x_forwarded, self.proxy_connection,
+             self.idempotent) = template.values
+            self.head_size = -1
+            self.body_done = True
         self.expect_continue = False
         self.upgrade: Optional[bytes] = None
-        self.idempotent = True
         self.decision: Optional[Decision] = None
         self.node: Optional[NodeEntry] = None
-        self.x_forwarded = False
-        self.proxy_connection = False
-        self.keep_alive = True
-        self.path = ""
-        self.query = b""
-        self.cookies: Optional[list] = None
         self.error: Optional[tuple] = None
         self.headers0: Optional[list] = None
         self.connection: Optional[list] = None
-        self.upgrade_token: Optional[bytes] = None
         self.skipped_body = False
         self.tunnel_candidate = False
-        self.head_size = 0
         self.upstream: Optional[IUpstream] = None
         self.attempts = 0
         self.exclude: frozenset = frozenset()
@@ -263,7 +275,6 @@ class _Exchange:
         self.wait_call: Optional[IDelayedCall] = None
         self.body: Optional[list[bytes]] = None
         self.body_held = 0
-        self.body_done = False
         self.body_received = 0
         self.body_sent = 0
         self.end_sent = False
@@ -300,7 +311,8 @@ class _Exchange:
         Take a L{template} (of a head without a body, so the body is done);
         with C{target}, an origin-form target of the same request line
         syntax, that target instead of the template's (what C{_checkHead}
-        makes of it).
+        makes of it).  C{_Exchange(proto, template)} does the first part
+        as it is made (the client connection's remembered heads).
         """
         (self.method, self.target, self.version, self.headers, self.host,
          self.body_length, self.keep_alive, self.path, self.query, self.cookies,
@@ -309,14 +321,18 @@ class _Exchange:
         self.head_size = -1
         self.body_done = True
         if target is not None:
-            self.target = target
-            q = target.find(b"?")
-            if q >= 0:
-                self.query = target[q + 1:]
-                target = target[:q]
-            else:
-                self.query = b""
-            self.path = target.decode("utf-8", "surrogateescape")
+            self.retarget(target)
+
+    def retarget(self, target: bytes) -> None:
+        """C{target} (origin-form, syntax checked) instead of the remembered head's."""
+        self.target = target
+        q = target.find(b"?")
+        if q >= 0:
+            self.query = target[q + 1:]
+            target = target[:q]
+        else:
+            self.query = b""
+        self.path = target.decode("utf-8", "surrogateescape")
 
     # -- routing ------------------------------------------------------------
 
