@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from modcluster.cluster.model import NodeEntry
     from modcluster.proxy.client import ClientProtocol
     from modcluster.proxy.h2 import _H2Exchange
+    from modcluster.proxy.http import WholeHead
 
 __all__: list[str] = []
 
@@ -147,6 +148,14 @@ def _status_line(status: int) -> bytes:
     if 100 <= status <= 999:
         _STATUS_LINES[status] = line
     return line
+
+
+def _whole_head(whole: WholeHead, end: bytes) -> bytes:
+    """The head relayed for C{whole} (L{_Exchange.responseWhole}), ending in C{end}."""
+    line = _STATUS_LINES.get(whole.status)
+    if line is None:
+        line = _status_line(whole.status)
+    return b"".join((line, whole.reason, b"\r\n", whole.headers, end))
 
 
 @implementer(IExchange)
@@ -603,6 +612,49 @@ class _Exchange:
             line = _status_line(status)
         # (joined: cheaper than a bytes % format with five arguments)
         proto._out.append(b"".join((line, reason, b"\r\n", headers, framing, end)))
+
+    def responseWhole(self, whole: WholeHead, body: bytes) -> None:
+        """
+        L{responseHead} then L{responseBody} of a whole response (the HTTP
+        forwarder's remembered heads: status 200-599 but 204 and 304,
+        C{Content-Length} framing, a method other than HEAD).  To a client
+        that keeps its connection, the head it gets is the same bytes every
+        time for its HTTP version: built once and kept in
+        C{whole.client_head} (HTTP/1.1) or C{whole.client_head10}; the body
+        is joined to it.
+        """
+        if (self.keep_alive and self.body_done and not self.tunnel_candidate
+                and not self.done and not self.resp_started):
+            status = whole.status
+            self.resp_started = True
+            self.status = status
+            proto = self.proto
+            if TYPE_CHECKING:  # HTTP/2 streams override this method; a response has an attempt
+                assert isinstance(proto, ClientProtocol) and self.decision is not None
+            if proto._observer is not None:
+                self.upstream_time = proto._observer.clock() - self.up_start
+            d = self.decision
+            node = d.node
+            rt = node.rt
+            if rt.fails or d.retrying or rt.in_error or status >= 500:
+                proto.factory.node_answered(node, d.retrying, status)
+            if self.version == "1.0":
+                head = whole.client_head10
+                if head is None:
+                    head = whole.client_head10 = _whole_head(
+                        whole, b"Connection: keep-alive\r\n\r\n")
+            else:
+                head = whole.client_head
+                if head is None:
+                    head = whole.client_head = _whole_head(whole, b"\r\n")
+            if body:
+                self.sent += len(body)
+                proto._out.append(head + body)
+            else:
+                proto._out.append(head)
+            return
+        self.responseHead(whole.status, whole.reason, whole.headers, len(body))
+        self.responseBody(body)
 
     def responseBody(self, data: bytes) -> None:
         if self.done or not data:

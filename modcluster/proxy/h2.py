@@ -260,6 +260,10 @@ class _H2Exchange(_Exchange):
                      route=node.route, e=e)
             self._abortClient()
 
+    def responseWhole(self, whole, body: bytes) -> None:
+        self.responseHead(whole.status, whole.reason, whole.headers, len(body))
+        self.responseBody(body)
+
     def responseBody(self, data: bytes) -> None:
         if self.done or not data or self.no_body or self.closed:
             return

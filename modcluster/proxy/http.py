@@ -91,9 +91,15 @@ class WholeHead:
     @ivar headers: the header lines to relay (L{response_block_at}).
     @ivar length: the Content-Length value.
     @ivar keep_alive: llhttp's C{should_keep_alive()} for it.
+    @ivar client_head: the head an HTTP/1.1 client that keeps its connection
+        gets for it (status line, headers, empty line), made by the front's
+        first L{IExchange.responseWhole} of it; C{None} until then.
+    @ivar client_head10: the same for an HTTP/1.0 client (with
+        C{Connection: keep-alive}).
     """
 
-    __slots__ = ("status", "reason", "headers", "length", "keep_alive")
+    __slots__ = ("status", "reason", "headers", "length", "keep_alive", "client_head",
+                 "client_head10")
 
     def __init__(self, status: int, reason: bytes, headers: bytes, length: int,
                  keep_alive: bool) -> None:
@@ -102,6 +108,8 @@ class WholeHead:
         self.headers = headers
         self.length = length
         self.keep_alive = keep_alive
+        self.client_head: Optional[bytes] = None
+        self.client_head10: Optional[bytes] = None
 
     def __repr__(self) -> str:
         return (f"WholeHead({self.status}, {self.reason!r}, {self.headers!r}, {self.length}, "
@@ -431,11 +439,9 @@ class NodeProtocol(Protocol):
         length = whole.length
         self.keep_alive = whole.keep_alive
         self.final = True
-        ex.responseHead(whole.status, whole.reason, whole.headers, length)
+        ex.responseWhole(whole, data[start:] if length else b"")
         if self.ex is not ex:  # pragma: no cover - the front does not fail here
             return
-        if length:
-            ex.responseBody(data[start:])
         self._finish()
 
     def _trailers(self, ex, data: bytes) -> None:

@@ -262,6 +262,16 @@ class IExchange(Interface):
     def responseBody(data: bytes) -> None:
         """Response body bytes (de-chunked), or raw bytes in a tunnel."""
 
+    def responseWhole(whole, body: bytes) -> None:
+        """
+        L{responseHead} and L{responseBody} at once, for a complete response
+        whose head the forwarder remembered (C{modcluster.proxy.http.WholeHead}:
+        C{status} 200-599 but 204 and 304, C{reason}, C{headers} as one bytes
+        block, Content-Length framing, a request method other than HEAD; its
+        C{client_head} and C{client_head10} slots belong to the front).  C{body} is the whole body
+        (C{Content-Length} bytes, maybe none).  L{responseEnd} still follows.
+        """
+
     def flush() -> None:
         """
         Write what the front holds for the client.  The front may keep

@@ -319,6 +319,47 @@ def test_whole_response_relayed_without_the_parser():
     assert c.received() == first
 
 
+@pytest.mark.parametrize("request_line, extra", [
+    (b"GET / HTTP/1.1", b""),
+    (b"GET / HTTP/1.1", b"Connection: close\r\n"),
+    (b"GET / HTTP/1.0", b"Connection: keep-alive\r\n"),
+    (b"GET / HTTP/1.0", b""),
+    (b"GET /?q HTTP/1.1", b"Upgrade: websocket\r\nConnection: Upgrade\r\n"),
+])
+@pytest.mark.parametrize("response", [
+    b"HTTP/1.1 200 OK\r\nServer: s\r\nContent-Length: 5\r\n\r\nhello",
+    b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 503 Busy\r\nContent-Length: 2\r\nConnection: close\r\n\r\nno",
+    b"HTTP/1.1 299 \r\nContent-Length: 1\r\n\r\nx",
+])
+def test_whole_response_relayed_as_the_parser_relays_it(request_line, extra, response):
+    """
+    What a client gets for a remembered response head (responseWhole, its
+    head built once per HTTP version) is what it gets through llhttp, the
+    first time and the times after, for clients that keep their connection
+    and clients that do not.
+    """
+    request = request_line + b"\r\nHost: x\r\nCookie: JSESSIONID=a.n1\r\n" + extra + b"\r\n"
+
+    def run():
+        h = _harness()
+        got = []
+        for _ in range(4):
+            c = h.client()
+            n = _serve(h, c, request, response)[0]
+            got.append((c.received(), c.closed))
+            if not n.closed:
+                n.proto.transport.loseConnection()
+        assert h.counters_idle()
+        return got, h
+
+    plain, _ = _without_memo(run)
+    remembered, h = run()
+    assert remembered == plain
+    pool = h.__dict__["conns"][0].proto.pool
+    assert list(pool.whole)  # the later answers took the whole-response path
+
+
 def test_whole_response_not_for_head_requests():
     h = _harness()
     c = h.client()
