@@ -75,6 +75,7 @@ class RequestHead:
     L{_Exchange} slots of the same names, read by name; sequences are tuples
     (shared between requests, never changed).
 
+    @ivar node_heads: see L{modcluster.proxy.http._node_head}.
     @ivar values: the fields in L{FIELDS} order, an exact tuple:
         L{_Exchange.remembered} unpacks it in one step on the hot path (the
         interpreter's fast unpacking is for exact tuples only: unpacking a
@@ -82,7 +83,7 @@ class RequestHead:
         machine instructions per request).
     """
 
-    __slots__ = ("values",)
+    __slots__ = ("values", "node_heads")
 
     FIELDS = ("method", "target", "version", "headers", "host", "body_length", "keep_alive",
               "path", "query", "cookies", "upgrade_token", "x_forwarded", "proxy_connection",
@@ -110,6 +111,10 @@ class RequestHead:
                  idempotent: bool) -> None:
         self.values: tuple = (method, target, version, headers, host, body_length, keep_alive, path,
                        query, cookies, upgrade_token, x_forwarded, proxy_connection, idempotent)
+        #: the HTTP forwarder's request head to a node for it, but for the
+        #: method and target and the X-Forwarded-For lines, by Host line
+        #: (modcluster.proxy.http._node_head)
+        self.node_heads: dict[bytes, tuple[bytes, bytes, bytes]] = {}
 
     def without_target(self) -> "RequestHead":
         """The same head for L{ProxyFactory.request_blocks}: no target."""
@@ -197,6 +202,7 @@ class _Exchange:
         "skipped_body",  # llhttp did not read an Upgrade request's body: parsed afresh
         "tunnel_candidate",  # an Upgrade the factory may tunnel (no body, allowed token)
         "head_size",  # request head bytes counted so far; -1 for a remembered head
+        "head_template",  # the RequestHead whose headers these are unchanged, or None
         # -- attempts (routing, failover) --
         "upstream",  # the IUpstream of the attempt in flight, or None
         "attempts",  # failovers to other nodes so far (max_attempts)
@@ -258,6 +264,7 @@ class _Exchange:
             self.idempotent = True
             self.head_size = 0
             self.body_done = False
+            self.head_template: Optional[RequestHead] = None
         else:
             # a remembered head (see remembered): its fields stored once,
             # not the defaults first
@@ -267,6 +274,7 @@ class _Exchange:
              self.idempotent) = template.values
             self.head_size = -1
             self.body_done = True
+            self.head_template = template
         self.expect_continue = False
         self.upgrade: Optional[bytes] = None
         self.decision: Optional[Decision] = None
@@ -329,6 +337,7 @@ class _Exchange:
          self.idempotent) = template.values
         self.head_size = -1
         self.body_done = True
+        self.head_template = template
         if target is not None:
             self.retarget(target)
 
@@ -441,6 +450,7 @@ class _Exchange:
 
     def _strip(self, d: Decision, cookie: Optional[str]) -> None:
         """StickySessionRemove: drop the session id from the path or Cookie."""
+        self.head_template = None  # (the headers may change)
         if self.headers0 is None:
             self.headers0 = self.headers
         path, new_cookie = strip_session(self.path, cookie, d)

@@ -206,6 +206,11 @@ class IExchange(Interface):
     x_forwarded = Attribute(
         "The client sent some X-Forwarded-* header (a forwarder that adds them must append "
         "to the client's values rather than add a second header).")
+    head_template = Attribute(
+        "The remembered request head (C{modcluster.proxy.exchange.RequestHead}) whose "
+        "C{headers}, C{host}, C{body_length} and C{x_forwarded} these are, unchanged, or "
+        "C{None}: the HTTP forwarder keeps the head it builds from them in its "
+        "C{node_heads}.")
     client = Attribute("L{ClientInfo} of the client connection.")
     decision = Attribute(
         "The L{modcluster.balancer.Decision} for this attempt (node, context, balancer, "

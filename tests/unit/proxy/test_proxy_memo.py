@@ -116,6 +116,47 @@ def test_memo_changes_nothing_the_peers_see(exchanges, sticky_remove, n1_error, 
     assert with_memo == without
 
 
+@pytest.mark.parametrize("preserve_host", [True, False])
+@pytest.mark.parametrize("add_forwarded", [True, False])
+@pytest.mark.parametrize("sticky_remove", [True, False])
+def test_node_head_of_a_remembered_head_is_the_parsed_ones(preserve_host, add_forwarded,
+                                                           sticky_remove):
+    """
+    The request head a node gets for a remembered request head (built once
+    per Host line: http._node_head) is the bytes the general path builds,
+    for each forwarding setting, with and without a new target after a
+    remembered header block.
+    """
+    heads = [
+        b"GET /a HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        b"GET /a?x=1 HTTP/1.1\r\nHost: localhost:8000\r\nAccept: */*\r\nUser-Agent: u\r\n\r\n",
+        b"GET /b HTTP/1.1\r\nAccept: */*\r\n\r\n",
+        b"DELETE /c HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\nX-A: 1\r\n\r\n",
+        b"GET /d HTTP/1.0\r\nHost: h\r\nConnection: keep-alive\r\n\r\n",
+        b"GET /e;jsessionid=abc.n1 HTTP/1.1\r\nHost: h\r\nCookie: JSESSIONID=abc.n1; a=1\r\n\r\n",
+        b"GET /f HTTP/1.1\r\nHost: h\r\nCookie: JSESSIONID=abc.n2\r\nX-B: 2\r\n\r\n",
+        b"GET /g HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 10.0.0.1\r\n\r\n",
+    ]
+    response = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    # each head three times (remembered from the third), then with other
+    # targets (a remembered header block)
+    plan = [(head, response) for head in heads for _ in range(3)]
+    plan += [(head.replace(b" /", b" /other/", 1), response) for head in heads for _ in range(2)]
+
+    def run():
+        h = Harness(preserve_host=preserve_host, add_forwarded_headers=add_forwarded)
+        b = BalancerSettings("mycluster", sticky_remove=sticky_remove, sticky_force=False)
+        h.node("n1", 8081, balancer=b)
+        h.node("n2", 8082, balancer=b)
+        return _transcript(h, plan), h
+
+    without, _ = _without_memo(run)
+    with_memo, h = run()
+    assert with_memo == without
+    templates = list(h.factory.request_heads.entries.values())
+    assert templates and any(t.node_heads for t in templates)
+
+
 def test_repeated_request_head_skips_the_parser_and_is_relayed_the_same():
     h = _harness()
     head = (b"GET /app/x?q=1 HTTP/1.1\r\nHost: localhost\r\nCookie: JSESSIONID=abc.n1\r\n"
