@@ -622,8 +622,8 @@ class ClientProtocol(Protocol, ClientDeadlines):
         except Exception:
             self._routingBug(ex)
         self._reading = None
-        if ex is self._current and not ex.done:
-            ex._bodyEnd()
+        if ex is self._current and not ex.done and not ex.end_sent:
+            ex._bodyEnd()  # (body_done already: nothing to do once the end was sent)
         if not ex.keep_alive:
             self._ignore = True  # nothing after a "close" request is read
 

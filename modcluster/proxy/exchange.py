@@ -530,7 +530,8 @@ class _Exchange:
                 if TYPE_CHECKING:
                     assert self.upstream is not None
                 self.upstream.requestBodyEnd()
-            proto._resumeReading(_P_UPSTREAM)
+            if proto._pause & _P_UPSTREAM:  # (what _resumeReading asks first)
+                proto._resumeReading(_P_UPSTREAM)
 
     def pauseRequestBody(self) -> None:
         if self.done:
@@ -696,7 +697,16 @@ class _Exchange:
             return
         self.done = True
         self.upstream = None
-        self._release()
+        if self.counted:  # _release, inlined (a call fewer per request)
+            self.counted = False
+            d = self.decision
+            if TYPE_CHECKING:  # counted by _attempt, which set it
+                assert d is not None
+            d.node.rt.busy -= 1
+            d.context.rt.in_flight -= 1
+            queues = self.proto.factory.queues
+            if queues and d.node.id in queues:
+                self.proto.factory.wake(d.node)
         if TYPE_CHECKING:  # HTTP/2 streams override this method
             assert isinstance(self.proto, ClientProtocol)
         if self.resp_chunked:
