@@ -227,11 +227,11 @@ class _Exchange:
         "tunnel",  # a 101 answer made the connection a byte tunnel
         "no_body",  # the response has no body (HEAD, 204, 304)
         # -- observing (access log, client metrics) --
-        "start",  # observer clock at the start of the request
+        "start",  # observer clock at the start of the request (only set with an observer)
         "status",  # the status answered (0 until known)
         "sent",  # response body bytes to the client
-        "up_start",  # observer clock at the start of the last attempt
-        "upstream_time",  # seconds from that start to its response head (-1: none)
+        "up_start",  # observer clock at the start of the last attempt (idem)
+        "upstream_time",  # seconds from that start to its response head (-1: none) (idem)
     )
     #: the client side's HTTP version for the access log when it is not
     #: C{version} (the version forwarded): "2.0" for HTTP/2 streams
@@ -303,12 +303,15 @@ class _Exchange:
         self.done = False
         self.tunnel = False
         self.no_body = False
-        obs = proto._observer
-        self.start = obs.clock() if obs is not None else 0.0
         self.status = 0
         self.sent = 0
-        self.up_start = 0.0
-        self.upstream_time = -1.0
+        obs = proto._observer
+        if obs is not None:
+            # read by the observer only (the connection's, fixed when it was
+            # made): left unset without one
+            self.start = obs.clock()
+            self.up_start = 0.0
+            self.upstream_time = -1.0
 
     def template(self) -> RequestHead:
         """
