@@ -828,4 +828,13 @@ class HttpForwarder(PooledForwarder):
                 log.failure("cannot set up connections to node {route}", route=node.route)
                 return LocalUpstream(self.reactor, exchange,
                                      error=ForwardError(CONNECT, f"{type(e).__name__}: {e}"))
+        if not fresh:
+            # NodePool.acquire's reuse of the most recent idle connection,
+            # inlined (a call fewer per request)
+            idle = pool.idle
+            while idle:
+                p = idle.pop()
+                if p.up and not p.closed:
+                    p.start(exchange)
+                    return p
         return pool.acquire(exchange, fresh)
