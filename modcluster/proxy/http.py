@@ -307,13 +307,20 @@ class NodeProtocol(Protocol):
         if not self.final:
             if not self.hbuf:
                 # A whole response whose head this node sent before (llhttp
-                # accepted it then): relayed without the parser (see _whole).
+                # accepted it then): relayed without the parser, what its
+                # callbacks would do for it (on_headers_complete, on_body,
+                # on_message_complete).  llhttp stays at a message boundary,
+                # where a complete keep-alive response leaves it.
                 end = data.find(b"\r\n\r\n")
                 if end > 0:
                     whole = self.pool.whole.entries.get(data[:end + 2])
                     if (whole is not None and whole.length == len(data) - end - 4
                             and ex.method != _HEAD):
-                        self._whole(ex, whole, data, end + 4)
+                        self.keep_alive = whole.keep_alive
+                        self.final = True
+                        ex.responseWhole(whole, data[end + 4:] if whole.length else b"")
+                        if self.ex is ex:  # (else the front failed it: not finished here)
+                            self._finish()
                         return
             hbuf = self.hbuf = self.hbuf + data if self.hbuf else data
             if len(hbuf) - self.hpos > self.fw.max_head and hbuf.find(b"\r\n\r\n",
@@ -458,22 +465,6 @@ class NodeProtocol(Protocol):
             self.broken = True
             return
         self.complete = True
-
-    def _whole(self, ex: IExchange, whole: WholeHead, data: bytes, start: int) -> None:
-        """
-        Relay a complete response read at once whose head is in
-        L{NodePool.whole}: what the parser callbacks would do for it
-        (C{on_headers_complete}, C{on_body}, C{on_message_complete}), without
-        feeding the parser.  llhttp stays at a message boundary, where a
-        complete keep-alive response leaves it.
-        """
-        length = whole.length
-        self.keep_alive = whole.keep_alive
-        self.final = True
-        ex.responseWhole(whole, data[start:] if length else b"")
-        if self.ex is not ex:  # pragma: no cover - the front does not fail here
-            return
-        self._finish()
 
     def _trailers(self, ex, data: bytes) -> None:
         """
