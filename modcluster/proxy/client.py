@@ -74,6 +74,7 @@ from modcluster.proxy.interfaces import (
     IDEMPOTENT_METHODS,
     ClientInfo,
 )
+from modcluster.proxy.upgrade import BodyAfterUpgrade
 
 if TYPE_CHECKING:
     from modcluster.proxy.front import ProxyFactory
@@ -683,7 +684,7 @@ class ClientProtocol(Protocol, ClientDeadlines):
         self._parser = HttpRequestParser(self)
         if ex.skipped_body:
             ex.skipped_body = False
-            wrapper = _BodyAfterUpgrade(self, ex)
+            wrapper = BodyAfterUpgrade(self, ex)
             self._parser = parser = HttpRequestParser(wrapper)
             wrapper.parser = parser
             self._reading = ex
@@ -872,44 +873,3 @@ class ClientProtocol(Protocol, ClientDeadlines):
 
 class _RequestRefused(Exception):
     """Raised from a parser callback to stop parsing a refused request."""
-
-
-class _BodyAfterUpgrade:
-    """
-    Parser callbacks for the body of an Upgrade request that is not tunnelled:
-    a fresh parser is given a made-up head with the request's framing, then the
-    bytes llhttp did not read; from the next request on everything goes to the
-    client protocol as usual.
-    """
-
-    def __init__(self, proto: ClientProtocol, ex: _Exchange) -> None:
-        self.proto = proto
-        self.ex = ex
-        self.parser: Optional[HttpRequestParser] = None  # set by the client protocol
-        self.made_up = True
-
-    def on_message_begin(self) -> None:
-        if not self.made_up:
-            self.proto.on_message_begin()
-
-    def on_url(self, url: bytes) -> None:
-        if not self.made_up:
-            self.proto.on_url(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if not self.made_up:
-            self.proto.on_header(name, value)
-
-    def on_headers_complete(self) -> None:
-        if self.made_up:
-            self.made_up = False
-            self.proto._reading = self.ex
-        else:
-            self.proto._parser = self.parser
-            self.proto.on_headers_complete()
-
-    def on_body(self, data: bytes) -> None:
-        self.proto.on_body(data)
-
-    def on_message_complete(self) -> None:
-        self.proto.on_message_complete()
