@@ -251,7 +251,8 @@ class TLSServerConnection(Protocol):
 
     #: the TCP transport (a C{tcp.Server}) under the TLS layer
     transport: Any
-    #: the application protocol (None once the connection is lost)
+    #: the application protocol (None until alpn._NegotiatingTLS chooses one;
+    #: the _CLOSED stand-in once the connection is lost)
     wrappedProtocol: Any
     #: so helpers that look for it (L{modcluster.proxy._transport}) see TLS
     TLS = True
