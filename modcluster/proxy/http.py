@@ -80,8 +80,11 @@ MAX_INTERIM = 10
 FORWARDED_MEMO_SIZE = 4096
 
 
-#: Host lines remembered per RequestHead (RequestHead.node_heads)
-NODE_HEADS_PER_TEMPLATE = 64
+#: Host lines remembered per RequestHead (RequestHead.node_heads): one with
+#: preserve_host (the default; the client's Host), one per node without it; at
+#: most 16 per template (request_heads and request_blocks: 512 templates of
+#: at most 2 KiB)
+NODE_HEADS_PER_TEMPLATE = 16
 
 
 def _node_head(t, host: bytes) -> tuple[bytes, bytes, bytes]:
