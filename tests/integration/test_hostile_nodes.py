@@ -10,7 +10,6 @@ proxy's descriptors are back to their count before.  Every wait is bounded.
 
 from __future__ import annotations
 
-import os
 import socket
 import socketserver
 import ssl as pyssl
@@ -24,24 +23,13 @@ from twisted.internet import defer, ssl, task, threads
 
 from tests.integration.test_proxy_http import Stack
 from tests.support.proxy_testlib import parse_responses
+from tests.support.waiting import until as _until, open_fds as _fds
 
 WS_HEAD = (b"GET /app/chat HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
            b"Sec-WebSocket-Version: 13\r\n\r\n")
 
 
-def _fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
-async def _until(predicate, timeout: float = 20.0) -> None:
-    from twisted.internet import reactor
-
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out")
-        await task.deferLater(reactor, 0.02, lambda: None)
 
 
 def _read_head(sock: socket.socket, buf: bytes) -> tuple[bytes, bytes]:

@@ -35,6 +35,7 @@ from modcluster.tls import server_endpoint
 
 from tests.integration.test_proxy_http import Stack
 from tests.integration.test_proxy_stdtls import _context, _keep_alive, _read_response
+from tests.support.waiting import until as _until, open_fds as _fds
 
 trustme = pytest.importorskip("trustme")
 
@@ -50,18 +51,6 @@ def pki(tmp_path_factory):
     return {"ca": str(d / "ca.pem"), "pem": str(pem)}
 
 
-def _fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
-async def _until(predicate, timeout: float = 20.0) -> None:
-    from twisted.internet import reactor
-
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out")
-        await task.deferLater(reactor, 0.02, lambda: None)
 
 
 class Listener:

@@ -26,7 +26,7 @@ from h2.events import (
     TrailersReceived,
 )
 from h2.settings import SettingCodes
-from twisted.internet import defer, task, threads
+from twisted.internet import defer, threads
 from twisted.internet.protocol import Factory, Protocol
 
 from modcluster.proxy.alpn import ALPN_PROTOCOLS, NegotiatingFactory
@@ -34,6 +34,7 @@ from modcluster.proxy.h2 import H2Protocol, STREAM_BUFFER
 from modcluster.tls import answer_alpn
 
 from tests.integration.test_proxy_http import Stack, _server_options
+from tests.support.waiting import until as _until
 
 trustme = pytest.importorskip("trustme")
 CURL = shutil.which("curl")
@@ -134,15 +135,6 @@ class Client:
     def close(self) -> None:
         self.s.close()
 
-
-async def _until(predicate, timeout: float = 20.0) -> None:
-    from twisted.internet import reactor
-
-    for _ in range(int(timeout / 0.02)):
-        if predicate():
-            return
-        await task.deferLater(reactor, 0.02, lambda: None)
-    raise AssertionError("timed out")
 
 
 def h2_test(fn):

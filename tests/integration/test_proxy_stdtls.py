@@ -26,6 +26,7 @@ from modcluster.tls import server_endpoint
 
 from tests.integration.test_proxy_http2 import Client as H2Client
 from tests.integration.test_proxy_http import Stack
+from tests.support.waiting import until as _until
 
 trustme = pytest.importorskip("trustme")
 CURL = shutil.which("curl")
@@ -42,15 +43,6 @@ def pki(tmp_path_factory):
         str(pem))
     return {"ca": str(d / "ca.pem"), "pem": str(pem)}
 
-
-async def _until(predicate, timeout: float = 20.0) -> None:
-    from twisted.internet import reactor
-
-    for _ in range(int(timeout / 0.02)):
-        if predicate():
-            return
-        await task.deferLater(reactor, 0.02, lambda: None)
-    raise AssertionError("timed out")
 
 
 async def with_listener(pki, fn, **stack_args):

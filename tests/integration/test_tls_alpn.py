@@ -16,11 +16,12 @@ import subprocess
 import pytest
 import pytest_twisted
 import trustme
-from twisted.internet import reactor, task, threads
+from twisted.internet import reactor, threads
 
 from modcluster.config import parse_config
 from modcluster.tap import build
 from tests.support.tomcat import free_loopback_ports
+from tests.support.waiting import until as _until
 
 CURL = shutil.which("curl")
 
@@ -93,13 +94,6 @@ async def _check_listener(port, pki, path, status, client_cert=False, h2=False):
     version_status = await threads.deferToThread(_curl, port, pki, path, client_cert)
     assert version_status == f"{'2' if h2 else '1.1'} {status}", version_status
 
-
-async def _until(predicate, timeout=20.0):
-    for _ in range(int(timeout / 0.05)):
-        if predicate():
-            return
-        await task.deferLater(reactor, 0.05, lambda: None)
-    raise AssertionError("timed out")
 
 
 @pytest_twisted.ensureDeferred
