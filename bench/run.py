@@ -47,6 +47,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -256,6 +257,58 @@ def cpu_seconds(before: dict, after: dict) -> float:
         old = before.get(pid)
         ticks += t - old[1] if old is not None and old[0] == start else t
     return ticks / CLK_TCK
+
+
+def machine_snapshot() -> tuple[int, int]:
+    """(all jiffies, idle + iowait jiffies) of the whole machine, from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return sum(v), v[3] + v[4]
+
+
+def machine_busy(before: tuple[int, int], after: tuple[int, int]) -> float | None:
+    """Share of the machine's CPU time (all cores) that was not idle in between."""
+    total = after[0] - before[0]
+    return None if total <= 0 else 1 - (after[1] - before[1]) / total
+
+
+def generator_cpu() -> float:
+    """
+    CPU seconds of this script's children that have ended and been waited for.  The
+    load generators (wrk, s_time, h2load) are the only children that end while a row is
+    measured (the servers live until the end), so the difference over one measurement
+    is the load generator's CPU.
+    """
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def add_machine(res: dict, m0: tuple[int, int], g0: float) -> None:
+    """Machine busy share and the load generator's CPU per 1 000 requests."""
+    busy = machine_busy(m0, machine_snapshot())
+    if busy is not None:
+        res["machine_busy"] = busy
+    res["client_cpu_s"] = generator_cpu() - g0
+    res["client_cpu_s_per_1k"] = res["client_cpu_s"] * 1000 / max(1, res["requests"])
+
+
+#: monotonic time of the last node registration over MCMP (register_node)
+LAST_REGISTRATION: float | None = None
+#: proxy.slow_start's default (modcluster/config.py): for that long after it registers,
+#: a node takes the slow-start branch of the balancer's choice, which no deployment pays
+#: after its first half minute; rows are measured after it (settle())
+SLOW_START = 30.0
+
+
+def settle() -> None:
+    """Wait until SLOW_START seconds have passed since the last registration."""
+    if LAST_REGISTRATION is None:
+        return
+    left = LAST_REGISTRATION + SLOW_START + 0.5 - time.monotonic()
+    if left > 0:
+        log(f"waiting {left:.0f} s: nodes registered less than proxy.slow_start "
+            f"({SLOW_START:g} s) ago are still in slow start")
+        time.sleep(left)
 
 
 def rss_kib(roots: list[int]) -> tuple[int, int]:
@@ -823,6 +876,8 @@ class McmpClient:
 def register_node(client: McmpClient, route: str, host: str, port: int, type_: str,
                   contexts=("/",), load: int | None = 100, info: bool = True) -> bytes:
     """INFO, CONFIG, one ENABLE-APP per context, STATUS: a Java node's registration."""
+    global LAST_REGISTRATION
+    LAST_REGISTRATION = time.monotonic()
     if info:
         client.ok("INFO")
     client.ok("CONFIG", [("JVMRoute", route), ("Host", host), ("Port", port),
@@ -868,6 +923,7 @@ def measure(target: Target, path: str, duration: float, connections: int,
     backends = list(target.backend_pids()) if target.backend_pids else []
     sampler = RssSampler(proxy)
     cpu0, bcpu0 = cpu_snapshot(proxy), cpu_snapshot(backends)
+    m0, g0 = machine_snapshot(), generator_cpu()
     sampler.start()
     try:
         res = run_wrk(target.url(path), duration, connections, keepalive, script=script,
@@ -875,6 +931,7 @@ def measure(target: Target, path: str, duration: float, connections: int,
     finally:
         mem = sampler.finish()
     cpu1, bcpu1 = cpu_snapshot(proxy), cpu_snapshot(backends)
+    add_machine(res, m0, g0)
     res.update(mem)
     n = max(1, res["requests"])
     if proxy:
@@ -902,6 +959,12 @@ def aggregate(runs: list[dict]) -> dict:
     if all("backend_cpu_s" in r for r in runs):
         agg["backend_cpu_s_per_1k"] = sum(r["backend_cpu_s"] for r in runs) * 1000 / max(
             1, agg["requests"])
+    if all("client_cpu_s" in r for r in runs):
+        agg["client_cpu_s_per_1k"] = sum(r["client_cpu_s"] for r in runs) * 1000 / max(
+            1, agg["requests"])
+    busy = [r["machine_busy"] for r in runs if "machine_busy" in r]
+    if busy:
+        agg["machine_busy"] = statistics.mean(busy)
     peaks = [r["rss_peak_kib"] for r in runs if "rss_peak_kib" in r]
     if peaks:
         agg["rss_peak_mib"] = max(peaks) / 1024
@@ -934,6 +997,7 @@ def run_matrix(title: str, targets: list[Target], scenarios: list[tuple],
             run_wrk(t.url(scenarios[0][1]), args.warmup, args.connections, tmp=tmp)
         except Unavailable as e:
             t.unavailable = f"warm-up failed: {e}"
+    settle()
     for label, path, _size, keepalive, *more in scenarios:
         script = None
         if more:
@@ -1005,13 +1069,17 @@ def errors_cell(agg: dict) -> str:
     return f"{agg['errors']}{'!' if bad else ''}"
 
 
+def pct(share: float | None) -> float | None:
+    return None if share is None else 100 * share
+
+
 def print_matrix(title: str, results: dict, args) -> None:
     print(f"\n== {title} (wrk -t1 -c{args.connections}, {args.duration:g} s x "
           f"{args.rounds} round(s), alternating) ==")
     hdr = (f"{'scenario':<22} {'target':<26} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} "
            f"{'CPU s/1k':>8} {'RSS MB':>7} {'x direct':>8} {'x httpd':>7} "
            f"{'p99 x h':>7} {'CPU x h':>7} {'x HAPr':>6} {'p99 x HA':>8} {'CPU x HA':>8} "
-           f"{'errors':>6}")
+           f"{'errors':>6} {'busy %':>6} {'gen s/1k':>8}")
     print(hdr)
     print("-" * len(hdr))
     for label, table in results.items():
@@ -1029,7 +1097,9 @@ def print_matrix(title: str, results: dict, args) -> None:
                   f"{fmt(agg.get('cpu_x_httpd'), '.2f'):>7} "
                   f"{fmt(agg.get('x_haproxy'), '.2f'):>6} "
                   f"{fmt(agg.get('p99_x_haproxy'), '.2f'):>8} "
-                  f"{fmt(agg.get('cpu_x_haproxy'), '.2f'):>8} {errors_cell(agg):>6}")
+                  f"{fmt(agg.get('cpu_x_haproxy'), '.2f'):>8} {errors_cell(agg):>6} "
+                  f"{fmt(pct(agg.get('machine_busy')), '.0f'):>6} "
+                  f"{fmt(agg.get('client_cpu_s_per_1k'), '.3f'):>8}")
 
 
 # ---------------------------------------------------------------------------------
@@ -1299,8 +1369,10 @@ def run_s_time(port: int, duration: float, reuse: bool, tmp: Path) -> dict:
 def measure_s_time(target: Target, duration: float, reuse: bool, tmp: Path) -> dict:
     proxy = [target.proxy_pid()] if target.proxy_pid else []
     cpu0 = cpu_snapshot(proxy)
+    m0, g0 = machine_snapshot(), generator_cpu()
     res = run_s_time(target.port, duration, reuse, tmp)
     cpu1 = cpu_snapshot(proxy)
+    add_machine(res, m0, g0)
     if proxy:
         res["proxy_cpu_s"] = cpu_seconds(cpu0, cpu1)
         res["proxy_cpu_s_per_1k"] = res["proxy_cpu_s"] * 1000 / max(1, res["requests"])
@@ -1314,6 +1386,7 @@ def bench_tls(env: Env) -> dict:
     name, size = SIZES["100B"]
     res = run_matrix("tls", targets, [("100B TLS keep-alive", name, size, True)], env.args,
                      env.tmp, "-", HTTPD_SSL_NAME, HAPROXY_SSL_NAME)
+    settle()
     for label, reuse in (("new TLS conn/s full", False), ("new TLS conn/s resumed", True)):
         runs: dict[str, list[dict]] = {t.name: [] for t in targets}
         for rnd in range(env.args.rounds):
@@ -1392,12 +1465,14 @@ def measure_h2(target: Target, path: str, duration: float) -> dict:
     proxy = [target.proxy_pid()] if target.proxy_pid else []
     sampler = RssSampler(proxy)
     cpu0 = cpu_snapshot(proxy)
+    m0, g0 = machine_snapshot(), generator_cpu()
     sampler.start()
     try:
         res = run_h2load(target.url(path), duration)
     finally:
         mem = sampler.finish()
     cpu1 = cpu_snapshot(proxy)
+    add_machine(res, m0, g0)
     res.update(mem)
     if proxy:
         res["proxy_cpu_s"] = cpu_seconds(cpu0, cpu1)
@@ -1428,6 +1503,7 @@ def bench_h2(env: Env) -> dict:
         if t.unavailable:
             log(f"h2: {t.name} unavailable: {t.unavailable}")
     res: dict = {}
+    settle()
     for label, (path, _size) in SIZES.items():
         runs: dict[str, list[dict]] = {t.name: [] for t in targets}
         for rnd in range(args.rounds):
@@ -1458,7 +1534,8 @@ def bench_h2(env: Env) -> dict:
     print(f"\n== HTTP/2 to the client (h2load -c{H2_CLIENTS} -m{H2_STREAMS} -t1, "
           f"{args.duration:g} s x {args.rounds} round(s), alternating) ==")
     hdr = (f"{'scenario':<8} {'target':<30} {'req/s':>9} {'mean ms':>8} {'CPU s/1k':>8} "
-           f"{'RSS MB':>7} {'x httpd':>7} {'CPU x h':>7} {'x HAPr':>6} {'errors':>6}")
+           f"{'RSS MB':>7} {'x httpd':>7} {'CPU x h':>7} {'x HAPr':>6} {'errors':>6} "
+           f"{'busy %':>6} {'gen s/1k':>8}")
     print(hdr)
     print("-" * len(hdr))
     for label, table in res.items():
@@ -1471,7 +1548,9 @@ def bench_h2(env: Env) -> dict:
                   f"{fmt(agg.get('proxy_cpu_s_per_1k'), '.3f'):>8} "
                   f"{fmt(agg.get('rss_peak_mib'), '.1f'):>7} "
                   f"{fmt(agg.get('x_httpd'), '.2f'):>7} {fmt(agg.get('cpu_x_httpd'), '.2f'):>7} "
-                  f"{fmt(agg.get('x_haproxy'), '.2f'):>6} {errors_cell(agg):>6}")
+                  f"{fmt(agg.get('x_haproxy'), '.2f'):>6} {errors_cell(agg):>6} "
+                  f"{fmt(pct(agg.get('machine_busy')), '.0f'):>6} "
+                  f"{fmt(agg.get('client_cpu_s_per_1k'), '.3f'):>8}")
     return res
 
 
