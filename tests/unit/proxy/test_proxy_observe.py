@@ -294,6 +294,39 @@ def test_label_pairs_are_bounded():
     assert stats.rows[("/a", "other")][5] == 1
 
 
+def test_every_request_past_the_label_limit_counts_as_overflow():
+    # consecutive requests of a pair past the limit, and requests alternating
+    # between pairs: each one counted under "other" is one overflow
+    stats = ClientStats(limit=1)
+    stats.record("/a", "n1", 200, 0.01, 0.005)
+    for _ in range(3):
+        stats.record("/a", "n2", 200, 0.01, 0.005)
+    stats.record("/a", "n1", 200, 0.01, 0.005)
+    stats.record("/a", "n2", 404, 0.01, 0.005)
+    assert stats.overflow == 4
+    assert stats.rows[("/a", "n1")][2] == 2
+    assert stats.rows[("/a", "other")][2:5] == [3, 0, 1]
+
+
+def test_rows_and_buckets_of_requests_alternating_between_nodes():
+    stats = ClientStats()
+    a1, a2 = ("/app", "n1"), ("/app", "n2")
+    # the bucket bounds: le 0.001 takes 0.001 itself, 0.0011 the next one; above
+    # 30 s: +Inf
+    for (context, node), status, duration, upstream in (
+            (a1, 200, 0.0, 0.0), (a2, 200, 0.001, -1), (a1, 503, 0.0011, 0.001),
+            (a2, 302, 0.0025, 0.0026), (a1, 200, 31.0, 30.5), (a2, 99, 0.0004, 0.0002)):
+        stats.record(context, node, status, duration, upstream)
+    r1, r2 = stats.rows[a1], stats.rows[a2]
+    assert r1[:6] == [0, 0, 2, 0, 0, 1] and r2[:6] == [1, 0, 1, 1, 0, 0]
+    durations, n1, n2 = stats.durations["/app"], stats.upstream["n1"], stats.upstream["n2"]
+    assert r1[6] is durations and r2[6] is durations and r1[7] is n1 and r2[7] is n2
+    assert durations[:15] == [3, 2] + [0] * 12 + [1]
+    assert n1[:15] == [2] + [0] * 13 + [1] and n2[:15] == [1, 0, 1] + [0] * 12
+    assert (round(durations[15], 4), round(n1[15], 4), round(n2[15], 4)) == \
+        (31.005, 30.501, 0.0028)
+
+
 def test_prometheus_exposition_of_client_metrics():
     h, _, stats = observed()
     two_nodes(h)
