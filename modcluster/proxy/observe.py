@@ -123,7 +123,7 @@ class ClientStats:
         # (the first bucket without a bisect: most proxied requests take < 1 ms)
         h[0 if duration <= _B0 else bisect_left(BUCKETS, duration)] += 1
         h[_NB] += duration
-        if upstream >= 0:
+        if upstream >= 0.0:
             h = row[7]
             h[0 if upstream <= _B0 else bisect_left(BUCKETS, upstream)] += 1
             h[_NB] += upstream
@@ -221,10 +221,9 @@ class Observer:
         client.  Never raises: a bug here must not break the request path.
         """
         try:
-            # (_done's first part inlined: a call fewer per request)
             now = self.clock()
             duration = now - ex.start
-            if duration < 0:
+            if duration < 0.0:  # (a float constant: the interpreter's float comparison)
                 duration = 0.0
             upstream = ex.upstream_time
             d = ex.decision
@@ -235,7 +234,28 @@ class Observer:
                 node = context = ""
             stats = self.stats
             if stats is not None:
-                stats.record(context, node, status, duration, upstream)
+                row: Optional[list]  # (an annotation: no run-time work)
+                # ClientStats.record, inlined (a call fewer per request; the
+                # same counts: tests/unit/proxy/test_proxy_observe.py)
+                if context is stats._last_context and node is stats._last_node:
+                    row = stats._last_row
+                else:
+                    contexts = stats._by_node.get(node)
+                    row = None if contexts is None else contexts.get(context)
+                    if row is None:
+                        row = stats._slow_row(context, node)
+                    else:
+                        stats._last_context = context
+                        stats._last_node = node
+                        stats._last_row = row
+                row[status // 100 if 100 <= status < 600 else 0] += 1
+                h = row[6]
+                h[0 if duration <= _B0 else bisect_left(BUCKETS, duration)] += 1
+                h[_NB] += duration
+                if upstream >= 0.0:
+                    h = row[7]
+                    h[0 if upstream <= _B0 else bisect_left(BUCKETS, upstream)] += 1
+                    h[_NB] += upstream
             if self.access_log is not None:
                 self._log(ex, now, status, size, duration, upstream, node, context)
         except Exception:

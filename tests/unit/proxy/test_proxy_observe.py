@@ -327,6 +327,32 @@ def test_rows_and_buckets_of_requests_alternating_between_nodes():
         (31.005, 30.501, 0.0028)
 
 
+def test_observer_counts_as_client_stats_record():
+    # Observer.done counts in ClientStats inline: the same rows, histograms,
+    # sums and overflow as ClientStats.record given the same requests
+    class Named:
+        def __init__(self, **kw):
+            self.__dict__.update(kw)
+
+    t = [100.0]
+    direct, inline = ClientStats(limit=3), ClientStats(limit=3)
+    obs = Observer(lambda: t[0], None, None, inline)
+    for context, node, status, duration, upstream in (
+            ("/a", "n1", 200, 0.0004, 0.0003), ("/a", "n2", 503, 0.002, -1.0),
+            ("/a", "n1", 302, 0.001, 0.001), ("/b", "n1", 404, 0.3, 0.2),
+            ("/b", "n3", 200, 12.0, 11.0), ("/b", "n3", 200, 0.0, 0.0),
+            ("/a", "n2", 99, 40.0, 39.0), ("/a", "n1", 600, 0.01, 0.01),
+            ("", "", 499, 0.005, -1.0)):
+        d = None if not node else Named(node=Named(route=node), context=Named(path=context))
+        ex = Named(start=t[0] - duration, upstream_time=upstream, decision=d)
+        obs.done(ex, status, 100)
+        direct.record(context, node, status, t[0] - ex.start, upstream)
+        t[0] += 1.0
+    assert obs.failures == 0
+    assert inline.export() == direct.export()
+    assert inline.overflow == direct.overflow == 3
+
+
 def test_prometheus_exposition_of_client_metrics():
     h, _, stats = observed()
     two_nodes(h)
