@@ -150,24 +150,24 @@ class _OpenSSL:
     def __init__(self, libssl: Any, libcrypto: Any) -> None:
         self.libssl, self.libcrypto = libssl, libcrypto
         vp = ctypes.c_void_p
+        # the callback's calls into libcrypto: through a PyDLL handle, which keeps
+        # the GIL (each is a few microseconds without I/O: releasing and retaking
+        # the GIL around it would cost more than the call)
+        crypto = ctypes.PyDLL(libcrypto._name)
         libssl.SSL_CTX_get_options.argtypes = [vp]
         libssl.SSL_CTX_get_options.restype = ctypes.c_uint64
         libssl.SSL_CTX_callback_ctrl.argtypes = [vp, ctypes.c_int, vp]
         libssl.SSL_CTX_callback_ctrl.restype = ctypes.c_long
-        libcrypto.EVP_aes_256_cbc.restype = vp
-        libcrypto.EVP_aes_256_cbc.argtypes = []
-        libcrypto.EVP_sha256.restype = vp
-        libcrypto.EVP_sha256.argtypes = []
         for name in ("EVP_EncryptInit_ex", "EVP_DecryptInit_ex"):
-            fn = getattr(libcrypto, name)
+            fn = getattr(crypto, name)
             fn.argtypes = [vp, vp, vp, ctypes.c_char_p, vp]
             fn.restype = ctypes.c_int
-        libcrypto.HMAC_Init_ex.argtypes = [vp, ctypes.c_char_p, ctypes.c_int, vp, vp]
-        libcrypto.HMAC_Init_ex.restype = ctypes.c_int
-        libcrypto.RAND_bytes.argtypes = [vp, ctypes.c_int]
-        libcrypto.RAND_bytes.restype = ctypes.c_int
-        self.aes = libcrypto.EVP_aes_256_cbc()
-        self.sha256 = libcrypto.EVP_sha256()
+        crypto.HMAC_Init_ex.argtypes = [vp, ctypes.c_char_p, ctypes.c_int, vp, vp]
+        crypto.HMAC_Init_ex.restype = ctypes.c_int
+        crypto.RAND_bytes.argtypes = [vp, ctypes.c_int]
+        crypto.RAND_bytes.restype = ctypes.c_int
+        self.crypto = crypto
+        self.aes, self.sha256 = _algorithms(libcrypto)
         self.callback = _CALLBACK(self._ticket_key)  # kept for the life of the process
         self.failures = 0
 
@@ -175,7 +175,7 @@ class _OpenSSL:
         # OpenSSL's contract: encrypt: 1 done, 0 no ticket; decrypt: 0 unknown
         # key (full handshake), 1 ok, 2 ok but renew the ticket; -1 fatal (never)
         try:
-            crypto = self.libcrypto
+            crypto = self.crypto
             keys = current_keys()
             if enc:
                 key_name, hmac, aes = keys.keys[0]
@@ -197,6 +197,31 @@ class _OpenSSL:
         except BaseException:  # never into OpenSSL: no ticket / a full handshake
             self.failures += 1
             return 0
+
+
+def _algorithms(libcrypto: Any) -> tuple[int, int]:
+    """
+    AES-256-CBC and SHA-256 for the ticket callback: OpenSSL 3's fetched
+    implementations (C{EVP_CIPHER_fetch}/C{EVP_MD_fetch}, once for the
+    process), else the legacy C{EVP_aes_256_cbc()}/C{EVP_sha256()}, with which
+    OpenSSL 3 looks the implementation up again on every C{EVP_*Init_ex} /
+    C{HMAC_Init_ex} (~25 000 instructions per ticket decrypted or issued).
+    """
+    vp = ctypes.c_void_p
+    fetch_cipher = getattr(libcrypto, "EVP_CIPHER_fetch", None)
+    fetch_md = getattr(libcrypto, "EVP_MD_fetch", None)
+    if fetch_cipher is not None and fetch_md is not None:
+        for fn in (fetch_cipher, fetch_md):
+            fn.argtypes = [vp, ctypes.c_char_p, ctypes.c_char_p]
+            fn.restype = vp
+        aes, sha256 = fetch_cipher(None, b"AES-256-CBC", None), fetch_md(None, b"SHA256", None)
+        if aes and sha256:
+            return aes, sha256  # (never freed: kept for the life of the process)
+    libcrypto.EVP_aes_256_cbc.restype = vp
+    libcrypto.EVP_aes_256_cbc.argtypes = []
+    libcrypto.EVP_sha256.restype = vp
+    libcrypto.EVP_sha256.argtypes = []
+    return libcrypto.EVP_aes_256_cbc(), libcrypto.EVP_sha256()
 
 
 def _ctx_pointer(context: ssl.SSLContext) -> int:

@@ -8,6 +8,7 @@ ctypes access.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import ssl
 from types import SimpleNamespace
@@ -325,3 +326,28 @@ def test_callback_errors_mean_no_ticket_never_a_crash(pki, monkeypatch):
     reused, fresh = connect(ctx, c, session)
     assert not reused and not fresh.has_ticket
     assert tickets._lib.failures > before
+
+
+def test_the_callback_uses_fetched_algorithms_and_keeps_the_gil():
+    """The AES and SHA-256 the callback hands OpenSSL come from a provider
+    (fetched once, not looked up again by every EVP_*Init_ex of a ticket), and
+    its calls into libcrypto do not release the GIL (a PyDLL handle)."""
+    lib = tickets._probe()
+    crypto = ctypes.CDLL(lib.libcrypto._name)
+    for name in ("EVP_CIPHER_get0_provider", "EVP_MD_get0_provider"):
+        getattr(crypto, name).argtypes = [ctypes.c_void_p]
+        getattr(crypto, name).restype = ctypes.c_void_p
+    assert crypto.EVP_CIPHER_get0_provider(lib.aes)
+    assert crypto.EVP_MD_get0_provider(lib.sha256)
+    assert isinstance(lib.crypto, ctypes.PyDLL)
+    for name in ("EVP_EncryptInit_ex", "EVP_DecryptInit_ex", "HMAC_Init_ex", "RAND_bytes"):
+        assert getattr(lib.crypto, name)._flags_ & ctypes._FUNCFLAG_PYTHONAPI
+
+
+def test_tickets_resume_with_the_fetched_algorithms_on_both_versions(pki):
+    ctx = server(pki)
+    for version in ("TLSv1_2", "TLSv1_3"):
+        c = client(pki, version)
+        _, session = connect(ctx, c)
+        reused, _ = connect(ctx, c, session)
+        assert reused
