@@ -96,6 +96,36 @@ _ATTRIBUTES = frozenset({"reactor", "_tempDataBuffer", "_tempDataLen", "socket",
 _supported = None
 #: Twisted's own C{Port.doRead}, to tell whether someone patched the class
 _PORT_DOREAD = tcp.Port.doRead
+#: what L{Acceptor} does inline for a protocol that does not override it
+_MAKE_CONNECTION = Protocol.makeConnection
+
+
+def _lean_address() -> bool:
+    """
+    Whether an C{IPv4Address} built by C{object.__new__} and three attribute
+    stores (C{type}, C{host}, C{port}, in its C{__init__}'s order) is the same
+    as one built by its attrs C{__init__}: no other field, no
+    C{__attrs_post_init__}, the same instance dictionary, equal and hashed alike.
+    """
+    cls = address.IPv4Address
+    try:
+        import attr
+
+        if [a.name for a in attr.fields(cls)] != ["type", "host", "port"]:
+            return False
+        if hasattr(cls, "__attrs_post_init__"):
+            return False
+        made = cls("TCP", "127.0.0.1", 1)
+        lean = object.__new__(cls)
+        lean.type = "TCP"
+        lean.host, lean.port = ("127.0.0.1", 1)
+        return (list(vars(lean).items()) == list(vars(made).items()) and lean == made
+                and hash(lean) == hash(made))
+    except Exception:  # pragma: no cover - another attrs or Twisted
+        return False
+
+
+_LEAN_ADDRESS = _lean_address()
 
 
 class _StubReactor:
@@ -153,6 +183,9 @@ class Acceptor:
         self._unlogged = 0
         self._last_log = None
         self._resume = None
+        #: the listening socket whose family, type and protocol are in _kind
+        self._listener = None
+        self._kind = (0, 0, 0)
         #: protocol class -> log prefix (for classes with Protocol's logPrefix)
         self._prefixes: dict = {}
         #: TCP_NODELAY is set on the listening socket, and Linux gives it to every
@@ -189,7 +222,12 @@ class Acceptor:
         port = self.port
         listener = port.socket
         accept = listener._accept
-        family, type_, proto = listener.family, listener.type, listener.proto
+        if listener is not self._listener:
+            # socket.socket's family and type are Python properties making enums
+            # (eight Python calls): read once per listening socket
+            self._listener = listener
+            self._kind = (int(listener.family), int(listener.type), listener.proto)
+        family, type_, proto = self._kind
         factory = port.factory
         reactor = port.reactor
         add_reader = reactor.addReader
@@ -202,6 +240,7 @@ class Acceptor:
         defer = self._defer
         ipv6 = port.addressFamily == _socket.AF_INET6
         AddressType = port._addressType
+        lean_address = not ipv6 and AddressType is address.IPv4Address and _LEAN_ADDRESS
         for _ in range(BATCH):
             try:
                 fd, addr = accept()
@@ -224,7 +263,15 @@ class Acceptor:
                         addr, _socket.NI_NUMERICHOST | _socket.NI_NUMERICSERV)[0]
                     addr = (host,) + tuple(addr[1:])
                 skt.setblocking(False)
-                protocol = factory.buildProtocol(AddressType("TCP", *addr))
+                if lean_address:
+                    # IPv4Address("TCP", *addr) without its attrs __init__ and the
+                    # validator of "TCP" (two Python calls): the same instance
+                    peer = new(AddressType)
+                    peer.type = "TCP"
+                    peer.host, peer.port = addr
+                else:
+                    peer = AddressType("TCP", *addr)
+                protocol = factory.buildProtocol(peer)
             except Exception:
                 skt.close()
                 log.failure("proxy: a connection accepted on port {port} could not be set up",
@@ -271,7 +318,13 @@ class Acceptor:
                 if not deferred:
                     add_reader(t)
                 t.connected = 1
-                protocol.makeConnection(t)
+                if cls.makeConnection is _MAKE_CONNECTION:
+                    # Protocol.makeConnection, inline
+                    protocol.connected = 1
+                    protocol.transport = t
+                    protocol.connectionMade()
+                else:
+                    protocol.makeConnection(t)
             except BaseException:
                 log.failure("proxy: unhandled error in {protocol!r}.makeConnection",
                             protocol=protocol)

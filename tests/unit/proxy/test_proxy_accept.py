@@ -589,3 +589,85 @@ def test_other_protocols_registered_before_connection_made(epoll_listening):
     connect(port, clients)
     port.doRead()
     assert seen == [True]
+
+
+def test_peer_address_is_the_one_twisted_builds(listening):
+    """
+    The address given to buildProtocol, built without IPv4Address's attrs
+    __init__ (accept._LEAN_ADDRESS), is the instance that __init__ builds:
+    same class, same attributes in the same order, equal, hashed alike.
+    """
+    port, factory, reactor, clients = listening
+    assert accept._LEAN_ADDRESS  # the installed attrs/Twisted: the lean path is used
+    accept.install(port)
+    (c,) = connect(port, clients)
+    port.doRead()
+    ((proto, addr),) = factory.built
+    made = address.IPv4Address("TCP", *c.getsockname()[:2])
+    assert type(addr) is address.IPv4Address
+    assert list(vars(addr).items()) == list(vars(made).items())
+    assert addr == made and hash(addr) == hash(made)
+    assert addr.type == "TCP"
+
+
+class _OwnMakeConnection(Recorder):
+    def makeConnection(self, transport) -> None:
+        self.own = transport
+        Protocol.makeConnection(self, transport)
+
+
+def test_make_connection_inline_or_the_protocols_own(listening):
+    """
+    Protocol.makeConnection is done inline (connected, transport, then
+    connectionMade); a protocol with its own makeConnection gets it called.
+    """
+    port, factory, reactor, clients = listening
+    accept.install(port)
+    built = []
+
+    def build(addr):
+        p = (_OwnMakeConnection if built else Recorder)()
+        built.append(p)
+        return p
+
+    factory.buildProtocol = build
+    connect(port, clients, 2)
+    port.doRead()
+    plain, own = built
+    for p in built:
+        assert p.connected == 1 and p.made == 1 and type(p.transport) is tcp.Server
+    assert own.own is own.transport
+    assert not hasattr(plain, "own")
+    for p in built:
+        p.transport.socket.close()
+
+
+def test_listening_socket_kind_read_once_per_socket(listening):
+    """
+    The family and type of the listening socket (Python properties making
+    enums) are read once per listening socket, not per readable event; a new
+    listening socket (a port listening again) is read again.
+    """
+    port, factory, reactor, clients = listening
+    accept.install(port)
+    reads = []
+
+    class Counting(socket.socket):
+        @property
+        def family(self):
+            reads.append("family")
+            return super().family
+
+    listener = port.socket
+    counting = Counting(listener.family, listener.type, listener.proto, listener.detach())
+    port.socket = counting
+    for _ in range(3):
+        connect(port, clients)
+        port.doRead()
+    assert reads == ["family"]
+    assert len(factory.built) == 3
+    port.socket = Counting(counting.family, counting.type, counting.proto, counting.detach())
+    reads.clear()
+    connect(port, clients)
+    port.doRead()
+    assert reads == ["family"] and len(factory.built) == 4
