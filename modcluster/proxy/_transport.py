@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from twisted.internet import tcp
+from twisted.internet import abstract, tcp
 from twisted.internet.interfaces import IConsumer, IPushProducer, ISSLTransport, ITCPTransport
 from twisted.internet.main import CONNECTION_DONE
 from twisted.python.failure import Failure
@@ -130,7 +130,27 @@ def lose_connection(transport: IStreamTransport) -> None:
 _LEAN_LOST = (tcp.Server.connectionLost is tcp.Connection.connectionLost
               and tcp.Connection.connectionLost.__qualname__ == "Connection.connectionLost"
               and tcp.Server._closeSocket is tcp.Connection._closeSocket
+              and tcp.Connection._closeSocket.__qualname__ == "_SocketCloser._closeSocket"
               and hasattr(tcp.Server, "producer") and hasattr(tcp.Server, "disconnected"))
+
+
+def _epoll_type() -> Any:
+    try:
+        from twisted.internet.epollreactor import EPollReactor
+    except ImportError:  # pragma: no cover - not Linux
+        return None
+    return EPollReactor
+
+
+_EPOLL = _epoll_type()
+#: stopReading()/stopWriting() of a tcp.Server are Twisted's, which on an
+#: EPollReactor look the descriptor up in the reactor's _reads/_writes sets (or
+#: its continuous polling) and do nothing when it is in none of them
+_LEAN_UNREGISTER = (_EPOLL is not None
+                    and tcp.Server.stopReading is abstract.FileDescriptor.stopReading
+                    and tcp.Server.stopWriting is abstract.FileDescriptor.stopWriting
+                    and all(hasattr(_EPOLL, n)
+                            for n in ("removeReader", "removeWriter", "_remove")))
 
 
 def _connection_lost(t: Any) -> None:
@@ -147,9 +167,27 @@ def _connection_lost(t: Any) -> None:
     if producer is not None:
         producer.stopProducing()
         t.producer = None
-    t.stopReading()
-    t.stopWriting()
-    t._closeSocket(True)
+    r = t.reactor
+    if r.__class__ is not _EPOLL or not _LEAN_UNREGISTER:
+        t.stopReading()
+        t.stopWriting()
+    else:
+        # what stopReading()/stopWriting() would look at first: a connection
+        # the accept loop never registered (a Connection: close request answered
+        # in one send, modcluster/proxy/accept.py) has nothing to unregister
+        fd = t.fileno()
+        if fd in r._reads or fd in r._writes or r._continuousPolling._readers or \
+                r._continuousPolling._writers:
+            t.stopReading()
+            t.stopWriting()
+    if t._shouldShutdown:
+        t._closeSocket(True)
+    else:
+        # _closeSocket(True) of a socket the accept loop made: no shutdown(), a close()
+        try:
+            t.socket.close()
+        except OSError:
+            pass
     protocol = t.protocol
     del t.protocol
     del t.socket

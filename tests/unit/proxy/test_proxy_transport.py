@@ -12,7 +12,12 @@ from twisted.internet.testing import MemoryReactor, StringTransport
 
 from twisted.internet.error import ConnectionDone
 
-from modcluster.proxy._transport import direct_writer, is_plain_tcp, lose_connection, set_nodelay
+from modcluster.proxy._transport import (
+    direct_writer,
+    is_plain_tcp,
+    lose_connection,
+    set_nodelay,
+)
 
 
 def _server_transport():
@@ -234,3 +239,59 @@ def test_client_info_reads_the_local_address_only_when_asked():
 
     gone = ClientInfo("127.0.0.9", 40000, transport=Closed())
     assert (gone.local_addr, gone.local_port) == ("", 0)
+
+
+def _epoll_transport():
+    from twisted.internet.epollreactor import EPollReactor
+
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    reactor = EPollReactor()
+    proto = _Producing()
+    t = tcp.Server(a, proto, ("127.0.0.1", 1), None, 0, reactor)
+    t._shouldShutdown = False  # as the accept loop builds them
+    proto.makeConnection(t)
+    t.stopReading()  # (tcp.Server.__init__ registers it; the accept loop would not)
+    calls = []
+    for name in ("removeReader", "removeWriter"):
+        real = getattr(reactor, name)
+
+        def spy(selectable, name=name, real=real):
+            calls.append(name)
+            real(selectable)
+        setattr(reactor, name, spy)
+    return t, b, reactor, proto, calls
+
+
+def test_lose_connection_of_a_never_registered_connection_unregisters_nothing():
+    """
+    On an epoll reactor, a connection that was never registered (a
+    Connection: close request the accept loop read whole) is closed without
+    removeReader/removeWriter (which would only look it up); a registered one
+    is unregistered as before.
+    """
+    t, peer, reactor, proto, calls = _epoll_transport()
+    try:
+        fd = t.fileno()
+        direct_writer(t)(b"answer")
+        lose_connection(t)
+        assert calls == []
+        assert len(proto.lost) == 1 and proto.stopped == 1
+        assert t.disconnected and not t.connected
+        assert peer.recv(100) == b"answer" and peer.recv(100) == b""
+        assert fd not in reactor._reads and fd not in reactor._writes
+        assert fd not in reactor._selectables
+
+        t2, peer2, reactor2, proto2, calls2 = _epoll_transport()
+        fd = t2.fileno()
+        t2.startReading()
+        assert fd in reactor2._reads
+        lose_connection(t2)
+        assert calls2 == ["removeReader", "removeWriter"]
+        assert fd not in reactor2._reads and fd not in reactor2._selectables
+        assert len(proto2.lost) == 1
+        peer2.close()
+        reactor2._poller.close()
+    finally:
+        peer.close()
+        reactor._poller.close()
