@@ -195,6 +195,18 @@ def _connection_lost(t: Any) -> None:
     protocol.connectionLost(_DONE)
 
 
+#: tcp.Server.registerProducer is Twisted's: without TLS, FileDescriptor's, which
+#: for a streaming producer on a connected transport with none registered only
+#: sets C{producer} and C{streamingProducer} (L{register_streaming} then does
+#: that itself)
+_LEAN_REGISTER = (tcp.Server.registerProducer.__qualname__ == "ConnectionMixin.registerProducer"
+                  and abstract.FileDescriptor.registerProducer.__qualname__
+                  == "_ConsumerMixin.registerProducer"
+                  and tcp.Server.TLS is False and tcp.Server.producer is None)
+#: the plain TCP server transport (L{LEAN_SERVER}: its registerProducer can be inlined)
+LEAN_SERVER: Any = tcp.Server if _LEAN_REGISTER else None
+
+
 def is_plain_tcp(transport) -> bool:
     """
     A TCP transport without TLS.  (A TLS wrapper forwards unknown attributes to

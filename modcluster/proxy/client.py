@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
-from typing import TYPE_CHECKING, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer, ISSLTransport
@@ -36,6 +36,7 @@ from modcluster.balancer import (
     valid_host,
 )
 from modcluster.proxy._transport import (
+    LEAN_SERVER,
     IStreamTransport,
     direct_writer,
     is_plain_tcp,
@@ -194,18 +195,31 @@ class ClientProtocol(Protocol, ClientDeadlines):
     # -- connection ------------------------------------------------------------
 
     def connectionMade(self) -> None:
-        t = self.transport
-        set_nodelay(t)
-        self._write = direct_writer(t)
+        t: Any = self.transport
         # the peer address the listening port built for buildProtocol (the
         # same as getPeer() gives, also under TLS): not a second one
         peer = self._addr
         if peer is None:
             peer = t.getPeer()
-        self.client = ClientInfo(  # the local address is read when a forwarder asks
-            getattr(peer, "host", "") or "", getattr(peer, "port", 0) or 0,
-            secure=ISSLTransport.providedBy(t), transport=t)
-        t.registerProducer(self, True)
+        if (t.__class__ is LEAN_SERVER and not t.TLS and t.producer is None
+                and not t.disconnected):
+            # a plain TCP connection (the accept loop's, usually): what
+            # set_nodelay, ISSLTransport.providedBy and registerProducer(self,
+            # True) do for it, without their four Python calls
+            if not getattr(t, "_nodelay_inherited", False):
+                set_nodelay(t)
+            self._write = direct_writer(t)
+            self.client = ClientInfo(getattr(peer, "host", "") or "",
+                                     getattr(peer, "port", 0) or 0, None, None, False, t)
+            t.producer = self
+            t.streamingProducer = True
+        else:
+            set_nodelay(t)
+            self._write = direct_writer(t)
+            self.client = ClientInfo(  # the local address is read when a forwarder asks
+                getattr(peer, "host", "") or "", getattr(peer, "port", 0) or 0,
+                secure=ISSLTransport.providedBy(t), transport=t)
+            t.registerProducer(self, True)
         self.factory._clients.add(self)
         stats = self.factory.stats
         if stats is not None:
@@ -259,14 +273,17 @@ class ClientProtocol(Protocol, ClientDeadlines):
                 if client is not None and client.secure and not self._handshaken:
                     stats.tls_failures += 1
         self._closing = True
-        self._out = []
+        if self._out:
+            self._out = []
         ex = self._current
         self._current = None
         if ex is not None:
             ex.abort()
-        for queued in self._queue:
-            queued.done = True
-        self._queue.clear()
+        queue = self._queue
+        if queue:
+            for queued in queue:
+                queued.done = True
+            queue.clear()
         self._reading = None
         if not self._feeding:
             # The parser holds bound methods of this protocol: without that cycle

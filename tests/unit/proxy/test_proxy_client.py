@@ -447,3 +447,43 @@ def test_drain_registers_a_deferred_busy_connection():
     h.accept()
     assert h.factory.drain() == 1
     assert resumes == [True]
+
+
+def test_plain_tcp_transport_registration_is_twisteds():
+    """
+    On a plain tcp.Server, connectionMade registers the protocol as its
+    streaming producer itself (no registerProducer call); the transport and
+    the client facts end up as Twisted's registerProducer path leaves them
+    (a subclass of tcp.Server takes that path).
+    """
+    import socket
+
+    from twisted.internet import address, tcp
+    from twisted.internet.testing import MemoryReactor
+
+    class Sub(tcp.Server):
+        pass
+
+    h = Harness()
+    states = []
+    for cls in (tcp.Server, Sub):
+        a, b = socket.socketpair()
+        try:
+            peer = address.IPv4Address("TCP", "127.0.0.7", 4711)
+            proto = h.factory.buildProtocol(peer)
+            t = cls(a, proto, ("127.0.0.7", 4711), None, 0, MemoryReactor())
+            calls = []
+            real = t.registerProducer
+            t.registerProducer = lambda p, s, real=real, calls=calls: (calls.append(p),
+                                                                       real(p, s))
+            proto.makeConnection(t)
+            assert t.producer is proto and t.streamingProducer is True
+            client = proto.client
+            states.append((len(calls), client.remote_addr, client.remote_port, client.secure,
+                           client.transport is t, proto in h.factory._clients))
+            proto.connectionLost(None)
+        finally:
+            a.close()
+            b.close()
+    assert states == [(0, "127.0.0.7", 4711, False, True, True),
+                      (1, "127.0.0.7", 4711, False, True, True)]
