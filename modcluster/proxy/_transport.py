@@ -21,6 +21,7 @@ behaviour against the installed Twisted.
 
 from __future__ import annotations
 
+import socket
 from typing import Any, Callable
 
 from twisted.internet import abstract, tcp
@@ -28,7 +29,8 @@ from twisted.internet.interfaces import IConsumer, IPushProducer, ISSLTransport,
 from twisted.internet.main import CONNECTION_DONE
 from twisted.python.failure import Failure
 
-__all__ = ["IStreamTransport", "direct_writer", "is_plain_tcp", "lose_connection", "set_nodelay"]
+__all__ = ["IStreamTransport", "direct_writer", "is_plain_tcp", "lose_connection", "send_last",
+           "set_nodelay"]
 
 
 class IStreamTransport(ITCPTransport, IConsumer, IPushProducer):
@@ -86,6 +88,51 @@ def direct_writer(transport) -> Callable[[bytes], None]:
             write(data[sent:])
 
     return direct
+
+
+#: MSG_MORE (Linux): the kernel holds a short segment back for more data, or the FIN
+_MSG_MORE = getattr(socket, "MSG_MORE", 0)
+
+
+def send_last(transport, data: bytes) -> bool:
+    """
+    Send C{data}, the last bytes of a plain TCP server transport that
+    L{lose_connection} closes right after (the caller's promise), with the
+    FIN in the same segment as their end: sent with C{MSG_MORE} (the kernel
+    holds the last segment back), then C{shutdown(SHUT_WR)}, which puts the
+    FIN on that segment and sends it.  Over loopback each segment is also the
+    peer's receive work, done in this process: one segment fewer per
+    C{Connection: close} response (docs/data-plane.md).  (Not C{MSG_MORE}
+    and C{close()} alone: bytes the client sent after its request and nobody
+    read make C{close()} reset the connection, and the held-back answer would
+    be lost with it; after the shutdown it is already sent, as it was before.)
+
+    Returns whether C{data} was taken care of (sent, or what the kernel did
+    not take handed to C{transport.write}, without the shutdown: the close
+    then waits for Twisted's buffer); false when the transport is not one
+    that L{lose_connection} closes at once (the caller then writes as usual).
+    """
+    t: Any = transport
+    if not (_MSG_MORE and t.__class__ is tcp.Server and _LEAN_LOST and not t.TLS
+            and t.connected and not t.disconnecting and not t._tempDataLen
+            and not t.dataBuffer and not t._writeDisconnected):
+        return False
+    skt = t.socket
+    try:
+        sent = skt.send(data, _MSG_MORE)
+    except BlockingIOError:
+        sent = 0
+    except OSError:
+        return False  # Twisted's write path finds the error (connectionLost)
+    if sent < len(data):
+        # the rest when the socket is writable again (no MSG_MORE there)
+        t.write(data[sent:])
+        return True
+    try:
+        skt.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass  # the client went away: the close finds out as before
+    return True
 
 
 def lose_connection(transport: IStreamTransport) -> None:

@@ -41,6 +41,7 @@ from modcluster.proxy._transport import (
     direct_writer,
     is_plain_tcp,
     lose_connection,
+    send_last,
     set_nodelay,
 )
 from modcluster.proxy.deadlines import SWEEP_INTERVAL, ClientDeadlines
@@ -771,8 +772,13 @@ class ClientProtocol(Protocol, ClientDeadlines):
             self._resumeReading(_P_EXCHANGE)
         out = self._out
         if out and self.connected:
-            self._write(out[0] if len(out) == 1 else b"".join(out))
+            data = out[0] if len(out) == 1 else b"".join(out)
             self._out = []
+            # the last bytes before the close below (lose_connection at once):
+            # their segment carries the FIN (send_last)
+            if not (close and ex.body_done and self._reading is None and not self._feeding
+                    and send_last(self.transport, data)):
+                self._write(data)
         if close or not ex.body_done:
             self._close(linger=not ex.body_done and not ex.tunnel)
         elif self._queue or self._ignore:

@@ -5,7 +5,9 @@ buffered path and order.
 """
 
 import socket
+import time
 
+import pytest
 from twisted.internet import tcp
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactor, StringTransport
@@ -16,6 +18,7 @@ from modcluster.proxy._transport import (
     direct_writer,
     is_plain_tcp,
     lose_connection,
+    send_last,
     set_nodelay,
 )
 
@@ -295,3 +298,122 @@ def test_lose_connection_of_a_never_registered_connection_unregisters_nothing():
     finally:
         peer.close()
         reactor._poller.close()
+
+
+class _FlagsSocket:
+    """A socket that records the flags of each send."""
+
+    def __init__(self, sock, take=None) -> None:
+        self._sock = sock
+        self.flags: list = []
+        self.take = take
+
+    def send(self, data, flags=0):
+        self.flags.append(flags)
+        if self.take is not None:
+            data = data[:self.take]
+        return self._sock.send(data, flags)
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+
+def _tcp_pair():
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(1)
+    ls.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    c = socket.create_connection(ls.getsockname(), 5)
+    a, _ = ls.accept()
+    ls.close()
+    a.setblocking(False)
+    reactor = MemoryReactor()
+    proto = _Producing()
+    t = tcp.Server(a, proto, ("127.0.0.1", 1), None, 0, reactor)
+    t._shouldShutdown = False  # as the accept loop builds them
+    proto.makeConnection(t)
+    return t, c, a, proto
+
+
+def _read_to_the_end(c) -> tuple:
+    got = b""
+    try:
+        while True:
+            more = c.recv(100)
+            if not more:
+                return got, "end"
+            got += more
+    except ConnectionResetError:
+        return got, "reset"
+
+
+@pytest.mark.parametrize("unread", [b"", b"GET /more HTTP/1.1\r\n\r\n"])
+def test_send_last_sends_with_msg_more_and_the_fin(unread):
+    """
+    send_last sends the last bytes with MSG_MORE and then shuts the sending
+    side (the FIN goes in their segment); the close that follows changes
+    nothing the client sees.  Bytes the client sent after its request and
+    nobody read (they make the close a reset) do not cost it the answer:
+    it gets all of it before the reset, as when the answer was sent without
+    MSG_MORE.
+    """
+    t, c, a, proto = _tcp_pair()
+    recorded = _FlagsSocket(a)
+    t.socket = recorded
+    try:
+        if unread:
+            c.sendall(unread)
+            time.sleep(0.02)
+        start = time.monotonic()
+        assert send_last(t, b"the answer")
+        assert recorded.flags == [socket.MSG_MORE]
+        lose_connection(t)
+        got, end = _read_to_the_end(c)
+        assert got == b"the answer"
+        # (with bytes unread the close still resets the connection, after the
+        # FIN: the client may read the end of the stream first)
+        assert end == "end" or unread
+        assert time.monotonic() - start < 0.1  # not held back for the cork's 200 ms
+        assert len(proto.lost) == 1
+    finally:
+        c.close()
+        a.close()
+
+
+def test_send_last_whole_shuts_the_sending_side():
+    t, c, a, proto = _tcp_pair()
+    try:
+        assert send_last(t, b"the answer")
+        # the FIN is out before the close: the client reads the end of the stream
+        assert _read_to_the_end(c) == (b"the answer", "end")
+        assert t.connected and not proto.lost
+        lose_connection(t)
+        assert len(proto.lost) == 1
+    finally:
+        c.close()
+        a.close()
+
+
+def test_send_last_hands_what_the_kernel_did_not_take_to_twisted():
+    t, peer, reactor, proto = _recorded_transport()
+    recorded = _FlagsSocket(t.socket, take=3)
+    t.socket = recorded
+    assert send_last(t, b"abcdef")
+    assert t._tempDataLen == 3 and t in reactor.getWriters()
+    lose_connection(t)  # waits for the buffer: Twisted's loseConnection
+    assert proto.lost == [] and t.disconnecting
+    assert peer.recv(100) == b"abc"
+
+
+def test_send_last_not_for_other_transports():
+    """Not a plain TCP server transport ready to close at once: the caller writes."""
+    assert not send_last(StringTransport(), b"x")
+    t, peer, reactor, proto = _recorded_transport()
+    t.write(b"buffered")
+    assert not send_last(t, b"x")
+    t2, peer2, reactor2, proto2 = _recorded_transport()
+    t2.TLS = True
+    assert not send_last(t2, b"x")
+    t2.TLS = False
+    t2.loseConnection()
+    assert not send_last(t2, b"x")
