@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer, ISSLTransport
@@ -131,8 +131,6 @@ class ClientProtocol(Protocol, ClientDeadlines):
     # Set by makeConnection before any other method is called (never None
     # after), and only annotated here: no class attribute.
     transport: IStreamTransport
-    #: writes to the transport (L{direct_writer}); set by connectionMade
-    _write: Callable[[bytes], None]
 
     # State that few connections ever set (a lingering close, an Upgrade, TLS,
     # a timed request body, a client not reading, a connection the accept loop
@@ -209,14 +207,12 @@ class ClientProtocol(Protocol, ClientDeadlines):
             # True) do for it, without their four Python calls
             if not getattr(t, "_nodelay_inherited", False):
                 set_nodelay(t)
-            self._write = direct_writer(t)
             self.client = ClientInfo(getattr(peer, "host", "") or "",
                                      getattr(peer, "port", 0) or 0, None, None, False, t)
             t.producer = self
             t.streamingProducer = True
         else:
             set_nodelay(t)
-            self._write = direct_writer(t)
             self.client = ClientInfo(  # the local address is read when a forwarder asks
                 getattr(peer, "host", "") or "", getattr(peer, "port", 0) or 0,
                 secure=ISSLTransport.providedBy(t), transport=t)
@@ -226,6 +222,17 @@ class ClientProtocol(Protocol, ClientDeadlines):
         if stats is not None:
             stats.connections += 1
             stats.open += 1
+
+    def _write(self, data: bytes) -> None:
+        """
+        Write to the transport.  The first call makes the connection's writer
+        (L{direct_writer}) and keeps it as the instance's C{_write}, which
+        later calls find first: a C{Connection: close} response goes out by
+        L{send_last} and most such connections never make one.
+        """
+        write = direct_writer(self.transport)
+        setattr(self, "_write", write)  # noqa: B010 - the instance's, over this method
+        write(data)
 
     def deferReading(self) -> bool:
         """

@@ -487,3 +487,33 @@ def test_plain_tcp_transport_registration_is_twisteds():
             b.close()
     assert states == [(0, "127.0.0.7", 4711, False, True, True),
                       (1, "127.0.0.7", 4711, False, True, True)]
+
+
+def test_writer_made_at_the_first_write():
+    """
+    The connection's writer (direct_writer) is made by the first write, not
+    by connectionMade: a Connection: close response goes out by send_last,
+    and such a connection never needs one.
+    """
+    import socket
+
+    from twisted.internet import address, tcp
+    from twisted.internet.testing import MemoryReactor
+
+    h = Harness()
+    a, b = socket.socketpair()
+    try:
+        a.setblocking(False)
+        proto = h.factory.buildProtocol(address.IPv4Address("TCP", "127.0.0.7", 4711))
+        t = tcp.Server(a, proto, ("127.0.0.7", 4711), None, 0, MemoryReactor())
+        proto.makeConnection(t)
+        assert "_write" not in vars(proto)
+        proto._write(b"one,")
+        writer = vars(proto)["_write"]
+        proto._write(b"two")
+        assert vars(proto)["_write"] is writer
+        assert b.recv(100) == b"one,two"
+        proto.connectionLost(None)
+    finally:
+        a.close()
+        b.close()
