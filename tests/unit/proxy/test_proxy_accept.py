@@ -88,9 +88,12 @@ def test_transport_is_what_twisted_builds(listening):
                          MemoryReactor())
     try:
         assert type(t) is tcp.Server
-        assert set(vars(t)) - {"_shouldShutdown", "_nodelay_inherited"} == set(vars(twisted))
+        # (logstr and repstr: made when read, from _accept_names)
+        assert set(vars(t)) - {"_shouldShutdown", "_nodelay_inherited", "_accept_names"} == (
+            set(vars(twisted)) - {"logstr", "repstr"})
         # set in __init__'s order, one by one (the class's shared-key layout)
-        assert [k for k in vars(t) if k in vars(twisted)] == list(vars(twisted))
+        assert [k for k in vars(t) if k in vars(twisted)] == [
+            k for k in vars(twisted) if k not in ("logstr", "repstr")]
         assert t.logstr == f"Recorder,{t.sessionno},127.0.0.1" == twisted.logstr.replace(
             "Recorder", "Recorder")
         assert repr(t) == repr(twisted)
@@ -671,3 +674,31 @@ def test_listening_socket_kind_read_once_per_socket(listening):
     connect(port, clients)
     port.doRead()
     assert reads == ["family"] and len(factory.built) == 4
+
+
+def test_log_prefix_and_repr_made_when_read(listening):
+    """
+    The transport's logstr and repr are Twisted's strings, made when first
+    read (then kept on the transport), from what the accept recorded: the
+    port number in the repr stays the one accepted on after the port stops
+    listening.  Twisted's own transports keep theirs.
+    """
+    port, factory, reactor, clients = listening
+    accept.install(port)
+    number = port.getHost().port
+    connect(port, clients, 2)
+    port.doRead()
+    (p1, a1), (p2, a2) = factory.built
+    t1, t2 = p1.transport, p2.transport
+    assert "logstr" not in vars(t1) and "repstr" not in vars(t1)
+    assert t1.logPrefix() == f"Recorder,{t1.sessionno},127.0.0.1"
+    assert repr(t1) == f"<Recorder #{t1.sessionno} on {number}>"
+    assert vars(t1)["logstr"] == t1.logPrefix() and vars(t1)["repstr"] == repr(t1)
+    port._realPortNumber = None  # as stopListening leaves it
+    assert repr(t2) == f"<Recorder #{t2.sessionno} on {number}>"
+    twisted = tcp.Server(socket.socket(), Recorder(), ("127.0.0.1", 1), port, 7, MemoryReactor())
+    try:
+        assert vars(twisted)["logstr"] == twisted.logPrefix() == "Recorder,7,127.0.0.1"
+        assert repr(twisted) == "<Recorder #7 on None>"
+    finally:
+        twisted.socket.close()
