@@ -130,13 +130,16 @@ class WholeHead:
         first L{IExchange.responseWhole} of it; C{None} until then.
     @ivar client_head10: the same for an HTTP/1.0 client (with
         C{Connection: keep-alive}).
+    @ivar raw: the head as the node sent it, empty line included (the
+        memo's key and CRLF).
     """
 
     __slots__ = ("status", "reason", "headers", "length", "keep_alive", "client_head",
-                 "client_head10")
+                 "client_head10", "raw")
 
     def __init__(self, status: int, reason: bytes, headers: bytes, length: int,
-                 keep_alive: bool) -> None:
+                 keep_alive: bool, raw: bytes) -> None:
+        self.raw = raw
         self.status = status
         self.reason = reason
         self.headers = headers
@@ -313,15 +316,22 @@ class NodeProtocol(Protocol):
                 # accepted it then): relayed without the parser, what its
                 # callbacks would do for it (on_headers_complete, on_body,
                 # on_message_complete).  llhttp stays at a message boundary,
-                # where a complete keep-alive response leaves it.
-                end = data.find(b"\r\n\r\n")
-                if end > 0:
-                    whole = self.pool.whole.entries.get(data[:end + 2])
-                    if (whole is not None and whole.length == len(data) - end - 4
-                            and ex.method != _HEAD):
+                # where a complete keep-alive response leaves it.  The pool's
+                # last such head is compared first (a memcmp: no head copied
+                # and hashed when a node sends the same head again).
+                pool = self.pool
+                whole = pool.last_whole
+                if whole is None or not data.startswith(whole.raw):
+                    end = data.find(b"\r\n\r\n")
+                    whole = pool.whole.entries.get(data[:end + 2]) if end > 0 else None
+                    if whole is not None:
+                        pool.last_whole = whole
+                if whole is not None:
+                    size = len(whole.raw)
+                    if whole.length == len(data) - size and ex.method != _HEAD:
                         self.keep_alive = whole.keep_alive
                         self.final = True
-                        ex.responseWhole(whole, data[end + 4:] if whole.length else b"")
+                        ex.responseWhole(whole, data[size:] if whole.length else b"")
                         if self.ex is ex:  # (else the front failed it: not finished here)
                             self._finish()
                         return
@@ -411,7 +421,8 @@ class NodeProtocol(Protocol):
             # whole responses that come in one read (L{dataReceived}).
             whole = pool.whole
             if head not in whole.entries:
-                whole.put(head, WholeHead(status, reason, headers, int(cl), self.keep_alive))
+                whole.put(head, WholeHead(status, reason, headers, int(cl), self.keep_alive,
+                                          buf[pos:end + 4]))
         if status < 200:
             if status < 100:
                 # llhttp takes any three digits; these are no HTTP status
@@ -737,6 +748,8 @@ class NodePool(PoolBase):
         #: the parser framed such a head (not on every miss of a lookup).
         self.whole: BoundedMemo[bytes, WholeHead] = BoundedMemo(
             "proxy.http.whole", HEAD_MEMO_SIZE, count_hits=False)
+        #: the last of those a response was relayed with (L{NodeProtocol.dataReceived})
+        self.last_whole: Optional[WholeHead] = None
 
     def acquire(self, ex, fresh: bool) -> NodeProtocol:
         idle = self.idle

@@ -360,6 +360,52 @@ def test_whole_response_relayed_without_the_parser():
     assert c.received() == first
 
 
+def test_whole_response_same_head_again_without_a_lookup():
+    """
+    The pool's last whole head is compared before the memo is looked up: a
+    node that sends the same head again is relayed without a lookup (here
+    with the memo emptied after the first time), another head is looked up
+    and becomes the last, a longer or shorter body goes to the parser.
+    """
+    h = _harness()
+    c = h.client()
+    a = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+    b = b"HTTP/1.1 200 OK\r\nX-B: 1\r\nContent-Length: 2\r\n\r\nhi"
+    n = _one(h, c, a)
+    first_a = c.received()
+    assert _one(h, c, a) is n and c.received() == first_a
+    pool = n.proto.pool
+    assert pool.last_whole is pool.whole[a[:a.index(b"\r\n\r\n") + 2]]
+    assert pool.last_whole.raw == a[:-5]
+    fed = []
+    parser = n.proto.parser
+    n.proto.parser = type("Spy", (), {"feed_data": lambda self, d: fed.append(d)})()
+    pool.whole.entries.clear()
+    for _ in range(2):
+        assert _one(h, c, a) is n and c.received() == first_a
+    assert fed == []
+    n.proto.parser = parser
+    assert _one(h, c, b) is n
+    first_b = c.received()
+    assert first_b.endswith(b"X-B: 1\r\nContent-Length: 2\r\n\r\nhi")
+    assert _one(h, c, b) is n and c.received() == first_b
+    assert pool.last_whole.raw == b[:-2]
+    # a (no longer in the memo): the parser, which remembers it again
+    assert _one(h, c, a) is n and c.received() == first_a
+    assert pool.last_whole.raw == b[:-2] and list(pool.whole) == [b[:-4], a[:-7]]
+    assert _one(h, c, a) is n and c.received() == first_a
+    assert pool.last_whole.raw == a[:-5]
+    # the last head with a body of another size: the parser frames it
+    assert _one(h, c, a[:-1]) is n
+    assert c.received() == first_a[:-1]
+    n.respond(b"o")
+    assert c.received() == b"o"
+    assert _one(h, c, a + b"HTTP/1.1 200 OK\r\n") is n
+    # bytes after the response: the parser relays it and closes the node connection
+    assert c.received() == first_a and not c.closed and n.closed
+    assert h.counters_idle()
+
+
 @pytest.mark.parametrize("request_line, extra", [
     (b"GET / HTTP/1.1", b""),
     (b"GET / HTTP/1.1", b"Connection: close\r\n"),
