@@ -645,8 +645,13 @@ class _Exchange:
             proto = self.proto
             if TYPE_CHECKING:  # HTTP/2 streams override this method; a response has an attempt
                 assert isinstance(proto, ClientProtocol) and self.decision is not None
-            if proto._observer is not None:
-                self.upstream_time = proto._observer.clock() - self.up_start
+            obs = proto._observer
+            if obs is not None:
+                # one clock read for the head and the end of the response (the
+                # node protocol ends it in this same event: Observer.done)
+                now = obs.whole_now = obs.clock()
+                obs.whole_ex = self
+                self.upstream_time = now - self.up_start
             d = self.decision
             node = d.node
             rt = node.rt

@@ -214,6 +214,11 @@ class Observer:
         self.stats = stats
         #: exceptions while recording (a bug): logged the first time only
         self.failures = 0
+        #: the exchange whose whole response was just relayed and the clock
+        #: read then (C{_Exchange.responseWhole}): its end, in the same event,
+        #: takes that time instead of reading the clock again
+        self.whole_ex = None
+        self.whole_now = 0.0
 
     def done(self, ex, status: int, size: int) -> None:
         """
@@ -221,7 +226,11 @@ class Observer:
         client.  Never raises: a bug here must not break the request path.
         """
         try:
-            now = self.clock()
+            if ex is self.whole_ex:
+                self.whole_ex = None
+                now = self.whole_now
+            else:
+                now = self.clock()
             duration = now - ex.start
             if duration < 0.0:  # (a float constant: the interpreter's float comparison)
                 duration = 0.0

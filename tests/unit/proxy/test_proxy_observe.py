@@ -575,3 +575,41 @@ def test_a_failing_observer_does_not_break_requests():
     assert h.factory.observer.failures == 2
     assert len([e for e in events if "log_failure" in e]) == 1
     assert h.counters_idle()
+
+
+def test_whole_response_head_and_end_share_one_clock_read():
+    """
+    A remembered whole response (C{responseWhole}, then its end in the same
+    read): one clock read for its head and its end, so the duration ends
+    where the upstream time does.  Through the parser: a read for each.
+    Here the clock steps one second per read.
+    """
+    h, sink, stats = observed("extended")
+    h.node("n1", 8081, contexts=("/app",))
+    reads = []
+
+    def clock():
+        reads.append(1)
+        return 1_765_000_000.0 + len(reads)
+
+    h.factory.observer.clock = clock
+    c = h.client()
+    n = None
+    for _ in range(3):
+        c.send(GET)
+        if n is None:
+            n = h.accept()
+        n.received()
+        n.respond(OK_100)
+        assert parse_responses(c.received())[0].status == 200
+    assert len(sink.lines) == 3
+    times = []
+    for line in sink.lines:
+        m = COMBINED.match(line)
+        assert m is not None, line
+        duration, upstream = m[8].split()[:2]
+        times.append((float(duration), float(upstream)))
+    # start, attempt, head, end: the first through llhttp, then whole
+    assert times == [(3.0, 1.0), (2.0, 1.0), (2.0, 1.0)]
+    assert len(reads) == 4 + 3 + 3
+    assert h.factory.observer.whole_ex is None
