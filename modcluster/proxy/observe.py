@@ -217,7 +217,7 @@ class Observer:
         #: the exchange whose whole response was just relayed and the clock
         #: read then (C{_Exchange.responseWhole}): its end, in the same event,
         #: takes that time instead of reading the clock again
-        self.whole_ex = None
+        self.whole_ex: Optional[object] = None
         self.whole_now = 0.0
 
     def done(self, ex, status: int, size: int) -> None:
