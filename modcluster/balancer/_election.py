@@ -108,21 +108,29 @@ class RouteMemo:
     @ivar paths: matched path -> L{_plain_route} of it.
     @ivar cookie_names: the sticky cookie names of the table's balancers, or
         C{None} until asked for.
+    @ivar last_path: the path (the str object) of the last request routed
+        by the fast path whose path needed no matching (no C{;}, C{%}, C{/.}
+        or C{//}), and C{last_plain} its L{_plain_route}: a request with that
+        very object (a remembered request head) skips the tests and the
+        lookup.
     """
 
-    __slots__ = ("table", "paths", "cookie_names")
+    __slots__ = ("table", "paths", "cookie_names", "last_path", "last_plain")
 
     def __init__(self) -> None:
         self.table: Optional[RoutingTable] = None
         self.paths: BoundedMemo[str, tuple] = BoundedMemo(
             "balancer.routes", MEMO_MAX, count_hits=False)
         self.cookie_names: Optional[tuple[str, ...]] = None
+        self.last_path: Optional[str] = None
+        self.last_plain: Optional[tuple] = None
 
     def follow(self, table: RoutingTable) -> None:
         """Hold the facts of C{table} from now on (none yet)."""
         self.table = table
         self.paths.clear()
         self.cookie_names = None
+        self.last_path = self.last_plain = None
 
 
 class Decision:
@@ -416,14 +424,25 @@ def choose(table: RoutingTable, host: Optional[str], path: str, cookie: Optional
     memo = policy.routes
     if memo.table is not table:
         memo.follow(table)
-    if (not policy.use_alias and ";" not in path
-            and (not cookie or _no_cookie_session(memo, table, cookie))):
-        mpath = path
-        if "%" in path or "/." in path or "//" in path:
-            mpath = match_path(path)
-        plain = memo.paths.entries.get(mpath)
-        if plain is None:
-            plain = _plain_route(memo, table, mpath)
+    plain: Optional[tuple] = None  # (the memo's value type, as RouteMemo.paths)
+    if not policy.use_alias and (not cookie or _no_cookie_session(memo, table, cookie)):
+        if path is memo.last_path:
+            # the previous such request's path, the same object (a remembered
+            # request head): known free of ';', '%', '/.' and '//'
+            plain = memo.last_plain
+        elif ";" not in path:
+            if "%" in path or "/." in path or "//" in path:
+                mpath = match_path(path)
+                plain = memo.paths.entries.get(mpath)
+                if plain is None:
+                    plain = _plain_route(memo, table, mpath)
+            else:
+                plain = memo.paths.entries.get(path)
+                if plain is None:
+                    plain = _plain_route(memo, table, path)
+                memo.last_path = path
+                memo.last_plain = plain
+    if plain is not None:
         b, cands, reason = plain
         if b is None:
             return _no_context(policy, reason)

@@ -90,6 +90,63 @@ def test_memo_is_per_snapshot_and_bounded():
     assert long_path not in memo.paths
 
 
+def test_last_plain_path_object_skips_the_memo(monkeypatch):
+    """
+    The fast path remembers the last path (the str object) that needed no
+    matching: a request with that very object (a remembered request head)
+    is routed without the path tests and the memo lookup; an equal path in
+    another object, or a path that needs matching, goes through the memo;
+    a new snapshot forgets it.
+    """
+    from modcluster.balancer import _election
+
+    c = Cluster()
+    c.node("n1", 100, contexts=("/app",))
+    c.node("n2", 100, contexts=("/other",))
+    t1 = c.reg.table
+    policy = RoutingPolicy()
+    memo = policy.routes
+    path = "/app/x"
+    assert choose(t1, None, path, None, 0.0, policy).node.route == "n1"
+    assert memo.last_path is path and memo.last_plain is memo.paths["/app/x"]
+    memo.paths.clear()
+
+    def no_lookup(*args):
+        raise AssertionError("looked up")
+
+    with monkeypatch.context() as m:
+        m.setattr(_election, "_plain_route", no_lookup)
+        for _ in range(3):
+            assert choose(t1, None, path, None, 0.0, policy).node.route == "n1"
+    other = "".join(["/other", "/x"])
+    assert choose(t1, None, other, None, 0.0, policy).node.route == "n2"
+    assert memo.last_path is other
+    # an equal path in another object: the memo (emptied above: computed again)
+    equal = "".join(["/app", "/x"])
+    assert equal is not path
+    assert choose(t1, None, equal, None, 0.0, policy).node.route == "n1"
+    assert memo.last_path is equal
+    # paths that need matching are never the last one
+    for p in ("/app;jsessionid=a.n1", "/oth%65r/x", "/app/./x", "//other/x"):
+        choose(t1, None, p, None, 0.0, policy)
+        assert memo.last_path is equal
+    assert choose(t1, None, "/oth%65r/x", None, 0.0, policy).node.route == "n2"
+    # a new snapshot forgets it
+    c.node("n3", 100, contexts=("/app",))
+    t2 = c.reg.table
+    assert choose(t2, None, "/other/y", None, 0.0, policy).node.route == "n2"
+    assert memo.table is t2 and memo.last_path == "/other/y"
+    monkeypatch.setattr(_election, "_plain_route", no_lookup)
+    c.node("n4", 100, contexts=("/app",))
+    t3 = c.reg.table
+    try:
+        choose(t3, None, equal, None, 0.0, policy)
+    except AssertionError:
+        pass
+    else:
+        raise AssertionError("the last path of the old snapshot was used")
+
+
 def test_cookie_without_sticky_name_routes_like_no_cookie():
     c = Cluster()
     c.node("n1", 100, contexts=("/app",))
