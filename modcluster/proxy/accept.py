@@ -84,6 +84,14 @@ BATCH = 32
 PAUSE = 0.25
 #: Seconds between two log lines about accept failures of one port.
 LOG_INTERVAL = 10.0
+#: Linux: C{getsockopt(IPPROTO_TCP, TCP_INFO)} of a listening socket gives its
+#: accept queue's length as C{tcpi_unacked} (bytes 24-27 of C{struct tcp_info})
+_TCP_INFO = getattr(_socket, "TCP_INFO", None) if sys.platform.startswith("linux") else None
+_QUEUED_AT = 24
+_QUEUED_END = 28
+_IPPROTO_TCP = _socket.IPPROTO_TCP
+_BYTEORDER = sys.byteorder
+_from_bytes = int.from_bytes
 #: accept() errors that mean "out of resources": pause, do not spin.
 _RESOURCE = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 #: accept() errors that concern one client only: go on with the next.
@@ -126,6 +134,53 @@ def _lean_address() -> bool:
 
 
 _LEAN_ADDRESS = _lean_address()
+
+
+def _queued(listener) -> int:
+    """The length of a listening TCP socket's accept queue (Linux, L{_TCP_INFO})."""
+    return int.from_bytes(
+        listener.getsockopt(_socket.IPPROTO_TCP, _TCP_INFO, _QUEUED_END)[_QUEUED_AT:],
+        sys.byteorder)
+
+
+def _queue_length_works() -> bool:
+    """
+    Whether L{_queued} tells the accept queue's length on this system: 0 on
+    a new listening socket, 1 once a client connected, 0 again after the
+    accept (checked once per process, over 127.0.0.1).
+    """
+    if _TCP_INFO is None:
+        return False
+    import select
+
+    listener = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
+    client = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
+    try:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        if _queued(listener) != 0:
+            return False
+        client.connect(listener.getsockname())
+        if not select.select([listener], [], [], 2.0)[0] or _queued(listener) != 1:
+            return False
+        listener.accept()[0].close()
+        return _queued(listener) == 0
+    except (OSError, ValueError):  # pragma: no cover - no loopback, another kernel
+        return False
+    finally:
+        client.close()
+        listener.close()
+
+
+_queue_length = None
+
+
+def queue_length_known() -> bool:
+    """L{_queue_length_works}, once per process."""
+    global _queue_length
+    if _queue_length is None:
+        _queue_length = _queue_length_works()
+    return _queue_length
 
 
 class _Named:
@@ -234,6 +289,9 @@ class Acceptor:
         #: the listening socket whose family, type and protocol are in _kind
         self._listener = None
         self._kind = (0, 0, 0)
+        #: the listening socket's accept queue length is read before a batch
+        #: (L{_queued}): the batch accepts that many, not until EAGAIN
+        self._count = False
         #: protocol class -> (log prefix, class name, port number) for classes
         #: with Protocol's logPrefix
         self._prefixes: dict = {}
@@ -278,7 +336,27 @@ class Acceptor:
             # (eight Python calls): read once per listening socket
             self._listener = listener
             self._kind = (int(listener.family), int(listener.type), listener.proto)
+            self._count = (isinstance(listener, _c_socket) and queue_length_known()
+                           and self._kind[0] in (_socket.AF_INET, _socket.AF_INET6)
+                           and self._kind[1] & 0xF == _socket.SOCK_STREAM)
         family, type_, proto = self._kind
+        batch = BATCH
+        if self._count:
+            # Accept as many as are queued: the accept() after the last one,
+            # failing with EAGAIN, costs ~5 us (the kernel makes and frees a
+            # socket and a file for it; a BlockingIOError and its traceback)
+            # against ~0.7 for this getsockopt.  Level-triggered epoll reports
+            # the socket again for clients queued after it; with none queued
+            # (someone else accepted), one accept() as before.
+            try:
+                batch = _from_bytes(listener.getsockopt(_IPPROTO_TCP, _TCP_INFO, _QUEUED_END)
+                                    [_QUEUED_AT:], _BYTEORDER)  # _queued, inline
+            except OSError:
+                batch = BATCH
+            if batch > BATCH:
+                batch = BATCH
+            elif batch <= 0:
+                batch = 1
         factory = port.factory
         reactor = port.reactor
         add_reader = reactor.addReader
@@ -293,7 +371,7 @@ class Acceptor:
         ipv6 = port.addressFamily == _socket.AF_INET6
         AddressType = port._addressType
         lean_address = not ipv6 and AddressType is address.IPv4Address and _LEAN_ADDRESS
-        for _ in range(BATCH):
+        for _ in range(batch):
             try:
                 fd, addr = accept()
             except BlockingIOError:
