@@ -9,7 +9,9 @@ real (127.0.0.1); the reactor is a MemoryReactor and the clock a task.Clock.
 from __future__ import annotations
 
 import errno
+import select
 import socket
+import sys
 from _socket import socket as _c_socket
 
 import pytest
@@ -155,6 +157,117 @@ def test_bounded_batch(listening):
     assert len(factory.built) == accept.BATCH + 3
     port.doRead()  # nothing waiting: no error
     assert len(factory.built) == accept.BATCH + 3
+
+
+def _wait_queued(port, n: int) -> None:
+    """Wait until the listening socket's accept queue holds C{n} connections."""
+    for _ in range(200):
+        if accept._queued(port.socket) == n:
+            return
+        select.select([], [], [], 0.01)
+    raise AssertionError(f"accept queue never reached {n}")
+
+
+class _CountingAccepts(socket.socket):
+    """A listening socket that counts its accept() calls and their EAGAIN ends."""
+
+    accepts = 0
+    eagain = 0
+    #: what getsockopt(TCP_INFO) reports as the queue length instead of the truth
+    claim = None
+
+    def _accept(self):
+        self.accepts += 1
+        try:
+            return super()._accept()
+        except BlockingIOError:
+            self.eagain += 1
+            raise
+
+    def getsockopt(self, *args):
+        value = super().getsockopt(*args)
+        if self.claim is not None and args[1:2] == (socket.TCP_INFO,):
+            value = (value[:accept._QUEUED_AT] + self.claim.to_bytes(4, sys.byteorder)
+                     + value[accept._QUEUED_END:])
+        return value
+
+
+def _counting(port) -> _CountingAccepts:
+    listener = port.socket
+    port.socket = _CountingAccepts(listener.family, listener.type, listener.proto,
+                                   listener.detach())
+    port.fileno = port.socket.fileno
+    return port.socket
+
+
+def test_queue_length_read_from_tcp_info(listening):
+    """On Linux the accept queue's length is known (TCP_INFO) and tracks the clients."""
+    port, factory, reactor, clients = listening
+    assert accept.queue_length_known() is sys.platform.startswith("linux")
+    if not accept.queue_length_known():
+        pytest.skip("Linux only")
+    assert accept._queued(port.socket) == 0
+    connect(port, clients, 3)
+    _wait_queued(port, 3)
+
+
+def test_batch_accepts_what_is_queued_without_eagain(listening):
+    """
+    A readable event accepts as many connections as the accept queue holds,
+    without the accept() that fails with EAGAIN after the last one (~5 us).
+    """
+    port, factory, reactor, clients = listening
+    if not accept.queue_length_known():
+        pytest.skip("Linux only")
+    accept.install(port)
+    counting = _counting(port)
+    connect(port, clients, 3)
+    _wait_queued(port, 3)
+    port.doRead()
+    assert len(factory.built) == 3
+    assert (counting.accepts, counting.eagain) == (3, 0)
+    # nothing queued (someone else accepted): one accept(), ended by EAGAIN
+    port.doRead()
+    assert (counting.accepts, counting.eagain) == (4, 1)
+    assert len(factory.built) == 3
+
+
+def test_batch_ends_at_eagain_when_fewer_are_queued_than_told(listening):
+    """A queue length larger than the truth: the batch still ends at EAGAIN."""
+    port, factory, reactor, clients = listening
+    if not accept.queue_length_known():
+        pytest.skip("Linux only")
+    accept.install(port)
+    counting = _counting(port)
+    connect(port, clients, 2)
+    _wait_queued(port, 2)
+    counting.claim = 5
+    port.doRead()
+    assert len(factory.built) == 2
+    assert (counting.accepts, counting.eagain) == (3, 1)
+
+
+def test_clients_queued_after_the_count_wait_for_the_next_event(listening):
+    """
+    A queue length smaller than the truth (clients that came after it was
+    read): those are accepted at the next readable event, which a level-
+    triggered poller reports while the queue is not empty.
+    """
+    port, factory, reactor, clients = listening
+    if not accept.queue_length_known():
+        pytest.skip("Linux only")
+    accept.install(port)
+    counting = _counting(port)
+    connect(port, clients, 3)
+    _wait_queued(port, 3)
+    counting.claim = 1
+    port.doRead()
+    assert len(factory.built) == 1
+    counting.claim = None
+    assert accept._queued(port.socket) == 2
+    port.doRead()
+    assert len(factory.built) == 3
+    assert counting.eagain == 0
 
 
 def test_refused_by_factory(listening):
