@@ -92,7 +92,7 @@ class BoundedMemo(Generic[K, V]):
         self.misses += 1
         if len(entries) >= self.max_size and key not in entries:
             self.evictions += len(entries)
-            entries.clear()
+            self.clear()
         entries[key] = value
         return value
 

@@ -152,6 +152,11 @@ class ClientProtocol(Protocol, ClientDeadlines):
     #: the accept loop left the connection unregistered for reading
     #: (deferReading): the sweep, or drain, registers it
     _unread = False
+    #: the template of the last request head of this connection found in
+    #: ProxyFactory.request_heads: the next read is compared with its bytes
+    #: (RequestHead.raw, None once the memo forgot it) before the lookup,
+    #: which hashes the read (a kept-alive client repeats its head)
+    _last_head: Optional[RequestHead] = None
 
     def __init__(self, factory: "ProxyFactory", addr=None) -> None:
         self.factory = factory
@@ -343,7 +348,13 @@ class ClientProtocol(Protocol, ClientDeadlines):
         reading = self._reading
         record = None
         if reading is None:
-            if data.endswith(_HEAD_END) and len(data) <= REQUEST_MEMO_BYTES:
+            last = self._last_head
+            if last is not None and data == last.raw:
+                # the same request head as this connection's last one
+                if self._current is None and not self._queue:
+                    self._remembered(last)
+                    return
+            elif data.endswith(_HEAD_END) and len(data) <= REQUEST_MEMO_BYTES:
                 # One request head without a body, as seen before?
                 f = self.factory
                 template = f.request_heads.entries.get(data)
@@ -372,6 +383,7 @@ class ClientProtocol(Protocol, ClientDeadlines):
                     else:
                         seen.put(key, True)
                 elif self._current is None and not self._queue:
+                    self._last_head = template
                     self._remembered(template)
                     return
             if self._head_start is None:

@@ -22,6 +22,7 @@ from modcluster.balancer import (
     parse_host,
     strip_session,
 )
+from modcluster.memo import BoundedMemo
 from modcluster.proxy.headers import (
     header_block,
     informational_head,
@@ -76,6 +77,10 @@ class RequestHead:
     (shared between requests, never changed).
 
     @ivar node_heads: see L{modcluster.proxy.http._node_head}.
+    @ivar raw: the request head's bytes while it is remembered in
+        L{ProxyFactory.request_heads} (its key there), else C{None}: a
+        connection compares the next request with the last head it sent
+        (C{ClientProtocol._last_head}) before the memo's lookup.
     @ivar values: the fields in L{FIELDS} order, an exact tuple:
         L{_Exchange.remembered} unpacks it in one step on the hot path (the
         interpreter's fast unpacking is for exact tuples only: unpacking a
@@ -83,7 +88,7 @@ class RequestHead:
         machine instructions per request).
     """
 
-    __slots__ = ("values", "node_heads")
+    __slots__ = ("values", "node_heads", "raw")
 
     FIELDS = ("method", "target", "version", "headers", "host", "body_length", "keep_alive",
               "path", "query", "cookies", "upgrade_token", "x_forwarded", "proxy_connection",
@@ -115,6 +120,7 @@ class RequestHead:
         #: method and target and the X-Forwarded-For lines, by Host line
         #: (modcluster.proxy.http._node_head)
         self.node_heads: dict[bytes, tuple[bytes, bytes, bytes]] = {}
+        self.raw: Optional[bytes] = None
 
     def without_target(self) -> "RequestHead":
         """The same head for L{ProxyFactory.request_blocks}: no target."""
@@ -133,6 +139,33 @@ class RequestHead:
     def __repr__(self) -> str:
         return "RequestHead(%s)" % ", ".join(
             f"{name}={value!r}" for name, value in zip(self.FIELDS, self.values))
+
+
+class RequestHeadMemo(BoundedMemo[bytes, RequestHead]):
+    """
+    L{ProxyFactory.request_heads}: a L{BoundedMemo} whose templates know
+    their key (L{RequestHead.raw}) while they are in it, so that a
+    connection's last head (C{ClientProtocol._last_head}) is compared with
+    the next request's bytes instead of hashing them for the lookup, and
+    stops matching when the memo forgets it (emptied when full, or
+    L{clear}): a forgotten head is looked up, parsed and remembered again as
+    without the comparison.
+    """
+
+    __slots__ = ()
+
+    def put(self, key: bytes, value: RequestHead) -> RequestHead:
+        entries = self.entries
+        if key in entries:  # (two connections parsed the same head)
+            entries[key].raw = None
+        BoundedMemo.put(self, key, value)
+        value.raw = key
+        return value
+
+    def clear(self) -> None:
+        for template in self.entries.values():
+            template.raw = None
+        BoundedMemo.clear(self)
 
 
 def _field(index: int, name: str) -> property:

@@ -30,7 +30,7 @@ from modcluster.proxy.client import (
     SWEEP_INTERVAL,
     ClientProtocol,
 )
-from modcluster.proxy.exchange import _DIRECT_SCHEMES, RequestHead, _Exchange
+from modcluster.proxy.exchange import _DIRECT_SCHEMES, RequestHead, RequestHeadMemo, _Exchange
 from modcluster.proxy.headers import (
     upgrade_matcher,
 )
@@ -129,7 +129,7 @@ class ProxyFactory(Factory):
         #: gave, for heads that were exactly one request without a body
         #: (bounded; emptied when full).  Clients repeat their heads (same
         #: resource, same cookies), so most requests skip the parser.
-        self.request_heads: BoundedMemo[bytes, RequestHead] = BoundedMemo(
+        self.request_heads = RequestHeadMemo(
             "proxy.request_heads", REQUEST_MEMO_SIZE, count_hits=False)
         #: heads (at most 2 KiB) seen once, as their bytes or, for those with
         #: a L{_REQUEST_LINE}, their L{request_blocks} key: a head is

@@ -617,3 +617,85 @@ def test_hot_path_memos_count_their_misses_for_memo_stats():
                  "balancer.routes", "cluster.longest_match"):
         assert name in stats, name
     assert f.request_heads.stats() in stats["proxy.request_heads"]
+
+
+class _CountingGets(dict):
+    """A memo's entries that count their C{get} calls (the inline lookups)."""
+
+    gets = 0
+
+    def get(self, key, default=None):
+        self.gets += 1
+        return dict.get(self, key, default)
+
+
+def test_connection_compares_its_last_head_before_the_lookup():
+    """
+    A connection that sends the head it sent last is answered from that
+    head's template without the memo's lookup (no hash of the read), the
+    same bytes to the node and the client; once the memo forgets the head
+    (emptied), it is looked up, parsed and remembered again as before; another
+    head is looked up and becomes the last one.
+    """
+    h = _harness()
+    c = h.client()
+    response = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+    n, first = _serve(h, c, _STICKY, response)
+    answer = c.received()
+    assert _one(h, c, response) is n  # remembered the second time
+    assert c.received() == answer
+    f = h.factory
+    template = f.request_heads[_STICKY]
+    assert template.raw is _STICKY
+    counting = _CountingGets(f.request_heads.entries)
+    f.request_heads.entries = counting
+    for _ in range(3):
+        n2, sent = _serve(h, c, _STICKY, response)
+        assert (n2, sent, c.received()) == (n, first, answer)
+    assert counting.gets == 1  # the first time only: then the last head
+    assert f.request_heads.stats()["misses"] == 1
+    # forgotten by the memos: looked up (a miss), parsed, remembered anew
+    f.request_heads.clear()
+    f.request_blocks.clear()
+    assert template.raw is None
+    for _ in range(2):
+        n2, sent = _serve(h, c, _STICKY, response)
+        assert (n2, sent, c.received()) == (n, first, answer)
+    assert counting.gets == 3
+    assert f.request_heads.stats()["misses"] == 2
+    again = f.request_heads[_STICKY]
+    assert again is not template and again == template and again.raw == _STICKY
+    # another head is looked up, and becomes the last one
+    other = _STICKY.replace(b"Host: x", b"Host: x\r\nX-A: 1")  # another header block
+    assert other != _STICKY
+    for _ in range(4):
+        _serve(h, c, other, response)
+        c.received()
+    assert c.proto._last_head is f.request_heads[other]
+    assert counting.gets == 3 + 3  # seen, remembered, then the last head
+    n2, sent = _serve(h, c, _STICKY, response)
+    assert (n2, sent, c.received()) == (n, first, answer)
+    assert c.proto._last_head is again and counting.gets == 7
+    assert h.counters_idle()
+
+
+def test_request_head_memo_forgets_the_key_of_a_replaced_or_evicted_template():
+    from modcluster.proxy.exchange import RequestHeadMemo
+
+    memo = RequestHeadMemo("t", 2, count_hits=False)
+    a, b, a2, c = (_template(h) for h in (b"/a", b"/b", b"/a", b"/c"))
+    memo.put(b"A", a)
+    memo.put(b"B", b)
+    assert (a.raw, b.raw) == (b"A", b"B")
+    memo.put(b"A", a2)  # the same head parsed by two connections: the newer one
+    assert (a.raw, a2.raw, memo[b"A"]) == (None, b"A", a2)
+    memo.put(b"C", c)  # full: emptied first
+    assert (a2.raw, b.raw, c.raw, list(memo)) == (None, None, b"C", [b"C"])
+    assert memo.stats()["evictions"] == 2
+
+
+def _template(path: bytes):
+    from modcluster.proxy.exchange import RequestHead
+
+    return RequestHead(b"GET", path, "1.1", (), b"x", None, True, path.decode(), None, None,
+                       None, None, None, True)
