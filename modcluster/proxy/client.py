@@ -152,11 +152,6 @@ class ClientProtocol(Protocol, ClientDeadlines):
     #: the accept loop left the connection unregistered for reading
     #: (deferReading): the sweep, or drain, registers it
     _unread = False
-    #: the template of the last request head of this connection found in
-    #: ProxyFactory.request_heads: the next read is compared with its bytes
-    #: (RequestHead.raw, None once the memo forgot it) before the lookup,
-    #: which hashes the read (a kept-alive client repeats its head)
-    _last_head: Optional[RequestHead] = None
 
     def __init__(self, factory: "ProxyFactory", addr=None) -> None:
         self.factory = factory
@@ -192,6 +187,13 @@ class ClientProtocol(Protocol, ClientDeadlines):
         self._record_block: Optional[tuple[bytes, bytes, bytes]] = None
         self._captured: Optional[RequestHead] = None
         self._feeding = False  # in the parser's feed_data
+        # the template of the last request head of this connection found in
+        # ProxyFactory.request_heads: the next read is compared with its bytes
+        # (RequestHead.raw, None once the memo forgot it) before the lookup,
+        # which hashes the read (a kept-alive client repeats its head).  Set
+        # here, not a class default: an attribute most connections set later
+        # would cost the instance its shared key dictionary.
+        self._last_head: Optional[RequestHead] = None
         self.client: Optional[ClientInfo] = None
         #: the factory's L{Observer} (access log, client metrics) or None
         self._observer = factory.observer
