@@ -4,6 +4,7 @@ transport with an empty buffer sends at once; anything else keeps Twisted's
 buffered path and order.
 """
 
+import select
 import socket
 import time
 
@@ -417,3 +418,51 @@ def test_send_last_not_for_other_transports():
     t2.TLS = False
     t2.loseConnection()
     assert not send_last(t2, b"x")
+
+
+def test_send_last_partial_over_a_real_socket_still_ends_with_the_fin():
+    """
+    An answer larger than the socket takes (a client that stops reading):
+    what the kernel did not take goes through Twisted's buffer, the stream
+    still ends (the close after the buffer drained), every byte arrives and
+    no segment is held back (MSG_MORE's cork) once the client reads again.
+    """
+    import threading
+
+    from twisted.python.failure import Failure
+
+    t, c, a, proto = _tcp_pair()
+    data = bytes(range(256)) * (4 * 4096)  # 4 MiB
+    got: list = []
+
+    def read() -> None:
+        time.sleep(0.2)  # the client reads nothing meanwhile
+        buf = b""
+        while True:
+            more = c.recv(65536)
+            if not more:
+                got.append((buf, time.monotonic()))
+                return
+            buf += more
+
+    reader = threading.Thread(target=read)
+    try:
+        reader.start()
+        assert send_last(t, data)
+        assert t._tempDataLen or t.dataBuffer  # partial: the rest is Twisted's
+        lose_connection(t)
+        assert not proto.lost and t.disconnecting
+        deadline = time.monotonic() + 10
+        while t.connected and time.monotonic() < deadline:
+            select.select([], [a], [], 0.05)
+            why = t.doWrite()
+            if why:
+                t.connectionLost(Failure(why))
+        closed = time.monotonic()
+        reader.join(10)
+        assert got and got[0][0] == data
+        assert len(proto.lost) == 1
+        assert got[0][1] - closed < 0.15  # nothing held back after the close
+    finally:
+        c.close()
+        a.close()
