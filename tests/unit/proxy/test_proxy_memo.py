@@ -699,3 +699,53 @@ def _template(path: bytes):
 
     return RequestHead(b"GET", path, "1.1", (), b"x", None, True, path.decode(), None, None,
                        None, None, None, True)
+
+
+_STICKY_HEAD = b"HEAD / HTTP/1.1\r\nHost: x\r\nCookie: JSESSIONID=a.n1\r\n\r\n"
+
+
+def test_last_whole_head_attacks():
+    """
+    The pool's last whole head (startswith) never relays what it should not:
+    a HEAD answer with that head, the head with more header lines after it,
+    two responses in one read (the second is not a later client's answer),
+    the head and body in several reads.
+    """
+    h = _harness()
+    c = h.client()
+    a = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+    n = _one(h, c, a)
+    first_a = c.received()
+    assert _one(h, c, a) is n and c.received() == first_a
+    pool = n.proto.pool
+    assert pool.last_whole.raw == a[:-5]
+    # HEAD: the same head, no body
+    assert _serve(h, c, _STICKY_HEAD, a[:-5])[0] is n
+    assert c.received() == first_a[:-5]
+    assert not n.closed and h.counters_idle()
+    # HEAD with exactly Content-Length bytes after the head: not a body
+    c2 = h.client()
+    _serve(h, c2, _STICKY_HEAD, a)
+    assert c2.received() == first_a[:-5]
+    # the same first lines and more headers
+    more = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-More: 1\r\n\r\nhello"
+    c3 = h.client()
+    _serve(h, c3, _STICKY, more)
+    [r] = parse_responses(c3.received())
+    assert r.body == b"hello" and r.header(b"x-more") == b"1"
+    # two responses in one read: the second is not relayed to a later request
+    c4 = h.client()
+    m, _ = _serve(h, c4, _STICKY, a + a)
+    got = c4.received()
+    assert got == first_a
+    assert m.closed  # not reused with the second response waiting in it
+    c5 = h.client()
+    _serve(h, c5, _STICKY, a)
+    assert c5.received() == first_a
+    # a response split across reads right after the head
+    c6 = h.client()
+    m, _ = _serve(h, c6, _STICKY, a[:-5])
+    m.respond(b"hel")
+    m.respond(b"lo")
+    assert c6.received() == first_a
+    assert h.counters_idle()
