@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import shutil
 import socket
+import time
 import ssl as pyssl
 import subprocess
 
@@ -135,12 +136,14 @@ async def test_keep_alive_requests_over_python_ssl(stack, port, pki):
     await _until(lambda: stack.in_flight() == 0)
 
 
-def _close_notify(port, pki):
+def _close_notify(port, pki, path=b"/app/echo", wait=0.0):
     """Blocking: a Connection: close request; the server's close_notify ends the stream."""
     ctx = _context(pki)
     with socket.create_connection(("127.0.0.1", port), timeout=20) as raw:
         s = ctx.wrap_socket(raw, server_hostname="localhost")
-        s.sendall(b"GET /app/echo HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        s.sendall(b"GET %s HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n" % path)
+        if wait:
+            time.sleep(wait)  # a client that reads late
         data = b""
         while True:
             chunk = s.recv(65536)  # b"" on close_notify (a TCP close without it: error)
@@ -156,6 +159,14 @@ async def test_connection_close_ends_with_close_notify(stack, port, pki):
     stack.serve("nA")
     data = await threads.deferToThread(_close_notify, port, pki)
     assert data.startswith(b"HTTP/1.1 200")
+    # a large answer to a client that reads late, and the proxy's own answer
+    # (not send_last's path: these are TLS connections)
+    data = await threads.deferToThread(_close_notify, port, pki,
+                                       b"/app/download?bytes=2000000", 0.3)
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and len(body) == 2_000_000
+    data = await threads.deferToThread(_close_notify, port, pki, b"/nowhere")
+    assert data.startswith(b"HTTP/1.1 404")
 
 
 def _curl(port, pki, *extra):
