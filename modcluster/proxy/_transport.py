@@ -170,6 +170,12 @@ def lose_connection(transport: IStreamTransport) -> None:
         # it closes: the client protocol's own registration would keep a
         # "Connection: close" HTTPS connection open until the client gave up.
         transport.unregisterProducer()
+    elif getattr(t, "producer", None) is not None:
+        # A plain TCP transport with bytes buffered: once they are sent,
+        # FileDescriptor.doWrite resumes a producer it paused (the last write
+        # went over its high-water mark, a client that reads slowly) instead
+        # of closing, and the connection would stay open with all sent.
+        transport.unregisterProducer()
     transport.loseConnection()
 
 

@@ -466,3 +466,59 @@ def test_send_last_partial_over_a_real_socket_still_ends_with_the_fin():
     finally:
         c.close()
         a.close()
+
+
+@pytest.mark.parametrize("how", ["send_last", "write"])
+def test_lose_connection_after_the_buffer_paused_its_producer_closes(how):
+    """
+    The last bytes before a close go over Twisted's high-water mark (a
+    client that reads slowly): Twisted pauses the registered producer (the
+    client protocol), and when its buffer has drained it resumes that
+    producer instead of closing (FileDescriptor.doWrite).  lose_connection
+    still ends the connection once everything is sent, as the reactor runs
+    it: doWrite only while the transport is registered for writing.
+    """
+    import threading
+
+    from twisted.python.failure import Failure
+
+    t, c, a, proto = _tcp_pair()
+    reactor = t.reactor
+    data = b"x" * (4 << 20)
+    got: list = []
+
+    def read() -> None:
+        time.sleep(0.2)
+        c.settimeout(3)
+        n = 0
+        try:
+            while True:
+                more = c.recv(65536)
+                if not more:
+                    got.append((n, "end"))
+                    return
+                n += len(more)
+        except TimeoutError:
+            got.append((n, "timeout"))
+
+    reader = threading.Thread(target=read)
+    try:
+        reader.start()
+        if how == "send_last":
+            assert send_last(t, data)
+        else:
+            t.write(data)
+        assert t.producerPaused  # over the high-water mark: the producer paused
+        lose_connection(t)
+        deadline = time.monotonic() + 10
+        while t.connected and t in reactor.getWriters() and time.monotonic() < deadline:
+            select.select([], [a], [], 0.05)
+            why = t.doWrite()
+            if why:
+                t.connectionLost(Failure(why))
+        assert not t.connected and len(proto.lost) == 1
+        reader.join(10)
+        assert got == [(len(data), "end")]
+    finally:
+        c.close()
+        a.close()
