@@ -895,13 +895,21 @@ class ClientProtocol(Protocol, ClientDeadlines):
             # answer reaches it before the socket is closed.
             self._linger_until = self.factory.now + LINGER
             self._pause = 0
-            self.transport.resumeProducing()
-            self.transport.loseWriteConnection()
+            t: Any = self.transport  # a tcp.Server or tcp.Client (is_plain_tcp)
+            t.resumeProducing()
+            if t.producer is not None:
+                # else, the answer over Twisted's high-water mark, the buffer
+                # drained resumes us as producer instead of sending the FIN
+                t.unregisterProducer()
+            t.loseWriteConnection()
         elif self._reading is None and not self._feeding:
             lose_connection(self.transport)  # may call connectionLost now
         else:
             # inside parser callbacks: connectionLost must not run under them
-            self.transport.loseConnection()
+            t = self.transport
+            if is_plain_tcp(t) and t.producer is not None:
+                t.unregisterProducer()  # (as lose_connection does)
+            t.loseConnection()
 
     def _abortClient(self) -> None:
         self._closing = True

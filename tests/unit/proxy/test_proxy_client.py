@@ -578,3 +578,64 @@ def test_close_answer_over_the_high_water_mark_ends():
     finally:
         a.close()
         b.close()
+
+
+def test_lingering_close_over_the_high_water_mark_sends_the_fin():
+    """
+    The answer ends before the request body (a lingering close: the proxy
+    half-closes and reads what the client still sends) and is larger than
+    Twisted's high-water mark with the client's socket full: once it is
+    sent, the FIN follows, as for a smaller answer.
+    """
+    import select
+    import socket
+
+    from twisted.internet import address, tcp
+    from twisted.internet.testing import MemoryReactor
+    from twisted.python.failure import Failure
+
+    h = Harness()
+    h.node("n1", 8081)
+    a, b = socket.socketpair()
+    reactor = MemoryReactor()
+    try:
+        a.setblocking(False)
+        proto = h.factory.buildProtocol(address.IPv4Address("TCP", "127.0.0.7", 4711))
+        t = tcp.Server(a, proto, ("127.0.0.7", 4711), None, 0, reactor)
+        proto.makeConnection(t)
+        filled = 0
+        try:
+            while True:  # the client reads nothing: its socket is full
+                filled += a.send(b"z" * 65536)
+        except BlockingIOError:
+            pass
+        proto.dataReceived(b"POST /x HTTP/1.1\r\nHost: localhost\r\n"
+                           b"Content-Length: 100000\r\n\r\n" + b"u" * 1000)
+        n = h.accept()
+        body = b"y" * (4 * t.bufferSize)
+        n.respond(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        assert t._writeDisconnecting or t.disconnecting
+        got = b""
+        b.setblocking(False)
+        for _ in range(10_000):
+            if t._writeDisconnected or not t.connected:
+                break
+            try:
+                got += b.recv(1 << 20)
+            except BlockingIOError:
+                pass
+            if t in reactor.getWriters() and select.select([], [a], [], 0.05)[1]:
+                why = t.doWrite()
+                if why:
+                    t.connectionLost(Failure(why))
+        assert t._writeDisconnected or not t.connected  # the FIN went out
+        b.settimeout(2)
+        while True:
+            more = b.recv(1 << 20)
+            if not more:
+                break
+            got += more
+        assert got[filled:].startswith(b"HTTP/1.1 200 OK\r\n") and got.endswith(body)
+    finally:
+        a.close()
+        b.close()
