@@ -30,6 +30,7 @@ from modcluster.proxy.client import (
     SWEEP_INTERVAL,
     ClientProtocol,
 )
+from modcluster.proxy._transport import lose_connection
 from modcluster.proxy.exchange import _DIRECT_SCHEMES, RequestHead, RequestHeadMemo, _Exchange
 from modcluster.proxy.headers import (
     upgrade_matcher,
@@ -193,7 +194,10 @@ class ProxyFactory(Factory):
             if client._current is None and not client._queue and client._tunnel is None \
                     and (client._reading is None or client._reading.head_size < 0):
                 client._closing = True
-                client.transport.loseConnection()
+                # (not transport.loseConnection(): a client still paused as the
+                # transport's producer, its last answer over the high-water
+                # mark, would be resumed instead of closed once it is sent)
+                lose_connection(client.transport)
             else:
                 # in the reactor's set from now on, whatever stops it
                 client.startDeferredReading()

@@ -639,3 +639,65 @@ def test_lingering_close_over_the_high_water_mark_sends_the_fin():
     finally:
         a.close()
         b.close()
+
+
+def test_drain_closes_an_idle_connection_over_the_high_water_mark():
+    """
+    Stopping (L{ProxyFactory.drain}) closes an idle kept-alive connection
+    whose last answer is still in Twisted's buffer over its high-water mark
+    (a client that reads slowly: the client protocol, its producer, paused):
+    once everything is sent the connection is closed, not left open with the
+    protocol resumed as producer until the shutdown gives up.
+    """
+    import select
+    import socket
+
+    from twisted.internet import address, tcp
+    from twisted.internet.testing import MemoryReactor
+    from twisted.python.failure import Failure
+
+    h = Harness()
+    h.node("n1", 8081)
+    a, b = socket.socketpair()
+    reactor = MemoryReactor()
+    try:
+        a.setblocking(False)
+        proto = h.factory.buildProtocol(address.IPv4Address("TCP", "127.0.0.7", 4711))
+        t = tcp.Server(a, proto, ("127.0.0.7", 4711), None, 0, reactor)
+        proto.makeConnection(t)
+        filled = 0
+        try:
+            while True:  # the client reads nothing: its socket is full
+                filled += a.send(b"z" * 65536)
+        except BlockingIOError:
+            pass
+        proto.dataReceived(b"GET /x HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        n = h.accept()
+        body = b"y" * (4 * t.bufferSize)
+        n.respond(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        assert proto._current is None and t.connected and not t.disconnecting  # idle, kept
+        assert t.producerPaused  # the answer went over the high-water mark
+        assert h.factory.drain() == 0  # idle: closed, nothing busy
+        got = b""
+        b.setblocking(False)
+        for _ in range(10_000):
+            if not t.connected:
+                break
+            try:
+                got += b.recv(1 << 20)
+            except BlockingIOError:
+                pass
+            if t in reactor.getWriters() and select.select([], [a], [], 0.05)[1]:
+                why = t.doWrite()
+                if why:
+                    t.connectionLost(Failure(why))
+        assert not t.connected  # closed once everything was sent
+        while True:
+            more = b.recv(1 << 20)
+            if not more:
+                break
+            got += more
+        assert got[filled:].startswith(b"HTTP/1.1 200 OK\r\n") and got.endswith(body)
+    finally:
+        a.close()
+        b.close()
