@@ -519,13 +519,14 @@ def test_writer_made_at_the_first_write():
         b.close()
 
 
-def test_close_answer_over_the_high_water_mark_ends():
+def _answer_over_the_high_water_mark(request: bytes, check, ended) -> None:
     """
-    A Connection: close answer that the client's socket does not take (a
-    client that stopped reading) and that is larger than Twisted's
-    high-water mark: Twisted pauses the client protocol (its registered
-    producer); once everything is sent the connection is closed, not left
-    open with the protocol resumed as producer.
+    The client protocol on a real socket whose peer reads nothing (its
+    socket full), C{request} received, the node's answer four times Twisted's
+    high-water mark; C{check(factory, proto, transport)} after the answer,
+    then the transport's writes pumped as the reactor would until
+    C{ended(transport)}, which must hold; the client then reads the whole
+    answer and the end of the stream.
     """
     import select
     import socket
@@ -550,15 +551,15 @@ def test_close_answer_over_the_high_water_mark_ends():
                 filled += a.send(b"z" * 65536)
         except BlockingIOError:
             pass
-        proto.dataReceived(b"GET /x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        proto.dataReceived(request)
         n = h.accept()
         body = b"y" * (4 * t.bufferSize)
         n.respond(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
-        assert t.disconnecting and t.connected  # the rest is in Twisted's buffer
+        check(h.factory, proto, t)
         got = b""
         b.setblocking(False)
         for _ in range(10_000):
-            if not t.connected:
+            if ended(t):
                 break
             try:
                 got += b.recv(1 << 20)
@@ -568,67 +569,7 @@ def test_close_answer_over_the_high_water_mark_ends():
                 why = t.doWrite()
                 if why:
                     t.connectionLost(Failure(why))
-        assert not t.connected  # closed once everything was sent
-        while True:
-            more = b.recv(1 << 20)
-            if not more:
-                break
-            got += more
-        assert got[filled:].startswith(b"HTTP/1.1 200 OK\r\n") and got.endswith(body)
-    finally:
-        a.close()
-        b.close()
-
-
-def test_lingering_close_over_the_high_water_mark_sends_the_fin():
-    """
-    The answer ends before the request body (a lingering close: the proxy
-    half-closes and reads what the client still sends) and is larger than
-    Twisted's high-water mark with the client's socket full: once it is
-    sent, the FIN follows, as for a smaller answer.
-    """
-    import select
-    import socket
-
-    from twisted.internet import address, tcp
-    from twisted.internet.testing import MemoryReactor
-    from twisted.python.failure import Failure
-
-    h = Harness()
-    h.node("n1", 8081)
-    a, b = socket.socketpair()
-    reactor = MemoryReactor()
-    try:
-        a.setblocking(False)
-        proto = h.factory.buildProtocol(address.IPv4Address("TCP", "127.0.0.7", 4711))
-        t = tcp.Server(a, proto, ("127.0.0.7", 4711), None, 0, reactor)
-        proto.makeConnection(t)
-        filled = 0
-        try:
-            while True:  # the client reads nothing: its socket is full
-                filled += a.send(b"z" * 65536)
-        except BlockingIOError:
-            pass
-        proto.dataReceived(b"POST /x HTTP/1.1\r\nHost: localhost\r\n"
-                           b"Content-Length: 100000\r\n\r\n" + b"u" * 1000)
-        n = h.accept()
-        body = b"y" * (4 * t.bufferSize)
-        n.respond(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
-        assert t._writeDisconnecting or t.disconnecting
-        got = b""
-        b.setblocking(False)
-        for _ in range(10_000):
-            if t._writeDisconnected or not t.connected:
-                break
-            try:
-                got += b.recv(1 << 20)
-            except BlockingIOError:
-                pass
-            if t in reactor.getWriters() and select.select([], [a], [], 0.05)[1]:
-                why = t.doWrite()
-                if why:
-                    t.connectionLost(Failure(why))
-        assert t._writeDisconnected or not t.connected  # the FIN went out
+        assert ended(t)
         b.settimeout(2)
         while True:
             more = b.recv(1 << 20)
@@ -641,6 +582,37 @@ def test_lingering_close_over_the_high_water_mark_sends_the_fin():
         b.close()
 
 
+def test_close_answer_over_the_high_water_mark_ends():
+    """
+    A Connection: close answer that the client's socket does not take (a
+    client that stopped reading) and that is larger than Twisted's
+    high-water mark: Twisted pauses the client protocol (its registered
+    producer); once everything is sent the connection is closed, not left
+    open with the protocol resumed as producer.
+    """
+    def check(factory, proto, t):
+        assert t.disconnecting and t.connected  # the rest is in Twisted's buffer
+
+    _answer_over_the_high_water_mark(
+        b"GET /x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n", check,
+        lambda t: not t.connected)
+
+
+def test_lingering_close_over_the_high_water_mark_sends_the_fin():
+    """
+    The answer ends before the request body (a lingering close: the proxy
+    half-closes and reads what the client still sends) and is larger than
+    Twisted's high-water mark with the client's socket full: once it is
+    sent, the FIN follows, as for a smaller answer.
+    """
+    def check(factory, proto, t):
+        assert t._writeDisconnecting or t.disconnecting
+
+    _answer_over_the_high_water_mark(
+        b"POST /x HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000\r\n\r\n"
+        + b"u" * 1000, check, lambda t: t._writeDisconnected or not t.connected)
+
+
 def test_drain_closes_an_idle_connection_over_the_high_water_mark():
     """
     Stopping (L{ProxyFactory.drain}) closes an idle kept-alive connection
@@ -649,55 +621,10 @@ def test_drain_closes_an_idle_connection_over_the_high_water_mark():
     once everything is sent the connection is closed, not left open with the
     protocol resumed as producer until the shutdown gives up.
     """
-    import select
-    import socket
-
-    from twisted.internet import address, tcp
-    from twisted.internet.testing import MemoryReactor
-    from twisted.python.failure import Failure
-
-    h = Harness()
-    h.node("n1", 8081)
-    a, b = socket.socketpair()
-    reactor = MemoryReactor()
-    try:
-        a.setblocking(False)
-        proto = h.factory.buildProtocol(address.IPv4Address("TCP", "127.0.0.7", 4711))
-        t = tcp.Server(a, proto, ("127.0.0.7", 4711), None, 0, reactor)
-        proto.makeConnection(t)
-        filled = 0
-        try:
-            while True:  # the client reads nothing: its socket is full
-                filled += a.send(b"z" * 65536)
-        except BlockingIOError:
-            pass
-        proto.dataReceived(b"GET /x HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        n = h.accept()
-        body = b"y" * (4 * t.bufferSize)
-        n.respond(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    def check(factory, proto, t):
         assert proto._current is None and t.connected and not t.disconnecting  # idle, kept
         assert t.producerPaused  # the answer went over the high-water mark
-        assert h.factory.drain() == 0  # idle: closed, nothing busy
-        got = b""
-        b.setblocking(False)
-        for _ in range(10_000):
-            if not t.connected:
-                break
-            try:
-                got += b.recv(1 << 20)
-            except BlockingIOError:
-                pass
-            if t in reactor.getWriters() and select.select([], [a], [], 0.05)[1]:
-                why = t.doWrite()
-                if why:
-                    t.connectionLost(Failure(why))
-        assert not t.connected  # closed once everything was sent
-        while True:
-            more = b.recv(1 << 20)
-            if not more:
-                break
-            got += more
-        assert got[filled:].startswith(b"HTTP/1.1 200 OK\r\n") and got.endswith(body)
-    finally:
-        a.close()
-        b.close()
+        assert factory.drain() == 0  # idle: closed, nothing busy
+
+    _answer_over_the_high_water_mark(b"GET /x HTTP/1.1\r\nHost: localhost\r\n\r\n", check,
+                                     lambda t: not t.connected)
