@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Optional
 
+from modcluster.proxy._transport import lose_connection
 from modcluster.proxy.exchange import _P_BUFFER, _P_UPGRADE, _P_UPSTREAM
 
 if TYPE_CHECKING:
@@ -101,7 +102,7 @@ class ClientDeadlines:
                 self._requestError(408, "request head not received in time")
             else:
                 self._closing = True
-                self.transport.loseConnection()
+                lose_connection(self.transport)
             return
         if self._pause & (_P_UPSTREAM | _P_BUFFER | _P_UPGRADE):
             return  # we are the ones not reading
@@ -162,7 +163,7 @@ class ClientDeadlines:
             self._timedOut("header", f"no request in {allowed:g} s", now)
             self._closing = True
             self._ignore = True
-            self.transport.loseConnection()
+            lose_connection(self.transport)
         return True
 
     def _timedOut(self, reason: str, what: str, now: float) -> None:
