@@ -9,12 +9,13 @@ the node's scheme, relays the response with the client's framing, and fails
 over, retries or answers an error as docs/data-plane.md describes.
 
 Hot-path rules followed here: no Deferred, closure or log event per request;
-one allocation per request (L{modcluster.proxy.exchange._Exchange}); one
-write per batch of response events (the head waits for the body bytes of the
-same read); timeouts are enforced by one sweep per second over all
-connections, not by timers.  A request head seen before (the exact bytes, one
-request without a body) is not parsed again: L{ProxyFactory.request_heads}
-remembers what parsing it gave.
+one allocation per request (L{modcluster.proxy.exchange._Exchange}; none
+for a remembered head on a kept-alive connection, which takes its previous
+finished exchange again); one write per batch of response events (the head
+waits for the body bytes of the same read); timeouts are enforced by one
+sweep per second over all connections, not by timers.  A request head seen
+before (the exact bytes, one request without a body) is not parsed again:
+L{ProxyFactory.request_heads} remembers what parsing it gave.
 """
 
 from __future__ import annotations
@@ -194,6 +195,10 @@ class ClientProtocol(Protocol, ClientDeadlines):
         # here, not a class default: an attribute most connections set later
         # would cost the instance its shared key dictionary.
         self._last_head: Optional[RequestHead] = None
+        # the connection's last exchange once finished, if it can serve the
+        # next remembered head (_exchangeDone, _remembered); None when lost
+        # (it refers to this protocol: no cycle left for the cyclic GC)
+        self._spare: Optional[_Exchange] = None
         self.client: Optional[ClientInfo] = None
         #: the factory's L{Observer} (access log, client metrics) or None
         self._observer = factory.observer
@@ -300,6 +305,7 @@ class ClientProtocol(Protocol, ClientDeadlines):
                 queued.done = True
             queue.clear()
         self._reading = None
+        self._spare = None
         if not self._feeding:
             # The parser holds bound methods of this protocol: without that cycle
             # the connection's objects go when the transport lets go of them,
@@ -640,7 +646,29 @@ class ClientProtocol(Protocol, ClientDeadlines):
         the parser (which stays at the message boundary where the previous
         request left it).
         """
-        ex = _Exchange(self, template)
+        ex = self._spare
+        if ex is None:
+            ex = _Exchange(self, template)
+        else:
+            # this connection's last exchange, finished (see _exchangeDone):
+            # what _Exchange(self, template) sets, on the slots that a
+            # finished exchange of a remembered head can differ in (a test
+            # compares every slot with a new exchange's).  No allocation, no
+            # ~50 slot stores and their deallocation per kept-alive request.
+            self._spare = None
+            (ex.method, ex.target, ex.version, ex.headers, ex.host,
+             ex.body_length, ex.keep_alive, ex.path, ex.query, ex.cookies,
+             ex.upgrade_token, ex.x_forwarded, ex.proxy_connection,
+             ex.idempotent) = template.values
+            ex.head_template = template
+            ex.flowing = ex.end_sent = ex.resp_started = ex.done = ex.no_body = \
+                ex.resp_chunked = False
+            ex.status = ex.sent = 0
+            obs = self._observer
+            if obs is not None:
+                ex.start = obs.clock()
+                ex.up_start = 0.0
+                ex.upstream_time = -1.0
         if target is not None:
             ex.retarget(target)
         self._head_start = None
@@ -802,7 +830,21 @@ class ClientProtocol(Protocol, ClientDeadlines):
                 self._write(data)
         if close or not ex.body_done:
             self._close(linger=not ex.body_done and not ex.tunnel)
-        elif self._queue or self._ignore:
+            return
+        if (ex.head_template is not None and not ex.attempts and not ex.stale_retry
+                and not ex.wait_until):
+            # An exchange made from a remembered head (_remembered), answered
+            # on its one attempt and finished (done: the forwarder and the
+            # observer let go of it before responseEnd), keeps the state of
+            # a new one but for the slots _remembered sets again: kept for
+            # this connection's next remembered head.  Not one that failed
+            # over, retried or waited (attempts, exclude, stale_retry,
+            # wait_until), nor one whose headers StickySessionRemove changed
+            # (no head_template).  Its attempt's decision is let go now (no
+            # routing snapshot kept alive by an idle connection).
+            ex.decision = ex.node = None
+            self._spare = ex
+        if self._queue or self._ignore:
             self._next()
         elif self._pause & _P_PIPELINE:
             self._resumeReading(_P_PIPELINE)

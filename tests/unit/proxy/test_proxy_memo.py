@@ -749,3 +749,134 @@ def test_last_whole_head_attacks():
     m.respond(b"lo")
     assert c6.received() == first_a
     assert h.counters_idle()
+
+
+_UNSET = object()
+
+
+def _slots(ex) -> dict:
+    return {name: getattr(ex, name, _UNSET) for name in exchange_module._Exchange.__slots__}
+
+
+def _recycling_harness(monkeypatch, observer: bool):
+    """
+    Two nodes (one with StickySessionRemove's balancer); every remembered
+    head's exchange is compared, when routed, with a new exchange of the same
+    template (and target): C{made} lists them.
+    """
+    from modcluster.proxy.observe import ClientStats, Observer
+
+    h = Harness()
+    b = BalancerSettings("mycluster", sticky_remove=True, sticky_force=False)
+    h.node("n1", 8081, balancer=b)
+    h.node("n2", 8082, balancer=b)
+    if observer:
+        h.factory.observer = Observer(h.reactor.seconds, None, None, ClientStats())
+    made: list = []
+    route = exchange_module._Exchange.route
+
+    def checking_route(ex):
+        if ex.head_size < 0 and ex.head_template is not None and not ex.attempts:
+            fresh = exchange_module._Exchange(ex.proto, ex.head_template)
+            if ex.head_template.target is None:
+                fresh.retarget(ex.target)
+            assert _slots(ex) == _slots(fresh)
+            made.append(ex)
+        route(ex)
+
+    monkeypatch.setattr(exchange_module._Exchange, "route", checking_route)
+    return h, made
+
+
+@pytest.mark.parametrize("observer", [False, True])
+def test_finished_exchange_serves_the_connections_next_remembered_head(monkeypatch, observer):
+    """
+    A connection's exchange of a remembered head, once answered on its one
+    attempt, is taken again for the connection's next remembered head, set
+    as a new one would be (every slot, whatever the last response was: whole,
+    chunked with and without trailers, to HEAD, 204, 304; after another
+    request line of the same header block); the peers see what they see
+    without the memos.  One that failed over, was retried, or whose headers
+    StickySessionRemove changed is not taken again; a lost connection lets
+    go of its last one.
+    """
+    whole = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+    responses = [
+        whole,
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX-T: 1\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        b"HTTP/1.1 204 No Content\r\n\r\n",
+        b"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n",
+        b"HTTP/1.1 404 Not Found\r\nContent-Length: 3\r\n\r\nno!",
+        whole,
+    ]
+    get = b"GET /a?q=1 HTTP/1.1\r\nHost: x\r\n\r\n"
+    head = b"HEAD /a HTTP/1.1\r\nHost: x\r\n\r\n"
+    other = b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n"  # the header block of /a: request_blocks
+    plan = [(r, resp) for r in (get, head, other) for resp in responses]
+    plan = [(r, resp) for r, resp in plan for _ in (0, 1, 2)]
+    h, made = _recycling_harness(monkeypatch, observer)
+    with_memo = _transcript(h, plan)
+    without = _without_memo(
+        lambda: _transcript(_recycling_harness(monkeypatch, observer)[0], plan))
+    assert with_memo == without
+    assert len(made) >= len(plan) - 6
+    assert len({id(ex) for ex in made}) < len(made) // 4  # mostly the same one
+    assert with_memo[-1] == ("idle", True)
+    h, made = _recycling_harness(monkeypatch, observer)
+    c = h.client()
+    for _ in range(3):
+        _serve(h, c, get, whole)
+    spare = c.proto._spare
+    assert spare is not None and spare.done and spare.decision is None
+    _serve(h, c, get, whole)
+    assert c.proto._spare is spare and made[-1] is spare
+    c.lose()
+    assert c.proto._spare is None
+
+
+def test_exchange_not_taken_again_after_a_failover_retry_or_sticky_remove(monkeypatch):
+    h, made = _recycling_harness(monkeypatch, True)
+    c = h.client()
+    response = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+    plain = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n"
+    for _ in range(3):
+        _serve(h, c, plain, response)
+    spare = c.proto._spare
+    assert spare is not None
+    # StickySessionRemove changes the headers (the session's node n1 is in
+    # error): no template, a new exchange next
+    h.registry.set_error("n1", "test")
+    sticky = b"GET /a HTTP/1.1\r\nHost: x\r\nCookie: JSESSIONID=s.n1; a=1\r\n\r\n"
+    for _ in range(3):
+        _, sent = _serve(h, c, sticky, response)
+        assert b"Cookie: a=1\r\n" in sent
+    assert c.proto._spare is None
+    h.registry.apply_status("n1", 100, True)
+    _serve(h, c, plain, response)
+    assert c.proto._spare is not None
+    # a failover: the next request's node refuses the connection
+    for n in h.conns:
+        n.close()
+    c.send(plain)
+    h.refuse(h.pending()[0][1])
+    n = h.accept()
+    n.respond(response)
+    assert parse_responses(c.received())[-1].status == 200
+    assert made[-1].attempts == 1 and c.proto._spare is None
+    # the keep-alive race: the idle node connection closed as the request
+    # came, retried once on a new connection
+    h.conns = [n]
+    _serve(h, c, plain, response)
+    assert c.proto._spare is not None
+    c.send(plain)
+    assert n.received()
+    n.close()
+    n = h.accept()
+    n.respond(response)
+    assert parse_responses(c.received())[-1].status == 200
+    assert c.proto._spare is None
+    h.conns = [n]
+    _serve(h, c, plain, response)
+    assert c.proto._spare is not None
+    assert h.counters_idle()
