@@ -478,7 +478,16 @@ class _Exchange:
         if self.proto._blocked:
             up.pauseResponse()
         if self.flowing:  # resumeRequestBody() came during forward()
-            self._deliver()
+            if not self.body and self.body_done and not self.end_sent:
+                # _deliver for a request whose body is done and held nothing
+                # (no body: a remembered head): only the end (a call fewer)
+                self.end_sent = True
+                up.requestBodyEnd()
+                proto = self.proto
+                if proto._pause & _P_UPSTREAM:
+                    proto._resumeReading(_P_UPSTREAM)
+            else:
+                self._deliver()
 
     def _target(self) -> bytes:
         path = self.path.encode("utf-8", "surrogateescape")
