@@ -520,8 +520,14 @@ class NodeProtocol(Protocol):
             if TYPE_CHECKING:  # a response was read: connected
                 assert self.transport is not None
             self.transport.resumeProducing()
-        if self.keep_alive and self.body_done and not self.broken and not self.pool.closed:
-            self.pool.release(self)
+        pool = self.pool
+        if self.keep_alive and self.body_done and not self.broken and not pool.closed:
+            # NodePool.release, inlined (a call fewer per request)
+            if self.closed:
+                self._close()
+            else:
+                self.idle_since = self.fw.now
+                pool.idle.append(self)
         else:
             self._close()
         ex.responseEnd()
