@@ -583,7 +583,11 @@ class NodeProtocol(Protocol):
             if m is None:
                 m = _node_head(t, host)
             if fw.add_forwarded:
-                data = b"".join((ex.method, b" ", ex.target, m[0], fw.forwarded(ex.client), m[1]))
+                # the client's X-Forwarded-* lines, kept on its ClientInfo
+                lines = ex.client.http_forwarded
+                if lines is None:
+                    lines = fw.forwarded(ex.client)
+                data = b"".join((ex.method, b" ", ex.target, m[0], lines, m[1]))
             else:
                 data = b"".join((ex.method, b" ", ex.target, m[0], m[2]))
             self.rt.transferred += len(data)
@@ -599,7 +603,8 @@ class NodeProtocol(Protocol):
             else:
                 for name, value in ex.headers:
                     parts += (name, b": ", value, b"\r\n")
-                parts.append(fw.forwarded(ex.client))
+                lines = ex.client.http_forwarded
+                parts.append(fw.forwarded(ex.client) if lines is None else lines)
                 if ex.host is not None:
                     parts += (b"X-Forwarded-Host: ", ex.host, b"\r\n")
         else:
@@ -829,6 +834,7 @@ class HttpForwarder(PooledForwarder):
         if lines is None:
             lines = memo.put(addr, _FORWARDED % (
                 addr.encode("ascii"), b"https" if client.secure else b"http", self.server_name))
+        client.http_forwarded = lines
         return lines
 
     def forward(self, exchange, fresh: bool = False):

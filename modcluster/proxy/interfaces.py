@@ -111,10 +111,14 @@ class ClientInfo:
         AJP C{is_ssl}).
     @ivar transport: the client transport, for forwarders that need TLS
         details (AJP: cipher, key size, client certificate).  Do not write to it.
-    @ivar forwarder_facts: the one writable field: what a forwarder works out
+    @ivar forwarder_facts: a writable field: what a forwarder works out
         once per client connection and keeps for its later requests (the AJP
         forwarder's FORWARD_REQUEST pieces), or C{None}; it goes with the
         connection.
+    @ivar http_forwarded: the other writable field, the HTTP forwarder's:
+        the X-Forwarded-For, -Proto and -Server lines it sends for this
+        client (L{modcluster.proxy.http.HttpForwarder.forwarded}), or
+        C{None} until its first request to an HTTP node.
 
     Without C{local_addr}/C{local_port} they are read from
     C{transport.getHost()} when first asked for (a C{getsockname} system call
@@ -122,7 +126,7 @@ class ClientInfo:
     """
 
     __slots__ = ("remote_addr", "remote_port", "secure", "transport", "_local",
-                 "forwarder_facts", "__weakref__")
+                 "forwarder_facts", "http_forwarded", "__weakref__")
 
     def __init__(self, remote_addr: str, remote_port: int, local_addr: Optional[str] = None,
                  local_port: Optional[int] = None, secure: bool = False,
@@ -132,6 +136,7 @@ class ClientInfo:
         self.secure = secure
         self.transport = transport
         self.forwarder_facts: Optional[list] = None
+        self.http_forwarded: Optional[bytes] = None
         self._local = (None if local_addr is None and local_port is None
                        else (local_addr or "", local_port or 0))
 

@@ -185,6 +185,35 @@ def test_forwarded_lines_per_client_address_and_scheme(monkeypatch):
     assert len(plain) <= 2 and len(tls) <= 2
 
 
+def test_forwarded_lines_kept_on_the_client_connection(monkeypatch):
+    """
+    A connection's later requests to HTTP nodes take its X-Forwarded-* lines
+    from its ClientInfo (no call, no memo lookup): the same lines.
+    """
+    h = one_node(server_name="p1")
+    h.node("n2", 8082)
+    c = h.client(peer="127.0.0.9")
+    head = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
+    conns = []
+    sent = []
+    for i in range(6):
+        c.send(head)
+        while h.pending():
+            conns.append(h.accept())
+        for n in conns:
+            data = n.received()
+            if data:
+                sent.append(data)
+                n.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx")
+        if i == 0:
+            assert c.proto.client.http_forwarded == h.factory.http._fwd[0]["127.0.0.9"]
+            monkeypatch.setattr(h.factory.http, "forwarded", None)  # not called again
+    assert len(sent) == 6 and len(set(sent)) == 1
+    [req] = parse_requests(sent[-1])
+    assert (req.header(b"X-Forwarded-For"), req.header(b"X-Forwarded-Proto"),
+            req.header(b"X-Forwarded-Server")) == (b"127.0.0.9", b"http", b"p1")
+
+
 _NAMES = [b"Server", b"Content-Length", b"content-length", b"Connection", b"CONNECTION",
           b"Keep-Alive", b"Proxy-Connection", b"TE", b"Trailer", b"Transfer-Encoding",
           b"Upgrade", b"X-Node", b"X-Other", b"Te-Custom"]
