@@ -238,12 +238,10 @@ class NodeProtocol(Protocol):
         """Carry C{ex}: send its head now if connected, else on connection."""
         self.ex = ex
         self.seen = self.fw.now
-        self.sent = self.body_done = self.got = self.final = self.complete = False
-        self.tunnel = self.upgrading = self.close_delimited = False
-        self.interim = 0
-        self.hbuf = b""
-        self.hpos = 0
-        self.prev = None
+        # (what a response read through the parser changes of the rest is
+        # set back when it ends, in dataReceived: a whole response changes
+        # none of it, and a connection is only reused after either)
+        self.sent = self.body_done = self.got = False
         self.chunked = ex.body_length == -1
         if self.dirty:
             self.parser = HttpResponseParser(self)
@@ -370,6 +368,12 @@ class NodeProtocol(Protocol):
         if self.complete:
             if self.prev is not None and not data.endswith(_NO_TRAILERS):
                 self._trailers(ex, data)  # (chunked, and not a bare last chunk)
+            # the parser's per-response state as a new connection has it, for
+            # the next exchange (start does not set it: see there)
+            self.hbuf = b""
+            self.hpos = self.interim = 0
+            self.prev = None
+            self.tunnel = self.upgrading = self.close_delimited = False
             self._finish()
         else:
             if self.prev is not None:

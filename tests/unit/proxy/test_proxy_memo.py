@@ -880,3 +880,58 @@ def test_exchange_not_taken_again_after_a_failover_retry_or_sticky_remove(monkey
     _serve(h, c, plain, response)
     assert c.proto._spare is not None
     assert h.counters_idle()
+
+
+#: what a node connection resets per exchange (NodeProtocol.__init__'s "per
+#: exchange" group but the request's and the framing set by each response)
+_NODE_STATE = ("sent", "body_done", "got", "final", "complete", "tunnel", "upgrading",
+               "close_delimited", "broken", "informational", "interim", "hbuf", "hpos", "prev")
+
+
+def test_reused_node_connection_starts_as_a_new_one(monkeypatch):
+    """
+    A node connection taken again after any response it relayed (whole,
+    through the parser in one or more reads, after interim responses,
+    chunked with or without trailers, to HEAD, 204) starts its next exchange
+    in the state a new connection starts it in.
+    """
+    h = Harness()
+    h.node("n1", 8081)
+    c = h.client()
+    checked = []
+    send_head = http_module.NodeProtocol._sendHead
+
+    def checking(p):
+        fresh = http_module.NodeProtocol(p.pool)
+        fresh.start(p.ex)
+        assert {k: getattr(p, k) for k in _NODE_STATE} == \
+               {k: getattr(fresh, k) for k in _NODE_STATE}
+        checked.append(p)
+        send_head(p)
+
+    monkeypatch.setattr(http_module.NodeProtocol, "_sendHead", checking)
+    whole = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+    get = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+    plan = [
+        (get, [whole]), (get, [whole]), (get, [whole]),
+        (get, [whole[:20], whole[20:]]),
+        (get, [b"HTTP/1.1 100 Continue\r\n\r\n", whole]),
+        (get, [b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" + whole]),
+        (get, [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n",
+               b"0\r\nX-T: 1\r\n\r\n"]),
+        (get, [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"]),
+        (b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n", [b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"]),
+        (get, [b"HTTP/1.1 204 No Content\r\n\r\n"]),
+        (get, [whole]), (get, [whole]),
+    ]
+    n = None
+    for request, reads in plan:
+        c.send(request)
+        if n is None:
+            n = h.accept()
+        assert n.received()
+        for data in reads:
+            n.respond(data)
+        assert c.received() and not c.closed
+    assert len(checked) == len(plan) and set(checked) == {n.proto}
+    assert not n.closed and h.counters_idle()
