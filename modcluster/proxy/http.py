@@ -235,7 +235,10 @@ class NodeProtocol(Protocol):
     # -- the pool's side -------------------------------------------------------
 
     def start(self, ex) -> None:
-        """Carry C{ex}: send its head now if connected, else on connection."""
+        """
+        Carry C{ex}: send its head now if connected, else on connection.
+        (L{HttpForwarder.forward} does the same inline for an idle connection.)
+        """
         self.ex = ex
         self.seen = self.fw.now
         # (what a response read through the parser changes of the rest is
@@ -858,6 +861,15 @@ class HttpForwarder(PooledForwarder):
             while idle:
                 p = idle.pop()
                 if p.up and not p.closed:
-                    p.start(exchange)
+                    # NodeProtocol.start for a connected one, inlined (a call
+                    # fewer per request; the same stores, kept in step)
+                    p.ex = exchange
+                    p.seen = self.now
+                    p.sent = p.body_done = p.got = False
+                    p.chunked = exchange.body_length == -1
+                    if p.dirty:
+                        p.parser = HttpResponseParser(p)
+                        p.dirty = False
+                    p._sendHead()
                     return p
         return pool.acquire(exchange, fresh)
