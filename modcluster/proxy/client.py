@@ -689,9 +689,9 @@ class ClientProtocol(Protocol, ClientDeadlines):
             ex.route()
         except Exception:
             self._routingBug(ex)
+        # (no _bodyEnd: the body is done from the start, and the end goes
+        # when a forwarder asks for the body: _attempt, _deliver)
         self._reading = None
-        if ex is self._current and not ex.done and not ex.end_sent:
-            ex._bodyEnd()  # (body_done already: nothing to do once the end was sent)
         if not ex.keep_alive:
             self._ignore = True  # nothing after a "close" request is read
 

@@ -615,9 +615,11 @@ class NodeProtocol(Protocol):
             else:
                 data = b"".join((ex.method, b" ", ex.target, m[0], m[2]))
             self.rt.transferred += len(data)
-            self.sent = True
+            # a remembered head has no body: the request is complete once its
+            # head is written (no resumeRequestBody, so no requestBodyEnd
+            # back: IExchange.head_template)
+            self.sent = self.body_done = True
             self.write(data)
-            ex.resumeRequestBody()
             return
         # (a list joined once below: cheaper than a bytes % format)
         parts = [ex.method, b" ", ex.target, b" HTTP/1.1\r\nHost: ", host, b"\r\n"]

@@ -215,7 +215,8 @@ class IExchange(Interface):
         "The remembered request head (C{modcluster.proxy.exchange.RequestHead}) whose "
         "C{headers}, C{host}, C{body_length} and C{x_forwarded} these are, unchanged, or "
         "C{None}: the HTTP forwarder keeps the head it builds from them in its "
-        "C{node_heads}.")
+        "C{node_heads}.  Such a request has no body: a forwarder may take it as "
+        "complete once its head is written, without L{resumeRequestBody} (see there).")
     client = Attribute("L{ClientInfo} of the client connection.")
     decision = Attribute(
         "The L{modcluster.balancer.Decision} for this attempt (node, context, balancer, "
@@ -229,7 +230,10 @@ class IExchange(Interface):
         L{pauseRequestBody}.  The front then calls L{IUpstream.requestBody}
         with what it holds, synchronously, and with later bytes as they
         arrive.  Until the first call the front keeps the body (so a failed
-        connect can be failed over with nothing lost).
+        connect can be failed over with nothing lost).  For an exchange with a
+        C{head_template} (no body) a forwarder need not call it: the front
+        calls no L{IUpstream.requestBody} nor L{IUpstream.requestBodyEnd}
+        until it does (then only C{requestBodyEnd}).
         """
 
     def pauseRequestBody() -> None:

@@ -935,3 +935,47 @@ def test_reused_node_connection_starts_as_a_new_one(monkeypatch):
         assert c.received() and not c.closed
     assert len(checked) == len(plan) and set(checked) == {n.proto}
     assert not n.closed and h.counters_idle()
+
+
+def test_remembered_head_is_complete_once_written(monkeypatch):
+    """
+    The HTTP forwarder takes a remembered head's request (no body) as
+    complete once its head is written: no resumeRequestBody, no
+    requestBodyEnd, the node connection is reused; a node write buffer that
+    fills and drains meanwhile pauses nothing and adds nothing to what the
+    node gets.
+    """
+    calls = []
+    for cls, name in ((exchange_module._Exchange, "resumeRequestBody"),
+                      (http_module.NodeProtocol, "requestBodyEnd")):
+        real = getattr(cls, name)
+
+        def spy(self, *a, _real=real, _name=name):
+            calls.append(_name)
+            return _real(self, *a)
+
+        monkeypatch.setattr(cls, name, spy)
+    h = Harness()
+    h.node("n1", 8081)
+    c = h.client()
+    head = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n"
+    response = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+    for _ in range(2):  # parsed: the general path
+        n, first = _serve(h, c, head, response)
+        assert calls == ["resumeRequestBody", "requestBodyEnd"]
+        del calls[:]
+        answer = c.received()
+    for _ in range(3):
+        n2, sent = _serve(h, c, head, response)
+        assert (n2, sent, c.received(), calls) == (n, first, answer, [])
+    c.send(head)
+    assert n.received() == first
+    n.proto.pauseProducing()
+    assert c.proto._pause == 0
+    n.proto.resumeProducing()
+    assert n.received() == b"" and c.proto._pause == 0
+    n.respond(response)
+    assert c.received() == answer
+    assert not n.closed and h.counters_idle()
+    n2, sent = _serve(h, c, head, response)
+    assert (n2, sent, c.received()) == (n, first, answer)
