@@ -353,6 +353,36 @@ def test_observer_counts_as_client_stats_record():
     assert inline.overflow == direct.overflow == 3
 
 
+def test_status_classes():
+    """Each status counts in its class (1xx-5xx), anything else under other."""
+    statuses = [0, 1, 99, 100, 101, 199, 200, 204, 299, 300, 399, 400, 499, 500, 599, 600,
+                999, 1000, 5000]
+    stats = ClientStats()
+    obs = Observer(lambda: 1.0, None, None, ClientStats())
+    for status in statuses:
+        stats.record("/", "n1", status, 0.0, 0.0)
+        obs.done(_Ex(), status, 0)
+    expected = [0] * 6
+    for status in statuses:
+        expected[status // 100 if 100 <= status < 600 else 0] += 1
+    assert stats.export()["requests"] == [["/", "n1", expected]]
+    assert obs.stats.export()["requests"] == [["/", "n1", expected]]
+
+
+class _Ex:
+    """What Observer.done reads of an exchange."""
+
+    start = 1.0
+    upstream_time = 0.0
+
+    class decision:  # noqa: N801 - an attribute
+        class node:  # noqa: N801
+            route = "n1"
+
+        class context:  # noqa: N801
+            path = "/"
+
+
 def test_prometheus_exposition_of_client_metrics():
     h, _, stats = observed()
     two_nodes(h)
