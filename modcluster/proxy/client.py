@@ -33,6 +33,10 @@ from zope.interface import implementer
 
 from modcluster.accesslog import text
 from modcluster.balancer import (
+    Decision,
+    Refusal,
+    choose,
+    parse_host,
     path_refusal,
     valid_host,
 )
@@ -686,7 +690,24 @@ class ClientProtocol(Protocol, ClientDeadlines):
                 self._respondError(ex, 400, why)
                 return
         try:
-            ex.route()
+            # _Exchange.route, inlined (a call fewer per request; a new
+            # exchange: no wait, not done, nothing excluded)
+            f = self.factory
+            policy = f.policy
+            host = (parse_host(ex.host) if policy.use_alias and ex.host is not None
+                    else None)
+            cookie = None
+            if ex.cookies is not None:
+                cookie = b"; ".join(ex.cookies).decode("utf-8", "surrogateescape")
+            d = choose(f.table(), host, path, cookie, f.now, policy, ex.exclude)
+            if d.__class__ is Decision:
+                if TYPE_CHECKING:  # (__class__ is: the hot path's cheaper isinstance)
+                    assert isinstance(d, Decision)
+                ex._attempt(d, cookie, False)
+            else:
+                if TYPE_CHECKING:
+                    assert isinstance(d, Refusal)
+                ex._refused(d)
         except Exception:
             self._routingBug(ex)
         # (no _bodyEnd: the body is done from the start, and the end goes

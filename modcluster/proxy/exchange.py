@@ -410,6 +410,11 @@ class _Exchange:
             return
         if TYPE_CHECKING:
             assert isinstance(d, Refusal)
+        self._refused(d)
+
+    def _refused(self, d: Refusal) -> None:
+        """L{route}'s election gave C{d}: wait (WaitWorker) or answer it."""
+        f = self.proto.factory
         if d.status == 503 and d.wait_worker > 0:
             now = f.reactor.seconds()
             if not self.wait_until:

@@ -761,8 +761,8 @@ def _slots(ex) -> dict:
 def _recycling_harness(monkeypatch, observer: bool):
     """
     Two nodes (one with StickySessionRemove's balancer); every remembered
-    head's exchange is compared, when routed, with a new exchange of the same
-    template (and target): C{made} lists them.
+    head's exchange is compared, when its first attempt starts, with a new
+    exchange of the same template (and target): C{made} lists them.
     """
     from modcluster.proxy.observe import ClientStats, Observer
 
@@ -773,18 +773,18 @@ def _recycling_harness(monkeypatch, observer: bool):
     if observer:
         h.factory.observer = Observer(h.reactor.seconds, None, None, ClientStats())
     made: list = []
-    route = exchange_module._Exchange.route
+    attempt = exchange_module._Exchange._attempt
 
-    def checking_route(ex):
-        if ex.head_size < 0 and ex.head_template is not None and not ex.attempts:
+    def checking_attempt(ex, *args, **kw):
+        if ex.head_template is not None and ex.decision is None:  # a remembered head, 1st attempt
             fresh = exchange_module._Exchange(ex.proto, ex.head_template)
             if ex.head_template.target is None:
                 fresh.retarget(ex.target)
             assert _slots(ex) == _slots(fresh)
             made.append(ex)
-        route(ex)
+        attempt(ex, *args, **kw)
 
-    monkeypatch.setattr(exchange_module._Exchange, "route", checking_route)
+    monkeypatch.setattr(exchange_module._Exchange, "_attempt", checking_attempt)
     return h, made
 
 
