@@ -471,7 +471,7 @@ def _proxy(config: Config, reactor, registry, node_tls):
 
         return WorkerPool(reactor, config, registry)
     factory = _proxy_factory(
-        config, reactor, table=lambda: registry.table,
+        config, reactor, table=registry.snapshot,
         on_node_failure=registry.set_error,
         on_node_success=lambda route: registry.clear_error(route, "answered a request"),
         node_tls=node_tls,

@@ -228,6 +228,17 @@ class Registry:
             self._table = self._build_table()
         return self._table
 
+    def snapshot(self) -> RoutingTable:
+        """
+        L{table}, as a bound method for the data plane's C{table} callable
+        (C{ProxyFactory}, once per request): one Python call, where a
+        C{lambda} reading the property makes two.
+        """
+        table = self._table
+        if table is None:
+            table = self._table = self._build_table()
+        return table
+
     def _build_table(self) -> RoutingTable:
         self._generation += 1
         nodes = []

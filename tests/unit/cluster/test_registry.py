@@ -258,6 +258,24 @@ def test_snapshot_is_rebuilt_only_on_structure_change():
     assert t2.contexts["/app"][0].state is ContextState.DISABLED
 
 
+def test_snapshot_method_is_the_table():
+    """Registry.snapshot (the data plane's table callable) gives what table gives."""
+    clock, reg = make()
+    t0 = reg.snapshot()
+    assert t0 is reg.table
+    register(reg, load=10)
+    t1 = reg.snapshot()
+    assert t1 is not t0 and t1 is reg.table and "node1" in t1.by_route
+    reg.apply_status("node1", 20, True)
+    assert reg.snapshot() is t1
+    reg.app("DISABLE-APP", "node1", ["localhost"], ["/app"])
+    t2 = reg.table
+    assert t2 is not t1 and reg.snapshot() is t2
+    reg.app("ENABLE-APP", "node1", ["localhost"], ["/app"])
+    t3 = reg.snapshot()
+    assert t3 is not t2 and t3 is reg.table
+
+
 def test_longest_match_on_slash_boundaries():
     clock, reg = make()
     register(reg, contexts=("/", "/app", "/app/sub"))
