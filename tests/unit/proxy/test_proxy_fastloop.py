@@ -5,6 +5,7 @@ dispatched as Twisted would, errors are logged without stopping the batch.
 """
 
 import socket
+import struct
 
 import pytest
 from twisted.internet import tcp
@@ -28,6 +29,7 @@ class _Recorder(Protocol):
 
     def connectionLost(self, reason=None):
         self.lost = True
+        self.reason = reason
         if self.fail_on_lost:
             raise RuntimeError("boom in connectionLost")
 
@@ -69,6 +71,47 @@ def test_events_dispatched_and_errors_logged():
         assert good.data == b"hello again"
         tg.loseConnection()
         peer_good.close()
+    finally:
+        reactor.removeAll()
+        reactor._poller.close()
+
+
+def test_read_error_and_end_of_stream_as_twisted_reports_them():
+    """
+    The inline read (os.read of the event's descriptor) reports a reset as
+    ConnectionLost and an orderly end as ConnectionDone, what
+    tcp.Connection.doRead gives; data before the end is delivered first.
+    """
+    from twisted.internet.error import ConnectionDone, ConnectionLost
+
+    reactor = epollreactor.EPollReactor()
+    try:
+        assert fastloop.install(reactor) is True
+        reset, done = _Recorder(), _Recorder()
+        lsock = socket.socket()
+        lsock.bind(("127.0.0.1", 0))
+        lsock.listen(1)
+        peer = socket.create_connection(lsock.getsockname())
+        a, _ = lsock.accept()
+        lsock.close()
+        a.setblocking(False)
+        t = tcp.Server(a, reset, ("127.0.0.1", 1), None, 0, reactor)
+        reset.makeConnection(t)
+        t.startReading()
+        # an RST: SO_LINGER with a zero timeout, then close
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        peer.close()
+        t2, peer2 = _connection(reactor, done)
+        t2.startReading()
+        peer2.send(b"last words")
+        peer2.shutdown(socket.SHUT_WR)
+        for _ in range(5):
+            reactor.doIteration(0)
+            if reset.lost and done.lost:
+                break
+        assert reset.lost and reset.reason.check(ConnectionLost)
+        assert done.lost and done.reason.check(ConnectionDone) and done.data == b"last words"
+        peer2.close()
     finally:
         reactor.removeAll()
         reactor._poller.close()
