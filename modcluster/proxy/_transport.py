@@ -21,6 +21,7 @@ behaviour against the installed Twisted.
 
 from __future__ import annotations
 
+import os
 import socket
 from typing import Any, Callable
 
@@ -69,7 +70,12 @@ def direct_writer(transport) -> Callable[[bytes], None]:
         if not hasattr(transport, name):  # pragma: no cover - other Twisted versions
             return write
     t = transport
-    send = transport.socket.send
+    # os.write of the socket's descriptor: the same send on a connected
+    # non-blocking TCP socket as socket.send, without its argument parsing
+    # (PyArg_ParseTuple).  Only while the transport is connected, and Twisted
+    # closes the socket only after it set connected to 0 (connectionLost):
+    # the descriptor is this socket's whenever it is written to here.
+    fd = transport.socket.fileno()
 
     def direct(data: bytes) -> None:
         if (t._tempDataLen or t.dataBuffer or not t.connected or t.disconnecting
@@ -77,7 +83,7 @@ def direct_writer(transport) -> Callable[[bytes], None]:
             write(data)
             return
         try:
-            sent = send(data)
+            sent = os_write(fd, data)
         except BlockingIOError:
             sent = 0
         except OSError:
@@ -89,6 +95,8 @@ def direct_writer(transport) -> Callable[[bytes], None]:
 
     return direct
 
+
+os_write = os.write
 
 #: MSG_MORE (Linux): the kernel holds a short segment back for more data, or the FIN
 _MSG_MORE = getattr(socket, "MSG_MORE", 0)
