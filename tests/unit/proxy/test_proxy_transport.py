@@ -98,6 +98,40 @@ def test_disconnecting_transport_not_written_directly():
     assert early == b""
 
 
+def test_closed_transport_never_writes_to_its_old_descriptor():
+    """
+    The direct writer writes to the descriptor it took when made only while
+    the transport is connected: once the connection is lost (the socket
+    closed) and the descriptor number is another socket's, a write goes
+    through the transport (which drops it), never to that other socket.
+    """
+    from twisted.python.failure import Failure
+
+    t, peer, reactor = _server_transport()
+    write = direct_writer(t)
+    fd = t.fileno()
+    write(b"before")
+    assert peer.recv(100) == b"before"
+    t.connectionLost(Failure(ConnectionDone()))
+    other, other_peer = socket.socketpair()
+    try:
+        other_peer.setblocking(False)
+        # (the kernel gives the lowest free number: the one just closed)
+        assert fd in (other.fileno(), other_peer.fileno())
+        write(b"after")
+        for s in (other, other_peer):
+            s.setblocking(False)
+            try:
+                got = s.recv(100)
+            except BlockingIOError:
+                got = b""
+            assert got == b""
+    finally:
+        other.close()
+        other_peer.close()
+        peer.close()
+
+
 class _Recorder(Protocol):
     def __init__(self) -> None:
         self.lost = []
