@@ -30,8 +30,8 @@ from twisted.internet.interfaces import IConsumer, IPushProducer, ISSLTransport,
 from twisted.internet.main import CONNECTION_DONE
 from twisted.python.failure import Failure
 
-__all__ = ["IStreamTransport", "direct_writer", "is_plain_tcp", "lose_connection", "send_last",
-           "set_nodelay"]
+__all__ = ["SENT_WHOLE", "IStreamTransport", "close_sent", "direct_writer", "is_plain_tcp",
+           "lose_connection", "send_last", "set_nodelay"]
 
 
 class IStreamTransport(ITCPTransport, IConsumer, IPushProducer):
@@ -102,7 +102,13 @@ os_write = os.write
 _MSG_MORE = getattr(socket, "MSG_MORE", 0)
 
 
-def send_last(transport, data: bytes) -> bool:
+#: L{send_last}: C{data} sent whole and the FIN with it
+SENT_WHOLE = 2
+#: L{send_last}: what the kernel did not take handed to C{transport.write}
+_SENT_PART = 1
+
+
+def send_last(transport, data: bytes) -> int:
     """
     Send C{data}, the last bytes of a plain TCP server transport that
     L{lose_connection} closes right after (the caller's promise), with the
@@ -115,32 +121,35 @@ def send_last(transport, data: bytes) -> bool:
     read make C{close()} reset the connection, and the held-back answer would
     be lost with it; after the shutdown it is already sent, as it was before.)
 
-    Returns whether C{data} was taken care of (sent, or what the kernel did
-    not take handed to C{transport.write}, without the shutdown: the close
-    then waits for Twisted's buffer); false when the transport is not one
-    that L{lose_connection} closes at once (the caller then writes as usual).
+    Returns L{SENT_WHOLE} when C{data} was sent whole and the sending side
+    shut (L{lose_connection} would close at once: the caller may call
+    L{close_sent} instead, without its checks); a smaller true value when
+    what the kernel did not take was handed to C{transport.write}, without
+    the shutdown (the close then waits for Twisted's buffer); 0 when the
+    transport is not one that L{lose_connection} closes at once (the caller
+    then writes as usual).
     """
     t: Any = transport
     if not (_MSG_MORE and t.__class__ is tcp.Server and _LEAN_LOST and not t.TLS
             and t.connected and not t.disconnecting and not t._tempDataLen
             and not t.dataBuffer and not t._writeDisconnected):
-        return False
+        return 0
     skt = t.socket
     try:
         sent = skt.send(data, _MSG_MORE)
     except BlockingIOError:
         sent = 0
     except OSError:
-        return False  # Twisted's write path finds the error (connectionLost)
+        return 0  # Twisted's write path finds the error (connectionLost)
     if sent < len(data):
         # the rest when the socket is writable again (no MSG_MORE there)
         t.write(data[sent:])
-        return True
+        return _SENT_PART
     try:
         skt.shutdown(socket.SHUT_WR)
     except OSError:
         pass  # the client went away: the close finds out as before
-    return True
+    return SENT_WHOLE
 
 
 def lose_connection(transport: IStreamTransport) -> None:
@@ -254,6 +263,12 @@ def _connection_lost(t: Any) -> None:
     del t.socket
     del t.fileno
     protocol.connectionLost(_DONE)
+
+
+#: L{lose_connection} of a transport for which L{send_last} just returned
+#: L{SENT_WHOLE}, nothing done with it in between: its fast path (a plain
+#: C{tcp.Server} with nothing buffered, connected) without checking it all again
+close_sent = _connection_lost
 
 
 #: tcp.Server.registerProducer is Twisted's: without TLS, FileDescriptor's, which

@@ -42,7 +42,9 @@ from modcluster.balancer import (
 )
 from modcluster.proxy._transport import (
     LEAN_SERVER,
+    SENT_WHOLE,
     IStreamTransport,
+    close_sent,
     direct_writer,
     is_plain_tcp,
     lose_connection,
@@ -844,10 +846,20 @@ class ClientProtocol(Protocol, ClientDeadlines):
         if out and self.connected:
             data = out[0] if len(out) == 1 else b"".join(out)
             self._out = []
-            # the last bytes before the close below (lose_connection at once):
-            # their segment carries the FIN (send_last)
-            if not (close and ex.body_done and self._reading is None and not self._feeding
-                    and send_last(self.transport, data)):
+            if close and ex.body_done and self._reading is None and not self._feeding:
+                # the last bytes before the close below (lose_connection at
+                # once): their segment carries the FIN (send_last)
+                sent = send_last(self.transport, data)
+                if sent == SENT_WHOLE:
+                    # what _close(linger=False) then does: lose_connection's
+                    # fast path, which send_last found open to it
+                    self._closing = True
+                    self._ignore = True
+                    close_sent(self.transport)  # connectionLost, now
+                    return
+                if not sent:
+                    self._write(data)
+            else:
                 self._write(data)
         if close or not ex.body_done:
             self._close(linger=not ex.body_done and not ex.tunnel)

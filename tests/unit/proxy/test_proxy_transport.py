@@ -16,6 +16,8 @@ from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.internet.error import ConnectionDone
 
 from modcluster.proxy._transport import (
+    SENT_WHOLE,
+    close_sent,
     direct_writer,
     is_plain_tcp,
     lose_connection,
@@ -236,6 +238,29 @@ def test_lose_connection_of_a_server_does_what_twisted_does():
     assert sock1.fileno() == sock2.fileno() == -1  # closed
 
 
+def test_close_sent_does_what_lose_connection_does_after_send_last():
+    """
+    close_sent, for a transport send_last sent whole: what lose_connection
+    does then (its fast path), without its checks.
+    """
+    def sent_then(close):
+        def lose(t):
+            assert send_last(t, b"") == SENT_WHOLE  # (the harness reads the end)
+            close(t)
+        return lose
+
+    ours = _as_twisted_closes(sent_then(close_sent))
+    theirs = _as_twisted_closes(sent_then(lose_connection))
+    (s1, p1, r1, sock1), (s2, p2, r2, sock2) = ours, theirs
+    assert s1.keys() == s2.keys()
+    for k in s1.keys() - {"reactor"}:
+        assert s1[k] == s2[k], k
+    assert p1.lost == p2.lost and len(p1.lost) == 1
+    assert p1.stopped == p2.stopped == 1
+    assert r1.getReaders() == r2.getReaders() == []
+    assert sock1.fileno() == sock2.fileno() == -1
+
+
 def test_lose_connection_with_buffered_data_waits_for_the_write():
     t, peer, reactor, proto = _recorded_transport()
     t.write(b"buffered")  # Twisted's buffered path: not sent yet
@@ -400,7 +425,7 @@ def test_send_last_sends_with_msg_more_and_the_fin(unread):
             c.sendall(unread)
             time.sleep(0.02)
         start = time.monotonic()
-        assert send_last(t, b"the answer")
+        assert send_last(t, b"the answer") == SENT_WHOLE
         assert recorded.flags == [socket.MSG_MORE]
         lose_connection(t)
         got, end = _read_to_the_end(c)
@@ -418,7 +443,7 @@ def test_send_last_sends_with_msg_more_and_the_fin(unread):
 def test_send_last_whole_shuts_the_sending_side():
     t, c, a, proto = _tcp_pair()
     try:
-        assert send_last(t, b"the answer")
+        assert send_last(t, b"the answer") == SENT_WHOLE
         # the FIN is out before the close: the client reads the end of the stream
         assert _read_to_the_end(c) == (b"the answer", "end")
         assert t.connected and not proto.lost
@@ -433,7 +458,8 @@ def test_send_last_hands_what_the_kernel_did_not_take_to_twisted():
     t, peer, reactor, proto = _recorded_transport()
     recorded = _FlagsSocket(t.socket, take=3)
     t.socket = recorded
-    assert send_last(t, b"abcdef")
+    sent = send_last(t, b"abcdef")
+    assert sent and sent != SENT_WHOLE  # handed over: the caller's close waits
     assert t._tempDataLen == 3 and t in reactor.getWriters()
     lose_connection(t)  # waits for the buffer: Twisted's loseConnection
     assert proto.lost == [] and t.disconnecting
