@@ -25,6 +25,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
+from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer, ISSLTransport
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger, LogLevel
@@ -117,6 +118,10 @@ _HEAD_END = b"\r\n\r\n"
 _REQUEST_LINE = re.compile(
     rb"(GET|HEAD|POST|PUT|DELETE|OPTIONS|PATCH) (/[-A-Za-z0-9._~!$&'()*+,;=:@/?%]*) "
     rb"HTTP/1\.([01])")
+
+
+_IPV4 = IPv4Address
+_new = object.__new__
 
 
 class _TooManyPipelined(Exception):
@@ -225,8 +230,21 @@ class ClientProtocol(Protocol, ClientDeadlines):
             # True) do for it, without their four Python calls
             if not getattr(t, "_nodelay_inherited", False):
                 set_nodelay(t)
-            self.client = ClientInfo(getattr(peer, "host", "") or "",
-                                     getattr(peer, "port", 0) or 0, None, None, False, t)
+            if peer.__class__ is _IPV4:
+                # ClientInfo(peer.host, peer.port, transport=t) without the
+                # Python call of its __init__: the same slots
+                # (test_proxy_client.py compares them)
+                info = _new(ClientInfo)
+                info.remote_addr = peer.host
+                info.remote_port = peer.port
+                info.secure = False
+                info.transport = t
+                info.forwarder_facts = None
+                info._local = None
+                self.client = info
+            else:
+                self.client = ClientInfo(getattr(peer, "host", "") or "",
+                                         getattr(peer, "port", 0) or 0, None, None, False, t)
             t.producer = self
             t.streamingProducer = True
         else:
@@ -855,7 +873,10 @@ class ClientProtocol(Protocol, ClientDeadlines):
                     # fast path, which send_last found open to it
                     self._closing = True
                     self._ignore = True
-                    close_sent(self.transport)  # connectionLost, now
+                    t: Any = self.transport
+                    if t.producer is self and self.__class__ is ClientProtocol:
+                        t.producer = None  # (its stopProducing does nothing: not called)
+                    close_sent(t)  # connectionLost, now
                     return
                 if not sent:
                     self._write(data)

@@ -489,6 +489,43 @@ def test_plain_tcp_transport_registration_is_twisteds():
                       (1, "127.0.0.7", 4711, False, True, True)]
 
 
+def test_client_facts_on_a_plain_tcp_transport_are_client_infos():
+    """
+    connectionMade on a plain tcp.Server with an IPv4 peer builds its
+    ClientInfo without the __init__ call: every slot as ClientInfo(host,
+    port, transport=t) sets it, and the local address is
+    still read when asked for.
+    """
+    import socket
+
+    from twisted.internet import address, tcp
+    from twisted.internet.testing import MemoryReactor
+
+    from modcluster.proxy.interfaces import ClientInfo
+
+    h = Harness()
+    listener = socket.create_server(("127.0.0.1", 0))
+    b = socket.create_connection(listener.getsockname())
+    a = listener.accept()[0]
+    listener.close()
+    try:
+        peer = address.IPv4Address("TCP", "127.0.0.7", 4711)
+        proto = h.factory.buildProtocol(peer)
+        t = tcp.Server(a, proto, ("127.0.0.7", 4711), None, 0, MemoryReactor())
+        proto.makeConnection(t)
+        ours = proto.client
+        theirs = ClientInfo("127.0.0.7", 4711, transport=t)
+        assert type(ours) is ClientInfo
+        slots = [n for n in ClientInfo.__slots__ if n != "__weakref__"]
+        for name in slots:
+            assert getattr(ours, name) == getattr(theirs, name), name
+        assert (ours.local_addr, ours.local_port) == a.getsockname()[:2]
+        proto.connectionLost(None)
+    finally:
+        a.close()
+        b.close()
+
+
 def test_writer_made_at_the_first_write():
     """
     The connection's writer (direct_writer) is made by the first write, not
