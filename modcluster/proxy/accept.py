@@ -374,6 +374,9 @@ class Acceptor:
         ipv6 = port.addressFamily == _socket.AF_INET6
         AddressType = port._addressType
         lean_address = not ipv6 and AddressType is address.IPv4Address and _LEAN_ADDRESS
+        # a factory whose protocols take the peer from the transport (the
+        # proxy's, ProxyFactory.accept_protocol): no address object to build
+        peerless = getattr(factory, "accept_protocol", None)
         for _ in range(batch):
             try:
                 fd, addr = accept()
@@ -396,15 +399,17 @@ class Acceptor:
                         addr, _socket.NI_NUMERICHOST | _socket.NI_NUMERICSERV)[0]
                     addr = (host,) + tuple(addr[1:])
                 skt.setblocking(False)
-                if lean_address:
+                if peerless is not None:
+                    protocol = peerless(factory)
+                elif lean_address:
                     # IPv4Address("TCP", *addr) without its attrs __init__ and the
                     # validator of "TCP" (two Python calls): the same instance
                     peer = new(AddressType)
                     peer.type = "TCP"
                     peer.host, peer.port = addr
+                    protocol = factory.buildProtocol(peer)
                 else:
-                    peer = AddressType("TCP", *addr)
-                protocol = factory.buildProtocol(peer)
+                    protocol = factory.buildProtocol(AddressType("TCP", *addr))
             except Exception:
                 skt.close()
                 log.failure("proxy: a connection accepted on port {port} could not be set up",

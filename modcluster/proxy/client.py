@@ -25,7 +25,6 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
-from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer, ISSLTransport
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger, LogLevel
@@ -120,7 +119,6 @@ _REQUEST_LINE = re.compile(
     rb"HTTP/1\.([01])")
 
 
-_IPV4 = IPv4Address
 _new = object.__new__
 
 
@@ -218,11 +216,6 @@ class ClientProtocol(Protocol, ClientDeadlines):
 
     def connectionMade(self) -> None:
         t: Any = self.transport
-        # the peer address the listening port built for buildProtocol (the
-        # same as getPeer() gives, also under TLS): not a second one
-        peer = self._addr
-        if peer is None:
-            peer = t.getPeer()
         if (t.__class__ is LEAN_SERVER and not t.TLS and t.producer is None
                 and not t.disconnected):
             # a plain TCP connection (the accept loop's, usually): what
@@ -230,24 +223,28 @@ class ClientProtocol(Protocol, ClientDeadlines):
             # True) do for it, without their four Python calls
             if not getattr(t, "_nodelay_inherited", False):
                 set_nodelay(t)
-            if peer.__class__ is _IPV4:
-                # ClientInfo(peer.host, peer.port, transport=t) without the
-                # Python call of its __init__: the same slots
-                # (test_proxy_client.py compares them)
-                info = _new(ClientInfo)
-                info.remote_addr = peer.host
-                info.remote_port = peer.port
-                info.secure = False
-                info.transport = t
-                info.forwarder_facts = None
-                info._local = None
-                self.client = info
-            else:
-                self.client = ClientInfo(getattr(peer, "host", "") or "",
-                                         getattr(peer, "port", 0) or 0, None, None, False, t)
+            # ClientInfo(host, port, transport=t) without the Python call of its
+            # __init__ (the same slots: test_proxy_client.py compares them), the
+            # peer's host and port from the transport's client tuple (what
+            # getPeer() makes its address of: the accept loop makes none,
+            # ProxyFactory.accept_protocol)
+            client = t.client
+            info = _new(ClientInfo)
+            info.remote_addr = client[0]
+            info.remote_port = client[1]
+            info.secure = False
+            info.transport = t
+            info.forwarder_facts = None
+            info._local = None
+            self.client = info
             t.producer = self
             t.streamingProducer = True
         else:
+            # the peer address the listening port built for buildProtocol (the
+            # same as getPeer() gives, also under TLS): not a second one
+            peer = self._addr
+            if peer is None:
+                peer = t.getPeer()
             set_nodelay(t)
             self.client = ClientInfo(  # the local address is read when a forwarder asks
                 getattr(peer, "host", "") or "", getattr(peer, "port", 0) or 0,

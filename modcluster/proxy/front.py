@@ -333,6 +333,20 @@ class ProxyFactory(Factory):
     def buildProtocol(self, addr) -> ClientProtocol:
         return ClientProtocol(self, addr)
 
+    @property
+    def accept_protocol(self) -> Optional[type]:
+        """
+        For the accept loop (L{modcluster.proxy.accept}): a class it may build
+        a connection's protocol with as C{accept_protocol(factory)}, instead
+        of C{buildProtocol(peer)}, without making the peer address object
+        (C{ClientProtocol.connectionMade} takes the peer's host and port from
+        a plain C{tcp.Server}'s C{client}); None when a subclass builds its
+        protocols itself.
+        """
+        if type(self).buildProtocol is ProxyFactory.buildProtocol:
+            return ClientProtocol
+        return None
+
     def startFactory(self) -> None:
         if not self._sweeper.running:
             self._sweeper.start(SWEEP_INTERVAL, now=False)

@@ -815,3 +815,69 @@ def test_log_prefix_and_repr_made_when_read(listening):
         assert repr(twisted) == "<Recorder #7 on None>"
     finally:
         twisted.socket.close()
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_proxy_factory_protocols_built_without_a_peer_address(host):
+    """
+    For the ProxyFactory (accept_protocol) the accept loop builds the client
+    protocol without a peer address object: its ClientInfo has the peer's
+    host and port all the same (from the transport's client tuple), and
+    getPeer() still gives Twisted's address.
+    """
+    from tests.support.proxy_testlib import Harness
+
+    h = Harness()
+    calls: list = []
+    real = h.factory.buildProtocol
+    h.factory.buildProtocol = lambda addr: (calls.append(addr), real(addr))[1]
+    port = tcp.Port(0, h.factory, interface=host, reactor=MemoryReactor())
+    port.startListening()
+    try:
+        assert accept.install(port)
+        assert h.factory.accept_protocol is not None
+        c = socket.create_connection((host, port.getHost().port), 5)
+        port.doRead()
+        (proto,) = h.factory._clients
+        assert calls == []  # not buildProtocol: no address made
+        assert proto._addr is None
+        info = proto.client
+        assert (info.remote_addr, info.remote_port) == (host, c.getsockname()[1])
+        peer = proto.transport.getPeer()
+        assert (peer.host, peer.port) == (host, c.getsockname()[1])
+        lose_connection(proto.transport)
+        c.close()
+    finally:
+        port.socket.close()
+
+
+def test_proxy_factory_subclass_building_its_own_protocols_gets_the_address():
+    """A ProxyFactory subclass with its own buildProtocol: the accept loop calls it."""
+    from modcluster.proxy.front import ProxyFactory
+    from tests.support.proxy_testlib import Harness
+
+    h = Harness()
+    built: list = []
+
+    class Own(ProxyFactory):
+        def buildProtocol(self, addr):
+            built.append(addr)
+            return ProxyFactory.buildProtocol(self, addr)
+
+    factory = Own(h.reactor, h.config, lambda: h.registry.table, h._failed,
+                  h.successes.append)
+    assert factory.accept_protocol is None
+    port = tcp.Port(0, factory, interface="127.0.0.1", reactor=MemoryReactor())
+    port.startListening()
+    try:
+        assert accept.install(port)
+        c = socket.create_connection(("127.0.0.1", port.getHost().port), 5)
+        port.doRead()
+        (addr,) = built
+        assert addr == address.IPv4Address("TCP", "127.0.0.1", c.getsockname()[1])
+        (proto,) = factory._clients
+        assert proto.client.remote_port == c.getsockname()[1]
+        lose_connection(proto.transport)
+        c.close()
+    finally:
+        port.socket.close()
