@@ -120,6 +120,8 @@ _REQUEST_LINE = re.compile(
 
 
 _new = object.__new__
+#: ClientProtocol._queue before a request is queued (read as an empty deque)
+_NO_QUEUE: Any = ()
 
 
 class _TooManyPipelined(Exception):
@@ -173,7 +175,10 @@ class ClientProtocol(Protocol, ClientDeadlines):
         self._parser: Optional[HttpRequestParser] = None
         self._reading: Optional[_Exchange] = None
         self._current: Optional[_Exchange] = None
-        self._queue: deque[_Exchange] = deque()
+        # pipelined requests waiting: an empty tuple until the first one
+        # (_enqueue makes the deque, a 64-slot block: most connections never
+        # queue a request)
+        self._queue: deque[_Exchange] = _NO_QUEUE
         self._out: list[bytes] = []
         self._pause = 0
         self._closing = False
@@ -607,8 +612,15 @@ class ClientProtocol(Protocol, ClientDeadlines):
             else:
                 self._start(ex)
         else:
-            self._queue.append(ex)
+            self._enqueue(ex)
             self._pauseReading(_P_PIPELINE)
+
+    def _enqueue(self, ex: _Exchange) -> None:
+        """Queue C{ex} behind the exchange being served."""
+        queue = self._queue
+        if queue is _NO_QUEUE:
+            queue = self._queue = deque()
+        queue.append(ex)
 
     def _checkHead(self, ex: _Exchange, size: int, upgrade: bool, cfg) -> Optional[tuple]:
         limit = cfg.max_header_size
@@ -828,7 +840,7 @@ class ClientProtocol(Protocol, ClientDeadlines):
             self._current = ex
             self._start(ex)
         else:
-            self._queue.append(ex)
+            self._enqueue(ex)
 
     # -- serving -----------------------------------------------------------------
 

@@ -264,3 +264,21 @@ def test_client_connection_keeps_the_shared_key_dictionary():
     fresh = type(p)(h.factory)
     # a split dictionary is much smaller than one of its own with as many keys
     assert sys.getsizeof(vars(p)) <= 2 * sys.getsizeof(vars(fresh))
+
+
+def test_pipeline_queue_made_by_the_first_queued_request():
+    """
+    A client connection has no pipeline deque (a 64-slot block) until a
+    request waits behind another; then requests are served in order as before.
+    """
+    from collections import deque
+
+    h = one_node()
+    c = h.client()
+    assert not c.proto._queue and not isinstance(c.proto._queue, deque)
+    c.send(b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert isinstance(c.proto._queue, deque) and len(c.proto._queue) == 1
+    n = h.accept()
+    n.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n1")
+    n.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n2")
+    assert [r.body for r in parse_responses(c.received())] == [b"1", b"2"]
