@@ -377,6 +377,9 @@ class Acceptor:
         # a factory whose protocols take the peer from the transport (the
         # proxy's, ProxyFactory.accept_protocol): no address object to build
         peerless = getattr(factory, "accept_protocol", None)
+        last_cls: Any = None
+        names: Any = None
+        deferred = inline_make = False
         for _ in range(batch):
             try:
                 fd, addr = accept()
@@ -422,11 +425,22 @@ class Acceptor:
             port.sessionno = s + 1
             host = addr[0]
             cls = protocol.__class__
-            names = prefixes.get(cls)
-            if names is None or names[2] != on:
-                names = (port._getLogPrefix(protocol), cls.__name__, on)
-                if getattr(cls, "logPrefix", None) is Protocol.logPrefix:
-                    prefixes[cls] = names
+            if cls is not last_cls:
+                # what depends only on the protocol's class: once per batch
+                # (the batch's protocols are of one class, usually)
+                names = prefixes.get(cls)
+                last_cls = cls
+                if names is None or names[2] != on:
+                    names = (port._getLogPrefix(protocol), cls.__name__, on)
+                    if getattr(cls, "logPrefix", None) is Protocol.logPrefix:
+                        prefixes[cls] = names
+                    else:
+                        last_cls = None  # a logPrefix of its own: asked per connection
+                # a protocol with deferReading is registered for reading only
+                # after its first read, and not at all if it says so (see
+                # deferReading)
+                deferred = defer and getattr(cls, "deferReading", None) is not None
+                inline_make = cls.makeConnection is _MAKE_CONNECTION
             # attribute by attribute, in __init__'s order: an instance whose
             # __dict__ is assigned whole gets a plain dict instead of the class's
             # shared-key layout, and every attribute read on it (and, shared call
@@ -454,14 +468,11 @@ class Acceptor:
             t._nodelay_inherited = nodelay  # type: ignore[attr-defined]
             if ipv6:
                 t._addressType = address.IPv6Address
-            # a protocol with deferReading is registered for reading only after
-            # its first read, and not at all if it says so (see deferReading)
-            deferred = defer and getattr(cls, "deferReading", None) is not None
             try:
                 if not deferred:
                     add_reader(t)
                 t.connected = 1
-                if cls.makeConnection is _MAKE_CONNECTION:
+                if inline_make:
                     # Protocol.makeConnection, inline
                     protocol.connected = 1
                     protocol.transport = t

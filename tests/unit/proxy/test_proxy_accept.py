@@ -881,3 +881,40 @@ def test_proxy_factory_subclass_building_its_own_protocols_gets_the_address():
         c.close()
     finally:
         port.socket.close()
+
+
+def test_per_class_facts_follow_the_class_within_a_batch(listening):
+    """
+    What depends on the protocol's class (log prefix, inline makeConnection)
+    is worked out once per run of one class in a batch: a batch of mixed
+    classes gets each protocol's own; a class with its own logPrefix is asked
+    per connection.
+    """
+    port, factory, reactor, clients = listening
+    accept.install(port)
+    built = []
+    asked = []
+
+    class Named(Recorder):
+        def logPrefix(self):
+            asked.append(self)
+            return f"Named{len(asked)}"
+
+    kinds = [Recorder, _OwnMakeConnection, Recorder, Named, Named]
+
+    def build(addr):
+        p = kinds[len(built)]()
+        built.append(p)
+        return p
+
+    factory.buildProtocol = build
+    connect(port, clients, len(kinds))
+    port.doRead()
+    assert [type(p) for p in built] == kinds
+    for p in built:
+        assert p.connected == 1 and p.made == 1
+        assert hasattr(p, "own") == (type(p) is _OwnMakeConnection)
+    prefixes = [p.transport.logPrefix().split(",")[0] for p in built]
+    assert prefixes == ["Recorder", "_OwnMakeConnection", "Recorder", "Named1", "Named2"]
+    for p in built:
+        p.transport.socket.close()
