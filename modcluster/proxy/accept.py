@@ -37,6 +37,13 @@ L{Acceptor}, which:
  - builds the socket object with the C type (C{_socket.socket}): the Python
    C{socket.socket}'s C{__init__} and C{close()} are not needed by a
    transport;
+ - for a factory with an C{accept_protocol} (the proxy's
+   L{modcluster.proxy.front.ProxyFactory}), builds the protocol as
+   C{accept_protocol(factory)}: no peer address object, no C{buildProtocol}
+   call (the protocol reads the peer from the transport's C{client});
+ - works out what depends only on the protocol's class (log prefix, whether
+   it defers its reading, an inline C{makeConnection}) once per run of one
+   class in a batch;
  - sets C{TCP_NODELAY} once on the listening socket (Linux hands it down to
    the accepted ones), so L{modcluster.proxy._transport.set_nodelay} skips
    the per-connection C{setsockopt};
