@@ -240,6 +240,7 @@ class ClientProtocol(Protocol, ClientDeadlines):
             info.secure = False
             info.transport = t
             info.forwarder_facts = None
+            info.http_forwarded = None
             info._local = None
             self.client = info
             t.producer = self
