@@ -104,6 +104,9 @@ REQUEST_MEMO_SIZE = 256
 REQUEST_MEMO_BYTES = 2048
 #: Request heads seen once (L{ProxyFactory.request_seen}), at most.
 REQUEST_SEEN_SIZE = 1024
+#: Finished exchanges of remembered heads that closed connections left for
+#: the next connections (L{ProxyFactory.spare_exchanges}), at most.
+SPARE_EXCHANGES = 64
 
 _HEAD = b"HEAD"
 _CONNECT = b"CONNECT"
@@ -332,7 +335,18 @@ class ClientProtocol(Protocol, ClientDeadlines):
                 queued.done = True
             queue.clear()
         self._reading = None
-        self._spare = None
+        spare = self._spare
+        if spare is not None:
+            # the connection's finished exchange (see _exchangeDone) serves
+            # a later connection's first remembered head (_remembered): it
+            # lets go of this connection now (no protocol, transport or
+            # ClientInfo kept alive by the factory's list, no cycle left)
+            self._spare = None
+            spares = f.spare_exchanges
+            if len(spares) < SPARE_EXCHANGES:
+                # (proto: None until taken again, which sets it)
+                spare.proto = spare.client = None  # type: ignore[assignment]
+                spares.append(spare)
         if not self._feeding:
             # The parser holds bound methods of this protocol: without that cycle
             # the connection's objects go when the transport lets go of them,
@@ -680,23 +694,34 @@ class ClientProtocol(Protocol, ClientDeadlines):
         the parser (which stays at the message boundary where the previous
         request left it).
         """
+        f = self.factory
         ex = self._spare
+        if ex is not None:
+            self._spare = None
+        else:
+            spares = f.spare_exchanges
+            if spares:
+                # one a closed connection left (connectionLost): made this
+                # connection's
+                ex = spares.pop()
+                ex.proto = self
+                ex.client = self.client
         if ex is None:
             ex = _Exchange(self, template)
         else:
-            # this connection's last exchange, finished (see _exchangeDone):
-            # what _Exchange(self, template) sets, on the slots that a
-            # finished exchange of a remembered head can differ in (a test
-            # compares every slot with a new exchange's).  No allocation, no
-            # ~50 slot stores and their deallocation per kept-alive request.
-            self._spare = None
+            # this connection's last exchange or another's, finished (see
+            # _exchangeDone): what _Exchange(self, template) sets, on the
+            # slots that a finished exchange of a remembered head can differ
+            # in (a test compares every slot with a new exchange's).  No
+            # allocation, no ~50 slot stores and their deallocation per
+            # request.
             (ex.method, ex.target, ex.version, ex.headers, ex.host,
              ex.body_length, ex.keep_alive, ex.path, ex.query, ex.cookies,
              ex.upgrade_token, ex.x_forwarded, ex.proxy_connection,
              ex.idempotent) = template.values
             ex.head_template = template
             ex.flowing = ex.end_sent = ex.resp_started = ex.done = ex.no_body = \
-                ex.resp_chunked = False
+                ex.resp_chunked = ex.resp_close = False
             ex.status = ex.sent = 0
             obs = self._observer
             if obs is not None:
@@ -722,7 +747,6 @@ class ClientProtocol(Protocol, ClientDeadlines):
         try:
             # _Exchange.route, inlined (a call fewer per request; a new
             # exchange: no wait, not done, nothing excluded)
-            f = self.factory
             policy = f.policy
             host = (parse_host(ex.host) if policy.use_alias and ex.host is not None
                     else None)
@@ -868,6 +892,23 @@ class ClientProtocol(Protocol, ClientDeadlines):
         if ex is not self._current:
             return
         self._current = None
+        if (ex.head_template is not None and not ex.attempts and not ex.stale_retry
+                and not ex.wait_until and not ex.tunnel):
+            # An exchange made from a remembered head (_remembered), answered
+            # on its one attempt and finished (done: the forwarder and the
+            # observer let go of it before responseEnd), keeps the state of
+            # a new one but for the slots _remembered sets again: kept for
+            # this connection's next remembered head, or, once the connection
+            # is lost (a close answer: below), another connection's
+            # (connectionLost).  Not one that failed over, retried or waited
+            # (attempts, exclude, stale_retry, wait_until), nor one whose
+            # headers StickySessionRemove changed (no head_template), nor a
+            # tunnel.  Its attempt's decision is let go now (no routing
+            # snapshot kept alive by an idle connection).  Kept before the
+            # answer is written: a write that finds the connection lost
+            # (connectionLost, now) hands it on too.
+            ex.decision = ex.node = None
+            self._spare = ex
         if self._pause & _P_EXCHANGE:
             self._resumeReading(_P_EXCHANGE)
         out = self._out
@@ -895,19 +936,6 @@ class ClientProtocol(Protocol, ClientDeadlines):
         if close or not ex.body_done:
             self._close(linger=not ex.body_done and not ex.tunnel)
             return
-        if (ex.head_template is not None and not ex.attempts and not ex.stale_retry
-                and not ex.wait_until):
-            # An exchange made from a remembered head (_remembered), answered
-            # on its one attempt and finished (done: the forwarder and the
-            # observer let go of it before responseEnd), keeps the state of
-            # a new one but for the slots _remembered sets again: kept for
-            # this connection's next remembered head.  Not one that failed
-            # over, retried or waited (attempts, exclude, stale_retry,
-            # wait_until), nor one whose headers StickySessionRemove changed
-            # (no head_template).  Its attempt's decision is let go now (no
-            # routing snapshot kept alive by an idle connection).
-            ex.decision = ex.node = None
-            self._spare = ex
         if self._queue or self._ignore:
             self._next()
         elif self._pause & _P_PIPELINE:

@@ -126,6 +126,12 @@ class ProxyFactory(Factory):
         self.tunnel = config.enable_ws_tunnel
         self.upgrade_match = upgrade_matcher(config.ws_upgrade_header)
         self._clients: set[ClientProtocol] = set()
+        #: finished exchanges of remembered heads that lost connections left
+        #: (L{ClientProtocol.connectionLost}), taken by the next connections'
+        #: first remembered heads (L{ClientProtocol._remembered}); at most
+        #: L{modcluster.proxy.client.SPARE_EXCHANGES}, none referring to a
+        #: connection or a decision
+        self.spare_exchanges: list[_Exchange] = []
         #: request head bytes -> L{_Exchange.template} of what parsing them
         #: gave, for heads that were exactly one request without a body
         #: (bounded; emptied when full).  Clients repeat their heads (same

@@ -882,6 +882,154 @@ def test_exchange_not_taken_again_after_a_failover_retry_or_sticky_remove(monkey
     assert h.counters_idle()
 
 
+def _close_transcript(h: Harness, exchanges: list) -> list:
+    """
+    L{_transcript} for requests after which the proxy closes the client
+    connection: each on a new client connection, lost once the proxy closed
+    it (its transport's C{connectionLost}, which the harness leaves to the
+    test); a kept-alive connection is lost after its request too.
+    """
+    seen = []
+    conns: list = []
+    for request, response in exchanges:
+        c = h.client()
+        c.send(request)
+        while h.pending():
+            conns.append(h.accept())
+        got = [(n, n.received()) for n in conns if not n.closed]
+        got = [(n, data) for n, data in got if data]
+        seen.append(("node", [(n.port, data) for n, data in got]))
+        for n, _ in got:
+            n.respond(response)
+        seen.append(("client", c.received(), c.closed,
+                     [(n.port, n.closed) for n in conns]))
+        c.lose()
+    seen.append(("idle", h.counters_idle()))
+    return seen
+
+
+@pytest.mark.parametrize("observer", [False, True])
+def test_finished_exchange_of_a_lost_connection_serves_the_next_connection(
+        monkeypatch, observer):
+    """
+    A lost connection's finished exchange of a remembered head (a
+    C{Connection: close} answer, or a kept-alive connection's last one)
+    serves another connection's first remembered head: every slot as a new
+    exchange's, whatever the last response was; the peers see what they see
+    without the memos.
+    """
+    whole = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+    responses = [
+        whole,
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX-T: 1\r\n\r\n",
+        b"HTTP/1.1 204 No Content\r\n\r\n",
+        b"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n",
+        b"HTTP/1.1 404 Not Found\r\nContent-Length: 3\r\n\r\nno!",
+        b"HTTP/1.1 200 OK\r\n\r\nclose-delimited",
+        whole,
+    ]
+    close = b"GET /a?q=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    head = b"HEAD /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    other = b"GET /b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    kept = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n"
+    old = b"GET /a HTTP/1.0\r\nHost: x\r\n\r\n"
+    plan = [(r, resp) for r in (close, head, other, kept, old) for resp in responses]
+    plan = [(r, resp) for r, resp in plan for _ in (0, 1, 2)]
+    h, made = _recycling_harness(monkeypatch, observer)
+    with_memo = _close_transcript(h, plan)
+    without = _without_memo(
+        lambda: _close_transcript(_recycling_harness(monkeypatch, observer)[0], plan))
+    assert with_memo == without
+    assert len(made) >= len(plan) - 10
+    assert len({id(ex) for ex in made}) < len(made) // 4  # mostly the same one
+    assert with_memo[-1] == ("idle", True)
+    assert not h.factory._clients
+
+
+def test_spare_exchanges_let_go_of_their_connections_and_are_bounded(monkeypatch):
+    """
+    A finished exchange kept for the next connections refers to no
+    connection, client facts, decision, node or upstream, and nothing but the
+    factory's list refers to it; taken again, it refers to its new
+    connection only.  The list holds at most SPARE_EXCHANGES; exchanges that
+    failed over or whose headers StickySessionRemove changed are not in it.
+    """
+    import gc
+
+    monkeypatch.setattr(client_module, "SPARE_EXCHANGES", 3)
+    h = _harness(sticky_remove=True)
+    spares = h.factory.spare_exchanges
+    response = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+    close = b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    for _ in range(3):  # remembered from the second one on
+        c = h.client()
+        _serve(h, c, close, response)
+        assert c.closed
+        c.lose()
+    assert len(spares) == 1
+    ex = spares[0]
+    assert (ex.proto, ex.client, ex.decision, ex.node, ex.upstream) == (None,) * 5
+    assert ex.done and ex.head_template is not None
+    gc.collect()
+    assert [r for r in gc.get_referrers(ex) if r is not spares] == []
+    c = h.client()
+    _serve(h, c, close, response)
+    assert spares == [] and c.proto._spare is ex  # taken, then kept again
+    assert c.received().startswith(b"HTTP/1.1 200 OK\r\n")
+    c.lose()
+    assert spares == [ex] and ex.proto is None and ex.client is None
+    # taken by a connection whose request is in flight: its own
+    c = h.client()
+    c.send(close)
+    assert spares == [] and h.factory._clients == {c.proto}
+    cur = c.proto._current
+    assert cur is ex and ex.proto is c.proto and ex.client is c.proto.client
+    c.lose()  # lost before the answer: the exchange aborted, not kept
+    assert spares == [] and c.proto._spare is None
+    # many connections lost at once: at most SPARE_EXCHANGES kept
+    clients = []
+    for _ in range(6):
+        c = h.client()
+        c.send(close)
+        clients.append(c)
+    while h.pending():
+        h.conns.append(h.accept())
+    for n in h.conns:
+        if n.received():
+            n.respond(response)
+    for c in clients:
+        assert c.closed
+        c.lose()
+    assert len(spares) == 3 and len({id(x) for x in spares}) == 3
+    assert all(x.proto is None and x.client is None for x in spares)
+    # a failover: not kept for later connections
+    for n in h.conns:
+        n.close()
+    del spares[:]
+    c = h.client()
+    c.send(close)
+    h.refuse(h.pending()[0][1])
+    n = h.accept()
+    assert n.received().startswith(b"GET /a ")
+    n.respond(response)
+    assert parse_responses(c.received())[-1].status == 200
+    assert c.proto._spare is None
+    c.lose()
+    assert spares == []
+    assert h.counters_idle()
+    # StickySessionRemove changed the headers: not kept either
+    h = _harness(sticky_remove=True, n1_error=True)
+    spares = h.factory.spare_exchanges
+    sticky = b"GET /a HTTP/1.1\r\nHost: x\r\nCookie: JSESSIONID=s.n1; a=1\r\nConnection: close\r\n\r\n"
+    for _ in range(3):
+        c = h.client()
+        _, sent = _serve(h, c, sticky, response)
+        assert b"Cookie: a=1\r\n" in sent
+        c.lose()
+    assert spares == []
+    assert h.counters_idle()
+
+
 #: what a node connection resets per exchange (NodeProtocol.__init__'s "per
 #: exchange" group but the request's and the framing set by each response)
 _NODE_STATE = ("sent", "body_done", "got", "final", "complete", "tunnel", "upgrading",
