@@ -343,9 +343,12 @@ class ClientProtocol(Protocol, ClientDeadlines):
             # ClientInfo kept alive by the factory's list, no cycle left)
             self._spare = None
             spares = f.spare_exchanges
-            if len(spares) < SPARE_EXCHANGES:
-                # (proto: None until taken again, which sets it)
+            if len(spares) < SPARE_EXCHANGES and not spare.tunnel:
+                # (proto: None until taken again, which sets it; resp_close:
+                # a close answer's, not reset by _remembered, which a
+                # connection's own spare never needs)
                 spare.proto = spare.client = None  # type: ignore[assignment]
+                spare.resp_close = False
                 spares.append(spare)
         if not self._feeding:
             # The parser holds bound methods of this protocol: without that cycle
@@ -696,12 +699,10 @@ class ClientProtocol(Protocol, ClientDeadlines):
         """
         f = self.factory
         ex = self._spare
-        if ex is not None:
-            self._spare = None
-        else:
+        if ex is None:
             spares = f.spare_exchanges
             if spares:
-                # one a closed connection left (connectionLost): made this
+                # one a lost connection left (connectionLost): made this
                 # connection's
                 ex = spares.pop()
                 ex.proto = self
@@ -709,6 +710,7 @@ class ClientProtocol(Protocol, ClientDeadlines):
         if ex is None:
             ex = _Exchange(self, template)
         else:
+            self._spare = None
             # this connection's last exchange or another's, finished (see
             # _exchangeDone): what _Exchange(self, template) sets, on the
             # slots that a finished exchange of a remembered head can differ
@@ -721,7 +723,7 @@ class ClientProtocol(Protocol, ClientDeadlines):
              ex.idempotent) = template.values
             ex.head_template = template
             ex.flowing = ex.end_sent = ex.resp_started = ex.done = ex.no_body = \
-                ex.resp_chunked = ex.resp_close = False
+                ex.resp_chunked = False
             ex.status = ex.sent = 0
             obs = self._observer
             if obs is not None:
@@ -893,7 +895,7 @@ class ClientProtocol(Protocol, ClientDeadlines):
             return
         self._current = None
         if (ex.head_template is not None and not ex.attempts and not ex.stale_retry
-                and not ex.wait_until and not ex.tunnel):
+                and not ex.wait_until):
             # An exchange made from a remembered head (_remembered), answered
             # on its one attempt and finished (done: the forwarder and the
             # observer let go of it before responseEnd), keeps the state of
@@ -902,8 +904,9 @@ class ClientProtocol(Protocol, ClientDeadlines):
             # is lost (a close answer: below), another connection's
             # (connectionLost).  Not one that failed over, retried or waited
             # (attempts, exclude, stale_retry, wait_until), nor one whose
-            # headers StickySessionRemove changed (no head_template), nor a
-            # tunnel.  Its attempt's decision is let go now (no routing
+            # headers StickySessionRemove changed (no head_template); not
+            # another connection's if it became a tunnel (a 101 answer ends
+            # the connection: connectionLost).  Its attempt's decision is let go now (no routing
             # snapshot kept alive by an idle connection).  Kept before the
             # answer is written: a write that finds the connection lost
             # (connectionLost, now) hands it on too.
