@@ -717,11 +717,16 @@ class ClientProtocol(Protocol, ClientDeadlines):
             # in (a test compares every slot with a new exchange's).  No
             # allocation, no ~50 slot stores and their deallocation per
             # request.
-            (ex.method, ex.target, ex.version, ex.headers, ex.host,
-             ex.body_length, ex.keep_alive, ex.path, ex.query, ex.cookies,
-             ex.upgrade_token, ex.x_forwarded, ex.proxy_connection,
-             ex.idempotent) = template.values
-            ex.head_template = template
+            if ex.head_template is not template:
+                (ex.method, ex.target, ex.version, ex.headers, ex.host,
+                 ex.body_length, ex.keep_alive, ex.path, ex.query, ex.cookies,
+                 ex.upgrade_token, ex.x_forwarded, ex.proxy_connection,
+                 ex.idempotent) = template.values
+                ex.head_template = template
+            # (else: the same template, whose fields a kept exchange still
+            # has: nothing changes them once made but StickySessionRemove,
+            # whose exchanges are not kept, and retarget, of the header
+            # blocks' templates, which a target always comes with: below)
             ex.flowing = ex.end_sent = ex.resp_started = ex.done = ex.no_body = \
                 ex.resp_chunked = False
             ex.status = ex.sent = 0
