@@ -254,7 +254,8 @@ class ClientProtocol(Protocol, ClientDeadlines):
             peer = self._addr
             if peer is None:
                 peer = t.getPeer()
-            set_nodelay(t)
+            if not getattr(t, "_nodelay_inherited", False):  # (the TLS layer's too)
+                set_nodelay(t)
             self.client = ClientInfo(  # the local address is read when a forwarder asks
                 getattr(peer, "host", "") or "", getattr(peer, "port", 0) or 0,
                 secure=ISSLTransport.providedBy(t), transport=t)

@@ -62,7 +62,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from modcluster.access import RateLimitedLog
-from modcluster.proxy._transport import direct_writer, lose_connection
+from modcluster.proxy._transport import LEAN_SERVER, direct_writer, lose_connection
 
 log = Logger(namespace="modcluster.proxy.stdtls")
 
@@ -78,6 +78,7 @@ TLS13_TICKETS = 1
 #: the ALPN protocol names as bytes (one encode less per connection)
 _ALPN = {"h2": b"h2", "http/1.1": b"http/1.1"}
 
+_MemoryBIO = ssl.MemoryBIO
 _WantRead = ssl.SSLWantReadError
 _SSLError = ssl.SSLError
 _ZeroReturn = ssl.SSLZeroReturnError
@@ -263,6 +264,7 @@ class TLSServerConnection(Protocol):
     _closed = False  # close_notify sent: nothing can be written any more
     _failure: Optional[Failure] = None  # the TLS error that ends the connection
     _early: Optional[list] = None  # writes before the handshake completed
+    _nodelay_inherited = False  # (set by makeConnection)
 
     def __init__(self, factory: "TLSServerFactory", wrapped: Protocol) -> None:
         self.factory = factory
@@ -273,33 +275,44 @@ class TLSServerConnection(Protocol):
     def makeConnection(self, transport) -> None:
         self.transport = transport
         self.connected = 1
-        self._in = incoming = ssl.MemoryBIO()
-        self._out = outgoing = ssl.MemoryBIO()
+        self._in = incoming = _MemoryBIO()
+        self._out = outgoing = _MemoryBIO()
         # the C object an SSLObject wraps, made directly: no SSLObject (and its
         # three Python calls) per connection, one Python frame less per call
-        self._ssl = _new_ssl(self.factory.context, incoming, outgoing)
+        # (_new_ssl, inline)
+        context = self.factory.context
+        self._ssl = (context._wrap_bio(incoming, outgoing, True, None) if _WRAP_BIO
+                     else _new_ssl(context, incoming, outgoing))
         self._send = direct_writer(transport)
+        #: L{set_nodelay<modcluster.proxy._transport.set_nodelay>}: C{TCP_NODELAY}
+        #: came from the listening socket (the accept loop), no C{setsockopt}
+        #: (a plain attribute: read without a Python call)
+        self._nodelay_inherited = getattr(transport, "_nodelay_inherited", False)
         self._started()
 
     def _started(self) -> None:
         """The TLS layer is set up (before any byte): the application protocol is connected."""
         self.wrappedProtocol.makeConnection(self)
 
-    @property
-    def _nodelay_inherited(self) -> bool:
-        """
-        L{set_nodelay<modcluster.proxy._transport.set_nodelay>}: C{TCP_NODELAY}
-        came from the listening socket (the accept loop), no C{setsockopt}.
-        """
-        return getattr(self.transport, "_nodelay_inherited", False)
-
     def dataReceived(self, data: bytes) -> None:
         incoming = self._in
         incoming.write(data)
-        if self._handshaking and (not self._handshake() or not incoming.pending):
-            # (the handshake took every record there was: no read to raise
-            # SSLWantReadError, e.g. a client's Finished alone)
-            return
+        if self._handshaking:
+            try:
+                self._ssl.do_handshake()
+            except _WantRead:  # the usual end of the first flight: sent, no call
+                out = self._out
+                if out.pending:
+                    self._send(out.read())
+                return
+            except _SSLError as e:
+                self._flush()  # the alert
+                self._fail(e, "TLS handshake from {peer} failed: {reason}")
+                return
+            if not self._handshake_done() or not incoming.pending:
+                # (the handshake took every record there was: no read to raise
+                # SSLWantReadError, e.g. a client's Finished alone)
+                return
         read = self._ssl.read
         received = b""
         chunks = None
@@ -358,19 +371,16 @@ class TLSServerConnection(Protocol):
 
     # -- handshake ------------------------------------------------------------------
 
-    def _handshake(self) -> bool:
-        """Go on with the handshake; True once it is complete."""
-        try:
-            self._ssl.do_handshake()
-        except _WantRead:
-            self._flush()
-            return False
-        except _SSLError as e:
-            self._flush()  # the alert
-            self._fail(e, "TLS handshake from {peer} failed: {reason}")
-            return False
+    def _handshake_done(self) -> bool:
+        """
+        The handshake is complete (C{do_handshake} returned; in
+        L{dataReceived}): send what it left, tell the protocol; True while the
+        connection stays open for reading.
+        """
         self._handshaking = False
-        self._flush()
+        out = self._out
+        if out.pending:  # (none after a resumed TLS 1.2 handshake: no read for b"")
+            self._send(out.read())
         selected = self._ssl.selected_alpn_protocol()
         if selected is not None:
             self.negotiatedProtocol = _ALPN.get(selected) or selected.encode("ascii")
@@ -496,7 +506,15 @@ class TLSServerConnection(Protocol):
     # IConsumer / IPushProducer: the TCP transport's (nothing is buffered here)
 
     def registerProducer(self, producer, streaming) -> None:
-        self.transport.registerProducer(producer, streaming)
+        t = self.transport
+        if (t.__class__ is LEAN_SERVER and streaming and t.producer is None
+                and not t.disconnected):
+            # a plain tcp.Server: what its registerProducer does for a
+            # streaming producer, without its two Python calls
+            t.producer = producer
+            t.streamingProducer = True
+            return
+        t.registerProducer(producer, streaming)
 
     def unregisterProducer(self) -> None:
         self.transport.unregisterProducer()
