@@ -10,7 +10,9 @@ CPU time (docs/data-plane.md, "Performance").
 
 L{install} replaces C{doPoll}/C{doIteration} on one reactor B{instance} with
 the same loop minus that wrapper.  For the most frequent event, "readable" on
-a plain TCP connection, it also does what C{tcp.Connection.doRead} and
+a plain TCP connection (also with C{EPOLLHUP}/C{EPOLLERR}: a client that
+sent and then closed or reset the connection, as C{openssl s_time} does
+right after its handshake), it also does what C{tcp.Connection.doRead} and
 C{_dataReceived} do inline (C{recv}, as C{os.read} of the event's descriptor,
 then C{protocol.dataReceived}, or
 disconnect with C{CONNECTION_DONE}/C{CONNECTION_LOST}; an exception from
@@ -44,6 +46,7 @@ log = Logger()
 
 _EPOLLIN = getattr(select, "EPOLLIN", 1)
 os_read = os.read
+_EPOLLOUT = getattr(select, "EPOLLOUT", 4)
 _TCP = (tcp.Server, tcp.Client)
 
 
@@ -94,9 +97,11 @@ def install(reactor) -> bool:
             selectable = selectables.get(fd)
             if selectable is None:
                 continue
-            if (plain_read and event == _EPOLLIN and selectable.__class__ in _TCP
-                    and not selectable._aborting):
-                # tcp.Connection.doRead + _dataReceived, one frame instead of four.
+            if (plain_read and event & _EPOLLIN and not event & _EPOLLOUT
+                    and selectable.__class__ in _TCP and not selectable._aborting):
+                # tcp.Connection.doRead + _dataReceived, one frame instead of four;
+                # also with EPOLLHUP/EPOLLERR (the peer closed or reset after
+                # sending): _doReadOrWrite reads first then too.
                 # os.read of the event's descriptor (the selectable's socket's,
                 # non-blocking: the same read as socket.recv, whose argument
                 # parsing, PyArg_ParseTuple, costs ~300 machine instructions more)

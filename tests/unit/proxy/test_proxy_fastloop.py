@@ -129,3 +129,37 @@ def test_freeze_heap():
     finally:
         gc.unfreeze()
     assert gc.get_freeze_count() == 0
+
+
+def test_readable_and_hung_up_read_inline():
+    """
+    "Readable" with EPOLLHUP (the peer sent, then closed) is read inline as a
+    plain "readable" is: the data, then the end of the stream, without the
+    reactor's _doReadOrWrite.
+    """
+    reactor = epollreactor.EPollReactor()
+    through_reactor = []
+    drdw = reactor._doReadOrWrite
+
+    def recording(selectable, fd, event):
+        through_reactor.append(event)
+        drdw(selectable, fd, event)
+
+    reactor._doReadOrWrite = recording
+    try:
+        assert fastloop.install(reactor) is True
+        proto = _Recorder()
+        t, peer = _connection(reactor, proto)
+        reactor.addReader(t)
+        peer.send(b"last words")
+        peer.close()
+        for _ in range(5):
+            reactor.doIteration(0)
+            if proto.lost:
+                break
+        assert proto.data == b"last words"
+        assert proto.lost
+        assert through_reactor == []
+    finally:
+        reactor.removeAll()
+        reactor._poller.close()
