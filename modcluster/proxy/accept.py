@@ -439,7 +439,11 @@ class Acceptor:
                 last_cls = cls
                 if names is None or names[2] != on:
                     names = (port._getLogPrefix(protocol), cls.__name__, on)
-                    if getattr(cls, "logPrefix", None) is Protocol.logPrefix:
+                    if (getattr(cls, "logPrefix", None) is Protocol.logPrefix
+                            or getattr(cls, "constant_log_prefix", False)):
+                        # (constant_log_prefix: the class says its logPrefix() is
+                        # the same for every connection built, as the TLS layer
+                        # of alpn._NegotiatingTLS before its handshake)
                         prefixes[cls] = names
                     else:
                         last_cls = None  # a logPrefix of its own: asked per connection

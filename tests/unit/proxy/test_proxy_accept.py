@@ -918,3 +918,42 @@ def test_per_class_facts_follow_the_class_within_a_batch(listening):
     assert prefixes == ["Recorder", "_OwnMakeConnection", "Recorder", "Named1", "Named2"]
     for p in built:
         p.transport.socket.close()
+
+
+class _Prefixed(Recorder):
+    asked = 0
+
+    def logPrefix(self) -> str:
+        type(self).asked += 1
+        return "Prefixed (TLS)"
+
+
+class _ConstantPrefix(_Prefixed):
+    asked = 0
+    constant_log_prefix = True
+
+
+@pytest.mark.parametrize("cls, asked", [(_Prefixed, 2), (_ConstantPrefix, 1)])
+def test_log_prefix_of_a_protocol_with_its_own(listening, cls, asked):
+    """
+    A protocol class with its own logPrefix() is asked for it per connection,
+    unless it says the prefix is the same for every connection it is built
+    for (constant_log_prefix, as alpn._NegotiatingTLS): then once per class.
+    The transports' logstr is the same either way.
+    """
+    port, factory, reactor, clients = listening
+
+    def build(addr):
+        p = cls()
+        p.factory = factory
+        factory.built.append((p, addr))
+        return p
+
+    factory.buildProtocol = build
+    accept.install(port)
+    connect(port, clients, 2)
+    port.doRead()
+    assert cls.asked == asked
+    for p, _ in factory.built:
+        t = p.transport
+        assert t.logPrefix() == f"Prefixed (TLS),{t.sessionno},127.0.0.1"
