@@ -164,6 +164,10 @@ def _handshake_failed(proxy) -> None:
         stats.tls_failures += 1
 
 
+#: ClientProtocol connects as every Protocol does (inlined by _NegotiatingTLS)
+_PLAIN_MAKE_CONNECTION = ClientProtocol.makeConnection is Protocol.makeConnection
+
+
 class _NegotiatingTLS(TLSServerConnection):
     """
     A stdlib-engine TLS connection of an C{ssl:} listener with HTTP/2, which
@@ -176,10 +180,18 @@ class _NegotiatingTLS(TLSServerConnection):
     """
 
     wrappedProtocol: Any = None
+    #: for the accept loop (L{modcluster.proxy.accept}): C{logPrefix()} is the
+    #: same for every connection it builds (no protocol chosen yet), so it is
+    #: asked once per class, not per connection
+    constant_log_prefix = True
 
-    def __init__(self, factory, negotiating: "NegotiatingFactory", addr) -> None:
+    def __init__(self, factory, addr) -> None:
+        """
+        C{factory}: the L{TLSServerFactory<modcluster.proxy.stdtls.TLSServerFactory>},
+        whose C{wrappedFactory} is the L{NegotiatingFactory}.
+        """
         self.factory = factory
-        self._negotiating = negotiating
+        self._negotiating = negotiating = factory.wrappedFactory
         self._addr = addr
         self._accepted = negotiating.wrapped.now
 
@@ -201,7 +213,12 @@ class _NegotiatingTLS(TLSServerConnection):
         p._addr = self._addr  # the peer address of the accept (no getPeer())
         p._head_start = self._accepted  # the head deadline runs from the accept
         self.wrappedProtocol = p
-        p.makeConnection(self)
+        if _PLAIN_MAKE_CONNECTION:  # Protocol.makeConnection, inline
+            p.connected = 1
+            p.transport = self  # type: ignore[assignment]  # (what makeConnection stores)
+            p.connectionMade()
+        else:  # pragma: no cover - a ClientProtocol with its own makeConnection
+            p.makeConnection(self)
         p.handshakeCompleted()
 
     def checkTimeout(self, now: float, limit: float) -> None:
@@ -254,9 +271,11 @@ class NegotiatingFactory(Factory):
         """Twisted's TLS engine: the protocol that stands in until the handshake completes."""
         return _Negotiator(self)
 
-    def tls_connection(self, tls_factory, addr) -> _NegotiatingTLS:
-        """The stdlib TLS engine (L{TLSServerFactory.buildProtocol}): the whole connection."""
-        return _NegotiatingTLS(tls_factory, self, addr)
+    #: The stdlib TLS engine (L{TLSServerFactory.buildProtocol}):
+    #: C{tls_connection(tls_factory, addr)} builds the whole connection (the
+    #: class itself: no Python frame in between; C{tls_factory.wrappedFactory}
+    #: is this factory)
+    tls_connection = _NegotiatingTLS
 
     def doStart(self) -> None:
         self.wrapped.doStart()
