@@ -223,13 +223,15 @@ _LEAN_UNREGISTER = (_EPOLL is not None
                             for n in ("removeReader", "removeWriter", "_remove")))
 
 
-def _connection_lost(t: Any) -> None:
+def _connection_lost(t: Any, reason: Failure = _DONE) -> None:
     """
-    C{tcp.Connection.connectionLost(_DONE)} for a C{tcp.Server} (the same
+    C{tcp.Connection.connectionLost(reason)} for a C{tcp.Server} (the same
     steps, with C{FileDescriptor.connectionLost} inlined), without what a
     closing connection of ours never needs: C{Failure.check} (a C{reflect.qual}
     string of the exception class per call) to tell an abort from a close,
-    which it is not.  Pinned by tests/unit/proxy/test_proxy_transport.py.
+    which it is not (C{reason}: C{CONNECTION_DONE}, or C{CONNECTION_LOST} for
+    a connection the peer reset, L{modcluster.proxy.fastloop}).  Pinned by
+    tests/unit/proxy/test_proxy_transport.py.
     """
     t.disconnected = 1
     t.connected = 0
@@ -262,7 +264,7 @@ def _connection_lost(t: Any) -> None:
     del t.protocol
     del t.socket
     del t.fileno
-    protocol.connectionLost(_DONE)
+    protocol.connectionLost(reason)
 
 
 #: L{lose_connection} of a transport for which L{send_last} just returned

@@ -39,6 +39,9 @@ from typing import Any
 from twisted.internet import tcp
 from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from modcluster.proxy import _transport
 
 __all__ = ["freeze_heap", "install"]
 
@@ -46,6 +49,11 @@ log = Logger()
 
 _EPOLLIN = getattr(select, "EPOLLIN", 1)
 os_read = os.read
+_SERVER = tcp.Server
+#: the reason a connection reset by the peer is lost with (Twisted's is a shared one too)
+_LOST = Failure(CONNECTION_LOST)
+_LOST.parents  # noqa: B018 - computed and cached now
+_connection_lost = _transport._connection_lost
 _EPOLLOUT = getattr(select, "EPOLLOUT", 4)
 _TCP = (tcp.Server, tcp.Client)
 
@@ -61,6 +69,27 @@ def _plain_tcp_read_supported() -> bool:
         if cls._dataReceived is not tcp.Connection._dataReceived:
             return False
     return True
+
+
+def _lean_reset_supported(reactor) -> bool:
+    """
+    A connection reset by the peer is closed without C{_disconnectSelectable}
+    when what that does is what this code was written against: Twisted's
+    C{_disconnectSelectable}, the C{EPollReactor}'s C{removeReader}/
+    C{removeWriter}, and C{tcp.Server.connectionLost} as
+    L{_connection_lost<modcluster.proxy._transport._connection_lost>} copies it.
+    """
+    from twisted.internet.epollreactor import EPollReactor
+    from twisted.internet.posixbase import _DisconnectSelectableMixin
+
+    cls = type(reactor)
+    return (_transport._LEAN_LOST and _transport._LEAN_UNREGISTER
+            and cls is _transport._EPOLL
+            and cls._disconnectSelectable is _DisconnectSelectableMixin._disconnectSelectable
+            and cls.removeReader is EPollReactor.removeReader
+            and cls.removeWriter is EPollReactor.removeWriter
+            and isinstance(getattr(reactor, "_reads", None), set)
+            and isinstance(getattr(reactor, "_writes", None), set))
 
 
 def install(reactor) -> bool:
@@ -83,6 +112,9 @@ def install(reactor) -> bool:
     drdw = reactor._doReadOrWrite
     disconnect = reactor._disconnectSelectable
     plain_read = _plain_tcp_read_supported()
+    lean_reset = _lean_reset_supported(reactor)
+    reads, writes = reactor._reads, reactor._writes
+    continuous = reactor._continuousPolling
 
     def doPoll(timeout):
         if timeout is None:
@@ -122,6 +154,24 @@ def install(reactor) -> bool:
                         log.failure("unhandled error in {protocol!r}.dataReceived",
                                     protocol=selectable.protocol)
                         why = e
+                if (why is CONNECTION_LOST and lean_reset and selectable.__class__ is _SERVER
+                        and not continuous._readers and not continuous._writers):
+                    # the peer reset the connection (s_time after its handshake):
+                    # _disconnectSelectable(selectable, CONNECTION_LOST, True) without
+                    # its ~12 Python calls (removeReader, removeWriter, _remove,
+                    # stopReading, stopWriting, Failure.check...): out of the epoll
+                    # set as those leave it, then tcp.Connection.connectionLost
+                    try:
+                        if fd in reads or fd in writes:
+                            del selectables[fd]
+                            poller.unregister(fd)
+                            reads.discard(fd)
+                            writes.discard(fd)
+                        _connection_lost(selectable, _LOST)
+                    except BaseException:
+                        log.failure("unhandled error while closing {selectable!r}",
+                                    selectable=selectable)
+                    continue
                 try:
                     disconnect(selectable, why, True)
                 except BaseException:

@@ -163,3 +163,61 @@ def test_readable_and_hung_up_read_inline():
     finally:
         reactor.removeAll()
         reactor._poller.close()
+
+
+def test_reset_by_the_peer_closed_without_disconnect_selectable():
+    """
+    A connection the peer reset (RST, ECONNRESET on recv) after sending is
+    closed as _disconnectSelectable(CONNECTION_LOST) closes it, without it:
+    the data first, then connectionLost with ConnectionLost, the descriptor
+    out of the epoll set and the socket closed.
+    """
+    from twisted.internet import error
+
+    reactor = epollreactor.EPollReactor()
+    through_reactor = []
+    disconnect = reactor._disconnectSelectable
+
+    def recording(selectable, why, isRead):
+        through_reactor.append(why)
+        disconnect(selectable, why, isRead)
+
+    reactor._disconnectSelectable = recording
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    client = socket.create_connection(listener.getsockname())
+    server, addr = listener.accept()
+    listener.close()
+    try:
+        assert fastloop.install(reactor) is True
+        reasons = []
+
+        class Lost(_Recorder):
+            def connectionLost(self, reason=None):
+                super().connectionLost(reason)
+                reasons.append(reason)
+
+        proto = Lost()
+        server.setblocking(False)
+        t = tcp.Server(server, proto, addr, None, 0, reactor)
+        proto.makeConnection(t)
+        t.startReading()
+        fd = t.fileno()
+        client.send(b"last words")
+        # linger 0: the close sends a reset
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        client.close()
+        for _ in range(5):
+            reactor.doIteration(0)
+            if proto.lost:
+                break
+        assert proto.data == b"last words"
+        assert [r.type for r in reasons] == [error.ConnectionLost]
+        assert through_reactor == []
+        assert fd not in reactor._reads and fd not in reactor._selectables
+        assert server.fileno() == -1 and not hasattr(t, "socket") and t.disconnected
+    finally:
+        reactor.removeAll()
+        reactor._poller.close()
+        server.close()
