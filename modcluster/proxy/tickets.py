@@ -141,7 +141,9 @@ _CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, cty
                              ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int)
 
 
-_string_at, _memmove = ctypes.string_at, ctypes.memmove
+#: ctypes.string_at without its Python frame (the foreign function it calls)
+_string_at = getattr(ctypes, "_string_at", ctypes.string_at)
+_memmove = ctypes.memmove
 
 
 class _OpenSSL:
@@ -176,7 +178,9 @@ class _OpenSSL:
         # key (full handshake), 1 ok, 2 ok but renew the ticket; -1 fatal (never)
         try:
             crypto = self.crypto
-            keys = current_keys()
+            keys = _keys  # (current_keys(), inline: set once the process has keys)
+            if keys is None:
+                keys = current_keys()
             if enc:
                 key_name, hmac, aes = keys.keys[0]
                 _memmove(name, key_name, _NAME)
@@ -186,7 +190,7 @@ class _OpenSSL:
                         or crypto.HMAC_Init_ex(hmac_ctx, hmac, _HMAC, self.sha256, None) != 1):
                     return 0
                 return 1
-            found = keys.find(_string_at(name, _NAME))
+            found = keys._by_name.get(_string_at(name, _NAME))  # (keys.find, inline)
             if found is None:
                 return 0
             index, (_, hmac, aes) = found

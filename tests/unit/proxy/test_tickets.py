@@ -318,10 +318,14 @@ def test_callback_errors_mean_no_ticket_never_a_crash(pki, monkeypatch):
     ctx, c = server(pki), client(pki, "TLSv1_2")
     _, session = connect(ctx, c)
 
-    def broken():
-        raise RuntimeError("boom")
+    class Broken:  # a key set whose every use raises
+        @property
+        def keys(self):
+            raise RuntimeError("boom")
 
-    monkeypatch.setattr(tickets, "current_keys", broken)
+        _by_name = keys
+
+    monkeypatch.setattr(tickets, "_keys", Broken())
     before = tickets._lib.failures
     reused, fresh = connect(ctx, c, session)
     assert not reused and not fresh.has_ticket
