@@ -246,7 +246,7 @@ class _NegotiatingTLS(TLSServerConnection):
         if self.wrappedProtocol is None:  # the handshake never completed (cut by the
             # sweep, a drain, the client, a TLS error): counted as the HTTP/1.1 front does
             _handshake_failed(proxy)
-        super().connectionLost(reason)
+        TLSServerConnection.connectionLost(self, reason)  # (no super() object)
 
     def logPrefix(self) -> str:
         if self.wrappedProtocol is None:
