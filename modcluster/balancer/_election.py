@@ -13,13 +13,14 @@ sorting except for DeterministicFailover after a failed route.
 
 from __future__ import annotations
 
-from typing import AbstractSet, Optional
+from typing import AbstractSet, Any, Optional
 
 from attrs import field, frozen
 
 from modcluster.balancer._request import match_path, session_id
 from modcluster.cluster.model import (
     MEMO_MAX,
+    WARM_LATEST,
     MEMO_PATH_MAX,
     BalancerSettings,
     ContextEntry,
@@ -452,7 +453,8 @@ def choose(table: RoutingTable, host: Optional[str], path: str, cookie: Optional
             # Stride scheduling: the node with the lowest virtual pass wins and
             # its pass moves on by its stride (inverse of its weight); see
             # _advance for the runner-up.
-            best_rt = second = None
+            best_rt: Any = None  # (set with best: no test of its own)
+            second = None
             second_score = 0
             for _, nid, rt, decision in cands:
                 f = rt.lbfactor
@@ -473,11 +475,11 @@ def choose(table: RoutingTable, host: Optional[str], path: str, cookie: Optional
                 elif second is None or v < second_score:
                     second, second_score = rt, v
             if best is not None:
-                # _advance, inlined for the common case (no slow start)
-                slow = policy.slow_start
-                assert best_rt is not None  # set with best
-                if slow > 0 and (now - best_rt.warm_from < slow or (
-                        second is not None and now - second.warm_from < slow)):
+                # _advance, inlined for the common case: no node of this process
+                # ramps up now (no warm_from within slow_start before now; a
+                # warm_from still ahead, an ejection's end, sends even slow
+                # start off to _advance, which then gives the same strides)
+                if now - WARM_LATEST[0] < policy.slow_start:
                     _advance(best_rt, second, now, policy)
                 else:
                     if second is not None:

@@ -47,6 +47,13 @@ __all__ = [
 #: data-plane workers (modcluster/cluster/mirror.py) never land on a successor.
 _serials = itertools.count(1)
 
+#: the latest C{warm_from} any node runtime of this process was given (one
+#: cell, so that the election reads it as a list item): no node is in slow
+#: start once C{now - WARM_LATEST[0] >= slow_start}, and the election skips
+#: its per-node slow start test (docs/balancing.md, "Performance").  It only
+#: grows: an upper bound, so the test it stands for stays exact.
+WARM_LATEST = [float("-inf")]
+
 
 def _check_types(value) -> None:
     """
@@ -145,7 +152,7 @@ class NodeRuntime:
         "lbfactor", "in_error", "error_since", "error_reason", "removed", "unverified",
         "elected", "oldelected", "lbstatus", "read", "oldread", "transferred", "busy",
         "num_failure_idle", "updatetimelb", "requests", "failures", "last_status",
-        "last_alive", "serial", "fails", "ejections", "ejected_until", "warm_from",
+        "last_alive", "serial", "fails", "ejections", "ejected_until", "_warm_from",
         "vpass", "__weakref__",
     )
 
@@ -179,11 +186,23 @@ class NodeRuntime:
         self.ejections = 0
         #: the node is out of the election until then (passive health)
         self.ejected_until = float("-inf")
-        #: slow start: the node ramps up from this time (set when it registers,
-        #: is enabled, leaves the error state or its ejection ends)
-        self.warm_from = float("-inf")
+        #: (L{warm_from})
+        self._warm_from = float("-inf")
         #: smooth election: the node's virtual pass (stride scheduling)
         self.vpass = 0
+
+    @property
+    def warm_from(self) -> float:
+        """Slow start: the node ramps up from this time (set when it
+        registers, is enabled, leaves the error state or its ejection ends);
+        setting it moves L{WARM_LATEST} on."""
+        return self._warm_from
+
+    @warm_from.setter
+    def warm_from(self, when: float) -> None:
+        self._warm_from = when
+        if when > WARM_LATEST[0]:
+            WARM_LATEST[0] = when
 
     def usable(self, now: float, retry: float) -> bool:
         """Not removed and not in error (or in error for longer than C{retry})."""

@@ -9,6 +9,7 @@ from collections import Counter
 import pytest
 
 from modcluster.balancer import Decision, Refusal
+from modcluster.cluster import model
 from modcluster.balancer._health import RetryBudget, may_eject, ramp, record_failure
 
 from tests.support.balancer_testlib import Cluster
@@ -148,6 +149,37 @@ def test_enable_app_starts_slow_start():
     c.set_state("b", "ENABLE-APP")
     assert c.rt("b").warm_from == 100
     assert c.spread(100)["b"] <= 10
+
+
+@pytest.fixture
+def warm_latest():
+    """model.WARM_LATEST from -inf for one test (other tests' runtimes may
+    have moved it anywhere), then the larger of before and after."""
+    before = model.WARM_LATEST[0]
+    model.WARM_LATEST[0] = float("-inf")
+    yield model.WARM_LATEST
+    model.WARM_LATEST[0] = max(before, model.WARM_LATEST[0])
+
+
+def test_slow_start_set_on_a_runtime_alone_is_seen_by_the_election(warm_latest):
+    """The election skips its per-node slow start test while no runtime of the
+    process got a warm_from within slow_start (model.WARM_LATEST): a warm_from
+    set on the runtime alone, as a worker's mirror does without a new
+    snapshot, still ramps the node up from the next request on."""
+    c = Cluster()
+    c.node("a", 50)
+    c.node("b", 50)
+    c.clock.advance(100)
+    assert c.spread(100) == Counter(a=50, b=50)  # no node ramps up: the short test
+    c.rt("b").warm_from = c.clock.seconds()
+    assert warm_latest[0] == 100
+    assert c.spread(100)["b"] <= 10
+    c.rt("a").warm_from = 50.0  # an earlier time leaves the bound where it is
+    assert warm_latest[0] == 100
+    c.clock.advance(15)
+    assert 20 <= c.spread(100)["b"] <= 45
+    c.clock.advance(16)
+    assert 49 <= c.spread(100)["b"] <= 51
 
 
 def test_ramp_function():
