@@ -52,7 +52,7 @@ _FAST_TYPES = (tcp.Server, tcp.Client)
 _DONE = Failure(CONNECTION_DONE)
 _DONE.parents  # noqa: B018 - computed and cached now
 _NEEDED = ("socket", "dataBuffer", "_tempDataLen", "connected", "disconnecting",
-           "_writeDisconnected")
+           "_writeDisconnected", "_aborting")
 #: of those, the ones to look for on each transport: the rest are class
 #: attributes of both types (else every one is looked for)
 _NEEDED_HERE = tuple(n for n in _NEEDED if not all(hasattr(c, n) for c in _FAST_TYPES))
@@ -76,10 +76,34 @@ def direct_writer(transport) -> Callable[[bytes], None]:
     # closes the socket only after it set connected to 0 (connectionLost):
     # the descriptor is this socket's whenever it is written to here.
     fd = transport.socket.fileno()
+    writes = _fd_writers(transport)
+    if writes is not None:
+        # On an epoll reactor, "something buffered" (_tempDataLen, dataBuffer)
+        # is "registered for writable" (Twisted's write registers, doWrite lets
+        # go once both are empty): one look in the reactor's set of writing
+        # descriptors instead of two class-level defaults read through the
+        # instance (generic attribute lookups).  A half-closed transport
+        # (_writeDisconnected) is not registered: its send fails (EPIPE) and
+        # the data goes to transport.write, which drops it, as before.
+        def direct_epoll(data: bytes) -> None:
+            if fd in writes or not t.connected or t.disconnecting or t._aborting:
+                write(data)
+                return
+            try:
+                sent = os_write(fd, data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                write(data)
+                return
+            if sent < len(data):
+                write(data[sent:])
+
+        return direct_epoll
 
     def direct(data: bytes) -> None:
         if (t._tempDataLen or t.dataBuffer or not t.connected or t.disconnecting
-                or t._writeDisconnected):
+                or t._writeDisconnected or t._aborting):
             write(data)
             return
         try:
@@ -97,6 +121,19 @@ def direct_writer(transport) -> Callable[[bytes], None]:
 
 
 os_write = os.write
+
+
+def _fd_writers(transport) -> Any:
+    """The set of descriptors C{transport}'s reactor watches for writable, if
+    it is an epoll reactor (else C{None})."""
+    try:
+        from twisted.internet.epollreactor import EPollReactor
+    except ImportError:  # pragma: no cover - not Linux
+        return None
+    reactor = getattr(transport, "reactor", None)
+    if not isinstance(reactor, EPollReactor) or type(reactor._writes) is not set:
+        return None
+    return reactor._writes
 
 #: MSG_MORE (Linux): the kernel holds a short segment back for more data, or the FIN
 _MSG_MORE = getattr(socket, "MSG_MORE", 0)

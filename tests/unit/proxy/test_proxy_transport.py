@@ -11,8 +11,9 @@ import time
 
 import pytest
 from twisted.internet import tcp
+from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.protocol import Protocol
-from twisted.internet.testing import MemoryReactor, StringTransport
+from twisted.internet.testing import MemoryReactor, MemoryReactorClock, StringTransport
 
 from twisted.internet.error import ConnectionDone
 
@@ -27,11 +28,11 @@ from modcluster.proxy._transport import (
 )
 
 
-def _server_transport():
+def _server_transport(reactor_type=MemoryReactor):
     a, b = socket.socketpair()
     a.setblocking(False)
     b.setblocking(False)
-    reactor = MemoryReactor()
+    reactor = reactor_type()
     proto = Protocol()
     t = tcp.Server(a, proto, ("127.0.0.1", 1), None, 0, reactor)
     proto.makeConnection(t)
@@ -47,8 +48,15 @@ def test_non_tcp_transport_uses_its_own_write():
     set_nodelay(t)  # no setTcpNoDelay: ignored
 
 
-def test_empty_buffer_sends_immediately():
-    t, peer, reactor = _server_transport()
+#: the direct writer on a reactor it knows nothing of (the transport's own
+#: attributes tell it what is buffered) and on an epoll reactor (its set of
+#: writing descriptors does)
+_REACTORS = pytest.mark.parametrize("reactor_type", [MemoryReactorClock, EPollReactor])
+
+
+@_REACTORS
+def test_empty_buffer_sends_immediately(reactor_type):
+    t, peer, reactor = _server_transport(reactor_type)
     write = direct_writer(t)
     assert is_plain_tcp(t)
     write(b"hello")
@@ -57,8 +65,9 @@ def test_empty_buffer_sends_immediately():
     assert t._tempDataLen == 0 and not t.dataBuffer
 
 
-def test_buffered_data_keeps_order():
-    t, peer, reactor = _server_transport()
+@_REACTORS
+def test_buffered_data_keeps_order(reactor_type):
+    t, peer, reactor = _server_transport(reactor_type)
     write = direct_writer(t)
     t.write(b"first,")  # Twisted's buffered path
     write(b"second")  # must queue behind it, not overtake it
@@ -71,8 +80,9 @@ def test_buffered_data_keeps_order():
     assert peer.recv(100) == b"first,second"
 
 
-def test_partial_send_buffers_the_rest():
-    t, peer, reactor = _server_transport()
+@_REACTORS
+def test_partial_send_buffers_the_rest(reactor_type):
+    t, peer, reactor = _server_transport(reactor_type)
     t.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     write = direct_writer(t)
     data = bytes(range(256)) * 4096  # 1 MiB: more than the socket takes
@@ -88,8 +98,9 @@ def test_partial_send_buffers_the_rest():
     assert bytes(got) == data
 
 
-def test_disconnecting_transport_not_written_directly():
-    t, peer, reactor = _server_transport()
+@_REACTORS
+def test_disconnecting_transport_not_written_directly(reactor_type):
+    t, peer, reactor = _server_transport(reactor_type)
     write = direct_writer(t)
     t.write(b"x")
     t.loseConnection()
@@ -101,7 +112,8 @@ def test_disconnecting_transport_not_written_directly():
     assert early == b""
 
 
-def test_closed_transport_never_writes_to_its_old_descriptor():
+@_REACTORS
+def test_closed_transport_never_writes_to_its_old_descriptor(reactor_type):
     """
     The direct writer writes to the descriptor it took when made only while
     the transport is connected: once the connection is lost (the socket
@@ -110,7 +122,7 @@ def test_closed_transport_never_writes_to_its_old_descriptor():
     """
     from twisted.python.failure import Failure
 
-    t, peer, reactor = _server_transport()
+    t, peer, reactor = _server_transport(reactor_type)
     write = direct_writer(t)
     fd = t.fileno()
     write(b"before")
@@ -130,6 +142,44 @@ def test_closed_transport_never_writes_to_its_old_descriptor():
         other.close()
         other_peer.close()
         peer.close()
+
+
+def _nothing_at(peer):
+    try:
+        return peer.recv(100) == b""  # (an end of stream would be b"")
+    except BlockingIOError:
+        return True
+
+
+@_REACTORS
+def test_aborted_transport_not_written_directly(reactor_type):
+    """
+    After abortConnection nothing more is sent, written directly or not
+    (Twisted drops what is buffered and never writes again), with or without
+    something buffered when it was aborted.
+    """
+    for buffered in (False, True):
+        t, peer, reactor = _server_transport(reactor_type)
+        write = direct_writer(t)
+        if buffered:
+            t.write(b"x")
+        t.abortConnection()
+        write(b"y")
+        assert _nothing_at(peer)
+
+
+@_REACTORS
+def test_half_closed_transport_drops_writes(reactor_type):
+    """Once the sending side is shut (loseWriteConnection done), a write is
+    dropped, as Twisted's write drops it."""
+    t, peer, reactor = _server_transport(reactor_type)
+    write = direct_writer(t)
+    t.loseWriteConnection()
+    t.doWrite()  # nothing buffered: the shutdown
+    assert t._writeDisconnected and t not in reactor.getWriters()
+    write(b"late")
+    assert peer.recv(100) == b""  # the end of stream, nothing before it
+    assert t._tempDataLen == 0 and not t.dataBuffer
 
 
 class _Recorder(Protocol):
