@@ -13,8 +13,8 @@ the same loop minus that wrapper.  For the most frequent event, "readable" on
 a plain TCP connection (also with C{EPOLLHUP}/C{EPOLLERR}: a client that
 sent and then closed or reset the connection, as C{openssl s_time} does
 right after its handshake), it also does what C{tcp.Connection.doRead} and
-C{_dataReceived} do inline (C{recv}, as C{os.read} of the event's descriptor,
-then C{protocol.dataReceived}, or
+C{_dataReceived} do inline (C{recv}, as C{os.read} of the event's descriptor
+and of the transport classes' C{bufferSize}, then C{protocol.dataReceived}, or
 disconnect with C{CONNECTION_DONE}/C{CONNECTION_LOST}; an exception from
 C{dataReceived} is logged and disconnects, as C{_doReadOrWrite} does).  Every
 other event goes through the reactor's own C{_doReadOrWrite}.  An exception
@@ -68,6 +68,8 @@ def _plain_tcp_read_supported() -> bool:
             return False
         if cls._dataReceived is not tcp.Connection._dataReceived:
             return False
+        if cls.bufferSize != tcp.Connection.bufferSize:
+            return False
     return True
 
 
@@ -115,6 +117,10 @@ def install(reactor) -> bool:
     lean_reset = _lean_reset_supported(reactor)
     reads, writes = reactor._reads, reactor._writes
     continuous = reactor._continuousPolling
+    # the read size: the transports' class-level bufferSize (Twisted sets none
+    # per instance, nor does this project), read once instead of per event
+    # (a class attribute read through the instance is a generic lookup)
+    read_size = tcp.Connection.bufferSize
 
     def doPoll(timeout):
         if timeout is None:
@@ -130,7 +136,7 @@ def install(reactor) -> bool:
             if selectable is None:
                 continue
             if (plain_read and event & _EPOLLIN and not event & _EPOLLOUT
-                    and selectable.__class__ in _TCP and not selectable._aborting):
+                    and type(selectable) in _TCP and not selectable._aborting):
                 # tcp.Connection.doRead + _dataReceived, one frame instead of four;
                 # also with EPOLLHUP/EPOLLERR (the peer closed or reset after
                 # sending): _doReadOrWrite reads first then too.
@@ -138,7 +144,7 @@ def install(reactor) -> bool:
                 # non-blocking: the same read as socket.recv, whose argument
                 # parsing, PyArg_ParseTuple, costs ~300 machine instructions more)
                 try:
-                    data = os_read(fd, selectable.bufferSize)
+                    data = os_read(fd, read_size)
                 except BlockingIOError:
                     continue
                 except OSError:
