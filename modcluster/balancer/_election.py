@@ -425,8 +425,14 @@ def choose(table: RoutingTable, host: Optional[str], path: str, cookie: Optional
     memo = policy.routes
     if memo.table is not table:
         memo.follow(table)
-    plain: Optional[tuple] = None  # (the memo's value type, as RouteMemo.paths)
-    if not policy.use_alias and (not cookie or _no_cookie_session(memo, table, cookie)):
+    plain: Optional[tuple]  # (the memo's value type, as RouteMemo.paths)
+    if path is memo.last_path and not cookie:
+        # the previous such request's path, the same object (a remembered
+        # request head), and no cookie: known free of ';', '%', '/.' and '//'
+        # (last_path is only ever set without UseAlias)
+        plain = memo.last_plain
+    elif not policy.use_alias and (not cookie or _no_cookie_session(memo, table, cookie)):
+        plain = None
         if path is memo.last_path:
             # the previous such request's path, the same object (a remembered
             # request head): known free of ';', '%', '/.' and '//'
@@ -443,6 +449,8 @@ def choose(table: RoutingTable, host: Optional[str], path: str, cookie: Optional
                     plain = _plain_route(memo, table, path)
                 memo.last_path = path
                 memo.last_plain = plain
+    else:
+        plain = None
     if plain is not None:
         b, cands, reason = plain
         if b is None:
