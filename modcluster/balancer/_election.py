@@ -20,8 +20,8 @@ from attrs import field, frozen
 from modcluster.balancer._request import match_path, session_id
 from modcluster.cluster.model import (
     MEMO_MAX,
-    WARM_LATEST,
     MEMO_PATH_MAX,
+    WARM_LATEST,
     BalancerSettings,
     ContextEntry,
     ContextState,

@@ -135,6 +135,7 @@ def _fd_writers(transport) -> Any:
         return None
     return reactor._writes
 
+
 #: MSG_MORE (Linux): the kernel holds a short segment back for more data, or the FIN
 _MSG_MORE = getattr(socket, "MSG_MORE", 0)
 
