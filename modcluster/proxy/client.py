@@ -25,7 +25,12 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
-from twisted.internet.interfaces import IHandshakeListener, IPushProducer, ISSLTransport
+from twisted.internet.interfaces import (
+    IHalfCloseableProtocol,
+    IHandshakeListener,
+    IPushProducer,
+    ISSLTransport,
+)
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
@@ -131,7 +136,7 @@ class _TooManyPipelined(Exception):
     pass
 
 
-@implementer(IPushProducer, IHandshakeListener)
+@implementer(IPushProducer, IHandshakeListener, IHalfCloseableProtocol)
 class ClientProtocol(Protocol, ClientDeadlines):
     """
     One client connection.  It is its transport's push producer, so a client
@@ -155,6 +160,9 @@ class ClientProtocol(Protocol, ClientDeadlines):
     # built and copied when the 31st is set, once per connection).
     #: when a lingering close gives up (0: not lingering)
     _linger_until = 0.0
+    #: the client ended its sending (FIN) after complete requests: answer
+    #: them, then close (readConnectionLost)
+    _read_closed = False
     #: the Upgrade request whose head the parser just finished
     _upgrading: Optional[_Exchange] = None
     #: a TLS client finished its handshake
@@ -311,6 +319,29 @@ class ClientProtocol(Protocol, ClientDeadlines):
         stats = self.factory.stats
         if stats is not None:
             stats.tls_handshakes += 1
+
+    def readConnectionLost(self) -> None:
+        """
+        L{IHalfCloseableProtocol}: the client shut its sending side (a plain
+        TCP connection read to its end of stream).  After complete requests
+        (one being served, others queued behind it, nothing partial) that is
+        not a vanished client: they are answered, then the connection is
+        closed, as httpd and HAProxy do.  Otherwise (no request in flight, a
+        partial one, a tunnel, a close already under way) the connection
+        ends now, as a full close would end it.
+        """
+        if (self._current is not None and self._reading is None and self._head_start is None
+                and not self._closing and self._tunnel is None and self.connected):
+            self._read_closed = True
+            return
+        if self.connected:
+            if self._reading is None and not self._feeding:
+                lose_connection(self.transport)
+            else:
+                self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        """L{IHalfCloseableProtocol}: our sending side is shut (a lingering close)."""
 
     def connectionLost(self, reason=None) -> None:
         self.connected = 0
@@ -947,6 +978,9 @@ class ClientProtocol(Protocol, ClientDeadlines):
             return
         if self._queue or self._ignore:
             self._next()
+        elif self._read_closed:
+            # the client sent nothing after this request (readConnectionLost)
+            self._close(linger=False)
         elif self._pause & _P_PIPELINE:
             self._resumeReading(_P_PIPELINE)
 
@@ -961,7 +995,8 @@ class ClientProtocol(Protocol, ClientDeadlines):
                 self._start(ex)
         finally:
             self._in_next = False
-        if self._current is None and self._ignore and not self._tunnel:
+        if self._current is None and (self._ignore or self._read_closed) and not self._tunnel:
+            # (_read_closed: every request the client sent is answered)
             self._flush()
             self._close(linger=False)
             return

@@ -14,7 +14,6 @@ import pytest_twisted
 from twisted.internet import task, threads
 
 from modcluster.proxy import accept
-from modcluster.proxy.deadlines import SWEEP_INTERVAL
 from tests.integration.test_proxy_http import Stack
 
 
@@ -126,16 +125,9 @@ async def test_close_variants():
                               b"Connection: close\r\n\r\n")
         head, body = _split(data)
         assert head.startswith(b"HTTP/1.1 200 ") and body == b"" and how == "eof", data
-        # a client that half-closed after its request.  Without the sweep: a
-        # sweep that registers the connection before the node answered sees the
-        # end of stream and aborts the request as a vanished client's (the
-        # documented race, docs/data-plane.md "Accepting client connections").
-        sweeper = stack.factory._sweeper
-        sweeper.stop()
-        try:
-            data, how = await run(_close_get("/app/echo"), half_close=True)
-        finally:
-            sweeper.start(SWEEP_INTERVAL, now=False)
+        # a client that half-closed after its request (readConnectionLost:
+        # answered, then closed; test_half_closed_client_gets_its_answers)
+        data, how = await run(_close_get("/app/echo"), half_close=True)
         head, body = _split(data)
         assert head.startswith(b"HTTP/1.1 200 ") and _length(head) == len(body)
         # the proxy's own answers
@@ -171,6 +163,62 @@ async def test_close_variants():
         head, body = _split(data)
         assert head[:12] in (b"HTTP/1.1 502", b"HTTP/1.1 503"), data
         assert _length(head) == len(body) and how == "eof"
+        await task.deferLater(stack.reactor, 0.1, lambda: None)
+        assert not stack.factory._clients
+    finally:
+        await stack.stop()
+
+
+def _half_closed(port: int, request: bytes, *, before: float) -> tuple[bytes, str]:
+    """
+    Connect, wait C{before} seconds (the accept loop's first read then finds
+    nothing: the connection is registered for reading), send C{request}, shut
+    the sending side (FIN), read the answer to the end of the stream.
+    """
+    with socket.socket() as c:
+        c.settimeout(10)
+        c.connect(("127.0.0.1", port))
+        time.sleep(before)
+        c.sendall(request)
+        c.shutdown(socket.SHUT_WR)
+        data = b""
+        while True:
+            try:
+                chunk = c.recv(65536)
+            except ConnectionResetError:
+                return data, "reset"
+            if not chunk:
+                return data, "eof"
+            data += chunk
+
+
+@pytest_twisted.ensureDeferred
+async def test_half_closed_client_gets_its_answers():
+    """
+    A client that shuts its sending side right after its request(s) (FIN),
+    read by a connection registered for reading (the request came after the
+    accept loop's first read), gets every answer, then the end of the stream,
+    as from httpd and HAProxy: the end of stream after complete requests is
+    not a vanished client.  The sweep runs as usual meanwhile (a 300 ms
+    node).  A partial request followed by the FIN gets no answer.
+    """
+    stack = await _stack()
+    try:
+        port = stack.port.getHost().port
+        keep = b"GET /app/slow?ms=300 HTTP/1.1\r\nHost: localhost\r\n\r\n"
+        for request, answers in [
+                (keep, 1),  # keep-alive request: answered, then closed
+                (_close_get("/app/slow?ms=300"), 1),
+                (keep + b"GET /app/echo HTTP/1.1\r\nHost: localhost\r\n\r\n", 2),  # pipelined
+                (b"GET /app/echo HTTP/1.1\r\nHost: localhost\r\n\r\n", 1),  # a remembered head
+                (b"GET /app/echo HTTP/1.1\r\nHost: localhost\r\n\r\n", 1),
+        ]:
+            data, how = await threads.deferToThread(_half_closed, port, request, before=0.1)
+            assert data.count(b"HTTP/1.1 200 ") == answers, (request, data)
+            assert how == "eof", (request, data)
+        data, how = await threads.deferToThread(
+            _half_closed, port, b"GET /app/echo HTTP/1.1\r\nHost: loc", before=0.1)
+        assert data == b""
         await task.deferLater(stack.reactor, 0.1, lambda: None)
         assert not stack.factory._clients
     finally:

@@ -665,3 +665,48 @@ def test_drain_closes_an_idle_connection_over_the_high_water_mark():
 
     _answer_over_the_high_water_mark(b"GET /x HTTP/1.1\r\nHost: localhost\r\n\r\n", check,
                                      lambda t: not t.connected)
+
+
+def test_end_of_stream_after_complete_requests_answers_them_then_closes():
+    """
+    readConnectionLost (the client shut its sending side): requests read
+    whole, the one being served and those queued, are answered, then the
+    connection closes; the node connections go back to the pool.
+    """
+    h = one_node()
+    c = h.client()
+    c.send(b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\n")
+    c.proto.readConnectionLost()
+    assert not c.closed
+    n = h.accept()
+    n.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n1")
+    assert not c.closed
+    n.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n2")
+    assert [r.body for r in parse_responses(c.received())] == [b"1", b"2"]
+    assert c.closed
+    assert h.counters_idle()
+
+
+def test_end_of_stream_before_an_error_answer_closes_after_it():
+    """The proxy's own answer to the last request (its node refused), then the close."""
+    h = one_node()
+    c = h.client()
+    c.send(b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\n")
+    c.proto.readConnectionLost()
+    assert not c.closed
+    h.refuse()
+    assert parse_responses(c.received())[0].status == 503
+    assert c.closed
+
+
+@pytest.mark.parametrize("sent", [b"", b"GET /1 HTTP/1.1\r\nHo",
+                                  b"POST /1 HTTP/1.1\r\nHost: a\r\nContent-Length: 9\r\n\r\nabc"])
+def test_end_of_stream_without_a_complete_request_closes_at_once(sent):
+    """Nothing in flight, a partial head or a partial body: the connection ends now."""
+    h = one_node()
+    c = h.client()
+    if sent:
+        c.send(sent)
+    c.proto.readConnectionLost()
+    assert c.closed
+    assert b"HTTP/1.1 200" not in c.received()
