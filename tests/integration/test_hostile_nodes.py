@@ -10,6 +10,7 @@ proxy's descriptors are back to their count before.  Every wait is bounded.
 
 from __future__ import annotations
 
+import os
 import socket
 import socketserver
 import ssl as pyssl
@@ -63,16 +64,21 @@ class _Handler(socketserver.BaseRequestHandler):
                 with node.lock:
                     node.paths.append(path)
                 if path.rsplit(b"/", 1)[-1] in (b"cut-by-reset", b"cut-by-tls-eof",
-                                                b"closed-in-order"):
+                                                b"cut-mid-record", b"closed-in-order"):
                     # a close-delimited body, ended by a reset or by a close
                     sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\npart1,")
                     time.sleep(0.2)  # (the part reaches the proxy before the end)
                     if path.endswith(b"/cut-by-reset"):
                         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
                                         struct.pack("ii", 1, 0))
-                    elif node.tls is not None:
+                    elif path.endswith(b"/cut-mid-record"):
+                        # (TLS) the start of an application data record of 64
+                        # bytes, then the close
+                        os.write(sock.fileno(), b"\x17\x03\x03\x00\x40" + bytes(20))
+                    elif path.endswith(b"/closed-in-order") and node.tls is not None:
                         sock = sock.unwrap()  # close_notify, then the close
-                    # (over TLS, closing without unwrap sends no close_notify)
+                    # (else over TLS: an SSLSocket closed without unwrap sends
+                    # no close_notify, only the TCP close)
                     sock.close()
                     return
                 answer = _BROKEN.get(path.rsplit(b"/", 1)[-1])
@@ -247,25 +253,29 @@ async def test_broken_answers_leave_the_keep_alive_client_in_step(stack, node):
     assert not stack.registry.table.by_route["n1"].rt.in_error
 
 
-@pytest.mark.xfail(strict=True, reason="open: a TLS close without close_notify reaches "
-                   "NodeProtocol as an orderly close (ConnectionDone, get_shutdown() "
-                   "RECEIVED_SHUTDOWN set, with Twisted's TLS over OpenSSL 4 here): a "
-                   "truncated close-delimited body from an https node is relayed as complete")
 @pytest_twisted.ensureDeferred
 async def test_close_delimited_body_over_tls_needs_close_notify():
     """
     Over TLS, a close-delimited body ends with close_notify: without it (a
-    TCP close only, as a truncation would look) the client connection should
-    be cut; with it the body is complete.
+    TCP close only, at a record boundary or in the middle of a record, as a
+    truncation would look) the client connection is cut and the node's
+    failure recorded, as for a reset; with it the body is complete.
+    (Before, this was an expected failure whose node sent close_notify in
+    both cases.)
     """
 
     async def check(stack, node):
         port = stack.port.getHost().port
+        entry = stack.registry.table.by_route["n1"]
         get = b"GET /app/%s HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-        data, how = await threads.deferToThread(_exchange, port, get % b"closed-in-order")
-        assert data.endswith(b"6\r\npart1,\r\n0\r\n\r\n") and how == "close", (data, how)
-        data, how = await threads.deferToThread(_exchange, port, get % b"cut-by-tls-eof")
-        assert data.startswith(b"HTTP/1.1 200 OK\r\n") and b"part1," in data
-        assert not data.endswith(b"0\r\n\r\n") and how == "reset", (data, how)
+        for cut in (b"cut-by-tls-eof", b"cut-mid-record"):
+            data, how = await threads.deferToThread(_exchange, port, get % b"closed-in-order")
+            assert data.endswith(b"6\r\npart1,\r\n0\r\n\r\n") and how == "close", (data, how)
+            assert entry.rt.fails == 0
+            data, how = await threads.deferToThread(_exchange, port, get % cut)
+            assert data.startswith(b"HTTP/1.1 200 OK\r\n") and b"part1," in data
+            assert not data.endswith(b"0\r\n\r\n") and how == "reset", (cut, data, how)
+            assert entry.rt.fails == 1 and not entry.rt.in_error, cut
+            assert entry.rt.busy == 0
 
     await _stack_test(check, tls=True)()
