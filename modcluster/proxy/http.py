@@ -19,9 +19,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Callable, Optional
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
+from OpenSSL.SSL import RECEIVED_SHUTDOWN, Connection
 from OpenSSL.SSL import Error as SSLError
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, ISystemHandle
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
@@ -282,11 +283,9 @@ class NodeProtocol(Protocol):
         self.ex = None
         if ex is None:
             return
-        if self.tunnel or (self.final and self.close_delimited and (
-                reason is None or reason.check(ConnectionDone))):
-            # a tunnel, or a close-delimited body, ends here; such a body ends
-            # with a close, not with a reset or a TLS error (truncation: the
-            # front then cuts the client connection)
+        if self.tunnel or (self.final and self.close_delimited and self._ended(reason)):
+            # a tunnel, or a close-delimited body, ends here (else the body
+            # was cut: the front then cuts the client connection)
             ex.responseEnd()
             return
         if not self.got and reason is not None and reason.check(SSLError):
@@ -298,6 +297,26 @@ class NodeProtocol(Protocol):
         ex.responseFailed(ForwardError(
             RESET, f"connection to {self.pool.worker} closed {what}",
             request_sent=self.sent, reused=self.reused and not self.got))
+
+    def _ended(self, reason) -> bool:
+        """
+        Whether the close that ends a close-delimited body ends it in order.
+        Over TCP: a close (FIN), not a reset.  Over TLS: the node's
+        close_notify, whatever the TCP close after it (a reset that met our
+        answering close_notify included); Twisted's TLS reports a TCP close
+        without it as C{ConnectionLost}, as it does a record cut in the
+        middle, and a forged record or a fatal alert as an OpenSSL error
+        (OpenSSL records a fatal alert as the peer's shutdown too: hence the
+        error check).  The OpenSSL contexts of node connections must not set
+        C{OP_IGNORE_UNEXPECTED_EOF} (ours do not), which would report a TCP
+        close as close_notify.
+        """
+        if not self.pool.secure:
+            return reason is None or reason.check(ConnectionDone) is not None
+        if reason is not None and reason.check(SSLError):
+            return False
+        handle = ISystemHandle(self.transport).getHandle()  # (the TLS wrapper's)
+        return isinstance(handle, Connection) and bool(handle.get_shutdown() & RECEIVED_SHUTDOWN)
 
     def dataReceived(self, data: bytes) -> None:
         self.seen = self.fw.now
@@ -764,7 +783,8 @@ class NodePool(PoolBase):
         s = node.settings
         self.connect_timeout = s.ping if s.ping > 0 else 10.0
         tls = None
-        secure = s.type in _TLS_TYPES
+        #: https/wss: its connections run TLS (see L{NodeProtocol._ended})
+        self.secure = secure = s.type in _TLS_TYPES
         if secure:
             tls = (fw.node_tls or _default_tls)(node)
         host = s.host
