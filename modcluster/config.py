@@ -446,7 +446,10 @@ class ProxyConfig:
     ajp_cping_idle: float = field(default=5.0, validator=_non_negative, metadata=_doc(
         "Idle seconds after which a pooled AJP connection is CPINGed before reuse.", ""))
     timeout: float = field(default=60.0, validator=_positive, metadata=_doc(
-        "Backend read timeout when the node's CONFIG `Timeout` is 0.", "ProxyTimeout"))
+        "Backend read timeout when the node's CONFIG `Timeout` is 0.  The same value "
+        "bounds a response head once its first byte came (for AJP the SEND_HEADERS once "
+        "the reply began): a node trickling it is cut as by the read timeout.",
+        "ProxyTimeout"))
     client_timeout: float = field(default=60.0, validator=_positive, metadata=_doc(
         "Seconds an idle client keep-alive connection, or a client sending a request "
         "head, may stall.", "KeepAliveTimeout / Timeout"))

@@ -306,6 +306,12 @@ class AJPClientProtocol(Protocol):
         self._forward: Optional[bytes] = None
         self._timer: Optional[IDelayedCall] = None
         self._lastRead = 0.0
+        #: the head deadline (L{checkReadTimeout}): the exchange (its
+        #: C{requestsSent} number) whose reply began, when, and whether a
+        #: flush said so (else: a partial packet the sweep saw)
+        self._headOf = 0
+        self._headSince = 0.0
+        self._headSure = False
         self._paused = False
         self._pingDeferred: Optional[Deferred] = None
         self._pingTimer: Optional[IDelayedCall] = None
@@ -411,7 +417,13 @@ class AJPClientProtocol(Protocol):
             elif kind == CPONG and state == _PREPING:
                 self._prePong()
             elif kind == SEND_BODY_CHUNK and state == _WAIT_HEAD and not message[1]:
-                pass  # flush before the headers: nothing to flush (httpd ignores it)
+                # flush before the headers: nothing to flush (httpd ignores
+                # it), but the reply has begun: its SEND_HEADERS is due within
+                # the head deadline (L{checkReadTimeout})
+                if self._headOf != exchange or not self._headSure:
+                    self._headOf = exchange
+                    self._headSince = self._lastRead
+                    self._headSure = True
             else:
                 self._protocolError(UnexpectedMessage(
                     f"unexpected {_MESSAGE_NAMES[kind]} while {_STATE_NAMES[state]}"))
@@ -761,7 +773,8 @@ class AJPClientProtocol(Protocol):
         self._owed = 0
         self._unsolicited = False
 
-    def checkReadTimeout(self, now: float, timeout: float) -> bool:
+    def checkReadTimeout(self, now: float, timeout: float,
+                         headTimeout: Optional[float] = None) -> bool:
         """
         For a coarse sweep (instead of, or besides, C{readTimeout}): fail the
         current exchange with L{AJPReadTimeout} if the container sent nothing
@@ -769,14 +782,24 @@ class AJPClientProtocol(Protocol):
         spent paused by the client side, or waiting for client body the
         container asked for, does not count.
 
+        With C{headTimeout}, also the head deadline: once the reply has
+        begun (an empty SEND_BODY_CHUNK flush, or part of a packet this
+        sweep sees held back) its SEND_HEADERS must be complete within
+        C{headTimeout} seconds, however often data comes (the read timeout
+        alone would let a container trickle it).  Time to the first byte is
+        the read timeout's only.  A partly received packet is timed from the
+        first sweep that sees it (so never early, up to one sweep late).
+
         @return: whether the exchange was failed.
         """
-        return self._idleFor(now, timeout) is None
+        return self._idleFor(now, timeout, headTimeout) is None
 
-    def _idleFor(self, now: float, timeout: float) -> Optional[float]:
+    def _idleFor(self, now: float, timeout: float,
+                 head: Optional[float] = None) -> Optional[float]:
         """
-        Seconds left before the read timeout, or C{None} after failing the
-        exchange because it expired; C{timeout} when nothing is due.
+        Seconds left before the read timeout (or the head deadline, with
+        C{head}), or C{None} after failing the exchange because one expired;
+        C{timeout} when nothing is due.
         """
         state = self._state
         if state != _WAIT_HEAD and state != _BODY:
@@ -784,14 +807,34 @@ class AJPClientProtocol(Protocol):
         if self._paused or self._owed or self._unsolicited:
             # waiting on our client (body) or held back by it (backpressure)
             self._lastRead = now
+            self._headOf = 0  # the head deadline starts again at the next reply byte
             return timeout
         left = timeout - (now - self._lastRead)
-        if left > 0:
+        if left <= 0:
+            self._fail(AJPReadTimeout(
+                f"no data from the AJP container for {timeout:g} s "
+                f"while {_STATE_NAMES[state]}"), "AJP read timeout from {peer}: {error}",
+                "read timeout")
+            return None
+        if head is None or state != _WAIT_HEAD:
             return left
+        exchange = self.requestsSent
+        if self._headOf != exchange:
+            if not self._parser.buffered:
+                return left  # nothing of the reply yet
+            self._headOf = exchange
+            self._headSince = now
+            self._headSure = False
+        elif not self._headSure and not self._parser.buffered:
+            # the packet seen in part was not the reply's (a GET_BODY_CHUNK)
+            self._headOf = 0
+            return left
+        head_left = head - (now - self._headSince)
+        if head_left > 0:
+            return min(left, head_left)
         self._fail(AJPReadTimeout(
-            f"no data from the AJP container for {timeout:g} s "
-            f"while {_STATE_NAMES[state]}"), "AJP read timeout from {peer}: {error}",
-            "read timeout")
+            f"reply head (SEND_HEADERS) not complete {head:g} s after the reply began"),
+            "AJP response head deadline, {peer}: {error}", "head deadline")
         return None
 
     def _checkTimeout(self) -> None:
@@ -801,7 +844,7 @@ class AJPClientProtocol(Protocol):
             return  # idle: the timer lapses until the next request
         if TYPE_CHECKING:  # the timer is armed only with a read timeout
             assert self._readTimeout is not None
-        left = self._idleFor(self._clock.seconds(), self._readTimeout)
+        left = self._idleFor(self._clock.seconds(), self._readTimeout, self._readTimeout)
         if left is not None and self._state != _CLOSED:
             self._timer = self._clock.callLater(left, self._checkTimeout)
 

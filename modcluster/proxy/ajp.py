@@ -161,7 +161,9 @@ class _NodeProtocol(AJPClientProtocol):
         # at the forwarder's rate limit, per node and kind: a broken node
         # answering every request must not write lines at the request rate
         pool = self.link.pool
-        pool.fw.limiter.emit(f"AJP {kind}, node {pool.route}", level, format, **fields)
+        pool.fw.limiter.emit(f"AJP {kind}, node {pool.route}", level,
+                             format.replace("{peer}", "node {route} ({peer})", 1),
+                             route=pool.route, **fields)
 
 
 def _relayed(headers) -> list:
@@ -650,7 +652,9 @@ class AJPPool(PoolBase):
         limit = self.read_timeout + slack
         for c in list(self.conns):
             if c.up and c.proto.busy:
-                c.proto.checkReadTimeout(now, limit)
+                # the reply head is due within the read timeout of its first
+                # packet (timed by the sweep's exact clock: no slack)
+                c.proto.checkReadTimeout(now, limit, self.read_timeout)
         self.trim_idle(now)
 
 

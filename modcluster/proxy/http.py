@@ -194,6 +194,13 @@ class NodeProtocol(Protocol):
     # Annotated only (no class attributes): None until connected (a
     # connection may be closed before)
     transport: Optional[IStreamTransport]
+    #: the response head deadline (L{NodePool.tick}): the exchange whose
+    #: response head the sweep saw started and not complete, the head's
+    #: C{hpos} then and the sweep's time; class defaults, set only by the
+    #: sweep (nothing per request)
+    head_ex: Optional[IExchange] = None
+    head_pos = 0
+    head_since = 0.0
     #: writes to the transport (L{direct_writer}); set by connectionMade,
     #: before which nothing is written (L{start} waits for it)
     write: Callable[[bytes], None]
@@ -610,6 +617,17 @@ class NodeProtocol(Protocol):
             return
         self._fail(TIMEOUT, f"no data for {self.pool.read_timeout:g} s")
 
+    def headTimedOut(self, limit: float) -> None:
+        """
+        The response head started arriving and was not complete within
+        C{limit} seconds (L{NodePool.tick}): handled as a read timeout.
+        """
+        self.head_ex = None
+        if self.ex is None:
+            return
+        self._fail(TIMEOUT, f"response head not complete {limit:g} s after its first byte "
+                            f"({len(self.hbuf) - self.hpos} bytes)")
+
     # -- IUpstream -------------------------------------------------------------------
 
     def _sendHead(self) -> None:
@@ -830,14 +848,45 @@ class NodePool(PoolBase):
         self.idle.append(p)
 
     def tick(self, now: float, slack: float) -> None:
-        limit = self.read_timeout + slack
+        timeout = self.read_timeout
+        limit = timeout + slack
         for p in list(self.conns):
-            if p.ex is not None and p.up and not p.paused and now - p.seen > limit:
+            ex = p.ex
+            if ex is None or not p.up:
+                if p.head_ex is not None:
+                    p.head_ex = None
+                continue
+            if p.paused:
+                p.head_ex = None  # we are the ones not reading
+                continue
+            if now - p.seen > limit:
                 route = self.settings.route
                 self.fw.limiter.emit(f"read timeout, node {route}", LogLevel.warn,
                                      "node {route}: no data for {timeout:g} s", route=route,
-                                     timeout=self.read_timeout)
+                                     timeout=timeout)
                 p.timedOut()
+            elif not p.final and len(p.hbuf) > p.hpos:
+                # A response head has started and is not complete (interim
+                # heads already relayed do not count: hpos is past them).
+                # The read timeout is per read: a node trickling the head
+                # would keep the client for up to max_header_size reads.
+                # The whole head is due within the read timeout, timed from
+                # the first sweep that sees it (never early, up to one sweep
+                # late; nothing recorded per request or per read).
+                if p.head_ex is not ex or p.head_pos != p.hpos:
+                    p.head_ex = ex
+                    p.head_pos = p.hpos
+                    p.head_since = now
+                elif now - p.head_since >= timeout:
+                    route = self.settings.route
+                    self.fw.limiter.emit(
+                        f"head deadline, node {route}", LogLevel.warn,
+                        "node {route}: response head not complete {timeout:g} s after its "
+                        "first byte ({size} bytes)", route=route, timeout=timeout,
+                        size=len(p.hbuf) - p.hpos)
+                    p.headTimedOut(timeout)
+            elif p.head_ex is not None:
+                p.head_ex = None
         self.trim_idle(now)
 
 

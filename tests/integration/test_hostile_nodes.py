@@ -22,6 +22,11 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, ssl, task, threads
 
+from modcluster.ajp.container import (
+    encode_end_response,
+    encode_send_body_chunk,
+    encode_send_headers,
+)
 from tests.integration.test_proxy_http import Stack
 from tests.support.proxy_testlib import parse_responses
 from tests.support.waiting import until as _until, open_fds as _fds
@@ -80,6 +85,14 @@ class _Handler(socketserver.BaseRequestHandler):
                     # (else over TLS: an SSLSocket closed without unwrap sends
                     # no close_notify, only the TCP close)
                     sock.close()
+                    return
+                if path.endswith(b"/trickle-head"):
+                    # the response head a byte at a time, each well within
+                    # the read timeout; the node stops at the first failed send
+                    answer = b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 60 + b"\r\n\r\n"
+                    for i in range(len(answer)):
+                        sock.sendall(answer[i:i + 1])
+                        time.sleep(0.25)
                     return
                 answer = _BROKEN.get(path.rsplit(b"/", 1)[-1])
                 if answer is not None:
@@ -149,7 +162,7 @@ def _exchange(port: int, data: bytes, timeout: float = 10.0) -> tuple[bytes, str
         s.close()
 
 
-def _stack_test(fn, tls: bool = False):
+def _stack_test(fn, tls: bool = False, **config):
     @pytest_twisted.ensureDeferred
     async def run():
         node_tls = None
@@ -165,7 +178,7 @@ def _stack_test(fn, tls: bool = False):
                 return ssl.optionsForClientTLS("localhost", trustRoot=trust)
         else:
             node = HostileNode()
-        stack = Stack(node_tls=node_tls, enable_ws_tunnel=True)
+        stack = Stack(node_tls=node_tls, **{"enable_ws_tunnel": True, **config})
         stack.register("n1", node.port, contexts=("/app",), type="https" if tls else "http")
         before = _fds()
         try:
@@ -251,6 +264,102 @@ async def test_broken_answers_leave_the_keep_alive_client_in_step(stack, node):
         interim = data.count(b"HTTP/1.1 102 ")
         assert interim == (10 if name == b"interim-flood" else 0), (name, interim)
     assert not stack.registry.table.by_route["n1"].rt.in_error
+
+
+def _configured(**config):
+    return lambda fn: _stack_test(fn, **config)
+
+
+@_configured(timeout=1.0)
+async def test_a_node_trickling_its_response_head_is_cut_off(stack, node):
+    """
+    A node sends its response head a byte every 0.25 s: each byte within the
+    read timeout (1 s), so the read timeout alone would wait for the whole
+    head (19 s here).  The head is due within the read timeout of its first
+    byte: the client gets a 504 within a few seconds, the node connection
+    is closed and the node is not put in error.
+    """
+    port = stack.port.getHost().port
+    started = time.monotonic()
+    data, how = await threads.deferToThread(
+        _exchange, port,
+        b"GET /app/trickle-head HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+    took = time.monotonic() - started
+    assert data.startswith(b"HTTP/1.1 504 "), (data, how)
+    assert took < 6, took
+    entry = stack.registry.table.by_route["n1"]
+    assert not entry.rt.in_error and entry.rt.busy == 0
+    # a node that answers at once still does, on the same proxy
+    data, how = await threads.deferToThread(
+        _exchange, port,
+        b"GET /app/ok HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+    assert data.startswith(b"HTTP/1.1 200 OK\r\n") and data.endswith(b"node saw /app/ok")
+
+
+def _ajp_flusher(server: socket.socket, flushes: int, gap: float) -> None:
+    """
+    A raw AJP node (a thread): answers CPING, then to a FORWARD_REQUEST sends
+    empty SEND_BODY_CHUNK flushes every C{gap} seconds, then a 200.
+    """
+    sock, _ = server.accept()
+    sock.settimeout(10)
+    buf = b""
+    try:
+        while True:
+            while len(buf) < 4 or len(buf) < 4 + struct.unpack(">H", buf[2:4])[0]:
+                data = sock.recv(65536)
+                if not data:
+                    return
+                buf += data
+            size = struct.unpack(">H", buf[2:4])[0]
+            packet, buf = buf[4:4 + size], buf[4 + size:]
+            if packet[:1] == b"\x0a":  # CPING
+                sock.sendall(b"AB\x00\x01\x09")
+                continue
+            for _ in range(flushes):
+                sock.sendall(encode_send_body_chunk(b""))
+                time.sleep(gap)
+            sock.sendall(encode_send_headers(200, b"OK", [(b"Content-Length", b"0")])
+                         + encode_end_response(False))
+            return
+    except OSError:
+        return
+    finally:
+        sock.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_ajp_node_flushing_before_its_headers_is_cut_off():
+    """
+    A real AJP node sends an empty SEND_BODY_CHUNK every 0.25 s before its
+    SEND_HEADERS: each within the read timeout (1 s), for 20 s.  The head is
+    due within the read timeout of the first flush: 504 within a few
+    seconds, the node not put in error.
+    """
+    server = socket.create_server(("127.0.0.1", 0))
+    node = threading.Thread(target=_ajp_flusher, args=(server, 80, 0.25), daemon=True)
+    node.start()
+    from modcluster.proxy.ajp import AJPForwarder
+
+    stack = Stack(timeout=1.0)
+    stack.factory.forwarders["ajp"] = AJPForwarder(stack.reactor, stack.config)
+    stack.register("n1", server.getsockname()[1], contexts=("/app",), type="ajp")
+    try:
+        port = stack.port.getHost().port
+        started = time.monotonic()
+        data, how = await threads.deferToThread(
+            _exchange, port,
+            b"GET /app/x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        took = time.monotonic() - started
+        assert data.startswith(b"HTTP/1.1 504 "), (data, how)
+        assert took < 6, took
+        entry = stack.registry.table.by_route["n1"]
+        assert not entry.rt.in_error and entry.rt.busy == 0
+        await threads.deferToThread(node.join, 10)
+        assert not node.is_alive()
+    finally:
+        await stack.stop()
+        server.close()
 
 
 @pytest_twisted.ensureDeferred

@@ -1077,6 +1077,40 @@ def test_read_timeout_gives_504_without_error():
     assert h.counters_idle()
 
 
+def test_flushes_before_the_headers_bounded_by_the_head_deadline():
+    """
+    An AJP node sending empty SEND_BODY_CHUNK flushes before SEND_HEADERS,
+    each within the read timeout: 504 once the read timeout has passed
+    since the first flush (before, each flush renewed the read timeout),
+    the node not put in error, one log line naming it.
+    """
+    from twisted.logger import capturedLogs, formatEvent
+
+    h = one_node(timeout=5)
+    c = h.client()
+    c.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    box = {}
+    n = h.accept(handler=lambda ex: box.setdefault("ex", ex))
+    ex = box["ex"]
+    h.advance(4)  # time to the first byte: the read timeout's
+    flushes = 0
+    with capturedLogs() as events:
+        while not n.closed and flushes < 20:
+            ex.container.transport.write(encode_send_body_chunk(b""))
+            flushes += 1
+            h.advance(2)
+    [resp] = parse(c.received())
+    assert resp.status == 504
+    assert 3 <= flushes <= 4, flushes  # 5 s after the first, at most a sweep late
+    assert n.closed
+    assert h.failures == []
+    assert not h.entry("n1").rt.in_error
+    assert h.counters_idle()
+    texts = [formatEvent(e) for e in events]
+    [line] = [t for t in texts if t.startswith("AJP response head deadline")]
+    assert "node n1 (" in line and "not complete 5 s after the reply began" in line, line
+
+
 def test_node_timeout_overrides_proxy_timeout():
     h = Harness(timeout=60)
     h.node("n1", 8009, timeout=3)

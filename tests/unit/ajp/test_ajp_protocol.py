@@ -1033,3 +1033,119 @@ def test_check_read_timeout_sweep():
     assert isinstance(receiver.last[1], AJPReadTimeout)
     assert transport.disconnected
     assert not proto.checkReadTimeout(clock.seconds() + 100, 30)
+
+
+FLUSH = encode_send_body_chunk(b"")
+
+
+def test_head_deadline_bounds_flushes_before_the_headers():
+    """
+    A container sending empty SEND_BODY_CHUNK flushes before SEND_HEADERS,
+    each within the read timeout, gets AJPReadTimeout once the head
+    deadline after the first flush has passed (the read timeout alone never
+    fires: every flush is data).  The time before the first flush is the
+    read timeout's only.
+    """
+    proto, transport, clock = connect()
+    receiver = Receiver()
+    proto.sendRequest(request(), receiver)
+    clock.advance(25)
+    assert not proto.checkReadTimeout(clock.seconds(), 30, 30)  # no reply yet
+    proto.dataReceived(FLUSH)  # t=25: the reply begins
+    for _ in range(5):
+        clock.advance(5)
+        assert not proto.checkReadTimeout(clock.seconds(), 30, 30)
+        proto.dataReceived(FLUSH)
+    clock.advance(4)  # t=54: 29 s after the first flush
+    assert not proto.checkReadTimeout(clock.seconds(), 30, 30)
+    assert not transport.disconnected
+    clock.advance(1)
+    assert proto.checkReadTimeout(clock.seconds(), 30, 30)
+    error = receiver.last[1]
+    assert isinstance(error, AJPReadTimeout) and "reply head" in str(error), error
+    assert receiver.last[2:] == (False, True)
+    assert transport.disconnected
+
+
+def test_head_deadline_bounds_a_trickled_send_headers_packet():
+    """
+    A SEND_HEADERS packet trickled a byte at a time: timed from the first
+    sweep that sees part of it held back.
+    """
+    proto, transport, clock = connect()
+    receiver = Receiver()
+    proto.sendRequest(request(), receiver)
+    head = HEAD_200
+    proto.dataReceived(head[:1])
+    sent = 1
+    failed = False
+    while not failed:
+        clock.advance(5)
+        failed = proto.checkReadTimeout(clock.seconds(), 30, 30)
+        if not failed:
+            proto.dataReceived(head[sent:sent + 1])
+            sent += 1
+    assert clock.seconds() == 35, clock.seconds()  # first seen at t=5, due 30 s later
+    assert isinstance(receiver.last[1], AJPReadTimeout)
+    assert receiver.events == [("failed", receiver.last[1], False, True)]
+
+
+def test_head_deadline_leaves_the_body_exchange_and_slow_starts_alone():
+    """
+    Not timed by the head deadline: the wait before the first reply byte,
+    GET_BODY_CHUNK (also one a sweep saw in part) and the wait for our
+    client's body, a head that comes whole within it, and the response body
+    once SEND_HEADERS came.
+    """
+    proto, transport, clock = connect()
+    receiver = Receiver()
+    channel = proto.sendRequest(request(b"POST"), receiver, bodyLength=None)
+    channel.write(b"x")
+    proto.dataReceived(encode_get_body_chunk(100)[:3])  # part of a GET_BODY_CHUNK
+    clock.advance(1)
+    assert not proto.checkReadTimeout(clock.seconds(), 30, 30)  # seen in part
+    proto.dataReceived(encode_get_body_chunk(100)[3:])  # answered at once
+    for _ in range(2):  # (a read timeout of 60 s here, the head's 30 s)
+        clock.advance(20)
+        assert not proto.checkReadTimeout(clock.seconds(), 60, 30)
+    proto.dataReceived(encode_get_body_chunk(100))
+    clock.advance(100)
+    assert not proto.checkReadTimeout(clock.seconds(), 30, 30)  # waiting for our client
+    channel.finish()
+    clock.advance(29)  # the container works on it, within the read timeout
+    assert not proto.checkReadTimeout(clock.seconds(), 30, 30)
+    proto.dataReceived(FLUSH)
+    clock.advance(29)
+    assert not proto.checkReadTimeout(clock.seconds(), 30, 30)
+    proto.dataReceived(HEAD_200)
+    for _ in range(10):  # a body trickled within the read timeout is fine
+        clock.advance(20)
+        assert not proto.checkReadTimeout(clock.seconds(), 30, 30)
+        proto.dataReceived(encode_send_body_chunk(b"x"))
+    proto.dataReceived(encode_end_response(True))
+    assert [e[0] for e in receiver.events] == ["head"] + ["body"] * 10 + ["end"]
+    # the next exchange on the connection starts without a deadline
+    second = Receiver()
+    proto.sendRequest(request(), second)
+    clock.advance(29)
+    assert not proto.checkReadTimeout(clock.seconds(), 30, 30)
+    proto.dataReceived(HEAD_200 + encode_end_response(True))
+    assert [e[0] for e in second.events] == ["head", "end"]
+
+
+def test_head_deadline_with_the_protocols_own_timer():
+    """
+    readTimeout (the protocol's own timer) applies the head deadline too.
+    """
+    proto, transport, clock = connect(readTimeout=30)
+    receiver = Receiver()
+    proto.sendRequest(request(), receiver)
+    clock.advance(20)
+    proto.dataReceived(FLUSH)
+    for _ in range(5):
+        clock.advance(5)
+        proto.dataReceived(FLUSH)
+    assert not transport.disconnected  # t=45: 25 s after the first flush
+    clock.advance(5)
+    assert isinstance(receiver.last[1], AJPReadTimeout)
+    assert transport.disconnected

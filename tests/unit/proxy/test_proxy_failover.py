@@ -201,6 +201,121 @@ def test_node_timeout_setting_overrides_proxy_timeout():
     assert parse_responses(c.received())[0].status == 504
 
 
+def test_trickled_response_head_times_out_after_the_read_timeout():
+    """
+    A node that trickles its response head a byte at a time, each byte
+    within the read timeout, no longer keeps the client waiting: the whole
+    head is due within the read timeout once its first byte came (504, the
+    node not put in error, its connection dropped).  Before, each byte
+    renewed the read timeout and the client waited for up to
+    max_header_size bytes' worth of timeouts.
+    """
+    h = two_nodes(timeout=10)
+    c = h.client()
+    c.send(GET)
+    n = h.accept()
+    h.advance(8)  # time to first byte: only the read timeout applies
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    sent = 0
+    while sent < len(head) and not n.aborted:
+        n.respond(head[sent:sent + 1])
+        sent += 1
+        h.advance(4)
+    [resp] = parse_responses(c.received())
+    assert resp.status == 504
+    assert n.aborted
+    # 10 s after the first byte, at most two sweeps late: 3 or 4 more bytes
+    assert 3 <= sent <= 4, sent
+    assert h.failures == []
+    assert not h.pending()
+    assert h.counters_idle()
+    assert not c.closed  # the request was complete: the client keeps its connection
+
+
+def test_head_deadline_logged_naming_the_node_rate_limited():
+    """
+    Each expiry is logged as the read timeout's are: naming the node, at
+    most 10 lines per 10 s per node, then one line counting the others.
+    """
+    from twisted.logger import capturedLogs, formatEvent
+
+    h = one_node(timeout=5)
+    clients, nodes = [], []
+    with capturedLogs() as events:
+        for _ in range(15):
+            c = h.client()
+            c.send(GET)
+            n = h.accept()
+            n.respond(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+            clients.append(c)
+            nodes.append(n)
+        for _ in range(5):
+            h.advance(2)
+            for n in nodes:
+                if not n.aborted:
+                    n.respond(b"a")
+        h.advance(11)
+    assert all(parse_responses(c.received())[0].status == 504 for c in clients)
+    texts = [formatEvent(e) for e in events]
+    lines = [t for t in texts if t.startswith("node n1: response head not complete")]
+    assert 1 <= len(lines) <= 10, lines
+    assert lines[0].startswith("node n1: response head not complete 5 s after its first "
+                               "byte"), lines
+    assert any("more similar messages" in t and "node n1" in t for t in texts), texts
+    assert h.counters_idle()
+
+
+def test_slow_first_byte_then_whole_head_is_not_cut():
+    """
+    The head deadline starts at the first byte: a node that takes almost the
+    read timeout before answering and then sends its head in pieces over a
+    few seconds is relayed, as are heads in pieces after an interim
+    response and a 100-continue wait.
+    """
+    h = one_node(timeout=10)
+    c = h.client()
+    c.send(GET)
+    n = h.accept()
+    h.advance(9)
+    n.respond(b"HTTP/1.1 200 OK\r\n")
+    h.advance(6)
+    n.respond(b"Content-Length: 2\r\n")
+    h.advance(3)
+    n.respond(b"\r\nok")
+    assert parse_responses(c.received())[0].status == 200
+    # the next request on the same node connection: the deadline of the
+    # previous head does not carry over
+    c.send(GET)
+    h.advance(9)
+    n.respond(b"HTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 2")
+    h.advance(8)
+    n.respond(b"00 OK\r\nContent-Length: 0\r\n\r\n")
+    assert [r.status for r in parse_responses(c.received())] == [102, 200]
+    assert not n.aborted
+    assert h.counters_idle()
+
+
+def test_head_deadline_restarts_after_an_interim_response():
+    """
+    An interim (1xx) head that is complete ends its deadline: the node may
+    take up to the read timeout before the final head's first byte (a 100
+    Continue, then a long-running request), whose own deadline starts then.
+    """
+    h = one_node(timeout=10)
+    c = h.client()
+    c.send(GET)
+    n = h.accept()
+    n.respond(b"HTTP/1.1 10")
+    h.advance(6)
+    n.respond(b"2 Processing\r\n\r\n")
+    h.advance(9)
+    n.respond(b"HTTP/1.1 200 OK\r\n")
+    h.advance(6)
+    n.respond(b"Content-Length: 0\r\n\r\n")
+    assert [r.status for r in parse_responses(c.received())] == [102, 200]
+    assert not n.aborted
+
+
 def one_node(**config) -> Harness:
     h = Harness(**config)
     h.node("n1", 8081, contexts=("/app",))
