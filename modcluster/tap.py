@@ -228,6 +228,11 @@ def build(config: Config, reactor, demo: bool = False) -> BalancerService:
         if m.tls.identities:
             policy = IdentityPolicy({k: list(v) for k, v in m.tls.identities.items()})
         identities = lambda request: peer_identities(request.channel.transport)  # noqa: E731
+    from modcluster.loops import ProxyAddresses
+
+    # the proxy listeners' bound addresses: a CONFIG naming one is refused
+    # (a forwarding loop, modcluster/loops.py)
+    own_addresses = ProxyAddresses()
     handler = MCMPHandler(
         registry, prober, reactor,
         default_balancer=m.balancer_name,
@@ -237,6 +242,7 @@ def build(config: Config, reactor, demo: bool = False) -> BalancerService:
         identity_policy=policy,
         stats=metrics.stats,
         probe_reuse=m.status_probe_reuse,
+        own_addresses=own_addresses,
     )
     top = BalancerService(config, reactor, registry=registry, handler=handler, metrics=metrics)
     if m.persist:
@@ -277,7 +283,7 @@ def build(config: Config, reactor, demo: bool = False) -> BalancerService:
             authority=CommandAuthority(policy, m.tls.operators),
             identities=lambda request: peer_identities(request.channel.transport))
 
-    proxy = _proxy(config, reactor, registry, node_tls)
+    proxy = _proxy(config, reactor, registry, node_tls, own_addresses)
     pool = proxy if config.proxy.workers > 1 else None
     metrics.cluster.workers = pool
     if pool is not None:
@@ -460,16 +466,21 @@ class InProcessProxy(MultiService):
         self.factory = factory
 
 
-def _proxy(config: Config, reactor, registry, node_tls):
+def _proxy(config: Config, reactor, registry, node_tls, own_addresses=None):
     """
     The data plane: the client listeners on one in-process factory, or, with
-    C{proxy.workers} > 1, the worker processes that serve them.
+    C{proxy.workers} > 1, the worker processes that serve them.  Their bound
+    addresses go to C{own_addresses} (a L{modcluster.loops.ProxyAddresses}).
     """
     p = config.proxy
     if p.workers > 1:
         from modcluster.proxy.workers import WorkerPool
 
-        return WorkerPool(reactor, config, registry)
+        workers = WorkerPool(reactor, config, registry)
+        if own_addresses is not None:
+            own_addresses.add_source(
+                lambda: [(listener.host, listener.port) for listener in workers.listeners])
+        return workers
     factory = _proxy_factory(
         config, reactor, table=registry.snapshot,
         on_node_failure=registry.set_error,
@@ -496,6 +507,8 @@ def _proxy(config: Config, reactor, registry, node_tls):
                                    alpn_protocols(p), p.tls_engine)
         if p.fast_event_loop:
             endpoint = _accepting(endpoint, description, p.tls_engine)
+        if own_addresses is not None:
+            endpoint = own_addresses.record(endpoint)
         StreamServerEndpointService(
             endpoint, listener_factory(factory, description)).setServiceParent(services)
     return services

@@ -52,6 +52,7 @@ __all__ = [
     "empty_context",
     "error_headers",
     "field_too_big",
+    "forwarding_loop",
     "host_insert_failed",
     "host_read_failed",
     "host_too_big",
@@ -305,6 +306,23 @@ def context_insert_failed(
     if context is not None:
         mess += f" ({clean_value(context)} and alias: {clean_value(alias or '')})"
     return MCMPError(type, mess)
+
+
+def forwarding_loop(route: str, listener: str) -> MCMPError:
+    """
+    Ours (no httpd equivalent): a CONFIG whose Host and Port reach one of
+    the balancer's own proxy listeners C{listener} (C{"host:port"}): every
+    request to that node would come back to the balancer.  MEM, the type of
+    a well-formed CONFIG the balancer cannot take (as
+    L{same_worker_exists}), with the text of L{node_insert_failed} and the
+    reason in parentheses as 2.x adds them; not SYNTAX, which would make
+    the node give up on this balancer until an operator resets it, for a
+    refusal that depends on the balancer's listeners (a reload can change
+    them) and goes away when the node's address is corrected.
+    """
+    return MCMPError(TYPE_MEM, node_insert_failed.text.format(clean_value(route))
+                     + f" ({clean_value(listener)} is a proxy listener of this balancer:"
+                       " forwarding loop)")
 
 
 def error_headers(err: MCMPError) -> list[tuple[bytes, bytes]]:

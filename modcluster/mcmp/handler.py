@@ -57,6 +57,10 @@ class MCMPHandler:
     @param stats: optional; C{record(method, outcome)} per message (metrics).
     @param probe_reuse: a node that answered a probe less than this many seconds
         ago is not probed again for a STATUS (0: probe every time, as httpd).
+    @param own_addresses: optional; C{reached_by(host, port)} gives the
+        balancer's proxy listener a node address would reach, or C{None}
+        (L{modcluster.loops.ProxyAddresses}): a CONFIG for such a node is
+        refused (a forwarding loop).
     """
 
     log = Logger()
@@ -65,7 +69,7 @@ class MCMPHandler:
                  max_message_size: int = 65536, release: str = "mod_cluster/1.3.22.Final",
                  ws_tunnel: bool = False, identity_policy=None, stats=None,
                  field_limits: Optional["decode.FieldLimits"] = None,
-                 probe_reuse: float = 1.0) -> None:
+                 probe_reuse: float = 1.0, own_addresses=None) -> None:
         self._registry = registry
         self._prober = prober
         self._clock = clock
@@ -79,6 +83,8 @@ class MCMPHandler:
         #: seconds a successful probe of a node stands in for the next one
         self.probe_reuse = probe_reuse
         self._probing: dict[tuple, list[Deferred]] = {}
+        #: see C{own_addresses} above
+        self.own_addresses = own_addresses
         # Stable for the life of the process, fits the 32-bit int 1.3.x prints.
         self.server_id = int(clock.seconds()) & 0x7FFFFFFF
 
@@ -168,6 +174,10 @@ class MCMPHandler:
         self._check_identity(identities, req.jvm_route)
         for warning in req.warnings:
             self.log.info("CONFIG for {route}: {warning}", route=req.jvm_route, warning=warning)
+        if self.own_addresses is not None:
+            listener = self.own_addresses.reached_by(req.host, int(req.port))
+            if listener is not None:
+                raise errors.forwarding_loop(req.jvm_route, listener)
         node_type = self.node_type(req.type)
         balancer = BalancerSettings(
             name=req.balancer,

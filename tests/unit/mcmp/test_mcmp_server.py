@@ -531,3 +531,43 @@ def test_error_mess_stays_short_for_huge_alias_lists():
     assert r.headers[b"mess"].startswith(b"MEM: Can't update or insert host alias")
     assert "/z" not in {c.path for _, c in server.registry.contexts_of(
         server.registry.node("node1"))}
+
+
+def test_config_naming_a_proxy_listener_is_a_mem_error():
+    """
+    A CONFIG whose Host and Port reach one of the balancer's own proxy
+    listeners would make every request to that node come back to the
+    balancer: refused with MEM (the node recovers by itself once its
+    address is right; SYNTAX would make it give up on this balancer), in
+    mod_proxy_cluster's format for a node it cannot insert, logged, and
+    nothing registered.  Another port, or a name (not resolved), passes.
+    """
+    from modcluster.loops import ProxyAddresses
+
+    server = Server()
+    own = ProxyAddresses()
+    own.add_source(lambda: [("127.0.0.1", 8000), ("0.0.0.0", 8443)])
+    server.handler.own_addresses = own
+    refused = [(b"127.0.0.1", b"8000", b"127.0.0.1:8000"),
+               (b"localhost", b"8000", b"127.0.0.1:8000"),
+               (b"[::ffff:127.0.0.1]", b"8000", b"127.0.0.1:8000"),
+               (b"127.0.0.2", b"8443", b"0.0.0.0:8443")]
+    for host, port, listener in refused:
+        server.connect()
+        with capturedLogs() as events:
+            r = server.request("CONFIG", b"JVMRoute=loop&Host=%s&Port=%s&Type=http"
+                               % (host, port))
+        assert r.code == 500 and r.headers[b"type"] == b"MEM", host
+        assert r.headers[b"mess"] == (
+            b'MEM: Can\'t update or insert node with "loop" JVMRoute (%s is a proxy listener '
+            b"of this balancer: forwarding loop)" % listener), r.headers[b"mess"]
+        assert any("forwarding loop" in str(e.get("mess")) and e.get("method") == "CONFIG"
+                   for e in events)
+        assert server.transport.disconnecting
+        assert "loop" not in [n.route for n in server.registry.table.nodes]
+    for host, port in ((b"127.0.0.1", b"8001"), (b"127.0.0.2", b"8000"),
+                       (b"node1.example.com", b"8000")):
+        server.connect()
+        r = server.request("CONFIG", b"JVMRoute=n-%s&Host=%s&Port=%s&Type=http"
+                           % (port, host, port))
+        assert r.code == 200, (host, port, r.headers)

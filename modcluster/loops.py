@@ -1,0 +1,177 @@
+"""
+Forwarding-loop detection for MCMP CONFIG: a node registered with the address
+of one of the balancer's own proxy listeners would get each of its requests
+sent back to the balancer, which forwards it again, until descriptor or
+in-flight limits answer 503.  L{ProxyAddresses} knows the addresses the proxy
+listeners are bound to (recorded when they listen, so port 0 and adopted
+sockets give their real port) and tells whether a node's C{Host}/C{Port}
+reaches one of them (L{ProxyAddresses.reached_by}); the MCMP handler refuses
+such a CONFIG.
+
+What a node's C{Host} is compared as, without blocking the reactor (node
+connections resolve names asynchronously, L{modcluster.proxy.pool.node_endpoint}):
+IP literals (the forms C{getaddrinfo} takes with C{AI_NUMERICHOST}, as the
+node connection's resolver would read them, IPv4-mapped IPv6 as IPv4) and
+C{localhost} (127.0.0.1 and ::1).  An unspecified address (C{0.0.0.0}, C{::})
+is the local host's loopback, as a connection to it is on Linux.  Other names
+are not resolved here: a node registered under a name of this host is not
+detected (docs/mcmp.md).
+
+A listener bound to a wildcard address (C{0.0.0.0}; C{::}, which also takes
+IPv4 on a dual-stack host) is reached by any local address: loopback, or an
+address the kernel routes to this host (a UDP socket "connected" to it has it
+as its own address: a route lookup, no packet, no name resolution; unlike
+binding, it does not take a remote address for a local one where
+C{ip_nonlocal_bind} is set).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from typing import Callable, Iterable, Optional, Union
+
+from twisted.internet.address import IPv4Address, IPv6Address
+
+__all__ = ["ProxyAddresses", "node_addresses", "reaches"]
+
+_IP = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+_LOOPBACK = (ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1"))
+
+
+def _normal(ip: _IP) -> _IP:
+    """IPv4-mapped IPv6 as IPv4; an unspecified address as its family's loopback."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_unspecified:
+        return _LOOPBACK[0] if ip.version == 4 else _LOOPBACK[1]
+    return ip
+
+
+def node_addresses(host: str) -> Optional[tuple[_IP, ...]]:
+    """
+    The addresses a node C{Host} (as CONFIG gives it: IPv6 in brackets or
+    not) stands for, or C{None} for a name this check does not resolve.
+    """
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    bare = bare.split("%", 1)[0]
+    if bare.lower().rstrip(".") == "localhost":
+        return _LOOPBACK
+    try:
+        infos = socket.getaddrinfo(bare, None, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_NUMERICHOST)
+    except (OSError, UnicodeError, ValueError):
+        return None  # not a literal (socket.gaierror is an OSError)
+    found: list[_IP] = []
+    for info in infos:
+        try:
+            ip = _normal(ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]))
+        except ValueError:  # pragma: no cover - getaddrinfo gave an address
+            continue
+        if ip not in found:
+            found.append(ip)
+    return tuple(found) or None
+
+
+def _local(ip: _IP) -> bool:
+    """Whether C{ip} is an address of this host (see the module docstring)."""
+    if ip.is_loopback:
+        return True
+    family = socket.AF_INET if ip.version == 4 else socket.AF_INET6
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.connect((str(ip), 9))
+            own = s.getsockname()[0]
+    except OSError:
+        return False  # no route (or a scoped address without its scope)
+    try:
+        return _normal(ipaddress.ip_address(str(own).split("%", 1)[0])) == ip
+    except ValueError:  # pragma: no cover
+        return False
+
+
+def reaches(addresses: Iterable[_IP], port: int,
+            listeners: Iterable[tuple[str, int]]) -> Optional[str]:
+    """
+    The first listener C{(host, port)} of C{listeners} that a connection to
+    one of C{addresses} on C{port} reaches, as C{"host:port"}, else C{None}.
+    """
+    addresses = tuple(addresses)
+    for lhost, lport in listeners:
+        if lport != port:
+            continue
+        bare = lhost[1:-1] if lhost.startswith("[") and lhost.endswith("]") else lhost
+        try:
+            listening = ipaddress.ip_address((bare or "0.0.0.0").split("%", 1)[0])
+        except ValueError:
+            continue
+        shown = f"[{bare}]:{lport}" if ":" in bare else f"{bare or '0.0.0.0'}:{lport}"
+        if listening.is_unspecified:
+            for ip in addresses:
+                if (listening.version == 6 or ip.version == 4) and _local(ip):
+                    return shown
+        else:
+            listening = _normal(listening)
+            if listening in addresses:
+                return shown
+    return None
+
+
+class _Recording:
+    """A server endpoint that records the port its C{listen} gives."""
+
+    def __init__(self, endpoint, ports: list) -> None:
+        self.endpoint = endpoint
+        self._ports = ports
+
+    def listen(self, factory):
+        def listening(port):
+            self._ports.append(port)
+            return port
+
+        return self.endpoint.listen(factory).addCallback(listening)
+
+
+class ProxyAddresses:
+    """
+    The addresses the proxy listeners are bound to: ports recorded by
+    L{record}ed endpoints while they listen, plus C{sources} (callables
+    giving C{(host, port)} pairs, e.g. the sockets a worker pool bound).
+    """
+
+    def __init__(self) -> None:
+        self._ports: list = []
+        self._sources: list[Callable[[], Iterable[tuple[str, int]]]] = []
+
+    def record(self, endpoint):
+        """C{endpoint}, whose listening port is recorded here."""
+        return _Recording(endpoint, self._ports)
+
+    def add_source(self, source: Callable[[], Iterable[tuple[str, int]]]) -> None:
+        self._sources.append(source)
+
+    def bound(self) -> list[tuple[str, int]]:
+        """C{(host, port)} of every proxy listener listening now (TCP ones)."""
+        out: list[tuple[str, int]] = []
+        live = []
+        for port in self._ports:
+            if not getattr(port, "connected", True):
+                continue  # stopped listening
+            live.append(port)
+            addr = port.getHost()
+            if isinstance(addr, (IPv4Address, IPv6Address)):
+                out.append((addr.host, addr.port))
+        self._ports[:] = live
+        for source in self._sources:
+            out.extend(source())
+        return out
+
+    def reached_by(self, host: str, port: int) -> Optional[str]:
+        """
+        The proxy listener (C{"host:port"}) a node at C{host}:C{port} would
+        reach, or C{None} (also for a C{host} name that is not checked).
+        """
+        addresses = node_addresses(host)
+        if addresses is None:
+            return None
+        return reaches(addresses, port, self.bound())

@@ -1,0 +1,81 @@
+"""
+Forwarding-loop detection over real sockets: a balancer built as twistd
+builds it, its proxy listening on 127.0.0.1 (port 0: the port it really got is
+the one compared), a CONFIG sent over its management listener naming that
+address is refused with MEM, and no request can loop through it.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import pytest_twisted
+from twisted.internet import reactor, threads
+
+from modcluster.config import parse_config
+from modcluster.tap import build
+from tests.support.tomcat import free_loopback_ports
+
+
+def _mcmp(port: int, method: bytes, body: bytes) -> bytes:
+    """Blocking: one MCMP request, the whole answer (the balancer closes after an error)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"%s / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n"
+                  b"Connection: close\r\n\r\n%s" % (method, len(body), body))
+        out = b""
+        while True:
+            data = s.recv(65536)
+            if not data:
+                return out
+            out += data
+
+
+def _header(answer: bytes, name: bytes) -> bytes:
+    for line in answer.split(b"\r\n\r\n", 1)[0].split(b"\r\n")[1:]:
+        key, _, value = line.partition(b":")
+        if key.strip().lower() == name:
+            return value.strip()
+    return b""
+
+
+async def _refused(mport: int, node_host: bytes, pport: int) -> None:
+    answer = await threads.deferToThread(
+        _mcmp, mport, b"CONFIG", b"JVMRoute=loop&Host=%s&Port=%d&Type=http" % (node_host, pport))
+    assert answer.startswith(b"HTTP/1.1 500 "), answer
+    assert _header(answer, b"type") == b"MEM", answer
+    assert _header(answer, b"mess") == (
+        b'MEM: Can\'t update or insert node with "loop" JVMRoute (127.0.0.1:%d is a '
+        b"proxy listener of this balancer: forwarding loop)" % pport), answer
+
+
+@pytest_twisted.ensureDeferred
+async def test_config_with_the_address_of_a_proxy_listener_is_refused():
+    mport, pport, other = free_loopback_ports(3)
+    config = parse_config(f"""
+[manager]
+listen = ["tcp:{mport}:interface=127.0.0.1"]
+[proxy]
+listen = ["tcp:{pport}:interface=127.0.0.1", "tcp:0:interface=127.0.0.1"]
+fast_event_loop = false
+drain_timeout = 0
+[console]
+listen = []
+""")
+    balancer = build(config, reactor)
+    balancer.startService()
+    try:
+        for node_host in (b"127.0.0.1", b"localhost", b"[::ffff:127.0.0.1]"):
+            await _refused(mport, node_host, pport)
+        assert [n.route for n in balancer.registry.table.nodes] == []
+        # a node on another port of the same host registers as before
+        answer = await threads.deferToThread(
+            _mcmp, mport, b"CONFIG", b"JVMRoute=n1&Host=127.0.0.1&Port=%d&Type=http" % other)
+        assert answer.startswith(b"HTTP/1.1 200 "), answer
+        assert [n.route for n in balancer.registry.table.nodes] == ["n1"]
+        # the listener on port 0: compared with the port it got
+        bound = balancer.handler.own_addresses.bound()
+        [any_port] = [port for host, port in bound if port != pport]
+        await _refused(mport, b"127.0.0.1", any_port)
+        assert [n.route for n in balancer.registry.table.nodes] == ["n1"]
+    finally:
+        await balancer.stopService()
