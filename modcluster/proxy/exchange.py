@@ -676,16 +676,21 @@ class _Exchange:
 
     def responseWhole(self, whole: WholeHead, body: bytes) -> None:
         """
-        L{responseHead} then L{responseBody} of a whole response (the HTTP
-        forwarder's remembered heads: status 200-599 but 204 and 304,
-        C{Content-Length} framing, a method other than HEAD).  To a client
-        that keeps its connection, the head it gets is the same bytes every
-        time for its HTTP version: built once and kept in
-        C{whole.client_head} (HTTP/1.1) or C{whole.client_head10}; the body
-        is joined to it.
+        L{responseHead}, L{responseBody} and L{responseEnd} of a whole
+        response (the HTTP forwarder's remembered heads: status 200-599 but
+        204 and 304, C{Content-Length} framing, a method other than HEAD),
+        which the forwarder let go of before this call.  To a client that
+        keeps its connection, the head it gets is the same bytes every time
+        for its HTTP version: built once and kept in C{whole.client_head}
+        (HTTP/1.1) or C{whole.client_head10}; the body is joined to it.
         """
+        self.upstream = None  # (the forwarder let go: nothing to pause or abort)
         if (self.keep_alive and self.body_done and not self.tunnel_candidate
                 and not self.done and not self.resp_started):
+            # responseHead, responseBody and responseEnd for this case, in one
+            # call (a call fewer per kept-alive request; the same steps in
+            # the same order: node_answered, the counters, the observer, the
+            # client side)
             status = whole.status
             self.resp_started = True
             self.status = status
@@ -694,10 +699,8 @@ class _Exchange:
                 assert isinstance(proto, ClientProtocol) and self.decision is not None
             obs = proto._observer
             if obs is not None:
-                # one clock read for the head and the end of the response (the
-                # node protocol ends it in this same event: Observer.done)
-                now = obs.whole_now = obs.clock()
-                obs.whole_ex = self
+                # one clock read for the head and the end of the response
+                now = obs.clock()
                 self.upstream_time = now - self.up_start
             d = self.decision
             node = d.node
@@ -713,14 +716,24 @@ class _Exchange:
                 head = whole.client_head
                 if head is None:
                     head = whole.client_head = _whole_head(whole, b"\r\n")
-            if body:
-                self.sent += len(body)
-                proto._out.append(head + body)
-            else:
-                proto._out.append(head)
+            # (sent was 0: nothing relayed before, not resp_started)
+            size = self.sent = len(body)
+            proto._out.append(head + body if size else head)
+            self.done = True
+            if self.counted:  # _release, inlined as in responseEnd
+                self.counted = False
+                rt.busy -= 1
+                d.context.rt.in_flight -= 1
+                queues = proto.factory.queues
+                if queues and node.id in queues:
+                    proto.factory.wake(node)
+            if obs is not None:
+                obs.done(self, status, size, now)
+            proto._exchangeDone(self, self.resp_close)
             return
         self.responseHead(whole.status, whole.reason, whole.headers, len(body))
         self.responseBody(body)
+        self.responseEnd()
 
     def responseBody(self, data: bytes) -> None:
         if self.done or not data:

@@ -261,8 +261,10 @@ class _H2Exchange(_Exchange):
             self._abortClient()
 
     def responseWhole(self, whole, body: bytes) -> None:
+        self.upstream = None  # (the forwarder let go: nothing to pause or abort)
         self.responseHead(whole.status, whole.reason, whole.headers, len(body))
         self.responseBody(body)
+        self.responseEnd()
 
     def responseBody(self, data: bytes) -> None:
         if self.done or not data or self.no_body or self.closed:

@@ -356,27 +356,25 @@ class NodeProtocol(Protocol):
                 if whole is not None:
                     size = len(whole.raw)
                     if whole.length == len(data) - size and ex.method != _HEAD:
-                        self.keep_alive = whole.keep_alive
-                        self.final = True
+                        # The response is complete: the connection lets go of
+                        # the exchange first (_finish, inlined: a call fewer
+                        # per request; final, complete and keep_alive are not
+                        # set for a whole response), then the front gets it
+                        # with its end in one call (IExchange.responseWhole)
+                        self.ex = None
+                        self.reused = True
+                        if self.paused:
+                            self.paused = False
+                            if TYPE_CHECKING:  # a response was read: connected
+                                assert self.transport is not None
+                            self.transport.resumeProducing()
+                        if (whole.keep_alive and self.body_done and not self.broken
+                                and not pool.closed and not self.closed):
+                            self.idle_since = self.fw.now
+                            pool.idle.append(self)
+                        else:
+                            self._close()
                         ex.responseWhole(whole, data[size:] if whole.length else b"")
-                        if self.ex is ex:  # (else the front failed it: not finished here)
-                            # _finish, inlined (a call fewer per request;
-                            # complete is not set for a whole response)
-                            self.ex = None
-                            self.final = False
-                            self.reused = True
-                            if self.paused:
-                                self.paused = False
-                                if TYPE_CHECKING:  # a response was read: connected
-                                    assert self.transport is not None
-                                self.transport.resumeProducing()
-                            if (self.keep_alive and self.body_done and not self.broken
-                                    and not pool.closed and not self.closed):
-                                self.idle_since = self.fw.now
-                                pool.idle.append(self)
-                            else:
-                                self._close()
-                            ex.responseEnd()
                         return
             hbuf = self.hbuf = self.hbuf + data if self.hbuf else data
             if len(hbuf) - self.hpos > self.fw.max_head and hbuf.find(b"\r\n\r\n",

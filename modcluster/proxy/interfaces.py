@@ -25,6 +25,7 @@ below; "front" implements L{IExchange}, the forwarder returns an L{IUpstream})::
                                             ex.responseBody(data)*
                                             ex.flush()               # end of one read
                                             ex.responseEnd()
+                                      or    ex.responseWhole(whole, body)  # all three
                                       or    ex.responseFailed(ForwardError(...))
 
 The full contract, with every rule a forwarder must keep, is in
@@ -278,12 +279,16 @@ class IExchange(Interface):
 
     def responseWhole(whole, body: bytes) -> None:
         """
-        L{responseHead} and L{responseBody} at once, for a complete response
-        whose head the forwarder remembered (C{modcluster.proxy.http.WholeHead}:
-        C{status} 200-599 but 204 and 304, C{reason}, C{headers} as one bytes
-        block, Content-Length framing, a request method other than HEAD; its
-        C{client_head} and C{client_head10} slots belong to the front).  C{body} is the whole body
-        (C{Content-Length} bytes, maybe none).  L{responseEnd} still follows.
+        L{responseHead}, L{responseBody} and L{responseEnd} at once, for a
+        complete response whose head the forwarder remembered
+        (C{modcluster.proxy.http.WholeHead}: C{status} 200-599 but 204 and
+        304, C{reason}, C{headers} as one bytes block, Content-Length framing,
+        a request method other than HEAD; its C{client_head} and
+        C{client_head10} slots belong to the front).  C{body} is the whole
+        body (C{Content-Length} bytes, maybe none).  The forwarder has let go
+        of the exchange and decided what happens to its connection before
+        this call, as before L{responseEnd} (the front neither pauses nor
+        aborts it, and may start the next request at once); nothing follows.
         """
 
     def flush() -> None:

@@ -202,22 +202,15 @@ class Observer:
         self.stats = stats
         #: exceptions while recording (a bug): logged the first time only
         self.failures = 0
-        #: the exchange whose whole response was just relayed and the clock
-        #: read then (C{_Exchange.responseWhole}): its end, in the same event,
-        #: takes that time instead of reading the clock again
-        self.whole_ex: Optional[object] = None
-        self.whole_now = 0.0
 
-    def done(self, ex, status: int, size: int) -> None:
+    def done(self, ex, status: int, size: int, now: float = 0.0) -> None:
         """
         C{ex} (an C{_Exchange}) ended with C{status}, C{size} body bytes to the
-        client.  Never raises: a bug here must not break the request path.
+        client, at C{now} (the clock read then, or C{0.0}: read here).  Never
+        raises: a bug here must not break the request path.
         """
         try:
-            if ex is self.whole_ex:
-                self.whole_ex = None
-                now = self.whole_now
-            else:
+            if not now:
                 now = self.clock()
             duration = now - ex.start
             if duration < 0.0:  # (a float constant: the interpreter's float comparison)

@@ -1357,3 +1357,39 @@ def test_broken_node_answers_fail_only_their_own_stream(h):
     _respond(pooled[0], b"again")
     c.pump()
     assert c.status(sid) == 200 and c.body[sid] == b"again"
+
+
+def test_whole_response_larger_than_the_stream_buffer_leaves_the_node_connection_idle(h):
+    """
+    A remembered whole response (IExchange.responseWhole, the node connection
+    back in its pool before the front gets it) whose body is more than a
+    stream buffers, to a client that gives no window back: the stream holds
+    it, the node connection is idle and reading (not paused for a response
+    it has finished), the next stream reuses it, and everything arrives once
+    the client reads.
+    """
+    h.node("n1", 9001)
+    c = H2Client(h)
+    c.auto_ack = False
+    body = b"x" * (STREAM_BUFFER + 1000)
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)
+    node = None
+    sids = []
+    for _ in range(3):  # parsed once, then the whole-response path
+        sids.append(c.request(b"/app/big"))
+        c.pump()
+        if node is None:
+            node = h.accept(9001)
+        assert node.received()
+        node.respond(head + body)
+        c.pump()
+        pool = node.proto.pool
+        assert node.transport.producerState == "producing"
+        assert pool.idle == [node.proto] and not node.proto.paused
+        assert not h.pending()
+    assert pool.last_whole is not None and h.counters_idle()
+    c.auto_ack = True
+    for sid in sids:
+        c.conn.acknowledge_received_data(len(c.body.get(sid, b"")), sid)
+    c.pump()
+    assert all(len(c.body[sid]) == len(body) and sid in c.ended for sid in sids)

@@ -1127,3 +1127,64 @@ def test_remembered_head_is_complete_once_written(monkeypatch):
     assert not n.closed and h.counters_idle()
     n2, sent = _serve(h, c, head, response)
     assert (n2, sent, c.received()) == (n, first, answer)
+
+
+@pytest.mark.parametrize("eject_on_5xx", [False, True])
+def test_whole_response_recorded_and_counted_as_the_parser_does(eject_on_5xx):
+    """
+    A whole response (IExchange.responseWhole: head, body and end in one
+    call, the node connection back in its pool before it) leaves the access
+    log, the client metrics, the node and context counters, passive health
+    and the pools as the parser's path does: kept-alive HTTP/1.1 and
+    HTTP/1.0 clients, two nodes, 2xx, 4xx and 5xx answers (which
+    eject_on_5xx counts as failures, ejecting a node), a node that closes.
+    """
+    from modcluster.accesslog import AccessLine
+    from modcluster.proxy.observe import ClientStats, Observer
+
+    requests = [b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n",
+                b"GET /b HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n\r\n"]
+    responses = [b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+                 b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+                 b"HTTP/1.1 503 Busy\r\nContent-Length: 2\r\n\r\nno",
+                 b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"]
+
+    def run():
+        h = Harness(eject_failures=3, eject_on_5xx=eject_on_5xx)
+        h.node("n1", 8081)
+        h.node("n2", 8082)
+        lines: list = []
+        sink = type("Lines", (), {"write": lambda self, line: lines.append(line),
+                                  "flush": lambda self: None})()
+        stats = ClientStats()
+        h.factory.observer = Observer(h.reactor.seconds, sink, AccessLine("extended"), stats)
+        h.factory.stats = stats
+        conns: list = []
+        seen = []
+        for request in requests:
+            c = h.client()
+            for i in range(12):
+                c.send(request)
+                while h.pending():
+                    conns.append(h.accept())
+                [n] = [n for n in conns if not n.closed and n.transport.value()]
+                n.received()
+                # three 5xx in a row for each node (ejected with eject_on_5xx)
+                n.respond(responses[2 if 3 <= i < 9 else 3 if i == 11 else i % 2])
+                if n.closed:
+                    n.close()
+                seen.append((n.port, c.received(), c.closed))
+                h.reactor.advance(0.25)
+        nodes = [(e.route, e.rt.requests, e.rt.elected, e.rt.busy, e.rt.read,
+                  e.rt.transferred, e.rt.fails, e.rt.ejections, e.rt.ejected_until)
+                 for e in h.registry.table.nodes]
+        pools = sorted((pool.settings.port, len(pool.idle), len(pool.conns))
+                       for pool in h.factory.http._pools.values())
+        return seen, lines, stats.export(), nodes, pools, h.counters_idle()
+
+    plain = _without_memo(run)
+    remembered = run()
+    assert remembered == plain
+    assert remembered[-1]
+    # (eject_max_share 0.5: one of the two is ejected)
+    assert sum(rt[7] for rt in remembered[3]) == (1 if eject_on_5xx else 0)
