@@ -21,7 +21,6 @@ from modcluster.balancer._request import match_path, session_id
 from modcluster.cluster.model import (
     MEMO_MAX,
     MEMO_PATH_MAX,
-    WARM_LATEST,
     BalancerSettings,
     ContextEntry,
     ContextState,
@@ -356,12 +355,20 @@ def _no_cookie_session(memo: RouteMemo, table: RoutingTable, cookie: str) -> boo
     return True
 
 
-#: What L{_plain_route} finds for a path: (balancer or None, candidates, reason).
+#: What L{_plain_route} finds for a path: (balancer or None, candidates,
+#: reason, the candidates' L{NodeRuntime.warm_latest} cell).
 _PlainRoute = tuple[
     Optional[BalancerSettings],
     tuple[tuple[ContextEntry, int, NodeRuntime, "Decision"], ...],
     str,
+    list[float],
 ]
+#: the warm_latest cell of candidates whose runtimes do not share one (a
+#: table built by hand from runtimes of several registries): +inf, so that
+#: every election tests slow start per node (_advance)
+_UNSHARED_WARM = [float("inf")]
+#: the cell of a route without candidates (never read)
+_NO_WARM = [float("-inf")]
 
 
 def _plain_route(memo: RouteMemo, table: RoutingTable, mpath: str) -> _PlainRoute:
@@ -379,7 +386,7 @@ def _plain_route(memo: RouteMemo, table: RoutingTable, mpath: str) -> _PlainRout
     records = table.longest_match(mpath)
     found: _PlainRoute
     if not records:
-        found = (None, (), "no context matches the request")
+        found = (None, (), "no context matches the request", _NO_WARM)
     else:
         balancers = table.balancers
         b = None
@@ -389,13 +396,16 @@ def _plain_route(memo: RouteMemo, table: RoutingTable, mpath: str) -> _PlainRout
                 if b is not None:
                     break
         if b is None:
-            found = (None, (), _UNAVAILABLE)
+            found = (None, (), _UNAVAILABLE, _NO_WARM)
         else:
             name = b.name
-            found = (b, tuple((rec, rec.node.id, rec.node.rt,
-                               Decision(rec.node, rec, b, None, None, False, False, None))
-                              for rec in records
-                              if rec.state is _ENABLED and rec.node.balancer == name), "")
+            cands = tuple((rec, rec.node.id, rec.node.rt,
+                           Decision(rec.node, rec, b, None, None, False, False, None))
+                          for rec in records
+                          if rec.state is _ENABLED and rec.node.balancer == name)
+            cells = {id(c[2].warm_latest): c[2].warm_latest for c in cands}
+            found = (b, cands, "",
+                     next(iter(cells.values())) if len(cells) == 1 else _UNSHARED_WARM)
     if len(mpath) <= MEMO_PATH_MAX:
         memo.paths.put(mpath, found)
     return found
@@ -452,7 +462,7 @@ def choose(table: RoutingTable, host: Optional[str], path: str, cookie: Optional
     else:
         plain = None
     if plain is not None:
-        b, cands, reason = plain
+        b, cands, reason, warm_latest = plain
         if b is None:
             return _no_context(policy, reason)
         best = standby = panic = None
@@ -483,11 +493,12 @@ def choose(table: RoutingTable, host: Optional[str], path: str, cookie: Optional
                 elif second is None or v < second_score:
                     second, second_score = rt, v
             if best is not None:
-                # _advance, inlined for the common case: no node of this process
-                # ramps up now (no warm_from within slow_start before now; a
-                # warm_from still ahead, an ejection's end, sends even slow
-                # start off to _advance, which then gives the same strides)
-                if now - WARM_LATEST[0] < policy.slow_start:
+                # _advance, inlined for the common case: no node of the
+                # candidates' registry ramps up now (no warm_from within
+                # slow_start before now, NodeRuntime.warm_latest; a warm_from
+                # still ahead, an ejection's end, sends even slow start off to
+                # _advance, which then gives the same strides)
+                if now - warm_latest[0] < policy.slow_start:
                     _advance(best_rt, second, now, policy)
                 else:
                     if second is not None:

@@ -122,6 +122,9 @@ class Mirror:
         #: serial -> counter tuple last reported
         self._sent_nodes: dict[int, tuple] = {}
         self._sent_contexts: dict[int, tuple] = {}
+        #: the latest C{warm_from} of this mirror's node runtimes (their
+        #: L{NodeRuntime.warm_latest}, one cell they share)
+        self.warm_latest = [float("-inf")]
 
     # -- from the control process ---------------------------------------------
 
@@ -132,7 +135,7 @@ class Mirror:
         for serial, _id, _settings, lbfactor, in_error, error_since, *health in nodes:
             rt = self._nodes.get(serial) or self._retired.pop(serial, None)
             if rt is None:
-                rt = NodeRuntime(self._now, serial)
+                rt = NodeRuntime(self._now, serial, self.warm_latest)
             rt.removed = False
             rt.lbfactor = lbfactor
             rt.in_error = in_error

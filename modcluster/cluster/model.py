@@ -47,14 +47,6 @@ __all__ = [
 #: data-plane workers (modcluster/cluster/mirror.py) never land on a successor.
 _serials = itertools.count(1)
 
-#: the latest C{warm_from} any node runtime of this process was given (one
-#: cell, so that the election reads it as a list item): no node is in slow
-#: start once C{now - WARM_LATEST[0] >= slow_start}, and the election skips
-#: its per-node slow start test (docs/balancing.md, "Performance").  It only
-#: grows: an upper bound, so the test it stands for stays exact.
-WARM_LATEST = [float("-inf")]
-
-
 def _check_types(value) -> None:
     """
     Refuse settings whose fields have the wrong type (e.g. from a damaged state
@@ -153,11 +145,20 @@ class NodeRuntime:
         "elected", "oldelected", "lbstatus", "read", "oldread", "transferred", "busy",
         "num_failure_idle", "updatetimelb", "requests", "failures", "last_status",
         "last_alive", "serial", "fails", "ejections", "ejected_until", "_warm_from",
-        "vpass", "__weakref__",
+        "vpass", "warm_latest", "__weakref__",
     )
 
-    def __init__(self, now: float = 0.0, serial: Optional[int] = None) -> None:
+    def __init__(self, now: float = 0.0, serial: Optional[int] = None,
+                 warm_latest: Optional[list[float]] = None) -> None:
         self.serial = next(_serials) if serial is None else serial
+        #: the latest C{warm_from} given to this runtime or to any other
+        #: sharing this cell (a one-item list: the runtimes of one registry,
+        #: or of one worker's mirror, share theirs; without one given, a
+        #: cell of its own).  No node of those is in slow start once C{now -
+        #: warm_latest[0] >= slow_start}, and the election then skips its
+        #: per-node slow start test (docs/balancing.md, "Performance").  It
+        #: only grows: an upper bound, so the test it stands for stays exact.
+        self.warm_latest = [float("-inf")] if warm_latest is None else warm_latest
         self.lbfactor = -1
         self.in_error = False
         self.error_since = 0.0
@@ -195,14 +196,15 @@ class NodeRuntime:
     def warm_from(self) -> float:
         """Slow start: the node ramps up from this time (set when it
         registers, is enabled, leaves the error state or its ejection ends);
-        setting it moves L{WARM_LATEST} on."""
+        setting it moves L{warm_latest} on."""
         return self._warm_from
 
     @warm_from.setter
     def warm_from(self, when: float) -> None:
         self._warm_from = when
-        if when > WARM_LATEST[0]:
-            WARM_LATEST[0] = when
+        latest = self.warm_latest
+        if when > latest[0]:
+            latest[0] = when
 
     def usable(self, now: float, retry: float) -> bool:
         """Not removed and not in error (or in error for longer than C{retry})."""

@@ -108,10 +108,11 @@ class _VHost:
 class _Node:
     __slots__ = ("id", "settings", "rt", "vhosts", "removed_at", "registered_at")
 
-    def __init__(self, id: int, settings: NodeSettings, now: float) -> None:
+    def __init__(self, id: int, settings: NodeSettings, now: float,
+                 warm_latest: list[float]) -> None:
         self.id = id
         self.settings = settings
-        self.rt = NodeRuntime(now)
+        self.rt = NodeRuntime(now, warm_latest=warm_latest)
         self.vhosts: dict[int, _VHost] = {}
         self.removed_at = 0.0
         self.registered_at = now
@@ -156,6 +157,10 @@ class Registry:
         self._node_observers: list[Callable[[NodeRuntime], None]] = []
         #: replaying a saved state (L{restoring}): no per-command events
         self._quiet = False
+        #: the latest C{warm_from} of this registry's node runtimes (their
+        #: L{NodeRuntime.warm_latest}, one cell they share): the election
+        #: skips its slow start test while no node of them ramps up
+        self.warm_latest = [float("-inf")]
 
     # -- events ------------------------------------------------------------
 
@@ -315,7 +320,7 @@ class Registry:
                         balancer=balancer.name, route=route)
 
         if existing is None:
-            node = _Node(self._node_ids.take(), settings, now)
+            node = _Node(self._node_ids.take(), settings, now, self.warm_latest)
             self._nodes[route] = node
             self._event("node.registered",
                         "node {route} registered: {worker} balancer={balancer} domain={domain!r}",
@@ -326,7 +331,7 @@ class Registry:
             # another port).  Replace it: its contexts belonged to the old instance.
             old = existing.settings
             self._drop_node(existing)
-            node = _Node(self._node_ids.take(), settings, now)
+            node = _Node(self._node_ids.take(), settings, now, self.warm_latest)
             self._nodes[route] = node
             self._event("node.replaced",
                         "node {route} re-registered as {worker} (was {old_worker}); "

@@ -151,35 +151,68 @@ def test_enable_app_starts_slow_start():
     assert c.spread(100)["b"] <= 10
 
 
-@pytest.fixture
-def warm_latest():
-    """model.WARM_LATEST from -inf for one test (other tests' runtimes may
-    have moved it anywhere), then the larger of before and after."""
-    before = model.WARM_LATEST[0]
-    model.WARM_LATEST[0] = float("-inf")
-    yield model.WARM_LATEST
-    model.WARM_LATEST[0] = max(before, model.WARM_LATEST[0])
-
-
-def test_slow_start_set_on_a_runtime_alone_is_seen_by_the_election(warm_latest):
+def test_slow_start_set_on_a_runtime_alone_is_seen_by_the_election():
     """The election skips its per-node slow start test while no runtime of the
-    process got a warm_from within slow_start (model.WARM_LATEST): a warm_from
-    set on the runtime alone, as a worker's mirror does without a new
-    snapshot, still ramps the node up from the next request on."""
+    registry got a warm_from within slow_start (NodeRuntime.warm_latest, one
+    cell per registry): a warm_from set on the runtime alone, as a worker's
+    mirror does without a new snapshot, still ramps the node up from the next
+    request on.  Another registry's runtimes (another cell) change nothing
+    here."""
     c = Cluster()
+    other = Cluster()
     c.node("a", 50)
     c.node("b", 50)
+    other.node("x", 50)
+    cell = c.reg.warm_latest
+    assert c.rt("a").warm_latest is cell and c.rt("b").warm_latest is cell
+    assert other.rt("x").warm_latest is other.reg.warm_latest is not cell
     c.clock.advance(100)
     assert c.spread(100) == Counter(a=50, b=50)  # no node ramps up: the short test
+    other.rt("x").warm_from = 100.0
+    assert cell[0] == 0.0 and other.reg.warm_latest[0] == 100.0
     c.rt("b").warm_from = c.clock.seconds()
-    assert warm_latest[0] == 100
+    assert cell[0] == 100
     assert c.spread(100)["b"] <= 10
     c.rt("a").warm_from = 50.0  # an earlier time leaves the bound where it is
-    assert warm_latest[0] == 100
+    assert cell[0] == 100
     c.clock.advance(15)
     assert 20 <= c.spread(100)["b"] <= 45
     c.clock.advance(16)
     assert 49 <= c.spread(100)["b"] <= 51
+
+
+def test_slow_start_tested_per_node_when_candidates_share_no_cell():
+    """A table built by hand from runtimes that share no warm_latest cell (of
+    two registries): the election tests slow start per node on every request,
+    so a node that ramps up still gets its small share."""
+    from modcluster.balancer import RoutingPolicy, choose
+    from modcluster.cluster.model import (
+        ContextEntry,
+        ContextRuntime,
+        ContextState,
+        NodeEntry,
+        NodeRuntime,
+        NodeSettings,
+        RoutingTable,
+    )
+
+    b = model.BalancerSettings("mycluster")
+    records = []
+    runtimes = []
+    for i, route in enumerate(("a", "b")):
+        rt = NodeRuntime()  # (a cell of its own each)
+        rt.lbfactor = 50
+        runtimes.append(rt)
+        node = NodeEntry(i + 1, NodeSettings(route=route, port=8000 + i), rt)
+        records.append(ContextEntry(i + 1, "/", ContextState.ENABLED, node, 1,
+                                    frozenset({"localhost"}), ContextRuntime()))
+    nodes = tuple(r.node for r in records)
+    table = RoutingTable(1, nodes, {n.route: n for n in nodes}, {"mycluster": b},
+                         {"/": tuple(records)}, {})
+    policy = RoutingPolicy(slow_start=30.0, slow_start_min_share=0.1)
+    runtimes[1].warm_from = 100.0
+    got = Counter(choose(table, None, "/", None, 101.0, policy).node.route for _ in range(100))
+    assert got["b"] <= 12
 
 
 def test_ramp_function():

@@ -246,8 +246,13 @@ def test_slow_start_and_ejection_reach_the_workers():
     m.load(encode_snapshot(reg.table))
     [entry] = m.table.nodes
     assert entry.rt.warm_from == 7
+    # the mirror's runtimes share its cell (the election's slow start bound),
+    # not the control process's registry's
+    assert entry.rt.warm_latest is m.warm_latest is not reg.warm_latest
+    assert m.warm_latest == [7]
     seen = []
     reg.on_node_change(seen.append)
     reg.node_ejected("n1", 30.0, "resets")
     m.update(encode_node_updates(seen))
     assert entry.rt.ejected_until == 37 and entry.rt.warm_from == 37
+    assert m.warm_latest == [37]
