@@ -1041,21 +1041,34 @@ def test_reused_node_connection_starts_as_a_new_one(monkeypatch):
     A node connection taken again after any response it relayed (whole,
     through the parser in one or more reads, after interim responses,
     chunked with or without trailers, to HEAD, 204) starts its next exchange
-    in the state a new connection starts it in.
+    in the state a new connection starts it in: checked when its head is
+    sent, by _sendHead or by HttpForwarder.forward itself (a remembered
+    head on an idle connection: sent and body_done are then set, the
+    request being complete once written).
     """
     h = Harness()
     h.node("n1", 8081)
     c = h.client()
     checked = []
+    sending = []
     send_head = http_module.NodeProtocol._sendHead
 
-    def checking(p):
+    def check(p, written):
         fresh = http_module.NodeProtocol(p.pool)
         fresh.start(p.ex)
-        assert {k: getattr(p, k) for k in _NODE_STATE} == \
-               {k: getattr(fresh, k) for k in _NODE_STATE}
-        checked.append(p)
-        send_head(p)
+        names = [k for k in _NODE_STATE if not written or k not in ("sent", "body_done")]
+        assert {k: getattr(p, k) for k in names} == {k: getattr(fresh, k) for k in names}
+        if written:
+            assert p.sent and p.body_done
+        checked.append((p, written))
+
+    def checking(p):
+        check(p, False)
+        sending.append(p)
+        try:
+            send_head(p)
+        finally:
+            sending.remove(p)
 
     monkeypatch.setattr(http_module.NodeProtocol, "_sendHead", checking)
     whole = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
@@ -1077,11 +1090,21 @@ def test_reused_node_connection_starts_as_a_new_one(monkeypatch):
         c.send(request)
         if n is None:
             n = h.accept()
+            write = n.proto.write
+
+            def writing(data, p=n.proto, write=write):
+                if p not in sending:
+                    check(p, True)
+                write(data)
+
+            n.proto.write = writing
         assert n.received()
         for data in reads:
             n.respond(data)
         assert c.received() and not c.closed
-    assert len(checked) == len(plan) and set(checked) == {n.proto}
+    assert len(checked) == len(plan) and {p for p, _ in checked} == {n.proto}
+    # both ways: the parsed heads by _sendHead, the remembered ones by forward
+    assert {w for _, w in checked} == {False, True}
     assert not n.closed and h.counters_idle()
 
 
