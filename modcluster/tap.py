@@ -657,7 +657,7 @@ def build_worker(config: Config, reactor, listeners, send):
     def ejected(route: str, seconds: float, reason: str) -> None:
         send(["eject", route, seconds, reason])
 
-    factory = _proxy_factory(config, reactor, lambda: mirror.table, failed, answered,
+    factory = _proxy_factory(config, reactor, mirror.snapshot, failed, answered,
                              _node_tls(config), send, ejected)
     if config.manager.max_session_ids > 0:
         from modcluster.proxy.sessions import SessionTable

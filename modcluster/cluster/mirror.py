@@ -174,6 +174,17 @@ class Mirror:
             self._table = self._build()
         return self._table
 
+    def snapshot(self) -> RoutingTable:
+        """
+        L{table}, as a bound method for a worker's data-plane C{table}
+        callable (C{ProxyFactory}, once per request): one Python call, where
+        a C{lambda} reading the property makes two (as C{Registry.snapshot}).
+        """
+        table = self._table
+        if table is None:
+            table = self._table = self._build()
+        return table
+
     def _build(self) -> RoutingTable:
         if self._snapshot is None:
             raise RuntimeError("no routing snapshot received yet")

@@ -67,6 +67,18 @@ def test_snapshot_rebuilds_an_equivalent_table():
     assert [a.rt.serial for a in m.table.nodes] == [b.rt.serial for b in reg.table.nodes]
 
 
+def test_snapshot_method_is_the_table():
+    """Mirror.snapshot (a worker's table callable) gives what table gives,
+    rebuilt after each snapshot loaded, the same between them."""
+    _, reg = cluster()
+    m = mirrored(reg)
+    t1 = m.snapshot()
+    assert t1 is m.table and m.snapshot() is t1
+    m.load(pickle.loads(pickle.dumps(encode_snapshot(reg.table))))
+    t2 = m.snapshot()
+    assert t2 is not t1 and t2 is m.table and shape(t2) == shape(reg.table)
+
+
 REQUESTS = st.tuples(
     st.sampled_from(["localhost", "host1", "host4", "nowhere"]),
     st.sampled_from(["/", "/app", "/app/x", "/app/deep/y", "/other", "/app;jsessionid=a.n2"]),
