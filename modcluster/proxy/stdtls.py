@@ -28,9 +28,13 @@ transport's, since nothing is buffered in between once the handshake is
 done.  C{wrappedProtocol} may be replaced after the handshake (the HTTP/2
 L{NegotiatingFactory<modcluster.proxy.alpn.NegotiatingFactory>} does), and
 C{negotiatedProtocol} is the ALPN result as bytes, as with Twisted.
-C{loseConnection} sends C{close_notify}; a peer's C{close_notify} is
-answered with ours and the connection is closed.  A failed handshake is
-logged, rate-limited per client address, and the connection aborted.
+C{loseConnection} sends C{close_notify}.  The client's C{close_notify}, or
+the end of its TCP stream (FIN) without one, ends what is read, as a FIN ends
+a plain TCP connection: a protocol that is an C{IHalfCloseableProtocol} gets
+C{readConnectionLost} (the HTTP/1.1 front answers the complete requests it
+has, then closes with our C{close_notify}); another one, or a handshake in
+progress, is closed at once.  A failed handshake is logged, rate-limited per
+client address, and the connection aborted.
 
 L{server_context} builds the C{ssl.SSLContext} from the C{CertificateOptions}
 that Twisted's C{ssl:} endpoint description parser made (certificate, chain,
@@ -51,6 +55,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
 from twisted.internet.interfaces import (
+    IHalfCloseableProtocol,
     IHandshakeListener,
     INegotiated,
     ISSLTransport,
@@ -243,10 +248,11 @@ def _description_options(description: str):
     return recorder.options
 
 
-@implementer(ITCPTransport, ISSLTransport, INegotiated)
+@implementer(ITCPTransport, ISSLTransport, INegotiated, IHalfCloseableProtocol)
 class TLSServerConnection(Protocol):
     """
-    One server-side TLS connection: the protocol of a C{tcp.Server}, and the
+    One server-side TLS connection: the protocol of a C{tcp.Server} (a
+    half-closeable one: the client's FIN is L{readConnectionLost}), and the
     transport of C{wrappedProtocol}.
     """
 
@@ -262,6 +268,8 @@ class TLSServerConnection(Protocol):
     negotiatedProtocol: Optional[bytes] = None
     _handshaking = True
     _closed = False  # close_notify sent: nothing can be written any more
+    #: the client's close_notify or FIN came: what it sends is no longer read
+    _read_closed = False
     _failure: Optional[Failure] = None  # the TLS error that ends the connection
     _early: Optional[list] = None  # writes before the handshake completed
     _nodelay_inherited = False  # (set by makeConnection)
@@ -295,6 +303,8 @@ class TLSServerConnection(Protocol):
         self.wrappedProtocol.makeConnection(self)
 
     def dataReceived(self, data: bytes) -> None:
+        if self._read_closed:
+            return  # after the client's close_notify: dropped (not kept in the BIO)
         incoming = self._in
         incoming.write(data)
         if self._handshaking:
@@ -351,7 +361,49 @@ class TLSServerConnection(Protocol):
         if failed is not None:
             self._fail(failed, "TLS error from {peer}: {reason}")
         elif closed:
-            self.loseConnection()
+            self._end_of_input()
+
+    def readConnectionLost(self) -> None:
+        """
+        C{IHalfCloseableProtocol}: the TCP stream ended (the client's FIN)
+        with no C{close_notify} before it: taken as one (L{_end_of_input}).
+        A truncation only matters for a request cut short, which the HTTP/1.1
+        front sees as a partial request and closes on at once; a complete
+        request is framed by its own head and body length, so the missing
+        C{close_notify} cannot make a cut one look whole.
+        """
+        if not self._read_closed:
+            self._end_of_input()
+
+    def writeConnectionLost(self) -> None:
+        """C{IHalfCloseableProtocol}: our sending side is shut (L{loseWriteConnection})."""
+        wrapped = self.wrappedProtocol
+        half = IHalfCloseableProtocol(wrapped, None) if wrapped is not None else None
+        if half is not None:
+            half.writeConnectionLost()
+
+    def _end_of_input(self) -> None:
+        """
+        The client sends nothing more (its C{close_notify}, or its FIN).  A
+        protocol that is an C{IHalfCloseableProtocol} is told
+        (C{readConnectionLost}) and may still write, then closes (our
+        C{close_notify} goes out with the close), as over plain TCP; another
+        one, a handshake in progress or nothing connected: the connection is
+        closed now.  TLS 1.3 lets the side that received C{close_notify}
+        write on (RFC 8446 6.1); for TLS 1.2 (RFC 5246 7.2.1 asks for an
+        immediate answer) httpd and HAProxy do the same, and OpenSSL still
+        writes and the client still reads.
+        """
+        self._read_closed = True
+        if not self.connected or self.disconnecting:
+            return
+        wrapped = self.wrappedProtocol
+        half = (IHalfCloseableProtocol(wrapped, None)
+                if wrapped is not None and not self._handshaking else None)
+        if half is None:
+            self.loseConnection()  # (close_notify once the handshake is complete)
+        else:
+            half.readConnectionLost()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.connected = 0
@@ -461,7 +513,8 @@ class TLSServerConnection(Protocol):
             self.loseConnection()
             return
         self.disconnecting = True
-        self._shutdown()
+        if not self._closed:
+            self._shutdown()
         lose_connection(self.transport)
 
     def abortConnection(self) -> None:

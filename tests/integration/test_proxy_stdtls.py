@@ -169,6 +169,119 @@ async def test_connection_close_ends_with_close_notify(stack, port, pki):
     assert data.startswith(b"HTTP/1.1 404")
 
 
+def _ends_sending(port, pki, request, *, how="close_notify", version=None,
+                  alpn=("http/1.1",)):
+    """
+    Blocking: send C{request} with Python's ssl (an C{SSLObject} on a real
+    socket, its records moved by hand so that C{unwrap()} sends close_notify
+    and returns at once: an C{SSLSocket}'s C{unwrap()} calls C{SSL_shutdown}
+    twice and refuses an answer that is already there), then end the sending
+    side: C{close_notify} (C{unwrap()}) or a TCP FIN without it (C{"fin"});
+    then read the answers.  Returns (the bytes read, how the stream ended:
+    "close_notify", "eof" without one, or "reset").
+    """
+    ctx = _context(pki, alpn)
+    if version is not None:
+        ctx.maximum_version = getattr(pyssl.TLSVersion, version)
+    incoming, outgoing = pyssl.MemoryBIO(), pyssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_hostname="localhost")
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as raw:
+
+        def flush():
+            if outgoing.pending:
+                raw.sendall(outgoing.read())
+
+        def receive() -> bool:
+            try:
+                data = raw.recv(65536)
+            except ConnectionResetError:
+                return False
+            if data:
+                incoming.write(data)
+            else:
+                incoming.write_eof()
+            return bool(data)
+
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except pyssl.SSLWantReadError:
+                flush()
+                assert receive(), "closed during the handshake"
+        flush()
+        tls.write(request)
+        if how == "close_notify":
+            try:
+                tls.unwrap()
+            except pyssl.SSLWantReadError:
+                pass  # ours is written; the server's is not here yet
+            flush()
+        else:
+            flush()
+            raw.shutdown(socket.SHUT_WR)
+        data = b""
+        while True:
+            try:
+                piece = tls.read(65536)
+            except pyssl.SSLWantReadError:
+                if not receive() and not incoming.eof:
+                    return data, "reset"
+                continue
+            except pyssl.SSLZeroReturnError:
+                return data, "close_notify"
+            except pyssl.SSLEOFError:
+                return data, "eof"
+            except pyssl.SSLError:
+                return data, "reset"
+            if not piece:
+                return data, "close_notify"
+            data += piece
+
+
+@pytest.mark.parametrize("version", ["TLSv1_2", "TLSv1_3"])
+@pytest.mark.parametrize("how", ["close_notify", "fin"])
+@pytest_twisted.ensureDeferred
+async def test_client_that_ends_its_sending_gets_its_answers(pki, version, how):
+    """
+    A client that sends close_notify (or a TCP FIN without one) right after
+    complete requests gets every answer, then our close_notify and the close,
+    as over plain TCP (test_close_answers) and from httpd and HAProxy: the
+    requests are framed by their heads and lengths, so the end of the
+    client's sending adds nothing to them; the close only waits for the
+    answers.  After a partial request the connection ends at once, unanswered.
+    Both TLS versions: TLS 1.3 lets the receiver of close_notify write on,
+    and a TLS 1.2 client reads what comes before the server's close_notify.
+    """
+
+    async def check(stack, port, pki):
+        stack.serve("nA")
+        keep = b"GET /app/slow?ms=300 HTTP/1.1\r\nHost: localhost\r\n\r\n"
+        echo = b"GET /app/echo HTTP/1.1\r\nHost: localhost\r\n\r\n"
+        for request, answers in [
+                (keep, 1),  # a keep-alive request whose node is slow
+                (keep.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"), 1),
+                (keep + echo, 2),  # pipelined
+                (echo, 1),
+                (b"POST /app/echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: 3\r\n\r\n"
+                 b"abc", 1),
+        ]:
+            data, ended = await threads.deferToThread(
+                _ends_sending, port, pki, request, how=how, version=version)
+            assert data.count(b"HTTP/1.1 200 ") == answers, (request, data)
+            assert ended == "close_notify", (request, data, ended)
+        for partial in [b"GET /app/echo HTTP/1.1\r\nHost: loc",
+                        b"POST /app/echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: 9\r\n"
+                        b"\r\nabc"]:
+            data, ended = await threads.deferToThread(
+                _ends_sending, port, pki, partial, how=how, version=version)
+            assert data == b"", (partial, data)
+        await _until(lambda: not stack.factory._clients)
+        await _until(lambda: stack.in_flight() == 0)
+
+    await with_listener(pki, check)
+
+
 def _curl(port, pki, *extra):
     out = subprocess.run([CURL, "-sS", "-o", "/dev/null", "-w", "%{http_version} %{http_code}",
                           "--max-time", "10", "--cacert", pki["ca"], *extra,

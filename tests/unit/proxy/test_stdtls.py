@@ -12,7 +12,12 @@ import pytest
 import trustme
 from OpenSSL import SSL
 from twisted.internet.address import IPv4Address
-from twisted.internet.interfaces import IHandshakeListener, ISSLTransport, ITCPTransport
+from twisted.internet.interfaces import (
+    IHalfCloseableProtocol,
+    IHandshakeListener,
+    ISSLTransport,
+    ITCPTransport,
+)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -221,22 +226,125 @@ def test_lose_connection_sends_close_notify(pki):
     assert pair.tcp.value() == b""
 
 
-def test_peer_close_notify_is_answered_and_closes(pki):
+@implementer(IHalfCloseableProtocol)
+class HalfCloseable(Recorder):
+    """A protocol that answers after the client's end of sending (as the proxy's)."""
+
+    def __init__(self):
+        super().__init__()
+        self.read_closed = 0
+
+    def readConnectionLost(self):
+        self.read_closed += 1
+
+    def writeConnectionLost(self):
+        pass
+
+
+def _unwrap(client):
+    """The client's close_notify (its SSL_shutdown; ours is not waited for)."""
+    try:
+        client.unwrap()
+    except ssl.SSLWantReadError:
+        pass
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3],
+                         ids=["TLSv1.2", "TLSv1.3"])
+def test_peer_close_notify_lets_a_half_closeable_protocol_answer(pki, version):
+    """
+    The client's close_notify right after its request: the request is
+    delivered, then readConnectionLost (not a close), as a FIN over plain
+    TCP; the answer still reaches the client (TLS 1.2 too), then our
+    close_notify with the close.  Bytes after the client's close_notify are
+    dropped, not kept.
+    """
+    pair = Pair(factory_for(pki, app=HalfCloseable),
+                client_context(pki, maximum_version=version))
+    pair.handshake()
+    pair.client.write(b"last request")
+    _unwrap(pair.client)
+    pair.to_server()
+    assert pair.app.chunks == [b"last request"]
+    assert pair.app.read_closed == 1
+    assert not pair.tcp.disconnecting and pair.app.lost is None
+    pair.to_server(b"\x17\x03\x03\x00\x05junk!" * 1000)  # after close_notify: dropped
+    assert pair.app.chunks == [b"last request"] and pair.app.read_closed == 1
+    assert pair.conn._in.pending == 0 and not getattr(pair.tcp, "aborted", False)
+    pair.conn.write(b"the answer")
+    pair.conn.loseConnection()
+    assert pair.tcp.disconnecting
+    pair.to_client()
+    assert pair.client.read(100) == b"the answer"
+    with pytest.raises(ssl.SSLZeroReturnError):  # then our close_notify
+        pair.client.read(100)
+    pair.conn.connectionLost(None)
+    assert pair.app.lost is None
+
+
+def test_fin_without_close_notify_lets_a_half_closeable_protocol_answer(pki):
+    """
+    The TCP stream ends (readConnectionLost from the TCP transport) without
+    the client's close_notify: taken as one (a complete request is framed by
+    itself; a cut one is the protocol's partial request): told once, even
+    when a close_notify came first.
+    """
+    pair = Pair(factory_for(pki, app=HalfCloseable), client_context(pki))
+    pair.handshake()
+    pair.client.write(b"request")
+    pair.to_server()
+    pair.conn.readConnectionLost()
+    assert pair.app.read_closed == 1 and not pair.tcp.disconnecting
+    pair.conn.write(b"answer")
+    assert pair.client_reads() == b"answer"
+    pair.conn.readConnectionLost()
+    assert pair.app.read_closed == 1
+    # a close_notify, then the FIN: told once
+    pair = Pair(factory_for(pki, app=HalfCloseable), client_context(pki))
+    pair.handshake()
+    _unwrap(pair.client)
+    pair.to_server()
+    pair.conn.readConnectionLost()
+    assert pair.app.read_closed == 1 and not pair.tcp.disconnecting
+
+
+@pytest.mark.parametrize("how", ["close_notify", "fin"])
+def test_end_of_sending_closes_a_protocol_that_is_not_half_closeable(pki, how):
+    """Without readConnectionLost the end of the client's sending closes at once
+    (what was received delivered first), with our close_notify."""
     pair = Pair(factory_for(pki), client_context(pki))
     pair.handshake()
     pair.client.write(b"last request")
-    try:
-        pair.client.unwrap()
-    except ssl.SSLWantReadError:
-        pass
-    pair.to_server()
+    if how == "close_notify":
+        _unwrap(pair.client)
+        pair.to_server()
+    else:
+        pair.to_server()
+        pair.conn.readConnectionLost()
     assert pair.app.chunks == [b"last request"]  # delivered before the close
     assert pair.tcp.disconnecting
     pair.to_client()
-    assert pair.client.unwrap() is None  # our close_notify arrived
+    if how == "close_notify":
+        assert pair.client.unwrap() is None  # our close_notify arrived
+    else:
+        assert pair.client.read(100) == b""  # (its close_notify, read before its own)
     reason = object()
     pair.conn.connectionLost(reason)
     assert pair.app.lost is reason  # told, with the TCP transport's reason
+
+
+def test_fin_during_the_handshake_closes(pki):
+    """A FIN before the handshake is complete: closed, nothing told, no close_notify."""
+    pair = Pair(factory_for(pki, app=HalfCloseable), client_context(pki))
+    try:
+        pair.client.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    pair.to_server()  # the ClientHello
+    pair.tcp.clear()
+    pair.conn.readConnectionLost()
+    assert pair.tcp.disconnecting and pair.tcp.value() == b""
+    assert pair.app.read_closed == 0 and pair.app.handshakes == 0
 
 
 def test_half_close_sends_close_notify_and_still_reads(pki):
