@@ -43,7 +43,7 @@ from h2.events import (
 from h2.exceptions import H2Error, ProtocolError
 from h2.settings import SettingCodes, Settings
 from hyperframe.frame import GoAwayFrame
-from twisted.internet.interfaces import IPushProducer, ISSLTransport
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer, ISSLTransport
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger, LogLevel
 from zope.interface import implementer
@@ -373,7 +373,7 @@ class _H2Exchange(_Exchange):
         conn._streamClosed(self)
 
 
-@implementer(IPushProducer)
+@implementer(IPushProducer, IHalfCloseableProtocol)
 class H2Protocol(Protocol):
     """
     One HTTP/2 client connection.  Registered with the factory's clients, so
@@ -454,6 +454,32 @@ class H2Protocol(Protocol):
             ex.closed = True
             if not ex.done:
                 _Exchange.abort(ex)
+
+    def readConnectionLost(self) -> None:
+        """
+        L{IHalfCloseableProtocol}: the client ended its sending (its TLS
+        C{close_notify}, or its FIN).  The streams whose request it sent
+        whole are answered, as the HTTP/1.1 front answers complete requests;
+        the others can never be complete: their node request is aborted and
+        they get C{RST_STREAM} C{CANCEL}.  Then a GOAWAY (C{NO_ERROR}) and
+        the close after the last stream (at once when none is left).  The
+        client sends no C{WINDOW_UPDATE} any more: an answer larger than its
+        windows waits for one until the send timeout cuts its stream.
+        """
+        if self._closing or not self.connected:
+            return
+        for ex in list(self.streams.values()):
+            if not ex.end_of_request:
+                if not ex.done:
+                    _Exchange.abort(ex)  # the node request, its counters released
+                self._resetStream(ex, ErrorCodes.CANCEL)
+        if not self._closing:
+            self.goAway()
+        if not self._closing and not self.streams:
+            self._close()
+
+    def writeConnectionLost(self) -> None:
+        """L{IHalfCloseableProtocol}: our sending side is shut (not done for HTTP/2)."""
 
     def _write(self) -> None:
         data = self.h2.data_to_send()

@@ -282,6 +282,54 @@ async def test_client_that_ends_its_sending_gets_its_answers(pki, version, how):
     await with_listener(pki, check)
 
 
+@pytest.mark.parametrize("how", ["close_notify", "fin"])
+@pytest_twisted.ensureDeferred
+async def test_h2_client_that_ends_its_sending_gets_its_complete_streams(pki, how):
+    """
+    HTTP/2: after the client's close_notify (or FIN), the streams it sent
+    whole are answered (a slow one too), a GOAWAY follows, then our
+    close_notify; a stream whose body was still coming is reset (CANCEL).
+    """
+    from h2.config import H2Configuration
+    from h2.connection import H2Connection
+    from h2.errors import ErrorCodes
+    from hyperframe.frame import DataFrame, Frame, GoAwayFrame, HeadersFrame, RstStreamFrame
+
+    async def check(stack, port, pki):
+        stack.serve("nA")
+        c = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+        c.initiate_connection()
+        base = [(b":scheme", b"https"), (b":authority", b"localhost")]
+        c.send_headers(1, [(b":method", b"GET"), (b":path", b"/app/slow?ms=300"), *base],
+                       end_stream=True)
+        c.send_headers(3, [(b":method", b"GET"), (b":path", b"/app/echo"), *base],
+                       end_stream=True)
+        c.send_headers(5, [(b":method", b"POST"), (b":path", b"/app/echo"), *base,
+                           (b"content-length", b"10")])
+        c.send_data(5, b"abc")
+        data, ended = await threads.deferToThread(
+            _ends_sending, port, pki, c.data_to_send(), how=how, alpn=("h2",))
+        assert ended == "close_notify", (data, ended)
+        frames = []
+        while data:
+            frame, length = Frame.parse_frame_header(memoryview(data[:9]))
+            frame.parse_body(memoryview(data[9:9 + length]))
+            frames.append(frame)
+            data = data[9 + length:]
+        ends = [f.stream_id for f in frames
+                if isinstance(f, DataFrame) and "END_STREAM" in f.flags]
+        assert sorted(ends) == [1, 3], frames
+        assert [f.stream_id for f in frames if isinstance(f, HeadersFrame)] == ends
+        resets = [f for f in frames if isinstance(f, RstStreamFrame)]
+        assert [(f.stream_id, f.error_code) for f in resets] == [(5, ErrorCodes.CANCEL)]
+        goaways = [f for f in frames if isinstance(f, GoAwayFrame)]
+        assert [(f.error_code, f.last_stream_id) for f in goaways] == [(0, 5)]
+        await _until(lambda: not stack.factory._clients)
+        await _until(lambda: stack.in_flight() == 0)
+
+    await with_listener(pki, check)
+
+
 def _curl(port, pki, *extra):
     out = subprocess.run([CURL, "-sS", "-o", "/dev/null", "-w", "%{http_version} %{http_code}",
                           "--max-time", "10", "--cacert", pki["ca"], *extra,

@@ -20,7 +20,14 @@ from h2.events import (
     StreamEnded,
     StreamReset,
 )
-from hyperframe.frame import ContinuationFrame, DataFrame, Frame, HeadersFrame
+from hyperframe.frame import (
+    ContinuationFrame,
+    DataFrame,
+    Frame,
+    GoAwayFrame,
+    HeadersFrame,
+    RstStreamFrame,
+)
 from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.testing import StringTransport
@@ -433,6 +440,49 @@ def test_graceful_goaway_lets_open_streams_finish(h):
     frames = _frames(c.t.value())
     assert [f.__class__ for f in frames] == [HeadersFrame, DataFrame]
     assert frames[1].data == b"hello" and "END_STREAM" in frames[1].flags
+    assert c.t.disconnecting
+
+
+def test_end_of_the_clients_sending_answers_complete_streams_then_closes(h):
+    """
+    readConnectionLost (the client's TLS close_notify or FIN, from the TLS
+    layer): a stream whose request came whole is answered; one whose body
+    was still coming is reset (CANCEL) and its node request aborted; a
+    GOAWAY, then the close after the last answer.
+    """
+    h.node("n1", 9001)
+    c = H2Client(h)
+    whole = c.request()
+    c.pump()
+    node = h.accept(9001)
+    partial = c.request(b"/app/up", method=b"POST", end=False,
+                        extra=[(b"content-length", b"10")])
+    c.conn.send_data(partial, b"abc")
+    c.pump()
+    upload = h.accept(9001)
+    assert h.in_flight("/") == 2
+    c.proto.readConnectionLost()
+    assert upload.aborted or upload.closed
+    assert h.in_flight("/") == 1
+    assert not c.t.disconnecting
+    frames = _frames(c.t.value())
+    c.t.clear()
+    assert [(f.__class__, f.stream_id) for f in frames] == [(RstStreamFrame, partial),
+                                                           (GoAwayFrame, 0)]
+    assert frames[0].error_code == ErrorCodes.CANCEL
+    assert frames[1].error_code == ErrorCodes.NO_ERROR and frames[1].last_stream_id == partial
+    _respond(node)
+    frames = _frames(c.t.value())
+    assert [(f.__class__, f.stream_id) for f in frames] == [(HeadersFrame, whole),
+                                                           (DataFrame, whole)]
+    assert frames[1].data == b"hello" and "END_STREAM" in frames[1].flags
+    assert c.t.disconnecting
+    assert h.counters_idle()
+
+
+def test_end_of_the_clients_sending_with_no_stream_open_closes_at_once(h):
+    c = H2Client(h)
+    c.proto.readConnectionLost()
     assert c.t.disconnecting
 
 
