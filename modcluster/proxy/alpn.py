@@ -32,7 +32,7 @@ from zope.interface import implementer
 from modcluster.proxy._transport import IStreamTransport
 from modcluster.proxy.client import ClientProtocol
 from modcluster.proxy.h2 import H2Protocol
-from modcluster.proxy.stdtls import TLSServerConnection
+from modcluster.proxy.stdtls import LEAN_TLS, TLSServerConnection
 
 __all__ = ["ALPN_PROTOCOLS", "NegotiatingFactory", "alpn_protocols", "listener_factory"]
 
@@ -252,6 +252,9 @@ class _NegotiatingTLS(TLSServerConnection):
         if self.wrappedProtocol is None:
             return "ClientProtocol (TLS)"
         return super().logPrefix()
+
+
+LEAN_TLS.add(_NegotiatingTLS)  # (ClientProtocol.connectionMade)
 
 
 class NegotiatingFactory(Factory):

@@ -88,6 +88,7 @@ from modcluster.proxy.interfaces import (
     IDEMPOTENT_METHODS,
     ClientInfo,
 )
+from modcluster.proxy.stdtls import LEAN_TLS as _LEAN_TLS
 from modcluster.proxy.upgrade import BodyAfterUpgrade
 
 if TYPE_CHECKING:
@@ -256,6 +257,27 @@ class ClientProtocol(Protocol, ClientDeadlines):
             self.client = info
             t.producer = self
             t.streamingProducer = True
+        elif (t.__class__ in _LEAN_TLS and (tcp := t.transport).__class__ is LEAN_SERVER
+                and tcp.producer is None and not tcp.disconnected):
+            # the stdlib TLS layer on a plain tcp.Server (an ssl: listener): what
+            # the branch below does, without the Python calls of ClientInfo's
+            # __init__ and of the layer's registerProducer (the TCP transport's)
+            peer = self._addr
+            if peer is None:
+                peer = t.getPeer()
+            if not t._nodelay_inherited:
+                set_nodelay(t)
+            info = _new(ClientInfo)
+            info.remote_addr = getattr(peer, "host", "") or ""
+            info.remote_port = getattr(peer, "port", 0) or 0
+            info.secure = True
+            info.transport = t
+            info.forwarder_facts = None
+            info.http_forwarded = None
+            info._local = None
+            self.client = info
+            tcp.producer = self
+            tcp.streamingProducer = True
         else:
             # the peer address the listening port built for buildProtocol (the
             # same as getPeer() gives, also under TLS): not a second one

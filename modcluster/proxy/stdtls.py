@@ -596,6 +596,12 @@ class TLSServerConnection(Protocol):
         return (prefix() if prefix is not None else wrapped.__class__.__name__) + " (TLS)"
 
 
+#: L{TLSServerConnection} and its subclasses that keep its C{registerProducer}
+#: and C{getPeer}: C{ClientProtocol.connectionMade} registers with their TCP
+#: transport directly (L{modcluster.proxy.client})
+LEAN_TLS: set = {TLSServerConnection}
+
+
 class _Closed(Protocol):
     """The application protocol's stand-in once the connection is lost."""
 

@@ -924,3 +924,68 @@ def test_no_read_after_a_handshake_that_took_every_record(pki, version):
     pair.client.write(b"GET")
     pair.to_server()
     assert pair.app.chunks == [b"GET"] and counting.reads == 1
+
+
+@pytest.mark.parametrize("negotiating", [False, True], ids=["http/1.1", "ALPN"])
+def test_client_protocol_on_the_tls_layer_of_a_plain_tcp_server(pki, negotiating, monkeypatch):
+    """
+    ClientProtocol.connectionMade on the stdlib TLS layer over a plain
+    tcp.Server (an ssl: listener) builds its ClientInfo and registers as the
+    TCP transport's streaming producer without the Python calls of
+    ClientInfo's __init__ and of the layer's registerProducer: every slot as
+    ClientInfo(host, port, secure=True, transport=layer) sets it, the local
+    address still read when asked for.  With ALPN (the HTTP/2 listener's
+    connection) the protocol is chosen when the handshake completes.
+    """
+    import socket
+
+    from twisted.internet import address, tcp
+    from twisted.internet.error import ConnectionDone
+    from twisted.internet.testing import MemoryReactor
+    from twisted.python.failure import Failure
+
+    from modcluster.proxy.alpn import NegotiatingFactory, alpn_protocols
+    from modcluster.proxy.client import ClientProtocol
+    from modcluster.proxy.interfaces import ClientInfo
+    from tests.support.proxy_testlib import Harness
+
+    h = Harness()
+    wrapped = NegotiatingFactory(h.factory) if negotiating else h.factory
+    context = description_context(f"ssl:0:privateKey={pki['both']}",
+                                  alpn_protocols(h.factory.config))
+    factory = TLSServerFactory(context, wrapped, Clock())
+    listener = socket.create_server(("127.0.0.1", 0))
+    b = socket.create_connection(listener.getsockname())
+    a = listener.accept()[0]
+    listener.close()
+    try:
+        peer = address.IPv4Address("TCP", "127.0.0.7", 4711)
+        conn = factory.buildProtocol(peer)
+        t = tcp.Server(a, conn, ("127.0.0.7", 4711), None, 0, MemoryReactor())
+
+        def not_called(*args, **kwargs):
+            raise AssertionError("called")
+
+        with monkeypatch.context() as m:
+            m.setattr(ClientInfo, "__init__", not_called)
+            m.setattr(TLSServerConnection, "registerProducer", not_called)
+            conn.makeConnection(t)
+            if negotiating:
+                assert conn.wrappedProtocol is None
+                conn._handshaking = False  # (a completed handshake, ALPN http/1.1)
+                conn._completed()
+        proto = conn.wrappedProtocol
+        assert type(proto) is ClientProtocol and proto.transport is conn
+        ours = proto.client
+        theirs = ClientInfo("127.0.0.7", 4711, secure=True, transport=conn)
+        assert type(ours) is ClientInfo
+        for name in [n for n in ClientInfo.__slots__ if n != "__weakref__"]:
+            assert getattr(ours, name) == getattr(theirs, name), name
+        assert (ours.local_addr, ours.local_port) == a.getsockname()[:2]
+        assert t.producer is proto and t.streamingProducer
+        assert proto in h.factory._clients
+        t.connectionLost(Failure(ConnectionDone()))
+        assert t.producer is None and proto not in h.factory._clients
+    finally:
+        a.close()
+        b.close()
