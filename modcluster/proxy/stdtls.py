@@ -269,7 +269,9 @@ class TLSServerConnection(Protocol):
     _handshaking = True
     _closed = False  # close_notify sent: nothing can be written any more
     #: the client's close_notify or FIN came: what it sends is no longer read
-    _read_closed = False
+    #: (set per instance by makeConnection: read on every dataReceived, where a
+    #: class attribute read through the instance is a generic lookup)
+    _read_closed: bool
     _failure: Optional[Failure] = None  # the TLS error that ends the connection
     _early: Optional[list] = None  # writes before the handshake completed
     _nodelay_inherited = False  # (set by makeConnection)
@@ -283,6 +285,7 @@ class TLSServerConnection(Protocol):
     def makeConnection(self, transport) -> None:
         self.transport = transport
         self.connected = 1
+        self._read_closed = False
         self._in = incoming = _MemoryBIO()
         self._out = outgoing = _MemoryBIO()
         # the C object an SSLObject wraps, made directly: no SSLObject (and its
