@@ -94,6 +94,9 @@ class BalancerService(MultiService):
         connections and says how many are still busy.
     @ivar stop_accepting: C{callable() -> Deferred | None} run first on stop.
     @ivar after_drain: C{callable()} run once the drain is over.
+    @ivar when_listening: C{callable()} run at the end of L{startService},
+        every listener listening (the registry restored before it): the
+        forwarding-loop check of the registered nodes.
     @ivar registry: the cluster model (L{modcluster.cluster.registry.Registry}).
     @ivar handler: the MCMP handler (L{modcluster.mcmp.handler.MCMPHandler}).
     @ivar metrics: the Prometheus view (L{modcluster.metrics.Metrics}).
@@ -130,6 +133,8 @@ class BalancerService(MultiService):
         self.drainers: list[Callable[[], int]] = []
         self.stop_accepting: list[Callable[[], Any]] = []
         self.after_drain: list[Callable[[], Any]] = []
+        #: C{callable()} run once the listeners are listening (L{startService})
+        self.when_listening: list[Callable[[], Any]] = []
         self._live: list[tuple[tuple[str, ...], Callable[[Config], None]]] = []
         #: C{apply(new_config)} run on every reload, changed keys or not (files
         #: named by unchanged keys may have changed: certificates)
@@ -317,6 +322,11 @@ class BalancerService(MultiService):
             book = self.listener_book
             if book is not None:
                 book.uninstall()
+        for run in self.when_listening:
+            try:
+                run()
+            except Exception:
+                log.failure("start: a check after the listeners started failed")
         if self.signals:
             if not self._previous_handlers:  # started without privilegedStartService
                 self._install_signals()

@@ -6,7 +6,9 @@ in-flight limits answer 503.  L{ProxyAddresses} knows the addresses the proxy
 listeners are bound to (recorded when they listen, so port 0 and adopted
 sockets give their real port) and tells whether a node's C{Host}/C{Port}
 reaches one of them (L{ProxyAddresses.reached_by}); the MCMP handler refuses
-such a CONFIG.
+such a CONFIG, and removes such a node registered before the listeners were up
+(a saved state, a handover) once they listen, and at each reload
+(L{modcluster.mcmp.handler.MCMPHandler.remove_looping_nodes}).
 
 What a node's C{Host} is compared as, without blocking the reactor (node
 connections resolve names asynchronously, L{modcluster.proxy.pool.node_endpoint}):

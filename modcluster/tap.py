@@ -245,6 +245,15 @@ def build(config: Config, reactor, demo: bool = False) -> BalancerService:
         own_addresses=own_addresses,
     )
     top = BalancerService(config, reactor, registry=registry, handler=handler, metrics=metrics)
+    # Nodes registered before the proxy listeners were up (a saved state, a
+    # handover) are checked for a forwarding loop once they listen, and again
+    # on every reload (the addresses a wildcard listener takes can change).
+    top.when_listening.append(handler.remove_looping_nodes)
+
+    def recheck_loops(new: Config) -> None:
+        handler.remove_looping_nodes()
+
+    top.every_reload.append(recheck_loops)
     if m.persist:
         # Restored through the MCMP handler (a saved state gets MCMP's checks
         # and quotas) when the top service starts (BalancerService.restore_state).

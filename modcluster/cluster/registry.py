@@ -532,6 +532,21 @@ class Registry:
                             path=path, route=node.route, other=other.route,
                             balancer=other.settings.balancer)
 
+    def remove_node(self, route: str, why: str) -> bool:
+        """
+        Take a live node out as C{REMOVE-APP /*} does (its contexts deleted,
+        marked removed, purged after C{wait_before_remove}), for a reason of
+        the balancer's own (C{why}, in the C{node.removing} event).  Returns
+        whether there was a live node C{route}.
+        """
+        node = self._nodes.get(route)
+        if node is None or node.rt.removed:
+            return False
+        self._clear_node(node)
+        self._mark_removed(node, why)
+        self._changed()
+        return True
+
     def _mark_removed(self, node: _Node, why: str) -> None:
         if node.rt.removed:
             return

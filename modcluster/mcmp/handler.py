@@ -225,6 +225,35 @@ class MCMPHandler:
 
         return replay_state(self, self._registry, state)
 
+    def remove_looping_nodes(self) -> list[str]:
+        """
+        Remove every live node whose Host/Port reach one of the proxy
+        listeners (C{own_addresses}), as CONFIG refuses them: nodes restored
+        from a saved state or taken over in a handover were registered before
+        the listeners were up, and a reload may find the host's addresses
+        changed.  Each is logged (node, address, listener) and gets a
+        C{node.removing} event; its next CONFIG is refused.  Returns the
+        routes removed.
+        """
+        if self.own_addresses is None:
+            return []
+        removed = []
+        for node in self._registry.nodes():
+            if node.rt.removed:
+                continue
+            s = node.settings
+            listener = self.own_addresses.reached_by(s.host, s.port)
+            if listener is None:
+                continue
+            address = f"{s.host}:{s.port}"
+            self.log.warn("node {route} at {address} reaches {listener}, a proxy listener of "
+                          "this balancer (forwarding loop): removed; its next CONFIG is "
+                          "refused", route=s.route, address=address, listener=listener)
+            self._registry.remove_node(
+                s.route, f"forwarding loop: {address} reaches proxy listener {listener}")
+            removed.append(s.route)
+        return removed
+
     def _app(self, method, params, wildcard, identities) -> Reply:
         req = decode.decode_app(params, wildcard, self._limits)
         self._check_identity(identities, req.jvm_route)

@@ -79,3 +79,52 @@ listen = []
         assert [n.route for n in balancer.registry.table.nodes] == ["n1"]
     finally:
         await balancer.stopService()
+
+
+def _state_file(path, nodes) -> None:
+    """A state file written by hand, as an older balancer (or an operator) left it."""
+    import json
+
+    settings = {"route": "", "balancer": "mycluster", "domain": "", "host": "", "port": 0,
+                "type": "http", "reversed": False, "flushpackets": "Off", "flushwait_ms": 10,
+                "ping": 10.0, "smax": -1, "ttl": 60.0, "timeout": 0.0}
+    path.write_text(json.dumps({
+        "format": 1,
+        "balancers": [{"name": "mycluster", "sticky_session": True,
+                       "sticky_cookie": "JSESSIONID", "sticky_path": "jsessionid",
+                       "sticky_remove": False, "sticky_force": False, "wait_worker": 0,
+                       "max_attempts": 1}],
+        "nodes": [{"id": i, "settings": dict(settings, route=route, host=host, port=port),
+                   "load": 50, "in_error": False,
+                   "vhosts": [{"id": i, "aliases": [["localhost", i]],
+                               "contexts": [[i, "/app", "ENABLED"]]}]}
+                  for i, (route, host, port) in enumerate(nodes, 1)]}))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_restored_node_reaching_a_proxy_listener_is_removed(tmp_path):
+    mport, pport, other = free_loopback_ports(3)
+    state = tmp_path / "state.json"
+    _state_file(state, [("loop", "127.0.0.1", pport), ("fine", "127.0.0.1", other)])
+    config = parse_config(f"""
+[manager]
+listen = ["tcp:{mport}:interface=127.0.0.1"]
+persist = true
+state_file = "{state}"
+[proxy]
+listen = ["tcp:{pport}:interface=127.0.0.1"]
+fast_event_loop = false
+drain_timeout = 0
+[console]
+listen = []
+""")
+    balancer = build(config, reactor)
+    balancer.startService()
+    try:
+        assert not (tmp_path / "state.json.bad").exists()  # the state itself was usable
+        assert [n.route for n in balancer.registry.table.nodes] == ["fine"]
+        # its next CONFIG is refused as any other
+        await _refused(mport, b"127.0.0.1", pport)
+        assert [n.route for n in balancer.registry.table.nodes] == ["fine"]
+    finally:
+        await balancer.stopService()

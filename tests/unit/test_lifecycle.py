@@ -256,3 +256,61 @@ def test_a_taken_over_registry_is_not_overwritten_by_the_state_file(tmp_path):
         assert top.registry.node("saved") is None
     finally:
         top.stopService()
+
+
+def _looping_state(path, port: int) -> None:
+    """A saved state (as a balancer whose proxy listened elsewhere wrote it): one
+    node at 127.0.0.1:<port>, one at 127.0.0.1:<port + 1>."""
+    from modcluster.cluster.model import BalancerSettings, NodeSettings
+    from modcluster.cluster.registry import Limits, Registry
+    from modcluster.services.persistence import write_state
+
+    reg = Registry(Clock(), Limits())
+    for route, p in (("loop", port), ("fine", port + 1)):
+        reg.config(BalancerSettings("mycluster"),
+                   NodeSettings(route=route, host="127.0.0.1", port=p),
+                   [(["localhost"], ["/app"])])
+    write_state(str(path), reg.to_state())
+
+
+def test_a_restored_node_reaching_a_proxy_listener_is_removed_once_it_listens(tmp_path):
+    path = tmp_path / "state.json"
+    _looping_state(path, 18009)
+    config = parse_config(
+        f'[manager]\nlisten = ["tcp:0:interface=127.0.0.1"]\npersist = true\n'
+        f'state_file = "{path}"\n[proxy]\nlisten = ["tcp:18009:interface=127.0.0.1"]\n')
+    top = build(config, MemoryReactorClock())  # its ports say 0.0.0.0:<port>
+    with capturedLogs() as events:
+        top.startService()
+    try:
+        assert [n.route for n in top.registry.table.nodes] == ["fine"]
+        assert top.registry.node("loop").rt.removed
+        [line] = [e for e in events if e.get("log_level") == LogLevel.warn
+                  and "forwarding loop" in e.get("log_format", "")]
+        assert (line["route"], line["address"], line["listener"]) == (
+            "loop", "127.0.0.1:18009", "0.0.0.0:18009")
+        [removing] = [e for e in top.registry.events if e["event"] == "node.removing"]
+        assert removing["route"] == "loop"
+        assert removing["why"] == ("forwarding loop: 127.0.0.1:18009 reaches proxy "
+                                   "listener 0.0.0.0:18009")
+        # the state written next has it no more
+        assert [n["settings"]["route"] for n in top.registry.to_state()["nodes"]] == ["fine"]
+    finally:
+        top.stopService()
+
+
+def test_a_reload_checks_the_registered_nodes_again(tmp_path):
+    path = tmp_path / "state.json"
+    _looping_state(path, 18009)
+    top = build(_persisting(path), MemoryReactorClock())
+    top.startService()
+    try:
+        assert top.registry.node("fine") is not None and not top.registry.node("fine").rt.removed
+        # the listeners now take 127.0.0.1:18010 (on a wildcard listener, the
+        # host gained the node's address): the next reload removes the node
+        top.handler.own_addresses.add_source(lambda: [("127.0.0.1", 18010)])
+        top.apply_config(top.config)
+        assert top.registry.node("fine").rt.removed
+        assert not top.registry.node("loop").rt.removed
+    finally:
+        top.stopService()
