@@ -13,8 +13,8 @@ such a CONFIG, and removes such a node registered before the listeners were up
 What a node's C{Host} is compared as, without blocking the reactor (node
 connections resolve names asynchronously, L{modcluster.proxy.pool.node_endpoint}):
 IP literals (the forms C{getaddrinfo} takes with C{AI_NUMERICHOST}, as the
-node connection's resolver would read them, IPv4-mapped IPv6 as IPv4) and
-C{localhost} (127.0.0.1 and ::1).  An unspecified address (C{0.0.0.0}, C{::})
+node connection would read them, IPv4-mapped IPv6 as IPv4; L{node_addresses})
+and C{localhost} (127.0.0.1 and ::1).  An unspecified address (C{0.0.0.0}, C{::})
 is the local host's loopback, as a connection to it is on Linux.  Other names
 are not resolved here: a node registered under a name of this host is not
 detected (docs/mcmp.md).
@@ -33,7 +33,9 @@ import ipaddress
 import socket
 from typing import Callable, Iterable, Optional, Union
 
+from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.endpoints import HostnameEndpoint
 
 __all__ = ["ProxyAddresses", "node_addresses", "reaches"]
 
@@ -50,15 +52,34 @@ def _normal(ip: _IP) -> _IP:
     return ip
 
 
+#: Longer than any host name (253) or scoped IPv6 literal: no connection.
+_MAX_HOST = 300
+
+
 def node_addresses(host: str) -> Optional[tuple[_IP, ...]]:
     """
     The addresses a node C{Host} (as CONFIG gives it: IPv6 in brackets or
-    not) stands for, or C{None} for a name this check does not resolve.
+    not) stands for, or C{None} for a name this check does not resolve or a
+    C{Host} the node connection cannot connect to.
+
+    Read as L{modcluster.proxy.pool.node_endpoint} reads it: a dotted quad
+    or an IPv6 literal (a C{%zone} included) is an address, looked up as the
+    connection does (C{getaddrinfo} with C{AI_NUMERICHOST}); anything else
+    goes through C{HostnameEndpoint}, which refuses a name that is not valid
+    IDNA (C{127.0.0.1%lo}, spaces, fullwidth digits: no connection at all)
+    and otherwise resolves the NFC-normalised text with C{getaddrinfo},
+    which also reads C{127.1}, C{2130706433}, C{0x7f.1}, C{0177.0.0.1} as
+    127.0.0.1: those are compared numerically here too, other names not.
     """
     bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    bare = bare.split("%", 1)[0]
-    if bare.lower().rstrip(".") == "localhost":
-        return _LOOPBACK
+    if not bare or len(bare) > _MAX_HOST:
+        return None
+    if not (isIPAddress(bare) or isIPv6Address(bare)):
+        invalid, _, bare = HostnameEndpoint._hostAsBytesAndText(bare)
+        if invalid:
+            return None  # the node connection fails at once (ValueError)
+        if bare.lower().rstrip(".") == "localhost":
+            return _LOOPBACK
     try:
         infos = socket.getaddrinfo(bare, None, type=socket.SOCK_STREAM,
                                    flags=socket.AI_NUMERICHOST)
@@ -98,6 +119,8 @@ def reaches(addresses: Iterable[_IP], port: int,
     The first listener C{(host, port)} of C{listeners} that a connection to
     one of C{addresses} on C{port} reaches, as C{"host:port"}, else C{None}.
     """
+    if not 0 < port < 65536:
+        return None  # no connection (port 0 is refused, not a listener's)
     addresses = tuple(addresses)
     for lhost, lport in listeners:
         if lport != port:

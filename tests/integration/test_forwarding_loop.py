@@ -128,3 +128,76 @@ listen = []
         assert [n.route for n in balancer.registry.table.nodes] == ["fine"]
     finally:
         await balancer.stopService()
+
+
+#: Host forms whose connection does not depend on DNS or on this host's
+#: interfaces: what node_endpoint really connects to is the truth the check
+#: must agree with (a false "loop" refuses a node; a missed one loops).
+_FORMS = [
+    "127.0.0.1", "127.1", "2130706433", "0x7f.1", "0177.0.0.1", "127.000.000.001",
+    "0x7f000001", "127.0.1", "[127.0.0.1]", "127\u30020\u30020\u30021",
+    "::ffff:127.0.0.1", "[::ffff:127.0.0.1]", "0", "0.0.0.0", "[::ffff:0.0.0.0]",
+    "localhost", "LOCALHOST",
+    "127.0.0.2", "127.0.0.1%lo", "127.0.0.1 ", " 127.0.0.1", "localhost localhost",
+    "\uff11\uff12\uff17.\uff10.\uff10.\uff11", "127.0.0.\uff11", "1.2.3.4.5", "a" * 300,
+    "::1%no-such-interface", "[::127.0.0.1]",
+]
+_FORMS_V6 = ["::1", "[::1]", "[0:0:0:0:0:0:0:1]", "::", "[::]", "[::\uff11]"]
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_check_agrees_with_what_the_node_connection_reaches():
+    from twisted.internet.defer import Deferred
+    from twisted.internet.protocol import Factory, Protocol
+
+    from modcluster.loops import ProxyAddresses
+    from modcluster.proxy.pool import node_endpoint
+
+    accepted: list = []
+
+    class Count(Protocol):
+        def connectionMade(self):
+            accepted.append(self.transport.getHost())
+
+    ports = [reactor.listenTCP(0, Factory.forProtocol(Count), interface="127.0.0.1")]
+    port = ports[0].getHost().port
+    forms = list(_FORMS)
+    if _has_ipv6_loopback():
+        try:
+            ports.append(reactor.listenTCP(port, Factory.forProtocol(Count), interface="::1"))
+            forms += _FORMS_V6
+        except Exception:  # the port is taken on ::1: the IPv4 forms only
+            pass
+    own = ProxyAddresses()
+    own.add_source(lambda: [(p.getHost().host, port) for p in ports])
+    try:
+        disagree = []
+        for host in forms:
+            del accepted[:]
+            try:
+                conn = await node_endpoint(reactor, host, port, 5).connect(
+                    Factory.forProtocol(Protocol))
+            except Exception:
+                connected = False
+            else:
+                conn.transport.loseConnection()
+                connected = True
+            while connected and not accepted:  # the accept follows the connect
+                wait: Deferred = Deferred()
+                reactor.callLater(0.01, wait.callback, None)
+                await wait
+            if connected != (own.reached_by(host, port) is not None):
+                disagree.append((host, connected, own.reached_by(host, port)))
+        assert disagree == []
+    finally:
+        for p in ports:
+            await p.stopListening()

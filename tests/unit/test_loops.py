@@ -24,7 +24,7 @@ def ips(*texts):
     ("10.1.2.3", ips("10.1.2.3")),
     ("[::1]", ips("::1")),
     ("::1", ips("::1")),
-    ("[fe80::1%eth0]", ips("fe80::1")),
+    ("[fe80::1]", ips("fe80::1")),  # zones: test_ipv6_zone_is_looked_up_as_the_connection_does
     ("[::ffff:127.0.0.1]", ips("127.0.0.1")),  # IPv4-mapped: the IPv4 address
     ("0.0.0.0", ips("127.0.0.1")),  # a connection to it reaches loopback
     ("[::]", ips("::1")),
@@ -111,3 +111,84 @@ def test_proxy_addresses_from_listening_ports_and_sources():
     ports[0].connected = False  # stopped listening: forgotten
     assert own.reached_by("127.0.0.1", 41000) is None
     assert own.bound() == [("::", 41001), ("0.0.0.0", 42000)]
+
+
+# What the node connection (modcluster.proxy.pool.node_endpoint) connects to
+# decides: checked against real connections in
+# tests/integration/test_forwarding_loop.py.
+@pytest.mark.parametrize("host", [
+    "127.1", "127.0.1", "2130706433", "0x7f.1", "0x7F.0.0.1", "0x7f000001", "0177.0.0.1",
+    "017700000001", "127.000.000.001", "127.0.0.01",  # getaddrinfo reads them as 127.0.0.1
+    "::ffff:127.0.0.1", "[::ffff:127.0.0.1]", "::ffff:7f00:1",  # IPv4-mapped
+    "[127.0.0.1]",  # node_endpoint takes the brackets off any host
+    "127\u30020\u30020\u30021",  # ideographic full stops: IDNA dots, 127.0.0.1
+    "0", "0.0.0.0", "[::ffff:0.0.0.0]",  # unspecified: a connection reaches loopback
+])
+def test_ipv4_loopback_forms(host):
+    assert node_addresses(host) == ips("127.0.0.1")
+
+
+@pytest.mark.parametrize("host", ["::1", "[::1]", "[0:0:0:0:0:0:0:1]", "::", "[::]"])
+def test_ipv6_loopback_forms(host):
+    assert node_addresses(host) == ips("::1")
+
+
+@pytest.mark.parametrize("host", ["localhost", "LOCALHOST", "locaLhost", "LOCALHOST.",
+                                  "[localhost]"])
+def test_localhost_forms(host):
+    assert node_addresses(host) == ips("127.0.0.1", "::1")
+
+
+@pytest.mark.parametrize("host", [
+    # not valid IDNA: HostnameEndpoint refuses them, the connection never starts
+    "127.0.0.1%lo", "127.0.0.1%25lo", "127.0.0.1 ", " 127.0.0.1", "127.0.0.1\t",
+    "localhost localhost", "\uff11\uff12\uff17.\uff10.\uff10.\uff11", "127.0.0.\uff11",
+    "[::\uff11]", "\uff2c\uff2f\uff23\uff21\uff2c\uff28\uff2f\uff33\uff34", "\ud800",
+    "a" * 300, "1" * 100_000, "[]", "[", "]", "%lo",
+    # names: not resolved here (localhost6 and ip6-localhost exist only where
+    # /etc/hosts says so), nor a dotted quad with a root dot or five parts
+    "localhost6", "ip6-localhost", "foo.localhost", "127.0.0.1.", "1.2.3.4.5", "x",
+])
+def test_hosts_without_a_loopback_connection(host):
+    assert node_addresses(host) is None
+
+
+def test_ipv6_zone_is_looked_up_as_the_connection_does():
+    # node_endpoint gives "::1%<zone>" to getaddrinfo as it is: an interface
+    # that does not exist fails the connection, so nothing is reached
+    assert node_addresses("::1%no-such-interface") is None
+    assert node_addresses("[::1%no-such-interface]") is None
+    try:
+        socket.getaddrinfo("::1%lo", None, flags=socket.AI_NUMERICHOST)
+    except OSError:
+        assert node_addresses("::1%lo") is None  # (sandboxes without "lo" scopes)
+    else:
+        assert node_addresses("::1%lo") == ips("::1")
+    # a link-local address is not this host's unless an interface has it
+    assert node_addresses("[fe80::1%no-such-interface]") is None
+
+
+def test_addresses_near_loopback_do_not_reach_a_specific_listener():
+    listeners = [("127.0.0.1", 8000), ("::1", 8000)]
+    for host in ("127.0.0.2", "127.255.255.255", "[::127.0.0.1]", "::2"):
+        assert reaches(node_addresses(host), 8000, listeners) is None, host
+
+
+@pytest.mark.parametrize("port", [0, -1, 65536, 2**70])
+def test_ports_no_listener_has(port):
+    # (a connection to port 0 is refused: not even a listener whose source
+    # says 0, one not bound yet, is reached)
+    own = ProxyAddresses()
+    own.add_source(lambda: [("127.0.0.1", 8000), ("0.0.0.0", 8001), ("::", 0)])
+    assert own.reached_by("127.0.0.1", port) is None
+
+
+def test_a_huge_host_is_answered_at_once():
+    import time
+
+    own = ProxyAddresses()
+    own.add_source(lambda: [("0.0.0.0", 8000)])
+    started = time.monotonic()
+    for host in ("a" * 10**6, "1." * 500_000, "[" + ":" * 10**6 + "]", "\u30021" * 10**5):
+        assert own.reached_by(host, 8000) is None
+    assert time.monotonic() - started < 1.0

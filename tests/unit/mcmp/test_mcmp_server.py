@@ -571,3 +571,37 @@ def test_config_naming_a_proxy_listener_is_a_mem_error():
         r = server.request("CONFIG", b"JVMRoute=n-%s&Host=%s&Port=%s&Type=http"
                            % (port, host, port))
         assert r.code == 200, (host, port, r.headers)
+
+
+def test_config_loop_check_with_hostile_host_and_port():
+    """
+    The forwarding-loop check sees only what CONFIG's decoding lets through:
+    a Port of 0, 65536 or not a number is SYNTAX before it, a Host longer
+    than the limit too; odd spellings of loopback are refused as loops, a
+    Host the node connection cannot use (spaces, a zone on IPv4) is no loop.
+    """
+    from modcluster.loops import ProxyAddresses
+
+    server = Server()
+    own = ProxyAddresses()
+    own.add_source(lambda: [("::", 8000)])  # dual stack: IPv4 and IPv6
+    server.handler.own_addresses = own
+
+    def config(host: bytes, port: bytes):
+        server.connect()
+        return server.request("CONFIG", b"JVMRoute=n&Host=%s&Port=%s&Type=http" % (host, port))
+
+    for port in (b"0", b"65536", b"abc", b"8000 ", b"-8000", b"0x1f40"):
+        r = config(b"127.0.0.1", port)
+        assert r.code == 500 and r.headers[b"type"] == b"SYNTAX", (port, r.headers)
+    r = config(b"1" * 200, b"8000")
+    assert r.code == 500 and r.headers[b"type"] == b"SYNTAX", r.headers
+    for host in (b"127.1", b"2130706433", b"0x7f.1", b"0177.0.0.1", b"127.000.000.001",
+                 b"%5B%3A%3Affff%3A127.0.0.1%5D", b"%5B%3A%3A1%5D", b"%3A%3A", b"0.0.0.0",
+                 b"LOCALHOST.", b"%5B%3A%3A1%25lo%5D"):
+        r = config(host, b"8000")
+        assert r.code == 500 and r.headers[b"type"] == b"MEM", (host, r.headers)
+        assert b"forwarding loop" in r.headers[b"mess"], host
+    assert [n.route for n in server.registry.table.nodes] == []
+    r = config(b"127.0.0.1+", b"8000")  # a space: the node connection refuses the name
+    assert r.code == 200, r.headers
