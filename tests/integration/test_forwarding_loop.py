@@ -48,20 +48,28 @@ async def _refused(mport: int, node_host: bytes, pport: int) -> None:
         b"proxy listener of this balancer: forwarding loop)" % pport), answer
 
 
-@pytest_twisted.ensureDeferred
-async def test_config_with_the_address_of_a_proxy_listener_is_refused():
-    mport, pport, other = free_loopback_ports(3)
-    config = parse_config(f"""
+def _balancer(mport: int, proxy_listen: list[str], manager: str = ""):
+    """A balancer as twistd builds it: MCMP on 127.0.0.1:C{mport}, the proxy on
+    C{proxy_listen}, more C{[manager]} settings in C{manager}."""
+    listen = ", ".join(f'"{d}"' for d in proxy_listen)
+    return build(parse_config(f"""
 [manager]
 listen = ["tcp:{mport}:interface=127.0.0.1"]
+{manager}
 [proxy]
-listen = ["tcp:{pport}:interface=127.0.0.1", "tcp:0:interface=127.0.0.1"]
+listen = [{listen}]
 fast_event_loop = false
 drain_timeout = 0
 [console]
 listen = []
-""")
-    balancer = build(config, reactor)
+"""), reactor)
+
+
+@pytest_twisted.ensureDeferred
+async def test_config_with_the_address_of_a_proxy_listener_is_refused():
+    mport, pport, other = free_loopback_ports(3)
+    balancer = _balancer(mport, [f"tcp:{pport}:interface=127.0.0.1",
+                                 "tcp:0:interface=127.0.0.1"])
     balancer.startService()
     try:
         for node_host in (b"127.0.0.1", b"localhost", b"[::ffff:127.0.0.1]"):
@@ -106,19 +114,8 @@ async def test_a_restored_node_reaching_a_proxy_listener_is_removed(tmp_path):
     mport, pport, other = free_loopback_ports(3)
     state = tmp_path / "state.json"
     _state_file(state, [("loop", "127.0.0.1", pport), ("fine", "127.0.0.1", other)])
-    config = parse_config(f"""
-[manager]
-listen = ["tcp:{mport}:interface=127.0.0.1"]
-persist = true
-state_file = "{state}"
-[proxy]
-listen = ["tcp:{pport}:interface=127.0.0.1"]
-fast_event_loop = false
-drain_timeout = 0
-[console]
-listen = []
-""")
-    balancer = build(config, reactor)
+    balancer = _balancer(mport, [f"tcp:{pport}:interface=127.0.0.1"],
+                         f'persist = true\nstate_file = "{state}"\n')
     balancer.startService()
     try:
         assert not (tmp_path / "state.json.bad").exists()  # the state itself was usable

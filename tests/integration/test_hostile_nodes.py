@@ -270,6 +270,23 @@ def _configured(**config):
     return lambda fn: _stack_test(fn, **config)
 
 
+async def _head_cut_off(stack, path: bytes) -> None:
+    """
+    A GET of C{path} whose node is slow with its response head (read
+    timeout 1 s): a 504 within a few seconds, node C{n1} not put in error
+    and not busy.
+    """
+    started = time.monotonic()
+    data, how = await threads.deferToThread(
+        _exchange, stack.port.getHost().port,
+        b"GET %s HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n" % path)
+    took = time.monotonic() - started
+    assert data.startswith(b"HTTP/1.1 504 "), (data, how)
+    assert took < 6, took
+    entry = stack.registry.table.by_route["n1"]
+    assert not entry.rt.in_error and entry.rt.busy == 0
+
+
 @_configured(timeout=1.0)
 async def test_a_node_trickling_its_response_head_is_cut_off(stack, node):
     """
@@ -279,19 +296,10 @@ async def test_a_node_trickling_its_response_head_is_cut_off(stack, node):
     byte: the client gets a 504 within a few seconds, the node connection
     is closed and the node is not put in error.
     """
-    port = stack.port.getHost().port
-    started = time.monotonic()
-    data, how = await threads.deferToThread(
-        _exchange, port,
-        b"GET /app/trickle-head HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-    took = time.monotonic() - started
-    assert data.startswith(b"HTTP/1.1 504 "), (data, how)
-    assert took < 6, took
-    entry = stack.registry.table.by_route["n1"]
-    assert not entry.rt.in_error and entry.rt.busy == 0
+    await _head_cut_off(stack, b"/app/trickle-head")
     # a node that answers at once still does, on the same proxy
     data, how = await threads.deferToThread(
-        _exchange, port,
+        _exchange, stack.port.getHost().port,
         b"GET /app/ok HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
     assert data.startswith(b"HTTP/1.1 200 OK\r\n") and data.endswith(b"node saw /app/ok")
 
@@ -345,16 +353,7 @@ async def test_an_ajp_node_flushing_before_its_headers_is_cut_off():
     stack.factory.forwarders["ajp"] = AJPForwarder(stack.reactor, stack.config)
     stack.register("n1", server.getsockname()[1], contexts=("/app",), type="ajp")
     try:
-        port = stack.port.getHost().port
-        started = time.monotonic()
-        data, how = await threads.deferToThread(
-            _exchange, port,
-            b"GET /app/x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        took = time.monotonic() - started
-        assert data.startswith(b"HTTP/1.1 504 "), (data, how)
-        assert took < 6, took
-        entry = stack.registry.table.by_route["n1"]
-        assert not entry.rt.in_error and entry.rt.busy == 0
+        await _head_cut_off(stack, b"/app/x")
         await threads.deferToThread(node.join, 10)
         assert not node.is_alive()
     finally:

@@ -276,20 +276,13 @@ def test_slow_first_byte_then_whole_head_is_not_cut():
     c = h.client()
     c.send(GET)
     n = h.accept()
-    h.advance(9)
-    n.respond(b"HTTP/1.1 200 OK\r\n")
-    h.advance(6)
-    n.respond(b"Content-Length: 2\r\n")
-    h.advance(3)
-    n.respond(b"\r\nok")
+    _play(h, n, 9, b"HTTP/1.1 200 OK\r\n", 6, b"Content-Length: 2\r\n", 3, b"\r\nok")
     assert parse_responses(c.received())[0].status == 200
     # the next request on the same node connection: the deadline of the
     # previous head does not carry over
     c.send(GET)
-    h.advance(9)
-    n.respond(b"HTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 2")
-    h.advance(8)
-    n.respond(b"00 OK\r\nContent-Length: 0\r\n\r\n")
+    _play(h, n, 9, b"HTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 2",
+          8, b"00 OK\r\nContent-Length: 0\r\n\r\n")
     assert [r.status for r in parse_responses(c.received())] == [102, 200]
     assert not n.aborted
     assert h.counters_idle()
@@ -305,15 +298,19 @@ def test_head_deadline_restarts_after_an_interim_response():
     c = h.client()
     c.send(GET)
     n = h.accept()
-    n.respond(b"HTTP/1.1 10")
-    h.advance(6)
-    n.respond(b"2 Processing\r\n\r\n")
-    h.advance(9)
-    n.respond(b"HTTP/1.1 200 OK\r\n")
-    h.advance(6)
-    n.respond(b"Content-Length: 0\r\n\r\n")
+    _play(h, n, b"HTTP/1.1 10", 6, b"2 Processing\r\n\r\n",
+          9, b"HTTP/1.1 200 OK\r\n", 6, b"Content-Length: 0\r\n\r\n")
     assert [r.status for r in parse_responses(c.received())] == [102, 200]
     assert not n.aborted
+
+
+def _play(h: Harness, n, *timeline) -> None:
+    """The node's side of a timeline: a number is seconds passing, bytes are sent."""
+    for step in timeline:
+        if isinstance(step, bytes):
+            n.respond(step)
+        else:
+            h.advance(step)
 
 
 def one_node(**config) -> Harness:
