@@ -314,3 +314,24 @@ def test_a_reload_checks_the_registered_nodes_again(tmp_path):
         assert not top.registry.node("loop").rt.removed
     finally:
         top.stopService()
+
+
+def test_registrations_taken_over_are_checked_once_the_listeners_listen(tmp_path):
+    """A hitless restart restores the predecessor's registrations at build time
+    (tap._handover), before any listener, maybe with another proxy.listen."""
+    from modcluster.services.persistence import read_state
+
+    path = tmp_path / "state.json"
+    _looping_state(path, 18009)
+    config = parse_config('[manager]\nlisten = ["tcp:0:interface=127.0.0.1"]\n'
+                          '[proxy]\nlisten = ["tcp:18010:interface=127.0.0.1"]\n')
+    top = build(config, MemoryReactorClock())
+    top.taken_over = True
+    top.handler.restore_state(read_state(str(path)))  # as tap._handover does
+    assert not top.registry.node("fine").rt.removed
+    top.startService()
+    try:
+        assert [n.route for n in top.registry.table.nodes] == ["loop"]
+        assert top.registry.node("fine").rt.removed
+    finally:
+        top.stopService()
