@@ -38,6 +38,7 @@ from modcluster.cluster.model import (
     NodeRuntime,
     NodeSettings,
     RoutingTable,
+    TableSource,
     recalc_lbstatus,
 )
 
@@ -93,7 +94,7 @@ _ZERO_NODE = (0,) * len(NODE_COUNTERS)
 _ZERO_CONTEXT = (0,) * len(CONTEXT_COUNTERS)
 
 
-class Mirror:
+class Mirror(TableSource):
     """
     A worker's copy of the routing state.  L{table} is rebuilt lazily after a
     snapshot, so a burst of registrations costs one rebuild per use, not one
@@ -106,7 +107,7 @@ class Mirror:
     def __init__(self, now: float = 0.0, lbstatus_recalc_time: float = 5.0) -> None:
         self._interval = lbstatus_recalc_time
         self._now = now
-        self._table: Optional[RoutingTable] = RoutingTable.empty()
+        self._table = RoutingTable.empty()  # (TableSource: tells the followers)
         self._snapshot: Optional[tuple] = None
         #: serial -> runtime of the nodes in the latest snapshot
         self._nodes: dict[int, NodeRuntime] = {}

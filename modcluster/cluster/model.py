@@ -351,3 +351,40 @@ class RoutingTable:
         if len(path) <= MEMO_PATH_MAX:
             matches.put(key, found)
         return found
+
+
+class TableSource:
+    """
+    What holds the current L{RoutingTable} (the L{Registry
+    <modcluster.cluster.registry.Registry>}, a worker's L{Mirror
+    <modcluster.cluster.mirror.Mirror>}) and tells its followers.
+
+    A follower (the data plane's C{ProxyFactory}) has a C{table_now}
+    attribute that is always this source's table as C{_table} holds it: the
+    built table, or C{None} once a change dropped it (then the follower
+    calls C{snapshot}, which builds it and so sets C{table_now} again).  The
+    data plane reads an attribute per request instead of making a Python
+    call (issue 18).  C{_table} is a property so that every place that drops
+    or builds the table keeps the followers in step, without a call of its
+    own.
+    """
+
+    #: the table C{_table} holds (None: dropped after a change, built on demand)
+    _built: Optional[RoutingTable] = None
+    #: the objects whose C{table_now} follows C{_table}
+    _followers: tuple = ()
+
+    @property
+    def _table(self) -> Optional[RoutingTable]:
+        return self._built
+
+    @_table.setter
+    def _table(self, table: Optional[RoutingTable]) -> None:
+        self._built = table
+        for follower in self._followers:
+            follower.table_now = table
+
+    def follow(self, follower) -> None:
+        """Keep C{follower.table_now} equal to this source's table (or None)."""
+        self._followers += (follower,)
+        follower.table_now = self._built

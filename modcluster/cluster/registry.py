@@ -30,6 +30,7 @@ from modcluster.cluster.model import (
     NodeRuntime,
     NodeSettings,
     RoutingTable,
+    TableSource,
     recalc_lbstatus,
 )
 
@@ -128,7 +129,7 @@ class _Node:
         return None
 
 
-class Registry:
+class Registry(TableSource):
     """
     @param clock: provides C{seconds()}.
     @param limits: quotas and timers.
@@ -151,7 +152,7 @@ class Registry:
         self._context_count = 0
         self._removed_domains: dict[str, tuple[str, str, float]] = {}
         self._generation = 0
-        self._table: Optional[RoutingTable] = RoutingTable.empty()
+        self._table = RoutingTable.empty()  # (TableSource: tells the followers)
         self.events: deque[dict] = deque(maxlen=event_log_size)
         self._structure_observers: list[Callable[[], None]] = []
         self._node_observers: list[Callable[[NodeRuntime], None]] = []

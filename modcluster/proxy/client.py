@@ -814,7 +814,12 @@ class ClientProtocol(Protocol, ClientDeadlines):
             cookie = None
             if ex.cookies is not None:
                 cookie = b"; ".join(ex.cookies).decode("utf-8", "surrogateescape")
-            d = choose(f.table(), host, path, cookie, f.now, policy, ex.exclude)
+            # the table as an attribute the registry keeps current (a call
+            # fewer per request; None after a change: snapshot() builds it)
+            table = f.table_now
+            if table is None:
+                table = f.table()
+            d = choose(table, host, path, cookie, f.now, policy, ex.exclude)
             if d.__class__ is Decision:
                 if TYPE_CHECKING:  # (__class__ is: the hot path's cheaper isinstance)
                     assert isinstance(d, Decision)

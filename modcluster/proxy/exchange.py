@@ -402,7 +402,10 @@ class _Exchange:
         if self.cookies is not None:
             cookie = b"; ".join(self.cookies).decode("utf-8", "surrogateescape")
         now = f.now  # coarse (sweep) clock: only used for the worker retry interval
-        d = choose(f.table(), host, self.path, cookie, now, policy, self.exclude)
+        table = f.table_now  # (as _remembered: an attribute read instead of a call)
+        if table is None:
+            table = f.table()
+        d = choose(table, host, self.path, cookie, now, policy, self.exclude)
         if d.__class__ is Decision:
             if TYPE_CHECKING:  # (__class__ is: the hot path's cheaper isinstance)
                 assert isinstance(d, Decision)

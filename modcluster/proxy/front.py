@@ -21,6 +21,7 @@ from modcluster.balancer import (
     RoutingPolicy,
 )
 from modcluster.balancer._health import RetryBudget, record_failure, resilience_settings
+from modcluster.cluster.model import RoutingTable, TableSource
 from modcluster.listening import ReadTimeouts, TimeoutReport
 from modcluster.memo import BoundedMemo
 from modcluster.proxy.client import (
@@ -95,6 +96,15 @@ class ProxyFactory(Factory):
         self.sessions = None
         self.config = config
         self.table = table
+        #: the routing table C{table()} would return, or None (then call it):
+        #: kept current by the registry or mirror whose C{snapshot} is
+        #: C{table} (L{TableSource.follow}), so that a request reads an
+        #: attribute instead of making a Python call; None for any other
+        #: callable (a test's), which is then called per request as before
+        self.table_now: Optional[RoutingTable] = None
+        source = getattr(table, "__self__", None)
+        if isinstance(source, TableSource) and table == getattr(source, "snapshot", None):
+            source.follow(self)
         self.on_node_failure = on_node_failure
         self.on_node_success = on_node_success
         self.on_node_ejected = on_node_ejected

@@ -82,7 +82,9 @@ class Harness:
         self.failures: list[tuple[str, str]] = []
         self.successes: list[str] = []
         self.config = ProxyConfig(**config)
-        self.factory = ProxyFactory(self.reactor, self.config, lambda: self.registry.table,
+        # registry.snapshot, as the service: the factory follows the
+        # registry's table (table_now) instead of calling per request
+        self.factory = ProxyFactory(self.reactor, self.config, self.registry.snapshot,
                                     self._failed, self.successes.append)
         self.factory.startFactory()
 
