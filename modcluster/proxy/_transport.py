@@ -76,6 +76,14 @@ def direct_writer(transport) -> Callable[[bytes], None]:
     # closes the socket only after it set connected to 0 (connectionLost):
     # the descriptor is this socket's whenever it is written to here.
     fd = transport.socket.fileno()
+    # disconnecting and _aborting are FileDescriptor's class-level defaults
+    # until loseConnection / abortConnection set them on the instance: copied
+    # onto the instance here (the same values, so nothing changes), every
+    # write's test below and the fast loop's _aborting test per read event
+    # (fastloop.py) read an instance attribute instead of a generic lookup
+    # through the class (issue 18)
+    t.disconnecting = t.disconnecting
+    t._aborting = t._aborting
     writes = _fd_writers(transport)
     if writes is not None:
         # On an epoll reactor, "something buffered" (_tempDataLen, dataBuffer)

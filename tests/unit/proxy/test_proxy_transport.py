@@ -113,6 +113,29 @@ def test_disconnecting_transport_not_written_directly(reactor_type):
 
 
 @_REACTORS
+def test_writer_copies_the_class_defaults_it_tests_onto_the_transport(reactor_type):
+    """
+    disconnecting and _aborting, class-level defaults until Twisted sets them,
+    are on the transport itself once its writer is made, with the same
+    values (instance attributes: cheaper per read); a writer made after
+    loseConnection keeps the transport disconnecting and writes nothing
+    directly.
+    """
+    t, peer, reactor = _server_transport(reactor_type)
+    assert "disconnecting" not in vars(t) and "_aborting" not in vars(t)
+    direct_writer(t)
+    assert vars(t)["disconnecting"] == tcp.Server.disconnecting
+    assert vars(t)["_aborting"] is tcp.Server._aborting
+    t2, peer2, reactor2 = _server_transport(reactor_type)
+    t2.write(b"x")
+    t2.loseConnection()
+    write = direct_writer(t2)
+    assert t2.disconnecting and not t2._aborting
+    write(b"y")
+    assert _nothing_at(peer2)
+
+
+@_REACTORS
 def test_closed_transport_never_writes_to_its_old_descriptor(reactor_type):
     """
     The direct writer writes to the descriptor it took when made only while
