@@ -326,7 +326,7 @@ class NodeProtocol(Protocol):
         return isinstance(handle, Connection) and bool(handle.get_shutdown() & RECEIVED_SHUTDOWN)
 
     def dataReceived(self, data: bytes) -> None:
-        self.seen = self.fw.now
+        self.seen = now = self.fw.now  # (now: again for idle_since, a local read)
         self.rt.read += len(data)
         ex = self.ex
         if ex is None:
@@ -370,7 +370,7 @@ class NodeProtocol(Protocol):
                             self.transport.resumeProducing()
                         if (whole.keep_alive and self.body_done and not self.broken
                                 and not pool.closed and not self.closed):
-                            self.idle_since = self.fw.now
+                            self.idle_since = now
                             pool.idle.append(self)
                         else:
                             self._close()
