@@ -385,6 +385,10 @@ class TableSource:
             follower.table_now = table
 
     def follow(self, follower) -> None:
-        """Keep C{follower.table_now} equal to this source's table (or None)."""
+        """
+        Keep C{follower.table_now} equal to this source's table (or None).
+        Followers are kept for the source's life (never let go): the
+        service makes one C{ProxyFactory} per process, at start-up.
+        """
         self._followers += (follower,)
         follower.table_now = self._built
