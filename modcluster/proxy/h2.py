@@ -24,6 +24,9 @@ Flow control is wired to backpressure both ways:
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import os
 from typing import TYPE_CHECKING, Optional
 
 from h2.config import H2Configuration
@@ -50,7 +53,7 @@ from zope.interface import implementer
 
 from modcluster.accesslog import text
 from modcluster.proxy._transport import IStreamTransport
-from modcluster.proxy.exchange import _Exchange
+from modcluster.proxy.exchange import _P_UPGRADE, _Exchange
 from modcluster.proxy.h2conn import (
     _BAD_VALUE,
     _NAME,
@@ -77,6 +80,11 @@ RESET_COST = 10
 
 _HEAD = b"HEAD"
 _CONTINUE = b"100-continue"
+_WEBSOCKET = b"websocket"
+#: RFC 6455 §1.3
+_WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+#: a client's fields replaced by ours in the node's WebSocket handshake
+_WS_HANDSHAKE = frozenset((b"sec-websocket-key", b"sec-websocket-accept"))
 
 
 class _H2Exchange(_Exchange):
@@ -204,7 +212,7 @@ class _H2Exchange(_Exchange):
     def _exchangeDone(self, ex, close: bool) -> None:  # pragma: no cover - not used
         pass
 
-    def _startTunnel(self, ex) -> None:  # pragma: no cover - no Upgrade in HTTP/2
+    def _startTunnel(self, ex) -> None:  # pragma: no cover - HTTP/1.1's (see _H2Tunnel)
         pass
 
     # -- response from the forwarder ------------------------------------------------
@@ -373,6 +381,99 @@ class _H2Exchange(_Exchange):
         conn._streamClosed(self)
 
 
+class _H2Tunnel(_H2Exchange):
+    """
+    An extended CONNECT stream (RFC 8441): routed and forwarded as the
+    HTTP/1.1 Upgrade request it stands for (C{GET}, C{Connection: Upgrade},
+    C{Upgrade: <:protocol>}, for WebSocket a C{Sec-WebSocket-Key} of ours:
+    HTTP/2 has no key nor accept, §5), the node's C{101} answered with
+    C{:status 200}, then the stream's DATA and the node connection's bytes
+    relayed both ways under flow control; another answer is relayed as a
+    response and ends the stream (a 2xx other than 101, which the client
+    would take for an open tunnel, becomes 502).  Until the node's C{101}
+    the stream's DATA is held, unacknowledged (C{_P_UPGRADE}: bounded by
+    the stream window), as the HTTP/1.1 front holds bytes after an Upgrade
+    request head: a node that refuses never reads them as a request.
+    """
+
+    __slots__ = ("protocol", "early", "accept")
+
+    def __init__(self, conn: "H2Protocol", sid: int, protocol: bytes) -> None:
+        _H2Exchange.__init__(self, conn, sid)
+        #: the client's :protocol
+        self.protocol = protocol
+        #: DATA received before the node's 101
+        self.early: Optional[list] = None
+        #: the Sec-WebSocket-Accept the node must answer with (WebSocket only)
+        self.accept: Optional[bytes] = None
+        self._pause = _P_UPGRADE  # nothing acknowledged before the 101
+
+    def _bodyData(self, data: bytes) -> None:
+        if self.tunnel:
+            _Exchange._bodyData(self, data)
+        elif self.early is None:
+            self.early = [data]
+        else:
+            self.early.append(data)
+
+    def _bodyEnd(self) -> None:
+        """The client's END_STREAM: the FIN of the tunnelled connection (§5)."""
+        self.body_done = True
+        if self.tunnel:
+            self._halfClose()
+
+    def _halfClose(self) -> None:
+        close = getattr(self.upstream, "halfClose", None)  # (NodeProtocol's)
+        if close is not None:
+            close()
+
+    def responseHead(self, status: int, reason: bytes, headers, length: int) -> None:
+        if self.done or self.resp_started or self.closed:
+            return
+        if status == 101:
+            self._switched(reason, headers)
+            return
+        self.early = None  # refused: never sent to the node
+        if 200 <= status < 300:
+            d = self.decision
+            if TYPE_CHECKING:  # a response comes from an attempt
+                assert d is not None
+            self._respondError(self, 502, f"node {d.node.route} answered {status} to an "
+                                          f"Upgrade to {text(self.upgrade_token)}, not 101")
+            return
+        _H2Exchange.responseHead(self, status, reason, headers, length)
+
+    def _switched(self, reason: bytes, headers) -> None:
+        """The node's 101: our 200, then the tunnel."""
+        fields = []
+        accept = None
+        for name, value in _response_fields(101, headers)[1:]:
+            if name == b"sec-websocket-accept":
+                accept = value
+            elif name != b"content-length":  # (none in a 2xx to CONNECT: RFC 9110 §9.3.6)
+                fields.append((name, value))
+        if self.accept is not None and accept != self.accept:
+            d = self.decision
+            if TYPE_CHECKING:  # a response comes from an attempt
+                assert d is not None
+            self._respondError(self, 502, f"node {d.node.route}: 101 without the "
+                                          "Sec-WebSocket-Accept of our key")
+            return
+        self.tunnel = True
+        _H2Exchange.responseHead(self, 200, reason, fields, -1)
+        if self.closed:
+            return  # (the head could not be sent: reset)
+        # logged and counted as the HTTP/1.1 front's tunnel is: the node's 101
+        self.status = 101
+        early, self.early = self.early, None
+        if early:
+            for chunk in early:
+                _Exchange._bodyData(self, chunk)
+        if self.end_of_request:
+            self._halfClose()
+        self._resumeReading(_P_UPGRADE)
+
+
 @implementer(IPushProducer, IHalfCloseableProtocol)
 class H2Protocol(Protocol):
     """
@@ -406,6 +507,9 @@ class H2Protocol(Protocol):
         self.client: Optional[ClientInfo] = None
         self._closing = False
         self._observer = getattr(factory, "observer", None)
+        #: extended CONNECT (RFC 8441) offered: SETTINGS_ENABLE_CONNECT_PROTOCOL
+        #: sent, :protocol accepted (WebSocket tunnels are on)
+        self._extended = bool(getattr(factory, "tunnel", False))
 
     # -- connection ---------------------------------------------------------------
 
@@ -423,6 +527,7 @@ class H2Protocol(Protocol):
             SettingCodes.INITIAL_WINDOW_SIZE: cfg.http2_window,
             SettingCodes.MAX_HEADER_LIST_SIZE: cfg.max_header_size,
             SettingCodes.ENABLE_PUSH: 0,
+            SettingCodes.ENABLE_CONNECT_PROTOCOL: 1 if self._extended else 0,
         })
         h2.decoder.max_header_list_size = cfg.max_header_size
         h2.initiate_connection()
@@ -596,7 +701,7 @@ class H2Protocol(Protocol):
             return
         try:
             (method, scheme, path, authority, fields, length, cookies, expect,
-             x_forwarded) = request_fields(ev.headers)
+             x_forwarded, protocol) = request_fields(ev.headers, self._extended)
         except _Malformed as e:
             if TYPE_CHECKING:  # set by connectionMade, before any frame
                 assert self.client is not None
@@ -607,7 +712,7 @@ class H2Protocol(Protocol):
             self._charge(RESET_COST)
             self._refuse(sid, ErrorCodes.PROTOCOL_ERROR)
             return
-        ex = _H2Exchange(self, sid)
+        ex = _H2Exchange(self, sid) if protocol is None else _H2Tunnel(self, sid, protocol)
         self.streams[sid] = ex
         ex.method = method
         ex.idempotent = method in IDEMPOTENT_METHODS
@@ -617,6 +722,11 @@ class H2Protocol(Protocol):
             fields.append((b"cookie", cookies[0]))
             ex.cookies = cookies
         ex.headers = fields
+        if protocol is not None:
+            if TYPE_CHECKING:
+                assert isinstance(ex, _H2Tunnel)
+            self._connect(ex, path, length, ended)
+            return
         if ended and length:
             self._charge(RESET_COST)
             self._refuse(sid, ErrorCodes.PROTOCOL_ERROR)
@@ -658,6 +768,52 @@ class H2Protocol(Protocol):
         except Exception:
             ex._routingBug(ex)
 
+    def _connect(self, ex: _H2Tunnel, path: bytes, length: Optional[int], ended: bool) -> None:
+        """
+        An extended CONNECT (RFC 8441) on this connection, which offered it:
+        checked, then routed like any request for its Host and path, as the
+        HTTP/1.1 Upgrade request the node gets (the HTTP/1.1 front's
+        C{tunnel_candidate}: to an AJP node the Upgrade is dropped).
+        """
+        f = self.factory
+        cfg = f.config
+        ex.target = path
+        ex.method = b"GET"  # (forwarded, logged and counted as such, as for HTTP/1.1)
+        ex.idempotent = True
+        if ended:
+            ex.end_of_request = True
+            ex.body_done = True
+        if ended or length is not None:
+            ex._respondError(ex, 400, "extended CONNECT with a request body or END_STREAM")
+            return
+        token = f.upgrade_match(ex.protocol) if f.tunnel else None
+        if token is None:
+            ex._respondError(ex, 501, f"no tunnel for :protocol {text(ex.protocol)}")
+            return
+        if len(path) > cfg.max_header_size:
+            ex._respondError(ex, 414, "request target too long")
+            return
+        if ex.host is None:
+            ex._respondError(ex, 400, "request without :authority or Host")
+            return
+        q = path.find(b"?")
+        if q >= 0:
+            ex.query = path[q + 1:]
+            path = path[:q]
+        ex.path = path.decode("utf-8", "surrogateescape")
+        ex.upgrade_token = token
+        ex.tunnel_candidate = True
+        ex.body_length = None
+        if token.lower() == _WEBSOCKET:
+            key = base64.b64encode(os.urandom(16))
+            ex.accept = base64.b64encode(hashlib.sha1(key + _WS_GUID).digest())
+            ex.headers = [field for field in ex.headers if field[0] not in _WS_HANDSHAKE]
+            ex.headers.append((b"sec-websocket-key", key))
+        try:
+            ex.route()
+        except Exception:
+            ex._routingBug(ex)
+
     def _data(self, ev) -> None:
         sid = ev.stream_id
         n = ev.flow_controlled_length
@@ -674,7 +830,7 @@ class H2Protocol(Protocol):
         ex.seen = self.factory.now
         ex.body_received += len(data)
         limit = self.factory.config.max_request_body
-        if limit and ex.body_received > limit:
+        if limit and ex.body_received > limit and not ex.tunnel_candidate:
             self._ack(sid, n)
             ex._respondError(ex, 413, "request body larger than max_request_body")
             return
@@ -859,7 +1015,7 @@ class H2Protocol(Protocol):
         for ex in list(self.streams.values()):
             # a stream waiting for the client: request body not all received
             # (and not held back by us), or response bytes waiting for window
-            if ((not ex.end_of_request and not ex._pause) or ex.pending_len) \
+            if ((not ex.end_of_request and not ex._pause and not ex.tunnel) or ex.pending_len) \
                     and now - ex.seen > limit:
                 if ex.pending_len:
                     self._timedOut("send", f"HTTP/2 stream {ex.sid}: no window for "

@@ -32,6 +32,8 @@ from hyperframe.frame import RstStreamFrame
 __all__ = ["request_fields"]
 
 _NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+\Z")
+#: An RFC 9110 token (any case): the value of an extended CONNECT's C{:protocol}
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _BAD_VALUE = re.compile(rb"[\x00\r\n]")
 #: Connection-specific header fields (RFC 9113 §8.2.2): a request carrying one
 #: is malformed.
@@ -49,16 +51,22 @@ class _Malformed(Exception):
     """A malformed request (RFC 9113 §8.1.1): reset the stream with PROTOCOL_ERROR."""
 
 
-def request_fields(headers) -> tuple:
+def request_fields(headers, extended: bool = False) -> tuple:
     """
     Check an HTTP/2 request header list (RFC 9113 §8.2, §8.3.1) and split it:
     C{(method, scheme, path, authority, fields, content_length, cookies,
-    expect, x_forwarded)}, where C{fields} are the regular fields to forward
-    (C{host}, C{cookie}, C{content-length}, C{te}, C{expect} taken out),
-    C{cookies} the cookie crumbs in order (joined with C{"; "} for the node,
-    RFC 9113 §8.2.3), C{content_length} an int or None.  Raises L{_Malformed}.
+    expect, x_forwarded, protocol)}, where C{fields} are the regular fields
+    to forward (C{host}, C{cookie}, C{content-length}, C{te}, C{expect}
+    taken out), C{cookies} the cookie crumbs in order (joined with C{"; "}
+    for the node, RFC 9113 §8.2.3), C{content_length} an int or None.
+
+    With C{extended} (we sent C{SETTINGS_ENABLE_CONNECT_PROTOCOL} = 1, RFC
+    8441 §3), a CONNECT may carry C{:protocol} (a token), C{protocol}, and
+    then needs C{:scheme} and C{:path} like any request (§4); without it, or
+    on another method, C{:protocol} is malformed.  C{protocol} is None
+    otherwise.  Raises L{_Malformed}.
     """
-    method = scheme = path = authority = host = None
+    method = scheme = path = authority = host = protocol = None
     fields = []
     cookies = None
     length = None
@@ -70,6 +78,13 @@ def request_fields(headers) -> tuple:
             if regular:
                 raise _Malformed("pseudo-header after a regular header")
             if name not in _PSEUDO:
+                if name == b":protocol" and extended:
+                    if protocol is not None:
+                        raise _Malformed("repeated :protocol")
+                    if _TOKEN.match(value) is None:
+                        raise _Malformed("bad :protocol")
+                    protocol = value
+                    continue
                 raise _Malformed(f"unknown pseudo-header {name!r}")
             if name == b":method":
                 if method is not None:
@@ -126,11 +141,20 @@ def request_fields(headers) -> tuple:
             raise _Malformed("no :scheme or :path")
         if path[:1] != b"/" and not (path == b"*" and method == b"OPTIONS"):
             raise _Malformed("bad :path")
+        if protocol is not None:
+            raise _Malformed(":protocol in a request other than CONNECT")
+    elif protocol is not None:
+        # an extended CONNECT (RFC 8441 §4): a request like others
+        if not scheme or not path:
+            raise _Malformed("extended CONNECT without :scheme or :path")
+        if path[:1] != b"/":
+            raise _Malformed("bad :path")
     if authority is None:
         authority = host  # else :authority wins (RFC 9113 §8.3.1); host is not forwarded
     if cookies is not None and len(cookies) > 1:
         cookies = [b"; ".join(cookies)]
-    return method, scheme, path, authority, fields, length, cookies, expect, x_forwarded
+    return (method, scheme, path, authority, fields, length, cookies, expect, x_forwarded,
+            protocol)
 
 
 def _response_fields(status: int, headers) -> list:

@@ -30,7 +30,12 @@ from zope.interface import implementer
 
 from modcluster.accesslog import LogLimiter
 from modcluster.memo import BoundedMemo
-from modcluster.proxy._transport import IStreamTransport, direct_writer, set_nodelay
+from modcluster.proxy._transport import (
+    IStreamTransport,
+    direct_writer,
+    is_plain_tcp,
+    set_nodelay,
+)
 from modcluster.proxy.headers import (
     BAD_REASON,
     filter_trailers,
@@ -721,6 +726,22 @@ class NodeProtocol(Protocol):
                 if TYPE_CHECKING:
                     assert self.transport is not None
                 self.transport.resumeProducing()
+
+    def halfClose(self) -> None:
+        """
+        The client's end of sending in a tunnel (an HTTP/2 stream's
+        END_STREAM: RFC 8441 §5 maps it to the TCP FIN of the tunnelled
+        connection): our sending side to the node is shut (its FIN after
+        what is buffered), the node's bytes are still read.  Not part of
+        L{IUpstream} (only HTTP/2 tunnels call it); nothing is done over TLS
+        (Twisted's TLS transport has no half-close: the tunnel then ends
+        when the node closes, or at the read timeout) nor outside a tunnel.
+        """
+        t = self.transport
+        if (self.tunnel or self.upgrading) and self.up and not self.closed and is_plain_tcp(t):
+            if TYPE_CHECKING:  # up: connected
+                assert t is not None
+            t.loseWriteConnection()
 
     def abort(self) -> None:
         ex = self.ex

@@ -120,7 +120,9 @@ def test_request_fields_rules():
     ok = [(b":method", b"GET"), (b":scheme", b"https"), (b":path", b"/a?b"),
           (b":authority", b"example"), (b"cookie", b"a=1"), (b"accept", b"*/*"),
           (b"cookie", b"JSESSIONID=x.n1"), (b"te", b"trailers"), (b"host", b"other")]
-    method, scheme, path, authority, fields, length, cookies, expect, xf = request_fields(ok)
+    (method, scheme, path, authority, fields, length, cookies, expect, xf,
+     protocol) = request_fields(ok)
+    assert protocol is None
     assert (method, scheme, path, authority) == (b"GET", b"https", b"/a?b", b"example")
     assert fields == [(b"accept", b"*/*")]  # te, host and the cookies taken out
     assert cookies == [b"a=1; JSESSIONID=x.n1"]
@@ -632,7 +634,11 @@ def test_streams_over_the_limit_flood_gets_enhance_your_calm():
 
 
 def test_extended_connect_not_offered_websocket_refused(h):
-    """RFC 8441 is not supported: no SETTINGS_ENABLE_CONNECT_PROTOCOL, :protocol refused."""
+    """
+    Without WebSocket tunnels (enable_ws_tunnel, off by default) RFC 8441 is
+    not offered: no SETTINGS_ENABLE_CONNECT_PROTOCOL, :protocol refused
+    (test_proxy_h2_websocket.py has it on).
+    """
     c = H2Client(h)
     assert c.conn.remote_settings.get(SettingCodes.ENABLE_CONNECT_PROTOCOL, 0) == 0
     sid = c.request(b"/chat", method=b"CONNECT", end=False,
