@@ -429,10 +429,13 @@ class ProxyConfig:
     deterministic_failover: bool = field(default=False, metadata=_doc(
         "Pick the failover node of a session by hashing its id.", "DeterministicFailover"))
     enable_ws_tunnel: bool = field(default=False, metadata=_doc(
-        "Tunnel WebSocket upgrades to http/https nodes (registered as ws/wss).",
+        "Tunnel WebSocket upgrades to http/https nodes (registered as ws/wss): HTTP/1.1 "
+        "Upgrade requests, and HTTP/2 extended CONNECT (RFC 8441, offered by "
+        "SETTINGS_ENABLE_CONNECT_PROTOCOL).",
         "EnableWsTunnel"))
     ws_upgrade_header: str = field(default="websocket", metadata=_doc(
-        "Upgrade token(s) tunnelled; `*` accepts any.", "WSUpgradeHeader"))
+        "Upgrade token(s) (over HTTP/2: `:protocol` values) tunnelled; `*` accepts any.",
+        "WSUpgradeHeader"))
     ajp_secret: Optional[str] = field(default=None, metadata=_doc(
         "Secret sent to AJP nodes (Tomcat's `secret`).", "AJPSecret"))
     ajp_packet_size: int = field(default=8192, metadata=_doc(
