@@ -637,7 +637,7 @@ def test_extended_connect_not_offered_websocket_refused(h):
     """
     Without WebSocket tunnels (enable_ws_tunnel, off by default) RFC 8441 is
     not offered: no SETTINGS_ENABLE_CONNECT_PROTOCOL, :protocol refused
-    (test_proxy_h2_websocket.py has it on).
+    (test_proxy_h2_tunnel.py has it on).
     """
     c = H2Client(h)
     assert c.conn.remote_settings.get(SettingCodes.ENABLE_CONNECT_PROTOCOL, 0) == 0
