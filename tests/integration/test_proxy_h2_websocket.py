@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import os
 
-from twisted.internet import task, threads
+import pytest_twisted
+from twisted.internet import ssl, task, threads
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory
 from zope.interface import implementer
 
+from modcluster.proxy.alpn import ALPN_PROTOCOLS, NegotiatingFactory
 from modcluster.proxy.h2 import STREAM_BUFFER, H2Protocol
+from modcluster.tls import answer_alpn
 
-from tests.integration.test_proxy_http import WSEcho, _frame, _parse_frames
+from tests.integration.test_proxy_http import Stack, WSEcho, _frame, _parse_frames, _server_options
 from tests.integration.test_proxy_http2 import Client, h2_test, pki  # noqa: F401 - pki: a fixture
 from tests.support.waiting import until
 
@@ -280,3 +283,47 @@ async def test_no_route_and_other_protocols_answered_on_the_stream(stack, port, 
         assert c.streams[ok]["headers"][b":status"] == b"200"
     finally:
         c.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_websocket_over_h2_to_a_wss_node(pki):  # noqa: F811 - the fixture
+    """
+    A TLS (wss) node: the tunnel works the same; the client's END_STREAM is
+    not passed on (no TLS half-close), the stream ends when the node closes.
+    """
+    ca, cafile = pki
+    trust = ssl.Certificate.loadPEM(ca.cert_pem.bytes())
+    stack = Stack(enable_ws_tunnel=True,
+                  node_tls=lambda node: ssl.optionsForClientTLS("localhost", trustRoot=trust))
+    server = Factory.forProtocol(WSNode)
+    server.conns = []
+    server.port = stack.reactor.listenSSL(0, server, _server_options(ca, "localhost"),
+                                          interface="127.0.0.1")
+    stack.servers.append(server)
+    stack.register("wss1", server.port.getHost().port, type="wss", host="localhost")
+    opts = answer_alpn(_server_options(ca, "localhost"), ALPN_PROTOCOLS)
+    port = stack.reactor.listenSSL(0, NegotiatingFactory(stack.factory), opts,
+                                   interface="127.0.0.1")
+    c = None
+    try:
+        c = await threads.deferToThread(WSClient, port.getHost().port, cafile)
+        sid = await threads.deferToThread(c.open_ws, "/app/chat")
+        assert c.streams[sid]["headers"][b":status"] == b"200"
+
+        def talk():
+            c.send(sid, _frame(1, b"over tls", mask=True), end=True)
+            return c.frames(sid, 1)
+
+        assert await threads.deferToThread(talk) == [(1, b"over tls")]
+        assert not c.done(sid)  # (no FIN to a TLS node: the node decides)
+        node = server.conns[0]
+        node.transport.write(_frame(8, b"", mask=False))
+        node.transport.loseConnection()
+        await threads.deferToThread(c.wait, lambda: c.done(sid))
+        assert c.frames(sid, 1) == [(8, b"")]
+        await until(lambda: stack.in_flight() == 0)
+    finally:
+        if c is not None:
+            c.close()
+        await port.stopListening()
+        await stack.stop()
