@@ -87,6 +87,13 @@ def _one_of(*choices: object):
     return check
 
 
+def _upgrade_tokens(inst: object, att: attrs.Attribute, value: str) -> None:
+    if any(t.strip().lower() == "h2c" for t in value.split(",")):
+        raise ValueError("h2c is never tunnelled (RFC 9113 deprecates the HTTP/1.1 upgrade "
+                         "to HTTP/2; a tunnel would let a client's HTTP/2 reach the node "
+                         "past the proxy's routing): see the h2c setting", att)
+
+
 #: Listener kinds the worker processes can share (see modcluster/proxy/workers.py).
 WORKER_LISTENER_KINDS = ("tcp", "tcp6", "ssl")
 
@@ -433,9 +440,11 @@ class ProxyConfig:
         "Upgrade requests, and HTTP/2 extended CONNECT (RFC 8441, offered by "
         "SETTINGS_ENABLE_CONNECT_PROTOCOL).",
         "EnableWsTunnel"))
-    ws_upgrade_header: str = field(default="websocket", metadata=_doc(
-        "Upgrade token(s) (over HTTP/2: `:protocol` values) tunnelled; `*` accepts any.",
-        "WSUpgradeHeader"))
+    ws_upgrade_header: str = field(default="websocket", validator=_upgrade_tokens,
+                                   metadata=_doc(
+        "Upgrade token(s) (over HTTP/2: `:protocol` values) tunnelled; `*` accepts any but "
+        "`h2c` (never tunnelled: a node's HTTP/2 behind a 101 would escape the proxy's "
+        "routing, \"h2c smuggling\"; listing it is refused).", "WSUpgradeHeader"))
     ajp_secret: Optional[str] = field(default=None, metadata=_doc(
         "Secret sent to AJP nodes (Tomcat's `secret`).", "AJPSecret"))
     ajp_packet_size: int = field(default=8192, metadata=_doc(
@@ -562,8 +571,20 @@ class ProxyConfig:
         "Retry-After.", "acquire"))
     http2: bool = field(default=True, metadata=_doc(
         "Serve HTTP/2 on `ssl:` listeners to clients that offer `h2` by ALPN (HTTP/1.1 "
-        "stays on the same port for the others).  Plain `tcp:` listeners are HTTP/1.1 "
-        "only (no h2c).  See docs/data-plane.md, \"HTTP/2\".", "Protocols h2 http/1.1"))
+        "stays on the same port for the others).  Plain listeners: see `h2c`.  See "
+        "docs/data-plane.md, \"HTTP/2\".", "Protocols h2 http/1.1"))
+    h2c: bool = field(default=False, metadata=_doc(
+        "Serve HTTP/2 over cleartext with prior knowledge (h2c, RFC 9113 §3.3) on plain "
+        "(`tcp:`, `tcp6:`, `unix:`) listeners: a connection whose first bytes are the "
+        "HTTP/2 connection preface is served as HTTP/2 (the same protocol, limits and "
+        "flood protections as `h2` on `ssl:` listeners, independent of `http2`), every "
+        "other connection as HTTP/1.1, at no cost to it.  For a TLS-terminating load "
+        "balancer, a service mesh sidecar or gRPC clients in front speaking h2c.  Off "
+        "by default, as in httpd (`Protocols`), HAProxy (`proto h2`) and nginx: a "
+        "plain listener is often reached through an HTTP/1.1 proxy, and HTTP/2 is a "
+        "larger surface and costs more per request here.  The HTTP/1.1 `Upgrade: h2c` "
+        "(deprecated by RFC 9113) is never done nor tunnelled.  Applied by a reload to "
+        "new connections.  See docs/data-plane.md, \"h2c\".", "Protocols h2c http/1.1"))
     http2_max_concurrent_streams: int = field(default=100, validator=[_at_least(1),
                                                                       _at_most(10000)],
                                               metadata=_doc(

@@ -461,7 +461,7 @@ READ_TIMEOUT_KEYS = ("request_header_timeout", "request_header_timeout_max",
                      "request_header_min_rate", "request_body_timeout",
                      "request_body_min_rate")
 PROXY_LIVE = ("client_timeout", "max_request_body", "drain_timeout", "timeout",
-              "max_idle_per_node", "allow_trace") + READ_TIMEOUT_KEYS
+              "max_idle_per_node", "allow_trace", "h2c") + READ_TIMEOUT_KEYS
 
 
 class InProcessProxy(MultiService):

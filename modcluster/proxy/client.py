@@ -128,6 +128,25 @@ _REQUEST_LINE = re.compile(
     rb"HTTP/1\.([01])")
 
 
+#: The HTTP/2 connection preface (RFC 9113 §3.4), which llhttp reads as a
+#: request and stops at with this error (its C{HPE_PAUSED_H2_UPGRADE}).
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+_PREFACE_PAUSE = "Pause on PRI/Upgrade"
+
+
+class AcceptTime(float):
+    """
+    The coarse clock at a connection's accept, as its first request head's
+    start (C{ClientProtocol._head_start}, from L{ProxyFactory.accept_time}):
+    a float whose class says that no request head was begun before on the
+    connection (every later head start is a plain float, or None), which
+    tells an h2c connection preface that it is the connection's first bytes
+    (L{ClientProtocol._h2c}) without a per-request flag.
+    """
+
+    __slots__ = ()
+
+
 _new = object.__new__
 #: ClientProtocol._queue before a request is queued (read as an empty deque)
 _NO_QUEUE: Any = ()
@@ -202,7 +221,8 @@ class ClientProtocol(Protocol, ClientDeadlines):
         # request body being timed (set by the sweep when it first sees the
         # body, so no per-request work; since when and from which byte count:
         # class defaults above)
-        self._head_start: Optional[float] = factory.now
+        # (an AcceptTime: no head begun before, see _h2c)
+        self._head_start: Optional[float] = factory.accept_time
         self._body_timed: Optional[_Exchange] = None
         self._blocked = False
         self._tunnel: Optional[_Exchange] = None
@@ -506,7 +526,7 @@ class ClientProtocol(Protocol, ClientDeadlines):
         except HttpParserUpgrade as e:
             self._upgraded(data[e.args[0]:])
         except HttpParserError as e:
-            self._parseFailed(e)
+            self._parseFailed(e, data)
         else:
             if record is not None:
                 captured = self._captured
@@ -538,7 +558,12 @@ class ClientProtocol(Protocol, ClientDeadlines):
         except HttpParserError as e:
             self._parseFailed(e)
 
-    def _parseFailed(self, e: HttpParserError) -> None:
+    def _parseFailed(self, e: HttpParserError, data: bytes = b"") -> None:
+        """
+        llhttp refused the bytes it was fed: answer the request 400 (505,
+        431, 500), or, for an HTTP/2 connection preface with C{h2c} on, hand
+        the connection to HTTP/2 (L{_h2c}; C{data}: the bytes fed).
+        """
         if self._ignore:
             return
         cause = e.__context__ if e.__context__ is not None else e
@@ -551,11 +576,75 @@ class ClientProtocol(Protocol, ClientDeadlines):
             log.failure("bug while parsing a request", Failure(cause))
             self._requestError(500, "internal error")
             return
-        if str(e) == "Invalid HTTP version":
+        why = str(e)
+        if why == "Invalid HTTP version":
             # llhttp refuses versions other than 0.9, 1.0, 1.1, 2.0
             self._requestError(505, "HTTP version not supported")
             return
+        if why == _PREFACE_PAUSE and self._h2c(data):
+            return
         self._requestError(400, f"malformed request: {e}")
+
+    def _h2c(self, data: bytes) -> bool:
+        """
+        llhttp stopped at the end of an HTTP/2 connection preface
+        (L{H2_PREFACE}), the last of its bytes in C{data}.  With C{h2c} on, on
+        a plain (not TLS) connection whose first bytes it is, the connection
+        becomes an L{H2Protocol<modcluster.proxy.h2.H2Protocol>} (HTTP/2 with
+        prior knowledge, RFC 9113 §3.3), given what followed the preface in
+        C{data}; true then.  False: the preface is answered as any malformed
+        request (400), as without C{h2c}.
+
+        Only this error path looks for the preface: an HTTP/1.1 request
+        never comes here, and a preface split over several reads (even
+        byte by byte) is reassembled by llhttp itself.  Its first bytes: no
+        request head was begun before it on the connection (C{_head_start}
+        is still the accept's L{AcceptTime}; the head of a request served
+        or pipelined before made it a plain float or None), and the bytes
+        llhttp read for it are exactly the preface's 24 (L{_head_bytes} has
+        counted every byte of the connection; llhttp allows a leading CRLF
+        and other target forms in front of its own check of the rest, and
+        this refuses them).
+        """
+        f = self.factory
+        client = self.client
+        t: Any = self.transport
+        ex = self._reading
+        if (not f.config.h2c or client is None or client.secure
+                or self._head_start.__class__ is not AcceptTime
+                or ex is None or ex.target != b"*" or self._current is not None
+                or self._queue or getattr(t, "protocol", None) is not self):
+            return False
+        after = self._head_bytes - len(H2_PREFACE)  # bytes after the preface, all in data
+        cut = len(data) - after
+        if after < 0 or cut < 0 or not H2_PREFACE.endswith(data[:cut]):
+            return False
+        from modcluster.proxy.h2 import H2Protocol  # (not imported by HTTP/1.1-only processes)
+
+        # this protocol lets go of the connection: nothing more is read,
+        # written or counted by it (the H2Protocol counts the connection)
+        self._reading = None
+        self._parser = None
+        self._closing = self._ignore = True
+        self.connected = 0
+        f._clients.discard(self)
+        stats = f.stats
+        if stats is not None:
+            stats.connections -= 1
+            stats.open -= 1
+        if t.producer is self:
+            t.unregisterProducer()
+        h2 = H2Protocol(f)
+        t.protocol = h2  # (the transport reads it for every event)
+        h2.makeConnection(t)
+        # (h2 reads the preface itself, as on a connection of its own)
+        h2.dataReceived(H2_PREFACE + data[cut:] if after else H2_PREFACE)
+        if h2._blocked:
+            # the client does not read: the accept loop's first read asks
+            # deferReading whether to register the connection for reading
+            # (H2Protocol.resumeProducing does it)
+            self._pause = _P_UPSTREAM
+        return True
 
     def on_message_begin(self) -> None:
         if len(self._queue) >= MAX_PIPELINE:

@@ -29,6 +29,7 @@ from modcluster.proxy.client import (
     REQUEST_MEMO_SIZE,
     REQUEST_SEEN_SIZE,
     SWEEP_INTERVAL,
+    AcceptTime,
     ClientProtocol,
 )
 from modcluster.proxy._transport import lose_connection
@@ -168,6 +169,9 @@ class ProxyFactory(Factory):
             "proxy.valid_hosts", VALID_HOSTS_SIZE, count_hits=False)
         self._generation = -1
         self.now = reactor.seconds()
+        #: C{now} as a connection's first head start (L{AcceptTime}, see
+        #: C{ClientProtocol._h2c}), made with C{now}, not per connection
+        self.accept_time = AcceptTime(self.now)
         self.date = formatdate(self.now, usegmt=True).encode("ascii")
         self._sweeper = LoopingCall(self.sweep)
         self._sweeper.clock = reactor
@@ -386,6 +390,7 @@ class ProxyFactory(Factory):
         """Once a second: coarse clock, Date, timeouts, pool upkeep."""
         now = self.reactor.seconds()
         self.now = now
+        self.accept_time = AcceptTime(now)
         self.date = formatdate(now, usegmt=True).encode("ascii")
         self._balancer_totals.clear()
         self.limiter.tick(now)

@@ -1,8 +1,11 @@
 """
-HTTP/2 to clients (RFC 9113) on C{ssl:} listeners, negotiated by ALPN.
+HTTP/2 to clients (RFC 9113) on C{ssl:} listeners, negotiated by ALPN, and
+with prior knowledge (h2c) on plain listeners.
 
 L{modcluster.proxy.alpn.NegotiatingFactory} hands an C{ssl:} connection to
-an L{H2Protocol} when the client selected C{h2} by ALPN.  The header fields
+an L{H2Protocol} when the client selected C{h2} by ALPN; with C{[proxy] h2c}
+a plain connection that starts with the connection preface is handed over by
+its L{ClientProtocol<modcluster.proxy.client.ClientProtocol>} (C{_h2c}).  The header fields
 and the C{h2} connection it drives are in L{modcluster.proxy.h2conn}.
 
 L{H2Protocol} drives the C{h2} (python-hyper) state machine.  Every request
@@ -540,7 +543,8 @@ class H2Protocol(Protocol):
         if stats is not None:  # as ClientProtocol counts (the handshake is done)
             stats.connections += 1
             stats.open += 1
-            stats.tls_handshakes += 1
+            if self.client.secure:  # (not h2c: ClientProtocol._h2c)
+                stats.tls_handshakes += 1
         self._write()
 
     def connectionLost(self, reason=None) -> None:

@@ -268,15 +268,22 @@ def header_block(pairs) -> bytes:
     return b"".join([b"%s: %s\r\n" % (name, value) for name, value in pairs])
 
 
+_H2C = b"h2c"
+
+
 def upgrade_matcher(setting: str):
     """
     A predicate for C{Upgrade} header values from C{ws_upgrade_header}
     (balancing.md §10): C{*} accepts any token, otherwise a comma-separated list
     compared case-insensitively.  The predicate returns the token to forward
-    (the client's first token) or C{None}.
+    (the client's first token) or C{None}.  C{h2c} never matches, not even
+    C{*}: a node answering 101 to it would then speak HTTP/2 with the client
+    through the tunnel, past the proxy's routing and checks ("h2c smuggling";
+    RFC 9113 deprecates that upgrade); the request goes on as plain HTTP/1.1.
     """
     wanted = frozenset(t.strip().lower().encode("ascii", "replace")
                        for t in setting.split(",") if t.strip())
+    wanted -= {_H2C}
     any_token = b"*" in wanted
 
     def match(value: bytes) -> Optional[bytes]:
@@ -284,7 +291,7 @@ def upgrade_matcher(setting: str):
             token = token.strip(b" \t")
             if not token:
                 continue
-            if any_token or token.lower() in wanted:
+            if (any_token or token.lower() in wanted) and token.lower() != _H2C:
                 return token
         return None
 
