@@ -16,8 +16,11 @@ IP literals (the forms C{getaddrinfo} takes with C{AI_NUMERICHOST}, as the
 node connection would read them, IPv4-mapped IPv6 as IPv4; L{node_addresses})
 and C{localhost} (127.0.0.1 and ::1).  An unspecified address (C{0.0.0.0}, C{::})
 is the local host's loopback, as a connection to it is on Linux.  Other names
-are not resolved here: a node registered under a name of this host is not
-detected (docs/mcmp.md).
+are not resolved here; a node registered under a name of this host is caught
+by the data plane instead, when a node connection to it is made: the address
+the name resolved to is compared in the same way (L{LoopGuard}, called by
+L{modcluster.proxy.pool.connect_node}), nothing is sent on that connection,
+and the node is removed (docs/mcmp.md).
 
 A listener bound to a wildcard address (C{0.0.0.0}; C{::}, which also takes
 IPv4 on a dual-stack host) is reached by any local address: loopback, or an
@@ -37,7 +40,7 @@ from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.endpoints import HostnameEndpoint
 
-__all__ = ["ProxyAddresses", "node_addresses", "reaches"]
+__all__ = ["LoopGuard", "ProxyAddresses", "node_addresses", "reaches"]
 
 _IP = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 _LOOPBACK = (ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1"))
@@ -200,3 +203,58 @@ class ProxyAddresses:
         if addresses is None:
             return None
         return reaches(addresses, port, self.bound())
+
+
+#: Peer addresses a L{LoopGuard} remembers its answer for, at most.
+GUARD_MEMO = 1024
+
+
+class LoopGuard:
+    """
+    The data plane's check of a node connection, for nodes named by a host
+    name (the CONFIG check, L{ProxyAddresses.reached_by}, reads IP literals
+    and C{localhost} only): the address the name resolved to, given when the
+    connection is made (the endpoint's C{buildProtocol(peer)}, before anything
+    is sent), compared with the proxy listeners as L{reaches} compares them.
+    Once per new node connection of such a node (and of a TLS node), not per
+    request; the answer is remembered per peer address while the listeners
+    are the same (L{GUARD_MEMO} of them).
+
+    @param listeners: gives the C{(host, port)} of the proxy listeners
+        listening now (L{ProxyAddresses.bound}, or a worker process's sockets).
+    @param report: C{report(route, address, peer, listener)} for a node that
+        loops (C{address}: its C{Host:Port}; C{peer}: what it resolved to):
+        remove it, as L{modcluster.mcmp.handler.MCMPHandler.forwarding_loop_found}
+        does (or a worker process's message to the control process that does).
+    """
+
+    def __init__(self, listeners: Callable[[], Iterable[tuple[str, int]]],
+                 report: Callable[[str, str, str, str], None]) -> None:
+        self._listeners = listeners
+        self.report = report
+        self._memo: dict[tuple[str, int], tuple[tuple, Optional[str]]] = {}
+
+    def reached(self, peer) -> Optional[str]:
+        """
+        The proxy listener (C{"host:port"}) that a connection to C{peer} (an
+        C{IPv4Address}/C{IPv6Address}) reaches, else C{None}.
+        """
+        host = getattr(peer, "host", None)
+        port = getattr(peer, "port", None)
+        if not isinstance(host, str) or not isinstance(port, int):
+            return None  # (not an INET peer: no listener of ours)
+        listeners = tuple(self._listeners())
+        key = (host, port)
+        memo = self._memo
+        known = memo.get(key)
+        if known is not None and known[0] == listeners:
+            return known[1]
+        try:
+            ip = _normal(ipaddress.ip_address(host.split("%", 1)[0]))
+        except ValueError:
+            return None
+        found = reaches((ip,), port, listeners)
+        if len(memo) >= GUARD_MEMO:
+            memo.clear()
+        memo[key] = (listeners, found)
+        return found

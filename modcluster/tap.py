@@ -251,6 +251,7 @@ def build(config: Config, reactor, demo: bool = False) -> BalancerService:
     top.when_listening.append(handler.remove_looping_nodes)
 
     def recheck_loops(new: Config) -> None:
+        handler.forget_named_loops()
         handler.remove_looping_nodes()
 
     top.every_reload.append(recheck_loops)
@@ -292,7 +293,8 @@ def build(config: Config, reactor, demo: bool = False) -> BalancerService:
             authority=CommandAuthority(policy, m.tls.operators),
             identities=lambda request: peer_identities(request.channel.transport))
 
-    proxy = _proxy(config, reactor, registry, node_tls, own_addresses)
+    proxy = _proxy(config, reactor, registry, node_tls, own_addresses,
+                   on_node_loop=handler.forwarding_loop_found)
     pool = proxy if config.proxy.workers > 1 else None
     metrics.cluster.workers = pool
     if pool is not None:
@@ -475,17 +477,21 @@ class InProcessProxy(MultiService):
         self.factory = factory
 
 
-def _proxy(config: Config, reactor, registry, node_tls, own_addresses=None):
+def _proxy(config: Config, reactor, registry, node_tls, own_addresses=None,
+           on_node_loop=None):
     """
     The data plane: the client listeners on one in-process factory, or, with
     C{proxy.workers} > 1, the worker processes that serve them.  Their bound
     addresses go to C{own_addresses} (a L{modcluster.loops.ProxyAddresses}).
+    C{on_node_loop(route, address, peer, listener)}: a node connection to a
+    node named by a host name reached one of them (L{modcluster.loops.LoopGuard}).
     """
     p = config.proxy
     if p.workers > 1:
         from modcluster.proxy.workers import WorkerPool
 
         workers = WorkerPool(reactor, config, registry)
+        workers.on_node_loop = on_node_loop
         if own_addresses is not None:
             own_addresses.add_source(
                 lambda: [(listener.host, listener.port) for listener in workers.listeners])
@@ -496,6 +502,10 @@ def _proxy(config: Config, reactor, registry, node_tls, own_addresses=None):
         on_node_success=lambda route: registry.clear_error(route, "answered a request"),
         node_tls=node_tls,
         on_node_ejected=registry.node_ejected)
+    if own_addresses is not None and on_node_loop is not None:
+        from modcluster.loops import LoopGuard
+
+        factory.guard_loops(LoopGuard(own_addresses.bound, on_node_loop))
     if config.manager.max_session_ids > 0:
         from modcluster.proxy.sessions import SessionTable
 
@@ -668,11 +678,36 @@ def build_worker(config: Config, reactor, listeners, send):
 
     factory = _proxy_factory(config, reactor, mirror.snapshot, failed, answered,
                              _node_tls(config), send, ejected)
+    from modcluster.loops import LoopGuard
+
+    # the node connections of this worker are checked against the shared
+    # listening sockets (every worker's are bound to the same addresses)
+    bound = _bound_addresses(listeners)
+    factory.guard_loops(LoopGuard(lambda: bound,
+                                  lambda *found: send(["loop", *found])))
     if config.manager.max_session_ids > 0:
         from modcluster.proxy.sessions import SessionTable
 
         factory.sessions = SessionTable(config.manager.max_session_ids, track_changes=True)
     return WorkerService(reactor, mirror, factory, listeners, send)
+
+
+def _bound_addresses(listeners) -> list[tuple[str, int]]:
+    """C{(host, port)} of inherited listening sockets C{[(fd, family, description)]}."""
+    import os
+    import socket
+
+    out = []
+    for fd, family, _ in listeners:
+        if family not in (socket.AF_INET, socket.AF_INET6):
+            continue
+        try:
+            with socket.socket(family, socket.SOCK_STREAM, fileno=os.dup(fd)) as s:
+                host, port = s.getsockname()[:2]
+        except OSError:
+            continue
+        out.append((host, port))
+    return out
 
 
 def console_url(config: Config):

@@ -85,6 +85,11 @@ class MCMPHandler:
         self._probing: dict[tuple, list[Deferred]] = {}
         #: see C{own_addresses} above
         self.own_addresses = own_addresses
+        #: (Host, Port) of nodes named by a host name that the data plane
+        #: found looping (L{forwarding_loop_found}) -> the listener reached:
+        #: their CONFIG is refused as a literal's is, until the next reload
+        #: (a name may resolve elsewhere later; L{forget_named_loops})
+        self.named_loops: dict[tuple[str, int], str] = {}
         # Stable for the life of the process, fits the 32-bit int 1.3.x prints.
         self.server_id = int(clock.seconds()) & 0x7FFFFFFF
 
@@ -176,6 +181,8 @@ class MCMPHandler:
             self.log.info("CONFIG for {route}: {warning}", route=req.jvm_route, warning=warning)
         if self.own_addresses is not None:
             listener = self.own_addresses.reached_by(req.host, int(req.port))
+            if listener is None and self.named_loops:
+                listener = self.named_loops.get((req.host, int(req.port)))
             if listener is not None:
                 raise errors.forwarding_loop(req.jvm_route, listener)
         node_type = self.node_type(req.type)
@@ -253,6 +260,39 @@ class MCMPHandler:
                 s.route, f"forwarding loop: {address} reaches proxy listener {listener}")
             removed.append(s.route)
         return removed
+
+    #: (Host, Port) pairs remembered by L{forwarding_loop_found}, at most
+    NAMED_LOOPS = 1024
+
+    def forwarding_loop_found(self, route: str, address: str, peer: str,
+                              listener: str) -> None:
+        """
+        The data plane connected to node C{route} (C{address}: its
+        C{Host:Port}, a host name) and reached C{peer}, the proxy listener
+        C{listener} (L{modcluster.loops.LoopGuard}; nothing was sent): remove
+        the node as L{remove_looping_nodes} does, with a warning and a
+        C{node.removing} event, and refuse its C{Host:Port} at CONFIG until
+        the next reload.  Several connections finding it remove it once.
+        """
+        node = self._registry.node(route)
+        if node is None or node.rt.removed:
+            return
+        s = node.settings
+        if f"{s.host}:{s.port}" != address:
+            return  # re-registered elsewhere since that connection was made
+        if len(self.named_loops) >= self.NAMED_LOOPS:
+            self.named_loops.clear()
+        self.named_loops[(s.host, s.port)] = listener
+        self.log.warn("node {route} at {address} ({peer}) reaches {listener}, a proxy "
+                      "listener of this balancer (forwarding loop): removed; its next "
+                      "CONFIG is refused", route=route, address=address, peer=peer,
+                      listener=listener)
+        self._registry.remove_node(
+            route, f"forwarding loop: {address} ({peer}) reaches proxy listener {listener}")
+
+    def forget_named_loops(self) -> None:
+        """Reload: names found looping may be registered again (and are checked again)."""
+        self.named_loops.clear()
 
     def _app(self, method, params, wildcard, identities) -> Reply:
         req = decode.decode_app(params, wildcard, self._limits)

@@ -200,6 +200,17 @@ class ProxyFactory(Factory):
             if reconfigure is not None:
                 reconfigure(config)
 
+    def guard_loops(self, guard) -> None:
+        """
+        Check the node connections the forwarders make to nodes named by a
+        host name (and TLS nodes) against the proxy's own listeners, with
+        C{guard} (a L{modcluster.loops.LoopGuard}): a connection that reaches
+        one is closed before anything is sent and its node removed.
+        """
+        for fw in self._uniqueForwarders():
+            if hasattr(fw, "loop_guard"):
+                fw.loop_guard = guard
+
     def drain(self) -> int:
         """
         Stopping: close the idle client connections; return how many are

@@ -14,7 +14,7 @@ declare it.
 from __future__ import annotations
 
 import errno
-from typing import Optional
+from typing import Any, Optional
 
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.endpoints import (
@@ -108,7 +108,9 @@ def connect_node(conn, proto: Protocol) -> None:
             conn.fw.reactor.connectTCP(host, port, _Direct(conn, proto),
                                        timeout=pool.connect_timeout)
         else:
-            pool.endpoint.connect(_OneShot(proto)).addErrback(conn._connectFailed)
+            # (a name, or TLS: the address it reaches is checked once
+            # connected, before anything is sent: _OneShot, LoopGuard)
+            pool.endpoint.connect(_OneShot(proto, conn)).addErrback(conn._connectFailed)
     except Exception:  # a bad address can fail synchronously
         conn._connectFailed(Failure())
     conn.sync = False
@@ -156,15 +158,62 @@ def local_shortage(failure: Failure) -> bool:
 
 
 class _OneShot(Factory):
-    """Hands a prepared protocol to the endpoint."""
+    """
+    Hands a prepared protocol to the endpoint, unless the forwarder's
+    L{LoopGuard<modcluster.loops.LoopGuard>} (C{fw.loop_guard}) finds that the
+    address C{addr} the endpoint connected to (the node's name resolved) is
+    one of the proxy's own listeners: then a L{_Looping} takes the
+    connection, which it closes before anything is sent.
+    """
 
     noisy = False
 
-    def __init__(self, proto: Protocol) -> None:
+    def __init__(self, proto: Protocol, conn=None) -> None:
         self.proto = proto
+        self.conn = conn
 
     def buildProtocol(self, addr) -> Protocol:
+        conn = self.conn
+        if conn is not None:
+            guard = getattr(conn.fw, "loop_guard", None)
+            if guard is not None:
+                listener = guard.reached(addr)
+                if listener is not None:
+                    return _Looping(conn, addr, listener)
         return self.proto
+
+
+class ForwardingLoop(Exception):
+    """A node connection reached one of the proxy's own listeners."""
+
+
+class _Looping(Protocol):
+    """
+    The protocol of a node connection that reached a proxy listener
+    (L{_OneShot}): it aborts the connection at once (no byte of the request
+    is sent), has the node removed (the guard's C{report}) and fails the
+    attempt as a connect failure (failover to another node, else 502/503).
+    """
+
+    def __init__(self, conn, addr, listener: str) -> None:
+        self.conn = conn
+        self.addr = addr
+        self.listener = listener
+
+    def connectionMade(self) -> None:
+        transport: Any = self.transport  # (a TCP or TLS transport: ITCPTransport)
+        if transport is not None:
+            transport.abortConnection()
+        conn = self.conn
+        pool = conn.pool
+        s = pool.settings
+        host = self.addr.host
+        peer = f"[{host}]:{self.addr.port}" if ":" in host else f"{host}:{self.addr.port}"
+        why = f"forwarding loop: {s.host} is {peer}, proxy listener {self.listener}"
+        try:
+            conn.fw.loop_guard.report(s.route, f"{s.host}:{s.port}", peer, self.listener)
+        finally:
+            conn._connectFailed(Failure(ForwardingLoop(why)))
 
 
 
@@ -238,6 +287,10 @@ class PooledForwarder:
     """
 
     pool_class: type
+    #: a L{LoopGuard<modcluster.loops.LoopGuard>} checking node connections
+    #: to names (L{ProxyFactory.guard_loops<modcluster.proxy.front.ProxyFactory.guard_loops>}),
+    #: or None
+    loop_guard = None
 
     def __init__(self, reactor) -> None:
         self.now = reactor.seconds()

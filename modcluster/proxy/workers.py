@@ -241,6 +241,9 @@ class WorkerPool(Service):
         self.config = config
         self.registry = registry
         self.count = config.proxy.workers
+        #: C{(route, address, peer, listener)}: a worker's node connection
+        #: reached a proxy listener (tap.py: the MCMP handler removes the node)
+        self.on_node_loop: Optional[Callable[[str, str, str, str], None]] = None
         self.argv = argv or [sys.executable, "-m", "modcluster.worker"]
         self.env = env if env is not None else _worker_env()
         self.sink = CounterSink()
@@ -503,6 +506,11 @@ class WorkerPool(Service):
                     self.client_timeouts[reason] += n
         elif kind == "fail":
             self.registry.set_error(str(message[1]), str(message[2]))
+        elif kind == "loop":
+            # a node connection of the worker reached a proxy listener
+            # (modcluster.loops.LoopGuard): route, address, peer, listener
+            if self.on_node_loop is not None and len(message) == 5:
+                self.on_node_loop(*(str(x) for x in message[1:]))
         elif kind == "eject":
             self.registry.node_ejected(str(message[1]), float(message[2]), str(message[3]))
         elif kind == "ok":

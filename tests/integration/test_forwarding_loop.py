@@ -198,3 +198,95 @@ async def test_the_check_agrees_with_what_the_node_connection_reaches():
     finally:
         for p in ports:
             await p.stopListening()
+
+
+class _Names:
+    """
+    A name resolver for the reactor (IHostnameResolver) that answers C{names}
+    itself and hands every other name to C{fallback}: a node's host name that
+    resolves to this host without /etc/hosts.
+    """
+
+    def __init__(self, names: dict, fallback) -> None:
+        self.names = names
+        self.fallback = fallback
+
+    def resolveHostName(self, receiver, hostName, portNumber=0, addressTypes=None,
+                        transportSemantics="TCP"):
+        from twisted.internet.address import IPv4Address
+
+        if hostName not in self.names:
+            return self.fallback.resolveHostName(receiver, hostName, portNumber,
+                                                 addressTypes, transportSemantics)
+        receiver.resolutionBegan(None)
+        receiver.addressResolved(IPv4Address("TCP", self.names[hostName], portNumber))
+        receiver.resolutionComplete()
+        return receiver
+
+
+def _get(port: int, path: str) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"GET %s HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+                  % path.encode())
+        out = b""
+        while True:
+            data = s.recv(65536)
+            if not data:
+                return out
+            out += data
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_node_named_by_a_name_of_this_host_is_caught_by_the_data_plane():
+    """
+    A node whose Host is a name (not resolved at CONFIG) that resolves to the
+    proxy listener's address: the first node connection to it finds the loop
+    before sending anything (modcluster.loops.LoopGuard), the request fails
+    over to the other node, the looping node is removed with a warning and
+    its next CONFIG is refused (MEM) until a reload.
+    """
+    from twisted.logger import globalLogPublisher
+
+    from tests.integration.test_proxy_http import NodeServer
+
+    mport, pport = free_loopback_ports(2)
+    names = _Names({"balancer.loop.test": "127.0.0.1"}, reactor.nameResolver)
+    old_resolver = reactor.resolver
+    previous = reactor.installNameResolver(names)
+    node = NodeServer("nA")
+    node.port = reactor.listenTCP(0, node, interface="127.0.0.1")
+    balancer = _balancer(mport, [f"tcp:{pport}:interface=127.0.0.1"])
+    events: list = []
+    globalLogPublisher.addObserver(events.append)
+    balancer.startService()
+    try:
+        for body in (b"JVMRoute=loop&Host=balancer.loop.test&Port=%d&Type=http" % pport,
+                     b"JVMRoute=loop&Alias=localhost&Context=/app",
+                     b"JVMRoute=loop&Load=100",
+                     b"JVMRoute=nA&Host=127.0.0.1&Port=%d&Type=http" % node.port.getHost().port,
+                     b"JVMRoute=nA&Alias=localhost&Context=/app",
+                     b"JVMRoute=nA&Load=1"):
+            method = (b"CONFIG" if b"Type=" in body else b"ENABLE-APP" if b"Context" in body
+                      else b"STATUS")
+            answer = await threads.deferToThread(_mcmp, mport, method, body)
+            assert answer.startswith(b"HTTP/1.1 200 "), (body, answer)
+        assert {n.route for n in balancer.registry.table.nodes} == {"loop", "nA"}
+        for i in range(6):
+            out = await threads.deferToThread(_get, pport, f"/app/x?i={i}")
+            assert out.startswith(b"HTTP/1.1 200 "), out
+            assert b"\r\n\r\nnA\nGET /app/x?i=%d\n" % i in out
+            # once through the proxy: a looped request would carry two addresses
+            assert b"\nX-Forwarded-For: 127.0.0.1\n" in out and out.count(b"Forwarded-For") == 1
+        assert [n.route for n in balancer.registry.table.nodes] == ["nA"]
+        assert any("forwarding loop" in str(e.get("log_format", "")) and e.get("route") == "loop"
+                   and e.get("peer") == f"127.0.0.1:{pport}" for e in events)
+        answer = await threads.deferToThread(
+            _mcmp, mport, b"CONFIG", b"JVMRoute=loop&Host=balancer.loop.test&Port=%d&Type=http"
+            % pport)
+        assert answer.startswith(b"HTTP/1.1 500 ") and _header(answer, b"type") == b"MEM", answer
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+        await balancer.stopService()
+        await node.port.stopListening()
+        reactor.installNameResolver(previous)
+        reactor.resolver = old_resolver

@@ -192,3 +192,105 @@ def test_a_huge_host_is_answered_at_once():
     for host in ("a" * 10**6, "1." * 500_000, "[" + ":" * 10**6 + "]", "\u30021" * 10**5):
         assert own.reached_by(host, 8000) is None
     assert time.monotonic() - started < 1.0
+
+
+# -- the data plane's check of node connections (LoopGuard, proxy/pool.py) --------------
+
+
+def test_loop_guard_compares_the_resolved_peer_with_the_listeners():
+    from modcluster.loops import LoopGuard
+
+    listeners = [("127.0.0.1", 8000)]
+    calls = []
+
+    def bound():
+        calls.append(1)
+        return list(listeners)
+
+    guard = LoopGuard(bound, lambda *a: None)
+    assert guard.reached(IPv4Address("TCP", "127.0.0.1", 8000)) == "127.0.0.1:8000"
+    assert guard.reached(IPv4Address("TCP", "127.0.0.1", 8001)) is None
+    assert guard.reached(IPv4Address("TCP", "127.0.0.2", 8000)) is None
+    assert guard.reached(IPv6Address("TCP", "::ffff:127.0.0.1", 8000)) == "127.0.0.1:8000"
+    assert guard.reached(UNIXAddress(b"/tmp/x")) is None
+    assert guard.reached(None) is None
+    # remembered while the listeners are the same, asked again when they change
+    assert guard.reached(IPv4Address("TCP", "127.0.0.1", 8000)) == "127.0.0.1:8000"
+    listeners[:] = [("127.0.0.1", 9000)]
+    assert guard.reached(IPv4Address("TCP", "127.0.0.1", 8000)) is None
+    listeners[:] = [("0.0.0.0", 8000)]  # a wildcard listener: any local address
+    assert guard.reached(IPv4Address("TCP", "127.0.0.5", 8000)) == "0.0.0.0:8000"
+    assert guard.reached(IPv4Address("TCP", "192.0.2.1", 8000)) is None
+
+
+class _Pool:
+    def __init__(self, settings):
+        self.settings = settings
+        self.worker = f"http://{settings.host}:{settings.port}"
+        self.lost_conns = []
+
+    def lost(self, conn):
+        self.lost_conns.append(conn)
+
+
+class _Conn:
+    """What connect_node and connect_failed need of a node connection."""
+
+    def __init__(self, fw, pool):
+        self.fw = fw
+        self.pool = pool
+        self.sync = False
+        self.closed = False
+        self.ex = self
+        self.failed = []
+
+    def _connectFailed(self, failure):
+        from modcluster.proxy.pool import connect_failed
+
+        connect_failed(self, failure)
+
+    def responseFailed(self, error):  # (the exchange)
+        self.failed.append(error)
+
+
+def test_a_node_connection_reaching_a_proxy_listener_sends_nothing():
+    """
+    _OneShot (the endpoint's factory for named and TLS nodes): a connection
+    that reached a proxy listener gets a _Looping protocol, which aborts it
+    before the node protocol ever connects, reports the node and fails the
+    attempt as a connect failure (failover).
+    """
+    from twisted.internet.testing import StringTransport
+    from twisted.internet.protocol import Protocol
+
+    from modcluster.cluster.model import NodeSettings
+    from modcluster.loops import LoopGuard
+    from modcluster.proxy.interfaces import CONNECT
+    from modcluster.proxy.pool import PooledForwarder, _OneShot
+
+    reports = []
+
+    class Fw:
+        loop_guard = LoopGuard(lambda: [("127.0.0.1", 8000)],
+                               lambda *found: reports.append(found))
+
+    assert PooledForwarder.loop_guard is None  # off unless the factory sets one
+    proto = Protocol()
+    settings = NodeSettings(route="loop", host="proxy.example", port=8000, type="http")
+    conn = _Conn(Fw, _Pool(settings))
+    factory = _OneShot(proto, conn)
+    p = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 8000))
+    assert p is not proto
+    t = StringTransport()
+    p.makeConnection(t)
+    assert t.disconnected or t.disconnecting  # aborted
+    assert t.value() == b""  # nothing sent
+    assert not proto.connected
+    assert reports == [("loop", "proxy.example:8000", "127.0.0.1:8000", "127.0.0.1:8000")]
+    [error] = conn.failed
+    assert error.kind == CONNECT and "forwarding loop" in error.message
+    assert conn.closed and conn.pool.lost_conns == [conn]
+    # another address: the node protocol itself
+    conn = _Conn(Fw, _Pool(settings))
+    assert _OneShot(proto, conn).buildProtocol(IPv4Address("TCP", "127.0.0.1", 8001)) is proto
+    assert _OneShot(proto).buildProtocol(IPv4Address("TCP", "127.0.0.1", 8000)) is proto

@@ -573,6 +573,47 @@ def test_config_naming_a_proxy_listener_is_a_mem_error():
         assert r.code == 200, (host, port, r.headers)
 
 
+def test_node_named_by_a_host_name_found_looping_by_the_data_plane():
+    """
+    A name is not resolved at CONFIG: the data plane finds the loop when it
+    connects (modcluster.loops.LoopGuard) and reports it; the node is removed
+    (warning, node.removing event), its Host:Port refused at CONFIG (MEM) until
+    the next reload.  A stale report (the node re-registered elsewhere, or
+    already removed) changes nothing.
+    """
+    from modcluster.loops import ProxyAddresses
+
+    server = Server()
+    own = ProxyAddresses()
+    own.add_source(lambda: [("127.0.0.1", 8000)])
+    server.handler.own_addresses = own
+    config = b"JVMRoute=loop&Host=proxy.example&Port=8000&Type=http"
+    assert server.request("CONFIG", config).code == 200  # a name: not resolved here
+    assert server.request("ENABLE-APP", b"JVMRoute=loop&Alias=localhost&Context=/app").code == 200
+    server.handler.forwarding_loop_found("loop", "proxy.example:9999", "127.0.0.1:8000",
+                                         "127.0.0.1:8000")  # not its address: stale
+    assert [n.route for n in server.registry.table.nodes] == ["loop"]
+    with capturedLogs() as events:
+        server.handler.forwarding_loop_found("loop", "proxy.example:8000", "127.0.0.1:8000",
+                                             "127.0.0.1:8000")
+        server.handler.forwarding_loop_found("loop", "proxy.example:8000", "127.0.0.1:8000",
+                                             "127.0.0.1:8000")  # a second connection's
+    assert [n.route for n in server.registry.table.nodes] == []
+    warnings = [e for e in events if "forwarding loop" in e.get("log_format", "")]
+    assert len(warnings) == 1 and warnings[0]["route"] == "loop"
+    removing = [e for e in events if e.get("log_format", "").startswith("node {route} marked")]
+    assert len(removing) == 1 and "forwarding loop" in removing[0]["why"]
+    server.connect()
+    r = server.request("CONFIG", config)
+    assert r.code == 500 and r.headers[b"type"] == b"MEM"
+    assert b"127.0.0.1:8000 is a proxy listener" in r.headers[b"mess"]
+    server.connect()
+    assert server.request("CONFIG", config.replace(b"8000", b"8001")).code == 200
+    server.handler.forget_named_loops()  # a reload
+    server.connect()
+    assert server.request("CONFIG", config).code == 200
+
+
 def test_config_loop_check_with_hostile_host_and_port():
     """
     The forwarding-loop check sees only what CONFIG's decoding lets through:

@@ -683,3 +683,32 @@ def test_worker_service_takes_the_ticket_keys():
         service.deliver(("tickets", ((b"short", b"", b""),)))
     assert tickets.current_keys().keys == keys.keys  # bad keys: the current ones stay
     assert any(e["log_level"] is LogLevel.critical for e in events)
+
+
+def test_a_workers_forwarding_loop_report_reaches_the_pool_hook(pool):
+    """A worker's node connection that reached a proxy listener (LoopGuard): its
+    message goes to the hook that removes the node (tap.py: the MCMP handler)."""
+    reactor, reg, pool = pool
+    w0, _ = reactor.processes
+    found = []
+    w0.say("loop", "n1", "proxy.example:8000", "127.0.0.1:8000", "127.0.0.1:8000")
+    pool.on_node_loop = lambda *a: found.append(a)
+    w0.say("loop", "n1", "proxy.example:8000", "127.0.0.1:8000", "127.0.0.1:8000")
+    w0.say("loop", "n1")  # malformed: ignored
+    assert found == [("n1", "proxy.example:8000", "127.0.0.1:8000", "127.0.0.1:8000")]
+
+
+def test_worker_loop_guard_knows_the_shared_sockets():
+    """build_worker checks node connections against the sockets it inherited."""
+    import socket
+
+    from modcluster.tap import _bound_addresses
+
+    with socket.socket() as s, socket.socket(socket.AF_UNIX) as u:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        listeners = [(s.fileno(), socket.AF_INET, f"tcp:{port}"),
+                     (u.fileno(), socket.AF_UNIX, "unix:/x"), (999999, socket.AF_INET, "x")]
+        assert _bound_addresses(listeners) == [("127.0.0.1", port)]
+        assert s.getsockname()[1] == port  # (its own descriptor untouched)
