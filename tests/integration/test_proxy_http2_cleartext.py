@@ -276,3 +276,24 @@ async def test_h2c_in_worker_processes():
         assert all(w["requests"] for w in c.pool.status())  # both workers served some
     finally:
         await c.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_h2c_on_a_unix_listener(tmp_path):
+    """A unix: listener is a plain one: h2c there too (curl --unix-socket)."""
+    if CURL is None:
+        pytest.skip("curl is not installed (scripts/install-test-deps installs it)")
+    stack = Stack(h2c=True)
+    path = str(tmp_path / "proxy.sock")
+    port = stack.reactor.listenUNIX(path, stack.factory)
+    try:
+        stack.serve("nA")
+        out = await threads.deferToThread(
+            _curl, "--unix-socket", path, "--http2-prior-knowledge", "-w",
+            "\n%{http_version} %{http_code}", "http://localhost/app/echo")
+        assert out.startswith(b"nA\nGET /app/echo\n")
+        assert b"X-Forwarded-Proto: http\n" in out
+        assert out.endswith(b"\n2 200")
+    finally:
+        await port.stopListening()
+        await stack.stop()
