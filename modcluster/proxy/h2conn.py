@@ -23,6 +23,7 @@ from h2.connection import (
 )
 from h2.errors import ErrorCodes
 from h2.exceptions import ProtocolError, StreamClosedError, StreamIDTooLowError, TooManyStreamsError
+from h2.frame_buffer import FrameBuffer
 from h2.stream import STREAM_OPEN, H2StreamStateMachine, StreamInputs, StreamState
 from h2.stream import _transitions as _stream_transitions
 from h2.utilities import is_informational_response
@@ -366,6 +367,26 @@ class _StateMachine(H2ConnectionStateMachine):
         return H2ConnectionStateMachine.process_input(self, input_)
 
 
+class _FrameBuffer(FrameBuffer):
+    """
+    h2's frame buffer, which checks a frame's length against
+    SETTINGS_MAX_FRAME_SIZE only once the whole frame is in: a client
+    announcing a 16 MiB frame could make it hold up to 16 MiB per connection
+    (and keep the connection open while it trickles).  Here the length is
+    checked as soon as the frame's 9-byte header is in (h2's
+    C{FrameTooLargeError}: GOAWAY FRAME_SIZE_ERROR), so a connection holds
+    at most one frame of the allowed size and one read.
+    """
+
+    def __next__(self):
+        data = self._data
+        if len(data) >= 9:
+            length = (data[0] << 16) | (data[1] << 8) | data[2]
+            if length > self.max_frame_size:
+                self._validate_frame_length(length)  # (raises)
+        return FrameBuffer.__next__(self)
+
+
 class _H2Connection(H2Connection):
     """
     h2's connection with a cheaper C{send_data} for the common case (bytes,
@@ -382,6 +403,10 @@ class _H2Connection(H2Connection):
     def __init__(self, config) -> None:
         H2Connection.__init__(self, config)
         self.state_machine = _StateMachine()
+        # (before any byte: the same preamble state and limit as h2's)
+        buffer = _FrameBuffer(server=not self.config.client_side)
+        buffer.max_frame_size = self.incoming_buffer.max_frame_size
+        self.incoming_buffer = buffer
         #: streams opened beyond SETTINGS_MAX_CONCURRENT_STREAMS, to refuse
         self.over_limit: set = set()
         self._inbound_ids = AllowedStreamIDs(not self.config.client_side)

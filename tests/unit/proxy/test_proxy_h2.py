@@ -1449,3 +1449,33 @@ def test_whole_response_larger_than_the_stream_buffer_leaves_the_node_connection
         c.conn.acknowledge_received_data(len(c.body.get(sid, b"")), sid)
     c.pump()
     assert all(len(c.body[sid]) == len(body) and sid in c.ended for sid in sids)
+
+
+@pytest.mark.parametrize("split", [None, 5])
+def test_frame_over_max_frame_size_refused_at_its_header(h, split):
+    """
+    A frame header announcing more than SETTINGS_MAX_FRAME_SIZE (16 KiB here)
+    gets GOAWAY FRAME_SIZE_ERROR as soon as its 9 bytes are in, whatever
+    follows: h2's buffer alone waits for the whole announced frame (up to 16
+    MiB per connection) before checking its length.
+    """
+    c = H2Client(h)
+    sid = c.request(end=False)
+    c.pump()
+    header = (0xFFFFFF).to_bytes(3, "big") + b"\x00\x00" + sid.to_bytes(4, "big")
+    if split is None:
+        c.proto.dataReceived(header + b"x" * 65536)
+    else:
+        c.proto.dataReceived(header[:split])
+        assert not c.t.disconnecting  # (not a whole frame header yet)
+        c.proto.dataReceived(header[split:])
+        c.proto.dataReceived(b"x" * 65536)
+    assert c.t.disconnecting
+    events = c.conn.receive_data(c.t.value())
+    goaway = [e for e in events if isinstance(e, ConnectionTerminated)]
+    assert goaway and goaway[0].error_code == ErrorCodes.FRAME_SIZE_ERROR
+    # nothing more is taken in: at most the reads before the check are held
+    held = len(c.proto.h2.incoming_buffer._data)
+    assert held <= 9 + 65536
+    c.proto.dataReceived(b"x" * 65536)
+    assert len(c.proto.h2.incoming_buffer._data) == held
