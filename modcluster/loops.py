@@ -78,10 +78,13 @@ def node_addresses(host: str) -> Optional[tuple[_IP, ...]]:
     if not bare or len(bare) > _MAX_HOST:
         return None
     if not (isIPAddress(bare) or isIPv6Address(bare)):
-        invalid, _, bare = HostnameEndpoint._hostAsBytesAndText(bare)
+        invalid, name, bare = HostnameEndpoint._hostAsBytesAndText(bare)
         if invalid:
             return None  # the node connection fails at once (ValueError)
-        if bare.lower().rstrip(".") == "localhost":
+        # (its IDNA form: the resolver is given the text, which the IDNA
+        # codec reads with the ideographic, fullwidth and halfwidth full
+        # stops as dots, so "localhost\u3002" is looked up as "localhost.")
+        if name.lower().rstrip(b".") == b"localhost":
             return _LOOPBACK
     try:
         infos = socket.getaddrinfo(bare, None, type=socket.SOCK_STREAM,

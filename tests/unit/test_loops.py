@@ -139,6 +139,19 @@ def test_localhost_forms(host):
     assert node_addresses(host) == ips("127.0.0.1", "::1")
 
 
+@pytest.mark.parametrize("host", ["localhost\u3002", "LOCALHOST\uff0e", "localhost\uff61",
+                                  "[localhost\u3002]"])
+def test_localhost_with_a_root_dot_of_another_script(host):
+    # HostnameEndpoint resolves these as "localhost." (the IDNA codec reads
+    # the ideographic, fullwidth and halfwidth full stops as dots), so they
+    # reach what "localhost." reaches
+    from twisted.internet.endpoints import HostnameEndpoint
+
+    invalid, name, _ = HostnameEndpoint._hostAsBytesAndText(host.strip("[]"))
+    assert not invalid and name.lower() == b"localhost."
+    assert node_addresses(host) == ips("127.0.0.1", "::1")
+
+
 @pytest.mark.parametrize("host", [
     # not valid IDNA: HostnameEndpoint refuses them, the connection never starts
     "127.0.0.1%lo", "127.0.0.1%25lo", "127.0.0.1 ", " 127.0.0.1", "127.0.0.1\t",
