@@ -201,8 +201,9 @@ class NodeProtocol(Protocol):
     transport: Optional[IStreamTransport]
     #: the response head deadline (L{NodePool.tick}): the exchange whose
     #: response head the sweep saw started and not complete, the head's
-    #: C{hpos} then and the sweep's time; class defaults, set only by the
-    #: sweep (nothing per request)
+    #: C{hpos} then and the sweep's time; class defaults, set by the sweep
+    #: (head_ex forgotten when a head that is not whole in one read starts:
+    #: nothing on the whole-response path)
     head_ex: Optional[IExchange] = None
     head_pos = 0
     head_since = 0.0
@@ -381,6 +382,12 @@ class NodeProtocol(Protocol):
                             self._close()
                         ex.responseWhole(whole, data[size:] if whole.length else b"")
                         return
+                # a response head starts here, in pieces or parsed: a head
+                # deadline the sweep started for an earlier one (NodePool.tick)
+                # is not this one's, even for the same exchange object (a
+                # kept-alive client's finished exchange serves its next
+                # request: client._remembered)
+                self.head_ex = None
             hbuf = self.hbuf = self.hbuf + data if self.hbuf else data
             if len(hbuf) - self.hpos > self.fw.max_head and hbuf.find(b"\r\n\r\n",
                                                                       self.hpos) < 0:
