@@ -185,6 +185,27 @@ class ManagementChannel(http.HTTPChannel):
         if self._phase == _BUSY:
             self._phase = _IDLE
         super().requestDone(request)
+        if self._waitingForTransport and self.persistent:
+            # The client does not read our answers (the transport's buffer is
+            # full): what it pipelined behind this request waits until it
+            # does (resumeProducing), and nothing more is read.  twisted.web
+            # goes on parsing the requests left in the read that brought this
+            # one (LineReceiver's loop) and answers each whether or not
+            # anything is read: a burst of small requests with large answers
+            # (INFO, DUMP, the console page) was buffered whole, thousands of
+            # times what the client sent.  LineReceiver's own pause flag stops
+            # its loop, the unparsed bytes kept in its buffer, in order.
+            self._networkProducer.pauseProducing()
+            if self._buffer:
+                self.paused = True
+
+    def resumeProducing(self) -> None:
+        super().resumeProducing()
+        if self.paused and not self._handlingRequest:
+            self.paused = False
+            if self.transport is not None and not getattr(self.transport, "disconnecting",
+                                                           False):
+                self.dataReceived(b"")  # the held requests, from LineReceiver's buffer
 
     def timeoutConnection(self) -> None:
         # The idle timeout (request_timeout), as twisted.web does it, without
