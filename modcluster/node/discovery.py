@@ -36,9 +36,10 @@ from typing import Callable, Optional
 
 from twisted.internet.interfaces import IMulticastTransport
 from twisted.internet.protocol import DatagramProtocol
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
+from modcluster.accesslog import LogLimiter
 from modcluster.advertise.codec import (
     DEFAULT_GROUP,
     MAX_DATAGRAM_SIZE,
@@ -90,6 +91,9 @@ class AdvertiseListener(DatagramProtocol):
         self.servers: dict[str, tuple[int, str]] = {}
         #: server id -> (last accepted Sequence, its Date in epoch seconds)
         self._last: dict[str, tuple[int, float]] = {}
+        #: the lines about datagrams ignored: anyone can send them (and spoof
+        #: their source), so at most a few per kind per 10 s, the rest counted
+        self._limiter = LogLimiter(self.log, clock.seconds)
 
     def startProtocol(self) -> None:
         # Listening with reactor.listenMulticast: the transport is an IMulticastTransport.
@@ -105,15 +109,20 @@ class AdvertiseListener(DatagramProtocol):
 
         d.addErrback(failed)
 
+    def _ignored(self, kind: str, fmt: str, **fields) -> None:
+        """A line about a datagram ignored, rate-limited per C{kind}."""
+        self._limiter.emit(kind, LogLevel.warn, fmt, **fields)
+
     def datagramReceived(self, datagram: bytes, addr: object) -> None:
         try:
             advertisement = parse_datagram(datagram[:MAX_DATAGRAM_SIZE])
         except MalformedDatagram as e:
-            self.log.warn("Ignored advertise datagram from {addr}: {why}", addr=addr, why=str(e))
+            self._ignored("malformed", "Ignored advertise datagram from {addr}: {why}",
+                          addr=addr, why=str(e))
             return
         if not advertisement.verify(self._key):
-            self.log.warn(
-                "Ignored advertise datagram from {addr} (server {server}): the digest "
+            self._ignored(
+                "digest", "Ignored advertise datagram from {addr} (server {server}): the digest "
                 "does not match the advertise key",
                 addr=addr, server=advertisement.server,
             )
@@ -129,12 +138,12 @@ class AdvertiseListener(DatagramProtocol):
         address = advertisement.manager_socket_address()
         if address is None:
             if advertisement.manager_address is not None:
-                self.log.warn("Ignored advertised address {address!r}",
+                self._ignored("address", "Ignored advertised address {address!r}",
                               address=advertisement.manager_address)
             return
         host, port = address
         if port == 0:
-            self.log.warn("Ignored advertised address {address!r}: no port",
+            self._ignored("address", "Ignored advertised address {address!r}: no port",
                           address=advertisement.manager_address)
             return
         self.log.info(
@@ -155,15 +164,15 @@ class AdvertiseListener(DatagramProtocol):
         except (TypeError, ValueError, OverflowError, IndexError):
             date = None
         if date is None:
-            self.log.warn("Ignored advertise datagram from {addr} (server {server}): "
+            self._ignored("date", "Ignored advertise datagram from {addr} (server {server}): "
                           "unreadable Date {date!r}", addr=addr, server=server,
                           date=advertisement.date[:64])
             return False
         if self._max_skew is not None:
             skew = date - self._clock.seconds()
             if abs(skew) > self._max_skew:
-                self.log.warn(
-                    "Ignored advertise datagram from {addr} (server {server}, Sequence "
+                self._ignored(
+                    "date", "Ignored advertise datagram from {addr} (server {server}, Sequence "
                     "{sequence}): its Date {date!r} is {skew:.0f} s {direction} the local "
                     "clock (more than {max_skew} s: stale or replayed, or the clocks differ)",
                     addr=addr, server=server, sequence=advertisement.sequence,
@@ -181,8 +190,8 @@ class AdvertiseListener(DatagramProtocol):
                 return False
             if sequence < last_sequence:
                 if date <= last_date:
-                    self.log.warn(
-                        "Ignored advertise datagram from {addr} (server {server}): "
+                    self._ignored(
+                        "order", "Ignored advertise datagram from {addr} (server {server}): "
                         "Sequence {sequence} after {last} and not newer (replayed or "
                         "out of order)", addr=addr, server=server, sequence=sequence,
                         last=last_sequence)

@@ -229,3 +229,29 @@ def test_remembered_servers_are_bounded() -> None:
     for i in range(10):
         proto.datagramReceived(datagram(key=None, server=f"s{i}"), None)
     assert len(proto.servers) == 4 and len(proto._last) == 4
+
+
+def test_a_flood_of_bad_datagrams_costs_a_few_log_lines() -> None:
+    """
+    Anyone on the network can send datagrams to the group (and spoof their
+    source): garbage, wrong digests, stale dates, replays from many source
+    addresses are logged at most a few times per kind per 10 s, the rest
+    counted in one line, as the proxy's own refusal lines are.
+    """
+    clock = at(DATE)
+    proto, found = listener("secret", clock=clock)
+    proto.datagramReceived(datagram(sequence=5), ("127.0.0.1", 40000))
+    bad = [b"\xff" * 600, datagram(key="other"), datagram(date="Mon, 01 Jan 2001 00:00:00 GMT"),
+           datagram(sequence=3, server=SERVER)]
+    with capturedLogs() as events:
+        for i in range(1000):
+            for data in bad:
+                proto.datagramReceived(data, (f"10.0.{i // 250}.{i % 250}", 40000 + i))
+    warnings = [e for e in events if e["log_level"] == LogLevel.warn]
+    assert 4 <= len(warnings) <= 40, len(warnings)
+    clock.advance(11)
+    with capturedLogs() as events:
+        proto.datagramReceived(b"\xff", ("10.9.9.9", 1))
+    texts = [e["log_format"] for e in events]
+    assert any("suppressed" in t for t in texts), texts
+    assert found == [("127.0.0.1", 6666)]
