@@ -24,7 +24,8 @@ import re
 from collections import deque
 from typing import TYPE_CHECKING, Any, Optional, Union
 
-from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
+from httptools import (HttpParserCallbackError, HttpParserError, HttpParserUpgrade,
+                       HttpRequestParser)
 from twisted.internet.interfaces import (
     IHalfCloseableProtocol,
     IHandshakeListener,
@@ -567,6 +568,14 @@ class ClientProtocol(Protocol, ClientDeadlines):
         if self._ignore:
             return
         cause = e.__context__ if e.__context__ is not None else e
+        if isinstance(cause, HttpParserUpgrade):
+            # raised while _upgraded fed what followed an Upgrade request,
+            # inside the handler of its HttpParserUpgrade: Python made that the
+            # context, in place of what a callback raised (_TooManyPipelined
+            # and _RequestRefused set _ignore before raising, so only a bug
+            # lands here as a callback error)
+            cause = e if not isinstance(e, HttpParserCallbackError) else RuntimeError(
+                f"a request callback failed after an Upgrade request: {e}")
         if isinstance(cause, _TooManyPipelined):
             self._ignore = True
             return
@@ -648,6 +657,7 @@ class ClientProtocol(Protocol, ClientDeadlines):
 
     def on_message_begin(self) -> None:
         if len(self._queue) >= MAX_PIPELINE:
+            self._ignore = True  # (set here too: see _parseFailed)
             raise _TooManyPipelined()
         ex = _Exchange(self)
         self._reading = ex
