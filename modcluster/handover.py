@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import struct
 from typing import Any, Optional, cast
 
 from twisted.application.service import Service
@@ -52,6 +53,23 @@ MAX_FDS = 250
 MAX_LINE = 64 * 1024
 #: seconds the running balancer waits for a successor to take the sockets and state
 SEND_TIMEOUT = 10.0
+
+def peer_uid(sock) -> Optional[int]:
+    """
+    The user id of the process at the other end of the Unix socket C{sock}
+    (C{SO_PEERCRED}), or C{None} where the system does not say.
+    """
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except (OSError, AttributeError):
+        return None
+    return struct.unpack("3i", creds)[1]
+
+
+def _foreign(uid: Optional[int]) -> bool:
+    """A peer of another user than this process's (root counts as ours)."""
+    return uid is not None and uid != os.getuid() and uid != 0
+
 
 def _key(host: str, port: int) -> tuple[str, int]:
     return (host or "0.0.0.0", int(port))
@@ -113,6 +131,13 @@ def take_over(path: str, timeout: float = 10.0) -> Optional[Takeover]:
             except OSError:
                 pass
         return None
+    uid = peer_uid(sock)
+    if _foreign(uid):
+        # not a balancer of ours: its state would name the nodes we forward
+        # to, its sockets would be our listeners
+        sock.close()
+        raise PermissionError(f"the process listening there runs as uid {uid}, not as this "
+                              f"user (uid {os.getuid()}) or root: not taking over from it")
     try:
         sock.sendall(json.dumps({"takeover": True, "pid": os.getpid()}).encode() + b"\n")
         head, fds, _, _ = socket.recv_fds(sock, 1 << 16, MAX_FDS)
@@ -224,8 +249,24 @@ class _HandoverProtocol(Protocol):
         self.paused: list = []
         self.handed = False
         self.done = False
+        #: the peer runs as another user (connectionMade): refused
+        self.foreign = False
+
+    def connectionMade(self) -> None:
+        # (the socket is made 0600, but only once bound: a process of another
+        # user may have connected in between)
+        handle = getattr(self.transport, "getHandle", None)
+        uid = peer_uid(handle()) if handle is not None else None
+        if _foreign(uid):
+            log.warn("handover: a process of uid {uid} connected to the handover socket; "
+                     "closing", uid=uid)
+            self.foreign = True  # nothing it sends is read
+            assert self.transport is not None
+            self.transport.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
+        if self.foreign:
+            return
         self.buffer += data
         if len(self.buffer) > MAX_LINE:  # a request or "ready" is one short line
             log.warn("handover: a line of over {limit} bytes on the handover socket; "

@@ -110,3 +110,75 @@ def test_ready_from_a_refused_successor_is_ignored():
     assert transport.disconnecting
     assert reactor.getDelayedCalls() == []
     assert service.busy
+
+
+def _other_uid(monkeypatch):
+    from modcluster import handover
+
+    monkeypatch.setattr(handover, "peer_uid", lambda sock: os.getuid() + 1, raising=False)
+
+
+def test_a_balancer_of_another_user_is_not_taken_over_from(tmp_path, monkeypatch):
+    """
+    The process listening on the handover socket must run as this user (or
+    root): a socket someone else made at the path (a shared directory, a
+    socket left by another account) would otherwise hand this balancer its
+    registrations (nodes it would forward to) and its listening sockets.
+    """
+    import threading
+
+    import pytest
+
+    _other_uid(monkeypatch)
+    path = str(tmp_path / "handover.sock")
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(path)
+    server.listen(1)
+    answered = []
+
+    def impostor():
+        conn, _ = server.accept()
+        with conn:
+            conn.settimeout(5)
+            try:
+                conn.recv(65536)
+                conn.sendall(b'{"pid": 1, "listeners": [], "state_length": 2}\n{}')
+                answered.append(True)
+                conn.recv(1)
+            except OSError:
+                pass
+
+    thread = threading.Thread(target=impostor, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(PermissionError, match="uid"):
+            take_over(path, timeout=5)
+    finally:
+        server.close()
+        thread.join(5)
+    assert answered == []  # nothing was asked of it
+
+
+def test_a_successor_of_another_user_is_refused(monkeypatch):
+    """The running balancer hands nothing to a process of another user (the
+    socket is made 0600, but only once it is bound)."""
+    from twisted.internet.testing import StringTransport
+
+    from modcluster import handover
+
+    _other_uid(monkeypatch)
+
+    class Service:
+        calls: list = []
+
+        def hand_over(self, proto, line):
+            self.calls.append(line)
+
+    service = Service()
+    proto = handover._HandoverProtocol(service)
+    transport = StringTransport()
+    transport.getHandle = lambda: None  # (what peer_uid reads: patched above)
+    proto.makeConnection(transport)
+    proto.dataReceived(b'{"pid": 5, "takeover": true}\n')
+    assert service.calls == []
+    assert transport.disconnecting
