@@ -202,8 +202,8 @@ class NodeProtocol(Protocol):
     #: the response head deadline (L{NodePool.tick}): the exchange whose
     #: response head the sweep saw started and not complete, the head's
     #: C{hpos} then and the sweep's time; class defaults, set by the sweep
-    #: (head_ex forgotten when a head that is not whole in one read starts:
-    #: nothing on the whole-response path)
+    #: (head_ex forgotten when a final head is parsed: nothing on the
+    #: whole-response path)
     head_ex: Optional[IExchange] = None
     head_pos = 0
     head_since = 0.0
@@ -382,12 +382,6 @@ class NodeProtocol(Protocol):
                             self._close()
                         ex.responseWhole(whole, data[size:] if whole.length else b"")
                         return
-                # a response head starts here, in pieces or parsed: a head
-                # deadline the sweep started for an earlier one (NodePool.tick)
-                # is not this one's, even for the same exchange object (a
-                # kept-alive client's finished exchange serves its next
-                # request: client._remembered)
-                self.head_ex = None
             hbuf = self.hbuf = self.hbuf + data if self.hbuf else data
             if len(hbuf) - self.hpos > self.fw.max_head and hbuf.find(b"\r\n\r\n",
                                                                       self.hpos) < 0:
@@ -505,6 +499,11 @@ class NodeProtocol(Protocol):
             raise _Bad("transfer codings other than chunked are not supported")
         self.final = True
         self.hbuf = b""
+        # the head deadline the sweep may have started for this head
+        # (NodePool.tick) ends with it: the next head on this connection may
+        # belong to the same exchange object (a kept-alive client's finished
+        # exchange serves its next request: client._remembered)
+        self.head_ex = None
         if ex.method == _HEAD:
             length = 0
             self.dirty = True  # the parser would wait for a body that never comes
