@@ -144,10 +144,11 @@ def test_a_balancer_of_another_user_is_not_taken_over_from(tmp_path, monkeypatch
         with conn:
             conn.settimeout(5)
             try:
-                conn.recv(65536)
-                conn.sendall(b'{"pid": 1, "listeners": [], "state_length": 2}\n{}')
-                answered.append(True)
-                conn.recv(1)
+                asked = conn.recv(65536)
+                if asked:
+                    answered.append(asked)
+                    conn.sendall(b'{"pid": 1, "listeners": [], "state_length": 2}\n{}')
+                    conn.recv(1)
             except OSError:
                 pass
 
@@ -159,7 +160,7 @@ def test_a_balancer_of_another_user_is_not_taken_over_from(tmp_path, monkeypatch
     finally:
         server.close()
         thread.join(5)
-    assert answered == []  # nothing was asked of it
+    assert answered == []  # nothing was asked of it (it may see the connection close)
 
 
 def test_a_successor_of_another_user_is_refused(monkeypatch):
