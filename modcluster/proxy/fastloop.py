@@ -122,6 +122,10 @@ def install(reactor) -> bool:
     # (a class attribute read through the instance is a generic lookup)
     read_size = tcp.Connection.bufferSize
 
+    # the transports read inline: none when the read path is not the one
+    # this code copies (every event then goes to _doReadOrWrite)
+    tcp_types = _TCP if plain_read else ()
+
     def doPoll(timeout):
         if timeout is None:
             timeout = -1
@@ -135,8 +139,11 @@ def install(reactor) -> bool:
             selectable = selectables.get(fd)
             if selectable is None:
                 continue
-            if (plain_read and event & _EPOLLIN and not event & _EPOLLOUT
-                    and type(selectable) in _TCP and not selectable._aborting):
+            # "readable" alone, the usual event, first: an int comparison
+            # (specialised) before the two bitwise ands (generic) the other
+            # readable events (with EPOLLHUP/EPOLLERR) take
+            if ((event == _EPOLLIN or (event & _EPOLLIN and not event & _EPOLLOUT))
+                    and type(selectable) in tcp_types and not selectable._aborting):
                 # tcp.Connection.doRead + _dataReceived, one frame instead of four;
                 # also with EPOLLHUP/EPOLLERR (the peer closed or reset after
                 # sending): _doReadOrWrite reads first then too.
@@ -148,18 +155,18 @@ def install(reactor) -> bool:
                 except BlockingIOError:
                     continue
                 except OSError:
-                    data = None
                     why = CONNECTION_LOST
                 else:
-                    why = CONNECTION_DONE
-                if data:
-                    try:
-                        selectable.protocol.dataReceived(data)
-                        continue
-                    except BaseException as e:
-                        log.failure("unhandled error in {protocol!r}.dataReceived",
-                                    protocol=selectable.protocol)
-                        why = e
+                    if data:
+                        try:
+                            selectable.protocol.dataReceived(data)
+                            continue
+                        except BaseException as e:
+                            log.failure("unhandled error in {protocol!r}.dataReceived",
+                                        protocol=selectable.protocol)
+                            why = e
+                    else:
+                        why = CONNECTION_DONE
                 if (why is CONNECTION_LOST and lean_reset and selectable.__class__ is _SERVER
                         and not continuous._readers and not continuous._writers):
                     # the peer reset the connection (s_time after its handshake):
