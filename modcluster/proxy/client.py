@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from httptools import (HttpParserCallbackError, HttpParserError, HttpParserUpgrade,
                        HttpRequestParser)
@@ -246,6 +246,8 @@ class ClientProtocol(Protocol, ClientDeadlines):
         # next remembered head (_exchangeDone, _remembered); None when lost
         # (it refers to this protocol: no cycle left for the cyclic GC)
         self._spare: Optional[_Exchange] = None
+        # the connection's writer, made by the first write (_write)
+        self._writer: Optional[Callable[[bytes], None]] = None
         self.client: Optional[ClientInfo] = None
         #: the factory's L{Observer} (access log, client metrics) or None
         self._observer = factory.observer
@@ -320,12 +322,19 @@ class ClientProtocol(Protocol, ClientDeadlines):
     def _write(self, data: bytes) -> None:
         """
         Write to the transport.  The first call makes the connection's writer
-        (L{direct_writer}) and keeps it as the instance's C{_write}, which
-        later calls find first: a C{Connection: close} response goes out by
-        L{send_last} and most such connections never make one.
+        (L{direct_writer}) and keeps it as C{_writer}, which the per-response
+        writes (L{_exchangeDone}, L{_flush}) call themselves once it is made:
+        a C{Connection: close} response goes out by L{send_last} and most
+        such connections never make one.  (Not the writer kept as an
+        instance attribute C{_write} over this method: an instance attribute
+        that shadows a method of the class is a generic lookup per access in
+        CPython 3.11, whose specialised attribute reads and method calls
+        both give up on it; C{_writer} is an attribute of the instance only,
+        read as a specialised one.)
         """
-        write = direct_writer(self.transport)
-        setattr(self, "_write", write)  # noqa: B010 - the instance's, over this method
+        write = self._writer
+        if write is None:
+            write = self._writer = direct_writer(self.transport)
         write(data)
 
     def deferReading(self) -> bool:
@@ -885,7 +894,11 @@ class ClientProtocol(Protocol, ClientDeadlines):
             ex.status = ex.sent = 0
             obs = self._observer
             if obs is not None:
-                ex.start = obs.clock()
+                # (obs.clock read, then called: an instance attribute called
+                # as obs.clock() is a method call the interpreter does not
+                # specialise, a generic lookup per call; see Observer)
+                clock = obs.clock
+                ex.start = clock()
                 ex.up_start = 0.0
                 ex.upstream_time = -1.0
         if target is not None:
@@ -1098,7 +1111,11 @@ class ClientProtocol(Protocol, ClientDeadlines):
                 if not sent:
                     self._write(data)
             else:
-                self._write(data)
+                write = self._writer  # (made by the first write: _write)
+                if write is not None:
+                    write(data)
+                else:
+                    self._write(data)
         if close or not ex.body_done:
             self._close(linger=not ex.body_done and not ex.tunnel)
             return
@@ -1186,7 +1203,12 @@ class ClientProtocol(Protocol, ClientDeadlines):
     def _flush(self) -> None:
         out = self._out
         if out and self.connected:
-            self._write(out[0] if len(out) == 1 else b"".join(out))
+            data = out[0] if len(out) == 1 else b"".join(out)
+            write = self._writer  # (made by the first write: _write)
+            if write is not None:
+                write(data)
+            else:
+                self._write(data)
             self._out = []
 
     def _close(self, linger: bool) -> None:

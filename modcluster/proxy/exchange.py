@@ -342,7 +342,8 @@ class _Exchange:
         if obs is not None:
             # read by the observer only (the connection's, fixed when it was
             # made): left unset without one
-            self.start = obs.clock()
+            clock = obs.clock  # (read, then called: see Observer)
+            self.start = clock()
             self.up_start = 0.0
             self.upstream_time = -1.0
 
@@ -478,7 +479,8 @@ class _Exchange:
         self.upstream = None
         obs = self.proto._observer
         if obs is not None:
-            self.up_start = obs.clock()
+            clock = obs.clock  # (read, then called: see Observer)
+            self.up_start = clock()
         up = forwarder.forward(self, fresh)
         if self.done:  # pragma: no cover - forwarders do not fail synchronously
             return
@@ -643,8 +645,10 @@ class _Exchange:
         proto = self.proto
         if TYPE_CHECKING:  # HTTP/2 streams override this method; a response has an attempt
             assert isinstance(proto, ClientProtocol) and self.decision is not None
-        if proto._observer is not None:
-            self.upstream_time = proto._observer.clock() - self.up_start
+        obs = proto._observer
+        if obs is not None:
+            clock = obs.clock  # (read, then called: see Observer)
+            self.upstream_time = clock() - self.up_start
         d = self.decision
         node = d.node
         rt = node.rt
@@ -703,7 +707,9 @@ class _Exchange:
             obs = proto._observer
             if obs is not None:
                 # one clock read for the head and the end of the response
-                now = obs.clock()
+                # (obs.clock read, then called: see Observer)
+                clock = obs.clock
+                now = clock()
                 self.upstream_time = now - self.up_start
             d = self.decision
             node = d.node

@@ -1007,6 +1007,10 @@ class HttpForwarder(PooledForwarder):
                         data = b"".join((exchange.method, b" ", exchange.target, m[0], m[2]))
                     p.rt.transferred += len(data)
                     p.sent = p.body_done = True
-                    p.write(data)
+                    # (read, then called: an instance attribute called as
+                    # p.write() is a method call CPython 3.11 does not
+                    # specialise, a generic lookup per call)
+                    write = p.write
+                    write(data)
                     return p
         return pool.acquire(exchange, fresh)

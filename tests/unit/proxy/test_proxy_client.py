@@ -544,11 +544,16 @@ def test_writer_made_at_the_first_write():
         proto = h.factory.buildProtocol(address.IPv4Address("TCP", "127.0.0.7", 4711))
         t = tcp.Server(a, proto, ("127.0.0.7", 4711), None, 0, MemoryReactor())
         proto.makeConnection(t)
-        assert "_write" not in vars(proto)
+        assert proto._writer is None
         proto._write(b"one,")
-        writer = vars(proto)["_write"]
+        writer = proto._writer
+        assert writer is not None
         proto._write(b"two")
-        assert vars(proto)["_write"] is writer
+        assert proto._writer is writer
+        # kept as an attribute of the instance only (none of the class: a
+        # specialised read), the method not shadowed
+        assert "_writer" in vars(proto) and not hasattr(type(proto), "_writer")
+        assert "_write" not in vars(proto)
         assert b.recv(100) == b"one,two"
         proto.connectionLost(None)
     finally:
