@@ -124,7 +124,7 @@ def install(reactor) -> bool:
 
     # the transports read inline: none when the read path is not the one
     # this code copies (every event then goes to _doReadOrWrite)
-    tcp_types = _TCP if plain_read else ()
+    server_type, client_type = _TCP if plain_read else (None, None)
 
     def doPoll(timeout):
         if timeout is None:
@@ -142,8 +142,22 @@ def install(reactor) -> bool:
             # "readable" alone, the usual event, first: an int comparison
             # (specialised) before the two bitwise ands (generic) the other
             # readable events (with EPOLLHUP/EPOLLERR) take
-            if ((event == _EPOLLIN or (event & _EPOLLIN and not event & _EPOLLOUT))
-                    and type(selectable) in tcp_types and not selectable._aborting):
+            if event == _EPOLLIN or (event & _EPOLLIN and not event & _EPOLLOUT):
+                # The transport's attributes are read in a branch per class
+                # (client connections are tcp.Server, node connections
+                # tcp.Client): CPython 3.11 specialises an attribute read at
+                # each place in the bytecode for one type, and one place
+                # seeing both in turn is a generic lookup each time
+                cls = type(selectable)
+                if cls is server_type:
+                    inline = not selectable._aborting
+                elif cls is client_type:
+                    inline = not selectable._aborting
+                else:
+                    inline = False
+            else:
+                inline = False
+            if inline:
                 # tcp.Connection.doRead + _dataReceived, one frame instead of four;
                 # also with EPOLLHUP/EPOLLERR (the peer closed or reset after
                 # sending): _doReadOrWrite reads first then too.
@@ -159,7 +173,10 @@ def install(reactor) -> bool:
                 else:
                     if data:
                         try:
-                            selectable.protocol.dataReceived(data)
+                            if cls is server_type:  # (a read per class: above)
+                                selectable.protocol.dataReceived(data)
+                            else:
+                                selectable.protocol.dataReceived(data)
                             continue
                         except BaseException as e:
                             log.failure("unhandled error in {protocol!r}.dataReceived",

@@ -221,3 +221,46 @@ def test_reset_by_the_peer_closed_without_disconnect_selectable():
         reactor.removeAll()
         reactor._poller.close()
         server.close()
+
+
+def test_node_transports_read_inline_too():
+    """
+    A tcp.Client (a node connection's transport) is read inline as a
+    tcp.Server is, each in the fast loop's branch for its class, without the
+    reactor's _doReadOrWrite; an aborted one is left to it.
+    """
+    reactor = epollreactor.EPollReactor()
+    through_reactor = []
+    drdw = reactor._doReadOrWrite
+
+    def recording(selectable, fd, event):
+        through_reactor.append(type(selectable))
+        drdw(selectable, fd, event)
+
+    reactor._doReadOrWrite = recording
+    try:
+        assert fastloop.install(reactor) is True
+        server_proto, client_proto = _Recorder(), _Recorder()
+        ts, peer_s = _connection(reactor, server_proto)
+        a, peer_c = socket.socketpair()
+        tc = tcp.Client.__new__(tcp.Client)
+        tcp.Connection.__init__(tc, a, None, reactor)
+        tc.protocol = client_proto
+        tc.connected = 1
+        client_proto.makeConnection(tc)
+        reactor.addReader(ts)
+        reactor.addReader(tc)
+        for round in range(3):
+            peer_s.send(b"s%d," % round)
+            peer_c.send(b"c%d," % round)
+            reactor.doIteration(0)
+        assert server_proto.data == b"s0,s1,s2,"
+        assert client_proto.data == b"c0,c1,c2,"
+        assert through_reactor == []
+        tc._aborting = True  # abortConnection's mark: Twisted's doRead then
+        peer_c.send(b"late")
+        reactor.doIteration(0)
+        assert through_reactor == [tcp.Client]
+    finally:
+        reactor.removeAll()
+        reactor._poller.close()

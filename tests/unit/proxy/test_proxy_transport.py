@@ -223,6 +223,47 @@ def _recorded_transport():
     return t, b, reactor, proto
 
 
+def _client_transport(reactor):
+    """A tcp.Client (a node connection's transport) on one end of a socket pair."""
+    a, b = socket.socketpair()
+    b.setblocking(False)
+    t = tcp.Client.__new__(tcp.Client)
+    tcp.Connection.__init__(t, a, None, reactor)
+    proto = Protocol()
+    t.protocol = proto
+    t.connected = 1
+    proto.makeConnection(t)
+    return t, b
+
+
+def test_epoll_writer_is_a_copy_per_transport_class():
+    """
+    On an epoll reactor, client transports (tcp.Server) and node transports
+    (tcp.Client) get writers of the same bytecode but of code objects of
+    their own (CPython specialises each attribute read in a code object for
+    one type): both send at once, and each holds back while something is
+    buffered.
+    """
+    reactor = EPollReactor()
+    try:
+        a, peer_a, _ = _server_transport(lambda: reactor)
+        b, peer_b = _client_transport(reactor)
+        wa, wb, wa2 = direct_writer(a), direct_writer(b), direct_writer(a)
+        assert wa.__code__ is not wb.__code__ and wa.__code__ is wa2.__code__
+        assert wa.__code__.co_code == wb.__code__.co_code
+        for t, write, peer in ((a, wa, peer_a), (b, wb, peer_b)):
+            write(b"one,")
+            assert peer.recv(100) == b"one," and not t.dataBuffer
+            t.write(b"two,")  # Twisted's buffer: registered for writable
+            write(b"three")
+            assert t.fileno() in reactor._writes
+            t.doWrite()
+            assert peer.recv(100) == b"two,three"
+    finally:
+        reactor.removeAll()
+        reactor._poller.close()
+
+
 def test_lose_connection_with_nothing_buffered_closes_at_once():
     t, peer, reactor, proto = _recorded_transport()
     write = direct_writer(t)
