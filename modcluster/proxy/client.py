@@ -181,9 +181,6 @@ class ClientProtocol(Protocol, ClientDeadlines):
     # built and copied when the 31st is set, once per connection).
     #: when a lingering close gives up (0: not lingering)
     _linger_until = 0.0
-    #: the client ended its sending (FIN) after complete requests: answer
-    #: them, then close (readConnectionLost)
-    _read_closed = False
     #: the Upgrade request whose head the parser just finished
     _upgrading: Optional[_Exchange] = None
     #: a TLS client finished its handshake
@@ -248,6 +245,12 @@ class ClientProtocol(Protocol, ClientDeadlines):
         self._spare: Optional[_Exchange] = None
         # the connection's writer, made by the first write (_write)
         self._writer: Optional[Callable[[bytes], None]] = None
+        # the client ended its sending (FIN) after complete requests: answer
+        # them, then close (readConnectionLost).  Rarely set, but read after
+        # every response (_exchangeDone): an attribute of the instance, which
+        # CPython 3.11 reads specialised, not a class default (a generic
+        # lookup through the class for every instance that lacks it)
+        self._read_closed = False
         self.client: Optional[ClientInfo] = None
         #: the factory's L{Observer} (access log, client metrics) or None
         self._observer = factory.observer
@@ -1088,7 +1091,9 @@ class ClientProtocol(Protocol, ClientDeadlines):
             # (connectionLost, now) hands it on too.
             ex.decision = ex.node = None
             self._spare = ex
-        if self._pause & _P_EXCHANGE:
+        # (_pause tested alone first: 0 but for a paused client, and the
+        # interpreter's bitwise and of ints is a generic operation)
+        if self._pause and self._pause & _P_EXCHANGE:
             self._resumeReading(_P_EXCHANGE)
         out = self._out
         if out and self.connected:
@@ -1124,7 +1129,7 @@ class ClientProtocol(Protocol, ClientDeadlines):
         elif self._read_closed:
             # the client sent nothing after this request (readConnectionLost)
             self._close(linger=False)
-        elif self._pause & _P_PIPELINE:
+        elif self._pause and self._pause & _P_PIPELINE:
             self._resumeReading(_P_PIPELINE)
 
     def _next(self) -> None:

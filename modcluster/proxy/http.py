@@ -979,15 +979,18 @@ class HttpForwarder(PooledForwarder):
                     p.ex = exchange
                     p.seen = self.now
                     p.got = False
-                    p.chunked = exchange.body_length == -1
                     if p.dirty:
                         p.parser = HttpResponseParser(p)
                         p.dirty = False
                     t = exchange.head_template
                     if t is None or exchange.x_forwarded or exchange.upgrade is not None:
+                        p.chunked = exchange.body_length == -1
                         p.sent = p.body_done = False
                         p._sendHead()
                         return p
+                    # (a remembered head has no body: body_length is None, and
+                    # the comparison with -1 would be a generic one)
+                    p.chunked = False
                     # _sendHead for a remembered head, inlined (a call fewer
                     # per kept-alive request; the same bytes and stores, kept
                     # in step: test_proxy_memo.py compares the node's bytes

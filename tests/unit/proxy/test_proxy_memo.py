@@ -266,6 +266,26 @@ def test_not_remembered(reads):
     assert not h.factory.request_heads
 
 
+def test_remembered_heads_have_no_chunked_body():
+    """
+    A remembered head (request_heads, request_blocks) is of a request without
+    a body or with Content-Length: 0, never a chunked one: HttpForwarder.forward
+    sends such a head on an idle connection with chunked False, without
+    comparing body_length with -1.
+    """
+    h = _harness()
+    for head in (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+                 b"GET /a HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+                 b"POST /b HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                 b"0\r\n\r\n"):
+        for _ in range(3):
+            h.client().send(head)
+    templates = (list(h.factory.request_heads.entries.values())
+                 + list(h.factory.request_blocks.entries.values()))
+    assert len(h.factory.request_heads.entries) == 2
+    assert templates and all(t.body_length in (None, 0) for t in templates)
+
+
 def test_request_memo_is_bounded():
     h = _harness()
     for i in range(REQUEST_MEMO_SIZE + 10):
