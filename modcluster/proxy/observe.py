@@ -28,7 +28,7 @@ __all__ = ["BUCKETS", "ClientStats", "Observer", "merge_exports"]
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
            30.0)
 _NB = len(BUCKETS) + 1  # + Inf
-_B0 = BUCKETS[0]
+_B0, _B1, _B2, _B3 = BUCKETS[:4]
 #: Status classes counted: index status // 100 (0: anything below 100 or above 599).
 CLASSES = ("other", "1xx", "2xx", "3xx", "4xx", "5xx")
 #: that index by status code, 0-999 (statuses are never negative; from 1000
@@ -111,12 +111,30 @@ class ClientStats:
             row = self._slow_row(context, node)
         row[_CLASS_OF[status] if status < 1000 else 0] += 1
         h = row[6]
-        # (the first bucket without a bisect: most proxied requests take < 1 ms)
-        h[0 if duration <= _B0 else bisect_left(BUCKETS, duration)] += 1
+        # the bucket: bisect_left(BUCKETS, duration), without the call for
+        # the first four (up to 10 ms: most proxied requests, ~700 machine
+        # instructions for a bisect_left against two to three comparisons)
+        if duration <= _B0:
+            i = 0
+        elif duration <= _B2:
+            i = 1 if duration <= _B1 else 2
+        elif duration <= _B3:
+            i = 3
+        else:
+            i = bisect_left(BUCKETS, duration)
+        h[i] += 1
         h[_NB] += duration
         if upstream >= 0.0:
             h = row[7]
-            h[0 if upstream <= _B0 else bisect_left(BUCKETS, upstream)] += 1
+            if upstream <= _B0:
+                i = 0
+            elif upstream <= _B2:
+                i = 1 if upstream <= _B1 else 2
+            elif upstream <= _B3:
+                i = 3
+            else:
+                i = bisect_left(BUCKETS, upstream)
+            h[i] += 1
             h[_NB] += upstream
 
     def _slow_row(self, context: str, node: str) -> list:
@@ -238,11 +256,28 @@ class Observer:
                     row = stats._slow_row(context, node)
                 row[_CLASS_OF[status] if status < 1000 else 0] += 1
                 h = row[6]
-                h[0 if duration <= _B0 else bisect_left(BUCKETS, duration)] += 1
+                # (the bucket as ClientStats.record finds it)
+                if duration <= _B0:
+                    i = 0
+                elif duration <= _B2:
+                    i = 1 if duration <= _B1 else 2
+                elif duration <= _B3:
+                    i = 3
+                else:
+                    i = bisect_left(BUCKETS, duration)
+                h[i] += 1
                 h[_NB] += duration
                 if upstream >= 0.0:
                     h = row[7]
-                    h[0 if upstream <= _B0 else bisect_left(BUCKETS, upstream)] += 1
+                    if upstream <= _B0:
+                        i = 0
+                    elif upstream <= _B2:
+                        i = 1 if upstream <= _B1 else 2
+                    elif upstream <= _B3:
+                        i = 3
+                    else:
+                        i = bisect_left(BUCKETS, upstream)
+                    h[i] += 1
                     h[_NB] += upstream
             if self.access_log is not None:
                 self._log(ex, now, status, size, duration, upstream, node, context)

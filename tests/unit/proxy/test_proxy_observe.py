@@ -353,6 +353,42 @@ def test_observer_counts_as_client_stats_record():
     assert inline.overflow == direct.overflow == 3
 
 
+def test_duration_buckets_are_bisect_left_of_the_bounds():
+    """
+    The histogram bucket of a duration (ClientStats.record, Observer.done,
+    which compare with the first four bounds before bisecting) is
+    bisect_left(BUCKETS, duration) for every duration: each bound, its
+    neighbouring floats, values between bounds, zero, huge and NaN.
+    """
+    import math
+    from bisect import bisect_left
+
+    from modcluster.proxy.observe import BUCKETS
+
+    class Named:
+        def __init__(self, **kw):
+            self.__dict__.update(kw)
+
+    values = [0.0, 5e-324, 1e-9, 0.0005, 31.0, 1e300, math.inf, math.nan]
+    for b in BUCKETS:
+        values += [b, math.nextafter(b, 0.0), math.nextafter(b, math.inf), b * 0.9, b * 1.1]
+    for v in values:
+        direct, inline = ClientStats(), ClientStats()
+        direct.record("/a", "n1", 200, v, v)
+        obs = Observer(lambda: 100.0, None, None, inline)
+        ex = Named(start=0.0, upstream_time=v,
+                   decision=Named(node=Named(route="n1"), context=Named(path="/a")))
+        obs.done(ex, 200, 1, 100.0)
+        want = [0] * (len(BUCKETS) + 1)
+        want[bisect_left(BUCKETS, v)] = 1
+        assert direct.durations["/a"][:-1] == want, v
+        if not math.isnan(v):  # (>= 0.0: counted)
+            assert direct.upstream["n1"][:-1] == want, v
+        assert inline.upstream["n1"][:-1] == direct.upstream["n1"][:-1], v
+    # Observer.done's duration is now - start (100 s here): its bucket too
+    assert inline.durations["/a"][:-1] == [0] * 13 + [0, 1]
+
+
 def test_status_classes():
     """Each status counts in its class (1xx-5xx), anything else under other."""
     statuses = [0, 1, 99, 100, 101, 199, 200, 204, 299, 300, 399, 400, 499, 500, 599, 600,
