@@ -173,10 +173,19 @@ class ProxyAddresses:
     def __init__(self) -> None:
         self._ports: list = []
         self._sources: list[Callable[[], Iterable[tuple[str, int]]]] = []
+        #: the other listeners' ports by kind (C{"management"}, C{"console"}):
+        #: a node there is not a loop but would open that listener to every
+        #: proxy client, as 127.0.0.1 (L{own_listener})
+        self._others: dict[str, list] = {}
 
-    def record(self, endpoint):
-        """C{endpoint}, whose listening port is recorded here."""
-        return _Recording(endpoint, self._ports)
+    def record(self, endpoint, kind: str = "proxy"):
+        """
+        C{endpoint}, whose listening port is recorded here: a proxy listener,
+        or another C{kind} of listener of this balancer (L{own_listener}).
+        """
+        if kind == "proxy":
+            return _Recording(endpoint, self._ports)
+        return _Recording(endpoint, self._others.setdefault(kind, []))
 
     def add_source(self, source: Callable[[], Iterable[tuple[str, int]]]) -> None:
         self._sources.append(source)
@@ -206,6 +215,35 @@ class ProxyAddresses:
         if addresses is None:
             return None
         return reaches(addresses, port, self.bound())
+
+    def own_listener(self, host: str, port: int) -> Optional[tuple[str, str]]:
+        """
+        C{(listener, kind)}: the listener of this balancer (C{"host:port"})
+        a node at C{host}:C{port} would reach, a proxy listener first
+        (C{kind} C{"proxy"}: a forwarding loop), else one of the other kinds
+        recorded (C{"management"}, C{"console"}: proxy clients would reach
+        that listener through the node, from this host's address, which its
+        allow list admits by default), or C{None} (also for a C{host} name
+        that is not checked).
+        """
+        addresses = node_addresses(host)
+        if addresses is None:
+            return None
+        found = reaches(addresses, port, self.bound())
+        if found is not None:
+            return found, "proxy"
+        for kind, ports in self._others.items():
+            live = [p for p in ports if getattr(p, "connected", True)]
+            ports[:] = live
+            pairs = []
+            for p in live:
+                addr = p.getHost()
+                if isinstance(addr, (IPv4Address, IPv6Address)):
+                    pairs.append((addr.host, addr.port))
+            found = reaches(addresses, port, pairs)
+            if found is not None:
+                return found, kind
+        return None
 
 
 #: Peer addresses a L{LoopGuard} remembers its answer for, at most.

@@ -336,8 +336,10 @@ def build(config: Config, reactor, demo: bool = False) -> BalancerService:
                           timeouts=slow, reactor=reactor)
     tls_live = top.management_tls  # the SwappableServerTLS of each TLS listener
     for description in m.listen:
+        # (recorded: a CONFIG naming a management or console listener is
+        # refused as a forwarding loop is, modcluster/loops.py)
         _listen(reactor, with_backlog(description, m.listen_backlog), site,
-                m.tls, tls_live).setServiceParent(top)
+                m.tls, tls_live, _recorder(own_addresses, "management")).setServiceParent(top)
     if tls_live:
         top.on_reload([f"manager.tls.{k}" for k in MANAGER_TLS_LIVE],
                       lambda new: _renew_tls(tls_live, new.manager.tls))
@@ -351,11 +353,12 @@ def build(config: Config, reactor, demo: bool = False) -> BalancerService:
             reactor=reactor)
         for description in c.listen:
             description = with_backlog(description, m.listen_backlog)
+            record = _recorder(own_addresses, "console")
             if console_tls:
                 _listen(reactor, description, console_site, m.tls,
-                        tls_live).setServiceParent(top)
+                        tls_live, record).setServiceParent(top)
             else:
-                StreamServerEndpointService(server_endpoint(reactor, description),
+                StreamServerEndpointService(record(server_endpoint(reactor, description)),
                                             console_site).setServiceParent(top)
     console_guard = console_site.resource if separate and serve_console else None
 
@@ -761,11 +764,21 @@ def _renew_tls(swappables: list, tls_config) -> None:
              certificate=tls_config.certificate)
 
 
-def _listen(reactor, description: str, site, tls_config, tls_live=None):
+def _recorder(own_addresses, kind: str):
+    """C{endpoint -> endpoint}: recorded as a C{kind} listener in C{own_addresses} (if any)."""
+    if own_addresses is None:
+        return lambda endpoint: endpoint
+    return lambda endpoint: own_addresses.record(endpoint, kind)
+
+
+def _listen(reactor, description: str, site, tls_config, tls_live=None,
+            record=lambda endpoint: endpoint):
     from twisted.application.internet import StreamServerEndpointService
 
     if not tls_config.enabled:
-        return strports.service(description, site, reactor=reactor)
+        service = strports.service(description, site, reactor=reactor)
+        service.endpoint = record(service.endpoint)
+        return service
     from modcluster.tls import SwappableServerTLS, tls_server_endpoint
 
     factory = SwappableServerTLS(_management_tls(tls_config))
@@ -773,7 +786,7 @@ def _listen(reactor, description: str, site, tls_config, tls_live=None):
         tls_live.append(factory)
     endpoint = tls_server_endpoint(reactor, description, factory,
                                    tls_config.handshake_timeout)
-    return StreamServerEndpointService(endpoint, site)
+    return StreamServerEndpointService(record(endpoint), site)
 
 
 def _node_tls(config: Config):

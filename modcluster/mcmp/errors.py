@@ -308,7 +308,7 @@ def context_insert_failed(
     return MCMPError(type, mess)
 
 
-def forwarding_loop(route: str, listener: str) -> MCMPError:
+def forwarding_loop(route: str, listener: str, kind: str = "proxy") -> MCMPError:
     """
     Ours (no httpd equivalent): a CONFIG whose Host and Port reach one of
     the balancer's own proxy listeners C{listener} (C{"host:port"}): every
@@ -320,6 +320,12 @@ def forwarding_loop(route: str, listener: str) -> MCMPError:
     refusal that depends on the balancer's listeners (a reload can change
     them) and goes away when the node's address is corrected.
     """
+    if kind != "proxy":
+        # another listener of ours (management, console): not a loop, but
+        # every proxy client would reach it through the node, from this host
+        return MCMPError(TYPE_MEM, node_insert_failed.text.format(clean_value(route))
+                         + f" ({clean_value(listener)} is a {kind} listener of this"
+                           " balancer, not a node)")
     return MCMPError(TYPE_MEM, node_insert_failed.text.format(clean_value(route))
                      + f" ({clean_value(listener)} is a proxy listener of this balancer:"
                        " forwarding loop)")

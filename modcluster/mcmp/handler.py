@@ -57,10 +57,11 @@ class MCMPHandler:
     @param stats: optional; C{record(method, outcome)} per message (metrics).
     @param probe_reuse: a node that answered a probe less than this many seconds
         ago is not probed again for a STATUS (0: probe every time, as httpd).
-    @param own_addresses: optional; C{reached_by(host, port)} gives the
-        balancer's proxy listener a node address would reach, or C{None}
-        (L{modcluster.loops.ProxyAddresses}): a CONFIG for such a node is
-        refused (a forwarding loop).
+    @param own_addresses: optional; C{own_listener(host, port)} gives the
+        balancer's listener a node address would reach and its kind, or
+        C{None} (L{modcluster.loops.ProxyAddresses}): a CONFIG for such a node
+        is refused (a proxy listener: a forwarding loop; the management or
+        console listener: not a node).
     """
 
     log = Logger()
@@ -180,11 +181,13 @@ class MCMPHandler:
         for warning in req.warnings:
             self.log.info("CONFIG for {route}: {warning}", route=req.jvm_route, warning=warning)
         if self.own_addresses is not None:
-            listener = self.own_addresses.reached_by(req.host, int(req.port))
-            if listener is None and self.named_loops:
+            own = self.own_addresses.own_listener(req.host, int(req.port))
+            if own is None and self.named_loops:
                 listener = self.named_loops.get((req.host, int(req.port)))
-            if listener is not None:
-                raise errors.forwarding_loop(req.jvm_route, listener)
+                if listener is not None:
+                    own = (listener, "proxy")
+            if own is not None:
+                raise errors.forwarding_loop(req.jvm_route, *own)
         node_type = self.node_type(req.type)
         balancer = BalancerSettings(
             name=req.balancer,
@@ -249,15 +252,23 @@ class MCMPHandler:
             if node.rt.removed:
                 continue
             s = node.settings
-            listener = self.own_addresses.reached_by(s.host, s.port)
-            if listener is None:
+            own = self.own_addresses.own_listener(s.host, s.port)
+            if own is None:
                 continue
+            listener, kind = own
             address = f"{s.host}:{s.port}"
-            self.log.warn("node {route} at {address} reaches {listener}, a proxy listener of "
-                          "this balancer (forwarding loop): removed; its next CONFIG is "
-                          "refused", route=s.route, address=address, listener=listener)
-            self._registry.remove_node(
-                s.route, f"forwarding loop: {address} reaches proxy listener {listener}")
+            if kind == "proxy":
+                self.log.warn("node {route} at {address} reaches {listener}, a proxy listener "
+                              "of this balancer (forwarding loop): removed; its next CONFIG "
+                              "is refused", route=s.route, address=address, listener=listener)
+                why = f"forwarding loop: {address} reaches proxy listener {listener}"
+            else:
+                self.log.warn("node {route} at {address} reaches {listener}, a {kind} listener "
+                              "of this balancer, not a node: removed; its next CONFIG is "
+                              "refused", route=s.route, address=address, listener=listener,
+                              kind=kind)
+                why = f"not a node: {address} reaches {kind} listener {listener}"
+            self._registry.remove_node(s.route, why)
             removed.append(s.route)
         return removed
 

@@ -355,3 +355,59 @@ def _get_at(address: str, port: int, path: str) -> bytes:
             if not data:
                 return out
             out += data
+
+
+def _balancer_with_console(mport: int, cport: int, pport: int):
+    return build(parse_config(f"""
+[manager]
+listen = ["tcp:{mport}:interface=127.0.0.1"]
+[proxy]
+listen = ["tcp:{pport}:interface=127.0.0.1"]
+fast_event_loop = false
+drain_timeout = 0
+[console]
+listen = ["tcp:{cport}:interface=127.0.0.1"]
+"""), reactor)
+
+
+@pytest_twisted.ensureDeferred
+async def test_config_with_the_address_of_the_management_or_console_listener_is_refused():
+    """
+    A node at the MCMP or console listener's address (a port mix-up) would
+    let every proxy client send MCMP commands or console actions through the
+    proxy, from 127.0.0.1, which those listeners admit by default: refused
+    with MEM like a forwarding loop, naming the listener.
+    """
+    mport, cport, pport = free_loopback_ports(3)
+    balancer = _balancer_with_console(mport, cport, pport)
+    balancer.startService()
+    try:
+        for port, kind in ((mport, b"management"), (cport, b"console")):
+            for node_host in (b"127.0.0.1", b"localhost"):
+                answer = await threads.deferToThread(
+                    _mcmp, mport, b"CONFIG",
+                    b"JVMRoute=own&Host=%s&Port=%d&Type=http" % (node_host, port))
+                assert answer.startswith(b"HTTP/1.1 500 "), answer
+                assert _header(answer, b"type") == b"MEM", answer
+                assert _header(answer, b"mess") == (
+                    b'MEM: Can\'t update or insert node with "own" JVMRoute (127.0.0.1:%d is '
+                    b"a %s listener of this balancer, not a node)" % (port, kind)), answer
+        assert [n.route for n in balancer.registry.table.nodes] == []
+        # the proxy listener's refusal is unchanged
+        await _refused(mport, b"127.0.0.1", pport)
+    finally:
+        await balancer.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_restored_node_at_the_management_listener_is_removed(tmp_path):
+    mport, pport = free_loopback_ports(2)
+    state = tmp_path / "state.json"
+    _state_file(state, [("own", "127.0.0.1", mport), ("ok", "127.0.0.1", 1)])
+    balancer = _balancer(mport, [f"tcp:{pport}:interface=127.0.0.1"],
+                         manager=f'persist = true\nstate_file = "{state}"')
+    balancer.startService()
+    try:
+        assert [n.route for n in balancer.registry.table.nodes] == ["ok"]
+    finally:
+        await balancer.stopService()

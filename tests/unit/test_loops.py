@@ -307,3 +307,23 @@ def test_a_node_connection_reaching_a_proxy_listener_sends_nothing():
     conn = _Conn(Fw, _Pool(settings))
     assert _OneShot(proto, conn).buildProtocol(IPv4Address("TCP", "127.0.0.1", 8001)) is proto
     assert _OneShot(proto).buildProtocol(IPv4Address("TCP", "127.0.0.1", 8000)) is proto
+
+
+def test_own_listener_names_the_kind_proxy_first():
+    own = ProxyAddresses()
+    proxy = _Port(IPv4Address("TCP", "127.0.0.1", 41000))
+    management = _Port(IPv4Address("TCP", "127.0.0.1", 6666))
+    console = _Port(IPv4Address("TCP", "0.0.0.0", 8090))
+    own.record(_Endpoint(proxy)).listen(None)
+    own.record(_Endpoint(management), "management").listen(None)
+    own.record(_Endpoint(console), "console").listen(None)
+    assert own.own_listener("127.0.0.1", 41000) == ("127.0.0.1:41000", "proxy")
+    assert own.own_listener("localhost", 6666) == ("127.0.0.1:6666", "management")
+    assert own.own_listener("127.0.0.5", 8090) == ("0.0.0.0:8090", "console")
+    assert own.own_listener("127.0.0.2", 6666) is None
+    assert own.own_listener("node.example.com", 6666) is None
+    # only proxy listeners are forwarding loops (bound, reached_by)
+    assert own.bound() == [("127.0.0.1", 41000)]
+    assert own.reached_by("127.0.0.1", 6666) is None
+    management.connected = False  # stopped listening: forgotten
+    assert own.own_listener("127.0.0.1", 6666) is None
