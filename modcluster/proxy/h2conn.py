@@ -336,6 +336,7 @@ _STREAM_SEND_HEADERS = StreamInputs.SEND_HEADERS
 _STREAM_SEND_DATA = StreamInputs.SEND_DATA
 _STREAM_SEND_END = StreamInputs.SEND_END_STREAM
 _RECV_HEADERS = ConnectionInputs.RECV_HEADERS
+_RECV_DATA = ConnectionInputs.RECV_DATA
 _IDLE = StreamState.IDLE
 _CLOSED = StreamState.CLOSED
 #: h2's stream transitions for a request's HEADERS (+ END_STREAM) on a new
@@ -346,6 +347,20 @@ _RECV_REQUEST: _Transition = _stream_transitions[  # type: ignore[assignment]
 _RECV_REQUEST_END: _Transition = _stream_transitions[  # type: ignore[assignment]
     (_RECV_REQUEST[1], StreamInputs.RECV_END_STREAM)]
 assert _RECV_REQUEST[0] is H2StreamStateMachine.request_received
+#: h2's stream transitions for a DATA frame (and its END_STREAM) on a stream
+#: in the states where h2 accepts one without error (open, half-closed
+#: (local)), by state: (RECV_DATA's, RECV_END_STREAM's), from h2's table
+_RECV_BODY: dict[StreamState, tuple[_Transition, _Transition]] = {
+    state: (_stream_transitions[(state, StreamInputs.RECV_DATA)],  # type: ignore[misc]
+            _stream_transitions[(_stream_transitions[(state, StreamInputs.RECV_DATA)][1],
+                                 StreamInputs.RECV_END_STREAM)])
+    for state in (StreamState.OPEN, StreamState.HALF_CLOSED_LOCAL)}
+assert all(data[0][0] is H2StreamStateMachine.data_received and data[0][1] is state
+           for state, data in _RECV_BODY.items())
+_OPEN = StreamState.OPEN
+_HALF_CLOSED_LOCAL = StreamState.HALF_CLOSED_LOCAL
+_RECV_BODY_OPEN = _RECV_BODY[_OPEN]
+_RECV_BODY_HALF_CLOSED = _RECV_BODY[_HALF_CLOSED_LOCAL]
 
 
 class _StateMachine(H2ConnectionStateMachine):
@@ -415,6 +430,8 @@ class _H2Connection(H2Connection):
         self._fast_headers = not (
             self.config.normalize_inbound_headers or self.config.validate_inbound_headers
             or isinstance(self.config.header_encoding, str))
+        #: DATA frames read by receive_data itself (L{_receive_body})
+        self._fast_data = True
 
     def _open_streams(self, remainder: int) -> int:
         """
@@ -533,13 +550,16 @@ class _H2Connection(H2Connection):
         """
         h2's, with the frames at the start of C{data} that are requests'
         HEADERS (END_HEADERS, no PADDED or PRIORITY, within
-        SETTINGS_MAX_FRAME_SIZE) on new client streams read directly (no
-        frame objects, L{_receive_request}), while nothing is buffered; the
-        rest of C{data} goes to h2's.
+        SETTINGS_MAX_FRAME_SIZE) on new client streams (L{_receive_request})
+        or DATA frames within the frame size and the windows on open streams
+        (L{_receive_body}) read directly (no frame objects), while nothing is
+        buffered; the rest of C{data} goes to h2's.
         """
         buf = self.incoming_buffer
-        if (not self._fast_headers or buf._data or buf._preamble_len or buf._headers_buffer
-                or data.__class__ is not bytes):
+        fast_headers = self._fast_headers
+        fast_data = self._fast_data
+        if (not (fast_headers or fast_data) or buf._data or buf._preamble_len
+                or buf._headers_buffer or data.__class__ is not bytes):
             return H2Connection.receive_data(self, data)
         events: list = []
         i = 0
@@ -550,7 +570,19 @@ class _H2Connection(H2Connection):
                 hi, lo, kind, flags, sid = _DATA_HEAD.unpack_from(data, i)
                 n = (hi << 8) + lo
                 sid &= 0x7FFFFFFF
-                if (kind != 1 or flags & 0x2C != 0x4 or n > limit or total - i - 9 < n
+                if n > limit or total - i - 9 < n:
+                    break
+                if kind == 0:
+                    if not fast_data or flags & 0xFE:  # (END_STREAM only: no PADDED)
+                        break
+                    i += 9 + n  # (as h2's buffer, should it raise)
+                    body = self._receive_body(sid, data, i - n, n, flags)
+                    if body is None:
+                        i -= 9 + n
+                        break
+                    events += body
+                    continue
+                if (kind != 1 or not fast_headers or flags & 0x2C != 0x4
                         or not sid & 1 or sid <= self.highest_inbound_stream_id):
                     # (an odd id above the highest opened is a new stream)
                     break
@@ -565,6 +597,60 @@ class _H2Connection(H2Connection):
         if i:
             data = data[i:]
         return events + H2Connection.receive_data(self, data)
+
+    def _receive_body(self, sid: int, data: bytes, at: int, n: int, flags: int):
+        """
+        The DATA frame on stream C{sid} whose C{n}-byte payload is at C{at} in
+        C{data} (no PADDED flag, within SETTINGS_MAX_FRAME_SIZE), read as
+        h2's C{_receive_data_frame} would, if it is one h2 accepts without
+        error: its stream known, open or half-closed (local), its headers
+        received, within the connection's and the stream's inbound windows
+        and the stream's content-length.  Its events, or None (nothing
+        changed: the frame is for h2's own path).
+
+        The same steps in h2's order: the connection's RECV_DATA input, the
+        connection's window consumed, the stream's RECV_DATA transition
+        (DataReceived), its window consumed, the body length tracked, on
+        END_STREAM the stream's RECV_END_STREAM transition (StreamEnded).
+        """
+        stream = self.streams.get(sid)
+        if stream is None:
+            return None
+        sm = stream.state_machine
+        state = sm.state
+        # (by identity: an Enum's hash is a Python-level call)
+        if state is _OPEN:
+            transitions = _RECV_BODY_OPEN
+        elif state is _HALF_CLOSED_LOCAL:
+            transitions = _RECV_BODY_HALF_CLOSED
+        else:
+            return None
+        if not sm.headers_received:
+            return None
+        conn_window = self._inbound_flow_control_window_manager
+        stream_window = stream._inbound_window_manager
+        if n > conn_window.current_window_size or n > stream_window.current_window_size:
+            return None  # (FlowControlError)
+        end = flags == 1
+        actual = stream._actual_content_length + n
+        expected = stream._expected_content_length
+        if expected is not None and (actual > expected or end and actual != expected):
+            return None  # (InvalidBodyLengthError)
+        events = self.state_machine.process_input(_RECV_DATA)
+        conn_window.current_window_size -= n
+        (func, sm.state), end_transition = transitions
+        received = func(sm, state)
+        stream_window.current_window_size -= n
+        stream._actual_content_length = actual
+        event = received[0]
+        if end:
+            func, sm.state = end_transition
+            ended = func(sm, state)
+            event.stream_ended = ended[0]
+            received += ended
+        event.data = data[at:at + n]
+        event.flow_controlled_length = n
+        return events + received if events else received
 
     def _receive_headers_frame_h2(self, frame):
         """h2's C{_receive_headers_frame}, streams over the limit refused (above)."""
