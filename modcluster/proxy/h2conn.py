@@ -28,7 +28,8 @@ from h2.stream import STREAM_OPEN, H2StreamStateMachine, StreamInputs, StreamSta
 from h2.stream import _transitions as _stream_transitions
 from h2.utilities import is_informational_response
 from hpack import Decoder, Encoder
-from hyperframe.frame import RstStreamFrame
+from hyperframe.exceptions import InvalidDataError, InvalidFrameError
+from hyperframe.frame import Frame, RstStreamFrame
 
 __all__ = ["request_fields"]
 
@@ -398,6 +399,12 @@ class _FrameBuffer(FrameBuffer):
         if len(data) >= 9:
             length = (data[0] << 16) | (data[1] << 8) | data[2]
             if length > self.max_frame_size:
+                # h2's order: an invalid frame header (a DATA frame on
+                # stream 0…) is a PROTOCOL_ERROR before the length is checked
+                try:
+                    Frame.parse_frame_header(memoryview(data[:9]))
+                except (InvalidDataError, InvalidFrameError) as err:
+                    raise ProtocolError(f"Received frame with invalid header: {err!s}") from err
                 self._validate_frame_length(length)  # (raises)
         return FrameBuffer.__next__(self)
 

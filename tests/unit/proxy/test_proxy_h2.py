@@ -1589,6 +1589,8 @@ def test_data_frames_fast_path_matches_stock_h2():
         [(("headers", False, b"5", False), False), (("end", 1), False),
          (("data", 1, 3, False, "", 0), False), (("data", 1, 2, True, "", 0), False),
          (("data", 1, 0, False, "", 0), False)], 300, [])
+    @example(  # over the frame size on stream 0: h2 refuses the header (PROTOCOL_ERROR) first
+        [(("data", "zero", 16385, False, "", 0), False)], 300, [])
     def run(steps, window, cuts):
         conns = []
         for cls in (H2Connection, Counting):
