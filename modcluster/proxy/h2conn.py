@@ -27,6 +27,7 @@ from h2.frame_buffer import FrameBuffer
 from h2.stream import STREAM_OPEN, H2StreamStateMachine, StreamInputs, StreamState
 from h2.stream import _transitions as _stream_transitions
 from h2.utilities import is_informational_response
+from h2.windows import WindowManager
 from hpack import Decoder, Encoder
 from hyperframe.exceptions import InvalidDataError, InvalidFrameError
 from hyperframe.frame import Frame, RstStreamFrame
@@ -364,6 +365,20 @@ _RECV_BODY_OPEN = _RECV_BODY[_OPEN]
 _RECV_BODY_HALF_CLOSED = _RECV_BODY[_HALF_CLOSED_LOCAL]
 
 
+def _gives_window(window: WindowManager, size: int) -> bool:
+    """
+    Whether h2's C{window.process_bytes(size)} would do more than count the
+    bytes (C{WindowManager._maybe_update_window}'s test: an increment to
+    send as WINDOW_UPDATE, the count reset).
+    """
+    processed = window._bytes_processed + size
+    if not processed:
+        return False
+    largest = window.max_window_size
+    return ((window.current_window_size == 0 and processed > min(1024, largest // 4))
+            or processed >= largest // 2)
+
+
 class _StateMachine(H2ConnectionStateMachine):
     """
     h2's connection state machine with its transitions looked up by the
@@ -678,6 +693,28 @@ class _H2Connection(H2Connection):
             headers, end, self.config.header_encoding)
         self.over_limit.add(sid)
         return frames, events + stream_events
+
+    def acknowledge_received_data(self, acknowledged_size: int, stream_id: int) -> None:
+        """
+        h2's, shorter when neither the connection's nor the (open) stream's
+        window manager would give window back (no WINDOW_UPDATE: most
+        acknowledgements, each under half a window): then all h2's does is
+        add C{acknowledged_size} to both managers' processed bytes, as here.
+        Anything else (a WINDOW_UPDATE due, a stream not in C{streams}, a
+        bad argument) goes to h2's.
+        """
+        stream = self.streams.get(stream_id)
+        conn_window = self._inbound_flow_control_window_manager
+        if (stream is None or acknowledged_size < 0
+                or _gives_window(conn_window, acknowledged_size)):
+            return H2Connection.acknowledge_received_data(self, acknowledged_size, stream_id)
+        if STREAM_OPEN[stream.state_machine.state]:
+            stream_window = stream._inbound_window_manager
+            if _gives_window(stream_window, acknowledged_size):
+                return H2Connection.acknowledge_received_data(
+                    self, acknowledged_size, stream_id)
+            stream_window._bytes_processed += acknowledged_size
+        conn_window._bytes_processed += acknowledged_size
 
     def send_data(self, stream_id: int, data, end_stream: bool = False,
                   pad_length=None) -> None:

@@ -1720,3 +1720,36 @@ def test_empty_data_frame_flood_gets_enhance_your_calm(h, fast):
     goaway = [e for e in events if isinstance(e, ConnectionTerminated)]
     assert goaway and goaway[0].error_code == ErrorCodes.ENHANCE_YOUR_CALM
     assert bool(taken) is fast
+
+
+def test_gives_window_is_h2s_window_update_test():
+    """h2conn._gives_window (acknowledge_received_data's shortcut): false
+    exactly when h2's WindowManager.process_bytes would only count the bytes
+    (no increment, nothing else changed), for windows empty, full and in
+    between, around the quarter and the half; it changes nothing itself."""
+    from h2.windows import WindowManager
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from modcluster.proxy.h2conn import _gives_window
+
+    edges = st.sampled_from([0, 1, 75, 76, 149, 150, 151, 1023, 1024, 1025, 32767, 32768])
+
+    @settings(max_examples=2000, deadline=None)
+    @given(st.sampled_from([1, 300, 4096, 65535, 65536, 2**31 - 1]),
+           st.one_of(st.just(0), edges, st.integers(0, 2**31 - 1)),
+           st.one_of(edges, st.integers(0, 2**31 - 1)),
+           st.one_of(edges, st.integers(0, 2**16)))
+    def run(largest, current, processed, size):
+        w = WindowManager(largest)
+        w.current_window_size = min(current, largest)
+        w._bytes_processed = processed
+        increment = w.process_bytes(size)
+        only_counted = not increment and (w.current_window_size, w._bytes_processed) == (
+            min(current, largest), processed + size)
+        w.current_window_size = min(current, largest)
+        w._bytes_processed = processed
+        assert _gives_window(w, size) is not only_counted
+        assert (w.current_window_size, w._bytes_processed) == (min(current, largest), processed)
+
+    run()
