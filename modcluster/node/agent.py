@@ -35,8 +35,9 @@ from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import Deferred, DeferredLock, gatherResults
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.task import LoopingCall, deferLater
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 
+from modcluster.accesslog import LogLimiter
 from modcluster.node.javaparse import JavaInfoError, parse_info_as_java, parse_stop_app_requests
 from modcluster.node.config import NodeConfig
 from modcluster.node.load import (
@@ -190,6 +191,10 @@ class NodeAgent(Service):
         self._drain: Optional[Deferred[bool]] = None
         self._removed = False
         self._advertise_port: Any = None
+        #: the proxies added by advertise (at most [advertise] max_proxies)
+        self._advertised_proxies: set[tuple[str, int]] = set()
+        #: rate-limited lines (advertised proxies over the limit)
+        self._limiter = LogLimiter(self.log, self._reactor.seconds)
         self.last_load: Optional[int] = None
 
     # --- construction helpers ---------------------------------------------------
@@ -432,7 +437,22 @@ class NodeAgent(Service):
     def _advertised(self, host: str, port: int) -> None:
         if self._removed or self._drain is not None:
             return
-        if self.add_proxy(host, port) and self.running:
+        adv = self.config.advertise
+        if (adv is not None and len(self._advertised_proxies) >= adv.max_proxies
+                and not any(p.address == (host, port) for p in self._proxies)):
+            # anyone on the group can advertise (with any source and server
+            # id, and without a key any digest): a bounded number of proxies
+            self._limiter.emit(
+                "max_proxies", LogLevel.warn,
+                "Ignored proxy {host}:{port}: {count} advertised proxies already "
+                "([advertise] max_proxies)", host=host, port=port,
+                count=len(self._advertised_proxies))
+            return
+        if self.add_proxy(host, port):
+            self._advertised_proxies.add((host, port))
+        else:
+            return
+        if self.running:
             proxy = self._proxies[-1]
             d = Deferred.fromCoroutine(self._recover(proxy))
             d.addErrback(lambda f: self.log.failure("Sync of {proxy} failed", f, proxy=str(proxy)))

@@ -120,6 +120,9 @@ class AdvertiseSettings:
     key: Optional[str] = None
     #: largest |Date - local clock| accepted, seconds; 0 turns the check off
     max_skew: float = 300.0
+    #: advertised proxies added at most (anyone on the group can advertise);
+    #: the proxies given in C{proxies} do not count
+    max_proxies: int = 32
 
 
 @frozen
@@ -424,7 +427,8 @@ def node_config_from_dict(data: Mapping[str, Any], source: str = "<config>") -> 
     advertise = None
     adv_data = ld.table(data, "advertise")
     if adv_data is not None:
-        ld.take(adv_data, "advertise.", {"group", "port", "interface", "key", "max_skew"})
+        ld.take(adv_data, "advertise.",
+                {"group", "port", "interface", "key", "max_skew", "max_proxies"})
         group_text = ld.string(adv_data, "group", "advertise.", DEFAULT_GROUP)
         try:
             group, group_port = parse_group(group_text)
@@ -440,6 +444,7 @@ def node_config_from_dict(data: Mapping[str, Any], source: str = "<config>") -> 
             interface=ld.string(adv_data, "interface", "advertise.", "0.0.0.0", wire=False),
             key=key,
             max_skew=ld.number(adv_data, "max_skew", "advertise.", 300.0, exclusive=False),
+            max_proxies=ld.integer(adv_data, "max_proxies", "advertise.", 32, minimum=1),
         )
 
     tls = None

@@ -609,3 +609,37 @@ def test_cycles_never_overlap() -> None:
     clock.advance(20)  # socket timeout: proxy in ERROR; the queued cycles run in turn
     assert first == second == third == [None]
     assert proxy.methods[mark:] == ["INFO", "CONFIG", "ENABLE-APP", "STATUS", "STATUS"]
+
+
+def test_advertised_proxies_are_capped() -> None:
+    """
+    Anyone on the group can advertise (without a key, with any source and
+    server id): at most C{[advertise] max_proxies} advertised proxies are
+    added; the rest are ignored with a rate-limited warning.  Proxies given in
+    C{proxies} do not count, and an advertised proxy already known is no new one.
+    """
+    clock, proxies, agent = make_agent(
+        clock=MulticastClock(),
+        advertise={"group": "224.0.1.105:23364", "interface": "127.0.0.1",
+                   "max_proxies": 3})
+    agent.startService()
+    clock.advance(0)
+    with capturedLogs() as events:
+        for i in range(10):
+            agent._advertised("127.0.0.1", 30000 + i)
+        agent._advertised("127.0.0.1", 30000)  # known: nothing new
+    clock.advance(0)
+    assert sorted(p.port for p in agent.proxies()) == [26666, 30000, 30001, 30002]
+    ignored = [e for e in events if "max_proxies" in str(e.get("log_format", ""))]
+    assert 1 <= len(ignored) <= 10
+    agent.stopService()
+
+
+def test_advertise_max_proxies_validated() -> None:
+    config = node_config_from_dict({
+        "route": "n", "backend": "http://127.0.0.1:8080",
+        "advertise": {"max_proxies": 5}})
+    assert config.advertise is not None and config.advertise.max_proxies == 5
+    with pytest.raises(Exception, match="max_proxies"):
+        node_config_from_dict({"route": "n", "backend": "http://127.0.0.1:8080",
+                               "advertise": {"max_proxies": 0}})
