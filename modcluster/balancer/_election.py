@@ -39,6 +39,14 @@ _NOTHING: frozenset[int] = frozenset()
 #: the smooth election's unit: a node of load factor f advances its virtual
 #: pass by _STRIDE // f per election
 _STRIDE = 1 << 24
+#: _STRIDE // f as a float, by load factor f (MCMP's Load is at most 100;
+#: index 0 is never read).  Virtual passes are floats holding integers:
+#: CPython 3.11 adds and compares floats on specialised paths at the same
+#: cost whatever their size, where ints past 2^30 leave theirs (every
+#: request of a long-running process paid for it).  Integers below 2^53
+#: add exactly, so the routes are the integer arithmetic's (docs/balancing.md,
+#: "Smooth shares").
+_STRIDES = [0.0] + [float(_STRIDE // f) for f in range(1, 101)]
 
 
 @frozen
@@ -297,16 +305,18 @@ def _elect_deterministic(recs, name, has_session, exclude, dom, forced, h,
     return None, False
 
 
-def _stride(rt, now: float, policy: RoutingPolicy) -> int:
+def _stride(rt, now: float, policy: RoutingPolicy) -> float:
     """How far one election moves a node's virtual pass: the inverse of its
-    weight (load factor, times its slow start share)."""
-    stride = _STRIDE // rt.lbfactor
+    weight (load factor, times its slow start share), a float holding an
+    integer (L{_STRIDES})."""
+    f = rt.lbfactor
+    stride = _STRIDES[f] if f < len(_STRIDES) else float(_STRIDE // f)
     slow = policy.slow_start
     if slow > 0:
         w = now - rt.warm_from
         if w < slow:  # slow start: weight * max(w / slow, min share)
             m = slow * policy.slow_start_min_share
-            stride = int(stride * slow / (w if w > m else m))
+            stride = float(int(stride * slow / (w if w > m else m)))
     return stride
 
 
@@ -501,11 +511,14 @@ def choose(table: RoutingTable, host: Optional[str], path: str, cookie: Optional
                 if now - warm_latest[0] < policy.slow_start:
                     _advance(best_rt, second, now, policy)
                 else:
-                    if second is not None:
-                        lag = second_score - _STRIDE // second.lbfactor
-                        if lag > best_score:
-                            best_score = lag
-                    best_rt.vpass = best_score + _STRIDE // best_rt.lbfactor
+                    try:
+                        if second is not None:
+                            lag = second_score - _STRIDES[second.lbfactor]
+                            if lag > best_score:
+                                best_score = lag
+                        best_rt.vpass = best_score + _STRIDES[best_rt.lbfactor]
+                    except IndexError:  # a load factor above 100 (a table built by hand)
+                        _advance(best_rt, second, now, policy)
                 best_rt.elected += 1
                 return best
         else:

@@ -189,8 +189,9 @@ class NodeRuntime:
         self.ejected_until = float("-inf")
         #: (L{warm_from})
         self._warm_from = float("-inf")
-        #: smooth election: the node's virtual pass (stride scheduling)
-        self.vpass = 0
+        #: smooth election: the node's virtual pass (stride scheduling), a
+        #: float holding an integer (balancer._election._STRIDES)
+        self.vpass = 0.0
 
     @property
     def warm_from(self) -> float:
