@@ -55,7 +55,7 @@ from twisted.logger import Logger, LogLevel
 from zope.interface import implementer
 
 from modcluster.accesslog import text
-from modcluster.proxy._transport import IStreamTransport
+from modcluster.proxy._transport import IStreamTransport, direct_writer
 from modcluster.proxy.exchange import _P_UPGRADE, _Exchange
 from modcluster.proxy.h2conn import (
     _BAD_VALUE,
@@ -538,6 +538,13 @@ class H2Protocol(Protocol):
         if extra > 0:
             h2.increment_flow_control_window(min(extra, 2**31 - 1 - 65535))
         t.registerProducer(self, True)
+        #: writes to the transport: straight to the socket while nothing is
+        #: buffered on a plain TCP transport (h2c), as the HTTP/1.1 front and
+        #: the TLS layer under h2 write (L{direct_writer}).  Through Twisted's
+        #: write each one waited for writability, and a write beyond its
+        #: buffer size (a 64 KiB response) paused this producer, and with it
+        #: every stream's node connection, until it was sent.
+        self._writer = direct_writer(t)
         self.factory._clients.add(self)
         stats = getattr(self.factory, "stats", None)
         if stats is not None:  # as ClientProtocol counts (the handshake is done)
@@ -593,7 +600,7 @@ class H2Protocol(Protocol):
     def _write(self) -> None:
         data = self.h2.data_to_send()
         if data and self.connected:
-            self.transport.write(data)
+            self._writer(data)
 
     def _flush(self) -> None:
         ready = self._ready
@@ -985,7 +992,7 @@ class H2Protocol(Protocol):
         frame.last_stream_id = self.h2.highest_inbound_stream_id
         frame.error_code = 0
         self._flush()
-        self.transport.write(frame.serialize())
+        self._writer(frame.serialize())
         self._maybeGone()
 
     def drain(self) -> int:

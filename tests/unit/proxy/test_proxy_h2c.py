@@ -437,3 +437,84 @@ def test_access_log_and_metrics_of_an_h2c_request(h):
     assert record["protocol"] == "HTTP/2.0" and record["status"] == 200
     assert obs.stats.connections == 1 and obs.stats.tls_handshakes == 0
     assert sum(sum(row[:6]) for row in obs.stats.rows.values()) == 1
+
+
+@pytest.mark.parametrize("reactor_type", ["memory", "epoll"])
+def test_h2c_writes_straight_to_the_socket_without_pausing_nodes(reactor_type):
+    """
+    On a real TCP transport (a socket pair), an h2c connection writes its
+    frames as the HTTP/1.1 front and the TLS layer do (the direct writer):
+    straight to the socket while nothing is buffered.  Through Twisted's
+    write, every write waited for writability (two epoll_ctl), and a 64 KiB
+    response, more than Twisted's buffer size in one write, paused the
+    connection as a producer and with it every stream's node connection, to
+    resume them all once written: ~20 epoll_ctl per request under h2load.
+    """
+    import socket
+
+    from twisted.internet import tcp
+    from twisted.internet.epollreactor import EPollReactor
+    from twisted.internet.testing import MemoryReactorClock
+
+    h = Harness(h2c=True)
+    h.node("n1", 9001, contexts=("/app",))
+    a, peer = socket.socketpair()
+    a.setblocking(False)
+    peer.setblocking(False)
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+    reactor = EPollReactor() if reactor_type == "epoll" else MemoryReactorClock()
+    proto = h.factory.buildProtocol(None)
+    t = tcp.Server(a, proto, ("127.0.0.1", 40000), None, 0, reactor)
+    proto.makeConnection(t)
+    conn = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+    conn.initiate_connection()
+    conn.increment_flow_control_window(2**30)
+    conn.update_settings({0x4: 2**30})  # INITIAL_WINDOW_SIZE: no flow-control wait
+    t.protocol.dataReceived(conn.data_to_send())
+    assert isinstance(t.protocol, H2Protocol)
+    got: dict[int, bytes] = {}
+    ended: set[int] = set()
+
+    def pump() -> None:
+        out = conn.data_to_send()
+        if out:
+            t.protocol.dataReceived(out)
+        while True:
+            try:
+                data = peer.recv(1 << 20)
+            except BlockingIOError:
+                return
+            for ev in conn.receive_data(data):
+                if isinstance(ev, DataReceived):
+                    got[ev.stream_id] = got.get(ev.stream_id, b"") + ev.data
+                    conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                elif isinstance(ev, StreamEnded):
+                    ended.add(ev.stream_id)
+
+    pump()
+    body = bytes(range(256)) * 256  # 64 KiB
+    sids = []
+    for _ in range(3):
+        sids.append(conn.get_next_available_stream_id())
+        conn.send_headers(sids[-1], [(b":method", b"GET"), (b":scheme", b"http"),
+                                     (b":path", b"/app/x"), (b":authority", b"localhost")],
+                          end_stream=True)
+    pump()
+    node = h.accept(9001)
+    nodes = [node] + [h.accept(9001) for _ in sids[1:]]
+    for n in nodes:
+        n.received()
+    for n in nodes:
+        n.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 65536\r\n\r\n" + body)
+        # written at once: nothing left in Twisted's buffer, no wait for writability
+        assert t not in reactor.getWriters()
+        assert t._tempDataLen == 0 and not t.dataBuffer
+        # no node connection paused
+        assert all(m.transport.producerState == "producing" for m in nodes)
+        assert not t.protocol._blocked
+    pump()
+    assert all(got[sid] == body for sid in sids) and ended == set(sids)
+    t.protocol.connectionLost(None)
+    a.close()
+    peer.close()
