@@ -31,8 +31,8 @@ from twisted.internet.interfaces import IConsumer, IPushProducer, ISSLTransport,
 from twisted.internet.main import CONNECTION_DONE
 from twisted.python.failure import Failure
 
-__all__ = ["SENT_WHOLE", "IStreamTransport", "close_sent", "direct_writer", "is_plain_tcp",
-           "lose_connection", "send_last", "set_nodelay"]
+__all__ = ["SENT_WHOLE", "IStreamTransport", "close_sent", "direct_writer", "end_tls_sending",
+           "is_plain_tcp", "lose_connection", "send_last", "set_nodelay"]
 
 
 class IStreamTransport(ITCPTransport, IConsumer, IPushProducer):
@@ -367,6 +367,37 @@ def is_plain_tcp(transport) -> bool:
     record stream.)
     """
     return type(transport) in _FAST_TYPES and not getattr(transport, "TLS", False)
+
+
+def end_tls_sending(transport) -> bool:
+    """
+    End our sending on a TLS node connection (Twisted's TLS:
+    L{TLSMemoryBIOProtocol}), still reading what the node sends: close_notify
+    alone, when TLS 1.3 was negotiated, where it ends only its sender's side
+    (RFC 8446 §6.1); the node's own close_notify later closes the connection
+    (Twisted's TLS then closes the TCP connection).  Not over TLS 1.2, where
+    close_notify asks the peer to close at once, dropping what it still has
+    to send (RFC 5246 §7.2.1), nor on any other transport.  True when sent
+    (or due after what is buffered).
+    """
+    from twisted.protocols.tls import TLSMemoryBIOProtocol
+
+    if not isinstance(transport, TLSMemoryBIOProtocol) or transport.disconnecting:
+        return False
+    try:
+        version = transport.getHandle().get_protocol_version_name()
+    except Exception:  # pragma: no cover - no TLS connection (lost meanwhile)
+        return False
+    if version != "TLSv1.3":
+        return False
+    # Twisted's loseConnection sends close_notify (SSL_shutdown; the TCP
+    # connection stays until the peer's close_notify, and what the peer sends
+    # meanwhile is still read and delivered) once nothing is buffered and no
+    # producer is registered: the node connection is one, for the bytes it
+    # writes to the node, and it writes none any more.
+    transport.unregisterProducer()
+    transport.loseConnection()
+    return True
 
 
 def set_nodelay(transport) -> None:

@@ -33,6 +33,7 @@ from modcluster.memo import BoundedMemo
 from modcluster.proxy._transport import (
     IStreamTransport,
     direct_writer,
+    end_tls_sending,
     is_plain_tcp,
     set_nodelay,
 )
@@ -739,15 +740,20 @@ class NodeProtocol(Protocol):
         END_STREAM: RFC 8441 §5 maps it to the TCP FIN of the tunnelled
         connection): our sending side to the node is shut (its FIN after
         what is buffered), the node's bytes are still read.  Not part of
-        L{IUpstream} (only HTTP/2 tunnels call it); nothing is done over TLS
-        (Twisted's TLS transport has no half-close: the tunnel then ends
-        when the node closes, or at the read timeout) nor outside a tunnel.
+        L{IUpstream} (only HTTP/2 tunnels call it); nothing is done outside a
+        tunnel.  Over TLS 1.3 it is close_notify (L{end_tls_sending}); over
+        TLS 1.2, where close_notify would make the node close at once and
+        drop what it still has to send, nothing: the tunnel then ends when
+        the node closes, or at the read timeout.
         """
         t = self.transport
-        if (self.tunnel or self.upgrading) and self.up and not self.closed and is_plain_tcp(t):
+        if (self.tunnel or self.upgrading) and self.up and not self.closed:
             if TYPE_CHECKING:  # up: connected
                 assert t is not None
-            t.loseWriteConnection()
+            if is_plain_tcp(t):
+                t.loseWriteConnection()
+            else:
+                end_tls_sending(t)
 
     def abort(self) -> None:
         ex = self.ex

@@ -288,8 +288,10 @@ async def test_no_route_and_other_protocols_answered_on_the_stream(stack, port, 
 @pytest_twisted.ensureDeferred
 async def test_websocket_over_h2_to_a_wss_node(pki):  # noqa: F811 - the fixture
     """
-    A TLS (wss) node: the tunnel works the same; the client's END_STREAM is
-    not passed on (no TLS half-close), the stream ends when the node closes.
+    A TLS (wss) node: the tunnel works the same; the client's END_STREAM
+    reaches it as close_notify (TLS 1.3: the end of our sending only, RFC
+    8446 §6.1).  Twisted's TLS, this node's, has no half-close: it answers
+    with its own close_notify and closes, and the stream ends.
     """
     ca, cafile = pki
     trust = ssl.Certificate.loadPEM(ca.cert_pem.bytes())
@@ -311,17 +313,21 @@ async def test_websocket_over_h2_to_a_wss_node(pki):  # noqa: F811 - the fixture
         assert c.streams[sid]["headers"][b":status"] == b"200"
 
         def talk():
-            c.send(sid, _frame(1, b"over tls", mask=True), end=True)
+            c.send(sid, _frame(1, b"over tls", mask=True))
             return c.frames(sid, 1)
 
         assert await threads.deferToThread(talk) == [(1, b"over tls")]
-        assert not c.done(sid)  # (no FIN to a TLS node: the node decides)
         node = server.conns[0]
-        node.transport.write(_frame(8, b"", mask=False))
-        node.transport.loseConnection()
-        await threads.deferToThread(c.wait, lambda: c.done(sid))
-        assert c.frames(sid, 1) == [(8, b"")]
-        await until(lambda: stack.in_flight() == 0)
+        assert node.transport.getHandle().get_protocol_version_name() == "TLSv1.3"
+        assert not c.done(sid) and not node.lost
+
+        def end():
+            c.send(sid, b"", end=True)
+            c.wait(lambda: c.done(sid))
+
+        await threads.deferToThread(end)
+        assert c.streams[sid]["ended"] and c.streams[sid]["reset"] is None
+        await until(lambda: stack.in_flight() == 0 and node.lost)
     finally:
         if c is not None:
             c.close()
