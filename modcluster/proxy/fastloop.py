@@ -126,6 +126,32 @@ def install(reactor) -> bool:
     # this code copies (every event then goes to _doReadOrWrite)
     server_type, client_type = _TCP if plain_read else (None, None)
 
+    def lost(selectable, fd: int, why) -> None:
+        """An inline read found the connection closed (C{why}): disconnect."""
+        if (why is CONNECTION_LOST and lean_reset and selectable.__class__ is _SERVER
+                and not continuous._readers and not continuous._writers):
+            # the peer reset the connection (s_time after its handshake):
+            # _disconnectSelectable(selectable, CONNECTION_LOST, True) without
+            # its ~12 Python calls (removeReader, removeWriter, _remove,
+            # stopReading, stopWriting, Failure.check...): out of the epoll
+            # set as those leave it, then tcp.Connection.connectionLost
+            try:
+                if fd in reads or fd in writes:
+                    del selectables[fd]
+                    poller.unregister(fd)
+                    reads.discard(fd)
+                    writes.discard(fd)
+                _connection_lost(selectable, _LOST)
+            except BaseException:
+                log.failure("unhandled error while closing {selectable!r}",
+                            selectable=selectable)
+            return
+        try:
+            disconnect(selectable, why, True)
+        except BaseException:
+            log.failure("unhandled error while closing {selectable!r}",
+                        selectable=selectable)
+
     def doPoll(timeout):
         if timeout is None:
             timeout = -1
@@ -136,78 +162,71 @@ def install(reactor) -> bool:
                 return
             raise
         for fd, event in events:
-            selectable = selectables.get(fd)
-            if selectable is None:
+            # (a subscript: the interpreter's specialised dict lookup, no
+            # method call; an earlier event of the batch may have closed fd)
+            try:
+                selectable = selectables[fd]
+            except KeyError:
                 continue
             # "readable" alone, the usual event, first: an int comparison
             # (specialised) before the two bitwise ands (generic) the other
             # readable events (with EPOLLHUP/EPOLLERR) take
             if event == _EPOLLIN or (event & _EPOLLIN and not event & _EPOLLOUT):
-                # The transport's attributes are read in a branch per class
-                # (client connections are tcp.Server, node connections
-                # tcp.Client): CPython 3.11 specialises an attribute read at
-                # each place in the bytecode for one type, and one place
-                # seeing both in turn is a generic lookup each time
+                # tcp.Connection.doRead + _dataReceived, one frame instead of
+                # four; also with EPOLLHUP/EPOLLERR (the peer closed or reset
+                # after sending): _doReadOrWrite reads first then too.  Once
+                # per transport class, the same steps (client connections are
+                # tcp.Server, node connections tcp.Client): CPython 3.11
+                # specialises an attribute read at each place in the bytecode
+                # for one type, and one place seeing both in turn is a generic
+                # lookup each time.  os.read of the event's descriptor (the
+                # selectable's socket's, non-blocking: the same read as
+                # socket.recv, whose argument parsing, PyArg_ParseTuple, costs
+                # ~300 machine instructions more).  An aborted transport is
+                # left to the reactor (its doRead drops what it reads).
                 cls = type(selectable)
                 if cls is server_type:
-                    inline = not selectable._aborting
-                elif cls is client_type:
-                    inline = not selectable._aborting
-                else:
-                    inline = False
-            else:
-                inline = False
-            if inline:
-                # tcp.Connection.doRead + _dataReceived, one frame instead of four;
-                # also with EPOLLHUP/EPOLLERR (the peer closed or reset after
-                # sending): _doReadOrWrite reads first then too.
-                # os.read of the event's descriptor (the selectable's socket's,
-                # non-blocking: the same read as socket.recv, whose argument
-                # parsing, PyArg_ParseTuple, costs ~300 machine instructions more)
-                try:
-                    data = os_read(fd, read_size)
-                except BlockingIOError:
-                    continue
-                except OSError:
-                    why = CONNECTION_LOST
-                else:
-                    if data:
+                    if not selectable._aborting:
                         try:
-                            if cls is server_type:  # (a read per class: above)
-                                selectable.protocol.dataReceived(data)
-                            else:
-                                selectable.protocol.dataReceived(data)
+                            data = os_read(fd, read_size)
+                        except BlockingIOError:
                             continue
-                        except BaseException as e:
-                            log.failure("unhandled error in {protocol!r}.dataReceived",
-                                        protocol=selectable.protocol)
-                            why = e
-                    else:
-                        why = CONNECTION_DONE
-                if (why is CONNECTION_LOST and lean_reset and selectable.__class__ is _SERVER
-                        and not continuous._readers and not continuous._writers):
-                    # the peer reset the connection (s_time after its handshake):
-                    # _disconnectSelectable(selectable, CONNECTION_LOST, True) without
-                    # its ~12 Python calls (removeReader, removeWriter, _remove,
-                    # stopReading, stopWriting, Failure.check...): out of the epoll
-                    # set as those leave it, then tcp.Connection.connectionLost
-                    try:
-                        if fd in reads or fd in writes:
-                            del selectables[fd]
-                            poller.unregister(fd)
-                            reads.discard(fd)
-                            writes.discard(fd)
-                        _connection_lost(selectable, _LOST)
-                    except BaseException:
-                        log.failure("unhandled error while closing {selectable!r}",
-                                    selectable=selectable)
-                    continue
-                try:
-                    disconnect(selectable, why, True)
-                except BaseException:
-                    log.failure("unhandled error while closing {selectable!r}",
-                                selectable=selectable)
-                continue
+                        except OSError:
+                            why = CONNECTION_LOST
+                        else:
+                            if data:
+                                try:
+                                    selectable.protocol.dataReceived(data)
+                                    continue
+                                except BaseException as e:
+                                    log.failure("unhandled error in {protocol!r}.dataReceived",
+                                                protocol=selectable.protocol)
+                                    why = e
+                            else:
+                                why = CONNECTION_DONE
+                        lost(selectable, fd, why)
+                        continue
+                elif cls is client_type:
+                    if not selectable._aborting:
+                        try:
+                            data = os_read(fd, read_size)
+                        except BlockingIOError:
+                            continue
+                        except OSError:
+                            why = CONNECTION_LOST
+                        else:
+                            if data:
+                                try:
+                                    selectable.protocol.dataReceived(data)
+                                    continue
+                                except BaseException as e:
+                                    log.failure("unhandled error in {protocol!r}.dataReceived",
+                                                protocol=selectable.protocol)
+                                    why = e
+                            else:
+                                why = CONNECTION_DONE
+                        lost(selectable, fd, why)
+                        continue
             try:
                 drdw(selectable, fd, event)
             except BaseException:

@@ -76,6 +76,38 @@ def test_events_dispatched_and_errors_logged():
         reactor._poller.close()
 
 
+def test_event_of_a_descriptor_no_longer_the_reactors_skipped():
+    """
+    An event whose descriptor is no longer among the reactor's selectables
+    (a connection closed by an earlier event of the same batch) is skipped:
+    nothing is read from it, nothing is logged, the batch goes on.
+    """
+    reactor = epollreactor.EPollReactor()
+    try:
+        assert fastloop.install(reactor) is True
+        gone, kept = _Recorder(), _Recorder()
+        tg, peer_gone = _connection(reactor, gone)
+        tk, peer_kept = _connection(reactor, kept)
+        tg.startReading()
+        tk.startReading()
+        peer_gone.send(b"late")
+        peer_kept.send(b"hello")
+        # still registered with epoll, no longer the reactor's
+        del reactor._selectables[tg.fileno()]
+        with capturedLogs() as events:
+            reactor.doIteration(0)
+        assert kept.data == b"hello"
+        assert gone.data == b"" and not gone.lost
+        assert [e for e in events if "log_failure" in e] == []
+        assert tg.socket.recv(16) == b"late"  # not read
+        reactor._selectables[tg.fileno()] = tg
+        peer_gone.close()
+        peer_kept.close()
+    finally:
+        reactor.removeAll()
+        reactor._poller.close()
+
+
 def test_read_error_and_end_of_stream_as_twisted_reports_them():
     """
     The inline read (os.read of the event's descriptor) reports a reset as
