@@ -454,7 +454,12 @@ class _Exchange:
         elif self.headers0 is not None:
             self.headers = self.headers0
             self.target = self._target()
-        forwarder = f.forwarders.get(node.settings.type)
+        # (a subscript: the interpreter's specialised dict lookup, no
+        # method call)
+        try:
+            forwarder = f.forwarders[node.settings.type]
+        except KeyError:
+            forwarder = None
         if forwarder is None:
             self.proto._respondError(
                 self, 502, f"no forwarder for node {node.route} of type {node.settings.type}")

@@ -965,7 +965,12 @@ class HttpForwarder(PooledForwarder):
 
     def forward(self, exchange, fresh: bool = False):
         node = exchange.node
-        pool = self._pools.get(node.id)
+        # (subscripts here: the interpreter's specialised dict lookup, no
+        # method call)
+        try:
+            pool = self._pools[node.id]
+        except KeyError:
+            pool = None
         if pool is None or pool.rt is not node.rt or pool.settings is not node.settings:
             try:
                 pool = self.pool(node)
@@ -1003,8 +1008,9 @@ class HttpForwarder(PooledForwarder):
                     # with the parser's path, on new and reused connections)
                     host = (exchange.host if self.preserve_host and exchange.host is not None
                             else pool.host_header)
-                    m = t.node_heads.get(host)
-                    if m is None:
+                    try:
+                        m = t.node_heads[host]
+                    except KeyError:
                         m = _node_head(t, host)
                     if self.add_forwarded:
                         lines = exchange.client.http_forwarded
