@@ -1069,8 +1069,17 @@ class ClientProtocol(Protocol, ClientDeadlines):
         else:
             self._respondError(ex, 500, "internal error")
 
-    def _exchangeDone(self, ex: _Exchange, close: bool) -> None:
+    def _exchangeDone(self, ex: _Exchange, close: bool, last: Optional[bytes] = None) -> None:
+        """
+        C{ex}, the current exchange, is done (its response written to
+        C{_out}, and C{last}, its whole response's bytes, if given: what
+        L{_Exchange.responseWhole} hands over instead of appending it to
+        C{_out}, a list append and a list fewer per request): write what
+        it left, then close the connection or go on with the next request.
+        """
         if ex is not self._current:
+            if last is not None:
+                self._out.append(last)
             return
         self._current = None
         if (ex.head_template is not None and not ex.attempts and not ex.stale_retry
@@ -1096,9 +1105,20 @@ class ClientProtocol(Protocol, ClientDeadlines):
         if self._pause and self._pause & _P_EXCHANGE:
             self._resumeReading(_P_EXCHANGE)
         out = self._out
-        if out and self.connected:
-            data = out[0] if len(out) == 1 else b"".join(out)
-            self._out = []
+        if out:
+            # (what an earlier step of the response left, as _flush writes it)
+            if last is not None:
+                out.append(last)
+            data = None
+            if self.connected:
+                data = out[0] if len(out) == 1 else b"".join(out)
+                self._out = []
+        elif last is not None and not self.connected:
+            out.append(last)  # (kept as it was: the connection is gone)
+            data = None
+        else:
+            data = last
+        if data is not None:
             if close and ex.body_done and self._reading is None and not self._feeding:
                 # the last bytes before the close below (lose_connection at
                 # once): their segment carries the FIN (send_last)

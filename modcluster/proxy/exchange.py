@@ -732,7 +732,7 @@ class _Exchange:
                     head = whole.client_head = _whole_head(whole, b"\r\n")
             # (sent was 0: nothing relayed before, not resp_started)
             size = self.sent = len(body)
-            proto._out.append(head + body if size else head)
+            data = head + body if size else head
             self.done = True
             if self.counted:  # _release, inlined as in responseEnd
                 self.counted = False
@@ -743,7 +743,8 @@ class _Exchange:
                     proto.factory.wake(node)
             if obs is not None:
                 obs.done(self, status, size, now)
-            proto._exchangeDone(self, self.resp_close)
+            # (the bytes handed over, not appended to proto._out: see there)
+            proto._exchangeDone(self, self.resp_close, data)
             return
         self.responseHead(whole.status, whole.reason, whole.headers, len(body))
         self.responseBody(body)

@@ -1231,3 +1231,36 @@ def test_whole_response_recorded_and_counted_as_the_parser_does(eject_on_5xx):
     assert remembered[-1]
     # (eject_max_share 0.5: one of the two is ejected)
     assert sum(rt[7] for rt in remembered[3]) == (1 if eject_on_5xx else 0)
+
+
+def test_whole_response_after_bytes_left_in_out_written_after_them():
+    """
+    A whole response is handed to the client connection with its end
+    (IExchange.responseWhole), not appended to C{_out}: what an earlier step
+    left there is written first, the response after it, in one write; with
+    the connection gone, both stay in C{_out} as before.
+    """
+    h = _harness()
+    c = h.client()
+    response = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+    n = _one(h, c, response)
+    first = c.received()
+    c.send(_STICKY)
+    assert n.received()
+    c.proto._out.append(b"EARLIER")
+    writes = []
+    real = c.transport.write
+    c.transport.write = lambda data: (writes.append(data), real(data))
+    c.proto._writer = None
+    n.respond(response)
+    assert c.received() == b"EARLIER" + first
+    assert writes == [b"EARLIER" + first]
+    assert c.proto._out == [] and h.counters_idle()
+    # the connection gone (not connected): nothing written, both kept
+    c.send(_STICKY)
+    assert n.received()
+    c.proto._out.append(b"EARLIER")
+    c.proto.connected = False
+    n.respond(response)
+    assert c.received() == b""
+    assert c.proto._out == [b"EARLIER", first]
