@@ -126,32 +126,6 @@ def install(reactor) -> bool:
     # this code copies (every event then goes to _doReadOrWrite)
     server_type, client_type = _TCP if plain_read else (None, None)
 
-    def lost(selectable, fd: int, why) -> None:
-        """An inline read found the connection closed (C{why}): disconnect."""
-        if (why is CONNECTION_LOST and lean_reset and selectable.__class__ is _SERVER
-                and not continuous._readers and not continuous._writers):
-            # the peer reset the connection (s_time after its handshake):
-            # _disconnectSelectable(selectable, CONNECTION_LOST, True) without
-            # its ~12 Python calls (removeReader, removeWriter, _remove,
-            # stopReading, stopWriting, Failure.check...): out of the epoll
-            # set as those leave it, then tcp.Connection.connectionLost
-            try:
-                if fd in reads or fd in writes:
-                    del selectables[fd]
-                    poller.unregister(fd)
-                    reads.discard(fd)
-                    writes.discard(fd)
-                _connection_lost(selectable, _LOST)
-            except BaseException:
-                log.failure("unhandled error while closing {selectable!r}",
-                            selectable=selectable)
-            return
-        try:
-            disconnect(selectable, why, True)
-        except BaseException:
-            log.failure("unhandled error while closing {selectable!r}",
-                        selectable=selectable)
-
     def doPoll(timeout):
         if timeout is None:
             timeout = -1
@@ -204,8 +178,8 @@ def install(reactor) -> bool:
                                     why = e
                             else:
                                 why = CONNECTION_DONE
-                        lost(selectable, fd, why)
-                        continue
+                    else:
+                        why = None
                 elif cls is client_type:
                     if not selectable._aborting:
                         try:
@@ -225,8 +199,38 @@ def install(reactor) -> bool:
                                     why = e
                             else:
                                 why = CONNECTION_DONE
-                        lost(selectable, fd, why)
+                    else:
+                        why = None
+                else:
+                    why = None
+                if why is not None:
+                    # the inline read found the connection closed (the read
+                    # path above never comes here: no test per event)
+                    if (why is CONNECTION_LOST and lean_reset and selectable.__class__ is _SERVER
+                            and not continuous._readers and not continuous._writers):
+                        # the peer reset the connection (s_time after its
+                        # handshake): _disconnectSelectable(selectable,
+                        # CONNECTION_LOST, True) without its ~12 Python calls
+                        # (removeReader, removeWriter, _remove, stopReading,
+                        # stopWriting, Failure.check...): out of the epoll set
+                        # as those leave it, then tcp.Connection.connectionLost
+                        try:
+                            if fd in reads or fd in writes:
+                                del selectables[fd]
+                                poller.unregister(fd)
+                                reads.discard(fd)
+                                writes.discard(fd)
+                            _connection_lost(selectable, _LOST)
+                        except BaseException:
+                            log.failure("unhandled error while closing {selectable!r}",
+                                        selectable=selectable)
                         continue
+                    try:
+                        disconnect(selectable, why, True)
+                    except BaseException:
+                        log.failure("unhandled error while closing {selectable!r}",
+                                    selectable=selectable)
+                    continue
             try:
                 drdw(selectable, fd, event)
             except BaseException:
