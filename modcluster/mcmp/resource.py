@@ -118,6 +118,83 @@ class MCMPRequest(server.Request):
         super().setHeader(name, value)
 
 
+def pipelining_hooks_problem(channel_class: type = http.HTTPChannel) -> Optional[str]:
+    """
+    Check that C{channel_class} (twisted.web's HTTPChannel) still has the
+    private state L{ManagementChannel} relies on to hold pipelined requests
+    while the client does not read, and that it behaves as it did when that
+    was written (Twisted 26.10): C{_networkProducer} is the transport,
+    C{_waitingForTransport} follows pauseProducing/resumeProducing,
+    C{_handlingRequest} is set while a request is answered, and LineReceiver
+    keeps unparsed bytes in C{_buffer} while C{paused}.  Drives one channel on
+    an in-memory transport and a private clock; binds and schedules nothing.
+
+    @return: C{None} if all is there, else what is missing or different.
+    """
+    from twisted.internet.task import Clock
+    from twisted.internet.testing import StringTransport
+
+    channel = None
+    try:
+        channel = channel_class()
+        channel.callLater = Clock().callLater  # the idle timeout, never the reactor's
+        transport = StringTransport()
+        channel.makeConnection(transport)
+        if getattr(channel, "_networkProducer", None) is not transport:
+            return "HTTPChannel._networkProducer is not the transport"
+        if getattr(channel, "_waitingForTransport", None) is not False:
+            return "HTTPChannel._waitingForTransport is missing"
+        channel.pauseProducing()
+        if channel._waitingForTransport is not True or transport.producerState != "paused":
+            return "HTTPChannel.pauseProducing does not set _waitingForTransport"
+        channel.resumeProducing()
+        if channel._waitingForTransport is not False:
+            return "HTTPChannel.resumeProducing does not clear _waitingForTransport"
+        if getattr(channel, "_handlingRequest", None) is not False:
+            return "HTTPChannel._handlingRequest is missing"
+        head = b"GET / HTTP/1.1\r\nHost: a\r\n"
+        channel.paused = True
+        channel.dataReceived(head)
+        if getattr(channel, "_buffer", None) != head or channel.requests:
+            return "LineReceiver does not keep unparsed bytes in _buffer while paused"
+        channel.paused = False
+        channel.dataReceived(b"\r\n")
+        if channel._buffer != b"" or channel._handlingRequest is not True:
+            return "HTTPChannel._handlingRequest is not set while a request is answered"
+    except Exception as e:
+        return f"probing HTTPChannel failed: {e!r}"
+    finally:
+        if channel is not None and getattr(channel, "transport", None) is not None:
+            try:
+                channel.connectionLost(Failure(connectionDone.value))
+            except Exception:
+                pass
+    return None
+
+
+#: Why ManagementChannel cannot hold pipelined requests with the installed
+#: Twisted (C{None}: it can).  When it cannot, every management and console
+#: reply says C{Connection: close} and the connection closes after it.
+PIPELINING_HOOKS_PROBLEM = pipelining_hooks_problem()
+
+
+def _warn_pipelining_fallback() -> None:
+    global _warned_fallback
+    if PIPELINING_HOOKS_PROBLEM is None or _warned_fallback:
+        return
+    _warned_fallback = True
+    from twisted import __version__ as twisted_version
+
+    Logger().warn(
+        "Twisted {version}: management and console listeners close the connection after "
+        "every reply (no keep-alive): {problem}; txmodcluster needs an update for this "
+        "Twisted to hold pipelined requests of a client that does not read",
+        version=twisted_version, problem=PIPELINING_HOOKS_PROBLEM)
+
+
+_warned_fallback = False
+
+
 #: Seconds between read-deadline sweeps of a management site.
 SWEEP_INTERVAL = 1.0
 
@@ -142,6 +219,9 @@ class ManagementChannel(http.HTTPChannel):
     _phase = _HEAD
     _since = 0.0
     _bytes = 0
+    #: Whether twisted.web's private state lets requestDone hold pipelined
+    #: requests (L{pipelining_hooks_problem}); without it, no keep-alive.
+    _hold_pipelined = PIPELINING_HOOKS_PROBLEM is None
     #: Set by the site's buildProtocol.
     site: ManagementSite
 
@@ -180,11 +260,23 @@ class ManagementChannel(http.HTTPChannel):
         self._phase = _BUSY
         super().allContentReceived()
 
+    def checkPersistence(self, request, version) -> bool:
+        if not self._hold_pipelined:
+            # Without the means to hold pipelined requests, one request per
+            # connection: twisted.web would answer every request of a read
+            # whether or not the client reads the replies.  What the client
+            # sent after it is dropped (lineReceived), the reply says so.
+            request.responseHeaders.setRawHeaders(b"connection", [b"close"])
+            return False
+        return super().checkPersistence(request, version)
+
     def requestDone(self, request) -> None:
         # before the base class replays what was pipelined meanwhile
         if self._phase == _BUSY:
             self._phase = _IDLE
         super().requestDone(request)
+        if not self._hold_pipelined:
+            return
         if self._waitingForTransport and self.persistent:
             # The client does not read our answers (the transport's buffer is
             # full): what it pipelined behind this request waits until it
@@ -201,7 +293,7 @@ class ManagementChannel(http.HTTPChannel):
 
     def resumeProducing(self) -> None:
         super().resumeProducing()
-        if self.paused and not self._handlingRequest:
+        if self._hold_pipelined and self.paused and not self._handlingRequest:
             self.paused = False
             if self.transport is not None and not getattr(self.transport, "disconnecting",
                                                            False):
@@ -282,6 +374,7 @@ class ManagementSite(server.Site):
 
     def startFactory(self) -> None:
         super().startFactory()
+        _warn_pipelining_fallback()
         if not self._sweeper.running:
             self._sweeper.start(SWEEP_INTERVAL, now=False)
 
