@@ -18,7 +18,8 @@ and C{localhost} (127.0.0.1 and ::1).  An unspecified address (C{0.0.0.0}, C{::}
 is the local host's loopback, as a connection to it is on Linux.  Other names
 are not resolved here; a node registered under a name of this host is caught
 by the data plane instead, when a node connection to it is made: the address
-the name resolved to is compared in the same way (L{LoopGuard}, called by
+the name resolved to is compared in the same way, with the proxy listeners and
+the management and console listeners (L{LoopGuard}, called by
 L{modcluster.proxy.pool.connect_node}), nothing is sent on that connection,
 and the node is removed (docs/mcmp.md).
 
@@ -151,13 +152,15 @@ def reaches(addresses: Iterable[_IP], port: int,
 class _Recording:
     """A server endpoint that records the port its C{listen} gives."""
 
-    def __init__(self, endpoint, ports: list) -> None:
+    def __init__(self, endpoint, ports: list, notify: Callable[[], None]) -> None:
         self.endpoint = endpoint
         self._ports = ports
+        self._notify = notify
 
     def listen(self, factory):
         def listening(port):
             self._ports.append(port)
+            self._notify()
             return port
 
         return self.endpoint.listen(factory).addCallback(listening)
@@ -177,6 +180,7 @@ class ProxyAddresses:
         #: a node there is not a loop but would open that listener to every
         #: proxy client, as 127.0.0.1 (L{own_listener})
         self._others: dict[str, list] = {}
+        self._observers: list[Callable[[], None]] = []
 
     def record(self, endpoint, kind: str = "proxy"):
         """
@@ -184,8 +188,16 @@ class ProxyAddresses:
         or another C{kind} of listener of this balancer (L{own_listener}).
         """
         if kind == "proxy":
-            return _Recording(endpoint, self._ports)
-        return _Recording(endpoint, self._others.setdefault(kind, []))
+            return _Recording(endpoint, self._ports, self._listening)
+        return _Recording(endpoint, self._others.setdefault(kind, []), self._listening)
+
+    def on_listening(self, observer: Callable[[], None]) -> None:
+        """Call C{observer()} whenever a recorded endpoint starts listening."""
+        self._observers.append(observer)
+
+    def _listening(self) -> None:
+        for observer in self._observers:
+            observer()
 
     def add_source(self, source: Callable[[], Iterable[tuple[str, int]]]) -> None:
         self._sources.append(source)
@@ -216,6 +228,21 @@ class ProxyAddresses:
             return None
         return reaches(addresses, port, self.bound())
 
+    def others(self) -> list[tuple[str, int, str]]:
+        """
+        C{(host, port, kind)} of the other listeners (management, console)
+        listening now (TCP ones), in the order they were recorded by kind.
+        """
+        out: list[tuple[str, int, str]] = []
+        for kind, ports in self._others.items():
+            live = [p for p in ports if getattr(p, "connected", True)]
+            ports[:] = live
+            for p in live:
+                addr = p.getHost()
+                if isinstance(addr, (IPv4Address, IPv6Address)):
+                    out.append((addr.host, addr.port, kind))
+        return out
+
     def own_listener(self, host: str, port: int) -> Optional[tuple[str, str]]:
         """
         C{(listener, kind)}: the listener of this balancer (C{"host:port"})
@@ -229,62 +256,79 @@ class ProxyAddresses:
         addresses = node_addresses(host)
         if addresses is None:
             return None
-        found = reaches(addresses, port, self.bound())
+        return _own_listener(addresses, port, self.bound(), self.others())
+
+
+def _own_listener(addresses: tuple[_IP, ...], port: int,
+                  proxies: Iterable[tuple[str, int]],
+                  others: Iterable[tuple[str, int, str]]) -> Optional[tuple[str, str]]:
+    """L{ProxyAddresses.own_listener}'s answer for given listeners."""
+    found = reaches(addresses, port, proxies)
+    if found is not None:
+        return found, "proxy"
+    kinds: dict[str, list[tuple[str, int]]] = {}
+    for host, lport, kind in others:
+        kinds.setdefault(kind, []).append((host, lport))
+    for kind, pairs in kinds.items():
+        found = reaches(addresses, port, pairs)
         if found is not None:
-            return found, "proxy"
-        for kind, ports in self._others.items():
-            live = [p for p in ports if getattr(p, "connected", True)]
-            ports[:] = live
-            pairs = []
-            for p in live:
-                addr = p.getHost()
-                if isinstance(addr, (IPv4Address, IPv6Address)):
-                    pairs.append((addr.host, addr.port))
-            found = reaches(addresses, port, pairs)
-            if found is not None:
-                return found, kind
-        return None
+            return found, kind
+    return None
 
 
 #: Peer addresses a L{LoopGuard} remembers its answer for, at most.
 GUARD_MEMO = 1024
 
 
+def _no_others() -> list[tuple[str, int, str]]:
+    return []
+
+
 class LoopGuard:
     """
     The data plane's check of a node connection, for nodes named by a host
-    name (the CONFIG check, L{ProxyAddresses.reached_by}, reads IP literals
+    name (the CONFIG check, L{ProxyAddresses.own_listener}, reads IP literals
     and C{localhost} only): the address the name resolved to, given when the
     connection is made (the endpoint's C{buildProtocol(peer)}, before anything
-    is sent), compared with the proxy listeners as L{reaches} compares them.
-    Once per new node connection of such a node (and of a TLS node), not per
-    request; the answer is remembered per peer address while the listeners
-    are the same (L{GUARD_MEMO} of them).
+    is sent), compared with the balancer's listeners as
+    L{ProxyAddresses.own_listener} compares them: the proxy listeners (a
+    forwarding loop), then the management and console listeners (not a node:
+    every proxy client would reach that listener through it, from this host's
+    address).  Once per new node connection of such a node (and of a TLS
+    node), not per request; the answer is remembered per peer address while
+    the listeners are the same (L{GUARD_MEMO} of them).
 
     @param listeners: gives the C{(host, port)} of the proxy listeners
         listening now (L{ProxyAddresses.bound}, or a worker process's sockets).
-    @param report: C{report(route, address, peer, listener)} for a node that
-        loops (C{address}: its C{Host:Port}; C{peer}: what it resolved to):
+    @param report: C{report(route, address, peer, listener, kind)} for a node
+        that reaches one of them (C{address}: its C{Host:Port}; C{peer}: what
+        it resolved to; C{kind}: C{"proxy"}, C{"management"}, C{"console"}):
         remove it, as L{modcluster.mcmp.handler.MCMPHandler.forwarding_loop_found}
         does (or a worker process's message to the control process that does).
+    @param others: gives the C{(host, port, kind)} of the other listeners
+        listening now (L{ProxyAddresses.others}, or what the control process
+        told a worker process); none by default.
     """
 
     def __init__(self, listeners: Callable[[], Iterable[tuple[str, int]]],
-                 report: Callable[[str, str, str, str], None]) -> None:
+                 report: Callable[[str, str, str, str, str], None],
+                 others: Callable[[], Iterable[tuple[str, int, str]]] = _no_others) -> None:
         self._listeners = listeners
+        self._others = others
         self.report = report
-        self._memo: dict[tuple[str, int], tuple[tuple, Optional[str]]] = {}
+        self._memo: dict[tuple[str, int], tuple[tuple, Optional[tuple[str, str]]]] = {}
 
-    def reached(self, peer) -> Optional[str]:
+    def reached(self, peer) -> Optional[tuple[str, str]]:
         """
-        The proxy listener (C{"host:port"}) that a connection to C{peer} (an
-        C{IPv4Address}/C{IPv6Address}) reaches, else C{None}.
+        C{(listener, kind)}: the listener of this balancer (C{"host:port"})
+        that a connection to C{peer} (an C{IPv4Address}/C{IPv6Address})
+        reaches, and its kind (C{"proxy"} first), else C{None}.
         """
         host = getattr(peer, "host", None)
         port = getattr(peer, "port", None)
         if not isinstance(host, str) or not isinstance(port, int):
             return None  # (not an INET peer: no listener of ours)
-        listeners = tuple(self._listeners())
+        listeners = (tuple(self._listeners()), tuple(self._others()))
         key = (host, port)
         memo = self._memo
         known = memo.get(key)
@@ -294,7 +338,7 @@ class LoopGuard:
             ip = _normal(ipaddress.ip_address(host.split("%", 1)[0]))
         except ValueError:
             return None
-        found = reaches((ip,), port, listeners)
+        found = _own_listener((ip,), port, *listeners)
         if len(memo) >= GUARD_MEMO:
             memo.clear()
         memo[key] = (listeners, found)

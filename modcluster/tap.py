@@ -486,8 +486,9 @@ def _proxy(config: Config, reactor, registry, node_tls, own_addresses=None,
     The data plane: the client listeners on one in-process factory, or, with
     C{proxy.workers} > 1, the worker processes that serve them.  Their bound
     addresses go to C{own_addresses} (a L{modcluster.loops.ProxyAddresses}).
-    C{on_node_loop(route, address, peer, listener)}: a node connection to a
-    node named by a host name reached one of them (L{modcluster.loops.LoopGuard}).
+    C{on_node_loop(route, address, peer, listener, kind)}: a node connection to
+    a node named by a host name reached one of them, or one of the other
+    listeners recorded in C{own_addresses} (L{modcluster.loops.LoopGuard}).
     """
     p = config.proxy
     if p.workers > 1:
@@ -496,6 +497,8 @@ def _proxy(config: Config, reactor, registry, node_tls, own_addresses=None,
         workers = WorkerPool(reactor, config, registry)
         workers.on_node_loop = on_node_loop
         if own_addresses is not None:
+            workers.other_listeners = own_addresses.others
+            own_addresses.on_listening(workers.listeners_changed)
             own_addresses.add_source(
                 lambda: [(listener.host, listener.port) for listener in workers.listeners])
         return workers
@@ -508,7 +511,8 @@ def _proxy(config: Config, reactor, registry, node_tls, own_addresses=None,
     if own_addresses is not None and on_node_loop is not None:
         from modcluster.loops import LoopGuard
 
-        factory.guard_loops(LoopGuard(own_addresses.bound, on_node_loop))
+        factory.guard_loops(LoopGuard(own_addresses.bound, on_node_loop,
+                                      own_addresses.others))
     if config.manager.max_session_ids > 0:
         from modcluster.proxy.sessions import SessionTable
 
@@ -686,13 +690,16 @@ def build_worker(config: Config, reactor, listeners, send):
     # the node connections of this worker are checked against the shared
     # listening sockets (every worker's are bound to the same addresses)
     bound = _bound_addresses(listeners)
-    factory.guard_loops(LoopGuard(lambda: bound,
-                                  lambda *found: send(["loop", *found])))
     if config.manager.max_session_ids > 0:
         from modcluster.proxy.sessions import SessionTable
 
         factory.sessions = SessionTable(config.manager.max_session_ids, track_changes=True)
-    return WorkerService(reactor, mirror, factory, listeners, send)
+    service = WorkerService(reactor, mirror, factory, listeners, send)
+    # and the management and console listeners, which the control process tells
+    factory.guard_loops(LoopGuard(lambda: bound,
+                                  lambda *found: send(["loop", *found]),
+                                  lambda: service.other_listeners))
+    return service
 
 
 def _bound_addresses(listeners) -> list[tuple[str, int]]:

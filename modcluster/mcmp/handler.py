@@ -87,10 +87,11 @@ class MCMPHandler:
         #: see C{own_addresses} above
         self.own_addresses = own_addresses
         #: (Host, Port) of nodes named by a host name that the data plane
-        #: found looping (L{forwarding_loop_found}) -> the listener reached:
-        #: their CONFIG is refused as a literal's is, until the next reload
-        #: (a name may resolve elsewhere later; L{forget_named_loops})
-        self.named_loops: dict[tuple[str, int], str] = {}
+        #: found reaching a listener of ours (L{forwarding_loop_found}) ->
+        #: (the listener, its kind): their CONFIG is refused as a literal's
+        #: is, until the next reload (a name may resolve elsewhere later;
+        #: L{forget_named_loops})
+        self.named_loops: dict[tuple[str, int], tuple[str, str]] = {}
         # Stable for the life of the process, fits the 32-bit int 1.3.x prints.
         self.server_id = int(clock.seconds()) & 0x7FFFFFFF
 
@@ -183,9 +184,7 @@ class MCMPHandler:
         if self.own_addresses is not None:
             own = self.own_addresses.own_listener(req.host, int(req.port))
             if own is None and self.named_loops:
-                listener = self.named_loops.get((req.host, int(req.port)))
-                if listener is not None:
-                    own = (listener, "proxy")
+                own = self.named_loops.get((req.host, int(req.port)))
             if own is not None:
                 raise errors.forwarding_loop(req.jvm_route, *own)
         node_type = self.node_type(req.type)
@@ -276,14 +275,16 @@ class MCMPHandler:
     NAMED_LOOPS = 1024
 
     def forwarding_loop_found(self, route: str, address: str, peer: str,
-                              listener: str) -> None:
+                              listener: str, kind: str = "proxy") -> None:
         """
         The data plane connected to node C{route} (C{address}: its
-        C{Host:Port}, a host name) and reached C{peer}, the proxy listener
-        C{listener} (L{modcluster.loops.LoopGuard}; nothing was sent): remove
-        the node as L{remove_looping_nodes} does, with a warning and a
-        C{node.removing} event, and refuse its C{Host:Port} at CONFIG until
-        the next reload.  Several connections finding it remove it once.
+        C{Host:Port}, a host name) and reached C{peer}, the listener
+        C{listener} of this balancer (L{modcluster.loops.LoopGuard}; nothing
+        was sent), of C{kind} C{"proxy"} (a forwarding loop), C{"management"}
+        or C{"console"} (not a node): remove the node as
+        L{remove_looping_nodes} does, with a warning and a C{node.removing}
+        event, and refuse its C{Host:Port} at CONFIG until the next reload.
+        Several connections finding it remove it once.
         """
         node = self._registry.node(route)
         if node is None or node.rt.removed:
@@ -293,13 +294,20 @@ class MCMPHandler:
             return  # re-registered elsewhere since that connection was made
         if len(self.named_loops) >= self.NAMED_LOOPS:
             self.named_loops.clear()
-        self.named_loops[(s.host, s.port)] = listener
-        self.log.warn("node {route} at {address} ({peer}) reaches {listener}, a proxy "
-                      "listener of this balancer (forwarding loop): removed; its next "
-                      "CONFIG is refused", route=route, address=address, peer=peer,
-                      listener=listener)
-        self._registry.remove_node(
-            route, f"forwarding loop: {address} ({peer}) reaches proxy listener {listener}")
+        self.named_loops[(s.host, s.port)] = (listener, kind)
+        if kind == "proxy":
+            self.log.warn("node {route} at {address} ({peer}) reaches {listener}, a proxy "
+                          "listener of this balancer (forwarding loop): removed; its next "
+                          "CONFIG is refused", route=route, address=address, peer=peer,
+                          listener=listener, kind=kind)
+            why = f"forwarding loop: {address} ({peer}) reaches proxy listener {listener}"
+        else:
+            self.log.warn("node {route} at {address} ({peer}) reaches {listener}, a {kind} "
+                          "listener of this balancer, not a node: removed; its next CONFIG "
+                          "is refused", route=route, address=address, peer=peer,
+                          listener=listener, kind=kind)
+            why = f"not a node: {address} ({peer}) reaches {kind} listener {listener}"
+        self._registry.remove_node(route, why)
 
     def forget_named_loops(self) -> None:
         """Reload: names found looping may be registered again (and are checked again)."""

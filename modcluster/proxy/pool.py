@@ -162,8 +162,8 @@ class _OneShot(Factory):
     Hands a prepared protocol to the endpoint, unless the forwarder's
     L{LoopGuard<modcluster.loops.LoopGuard>} (C{fw.loop_guard}) finds that the
     address C{addr} the endpoint connected to (the node's name resolved) is
-    one of the proxy's own listeners: then a L{_Looping} takes the
-    connection, which it closes before anything is sent.
+    one of the balancer's own listeners (proxy, management, console): then a
+    L{_Looping} takes the connection, which it closes before anything is sent.
     """
 
     noisy = False
@@ -177,28 +177,30 @@ class _OneShot(Factory):
         if conn is not None:
             guard = getattr(conn.fw, "loop_guard", None)
             if guard is not None:
-                listener = guard.reached(addr)
-                if listener is not None:
-                    return _Looping(conn, addr, listener)
+                found = guard.reached(addr)
+                if found is not None:
+                    return _Looping(conn, addr, *found)
         return self.proto
 
 
 class ForwardingLoop(Exception):
-    """A node connection reached one of the proxy's own listeners."""
+    """A node connection reached one of the balancer's own listeners."""
 
 
 class _Looping(Protocol):
     """
-    The protocol of a node connection that reached a proxy listener
-    (L{_OneShot}): it aborts the connection at once (no byte of the request
+    The protocol of a node connection that reached a listener of the
+    balancer (L{_OneShot}; C{kind} C{"proxy"}, C{"management"} or
+    C{"console"}): it aborts the connection at once (no byte of the request
     is sent), has the node removed (the guard's C{report}) and fails the
     attempt as a connect failure (failover to another node, else 502/503).
     """
 
-    def __init__(self, conn, addr, listener: str) -> None:
+    def __init__(self, conn, addr, listener: str, kind: str = "proxy") -> None:
         self.conn = conn
         self.addr = addr
         self.listener = listener
+        self.kind = kind
 
     def connectionMade(self) -> None:
         transport: Any = self.transport  # (a TCP or TLS transport: ITCPTransport)
@@ -209,9 +211,13 @@ class _Looping(Protocol):
         s = pool.settings
         host = self.addr.host
         peer = f"[{host}]:{self.addr.port}" if ":" in host else f"{host}:{self.addr.port}"
-        why = f"forwarding loop: {s.host} is {peer}, proxy listener {self.listener}"
+        if self.kind == "proxy":
+            why = f"forwarding loop: {s.host} is {peer}, proxy listener {self.listener}"
+        else:
+            why = f"not a node: {s.host} is {peer}, {self.kind} listener {self.listener}"
         try:
-            conn.fw.loop_guard.report(s.route, f"{s.host}:{s.port}", peer, self.listener)
+            conn.fw.loop_guard.report(s.route, f"{s.host}:{s.port}", peer, self.listener,
+                                      self.kind)
         finally:
             conn._connectFailed(Failure(ForwardingLoop(why)))
 

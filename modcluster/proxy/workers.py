@@ -241,9 +241,16 @@ class WorkerPool(Service):
         self.config = config
         self.registry = registry
         self.count = config.proxy.workers
-        #: C{(route, address, peer, listener)}: a worker's node connection
-        #: reached a proxy listener (tap.py: the MCMP handler removes the node)
-        self.on_node_loop: Optional[Callable[[str, str, str, str], None]] = None
+        #: C{(route, address, peer, listener, kind)}: a worker's node
+        #: connection reached a listener of ours (tap.py: the MCMP handler
+        #: removes the node)
+        self.on_node_loop: Optional[Callable[[str, str, str, str, str], None]] = None
+        #: gives the C{(host, port, kind)} of the management and console
+        #: listeners (L{modcluster.loops.ProxyAddresses.others}), which the
+        #: workers' node connections are checked against too: sent to each
+        #: worker when it starts and whenever they change (L{listeners_changed})
+        self.other_listeners: Optional[Callable[[], list]] = None
+        self._others_sent: Optional[bytes] = None
         self.argv = argv or [sys.executable, "-m", "modcluster.worker"]
         self.env = env if env is not None else _worker_env()
         self.sink = CounterSink()
@@ -354,6 +361,7 @@ class WorkerPool(Service):
     def _beat(self) -> None:
         """The heartbeat timer's call."""
         self.heartbeat()
+        self.listeners_changed()
 
     def heartbeat(self) -> None:
         """
@@ -424,7 +432,29 @@ class WorkerPool(Service):
         worker.send(worker.init)
         if self.ticket_keys is not None:
             worker.send(self.ticket_keys)
+        others = self._others_payload()
+        if others is not None:
+            worker.send(others)
         worker.send(self._snapshot_payload())
+
+    def _others_payload(self) -> Optional[bytes]:
+        if self.other_listeners is None:
+            return None
+        others = [(str(h), int(p), str(k)) for h, p, k in self.other_listeners()]
+        return frame(pickle.dumps(("others", others)))
+
+    def listeners_changed(self) -> None:
+        """
+        The management or console listeners may have changed (one started or
+        stopped listening; also checked at each heartbeat): tell the workers
+        if they did.
+        """
+        payload = self._others_payload()
+        if payload is None or payload == self._others_sent:
+            return
+        self._others_sent = payload
+        for worker in list(self.workers.values()):
+            worker.send(payload)
 
     def _worker_ended(self, worker: _Worker, reason) -> None:
         if self.workers.get(worker.index) is worker:
@@ -507,9 +537,9 @@ class WorkerPool(Service):
         elif kind == "fail":
             self.registry.set_error(str(message[1]), str(message[2]))
         elif kind == "loop":
-            # a node connection of the worker reached a proxy listener
-            # (modcluster.loops.LoopGuard): route, address, peer, listener
-            if self.on_node_loop is not None and len(message) == 5:
+            # a node connection of the worker reached a listener of ours
+            # (modcluster.loops.LoopGuard): route, address, peer, listener, kind
+            if self.on_node_loop is not None and len(message) == 6:
                 self.on_node_loop(*(str(x) for x in message[1:]))
         elif kind == "eject":
             self.registry.node_ejected(str(message[1]), float(message[2]), str(message[3]))
@@ -659,6 +689,10 @@ class WorkerService(Service):
         self.factory = factory
         self.listeners = listeners
         self.send = send
+        #: C{(host, port, kind)} of the control process's management and
+        #: console listeners, as it last told (the node connections'
+        #: L{modcluster.loops.LoopGuard} compares with them)
+        self.other_listeners: list[tuple[str, int, str]] = []
         self.ports: list = []
         self._report = LoopingCall(self.report)
         self._report.clock = reactor
@@ -678,6 +712,8 @@ class WorkerService(Service):
             self.send(["pong"])
         elif kind == "reconfigure":
             self.factory.reconfigure(message[1])
+        elif kind == "others":  # the management and console listeners (LoopGuard)
+            self.other_listeners[:] = [tuple(x) for x in message[1]]
         elif kind == "tls":  # reload: re-read the certificates of the ssl: listeners
             from modcluster.proxy.stdtls import reload_certificates
 

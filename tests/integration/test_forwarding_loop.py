@@ -411,3 +411,107 @@ async def test_a_restored_node_at_the_management_listener_is_removed(tmp_path):
         assert [n.route for n in balancer.registry.table.nodes] == ["ok"]
     finally:
         await balancer.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_node_named_by_a_name_of_this_host_at_the_management_or_console_listener():
+    """
+    A node whose Host is a name that resolves to this host and whose Port is
+    the MCMP or console listener's: not resolved at CONFIG, so the data plane
+    checks the address it connected to against those listeners too (as
+    against the proxy's), sends nothing, the request fails over and the node
+    is removed, its next CONFIG refused.  Without that, every proxy client
+    reached the management listener through it, from 127.0.0.1.
+    """
+    from twisted.logger import globalLogPublisher
+
+    from tests.integration.test_proxy_http import NodeServer
+
+    mport, cport, pport = free_loopback_ports(3)
+    names = _Names({"balancer.own.test": "127.0.0.1"}, reactor.nameResolver)
+    old_resolver = reactor.resolver
+    previous = reactor.installNameResolver(names)
+    node = NodeServer("nA")
+    node.port = reactor.listenTCP(0, node, interface="127.0.0.1")
+    balancer = _balancer_with_console(mport, cport, pport)
+    events: list = []
+    globalLogPublisher.addObserver(events.append)
+    balancer.startService()
+    try:
+        answer = await threads.deferToThread(
+            _mcmp, mport, b"CONFIG",
+            b"JVMRoute=nA&Host=127.0.0.1&Port=%d&Type=http" % node.port.getHost().port)
+        assert answer.startswith(b"HTTP/1.1 200 "), answer
+        for body in (b"JVMRoute=nA&Alias=localhost&Context=/app", b"JVMRoute=nA&Load=1"):
+            method = b"ENABLE-APP" if b"Context" in body else b"STATUS"
+            answer = await threads.deferToThread(_mcmp, mport, method, body)
+            assert answer.startswith(b"HTTP/1.1 200 "), (body, answer)
+        for port, kind in ((mport, "management"), (cport, "console")):
+            for body in (b"JVMRoute=own&Host=balancer.own.test&Port=%d&Type=http" % port,
+                         b"JVMRoute=own&Alias=localhost&Context=/app",
+                         b"JVMRoute=own&Load=100"):
+                method = (b"CONFIG" if b"Type=" in body else b"ENABLE-APP" if b"Context" in body
+                          else b"STATUS")
+                answer = await threads.deferToThread(_mcmp, mport, method, body)
+                assert answer.startswith(b"HTTP/1.1 200 "), (body, answer)
+            assert {n.route for n in balancer.registry.table.nodes} == {"own", "nA"}
+            for i in range(6):
+                out = await threads.deferToThread(_get, pport, f"/app/x?i={i}")
+                assert out.startswith(b"HTTP/1.1 200 "), out
+                assert b"\r\n\r\nnA\nGET /app/x?i=%d\n" % i in out, out
+            assert [n.route for n in balancer.registry.table.nodes] == ["nA"]
+            assert any(e.get("route") == "own" and e.get("kind") == kind
+                       and e.get("peer") == f"127.0.0.1:{port}" for e in events), kind
+            answer = await threads.deferToThread(
+                _mcmp, mport, b"CONFIG",
+                b"JVMRoute=own&Host=balancer.own.test&Port=%d&Type=http" % port)
+            assert answer.startswith(b"HTTP/1.1 500 ") and _header(answer, b"type") == b"MEM"
+            assert _header(answer, b"mess").endswith(
+                b"(127.0.0.1:%d is a %s listener of this balancer, not a node)"
+                % (port, kind.encode())), answer
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+        await balancer.stopService()
+        await node.port.stopListening()
+        reactor.installNameResolver(previous)
+        reactor.resolver = old_resolver
+
+
+@pytest_twisted.ensureDeferred
+async def test_worker_processes_catch_a_node_named_by_this_hosts_name_at_the_console():
+    """
+    With proxy.workers = 2: a node named by this host's name whose Port is
+    the console's or the MCMP listener's (both in the control process, which
+    tells the workers their addresses): the worker's node connection finds
+    it, the node is removed, requests fail over.  Skipped where the host name
+    does not resolve to 127.0.0.1 only (the listeners' address).
+    """
+    import pytest
+
+    from tests.integration.test_worker_processes import Cluster, until
+
+    name, address = _own_loopback_name()
+    if name is None or address != "127.0.0.1":
+        pytest.skip("the host name does not resolve to 127.0.0.1 only")
+    c = Cluster()
+    await c.start()
+    try:
+        await c.node("nA")
+        for port in (c.cport, c.mport):
+            for body in (b"JVMRoute=own&Host=%s&Port=%d&Type=http" % (name.encode(), port),
+                         b"JVMRoute=own&Alias=localhost&Context=/app",
+                         b"JVMRoute=own&Load=100"):
+                method = (b"CONFIG" if b"Type=" in body else b"ENABLE-APP" if b"Context" in body
+                          else b"STATUS")
+                await c.mcmp(method.decode(), body.decode())
+            await until(c.pool.in_sync, what="workers in sync")
+            assert {n.route for n in c.registry.table.nodes} == {"own", "nA"}
+            for i in range(10):
+                out = await threads.deferToThread(_get_at, address, c.pport, f"/app/x?i={i}")
+                assert out.startswith(b"HTTP/1.1 200 "), out
+                assert b"\r\n\r\nnA\n" in out, out
+            await until(lambda: [n.route for n in c.registry.table.nodes] == ["nA"],
+                        what="the node at the balancer's own listener removed")
+            c.service.handler.forget_named_loops()  # (as a reload: the next port)
+    finally:
+        await c.stop()

@@ -221,19 +221,57 @@ def test_loop_guard_compares_the_resolved_peer_with_the_listeners():
         return list(listeners)
 
     guard = LoopGuard(bound, lambda *a: None)
-    assert guard.reached(IPv4Address("TCP", "127.0.0.1", 8000)) == "127.0.0.1:8000"
+    proxy = ("127.0.0.1:8000", "proxy")
+    assert guard.reached(IPv4Address("TCP", "127.0.0.1", 8000)) == proxy
     assert guard.reached(IPv4Address("TCP", "127.0.0.1", 8001)) is None
     assert guard.reached(IPv4Address("TCP", "127.0.0.2", 8000)) is None
-    assert guard.reached(IPv6Address("TCP", "::ffff:127.0.0.1", 8000)) == "127.0.0.1:8000"
+    assert guard.reached(IPv6Address("TCP", "::ffff:127.0.0.1", 8000)) == proxy
     assert guard.reached(UNIXAddress(b"/tmp/x")) is None
     assert guard.reached(None) is None
     # remembered while the listeners are the same, asked again when they change
-    assert guard.reached(IPv4Address("TCP", "127.0.0.1", 8000)) == "127.0.0.1:8000"
+    assert guard.reached(IPv4Address("TCP", "127.0.0.1", 8000)) == proxy
     listeners[:] = [("127.0.0.1", 9000)]
     assert guard.reached(IPv4Address("TCP", "127.0.0.1", 8000)) is None
     listeners[:] = [("0.0.0.0", 8000)]  # a wildcard listener: any local address
-    assert guard.reached(IPv4Address("TCP", "127.0.0.5", 8000)) == "0.0.0.0:8000"
+    assert guard.reached(IPv4Address("TCP", "127.0.0.5", 8000)) == ("0.0.0.0:8000", "proxy")
     assert guard.reached(IPv4Address("TCP", "192.0.2.1", 8000)) is None
+
+
+def test_loop_guard_compares_the_resolved_peer_with_the_other_listeners_too():
+    """
+    A node named by a host name that resolves to the management or console
+    listener: not a loop, but every proxy client would reach that listener
+    through it, from this host's address, which its allow list admits.
+    """
+    from modcluster.loops import LoopGuard
+
+    others = [("127.0.0.1", 6666, "management"), ("0.0.0.0", 8090, "console")]
+    guard = LoopGuard(lambda: [("127.0.0.1", 8000)], lambda *a: None, lambda: list(others))
+    assert guard.reached(IPv4Address("TCP", "127.0.0.1", 8000)) == ("127.0.0.1:8000", "proxy")
+    assert guard.reached(IPv4Address("TCP", "127.0.0.1", 6666)) == ("127.0.0.1:6666",
+                                                                    "management")
+    assert guard.reached(IPv6Address("TCP", "::ffff:127.0.0.1", 6666)) == ("127.0.0.1:6666",
+                                                                            "management")
+    assert guard.reached(IPv4Address("TCP", "127.0.0.9", 8090)) == ("0.0.0.0:8090", "console")
+    assert guard.reached(IPv4Address("TCP", "127.0.0.2", 6666)) is None
+    assert guard.reached(IPv4Address("TCP", "192.0.2.1", 8090)) is None
+    others[:] = []  # stopped listening: asked again
+    assert guard.reached(IPv4Address("TCP", "127.0.0.1", 6666)) is None
+
+
+def test_proxy_addresses_give_the_other_listeners_and_say_when_one_listens():
+    own = ProxyAddresses()
+    calls = []
+    own.on_listening(lambda: calls.append(own.others()))
+    management = _Port(IPv4Address("TCP", "127.0.0.1", 6666))
+    console = _Port(IPv4Address("TCP", "0.0.0.0", 8090))
+    own.record(_Endpoint(_Port(IPv4Address("TCP", "127.0.0.1", 41000)))).listen(None)
+    own.record(_Endpoint(management), "management").listen(None)
+    own.record(_Endpoint(console), "console").listen(None)
+    assert calls == [[], [("127.0.0.1", 6666, "management")],
+                     [("127.0.0.1", 6666, "management"), ("0.0.0.0", 8090, "console")]]
+    management.connected = False
+    assert own.others() == [("0.0.0.0", 8090, "console")]
 
 
 class _Pool:
@@ -299,7 +337,8 @@ def test_a_node_connection_reaching_a_proxy_listener_sends_nothing():
     assert t.disconnected or t.disconnecting  # aborted
     assert t.value() == b""  # nothing sent
     assert not proto.connected
-    assert reports == [("loop", "proxy.example:8000", "127.0.0.1:8000", "127.0.0.1:8000")]
+    assert reports == [("loop", "proxy.example:8000", "127.0.0.1:8000", "127.0.0.1:8000",
+                        "proxy")]
     [error] = conn.failed
     assert error.kind == CONNECT and "forwarding loop" in error.message
     assert conn.closed and conn.pool.lost_conns == [conn]
@@ -307,6 +346,38 @@ def test_a_node_connection_reaching_a_proxy_listener_sends_nothing():
     conn = _Conn(Fw, _Pool(settings))
     assert _OneShot(proto, conn).buildProtocol(IPv4Address("TCP", "127.0.0.1", 8001)) is proto
     assert _OneShot(proto).buildProtocol(IPv4Address("TCP", "127.0.0.1", 8000)) is proto
+
+
+def test_a_node_connection_reaching_the_management_listener_sends_nothing():
+    from twisted.internet.protocol import Protocol
+    from twisted.internet.testing import StringTransport
+
+    from modcluster.cluster.model import NodeSettings
+    from modcluster.loops import LoopGuard
+    from modcluster.proxy.interfaces import CONNECT
+    from modcluster.proxy.pool import _OneShot
+
+    reports = []
+
+    class Fw:
+        loop_guard = LoopGuard(lambda: [("127.0.0.1", 8000)],
+                               lambda *found: reports.append(found),
+                               lambda: [("127.0.0.1", 6666, "management")])
+
+    proto = Protocol()
+    settings = NodeSettings(route="own", host="balancer.example", port=6666, type="http")
+    conn = _Conn(Fw, _Pool(settings))
+    p = _OneShot(proto, conn).buildProtocol(IPv4Address("TCP", "127.0.0.1", 6666))
+    assert p is not proto
+    t = StringTransport()
+    p.makeConnection(t)
+    assert t.disconnected or t.disconnecting
+    assert t.value() == b""
+    assert reports == [("own", "balancer.example:6666", "127.0.0.1:6666", "127.0.0.1:6666",
+                        "management")]
+    [error] = conn.failed
+    assert error.kind == CONNECT and "not a node" in error.message
+    assert "management listener 127.0.0.1:6666" in error.message
 
 
 def test_own_listener_names_the_kind_proxy_first():

@@ -691,11 +691,58 @@ def test_a_workers_forwarding_loop_report_reaches_the_pool_hook(pool):
     reactor, reg, pool = pool
     w0, _ = reactor.processes
     found = []
-    w0.say("loop", "n1", "proxy.example:8000", "127.0.0.1:8000", "127.0.0.1:8000")
+    w0.say("loop", "n1", "proxy.example:8000", "127.0.0.1:8000", "127.0.0.1:8000", "proxy")
     pool.on_node_loop = lambda *a: found.append(a)
-    w0.say("loop", "n1", "proxy.example:8000", "127.0.0.1:8000", "127.0.0.1:8000")
+    w0.say("loop", "n1", "proxy.example:8000", "127.0.0.1:8000", "127.0.0.1:8000", "proxy")
+    w0.say("loop", "n1", "own.example:6666", "127.0.0.1:6666", "127.0.0.1:6666",
+           "management")
     w0.say("loop", "n1")  # malformed: ignored
-    assert found == [("n1", "proxy.example:8000", "127.0.0.1:8000", "127.0.0.1:8000")]
+    assert found == [("n1", "proxy.example:8000", "127.0.0.1:8000", "127.0.0.1:8000", "proxy"),
+                     ("n1", "own.example:6666", "127.0.0.1:6666", "127.0.0.1:6666",
+                      "management")]
+
+
+def test_workers_are_told_the_management_and_console_listeners():
+    """
+    The workers' node connections are checked against the control process's
+    management and console listeners too: each worker gets them when it
+    starts and again whenever they change (a listener started, or stopped:
+    checked at each heartbeat).
+    """
+    reactor, reg, pool = make_pool()
+    others = [("127.0.0.1", 6666, "management")]
+    pool.other_listeners = lambda: list(others)
+    pool.startService()
+    try:
+        for p in reactor.processes:
+            init, listeners, snapshot = p.messages()
+            assert listeners == ("others", [("127.0.0.1", 6666, "management")])
+            p.say("ready")
+            p.written.clear()
+        others.append(("0.0.0.0", 8090, "console"))
+        pool.listeners_changed()
+        pool.listeners_changed()  # unchanged: not sent again
+        for p in reactor.processes:
+            assert p.messages() == [("others", [("127.0.0.1", 6666, "management"),
+                                                ("0.0.0.0", 8090, "console")])]
+            p.written.clear()
+        del others[0]
+        reactor.advance(workers.HEARTBEAT_INTERVAL)
+        for p in reactor.processes:
+            assert ("others", [("0.0.0.0", 8090, "console")]) in p.messages()
+    finally:
+        d = pool.stopService()
+        for p in reactor.processes:
+            if p.proto.transport is not None:
+                p.end()
+        assert d.called
+
+
+def test_a_worker_keeps_what_it_is_told_of_the_other_listeners():
+    service = WorkerService(MemoryReactorClock(), Mirror(), object(), [], [].append)
+    assert service.other_listeners == []
+    service.deliver(("others", [("127.0.0.1", 6666, "management")]))
+    assert service.other_listeners == [("127.0.0.1", 6666, "management")]
 
 
 def test_worker_loop_guard_knows_the_shared_sockets():
