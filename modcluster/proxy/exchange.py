@@ -196,6 +196,24 @@ def _whole_head(whole: WholeHead, end: bytes) -> bytes:
     return b"".join((line, whole.reason, b"\r\n", whole.headers, end))
 
 
+class _Knocking:
+    """
+    A knock at a node in progress (L{_Exchange._knock}), where the exchange
+    keeps its WaitWorker call (C{wait_call}): what cancels that cancels it.
+    """
+
+    __slots__ = ("d",)
+
+    def __init__(self, d) -> None:
+        self.d = d
+
+    def active(self) -> bool:
+        return not self.d.called
+
+    def cancel(self) -> None:
+        self.d.cancel()
+
+
 @implementer(IExchange)
 class _Exchange:
     """
@@ -852,13 +870,71 @@ class _Exchange:
                 proto._respondError(self, 502, f"node {route}: {error.message}")
                 return
         if kind != CONNECT and error.request_sent:
-            # A response-level failure after a successful connect (reset before
-            # the head, malformed head): this request fails, passive health
-            # counts it.  Not replayed on other nodes and the node is not put in
-            # error: one bad request must not take a context down (issue 13 §2).
-            f.passive_failure(node, error.message)
-            proto._respondError(self, 502, f"node {route}: {error.message}")
+            if kind == RESET and safe and self.stale_retry:
+                # Reset again on the fresh connection of the retry: a live node
+                # resetting this request, or a node that died while its
+                # listener was still there (a killed process's connections
+                # are torn down before its listening socket: the retry was
+                # taken into the listen queue, then reset with it).  Knock.
+                self._knock(node, error.message)
+                return
+            self._response_failed(node, error.message)
             return
+        self._node_failed(node, error, safe)
+
+    def _response_failed(self, node: NodeEntry, message: str) -> None:
+        # A response-level failure after a successful connect (reset before
+        # the head, malformed head): this request fails, passive health
+        # counts it.  Not replayed on other nodes and the node is not put in
+        # error: one bad request must not take a context down (issue 13 §2).
+        self.proto.factory.passive_failure(node, message)
+        self.proto._respondError(self, 502, f"node {node.route}: {message}")
+
+    def _knock(self, node: NodeEntry, message: str) -> None:
+        """
+        After a replayable request was reset by C{node} twice (the second
+        time on a fresh connection): connect to the node again, sending
+        nothing (L{modcluster.proxy.pool.knock}).  Connected: the node is
+        alive and resets this request, a response-level failure (502, as
+        before).  Refused (or timed out): the node is gone, a connect-level
+        failure (node in error, failover).  The knock waits in C{wait_call},
+        so that the client going away cancels it.
+        """
+        from modcluster.proxy.pool import knock
+
+        f = self.proto.factory
+        s = node.settings
+        d = knock(f.reactor, s.host, s.port, s.ping if s.ping > 0 else 10.0)
+        self.wait_call = _Knocking(d)  # type: ignore[assignment]
+        d.addCallbacks(self._knocked, self._knock_failed, (node, message), None,
+                       (node, message))
+
+    def _knocked(self, _: None, node: NodeEntry, message: str) -> None:
+        self.wait_call = None
+        if not self.done:
+            self._response_failed(node, message)
+
+    def _knock_failed(self, failure, node: NodeEntry, message: str) -> None:
+        self.wait_call = None
+        if self.done:
+            return  # (cancelled: the client went away)
+        from modcluster.proxy.pool import local_shortage
+
+        if local_shortage(failure):
+            self._response_failed(node, message)
+            return
+        why = failure.getErrorMessage() or failure.type.__name__
+        self._node_failed(node, ForwardError(
+            CONNECT, f"{message}; then cannot connect to {node.settings.worker_name}: {why}"),
+            True)
+
+    def _node_failed(self, node: NodeEntry, error: ForwardError, safe: bool) -> None:
+        proto = self.proto
+        f = proto.factory
+        route = node.route
+        kind = error.kind
+        if TYPE_CHECKING:
+            assert self.decision is not None
         if error.local:
             # The proxy could not open a socket (out of descriptors or memory):
             # not the node's failure; another node would fail alike (and be put

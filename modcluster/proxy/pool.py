@@ -38,6 +38,7 @@ __all__ = [
     "connect_failed",
     "connect_node",
     "direct_address",
+    "knock",
     "node_endpoint",
 ]
 
@@ -61,6 +62,23 @@ def node_endpoint(reactor, host: str, port: int, timeout: float,
         ep = wrapClientTLS(tls, ep)
     return ep
 
+
+
+class _Knocked(Protocol):
+    def connectionMade(self) -> None:
+        transport = self.transport
+        if transport is not None:
+            transport.loseConnection()
+
+
+def knock(reactor, host: str, port: int, timeout: float):
+    """
+    Whether a node still listens: a TCP connection to C{host}:C{port} (no
+    TLS, nothing sent), closed as soon as it is made.  Returns a Deferred
+    firing C{None} once connected, or failing as the connection failed.
+    """
+    endpoint = node_endpoint(reactor, host, port, timeout)
+    return endpoint.connect(Factory.forProtocol(_Knocked)).addCallback(lambda _: None)
 
 
 class _Direct(ClientFactory):

@@ -462,6 +462,52 @@ async def test_node_killed_mid_load_loses_no_idempotent_request(stack):
             await p.ended
 
 
+class _Dying(Protocol):
+    """
+    A node process being killed, as the kernel tears it down: the connection
+    that has the request is reset; the next one is still taken (the listening
+    socket is closed last) and is reset when the listener goes.
+    """
+
+    def dataReceived(self, data: bytes) -> None:
+        server = self.factory
+        server.requests += 1
+        if server.requests == 2:
+            server.port.stopListening()
+        self.transport.abortConnection()
+
+
+class _DyingServer(NodeServer):
+    def buildProtocol(self, addr):
+        return Factory.buildProtocol(self, addr)  # a _Dying
+
+
+@stack_test
+async def test_node_dying_with_its_listener_last_loses_no_idempotent_request(stack):
+    """
+    The request is reset by a dying node, retried on a fresh connection to it
+    (the node may only have dropped a kept-alive connection), which its
+    listener, not closed yet, takes and then resets too.  The node is knocked
+    at (a connection sending nothing), refused: the request fails over to the
+    other node and the dying one is put in error.  (The race behind the
+    failures of test_node_killed_mid_load_loses_no_idempotent_request, made
+    certain.)
+    """
+    reactor = stack.reactor
+    dying = _DyingServer("nA")
+    dying.protocol = _Dying  # type: ignore[assignment]
+    dying.port = reactor.listenTCP(0, dying, interface="127.0.0.1")
+    b = BalancerSettings("mycluster", sticky_force=False)  # what Java nodes send
+    stack.register("nA", dying.port.getHost().port, balancer=b)
+    stack.serve("nB", balancer=b)
+    code, body, _ = await stack.get("/app/echo", {"Cookie": "JSESSIONID=S.nA"})
+    assert code == 200, body
+    assert body.startswith(b"nB\n")
+    assert dying.requests == 2
+    assert stack.registry.table.by_route["nA"].rt.in_error
+    assert stack.in_flight() == 0
+
+
 @implementer(IBodyProducer)
 class _Upload:
     def __init__(self, length: int) -> None:

@@ -956,10 +956,30 @@ def test_reset_before_response_is_502_without_failover():
     h.accept(8009, handler=lambda ex: ex.container.transport.loseConnection())
     # retried once on a fresh connection to the same node, which resets again
     h.accept(8009, handler=lambda ex: ex.container.transport.loseConnection())
+    # then knocked at (a connection that sends nothing): it is there
+    assert c.received() == b""
+    h.accept(8009)
+    h.flush()
     assert parse(c.received())[0].status == 502
-    assert not h.pending(8010)
+    assert not h.pending()
     assert h.failures == []
     assert h.entry("n1").rt.fails == 1
+    assert h.counters_idle()
+
+
+def test_reset_twice_by_a_node_that_died_fails_over():
+    """The knock after the second reset is refused: the node is gone (in error),
+    the request fails over."""
+    h = two_nodes()
+    c = h.client()
+    c.send(b"GET / HTTP/1.1\r\nHost: a\r\nCookie: JSESSIONID=X.n1\r\n\r\n")
+    h.accept(8009, handler=lambda ex: ex.container.transport.loseConnection())
+    h.accept(8009, handler=lambda ex: ex.container.transport.loseConnection())
+    h.refuse(8009)
+    h.accept(8010)
+    h.flush()
+    assert parse(c.received())[0].status == 200
+    assert [f[0] for f in h.failures] == ["n1"]
     assert h.counters_idle()
 
 

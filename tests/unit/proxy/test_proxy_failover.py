@@ -82,12 +82,85 @@ def test_idempotent_reset_before_response_is_502_not_replayed():
     again = h.accept(n.port)
     assert parse_requests(again.received())[0].url == b"/app/x"
     again.close(ConnectionLost)
+    # is the node still there?  A connection that sends nothing: it is
+    knock = h.accept(n.port)
+    assert knock.received() == b"" and knock.closed
     assert parse_responses(c.received())[0].status == 502
     assert h.failures == []
     assert not h.pending()
     rt = h.nodeEntry("n1" if n.port == 8081 else "n2").rt
     assert rt.fails == 1 and not rt.in_error
     assert h.counters_idle()
+
+
+def test_idempotent_reset_twice_by_a_node_that_died_fails_over():
+    """
+    A killed node process: its connections are reset before its listening
+    socket closes, so the retry on a fresh connection can still be taken
+    into the listen queue and then be reset with it.  The node is knocked at
+    (a connection that sends nothing), which is refused: a connect-level
+    failure, the node is put in error and the request fails over.
+    """
+    h = two_nodes()
+    c = h.client()
+    c.send(GET)
+    n = h.accept()
+    n.received()
+    n.close(ConnectionLost)
+    again = h.accept(n.port)
+    assert parse_requests(again.received())[0].url == b"/app/x"
+    again.close(ConnectionLost)
+    assert c.received() == b""  # (waiting for the knock)
+    h.refuse(n.port)
+    route = "n1" if n.port == 8081 else "n2"
+    assert [r for r, _ in h.failures] == [route]
+    assert "then cannot connect" in h.failures[0][1]
+    assert h.nodeEntry(route).rt.in_error
+    m = h.accept()
+    assert m.port != n.port
+    assert parse_requests(m.received())[0].url == b"/app/x"
+    m.respond(OK_100)
+    assert parse_responses(c.received())[0].status == 200
+    assert h.counters_idle()
+
+
+def test_knock_timing_out_fails_over_too():
+    h = two_nodes()
+    c = h.client()
+    c.send(GET)
+    n = h.accept()
+    n.close(ConnectionLost)
+    h.accept(n.port).close(ConnectionLost)
+    h.refuse(n.port, TimeoutError)
+    h.accept().respond(OK_100)
+    assert parse_responses(c.received())[0].status == 200
+
+
+def test_client_gone_while_knocking_cancels_the_knock():
+    h = two_nodes()
+    c = h.client()
+    c.send(GET)
+    n = h.accept()
+    n.close(ConnectionLost)
+    h.accept(n.port).close(ConnectionLost)
+    knock = [k for k in h.reactor.connectors if k.getDestination().port == n.port][-1]
+    assert h.pending(n.port) and not knock.stoppedConnecting
+    c.lose()
+    assert knock.stoppedConnecting  # cancelled
+    assert h.failures == []
+    assert h.counters_idle()
+
+
+def test_not_replayable_request_reset_twice_is_not_knocked_for():
+    """A body was sent: 502 at the first reset, as before; no knock."""
+    h = two_nodes()
+    c = h.client()
+    c.send(b"POST /app/x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc")
+    n = h.accept()
+    n.received()
+    n.close(ConnectionLost)
+    assert parse_responses(c.received())[0].status == 502
+    assert not h.pending()
 
 
 def test_failed_over_connection_stays_reusable():
