@@ -153,10 +153,12 @@ class RetryBudget:
         """
         retries = self._retries.get(name, 0)
         h = self._history.get(name)
-        if h:
+        if h and len(h) > self._size:
             first_total, first_retries = h[0]
             used = retries - first_retries
-        else:  # the first second: every request so far
+        else:
+            # a history younger than the window: every request and replay so
+            # far (the window reaches back before the first sample)
             first_total = 0
             used = retries
         if used >= self.minimum:
@@ -176,4 +178,6 @@ class RetryBudget:
         retries = self._retries.get(name, 0)
         if not h:
             return retries, 0
+        if len(h) <= self._size:  # younger than the window: everything so far
+            return retries, self._totals.get(name, 0)
         return retries - h[0][1], max(0, self._totals.get(name, 0) - h[0][0])

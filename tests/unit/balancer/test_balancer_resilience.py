@@ -386,6 +386,27 @@ def test_retry_budget_counts_the_requests_of_the_current_second():
     assert sum(b.allow("lb", 200) for _ in range(30)) == 20
 
 
+def test_retry_budget_of_a_young_balancer_counts_every_request_so_far():
+    """
+    While the balancer's history is younger than the window, the window
+    reaches back to its start: the requests before the first once-a-second
+    sample count.  (It started at that sample: a burst of failovers in the
+    first seconds after a start, when a node died, was measured against the
+    few requests made since the sample, and refused past the minimum.)
+    """
+    b = RetryBudget(share=0.2, window=10, minimum=3)
+    b.observe({"lb": 100})  # 100 requests in the first second
+    assert sum(b.allow("lb", 110) for _ in range(30)) == 22  # 0.2 x 110
+    for _ in range(9):
+        b.observe({"lb": 110})
+    assert not b.allow("lb", 110)
+    b.observe({"lb": 110})  # the window is full: it starts at the first sample
+    assert b.used("lb") == (22, 10)
+    for _ in range(10):  # the old replays age out
+        b.observe({"lb": 110})
+    assert b.allow("lb", 120)
+
+
 def test_warm_from_ahead_of_the_coarse_clock():
     """The data plane's clock is coarse (once a second): a node warmed a bit
     'in the future' is at its minimum share, and with slow start off at its
