@@ -173,26 +173,30 @@ class ClientProtocol(Protocol, ClientDeadlines):
     # after), and only annotated here: no class attribute.
     transport: IStreamTransport
 
-    # State that few connections ever set (a lingering close, an Upgrade, TLS,
-    # a timed request body, a client not reading, a connection the accept loop
-    # left unregistered): class defaults, not set by __init__.  CPython 3.11
-    # shares one key table among a class's instance dictionaries up to 30
-    # attributes; an instance with more gets a dictionary of its own (~1.5 KB,
-    # built and copied when the 31st is set, once per connection).
+    # State that few connections ever set (a lingering close, an Upgrade, a
+    # timed request body, a client not reading, pipelined requests): class
+    # defaults, not set by __init__.  CPython 3.11 shares one key table among
+    # a class's instances for the first 29 attribute names ever stored on one
+    # of them; an instance that stores a name beyond those gets a dictionary
+    # of its own (~1.5 KB, built and copied when it is stored, and freed:
+    # ~4 500 - 6 000 machine instructions per connection).  So every name
+    # an ordinary connection stores (plain TCP or TLS, kept alive or
+    # Connection: close, read or left unread by the accept loop) is set by
+    # __init__ (27) or by makeConnection (connected, transport): 29; the rare
+    # ones come after (test_proxy_fastpaths.py checks).
     #: when a lingering close gives up (0: not lingering)
     _linger_until = 0.0
     #: the Upgrade request whose head the parser just finished
     _upgrading: Optional[_Exchange] = None
-    #: a TLS client finished its handshake
-    _handshaken = False
-    #: the request body being timed: since when, from which byte count
+    #: the request body being timed (set by the sweep when it first sees the
+    #: body): since when, from which byte count
+    _body_timed: Optional[_Exchange] = None
     _body_since = 0.0
     _body_base = 0
     #: since when the client does not read its response (with _blocked)
     _blocked_since = 0.0
-    #: the accept loop left the connection unregistered for reading
-    #: (deferReading): the sweep, or drain, registers it
-    _unread = False
+    #: in _next (pipelined requests, or a request after which nothing is read)
+    _in_next = False
 
     def __init__(self, factory: "ProxyFactory", addr=None) -> None:
         self.factory = factory
@@ -215,16 +219,13 @@ class ClientProtocol(Protocol, ClientDeadlines):
         self._seen = factory.now
         self._head_bytes = 0
         # read deadlines (checkTimeout): when the request head being received
-        # began (the accept for the first one; None between requests), and the
-        # request body being timed (set by the sweep when it first sees the
-        # body, so no per-request work; since when and from which byte count:
-        # class defaults above)
+        # began (the accept for the first one; None between requests); the
+        # request body being timed is set by the sweep when it first sees the
+        # body (class defaults above)
         # (an AcceptTime: no head begun before, see _h2c)
         self._head_start: Optional[float] = factory.accept_time
-        self._body_timed: Optional[_Exchange] = None
         self._blocked = False
         self._tunnel: Optional[_Exchange] = None
-        self._in_next = False
         # while the parser reads bytes that may be one request head to
         # remember (ProxyFactory.request_heads): the bytes, the request_blocks
         # key when the request line allows one, and the template once parsed
@@ -254,6 +255,12 @@ class ClientProtocol(Protocol, ClientDeadlines):
         self.client: Optional[ClientInfo] = None
         #: the factory's L{Observer} (access log, client metrics) or None
         self._observer = factory.observer
+        # the accept loop left the connection unregistered for reading
+        # (deferReading, every Connection: close request read whole): the
+        # sweep, or drain, registers it
+        self._unread = False
+        # a TLS client finished its handshake (handshakeCompleted)
+        self._handshaken = False
 
     # -- connection ------------------------------------------------------------
 

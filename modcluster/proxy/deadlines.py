@@ -129,7 +129,8 @@ class ClientDeadlines:
                 # (a client that asked for 100-continue may wait for it: the
                 # node sends it; until the first body byte only the idle
                 # timeout applies)
-                self._body_timed = None
+                if self._body_timed is not None:
+                    self._body_timed = None
             elif self._body_timed is not reading:
                 self._body_timed = reading
                 self._body_since = now
@@ -143,7 +144,10 @@ class ClientDeadlines:
                     self._requestError(408, "request body not received in time")
                     return True
             return False
-        self._body_timed = None
+        if self._body_timed is not None:
+            # (stored only when set: a name every connection stored would be
+            # one more in ClientProtocol's shared key table, see there)
+            self._body_timed = None
         if not rt.header or (reading is None and self._head_start is None):
             return False  # between requests: the idle timeout applies
         start = self._head_start
