@@ -683,6 +683,45 @@ def test_registered_when_the_protocol_says_so(epoll_listening, answer, data):
     assert p.asked == 1
 
 
+def test_first_read_is_os_read_of_the_descriptor(epoll_listening, monkeypatch):
+    """
+    The eager first read is C{os.read} of the accepted descriptor, of the
+    transports' C{bufferSize} (what C{tcp.Connection.doRead} asks C{recv}
+    for), not the socket object's C{recv}: the protocol gets the same bytes;
+    nothing sent yet is no data (C{EAGAIN}), a reset a lost connection.
+    """
+    import os
+    import struct
+
+    port, factory, reactor, clients, built = epoll_listening
+    reads: list = []
+
+    def counted(fd, size):
+        reads.append((fd, size))
+        return os.read(fd, size)
+
+    monkeypatch.setattr(accept, "_os_read", counted)
+    c, p = _accept_one(port, clients, b"request", built)
+    assert p.got == b"request"
+    assert reads == [(p.transport.fileno(), tcp.Server.bufferSize)]
+    reads.clear()
+    c2, p2 = _accept_one(port, clients, b"", built)  # nothing sent yet: EAGAIN
+    assert reads == [(p2.transport.fileno(), tcp.Server.bufferSize)]
+    assert p2.got == b"" and p2.lost is None
+    # a client that reset the connection before the accept: lost at the first read
+    c3 = socket.create_connection(("127.0.0.1", port.getHost().port))
+    clients.append(c3)
+    c3.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    c3.close()
+    n = len(built)
+    for _ in range(50):
+        port.doRead()
+        if len(built) > n:
+            break
+    (p3,) = built[n:]
+    assert p3.lost is not None and p3.got == b""
+
+
 def test_deferred_connection_closed_at_the_first_read_is_not_registered(epoll_listening):
     port, factory, reactor, clients, built = epoll_listening
     c, p = _accept_one(port, clients, b"bye", built)
