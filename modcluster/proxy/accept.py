@@ -265,9 +265,19 @@ def supported() -> bool:
     return _supported
 
 
+#: what L{Acceptor} stores on each transport it builds, as tcp.Server's class
+#: defaults (checked by L{supported})
+_LATE_DEFAULTS = (("producer", None), ("streamingProducer", False), ("disconnecting", 0),
+                  ("_aborting", False), ("disconnected", 0))
+
+
 def _check() -> bool:
     if not hasattr(tcp.Port, "doRead") or not hasattr(tcp.Connection, "_closeSocket"):
         return False
+    for name, value in _LATE_DEFAULTS:
+        default = getattr(tcp.Server, name, _StubReactor)
+        if default is not value and not (type(default) is type(value) and default == value):
+            return False
     if getattr(tcp.Connection, "_shouldShutdown", None) is not True:
         return False
     a, b = _socket.socketpair()
@@ -486,6 +496,20 @@ class Acceptor:
             t._shouldShutdown = False
             # our own mark on Twisted's transport (read by _transport.set_nodelay)
             t._nodelay_inherited = nodelay  # type: ignore[attr-defined]
+            # FileDescriptor's class defaults that a connection stores later
+            # (producer, streamingProducer: connectionMade, the TLS layer's
+            # after its handshake; disconnecting, _aborting: the first write's
+            # direct_writer; disconnected: the close), stored now with the
+            # same values (_LATE_DEFAULTS): CPython 3.11 gives a class's
+            # instances one shared key table, whose room shrinks by one with
+            # every instance made, so a name first stored once many transports
+            # exist (a kept-alive connection's first answer) is not in it, and
+            # every transport storing it then builds a dictionary of its own
+            t.producer = None
+            t.streamingProducer = False
+            t.disconnecting = 0
+            t._aborting = False
+            t.disconnected = 0
             if ipv6:
                 t._addressType = address.IPv6Address
             try:

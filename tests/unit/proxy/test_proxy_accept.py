@@ -91,8 +91,15 @@ def test_transport_is_what_twisted_builds(listening):
     try:
         assert type(t) is tcp.Server
         # (logstr and repstr: made when read, from _accept_names)
-        assert set(vars(t)) - {"_shouldShutdown", "_nodelay_inherited", "_accept_names"} == (
-            set(vars(twisted)) - {"logstr", "repstr"})
+        late = {name for name, _ in accept._LATE_DEFAULTS}
+        assert set(vars(t)) - {"_shouldShutdown", "_nodelay_inherited", "_accept_names"} - (
+            late) == (set(vars(twisted)) - {"logstr", "repstr"})
+        # (FileDescriptor's class defaults, stored with their values)
+        assert late == {"producer", "streamingProducer", "disconnecting", "_aborting",
+                        "disconnected"}
+        for name, value in accept._LATE_DEFAULTS:
+            assert vars(t)[name] == getattr(tcp.Server, name) == value
+            assert type(vars(t)[name]) is type(getattr(tcp.Server, name))
         # set in __init__'s order, one by one (the class's shared-key layout)
         assert [k for k in vars(t) if k in vars(twisted)] == [
             k for k in vars(twisted) if k not in ("logstr", "repstr")]
@@ -118,6 +125,48 @@ def test_transport_is_what_twisted_builds(listening):
     # TCP_NODELAY comes from the listening socket, set_nodelay need not set it
     assert t._nodelay_inherited
     assert t.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+
+
+def test_transport_stores_no_name_after_it_is_built(epoll_listening):
+    """
+    A transport the accept loop built stores no attribute name after that
+    (producer, the first write's direct_writer, the close): CPython 3.11's
+    shared key table of a class loses room with every instance made, so a
+    name first stored late (a kept-alive connection's first answer, once
+    other transports exist) gives every transport that stores it a
+    dictionary of its own.
+    """
+    from modcluster.proxy import fastloop
+    from modcluster.proxy._transport import direct_writer
+
+    port, factory, reactor, clients, built = epoll_listening
+    assert fastloop.install(reactor)  # (as the service: no logstr read per event)
+    factory.answer = False  # registered for reading, as a kept-alive client
+    c, p = _accept_one(port, clients, b"request", built)
+    t = p.transport
+    names = set(vars(t))
+    class Producer:
+        def pauseProducing(self):
+            pass
+
+        def resumeProducing(self):
+            pass
+
+        def stopProducing(self):
+            pass
+
+    t.registerProducer(Producer(), True)  # (what ClientProtocol.connectionMade sets)
+    write = direct_writer(t)
+    write(b"answer")
+    assert c.recv(100) == b"answer"
+    assert set(vars(t)) == names
+    c.close()
+    for _ in range(20):
+        reactor.doIteration(0.05)
+        if p.lost is not None:
+            break
+    assert p.lost is not None
+    assert set(vars(t)) <= names, sorted(set(vars(t)) - names)
 
 
 def addr_tuple(addr):
