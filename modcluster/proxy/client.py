@@ -176,8 +176,9 @@ class ClientProtocol(Protocol, ClientDeadlines):
     # State that few connections ever set (a lingering close, an Upgrade, a
     # timed request body, a client not reading, pipelined requests): class
     # defaults, not set by __init__.  CPython 3.11 shares one key table among
-    # a class's instances for the first 29 attribute names ever stored on one
-    # of them; an instance that stores a name beyond those gets a dictionary
+    # a class's instances for at most 29 attribute names, whose room shrinks
+    # by one with every instance made (so only names stored early get in); an
+    # instance that stores a name beyond those gets a dictionary
     # of its own (~1.5 KB, built and copied when it is stored, and freed:
     # ~4 500 - 6 000 machine instructions per connection).  So every name
     # an ordinary connection stores (plain TCP or TLS, kept alive or
