@@ -11,6 +11,8 @@ from __future__ import annotations
 from functools import partial
 from typing import TYPE_CHECKING, Optional, Union
 
+from twisted.internet.defer import CancelledError
+from twisted.internet.error import ConnectingCancelledError
 from twisted.logger import Logger, LogLevel
 from zope.interface import implementer
 
@@ -916,8 +918,10 @@ class _Exchange:
 
     def _knock_failed(self, failure, node: NodeEntry, message: str) -> None:
         self.wait_call = None
-        if self.done:
-            return  # (cancelled: the client went away)
+        if self.done or failure.check(CancelledError, ConnectingCancelledError):
+            # Cancelled: whoever cancelled it (the client gone, an error
+            # answer) owns the exchange; not a verdict on the node.
+            return
         from modcluster.proxy.pool import local_shortage
 
         if local_shortage(failure):

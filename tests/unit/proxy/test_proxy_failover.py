@@ -151,6 +151,27 @@ def test_client_gone_while_knocking_cancels_the_knock():
     assert h.counters_idle()
 
 
+def test_knock_cancelled_by_another_owner_judges_nothing():
+    """
+    Whoever cancels a knock (the client going away, an error answer taking
+    the exchange) owns the exchange: the cancellation is not the node's
+    failure (no node in error, no failover, no answer from the knock).
+    """
+    h = two_nodes()
+    c = h.client()
+    c.send(GET)
+    n = h.accept()
+    n.close(ConnectionLost)
+    h.accept(n.port).close(ConnectionLost)
+    ex = c.proto._current
+    assert ex is not None and not ex.done and ex.wait_call is not None
+    ex.wait_call.cancel()
+    assert h.failures == []
+    assert not h.nodeEntry("n1" if n.port == 8081 else "n2").rt.in_error
+    assert [p for _, p, *_ in h.pending()] == [n.port]  # the knock only: no failover
+    assert c.received() == b""
+
+
 def test_not_replayable_request_reset_twice_is_not_knocked_for():
     """A body was sent: 502 at the first reset, as before; no knock."""
     h = two_nodes()
